@@ -1,0 +1,41 @@
+"""Build fastnn: the Cython kernels in src_c/ become the extension fastnn._core.
+
+The CLI sources live in cli/ and are installed as the subpackage fastnn.cli
+(never as a top-level ``cli`` module).
+
+Set FASTNN_DEBUG=1 to compile with bounds checks and without optimisation.
+"""
+import os
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTNN_DEBUG", "") not in ("", "0")
+
+extensions = [
+    Extension(
+        "fastnn._core",
+        ["src_c/_core.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"],
+    )
+]
+
+setup(
+    packages=["fastnn", "fastnn.cli"],
+    package_dir={"fastnn": "fastnn", "fastnn.cli": "cli"},
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": DEBUG,
+            "wraparound": False,
+            "initializedcheck": DEBUG,
+            "cdivision": True,
+        },
+    ),
+    # The .pyx/.pxd sources are for building, not for the installed package.
+    exclude_package_data={"fastnn": ["*.pyx", "*.pxd", "*.c"]},
+)
