@@ -1,0 +1,34 @@
+"""The errors fastnn raises for mistakes a user can make.
+
+Every message is one line that says what is wrong, with the actual values,
+and where possible a way out. The CLI prints them without a traceback.
+"""
+
+
+class FastnnError(Exception):
+    """Base class of every error fastnn raises on purpose."""
+
+
+class ConfigError(FastnnError, ValueError):
+    """An invalid option: unknown name, out-of-range value, bad pairing."""
+
+
+class DataError(FastnnError, ValueError):
+    """Input data that cannot be used: wrong shape, NaN, labels out of range."""
+
+
+class DatasetNotFound(FastnnError, FileNotFoundError):
+    """A named dataset was not found in any of the places searched."""
+
+
+class ModelFileError(FastnnError):
+    """A file that is not a readable fastnn model."""
+
+
+class TrainingDiverged(FastnnError, ArithmeticError):
+    """The training loss became NaN or infinite; the last good weights are kept."""
+
+
+def unknown_name(kind, name, valid):
+    """The error for a name missing from a registry, listing the valid ones."""
+    return ConfigError(f"Unknown {kind} {name!r}; expected one of {sorted(valid)}")

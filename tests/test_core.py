@@ -1,0 +1,327 @@
+"""The compiled kernels (fastnn._core) against the NumPy reference and naive loops."""
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+
+from fastnn import _core, _kernels
+from fastnn import _reference as ref
+from fastnn.activations import ACTIVATIONS
+from fastnn.losses import LOSSES
+
+DTYPES = [np.float32, np.float64]
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+ELEMENTWISE = [a.code for a in ACTIVATIONS.values() if not a.output_only]
+PAIRS = [(LOSSES["mse"].code, a.code) for a in ACTIVATIONS.values()] + [
+    (LOSSES["cross_entropy"].code, ACTIVATIONS["sigmoid"].code),
+    (LOSSES["cross_entropy"].code, ACTIVATIONS["softmax"].code),
+]
+
+
+def rand(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def targets(rng, loss, act, shape, dtype):
+    """Targets a loss accepts: one-hot for softmax CE, [0, 1] for sigmoid CE."""
+    if loss == LOSSES["cross_entropy"].code and act == ACTIVATIONS["softmax"].code:
+        Y = np.zeros(shape, dtype)
+        Y[np.arange(shape[0]), rng.integers(0, shape[1], shape[0])] = 1
+        return Y
+    if loss == LOSSES["cross_entropy"].code:
+        return rng.uniform(0, 1, shape).astype(dtype)
+    return rand(rng, shape, dtype)
+
+
+def outputs(rng, act, shape, dtype):
+    """Plausible output activations for `act` (the kernels get a = act(z))."""
+    Z = rand(rng, shape, dtype, 2.0)
+    ref.activate(act, Z)
+    return Z
+
+
+def test_codes_match_registries():
+    # the numbers the Python registries use are the compiled module's
+    for name, act in ACTIVATIONS.items():
+        assert getattr(_core, name.upper()) == act.code
+    for name, loss in LOSSES.items():
+        assert getattr(_core, name.upper()) == loss.code
+    assert (_core.DONE, _core.DIVERGED, _core.STOPPED) == (
+        _kernels.DONE, _kernels.DIVERGED, _kernels.STOPPED)
+    assert (_core.STOP_REQUEST, _core.ROWS_DONE) == (_kernels.STOP_REQUEST, _kernels.ROWS_DONE)
+
+
+def linear_forward_naive(A, W, b):
+    """Z[r, j] = b[j] + sum_i A[r, i] W[i, j], by loops (llm.c's matmul_forward_naive)."""
+    Z = np.empty((A.shape[0], W.shape[1]))
+    for r in range(A.shape[0]):
+        for j in range(W.shape[1]):
+            Z[r, j] = b[j] + sum(A[r, i] * W[i, j] for i in range(A.shape[1]))
+    return Z
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_forward_matches_naive_loops(dtype):
+    rng = np.random.default_rng(1)
+    A, W, b = rand(rng, (5, 7), dtype), rand(rng, (7, 3), dtype), rand(rng, (3,), dtype)
+    out = np.empty((5, 3), dtype)
+    _core.linear_forward(A, W, b, out)
+    assert_allclose(out, linear_forward_naive(A, W, b), rtol=RTOL[dtype] * 10, atol=1e-6)
+
+
+dims = st.integers(1, 24)
+
+
+@settings(max_examples=60, deadline=None)
+@given(N=dims, I=dims, O=dims, seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(DTYPES))
+def test_linear_forward_matches_reference(N, I, O, seed, dtype):
+    rng = np.random.default_rng(seed)
+    A, W, b = rand(rng, (N, I), dtype), rand(rng, (I, O), dtype), rand(rng, (O,), dtype)
+    got, want = np.empty((N, O), dtype), np.empty((N, O), dtype)
+    _core.linear_forward(A, W, b, got)
+    ref.linear_forward(A, W, b, want)
+    assert_allclose(got, want, rtol=RTOL[dtype], atol=RTOL[dtype] * 10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(act=st.sampled_from([a.code for a in ACTIVATIONS.values()]), N=dims, O=dims,
+       seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(DTYPES),
+       scale=st.sampled_from([0.1, 1.0, 30.0]))
+def test_activate_matches_reference(act, N, O, seed, dtype, scale):
+    rng = np.random.default_rng(seed)
+    Z = rand(rng, (N, O), dtype, scale)
+    got, want = Z.copy(), Z.copy()
+    _core.activate(act, got, slope=0.02)
+    ref.activate(act, want, slope=0.02)
+    assert np.isfinite(got).all()
+    assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+
+
+def test_softmax_is_stable_for_huge_inputs():
+    Z = np.array([[1000.0, 1000.0, -1000.0], [-1e300, 0.0, 1e300]])
+    _core.activate(ACTIVATIONS["softmax"].code, Z)
+    assert_allclose(Z, [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_saturates_without_nan(dtype):
+    Z = np.array([[-1e4, -100.0, 0.0, 100.0, 1e4]], dtype)
+    _core.activate(ACTIVATIONS["sigmoid"].code, Z)
+    assert np.isfinite(Z).all()
+    assert Z[0, 0] == 0 and Z[0, 2] == 0.5 and Z[0, -1] == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(act=st.sampled_from(ELEMENTWISE), N=dims, O=dims, seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from(DTYPES))
+def test_activation_grad_matches_reference(act, N, O, seed, dtype):
+    rng = np.random.default_rng(seed)
+    A, D = outputs(rng, act, (N, O), dtype), rand(rng, (N, O), dtype)
+    got, want = D.copy(), D.copy()
+    _core.activation_grad(act, A, got, slope=0.1)
+    ref.activation_grad(act, A, want, slope=0.1)
+    assert_allclose(got, want, rtol=RTOL[dtype], atol=RTOL[dtype])
+
+
+@settings(max_examples=80, deadline=None)
+@given(pair=st.sampled_from(PAIRS), N=dims, O=st.integers(1, 12),
+       seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(DTYPES))
+def test_output_delta_matches_reference(pair, N, O, seed, dtype):
+    loss, act = pair
+    rng = np.random.default_rng(seed)
+    A, Y = outputs(rng, act, (N, O), dtype), targets(rng, loss, act, (N, O), dtype)
+    got, want = np.empty_like(A), np.empty_like(A)
+    cost = _core.output_delta(loss, act, A, Y, got, slope=0.05)
+    cost_ref = ref.output_delta(loss, act, A, Y, want, slope=0.05)
+    assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+    assert_allclose(cost, cost_ref, rtol=RTOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_of_saturated_units_is_finite(dtype):
+    # a confident wrong answer costs a large finite loss and the delta a - y
+    A = np.array([[0.0, 1.0]], dtype)
+    Y = np.array([[1.0, 0.0]], dtype)
+    for act in ("sigmoid", "softmax"):
+        D = np.empty_like(A)
+        cost = _core.output_delta(LOSSES["cross_entropy"].code, ACTIVATIONS[act].code, A, Y, D)
+        assert np.isfinite(cost) and cost > 10
+        assert_allclose(D, A - Y)
+
+
+@settings(max_examples=60, deadline=None)
+@given(act=st.sampled_from(ELEMENTWISE), N=dims, I=dims, O=dims,
+       seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(DTYPES))
+def test_hidden_delta_matches_reference(act, N, I, O, seed, dtype):
+    rng = np.random.default_rng(seed)
+    D_next, W = rand(rng, (N, O), dtype), rand(rng, (I, O), dtype)
+    A = outputs(rng, act, (N, I), dtype)
+    got, want = np.empty((N, I), dtype), np.empty((N, I), dtype)
+    _core.hidden_delta(D_next, W, act, A, got, slope=0.1)
+    ref.hidden_delta(D_next, W, act, A, want, slope=0.1)
+    assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
+
+
+def _epoch_args(sizes, acts, n=40, batch=7, dtype=np.float64, seed=0, X_dtype=None):
+    rng = np.random.default_rng(seed)
+    sizes = np.array(sizes, dtype=np.intp)
+    X = rng.uniform(0, 1, (n, sizes[0])).astype(X_dtype or dtype)
+    Y = np.zeros((n, sizes[-1]), dtype)
+    Y[np.arange(n), rng.integers(0, sizes[-1], n)] = 1
+    params = rand(rng, _kernels.n_params(sizes), dtype, 0.5)
+    acts = np.array([ACTIVATIONS[a].code for a in acts], dtype=np.int32)
+    work = np.empty(_core.workspace_size(sizes, batch), dtype)
+    order = rng.permutation(n).astype(np.int64)
+    return dict(X=X, Y=Y, order=order, params=params, sizes=sizes, activations=acts,
+                slope=0.01, loss=LOSSES["mse"].code, batch_size=batch, lr=0.5, decay=1.0,
+                work=work, control=np.zeros(2, np.int64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", [1.0, 0.999])
+def test_train_epoch_matches_reference(dtype, decay):
+    args = _epoch_args([6, 5, 4, 3], ["tanh", "relu", "sigmoid"], dtype=dtype)
+    args["decay"] = decay
+    mine = {**args, "params": args["params"].copy(), "control": np.zeros(2, np.int64)}
+    status, loss, hits = _core.train_epoch(**mine)
+    status_ref, loss_ref, hits_ref = ref.train_epoch(**args)
+    assert status == status_ref == _kernels.DONE
+    assert mine["control"][1] == args["control"][1] == 40
+    assert hits == hits_ref
+    assert_allclose(loss, loss_ref, rtol=RTOL[dtype] * 10)
+    assert_allclose(mine["params"], args["params"], rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("X_dtype", [np.uint8, np.float32, np.float64])
+def test_train_epoch_reads_every_input_dtype(X_dtype):
+    # uint8 rows are divided by 255 as they are gathered: the same run as float / 255
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (30, 6)).astype(np.uint8)
+    base = _epoch_args([6, 4, 2], ["sigmoid", "sigmoid"], n=30, batch=4)
+    scaled = dict(base, X=pixels.astype(np.float64) / 255, params=base["params"].copy())
+    _core.train_epoch(**scaled)
+    X = pixels if X_dtype == np.uint8 else (pixels / 255).astype(X_dtype)
+    run = dict(base, X=X, params=base["params"].copy(), control=np.zeros(2, np.int64))
+    _core.train_epoch(**run)
+    # float32 inputs carry float32 rounding into the float64 network
+    tol = 1e-6 if X_dtype == np.float32 else 1e-13
+    assert_allclose(run["params"], scaled["params"], rtol=tol, atol=tol)
+
+
+def test_train_epoch_reports_divergence_before_updating():
+    args = _epoch_args([4, 3, 2], ["identity", "identity"], n=10, batch=5)
+    args["X"][7, 2] = np.inf  # in the second batch of the order below
+    args["order"] = np.arange(10, dtype=np.int64)
+    before = args["params"].copy()
+    status, _, _ = _core.train_epoch(**args)
+    assert status == _kernels.DIVERGED
+    assert args["control"][1] == 5                 # the first batch was trained...
+    assert not np.array_equal(args["params"], before)
+    assert np.isfinite(args["params"]).all()       # ...the bad one was not applied
+
+
+def test_train_epoch_stops_on_request_and_releases_the_gil():
+    # a long epoch in a thread: the main thread keeps running Python while
+    # it trains, then asks it to stop between batches
+    rng = np.random.default_rng(0)
+    n = 200_000
+    args = _epoch_args([64, 64, 10], ["sigmoid", "sigmoid"], n=8, batch=10)
+    args["X"] = rng.uniform(0, 1, (n, 64))
+    args["Y"] = np.zeros((n, 10))
+    args["order"] = np.arange(n, dtype=np.int64)
+    args["work"] = np.empty(_core.workspace_size(args["sizes"], 10))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=_core.train_epoch(**args)))
+    worker.start()
+    ticks = 0
+    while args["control"][1] == 0:   # wait for the first batches
+        time.sleep(0.001)
+    while args["control"][1] < 2000:
+        ticks += 1                   # Python runs here while the kernel trains
+        time.sleep(0.0005)
+    args["control"][0] = 1
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert result["out"][0] == _kernels.STOPPED
+    assert 2000 <= args["control"][1] < n
+    assert args["control"][1] % 10 == 0          # stopped between batches
+    assert ticks > 0
+
+
+def test_predict_matches_reference_in_chunks():
+    rng = np.random.default_rng(2)
+    sizes = np.array([5, 8, 3], dtype=np.intp)
+    acts = np.array([ACTIVATIONS["relu"].code, ACTIVATIONS["softmax"].code], dtype=np.int32)
+    params = rand(rng, _kernels.n_params(sizes), np.float64)
+    X = rng.integers(0, 256, (23, 5)).astype(np.uint8)
+    got, want = np.empty((23, 3)), np.empty((23, 3))
+    _core.predict(X, params, sizes, acts, 0.01, np.empty(_core.workspace_size(sizes, 4)), 4, got)
+    ref.predict(X, params, sizes, acts, 0.01, None, 4, want)
+    assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradient_matches_reference(dtype):
+    args = _epoch_args([6, 5, 4, 3], ["leaky_relu", "tanh", "softmax"], n=9, dtype=dtype)
+    work = np.empty(_core.workspace_size(args["sizes"], 9), dtype)
+    got, want = np.empty_like(args["params"]), np.empty_like(args["params"])
+    common = (args["X"], args["Y"], args["params"], args["sizes"], args["activations"], 0.01,
+              LOSSES["cross_entropy"].code)
+    total = _core.gradient(*common, work, got)
+    total_ref = ref.gradient(*common, None, want)
+    assert_allclose(total, total_ref, rtol=RTOL[dtype] * 10)
+    assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+
+
+# The wrappers check everything before the nogil code runs.
+
+def test_train_epoch_rejects_out_of_range_rows():
+    args = _epoch_args([4, 3, 2], ["sigmoid", "sigmoid"], n=10, batch=5)
+    args["order"][3] = 10
+    with pytest.raises(ValueError, match="row index 10 is outside"):
+        _core.train_epoch(**args)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(X=a["X"][:, :3].copy()), "X has 3 columns"),
+    (lambda a: a.update(Y=a["Y"][:, :1].copy()), "Y has shape"),
+    (lambda a: a.update(params=a["params"][:-1].copy()), "params has"),
+    (lambda a: a.update(work=a["work"][:10].copy()), "workspace has"),
+    (lambda a: a.update(batch_size=0), "at least one row"),
+    (lambda a: a.update(activations=np.array([5, 1], np.int32)), "softmax is only allowed"),
+    (lambda a: a.update(activations=np.array([1, 9], np.int32)), "unknown activation code"),
+    (lambda a: a.update(loss=7), "unknown loss code"),
+    (lambda a: a.update(loss=1, activations=np.array([1, 3], np.int32)), "cross_entropy needs"),
+    (lambda a: a.update(slope=-1.0), "slope"),
+    (lambda a: a.update(control=np.zeros(1, np.int64)), "control"),
+])
+def test_train_epoch_rejects_inconsistent_arguments(change, message):
+    args = _epoch_args([4, 3, 2], ["sigmoid", "sigmoid"], n=10, batch=5)
+    change(args)
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match=message):
+        _core.train_epoch(**args)
+    assert np.array_equal(args["params"][:len(before)], before[:len(args["params"])])
+
+
+def test_kernels_refuse_mixed_dtypes():
+    args = _epoch_args([4, 3, 2], ["sigmoid", "sigmoid"], n=10, batch=5)
+    args["work"] = args["work"].astype(np.float32)
+    with pytest.raises((ValueError, TypeError)):
+        _core.train_epoch(**args)
+
+
+def test_single_kernels_check_shapes():
+    A, W = np.ones((2, 3)), np.ones((4, 5))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _core.linear_forward(A, W, np.ones(5), np.empty((2, 5)))
+    with pytest.raises(ValueError, match="no elementwise derivative"):
+        _core.activation_grad(ACTIVATIONS["softmax"].code, A, A.copy())
+    with pytest.raises(ValueError, match="differ in shape"):
+        _core.output_delta(0, 1, A, np.ones((2, 2)), A.copy())
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _core.hidden_delta(np.ones((2, 5)), W, 1, np.ones((2, 3)), np.empty((2, 3)))
