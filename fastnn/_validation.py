@@ -1,0 +1,126 @@
+"""Checks on user data, done in Python before any kernel sees it.
+
+The kernels trust their inputs, so everything a user can get wrong (shape,
+dtype, NaN, labels out of range) is caught here with one clear message.
+"""
+import numpy as np
+
+from fastnn.exceptions import DataError
+
+#: Input dtypes the kernels read directly (uint8 is scaled to [0, 1]).
+INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _first_bad(mask):
+    """(row, column) of the first True in a 2-D boolean mask."""
+    r, c = np.unravel_index(np.argmax(mask), mask.shape)
+    return int(r), int(c)
+
+
+def check_finite(a, name):
+    """Raise DataError naming the first NaN or infinite entry of a float array."""
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = ~np.isfinite(a.reshape(len(a), -1))
+        r, c = _first_bad(bad)
+        raise DataError(f"{name} contains NaN or infinity (first at row {r}, column {c})")
+
+
+def check_X(X, n_features, name="X"):
+    """X as a C-contiguous 2-D array the kernels accept.
+
+    uint8, float32 and float64 are kept as they are (uint8 is scaled by
+    the kernels); other numeric dtypes are converted to float64 without
+    scaling. Raises DataError for the wrong shape, an empty array, or NaN.
+    """
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{name} must be numeric, not {X.dtype}")
+    if X.ndim != 2:
+        hint = " (for one sample use X.reshape(1, -1))" if X.ndim == 1 else ""
+        raise DataError(f"{name} must be 2-D (n_samples, n_features); got shape {X.shape}{hint}")
+    if X.shape[0] == 0:
+        raise DataError(f"{name} is empty (0 samples)")
+    if X.shape[1] != n_features:
+        raise DataError(f"{name} has {X.shape[1]} features, but this network expects {n_features}")
+    if X.dtype not in INPUT_DTYPES:
+        X = X.astype(np.float64)
+    check_finite(X, name)
+    return np.ascontiguousarray(X)
+
+
+def check_targets(y, n_samples, n_outputs, dtype, name="y"):
+    """Targets as a (n_samples, n_outputs) array of `dtype`.
+
+    Integer labels (or floats that are whole numbers, 1-D) are one-hot
+    encoded; with a single output they must be 0 or 1. A float array of
+    shape (n, n_outputs) is used as it is.
+
+    Returns
+    -------
+    (Y, labels) : labels is the 1-D int array of class labels, or None when
+    the targets were given as a float array that is not one-hot.
+    """
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{name} must be numeric, not {y.dtype}")
+    if len(y) != n_samples:
+        raise DataError(f"X has {n_samples} samples but {name} has {len(y)}")
+    if y.ndim == 2 and y.shape[1] == 1 and n_outputs > 1 and y.dtype.kind in "biu":
+        y = y[:, 0]
+    if y.ndim == 1 and n_outputs == 1 and y.dtype.kind == "f":
+        y = y[:, None]
+    if y.ndim == 1:
+        check_finite(y[:, None], name)
+        if y.dtype.kind == "f":
+            if not np.array_equal(y, np.round(y)):
+                raise DataError(
+                    f"{name} is 1-D with non-integer values; give integer class labels "
+                    f"or a ({n_samples}, {n_outputs}) array of targets")
+        labels = y.astype(np.int64)
+        n_classes = max(n_outputs, 2)
+        bad = (labels < 0) | (labels >= n_classes)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(
+                f"{name} has label {labels[i]} at row {i}, but the output layer's "
+                f"{n_outputs} unit(s) take labels 0..{n_classes - 1}")
+        if n_outputs == 1:
+            return labels.astype(dtype)[:, None], labels
+        Y = np.zeros((n_samples, n_outputs), dtype=dtype)
+        Y[np.arange(n_samples), labels] = 1
+        return Y, labels
+    if y.ndim != 2 or y.shape[1] != n_outputs:
+        raise DataError(
+            f"{name} has shape {y.shape}; expected integer labels of shape ({n_samples},) "
+            f"or targets of shape ({n_samples}, {n_outputs})")
+    check_finite(y, name)
+    Y = np.ascontiguousarray(y, dtype=dtype)
+    return Y, one_hot_labels(Y)
+
+
+def one_hot_labels(Y):
+    """The class labels of a target array whose rows are one-hot (or 0/1 for a
+    single output), else None."""
+    if not np.isin(Y, (0, 1)).all():
+        return None
+    if Y.shape[1] == 1:
+        return Y[:, 0].astype(np.int64)
+    if not (Y.sum(axis=1) == 1).all():
+        return None
+    return Y.argmax(axis=1)
+
+
+def check_targets_fit_loss(Y, loss, output, name="y"):
+    """Cross-entropy needs targets in [0, 1]; with softmax, rows summing to 1."""
+    if loss != "cross_entropy":
+        return
+    if Y.min() < 0 or Y.max() > 1:
+        raise DataError(f"cross_entropy needs targets in [0, 1]; {name} has values "
+                        f"in [{Y.min():g}, {Y.max():g}]")
+    if output == "softmax":
+        sums = Y.sum(axis=1, dtype=np.float64)
+        bad = np.abs(sums - 1) > 1e-3
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"softmax cross_entropy needs target rows that sum to 1; "
+                            f"row {i} of {name} sums to {sums[i]:g}")

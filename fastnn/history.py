@@ -1,0 +1,50 @@
+"""The per-epoch record that ``Network.fit`` returns."""
+from collections.abc import Mapping
+
+
+class History(Mapping):
+    """Per-epoch metrics of a training run, under Keras's names.
+
+    A read-only mapping of series names to lists: ``hist["loss"]`` is the list of training losses, one per epoch; other
+    series are ``accuracy``, ``val_loss``, ``val_accuracy`` (when there is
+    validation data), ``lr`` and ``seconds``. ``hist.epochs`` counts the
+    epochs completed and ``hist.stopped`` says why training ended early
+    (None if it ran every epoch).
+    """
+
+    def __init__(self):
+        self._series = {}
+        self.epochs = 0
+        self.stopped = None
+
+    def append(self, metrics):
+        """Record one epoch's metrics (a dict of name -> number)."""
+        for name, value in metrics.items():
+            self._series.setdefault(name, [None] * self.epochs).append(value)
+        self.epochs += 1
+        for values in self._series.values():
+            if len(values) < self.epochs:
+                values.append(None)
+
+    def __getitem__(self, name):
+        return self._series[name]
+
+    def __iter__(self):
+        return iter(self._series)
+
+    def __len__(self):
+        return len(self._series)
+
+    def last(self):
+        """The final epoch's metrics as a dict ({} before any epoch)."""
+        return {k: v[-1] for k, v in self._series.items() if v and v[-1] is not None}
+
+    def to_dict(self):
+        """A JSON-ready dict: each series, plus 'epochs' and 'stopped'."""
+        return {"epochs": self.epochs, "stopped": self.stopped,
+                **{k: list(v) for k, v in self._series.items()}}
+
+    def __repr__(self):
+        last = ", ".join(f"{k}={v:.4g}" for k, v in self.last().items()
+                         if isinstance(v, float))
+        return f"History(epochs={self.epochs}{', ' if last else ''}{last})"
