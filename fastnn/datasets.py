@@ -1,0 +1,104 @@
+"""Known datasets: MNIST, read from the original IDX files with MD5 checks."""
+import hashlib
+import os
+from pathlib import Path
+
+from fastnn.data import gunzip, parse_idx
+from fastnn.exceptions import DataError, DatasetNotFound
+
+#: The four original MNIST files and their official MD5 checksums.
+MNIST_FILES = {
+    "train_images": ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    "train_labels": ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+    "test_images": ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+    "test_labels": ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+}
+
+#: data/mnist of the source tree fastnn runs from (found when installed with -e).
+SOURCE_TREE_MNIST = Path(__file__).resolve().parent.parent / "data" / "mnist"
+
+
+def user_cache_dir():
+    """Where fastnn keeps downloaded data: $XDG_CACHE_HOME/fastnn or ~/.cache/fastnn."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fastnn"
+
+
+def mnist_search_path(path=None):
+    """The directories load_mnist looks in, in order.
+
+    `path`, then $FASTNN_DATA (the directory itself or its ``mnist``
+    subdirectory), then ``data/mnist`` of the source tree fastnn runs from and
+    of the current directory, then the user cache.
+    """
+    places = []
+    if path is not None:
+        places.append(Path(path))
+    env = os.environ.get("FASTNN_DATA")
+    if env:
+        places += [Path(env), Path(env) / "mnist"]
+    places.append(SOURCE_TREE_MNIST)
+    places.append(Path.cwd() / "data" / "mnist")
+    places.append(user_cache_dir() / "mnist")
+    unique = []
+    for p in places:
+        if p not in unique:
+            unique.append(p)
+    return unique
+
+
+def find_mnist(path=None):
+    """The first directory on the search path holding all four MNIST files."""
+    places = mnist_search_path(path)
+    for place in places:
+        if all((place / name).is_file() for name, _ in MNIST_FILES.values()):
+            return place
+    listed = ", ".join(str(p) for p in places)
+    raise DatasetNotFound(
+        f"MNIST not found: looked for {MNIST_FILES['train_images'][0]} and the other three "
+        f"files in {listed}. Copy them into one of these, set FASTNN_DATA, or run "
+        f"'fastnn download mnist'")
+
+
+def md5(data):
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def load_mnist(path=None):
+    """Load MNIST from the original IDX files, verifying their official MD5s.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A directory to look in first (see ``mnist_search_path``).
+
+    Returns
+    -------
+    ((X_train, y_train), (X_test, y_test))
+        uint8 images of shape (60000, 784) and (10000, 784), and int64 labels.
+
+    Raises
+    ------
+    DatasetNotFound
+        If no directory on the search path has the four files; the message
+        lists every place searched.
+    DataError
+        If a file's checksum or contents are wrong.
+    """
+    place = find_mnist(path)
+    arrays = {}
+    for key, (name, expected) in MNIST_FILES.items():
+        file = place / name
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read {file}: {exc.strerror}") from None
+        if md5(raw) != expected:
+            raise DataError(f"{file} is corrupt: MD5 {md5(raw)}, expected {expected}. "
+                            f"Replace it with the original file")
+        arrays[key] = parse_idx(gunzip(raw, file), str(file))
+    X_train = arrays["train_images"].reshape(len(arrays["train_images"]), -1)
+    X_test = arrays["test_images"].reshape(len(arrays["test_images"]), -1)
+    y_train = arrays["train_labels"].astype("int64")
+    y_test = arrays["test_labels"].astype("int64")
+    return (X_train, y_train), (X_test, y_test)

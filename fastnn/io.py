@@ -1,0 +1,236 @@
+"""Model files: a network's weights in safetensors, its description in the header.
+
+A fastnn model file is a plain safetensors file. Its tensors are
+``weights.<l>`` and ``biases.<l>``; its ``__metadata__`` header holds
+``format = "fastnn"``, ``format_version``, ``fastnn_version`` and JSON
+strings ``network`` (sizes, activations, loss, dtype, init, seed, slope,
+epochs trained), ``input_scaling`` and ``training`` (the options of the
+last fit and its final metrics).
+
+Writing is atomic: the file is written to a temporary name in the same
+directory, flushed to disk, and renamed over the target, so a crash never
+leaves a half-written model. Loading never executes code (no pickle): the
+header is JSON and the tensors are raw arrays, checked against the header.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from fastnn._kernels import get_backend
+from fastnn._version import __version__
+from fastnn.exceptions import ConfigError, ModelFileError
+
+FORMAT = "fastnn"
+FORMAT_VERSION = 1
+# uint8 inputs are divided by 255 by the kernels; other dtypes are used as given.
+INPUT_SCALING = {"uint8": 1 / 255, "float32": 1.0, "float64": 1.0}
+# The safetensors header is 8 bytes of length, then JSON; refuse absurd lengths.
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def _bytes(net):
+    from safetensors.numpy import save as st_save
+
+    tensors = {}
+    for l, (W, b) in enumerate(zip(net.weights, net.biases)):
+        tensors[f"weights.{l}"] = W
+        tensors[f"biases.{l}"] = b
+    network = {
+        "sizes": list(net.sizes),
+        "activations": list(net.activations),
+        "loss": net.loss,
+        "dtype": str(net.dtype),
+        "init": net.init,
+        "seed": net.seed,
+        "slope": net.slope,
+        "epochs_trained": net.epochs_trained,
+    }
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "fastnn_version": __version__,
+        "network": json.dumps(network),
+        "input_scaling": json.dumps(INPUT_SCALING),
+        "training": json.dumps(net.training, default=float),
+    }
+    return st_save(tensors, metadata=metadata)
+
+
+def atomic_write(path, data):
+    """Write bytes to path through a temporary file and a rename."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ModelFileError(f"cannot write {path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise ModelFileError(f"cannot write {path}: it is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                                   suffix=".tmp")
+    except OSError as exc:
+        raise ModelFileError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise ModelFileError(f"cannot write {path}: {exc.strerror}") from None
+        raise
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass  # some filesystems cannot sync a directory; the rename is done
+
+
+def save(net, path):
+    """Write `net` to `path` as a safetensors model file, atomically."""
+    atomic_write(path, _bytes(net))
+
+
+def _header(data, path):
+    if len(data) < 8:
+        raise ModelFileError(f"{path} is not a fastnn model: {len(data)} bytes is too "
+                             f"short for a safetensors file")
+    n = int.from_bytes(data[:8], "little")
+    if n > MAX_HEADER or n > len(data) - 8:
+        if n <= MAX_HEADER and data[8:9] == b"{":
+            raise ModelFileError(f"{path} is truncated: its header needs {n} bytes, "
+                                 f"the file has {len(data) - 8}")
+        raise ModelFileError(f"{path} is not a fastnn model (not a safetensors file)")
+    try:
+        header = json.loads(data[8:8 + n])
+    except (UnicodeDecodeError, ValueError):
+        raise ModelFileError(f"{path} is not a fastnn model (not a safetensors file)") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path} is not a fastnn model (not a safetensors file)")
+    return header, 8 + n
+
+
+def _tensor_end(header):
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError):
+            return None
+    return end
+
+
+def _network_config(meta, path):
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise ModelFileError(f"{path} has an unreadable format_version "
+                             f"{meta.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was written by a newer fastnn ({meta.get('fastnn_version', '?')}, "
+            f"format version {version}); this fastnn {__version__} reads format "
+            f"version {FORMAT_VERSION} at most. Upgrade fastnn to load it.")
+    try:
+        config = json.loads(meta["network"])
+        training = json.loads(meta.get("training", "{}"))
+        sizes = [int(s) for s in config["sizes"]]
+        activations = [str(a) for a in config["activations"]]
+        if len(activations) != len(sizes) - 1:
+            raise ValueError("one activation per layer")
+        if not isinstance(training, dict):
+            raise ValueError("training is not a JSON object")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path} has a damaged fastnn header ({exc})") from None
+    return config, sizes, activations, training
+
+
+def load(path, backend="cython"):
+    """Read a network from a fastnn model file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    backend : {"cython", "numpy"}, default "cython"
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing, is not a fastnn model, is truncated, has a
+        newer format version, or its tensors do not match its header.
+    """
+    from fastnn.network import Network
+    from safetensors.numpy import load as st_load
+
+    get_backend(backend)
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise ModelFileError(f"{path} is a directory, not a model file") from None
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such model file") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror}") from None
+    header, data_start = _header(data, path)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is a safetensors file but not a fastnn model "
+                             f"(no fastnn metadata in its header)")
+    config, sizes, activations, training = _network_config(meta, path)
+    end = _tensor_end(header)
+    if end is None:
+        raise ModelFileError(f"{path} has a damaged safetensors header")
+    if data_start + end > len(data):
+        raise ModelFileError(f"{path} is truncated: its tensors need {data_start + end} "
+                             f"bytes, the file has {len(data)}")
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFileError(f"{path} has damaged tensors ({exc})") from None
+    try:
+        net = Network(sizes, activation=activations[:-1], output=activations[-1],
+                      loss=config["loss"], dtype=config["dtype"], init=config.get("init", "nielsen"),
+                      seed=int(config["seed"]), slope=float(config.get("slope", 0.01)),
+                      backend=backend)
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path} describes an invalid network ({exc})") from None
+    expected = {}
+    for l in range(len(sizes) - 1):
+        expected[f"weights.{l}"] = (sizes[l], sizes[l + 1])
+        expected[f"biases.{l}"] = (sizes[l + 1],)
+    if set(tensors) != set(expected):
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        raise ModelFileError(f"{path} has inconsistent tensors for sizes {sizes}: "
+                             f"missing {missing}, unexpected {extra}")
+    for name, shape in expected.items():
+        t = tensors[name]
+        if t.shape != shape:
+            raise ModelFileError(f"{path} has inconsistent shapes: {name} is {t.shape}, "
+                                 f"but sizes {sizes} need {shape}")
+        if t.dtype != net.dtype:
+            raise ModelFileError(f"{path}: {name} is {t.dtype}, but the header says {net.dtype}")
+        if not np.isfinite(t).all():
+            raise ModelFileError(f"{path}: {name} contains NaN or infinity")
+    for l in range(len(sizes) - 1):
+        net.weights[l][...] = tensors[f"weights.{l}"]
+        net.biases[l][...] = tensors[f"biases.{l}"]
+    try:
+        net.epochs_trained = int(config.get("epochs_trained", 0))
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{path} has a damaged fastnn header (epochs_trained)") from None
+    net.training = training
+    return net

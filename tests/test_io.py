@@ -1,0 +1,202 @@
+"""Model files: round trips, atomic writes, and refusing bad files clearly."""
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+
+import fastnn
+from fastnn import ModelFileError, Network
+from fastnn.io import FORMAT_VERSION, atomic_write
+
+
+@pytest.fixture
+def trained():
+    rng = np.random.default_rng(0)
+    net = Network([6, 5, 4, 3], activation=["tanh", "leaky_relu"], output="softmax",
+                  loss="cross_entropy", seed=11, slope=0.05)
+    net.fit(rng.normal(size=(40, 6)), rng.integers(0, 3, 40), epochs=2, lr=0.1)
+    return net
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_save_load_round_trip_gives_identical_outputs(tmp_path, dtype):
+    net = Network([6, 5, 3], dtype=dtype, seed=3)
+    path = tmp_path / "model.safetensors"
+    net.save(path)
+    loaded = fastnn.load(path)
+    X = np.random.default_rng(1).normal(size=(20, 6))
+    assert_array_equal(loaded.forward(X), net.forward(X))
+    assert loaded.dtype == net.dtype and loaded.sizes == net.sizes
+
+
+def test_round_trip_keeps_the_description(tmp_path, trained):
+    path = tmp_path / "m.safetensors"
+    trained.save(str(path))
+    loaded = fastnn.load(str(path))
+    assert repr(loaded) == repr(trained)
+    assert loaded.slope == 0.05 and loaded.epochs_trained == 2
+    assert loaded.training["final"]["loss"] == trained.training["final"]["loss"]
+    for a, b in zip(loaded.weights + loaded.biases, trained.weights + trained.biases):
+        assert_array_equal(a, b)
+    assert not list(tmp_path.glob(".*tmp"))          # no temporary file left behind
+
+
+def test_model_file_is_plain_safetensors_with_metadata(tmp_path, trained):
+    from safetensors import safe_open
+
+    path = tmp_path / "m.safetensors"
+    trained.save(path)
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+        assert sorted(f.keys()) == ["biases.0", "biases.1", "biases.2",
+                                    "weights.0", "weights.1", "weights.2"]
+    assert meta["format"] == "fastnn" and meta["format_version"] == str(FORMAT_VERSION)
+    assert meta["fastnn_version"] == fastnn.__version__
+    network = json.loads(meta["network"])
+    assert network["sizes"] == [6, 5, 4, 3] and network["seed"] == 11
+    assert json.loads(meta["input_scaling"])["uint8"] == pytest.approx(1 / 255)
+    assert json.loads(meta["training"])["epochs"] == 2
+
+
+def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch, trained):
+    path = tmp_path / "m.safetensors"
+    trained.save(path)
+    original = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(ModelFileError, match="No space left on device"):
+        Network([2, 2], seed=0).save(path)
+    assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_interrupted_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    path = tmp_path / "new.safetensors"
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_into_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        Network([2, 2], seed=0).save(tmp_path / "nope" / "m.safetensors")
+    with pytest.raises(ModelFileError, match="is a directory"):
+        Network([2, 2], seed=0).save(tmp_path)
+
+
+def _rewrite_header(path, edit):
+    """Rewrite a model file's JSON header through `edit(header)`."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+
+
+def test_refuses_missing_and_non_model_files(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        fastnn.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ModelFileError, match="is a directory"):
+        fastnn.load(tmp_path)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not a model at all")
+    with pytest.raises(ModelFileError, match="not a fastnn model"):
+        fastnn.load(text)
+    tiny = tmp_path / "tiny"
+    tiny.write_bytes(b"abc")
+    with pytest.raises(ModelFileError, match="too short"):
+        fastnn.load(tiny)
+
+
+def test_refuses_safetensors_that_is_not_fastnn(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"x": np.zeros(3, np.float32)}, str(path))
+    with pytest.raises(ModelFileError, match="safetensors file but not a fastnn model"):
+        fastnn.load(path)
+
+
+def test_refuses_truncated_files(tmp_path, trained):
+    path = tmp_path / "m.safetensors"
+    trained.save(path)
+    data = path.read_bytes()
+    for cut in (len(data) - 1, len(data) // 2, 40):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ModelFileError, match="truncated"):
+            fastnn.load(path)
+
+
+def test_refuses_newer_format_version(tmp_path, trained):
+    path = tmp_path / "m.safetensors"
+    trained.save(path)
+    _rewrite_header(path, lambda h: h["__metadata__"].update(format_version="99"))
+    with pytest.raises(ModelFileError, match="newer fastnn .*format version 99.*Upgrade"):
+        fastnn.load(path)
+
+
+def test_refuses_inconsistent_shapes(tmp_path, trained):
+    path = tmp_path / "m.safetensors"
+    trained.save(path)
+
+    def wrong_sizes(h):
+        net = json.loads(h["__metadata__"]["network"])
+        net["sizes"] = [6, 5, 4, 4]
+        h["__metadata__"]["network"] = json.dumps(net)
+
+    _rewrite_header(path, wrong_sizes)
+    with pytest.raises(ModelFileError, match=r"inconsistent shapes: weights.2 is \(4, 3\)"):
+        fastnn.load(path)
+
+
+def test_refuses_a_damaged_description(tmp_path, trained):
+    path = tmp_path / "m.safetensors"
+    trained.save(path)
+    _rewrite_header(path, lambda h: h["__metadata__"].update(network="{broken"))
+    with pytest.raises(ModelFileError, match="damaged fastnn header"):
+        fastnn.load(path)
+    trained.save(path)
+    _rewrite_header(path, lambda h: h["__metadata__"].update(
+        network=h["__metadata__"]["network"].replace('"tanh"', '"exec"')))
+    with pytest.raises(ModelFileError, match="invalid network .*Unknown activation 'exec'"):
+        fastnn.load(path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_loader_survives_random_and_damaged_bytes(tmp_path, data):
+    # only fastnn's own error ever comes out, whatever the bytes
+    net = Network([4, 3, 2], seed=0)
+    path = tmp_path / "fuzz.safetensors"
+    net.save(path)
+    good = bytearray(path.read_bytes())
+    choice = data.draw(st.sampled_from(["random", "truncate", "flip"]))
+    if choice == "random":
+        blob = data.draw(st.binary(max_size=300))
+    elif choice == "truncate":
+        blob = bytes(good[:data.draw(st.integers(0, len(good) - 1))])
+    else:
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(good) - 1))
+            good[i] = data.draw(st.integers(0, 255))
+        blob = bytes(good)
+    path.write_bytes(blob)
+    try:
+        loaded = fastnn.load(path)
+    except ModelFileError:
+        return
+    assert loaded.forward(np.ones((1, 4))).shape == (1, 2)
