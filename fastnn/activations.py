@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from fastnn.exceptions import unknown_name
+from fastnn.exceptions import lookup
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,4 @@ BY_CODE = {a.code: a for a in ACTIVATIONS.values()}
 
 def get_activation(name):
     """The registered activation called `name`; ConfigError lists the valid ones."""
-    try:
-        return ACTIVATIONS[name]
-    except (KeyError, TypeError):
-        raise unknown_name("activation", name, ACTIVATIONS) from None
+    return lookup(ACTIVATIONS, "activation", name)

@@ -19,22 +19,26 @@ IDX_TYPES = {
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def read_file(path, error=DataError, what="data file"):
+    """The bytes of a file; `error` with a one-line message if it cannot be read."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a directory, not a {what}") from None
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror}") from None
+
+
 def read_bytes(path):
     """The contents of a file, decompressed if it is gzip-compressed.
 
     Raises DataError for a missing or unreadable file or a damaged gzip stream.
     """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a directory, not a data file") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}") from None
-    return gunzip(data, path)
+    return gunzip(read_file(path), os.fspath(path))
 
 
 def gunzip(data, name):

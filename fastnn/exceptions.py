@@ -32,3 +32,11 @@ class TrainingDiverged(FastnnError, ArithmeticError):
 def unknown_name(kind, name, valid):
     """The error for a name missing from a registry, listing the valid ones."""
     return ConfigError(f"Unknown {kind} {name!r}; expected one of {sorted(valid)}")
+
+
+def lookup(registry, kind, name):
+    """registry[name], or a ConfigError that lists the valid names."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise unknown_name(kind, name, registry) from None

@@ -5,11 +5,12 @@ from collections.abc import Mapping
 class History(Mapping):
     """Per-epoch metrics of a training run, under Keras's names.
 
-    A read-only mapping of series names to lists: ``hist["loss"]`` is the list of training losses, one per epoch; other
-    series are ``accuracy``, ``val_loss``, ``val_accuracy`` (when there is
-    validation data), ``lr`` and ``seconds``. ``hist.epochs`` counts the
-    epochs completed and ``hist.stopped`` says why training ended early
-    (None if it ran every epoch).
+    A read-only mapping of series names to lists, one entry per epoch:
+    ``hist["loss"]`` (the mean training loss), ``accuracy``, ``val_loss``
+    and ``val_accuracy`` (when there is validation data), ``lr`` and
+    ``seconds``. ``hist.epochs`` counts the epochs completed and
+    ``hist.stopped`` says why training ended early (None if it ran every
+    epoch).
     """
 
     def __init__(self):

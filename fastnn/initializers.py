@@ -6,7 +6,7 @@ gives the same starting point in float32 and float64.
 """
 import numpy as np
 
-from fastnn.exceptions import unknown_name
+from fastnn.exceptions import lookup
 
 
 def nielsen(sizes, rng):
@@ -38,7 +38,4 @@ INITIALIZERS = {f.__name__: f for f in (nielsen, large, xavier, he)}
 
 def get_initializer(name):
     """The registered initialisation called `name`; ConfigError lists the valid ones."""
-    try:
-        return INITIALIZERS[name]
-    except (KeyError, TypeError):
-        raise unknown_name("init", name, INITIALIZERS) from None
+    return lookup(INITIALIZERS, "init", name)

@@ -20,6 +20,7 @@ import numpy as np
 
 from fastnn._kernels import get_backend
 from fastnn._version import __version__
+from fastnn.data import read_file
 from fastnn.exceptions import ConfigError, ModelFileError
 
 FORMAT = "fastnn"
@@ -175,15 +176,7 @@ def load(path, backend="cython"):
 
     get_backend(backend)
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except IsADirectoryError:
-        raise ModelFileError(f"{path} is a directory, not a model file") from None
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such model file") from None
-    except OSError as exc:
-        raise ModelFileError(f"cannot read {path}: {exc.strerror}") from None
+    data = read_file(path, ModelFileError, "model file")
     header, data_start = _header(data, path)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

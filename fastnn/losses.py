@@ -11,7 +11,7 @@ from typing import Callable, FrozenSet, Optional
 import numpy as np
 
 from fastnn.activations import ACTIVATIONS
-from fastnn.exceptions import ConfigError, unknown_name
+from fastnn.exceptions import ConfigError, lookup
 
 
 def _log(a):
@@ -99,7 +99,4 @@ assert all(o in ACTIVATIONS for loss in LOSSES.values() for o in (loss.outputs o
 
 def get_loss(name):
     """The registered loss called `name`; ConfigError lists the valid ones."""
-    try:
-        return LOSSES[name]
-    except (KeyError, TypeError):
-        raise unknown_name("loss", name, LOSSES) from None
+    return lookup(LOSSES, "loss", name)

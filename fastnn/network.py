@@ -289,7 +289,7 @@ class Network:
                 # one stream per (seed, epoch): a resumed run shuffles as an
                 # uninterrupted one would
                 rng = np.random.default_rng([self.seed, self.epochs_trained])
-                order = rng.permutation(len(X)).astype(np.int64)
+                order = rng.permutation(len(X)).astype(np.int64, copy=False)
             snapshot = self._params.copy()
             control[:] = 0
             start = time.perf_counter()

@@ -481,16 +481,33 @@ cdef _check_dims(Py_ssize_t[::1] sizes):
         _check(0 < sizes[l] <= INT_MAX, f"layer size {sizes[l]} is outside [1, {INT_MAX}]")
 
 
-cdef _check_codes(const int32_t[::1] acts, Py_ssize_t n_layers, int loss):
+cdef _check_activations(const int32_t[::1] acts, Py_ssize_t n_layers, double slope):
     _check(acts.shape[0] == n_layers,
            f"{acts.shape[0]} activation codes for {n_layers} layers")
     for l in range(n_layers):
         _check(0 <= acts[l] < N_ACTIVATIONS, f"unknown activation code {acts[l]}")
         _check(acts[l] != SOFTMAX or l == n_layers - 1,
                "softmax is only allowed on the output layer")
+    # leaky_relu' is read off the sign of the stored activation
+    _check(slope >= 0, "slope must be >= 0")
+
+
+cdef _check_loss(int loss, int output):
     _check(0 <= loss < N_LOSSES, f"unknown loss code {loss}")
-    _check(loss != CROSS_ENTROPY or acts[n_layers - 1] in (SIGMOID, SOFTMAX),
+    _check(loss != CROSS_ENTROPY or output in (SIGMOID, SOFTMAX),
            "cross_entropy needs a sigmoid or softmax output layer")
+
+
+cdef _check_problem(Py_ssize_t[::1] sizes, const int32_t[::1] acts, double slope,
+                    int loss, Py_ssize_t x_rows, Py_ssize_t x_cols, Py_ssize_t y_rows,
+                    Py_ssize_t y_cols):
+    """The codes fit the layers and X (x_rows, x_cols), Y (y_rows, y_cols) fit the sizes."""
+    cdef Py_ssize_t L = sizes.shape[0] - 1
+    _check_activations(acts, L, slope)
+    _check_loss(loss, acts[L - 1])
+    _check(x_cols == sizes[0], f"X has {x_cols} columns; the network takes {sizes[0]}")
+    _check(y_rows == x_rows and y_cols == sizes[L],
+           f"Y has shape ({y_rows}, {y_cols}); expected ({x_rows}, {sizes[L]})")
 
 
 cdef Layout _layout(Py_ssize_t[::1] sizes, Py_ssize_t capacity, Py_ssize_t n_params,
@@ -575,12 +592,9 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef int64_t n_correct = 0
     cdef int status
     try:
-        _check_codes(activations, L, loss)
-        _check(X.shape[1] == sizes[0], f"X has {X.shape[1]} columns; the network takes {sizes[0]}")
-        _check(Y.shape[0] == n and Y.shape[1] == sizes[L],
-               f"Y has shape ({Y.shape[0]}, {Y.shape[1]}); expected ({n}, {sizes[L]})")
+        _check_problem(sizes, activations, slope, loss, X.shape[0], X.shape[1],
+                       Y.shape[0], Y.shape[1])
         _check(control.shape[0] >= 2, "control needs 2 entries")
-        _check(slope >= 0, "slope must be >= 0")
         _check_rows(order, n)
         if order.shape[0] == 0:
             return DONE, 0.0, 0
@@ -609,11 +623,10 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
     cdef Layout lay = _layout(sizes, chunk, params.shape[0], work.shape[0])
     cdef int64_t[::1] rows
     try:
-        _check_codes(activations, L, MSE)
+        _check_activations(activations, L, slope)
         _check(X.shape[1] == sizes[0], f"X has {X.shape[1]} columns; the network takes {sizes[0]}")
         _check(out.shape[0] == n and out.shape[1] == sizes[L],
                f"out has shape ({out.shape[0]}, {out.shape[1]}); expected ({n}, {sizes[L]})")
-        _check(slope >= 0, "slope must be >= 0")
         if n == 0:
             return
         rows = _arange(n)
@@ -644,12 +657,9 @@ def gradient(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef int64_t[::1] rows
     cdef double total
     try:
-        _check_codes(activations, L, loss)
-        _check(X.shape[1] == sizes[0], f"X has {X.shape[1]} columns; the network takes {sizes[0]}")
-        _check(Y.shape[0] == n and Y.shape[1] == sizes[L],
-               f"Y has shape ({Y.shape[0]}, {Y.shape[1]}); expected ({n}, {sizes[L]})")
+        _check_problem(sizes, activations, slope, loss, X.shape[0], X.shape[1],
+                       Y.shape[0], Y.shape[1])
         _check(grad.shape[0] == params.shape[0], "grad must have the shape of params")
-        _check(slope >= 0, "slope must be >= 0")
         rows = _arange(n)
         with nogil:
             gather_rows(&X[0, 0], sizes[0], &rows[0], n, &work[lay.a_off[0]])
@@ -714,9 +724,7 @@ def output_delta(int loss, int act, const floating[:, ::1] A,
     """D := dC_x/dz^L row by row; returns sum_x C_x. A, Y, D (N, O)."""
     cdef double total
     _check(0 <= act < N_ACTIVATIONS, f"unknown activation code {act}")
-    _check(0 <= loss < N_LOSSES, f"unknown loss code {loss}")
-    _check(loss != CROSS_ENTROPY or act in (SIGMOID, SOFTMAX),
-           "cross_entropy needs a sigmoid or softmax output layer")
+    _check_loss(loss, act)
     _check(A.shape[0] == Y.shape[0] == D.shape[0]
            and A.shape[1] == Y.shape[1] == D.shape[1],
            "output_delta: A, Y and D differ in shape")

@@ -58,7 +58,7 @@ def test_refuses_damaged_idx(blob, message):
 
 
 def test_file_errors(tmp_path):
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError, match="no such data file"):
         read_idx(tmp_path / "missing")
     with pytest.raises(DataError, match="is a directory"):
         read_idx(tmp_path)
