@@ -1,16 +1,25 @@
 """fastnn._core: the compiled kernels of a fully-connected network.
 
-Legend: N = rows (samples) in a batch, I = fan-in, O = fan-out, L = layers,
-P = parameters. Every array is C-contiguous and row-major; samples are rows.
+Legend: N = rows (samples) in a chunk, I = fan-in, O = fan-out, L = layers,
+P = parameters, m = rows in a mini-batch. Every array is C-contiguous and
+row-major; samples are rows.
 
-Flat parameter vector (the same layout as ``fastnn._layout``): for
+Flat parameter vector (the layout of ``fastnn._kernels``): for
 l = 0 .. L-1, layer l's weights W_l (I_l, O_l) row-major, then its bias
-b_l (O_l,).
+b_l (O_l,). Optimizer state is rows of the same length: ``state[0]`` is the
+gradient, ``state[1:]`` the optimizer's own buffers (velocity, Adam's
+moments, Rprop's previous gradient and step sizes).
 
-Workspace for a batch of up to N rows (``fastnn._layout.workspace_size``):
-the activations A_0 .. A_L (N rows each, A_0 is the input), two delta
-buffers of N x max(O), the batch targets (N, O_L) and a column-sum buffer
-of max(O).
+A mini-batch is processed in chunks of at most ``capacity`` rows (the
+workspace's size); their gradients accumulate in ``state[0]`` before one
+optimizer step. When a batch fits in one chunk and the optimizer is plain
+SGD without L1, the step is fused into the weight-gradient GEMM instead
+(alpha = -lr/m, beta = 1 - lr*l2/n) and ``state[0]`` is not touched.
+
+Workspace of a chunk (``workspace_size``): the activations A_0 .. A_L,
+for each hidden layer with dropout its mask and masked activations, two
+delta buffers, the targets and sample weights of the chunk, and a
+column-sum buffer.
 
 Each kernel comes in two layers: a ``cdef ... noexcept nogil`` function that
 trusts its arguments, and a ``def`` wrapper that checks shapes, codes and
@@ -20,9 +29,10 @@ column-major C^T = B^T @ A^T.
 """
 from cython cimport floating
 from libc.float cimport DBL_MIN, FLT_MIN
-from libc.math cimport exp, expf, isfinite, log, logf, tanh, tanhf
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.math cimport exp, expf, fmax, fmin, isfinite, log, logf, pow, sqrt, tanh, tanhf
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
+
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 # Activation codes; fastnn.activations.ACTIVATIONS holds the same numbers.
@@ -39,6 +49,38 @@ cpdef enum:
     MSE = 0
     CROSS_ENTROPY = 1
 
+# Optimizer codes; fastnn.optimizers.OPTIMIZERS holds the same numbers.
+cpdef enum:
+    SGD = 0
+    MOMENTUM = 1
+    NESTEROV = 2
+    ADAM = 3
+    RPROP = 4
+
+# Rows of optimizer state each optimizer needs (the gradient included).
+cdef int STATE_ROWS[5]
+STATE_ROWS[:] = [1, 2, 2, 3, 3]
+
+# Slots of the hyper-parameter array (fastnn._kernels has the same names).
+cpdef enum:
+    H_LR = 0
+    H_L2 = 1            # lambda2 / n_train
+    H_L1 = 2            # lambda1 / n_train
+    H_MOMENTUM = 3
+    H_BETA1 = 4
+    H_BETA2 = 5
+    H_EPS = 6
+    H_ETA_MINUS = 7
+    H_ETA_PLUS = 8
+    H_STEP_MIN = 9
+    H_STEP_MAX = 10
+    N_HYPER = 11
+
+# Input augmentations done while gathering a batch.
+cpdef enum:
+    NO_AUGMENT = 0
+    SHIFT = 1
+
 # What train_epoch returns as its status.
 cpdef enum:
     DONE = 0
@@ -47,10 +89,18 @@ cpdef enum:
 
 # The control array shared with the caller while an epoch runs:
 # control[STOP_REQUEST] != 0 asks the loop to stop before its next batch,
-# control[ROWS_DONE] counts the rows trained so far (for progress displays).
+# control[ROWS_DONE] counts the rows trained so far (for progress displays),
+# control[STEPS] counts optimizer steps across epochs (Adam's t).
 cpdef enum:
     STOP_REQUEST = 0
     ROWS_DONE = 1
+    STEPS = 2
+    N_CONTROL = 3
+
+# Random streams: a row's key mixes the epoch seed, the row's position in
+# the epoch and a stream number (0 = augmentation, l = dropout on A_l).
+cpdef enum:
+    MAX_STREAMS = 1024
 
 ctypedef fused input_t:
     uint8_t
@@ -60,42 +110,52 @@ ctypedef fused input_t:
 cdef enum:
     N_ACTIVATIONS = 6
     N_LOSSES = 2
+    N_OPTIMIZERS = 5
 
 # BLAS takes 32-bit dimensions.
 cdef Py_ssize_t INT_MAX = 2147483647
 
 
 # --------------------------------------------------------------------------
-# Layout: where each layer's parameters and activations live.
+# Layout: where each layer's parameters and buffers live.
 # --------------------------------------------------------------------------
 
 cdef struct Layout:
     Py_ssize_t n_layers          # L
     Py_ssize_t max_out           # max(O_l)
     Py_ssize_t capacity          # N: rows the workspace holds
+    Py_ssize_t n_params          # P
     Py_ssize_t* size             # size[l], l = 0..L (points into the caller's array)
-    Py_ssize_t* w_off            # offset of W_l in params
+    Py_ssize_t* w_off            # offset of W_l in params, l = 0..L-1
     Py_ssize_t* b_off            # offset of b_l in params
     Py_ssize_t* a_off            # offset of A_l in the workspace, l = 0..L
+    Py_ssize_t* in_off           # what layer l reads: A_l, or its dropped-out copy
+    Py_ssize_t* mask_off         # dropout mask of A_l (0 or 1/keep), -1 if none
+    double* keep                 # keep probability of A_l (1 = no dropout)
     Py_ssize_t d0_off            # the two delta buffers
     Py_ssize_t d1_off
-    Py_ssize_t y_off             # batch targets
+    Py_ssize_t y_off             # chunk targets
+    Py_ssize_t sw_off            # chunk sample weights
     Py_ssize_t colsum_off        # bias-gradient buffer
-    Py_ssize_t work_size         # floats the workspace needs
+    Py_ssize_t work_size         # entries the workspace needs
 
 
 cdef int layout_init(Layout* lay, Py_ssize_t* sizes, Py_ssize_t n_layers,
-                     Py_ssize_t capacity) noexcept nogil:
-    """Fill lay from sizes; returns -1 if malloc failed."""
-    cdef Py_ssize_t l, p = 0, a = 0
+                     Py_ssize_t capacity, const double* dropout) noexcept nogil:
+    """Fill lay from the sizes and, for hidden layers, dropout rates
+    (dropout[l - 1] for A_l; NULL for none). Returns -1 if malloc failed."""
+    cdef Py_ssize_t l, p = 0, a = 0, L1 = n_layers + 1
     lay.n_layers = n_layers
     lay.capacity = capacity
     lay.size = sizes
-    lay.w_off = <Py_ssize_t*> malloc(3 * (n_layers + 1) * sizeof(Py_ssize_t))
+    lay.w_off = <Py_ssize_t*> malloc(5 * L1 * sizeof(Py_ssize_t) + L1 * sizeof(double))
     if lay.w_off == NULL:
         return -1
-    lay.b_off = lay.w_off + (n_layers + 1)
-    lay.a_off = lay.b_off + (n_layers + 1)
+    lay.b_off = lay.w_off + L1
+    lay.a_off = lay.b_off + L1
+    lay.in_off = lay.a_off + L1
+    lay.mask_off = lay.in_off + L1
+    lay.keep = <double*> (lay.mask_off + L1)
     lay.max_out = 0
     for l in range(n_layers):
         lay.w_off[l] = p
@@ -104,13 +164,25 @@ cdef int layout_init(Layout* lay, Py_ssize_t* sizes, Py_ssize_t n_layers,
         p += sizes[l + 1]
         if sizes[l + 1] > lay.max_out:
             lay.max_out = sizes[l + 1]
+    lay.n_params = p
     for l in range(n_layers + 1):
         lay.a_off[l] = a
         a += capacity * sizes[l]
+    for l in range(n_layers + 1):
+        lay.keep[l] = 1
+        if dropout != NULL and 0 < l < n_layers:
+            lay.keep[l] = 1 - dropout[l - 1]
+        lay.in_off[l] = lay.a_off[l]
+        lay.mask_off[l] = -1
+        if lay.keep[l] < 1:
+            lay.mask_off[l] = a
+            lay.in_off[l] = a + capacity * sizes[l]
+            a += 2 * capacity * sizes[l]
     lay.d0_off = a
     lay.d1_off = a + capacity * lay.max_out
     lay.y_off = lay.d1_off + capacity * lay.max_out
-    lay.colsum_off = lay.y_off + capacity * sizes[n_layers]
+    lay.sw_off = lay.y_off + capacity * sizes[n_layers]
+    lay.colsum_off = lay.sw_off + capacity
     lay.work_size = lay.colsum_off + lay.max_out
     return 0
 
@@ -147,6 +219,28 @@ cdef inline double _safe_log(floating x) noexcept nogil:
         return log(x if x > DBL_MIN else DBL_MIN)
 
 
+cdef inline floating _sign(floating x) noexcept nogil:
+    return (x > 0) - (x < 0)
+
+
+cdef inline uint64_t mix64(uint64_t z) noexcept nogil:
+    """splitmix64's finaliser: a bijective hash with good avalanche."""
+    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+cdef inline uint64_t row_key(uint64_t seed, int64_t position, Py_ssize_t stream) noexcept nogil:
+    """The random key of one row of the epoch for one stream (counter-based,
+    so a row's randomness does not depend on how batches are chunked)."""
+    return mix64(seed ^ mix64(<uint64_t> position * MAX_STREAMS + <uint64_t> stream))
+
+
+cdef inline double uniform(uint64_t key, Py_ssize_t j) noexcept nogil:
+    """The j-th uniform number in [0, 1) of a row key (53 random bits)."""
+    return (mix64(key + (<uint64_t> j + 1) * <uint64_t> 0x9E3779B97F4A7C15) >> 11) * (1.0 / 9007199254740992.0)
+
+
 cdef inline void gemm(char transa, char transb, int m, int n, int k,
                       floating alpha, const floating* a, int lda,
                       const floating* b, int ldb, floating beta,
@@ -179,6 +273,40 @@ cdef void gather_rows(const input_t* X, Py_ssize_t I, const int64_t* rows,
         else:
             for j in range(I):
                 dst[j] = <floating> src[j]
+
+
+cdef void shift_offsets(uint64_t seed, int64_t position, int* dx, int* dy) noexcept nogil:
+    """The random shift of the row at this position: dx, dy each in -2..2."""
+    cdef uint64_t h = mix64(row_key(seed, position, 0))
+    dx[0] = <int> ((h >> 32) % 5) - 2
+    dy[0] = <int> ((h & <uint64_t> 0xFFFFFFFF) % 5) - 2
+
+
+cdef void gather_shifted(const input_t* X, Py_ssize_t side, const int64_t* rows,
+                         Py_ssize_t N, floating* out, uint64_t seed,
+                         int64_t first) noexcept nogil:
+    """out[r] := X[rows[r]], a side x side image, shifted by a random
+    (dx, dy) in -2..2 (Nielsen's expanded training data); pixels shifted in
+    from outside are 0. Row r is the epoch's row number first + r."""
+    cdef Py_ssize_t r, y, x, sy, sx, I = side * side
+    cdef int dx, dy
+    cdef const input_t* src
+    cdef floating* dst
+    for r in range(N):
+        shift_offsets(seed, first + r, &dx, &dy)
+        src = X + rows[r] * I
+        dst = out + r * I
+        for y in range(side):
+            sy = y - dy
+            for x in range(side):
+                sx = x - dx
+                if 0 <= sy < side and 0 <= sx < side:
+                    if input_t is uint8_t:
+                        dst[y * side + x] = (<floating> src[sy * side + sx]) / (<floating> 255)
+                    else:
+                        dst[y * side + x] = <floating> src[sy * side + sx]
+                else:
+                    dst[y * side + x] = 0
 
 
 cdef void linear_forward_impl(const floating* A, const floating* W,
@@ -233,6 +361,24 @@ cdef void activate_impl(int act, floating slope, floating* A, Py_ssize_t N,
     # IDENTITY: nothing to do
 
 
+cdef void dropout_impl(const floating* A, floating* mask, floating* out,
+                       Py_ssize_t N, Py_ssize_t O, double keep, uint64_t seed,
+                       int64_t first, Py_ssize_t stream) noexcept nogil:
+    """Inverted dropout: mask := [u < keep] / keep, out := A * mask.
+
+    Each unit is kept with probability keep and scaled by 1/keep, so the
+    expected activation is unchanged; row r is the epoch's row first + r.
+    """
+    cdef Py_ssize_t r, j
+    cdef uint64_t key
+    cdef floating scale = <floating> (1 / keep)
+    for r in range(N):
+        key = row_key(seed, first + r, stream)
+        for j in range(O):
+            mask[r * O + j] = scale if uniform(key, j) < keep else 0
+            out[r * O + j] = A[r * O + j] * mask[r * O + j]
+
+
 cdef void activation_grad_impl(int act, floating slope, const floating* A,
                                floating* D, Py_ssize_t n) noexcept nogil:
     """D := D * act'(z), with act' written in terms of the stored a = act(z).
@@ -259,10 +405,11 @@ cdef void activation_grad_impl(int act, floating slope, const floating* A,
 
 cdef double output_delta_impl(int loss, int act, floating slope,
                               const floating* A, const floating* Y,
-                              floating* D, Py_ssize_t N,
+                              const floating* sw, floating* D, Py_ssize_t N,
                               Py_ssize_t O) noexcept nogil:
-    """D := dC_x/dz^L for each row x; returns sum_x C_x.
+    """D := w_x dC_x/dz^L for each row x; returns sum_x w_x C_x.
 
+    w_x is the sample weight (sw NULL: all 1).
     mse:            C_x = 1/2 ||a - y||^2,   delta = (a - y) * act'(z)
     cross_entropy:  delta = a - y, exactly, for the two pairings allowed:
       sigmoid output, C_x = -sum_j y_j log a_j + (1 - y_j) log(1 - a_j)
@@ -270,37 +417,45 @@ cdef double output_delta_impl(int loss, int act, floating slope,
     For mse on a softmax output the softmax Jacobian gives
       delta_j = a_j ((a - y)_j - sum_k (a - y)_k a_k).
     """
-    cdef Py_ssize_t i, r, j, n = N * O
-    cdef double total = 0
-    cdef floating diff, dot
+    cdef Py_ssize_t r, j
+    cdef double total = 0, cost
+    cdef floating diff, dot, w
     cdef const floating* a
+    cdef const floating* y
     cdef floating* d
-    if loss == MSE:
-        for i in range(n):
-            diff = A[i] - Y[i]
-            total += 0.5 * (<double> diff) * diff
-            D[i] = diff
-        if act == SOFTMAX:
-            for r in range(N):
-                a = A + r * O
-                d = D + r * O
+    for r in range(N):
+        a = A + r * O
+        y = Y + r * O
+        d = D + r * O
+        cost = 0
+        if loss == MSE:
+            for j in range(O):
+                diff = a[j] - y[j]
+                cost += 0.5 * (<double> diff) * diff
+                d[j] = diff
+            if act == SOFTMAX:
                 dot = 0
                 for j in range(O):
                     dot += d[j] * a[j]
                 for j in range(O):
                     d[j] = a[j] * (d[j] - dot)
-        else:
-            activation_grad_impl(act, slope, A, D, n)
-    elif loss == CROSS_ENTROPY:
-        if act == SIGMOID:
-            for i in range(n):
-                total -= Y[i] * _safe_log(A[i]) + (1 - Y[i]) * _safe_log(1 - A[i])
-                D[i] = A[i] - Y[i]
-        else:
-            for i in range(n):
-                if Y[i] != 0:
-                    total -= Y[i] * _safe_log(A[i])
-                D[i] = A[i] - Y[i]
+            else:
+                activation_grad_impl(act, slope, a, d, O)
+        elif act == SIGMOID:        # binary cross-entropy
+            for j in range(O):
+                cost -= y[j] * _safe_log(a[j]) + (1 - y[j]) * _safe_log(1 - a[j])
+                d[j] = a[j] - y[j]
+        else:                       # categorical cross-entropy, softmax output
+            for j in range(O):
+                if y[j] != 0:
+                    cost -= y[j] * _safe_log(a[j])
+                d[j] = a[j] - y[j]
+        if sw != NULL:
+            w = sw[r]
+            cost *= w
+            for j in range(O):
+                d[j] = d[j] * w
+        total += cost
     return total
 
 
@@ -330,16 +485,21 @@ cdef Py_ssize_t count_correct(const floating* A, const floating* Y,
 
 cdef void hidden_delta_impl(const floating* D_next, const floating* W_next,
                             int act, floating slope, const floating* A,
-                            floating* out, Py_ssize_t N, Py_ssize_t I,
-                            Py_ssize_t O) noexcept nogil:
-    """out := (D_next @ W_next^T) * act'(z).  delta^l = (delta^{l+1} W^{l+1 T}) . act'(z^l)
+                            const floating* mask, floating* out, Py_ssize_t N,
+                            Py_ssize_t I, Py_ssize_t O) noexcept nogil:
+    """out := (D_next @ W_next^T) * act'(z) [* mask].  delta^l = (delta^{l+1} W^{l+1 T}) . act'(z^l)
 
-    D_next (N, O), W_next (I, O), A and out (N, I).
+    D_next (N, O), W_next (I, O), A, mask and out (N, I); mask is the
+    dropout mask of A (NULL: none).
     """
+    cdef Py_ssize_t i
     # column-major out^T (I, N) = W_next (I, O) @ D_next^T (O, N)
     gemm(c'T', c'N', <int> I, <int> N, <int> O, 1, W_next, <int> O, D_next,
          <int> O, 0, out, <int> I)
     activation_grad_impl(act, slope, A, out, N * I)
+    if mask != NULL:
+        for i in range(N * I):
+            out[i] = out[i] * mask[i]
 
 
 cdef void param_update_impl(const floating* A, const floating* D,
@@ -350,9 +510,9 @@ cdef void param_update_impl(const floating* A, const floating* D,
     """W := beta_w W + alpha A^T @ D;  b := beta_b b + alpha sum_rows(D).
 
     dC/dW = A^{l-1 T} delta^l and dC/db = sum_x delta^l, so with
-    alpha = -lr/N and beta_w = 1 - lr*l2/n this is the SGD step with L2
-    weight decay, done by the GEMM itself; with alpha = 1/N and betas 0 it
-    writes the mean gradient into (W, b).  A (N, I), D (N, O), W (I, O).
+    alpha = -lr/m and beta_w = 1 - lr*l2/n this is the SGD step with L2
+    weight decay, done by the GEMM itself; with alpha = 1/m and betas 0 or
+    1 it writes or accumulates the mean gradient.  A (N, I), D (N, O), W (I, O).
     """
     cdef Py_ssize_t r, j
     # column-major W^T (O, I) = alpha D^T (O, N) @ A (N, I) + beta_w W^T
@@ -369,15 +529,26 @@ cdef void param_update_impl(const floating* A, const floating* D,
 
 cdef void forward_impl(const floating* params, Layout* lay,
                        const int32_t* acts, floating slope, floating* work,
-                       Py_ssize_t N) noexcept nogil:
-    """A_{l+1} := act_l(A_l @ W_l + b_l) for l = 0..L-1; A_0 already filled."""
+                       Py_ssize_t N, bint training, uint64_t seed,
+                       int64_t first) noexcept nogil:
+    """A_{l+1} := act_l(in_l @ W_l + b_l) for l = 0..L-1; A_0 already filled.
+
+    in_l is A_l, or in training its dropped-out copy where layer l has
+    dropout; first is the epoch's row number of the chunk's first row.
+    """
     cdef Py_ssize_t l
     cdef Py_ssize_t* size = lay.size
+    cdef Py_ssize_t inp
     for l in range(lay.n_layers):
-        linear_forward_impl(work + lay.a_off[l], params + lay.w_off[l],
+        inp = lay.in_off[l] if training else lay.a_off[l]
+        linear_forward_impl(work + inp, params + lay.w_off[l],
                             params + lay.b_off[l], work + lay.a_off[l + 1],
                             N, size[l], size[l + 1])
         activate_impl(acts[l], slope, work + lay.a_off[l + 1], N, size[l + 1])
+        if training and lay.mask_off[l + 1] >= 0:
+            dropout_impl(work + lay.a_off[l + 1], work + lay.mask_off[l + 1],
+                         work + lay.in_off[l + 1], N, size[l + 1],
+                         lay.keep[l + 1], seed, first, l + 1)
 
 
 cdef void backward_impl(const floating* params, Layout* lay,
@@ -395,12 +566,14 @@ cdef void backward_impl(const floating* params, Layout* lay,
     cdef floating* D = work + lay.d0_off
     cdef floating* D_prev = work + lay.d1_off
     cdef floating* swap
+    cdef const floating* mask
     for l in range(lay.n_layers - 1, -1, -1):
         if l > 0:
+            mask = work + lay.mask_off[l] if lay.mask_off[l] >= 0 else NULL
             hidden_delta_impl(D, params + lay.w_off[l], acts[l - 1], slope,
-                              work + lay.a_off[l], D_prev, N, size[l],
+                              work + lay.a_off[l], mask, D_prev, N, size[l],
                               size[l + 1])
-        param_update_impl(work + lay.a_off[l], D, alpha, beta_w, beta_b,
+        param_update_impl(work + lay.in_off[l], D, alpha, beta_w, beta_b,
                           target + lay.w_off[l], target + lay.b_off[l],
                           work + lay.colsum_off, N, size[l], size[l + 1])
         swap = D
@@ -408,42 +581,147 @@ cdef void backward_impl(const floating* params, Layout* lay,
         D_prev = swap
 
 
-cdef int train_epoch_impl(const input_t* X, const floating* Y,
-                          const int64_t* order, Py_ssize_t n,
-                          floating* params, Layout* lay, const int32_t* acts,
-                          floating slope, int loss, Py_ssize_t batch_size,
-                          floating lr, floating decay, floating* work,
-                          int64_t* control, double* loss_sum,
-                          int64_t* n_correct) noexcept nogil:
-    """One epoch of mini-batch SGD over the rows X[order], batch by batch:
-    gather, forward, output delta, backward with the update fused in.
+cdef void penalty_grad_impl(const floating* params, floating* grad, Layout* lay,
+                            floating l2, floating l1) noexcept nogil:
+    """grad_W += l2 W + l1 sign(W) for every layer's weights (not biases):
+    the gradient of (lambda2/2n) sum w^2 + (lambda1/n) sum |w|."""
+    cdef Py_ssize_t l, i, start, stop
+    for l in range(lay.n_layers):
+        start = lay.w_off[l]
+        stop = lay.b_off[l]
+        if l1 == 0:
+            for i in range(start, stop):
+                grad[i] = grad[i] + l2 * params[i]
+        else:
+            for i in range(start, stop):
+                grad[i] = grad[i] + l2 * params[i] + l1 * _sign(params[i])
 
-    decay = 1 - lr*l2/n_train multiplies W before each step (L2 weight
-    decay); biases are not decayed. Stops early, before a batch, when the
-    caller sets control[STOP_REQUEST], and returns DIVERGED as soon as a
-    batch's loss is not finite (that batch's update is not applied).
+
+cdef void optimizer_step_impl(int opt, floating* p, floating* state,
+                              Py_ssize_t P, const double* hyper,
+                              int64_t t) noexcept nogil:
+    """One step of the optimizer on p (P,) from the gradient g = state[0];
+    the rules of torch.optim.SGD (dampening 0), Adam and Rprop.
+
+    sgd:       p -= lr g
+    momentum:  v = mu v + g;  p -= lr v
+    nesterov:  v = mu v + g;  p -= lr (g + mu v)
+    adam:      m = m + (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2;
+               p -= lr/(1 - b1^t) m / (sqrt(v)/sqrt(1 - b2^t) + eps)
+    rprop:     iRPROP-: each step size grows by eta+ while g keeps its sign,
+               shrinks by eta- when it flips (and that g counts as 0);
+               p -= sign(g) step
     """
-    cdef Py_ssize_t k, start, m, L = lay.n_layers
-    cdef Py_ssize_t n_in = lay.size[0], n_out = lay.size[L]
+    cdef Py_ssize_t i
+    cdef floating* g = state
+    cdef floating* s1 = state + P
+    cdef floating* s2 = state + 2 * P
+    cdef floating lr = <floating> hyper[H_LR]
+    cdef floating mu = <floating> hyper[H_MOMENTUM]
+    cdef floating b1 = <floating> hyper[H_BETA1]
+    cdef floating b2 = <floating> hyper[H_BETA2]
+    cdef floating eps = <floating> hyper[H_EPS]
+    cdef floating step_size, bc2_sqrt, denom, gi, prod
+    cdef floating eta_minus = <floating> hyper[H_ETA_MINUS]
+    cdef floating eta_plus = <floating> hyper[H_ETA_PLUS]
+    cdef floating step_min = <floating> hyper[H_STEP_MIN]
+    cdef floating step_max = <floating> hyper[H_STEP_MAX]
+    if opt == SGD:
+        for i in range(P):
+            p[i] = p[i] - lr * g[i]
+    elif opt == MOMENTUM:
+        for i in range(P):
+            s1[i] = mu * s1[i] + g[i]
+            p[i] = p[i] - lr * s1[i]
+    elif opt == NESTEROV:
+        for i in range(P):
+            s1[i] = mu * s1[i] + g[i]
+            p[i] = p[i] - lr * (g[i] + mu * s1[i])
+    elif opt == ADAM:
+        step_size = <floating> (hyper[H_LR] / (1 - pow(hyper[H_BETA1], <double> t)))
+        bc2_sqrt = <floating> sqrt(1 - pow(hyper[H_BETA2], <double> t))
+        for i in range(P):
+            s1[i] = s1[i] + (1 - b1) * (g[i] - s1[i])
+            s2[i] = b2 * s2[i] + (1 - b2) * g[i] * g[i]
+            denom = (<floating> sqrt(s2[i])) / bc2_sqrt + eps
+            p[i] = p[i] - step_size * (s1[i] / denom)
+    elif opt == RPROP:
+        # s1: previous gradient (0 after a sign flip), s2: step sizes
+        for i in range(P):
+            gi = g[i]
+            prod = gi * s1[i]
+            if prod > 0:
+                s2[i] = s2[i] * eta_plus
+            elif prod < 0:
+                s2[i] = s2[i] * eta_minus
+                gi = 0
+            s2[i] = <floating> fmin(fmax(s2[i], step_min), step_max)
+            p[i] = p[i] - _sign(gi) * s2[i]
+            s1[i] = gi
+
+
+cdef int train_epoch_impl(const input_t* X, const floating* Y,
+                          const floating* sample_weight, const int64_t* order,
+                          Py_ssize_t n, floating* params, floating* state,
+                          Layout* lay, const int32_t* acts, floating slope,
+                          int loss, Py_ssize_t batch_size, int opt,
+                          const double* hyper, int augment, Py_ssize_t side,
+                          uint64_t seed, floating* work, int64_t* control,
+                          double* loss_sum, int64_t* n_correct) noexcept nogil:
+    """One epoch of mini-batch training over the rows X[order].
+
+    For each batch of m rows, chunk by chunk: gather (and augment) the rows,
+    forward (with dropout), output delta (with sample weights), backward
+    into the gradient; then add the penalty gradient and take one optimizer
+    step. Plain SGD on a one-chunk batch without L1 fuses the step into the
+    backward GEMMs instead. Stops before a batch when the caller sets
+    control[STOP_REQUEST], and returns DIVERGED, without applying that
+    batch, as soon as a chunk's loss is not finite.
+    """
+    cdef Py_ssize_t k, c, start, m, first, cm, L = lay.n_layers
+    cdef Py_ssize_t cap = lay.capacity, n_in = lay.size[0], n_out = lay.size[L]
     cdef floating* A_out = work + lay.a_off[L]
     cdef floating* Yb = work + lay.y_off
-    cdef double batch_loss
+    cdef floating* swb = work + lay.sw_off if sample_weight != NULL else NULL
+    cdef double chunk_loss
+    cdef floating lr = <floating> hyper[H_LR]
+    cdef bint fused = opt == SGD and hyper[H_L1] == 0 and batch_size <= cap
+    cdef Py_ssize_t r
     for k in range((n + batch_size - 1) // batch_size):
-        start = k * batch_size
         if control[STOP_REQUEST] != 0:
             return STOPPED
+        start = k * batch_size
         m = batch_size if start + batch_size <= n else n - start
-        gather_rows(X, n_in, order + start, m, work + lay.a_off[0])
-        gather_rows(Y, n_out, order + start, m, Yb)
-        forward_impl(params, lay, acts, slope, work, m)
-        batch_loss = output_delta_impl(loss, acts[L - 1], slope, A_out, Yb,
-                                       work + lay.d0_off, m, n_out)
-        if not isfinite(batch_loss):
-            return DIVERGED
-        loss_sum[0] += batch_loss
-        n_correct[0] += count_correct(A_out, Yb, m, n_out)
-        backward_impl(params, lay, acts, slope, work, m, -lr / m, decay, 1,
-                      params)
+        for c in range((m + cap - 1) // cap):
+            first = start + c * cap
+            cm = cap if first + cap <= start + m else start + m - first
+            if augment == SHIFT:
+                gather_shifted(X, side, order + first, cm, work + lay.a_off[0], seed, first)
+            else:
+                gather_rows(X, n_in, order + first, cm, work + lay.a_off[0])
+            gather_rows(Y, n_out, order + first, cm, Yb)
+            if swb != NULL:
+                for r in range(cm):
+                    swb[r] = sample_weight[order[first + r]]
+            forward_impl(params, lay, acts, slope, work, cm, True, seed, first)
+            chunk_loss = output_delta_impl(loss, acts[L - 1], slope, A_out, Yb,
+                                           swb, work + lay.d0_off, cm, n_out)
+            if not isfinite(chunk_loss):
+                return DIVERGED
+            loss_sum[0] += chunk_loss
+            n_correct[0] += count_correct(A_out, Yb, cm, n_out)
+            if fused:
+                backward_impl(params, lay, acts, slope, work, cm, -lr / m,
+                              <floating> (1 - hyper[H_LR] * hyper[H_L2]), 1, params)
+            else:
+                backward_impl(params, lay, acts, slope, work, cm, (<floating> 1) / m,
+                              0 if c == 0 else 1, 0 if c == 0 else 1, state)
+        if not fused:
+            if hyper[H_L2] != 0 or hyper[H_L1] != 0:
+                penalty_grad_impl(params, state, lay, <floating> hyper[H_L2],
+                                  <floating> hyper[H_L1])
+            control[STEPS] += 1
+            optimizer_step_impl(opt, params, state, lay.n_params, hyper, control[STEPS])
         control[ROWS_DONE] += m
     return DONE
 
@@ -452,14 +730,14 @@ cdef void predict_impl(const input_t* X, Py_ssize_t n, const floating* params,
                        Layout* lay, const int32_t* acts, floating slope,
                        floating* work, const int64_t* rows,
                        floating* out) noexcept nogil:
-    """out := network(X), chunk by chunk of lay.capacity rows."""
+    """out := network(X), chunk by chunk of lay.capacity rows, no dropout."""
     cdef Py_ssize_t k, start, m, r, j, L = lay.n_layers, n_out = lay.size[L]
     cdef floating* A_out = work + lay.a_off[L]
     for k in range((n + lay.capacity - 1) // lay.capacity):
         start = k * lay.capacity
         m = lay.capacity if start + lay.capacity <= n else n - start
         gather_rows(X, lay.size[0], rows + start, m, work + lay.a_off[0])
-        forward_impl(params, lay, acts, slope, work, m)
+        forward_impl(params, lay, acts, slope, work, m, False, 0, 0)
         for r in range(m):
             for j in range(n_out):
                 out[(start + r) * n_out + j] = A_out[r * n_out + j]
@@ -477,6 +755,7 @@ cdef _check(bint ok, str message):
 cdef _check_dims(Py_ssize_t[::1] sizes):
     cdef Py_ssize_t l
     _check(sizes.shape[0] >= 2, "sizes needs at least an input and an output layer")
+    _check(sizes.shape[0] <= MAX_STREAMS, f"at most {MAX_STREAMS - 1} layers")
     for l in range(sizes.shape[0]):
         _check(0 < sizes[l] <= INT_MAX, f"layer size {sizes[l]} is outside [1, {INT_MAX}]")
 
@@ -510,18 +789,28 @@ cdef _check_problem(Py_ssize_t[::1] sizes, const int32_t[::1] acts, double slope
            f"Y has shape ({y_rows}, {y_cols}); expected ({x_rows}, {sizes[L]})")
 
 
-cdef Layout _layout(Py_ssize_t[::1] sizes, Py_ssize_t capacity, Py_ssize_t n_params,
+cdef _check_dropout(const double[::1] dropout, Py_ssize_t n_layers):
+    cdef Py_ssize_t l
+    _check(dropout.shape[0] == 0 or dropout.shape[0] == n_layers - 1,
+           f"{dropout.shape[0]} dropout rates for {n_layers - 1} hidden layers")
+    for l in range(dropout.shape[0]):
+        _check(0 <= dropout[l] < 1, f"dropout rate {dropout[l]} is outside [0, 1)")
+
+
+cdef Layout _layout(Py_ssize_t[::1] sizes, Py_ssize_t capacity,
+                    const double[::1] dropout, Py_ssize_t n_params,
                     Py_ssize_t work_size) except *:
     cdef Layout lay
     _check_dims(sizes)
+    _check_dropout(dropout, sizes.shape[0] - 1)
     _check(capacity >= 1, "the batch must hold at least one row")
     _check(capacity <= INT_MAX, "batch too large")
-    if layout_init(&lay, &sizes[0], sizes.shape[0] - 1, capacity) != 0:
+    if layout_init(&lay, &sizes[0], sizes.shape[0] - 1, capacity,
+                   &dropout[0] if dropout.shape[0] > 0 else NULL) != 0:
         raise MemoryError()
-    if n_params != lay.b_off[lay.n_layers - 1] + sizes[lay.n_layers]:
+    if n_params != lay.n_params:
         layout_free(&lay)
-        raise ValueError(f"params has {n_params} entries; these sizes need "
-                         f"{lay.b_off[lay.n_layers - 1] + sizes[lay.n_layers]}")
+        raise ValueError(f"params has {n_params} entries; these sizes need {lay.n_params}")
     if work_size < lay.work_size:
         layout_free(&lay)
         raise ValueError(f"workspace has {work_size} entries; {lay.work_size} needed")
@@ -535,75 +824,113 @@ cdef _check_rows(const int64_t[::1] rows, Py_ssize_t n):
             raise ValueError(f"row index {rows[i]} is outside [0, {n})")
 
 
-def workspace_size(Py_ssize_t[::1] sizes, Py_ssize_t capacity):
-    """Entries the workspace of a batch of `capacity` rows needs."""
+cdef double[::1] NO_DROPOUT = None
+
+
+def workspace_size(Py_ssize_t[::1] sizes, Py_ssize_t capacity, dropout=()):
+    """Entries the workspace of a chunk of `capacity` rows needs, with these
+    dropout rates on the hidden layers (empty: none)."""
     cdef Layout lay
+    cdef double[::1] rates = _rates(dropout)
     _check_dims(sizes)
-    if layout_init(&lay, &sizes[0], sizes.shape[0] - 1, capacity) != 0:
+    _check_dropout(rates, sizes.shape[0] - 1)
+    if layout_init(&lay, &sizes[0], sizes.shape[0] - 1, capacity,
+                   &rates[0] if rates.shape[0] > 0 else NULL) != 0:
         raise MemoryError()
     n = lay.work_size
     layout_free(&lay)
     return n
 
 
+cdef double[::1] _rates(dropout):
+    import numpy as np
+    return np.ascontiguousarray(dropout, dtype=np.float64).reshape(-1)
+
+
 def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 const int64_t[::1] order, floating[::1] params,
-                Py_ssize_t[::1] sizes, const int32_t[::1] activations,
-                double slope, int loss, Py_ssize_t batch_size, double lr,
-                double decay, floating[::1] work, int64_t[::1] control):
-    """One epoch of mini-batch SGD over the rows X[order], in place on params.
+                floating[:, ::1] state, Py_ssize_t[::1] sizes,
+                const int32_t[::1] activations, double slope, int loss,
+                Py_ssize_t batch_size, Py_ssize_t capacity, int optimizer,
+                const double[::1] hyper, const double[::1] dropout,
+                const floating[::1] sample_weight, int augment,
+                uint64_t seed, floating[::1] work, int64_t[::1] control):
+    """One epoch of mini-batch training over the rows X[order], in place on
+    params and state.
 
     Parameters
     ----------
     X : (n, I) uint8, float32 or float64
         Inputs; uint8 is divided by 255 as rows are gathered.
-    Y : (n, O) float, the same dtype as params
+    Y : (n, O) float, the dtype of params
         Targets.
     order : (k,) int64
         The rows to visit, in order; batches are consecutive slices of it.
     params : (P,) float32 or float64
         Flat parameters, updated in place.
+    state : (STATE_ROWS[optimizer], P) float
+        state[0] receives gradients; the other rows are the optimizer's.
     sizes : (L + 1,) intp
-        Layer widths.
     activations : (L,) int32
-        Activation code of each layer.
     slope : float
         Negative-side slope of leaky_relu.
     loss : int
-        Loss code.
     batch_size : int
-    lr : float
-        Learning rate eta; each step subtracts (eta / m) sum of gradients.
-    decay : float
-        Factor applied to every weight before each step (1 - eta*l2/n).
-    work : (workspace_size(sizes, batch_size),) float
-        Workspace, the dtype of params.
-    control : (2,) int64
-        control[0] != 0 stops before the next batch; control[1] counts rows.
+        m; each step averages the gradient over m rows.
+    capacity : int
+        Rows per chunk, the workspace's size.
+    optimizer : int
+    hyper : (N_HYPER,) float64
+        Learning rate, lambda2/n, lambda1/n and the optimizer's constants.
+    dropout : (L - 1,) or (0,) float64
+        Dropout rate of each hidden layer (empty: none).
+    sample_weight : (n,) or (0,) float
+        Weight of each row's loss and gradient (empty: all 1).
+    augment : int
+        NO_AUGMENT, or SHIFT for square images.
+    seed : uint64
+        This epoch's seed for dropout masks and shifts.
+    work : (workspace_size(sizes, capacity, dropout),) float
+    control : (N_CONTROL,) int64
+        Stop request, rows done, optimizer steps taken.
 
     Returns
     -------
     (status, loss_sum, n_correct) : (int, float, int)
-        status is DONE, DIVERGED or STOPPED; the rows trained are in control[1].
+        status is DONE, DIVERGED or STOPPED; loss_sum is the weighted sum of
+        the rows' costs; the rows trained are in control[ROWS_DONE].
     """
-    cdef Py_ssize_t n = X.shape[0], L = sizes.shape[0] - 1
-    cdef Layout lay = _layout(sizes, batch_size, params.shape[0], work.shape[0])
+    cdef Py_ssize_t n = X.shape[0], L = sizes.shape[0] - 1, side = 0
+    cdef Layout lay = _layout(sizes, capacity, dropout, params.shape[0], work.shape[0])
     cdef double loss_sum = 0
     cdef int64_t n_correct = 0
     cdef int status
+    cdef const floating* sw = NULL
     try:
         _check_problem(sizes, activations, slope, loss, X.shape[0], X.shape[1],
                        Y.shape[0], Y.shape[1])
-        _check(control.shape[0] >= 2, "control needs 2 entries")
+        _check(control.shape[0] >= N_CONTROL, f"control needs {N_CONTROL} entries")
+        _check(batch_size >= 1, "batch_size must be >= 1")
+        _check(0 <= optimizer < N_OPTIMIZERS, f"unknown optimizer code {optimizer}")
+        _check(state.shape[0] >= STATE_ROWS[optimizer] and state.shape[1] == params.shape[0],
+               f"state needs shape ({STATE_ROWS[optimizer]}, {params.shape[0]})")
+        _check(hyper.shape[0] == N_HYPER, f"hyper needs {N_HYPER} entries")
+        _check(sample_weight.shape[0] in (0, n), f"sample_weight needs 0 or {n} entries")
+        _check(augment in (NO_AUGMENT, SHIFT), f"unknown augmentation {augment}")
+        if augment == SHIFT:
+            side = <Py_ssize_t> (sizes[0] ** 0.5 + 0.5)
+            _check(side * side == sizes[0], f"shift needs square images; {sizes[0]} inputs")
         _check_rows(order, n)
+        if sample_weight.shape[0] > 0:
+            sw = &sample_weight[0]
         if order.shape[0] == 0:
             return DONE, 0.0, 0
         with nogil:
-            status = train_epoch_impl(&X[0, 0], &Y[0, 0], &order[0],
-                                      order.shape[0], &params[0], &lay,
-                                      &activations[0], <floating> slope, loss,
-                                      batch_size, <floating> lr,
-                                      <floating> decay, &work[0], &control[0],
+            status = train_epoch_impl(&X[0, 0], &Y[0, 0], sw, &order[0],
+                                      order.shape[0], &params[0], &state[0, 0],
+                                      &lay, &activations[0], <floating> slope,
+                                      loss, batch_size, optimizer, &hyper[0],
+                                      augment, side, seed, &work[0], &control[0],
                                       &loss_sum, &n_correct)
     finally:
         layout_free(&lay)
@@ -620,7 +947,7 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
     (workspace_size(sizes, chunk) entries).
     """
     cdef Py_ssize_t n = X.shape[0], L = sizes.shape[0] - 1
-    cdef Layout lay = _layout(sizes, chunk, params.shape[0], work.shape[0])
+    cdef Layout lay = _layout(sizes, chunk, _rates(()), params.shape[0], work.shape[0])
     cdef int64_t[::1] rows
     try:
         _check_activations(activations, L, slope)
@@ -653,7 +980,7 @@ def gradient(const input_t[:, ::1] X, const floating[:, ::1] Y,
     work holds workspace_size(sizes, len(X)) entries.
     """
     cdef Py_ssize_t n = X.shape[0], L = sizes.shape[0] - 1
-    cdef Layout lay = _layout(sizes, n, params.shape[0], work.shape[0])
+    cdef Layout lay = _layout(sizes, n, _rates(()), params.shape[0], work.shape[0])
     cdef int64_t[::1] rows
     cdef double total
     try:
@@ -665,9 +992,9 @@ def gradient(const input_t[:, ::1] X, const floating[:, ::1] Y,
             gather_rows(&X[0, 0], sizes[0], &rows[0], n, &work[lay.a_off[0]])
             gather_rows(&Y[0, 0], sizes[L], &rows[0], n, &work[lay.y_off])
             forward_impl(&params[0], &lay, &activations[0], <floating> slope,
-                         &work[0], n)
+                         &work[0], n, False, 0, 0)
             total = output_delta_impl(loss, activations[L - 1], <floating> slope,
-                                      &work[lay.a_off[L]], &work[lay.y_off],
+                                      &work[lay.a_off[L]], &work[lay.y_off], NULL,
                                       &work[lay.d0_off], n, sizes[L])
             backward_impl(&params[0], &lay, &activations[0], <floating> slope,
                           &work[0], n, <floating> 1 / n, 0, 0, &grad[0])
@@ -732,7 +1059,7 @@ def output_delta(int loss, int act, const floating[:, ::1] A,
         return 0.0
     with nogil:
         total = output_delta_impl(loss, act, <floating> slope, &A[0, 0],
-                                  &Y[0, 0], &D[0, 0], A.shape[0], A.shape[1])
+                                  &Y[0, 0], NULL, &D[0, 0], A.shape[0], A.shape[1])
     return total
 
 
@@ -752,4 +1079,64 @@ def hidden_delta(const floating[:, ::1] D_next, const floating[:, ::1] W_next,
         return
     with nogil:
         hidden_delta_impl(&D_next[0, 0], &W_next[0, 0], act, <floating> slope,
-                          &A[0, 0], &out[0, 0], N, I, O)
+                          &A[0, 0], NULL, &out[0, 0], N, I, O)
+
+
+def optimizer_step(int optimizer, floating[::1] params, floating[:, ::1] state,
+                   const double[::1] hyper, int64_t t):
+    """One optimizer step on params from the gradient in state[0] (t counts
+    steps from 1, for Adam's bias correction)."""
+    _check(0 <= optimizer < N_OPTIMIZERS, f"unknown optimizer code {optimizer}")
+    _check(state.shape[0] >= STATE_ROWS[optimizer] and state.shape[1] == params.shape[0],
+           f"state needs shape ({STATE_ROWS[optimizer]}, {params.shape[0]})")
+    _check(hyper.shape[0] == N_HYPER, f"hyper needs {N_HYPER} entries")
+    _check(t >= 1, "t counts steps from 1")
+    if params.shape[0] == 0:
+        return
+    with nogil:
+        optimizer_step_impl(optimizer, &params[0], &state[0, 0], params.shape[0],
+                            &hyper[0], t)
+
+
+def random_uniform(uint64_t seed, const int64_t[::1] positions, Py_ssize_t stream,
+                   Py_ssize_t n):
+    """The (len(positions), n) uniform numbers the kernels draw for these rows
+    of an epoch in this stream (what decides dropout masks)."""
+    import numpy as np
+    out = np.empty((positions.shape[0], n))
+    cdef double[:, ::1] u = out
+    cdef Py_ssize_t r, j
+    for r in range(positions.shape[0]):
+        for j in range(n):
+            u[r, j] = uniform(row_key(seed, positions[r], stream), j)
+    return out
+
+
+def random_shifts(uint64_t seed, const int64_t[::1] positions):
+    """The (dx, dy) shifts the kernels apply to these rows of an epoch."""
+    import numpy as np
+    out = np.empty((positions.shape[0], 2), dtype=np.int64)
+    cdef int64_t[:, ::1] s = out
+    cdef int dx, dy
+    cdef Py_ssize_t r
+    for r in range(positions.shape[0]):
+        shift_offsets(seed, positions[r], &dx, &dy)
+        s[r, 0] = dx
+        s[r, 1] = dy
+    return out
+
+
+def dropout(const floating[:, ::1] A, double rate, uint64_t seed, int64_t first,
+            Py_ssize_t stream, floating[:, ::1] mask, floating[:, ::1] out):
+    """mask := [u < 1 - rate] / (1 - rate), out := A * mask: the inverted
+    dropout train_epoch applies to a hidden layer (stream = its index) for
+    the rows first, first + 1, ... of an epoch."""
+    cdef Py_ssize_t N = A.shape[0], O = A.shape[1]
+    _check(0 <= rate < 1, f"dropout rate {rate} is outside [0, 1)")
+    _check(mask.shape[0] == N and mask.shape[1] == O and out.shape[0] == N
+           and out.shape[1] == O, "dropout: A, mask and out differ in shape")
+    _check(0 <= stream < MAX_STREAMS, f"stream must be in [0, {MAX_STREAMS})")
+    if N == 0 or O == 0:
+        return
+    with nogil:
+        dropout_impl(&A[0, 0], &mask[0, 0], &out[0, 0], N, O, 1 - rate, seed, first, stream)

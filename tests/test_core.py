@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from fastnn import _core, _kernels
+from fastnn._kernels import SHIFT
 from fastnn import _reference as ref
 from fastnn.activations import ACTIVATIONS
 from fastnn.losses import LOSSES
+from fastnn.optimizers import OPTIMIZERS, hyper_array
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -45,11 +47,10 @@ def outputs(rng, act, shape, dtype):
 
 
 def test_codes_match_registries():
-    # the numbers the Python registries use are the compiled module's
-    for name, act in ACTIVATIONS.items():
-        assert getattr(_core, name.upper()) == act.code
-    for name, loss in LOSSES.items():
-        assert getattr(_core, name.upper()) == loss.code
+    # the numbers the Python side uses are the compiled module's
+    for name in ["N_CONTROL", "N_HYPER", "SHIFT", "NO_AUGMENT", "MAX_STREAMS", "STEPS"] + [
+            n for n in dir(_kernels) if n.startswith("H_")]:
+        assert getattr(_core, name) == getattr(_kernels, name), name
     assert (_core.DONE, _core.DIVERGED, _core.STOPPED) == (
         _kernels.DONE, _kernels.DIVERGED, _kernels.STOPPED)
     assert (_core.STOP_REQUEST, _core.ROWS_DONE) == (_kernels.STOP_REQUEST, _kernels.ROWS_DONE)
@@ -166,7 +167,8 @@ def test_hidden_delta_matches_reference(act, N, I, O, seed, dtype):
     assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
 
 
-def _epoch_args(sizes, acts, n=40, batch=7, dtype=np.float64, seed=0, X_dtype=None):
+def _epoch_args(sizes, acts, n=40, batch=7, dtype=np.float64, seed=0, X_dtype=None,
+                optimizer="sgd", lr=0.5, capacity=None):
     rng = np.random.default_rng(seed)
     sizes = np.array(sizes, dtype=np.intp)
     X = rng.uniform(0, 1, (n, sizes[0])).astype(X_dtype or dtype)
@@ -174,42 +176,145 @@ def _epoch_args(sizes, acts, n=40, batch=7, dtype=np.float64, seed=0, X_dtype=No
     Y[np.arange(n), rng.integers(0, sizes[-1], n)] = 1
     params = rand(rng, _kernels.n_params(sizes), dtype, 0.5)
     acts = np.array([ACTIVATIONS[a].code for a in acts], dtype=np.int32)
-    work = np.empty(_core.workspace_size(sizes, batch), dtype)
-    order = rng.permutation(n).astype(np.int64)
-    return dict(X=X, Y=Y, order=order, params=params, sizes=sizes, activations=acts,
-                slope=0.01, loss=LOSSES["mse"].code, batch_size=batch, lr=0.5, decay=1.0,
-                work=work, control=np.zeros(2, np.int64))
+    capacity = capacity or batch
+    opt = OPTIMIZERS[optimizer]
+    return dict(X=X, Y=Y, order=rng.permutation(n).astype(np.int64), params=params,
+                state=opt.new_state(len(params), dtype, lr), sizes=sizes, activations=acts,
+                slope=0.01, loss=LOSSES["mse"].code, batch_size=batch, capacity=capacity,
+                optimizer=opt.code, hyper=hyper_array(lr), dropout=np.empty(0),
+                sample_weight=np.empty(0, dtype), augment=_kernels.NO_AUGMENT, seed=12345,
+                work=np.empty(_core.workspace_size(sizes, capacity), dtype),
+                control=np.zeros(_kernels.N_CONTROL, np.int64))
+
+
+def _run_both(args, **changes):
+    """train_epoch on copies of args, compiled and reference; returns both."""
+    args = {**args, **changes}
+    if "dropout" in changes or "capacity" in changes:
+        args["work"] = np.empty(_core.workspace_size(args["sizes"], args["capacity"],
+                                                     args["dropout"]), args["params"].dtype)
+    runs = []
+    for kernels in (_core, ref):
+        mine = {**args, "params": args["params"].copy(), "state": args["state"].copy(),
+                "control": np.zeros(_kernels.N_CONTROL, np.int64)}
+        mine["result"] = kernels.train_epoch(**{k: v for k, v in mine.items() if k != "result"})
+        runs.append(mine)
+    return runs
+
+
+def _assert_same(fast, slow, dtype=np.float64):
+    status, loss, hits = fast["result"]
+    assert fast["result"][0] == slow["result"][0] == _kernels.DONE
+    assert fast["control"][1] == slow["control"][1]
+    assert fast["control"][2] == slow["control"][2]
+    assert hits == slow["result"][2]
+    assert_allclose(loss, slow["result"][1], rtol=RTOL[dtype] * 10)
+    assert_allclose(fast["params"], slow["params"], rtol=RTOL[dtype] * 100, atol=RTOL[dtype] * 10)
+    assert_allclose(fast["state"], slow["state"], rtol=RTOL[dtype] * 100, atol=RTOL[dtype] * 10)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("decay", [1.0, 0.999])
-def test_train_epoch_matches_reference(dtype, decay):
+@pytest.mark.parametrize("l2", [0.0, 0.01])
+def test_train_epoch_matches_reference(dtype, l2):
     args = _epoch_args([6, 5, 4, 3], ["tanh", "relu", "sigmoid"], dtype=dtype)
-    args["decay"] = decay
-    mine = {**args, "params": args["params"].copy(), "control": np.zeros(2, np.int64)}
-    status, loss, hits = _core.train_epoch(**mine)
-    status_ref, loss_ref, hits_ref = ref.train_epoch(**args)
-    assert status == status_ref == _kernels.DONE
-    assert mine["control"][1] == args["control"][1] == 40
-    assert hits == hits_ref
-    assert_allclose(loss, loss_ref, rtol=RTOL[dtype] * 10)
-    assert_allclose(mine["params"], args["params"], rtol=RTOL[dtype] * 10, atol=RTOL[dtype])
+    args["hyper"] = hyper_array(0.5, l2_over_n=l2)
+    _assert_same(*_run_both(args), dtype)
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_optimizer_matches_reference(optimizer, dtype):
+    args = _epoch_args([6, 5, 3], ["sigmoid", "softmax"], dtype=dtype, optimizer=optimizer,
+                       lr=0.05, batch=40 if optimizer == "rprop" else 7)
+    args["loss"] = LOSSES["cross_entropy"].code
+    args["hyper"] = hyper_array(0.05, 0.001, 0.002, momentum=0.8, betas=(0.8, 0.99))
+    _assert_same(*_run_both(args), dtype)
+
+
+def test_chunks_give_the_step_of_the_whole_batch():
+    # a batch of 40 rows done in chunks of 6 accumulates the same mean gradient
+    args = _epoch_args([6, 5, 3], ["tanh", "sigmoid"], batch=40, optimizer="momentum")
+    whole, = _run_both(args, capacity=40)[:1]
+    chunked, = _run_both(args, capacity=6)[:1]
+    _assert_same(chunked, whole)
+    sgd = _epoch_args([6, 5, 3], ["tanh", "sigmoid"], batch=40)
+    fused, = _run_both(sgd, capacity=40)[:1]     # one chunk: the step fused into GEMM
+    chunked, = _run_both(sgd, capacity=6)[:1]    # several: gradient buffer, then the step
+    assert_allclose(chunked["params"], fused["params"], rtol=1e-13)
+
+
+@pytest.mark.parametrize("capacity", [7, 3])
+def test_dropout_matches_reference(capacity):
+    args = _epoch_args([6, 8, 7, 3], ["relu", "tanh", "sigmoid"], n=30, batch=7)
+    fast, slow = _run_both(args, dropout=np.array([0.5, 0.25]), capacity=capacity)
+    _assert_same(fast, slow)
+    plain, = _run_both(args)[:1]
+    assert not np.allclose(plain["params"], fast["params"])
+
+
+def test_shift_augmentation_matches_reference():
+    args = _epoch_args([16, 5, 3], ["sigmoid", "sigmoid"], n=30, batch=4)
+    args["X"] = np.random.default_rng(0).integers(0, 256, (30, 16)).astype(np.uint8)
+    fast, slow = _run_both(args, augment=_kernels.SHIFT)
+    _assert_same(fast, slow)
+    plain, = _run_both(args)[:1]
+    assert not np.allclose(plain["params"], fast["params"])
+
+
+def test_sample_weights_match_reference_and_scale_the_step():
+    args = _epoch_args([6, 5, 3], ["sigmoid", "sigmoid"], n=21, batch=7)
+    w = np.random.default_rng(1).uniform(0, 2, 21)
+    _assert_same(*_run_both(args, sample_weight=w))
+    ones, = _run_both(args, sample_weight=np.ones(21))[:1]
+    plain, = _run_both(args)[:1]
+    assert_allclose(ones["params"], plain["params"], rtol=1e-14)
+    doubled, = _run_both(args, sample_weight=np.full(21, 2.0), hyper=hyper_array(0.25))[:1]
+    assert_allclose(doubled["params"], plain["params"], rtol=1e-12)
+
+
+def test_random_numbers_are_the_same_in_both_backends():
+    positions = np.array([0, 1, 2, 999_999, 2**40], dtype=np.int64)
+    for stream in (1, 5):
+        u = _core.random_uniform(2**63 + 17, positions, stream, 33)
+        assert_array_equal(u, ref.random_uniform(2**63 + 17, positions, stream, 33))
+    assert_array_equal(_core.random_shifts(7, positions), ref.random_shifts(7, positions))
+    big = _core.random_uniform(3, np.arange(2000, dtype=np.int64), 1, 50)
+    assert 0 <= big.min() and big.max() < 1 and abs(big.mean() - 0.5) < 0.01
+    shifts = _core.random_shifts(3, np.arange(25000, dtype=np.int64))
+    counts = np.unique(shifts, axis=0, return_counts=True)[1]
+    assert len(counts) == 25 and counts.min() > 850      # uniform over the 5 x 5 shifts
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_optimizer_step_matches_reference(optimizer):
+    rng = np.random.default_rng(0)
+    opt = OPTIMIZERS[optimizer]
+    p = rng.normal(size=50)
+    state = opt.new_state(50, np.float64, 0.1)
+    hyper = hyper_array(0.1, momentum=0.9)
+    fast_p, fast_s = p.copy(), state.copy()
+    for t in range(1, 4):
+        g = rng.normal(size=50)
+        g[:5] = 0
+        fast_s[0] = state[0] = g
+        _core.optimizer_step(opt.code, fast_p, fast_s, hyper, t)
+        ref.optimizer_step(opt.code, p, state, hyper, t)
+        assert_allclose(fast_p, p, rtol=1e-14)
+        assert_allclose(fast_s, state, rtol=1e-14)
 
 
 @pytest.mark.parametrize("X_dtype", [np.uint8, np.float32, np.float64])
 def test_train_epoch_reads_every_input_dtype(X_dtype):
     # uint8 rows are divided by 255 as they are gathered: the same run as float / 255
-    rng = np.random.default_rng(3)
-    pixels = rng.integers(0, 256, (30, 6)).astype(np.uint8)
+    pixels = np.random.default_rng(3).integers(0, 256, (30, 6)).astype(np.uint8)
     base = _epoch_args([6, 4, 2], ["sigmoid", "sigmoid"], n=30, batch=4)
-    scaled = dict(base, X=pixels.astype(np.float64) / 255, params=base["params"].copy())
-    _core.train_epoch(**scaled)
+    scaled, = _run_both(base, X=pixels / 255.0)[:1]
     X = pixels if X_dtype == np.uint8 else (pixels / 255).astype(X_dtype)
-    run = dict(base, X=X, params=base["params"].copy(), control=np.zeros(2, np.int64))
-    _core.train_epoch(**run)
+    fast, slow = _run_both(base, X=X)
+    _assert_same(fast, slow)
     # float32 inputs carry float32 rounding into the float64 network
     tol = 1e-6 if X_dtype == np.float32 else 1e-13
-    assert_allclose(run["params"], scaled["params"], rtol=tol, atol=tol)
+    assert_allclose(fast["params"], scaled["params"], rtol=tol, atol=tol)
 
 
 def test_train_epoch_reports_divergence_before_updating():
@@ -291,13 +396,21 @@ def test_train_epoch_rejects_out_of_range_rows():
     (lambda a: a.update(Y=a["Y"][:, :1].copy()), "Y has shape"),
     (lambda a: a.update(params=a["params"][:-1].copy()), "params has"),
     (lambda a: a.update(work=a["work"][:10].copy()), "workspace has"),
-    (lambda a: a.update(batch_size=0), "at least one row"),
+    (lambda a: a.update(batch_size=0), "batch_size must be >= 1"),
+    (lambda a: a.update(capacity=0), "at least one row"),
+    (lambda a: a.update(optimizer=9), "unknown optimizer code 9"),
+    (lambda a: a.update(state=np.zeros((1, 5))), r"state needs shape \(1, 23\)"),
+    (lambda a: a.update(hyper=np.zeros(3)), "hyper needs 11 entries"),
+    (lambda a: a.update(dropout=np.array([1.0])), "outside \\[0, 1\\)"),
+    (lambda a: a.update(dropout=np.array([0.1, 0.1])), "2 dropout rates for 1 hidden"),
+    (lambda a: a.update(sample_weight=np.ones(3)), "sample_weight needs 0 or 10"),
+    (lambda a: a.update(augment=5), "unknown augmentation 5"),
     (lambda a: a.update(activations=np.array([5, 1], np.int32)), "softmax is only allowed"),
     (lambda a: a.update(activations=np.array([1, 9], np.int32)), "unknown activation code"),
     (lambda a: a.update(loss=7), "unknown loss code"),
     (lambda a: a.update(loss=1, activations=np.array([1, 3], np.int32)), "cross_entropy needs"),
     (lambda a: a.update(slope=-1.0), "slope"),
-    (lambda a: a.update(control=np.zeros(1, np.int64)), "control"),
+    (lambda a: a.update(control=np.zeros(1, np.int64)), "control needs 3"),
 ])
 def test_train_epoch_rejects_inconsistent_arguments(change, message):
     args = _epoch_args([4, 3, 2], ["sigmoid", "sigmoid"], n=10, batch=5)
@@ -308,9 +421,15 @@ def test_train_epoch_rejects_inconsistent_arguments(change, message):
     assert np.array_equal(args["params"][:len(before)], before[:len(args["params"])])
 
 
+def test_shift_needs_square_images():
+    args = _epoch_args([5, 3, 2], ["sigmoid", "sigmoid"], n=10, batch=5)
+    with pytest.raises(ValueError, match="shift needs square images; 5 inputs"):
+        _core.train_epoch(**{**args, "augment": SHIFT})
+
+
 def test_kernels_refuse_mixed_dtypes():
     args = _epoch_args([4, 3, 2], ["sigmoid", "sigmoid"], n=10, batch=5)
-    args["work"] = args["work"].astype(np.float32)
+    args["state"] = args["state"].astype(np.float32)
     with pytest.raises((ValueError, TypeError)):
         _core.train_epoch(**args)
 

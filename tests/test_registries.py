@@ -6,12 +6,14 @@ from fastnn import ConfigError
 from fastnn.activations import ACTIVATIONS, get_activation
 from fastnn.initializers import INITIALIZERS, get_initializer
 from fastnn.losses import LOSSES, get_loss
+from fastnn.optimizers import OPTIMIZERS, get_optimizer
 
 
 @pytest.mark.parametrize("lookup, kind, valid", [
     (get_activation, "activation", ACTIVATIONS),
     (get_loss, "loss", LOSSES),
     (get_initializer, "init", INITIALIZERS),
+    (get_optimizer, "optimizer", OPTIMIZERS),
 ])
 def test_unknown_names_list_the_valid_ones(lookup, kind, valid):
     with pytest.raises(ConfigError) as info:
@@ -21,9 +23,13 @@ def test_unknown_names_list_the_valid_ones(lookup, kind, valid):
         lookup(None)
 
 
-def test_codes_are_unique():
-    assert len({a.code for a in ACTIVATIONS.values()}) == len(ACTIVATIONS)
-    assert len({l.code for l in LOSSES.values()}) == len(LOSSES)
+def test_codes_are_unique_and_match_the_kernels():
+    from fastnn import _core
+
+    for registry in (ACTIVATIONS, LOSSES, OPTIMIZERS):
+        assert len({entry.code for entry in registry.values()}) == len(registry)
+        for name, entry in registry.items():
+            assert getattr(_core, name.upper()) == entry.code
 
 
 @pytest.mark.parametrize("name", [n for n, a in ACTIVATIONS.items() if not a.output_only])

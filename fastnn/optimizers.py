@@ -1,0 +1,142 @@
+"""Optimizers, looked up by name.
+
+Every optimizer takes the mean gradient of a mini-batch (with the L1/L2
+penalty gradients added) and updates the flat parameter vector, keeping
+its state in preallocated rows of the same length. The compiled kernel
+(``fastnn._core.optimizer_step``) and the NumPy functions here implement
+the same rules as ``torch.optim.SGD`` (dampening 0), ``torch.optim.Adam``
+and ``torch.optim.Rprop``.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from fastnn._kernels import (H_BETA1, H_BETA2, H_EPS, H_ETA_MINUS, H_ETA_PLUS, H_L1, H_L2,
+                             H_LR, H_MOMENTUM, H_STEP_MAX, H_STEP_MIN, N_HYPER)
+from fastnn.exceptions import lookup
+
+
+def _sgd(p, state, hyper, t):
+    """p -= lr g"""
+    p -= p.dtype.type(hyper[H_LR]) * state[0]
+
+
+def _momentum(p, state, hyper, t):
+    """v = mu v + g; p -= lr v"""
+    g, v = state[0], state[1]
+    v *= p.dtype.type(hyper[H_MOMENTUM])
+    v += g
+    p -= p.dtype.type(hyper[H_LR]) * v
+
+
+def _nesterov(p, state, hyper, t):
+    """v = mu v + g; p -= lr (g + mu v)"""
+    g, v = state[0], state[1]
+    mu = p.dtype.type(hyper[H_MOMENTUM])
+    v *= mu
+    v += g
+    p -= p.dtype.type(hyper[H_LR]) * (g + mu * v)
+
+
+def _adam(p, state, hyper, t):
+    """m = m + (1 - b1)(g - m); v = b2 v + (1 - b2) g^2;
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)"""
+    g, m, v = state[0], state[1], state[2]
+    f = p.dtype.type
+    b1, b2 = f(hyper[H_BETA1]), f(hyper[H_BETA2])
+    m += (1 - b1) * (g - m)
+    v *= b2
+    v += (1 - b2) * g * g
+    step_size = f(hyper[H_LR] / (1 - hyper[H_BETA1] ** t))
+    bc2_sqrt = f(np.sqrt(1 - hyper[H_BETA2] ** t))
+    denom = np.sqrt(v) / bc2_sqrt + f(hyper[H_EPS])
+    p -= step_size * (m / denom)
+
+
+def _rprop(p, state, hyper, t):
+    """iRPROP-: a weight's step grows by eta+ while its gradient keeps its
+    sign and shrinks by eta- when it flips (that gradient then counts as
+    0); p -= sign(g) step."""
+    g, prev, step = state[0].copy(), state[1], state[2]
+    f = p.dtype.type
+    prod = g * prev
+    step[prod > 0] *= f(hyper[H_ETA_PLUS])
+    step[prod < 0] *= f(hyper[H_ETA_MINUS])
+    np.clip(step, f(hyper[H_STEP_MIN]), f(hyper[H_STEP_MAX]), out=step)
+    g[prod < 0] = 0
+    p -= np.sign(g) * step
+    prev[...] = g
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An update rule.
+
+    Attributes
+    ----------
+    name : str
+    code : int
+        The number ``fastnn._core`` knows it by.
+    state_rows : int
+        Rows of state, the gradient included.
+    default_lr : float
+        The learning rate when ``fit`` is given none (for rprop: the
+        initial step size).
+    step : callable
+        ``step(params, state, hyper, t)``, the NumPy update.
+    full_batch : bool
+        Whether each step must see the whole training set.
+    """
+
+    name: str
+    code: int
+    state_rows: int
+    default_lr: float
+    step: Callable
+    full_batch: bool = False
+
+    def __repr__(self):
+        return f"Optimizer({self.name!r})"
+
+    def new_state(self, n_params, dtype, lr):
+        """Zeroed state; Rprop's step sizes start at lr (torch's convention)."""
+        state = np.zeros((self.state_rows, n_params), dtype=dtype)
+        if self.name == "rprop":
+            state[2] = lr
+        return state
+
+
+OPTIMIZERS = {
+    o.name: o
+    for o in [
+        # 3.0 is Nielsen's chapter-1 rate; with momentum 0.9 the rate 0.3
+        # gives the same effective step, lr / (1 - momentum).
+        Optimizer("sgd", 0, 1, 3.0, _sgd),
+        Optimizer("momentum", 1, 2, 0.3, _momentum),
+        Optimizer("nesterov", 2, 2, 0.3, _nesterov),
+        Optimizer("adam", 3, 3, 1e-3, _adam),
+        # FANN's initial step size; torch.optim.Rprop's defaults otherwise
+        Optimizer("rprop", 4, 3, 0.1, _rprop, full_batch=True),
+    ]
+}
+
+RPROP_ETAS = (0.5, 1.2)
+RPROP_STEP_SIZES = (1e-6, 50.0)
+
+
+def get_optimizer(name):
+    """The registered optimizer called `name`; ConfigError lists the valid ones."""
+    return lookup(OPTIMIZERS, "optimizer", name)
+
+
+def hyper_array(lr, l2_over_n=0.0, l1_over_n=0.0, momentum=0.0, betas=(0.9, 0.999), eps=1e-8):
+    """The float64 hyper-parameter array train_epoch takes."""
+    hyper = np.zeros(N_HYPER)
+    hyper[H_LR], hyper[H_L2], hyper[H_L1] = lr, l2_over_n, l1_over_n
+    hyper[H_MOMENTUM] = momentum
+    hyper[H_BETA1], hyper[H_BETA2] = betas
+    hyper[H_EPS] = eps
+    hyper[H_ETA_MINUS], hyper[H_ETA_PLUS] = RPROP_ETAS
+    hyper[H_STEP_MIN], hyper[H_STEP_MAX] = RPROP_STEP_SIZES
+    return hyper
