@@ -3,9 +3,12 @@
 The kernels trust their inputs, so everything a user can get wrong (shape,
 dtype, NaN, labels out of range) is caught here with one clear message.
 """
+import math
+import numbers
+
 import numpy as np
 
-from fastnn.exceptions import DataError
+from fastnn.exceptions import ConfigError, DataError
 
 #: Input dtypes the kernels read directly (uint8 is scaled to [0, 1]).
 INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
@@ -124,3 +127,23 @@ def check_targets_fit_loss(Y, loss, output, name="y"):
             i = int(np.argmax(bad))
             raise DataError(f"softmax cross_entropy needs target rows that sum to 1; "
                             f"row {i} of {name} sums to {sums[i]:g}")
+
+
+def positive_int(value, name, minimum=1):
+    """value as an int >= minimum, or ConfigError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, not {value!r}")
+    return int(value)
+
+
+def nonnegative_float(value, name, allow_zero=True, below=None):
+    """value as a finite float >= 0 (> 0 without allow_zero; < below if
+    given), or ConfigError naming the option."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero) or (below is not None and x >= below):
+        bound = (">= 0" if allow_zero else "> 0") + (f" and < {below:g}" if below is not None else "")
+        raise ConfigError(f"{name} must be a finite number {bound}, not {value!r}")
+    return x

@@ -10,13 +10,15 @@ class History(Mapping):
     and ``val_accuracy`` (when there is validation data), ``lr`` and
     ``seconds``. ``hist.epochs`` counts the epochs completed and
     ``hist.stopped`` says why training ended early (None if it ran every
-    epoch).
+    epoch). With early stopping, ``hist.best_epoch`` is the epoch (from 0)
+    whose weights the network kept.
     """
 
     def __init__(self):
         self._series = {}
         self.epochs = 0
         self.stopped = None
+        self.best_epoch = None
 
     def append(self, metrics):
         """Record one epoch's metrics (a dict of name -> number)."""
@@ -42,7 +44,7 @@ class History(Mapping):
 
     def to_dict(self):
         """A JSON-ready dict: each series, plus 'epochs' and 'stopped'."""
-        return {"epochs": self.epochs, "stopped": self.stopped,
+        return {"epochs": self.epochs, "stopped": self.stopped, "best_epoch": self.best_epoch,
                 **{k: list(v) for k, v in self._series.items()}}
 
     def __repr__(self):

@@ -5,20 +5,17 @@ weights have shape ``(sizes[l], sizes[l+1])``. All parameters live in one
 flat vector (see ``fastnn._kernels``); ``weights`` and ``biases`` are views
 into it, so the compiled kernels update them in place.
 """
-import math
 import numbers
 import secrets
-import sys
-import time
 from collections import namedtuple
 
 import numpy as np
 
-from fastnn import _kernels
-from fastnn._validation import check_finite, check_targets, check_targets_fit_loss, check_X
+from fastnn import _kernels, training
+from fastnn._validation import (check_finite, check_targets, check_targets_fit_loss, check_X,
+                                nonnegative_float, positive_int)
 from fastnn.activations import get_activation
-from fastnn.exceptions import ConfigError, DataError, TrainingDiverged
-from fastnn.history import History
+from fastnn.exceptions import ConfigError, DataError
 from fastnn.initializers import get_initializer
 from fastnn.losses import get_loss
 
@@ -54,23 +51,6 @@ class ParamList(list):
                             f"an array of shape {value.shape}")
         check_finite(value.reshape(len(value), -1), f"{self._kind}[{i}]")
         target[...] = value
-
-
-def _positive_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, not {value!r}")
-    return int(value)
-
-
-def _positive_float(value, name, allow_zero=False):
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, not {value!r}") from None
-    if not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be a finite number {bound}, not {value!r}")
-    return x
 
 
 class Network:
@@ -131,15 +111,20 @@ class Network:
         get_loss(loss).check_output(output)
         self.dtype = _check_dtype(dtype)
         self.init = get_initializer(init).__name__
-        self.slope = _positive_float(slope, "slope", allow_zero=True)
+        self.slope = nonnegative_float(slope, "slope")
         if seed is None:
             seed = secrets.randbits(63)
-        self.seed = _positive_int(seed, "seed", minimum=0)
+        self.seed = positive_int(seed, "seed", minimum=0)
         self.backend = backend
         self._kernels = _kernels.get_backend(backend)
         self.epochs_trained = 0
         #: What the last fit() was asked and how it ended (kept in model files).
         self.training = {}
+        #: The History of the last fit(), also after an interrupted one.
+        self.history = None
+        #: The optimizer's buffers (training.OptimizerState), reused by the
+        #: next fit() with the same optimizer.
+        self.optimizer_state = None
 
         self._params = np.empty(_kernels.n_params(self.sizes), dtype=self.dtype)
         rng = np.random.default_rng(self.seed)
@@ -220,14 +205,17 @@ class Network:
 
     # ------------------------------------------------------------------- API
 
-    def fit(self, X, y, epochs=30, batch_size=10, lr=3.0, shuffle=True, *,
-            validation_data=None, callback=None, verbose=0):
-        """Train by mini-batch stochastic gradient descent.
+    def fit(self, X, y, epochs=30, batch_size=None, lr=None, shuffle=True, *,
+            optimizer="sgd", momentum=None, betas=None, eps=None, l2=0.0, l1=0.0,
+            dropout=0.0, lr_schedule=None, validation_data=None, validation_split=0.0,
+            early_stopping=None, augment=None, sample_weight=None, class_weight=None,
+            callback=None, progress=None, verbose=0):
+        """Train by mini-batch gradient descent with backpropagation.
 
-        Each epoch visits the rows in a fresh random order (``shuffle``),
-        ``batch_size`` at a time (the last batch may be smaller), and after
-        each batch of m rows subtracts ``lr / m`` times the summed gradients.
-        The whole epoch runs in the compiled kernel without the GIL.
+        Each epoch visits the rows in a fresh random order, `batch_size` at a
+        time (the last batch may be smaller); after each batch of m rows the
+        optimizer steps along the mean gradient over the batch. The whole
+        epoch runs in the compiled kernel without the GIL.
 
         Parameters
         ----------
@@ -236,94 +224,103 @@ class Network:
         y : array (n,) of int labels, or (n, sizes[-1]) of float targets
             Labels are one-hot encoded (with one output unit: 0 or 1).
         epochs : int, default 30
-        batch_size : int, default 10
-        lr : float, default 3.0
-            Learning rate eta.
+        batch_size : int, optional
+            Rows per step; default 10, and the whole training set for the
+            full-batch ``rprop``.
+        lr : float, optional
+            Learning rate. Defaults to the optimizer's: 3.0 for ``sgd``
+            (Nielsen's chapter 1), 0.3 for ``momentum`` and ``nesterov``
+            (the same effective step with momentum 0.9), 1e-3 for ``adam``,
+            and for ``rprop`` the initial step size, 0.1.
         shuffle : bool, default True
             Visit rows in a new random order each epoch (reproducible from
-            ``seed``); if False, in their given order.
+            the network's ``seed``); if False, in their given order.
+        optimizer : {"sgd", "momentum", "nesterov", "adam", "rprop"}, default "sgd"
+            Update rules of ``torch.optim.SGD`` (dampening 0, with
+            ``nesterov=True`` for "nesterov"), ``torch.optim.Adam`` and
+            ``torch.optim.Rprop`` (iRPROP-, full-batch, step sizes in
+            [1e-6, 50], etas (0.5, 1.2)). The optimizer's state is kept on
+            the network (``optimizer_state``) and reused by the next fit with
+            the same optimizer.
+        momentum : float, optional
+            For ``momentum`` and ``nesterov``; default 0.9.
+        betas : (float, float), optional
+            For ``adam``; default (0.9, 0.999).
+        eps : float, optional
+            For ``adam``; default 1e-8.
+        l2, l1 : float, default 0
+            Regularisation in Nielsen's convention: the cost gains
+            ``(l2/2n) sum w^2 + (l1/n) sum |w|`` over the weights (not the
+            biases), n the number of training samples.
+        dropout : float or sequence of float, default 0
+            Inverted dropout rate of every hidden layer, or of each. Off in
+            ``forward``, ``predict`` and ``evaluate``.
+        lr_schedule : str or fastnn.schedules.Schedule, optional
+            ``"constant"`` (default), ``"step:every=5,factor=0.5"``,
+            ``"plateau:patience=3,factor=0.1,max_reductions=3"``, or the
+            objects ``Step(...)``, ``Plateau(...)`` from fastnn.schedules.
         validation_data : (X_val, y_val), optional
             Evaluated after each epoch as ``val_loss`` / ``val_accuracy``.
+        validation_split : float, default 0
+            Hold out this fraction of the rows (the last ones, before
+            shuffling) as validation data instead.
+        early_stopping : int, optional
+            Stop after this many epochs without a lower validation loss and
+            restore the weights of the best epoch (``hist.best_epoch``).
+        augment : {"shift"}, optional
+            Each epoch, shift each square input image by a random (dx, dy),
+            each in -2..2 pixels, filling with 0 (Nielsen's expanded data).
+        sample_weight : array (n,), optional
+            Weight of each sample's loss and gradient: the batch gradient is
+            ``(1/m) sum w_x grad C_x``.
+        class_weight : dict or "balanced", optional
+            Weight of each class's samples, multiplied into sample_weight;
+            "balanced" gives class c the weight ``n / (k * n_c)``.
         callback : callable, optional
             ``callback(epoch, metrics)`` after each epoch (epoch counts from
             0); returning False stops training.
+        progress : callable, optional
+            ``progress(epoch, rows_done, rows_total)``, called about ten
+            times a second while an epoch trains.
         verbose : int, default 0
-            1 prints one line per epoch to stderr.
+            1 prints one line per epoch to stderr; 2 also a progress bar.
 
         Returns
         -------
         History
-            Per-epoch ``loss``, ``accuracy`` (for class labels), ``val_loss``
-            and ``val_accuracy`` (with validation data), ``lr``, ``seconds``.
+            Per-epoch ``loss`` (the mean training cost, weighted by the
+            sample weights), ``accuracy`` (for class labels), ``penalty``
+            (with l1/l2), ``val_loss`` and ``val_accuracy`` (when
+            validating), ``lr`` and ``seconds``. Also kept as ``self.history``.
 
         Raises
         ------
         TrainingDiverged
             If the loss becomes NaN or infinite; the weights from before that
             epoch are restored and the history so far is in ``exc.history``.
+        KeyboardInterrupt
+            On Ctrl-C, after the current batch: the weights are those after
+            that batch, and ``self.history`` has the completed epochs.
         """
         X = check_X(X, self.sizes[0])
         Y, labels = self._targets(X, y)
-        epochs = _positive_int(epochs, "epochs", minimum=0)
-        batch_size = _positive_int(batch_size, "batch_size")
-        lr = _positive_float(lr, "lr")
-        if validation_data is not None:
-            try:
-                X_val, y_val = validation_data
-            except (TypeError, ValueError):
-                raise ConfigError("validation_data must be a pair (X_val, y_val)") from None
-            X_val = check_X(X_val, self.sizes[0], "X_val")
-            Y_val, labels_val = self._targets(X_val, y_val, "y_val")
-
-        sizes, acts = self._codes()
-        loss_code = get_loss(self.loss).code
-        kernels = self._kernels
-        work = np.empty(kernels.workspace_size(sizes, batch_size), dtype=self.dtype)
-        control = np.zeros(2, dtype=np.int64)
-        order = np.arange(len(X), dtype=np.int64)
-        self.training = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
-                         "shuffle": bool(shuffle), "n_train": len(X)}
-        hist = History()
-        for epoch in range(epochs):
-            if shuffle:
-                # one stream per (seed, epoch): a resumed run shuffles as an
-                # uninterrupted one would
-                rng = np.random.default_rng([self.seed, self.epochs_trained])
-                order = rng.permutation(len(X)).astype(np.int64, copy=False)
-            snapshot = self._params.copy()
-            control[:] = 0
-            start = time.perf_counter()
-            status, loss_sum, n_correct = kernels.train_epoch(
-                X, Y, order, self._params, sizes, acts, self.slope, loss_code,
-                batch_size, lr, 1.0, work, control)
-            seconds = time.perf_counter() - start
-            if status == _kernels.DIVERGED:
-                self._params[...] = snapshot
-                hist.stopped = "diverged"
-                exc = TrainingDiverged(
-                    f"Training diverged at epoch {self.epochs_trained + 1} (loss = nan or inf); "
-                    f"the weights from before that epoch are kept. Try a smaller learning "
-                    f"rate (lr={lr:g}) or scale the inputs.")
-                exc.history = hist
-                raise exc
-            rows = int(control[_kernels.ROWS_DONE])
-            metrics = {"loss": loss_sum / rows}
-            if labels is not None:
-                metrics["accuracy"] = n_correct / rows
-            if validation_data is not None:
-                val = self._evaluate(X_val, Y_val, labels_val)
-                metrics["val_loss"] = val["loss"]
-                if "accuracy" in val:
-                    metrics["val_accuracy"] = val["accuracy"]
-            metrics["lr"] = lr
-            metrics["seconds"] = seconds
-            hist.append(metrics)
-            self.epochs_trained += 1
-            if verbose:
-                print(_epoch_line(self.epochs_trained, metrics), file=sys.stderr, flush=True)
-            if callback is not None and callback(epoch, dict(metrics)) is False:
-                hist.stopped = "callback"
-                break
+        weights = training.sample_weights(sample_weight, class_weight, labels, len(X),
+                                          self.sizes[-1])
+        train, val = training.split_validation(X, Y, labels, weights, validation_data,
+                                               validation_split, self)
+        options = training.check_options(
+            self, len(train[0]), epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle,
+            optimizer=optimizer, momentum=momentum, betas=betas, eps=eps, l2=l2, l1=l1,
+            dropout=dropout, lr_schedule=lr_schedule, early_stopping=early_stopping,
+            augment=augment, validation_split=validation_split, has_validation=val is not None)
+        if verbose >= 2 and progress is None:
+            progress = training.text_progress()
+        trainer = training.Trainer(self, train, val, options, callback, progress, verbose)
+        self.training = {**options.record(), "n_train": len(train[0]),
+                         "sample_weight": weights is not None,
+                         "class_weight": class_weight if isinstance(class_weight, (str, type(None)))
+                         else {int(k): float(v) for k, v in class_weight.items()}}
+        hist = trainer.run()
         self.training["final"] = hist.last()
         return hist
 
@@ -404,12 +401,3 @@ def _predicted_labels(A):
     if A.shape[1] == 1:
         return (A[:, 0] > 0.5).astype(np.int64)
     return A.argmax(axis=1)
-
-
-def _epoch_line(epoch, metrics):
-    parts = [f"epoch {epoch}"]
-    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if name in metrics:
-            parts.append(f"{name} {metrics[name]:.4f}")
-    parts.append(f"{metrics['seconds']:.2f}s")
-    return "  ".join(parts)

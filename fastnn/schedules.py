@@ -1,0 +1,157 @@
+"""Learning-rate schedules: how the rate changes from epoch to epoch.
+
+Give ``fit(lr_schedule=...)`` one of these objects, or the same string the
+CLI takes: ``"constant"``, ``"step:every=5,factor=0.5"``,
+``"plateau:patience=3,factor=0.1,max_reductions=3"``.
+"""
+import math
+import numbers
+
+from fastnn._validation import positive_int
+from fastnn.exceptions import ConfigError, lookup
+
+
+class Schedule:
+    """Base class. ``start(lr)`` begins a run; ``next_lr(epoch, metrics)``
+    is called after each epoch (counted from 0 in this run) with its metrics
+    and returns the rate for the next one."""
+
+    def start(self, lr):
+        self.base_lr = self.lr = lr
+
+    def next_lr(self, epoch, metrics):
+        return self.lr
+
+    def state_dict(self):
+        """What a resumed run needs to continue the schedule (JSON-ready)."""
+        return {"base_lr": self.base_lr, "lr": self.lr}
+
+    def load_state_dict(self, state):
+        self.base_lr, self.lr = float(state["base_lr"]), float(state["lr"])
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({args})"
+
+    def spec(self):
+        """The string form, as the CLI takes it."""
+        args = ",".join(f"{k}={v}" for k, v in self._params().items())
+        return self.name + (":" + args if args else "")
+
+    def _params(self):
+        return {}
+
+
+class Constant(Schedule):
+    """The same rate every epoch."""
+
+    name = "constant"
+
+
+class Step(Schedule):
+    """Step decay: multiply the rate by `factor` every `every` epochs."""
+
+    name = "step"
+
+    def __init__(self, every=5, factor=0.5):
+        self.every = positive_int(every, "every", 1)
+        self.factor = _factor(factor)
+
+    def next_lr(self, epoch, metrics):
+        if (epoch + 1) % self.every == 0:
+            self.lr *= self.factor
+        return self.lr
+
+    def _params(self):
+        return {"every": self.every, "factor": self.factor}
+
+
+class Plateau(Schedule):
+    """Reduce on plateau: multiply the rate by `factor` after `patience`
+    epochs without improvement of `monitor` (``val_loss``, or ``loss`` when
+    there is no validation data), at most `max_reductions` times."""
+
+    name = "plateau"
+
+    def __init__(self, patience=3, factor=0.1, max_reductions=3, monitor="val_loss"):
+        self.patience = positive_int(patience, "patience", 1)
+        self.factor = _factor(factor)
+        self.max_reductions = positive_int(max_reductions, "max_reductions", 0)
+        if monitor not in ("val_loss", "loss"):
+            raise ConfigError(f"monitor must be 'val_loss' or 'loss', not {monitor!r}")
+        self.monitor = monitor
+
+    def start(self, lr):
+        super().start(lr)
+        self.best = math.inf
+        self.waited = 0
+        self.reductions = 0
+
+    def next_lr(self, epoch, metrics):
+        value = metrics.get(self.monitor, metrics.get("loss"))
+        if value < self.best:
+            self.best, self.waited = value, 0
+        else:
+            self.waited += 1
+            if self.waited >= self.patience and self.reductions < self.max_reductions:
+                self.lr *= self.factor
+                self.reductions += 1
+                self.waited = 0
+        return self.lr
+
+    def state_dict(self):
+        return {**super().state_dict(), "best": self.best, "waited": self.waited,
+                "reductions": self.reductions}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.best = float(state["best"])
+        self.waited, self.reductions = int(state["waited"]), int(state["reductions"])
+
+    def _params(self):
+        return {"patience": self.patience, "factor": self.factor,
+                "max_reductions": self.max_reductions}
+
+
+SCHEDULES = {cls.name: cls for cls in (Constant, Step, Plateau)}
+
+
+def _factor(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+        raise ConfigError(f"factor must be a number in (0, 1], not {value!r}")
+    return float(value)
+
+
+def _value(text):
+    """An option's value from its text: an int, a float, or the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse(spec):
+    """A Schedule from an object, None (constant) or a string such as
+    ``"step:every=5,factor=0.5"``."""
+    if spec is None:
+        return Constant()
+    if isinstance(spec, Schedule):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(f"lr_schedule must be a string or a fastnn.schedules object, not {spec!r}")
+    name, _, args = spec.partition(":")
+    cls = lookup(SCHEDULES, "lr_schedule", name.strip())
+    kwargs = {}
+    for part in filter(None, (p.strip() for p in args.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ConfigError(f"lr_schedule {spec!r}: expected key=value, not {part!r}")
+        kwargs[key.strip()] = _value(value.strip())
+    valid = set(cls().__dict__) if cls is not Constant else set()
+    for key in kwargs:
+        if key not in valid:
+            raise ConfigError(f"lr_schedule {name!r} has no option {key!r}; "
+                              f"expected some of {sorted(valid)}")
+    return cls(**kwargs)

@@ -1,0 +1,380 @@
+"""The training loop behind ``Network.fit``.
+
+``fit`` checks every option here, once, then runs epochs: each epoch is one
+call of the backend's ``train_epoch`` (the compiled kernel runs it without
+the GIL), made from a worker thread so the calling thread stays free to
+show progress and to turn Ctrl-C into a stop between two batches. Between
+epochs come validation, the learning-rate schedule, early stopping and the
+callback.
+"""
+import math
+import numbers
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastnn import _kernels
+from fastnn._validation import check_finite, check_X, nonnegative_float, positive_int
+from fastnn.exceptions import ConfigError, DataError, TrainingDiverged, lookup
+from fastnn.history import History
+from fastnn.losses import get_loss
+from fastnn.optimizers import get_optimizer, hyper_array
+from fastnn.schedules import parse as parse_schedule
+
+AUGMENTATIONS = {"shift": _kernels.SHIFT}
+
+
+@dataclass
+class Options:
+    """Every training option, checked. See Network.fit for their meaning."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    shuffle: bool
+    optimizer: str
+    momentum: float
+    betas: tuple
+    eps: float
+    l2: float
+    l1: float
+    dropout: list
+    lr_schedule: object
+    early_stopping: int
+    augment: str
+    validation_split: float
+
+    def record(self):
+        """The options as JSON-ready values, for model files."""
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                "shuffle": self.shuffle, "optimizer": self.optimizer,
+                "momentum": self.momentum, "betas": list(self.betas), "eps": self.eps,
+                "l2": self.l2, "l1": self.l1, "dropout": self.dropout,
+                "lr_schedule": self.lr_schedule.spec(), "early_stopping": self.early_stopping,
+                "augment": self.augment, "validation_split": self.validation_split}
+
+
+def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, momentum, betas,
+                  eps, l2, l1, dropout, lr_schedule, early_stopping, augment, validation_split,
+                  has_validation):
+    """Options from fit's arguments, or ConfigError naming the bad one."""
+    opt = get_optimizer(optimizer)
+    epochs = positive_int(epochs, "epochs", minimum=0)
+    if batch_size is None:
+        batch_size = n_train if opt.full_batch else 10
+    batch_size = positive_int(batch_size, "batch_size")
+    if opt.full_batch and batch_size < n_train:
+        raise ConfigError(f"{opt.name} is a full-batch method: leave batch_size unset "
+                          f"(or set it to the {n_train} training samples), not {batch_size}")
+    lr = opt.default_lr if lr is None else nonnegative_float(lr, "lr", allow_zero=False)
+    if momentum is not None and opt.name not in ("momentum", "nesterov"):
+        raise ConfigError(f"momentum applies to optimizer 'momentum' or 'nesterov', not {opt.name!r}")
+    momentum = nonnegative_float(0.9 if momentum is None else momentum, "momentum", below=1)
+    for name, value in (("betas", betas), ("eps", eps)):
+        if value is not None and opt.name != "adam":
+            raise ConfigError(f"{name} applies to optimizer 'adam', not {opt.name!r}")
+    betas = (0.9, 0.999) if betas is None else betas
+    try:
+        betas = tuple(nonnegative_float(b, "betas", below=1) for b in betas)
+    except TypeError:
+        raise ConfigError(f"betas must be a pair of numbers in [0, 1), not {betas!r}") from None
+    if len(betas) != 2:
+        raise ConfigError(f"betas must be a pair of numbers in [0, 1), not {betas!r}")
+    eps = nonnegative_float(1e-8 if eps is None else eps, "eps", allow_zero=False)
+    l2 = nonnegative_float(l2, "l2")
+    l1 = nonnegative_float(l1, "l1")
+    dropout = _dropout_rates(dropout, len(net.sizes) - 2)
+    if early_stopping is not None:
+        early_stopping = positive_int(early_stopping, "early_stopping")
+        if not has_validation:
+            raise ConfigError("early_stopping watches the validation loss: give validation_data "
+                              "or validation_split")
+    if augment is not None:
+        lookup(AUGMENTATIONS, "augment", augment)
+        side = round(math.sqrt(net.sizes[0]))
+        if side * side != net.sizes[0]:
+            raise ConfigError(f"augment='shift' needs square images, but the network takes "
+                              f"{net.sizes[0]} inputs")
+    return Options(epochs, batch_size, lr, bool(shuffle), opt.name, momentum, betas, eps, l2, l1,
+                   dropout, parse_schedule(lr_schedule), early_stopping, augment,
+                   validation_split)
+
+
+def _dropout_rates(dropout, n_hidden):
+    rates = [dropout] * n_hidden if isinstance(dropout, numbers.Real) else list(dropout)
+    if len(rates) != n_hidden:
+        raise ConfigError(f"dropout takes one rate, or one per hidden layer ({n_hidden}), "
+                          f"not {len(rates)}")
+    rates = [nonnegative_float(p, "dropout", below=1) for p in rates]
+    if isinstance(dropout, numbers.Real) and dropout > 0 and n_hidden == 0:
+        raise ConfigError("dropout applies to hidden layers, and this network has none")
+    return rates
+
+
+def split_validation(X, Y, labels, weights, validation_data, validation_split, net):
+    """(train, validation) data: validation_data, or the last fraction of the rows."""
+    if validation_data is not None and validation_split:
+        raise ConfigError("give validation_data or validation_split, not both")
+    if validation_data is not None:
+        try:
+            X_val, y_val = validation_data
+        except (TypeError, ValueError):
+            raise ConfigError("validation_data must be a pair (X_val, y_val)") from None
+        X_val = check_X(X_val, net.sizes[0], "X_val")
+        Y_val, labels_val = net._targets(X_val, y_val, "y_val")
+        return (X, Y, labels, weights), (X_val, Y_val, labels_val)
+    if not validation_split:
+        return (X, Y, labels, weights), None
+    split = nonnegative_float(validation_split, "validation_split", below=1)
+    cut = int(len(X) * (1 - split))
+    if cut < 1 or cut == len(X):
+        raise ConfigError(f"validation_split={split:g} of {len(X)} samples leaves one side empty")
+    part = slice(None, cut)
+    val = (X[cut:], Y[cut:], None if labels is None else labels[cut:])
+    return (X[part], Y[part], None if labels is None else labels[part],
+            None if weights is None else weights[part]), val
+
+
+def sample_weights(sample_weight, class_weight, labels, n, n_outputs):
+    """Per-sample weights from sample_weight and class_weight, or None."""
+    w = None
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.shape != (n,):
+            raise DataError(f"sample_weight needs shape ({n},), not {w.shape}")
+        check_finite(w[:, None], "sample_weight")
+        if (w < 0).any():
+            raise DataError(f"sample_weight has a negative weight at row {int(np.argmax(w < 0))}")
+    if class_weight is not None:
+        if labels is None:
+            raise ConfigError("class_weight needs class labels (or one-hot targets)")
+        n_classes = max(n_outputs, 2)
+        if isinstance(class_weight, str):
+            if class_weight != "balanced":
+                raise ConfigError(f"class_weight must be a dict or 'balanced', not {class_weight!r}")
+            counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+            present = counts > 0
+            table = np.ones(n_classes)
+            table[present] = n / (present.sum() * counts[present])
+        elif isinstance(class_weight, dict):
+            table = np.ones(n_classes)
+            for label, weight in class_weight.items():
+                if not isinstance(label, numbers.Integral) or not 0 <= label < n_classes:
+                    raise ConfigError(f"class_weight has label {label!r}; labels are 0..{n_classes - 1}")
+                table[label] = nonnegative_float(weight, f"class_weight[{label}]")
+        else:
+            raise ConfigError(f"class_weight must be a dict or 'balanced', not {class_weight!r}")
+        w = table[labels] if w is None else w * table[labels]
+    if w is not None and not w.any():
+        raise DataError("the sample weights are all zero")
+    return w
+
+
+def run_epoch(kernel, args, control, on_tick=None):
+    """Run kernel(**args) in a worker thread; the calling thread calls
+    on_tick() about ten times a second, and on Ctrl-C asks the kernel to stop
+    after its current batch.
+
+    Returns (result, interrupted).
+    """
+    out = {}
+    done = threading.Event()
+
+    def target():
+        try:
+            out["result"] = kernel(**args)
+        except BaseException as exc:  # handed to the calling thread
+            out["error"] = exc
+        finally:
+            done.set()
+
+    # Completion is an Event, not Thread.join(): a KeyboardInterrupt inside
+    # join() can leave is_alive() False while the thread still runs.
+    threading.Thread(target=target, name="fastnn-epoch", daemon=True).start()
+    interrupted = False
+    while not done.is_set():
+        try:
+            if not done.wait(0.1) and on_tick is not None:
+                on_tick()
+        except KeyboardInterrupt:
+            # the kernel stops before its next batch; a second Ctrl-C waits too
+            interrupted = True
+            control[_kernels.STOP_REQUEST] = 1
+    if "error" in out:
+        raise out["error"]
+    return out["result"], interrupted
+
+
+@dataclass
+class OptimizerState:
+    """An optimizer's buffers, kept on the network between fit calls."""
+
+    name: str
+    state: np.ndarray
+    steps: int = 0
+
+
+class Trainer:
+    """One call of Network.fit."""
+
+    def __init__(self, net, train, val, options, callback=None, progress=None, verbose=0):
+        self.net = net
+        self.X, self.Y, self.labels, weights = train
+        self.val = val
+        self.o = options
+        self.callback = callback
+        self.progress = progress
+        self.verbose = verbose
+        dtype = net.dtype
+        self.sample_weight = (np.empty(0, dtype) if weights is None
+                              else np.ascontiguousarray(weights, dtype=dtype))
+        opt = get_optimizer(options.optimizer)
+        n = len(self.X)
+        current = net.optimizer_state
+        if current is None or current.name != opt.name or current.state.shape[1] != net.n_params:
+            net.optimizer_state = OptimizerState(opt.name, opt.new_state(net.n_params, dtype, options.lr))
+        self.opt_state = net.optimizer_state
+        sizes, acts = net._codes()
+        capacity = min(options.batch_size, n, _kernels.MAX_CHUNK)
+        rates = np.array(options.dropout if any(options.dropout) else [], dtype=np.float64)
+        kernels = net._kernels
+        self.control = np.zeros(_kernels.N_CONTROL, dtype=np.int64)
+        self.args = dict(
+            X=self.X, Y=self.Y, order=np.arange(n, dtype=np.int64), params=net._params,
+            state=self.opt_state.state, sizes=sizes, activations=acts, slope=net.slope,
+            loss=get_loss(net.loss).code, batch_size=options.batch_size, capacity=capacity,
+            optimizer=opt.code, hyper=None, dropout=rates, sample_weight=self.sample_weight,
+            augment=AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT), seed=0,
+            work=np.empty(kernels.workspace_size(sizes, capacity, rates), dtype=dtype),
+            control=self.control)
+        self.snapshot = np.empty_like(net._params)
+
+    def _hyper(self, lr):
+        o, n = self.o, len(self.X)
+        return hyper_array(lr, o.l2 / n, o.l1 / n, o.momentum, o.betas, o.eps)
+
+    def penalty(self):
+        """(lambda2/2n) sum w^2 + (lambda1/n) sum |w| for the current weights."""
+        o, n = self.o, len(self.X)
+        if not (o.l2 or o.l1):
+            return 0.0
+        total = 0.0
+        for W in self.net.weights:
+            W = W.astype(np.float64, copy=False)
+            total += o.l2 / (2 * n) * float(np.vdot(W, W)) + o.l1 / n * float(np.abs(W).sum())
+        return total
+
+    def epoch(self, lr):
+        """Train one epoch at rate lr; returns (metrics, status)."""
+        net, n, control = self.net, len(self.X), self.control
+        epoch_seed = np.random.SeedSequence([net.seed, net.epochs_trained])
+        shuffle_seed, kernel_seed = epoch_seed.generate_state(2, dtype=np.uint64)
+        if self.o.shuffle:
+            # one stream per (seed, epoch): a resumed run shuffles as an
+            # uninterrupted one would
+            self.args["order"] = np.random.default_rng(shuffle_seed).permutation(n)
+        self.args["seed"] = int(kernel_seed)
+        self.args["hyper"] = self._hyper(lr)
+        control[_kernels.STOP_REQUEST] = control[_kernels.ROWS_DONE] = 0
+        control[_kernels.STEPS] = self.opt_state.steps
+        self.snapshot[...] = net._params
+        state_snapshot = self.opt_state.state.copy() if self.o.optimizer != "sgd" else None
+        tick = None
+        if self.progress is not None:
+            epoch = net.epochs_trained
+            tick = lambda: self.progress(epoch, int(control[_kernels.ROWS_DONE]), n)  # noqa: E731
+        start = time.perf_counter()
+        (status, loss_sum, n_correct), interrupted = run_epoch(
+            net._kernels.train_epoch, self.args, control, tick)
+        seconds = time.perf_counter() - start
+        if status == _kernels.DIVERGED:
+            net._params[...] = self.snapshot
+            if state_snapshot is not None:
+                self.opt_state.state[...] = state_snapshot
+            return None, status
+        self.opt_state.steps = int(control[_kernels.STEPS])
+        rows = int(control[_kernels.ROWS_DONE])
+        if self.progress is not None:
+            self.progress(net.epochs_trained, rows, n)
+        if interrupted:
+            return None, _kernels.STOPPED
+        metrics = {"loss": loss_sum / rows}
+        if self.labels is not None:
+            metrics["accuracy"] = n_correct / rows
+        if self.o.l2 or self.o.l1:
+            metrics["penalty"] = self.penalty()
+        if self.val is not None:
+            result = net._evaluate(*self.val)
+            metrics["val_loss"] = result["loss"]
+            if "accuracy" in result:
+                metrics["val_accuracy"] = result["accuracy"]
+        metrics["lr"] = lr
+        metrics["seconds"] = seconds
+        return metrics, status
+
+    def run(self):
+        o, net = self.o, self.net
+        hist = History()
+        net.history = hist
+        schedule = o.lr_schedule
+        schedule.start(o.lr)
+        lr = o.lr
+        best_loss, best_params, waited = math.inf, None, 0
+        for epoch in range(o.epochs):
+            metrics, status = self.epoch(lr)
+            if status == _kernels.DIVERGED:
+                hist.stopped = "diverged"
+                exc = TrainingDiverged(
+                    f"Training diverged at epoch {net.epochs_trained + 1} (loss = nan or inf); "
+                    f"the weights from before that epoch are kept. Try a smaller learning "
+                    f"rate (lr={lr:g}) or scale the inputs.")
+                exc.history = hist
+                raise exc
+            if status == _kernels.STOPPED:
+                hist.stopped = "interrupted"
+                raise KeyboardInterrupt
+            hist.append(metrics)
+            net.epochs_trained += 1
+            if self.verbose:
+                print(epoch_line(net.epochs_trained, metrics), file=sys.stderr, flush=True)
+            lr = schedule.next_lr(epoch, metrics)
+            if o.early_stopping is not None:
+                if metrics["val_loss"] < best_loss:
+                    best_loss, waited, hist.best_epoch = metrics["val_loss"], 0, epoch
+                    best_params = net._params.copy()
+                else:
+                    waited += 1
+                    if waited >= o.early_stopping:
+                        hist.stopped = "early_stopping"
+                        break
+            if self.callback is not None and self.callback(epoch, dict(metrics)) is False:
+                hist.stopped = "callback"
+                break
+        if best_params is not None:
+            net._params[...] = best_params
+        return hist
+
+
+def epoch_line(epoch, metrics):
+    """One line summing up an epoch: 'epoch 3  loss 0.0412  accuracy 0.9310 ...'."""
+    parts = [f"epoch {epoch}"]
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if name in metrics:
+            parts.append(f"{name} {metrics[name]:.4f}")
+    parts.append(f"lr {metrics['lr']:.3g}")
+    parts.append(f"{metrics['seconds']:.2f}s")
+    return "  ".join(parts)
+
+
+def text_progress(stream=sys.stderr, width=30):
+    """A progress(epoch, done, total) callable drawing a bar on one line."""
+    def show(epoch, done, total):
+        filled = int(width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        stream.write(f"\repoch {epoch + 1} [{'=' * filled}{' ' * (width - filled)}] "
+                     f"{done:,}/{total:,}{end}")
+        stream.flush()
+    return show

@@ -1,0 +1,57 @@
+"""Learning-rate schedules and their string forms."""
+import pytest
+
+from fastnn import ConfigError
+from fastnn.schedules import Constant, Plateau, Step, parse
+
+
+def run(schedule, lr, metrics):
+    schedule.start(lr)
+    return [schedule.next_lr(e, m) for e, m in enumerate(metrics)]
+
+
+def test_constant_and_step():
+    assert run(Constant(), 0.5, [{}] * 3) == [0.5, 0.5, 0.5]
+    assert run(Step(every=2, factor=0.5), 1.0, [{}] * 5) == [1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_plateau_watches_val_loss_then_loss():
+    p = Plateau(patience=1, factor=0.5, max_reductions=5)
+    assert run(p, 1.0, [{"val_loss": 1, "loss": 9}, {"val_loss": 2, "loss": 0}]) == [1.0, 0.5]
+    q = Plateau(patience=1, factor=0.5, monitor="loss")
+    assert run(q, 1.0, [{"val_loss": 1, "loss": 2}, {"val_loss": 0, "loss": 3}]) == [1.0, 0.5]
+    assert run(Plateau(patience=1), 1.0, [{"loss": 2}, {"loss": 3}]) == [1.0, 0.1]
+
+
+def test_plateau_state_round_trips():
+    p = Plateau(patience=2, factor=0.5)
+    run(p, 1.0, [{"loss": 1}, {"loss": 2}, {"loss": 3}])
+    q = Plateau(patience=2, factor=0.5)
+    q.start(1.0)
+    q.load_state_dict(p.state_dict())
+    assert q.next_lr(3, {"loss": 4}) == p.next_lr(3, {"loss": 4})
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (None, Constant()), ("constant", Constant()), ("step", Step()),
+    ("step:every=5,factor=0.5", Step(5, 0.5)), (" step : every = 3 ", Step(3)),
+    ("plateau:patience=3,factor=0.1,max_reductions=3", Plateau(3, 0.1, 3)),
+    ("plateau:monitor=loss", Plateau(monitor="loss")),
+])
+def test_parse(spec, expected):
+    schedule = parse(spec)
+    assert repr(schedule) == repr(expected)
+    assert repr(parse(schedule.spec())) == repr(schedule)      # the string form round-trips
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("warmup", "Unknown lr_schedule 'warmup'"),
+    ("step:every=2.5", "every must be an integer >= 1"),
+    ("plateau:factor=0", r"factor must be a number in \(0, 1\]"),
+    ("plateau:max_reductions=-1", "max_reductions must be an integer >= 0"),
+    ("plateau:monitor=acc", "monitor must be 'val_loss' or 'loss'"),
+    ("constant:x=1", "has no option 'x'"),
+])
+def test_parse_errors(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(spec)
