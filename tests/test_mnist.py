@@ -1,4 +1,10 @@
-"""End-to-end results on the real MNIST (slow: run with --runslow)."""
+"""End-to-end results on the real MNIST (slow: run with --runslow).
+
+Nielsen's split: train on the first 50,000 training images, validate on the
+last 10,000, report accuracy on the 10,000 test images.
+"""
+import time
+
 import pytest
 
 from fastnn import Network
@@ -6,13 +12,44 @@ from fastnn import Network
 
 @pytest.mark.slow
 def test_nielsen_chapter1_reaches_94_5_percent(mnist):
-    # [784, 30, 10], sigmoid, quadratic cost, 30 epochs, batch 10, eta = 3.0, on the
-    # first 50,000 training images; Nielsen reports 95.42 % at best.
+    # [784, 30, 10], sigmoid, quadratic cost, 30 epochs, batch 10, eta = 3.0;
+    # Nielsen reports 95.42 % at best.
     (X, y), (X_test, y_test) = mnist
     net = Network([784, 30, 10], activation="sigmoid", loss="mse", seed=0)
-    hist = net.fit(X[:50000], y[:50000], epochs=30, batch_size=10, lr=3.0,
-                   validation_data=(X_test, y_test))
+    net.fit(X[:50000], y[:50000], epochs=30, batch_size=10, lr=3.0)
     accuracy = net.evaluate(X_test, y_test)["accuracy"]
-    print(f"Nielsen chapter 1: test accuracy {accuracy:.2%}, best epoch "
-          f"{max(hist['val_accuracy']):.2%}")
+    print(f"Nielsen chapter 1: test accuracy {accuracy:.2%}")
     assert accuracy >= 0.945
+
+
+@pytest.mark.slow
+def test_nielsen_chapter3_reaches_97_5_percent(mnist):
+    # [784, 100, 10], sigmoid, cross-entropy, lambda = 5.0, eta = 0.5, batch 10,
+    # 30 epochs; Nielsen reports 97.92 %.
+    (X, y), (X_test, y_test) = mnist
+    net = Network([784, 100, 10], activation="sigmoid", loss="cross_entropy", seed=0)
+    net.fit(X[:50000], y[:50000], epochs=30, batch_size=10, lr=0.5, l2=5.0,
+            validation_data=(X[50000:], y[50000:]))
+    accuracy = net.evaluate(X_test, y_test)["accuracy"]
+    print(f"Nielsen chapter 3: test accuracy {accuracy:.2%}")
+    assert accuracy >= 0.975
+
+
+@pytest.mark.slow
+def test_modern_recipe_reaches_98_3_percent_in_90_seconds(mnist):
+    # [784, 512, 256, 10] ReLU, softmax cross-entropy, He init, Adam (lr 1e-3),
+    # dropout 0.2, batch 128, 20 epochs, step decay x0.5 every 5 epochs;
+    # PyTorch with the same recipe: 98.5-98.6 %.
+    (X, y), (X_test, y_test) = mnist
+    net = Network([784, 512, 256, 10], activation="relu", output="softmax",
+                  loss="cross_entropy", init="he", seed=0)
+    start = time.perf_counter()
+    hist = net.fit(X[:50000], y[:50000], epochs=20, batch_size=128, optimizer="adam", lr=1e-3,
+                   dropout=0.2, lr_schedule="step:every=5,factor=0.5",
+                   validation_data=(X[50000:], y[50000:]))
+    seconds = time.perf_counter() - start
+    accuracy = net.evaluate(X_test, y_test)["accuracy"]
+    print(f"modern recipe: test accuracy {accuracy:.2%}, {sum(hist['seconds']):.1f} s of "
+          f"training, {seconds:.1f} s with validation")
+    assert accuracy >= 0.983
+    assert sum(hist["seconds"]) < 90
