@@ -1,9 +1,12 @@
-"""Known datasets: MNIST, read from the original IDX files with MD5 checks."""
+"""Known datasets: MNIST, read from the original IDX files with MD5 checks,
+found on a search path or downloaded."""
 import hashlib
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from fastnn.data import gunzip, parse_idx
+from fastnn.data import gunzip, parse_idx, read_file
 from fastnn.exceptions import DataError, DatasetNotFound
 
 #: The four original MNIST files and their official MD5 checksums.
@@ -13,6 +16,14 @@ MNIST_FILES = {
     "test_images": ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
     "test_labels": ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
 }
+
+#: Where ``download_mnist`` fetches the files (LeCun's site is often down; these
+#: mirrors serve the same files, which the MD5 check confirms).
+MNIST_MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
 
 #: data/mnist of the source tree fastnn runs from (found when installed with -e).
 SOURCE_TREE_MNIST = Path(__file__).resolve().parent.parent / "data" / "mnist"
@@ -64,6 +75,19 @@ def md5(data):
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+def verify_mnist(place):
+    """{file name: problem or None} for the four files in a directory."""
+    problems = {}
+    for name, expected in MNIST_FILES.values():
+        file = Path(place) / name
+        if not file.is_file():
+            problems[name] = "missing"
+            continue
+        digest = md5(read_file(file))
+        problems[name] = None if digest == expected else f"MD5 {digest}, expected {expected}"
+    return problems
+
+
 def load_mnist(path=None):
     """Load MNIST from the original IDX files, verifying their official MD5s.
 
@@ -89,10 +113,7 @@ def load_mnist(path=None):
     arrays = {}
     for key, (name, expected) in MNIST_FILES.items():
         file = place / name
-        try:
-            raw = file.read_bytes()
-        except OSError as exc:
-            raise DataError(f"cannot read {file}: {exc.strerror}") from None
+        raw = read_file(file)
         if md5(raw) != expected:
             raise DataError(f"{file} is corrupt: MD5 {md5(raw)}, expected {expected}. "
                             f"Replace it with the original file")
@@ -102,3 +123,50 @@ def load_mnist(path=None):
     y_train = arrays["train_labels"].astype("int64")
     y_test = arrays["test_labels"].astype("int64")
     return (X_train, y_train), (X_test, y_test)
+
+
+def download_mnist(directory=None, mirrors=None, timeout=60, report=None):
+    """Fetch the four MNIST files into `directory` (default: the user cache),
+    verifying each against its official MD5 before it is written.
+
+    Files already there with the right checksum are kept. Each file is
+    written atomically, so an interrupted download leaves no partial file.
+    `report(message)` is told what happens. Returns the directory.
+    """
+    from fastnn.io import atomic_write
+
+    directory = Path(directory) if directory else user_cache_dir() / "mnist"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {directory}: {exc.strerror}") from None
+    mirrors = mirrors or MNIST_MIRRORS
+    for name, expected in MNIST_FILES.values():
+        target = directory / name
+        if target.is_file() and md5(read_file(target)) == expected:
+            if report:
+                report(f"{target}: already there, checksum ok")
+            continue
+        failures = []
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + "/" + name
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    data = response.read()
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                failures.append(f"{url}: {getattr(exc, 'reason', exc)}")
+                continue
+            if md5(data) != expected:
+                failures.append(f"{url}: MD5 {md5(data)}, expected {expected}")
+                continue
+            atomic_write(target, data, DataError)
+            if report:
+                report(f"{target}: downloaded from {url}, checksum ok")
+            break
+        else:
+            raise DataError(f"could not download {name}: " + "; ".join(failures))
+    return directory
+
+
+#: Named datasets: name -> loader returning ((X_train, y_train), (X_test, y_test)).
+DATASETS = {"mnist": load_mnist}

@@ -75,3 +75,81 @@ def test_random_bytes_give_only_data_errors(blob):
         parse_idx(blob)
     except DataError:
         pass
+
+
+# Every format through load_data.
+
+def _valid_files(tmp_path):
+    """name -> bytes of a small valid file of each format."""
+    import io
+    import pickle
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (6, 4)).astype(np.uint8)
+    y = rng.integers(0, 3, 6)
+    out = {}
+    buf = io.BytesIO()
+    np.savez(buf, X=X, y=y)
+    out["data.npz"] = buf.getvalue()
+    buf = io.BytesIO()
+    np.save(buf, X)
+    out["X.npy"] = buf.getvalue()
+    out["data.csv"] = b"a,b,c,d,label\n" + b"".join(
+        (",".join(map(str, row)) + f",{label}\n").encode() for row, label in zip(X, y))
+    split = ((X / 255).astype(np.float32), y)
+    out["mnist.pkl.gz"] = gzip.compress(pickle.dumps((split, split, split), protocol=2))
+    out["x-images-idx3-ubyte.gz"] = gzip.compress(idx_bytes(X.reshape(6, 2, 2)))
+    out["x-images-idx3-ubyte"] = idx_bytes(X.reshape(6, 2, 2))
+    return out
+
+
+def test_formats_load_as_expected(tmp_path):
+    from fastnn.data import load_data
+
+    files = _valid_files(tmp_path)
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    np.save(tmp_path / "y.npy", np.arange(6) % 3)
+    (tmp_path / "x-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.arange(6, dtype=np.uint8) % 3)))
+    npy = load_data(tmp_path / "X.npy")
+    assert isinstance(npy.X, np.memmap) and npy.X.dtype == np.uint8     # memory-mapped, uint8
+    assert npy.y.tolist() == [0, 1, 2, 0, 1, 2]
+    idx = load_data(tmp_path / "x-images-idx3-ubyte.gz")
+    assert idx.X.shape == (6, 4) and idx.X.dtype == np.uint8 and idx.y.tolist() == npy.y.tolist()
+    # raw images find their labels beside them, compressed or not
+    assert load_data(tmp_path / "x-images-idx3-ubyte").y.tolist() == npy.y.tolist()
+    (tmp_path / "x-labels-idx1-ubyte.gz").unlink()
+    assert load_data(tmp_path / "x-images-idx3-ubyte").y is None
+    csv_data = load_data(tmp_path / "data.csv")
+    assert csv_data.X.dtype == np.uint8 and csv_data.y.dtype == np.int64   # pixels stay pixels
+    np.testing.assert_array_equal(csv_data.X, load_data(tmp_path / "data.npz").X)
+    assert load_data(tmp_path / "mnist.pkl.gz").X.dtype == np.float32
+    (tmp_path / "f.csv").write_text("0.5,1.5,0\n2.5,3.5,1\n")
+    assert load_data(tmp_path / "f.csv").X.dtype == np.float64
+    assert load_data("mnist", split="test").X.shape == (10000, 784)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_every_loader_survives_damaged_files(tmp_path_factory, data):
+    from fastnn.data import load_data
+
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    files = _valid_files(tmp_path)
+    name = data.draw(st.sampled_from(sorted(files)))
+    good = bytearray(files[name])
+    how = data.draw(st.sampled_from(["random", "truncate", "flip"]))
+    if how == "random":
+        blob = data.draw(st.binary(max_size=200))
+    elif how == "truncate":
+        blob = bytes(good[:data.draw(st.integers(0, len(good) - 1))])
+    else:
+        for _ in range(data.draw(st.integers(1, 6))):
+            good[data.draw(st.integers(0, len(good) - 1))] = data.draw(st.integers(0, 255))
+        blob = bytes(good)
+    (tmp_path / name).write_bytes(blob)
+    try:
+        loaded = load_data(tmp_path / name)
+    except DataError:
+        return
+    assert loaded.X.ndim == 2 and len(loaded.X) > 0
