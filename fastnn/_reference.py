@@ -148,9 +148,9 @@ def train_epoch(X, Y, order, params, state, sizes, activations, slope, loss, bat
             else:
                 grads[l][0][...] = grad_W / m
                 grads[l][1][...] = grad_b / m
+        control[STEPS] += 1
         if not fused:
             penalty_grad(params, state[0], sizes, hyper[K.H_L2], hyper[K.H_L1])
-            control[STEPS] += 1
             OPTIMIZER[optimizer].step(params, state, hyper, int(control[STEPS]))
         control[ROWS_DONE] += m
     return DONE, loss_sum, n_correct

@@ -1,11 +1,14 @@
 """Model files: a network's weights in safetensors, its description in the header.
 
 A fastnn model file is a plain safetensors file. Its tensors are
-``weights.<l>`` and ``biases.<l>``; its ``__metadata__`` header holds
+``weights.<l>`` and ``biases.<l>``, and after training ``optimizer.state``
+(the optimizer's buffers, for resuming); its ``__metadata__`` header holds
 ``format = "fastnn"``, ``format_version``, ``fastnn_version`` and JSON
 strings ``network`` (sizes, activations, loss, dtype, init, seed, slope,
-epochs trained), ``input_scaling`` and ``training`` (the options of the
-last fit and its final metrics).
+epochs trained, the dtype of the training inputs), ``input_scaling`` (the
+factor applied to the inputs: 1/255 for uint8 pixels), ``optimizer``
+(name, steps taken) and ``training`` (the options of the last fit, its
+final metrics and learning-rate schedule state).
 
 Writing is atomic: the file is written to a temporary name in the same
 directory, flushed to disk, and renamed over the target, so a crash never
@@ -22,11 +25,12 @@ from fastnn._kernels import get_backend
 from fastnn._version import __version__
 from fastnn.data import read_file
 from fastnn.exceptions import ConfigError, ModelFileError
+from fastnn.optimizers import get_optimizer
+from fastnn.training import OptimizerState
 
 FORMAT = "fastnn"
 FORMAT_VERSION = 1
 # uint8 inputs are divided by 255 by the kernels; other dtypes are used as given.
-INPUT_SCALING = {"uint8": 1 / 255, "float32": 1.0, "float64": 1.0}
 # The safetensors header is 8 bytes of length, then JSON; refuse absurd lengths.
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -38,6 +42,10 @@ def _bytes(net):
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         tensors[f"weights.{l}"] = W
         tensors[f"biases.{l}"] = b
+    optimizer = {}
+    if net.optimizer_state is not None:
+        tensors["optimizer.state"] = net.optimizer_state.state
+        optimizer = {"name": net.optimizer_state.name, "steps": net.optimizer_state.steps}
     network = {
         "sizes": list(net.sizes),
         "activations": list(net.activations),
@@ -47,31 +55,37 @@ def _bytes(net):
         "seed": net.seed,
         "slope": net.slope,
         "epochs_trained": net.epochs_trained,
+        "input_dtype": net.input_dtype,
     }
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "fastnn_version": __version__,
         "network": json.dumps(network),
-        "input_scaling": json.dumps(INPUT_SCALING),
+        "input_scaling": json.dumps({"input_dtype": net.input_dtype, "scale": net.input_scale}),
+        "optimizer": json.dumps(optimizer),
         "training": json.dumps(net.training, default=float),
     }
     return st_save(tensors, metadata=metadata)
 
 
-def atomic_write(path, data):
-    """Write bytes to path through a temporary file and a rename."""
+def atomic_write(path, data, error=ModelFileError):
+    """Write bytes (or str, as UTF-8) to path through a temporary file in the
+    same directory, fsync and a rename: readers see the old file or the new
+    one, never half of one. Failures raise `error` with a one-line message."""
     path = os.fspath(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise ModelFileError(f"cannot write {path}: directory {directory} does not exist")
+        raise error(f"cannot write {path}: directory {directory} does not exist")
     if os.path.isdir(path):
-        raise ModelFileError(f"cannot write {path}: it is a directory")
+        raise error(f"cannot write {path}: it is a directory")
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
                                    suffix=".tmp")
     except OSError as exc:
-        raise ModelFileError(f"cannot write {path}: {exc.strerror}") from None
+        raise error(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -84,7 +98,7 @@ def atomic_write(path, data):
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise ModelFileError(f"cannot write {path}: {exc.strerror}") from None
+            raise error(f"cannot write {path}: {exc.strerror}") from None
         raise
     try:
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -157,6 +171,23 @@ def _network_config(meta, path):
     return config, sizes, activations, training
 
 
+def _read(path):
+    """(bytes, header, where the tensors start, fastnn metadata) of a model file."""
+    data = read_file(path, ModelFileError, "model file")
+    header, data_start = _header(data, path)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is a safetensors file but not a fastnn model "
+                             f"(no fastnn metadata in its header)")
+    return data, header, data_start, meta
+
+
+def read_metadata(path):
+    """The fastnn metadata of a model file's header, as strings (JSON values parsed)."""
+    _, _, _, meta = _read(os.fspath(path))
+    return meta
+
+
 def load(path, backend="cython"):
     """Read a network from a fastnn model file.
 
@@ -176,12 +207,7 @@ def load(path, backend="cython"):
 
     get_backend(backend)
     path = os.fspath(path)
-    data = read_file(path, ModelFileError, "model file")
-    header, data_start = _header(data, path)
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is a safetensors file but not a fastnn model "
-                             f"(no fastnn metadata in its header)")
+    data, header, data_start, meta = _read(path)
     config, sizes, activations, training = _network_config(meta, path)
     end = _tensor_end(header)
     if end is None:
@@ -204,6 +230,9 @@ def load(path, backend="cython"):
     for l in range(len(sizes) - 1):
         expected[f"weights.{l}"] = (sizes[l], sizes[l + 1])
         expected[f"biases.{l}"] = (sizes[l + 1],)
+    optimizer = _optimizer_config(meta, path)
+    if optimizer:
+        expected["optimizer.state"] = (get_optimizer(optimizer["name"]).state_rows, net.n_params)
     if set(tensors) != set(expected):
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
@@ -223,7 +252,30 @@ def load(path, backend="cython"):
         net.biases[l][...] = tensors[f"biases.{l}"]
     try:
         net.epochs_trained = int(config.get("epochs_trained", 0))
+        input_dtype = config.get("input_dtype")
+        if input_dtype not in (None, "uint8", "float32", "float64"):
+            raise ValueError(input_dtype)
+        net.input_dtype = input_dtype
     except (TypeError, ValueError):
-        raise ModelFileError(f"{path} has a damaged fastnn header (epochs_trained)") from None
+        raise ModelFileError(f"{path} has a damaged fastnn header (epochs_trained, "
+                             f"input_dtype)") from None
+    if optimizer:
+        state = np.array(tensors["optimizer.state"])
+        net.optimizer_state = OptimizerState(optimizer["name"], state, optimizer["steps"])
     net.training = training
     return net
+
+
+def _optimizer_config(meta, path):
+    """{"name", "steps"} of the saved optimizer state, or {} if none."""
+    try:
+        optimizer = json.loads(meta.get("optimizer", "{}"))
+        if not optimizer:
+            return {}
+        get_optimizer(optimizer["name"])
+        optimizer["steps"] = int(optimizer["steps"])
+        if optimizer["steps"] < 0:
+            raise ValueError("negative steps")
+        return optimizer
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{path} has a damaged optimizer header ({exc})") from None

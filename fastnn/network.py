@@ -122,6 +122,9 @@ class Network:
         self.training = {}
         #: The History of the last fit(), also after an interrupted one.
         self.history = None
+        #: The dtype of the inputs of the last fit ("uint8" inputs are scaled
+        #: by 1/255), or None before any.
+        self.input_dtype = None
         #: The optimizer's buffers (training.OptimizerState), reused by the
         #: next fit() with the same optimizer.
         self.optimizer_state = None
@@ -179,6 +182,12 @@ class Network:
     def n_params(self):
         """Number of trainable parameters."""
         return self._params.size
+
+    @property
+    def input_scale(self):
+        """The factor the kernels apply to the inputs this network was trained
+        on: 1/255 for uint8 pixels, else 1."""
+        return 1 / 255 if self.input_dtype == "uint8" else 1.0
 
     @property
     def output(self):
@@ -316,13 +325,19 @@ class Network:
         if verbose >= 2 and progress is None:
             progress = training.text_progress()
         trainer = training.Trainer(self, train, val, options, callback, progress, verbose)
+        self.input_dtype = str(X.dtype)
         self.training = {**options.record(), "n_train": len(train[0]),
                          "sample_weight": weights is not None,
                          "class_weight": class_weight if isinstance(class_weight, (str, type(None)))
                          else {int(k): float(v) for k, v in class_weight.items()}}
-        hist = trainer.run()
-        self.training["final"] = hist.last()
-        return hist
+        return trainer.run()
+
+    def check_data(self, X, y=None):
+        """Raise DataError if (X, y) cannot be given to fit or evaluate: the
+        checks fit runs first, without training."""
+        X = check_X(X, self.sizes[0])
+        if y is not None:
+            self._targets(X, y)
 
     def forward(self, X):
         """The output layer's activations for each row of X, shape (n, sizes[-1])."""

@@ -12,22 +12,34 @@ from fastnn.exceptions import ConfigError, lookup
 
 
 class Schedule:
-    """Base class. ``start(lr)`` begins a run; ``next_lr(epoch, metrics)``
-    is called after each epoch (counted from 0 in this run) with its metrics
-    and returns the rate for the next one."""
+    """Base class. ``start(lr)`` begins a run; ``next_lr(metrics)`` is called
+    after each epoch with its metrics and returns the rate for the next one.
+
+    A schedule keeps its own state (the current rate, epochs seen, ...), so
+    passing a started schedule to another ``fit`` continues it; that is how
+    a resumed run goes on where it stopped (``state_dict`` and
+    ``load_state_dict`` carry the state through a model file).
+    """
+
+    started = False
 
     def start(self, lr):
         self.base_lr = self.lr = lr
+        self.epochs = 0
+        self.started = True
 
-    def next_lr(self, epoch, metrics):
+    def next_lr(self, metrics):
+        self.epochs += 1
         return self.lr
 
     def state_dict(self):
         """What a resumed run needs to continue the schedule (JSON-ready)."""
-        return {"base_lr": self.base_lr, "lr": self.lr}
+        return {"base_lr": self.base_lr, "lr": self.lr, "epochs": self.epochs}
 
     def load_state_dict(self, state):
-        self.base_lr, self.lr = float(state["base_lr"]), float(state["lr"])
+        """Continue from a state_dict (marks the schedule started)."""
+        self.start(float(state["base_lr"]))
+        self.lr, self.epochs = float(state["lr"]), int(state["epochs"])
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
@@ -57,8 +69,9 @@ class Step(Schedule):
         self.every = positive_int(every, "every", 1)
         self.factor = _factor(factor)
 
-    def next_lr(self, epoch, metrics):
-        if (epoch + 1) % self.every == 0:
+    def next_lr(self, metrics):
+        super().next_lr(metrics)
+        if self.epochs % self.every == 0:
             self.lr *= self.factor
         return self.lr
 
@@ -87,7 +100,8 @@ class Plateau(Schedule):
         self.waited = 0
         self.reductions = 0
 
-    def next_lr(self, epoch, metrics):
+    def next_lr(self, metrics):
+        super().next_lr(metrics)
         value = metrics.get(self.monitor, metrics.get("loss"))
         if value < self.best:
             self.best, self.waited = value, 0
@@ -109,8 +123,11 @@ class Plateau(Schedule):
         self.waited, self.reductions = int(state["waited"]), int(state["reductions"])
 
     def _params(self):
-        return {"patience": self.patience, "factor": self.factor,
-                "max_reductions": self.max_reductions}
+        params = {"patience": self.patience, "factor": self.factor,
+                  "max_reductions": self.max_reductions}
+        if self.monitor != "val_loss":
+            params["monitor"] = self.monitor
+        return params
 
 
 SCHEDULES = {cls.name: cls for cls in (Constant, Step, Plateau)}

@@ -49,10 +49,13 @@ class Options:
 
     def record(self):
         """The options as JSON-ready values, for model files."""
-        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                "shuffle": self.shuffle, "optimizer": self.optimizer,
-                "momentum": self.momentum, "betas": list(self.betas), "eps": self.eps,
-                "l2": self.l2, "l1": self.l1, "dropout": self.dropout,
+        record = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                  "shuffle": self.shuffle, "optimizer": self.optimizer}
+        if self.optimizer in ("momentum", "nesterov"):
+            record["momentum"] = self.momentum
+        if self.optimizer == "adam":
+            record.update(betas=list(self.betas), eps=self.eps)
+        return {**record, "l2": self.l2, "l1": self.l1, "dropout": self.dropout,
                 "lr_schedule": self.lr_schedule.spec(), "early_stopping": self.early_stopping,
                 "augment": self.augment, "validation_split": self.validation_split}
 
@@ -320,8 +323,9 @@ class Trainer:
         hist = History()
         net.history = hist
         schedule = o.lr_schedule
-        schedule.start(o.lr)
-        lr = o.lr
+        if not schedule.started:
+            schedule.start(o.lr)
+        lr = schedule.lr
         best_loss, best_params, waited = math.inf, None, 0
         for epoch in range(o.epochs):
             metrics, status = self.epoch(lr)
@@ -338,9 +342,11 @@ class Trainer:
                 raise KeyboardInterrupt
             hist.append(metrics)
             net.epochs_trained += 1
+            lr = schedule.next_lr(metrics)
+            net.training.update(epochs_done=hist.epochs, final=hist.last(),
+                                lr_schedule_state=schedule.state_dict())
             if self.verbose:
                 print(epoch_line(net.epochs_trained, metrics), file=sys.stderr, flush=True)
-            lr = schedule.next_lr(epoch, metrics)
             if o.early_stopping is not None:
                 if metrics["val_loss"] < best_loss:
                     best_loss, waited, hist.best_epoch = metrics["val_loss"], 0, epoch

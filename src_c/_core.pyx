@@ -716,11 +716,11 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
             else:
                 backward_impl(params, lay, acts, slope, work, cm, (<floating> 1) / m,
                               0 if c == 0 else 1, 0 if c == 0 else 1, state)
+        control[STEPS] += 1
         if not fused:
             if hyper[H_L2] != 0 or hyper[H_L1] != 0:
                 penalty_grad_impl(params, state, lay, <floating> hyper[H_L2],
                                   <floating> hyper[H_L1])
-            control[STEPS] += 1
             optimizer_step_impl(opt, params, state, lay.n_params, hyper, control[STEPS])
         control[ROWS_DONE] += m
     return DONE

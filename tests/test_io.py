@@ -33,6 +33,30 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, dtype):
     assert loaded.dtype == net.dtype and loaded.sizes == net.sizes
 
 
+def test_round_trip_keeps_optimizer_state_and_input_scaling(tmp_path):
+    rng = np.random.default_rng(0)
+    net = Network([16, 5, 3], seed=1)
+    net.fit(rng.integers(0, 256, (30, 16)).astype(np.uint8), rng.integers(0, 3, 30), epochs=2,
+            optimizer="adam", lr=0.01)
+    net.save(tmp_path / "m.safetensors")
+    loaded = fastnn.load(tmp_path / "m.safetensors")
+    assert loaded.input_dtype == "uint8" and loaded.input_scale == 1 / 255
+    assert loaded.optimizer_state.name == "adam" and loaded.optimizer_state.steps == 6
+    assert_array_equal(loaded.optimizer_state.state, net.optimizer_state.state)
+
+
+def test_refuses_optimizer_state_of_the_wrong_shape(tmp_path, trained):
+    path = tmp_path / "m.safetensors"
+    trained.save(path)
+    _rewrite_header(path, lambda h: h["__metadata__"].update(
+        optimizer=json.dumps({"name": "adam", "steps": 3})))
+    with pytest.raises(ModelFileError, match=r"optimizer.state is \(1, 74\), but sizes .* need \(3, 74\)"):
+        fastnn.load(path)
+    _rewrite_header(path, lambda h: h["__metadata__"].update(optimizer='{"name": "lbfgs"}'))
+    with pytest.raises(ModelFileError, match="damaged optimizer header"):
+        fastnn.load(path)
+
+
 def test_round_trip_keeps_the_description(tmp_path, trained):
     path = tmp_path / "m.safetensors"
     trained.save(str(path))
@@ -52,14 +76,15 @@ def test_model_file_is_plain_safetensors_with_metadata(tmp_path, trained):
     trained.save(path)
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata()
-        assert sorted(f.keys()) == ["biases.0", "biases.1", "biases.2",
+        assert sorted(f.keys()) == ["biases.0", "biases.1", "biases.2", "optimizer.state",
                                     "weights.0", "weights.1", "weights.2"]
     assert meta["format"] == "fastnn" and meta["format_version"] == str(FORMAT_VERSION)
     assert meta["fastnn_version"] == fastnn.__version__
     network = json.loads(meta["network"])
     assert network["sizes"] == [6, 5, 4, 3] and network["seed"] == 11
-    assert json.loads(meta["input_scaling"])["uint8"] == pytest.approx(1 / 255)
+    assert json.loads(meta["input_scaling"]) == {"input_dtype": "float64", "scale": 1.0}
     assert json.loads(meta["training"])["epochs"] == 2
+    assert json.loads(meta["optimizer"]) == {"name": "sgd", "steps": 8}
 
 
 def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch, trained):

@@ -7,7 +7,7 @@ from fastnn.schedules import Constant, Plateau, Step, parse
 
 def run(schedule, lr, metrics):
     schedule.start(lr)
-    return [schedule.next_lr(e, m) for e, m in enumerate(metrics)]
+    return [schedule.next_lr(m) for m in metrics]
 
 
 def test_constant_and_step():
@@ -29,7 +29,12 @@ def test_plateau_state_round_trips():
     q = Plateau(patience=2, factor=0.5)
     q.start(1.0)
     q.load_state_dict(p.state_dict())
-    assert q.next_lr(3, {"loss": 4}) == p.next_lr(3, {"loss": 4})
+    assert q.next_lr({"loss": 4}) == p.next_lr({"loss": 4})
+    s = Step(every=2, factor=0.5)
+    run(s, 1.0, [{}] * 3)
+    t = Step(every=2, factor=0.5)
+    t.load_state_dict(s.state_dict())
+    assert t.started and [t.next_lr({}) for _ in range(2)] == [s.next_lr({}) for _ in range(2)]
 
 
 @pytest.mark.parametrize("spec, expected", [

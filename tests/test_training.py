@@ -2,7 +2,6 @@
 schedules, validation, early stopping, weights, augmentation, interrupts."""
 import os
 import signal
-import threading
 
 import numpy as np
 import pytest
@@ -125,7 +124,7 @@ def test_plateau_schedule_reduces_after_patience_at_most_max_reductions():
     losses = iter([1.0, 0.9, 0.95, 0.97, 0.96, 0.99, 0.98, 0.97, 0.99, 0.99, 0.99, 0.99])
     schedule = Plateau(patience=2, factor=0.1, max_reductions=2)
     schedule.start(1.0)
-    lrs = [schedule.next_lr(e, {"val_loss": next(losses)}) for e in range(12)]
+    lrs = [schedule.next_lr({"val_loss": next(losses)}) for _ in range(12)]
     assert lrs == pytest.approx([1, 1, 1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01])
     hist = net.fit(X[:60], y[:60], epochs=6, lr=1e-9, validation_data=(X[60:], y[60:]),
                    lr_schedule="plateau:patience=2,factor=0.5,max_reductions=1")
@@ -312,12 +311,17 @@ def test_verbose_prints_a_line_per_epoch(capsys):
 def test_ctrl_c_stops_between_batches_and_keeps_a_consistent_network():
     X, y = make_classification(n=200_000, n_features=64)
     net = Network([64, 64, 4], seed=0)
-    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
+    sent = []
+
+    def interrupt_once_training(epoch, done, total):
+        if epoch == 1 and done > 0 and not sent:   # mid-way through the second epoch
+            sent.append(done)
+            os.kill(os.getpid(), signal.SIGINT)
+
     with pytest.raises(KeyboardInterrupt):
-        net.fit(X, y, epochs=1000, batch_size=1)
-    timer.join()
+        net.fit(X, y, epochs=1000, batch_size=1, progress=interrupt_once_training)
     assert net.history.stopped == "interrupted"
+    assert net.epochs_trained == 1
     assert net.epochs_trained == net.history.epochs
     assert all(np.isfinite(W).all() for W in net.weights)
     net.fit(X[:100], y[:100], epochs=1)               # and it trains on afterwards
