@@ -6,13 +6,17 @@ from fastnn.exceptions import FastnnError
 
 
 class Group(click.Group):
-    """A Click group that shows fastnn's own errors as one line, exit status 1."""
+    """A Click group that shows fastnn's own errors as one line with exit
+    status 1, and a Ctrl-C as 'Interrupted' with status 130."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FastnnError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,13 +25,16 @@ def main():
     """fastnn: fast fully-connected neural networks for the CPU.
 
     \b
-    Train Nielsen's chapter-1 network on MNIST and evaluate it:
-        fastnn train -o mnist.safetensors
+    A session:
+        fastnn train mnist --hidden 100 --epochs 10 -o mnist.safetensors
         fastnn eval mnist.safetensors
+        fastnn predict mnist.safetensors mnist -o predictions.csv
+        fastnn info mnist.safetensors
     """
 
 
-from fastnn.cli import evaluate, train  # noqa: E402  (the commands register on main)
+from fastnn.cli import datasets, evaluate, info, predict, train  # noqa: E402
 
-main.add_command(train.train)
-main.add_command(evaluate.eval_command)
+for command in (train.train, evaluate.eval_command, predict.predict, info.info,
+                datasets.datasets, datasets.download):
+    main.add_command(command)

@@ -1,23 +1,56 @@
 """``fastnn eval``."""
 import click
 
+from fastnn.cli.common import DATA_HELP, data_options, echo_json, load, match_inputs, threads_option, set_threads
 
-@click.command("eval")
+HELP = """Evaluate MODEL on DATA (default: the mnist test split): loss, accuracy,
+per-class precision, recall and F1, and the confusion matrix.
+
+\\b
+Examples:
+    fastnn eval mnist.safetensors
+    fastnn eval model.safetensors test.csv --label-col label --json
+
+""" + DATA_HELP
+
+
+@click.command("eval", help=HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the MNIST files are.")
-def eval_command(model, data_dir):
-    """Report a model's loss and accuracy on the MNIST test set.
+@click.argument("data", required=False, default="mnist")
+@data_options
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@threads_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_command(model, data, labels, label_col, limit, threads, as_json):
+    from fastnn import load as load_model
+    from fastnn.metrics import classification_report
 
-    \b
-    Example:
-        fastnn eval mnist.safetensors
-    """
-    from fastnn.datasets import load_mnist
-    from fastnn.io import load
-
-    net = load(model)
-    _, (X_test, y_test) = load_mnist(data_dir)
-    result = net.evaluate(X_test, y_test)
+    set_threads(threads)
+    net = load_model(model)
+    dataset = load(data, "test", labels, label_col, n_features=net.sizes[0], limit=limit)
+    X = match_inputs(net, dataset.X)
+    result = {"model": model, "data": dataset.source, **net.evaluate(X, dataset.y)}
+    if "accuracy" in result:
+        n_classes = max(net.sizes[-1], 2)
+        predicted = net.predict(X)
+        truth = dataset.y if dataset.y.ndim == 1 else dataset.y.argmax(axis=1)
+        result.update(classification_report(truth, predicted, n_classes))
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(f"{model} on {dataset.source}: {result['n']:,} samples, loss {result['loss']:.4f}")
+    if "accuracy" not in result:
+        return
     correct = round(result["accuracy"] * result["n"])
-    click.echo(f"{model}: test accuracy {correct} / {result['n']} ({result['accuracy']:.2%}), "
-               f"loss {result['loss']:.4f}")
+    click.echo(f"accuracy {correct} / {result['n']} ({result['accuracy']:.2%}), macro F1 "
+               f"{result['macro_f1']:.4f}\n")
+    click.echo(f"{'class':>5}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}")
+    for row in result["per_class"]:
+        click.echo(f"{row['class']:>5}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  "
+                   f"{row['f1']:>6.4f}  {row['support']:>7}")
+    matrix = result["confusion_matrix"]
+    width = max(5, len(str(max(max(r) for r in matrix))) + 1)
+    click.echo("\nconfusion matrix (rows: true class, columns: predicted)")
+    click.echo("     " + "".join(f"{k:>{width}}" for k in range(len(matrix))))
+    for k, row in enumerate(matrix):
+        click.echo(f"{k:>5}" + "".join(f"{v:>{width}}" for v in row))

@@ -1,6 +1,15 @@
 """The fastnn command, through CliRunner and through real subprocesses."""
+import gzip
+import http.server
+import json
+import os
+import pickle
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+from functools import partial
 
 import click
 import numpy as np
@@ -11,114 +20,453 @@ from conftest import MNIST_DIR
 import fastnn
 from fastnn.cli import main
 
-DATA = ["--data-dir", str(MNIST_DIR)]
+ENV = {"FASTNN_DATA": str(MNIST_DIR)}
 
 
-def run(*args):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+def run(*args, code=0):
+    result = CliRunner().invoke(main, [str(a) for a in args], env=ENV)
+    assert result.exit_code == code, (result.output, result.exception)
+    return result
+
+
+def images(n=240, seed=0):
+    """4x4 uint8 'images' of 3 classes that a small network can learn."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    centres = np.array([[40] * 16, [130] * 16, [220] * 16])
+    X = np.clip(centres[y] + rng.normal(0, 25, (n, 16)), 0, 255).astype(np.uint8)
+    return X, y
+
+
+def idx_bytes(array):
+    head = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return head + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """The same small dataset in every format fastnn reads."""
+    X, y = images()
+    made = {}
+    made["npz"] = tmp_path / "data.npz"
+    np.savez(made["npz"], X=X, y=y)
+    np.save(tmp_path / "X_train.npy", X)
+    np.save(tmp_path / "y_train.npy", y)
+    made["npy"] = tmp_path / "X_train.npy"
+    made["csv"] = tmp_path / "data.csv"
+    header = ",".join([f"px{i}" for i in range(16)] + ["label"])
+    np.savetxt(made["csv"], np.column_stack([X, y]), fmt="%d", delimiter=",", header=header,
+               comments="")
+    made["csv_noheader"] = tmp_path / "plain.csv"
+    np.savetxt(made["csv_noheader"], np.column_stack([y, X]), fmt="%d", delimiter=",")
+    made["idx"] = tmp_path / "train-images-idx3-ubyte.gz"
+    made["idx"].write_bytes(gzip.compress(idx_bytes(X.reshape(-1, 4, 4))))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(y)))
+    made["idx_raw"] = tmp_path / "raw" / "t10k-images-idx3-ubyte"
+    made["idx_raw"].parent.mkdir()
+    made["idx_raw"].write_bytes(idx_bytes(X.reshape(-1, 4, 4)))
+    (tmp_path / "raw" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(y))
+    split = ((X / 255).astype(np.float32), y)
+    made["pickle"] = tmp_path / "mnist.pkl.gz"
+    made["pickle"].write_bytes(gzip.compress(pickle.dumps((split, split, split), protocol=2)))
+    return made
+
+
+def train_small(data, out, *extra, code=0):
+    return run("train", data, "--hidden", "8", "--epochs", "15", "--lr", "1.0", "--seed", "0",
+               "-o", out, *extra, code=code)
 
 
 def test_every_command_has_help_with_an_example():
     for name, command in main.commands.items():
         result = run(name, "--help")
-        assert result.exit_code == 0, name
-        assert command.help and "fastnn " + name.split()[0] in result.output, name
+        assert command.help and f"fastnn {name}" in result.output, name
     assert "fastnn train" in run("--help").output
 
 
 def test_version():
-    result = run("--version")
-    assert result.exit_code == 0 and fastnn.__version__ in result.output
+    assert fastnn.__version__ in run("--version").output
 
 
-def test_train_then_eval(tmp_path):
+def test_session_on_mnist(tmp_path):
     model = tmp_path / "m.safetensors"
-    result = run("train", "--layers", "784,16,10", "--epochs", "2", "--train-size", "2000",
-                 "--seed", "3", "-o", str(model), *DATA)
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[0].startswith("Network([784, 16, 10]") and "seed=3" in lines[0]
-    epochs = [l for l in lines if l.startswith("Epoch ")]
-    assert len(epochs) == 2 and "test accuracy" in epochs[0] and "/ 10000" in epochs[0]
-    assert f"Saved the model to {model}" in result.output
+    out = run("train", "--hidden", "16", "--epochs", "2", "--limit", "3000", "--seed", "3",
+              "-o", model).output.splitlines()
+    assert out[0].startswith("Network([784, 16, 10]") and "seed=3" in out[0]
+    epochs = [line for line in out if line.startswith("epoch ")]
+    assert len(epochs) == 2 and epochs[0].startswith("epoch 1/2  loss ")
+    assert "test_accuracy" in epochs[0] and out[-1] == f"Saved the model to {model}"
     net = fastnn.load(model)
-    assert net.sizes == (784, 16, 10) and net.epochs_trained == 2
-    result = run("eval", str(model), *DATA)
-    assert result.exit_code == 0
+    assert net.sizes == (784, 16, 10) and net.epochs_trained == 2 and net.input_dtype == "uint8"
+
+    text = run("eval", model).output
     accuracy = net.evaluate(*fastnn.datasets.load_mnist(MNIST_DIR)[1])["accuracy"]
-    assert f"({accuracy:.2%})" in result.output
+    assert f"({accuracy:.2%})" in text and "confusion matrix" in text and "precision" in text
+    report = json.loads(run("eval", model, "--json").output)
+    assert report["accuracy"] == pytest.approx(accuracy) and report["n"] == 10000
+    assert np.sum(report["confusion_matrix"]) == 10000 and len(report["per_class"]) == 10
+
+    predictions = tmp_path / "p.csv"
+    run("predict", model, "mnist", "-o", predictions)
+    rows = predictions.read_text().splitlines()
+    assert rows[0] == "label" and len(rows) == 10001
+    (_, _), (X_test, _) = fastnn.datasets.load_mnist(MNIST_DIR)
+    assert [int(r) for r in rows[1:]] == net.predict(X_test).tolist()
+    proba = run("predict", model, "mnist", "--proba", "--limit", "5").output.splitlines()
+    assert proba[0] == "label," + ",".join(f"p{k}" for k in range(10)) and len(proba) == 6
+
+    info = run("info", model).output
+    assert "23,550" not in info and "12,560" in info and "total" in info and "epochs trained: 2" in info
+    assert json.loads(run("info", model, "--json").output)["parameters"] == net.n_params
 
 
-def test_train_options_reach_the_network(tmp_path):
-    model = tmp_path / "m.safetensors"
-    result = run("train", "--layers", "784,8,10", "--activation", "relu", "--output", "softmax",
-                 "--loss", "cross_entropy", "--lr", "0.1", "--batch-size", "32", "--epochs", "1",
-                 "--dtype", "float64", "--train-size", "500", "-o", str(model), *DATA)
-    assert result.exit_code == 0, result.output
+@pytest.mark.parametrize("kind, extra", [
+    ("npz", []), ("npy", []), ("csv", []), ("csv_noheader", ["--label-col", "1"]),
+    ("idx", []), ("idx_raw", []), ("pickle", []),
+])
+def test_every_data_format_trains_evaluates_and_predicts(files, tmp_path, kind, extra):
+    model = tmp_path / f"{kind}.safetensors"
+    train_small(files[kind], model, *extra)
     net = fastnn.load(model)
-    assert net.activations == ("relu", "softmax") and net.loss == "cross_entropy"
-    assert net.dtype == np.float64 and net.training["batch_size"] == 32
+    assert net.sizes == (16, 8, 3)
+    report = json.loads(run("eval", model, files[kind], *extra, "--json").output)
+    assert report["n"] == 240 and report["accuracy"] > 0.9
+    predicted = run("predict", model, files[kind], *extra).output.splitlines()
+    assert len(predicted) == 241
+
+
+def test_all_formats_give_the_same_model(files, tmp_path):
+    # uint8 pixels in IDX, npz, npy and CSV are the same data: the same network
+    models = {}
+    for kind in ("npz", "npy", "csv", "idx"):
+        train_small(files[kind], tmp_path / f"{kind}.safetensors")
+        models[kind] = fastnn.load(tmp_path / f"{kind}.safetensors")
+    for net in models.values():
+        np.testing.assert_array_equal(net.weights[0], models["npz"].weights[0])
+    # Nielsen's pickle holds floats in [0, 1]: the same up to float rounding
+    train_small(files["pickle"], tmp_path / "p.safetensors")
+    assert fastnn.load(tmp_path / "p.safetensors").input_dtype == "float32"
+
+
+def test_labels_option_and_label_less_predict(files, tmp_path):
+    X, y = images()
+    np.save(tmp_path / "features.npy", X)
+    np.save(tmp_path / "answers.npy", y)
+    model = tmp_path / "m.safetensors"
+    run("train", tmp_path / "features.npy", code=1)            # no labels found beside it
+    train_small(tmp_path / "features.npy", model, "--labels", tmp_path / "answers.npy")
+    plain = tmp_path / "unlabelled.csv"
+    np.savetxt(plain, X, fmt="%d", delimiter=",")               # as wide as the model's input
+    assert len(run("predict", model, plain).output.splitlines()) == 241
+    result = run("eval", model, plain, code=1)
+    assert "has no labels" in result.output
+
+
+def test_csv_label_column_by_name(files, tmp_path):
+    X, y = images()
+    path = tmp_path / "first.csv"
+    np.savetxt(path, np.column_stack([y, X]), fmt="%d", delimiter=",",
+               header=",".join(["digit"] + [f"px{i}" for i in range(16)]), comments="")
+    train_small(path, tmp_path / "m.safetensors", "--label-col", "digit")
+    result = run("train", path, "--label-col", "nope", code=1)
+    assert "has no label column 'nope'; its columns are ['digit'" in result.output
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return os.system, ("echo pwned > " + str(tmp_path / "pwned"),)
+
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps(Evil())))
+    result = run("train", path, "-o", tmp_path / "m.safetensors", code=1)
+    assert "refusing to load" in result.output and "only NumPy arrays and tuples" in result.output
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "m.safetensors").exists()
+
+
+def test_old_numpy_pickles_of_nielsens_file_load(tmp_path):
+    # Nielsen's file was written by Python 2 NumPy: numpy.core.multiarray names
+    X, y = images(30)
+    split = ((X / 255).astype(np.float32), y)
+    raw = pickle.dumps((split, split, split), protocol=2).replace(b"numpy._core", b"numpy.core")
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(gzip.compress(raw))
+    data = fastnn.data.load_data(path)
+    np.testing.assert_array_equal(data.y, y)
+
+
+BAD_INPUTS = [
+    ("missing", lambda d: d / "nope.csv", "nope.csv: no such file, and not a known dataset"),
+    ("directory", lambda d: d, "is a directory"),
+    ("unknown format", lambda d: _write(d / "notes.txt", b"hello world\n"), "unknown data format"),
+    ("non-numeric CSV", lambda d: _write(d / "bad.csv", b"a,b,label\n1,2,0\n3,x,1\n"),
+     "bad.csv: row 3, column b is not a number: 'x'"),
+    ("ragged CSV", lambda d: _write(d / "ragged.csv", b"1,2,0\n3,4\n"),
+     "ragged.csv: row 2 has 2 columns, the first row has 3"),
+    ("NaN in features", lambda d: _write(d / "nan.csv", b"1,2,0\nnan,4,1\n"),
+     "nan.csv: row 2, column 1 is nan, not a finite number"),
+    ("empty CSV", lambda d: _write(d / "empty.csv", b""), "empty.csv is empty"),
+    ("header only", lambda d: _write(d / "head.csv", b"a,b,label\n"), "has a header but no rows"),
+    ("empty npz", lambda d: _npz(d / "e.npz", np.zeros((0, 16)), np.zeros(0)), "has no samples"),
+    ("truncated gzip", lambda d: _write(d / "x-images-idx3-ubyte.gz", gzip.compress(b"\0" * 99)[:-9]),
+     "damaged gzip"),
+    ("inf in npz", lambda d: _npz(d / "inf.npz", np.full((4, 16), np.inf), np.zeros(4)),
+     r"NaN or infinity \(first at row 0, column 0\)"),
+    ("npz without X", lambda d: _npz(d / "noX.npz", None, np.zeros(4)), "has no array 'X'"),
+]
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _npz(path, X, y):
+    arrays = {"y": y} if X is None else {"X": X, "y": y}
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("name, make, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_data_is_one_line_and_no_model_is_written(tmp_path, name, make, message):
+    model = tmp_path / "m.safetensors"
+    result = run("train", make(tmp_path), "-o", model, code=1)
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert pytest.importorskip("re").search(message, result.output), result.output
+    assert "Traceback" not in result.output and not model.exists()
+
+
+def test_bad_data_leaves_an_existing_model_intact(files, tmp_path):
+    model = tmp_path / "m.safetensors"
+    train_small(files["npz"], model)
+    before = model.read_bytes()
+    _npz(tmp_path / "bad.npz", np.full((4, 16), np.nan), np.zeros(4))
+    run("train", tmp_path / "bad.npz", "-o", model, code=1)
+    X, y = images()
+    _npz(tmp_path / "wide.npz", np.zeros((4, 17)), np.zeros(4))
+    _npz(tmp_path / "labels.npz", X, y + 5)
+    for data, message, commands in [
+            ("wide.npz", "X has 17 features, but this network expects 16", ("eval", "predict")),
+            ("labels.npz", "at row 0, but the output layer's 3 unit(s) take labels 0..2", ("eval",))]:
+        for command in commands:
+            assert message in run(command, model, tmp_path / data, code=1).output
+        assert message in run("train", "--resume", model, tmp_path / data, code=1).output
+    run("predict", model, tmp_path / "labels.npz")        # predict needs no labels
+    assert model.read_bytes() == before
+
+
+def test_eval_and_info_refuse_bad_model_files(tmp_path):
+    for command in ("eval", "info", "predict"):
+        args = [command, tmp_path / "none.safetensors"] + (["mnist"] if command == "predict" else [])
+        assert "no such model file" in run(*args, code=1).output
+    junk = _write(tmp_path / "junk.safetensors", b"\0" * 100)
+    assert "not a fastnn model" in run("eval", junk, code=1).output
+
+
+def test_divergence_keeps_the_last_good_weights(tmp_path):
+    # heavy momentum: fine for a few epochs, then the oscillations blow up
+    rng = np.random.default_rng(0)
+    _npz(tmp_path / "big.npz", rng.normal(size=(200, 4)), rng.normal(size=(200, 2)))
+    model = tmp_path / "m.safetensors"
+    result = run("train", tmp_path / "big.npz", "--hidden", "8", "--activation", "relu",
+                 "--output", "identity", "--optimizer", "momentum", "--momentum", "0.99",
+                 "--lr", "0.05", "--epochs", "60", "--seed", "0", "-o", model, code=1)
+    assert "Training diverged at epoch" in result.output and "Try a smaller learning rate" in result.output
+    saved = fastnn.load(model)
+    assert all(np.isfinite(W).all() for W in saved.weights) and saved.epochs_trained >= 1
+    assert "Saved the weights of the last good epoch" in result.output
+    model.unlink()
+    result = run("train", tmp_path / "big.npz", "--hidden", "8", "--activation", "relu",
+                 "--output", "identity", "--lr", "1e6", "--seed", "0", "-o", model, code=1)
+    assert "diverged at epoch 1" in result.output and not model.exists()
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--layers", "784,x,10"], "expected comma-separated integers"),
-    (["train", "--layers", "784"], "needs at least two layer sizes"),
-    (["train", "--activation", "relux"], "'relux' is not one of"),
-    (["train", "--lr", "0"], "0.0 is not in the range x>0"),
-    (["train", "--epochs", "-1"], "-1 is not in the range"),
+    (["--layers", "784,x,10"], "expected comma-separated integers"),
+    (["--layers", "784"], "needs at least two layer sizes"),
+    (["--hidden", "0"], "layer sizes must be integers >= 1"),
+    (["--layers", "784,10", "--hidden", "30"], "give --layers or --hidden, not both"),
+    (["--activation", "relux"], "'relux' is not one of"),
+    (["--activation", "softmax"], "'softmax' is not one of"),
+    (["--lr", "0"], "0.0 is not in the range x>0"),
+    (["--epochs", "-1"], "-1 is not in the range"),
+    (["--val", "mnist", "--val-split", "0.1"], "give --val or --val-split, not both"),
+    (["--checkpoint-every", "2"], "--checkpoint-every needs -o MODEL"),
+    (["--dropout", "a"], "expected comma-separated numbers"),
 ])
 def test_usage_errors_exit_2(args, message):
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2
-    assert message in result.output
+    result = CliRunner().invoke(main, ["train", *args], env=ENV)
+    assert result.exit_code == 2 and message in result.output
 
 
 def test_library_errors_are_one_line_exit_1(tmp_path):
-    model = tmp_path / "m.safetensors"
-    result = CliRunner().invoke(main, ["train", "--layers", "784,10", "--loss", "cross_entropy",
-                                       "--activation", "relu", "--output", "relu", *DATA,
-                                       "-o", str(model)])
-    assert result.exit_code == 1
+    result = run("train", "--hidden", "10", "--loss", "cross_entropy", "--activation", "relu",
+                 "--output", "relu", "-o", tmp_path / "m.safetensors", code=1)
     assert result.output.startswith("Error: loss 'cross_entropy' needs a sigmoid or softmax")
-    assert "Traceback" not in result.output and not model.exists()
-    result = CliRunner().invoke(main, ["train", "--layers", "100,10", *DATA, "-o", str(model)])
-    assert result.exit_code == 1 and "X has 784 features, but this network expects 100" in result.output
-    assert not model.exists()
+    assert not (tmp_path / "m.safetensors").exists()
+    result = run("train", "--layers", "100,10", "--epochs", "1", code=1)
+    assert "X has 784 features, but this network expects 100" in result.output
+    result = run("train", "--hidden", "10", "--lr-schedule", "cosine", "--epochs", "1", code=1)
+    assert "Unknown lr_schedule 'cosine'" in result.output
+    result = run("train", "--hidden", "10", "--optimizer", "rprop", "--batch-size", "5", code=1)
+    assert "rprop is a full-batch method" in result.output
 
 
-def test_eval_missing_or_bad_model(tmp_path):
-    result = CliRunner().invoke(main, ["eval", str(tmp_path / "nope.safetensors"), *DATA])
-    assert result.exit_code == 1 and "no such model file" in result.output
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"\x00" * 100)
-    result = CliRunner().invoke(main, ["eval", str(junk), *DATA])
-    assert result.exit_code == 1 and "not a fastnn model" in result.output
+def test_every_training_option_reaches_fit(files, tmp_path):
+    model = tmp_path / "m.safetensors"
+    run("train", files["npz"], "--layers", "16,12,6,3", "--activation", "leaky_relu",
+        "--slope", "0.05", "--output", "softmax", "--loss", "cross_entropy", "--init", "he",
+        "--optimizer", "adam", "--lr", "0.01", "--betas", "0.8,0.99", "--eps", "1e-7",
+        "--batch-size", "16", "--epochs", "3", "--l2", "0.1", "--l1", "0.01", "--dropout",
+        "0.1,0.2", "--lr-schedule", "step:every=2,factor=0.5", "--val-split", "0.25",
+        "--early-stopping", "5", "--augment", "shift", "--class-weight", "balanced",
+        "--dtype", "float64", "--seed", "7", "--threads", "1", "-o", model)
+    net = fastnn.load(model)
+    t = net.training
+    assert net.activations == ("leaky_relu", "leaky_relu", "softmax") and net.slope == 0.05
+    assert net.init == "he" and net.dtype == np.float64 and net.seed == 7
+    assert (t["optimizer"], t["lr"], t["betas"], t["eps"]) == ("adam", 0.01, [0.8, 0.99], 1e-7)
+    assert (t["batch_size"], t["l2"], t["l1"], t["dropout"]) == (16, 0.1, 0.01, [0.1, 0.2])
+    assert t["lr_schedule"] == "step:every=2,factor=0.5" and t["early_stopping"] == 5
+    assert t["augment"] == "shift" and t["class_weight"] == "balanced" and t["n_train"] == 180
+    momentum = tmp_path / "mom.safetensors"
+    run("train", files["npz"], "--hidden", "8", "--optimizer", "nesterov", "--momentum", "0.5",
+        "--epochs", "1", "--no-shuffle", "--val", files["csv"], "-o", momentum)
+    t = fastnn.load(momentum).training
+    assert (t["optimizer"], t["momentum"], t["shuffle"]) == ("nesterov", 0.5, False)
+    assert "val_accuracy" in t["final"]
 
 
-def test_missing_dataset_names_the_places(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.delenv("FASTNN_DATA", raising=False)
-    monkeypatch.setattr("fastnn.datasets.SOURCE_TREE_MNIST", tmp_path / "src")
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["train", "--data-dir", str(tmp_path / "d")])
-    assert result.exit_code == 1
-    assert result.output.startswith("Error: MNIST not found") and str(tmp_path / "d") in result.output
+def test_history_json_and_quiet(files, tmp_path):
+    history = tmp_path / "h.json"
+    result = run("train", files["npz"], "--hidden", "8", "--epochs", "3", "--val-split", "0.2",
+                 "--history", history, "--quiet", "-o", tmp_path / "m.safetensors")
+    assert result.output == ""
+    saved = json.loads(history.read_text())
+    assert saved["epochs"] == 3 and len(saved["loss"]) == 3 and len(saved["val_accuracy"]) == 3
 
 
-def test_console_script_and_module_run_in_a_subprocess(tmp_path):
-    exe = [sys.executable, "-m", "fastnn"]
-    out = subprocess.run(exe + ["--version"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and fastnn.__version__ in out.stdout
-    bad = subprocess.run(exe + ["eval", str(tmp_path / "none.safetensors"), *DATA],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1
-    assert bad.stderr.strip() == f"Error: {tmp_path / 'none.safetensors'}: no such model file"
-    usage = subprocess.run(exe + ["train", "--epochs", "x"], capture_output=True, text=True, timeout=120)
+def test_json_output(files, tmp_path):
+    out = json.loads(run("train", files["npz"], "--hidden", "8", "--epochs", "2", "--json").output)
+    assert out["epochs_trained"] == 2 and len(out["history"]["loss"]) == 2
+    assert out["final"]["loss"] == out["history"]["loss"][-1]
+
+
+def test_checkpoint_every(files, tmp_path, monkeypatch):
+    saves = []
+    original = fastnn.Network.save
+    monkeypatch.setattr(fastnn.Network, "save",
+                        lambda self, path: saves.append(self.epochs_trained) or original(self, path))
+    run("train", files["npz"], "--hidden", "8", "--epochs", "5", "--checkpoint-every", "2",
+        "-o", tmp_path / "m.safetensors")
+    assert saves == [2, 4, 5]
+
+
+def test_resume_continues_exactly(files, tmp_path):
+    args = ["--hidden", "8", "--optimizer", "adam", "--lr", "0.01", "--seed", "1",
+            "--lr-schedule", "step:every=1,factor=0.7", "--dropout", "0.1"]
+    straight, first = tmp_path / "straight.safetensors", tmp_path / "resumed.safetensors"
+    run("train", files["npz"], *args, "--epochs", "4", "-o", straight)
+    run("train", files["npz"], *args, "--epochs", "2", "-o", first)
+    out = run("train", "--resume", first, "--epochs", "2").output
+    assert "epoch 4/4" in out
+    a, b = fastnn.load(straight), fastnn.load(first)
+    assert b.epochs_trained == 4 and b.optimizer_state.steps == a.optimizer_state.steps
+    for x, y in zip(a.weights + a.biases, b.weights + b.biases):
+        np.testing.assert_array_equal(x, y)
+    result = CliRunner().invoke(main, ["train", "--resume", str(first), "--hidden", "4"], env=ENV)
+    assert result.exit_code == 2 and "--hidden is fixed by the model file" in result.output
+
+
+def test_datasets_lists_and_verifies(tmp_path, monkeypatch):
+    assert "mnist: " in run("datasets").output and "checksums verified" in run("datasets").output
+    broken = tmp_path / "mnist"
+    shutil.copytree(MNIST_DIR, broken)
+    (broken / "t10k-labels-idx1-ubyte.gz").write_bytes(b"junk")
+    result = CliRunner().invoke(main, ["datasets"], env={"FASTNN_DATA": str(broken)})
+    assert result.exit_code == 1 and "CORRUPT" in result.output and "MD5" in result.output
+    monkeypatch.setattr("fastnn.datasets.SOURCE_TREE_MNIST", tmp_path / "no")
+    monkeypatch.chdir(tmp_path / "mnist")
+    result = CliRunner().invoke(main, ["datasets"], env={"FASTNN_DATA": "",
+                                                           "XDG_CACHE_HOME": str(tmp_path / "c")})
+    assert result.exit_code == 0 and "not found" in result.output
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A local HTTP server serving the MNIST files, and one serving junk."""
+    served = tmp_path / "served"
+    shutil.copytree(MNIST_DIR, served / "good")
+    (served / "bad").mkdir()
+    for f in MNIST_DIR.iterdir():
+        (served / "bad" / f.name).write_bytes(b"not mnist")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_verifies_checksums(tmp_path, mirror):
+    target = tmp_path / "dl"
+    result = run("download", "mnist", "--dir", target, "--mirror", f"{mirror}/bad/", code=1)
+    assert "MD5" in result.output and not list(target.glob("*.gz"))
+    result = run("download", "mnist", "--dir", target, "--mirror", f"{mirror}/bad/",
+                 "--mirror", f"{mirror}/good/")
+    assert "mnist is ready" in result.output
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in MNIST_DIR.iterdir())
+    (_, y), _ = fastnn.datasets.load_mnist(target)
+    assert len(y) == 60000
+    again = run("download", "mnist", "--dir", target, "--mirror", f"{mirror}/bad/")
+    assert again.output.count("already there") == 4
+
+
+def test_cli_is_a_subpackage_of_fastnn():
+    assert main.__module__ == "fastnn.cli" and isinstance(main, click.Group)
+
+
+# Real processes: exit codes, stderr, and signals.
+
+def fastnn_cmd(*args):
+    return [sys.executable, "-m", "fastnn", *[str(a) for a in args]]
+
+
+def test_subprocess_exit_codes_and_messages(tmp_path):
+    env = {**os.environ, **ENV}
+    ok = subprocess.run(fastnn_cmd("--version"), capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and fastnn.__version__ in ok.stdout
+    bad = subprocess.run(fastnn_cmd("eval", tmp_path / "none.safetensors"), capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr == f"Error: {tmp_path / 'none.safetensors'}: no such model file\n"
+    usage = subprocess.run(fastnn_cmd("train", "--epochs", "x"), capture_output=True, text=True,
+                           timeout=120)
     assert usage.returncode == 2 and "Invalid value for '--epochs'" in usage.stderr
     script = subprocess.run(["fastnn", "--help"], capture_output=True, text=True, timeout=120)
     assert script.returncode == 0 and "Commands:" in script.stdout
 
 
-def test_cli_is_a_subpackage_of_fastnn():
-    assert main.__module__ == "fastnn.cli"
-    assert isinstance(main, click.Group)
+def test_sigint_saves_the_model_and_resume_continues(tmp_path):
+    model = tmp_path / "m.safetensors"
+    env = {**os.environ, **ENV}
+    proc = subprocess.Popen(fastnn_cmd("train", "--hidden", "128", "--batch-size", "1",
+                                       "--lr", "0.1", "--epochs", "1000", "-o", model),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().startswith("Network(")
+        assert proc.stdout.readline().startswith("epoch 1/1000")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert f"Interrupted: saved the model after" in err and f"--resume {model}" in err
+    net = fastnn.load(model)
+    assert net.epochs_trained >= 1 and net.optimizer_state is not None
+    done = net.epochs_trained
+    resumed = subprocess.run(fastnn_cmd("train", "--resume", model, "--epochs", "1", "--limit",
+                                        "5000"), capture_output=True, text=True, timeout=300,
+                             env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert fastnn.load(model).epochs_trained == done + 1

@@ -1,0 +1,80 @@
+"""What the commands share: data options, loading data for a model, JSON output."""
+import json
+import math
+
+import click
+import numpy as np
+
+DATA_HELP = ("DATA is a dataset name (mnist), an IDX images file (labels found beside it or "
+             "given by --labels), a CSV file, an .npz with arrays X and y, an .npy file "
+             "(labels beside it or --labels) or Nielsen's mnist.pkl.gz.")
+
+
+def data_options(command):
+    """--labels and --label-col, for commands that read DATA."""
+    command = click.option("--label-col", metavar="COL",
+                           help="CSV label column, by name or 1-based number [default: last].")(command)
+    command = click.option("--labels", type=click.Path(dir_okay=False),
+                           help="Labels file of IDX or .npy images.")(command)
+    return command
+
+
+def threads_option(command):
+    return click.option("--threads", type=click.IntRange(min=1),
+                        help="BLAS threads [default: all cores].")(command)
+
+
+def set_threads(threads):
+    if threads:
+        from fastnn.blas import set_num_threads
+
+        set_num_threads(threads)
+
+
+def load(spec, split, labels=None, label_col=None, n_features=None, limit=None,
+         need_labels=True):
+    """A Data from DATA; with need_labels, refuse data without labels."""
+    from fastnn.data import load_data
+    from fastnn.exceptions import DataError
+
+    data = load_data(spec, split=split, labels=labels, label_col=label_col, n_features=n_features)
+    if limit is not None:
+        data.X, data.y = data.X[:limit], None if data.y is None else data.y[:limit]
+    if need_labels and data.y is None:
+        raise DataError(f"{data.source} has no labels; give them with --labels "
+                        f"(IDX, .npy) or --label-col (CSV)")
+    return data
+
+
+def match_inputs(net, X):
+    """X in the kind of inputs the network was trained on.
+
+    uint8 inputs are scaled by 1/255 in the kernels, so whole numbers 0..255
+    read as floats go to a network trained on uint8 pixels as uint8, and
+    uint8 data goes to a network trained on floats unscaled, as floats.
+    """
+    if net.input_dtype == "uint8" and X.dtype != np.uint8:
+        if X.size and X.min() >= 0 and X.max() <= 255 and np.array_equal(X, np.round(X)):
+            return X.astype(np.uint8)
+    elif net.input_dtype in ("float32", "float64") and X.dtype == np.uint8:
+        return X.astype(net.dtype)
+    return X
+
+
+def jsonable(value):
+    """value with NumPy scalars and arrays as plain Python, NaN/inf as None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def echo_json(value):
+    click.echo(json.dumps(jsonable(value), indent=2))

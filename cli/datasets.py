@@ -1,0 +1,50 @@
+"""``fastnn datasets`` and ``fastnn download``."""
+import click
+
+
+@click.command()
+def datasets():
+    """List the known datasets, where each was found, and verify their checksums.
+
+    \b
+    Example:
+        fastnn datasets
+    """
+    from fastnn.datasets import MNIST_FILES, find_mnist, mnist_search_path, verify_mnist
+    from fastnn.exceptions import DatasetNotFound
+
+    try:
+        place = find_mnist()
+    except DatasetNotFound:
+        places = ", ".join(str(p) for p in mnist_search_path())
+        click.echo(f"mnist: not found (looked in {places}); run 'fastnn download mnist'")
+        return
+    problems = verify_mnist(place)
+    bad = {name: p for name, p in problems.items() if p}
+    status = "ok, checksums verified" if not bad else "CORRUPT"
+    click.echo(f"mnist: {place} ({len(MNIST_FILES)} files, {status})")
+    for name, problem in bad.items():
+        click.echo(f"  {name}: {problem}")
+    if bad:
+        raise click.ClickException(f"mnist in {place} has corrupt files; run "
+                                   f"'fastnn download mnist --dir {place}' to replace them")
+
+
+@click.command()
+@click.argument("dataset", type=click.Choice(["mnist"]))
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Where to put the files [default: ~/.cache/fastnn/mnist].")
+@click.option("--mirror", "mirrors", multiple=True, metavar="URL",
+              help="Fetch from this base URL instead of the default mirrors (repeatable).")
+def download(dataset, directory, mirrors):
+    """Download a dataset's original files, verifying their MD5 checksums.
+
+    \b
+    Examples:
+        fastnn download mnist
+        fastnn download mnist --dir data/mnist
+    """
+    from fastnn.datasets import download_mnist
+
+    place = download_mnist(directory, list(mirrors) or None, report=click.echo)
+    click.echo(f"mnist is ready in {place}")

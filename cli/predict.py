@@ -1,0 +1,52 @@
+"""``fastnn predict``."""
+import io
+
+import click
+import numpy as np
+
+from fastnn.cli.common import DATA_HELP, data_options, load, match_inputs, set_threads, threads_option
+
+HELP = """Predict the class of each sample of DATA with MODEL, as CSV: one row per
+sample with its label (and with --proba the output activations).
+
+\\b
+Examples:
+    fastnn predict mnist.safetensors mnist -o predictions.csv
+    fastnn predict mnist.safetensors images.npy --proba
+
+""" + DATA_HELP
+
+
+@click.command(help=HELP)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("data")
+@data_options
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the CSV here [default: stdout].")
+@click.option("--proba", is_flag=True, help="Also write the output layer's activations.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@threads_option
+def predict(model, data, labels, label_col, out, proba, limit, threads):
+    from fastnn import load as load_model
+    from fastnn.exceptions import FastnnError
+    from fastnn.io import atomic_write
+
+    set_threads(threads)
+    net = load_model(model)
+    dataset = load(data, "test", labels, label_col, n_features=net.sizes[0], limit=limit,
+                   need_labels=False)
+    X = match_inputs(net, dataset.X)
+    outputs = net.forward(X)
+    predicted = net.predict(X)
+    text = io.StringIO()
+    header = ["label"] + ([f"p{k}" for k in range(outputs.shape[1])] if proba else [])
+    text.write(",".join(header) + "\n")
+    if proba:
+        np.savetxt(text, np.column_stack([predicted, outputs]),
+                   fmt=["%d"] + ["%.6g"] * outputs.shape[1], delimiter=",")
+    else:
+        np.savetxt(text, predicted[:, None], fmt="%d")
+    if out:
+        atomic_write(out, text.getvalue(), FastnnError)
+        click.echo(f"Wrote {len(predicted):,} predictions to {out}", err=True)
+    else:
+        click.echo(text.getvalue(), nl=False)
