@@ -156,8 +156,9 @@ def train_epoch(X, Y, order, params, state, sizes, activations, slope, loss, bat
     return DONE, loss_sum, n_correct
 
 
-def predict(X, params, sizes, activations, slope, work, chunk, out):
-    """out := the network's output activations for every row of X."""
+def predict(X, params, sizes, activations, slope, work, chunk, out, n_threads=1):
+    """out := the network's output activations for every row of X (n_threads
+    is ignored)."""
     layers = param_views(params, [int(s) for s in sizes])
     for start in range(0, len(X), chunk):
         rows = slice(start, start + chunk)

@@ -29,10 +29,11 @@ column-major C^T = B^T @ A^T.
 """
 from cython cimport floating
 from libc.float cimport DBL_MIN, FLT_MIN
-from libc.math cimport exp, expf, fmax, fmin, isfinite, log, logf, pow, sqrt, tanh, tanhf
+from libc.math cimport exp, isfinite, log, logf, pow, sqrt, sqrtf, tanh, tanhf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
+from cython.parallel cimport parallel
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 # Activation codes; fastnn.activations.ACTIVATIONS holds the same numbers.
@@ -131,12 +132,12 @@ cdef struct Layout:
     Py_ssize_t* a_off            # offset of A_l in the workspace, l = 0..L
     Py_ssize_t* in_off           # what layer l reads: A_l, or its dropped-out copy
     Py_ssize_t* mask_off         # dropout mask of A_l (0 or 1/keep), -1 if none
+    Py_ssize_t* d_off            # delta of A_l, l = 1..L (one buffer each, so a
+                                 # thread never overwrites a delta another reads)
+    Py_ssize_t* colsum_off       # bias gradient of layer l (O_l entries)
     double* keep                 # keep probability of A_l (1 = no dropout)
-    Py_ssize_t d0_off            # the two delta buffers
-    Py_ssize_t d1_off
     Py_ssize_t y_off             # chunk targets
     Py_ssize_t sw_off            # chunk sample weights
-    Py_ssize_t colsum_off        # bias-gradient buffer
     Py_ssize_t work_size         # entries the workspace needs
 
 
@@ -148,14 +149,16 @@ cdef int layout_init(Layout* lay, Py_ssize_t* sizes, Py_ssize_t n_layers,
     lay.n_layers = n_layers
     lay.capacity = capacity
     lay.size = sizes
-    lay.w_off = <Py_ssize_t*> malloc(5 * L1 * sizeof(Py_ssize_t) + L1 * sizeof(double))
+    lay.w_off = <Py_ssize_t*> malloc(7 * L1 * sizeof(Py_ssize_t) + L1 * sizeof(double))
     if lay.w_off == NULL:
         return -1
     lay.b_off = lay.w_off + L1
     lay.a_off = lay.b_off + L1
     lay.in_off = lay.a_off + L1
     lay.mask_off = lay.in_off + L1
-    lay.keep = <double*> (lay.mask_off + L1)
+    lay.d_off = lay.mask_off + L1
+    lay.colsum_off = lay.d_off + L1
+    lay.keep = <double*> (lay.colsum_off + L1)
     lay.max_out = 0
     for l in range(n_layers):
         lay.w_off[l] = p
@@ -178,12 +181,16 @@ cdef int layout_init(Layout* lay, Py_ssize_t* sizes, Py_ssize_t n_layers,
             lay.mask_off[l] = a
             lay.in_off[l] = a + capacity * sizes[l]
             a += 2 * capacity * sizes[l]
-    lay.d0_off = a
-    lay.d1_off = a + capacity * lay.max_out
-    lay.y_off = lay.d1_off + capacity * lay.max_out
+    lay.d_off[0] = -1
+    lay.colsum_off[n_layers] = -1
+    for l in range(1, n_layers + 1):
+        lay.d_off[l] = a
+        a += capacity * sizes[l]
+        lay.colsum_off[l - 1] = a
+        a += sizes[l]
+    lay.y_off = a
     lay.sw_off = lay.y_off + capacity * sizes[n_layers]
-    lay.colsum_off = lay.sw_off + capacity
-    lay.work_size = lay.colsum_off + lay.max_out
+    lay.work_size = lay.sw_off + capacity
     return 0
 
 
@@ -193,12 +200,81 @@ cdef void layout_free(Layout* lay) noexcept nogil:
 
 
 # --------------------------------------------------------------------------
+# Teams: threads that share one call of predict, each taking whole chunks
+# (chunks are independent, so the threads never wait for each other). A
+# team of one is the serial code.
+# --------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static inline int fastnn_team_size(void) { return omp_get_num_threads(); }
+    static inline int fastnn_thread_id(void) { return omp_get_thread_num(); }
+    #else
+    static inline int fastnn_team_size(void) { return 1; }
+    static inline int fastnn_thread_id(void) { return 0; }
+    #endif
+    """
+    int team_size "fastnn_team_size"() noexcept nogil
+    int thread_id "fastnn_thread_id"() noexcept nogil
+
+
+cdef struct Team:
+    int id          # this thread, 0 .. size - 1
+    int size        # threads in the team
+
+
+cdef Team SOLO      # a team of one
+SOLO.id = 0
+SOLO.size = 1
+
+
+# --------------------------------------------------------------------------
 # Scalar helpers: one source for float and double.
 # --------------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* exp(x) for float32 in plain arithmetic, so GCC vectorises the loops that
+       call it (libm's expf is a function call per element). Cody-Waite range
+       reduction x = n ln2 + r, |r| <= ln2/2, then Cephes' degree-6 polynomial
+       for exp(r), scaled by 2^n built in the exponent bits: within 1 ulp of
+       the exact value on [-87.33, 88.37]. Above, +inf (as expf); below, 0
+       (where expf gives denormals under 1.2e-38, then 0). */
+    static inline float fastnn_expf(float x) {
+        /* written as straight-line selects, without branches, so that the
+           loops calling it vectorise */
+        float c = x < -87.3365f ? -87.3365f : x;
+        c = c > 88.3762626647949f ? 88.3762626647949f : c;
+        float t = c * 1.44269504088896341f;
+        float n = (t + 12582912.0f) - 12582912.0f;   /* round to nearest: 1.5 * 2^23 */
+        float r = c - n * 0.693359375f;
+        r = r - n * -2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * r * r + r + 1.0f;
+        int32_t bits = ((int32_t)n + 127) << 23;
+        float scale;
+        memcpy(&scale, &bits, sizeof scale);
+        float e = p * scale;
+        e = x > 88.3762626647949f ? __builtin_inff() : e;
+        e = x < -87.3365f ? 0.0f : e;
+        return e;
+    }
+    """
+    float fastnn_expf(float x) noexcept nogil
+
+
 cdef inline floating _exp(floating x) noexcept nogil:
     if floating is float:
-        return expf(x)
+        return fastnn_expf(x)
     else:
         return exp(x)
 
@@ -210,13 +286,22 @@ cdef inline floating _tanh(floating x) noexcept nogil:
         return tanh(x)
 
 
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
 cdef inline double _safe_log(floating x) noexcept nogil:
     # log clipped at the smallest normal number, so a saturated unit costs a
-    # large finite loss instead of inf/nan (its delta a - y is unaffected).
+    # large finite loss instead of inf (its delta a - y is unaffected). A NaN
+    # stays NaN (the test is written so that it fails for NaN), so a
+    # diverging run is caught by the loss check.
     if floating is float:
-        return logf(x if x > FLT_MIN else FLT_MIN)
+        return logf(FLT_MIN if x < FLT_MIN else x)
     else:
-        return log(x if x > DBL_MIN else DBL_MIN)
+        return log(DBL_MIN if x < DBL_MIN else x)
 
 
 cdef inline floating _sign(floating x) noexcept nogil:
@@ -275,6 +360,28 @@ cdef void gather_rows(const input_t* X, Py_ssize_t I, const int64_t* rows,
                 dst[j] = <floating> src[j]
 
 
+cdef extern from *:
+    """
+    static inline void fastnn_prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
+    """
+    void prefetch "fastnn_prefetch"(const void* p) noexcept nogil
+
+
+cdef void prefetch_rows(const input_t* X, Py_ssize_t I, const int64_t* rows,
+                        Py_ssize_t N) noexcept nogil:
+    """Ask the CPU to start loading rows X[rows[0..N]] into cache. The rows of
+    a shuffled epoch are scattered over X, so gathering them waits on memory
+    unless they were requested a batch earlier. Only each row's first lines
+    are requested (a burst of every line stalls on the CPU's few line-fill
+    buffers); the hardware prefetcher streams the rest."""
+    cdef Py_ssize_t r
+    cdef const char* row
+    for r in range(N):
+        row = <const char*> (X + rows[r] * I)
+        prefetch(row)
+        prefetch(row + 64)
+
+
 cdef void shift_offsets(uint64_t seed, int64_t position, int* dx, int* dy) noexcept nogil:
     """The random shift of the row at this position: dx, dy each in -2..2."""
     cdef uint64_t h = mix64(row_key(seed, position, 0))
@@ -326,39 +433,52 @@ cdef void linear_forward_impl(const floating* A, const floating* W,
          1, Z, <int> O)
 
 
+cdef void activate_flat(int act, floating slope, floating* a, Py_ssize_t n) noexcept nogil:
+    """a := act(a) for an elementwise activation, in place. a (n,)."""
+    cdef Py_ssize_t i
+    cdef floating one = 1       # typed, or Cython computes 1 / (1 + e) in double
+    if act == SIGMOID:
+        for i in range(n):
+            a[i] = one / (one + _exp(-a[i]))
+    elif act == TANH:
+        for i in range(n):
+            a[i] = _tanh(a[i])
+    elif act == RELU:
+        for i in range(n):
+            a[i] = a[i] if a[i] > 0 else 0
+    elif act == LEAKY_RELU:
+        for i in range(n):
+            a[i] = a[i] if a[i] > 0 else slope * a[i]
+    # IDENTITY: nothing to do
+
+
+cdef void softmax_rows(floating* A, Py_ssize_t O, Py_ssize_t r0,
+                       Py_ssize_t r1) noexcept nogil:
+    """softmax(z)_j = exp(z_j - max z) / sum_k exp(z_k - max z), rows r0..r1 of A (N, O)."""
+    cdef Py_ssize_t r, j
+    cdef floating mx, s
+    cdef floating* row
+    for r in range(r0, r1):
+        row = A + r * O
+        mx = row[0]
+        for j in range(1, O):
+            if row[j] > mx:
+                mx = row[j]
+        s = 0
+        for j in range(O):
+            row[j] = _exp(row[j] - mx)
+            s += row[j]
+        for j in range(O):
+            row[j] = row[j] / s
+
+
 cdef void activate_impl(int act, floating slope, floating* A, Py_ssize_t N,
                         Py_ssize_t O) noexcept nogil:
     """A := act(A), in place, row by row. A (N, O)."""
-    cdef Py_ssize_t i, r, j, n = N * O
-    cdef floating mx, s
-    cdef floating* row
-    if act == SIGMOID:
-        for i in range(n):
-            A[i] = 1 / (1 + _exp(-A[i]))
-    elif act == TANH:
-        for i in range(n):
-            A[i] = _tanh(A[i])
-    elif act == RELU:
-        for i in range(n):
-            A[i] = A[i] if A[i] > 0 else 0
-    elif act == LEAKY_RELU:
-        for i in range(n):
-            A[i] = A[i] if A[i] > 0 else slope * A[i]
-    elif act == SOFTMAX:
-        # softmax(z)_j = exp(z_j - max z) / sum_k exp(z_k - max z)
-        for r in range(N):
-            row = A + r * O
-            mx = row[0]
-            for j in range(1, O):
-                if row[j] > mx:
-                    mx = row[j]
-            s = 0
-            for j in range(O):
-                row[j] = _exp(row[j] - mx)
-                s += row[j]
-            for j in range(O):
-                row[j] = row[j] / s
-    # IDENTITY: nothing to do
+    if act == SOFTMAX:
+        softmax_rows(A, O, 0, N)
+    else:
+        activate_flat(act, slope, A, N * O)
 
 
 cdef void dropout_impl(const floating* A, floating* mask, floating* out,
@@ -528,72 +648,68 @@ cdef void param_update_impl(const floating* A, const floating* D,
 
 
 cdef void forward_impl(const floating* params, Layout* lay,
-                       const int32_t* acts, floating slope, floating* work,
-                       Py_ssize_t N, bint training, uint64_t seed,
-                       int64_t first) noexcept nogil:
-    """A_{l+1} := act_l(in_l @ W_l + b_l) for l = 0..L-1; A_0 already filled.
+                       const int32_t* acts, floating slope, const floating* A0,
+                       floating* work, floating* A_out, Py_ssize_t N,
+                       bint training, uint64_t seed, int64_t first) noexcept nogil:
+    """A_{l+1} := act_l(in_l @ W_l + b_l) for l = 0..L-1, from the inputs A0
+    (N, I_0) into A_out (N, O_L); the hidden layers live in the workspace.
 
     in_l is A_l, or in training its dropped-out copy where layer l has
     dropout; first is the epoch's row number of the chunk's first row.
     """
-    cdef Py_ssize_t l
+    cdef Py_ssize_t l, L = lay.n_layers
     cdef Py_ssize_t* size = lay.size
-    cdef Py_ssize_t inp
-    for l in range(lay.n_layers):
-        inp = lay.in_off[l] if training else lay.a_off[l]
-        linear_forward_impl(work + inp, params + lay.w_off[l],
-                            params + lay.b_off[l], work + lay.a_off[l + 1],
+    cdef const floating* src
+    cdef floating* dst
+    for l in range(L):
+        if l == 0:
+            src = A0
+        else:
+            src = work + (lay.in_off[l] if training else lay.a_off[l])
+        dst = A_out if l == L - 1 else work + lay.a_off[l + 1]
+        linear_forward_impl(src, params + lay.w_off[l], params + lay.b_off[l], dst,
                             N, size[l], size[l + 1])
-        activate_impl(acts[l], slope, work + lay.a_off[l + 1], N, size[l + 1])
+        activate_impl(acts[l], slope, dst, N, size[l + 1])
         if training and lay.mask_off[l + 1] >= 0:
-            dropout_impl(work + lay.a_off[l + 1], work + lay.mask_off[l + 1],
-                         work + lay.in_off[l + 1], N, size[l + 1],
-                         lay.keep[l + 1], seed, first, l + 1)
+            dropout_impl(dst, work + lay.mask_off[l + 1], work + lay.in_off[l + 1], N,
+                         size[l + 1], lay.keep[l + 1], seed, first, l + 1)
 
 
 cdef void backward_impl(const floating* params, Layout* lay,
                         const int32_t* acts, floating slope, floating* work,
                         Py_ssize_t N, floating alpha, floating beta_w,
                         floating beta_b, floating* target) noexcept nogil:
-    """Backpropagate the output delta (in the workspace's first delta buffer)
-    and apply target := beta target + alpha grad layer by layer.
+    """Backpropagate the output delta (in the workspace's delta of A_L) and
+    apply target := beta target + alpha grad layer by layer.
 
     target is params itself for a fused SGD step, or a gradient buffer of
     the same layout. delta^{l-1} is computed from W_l before W_l changes.
     """
     cdef Py_ssize_t l
     cdef Py_ssize_t* size = lay.size
-    cdef floating* D = work + lay.d0_off
-    cdef floating* D_prev = work + lay.d1_off
-    cdef floating* swap
     cdef const floating* mask
     for l in range(lay.n_layers - 1, -1, -1):
         if l > 0:
             mask = work + lay.mask_off[l] if lay.mask_off[l] >= 0 else NULL
-            hidden_delta_impl(D, params + lay.w_off[l], acts[l - 1], slope,
-                              work + lay.a_off[l], mask, D_prev, N, size[l],
-                              size[l + 1])
-        param_update_impl(work + lay.in_off[l], D, alpha, beta_w, beta_b,
-                          target + lay.w_off[l], target + lay.b_off[l],
-                          work + lay.colsum_off, N, size[l], size[l + 1])
-        swap = D
-        D = D_prev
-        D_prev = swap
+            hidden_delta_impl(work + lay.d_off[l + 1], params + lay.w_off[l], acts[l - 1],
+                              slope, work + lay.a_off[l], mask, work + lay.d_off[l], N,
+                              size[l], size[l + 1])
+        param_update_impl(work + lay.in_off[l], work + lay.d_off[l + 1], alpha, beta_w,
+                          beta_b, target + lay.w_off[l], target + lay.b_off[l],
+                          work + lay.colsum_off[l], N, size[l], size[l + 1])
 
 
 cdef void penalty_grad_impl(const floating* params, floating* grad, Layout* lay,
                             floating l2, floating l1) noexcept nogil:
     """grad_W += l2 W + l1 sign(W) for every layer's weights (not biases):
     the gradient of (lambda2/2n) sum w^2 + (lambda1/n) sum |w|."""
-    cdef Py_ssize_t l, i, start, stop
+    cdef Py_ssize_t l, i
     for l in range(lay.n_layers):
-        start = lay.w_off[l]
-        stop = lay.b_off[l]
         if l1 == 0:
-            for i in range(start, stop):
+            for i in range(lay.w_off[l], lay.b_off[l]):
                 grad[i] = grad[i] + l2 * params[i]
         else:
-            for i in range(start, stop):
+            for i in range(lay.w_off[l], lay.b_off[l]):
                 grad[i] = grad[i] + l2 * params[i] + l1 * _sign(params[i])
 
 
@@ -601,7 +717,8 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
                               Py_ssize_t P, const double* hyper,
                               int64_t t) noexcept nogil:
     """One step of the optimizer on p (P,) from the gradient g = state[0];
-    the rules of torch.optim.SGD (dampening 0), Adam and Rprop.
+    the rules of torch.optim.SGD (dampening 0), Adam and Rprop. state holds
+    rows of P entries; t counts steps from 1.
 
     sgd:       p -= lr g
     momentum:  v = mu v + g;  p -= lr v
@@ -643,7 +760,7 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
         for i in range(P):
             s1[i] = s1[i] + (1 - b1) * (g[i] - s1[i])
             s2[i] = b2 * s2[i] + (1 - b2) * g[i] * g[i]
-            denom = (<floating> sqrt(s2[i])) / bc2_sqrt + eps
+            denom = _sqrt(s2[i]) / bc2_sqrt + eps
             p[i] = p[i] - step_size * (s1[i] / denom)
     elif opt == RPROP:
         # s1: previous gradient (0 after a sign flip), s2: step sizes
@@ -655,7 +772,8 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
             elif prod < 0:
                 s2[i] = s2[i] * eta_minus
                 gi = 0
-            s2[i] = <floating> fmin(fmax(s2[i], step_min), step_max)
+            s2[i] = s2[i] if s2[i] > step_min else step_min
+            s2[i] = s2[i] if s2[i] < step_max else step_max
             p[i] = p[i] - _sign(gi) * s2[i]
             s1[i] = gi
 
@@ -678,15 +796,15 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
     control[STOP_REQUEST], and returns DIVERGED, without applying that
     batch, as soon as a chunk's loss is not finite.
     """
-    cdef Py_ssize_t k, c, start, m, first, cm, L = lay.n_layers
+    cdef Py_ssize_t k, c, start, m, first, cm, r, L = lay.n_layers
     cdef Py_ssize_t cap = lay.capacity, n_in = lay.size[0], n_out = lay.size[L]
+    cdef floating* A0 = work + lay.a_off[0]
     cdef floating* A_out = work + lay.a_off[L]
     cdef floating* Yb = work + lay.y_off
     cdef floating* swb = work + lay.sw_off if sample_weight != NULL else NULL
     cdef double chunk_loss
     cdef floating lr = <floating> hyper[H_LR]
     cdef bint fused = opt == SGD and hyper[H_L1] == 0 and batch_size <= cap
-    cdef Py_ssize_t r
     for k in range((n + batch_size - 1) // batch_size):
         if control[STOP_REQUEST] != 0:
             return STOPPED
@@ -696,16 +814,19 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
             first = start + c * cap
             cm = cap if first + cap <= start + m else start + m - first
             if augment == SHIFT:
-                gather_shifted(X, side, order + first, cm, work + lay.a_off[0], seed, first)
+                gather_shifted(X, side, order + first, cm, A0, seed, first)
             else:
-                gather_rows(X, n_in, order + first, cm, work + lay.a_off[0])
+                gather_rows(X, n_in, order + first, cm, A0)
             gather_rows(Y, n_out, order + first, cm, Yb)
             if swb != NULL:
                 for r in range(cm):
                     swb[r] = sample_weight[order[first + r]]
-            forward_impl(params, lay, acts, slope, work, cm, True, seed, first)
-            chunk_loss = output_delta_impl(loss, acts[L - 1], slope, A_out, Yb,
-                                           swb, work + lay.d0_off, cm, n_out)
+            # the next chunk's rows start loading while this one computes
+            if first + cm < n:
+                prefetch_rows(X, n_in, order + first + cm, min(cap, n - first - cm))
+            forward_impl(params, lay, acts, slope, A0, work, A_out, cm, True, seed, first)
+            chunk_loss = output_delta_impl(loss, acts[L - 1], slope, A_out, Yb, swb,
+                                           work + lay.d_off[L], cm, n_out)
             if not isfinite(chunk_loss):
                 return DIVERGED
             loss_sum[0] += chunk_loss
@@ -728,19 +849,39 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
 
 cdef void predict_impl(const input_t* X, Py_ssize_t n, const floating* params,
                        Layout* lay, const int32_t* acts, floating slope,
-                       floating* work, const int64_t* rows,
-                       floating* out) noexcept nogil:
-    """out := network(X), chunk by chunk of lay.capacity rows, no dropout."""
-    cdef Py_ssize_t k, start, m, r, j, L = lay.n_layers, n_out = lay.size[L]
-    cdef floating* A_out = work + lay.a_off[L]
-    for k in range((n + lay.capacity - 1) // lay.capacity):
-        start = k * lay.capacity
+                       floating* work, Py_ssize_t work_size, const int64_t* rows,
+                       floating* out, Team* team) noexcept nogil:
+    """out := network(X), chunk by chunk of lay.capacity rows, no dropout.
+
+    The threads of a team take whole chunks in turn, each in its own
+    workspace of work_size entries (chunks are independent: no barriers).
+    Rows of X already in the network's dtype are read in place; others are
+    converted into the workspace. Outputs go straight into out.
+    """
+    cdef Py_ssize_t j, start, m, I = lay.size[0], n_out = lay.size[lay.n_layers]
+    cdef Py_ssize_t n_chunks = (n + lay.capacity - 1) // lay.capacity
+    cdef floating* mine = work + team.id * work_size
+    cdef const floating* A0
+    for j in range((n_chunks - team.id + team.size - 1) // team.size):
+        start = (team.id + j * team.size) * lay.capacity
         m = lay.capacity if start + lay.capacity <= n else n - start
-        gather_rows(X, lay.size[0], rows + start, m, work + lay.a_off[0])
-        forward_impl(params, lay, acts, slope, work, m, False, 0, 0)
-        for r in range(m):
-            for j in range(n_out):
-                out[(start + r) * n_out + j] = A_out[r * n_out + j]
+        if (input_t is float and floating is float) or (input_t is double and floating is double):
+            A0 = <const floating*> (X + start * I)
+        else:
+            gather_rows(X, I, rows + start, m, mine + lay.a_off[0])
+            A0 = mine + lay.a_off[0]
+        forward_impl(params, lay, acts, slope, A0, mine, out + start * n_out, m, False, 0, 0)
+
+
+cdef void predict_team(const input_t* X, Py_ssize_t n, const floating* params,
+                       Layout* lay, const int32_t* acts, floating slope,
+                       floating* work, Py_ssize_t work_size, const int64_t* rows,
+                       floating* out) noexcept nogil:
+    """predict_impl as this thread's part of the current OpenMP team."""
+    cdef Team team
+    team.id = thread_id()
+    team.size = team_size()
+    predict_impl(X, n, params, lay, acts, slope, work, work_size, rows, out, &team)
 
 
 # --------------------------------------------------------------------------
@@ -822,9 +963,6 @@ cdef _check_rows(const int64_t[::1] rows, Py_ssize_t n):
     for i in range(rows.shape[0]):
         if rows[i] < 0 or rows[i] >= n:
             raise ValueError(f"row index {rows[i]} is outside [0, {n})")
-
-
-cdef double[::1] NO_DROPOUT = None
 
 
 def workspace_size(Py_ssize_t[::1] sizes, Py_ssize_t capacity, dropout=()):
@@ -940,15 +1078,20 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
 def predict(const input_t[:, ::1] X, const floating[::1] params,
             Py_ssize_t[::1] sizes, const int32_t[::1] activations,
             double slope, floating[::1] work, Py_ssize_t chunk,
-            floating[:, ::1] out):
+            floating[:, ::1] out, int n_threads=1):
     """out := the network's output activations for every row of X.
 
-    Works through X `chunk` rows at a time in `work`
-    (workspace_size(sizes, chunk) entries).
+    Works through X `chunk` rows at a time; `work` holds n_threads
+    workspaces of workspace_size(sizes, chunk) entries, one per thread. With
+    n_threads > 1 the threads take whole chunks in turn, and the BLAS must
+    run single-threaded (the caller limits it).
     """
-    cdef Py_ssize_t n = X.shape[0], L = sizes.shape[0] - 1
-    cdef Layout lay = _layout(sizes, chunk, _rates(()), params.shape[0], work.shape[0])
+    cdef Py_ssize_t n = X.shape[0], L = sizes.shape[0] - 1, per_thread
+    cdef Layout lay
     cdef int64_t[::1] rows
+    _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
+    per_thread = work.shape[0] // n_threads
+    lay = _layout(sizes, chunk, _rates(()), params.shape[0], per_thread)
     try:
         _check_activations(activations, L, slope)
         _check(X.shape[1] == sizes[0], f"X has {X.shape[1]} columns; the network takes {sizes[0]}")
@@ -957,9 +1100,14 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
         if n == 0:
             return
         rows = _arange(n)
-        with nogil:
-            predict_impl(&X[0, 0], n, &params[0], &lay, &activations[0],
-                         <floating> slope, &work[0], &rows[0], &out[0, 0])
+        if n_threads == 1:
+            with nogil:
+                predict_impl(&X[0, 0], n, &params[0], &lay, &activations[0], <floating> slope,
+                             &work[0], per_thread, &rows[0], &out[0, 0], &SOLO)
+        else:
+            with nogil, parallel(num_threads=n_threads):
+                predict_team(&X[0, 0], n, &params[0], &lay, &activations[0], <floating> slope,
+                             &work[0], per_thread, &rows[0], &out[0, 0])
     finally:
         layout_free(&lay)
 
@@ -992,10 +1140,10 @@ def gradient(const input_t[:, ::1] X, const floating[:, ::1] Y,
             gather_rows(&X[0, 0], sizes[0], &rows[0], n, &work[lay.a_off[0]])
             gather_rows(&Y[0, 0], sizes[L], &rows[0], n, &work[lay.y_off])
             forward_impl(&params[0], &lay, &activations[0], <floating> slope,
-                         &work[0], n, False, 0, 0)
+                         &work[lay.a_off[0]], &work[0], &work[lay.a_off[L]], n, False, 0, 0)
             total = output_delta_impl(loss, activations[L - 1], <floating> slope,
                                       &work[lay.a_off[L]], &work[lay.y_off], NULL,
-                                      &work[lay.d0_off], n, sizes[L])
+                                      &work[lay.d_off[L]], n, sizes[L])
             backward_impl(&params[0], &lay, &activations[0], <floating> slope,
                           &work[0], n, <floating> 1 / n, 0, 0, &grad[0])
     finally:

@@ -329,11 +329,29 @@ def test_train_epoch_reports_divergence_before_updating():
     assert np.isfinite(args["params"]).all()       # ...the bad one was not applied
 
 
+@pytest.mark.parametrize("output", ["sigmoid", "softmax"])
+def test_nan_outputs_are_divergence_with_cross_entropy(output):
+    # a NaN activation must not hide behind the log's clipping
+    args = _epoch_args([4, 3, 2], ["identity", output], n=10, batch=5)
+    args["loss"] = LOSSES["cross_entropy"].code
+    args["X"][7] = [np.inf, -np.inf, np.inf, -np.inf]
+    args["order"] = np.arange(10, dtype=np.int64)
+    for kernels in (_core, ref):
+        run = {**args, "params": args["params"].copy(), "control": np.zeros(3, np.int64)}
+        with np.errstate(invalid="ignore"):
+            assert kernels.train_epoch(**run)[0] == _kernels.DIVERGED
+        assert np.isfinite(run["params"]).all()
+    A = np.array([[np.nan, 0.5]])
+    assert np.isnan(_core.output_delta(LOSSES["cross_entropy"].code,
+                                       ACTIVATIONS[output].code, A, np.array([[1.0, 0.0]]),
+                                       np.empty_like(A)))
+
+
 def test_train_epoch_stops_on_request_and_releases_the_gil():
     # a long epoch in a thread: the main thread keeps running Python while
     # it trains, then asks it to stop between batches
     rng = np.random.default_rng(0)
-    n = 200_000
+    n = 400_000
     args = _epoch_args([64, 64, 10], ["sigmoid", "sigmoid"], n=8, batch=10)
     args["X"] = rng.uniform(0, 1, (n, 64))
     args["Y"] = np.zeros((n, 10))
@@ -342,19 +360,20 @@ def test_train_epoch_stops_on_request_and_releases_the_gil():
     result = {}
     worker = threading.Thread(target=lambda: result.update(out=_core.train_epoch(**args)))
     worker.start()
-    ticks = 0
     while args["control"][1] == 0:   # wait for the first batches
         time.sleep(0.001)
-    while args["control"][1] < 2000:
-        ticks += 1                   # Python runs here while the kernel trains
-        time.sleep(0.0005)
+    ticks = 0
+    for _ in range(50):              # Python runs here while the kernel trains
+        ticks += 1
+        time.sleep(0.001)
+    running = worker.is_alive() and args["control"][1] < n
     args["control"][0] = 1
     worker.join(timeout=60)
     assert not worker.is_alive()
+    assert running and ticks == 50    # the epoch was still under way after 50 ticks
     assert result["out"][0] == _kernels.STOPPED
-    assert 2000 <= args["control"][1] < n
+    assert 0 < args["control"][1] < n
     assert args["control"][1] % 10 == 0          # stopped between batches
-    assert ticks > 0
 
 
 def test_predict_matches_reference_in_chunks():
@@ -444,3 +463,21 @@ def test_single_kernels_check_shapes():
         _core.output_delta(0, 1, A, np.ones((2, 2)), A.copy())
     with pytest.raises(ValueError, match="shapes do not match"):
         _core.hidden_delta(np.ones((2, 5)), W, 1, np.ones((2, 3)), np.empty((2, 3)))
+
+
+def test_threads_taking_whole_chunks_predict_the_same():
+    from fastnn.blas import single_threaded_blas
+
+    rng = np.random.default_rng(4)
+    sizes = np.array([6, 40, 3], dtype=np.intp)
+    acts = np.array([ACTIVATIONS["tanh"].code, ACTIVATIONS["softmax"].code], dtype=np.int32)
+    params = rand(rng, _kernels.n_params(sizes), np.float32)
+    X = rng.integers(0, 256, (1003, 6)).astype(np.uint8)
+    one, three = np.empty((1003, 3), np.float32), np.empty((1003, 3), np.float32)
+    size = _core.workspace_size(sizes, 64)
+    _core.predict(X, params, sizes, acts, 0.01, np.empty(size, np.float32), 64, one)
+    with single_threaded_blas():
+        _core.predict(X, params, sizes, acts, 0.01, np.empty(3 * size, np.float32), 64, three, 3)
+    assert_array_equal(one, three)
+    with pytest.raises(ValueError, match="workspace has"):
+        _core.predict(X, params, sizes, acts, 0.01, np.empty(size, np.float32), 64, three, 3)
