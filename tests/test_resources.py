@@ -1,0 +1,91 @@
+"""Resources an epoch uses: memory, allocations, the GIL."""
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+from conftest import MNIST_DIR, make_classification
+
+from fastnn import Network, _core, _kernels
+from fastnn.optimizers import OPTIMIZERS, hyper_array
+
+
+def test_train_mnist_one_epoch_peaks_below_300_mb():
+    # uint8 images stay uint8; the kernel scales them as it gathers a batch
+    script = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run([sys.executable, '-m', 'fastnn', 'train', 'mnist', '--hidden', '100',"
+        " '--epochs', '1', '--quiet'], check=True)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=600, env={**__import__("os").environ,
+                                           "FASTNN_DATA": str(MNIST_DIR)})
+    assert out.returncode == 0, out.stderr
+    peak_mb = int(out.stdout.split()[-1]) / 1024
+    print(f"peak resident memory: {peak_mb:.0f} MB")
+    assert peak_mb < 300
+
+
+def _epoch(n, batch):
+    X, y = make_classification(n=n, n_features=40, dtype=np.float32)
+    sizes = np.array([40, 64, 4], np.intp)
+    Y = np.eye(4, dtype=np.float32)[y]
+    params = np.random.default_rng(0).normal(size=_kernels.n_params(sizes)).astype(np.float32)
+    return dict(X=X, Y=Y, order=np.arange(n, dtype=np.int64), params=params,
+                state=OPTIMIZERS["adam"].new_state(len(params), np.float32, 1e-3), sizes=sizes,
+                activations=np.array([1, 5], np.int32), slope=0.01, loss=1, batch_size=batch,
+                capacity=batch, optimizer=OPTIMIZERS["adam"].code, hyper=hyper_array(1e-3),
+                dropout=np.array([0.1]), sample_weight=np.empty(0, np.float32), augment=0,
+                seed=1, work=np.empty(_core.workspace_size(sizes, batch, [0.1]), np.float32),
+                control=np.zeros(3, np.int64))
+
+
+def test_an_epoch_allocates_nothing_per_batch():
+    peaks = {}
+    for batches in (10, 10_000):
+        args = _epoch(10 * batches, 10)
+        tracemalloc.start()
+        _core.train_epoch(**args)
+        peaks[batches] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert args["control"][_kernels.ROWS_DONE] == 10 * batches
+    # a few kB of call overhead, the same for 10 batches as for 10,000
+    assert peaks[10] < 16 * 1024 and abs(peaks[10_000] - peaks[10]) < 1024, peaks
+
+
+def test_fit_allocates_per_epoch_not_per_batch():
+    X, y = make_classification(n=20_000, n_features=40, dtype=np.float32)
+    peaks = {}
+    for batch in (20, 10):                      # 1,000 batches an epoch, then 2,000
+        net = Network([40, 64, 4], seed=0)
+        net.fit(X[:100], y[:100], epochs=1, batch_size=batch)   # warm up
+        tracemalloc.start()
+        net.fit(X, y, epochs=1, batch_size=batch)
+        peaks[batch] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # the per-epoch buffers (shuffled order, weight snapshot, one-hot targets)
+    # plus a workspace 10 rows larger: nothing that grows with the batches
+    assert abs(peaks[10] - peaks[20]) < 16 * 1024, peaks
+
+
+def test_another_thread_runs_python_while_an_epoch_trains():
+    X, y = make_classification(n=300_000, n_features=64, dtype=np.float32)
+    net = Network([64, 64, 4], seed=0)
+    done = threading.Event()
+    seconds = {}
+
+    def train():
+        seconds["epoch"] = net.fit(X, y, epochs=1, batch_size=10)["seconds"][0]
+        done.set()
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    count, start = 0, time.perf_counter()
+    while not done.is_set():
+        count += 1                     # pure Python: needs the GIL
+    elapsed = time.perf_counter() - start
+    trainer.join()
+    # with the GIL held by the epoch this loop could not run at all
+    assert seconds["epoch"] > 0.1 and count > 100_000 * elapsed, (count, elapsed)
