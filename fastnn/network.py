@@ -197,6 +197,18 @@ class Network:
         """The output layer's activation."""
         return self.activations[-1]
 
+    def __getstate__(self):
+        # the backend module is found again by name (modules do not pickle);
+        # pickling is for in-memory use such as scikit-learn's: model files
+        # are written with save(), never pickled
+        state = dict(self.__dict__)
+        del state["_kernels"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._kernels = _kernels.get_backend(self.backend)
+
     def __repr__(self):
         hidden = self.activations[:-1]
         act = hidden[0] if len(set(hidden)) == 1 else list(hidden)
