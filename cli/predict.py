@@ -9,7 +9,7 @@ from fastnn.cli.common import DATA_HELP, data_options, load, match_inputs, set_t
 HELP = """Predict the class of each sample of DATA with MODEL, as CSV: one row per
 sample with its label (and with --proba the output activations).
 
-\\b
+\b
 Examples:
     fastnn predict mnist.safetensors mnist -o predictions.csv
     fastnn predict mnist.safetensors images.npy --proba
