@@ -1,0 +1,46 @@
+"""``fastnn export``."""
+import click
+
+from fastnn.exceptions import FastnnError
+
+HELP = """Export MODEL to run without fastnn: an ONNX model, one dependency-free
+C99 source file, or a NumPy module (OUT.py with its weights in OUT.npz).
+
+Every export takes raw feature rows (e.g. MNIST pixels 0..255) and scales
+them as fastnn did in training. Without --format, OUT's suffix decides
+(.onnx, .c, .py).
+
+\b
+Examples:
+    fastnn export mnist.safetensors --format onnx -o mnist.onnx
+    fastnn export mnist.safetensors --format c -o mnist.c
+    cc -std=c99 -O2 -DFASTNN_MAIN mnist.c -o mnist -lm
+    fastnn export mnist.safetensors --format numpy -o mnist_model.py
+    python mnist_model.py images.npy
+"""
+
+
+@click.command(help=HELP)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-f", "--format", "format_", type=click.Choice(["onnx", "c", "numpy"]),
+              help="What to write [default: from OUT's suffix].")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="The file to write (for numpy, OUT.py and OUT.npz).")
+def export(model, format_, out):
+    from fastnn.export import EXPORTERS, export as export_model, format_for
+    from fastnn.io import load
+
+    if format_ is None:
+        format_ = format_for(out)
+        if format_ is None:
+            raise click.UsageError(f"cannot tell the format from the name {out!r}; give "
+                                   f"--format ({', '.join(EXPORTERS)})")
+    # the group turns FastnnError into one line too; this keeps the command
+    # itself well behaved when it is run on its own
+    try:
+        net = load(model)
+        written = export_model(net, out, format_, source=model)
+    except FastnnError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Exported {model} ({list(net.sizes)}, {'/'.join(net.activations)}) as "
+               f"{EXPORTERS[format_].title} to {' and '.join(written)}")
