@@ -30,11 +30,13 @@ def main():
         fastnn eval mnist.safetensors
         fastnn predict mnist.safetensors mnist -o predictions.csv
         fastnn info mnist.safetensors
+        fastnn export mnist.safetensors -o mnist.onnx
     """
 
 
-from fastnn.cli import datasets, evaluate, info, predict, train  # noqa: E402
+from fastnn.cli import (datasets, evaluate, export, info, plot, predict, show,  # noqa: E402
+                        train)
 
 for command in (train.train, evaluate.eval_command, predict.predict, info.info,
-                datasets.datasets, datasets.download):
+                datasets.datasets, datasets.download, export.export, plot.plot, show.show):
     main.add_command(command)

@@ -6,10 +6,11 @@ from fastnn.cli.common import DATA_HELP, data_options, echo_json, load, match_in
 HELP = """Evaluate MODEL on DATA (default: the mnist test split): loss, accuracy,
 per-class precision, recall and F1, and the confusion matrix.
 
-\\b
+\b
 Examples:
     fastnn eval mnist.safetensors
     fastnn eval model.safetensors test.csv --label-col label --json
+    fastnn eval mnist.safetensors --confusion-png confusion.png
 
 """ + DATA_HELP
 
@@ -21,7 +22,9 @@ Examples:
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_command(model, data, labels, label_col, limit, threads, as_json):
+@click.option("--confusion-png", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also draw the confusion matrix as a PNG (needs matplotlib).")
+def eval_command(model, data, labels, label_col, limit, threads, as_json, confusion_png):
     from fastnn import load as load_model
     from fastnn.metrics import classification_report
 
@@ -35,6 +38,10 @@ def eval_command(model, data, labels, label_col, limit, threads, as_json):
         predicted = net.predict(X)
         truth = dataset.y if dataset.y.ndim == 1 else dataset.y.argmax(axis=1)
         result.update(classification_report(truth, predicted, n_classes))
+    if confusion_png:
+        _write_confusion(confusion_png, result, dataset.source)
+        if as_json:
+            result["confusion_png"] = confusion_png
     if as_json:
         echo_json(result)
         return
@@ -54,3 +61,16 @@ def eval_command(model, data, labels, label_col, limit, threads, as_json):
     click.echo("     " + "".join(f"{k:>{width}}" for k in range(len(matrix))))
     for k, row in enumerate(matrix):
         click.echo(f"{k:>5}" + "".join(f"{v:>{width}}" for v in row))
+    if confusion_png:
+        click.echo(f"\nWrote the confusion matrix to {confusion_png}")
+
+
+def _write_confusion(path, result, source):
+    from fastnn.exceptions import DataError
+    from fastnn.plot import plot_confusion
+
+    # before any report is printed, so a failure leaves no half-done output
+    if "confusion_matrix" not in result:
+        raise DataError(f"{source} has float targets, not class labels: no confusion matrix "
+                        f"to draw for --confusion-png")
+    plot_confusion(result["confusion_matrix"], path)

@@ -1,0 +1,70 @@
+"""``fastnn show``."""
+import math
+
+import click
+
+from fastnn.cli.common import (DATA_HELP, data_options, load, match_inputs, set_threads,
+                               threads_option)
+
+HELP = """Draw the samples of DATA (default: the mnist test split) that MODEL gets
+most wrong, as a grid of images in a PNG: the misclassified samples whose
+true class gets the lowest output activation, each titled
+"true 7 → predicted 2" with its row number. Needs matplotlib:
+pip install 'fastnn[plot]'.
+
+\b
+Examples:
+    fastnn show mnist.safetensors --misclassified grid.png
+    fastnn show model.safetensors test.csv --label-col label --misclassified grid.png \\
+        --count 49 --image-shape 8x8
+
+""" + DATA_HELP
+
+
+def image_shape(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        height, width = (int(d) for d in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH like 28x28, not {value!r}")
+    if height < 1 or width < 1:
+        raise click.BadParameter(f"the sides must be >= 1, not {value!r}")
+    return height, width
+
+
+@click.command(help=HELP)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("data", required=False, default="mnist")
+@click.option("--misclassified", type=click.Path(dir_okay=False), metavar="FILE.png",
+              required=True, help="Write the grid of the worst-classified samples here.")
+@click.option("--count", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Draw at most this many samples.")
+@click.option("--image-shape", callback=image_shape, metavar="HxW",
+              help="Height and width of one sample [default: square, 28x28 for 784 inputs].")
+@data_options
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@threads_option
+def show(model, data, misclassified, count, image_shape, labels, label_col, limit, threads):
+    from fastnn import load as load_model
+    from fastnn.exceptions import FastnnError
+    from fastnn.plot import image_shape_for, plot_misclassified
+
+    set_threads(threads)
+    try:
+        net = load_model(model)
+        # before loading DATA: a shape that cannot be drawn fails at once
+        n_inputs = net.sizes[0]
+        if image_shape is None and math.isqrt(n_inputs) ** 2 != n_inputs:
+            raise click.ClickException(f"{model} takes {n_inputs} inputs, not a square number, "
+                                       f"so not a square image; give --image-shape HEIGHTxWIDTH")
+        image_shape_for(n_inputs, image_shape)
+        dataset = load(data, "test", labels, label_col, n_features=net.sizes[0], limit=limit)
+        X = match_inputs(net, dataset.X)
+        shown = plot_misclassified(net, X, dataset.y, misclassified, n=count,
+                                   image_shape=image_shape)
+    except FastnnError as exc:
+        # one line with exit status 1, also when the command runs outside the group
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Wrote the {len(shown)} worst-classified samples of {dataset.source} "
+               f"to {misclassified}")

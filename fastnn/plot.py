@@ -1,0 +1,434 @@
+"""Pictures of training runs and of a network's mistakes, as PNG files.
+
+Three functions, each writing one PNG: ``plot_history`` (learning curves),
+``plot_confusion`` (a confusion matrix) and ``plot_misclassified`` (a grid
+of the samples a network gets most wrong). They need matplotlib, the
+``fastnn[plot]`` extra; it is imported when a function is called, so
+``import fastnn`` never needs it.
+
+Figures are drawn with matplotlib's Agg canvas directly, never through
+``pyplot``: no window opens, no global backend is switched and no figure
+is left registered anywhere. Each PNG is rendered into memory and written
+with ``fastnn.io.atomic_write``, so a failure never leaves half a file.
+"""
+import io
+import json
+import math
+import numbers
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from fastnn.exceptions import ConfigError, DataError, FastnnError
+
+MATPLOTLIB_HINT = "plots need matplotlib: pip install 'fastnn[plot]'"
+# Screen-sized pictures: ~100 dpi keeps a README image well under 200 kB.
+DPI = 100
+# Series of a history drawn in each panel, with their legend names.
+LOSS_SERIES = (("loss", "train"), ("val_loss", "validation"), ("test_loss", "test"))
+ACCURACY_SERIES = (("accuracy", "train"), ("val_accuracy", "validation"),
+                   ("test_accuracy", "test"))
+# Entries of a history file that are not per-epoch series.
+HISTORY_FIELDS = ("epochs", "stopped", "best_epoch")
+# Beyond this many classes the counts no longer fit in the cells.
+MAX_ANNOTATED_CLASSES = 30
+
+
+def _matplotlib():
+    """matplotlib's Figure and Agg canvas, or a FastnnError saying how to get them."""
+    try:
+        # the package first: its submodules may be cached even when it is not usable
+        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise FastnnError(MATPLOTLIB_HINT) from None
+    return Figure, FigureCanvasAgg
+
+
+def _save(fig, canvas_class, path, dpi):
+    buffer = io.BytesIO()
+    canvas_class(fig)  # attaches itself to fig: savefig then renders with Agg
+    fig.savefig(buffer, format="png", dpi=dpi)
+    from fastnn.io import atomic_write
+
+    atomic_write(path, buffer.getvalue(), FastnnError)
+
+
+# ---------------------------------------------------------------- history
+
+def load_history(history):
+    """A history as (series, info): per-epoch lists of floats (NaN for gaps)
+    and the run's ``epochs``, ``stopped`` and ``best_epoch`` (from 0).
+
+    Parameters
+    ----------
+    history : History, dict or path
+        A ``fastnn.History``, a dict such as ``History.to_dict()`` returns,
+        or the path of a JSON file written by ``fastnn train --history`` or
+        from ``History.to_dict()``.
+
+    Raises
+    ------
+    DataError
+        If the file is missing or not JSON, or the history has no series.
+    """
+    from fastnn.history import History
+
+    if isinstance(history, (str, os.PathLike)):
+        source = os.fspath(history)
+        history = _read_history_file(source)
+    else:
+        source = "the history"
+    if isinstance(history, History):
+        info = {"epochs": history.epochs, "stopped": history.stopped,
+                "best_epoch": history.best_epoch}
+    elif isinstance(history, Mapping):
+        info = {name: history.get(name) for name in HISTORY_FIELDS}
+    else:
+        raise DataError(f"history must be a fastnn.History, a dict or a JSON file's path, "
+                        f"not {type(history).__name__}")
+    series = {}
+    for name, values in history.items():
+        if name in HISTORY_FIELDS:
+            continue
+        if not isinstance(values, (list, tuple)):
+            raise DataError(f"{source}: {name!r} should be a list of per-epoch values, "
+                            f"not {type(values).__name__}")
+        bad = [v for v in values if v is not None and (isinstance(v, bool) or
+                                                      not isinstance(v, numbers.Real))]
+        if bad:
+            raise DataError(f"{source}: series {name!r} holds {bad[0]!r}, not a number")
+        series[name] = np.array([np.nan if v is None else float(v) for v in values])
+    if not any(len(values) for values in series.values()):
+        raise DataError(f"{source} has no per-epoch series to plot (such as 'loss'); "
+                        f"write one with: fastnn train --history FILE.json")
+    best = info["best_epoch"]
+    if best is not None and (isinstance(best, bool) or not isinstance(best, numbers.Integral)):
+        raise DataError(f"{source}: best_epoch should be an epoch number, not {best!r}")
+    return series, info
+
+
+def _read_history_file(path):
+    from fastnn.data import read_file
+
+    raw = read_file(path, DataError, "history file")
+    try:
+        history = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = (f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError)
+                 else "")
+        raise DataError(f"{path} is not a history file: not JSON{where}; write one with: "
+                        f"fastnn train --history FILE.json") from None
+    if not isinstance(history, dict):
+        raise DataError(f"{path} is not a history file: JSON {type(history).__name__}, "
+                        f"not an object of per-epoch series")
+    return history
+
+
+def _lr_changes(lr):
+    """(epoch, new rate) for each epoch (from 1) that trained at a new rate."""
+    changes = []
+    previous = np.nan
+    for epoch, rate in enumerate(lr, start=1):
+        if np.isfinite(rate):
+            if np.isfinite(previous) and not math.isclose(rate, previous, rel_tol=1e-9):
+                changes.append((epoch, float(rate)))
+            previous = rate
+    return changes
+
+
+def plot_history(history, path, *, title=None, dpi=DPI):
+    """Draw a training run's learning curves and write them to a PNG file.
+
+    One panel shows the loss per epoch (training, and validation and test
+    when recorded), a second the accuracy (left out when the run recorded
+    none). A dashed vertical line marks each learning-rate change, drawn
+    where the epoch at the new rate begins and labelled with that rate; a
+    dotted one marks the best epoch when early stopping recorded one.
+
+    Parameters
+    ----------
+    history : History, dict or path
+        What ``Network.fit`` returns, a dict like ``History.to_dict()``, or
+        the path of a JSON file written by ``fastnn train --history``.
+    path : str or Path
+        The PNG file to write (atomically).
+    title : str, optional
+        A title above the panels [default: the number of epochs, and why
+        training stopped early].
+    dpi : int, default 100
+
+    Raises
+    ------
+    DataError
+        If the history file is missing or not JSON, or there is nothing to draw.
+    FastnnError
+        If matplotlib is missing, or the file cannot be written.
+    """
+    Figure, Canvas = _matplotlib()
+    series, info = load_history(history)
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    panels = [("loss", [(n, label) for n, label in LOSS_SERIES if n in series])]
+    accuracy = [(n, label) for n, label in ACCURACY_SERIES if n in series]
+    if accuracy:
+        panels.append(("accuracy", accuracy))
+    if not panels[0][1]:
+        if not accuracy:
+            raise DataError(f"the history has no loss or accuracy series to plot, only "
+                            f"{sorted(series)}")
+        panels.pop(0)
+    epochs = max(len(values) for values in series.values())
+    changes = _lr_changes(series.get("lr", []))
+    best = info["best_epoch"]
+
+    fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
+    # Same colour for the same data set in both panels.
+    colours = {"train": "C0", "validation": "C1", "test": "C2"}
+    for i, (name, members) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for key, label in members:
+            values = series[key]
+            x = np.arange(1, len(values) + 1)
+            # markers only when sparse: a lone epoch would otherwise be invisible
+            ax.plot(x, values, label=label, color=colours[label],
+                    marker="o" if len(values) <= 30 else None, markersize=3)
+        if name == "accuracy":
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_title(name)
+        ax.set_xlim(0.5 if epochs > 1 else 0, epochs + 0.5 if epochs > 1 else 2)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        # The rate recorded for epoch e trained epoch e, which runs from
+        # x = e - 1 to x = e; the line goes where the new rate starts.
+        for epoch, rate in changes:
+            ax.axvline(epoch - 1, color="0.4", linestyle="--", linewidth=1)
+            ax.annotate(f"lr {rate:.3g}", (epoch - 1, 1), xycoords=("data", "axes fraction"),
+                        xytext=(3, -3), textcoords="offset points", ha="left", va="top",
+                        fontsize=8, color="0.3")
+        if best is not None:
+            ax.axvline(best + 1, color="C3", linestyle=":", linewidth=1.5,
+                       label=f"best epoch ({best + 1})")
+        ax.legend(loc="best", fontsize=9)
+    if title is None:
+        title = f"{info['epochs'] if info['epochs'] is not None else epochs} epochs"
+        rates = series.get("lr", np.array([]))
+        rates = rates[np.isfinite(rates)]
+        if len(rates):
+            # the lines mark the changes; the starting rate is said here
+            title += f", lr {rates[0]:.3g}" + (f" → {rates[-1]:.3g}" if changes else "")
+        if info["stopped"]:
+            title += f" (stopped: {str(info['stopped']).replace('_', ' ')})"
+    fig.suptitle(title)
+    _save(fig, Canvas, path, dpi)
+
+
+# -------------------------------------------------------------- confusion
+
+def plot_confusion(matrix, path, labels=None, *, title=None, dpi=DPI):
+    """Draw a confusion matrix and write it to a PNG file.
+
+    Rows are the true classes and columns the predicted ones, each cell
+    holds its count, and the colour scale is logarithmic so that a handful
+    of errors shows beside a diagonal of thousands (empty cells are white).
+
+    Parameters
+    ----------
+    matrix : array-like (k, k) of counts
+        ``counts[i][j]`` samples of class i predicted as class j, such as
+        ``fastnn.metrics.confusion_matrix`` returns.
+    path : str or Path
+        The PNG file to write (atomically).
+    labels : sequence of k str, optional
+        Class names [default: 0 .. k-1].
+    title : str, optional
+        [default: the accuracy the matrix implies]
+    dpi : int, default 100
+
+    Raises
+    ------
+    DataError
+        If the matrix is not square or holds negative or fractional counts.
+    ConfigError
+        If labels does not name each class once.
+    FastnnError
+        If matplotlib is missing, or the file cannot be written.
+    """
+    Figure, Canvas = _matplotlib()
+    counts = _check_matrix(matrix)
+    k = len(counts)
+    if labels is None:
+        labels = [str(c) for c in range(k)]
+    else:
+        labels = [str(c) for c in labels]
+        if len(labels) != k:
+            raise ConfigError(f"{len(labels)} labels for a confusion matrix of {k} classes")
+    from matplotlib.colors import LogNorm
+
+    side = min(max(4.0, 0.5 * k + 2.0), 20.0)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.add_subplot()
+    shown = np.ma.masked_equal(counts, 0)
+    from matplotlib import colormaps
+
+    cmap = colormaps["Blues"].with_extremes(bad="white")
+    top = max(int(counts.max()), 2)
+    image = ax.imshow(shown, cmap=cmap, norm=LogNorm(vmin=1, vmax=top), interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="samples (log scale)")
+    if k <= MAX_ANNOTATED_CLASSES:
+        fontsize = 9 if k <= 12 else 7
+        # text on the darker half of the scale in white, elsewhere in black
+        dark = math.sqrt(top)
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=fontsize,
+                            color="white" if counts[i, j] > dark else "black")
+    ticks = np.arange(k)
+    step = 1 if k <= MAX_ANNOTATED_CLASSES else math.ceil(k / MAX_ANNOTATED_CLASSES)
+    ax.set_xticks(ticks[::step], labels[::step])
+    ax.set_yticks(ticks[::step], labels[::step])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title is None:
+        total = int(counts.sum())
+        correct = int(np.trace(counts))
+        title = (f"accuracy {correct / total:.2%} ({correct:,} / {total:,})" if total
+                 else "confusion matrix (no samples)")
+    ax.set_title(title)
+    _save(fig, Canvas, path, dpi)
+
+
+def _check_matrix(matrix):
+    try:
+        counts = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("the confusion matrix must be a square array of counts") from None
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.size == 0:
+        raise DataError(f"the confusion matrix must be square (k, k), not of shape {counts.shape}")
+    if not np.all(np.isfinite(counts)) or counts.min() < 0 or not np.array_equal(
+            counts, np.round(counts)):
+        raise DataError("the confusion matrix must hold whole numbers >= 0")
+    return counts.astype(np.int64)
+
+
+# ----------------------------------------------------------- misclassified
+
+def image_shape_for(n_inputs, image_shape=None):
+    """(height, width) of a sample drawn as an image: image_shape checked,
+    or the square one for a square number of inputs."""
+    if image_shape is None:
+        side = math.isqrt(n_inputs)
+        if side * side != n_inputs:
+            raise DataError(f"cannot draw {n_inputs} inputs as an image: not a square number; "
+                            f"give image_shape=(height, width)")
+        return side, side
+    try:
+        height, width = (int(d) for d in image_shape)
+    except (TypeError, ValueError):
+        raise ConfigError(f"image_shape must be (height, width), not {image_shape!r}") from None
+    if height < 1 or width < 1 or height * width != n_inputs:
+        raise ConfigError(f"an image of {height}x{width} has {height * width} pixels, "
+                          f"but the samples have {n_inputs} inputs")
+    return height, width
+
+
+def worst_classified(net, X, y):
+    """Indices of the misclassified samples, worst first, and the predictions.
+
+    Worst means the lowest output activation for the true class (with one
+    output unit, for class 0 the activation's distance from 1).
+
+    Returns
+    -------
+    (indices, predicted, labels) : int arrays
+    """
+    from fastnn._validation import check_targets
+
+    outputs = net.forward(X)
+    _, labels = check_targets(y, len(outputs), net.sizes[-1], net.dtype)
+    if labels is None:
+        raise DataError("y holds float targets, not class labels; misclassified samples "
+                        "need labels")
+    predicted = net.predict(X)
+    if outputs.shape[1] == 1:
+        truth_score = np.where(labels == 1, outputs[:, 0], 1 - outputs[:, 0])
+    else:
+        truth_score = outputs[np.arange(len(labels)), labels]
+    wrong = np.flatnonzero(predicted != labels)
+    # stable sort: ties keep the data's order, so the picture is reproducible
+    order = wrong[np.argsort(truth_score[wrong], kind="stable")]
+    return order, predicted, labels
+
+
+def plot_misclassified(net, X, y, path, n=25, image_shape=None, *, title=None, dpi=DPI):
+    """Draw the samples a network gets most wrong, as a grid of images.
+
+    The misclassified samples whose true class gets the lowest output
+    activation come first; each is titled ``true 7 → predicted 2`` with its
+    row number below.
+
+    Parameters
+    ----------
+    net : Network
+    X : array (n_samples, net.sizes[0])
+        Inputs, as the network takes them (uint8 pixels, or floats).
+    y : array (n_samples,) of int labels, or one-hot rows
+    path : str or Path
+        The PNG file to write (atomically).
+    n : int, default 25
+        Draw at most this many samples.
+    image_shape : (int, int), optional
+        (height, width) of one sample [default: square, 28x28 for 784 inputs].
+    title : str, optional
+        [default: how many samples are shown, of how many misclassified]
+    dpi : int, default 100
+
+    Returns
+    -------
+    array of int
+        The row numbers of the samples drawn, worst first.
+
+    Raises
+    ------
+    DataError
+        If the inputs are not a square number and no image_shape is given,
+        X or y do not fit the network, or no sample is misclassified.
+    FastnnError
+        If matplotlib is missing, or the file cannot be written.
+    """
+    from fastnn._validation import positive_int
+
+    Figure, Canvas = _matplotlib()
+    n = positive_int(n, "n")
+    height, width = image_shape_for(net.sizes[0], image_shape)
+    order, predicted, labels = worst_classified(net, X, y)
+    if not len(order):
+        raise DataError(f"all {len(labels):,} samples are classified correctly; "
+                        f"no misclassified sample to draw")
+    shown = order[:n]
+
+    images = np.asarray(X)[shown].reshape(len(shown), height, width)
+    # one grey scale for every cell, so that the images compare
+    low, high = (0, 255) if images.dtype == np.uint8 else (float(images.min()), float(images.max()))
+    columns = min(len(shown), math.ceil(math.sqrt(len(shown))))
+    rows = math.ceil(len(shown) / columns)
+    cell = 1.7 * max(1.0, min(3.0, width / height))
+    fig = Figure(figsize=(cell * columns, 1.95 * rows + 0.5), layout="constrained")
+    for k, i in enumerate(shown):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        ax.imshow(images[k], cmap="gray_r", vmin=low, vmax=high, interpolation="nearest")
+        ax.set_title(f"true {labels[i]} → predicted {predicted[i]}", fontsize=9)
+        ax.set_xlabel(f"#{i}", fontsize=7, color="0.4", labelpad=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title is None:
+        title = (f"the {len(shown)} worst of {len(order):,} misclassified samples "
+                 f"(of {len(labels):,})")
+    fig.suptitle(title)
+    _save(fig, Canvas, path, dpi)
+    return shown
