@@ -175,7 +175,11 @@ def load_csv(path, label_col=None, n_features=None):
         text = gunzip(read_file(path), path).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path} is not a text CSV file") from None
-    first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None])), None)
+    try:
+        first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None])), None)
+    except csv.Error as exc:
+        # e.g. a lone carriage return inside a field
+        raise DataError(f"{path} is not a valid CSV file ({exc})") from None
     if not first:
         raise DataError(f"{path} is empty")
     names = None
@@ -189,8 +193,11 @@ def load_csv(path, label_col=None, n_features=None):
         values = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
                             ndmin=2)
     except ValueError as exc:
-        raise (_csv_problem(text, names, path, first_line)
-               or DataError(f"{path} is not a valid CSV file ({exc})")) from None
+        try:
+            problem = _csv_problem(text, names, path, first_line)
+        except csv.Error:
+            problem = None
+        raise (problem or DataError(f"{path} is not a valid CSV file ({exc})")) from None
     width = values.shape[1]
     if not np.isfinite(values).all():
         r, c = np.argwhere(~np.isfinite(values))[0]

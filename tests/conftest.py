@@ -56,6 +56,22 @@ def make_classification(n=200, n_features=12, n_classes=4, seed=0, dtype=np.floa
     return X.astype(dtype), y
 
 
+def damage(data, good, max_random=300, max_flips=8):
+    """Bytes for a fuzz test, drawn with hypothesis's ``data``: random bytes,
+    `good` truncated, or `good` with a few bytes overwritten."""
+    from hypothesis import strategies as st
+
+    how = data.draw(st.sampled_from(["random", "truncate", "flip"]))
+    if how == "random":
+        return data.draw(st.binary(max_size=max_random))
+    good = bytearray(good)
+    if how == "truncate":
+        return bytes(good[:data.draw(st.integers(0, len(good) - 1))])
+    for _ in range(data.draw(st.integers(1, max_flips))):
+        good[data.draw(st.integers(0, len(good) - 1))] = data.draw(st.integers(0, 255))
+    return bytes(good)
+
+
 def one_hot(y, k):
     Y = np.zeros((len(y), k))
     Y[np.arange(len(y)), y] = 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import damage
 from numpy.testing import assert_array_equal
 
 import fastnn
@@ -201,24 +202,14 @@ def test_refuses_a_damaged_description(tmp_path, trained):
         fastnn.load(path)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_loader_survives_random_and_damaged_bytes(tmp_path, data):
     # only fastnn's own error ever comes out, whatever the bytes
     net = Network([4, 3, 2], seed=0)
     path = tmp_path / "fuzz.safetensors"
     net.save(path)
-    good = bytearray(path.read_bytes())
-    choice = data.draw(st.sampled_from(["random", "truncate", "flip"]))
-    if choice == "random":
-        blob = data.draw(st.binary(max_size=300))
-    elif choice == "truncate":
-        blob = bytes(good[:data.draw(st.integers(0, len(good) - 1))])
-    else:
-        for _ in range(data.draw(st.integers(1, 8))):
-            i = data.draw(st.integers(0, len(good) - 1))
-            good[i] = data.draw(st.integers(0, 255))
-        blob = bytes(good)
+    blob = damage(data, path.read_bytes())
     path.write_bytes(blob)
     try:
         loaded = fastnn.load(path)
