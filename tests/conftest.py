@@ -30,6 +30,18 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under FASTNN_NO_SKIPS=1 (CI installs everything): {reason}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # a module-level importorskip skips the whole file while it is collected,
+    # before any test runs: that must fail under FASTNN_NO_SKIPS too
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("FASTNN_NO_SKIPS") == "1":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under FASTNN_NO_SKIPS=1 (CI installs everything): {reason}"
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--runslow"):
         return

@@ -226,21 +226,10 @@ def test_one_output_threshold_is_strict(tmp_path):
     X = np.full((2, 3), 7, dtype=np.uint8)
     assert net.predict(X).tolist() == [0, 0]
     for fmt in FORMATS:
-        if fmt == "onnx" and not (_has("onnx") and _has("onnxruntime")):
-            continue
-        if fmt == "c" and CC is None:
-            continue
+        # each runner skips (a failure in CI) when its tool is missing
         (tmp_path / fmt).mkdir()
         A, labels = RUNNERS[fmt](net, X, tmp_path / fmt)
         assert labels.tolist() == [0, 0] and np.all(A == 0.5), fmt
-
-
-def _has(module):
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
 
 
 # ------------------------------------------------------------------------ C
