@@ -17,6 +17,7 @@ header is JSON and the tensors are raw arrays, checked against the header.
 """
 import json
 import os
+import stat
 import tempfile
 
 import numpy as np
@@ -69,6 +70,16 @@ def _bytes(net):
     return st_save(tensors, metadata=metadata)
 
 
+def _mode_for(path):
+    """The permission bits a file written at path should get."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path, data, error=ModelFileError):
     """Write bytes (or str, as UTF-8) to path through a temporary file in the
     same directory, fsync and a rename: readers see the old file or the new
@@ -87,6 +98,9 @@ def atomic_write(path, data, error=ModelFileError):
     except OSError as exc:
         raise error(f"cannot write {path}: {exc.strerror}") from None
     try:
+        # mkstemp makes the file 0600; give it the mode any new file gets
+        # (0666 less the umask), or keep the mode of the file it replaces
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -1,6 +1,7 @@
 """Model files: round trips, atomic writes, and refusing bad files clearly."""
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -113,6 +114,20 @@ def test_interrupted_write_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_umask_mode_or_keep_their_own(tmp_path):
+    # mkstemp's 0600 must not leak out: others may need to read a model or a CSV
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "new", b"data")
+        assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o640
+        (tmp_path / "shared").write_bytes(b"old")
+        os.chmod(tmp_path / "shared", 0o664)
+        atomic_write(tmp_path / "shared", b"new")
+        assert stat.S_IMODE(os.stat(tmp_path / "shared").st_mode) == 0o664
+    finally:
+        os.umask(old)
 
 
 def test_save_into_missing_directory_is_a_clear_error(tmp_path):
