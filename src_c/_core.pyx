@@ -643,8 +643,14 @@ cdef void param_update_impl(const floating* A, const floating* D,
     for r in range(N):
         for j in range(O):
             colsum[j] += D[r * O + j]
-    for j in range(O):
-        b[j] = beta_b * b[j] + alpha * colsum[j]
+    if beta_b == 0:
+        # overwrite without reading b, as GEMM does with beta 0: b may hold
+        # a NaN from a diverged step, and 0 * NaN is NaN
+        for j in range(O):
+            b[j] = alpha * colsum[j]
+    else:
+        for j in range(O):
+            b[j] = beta_b * b[j] + alpha * colsum[j]
 
 
 cdef void forward_impl(const floating* params, Layout* lay,

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_classification, one_hot
 from numpy.testing import assert_allclose, assert_array_equal
 
-from fastnn import ConfigError, DataError, Network
+from fastnn import ConfigError, DataError, Network, TrainingDiverged
 from fastnn import _core
 from fastnn import _reference as ref
 from fastnn.schedules import Plateau, Step
@@ -327,14 +327,30 @@ def test_ctrl_c_stops_between_batches_and_keeps_a_consistent_network():
     net.fit(X[:100], y[:100], epochs=1)               # and it trains on afterwards
 
 
-def test_divergence_restores_optimizer_state_too():
+@pytest.mark.parametrize("options", [
+    dict(optimizer="momentum", lr=1.0, momentum=0.9),
+    # unfused SGD (l1) keeps its gradient in the optimizer state
+    dict(optimizer="sgd", lr=1.0, l1=0.01),
+])
+def test_divergence_restores_the_last_good_epoch_and_can_go_on(options):
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(100, 4)) * 1e3
-    Y = rng.normal(size=(100, 2)) * 1e3
-    net = Network([4, 8, 2], activation="relu", output="identity", seed=0)
-    with pytest.raises(Exception, match="diverged"):
-        net.fit(X, Y, epochs=5, lr=5.0, optimizer="momentum")
-    assert np.isfinite(net.optimizer_state.state).all()
+    X = rng.normal(size=(200, 4))
+    Y = rng.normal(size=(200, 2)) * 100
+    net = Network([4, 16, 16, 2], activation="sigmoid", output="identity", seed=0)
+    kept = []
+
+    def snapshot(epoch, metrics):
+        kept.append((net._params.copy(), net.optimizer_state.state.copy()))
+
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        net.fit(X, Y, epochs=10, callback=snapshot, **options)
+    # these settings diverge after some good epochs, so there is something to restore
+    assert len(kept) >= 1 and net.epochs_trained == len(kept)
+    np.testing.assert_array_equal(net._params, kept[-1][0])
+    np.testing.assert_array_equal(net.optimizer_state.state, kept[-1][1])
+    # a smaller rate continues from there (no NaN left behind in any state)
+    net.fit(X, Y, epochs=2, **{**options, "lr": 1e-4})
+    assert np.isfinite(net._params).all() and net.epochs_trained == len(kept) + 2
 
 
 def test_history_with_everything():
