@@ -6,6 +6,7 @@ import click
 from click.core import ParameterSource
 
 from fastnn.activations import ACTIVATIONS
+from fastnn.datasets import DATASETS
 from fastnn.cli.common import (DATA_HELP, data_options, echo_json, jsonable, load, match_inputs,
                                set_threads, threads_option)
 from fastnn.initializers import INITIALIZERS
@@ -173,23 +174,29 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     train_set = load(data, "train", labels, label_col, limit=limit)
     if not resume:
         net = _new_network(train_set, options)
+    X_train = match_inputs(net, train_set.X)
+    if net.input_dtype is None:
+        # a new network: fit will record the training inputs' kind, and the
+        # validation and test data must be scaled the same way (uint8 / 255)
+        net.input_dtype = str(X_train.dtype)
     val = None
     if val_data:
         v = load(val_data, "test", n_features=net.sizes[0])
         val = (match_inputs(net, v.X), v.y)
-    if test_data is None and data in _dataset_names() and val_data != data:
+    if test_data is None and data in DATASETS and val_data != data:
         test_data = data
     test = load(test_data, "test", n_features=net.sizes[0]) if test_data else None
+    X_test = match_inputs(net, test.X) if test is not None else None
 
     epochs = 30 if options["epochs"] is None else options["epochs"]
-    fit_options = {k: options[k] for k in RESUMABLE if options[k] is not None}
+    cli_options = {k: options[k] for k in RESUMABLE if options[k] is not None}
+    fit_options = dict(cli_options)
     if "lr_schedule" in fit_options:
         fit_options["lr_schedule"] = parse_schedule(fit_options["lr_schedule"])
     if resume and net.training.get("lr_schedule_state"):
         schedule = parse_schedule(options["lr_schedule"] or net.training.get("lr_schedule"))
         schedule.load_state_dict(net.training["lr_schedule_state"])
         fit_options["lr_schedule"] = schedule
-    cli_options = {k: options[k] for k in RESUMABLE if options[k] is not None}
     run.update(data=data, labels=labels, label_col=label_col, val=val_data, test=test_data,
                limit=limit, epochs=run.get("epochs_done", 0) + epochs)
     run.setdefault("epochs_done", 0)
@@ -206,21 +213,21 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     def after_epoch(epoch, metrics):
         record = dict(metrics)
         if test is not None:
-            result = net.evaluate(match_inputs(net, test.X), test.y)
+            result = net.evaluate(X_test, test.y)
             record["test_loss"] = result["loss"]
             if "accuracy" in result:
                 record["test_accuracy"] = result["accuracy"]
         records.append(record)
-        say(_epoch_line(net.epochs_trained, done_before + epoch + 1, run["epochs"], record))
+        say(_epoch_line(done_before + epoch + 1, run["epochs"], record))
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
             save_model()
 
-    net.check_data(match_inputs(net, train_set.X), train_set.y)
+    net.check_data(X_train, train_set.y)
     say(f"{net}: {net.n_params:,} parameters; training on {len(train_set):,} samples "
         f"of {train_set.source}")
     progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
     try:
-        net.fit(match_inputs(net, train_set.X), train_set.y, epochs=epochs, validation_data=val,
+        net.fit(X_train, train_set.y, epochs=epochs, validation_data=val,
                 validation_split=fit_options.pop("val_split", 0.0), callback=after_epoch,
                 progress=progress, **fit_options)
     except KeyboardInterrupt:
@@ -246,12 +253,6 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
                    "history": _history_dict(records, net), "final": records[-1] if records else {}})
 
 
-def _dataset_names():
-    from fastnn.datasets import DATASETS
-
-    return DATASETS
-
-
 def _new_network(train_set, options):
     from fastnn.network import Network
 
@@ -267,7 +268,7 @@ def _new_network(train_set, options):
                    output=options["output_activation"], **kwargs)
 
 
-def _epoch_line(total_epoch, run_epoch, run_epochs, metrics):
+def _epoch_line(run_epoch, run_epochs, metrics):
     parts = [f"epoch {run_epoch}/{run_epochs}"]
     for name in ("loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy"):
         if name in metrics:
@@ -285,14 +286,15 @@ def _progress_bar():
 
 
 def _history_dict(records, net):
-    series = {}
-    for i, record in enumerate(records):
-        for k, v in record.items():
-            series.setdefault(k, [None] * i).append(v)
-        for v in series.values():
-            v.extend([None] * (i + 1 - len(v)))
-    stopped = net.history.stopped if net.history else None
-    return {"epochs": len(records), "stopped": stopped, **series}
+    """fit's History with the CLI's test metrics added to each epoch."""
+    from fastnn.history import History
+
+    history = History()
+    for record in records:
+        history.append(record)
+    if net.history is not None:
+        history.stopped, history.best_epoch = net.history.stopped, net.history.best_epoch
+    return history.to_dict()
 
 
 def _write_history(path, records, net):

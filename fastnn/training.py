@@ -284,7 +284,9 @@ class Trainer:
         control[_kernels.STOP_REQUEST] = control[_kernels.ROWS_DONE] = 0
         control[_kernels.STEPS] = self.opt_state.steps
         self.snapshot[...] = net._params
-        state_snapshot = self.opt_state.state.copy() if self.o.optimizer != "sgd" else None
+        # every optimizer, plain SGD too: unfused SGD (l1, or batches over
+        # the chunk size) writes its gradient into the state
+        state_snapshot = self.opt_state.state.copy()
         tick = None
         if self.progress is not None:
             epoch = net.epochs_trained
@@ -295,8 +297,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         if status == _kernels.DIVERGED:
             net._params[...] = self.snapshot
-            if state_snapshot is not None:
-                self.opt_state.state[...] = state_snapshot
+            self.opt_state.state[...] = state_snapshot
             return None, status
         self.opt_state.steps = int(control[_kernels.STEPS])
         rows = int(control[_kernels.ROWS_DONE])
@@ -347,6 +348,7 @@ class Trainer:
                                 lr_schedule_state=schedule.state_dict())
             if self.verbose:
                 print(epoch_line(net.epochs_trained, metrics), file=sys.stderr, flush=True)
+            stop = None
             if o.early_stopping is not None:
                 if metrics["val_loss"] < best_loss:
                     best_loss, waited, hist.best_epoch = metrics["val_loss"], 0, epoch
@@ -354,10 +356,12 @@ class Trainer:
                 else:
                     waited += 1
                     if waited >= o.early_stopping:
-                        hist.stopped = "early_stopping"
-                        break
+                        stop = "early_stopping"
+            # the callback sees every epoch trained, the last one included
             if self.callback is not None and self.callback(epoch, dict(metrics)) is False:
-                hist.stopped = "callback"
+                stop = stop or "callback"
+            if stop:
+                hist.stopped = stop
                 break
         if best_params is not None:
             net._params[...] = best_params

@@ -470,3 +470,33 @@ def test_sigint_saves_the_model_and_resume_continues(tmp_path):
                              env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert fastnn.load(model).epochs_trained == done + 1
+
+
+def test_early_stopping_history_has_every_epoch_and_the_best(files, tmp_path):
+    # the epoch that triggers early stopping was trained: it is printed and recorded
+    X, y = images()
+    noisy = tmp_path / "noisy.npz"
+    np.savez(noisy, X=np.random.default_rng(1).integers(0, 256, X.shape, dtype=np.uint8), y=y)
+    result = run("train", files["npz"], "--val", noisy, "--hidden", "8", "--epochs", "50",
+                 "--lr", "2", "--early-stopping", "2", "--history", tmp_path / "h.json",
+                 "--json", "-o", tmp_path / "m.safetensors")
+    report = json.loads(result.stdout)
+    history = json.loads((tmp_path / "h.json").read_text())
+    trained = fastnn.load(tmp_path / "m.safetensors").epochs_trained
+    assert history["stopped"] == "early_stopping" and trained < 50
+    assert history["epochs"] == report["history"]["epochs"] == trained == len(history["loss"])
+    best = history["best_epoch"]
+    assert best == report["history"]["best_epoch"] == trained - 3
+    assert history["val_loss"][best] == min(history["val_loss"])
+
+
+def test_val_data_is_scaled_like_the_training_data(files, tmp_path):
+    # uint8 pixels for training, the same rows as floats 0..255 for validation:
+    # a new network must scale both by 1/255 (validation loss == test loss)
+    X, y = images()
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, X=X.astype(np.float64), y=y)
+    result = run("train", files["npz"], "--val", floats, "--test", floats, "--hidden", "4",
+                 "--epochs", "1", "--json")
+    final = json.loads(result.stdout)["final"]
+    assert final["val_loss"] == pytest.approx(final["test_loss"], rel=1e-6)
