@@ -690,7 +690,7 @@ def numpy_paths(path):
     """(the .py path, the .npz path) for an output path with or without a suffix."""
     path = os.fspath(path)
     stem, suffix = os.path.splitext(path)
-    if suffix not in (".py", ".npz"):
+    if suffix.lower() not in (".py", ".npz"):
         stem = path
     return stem + ".py", stem + ".npz"
 

@@ -328,6 +328,7 @@ def test_numpy_paths_and_module(tmp_path):
     assert numpy_paths("a/m") == numpy_paths("a/m.py") == numpy_paths("a/m.npz") == \
         ("a/m.py", "a/m.npz")
     assert numpy_paths("m.v2") == ("m.v2.py", "m.v2.npz")
+    assert numpy_paths("M.PY") == ("M.py", "M.npz")   # as format_for, any case
     net = small([5, 4, 3], "relu", "softmax")
     export(net, tmp_path / "m.py", "numpy")
     namespace = {"__file__": str(tmp_path / "m.py"), "__name__": "m"}
