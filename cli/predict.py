@@ -29,6 +29,7 @@ def predict(model, data, labels, label_col, out, proba, limit, threads):
     from fastnn import load as load_model
     from fastnn.exceptions import FastnnError
     from fastnn.io import atomic_write
+    from fastnn.metrics import predicted_labels
 
     set_threads(threads)
     net = load_model(model)
@@ -36,7 +37,7 @@ def predict(model, data, labels, label_col, out, proba, limit, threads):
                    need_labels=False)
     X = match_inputs(net, dataset.X)
     outputs = net.forward(X)
-    predicted = net.predict(X)
+    predicted = predicted_labels(outputs)
     text = io.StringIO()
     header = ["label"] + ([f"p{k}" for k in range(outputs.shape[1])] if proba else [])
     text.write(",".join(header) + "\n")

@@ -2,6 +2,14 @@
 import numpy as np
 
 
+def predicted_labels(outputs):
+    """The class each row of output activations stands for: the argmax, or
+    with one output unit, 1 where it exceeds 0.5."""
+    if outputs.shape[1] == 1:
+        return (outputs[:, 0] > 0.5).astype(np.int64)
+    return outputs.argmax(axis=1)
+
+
 def confusion_matrix(y_true, y_pred, n_classes):
     """counts[i, j] = samples of true class i predicted as class j."""
     counts = np.zeros((n_classes, n_classes), dtype=np.int64)

@@ -19,6 +19,7 @@ from fastnn.activations import get_activation
 from fastnn.exceptions import ConfigError, DataError
 from fastnn.initializers import get_initializer
 from fastnn.losses import get_loss
+from fastnn.metrics import predicted_labels
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -375,7 +376,7 @@ class Network:
     def predict(self, X):
         """Predicted class of each row of X: the argmax of the outputs (with one
         output unit, 1 where it exceeds 0.5)."""
-        return _predicted_labels(self.forward(X))
+        return predicted_labels(self.forward(X))
 
     def evaluate(self, X, y):
         """Loss and accuracy on (X, y).
@@ -395,7 +396,7 @@ class Network:
         cost = get_loss(self.loss).fn(A, Y, get_activation(self.output))
         result = {"loss": float(cost.mean()), "n": len(X)}
         if labels is not None:
-            result["accuracy"] = float(np.mean(_predicted_labels(A) == labels))
+            result["accuracy"] = float(np.mean(predicted_labels(A) == labels))
         return result
 
     def gradient(self, X, y):
@@ -431,9 +432,3 @@ def _check_dtype(dtype):
     if key not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     return DTYPES[key]
-
-
-def _predicted_labels(A):
-    if A.shape[1] == 1:
-        return (A[:, 0] > 0.5).astype(np.int64)
-    return A.argmax(axis=1)

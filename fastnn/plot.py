@@ -348,13 +348,14 @@ def worst_classified(net, X, y):
     (indices, predicted, labels) : int arrays
     """
     from fastnn._validation import check_targets
+    from fastnn.metrics import predicted_labels
 
     outputs = net.forward(X)
     _, labels = check_targets(y, len(outputs), net.sizes[-1], net.dtype)
     if labels is None:
         raise DataError("y holds float targets, not class labels; misclassified samples "
                         "need labels")
-    predicted = net.predict(X)
+    predicted = predicted_labels(outputs)
     if outputs.shape[1] == 1:
         truth_score = np.where(labels == 1, outputs[:, 0], 1 - outputs[:, 0])
     else:
