@@ -39,12 +39,15 @@ def test_plateau_state_round_trips():
 
 @pytest.mark.parametrize("spec, expected", [
     (None, Constant()), ("constant", Constant()), ("step", Step()),
-    ("step:every=5,factor=0.5", Step(5, 0.5)), (" step : every = 3 ", Step(3)),
-    ("plateau:patience=3,factor=0.1,max_reductions=3", Plateau(3, 0.1, 3)),
+    # options other than the defaults, so a parser that ignored them would fail
+    ("step:every=7,factor=0.25", Step(7, 0.25)), (" step : every = 3 ", Step(3)),
+    ("plateau:patience=4,factor=0.3,max_reductions=1", Plateau(4, 0.3, 1)),
     ("plateau:monitor=loss", Plateau(monitor="loss")),
 ])
 def test_parse(spec, expected):
     schedule = parse(spec)
+    if spec and ":" in spec:
+        assert repr(schedule) != repr(parse(spec.split(":")[0]))   # the options took effect
     assert repr(schedule) == repr(expected)
     assert repr(parse(schedule.spec())) == repr(schedule)      # the string form round-trips
 
