@@ -125,7 +125,9 @@ def train_epoch(X, Y, order, params, state, sizes, activations, slope, loss, bat
             return STOPPED, loss_sum, n_correct
         rows = order[start:start + batch_size]
         m = len(rows)
-        positions = np.arange(start, start + m)
+        # sample positions seed the dropout masks and the shifts; only then needed
+        positions = (np.arange(start, start + m) if keep is not None or augment == K.SHIFT
+                     else None)
         if augment == K.SHIFT:
             x = _shifted(X, rows, positions, seed, dtype)
         else:
@@ -150,7 +152,8 @@ def train_epoch(X, Y, order, params, state, sizes, activations, slope, loss, bat
                 grads[l][1][...] = grad_b / m
         control[STEPS] += 1
         if not fused:
-            penalty_grad(params, state[0], sizes, hyper[K.H_L2], hyper[K.H_L1])
+            if hyper[K.H_L2] or hyper[K.H_L1]:
+                penalty_grad(params, state[0], sizes, hyper[K.H_L2], hyper[K.H_L1])
             OPTIMIZER[optimizer].step(params, state, hyper, int(control[STEPS]))
         control[ROWS_DONE] += m
     return DONE, loss_sum, n_correct
