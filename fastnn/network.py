@@ -365,7 +365,9 @@ class Network:
         # several chunks: the threads take whole chunks in turn, each with a
         # single-threaded BLAS (faster than splitting every GEMM; see
         # benchmarks/README.md); one chunk: the BLAS's own threads
-        threads = blas.get_num_threads() if len(X) > chunk and self.backend == "cython" else 1
+        n_chunks = -(-len(X) // max(chunk, 1))
+        threads = (min(blas.get_num_threads(), n_chunks)
+                   if n_chunks > 1 and self.backend == "cython" else 1)
         work = np.empty(threads * self._kernels.workspace_size(sizes, chunk), dtype=self.dtype)
         out = np.empty((len(X), self.sizes[-1]), dtype=self.dtype)
         with blas.single_threaded_blas() if threads > 1 else contextlib.nullcontext():

@@ -17,9 +17,9 @@ SGD without L1, the step is fused into the weight-gradient GEMM instead
 (alpha = -lr/m, beta = 1 - lr*l2/n) and ``state[0]`` is not touched.
 
 Workspace of a chunk (``workspace_size``): the activations A_0 .. A_L,
-for each hidden layer with dropout its mask and masked activations, two
-delta buffers, the targets and sample weights of the chunk, and a
-column-sum buffer.
+for each hidden layer with dropout its mask and masked activations, a
+delta buffer and a bias-gradient (column-sum) buffer per layer, and the
+targets and sample weights of the chunk.
 
 Each kernel comes in two layers: a ``cdef ... noexcept nogil`` function that
 trusts its arguments, and a ``def`` wrapper that checks shapes, codes and
@@ -123,7 +123,6 @@ cdef Py_ssize_t INT_MAX = 2147483647
 
 cdef struct Layout:
     Py_ssize_t n_layers          # L
-    Py_ssize_t max_out           # max(O_l)
     Py_ssize_t capacity          # N: rows the workspace holds
     Py_ssize_t n_params          # P
     Py_ssize_t* size             # size[l], l = 0..L (points into the caller's array)
@@ -132,8 +131,7 @@ cdef struct Layout:
     Py_ssize_t* a_off            # offset of A_l in the workspace, l = 0..L
     Py_ssize_t* in_off           # what layer l reads: A_l, or its dropped-out copy
     Py_ssize_t* mask_off         # dropout mask of A_l (0 or 1/keep), -1 if none
-    Py_ssize_t* d_off            # delta of A_l, l = 1..L (one buffer each, so a
-                                 # thread never overwrites a delta another reads)
+    Py_ssize_t* d_off            # delta of A_l, l = 1..L (one buffer each)
     Py_ssize_t* colsum_off       # bias gradient of layer l (O_l entries)
     double* keep                 # keep probability of A_l (1 = no dropout)
     Py_ssize_t y_off             # chunk targets
@@ -159,14 +157,11 @@ cdef int layout_init(Layout* lay, Py_ssize_t* sizes, Py_ssize_t n_layers,
     lay.d_off = lay.mask_off + L1
     lay.colsum_off = lay.d_off + L1
     lay.keep = <double*> (lay.colsum_off + L1)
-    lay.max_out = 0
     for l in range(n_layers):
         lay.w_off[l] = p
         p += sizes[l] * sizes[l + 1]
         lay.b_off[l] = p
         p += sizes[l + 1]
-        if sizes[l + 1] > lay.max_out:
-            lay.max_out = sizes[l + 1]
     lay.n_params = p
     for l in range(n_layers + 1):
         lay.a_off[l] = a
@@ -944,9 +939,8 @@ cdef _check_dropout(const double[::1] dropout, Py_ssize_t n_layers):
         _check(0 <= dropout[l] < 1, f"dropout rate {dropout[l]} is outside [0, 1)")
 
 
-cdef Layout _layout(Py_ssize_t[::1] sizes, Py_ssize_t capacity,
-                    const double[::1] dropout, Py_ssize_t n_params,
-                    Py_ssize_t work_size) except *:
+cdef Layout _new_layout(Py_ssize_t[::1] sizes, Py_ssize_t capacity,
+                        const double[::1] dropout) except *:
     cdef Layout lay
     _check_dims(sizes)
     _check_dropout(dropout, sizes.shape[0] - 1)
@@ -955,6 +949,13 @@ cdef Layout _layout(Py_ssize_t[::1] sizes, Py_ssize_t capacity,
     if layout_init(&lay, &sizes[0], sizes.shape[0] - 1, capacity,
                    &dropout[0] if dropout.shape[0] > 0 else NULL) != 0:
         raise MemoryError()
+    return lay
+
+
+cdef Layout _layout(Py_ssize_t[::1] sizes, Py_ssize_t capacity,
+                    const double[::1] dropout, Py_ssize_t n_params,
+                    Py_ssize_t work_size) except *:
+    cdef Layout lay = _new_layout(sizes, capacity, dropout)
     if n_params != lay.n_params:
         layout_free(&lay)
         raise ValueError(f"params has {n_params} entries; these sizes need {lay.n_params}")
@@ -974,13 +975,7 @@ cdef _check_rows(const int64_t[::1] rows, Py_ssize_t n):
 def workspace_size(Py_ssize_t[::1] sizes, Py_ssize_t capacity, dropout=()):
     """Entries the workspace of a chunk of `capacity` rows needs, with these
     dropout rates on the hidden layers (empty: none)."""
-    cdef Layout lay
-    cdef double[::1] rates = _rates(dropout)
-    _check_dims(sizes)
-    _check_dropout(rates, sizes.shape[0] - 1)
-    if layout_init(&lay, &sizes[0], sizes.shape[0] - 1, capacity,
-                   &rates[0] if rates.shape[0] > 0 else NULL) != 0:
-        raise MemoryError()
+    cdef Layout lay = _new_layout(sizes, capacity, _rates(dropout))
     n = lay.work_size
     layout_free(&lay)
     return n
@@ -1044,7 +1039,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         status is DONE, DIVERGED or STOPPED; loss_sum is the weighted sum of
         the rows' costs; the rows trained are in control[ROWS_DONE].
     """
-    cdef Py_ssize_t n = X.shape[0], L = sizes.shape[0] - 1, side = 0
+    cdef Py_ssize_t n = X.shape[0], side = 0
     cdef Layout lay = _layout(sizes, capacity, dropout, params.shape[0], work.shape[0])
     cdef double loss_sum = 0
     cdef int64_t n_correct = 0
