@@ -2,21 +2,14 @@
 import click
 
 from fastnn._version import __version__
-from fastnn.exceptions import FastnnError
+from fastnn.cli.common import Command
 
 
 class Group(click.Group):
-    """A Click group that shows fastnn's own errors as one line with exit
-    status 1, and a Ctrl-C as 'Interrupted' with status 130."""
+    """The fastnn group: its commands are `Command`s, which turn fastnn's
+    errors into one line with exit status 1 and Ctrl-C into status 130."""
 
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except FastnnError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted", err=True)
-            ctx.exit(130)
+    command_class = Command
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

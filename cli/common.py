@@ -5,6 +5,23 @@ import math
 import click
 import numpy as np
 
+class Command(click.Command):
+    """A command that shows fastnn's own errors as one line with exit status
+    1 (Click's way), and a Ctrl-C as 'Interrupted' with status 130, whether it
+    runs inside the fastnn group or on its own."""
+
+    def invoke(self, ctx):
+        from fastnn.exceptions import FastnnError
+
+        try:
+            return super().invoke(ctx)
+        except FastnnError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            ctx.exit(130)
+
+
 DATA_HELP = ("DATA is a dataset name (mnist), an IDX images file (labels found beside it or "
              "given by --labels), a CSV file, an .npz with arrays X and y, an .npy file "
              "(labels beside it or --labels) or Nielsen's mnist.pkl.gz.")

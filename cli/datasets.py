@@ -1,8 +1,10 @@
 """``fastnn datasets`` and ``fastnn download``."""
 import click
 
+from fastnn.cli.common import Command
 
-@click.command()
+
+@click.command(cls=Command)
 def datasets():
     """List the known datasets, where each was found, and verify their checksums.
 
@@ -30,7 +32,7 @@ def datasets():
                                    f"'fastnn download mnist --dir {place}' to replace them")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("dataset", type=click.Choice(["mnist"]))
 @click.option("--dir", "directory", type=click.Path(file_okay=False),
               help="Where to put the files [default: ~/.cache/fastnn/mnist].")

@@ -1,7 +1,8 @@
 """``fastnn eval``."""
 import click
 
-from fastnn.cli.common import DATA_HELP, data_options, echo_json, load, match_inputs, threads_option, set_threads
+from fastnn.cli.common import (DATA_HELP, Command, data_options, echo_json, load, match_inputs,
+                               set_threads, threads_option)
 
 HELP = """Evaluate MODEL on DATA (default: the mnist test split): loss, accuracy,
 per-class precision, recall and F1, and the confusion matrix.
@@ -15,7 +16,7 @@ Examples:
 """ + DATA_HELP
 
 
-@click.command("eval", help=HELP)
+@click.command("eval", cls=Command, help=HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data", required=False, default="mnist")
 @data_options

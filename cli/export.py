@@ -1,7 +1,7 @@
 """``fastnn export``."""
 import click
 
-from fastnn.exceptions import FastnnError
+from fastnn.cli.common import Command
 
 HELP = """Export MODEL to run without fastnn: an ONNX model, one dependency-free
 C99 source file, or a NumPy module (OUT.py with its weights in OUT.npz).
@@ -20,7 +20,7 @@ Examples:
 """
 
 
-@click.command(help=HELP)
+@click.command(cls=Command, help=HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-f", "--format", "format_", type=click.Choice(["onnx", "c", "numpy"]),
               help="What to write [default: from OUT's suffix].")
@@ -35,12 +35,7 @@ def export(model, format_, out):
         if format_ is None:
             raise click.UsageError(f"cannot tell the format from the name {out!r}; give "
                                    f"--format ({', '.join(EXPORTERS)})")
-    # the group turns FastnnError into one line too; this keeps the command
-    # itself well behaved when it is run on its own
-    try:
-        net = load(model)
-        written = export_model(net, out, format_, source=model)
-    except FastnnError as exc:
-        raise click.ClickException(str(exc)) from None
+    net = load(model)
+    written = export_model(net, out, format_, source=model)
     click.echo(f"Exported {model} ({list(net.sizes)}, {'/'.join(net.activations)}) as "
                f"{EXPORTERS[format_].title} to {' and '.join(written)}")

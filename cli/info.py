@@ -3,10 +3,10 @@ import json
 
 import click
 
-from fastnn.cli.common import echo_json
+from fastnn.cli.common import Command, echo_json
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(model, as_json):

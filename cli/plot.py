@@ -3,6 +3,8 @@ import os
 
 import click
 
+from fastnn.cli.common import Command
+
 HELP = """Draw the learning curves of a training run as a PNG: loss and accuracy per
 epoch for the training, validation and test data, with dashed lines where
 the learning rate changed. HISTORY is the JSON file written by
@@ -16,21 +18,16 @@ Examples:
 """
 
 
-@click.command(help=HELP)
+@click.command(cls=Command, help=HELP)
 @click.argument("history", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", type=click.Path(dir_okay=False),
               help="Write the PNG here [default: HISTORY with the suffix .png].")
 @click.option("--title", help="A title above the panels [default: the number of epochs].")
 def plot(history, out, title):
-    from fastnn.exceptions import FastnnError
     from fastnn.plot import plot_history
 
     out = out or os.path.splitext(history)[0] + ".png"
     if os.path.abspath(out) == os.path.abspath(history):
         raise click.UsageError(f"-o {out} would overwrite the history file")
-    try:
-        plot_history(history, out, title=title)
-    except FastnnError as exc:
-        # one line with exit status 1, also when the command runs outside the group
-        raise click.ClickException(str(exc)) from None
+    plot_history(history, out, title=title)
     click.echo(f"Wrote the learning curves to {out}")

@@ -4,7 +4,8 @@ import io
 import click
 import numpy as np
 
-from fastnn.cli.common import DATA_HELP, data_options, load, match_inputs, set_threads, threads_option
+from fastnn.cli.common import (DATA_HELP, Command, data_options, load, match_inputs, set_threads,
+                               threads_option)
 
 HELP = """Predict the class of each sample of DATA with MODEL, as CSV: one row per
 sample with its label (and with --proba the output activations).
@@ -17,7 +18,7 @@ Examples:
 """ + DATA_HELP
 
 
-@click.command(help=HELP)
+@click.command(cls=Command, help=HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data")
 @data_options

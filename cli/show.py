@@ -1,9 +1,7 @@
 """``fastnn show``."""
-import math
-
 import click
 
-from fastnn.cli.common import (DATA_HELP, data_options, load, match_inputs, set_threads,
+from fastnn.cli.common import (DATA_HELP, Command, data_options, load, match_inputs, set_threads,
                                threads_option)
 
 HELP = """Draw the samples of DATA (default: the mnist test split) that MODEL gets
@@ -33,7 +31,7 @@ def image_shape(ctx, param, value):
     return height, width
 
 
-@click.command(help=HELP)
+@click.command(cls=Command, help=HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data", required=False, default="mnist")
 @click.option("--misclassified", type=click.Path(dir_okay=False), metavar="FILE.png",
@@ -47,24 +45,15 @@ def image_shape(ctx, param, value):
 @threads_option
 def show(model, data, misclassified, count, image_shape, labels, label_col, limit, threads):
     from fastnn import load as load_model
-    from fastnn.exceptions import FastnnError
     from fastnn.plot import image_shape_for, plot_misclassified
 
     set_threads(threads)
-    try:
-        net = load_model(model)
-        # before loading DATA: a shape that cannot be drawn fails at once
-        n_inputs = net.sizes[0]
-        if image_shape is None and math.isqrt(n_inputs) ** 2 != n_inputs:
-            raise click.ClickException(f"{model} takes {n_inputs} inputs, not a square number, "
-                                       f"so not a square image; give --image-shape HEIGHTxWIDTH")
-        image_shape_for(n_inputs, image_shape)
-        dataset = load(data, "test", labels, label_col, n_features=net.sizes[0], limit=limit)
-        X = match_inputs(net, dataset.X)
-        shown = plot_misclassified(net, X, dataset.y, misclassified, n=count,
-                                   image_shape=image_shape)
-    except FastnnError as exc:
-        # one line with exit status 1, also when the command runs outside the group
-        raise click.ClickException(str(exc)) from None
+    net = load_model(model)
+    # before loading DATA: a shape that cannot be drawn fails at once
+    image_shape_for(net.sizes[0], image_shape, hint="give --image-shape HEIGHTxWIDTH")
+    dataset = load(data, "test", labels, label_col, n_features=net.sizes[0], limit=limit)
+    X = match_inputs(net, dataset.X)
+    shown = plot_misclassified(net, X, dataset.y, misclassified, n=count,
+                               image_shape=image_shape)
     click.echo(f"Wrote the {len(shown)} worst-classified samples of {dataset.source} "
                f"to {misclassified}")

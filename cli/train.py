@@ -7,7 +7,7 @@ from click.core import ParameterSource
 
 from fastnn.activations import ACTIVATIONS
 from fastnn.datasets import DATASETS
-from fastnn.cli.common import (DATA_HELP, data_options, echo_json, jsonable, load, match_inputs,
+from fastnn.cli.common import (DATA_HELP, Command, data_options, echo_json, jsonable, load, match_inputs,
                                set_threads, threads_option)
 from fastnn.initializers import INITIALIZERS
 from fastnn.losses import LOSSES
@@ -71,7 +71,7 @@ def choice(registry, exclude=()):
     return click.Choice(sorted(n for n in registry if n not in exclude))
 
 
-@click.command(help=HELP)
+@click.command(cls=Command, help=HELP)
 @click.argument("data", required=False)
 @click.option("-o", "--out", type=click.Path(dir_okay=False),
               help="Save the model here (safetensors) [default with --resume: that file].")

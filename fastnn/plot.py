@@ -318,14 +318,15 @@ def _check_matrix(matrix):
 
 # ----------------------------------------------------------- misclassified
 
-def image_shape_for(n_inputs, image_shape=None):
+def image_shape_for(n_inputs, image_shape=None, hint="give image_shape=(height, width)"):
     """(height, width) of a sample drawn as an image: image_shape checked,
-    or the square one for a square number of inputs."""
+    or the square one for a square number of inputs (else a DataError
+    ending in `hint`)."""
     if image_shape is None:
         side = math.isqrt(n_inputs)
         if side * side != n_inputs:
             raise DataError(f"cannot draw {n_inputs} inputs as an image: not a square number; "
-                            f"give image_shape=(height, width)")
+                            f"{hint}")
         return side, side
     try:
         height, width = (int(d) for d in image_shape)

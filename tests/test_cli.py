@@ -500,3 +500,14 @@ def test_val_data_is_scaled_like_the_training_data(files, tmp_path):
                  "--epochs", "1", "--json")
     final = json.loads(result.stdout)["final"]
     assert final["val_loss"] == pytest.approx(final["test_loss"], rel=1e-6)
+
+
+def test_every_command_gives_one_line_errors_on_its_own_too(tmp_path):
+    from fastnn.cli.common import Command
+    from fastnn.cli.evaluate import eval_command
+
+    assert all(isinstance(c, Command) for c in main.commands.values()), main.commands
+    # outside the group (as a script embedding one command would run it)
+    result = CliRunner().invoke(eval_command, [str(tmp_path / "nope.safetensors")])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path / 'nope.safetensors'}: no such model file\n"

@@ -275,7 +275,8 @@ def test_show_refuses_non_square_inputs_and_keeps_old_files(mpl, tmp_path):
     out = tmp_path / "grid.png"
     out.write_bytes(b"an older picture")
     line = one_error_line(invoke(show, model, data, "--misclassified", out, code=1))
-    assert "takes 12 inputs, not a square number" in line and "--image-shape" in line
+    assert line == ("Error: cannot draw 12 inputs as an image: not a square number; "
+                    "give --image-shape HEIGHTxWIDTH")
     line = one_error_line(invoke(show, model, data, "--misclassified", out, "--image-shape",
                                  "3x5", code=1))
     assert "an image of 3x5 has 15 pixels, but the samples have 12 inputs" in line
