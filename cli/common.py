@@ -71,9 +71,10 @@ def match_inputs(net, X):
     uint8 data goes to a network trained on floats unscaled, as floats.
     """
     if net.input_dtype == "uint8" and X.dtype != np.uint8:
-        if X.size and X.min() >= 0 and X.max() <= 255 and np.array_equal(X, np.round(X)):
-            return X.astype(np.uint8)
-    elif net.input_dtype in ("float32", "float64") and X.dtype == np.uint8:
+        from fastnn.data import pixels_or_floats
+
+        return pixels_or_floats(X)
+    if net.input_dtype in ("float32", "float64") and X.dtype == np.uint8:
         return X.astype(net.dtype)
     return X
 
