@@ -686,6 +686,11 @@ if __name__ == "__main__":
 '''
 
 
+# The activations _NUMPY_MODULE's _FUNCTIONS defines (a new fastnn
+# activation needs its NumPy form there before it can be exported).
+NUMPY_ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
+
+
 def numpy_paths(path):
     """(the .py path, the .npz path) for an output path with or without a suffix."""
     path = os.fspath(path)
@@ -698,7 +703,7 @@ def numpy_paths(path):
 def numpy_module(net, npz_name, source=None, module="model"):
     """The source of a NumPy-only module computing the network (a str); its
     weights are read from `npz_name`, relative to the module's own file."""
-    _check_exportable(net, ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax"))
+    _check_exportable(net, NUMPY_ACTIVATIONS)
     uint8 = net.input_dtype == "uint8"
     return _NUMPY_MODULE.format(
         description=_one_line(_description(net, source)), npz=npz_name,

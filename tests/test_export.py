@@ -471,3 +471,11 @@ def test_a_session_through_the_fastnn_command(mnist, tmp_path):
     predicted = fastnn_command("predict", "m.safetensors", "mnist").split()
     assert predicted[0] == "label" and len(predicted) == 10001
     assert run.stdout.split() == predicted[1:]
+
+
+def test_every_format_knows_every_fastnn_activation():
+    from fastnn.activations import ACTIVATIONS
+    from fastnn.export import C_ACTIVATIONS, NUMPY_ACTIVATIONS, ONNX_ACTIVATIONS
+
+    for known in (C_ACTIVATIONS, NUMPY_ACTIVATIONS, ONNX_ACTIVATIONS):
+        assert sorted(known) == sorted(ACTIVATIONS)
