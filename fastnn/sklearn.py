@@ -150,10 +150,8 @@ class _BaseMLP(BaseEstimator):
         partial_fit), with scikit-learn's stopping rules."""
         self._check_params()
         random_state = check_random_state(self.random_state)
+        # (when not fresh, validate_data(reset=False) has checked n_features)
         fresh = not (incremental or self.warm_start) or not hasattr(self, "network_")
-        if not fresh and self.network_.sizes[0] != X.shape[1]:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
-                             f"expecting {self.network_.sizes[0]} features as input.")
         if fresh:
             output, loss = self._output_and_loss()
             self.network_ = self._new_network(X.shape[1], Y.shape[1], output, loss, random_state)
