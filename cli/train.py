@@ -13,7 +13,7 @@ from fastnn.initializers import INITIALIZERS
 from fastnn.losses import LOSSES
 from fastnn.network import DTYPES
 from fastnn.optimizers import OPTIMIZERS
-from fastnn.training import AUGMENTATIONS
+from fastnn.training import AUGMENTATIONS, epoch_line
 
 # Options that describe the network: fixed by the model file when resuming.
 ARCHITECTURE = ("layers", "hidden", "activation", "output_activation", "loss", "init", "slope",
@@ -218,7 +218,7 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
             if "accuracy" in result:
                 record["test_accuracy"] = result["accuracy"]
         records.append(record)
-        say(_epoch_line(done_before + epoch + 1, run["epochs"], record))
+        say(epoch_line(done_before + epoch + 1, record, of=run["epochs"]))
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
             save_model()
 
@@ -236,9 +236,13 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
             click.echo(f"Interrupted: saved the model after {net.epochs_trained} epoch(s) to {out}; "
                        f"continue with: fastnn train --resume {out}", err=True)
         else:
-            click.echo("Interrupted (nothing saved: no -o MODEL given)", err=True)
+            if history:
+                _write_history(history, records, net)
+            click.echo("Interrupted (no model saved: no -o MODEL given)", err=True)
         ctx.exit(130)
     except TrainingDiverged as exc:
+        if history and not out:
+            _write_history(history, records, net)
         if out and records:
             save_model()
             raise click.ClickException(f"{exc} Saved the weights of the last good epoch to {out}.")
@@ -266,17 +270,6 @@ def _new_network(train_set, options):
               if options[k] is not None}
     return Network(sizes, activation=options["activation"] or "sigmoid",
                    output=options["output_activation"], **kwargs)
-
-
-def _epoch_line(run_epoch, run_epochs, metrics):
-    parts = [f"epoch {run_epoch}/{run_epochs}"]
-    for name in ("loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy"):
-        if name in metrics:
-            parts.append(f"{name} {metrics[name]:.4f}")
-    if "lr" in metrics:
-        parts.append(f"lr {metrics['lr']:.3g}")
-    parts.append(f"{metrics['seconds']:.2f}s")
-    return "  ".join(parts)
 
 
 def _progress_bar():

@@ -368,10 +368,11 @@ class Trainer:
         return hist
 
 
-def epoch_line(epoch, metrics):
-    """One line summing up an epoch: 'epoch 3  loss 0.0412  accuracy 0.9310 ...'."""
-    parts = [f"epoch {epoch}"]
-    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+def epoch_line(epoch, metrics, of=None):
+    """One line summing up an epoch: 'epoch 3  loss 0.0412  accuracy 0.9310 ...'
+    ('epoch 3/10 ...' with `of`)."""
+    parts = [f"epoch {epoch}" + (f"/{of}" if of is not None else "")]
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy"):
         if name in metrics:
             parts.append(f"{name} {metrics[name]:.4f}")
     parts.append(f"lr {metrics['lr']:.3g}")

@@ -275,6 +275,20 @@ def test_divergence_keeps_the_last_good_weights(tmp_path):
     saved = fastnn.load(model)
     assert all(np.isfinite(W).all() for W in saved.weights) and saved.epochs_trained >= 1
     assert "Saved the weights of the last good epoch" in result.output
+    # exactly the weights of a run that stops after those good epochs
+    good = tmp_path / "good.safetensors"
+    run("train", tmp_path / "big.npz", "--hidden", "8", "--activation", "relu",
+        "--output", "identity", "--optimizer", "momentum", "--momentum", "0.99",
+        "--lr", "0.05", "--epochs", saved.epochs_trained, "--seed", "0", "-o", good)
+    for W, W_good in zip(saved.weights, fastnn.load(good).weights):
+        np.testing.assert_array_equal(W, W_good)
+    # without -o, --history still keeps the good epochs
+    run("train", tmp_path / "big.npz", "--hidden", "8", "--activation", "relu",
+        "--output", "identity", "--optimizer", "momentum", "--momentum", "0.99",
+        "--lr", "0.05", "--epochs", "60", "--seed", "0", "--history", tmp_path / "h.json",
+        code=1)
+    kept = json.loads((tmp_path / "h.json").read_text())
+    assert kept["stopped"] == "diverged" and kept["epochs"] == saved.epochs_trained
     model.unlink()
     result = run("train", tmp_path / "big.npz", "--hidden", "8", "--activation", "relu",
                  "--output", "identity", "--lr", "1e6", "--seed", "0", "-o", model, code=1)
