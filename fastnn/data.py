@@ -11,6 +11,7 @@ images stay uint8.
 import csv
 import gzip
 import io
+import math
 import os
 import pickle
 import re
@@ -97,12 +98,17 @@ def parse_idx(data, name="IDX data"):
         raise DataError(f"{name} is truncated (incomplete IDX header)")
     shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = IDX_TYPES[kind]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # exact integers: a damaged header's dimensions can overflow int64
+    expected = math.prod(shape) * dtype.itemsize
     if len(data) - header != expected:
         what = "truncated" if len(data) - header < expected else "longer than its header says"
         raise DataError(f"{name} is {what}: shape {shape} needs {expected} bytes of data, "
                         f"it has {len(data) - header}")
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    except ValueError:
+        # an empty array whose other dimensions NumPy cannot address
+        raise DataError(f"{name} has an impossible shape {shape}") from None
     # a writable copy in native byte order, not a read-only view of the bytes
     return array.astype(dtype.newbyteorder("="))
 

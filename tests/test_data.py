@@ -69,13 +69,30 @@ def test_file_errors(tmp_path):
         read_idx(bad)
 
 
-@settings(max_examples=200, deadline=None)
-@given(blob=st.binary(max_size=64))
-def test_random_bytes_give_only_data_errors(blob):
+def test_an_empty_idx_array_with_enormous_dimensions_is_refused():
+    # found by the fuzz test below: NumPy cannot reshape to it (0 x 4e9 x 4e9)
+    head = bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (0, 2**32 - 1, 2**32 - 1))
+    with pytest.raises(DataError, match="impossible shape"):
+        parse_idx(head)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_damaged_idx_bytes_give_only_data_errors(data):
+    # headers that get past the magic number: known and unknown type codes,
+    # any rank, small and enormous dimensions, payloads of any length
+    kind = data.draw(st.sampled_from([*CODES.values(), 0x00, 0x0A, 0xFF]))
+    dims = data.draw(st.lists(st.one_of(st.integers(0, 4), st.integers(0, 2**32 - 1)),
+                              max_size=5))
+    head = bytes([0, 0, kind, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    blob = damage(data, head + data.draw(st.binary(max_size=64)), max_random=64)
     try:
-        parse_idx(blob)
+        array = parse_idx(blob)
     except DataError:
-        pass
+        return
+    assert array.ndim == blob[3] and array.dtype.isnative
+    assert array.shape == tuple(int.from_bytes(blob[4 + 4 * i:8 + 4 * i], "big")
+                                for i in range(array.ndim))
 
 
 # Every format through load_data.
