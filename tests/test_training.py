@@ -99,8 +99,19 @@ def test_dropout_is_off_outside_training():
 
 
 def test_dropout_per_layer_and_only_hidden_layers():
-    X, y = make_classification(n=50)
-    Network([12, 8, 6, 4], seed=0).fit(X, y, epochs=1, dropout=[0.5, 0.0])
+    X, y = make_classification(n=50, dtype=np.float64)
+
+    def trained(rates, backend="cython"):
+        net = Network([12, 8, 6, 4], dtype="float64", seed=0, backend=backend)
+        net.fit(X, y, epochs=1, dropout=rates)
+        return net._params
+
+    # a rate of 0 is no dropout; each rate acts on its own layer; and the
+    # kernel drops the same units as the NumPy reference
+    assert_array_equal(trained([0.0, 0.0]), trained(0.0))
+    assert not np.array_equal(trained([0.5, 0.0]), trained([0.0, 0.5]))
+    assert not np.array_equal(trained([0.5, 0.0]), trained(0.0))
+    np.testing.assert_allclose(trained([0.5, 0.0]), trained([0.5, 0.0], "numpy"), atol=1e-12)
     with pytest.raises(ConfigError, match="one per hidden layer \\(2\\), not 3"):
         Network([12, 8, 6, 4], seed=0).fit(X, y, dropout=[0.1, 0.1, 0.1])
     with pytest.raises(ConfigError, match="this network has none"):
