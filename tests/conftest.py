@@ -88,3 +88,65 @@ def one_hot(y, k):
     Y = np.zeros((len(y), k))
     Y[np.arange(len(y)), y] = 1
     return Y
+
+
+# ---------------------------------------------------------------- hostile runs
+# A real `fastnn` subprocess under a memory and a time limit, and the checks
+# every hostile case shares: a clean refusal, nothing changed, no temp file.
+
+HOSTILE_MEMORY = 3 * 1024 ** 3     # RLIMIT_AS of each hostile run (bytes)
+HOSTILE_SECONDS = 120              # wall-clock limit of each hostile run
+
+
+def _limit_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (HOSTILE_MEMORY, HOSTILE_MEMORY))
+
+
+def run_fastnn(*args, cwd, memory=True, timeout=HOSTILE_SECONDS, env=None, input=None):
+    """`python -m fastnn ARGS` in cwd, as a real process (RLIMIT_AS of
+    HOSTILE_MEMORY unless memory=False); returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "fastnn", *[str(a) for a in args]], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env, input=input,
+                          preexec_fn=_limit_memory if memory else None)
+
+
+def snapshot(directory):
+    """{relative path: bytes or ('symlink', target) or ('special', mode)} of
+    everything under directory, to compare before and after a run."""
+    import stat
+
+    out = {}
+    for path in sorted(Path(directory).rglob("*")):
+        rel = str(path.relative_to(directory))
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("symlink", os.readlink(path))
+        elif stat.S_ISREG(st.st_mode):
+            out[rel] = path.read_bytes()
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir",)
+        else:
+            out[rel] = ("special", stat.S_IFMT(st.st_mode))
+    return out
+
+
+def assert_refused(proc, before=None, directory=None, codes=(1, 2)):
+    """proc failed cleanly: exit status in codes, at most two lines on stderr,
+    no traceback; with `before` (a snapshot of directory), nothing under
+    directory changed and no file was added (temp files included)."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode in codes, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert 1 <= len(lines) <= 2, proc.stderr[-2000:]
+    if before is not None:
+        after = snapshot(directory)
+        assert after.keys() == before.keys(), (sorted(after.keys() - before.keys()),
+                                               sorted(before.keys() - after.keys()))
+        changed = [k for k in before if before[k] != after[k]]
+        assert not changed, changed
