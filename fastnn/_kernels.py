@@ -5,11 +5,25 @@ Two backends implement the same functions with the same signatures:
 (pure NumPy: the test oracle and benchmark baseline). This module holds
 what both must agree on: the flat parameter layout, the status codes,
 control slots and hyper-parameter slots of ``train_epoch``, the
-counter-based random numbers, and the registry of backends.
+counter-based random numbers, the layer table, and the registry of backends.
 
-Flat parameter layout: for each layer l, its weights W_l of shape
-(sizes[l], sizes[l+1]) in row-major order, then its bias b_l of shape
-(sizes[l+1],). Optimizer state is rows of the same length; row 0 holds the
+The layer table (built by ``fastnn.plan.Plan.table``) is an int64 array
+with one row per layer the kernels run (Dense, Conv2D, MaxPool2D, L2Pool2D;
+Flatten and Dropout have no row: rows are already flat, and a dropout is a
+keep probability on the next row's input). Its columns (``T_*``) are the
+layer's kind, activation code, input and output shape (H, W, C), window
+(kh, kw), stride (sh, sw), zero padding at the top and left, and the
+offsets of its weights and biases in the flat parameter vector (-1 for
+pooling). Beside it, ``keep`` (float64, one per row) is the probability of
+keeping each unit of the row's input while training (1: no dropout).
+
+Activations are rows of samples, images in HWC order (NHWC for a batch),
+so a layer's output is the next one's input as it is.
+
+Flat parameter layout: layer by layer, its weights in row-major order, then
+its bias: a dense layer's W (I, O) and b (O,), a convolution's W (kh, kw,
+C, F) (HWIO) and b (F,). A dense stack therefore has the layout fastnn has
+always had. Optimizer state is rows of the same length; row 0 holds the
 gradient.
 """
 import importlib
@@ -32,24 +46,32 @@ NO_AUGMENT, SHIFT = 0, 1
 # Rows of a chunk: a batch larger than this is processed in chunks whose
 # gradients accumulate, so the workspace stays small (and cache-friendly).
 MAX_CHUNK = 1024
-# Random streams per row (0 = augmentation, l = dropout on layer l's output).
+# Random streams per row: 0 = augmentation, l = dropout on the input of
+# table row l (l >= 1), INPUT_STREAM = dropout on the network's input.
 MAX_STREAMS = 1024
+INPUT_STREAM = MAX_STREAMS - 1
+# Layer kinds (the kernels' codes).
+DENSE, CONV2D, MAXPOOL2D, L2POOL2D = 0, 1, 2, 3
+# Columns of the layer table.
+(T_KIND, T_ACT, T_IN_H, T_IN_W, T_IN_C, T_OUT_H, T_OUT_W, T_OUT_C, T_KH, T_KW, T_SH, T_SW,
+ T_PT, T_PL, T_W_OFF, T_B_OFF) = range(16)
+N_COLS = 16
 
 
-def n_params(sizes):
-    """Number of entries of the flat parameter vector for these layer sizes."""
-    return sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
-
-
-def param_views(params, sizes):
-    """The per-layer (W, b) views into a flat parameter vector."""
-    views, p = [], 0
-    for i, o in zip(sizes[:-1], sizes[1:]):
-        W = params[p:p + i * o].reshape(i, o)
-        p += i * o
-        b = params[p:p + o]
-        p += o
-        views.append((W, b))
+def param_views(params, table):
+    """The (W, b) views into a flat parameter vector of each table row that
+    has parameters: W (I, O) for a dense layer, (kh, kw, C, F) for a
+    convolution."""
+    views = []
+    for row in table:
+        if row[T_W_OFF] < 0:
+            continue
+        if row[T_KIND] == DENSE:
+            shape = (int(row[T_IN_H] * row[T_IN_W] * row[T_IN_C]), int(row[T_OUT_C]))
+        else:
+            shape = tuple(int(row[c]) for c in (T_KH, T_KW, T_IN_C, T_OUT_C))
+        w, o = int(row[T_W_OFF]), int(row[T_B_OFF])
+        views.append((params[w:o].reshape(shape), params[o:o + shape[-1]]))
     return views
 
 

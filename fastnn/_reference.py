@@ -6,11 +6,16 @@ time, and the ``backend="numpy"`` of ``Network``. It is vectorised over the
 mini-batch, as a careful NumPy user would write it: each batch is done in
 one piece (the kernels' chunking changes only round-off), and ``work`` and
 ``capacity`` arguments are accepted and ignored except to decide, as the
-kernels do, whether an SGD step is fused.
+kernels do, whether an SGD step is fused. The epoch walks the same layer
+table as the kernels (see fastnn._kernels).
 
-Legend: N = rows in a batch, I = fan-in, O = fan-out, L = layers.
+Each layer is a ``*_forward`` / ``*_backward`` pair, kept next to each
+other. Legend: N = rows (samples) in a batch, I = fan-in, O = fan-out,
+L = layers; images are (N, H, W, C), channels last; a window is kh x kw
+with strides (sh, sw), an output image (OH, OW, F), and K = kh*kw*C.
 """
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from fastnn import _kernels as K
 from fastnn._kernels import DIVERGED, DONE, ROWS_DONE, STEPS, STOP_REQUEST, STOPPED, param_views
@@ -21,7 +26,7 @@ from fastnn.optimizers import OPTIMIZERS
 OPTIMIZER = {o.code: o for o in OPTIMIZERS.values()}
 
 
-def workspace_size(sizes, capacity, dropout=()):
+def workspace_size(table, capacity, keep=()):
     """The reference needs no workspace."""
     return 0
 
@@ -33,15 +38,19 @@ def _as_float(X, dtype):
     return X.astype(dtype, copy=False)
 
 
-def _shifted(X, rows, positions, seed, dtype):
-    """X[rows] as side x side images, each shifted by its random (dx, dy)."""
-    side = int(round(np.sqrt(X.shape[1])))
-    images = _as_float(X[rows], dtype).reshape(-1, side, side)
-    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+def _shifted(X, rows, positions, seed, dtype, shape=None):
+    """X[rows] as (H, W, C) images (default: square, one channel), each
+    shifted by its random (dx, dy)."""
+    if shape is None:
+        side = int(round(np.sqrt(X.shape[1])))
+        shape = (side, side, 1)
+    H, W, C = shape
+    images = _as_float(X[rows], dtype).reshape(-1, H, W, C)
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
     d = K.shifts(seed, positions)
     # out[y, x] = image[y - dy, x - dx]: a window of the padded image
-    ys = np.arange(side)[None, :, None] + 2 - d[:, 1, None, None]
-    xs = np.arange(side)[None, None, :] + 2 - d[:, 0, None, None]
+    ys = np.arange(H)[None, :, None] + 2 - d[:, 1, None, None]
+    xs = np.arange(W)[None, None, :] + 2 - d[:, 0, None, None]
     return padded[np.arange(len(rows))[:, None, None], ys, xs].reshape(len(rows), -1)
 
 
@@ -51,35 +60,200 @@ def _dropout_mask(shape, keep, seed, positions, stream, dtype):
     return np.where(u < keep, dtype.type(1 / keep), dtype.type(0))
 
 
-def _forward(X, layers, acts, slope, keep=None, seed=0, positions=None):
-    """Activations [A_0, ..., A_L] and what each layer read: A_{l+1} =
-    act_l(in_l @ W_l + b_l), in_l = A_l * mask_l with inverted dropout."""
-    A, inputs, masks = [X], [], [None]
-    for l, ((W, b), code) in enumerate(zip(layers, acts)):
-        inputs.append(A[l] if masks[l] is None else A[l] * masks[l])
-        A.append(ACTIVATION[code].fn(inputs[l] @ W + b, slope))
+def _stream(l):
+    """The random stream of the dropout on table row l's input."""
+    return l if l > 0 else K.INPUT_STREAM
+
+
+# ----------------------------------------------------------------- layers
+
+def _padded_windows(X, kh, kw, sh, sw, pt, pl, OH, OW):
+    """(X zero-padded, its (N, OH, OW, kh, kw, C) windows as a view)."""
+    N, H, W, C = X.shape
+    pb = max(0, (OH - 1) * sh + kh - H - pt)
+    pr = max(0, (OW - 1) * sw + kw - W - pl)
+    Xp = np.pad(X, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if pt or pb or pl or pr else X
+    v = sliding_window_view(Xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :OH, :OW]
+    return Xp, v.transpose(0, 1, 2, 4, 5, 3)
+
+
+def conv2d_forward(X, W, b, stride, padding, out):
+    """out := X * W + b, the cross-correlation, by im2col and one GEMM.
+    X (N, H, W, C), W (kh, kw, C, F), b (F,), out (N, OH, OW, F); stride
+    (sh, sw); padding (top, left) rows and columns of zeros (the bottom and
+    right as many as the output needs)."""
+    N, OH, OW, F = out.shape
+    kh, kw, C, _ = W.shape
+    _, win = _padded_windows(X, kh, kw, *stride, *padding, OH, OW)
+    col = win.reshape(N * OH * OW, kh * kw * C)                 # im2col: rows are pixels
+    out[...] = (col @ W.reshape(-1, F) + b).reshape(out.shape)
+
+
+def conv2d_backward(X, W, D, stride, padding, dW, db, dX=None):
+    """dW := sum over pixels of im2col(X)^T @ D, db := sum of D, and, unless
+    dX is None, dX := col2im(D @ W^T), from  out = im2col(X) @ W + b.
+    X, dX (N, H, W, C), W, dW (kh, kw, C, F), D (N, OH, OW, F)."""
+    N, OH, OW, F = D.shape
+    kh, kw, C, _ = W.shape
+    sh, sw = stride
+    Xp, win = _padded_windows(X, kh, kw, sh, sw, *padding, OH, OW)
+    Dm = D.reshape(-1, F)
+    dW[...] = (win.reshape(-1, kh * kw * C).T @ Dm).reshape(dW.shape)
+    db[...] = Dm.sum(axis=0)
+    if dX is None:
+        return
+    dcol = (Dm @ W.reshape(-1, F).T).reshape(N, OH, OW, kh, kw, C)
+    dXp = np.zeros(Xp.shape, X.dtype)
+    for i in range(kh):             # col2im: each window position adds its share
+        for j in range(kw):
+            dXp[:, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] += dcol[:, :, :, i, j]
+    pt, pl = padding
+    dX[...] = dXp[:, pt:pt + X.shape[1], pl:pl + X.shape[2]]
+
+
+def _pool_windows(X, size, stride, OH, OW):
+    """The (N, OH, OW, kh*kw, C) windows of X, row-major within a window."""
+    kh, kw = size
+    _, win = _padded_windows(X, kh, kw, *stride, 0, 0, OH, OW)
+    return win.reshape(X.shape[0], OH, OW, kh * kw, X.shape[3])
+
+
+def maxpool_forward(X, size, stride, out, argmax):
+    """out := the maximum of each window, argmax := where it is, as the index
+    (y * W + x) * C + c within the sample. The first maximum of a window in
+    row-major order wins a tie; a NaN wins over numbers, and the last NaN
+    over earlier ones (PyTorch's rule: v > max or isnan(v)).
+    X (N, H, W, C), out and argmax (N, OH, OW, C)."""
+    N, OH, OW, C = out.shape
+    _, H, W, _ = X.shape
+    kh, kw = size
+    sh, sw = stride
+    win = _pool_windows(X, size, stride, OH, OW)
+    k = np.argmax(win, axis=3)                  # the first maximum, or the first NaN
+    nan = np.isnan(win)
+    last_nan = kh * kw - 1 - np.argmax(nan[:, :, :, ::-1], axis=3)
+    k = np.where(nan.any(axis=3), last_nan, k)
+    out[...] = np.take_along_axis(win, k[:, :, :, None], axis=3)[:, :, :, 0]
+    i, j = np.divmod(k, kw)
+    y = np.arange(OH)[None, :, None, None] * sh + i
+    x = np.arange(OW)[None, None, :, None] * sw + j
+    argmax[...] = (y * W + x) * C + np.arange(C)
+
+
+def maxpool_backward(D, argmax, dX):
+    """dX := D routed to where each maximum was (summed where windows
+    overlap).  D, argmax (N, OH, OW, C), dX (N, H, W, C)."""
+    N = D.shape[0]
+    flat = np.zeros((N, dX[0].size), dX.dtype)
+    np.add.at(flat, (np.arange(N)[:, None], argmax.reshape(N, -1)), D.reshape(N, -1))
+    dX[...] = flat.reshape(dX.shape)
+
+
+def l2pool_forward(X, size, stride, out):
+    """out := sqrt(sum x^2) over each window.  X (N, H, W, C), out (N, OH, OW, C)."""
+    N, OH, OW, C = out.shape
+    win = _pool_windows(X, size, stride, OH, OW)
+    out[...] = np.sqrt(np.einsum("nyxkc,nyxkc->nyxc", win, win))
+
+
+def l2pool_backward(X, Y, D, size, stride, dX):
+    """dX := sum over the windows holding x of x / y * dy (0 where y = 0),
+    from y = sqrt(sum x^2).  X, dX (N, H, W, C), Y, D (N, OH, OW, C)."""
+    N, OH, OW, C = Y.shape
+    kh, kw = size
+    sh, sw = stride
+    win = _pool_windows(X, size, stride, OH, OW)
+    ratio = np.divide(win, Y[:, :, :, None], out=np.zeros_like(win), where=Y[:, :, :, None] > 0)
+    share = (ratio * D[:, :, :, None]).reshape(N, OH, OW, kh, kw, C)
+    dX[...] = 0
+    for i in range(kh):
+        for j in range(kw):
+            dX[:, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] += share[:, :, :, i, j]
+
+
+# ----------------------------------------------------------------- network
+
+def _image(row, side):
+    """(H, W, C) of a table row's input (side 'in') or output ('out')."""
+    c = K.T_IN_H if side == "in" else K.T_OUT_H
+    return tuple(int(v) for v in row[c:c + 3])
+
+
+def _forward(X, params, table, slope, keep=None, seed=0, positions=None):
+    """Activations [A_0, ..., A_L], what each layer read (its input, dropped
+    out where keep < 1) and each max-pool's argmax."""
+    views = iter(param_views(params, table))
+    A, inputs, masks, extra = [X], [], [], []
+    for l, row in enumerate(table):
         mask = None
-        if keep is not None and l + 1 < len(layers) and keep[l + 1] < 1:
-            mask = _dropout_mask(A[-1].shape, keep[l + 1], seed, positions, l + 1, A[-1].dtype)
+        if keep is not None and keep[l] < 1:
+            mask = _dropout_mask(A[l].shape, keep[l], seed, positions, _stream(l), A[l].dtype)
         masks.append(mask)
-    return A, inputs, masks
+        x = A[l] if mask is None else A[l] * mask
+        inputs.append(x)
+        kind, N = row[K.T_KIND], len(x)
+        shape_out = (N, *_image(row, "out"))
+        geometry = (tuple(row[K.T_KH:K.T_KW + 1]), tuple(row[K.T_SH:K.T_SW + 1]))
+        y, aux = np.empty(shape_out, x.dtype), None
+        if kind == K.DENSE:
+            W, b = next(views)
+            y = x @ W + b
+        elif kind == K.CONV2D:
+            W, b = next(views)
+            conv2d_forward(x.reshape(N, *_image(row, "in")), W, b, geometry[1],
+                           tuple(row[K.T_PT:K.T_PL + 1]), y)
+        elif kind == K.MAXPOOL2D:
+            aux = np.empty(shape_out, np.int64)
+            maxpool_forward(x.reshape(N, *_image(row, "in")), *geometry, y, aux)
+        else:
+            l2pool_forward(x.reshape(N, *_image(row, "in")), *geometry, y)
+        extra.append(aux)
+        A.append(ACTIVATION[row[K.T_ACT]].fn(y.reshape(N, -1), slope))
+    return A, inputs, masks, extra
 
 
-def _backward(A, inputs, masks, delta, layers, acts, slope):
-    """Yield (l, dC/dW_l, dC/db_l), summed over the batch, from the last layer down.
+def _backward(A, inputs, masks, extra, delta, params, table, slope):
+    """Yield (l, dC/dW_l, dC/db_l) of each layer with parameters, summed
+    over the batch, from the last layer down; delta = dC/dz of the output.
 
-    delta^{l-1} = (delta^l @ W_l^T) * act'(z^{l-1}) [* mask] is computed
-    before the caller sees layer l's gradient, so it may update W_l in place.
+    The delta of a layer's input, (input gradient) * act'(z) [* mask], is
+    computed before the caller sees the layer's gradient, so it may update
+    the layer's weights in place.
     """
-    for l in range(len(layers) - 1, -1, -1):
-        W, _ = layers[l]
-        grad_W = inputs[l].T @ delta
-        grad_b = delta.sum(axis=0)
+    views = param_views(params, table)
+    k = len(views)
+    for l in range(len(table) - 1, -1, -1):
+        row = table[l]
+        kind, x, N = row[K.T_KIND], inputs[l], len(delta)
+        shape_in, shape_out = (N, *_image(row, "in")), (N, *_image(row, "out"))
+        geometry = (tuple(row[K.T_KH:K.T_KW + 1]), tuple(row[K.T_SH:K.T_SW + 1]))
+        grads, dx = None, None
+        if kind == K.DENSE:
+            k -= 1
+            W, _ = views[k]
+            grads = (x.T @ delta, delta.sum(axis=0))
+            if l > 0:
+                dx = delta @ W.T
+        elif kind == K.CONV2D:
+            k -= 1
+            W, b = views[k]
+            grads = (np.empty_like(W), np.empty_like(b))
+            dx = np.empty(shape_in, x.dtype) if l > 0 else None
+            conv2d_backward(x.reshape(shape_in), W, delta.reshape(shape_out), geometry[1],
+                            tuple(row[K.T_PT:K.T_PL + 1]), *grads, dx)
+        elif l > 0 and kind == K.MAXPOOL2D:
+            dx = np.empty(shape_in, x.dtype)
+            maxpool_backward(delta.reshape(shape_out), extra[l], dx)
+        elif l > 0:
+            dx = np.empty(shape_in, x.dtype)
+            l2pool_backward(x.reshape(shape_in), A[l + 1].reshape(shape_out),
+                            delta.reshape(shape_out), *geometry, dx)
         if l > 0:
-            delta = (delta @ W.T) * ACTIVATION[acts[l - 1]].derivative(A[l], slope)
+            delta = dx.reshape(N, -1) * ACTIVATION[table[l - 1][K.T_ACT]].derivative(A[l], slope)
             if masks[l] is not None:
                 delta *= masks[l]
-        yield l, grad_W, grad_b
+        if grads is not None:
+            yield k, grads[0], grads[1]
 
 
 def _output_delta(loss, act, A, Y, slope, weights=None):
@@ -98,24 +272,24 @@ def _count_correct(A, Y):
     return int(np.count_nonzero(A.argmax(axis=1) == Y.argmax(axis=1)))
 
 
-def penalty_grad(params, grad, sizes, l2, l1):
+def penalty_grad(params, grad, table, l2, l1):
     """grad_W += l2 W + l1 sign(W) for every layer's weights (not biases)."""
-    for (W, _), (G, _) in zip(param_views(params, sizes), param_views(grad, sizes)):
+    for (W, _), (G, _) in zip(param_views(params, table), param_views(grad, table)):
         if l2:
             G += W.dtype.type(l2) * W
         if l1:
             G += W.dtype.type(l1) * np.sign(W)
 
 
-def train_epoch(X, Y, order, params, state, sizes, activations, slope, loss, batch_size,
-                capacity, optimizer, hyper, dropout, sample_weight, augment, seed, work,
-                control):
+def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size, capacity,
+                optimizer, hyper, sample_weight, augment, seed, work, control):
     """One epoch of mini-batch training over X[order]; see fastnn._core.train_epoch."""
-    sizes = [int(s) for s in sizes]
-    layers = param_views(params, sizes)
-    grads = param_views(state[0], sizes)
+    table = np.asarray(table)
+    layers = param_views(params, table)
+    grads = param_views(state[0], table)
     dtype = params.dtype
-    keep = [1.0] + [1 - p for p in dropout] + [1.0] if len(dropout) else None
+    keep = np.asarray(keep, dtype=np.float64) if len(keep) else np.ones(len(table))
+    dropping = bool((keep < 1).any())
     fused = optimizer == OPTIMIZERS["sgd"].code and hyper[K.H_L1] == 0 and batch_size <= capacity
     lr = dtype.type(hyper[K.H_LR])
     decay = dtype.type(1 - hyper[K.H_LR] * hyper[K.H_L2])
@@ -126,58 +300,57 @@ def train_epoch(X, Y, order, params, state, sizes, activations, slope, loss, bat
         rows = order[start:start + batch_size]
         m = len(rows)
         # sample positions seed the dropout masks and the shifts; only then needed
-        positions = (np.arange(start, start + m) if keep is not None or augment == K.SHIFT
-                     else None)
+        positions = np.arange(start, start + m) if dropping or augment == K.SHIFT else None
         if augment == K.SHIFT:
-            x = _shifted(X, rows, positions, seed, dtype)
+            x = _shifted(X, rows, positions, seed, dtype, _image(table[0], "in"))
         else:
             x = _as_float(X[rows], dtype)
-        A, inputs, masks = _forward(x, layers, activations, slope, keep, seed, positions)
+        A, inputs, masks, extra = _forward(x, params, table, slope, keep if dropping else None,
+                                           seed, positions)
         y = Y[rows]
         weights = sample_weight[rows] if len(sample_weight) else None
-        batch_loss, delta = _output_delta(loss, activations[-1], A[-1], y, slope, weights)
+        batch_loss, delta = _output_delta(loss, table[-1][K.T_ACT], A[-1], y, slope, weights)
         if not np.isfinite(batch_loss):
             return DIVERGED, loss_sum, n_correct
         loss_sum += batch_loss
         n_correct += _count_correct(A[-1], y)
-        for l, grad_W, grad_b in _backward(A, inputs, masks, delta, layers, activations, slope):
-            W, b = layers[l]
+        for k, grad_W, grad_b in _backward(A, inputs, masks, extra, delta, params, table, slope):
+            W, b = layers[k]
             if fused:
                 if decay != 1:
                     W *= decay
                 W -= (lr / m) * grad_W
                 b -= (lr / m) * grad_b
             else:
-                grads[l][0][...] = grad_W / m
-                grads[l][1][...] = grad_b / m
+                grads[k][0][...] = grad_W / m
+                grads[k][1][...] = grad_b / m
         control[STEPS] += 1
         if not fused:
             if hyper[K.H_L2] or hyper[K.H_L1]:
-                penalty_grad(params, state[0], sizes, hyper[K.H_L2], hyper[K.H_L1])
+                penalty_grad(params, state[0], table, hyper[K.H_L2], hyper[K.H_L1])
             OPTIMIZER[optimizer].step(params, state, hyper, int(control[STEPS]))
         control[ROWS_DONE] += m
     return DONE, loss_sum, n_correct
 
 
-def predict(X, params, sizes, activations, slope, work, chunk, out, n_threads=1):
+def predict(X, params, table, slope, work, chunk, out, n_threads=1):
     """out := the network's output activations for every row of X (n_threads
     is ignored)."""
-    layers = param_views(params, [int(s) for s in sizes])
+    table = np.asarray(table)
     for start in range(0, len(X), chunk):
         rows = slice(start, start + chunk)
-        out[rows] = _forward(_as_float(X[rows], params.dtype), layers, activations, slope)[0][-1]
+        out[rows] = _forward(_as_float(X[rows], params.dtype), params, table, slope)[0][-1]
 
 
-def gradient(X, Y, params, sizes, activations, slope, loss, work, grad):
+def gradient(X, Y, params, table, slope, loss, work, grad):
     """grad := dC/dparams for the mean loss over X; returns sum_x C_x."""
-    sizes = [int(s) for s in sizes]
-    layers = param_views(params, sizes)
-    A, inputs, masks = _forward(_as_float(X, params.dtype), layers, activations, slope)
-    total, delta = _output_delta(loss, activations[-1], A[-1], Y, slope)
-    grads = param_views(grad, sizes)
-    for l, grad_W, grad_b in _backward(A, inputs, masks, delta, layers, activations, slope):
-        grads[l][0][...] = grad_W / len(X)
-        grads[l][1][...] = grad_b / len(X)
+    table = np.asarray(table)
+    A, inputs, masks, extra = _forward(_as_float(X, params.dtype), params, table, slope)
+    total, delta = _output_delta(loss, table[-1][K.T_ACT], A[-1], Y, slope)
+    grads = param_views(grad, table)
+    for k, grad_W, grad_b in _backward(A, inputs, masks, extra, delta, params, table, slope):
+        grads[k][0][...] = grad_W / len(X)
+        grads[k][1][...] = grad_b / len(X)
     return total
 
 

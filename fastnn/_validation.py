@@ -51,6 +51,20 @@ def check_X(X, n_features, name="X"):
     return np.ascontiguousarray(X)
 
 
+def image_rows(X, input_shape, name="X"):
+    """Images of a network's input shape (H, W, C) as rows in HWC order:
+    (n, H, W, C), and (n, H, W) when C = 1, become (n, H*W*C) (a view of a
+    C-contiguous array). Anything else is returned for check_X to judge."""
+    X = np.asarray(X)
+    if len(input_shape) != 3 or X.ndim not in (3, 4):
+        return X
+    H, W, C = input_shape
+    if X.shape[1:] == (H, W, C) or (C == 1 and X.shape[1:] == (H, W)):
+        return X.reshape(len(X), -1)
+    raise DataError(f"{name} has shape {X.shape}, but this network takes images of shape "
+                    f"(n, {H}, {W}, {C}) (channels last) or rows (n, {H * W * C})")
+
+
 def check_targets(y, n_samples, n_outputs, dtype, name="y"):
     """Targets as a (n_samples, n_outputs) array of `dtype`.
 

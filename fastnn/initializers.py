@@ -1,39 +1,69 @@
 """Weight initialisations, looked up by name.
 
-Each takes the layer sizes and a NumPy Generator and returns float64
-(W, b) pairs, which the network then casts to its dtype: the same seed
-gives the same starting point in float32 and float64.
+Each draws one layer's float64 (W, b) from its weight shape and fans (a
+dense layer (I, O) has fan-in I and fan-out O; a convolution (kh, kw, C, F)
+has fan-in kh*kw*C and fan-out kh*kw*F, as in PyTorch and Keras); the
+network then casts them to its dtype, so the same seed gives the same
+starting point in float32 and float64. Weights are drawn before biases,
+layer by layer, so a dense stack starts where it always has.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from fastnn.exceptions import lookup
 
 
-def nielsen(sizes, rng):
-    """W ~ N(0, 1/n_in), b ~ N(0, 1): Nielsen's network2 default."""
-    return [(rng.standard_normal((i, o)) / np.sqrt(i), rng.standard_normal(o))
-            for i, o in zip(sizes[:-1], sizes[1:])]
+@dataclass(frozen=True)
+class Initializer:
+    """A weight initialisation.
+
+    Attributes
+    ----------
+    name : str
+    draw : callable
+        ``draw(w_shape, fan_in, fan_out, rng) -> (W, b)``, float64, b of
+        shape ``(w_shape[-1],)``.
+    """
+
+    name: str
+    draw: Callable
+
+    def __call__(self, sizes, rng):
+        """(W, b) of each layer of the dense stack `sizes` (W of shape (I, O))."""
+        return [self.draw((i, o), i, o, rng) for i, o in zip(sizes[:-1], sizes[1:])]
+
+    def __repr__(self):
+        return f"Initializer({self.name!r})"
 
 
-def large(sizes, rng):
-    """W ~ N(0, 1), b ~ N(0, 1): Nielsen's chapter-1 network.py."""
-    return [(rng.standard_normal((i, o)), rng.standard_normal(o))
-            for i, o in zip(sizes[:-1], sizes[1:])]
+def _nielsen(shape, fan_in, fan_out, rng):
+    return rng.standard_normal(shape) / np.sqrt(fan_in), rng.standard_normal(shape[-1])
 
 
-def xavier(sizes, rng):
-    """W ~ U(-r, r), r = sqrt(6 / (n_in + n_out)) (Glorot uniform), b = 0."""
-    return [(rng.uniform(-1, 1, (i, o)) * np.sqrt(6.0 / (i + o)), np.zeros(o))
-            for i, o in zip(sizes[:-1], sizes[1:])]
+def _large(shape, fan_in, fan_out, rng):
+    return rng.standard_normal(shape), rng.standard_normal(shape[-1])
 
 
-def he(sizes, rng):
-    """W ~ N(0, 2/n_in) (Kaiming normal, for ReLU layers), b = 0."""
-    return [(rng.standard_normal((i, o)) * np.sqrt(2.0 / i), np.zeros(o))
-            for i, o in zip(sizes[:-1], sizes[1:])]
+def _xavier(shape, fan_in, fan_out, rng):
+    return rng.uniform(-1, 1, shape) * np.sqrt(6.0 / (fan_in + fan_out)), np.zeros(shape[-1])
 
 
-INITIALIZERS = {f.__name__: f for f in (nielsen, large, xavier, he)}
+def _he(shape, fan_in, fan_out, rng):
+    return rng.standard_normal(shape) * np.sqrt(2.0 / fan_in), np.zeros(shape[-1])
+
+
+INITIALIZERS = {i.name: i for i in [
+    # W ~ N(0, 1/fan_in), b ~ N(0, 1): Nielsen's network2 default
+    Initializer("nielsen", _nielsen),
+    # W ~ N(0, 1), b ~ N(0, 1): Nielsen's chapter-1 network.py
+    Initializer("large", _large),
+    # W ~ U(-r, r), r = sqrt(6 / (fan_in + fan_out)) (Glorot uniform), b = 0
+    Initializer("xavier", _xavier),
+    # W ~ N(0, 2/fan_in) (Kaiming normal, for ReLU layers), b = 0
+    Initializer("he", _he),
+]}
 
 
 def get_initializer(name):

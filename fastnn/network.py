@@ -14,12 +14,13 @@ import numpy as np
 
 from fastnn import _kernels, blas, training
 from fastnn._validation import (check_finite, check_targets, check_targets_fit_loss, check_X,
-                                nonnegative_float, positive_int)
+                                image_rows, nonnegative_float, positive_int)
 from fastnn.activations import get_activation
 from fastnn.exceptions import ConfigError, DataError
 from fastnn.initializers import get_initializer
 from fastnn.losses import get_loss
 from fastnn.metrics import predicted_labels
+from fastnn.plan import Plan
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -28,6 +29,9 @@ DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 # (512 measured best for [784, 256, 128, 10] and as good as any for
 # [784, 1024, 1024, 10]).
 PREDICT_CHUNK = 512
+# Entries of one thread's forward() workspace at most (16 MiB of float32):
+# a convolutional net's rows are wide, so its chunks are fewer rows.
+PREDICT_BUDGET = 4 * 1024 * 1024
 
 Gradient = namedtuple("Gradient", ["loss", "weights", "biases"])
 Gradient.__doc__ = """The mean loss over a batch and its gradients per layer."""
@@ -97,24 +101,15 @@ class Network:
 
     def __init__(self, sizes, activation="sigmoid", output=None, loss="mse", *,
                  dtype="float32", init="nielsen", seed=None, slope=0.01, backend="cython"):
-        self.sizes = self._check_sizes(sizes)
-        n_layers = len(self.sizes) - 1
-        hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
-        if not isinstance(activation, str) and len(hidden) != n_layers - 1:
-            raise ConfigError(f"activation lists one name per hidden layer: "
-                              f"{n_layers - 1} for sizes {list(self.sizes)}, not {len(hidden)}")
-        if output is None:
-            output = activation if isinstance(activation, str) else (hidden or ["sigmoid"])[-1]
-        for name in hidden:
-            if get_activation(name).output_only:
-                raise ConfigError(f"{name!r} can only be the output activation; "
-                                  f"choose another for the hidden layers")
-        get_activation(output)
-        self.activations = tuple(hidden) + (output,)
+        #: The layers resolved into shapes, activations, parameter offsets and
+        #: the kernel's table (fastnn.plan.Plan): the one source of all of them.
+        self.plan = Plan.parse(sizes, activation, output)
+        self.sizes = self.plan.sizes
+        self.activations = self.plan.activations
         self.loss = get_loss(loss).name
-        get_loss(loss).check_output(output)
+        get_loss(loss).check_output(self.output)
         self.dtype = _check_dtype(dtype)
-        self.init = get_initializer(init).__name__
+        self.init = get_initializer(init).name
         self.slope = nonnegative_float(slope, "slope")
         if seed is None:
             seed = secrets.randbits(63)
@@ -133,33 +128,30 @@ class Network:
         #: next fit() with the same optimizer.
         self.optimizer_state = None
 
-        self._params = np.empty(_kernels.n_params(self.sizes), dtype=self.dtype)
-        rng = np.random.default_rng(self.seed)
-        for (W, b), (W0, b0) in zip(self._views(), get_initializer(init)(self.sizes, rng)):
-            W[...] = W0
-            b[...] = b0
-
-    @staticmethod
-    def _check_sizes(sizes):
-        try:
-            sizes = tuple(sizes)
-        except TypeError:
-            raise ConfigError(f"sizes must be a list of layer widths, not {sizes!r}") from None
-        if len(sizes) < 2:
-            raise ConfigError(f"sizes needs an input and an output layer at least, not {list(sizes)}")
-        for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
-                raise ConfigError(f"layer sizes must be integers >= 1; got {list(sizes)}")
-        return tuple(int(s) for s in sizes)
+        self._params = np.empty(self.plan.n_params, dtype=self.dtype)
+        self.plan.init(self._params, get_initializer(init), np.random.default_rng(self.seed))
 
     # ------------------------------------------------------------------ state
 
     def _views(self):
-        return _kernels.param_views(self._params, self.sizes)
+        return self.plan.views(self._params)
+
+    @property
+    def layers(self):
+        """The layers, input to output (fastnn.layers objects; a Flatten is
+        implied before the first Dense layer after images)."""
+        return self.plan.layers
+
+    @property
+    def input_shape(self):
+        """The shape of one sample: (n,) or an image (H, W, C)."""
+        return self.plan.input_shape
 
     @property
     def weights(self):
-        """Per-layer weights, ``weights[l].shape == (sizes[l], sizes[l+1])``."""
+        """Weights of each layer that has them: ``(I, O)`` for a Dense layer
+        (``(sizes[l], sizes[l+1])`` in a dense stack), ``(kh, kw, C_in, F)``
+        (HWIO) for a Conv2D layer."""
         return ParamList([W for W, _ in self._views()], "weights")
 
     @weights.setter
@@ -168,7 +160,7 @@ class Network:
 
     @property
     def biases(self):
-        """Per-layer biases, ``biases[l].shape == (sizes[l+1],)``."""
+        """Biases of each layer that has them: ``(O,)`` or ``(F,)``."""
         return ParamList([b for _, b in self._views()], "biases")
 
     @biases.setter
@@ -211,17 +203,28 @@ class Network:
         self._kernels = _kernels.get_backend(self.backend)
 
     def __repr__(self):
-        hidden = self.activations[:-1]
+        plan = self.plan
+        hidden = [plan.activations[s.layer] for s in plan.slots[:-1]]
         act = hidden[0] if len(set(hidden)) == 1 else list(hidden)
-        return (f"Network({list(self.sizes)}, activation={act!r}, output={self.output!r}, "
+        if plan.plain_dense and not any(layer.activation for layer in plan.layers):
+            spec = list(self.sizes)
+        else:
+            spec = [plan.input_shape if len(plan.input_shape) > 1 else plan.input_shape[0],
+                    *plan.layers]
+        return (f"Network({spec!r}, activation={act!r}, output={self.output!r}, "
                 f"loss={self.loss!r}, dtype={str(self.dtype)!r}, seed={self.seed})")
 
     # ---------------------------------------------------------------- kernels
 
-    def _codes(self):
-        sizes = np.array(self.sizes, dtype=np.intp)
-        acts = np.array([get_activation(a).code for a in self.activations], dtype=np.int32)
-        return sizes, acts
+    def _rows(self, X, name="X"):
+        """X as the C-contiguous (n, features) rows the kernels take: 2-D rows,
+        or images (n, H, W) / (n, H, W, C) of the network's input shape."""
+        return check_X(image_rows(X, self.plan.input_shape, name), self.sizes[0], name)
+
+    def _chunk(self, n):
+        """Rows forward() pushes through the network at a time."""
+        per_row = sum(self.plan.widths())
+        return max(1, min(n, PREDICT_CHUNK, PREDICT_BUDGET // per_row))
 
     def _targets(self, X, y, name="y"):
         Y, labels = check_targets(y, len(X), self.sizes[-1], self.dtype, name)
@@ -327,7 +330,7 @@ class Network:
             On Ctrl-C, after the current batch: the weights are those after
             that batch, and ``self.history`` has the completed epochs.
         """
-        X = check_X(X, self.sizes[0])
+        X = self._rows(X)
         Y, labels = self._targets(X, y)
         weights = training.sample_weights(sample_weight, class_weight, labels, len(X),
                                           self.sizes[-1])
@@ -351,28 +354,27 @@ class Network:
     def check_data(self, X, y=None):
         """Raise DataError if (X, y) cannot be given to fit or evaluate: the
         checks fit runs first, without training."""
-        X = check_X(X, self.sizes[0])
+        X = self._rows(X)
         if y is not None:
             self._targets(X, y)
 
     def forward(self, X):
         """The output layer's activations for each row of X, shape (n, sizes[-1])."""
-        return self._forward(check_X(X, self.sizes[0]))
+        return self._forward(self._rows(X))
 
     def _forward(self, X):
-        sizes, acts = self._codes()
-        chunk = min(len(X), PREDICT_CHUNK)
+        table, _ = self.plan.table()
+        chunk = self._chunk(len(X))
         # several chunks: the threads take whole chunks in turn, each with a
         # single-threaded BLAS (faster than splitting every GEMM; see
         # benchmarks/README.md); one chunk: the BLAS's own threads
         n_chunks = -(-len(X) // max(chunk, 1))
         threads = (min(blas.get_num_threads(), n_chunks)
                    if n_chunks > 1 and self.backend == "cython" else 1)
-        work = np.empty(threads * self._kernels.workspace_size(sizes, chunk), dtype=self.dtype)
+        work = np.empty(threads * self._kernels.workspace_size(table, chunk), dtype=self.dtype)
         out = np.empty((len(X), self.sizes[-1]), dtype=self.dtype)
         with blas.single_threaded_blas() if threads > 1 else contextlib.nullcontext():
-            self._kernels.predict(X, self._params, sizes, acts, self.slope, work, chunk, out,
-                                  threads)
+            self._kernels.predict(X, self._params, table, self.slope, work, chunk, out, threads)
         return out
 
     def predict(self, X):
@@ -389,7 +391,7 @@ class Network:
             ``loss`` (the mean cost), ``accuracy`` (when y holds class labels
             or one-hot rows) and ``n`` (samples).
         """
-        X = check_X(X, self.sizes[0])
+        X = self._rows(X)
         Y, labels = self._targets(X, y)
         return self._evaluate(X, Y, labels)
 
@@ -410,14 +412,14 @@ class Network:
             ``(loss, weights, biases)``: the mean cost and the lists of
             dC/dW_l and dC/db_l, shaped like ``self.weights`` and ``self.biases``.
         """
-        X = check_X(X, self.sizes[0])
+        X = self._rows(X)
         Y, _ = self._targets(X, y)
-        sizes, acts = self._codes()
-        work = np.empty(self._kernels.workspace_size(sizes, len(X)), dtype=self.dtype)
+        table, _ = self.plan.table()
+        work = np.empty(self._kernels.workspace_size(table, len(X)), dtype=self.dtype)
         grad = np.empty_like(self._params)
-        total = self._kernels.gradient(X, Y, self._params, sizes, acts, self.slope,
+        total = self._kernels.gradient(X, Y, self._params, table, self.slope,
                                        get_loss(self.loss).code, work, grad)
-        views = _kernels.param_views(grad, self.sizes)
+        views = self.plan.views(grad)
         return Gradient(total / len(X), [W for W, _ in views], [b for _, b in views])
 
     def save(self, path):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastnn import _kernels
-from fastnn._validation import check_finite, check_X, nonnegative_float, positive_int
+from fastnn._validation import check_finite, nonnegative_float, positive_int
 from fastnn.exceptions import ConfigError, DataError, TrainingDiverged, lookup
 from fastnn.history import History
 from fastnn.losses import get_loss
@@ -25,6 +25,9 @@ from fastnn.optimizers import get_optimizer, hyper_array
 from fastnn.schedules import parse as parse_schedule
 
 AUGMENTATIONS = {"shift": _kernels.SHIFT}
+# Entries of a training workspace to aim at (128 MiB of float32): bounds the
+# rows of a chunk of a convolutional net; dense nets stay at MAX_CHUNK rows.
+TRAIN_BUDGET = 32 * 1024 * 1024
 
 
 @dataclass
@@ -89,7 +92,8 @@ def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, m
     eps = nonnegative_float(1e-8 if eps is None else eps, "eps", allow_zero=False)
     l2 = nonnegative_float(l2, "l2")
     l1 = nonnegative_float(l1, "l1")
-    dropout = _dropout_rates(dropout, len(net.sizes) - 2)
+    dropout = _dropout_rates(dropout, len(net.plan.hidden_dense),
+                             "hidden layer" if net.plan.plain_dense else "hidden Dense layer")
     if early_stopping is not None:
         early_stopping = positive_int(early_stopping, "early_stopping")
         if not has_validation:
@@ -97,23 +101,34 @@ def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, m
                               "or validation_split")
     if augment is not None:
         lookup(AUGMENTATIONS, "augment", augment)
-        side = round(math.sqrt(net.sizes[0]))
-        if side * side != net.sizes[0]:
-            raise ConfigError(f"augment='shift' needs square images, but the network takes "
-                              f"{net.sizes[0]} inputs")
+        image_shape(net)
     return Options(epochs, batch_size, lr, bool(shuffle), opt.name, momentum, betas, eps, l2, l1,
                    dropout, parse_schedule(lr_schedule), early_stopping, augment,
                    validation_split)
 
 
-def _dropout_rates(dropout, n_hidden):
+def image_shape(net):
+    """The (H, W, C) of the network's input images, for shift augmentation: its
+    input shape, or for a vector input of a square number n, (sqrt n, sqrt n, 1)."""
+    if net.plan.image_shape is not None:
+        return net.plan.image_shape
+    n = net.sizes[0]
+    side = round(math.sqrt(n))
+    if side * side != n:
+        raise ConfigError(f"augment='shift' needs square images, but the network takes {n} "
+                          f"inputs; give its input shape, e.g. Network([(28, 28, 1), ...])")
+    return (side, side, 1)
+
+
+def _dropout_rates(dropout, n_hidden, noun="hidden layer"):
     rates = [dropout] * n_hidden if isinstance(dropout, numbers.Real) else list(dropout)
     if len(rates) != n_hidden:
-        raise ConfigError(f"dropout takes one rate, or one per hidden layer ({n_hidden}), "
+        raise ConfigError(f"dropout takes one rate, or one per {noun} ({n_hidden}), "
                           f"not {len(rates)}")
     rates = [nonnegative_float(p, "dropout", below=1) for p in rates]
     if isinstance(dropout, numbers.Real) and dropout > 0 and n_hidden == 0:
-        raise ConfigError("dropout applies to hidden layers, and this network has none")
+        raise ConfigError(f"dropout applies to the outputs of {noun}s, and this network has "
+                          f"none" + ("" if noun == "hidden layer" else "; add Dropout layers"))
     return rates
 
 
@@ -126,7 +141,7 @@ def split_validation(X, Y, labels, weights, validation_data, validation_split, n
             X_val, y_val = validation_data
         except (TypeError, ValueError):
             raise ConfigError("validation_data must be a pair (X_val, y_val)") from None
-        X_val = check_X(X_val, net.sizes[0], "X_val")
+        X_val = net._rows(X_val, "X_val")
         Y_val, labels_val = net._targets(X_val, y_val, "y_val")
         return (X, Y, labels, weights), (X_val, Y_val, labels_val)
     if not validation_split:
@@ -211,6 +226,15 @@ def run_epoch(kernel, args, control, on_tick=None):
     return out["result"], interrupted
 
 
+def chunk_rows(plan, batch_size, n):
+    """Rows of a training chunk: a batch larger than this is done in chunks
+    whose gradients add up. At most MAX_CHUNK, and fewer when the rows are
+    wide (a convolutional net's), so the workspace stays about
+    TRAIN_BUDGET entries."""
+    per_row = 2 * sum(plan.widths())        # activations and deltas
+    return max(1, min(batch_size, n, _kernels.MAX_CHUNK, TRAIN_BUDGET // per_row))
+
+
 @dataclass
 class OptimizerState:
     """An optimizer's buffers, kept on the network between fit calls."""
@@ -240,18 +264,18 @@ class Trainer:
         if current is None or current.name != opt.name or current.state.shape[1] != net.n_params:
             net.optimizer_state = OptimizerState(opt.name, opt.new_state(net.n_params, dtype, options.lr))
         self.opt_state = net.optimizer_state
-        sizes, acts = net._codes()
-        capacity = min(options.batch_size, n, _kernels.MAX_CHUNK)
-        rates = np.array(options.dropout if any(options.dropout) else [], dtype=np.float64)
+        table, keep = net.plan.table(
+            options.dropout, image_shape(net) if options.augment == "shift" else None)
+        capacity = chunk_rows(net.plan, options.batch_size, n)
         kernels = net._kernels
         self.control = np.zeros(_kernels.N_CONTROL, dtype=np.int64)
         self.args = dict(
             X=self.X, Y=self.Y, order=np.arange(n, dtype=np.int64), params=net._params,
-            state=self.opt_state.state, sizes=sizes, activations=acts, slope=net.slope,
+            state=self.opt_state.state, table=table, keep=keep, slope=net.slope,
             loss=get_loss(net.loss).code, batch_size=options.batch_size, capacity=capacity,
-            optimizer=opt.code, hyper=None, dropout=rates, sample_weight=self.sample_weight,
+            optimizer=opt.code, hyper=None, sample_weight=self.sample_weight,
             augment=AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT), seed=0,
-            work=np.empty(kernels.workspace_size(sizes, capacity, rates), dtype=dtype),
+            work=np.empty(kernels.workspace_size(table, capacity, keep), dtype=dtype),
             control=self.control)
         self.snapshot = np.empty_like(net._params)
 

@@ -1,24 +1,47 @@
-"""fastnn._core: the compiled kernels of a fully-connected network.
+"""fastnn._core: the compiled kernels of a feedforward network.
 
-Legend: N = rows (samples) in a chunk, I = fan-in, O = fan-out, L = layers,
-P = parameters, m = rows in a mini-batch. Every array is C-contiguous and
+Legend: N = rows (samples) in a chunk, I = fan-in, O = fan-out, L = layers
+(rows of the layer table), P = parameters, m = rows in a mini-batch. Images
+are H x W x C, channels last (a batch is NHWC), so every sample is one
+contiguous row of H*W*C entries and a layer's output is the next one's input
+as it is. A convolution has a kh x kw window, strides (sh, sw), pt / pl rows
+and columns of zeros at the top / left, F filters, an (OH, OW, F) output and
+K = kh*kw*C entries per receptive field. Every array is C-contiguous and
 row-major; samples are rows.
 
-Flat parameter vector (the layout of ``fastnn._kernels``): for
-l = 0 .. L-1, layer l's weights W_l (I_l, O_l) row-major, then its bias
-b_l (O_l,). Optimizer state is rows of the same length: ``state[0]`` is the
+The layer table (``fastnn._kernels``; built by ``fastnn.plan.Plan``) has one
+int64 row per layer: kind, activation, input and output shape, window,
+stride, padding, and the offsets of the layer's weights and biases in the
+flat parameter vector. ``keep[l]`` is the probability of keeping each unit
+of layer l's input while training (inverted dropout; 1 = none). The epoch
+walks the table.
+
+Flat parameter vector: layer by layer, the weights in row-major order, then
+the bias: a dense layer's W (I, O) and b (O,), a convolution's W (kh, kw,
+C, F) (HWIO: as a (K, F) matrix it is the right operand of the im2col GEMM)
+and b (F,). Optimizer state is rows of the same length: ``state[0]`` is the
 gradient, ``state[1:]`` the optimizer's own buffers (velocity, Adam's
 moments, Rprop's previous gradient and step sizes).
 
 A mini-batch is processed in chunks of at most ``capacity`` rows (the
 workspace's size); their gradients accumulate in ``state[0]`` before one
 optimizer step. When a batch fits in one chunk and the optimizer is plain
-SGD without L1, the step is fused into the weight-gradient GEMM instead
+SGD without L1, the step is fused into the weight-gradient GEMMs instead
 (alpha = -lr/m, beta = 1 - lr*l2/n) and ``state[0]`` is not touched.
 
-Workspace of a chunk (``workspace_size``): the activations A_0 .. A_L,
-for each hidden layer with dropout its mask and masked activations, a
-delta buffer and a bias-gradient (column-sum) buffer per layer, and the
+A convolution is im2col + GEMM: the rows of the im2col matrix are output
+pixels (N*OH*OW of them, K entries each), so ``im2col(A) @ W + b`` is the
+NHWC output itself. The rows are done in blocks of ``block`` rows sized so
+that a block of the im2col matrix stays in the L2 cache; the backward pass
+computes the input gradient (GEMM with W^T, then col2im) block by block
+before any weight changes, then the weight gradient, rebuilding each
+im2col block (cheaper than keeping the whole matrix: it would not fit in
+the cache). The first layer's input gradient is never computed.
+
+Workspace of a chunk (``workspace_size``): the activations A_0 .. A_L, for
+each activation with dropout its mask and masked copy, a delta buffer per
+activation but A_0, a bias-gradient (column-sum) buffer per layer with
+parameters, the argmax indices of each max-pool, one im2col block, and the
 targets and sample weights of the chunk.
 
 Each kernel comes in two layers: a ``cdef ... noexcept nogil`` function that
@@ -99,9 +122,39 @@ cpdef enum:
     N_CONTROL = 3
 
 # Random streams: a row's key mixes the epoch seed, the row's position in
-# the epoch and a stream number (0 = augmentation, l = dropout on A_l).
+# the epoch and a stream number (0 = augmentation, l = dropout on A_l for
+# l >= 1, INPUT_STREAM = dropout on the input A_0).
 cpdef enum:
     MAX_STREAMS = 1024
+    INPUT_STREAM = 1023
+
+# Layer kinds; fastnn._kernels holds the same numbers.
+cpdef enum:
+    DENSE = 0
+    CONV2D = 1
+    MAXPOOL2D = 2
+    L2POOL2D = 3
+    N_KINDS = 4
+
+# Columns of the layer table; fastnn._kernels holds the same numbers.
+cpdef enum:
+    T_KIND = 0
+    T_ACT = 1
+    T_IN_H = 2
+    T_IN_W = 3
+    T_IN_C = 4
+    T_OUT_H = 5
+    T_OUT_W = 6
+    T_OUT_C = 7
+    T_KH = 8
+    T_KW = 9
+    T_SH = 10
+    T_SW = 11
+    T_PT = 12
+    T_PL = 13
+    T_W_OFF = 14
+    T_B_OFF = 15
+    N_COLS = 16
 
 ctypedef fused input_t:
     uint8_t
@@ -113,85 +166,150 @@ cdef enum:
     N_LOSSES = 2
     N_OPTIMIZERS = 5
 
-# BLAS takes 32-bit dimensions.
+# BLAS takes 32-bit dimensions; int32 argmax indices, too.
 cdef Py_ssize_t INT_MAX = 2147483647
 
+# Entries of one im2col block: 32768 floats are 128 kB, which stays in the
+# L2 cache beside the GEMM's packed panels. A block has at least MIN_BLOCK
+# rows, however long they are, so that its GEMM is not a sliver.
+cdef Py_ssize_t COL_ENTRIES = 32768
+cdef Py_ssize_t MIN_BLOCK = 32
+
 
 # --------------------------------------------------------------------------
-# Layout: where each layer's parameters and buffers live.
+# Layout: each layer's geometry, and where its parameters and buffers live.
 # --------------------------------------------------------------------------
+
+cdef struct Geometry:
+    # one row of the layer table, decoded, and the buffers of that layer
+    int kind
+    int act
+    Py_ssize_t in_h, in_w, in_c, out_h, out_w, out_c
+    Py_ssize_t kh, kw, sh, sw, pt, pl
+    Py_ssize_t n_in              # entries of a sample's input, in_h*in_w*in_c
+    Py_ssize_t n_out             # entries of a sample's output
+    Py_ssize_t pixels            # out_h*out_w
+    Py_ssize_t K                 # convolution: kh*kw*in_c
+    Py_ssize_t block             # convolution: im2col rows per block
+    Py_ssize_t w_off, b_off      # offsets of W and b in params (-1: none)
+    Py_ssize_t colsum_off        # bias gradient (out_c entries), -1 if none
+    Py_ssize_t idx_off           # max-pool: int32 argmax of each output entry, -1 if none
+
 
 cdef struct Layout:
     Py_ssize_t n_layers          # L
     Py_ssize_t capacity          # N: rows the workspace holds
     Py_ssize_t n_params          # P
-    Py_ssize_t* size             # size[l], l = 0..L (points into the caller's array)
-    Py_ssize_t* w_off            # offset of W_l in params, l = 0..L-1
-    Py_ssize_t* b_off            # offset of b_l in params
+    Geometry* layer              # layer[l], l = 0..L-1
     Py_ssize_t* a_off            # offset of A_l in the workspace, l = 0..L
     Py_ssize_t* in_off           # what layer l reads: A_l, or its dropped-out copy
     Py_ssize_t* mask_off         # dropout mask of A_l (0 or 1/keep), -1 if none
-    Py_ssize_t* d_off            # delta of A_l, l = 1..L (one buffer each)
-    Py_ssize_t* colsum_off       # bias gradient of layer l (O_l entries)
+    Py_ssize_t* d_off            # delta of A_l, l = 1..L; -1 for A_0
     double* keep                 # keep probability of A_l (1 = no dropout)
+    Py_ssize_t col_off           # the im2col block
     Py_ssize_t y_off             # chunk targets
     Py_ssize_t sw_off            # chunk sample weights
     Py_ssize_t work_size         # entries the workspace needs
 
 
-cdef int layout_init(Layout* lay, Py_ssize_t* sizes, Py_ssize_t n_layers,
-                     Py_ssize_t capacity, const double* dropout) noexcept nogil:
-    """Fill lay from the sizes and, for hidden layers, dropout rates
-    (dropout[l - 1] for A_l; NULL for none). Returns -1 if malloc failed."""
-    cdef Py_ssize_t l, p = 0, a = 0, L1 = n_layers + 1
+cdef void geometry_init(Geometry* g, const int64_t* row, Py_ssize_t capacity) noexcept nogil:
+    """Decode one table row (its buffer offsets are left to layout_init)."""
+    g.kind = <int> row[T_KIND]
+    g.act = <int> row[T_ACT]
+    g.in_h = row[T_IN_H]
+    g.in_w = row[T_IN_W]
+    g.in_c = row[T_IN_C]
+    g.out_h = row[T_OUT_H]
+    g.out_w = row[T_OUT_W]
+    g.out_c = row[T_OUT_C]
+    g.kh = row[T_KH]
+    g.kw = row[T_KW]
+    g.sh = row[T_SH]
+    g.sw = row[T_SW]
+    g.pt = row[T_PT]
+    g.pl = row[T_PL]
+    g.w_off = row[T_W_OFF]
+    g.b_off = row[T_B_OFF]
+    g.n_in = g.in_h * g.in_w * g.in_c
+    g.pixels = g.out_h * g.out_w
+    g.n_out = g.pixels * g.out_c
+    g.K = g.kh * g.kw * g.in_c
+    g.block = 0
+    g.colsum_off = -1
+    g.idx_off = -1
+    if g.kind == CONV2D:
+        g.block = COL_ENTRIES // g.K
+        if g.block < MIN_BLOCK:
+            g.block = MIN_BLOCK
+        if g.block > capacity * g.pixels:
+            g.block = capacity * g.pixels
+
+
+cdef int layout_init(Layout* lay, const int64_t* table, Py_ssize_t n_layers,
+                     Py_ssize_t capacity, const double* keep) noexcept nogil:
+    """Fill lay from the layer table (n_layers rows of N_COLS) and the keep
+    probability of each layer's input (NULL: no dropout). Returns -1 if
+    malloc failed."""
+    cdef Py_ssize_t l, a = 0, col = 0, L1 = n_layers + 1
+    cdef Geometry* g
     lay.n_layers = n_layers
     lay.capacity = capacity
-    lay.size = sizes
-    lay.w_off = <Py_ssize_t*> malloc(7 * L1 * sizeof(Py_ssize_t) + L1 * sizeof(double))
-    if lay.w_off == NULL:
+    lay.layer = <Geometry*> malloc(n_layers * sizeof(Geometry)
+                                   + 5 * L1 * sizeof(Py_ssize_t) + L1 * sizeof(double))
+    if lay.layer == NULL:
         return -1
-    lay.b_off = lay.w_off + L1
-    lay.a_off = lay.b_off + L1
+    lay.a_off = <Py_ssize_t*> (lay.layer + n_layers)
     lay.in_off = lay.a_off + L1
     lay.mask_off = lay.in_off + L1
     lay.d_off = lay.mask_off + L1
-    lay.colsum_off = lay.d_off + L1
-    lay.keep = <double*> (lay.colsum_off + L1)
+    lay.keep = <double*> (lay.d_off + L1)
+    lay.n_params = 0
     for l in range(n_layers):
-        lay.w_off[l] = p
-        p += sizes[l] * sizes[l + 1]
-        lay.b_off[l] = p
-        p += sizes[l + 1]
-    lay.n_params = p
+        g = &lay.layer[l]
+        geometry_init(g, table + l * N_COLS, capacity)
+        if g.b_off >= 0:
+            lay.n_params = g.b_off + g.out_c
+        if g.kind == CONV2D and g.block * g.K > col:
+            col = g.block * g.K
+    # A_0 .. A_L
     for l in range(n_layers + 1):
         lay.a_off[l] = a
-        a += capacity * sizes[l]
+        a += capacity * (lay.layer[0].n_in if l == 0 else lay.layer[l - 1].n_out)
+    # dropout: a mask and the masked copy the next layer reads
     for l in range(n_layers + 1):
         lay.keep[l] = 1
-        if dropout != NULL and 0 < l < n_layers:
-            lay.keep[l] = 1 - dropout[l - 1]
+        if keep != NULL and l < n_layers:
+            lay.keep[l] = keep[l]
         lay.in_off[l] = lay.a_off[l]
         lay.mask_off[l] = -1
         if lay.keep[l] < 1:
             lay.mask_off[l] = a
-            lay.in_off[l] = a + capacity * sizes[l]
-            a += 2 * capacity * sizes[l]
+            lay.in_off[l] = a + capacity * (lay.layer[0].n_in if l == 0 else lay.layer[l - 1].n_out)
+            a = lay.in_off[l] + (lay.in_off[l] - lay.mask_off[l])
+    # deltas, then each layer's bias gradient and argmax indices
     lay.d_off[0] = -1
-    lay.colsum_off[n_layers] = -1
     for l in range(1, n_layers + 1):
+        g = &lay.layer[l - 1]
         lay.d_off[l] = a
-        a += capacity * sizes[l]
-        lay.colsum_off[l - 1] = a
-        a += sizes[l]
+        a += capacity * g.n_out
+        if g.b_off >= 0:
+            g.colsum_off = a
+            a += g.out_c
+        if g.kind == MAXPOOL2D:
+            # int32 entries in a floating buffer: one entry holds one index
+            g.idx_off = a
+            a += capacity * g.n_out
+    lay.col_off = a
+    a += col
     lay.y_off = a
-    lay.sw_off = lay.y_off + capacity * sizes[n_layers]
+    lay.sw_off = lay.y_off + capacity * lay.layer[n_layers - 1].n_out
     lay.work_size = lay.sw_off + capacity
     return 0
 
 
 cdef void layout_free(Layout* lay) noexcept nogil:
-    free(lay.w_off)
-    lay.w_off = NULL
+    free(lay.layer)
+    lay.layer = NULL
 
 
 # --------------------------------------------------------------------------
@@ -384,13 +502,16 @@ cdef void shift_offsets(uint64_t seed, int64_t position, int* dx, int* dy) noexc
     dy[0] = <int> ((h & <uint64_t> 0xFFFFFFFF) % 5) - 2
 
 
-cdef void gather_shifted(const input_t* X, Py_ssize_t side, const int64_t* rows,
-                         Py_ssize_t N, floating* out, uint64_t seed,
+
+
+cdef void gather_shifted(const input_t* X, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                         const int64_t* rows, Py_ssize_t N, floating* out, uint64_t seed,
                          int64_t first) noexcept nogil:
-    """out[r] := X[rows[r]], a side x side image, shifted by a random
-    (dx, dy) in -2..2 (Nielsen's expanded training data); pixels shifted in
-    from outside are 0. Row r is the epoch's row number first + r."""
-    cdef Py_ssize_t r, y, x, sy, sx, I = side * side
+    """out[r] := X[rows[r]], an H x W x C image, shifted by a random (dx, dy)
+    in -2..2 (Nielsen's expanded training data), every channel alike;
+    pixels shifted in from outside are 0. Row r is the epoch's row number
+    first + r."""
+    cdef Py_ssize_t r, y, x, c, sy, sx, I = H * W * C
     cdef int dx, dy
     cdef const input_t* src
     cdef floating* dst
@@ -398,17 +519,20 @@ cdef void gather_shifted(const input_t* X, Py_ssize_t side, const int64_t* rows,
         shift_offsets(seed, first + r, &dx, &dy)
         src = X + rows[r] * I
         dst = out + r * I
-        for y in range(side):
+        for y in range(H):
             sy = y - dy
-            for x in range(side):
+            for x in range(W):
                 sx = x - dx
-                if 0 <= sy < side and 0 <= sx < side:
-                    if input_t is uint8_t:
-                        dst[y * side + x] = (<floating> src[sy * side + sx]) / (<floating> 255)
-                    else:
-                        dst[y * side + x] = <floating> src[sy * side + sx]
+                if 0 <= sy < H and 0 <= sx < W:
+                    for c in range(C):
+                        if input_t is uint8_t:
+                            dst[(y * W + x) * C + c] = (
+                                (<floating> src[(sy * W + sx) * C + c]) / (<floating> 255))
+                        else:
+                            dst[(y * W + x) * C + c] = <floating> src[(sy * W + sx) * C + c]
                 else:
-                    dst[y * side + x] = 0
+                    for c in range(C):
+                        dst[(y * W + x) * C + c] = 0
 
 
 cdef void linear_forward_impl(const floating* A, const floating* W,
@@ -617,22 +741,13 @@ cdef void hidden_delta_impl(const floating* D_next, const floating* W_next,
             out[i] = out[i] * mask[i]
 
 
-cdef void param_update_impl(const floating* A, const floating* D,
-                            floating alpha, floating beta_w, floating beta_b,
-                            floating* W, floating* b, floating* colsum,
-                            Py_ssize_t N, Py_ssize_t I,
-                            Py_ssize_t O) noexcept nogil:
-    """W := beta_w W + alpha A^T @ D;  b := beta_b b + alpha sum_rows(D).
 
-    dC/dW = A^{l-1 T} delta^l and dC/db = sum_x delta^l, so with
-    alpha = -lr/m and beta_w = 1 - lr*l2/n this is the SGD step with L2
-    weight decay, done by the GEMM itself; with alpha = 1/m and betas 0 or
-    1 it writes or accumulates the mean gradient.  A (N, I), D (N, O), W (I, O).
-    """
+
+cdef void bias_update_impl(const floating* D, floating alpha, floating beta_b,
+                           floating* b, floating* colsum, Py_ssize_t N,
+                           Py_ssize_t O) noexcept nogil:
+    """b := beta_b b + alpha sum_rows(D).  D (N, O), b and colsum (O,)."""
     cdef Py_ssize_t r, j
-    # column-major W^T (O, I) = alpha D^T (O, N) @ A (N, I) + beta_w W^T
-    gemm(c'N', c'T', <int> O, <int> I, <int> N, alpha, D, <int> O, A, <int> I,
-         beta_w, W, <int> O)
     for j in range(O):
         colsum[j] = 0
     for r in range(N):
@@ -648,56 +763,355 @@ cdef void param_update_impl(const floating* A, const floating* D,
             b[j] = beta_b * b[j] + alpha * colsum[j]
 
 
-cdef void forward_impl(const floating* params, Layout* lay,
-                       const int32_t* acts, floating slope, const floating* A0,
-                       floating* work, floating* A_out, Py_ssize_t N,
-                       bint training, uint64_t seed, int64_t first) noexcept nogil:
-    """A_{l+1} := act_l(in_l @ W_l + b_l) for l = 0..L-1, from the inputs A0
-    (N, I_0) into A_out (N, O_L); the hidden layers live in the workspace.
+cdef void param_update_impl(const floating* A, const floating* D,
+                            floating alpha, floating beta_w, floating beta_b,
+                            floating* W, floating* b, floating* colsum,
+                            Py_ssize_t N, Py_ssize_t I,
+                            Py_ssize_t O) noexcept nogil:
+    """W := beta_w W + alpha A^T @ D;  b := beta_b b + alpha sum_rows(D).
 
-    in_l is A_l, or in training its dropped-out copy where layer l has
-    dropout; first is the epoch's row number of the chunk's first row.
+    dC/dW = A^{l-1 T} delta^l and dC/db = sum_x delta^l, so with
+    alpha = -lr/m and beta_w = 1 - lr*l2/n this is the SGD step with L2
+    weight decay, done by the GEMM itself; with alpha = 1/m and betas 0 or
+    1 it writes or accumulates the mean gradient.  A (N, I), D (N, O), W (I, O).
+    """
+    # column-major W^T (O, I) = alpha D^T (O, N) @ A (N, I) + beta_w W^T
+    gemm(c'N', c'T', <int> O, <int> I, <int> N, alpha, D, <int> O, A, <int> I,
+         beta_w, W, <int> O)
+    bias_update_impl(D, alpha, beta_b, b, colsum, N, O)
+
+
+# --------------------------------------------------------------------------
+# Convolution: im2col + GEMM, rows are output pixels.
+# --------------------------------------------------------------------------
+
+cdef void im2col(const floating* A, const Geometry* g, Py_ssize_t r0, Py_ssize_t nr,
+                 floating* col) noexcept nogil:
+    """col[r - r0] := the receptive field of output pixel r of the chunk, in
+    (ky, kx, c) order (the order of W's rows), zeros outside the image.
+    Pixel r is (n, oy, ox) with r = (n*OH + oy)*OW + ox.  A (N, H*W*C),
+    col (nr, K)."""
+    cdef Py_ssize_t r, n, p, oy, ox, ky, iy, ix0, lo, hi, j
+    cdef Py_ssize_t C = g.in_c, W = g.in_w, span = g.kw * g.in_c
+    cdef const floating* src
+    cdef const floating* s
+    cdef floating* d
+    for r in range(r0, r0 + nr):
+        n = r // g.pixels
+        p = r - n * g.pixels
+        oy = p // g.out_w
+        ox = p - oy * g.out_w
+        src = A + n * g.n_in
+        ix0 = ox * g.sw - g.pl
+        # the window's columns kx in [lo, hi) are inside the image
+        lo = -ix0 if ix0 < 0 else 0
+        hi = W - ix0 if W - ix0 < g.kw else g.kw
+        for ky in range(g.kh):
+            iy = oy * g.sh - g.pt + ky
+            d = col + (r - r0) * g.K + ky * span
+            if iy < 0 or iy >= g.in_h or lo >= hi:
+                for j in range(span):
+                    d[j] = 0
+                continue
+            for j in range(lo * C):
+                d[j] = 0
+            s = src + (iy * W + ix0) * C
+            for j in range(lo * C, hi * C):
+                d[j] = s[j]
+            for j in range(hi * C, span):
+                d[j] = 0
+
+
+cdef void col2im_add(const floating* col, const Geometry* g, Py_ssize_t r0, Py_ssize_t nr,
+                     floating* dA) noexcept nogil:
+    """dA += col2im(col): each entry of the receptive field of output pixel r
+    (row r - r0 of col) is added to the input entry it was read from (the
+    adjoint of im2col).  col (nr, K), dA (N, H*W*C)."""
+    cdef Py_ssize_t r, n, p, oy, ox, ky, iy, ix0, lo, hi, j
+    cdef Py_ssize_t C = g.in_c, W = g.in_w, span = g.kw * g.in_c
+    cdef const floating* s
+    cdef floating* d
+    for r in range(r0, r0 + nr):
+        n = r // g.pixels
+        p = r - n * g.pixels
+        oy = p // g.out_w
+        ox = p - oy * g.out_w
+        ix0 = ox * g.sw - g.pl
+        lo = -ix0 if ix0 < 0 else 0
+        hi = W - ix0 if W - ix0 < g.kw else g.kw
+        if lo >= hi:
+            continue
+        for ky in range(g.kh):
+            iy = oy * g.sh - g.pt + ky
+            if iy < 0 or iy >= g.in_h:
+                continue
+            s = col + (r - r0) * g.K + ky * span
+            d = dA + n * g.n_in + (iy * W + ix0) * C
+            for j in range(lo * C, hi * C):
+                d[j] += s[j]
+
+
+cdef void conv_forward_impl(const floating* A, const floating* W, const floating* b,
+                            floating* Z, floating* col, const Geometry* g, Py_ssize_t N,
+                            floating slope) noexcept nogil:
+    """Z := act(im2col(A) @ W + b), block by block of output pixels.
+    A (N, H*W*C), W (K, F), b (F,), Z (N*OH*OW, F) = (N, OH*OW*F), col (block, K).
+
+    The bias is folded into the GEMM (rows prefilled, beta = 1), and an
+    elementwise activation is applied to each block while it is in cache.
+    """
+    cdef Py_ssize_t blk, r0, nr, r, j, F = g.out_c, rows = N * g.pixels
+    cdef floating* z
+    for blk in range((rows + g.block - 1) // g.block):
+        r0 = blk * g.block
+        nr = g.block if r0 + g.block <= rows else rows - r0
+        im2col(A, g, r0, nr, col)
+        z = Z + r0 * F
+        for r in range(nr):
+            for j in range(F):
+                z[r * F + j] = b[j]
+        # column-major Z^T (F, nr) += W^T (F, K) @ col^T (K, nr)
+        gemm(c'N', c'N', <int> F, <int> nr, <int> g.K, 1, W, <int> F, col, <int> g.K,
+             1, z, <int> F)
+        if g.act != SOFTMAX:
+            activate_flat(g.act, slope, z, nr * F)
+    if g.act == SOFTMAX:
+        softmax_rows(Z, g.n_out, 0, N)
+
+
+cdef void conv_backward_impl(const floating* A, const floating* W, const floating* D,
+                             floating* dA, floating* col, const Geometry* g, Py_ssize_t N,
+                             floating alpha, floating beta_w, floating beta_b,
+                             floating* W_out, floating* b_out,
+                             floating* colsum) noexcept nogil:
+    """dA := col2im(D @ W^T) (unless dA is NULL), then
+    W_out := beta_w W_out + alpha im2col(A)^T @ D and
+    b_out := beta_b b_out + alpha sum_rows(D).
+
+    From Z = im2col(A) @ W + b: dC/dW = im2col(A)^T delta, dC/db = sum of
+    delta over pixels and samples, dC/dA = col2im(delta W^T). W_out may be
+    W itself (a fused SGD step): dA is complete before W changes.
+    A, dA (N, H*W*C), W, W_out (K, F), D (N*OH*OW, F), col (block, K).
+    """
+    cdef Py_ssize_t blk, r0, nr, i, F = g.out_c, rows = N * g.pixels
+    if dA != NULL:
+        for i in range(N * g.n_in):
+            dA[i] = 0
+        for blk in range((rows + g.block - 1) // g.block):
+            r0 = blk * g.block
+            nr = g.block if r0 + g.block <= rows else rows - r0
+            # column-major dcol^T (K, nr) = W (K, F) @ D^T (F, nr)
+            gemm(c'T', c'N', <int> g.K, <int> nr, <int> F, 1, W, <int> F, D + r0 * F,
+                 <int> F, 0, col, <int> g.K)
+            col2im_add(col, g, r0, nr, dA)
+    for blk in range((rows + g.block - 1) // g.block):
+        r0 = blk * g.block
+        nr = g.block if r0 + g.block <= rows else rows - r0
+        im2col(A, g, r0, nr, col)
+        # column-major W^T (F, K) = alpha D^T (F, nr) @ col (nr, K) + beta W^T
+        gemm(c'N', c'T', <int> F, <int> g.K, <int> nr, alpha, D + r0 * F, <int> F, col,
+             <int> g.K, beta_w if r0 == 0 else 1, W_out, <int> F)
+    bias_update_impl(D, alpha, beta_b, b_out, colsum, rows, F)
+
+
+# --------------------------------------------------------------------------
+# Pooling: windows of kh x kw, strides (sh, sw), channel by channel.
+# --------------------------------------------------------------------------
+
+cdef void maxpool_forward_impl(const floating* A, floating* out, int32_t* argmax,
+                               const Geometry* g, Py_ssize_t N) noexcept nogil:
+    """out := the maximum of each window, argmax := its index (y*W + x)*C + c
+    in the sample's row.  A (N, H*W*C), out and argmax (N, OH*OW*C).
+
+    The first maximum in row-major window order wins a tie; a NaN wins, and
+    a later NaN over an earlier one (PyTorch's v > max or isnan(v)).
+    """
+    cdef Py_ssize_t n, oy, ox, ky, kx, c, o, off, C = g.in_c
+    cdef const floating* src
+    cdef floating* dst
+    cdef int32_t* idx
+    cdef floating v
+    for n in range(N):
+        src = A + n * g.n_in
+        dst = out + n * g.n_out
+        idx = argmax + n * g.n_out
+        for oy in range(g.out_h):
+            for ox in range(g.out_w):
+                o = (oy * g.out_w + ox) * C
+                off = (oy * g.sh * g.in_w + ox * g.sw) * C
+                for c in range(C):
+                    dst[o + c] = src[off + c]
+                    idx[o + c] = <int32_t> (off + c)
+                for ky in range(g.kh):
+                    for kx in range(g.kw):
+                        if ky == 0 and kx == 0:
+                            continue
+                        off = ((oy * g.sh + ky) * g.in_w + ox * g.sw + kx) * C
+                        for c in range(C):
+                            v = src[off + c]
+                            if v > dst[o + c] or v != v:
+                                dst[o + c] = v
+                                idx[o + c] = <int32_t> (off + c)
+
+
+cdef void maxpool_backward_impl(const floating* D, const int32_t* argmax, floating* dA,
+                                const Geometry* g, Py_ssize_t N) noexcept nogil:
+    """dA := D routed to where each maximum was (added up where windows
+    overlap).  D, argmax (N, OH*OW*C), dA (N, H*W*C)."""
+    cdef Py_ssize_t n, i
+    cdef floating* d
+    for i in range(N * g.n_in):
+        dA[i] = 0
+    for n in range(N):
+        d = dA + n * g.n_in
+        for i in range(n * g.n_out, (n + 1) * g.n_out):
+            d[argmax[i]] += D[i]
+
+
+cdef void l2pool_forward_impl(const floating* A, floating* out, const Geometry* g,
+                              Py_ssize_t N) noexcept nogil:
+    """out := sqrt(sum x^2) over each window.  A (N, H*W*C), out (N, OH*OW*C)."""
+    cdef Py_ssize_t n, oy, ox, ky, kx, c, o, off, C = g.in_c
+    cdef const floating* src
+    cdef floating* dst
+    for n in range(N):
+        src = A + n * g.n_in
+        dst = out + n * g.n_out
+        for oy in range(g.out_h):
+            for ox in range(g.out_w):
+                o = (oy * g.out_w + ox) * C
+                for c in range(C):
+                    dst[o + c] = 0
+                for ky in range(g.kh):
+                    for kx in range(g.kw):
+                        off = ((oy * g.sh + ky) * g.in_w + ox * g.sw + kx) * C
+                        for c in range(C):
+                            dst[o + c] += src[off + c] * src[off + c]
+                for c in range(C):
+                    dst[o + c] = _sqrt(dst[o + c])
+
+
+cdef void l2pool_backward_impl(const floating* A, const floating* Y, const floating* D,
+                               floating* dA, const Geometry* g, Py_ssize_t N) noexcept nogil:
+    """dA := sum over the windows holding x of x / y * dy, 0 where y = 0
+    (from y = sqrt(sum x^2): dy/dx = x / y).  A, dA (N, H*W*C), Y, D (N, OH*OW*C)."""
+    cdef Py_ssize_t n, oy, ox, ky, kx, c, o, off, i, C = g.in_c
+    cdef const floating* src
+    cdef floating* d
+    cdef floating y
+    for i in range(N * g.n_in):
+        dA[i] = 0
+    for n in range(N):
+        src = A + n * g.n_in
+        d = dA + n * g.n_in
+        for oy in range(g.out_h):
+            for ox in range(g.out_w):
+                o = n * g.n_out + (oy * g.out_w + ox) * C
+                for ky in range(g.kh):
+                    for kx in range(g.kw):
+                        off = ((oy * g.sh + ky) * g.in_w + ox * g.sw + kx) * C
+                        for c in range(C):
+                            y = Y[o + c]
+                            if y > 0:
+                                d[off + c] += src[off + c] / y * D[o + c]
+
+
+# --------------------------------------------------------------------------
+# The network: forward and backward passes over the layer table.
+# --------------------------------------------------------------------------
+
+cdef void forward_impl(const floating* params, Layout* lay, floating slope,
+                       const floating* A0, floating* work, floating* A_out, Py_ssize_t N,
+                       bint training, uint64_t seed, int64_t first) noexcept nogil:
+    """A_{l+1} := layer_l(in_l) for l = 0..L-1, from the inputs A0 (N, I_0)
+    into A_out (N, O_L); the other activations live in the workspace.
+
+    in_l is A_l, or in training its dropped-out copy where layer l's input
+    has dropout; first is the epoch's row number of the chunk's first row.
     """
     cdef Py_ssize_t l, L = lay.n_layers
-    cdef Py_ssize_t* size = lay.size
+    cdef Geometry* g
     cdef const floating* src
     cdef floating* dst
     for l in range(L):
-        if l == 0:
-            src = A0
-        else:
+        g = &lay.layer[l]
+        if l > 0:
             src = work + (lay.in_off[l] if training else lay.a_off[l])
+        elif training and lay.mask_off[0] >= 0:
+            dropout_impl(A0, work + lay.mask_off[0], work + lay.in_off[0], N, g.n_in,
+                         lay.keep[0], seed, first, INPUT_STREAM)
+            src = work + lay.in_off[0]
+        else:
+            src = A0
         dst = A_out if l == L - 1 else work + lay.a_off[l + 1]
-        linear_forward_impl(src, params + lay.w_off[l], params + lay.b_off[l], dst,
-                            N, size[l], size[l + 1])
-        activate_impl(acts[l], slope, dst, N, size[l + 1])
+        if g.kind == DENSE:
+            linear_forward_impl(src, params + g.w_off, params + g.b_off, dst, N, g.n_in,
+                                g.n_out)
+            activate_impl(g.act, slope, dst, N, g.n_out)
+        elif g.kind == CONV2D:
+            conv_forward_impl(src, params + g.w_off, params + g.b_off, dst,
+                              work + lay.col_off, g, N, slope)
+        elif g.kind == MAXPOOL2D:
+            maxpool_forward_impl(src, dst, <int32_t*> (work + g.idx_off), g, N)
+        else:
+            l2pool_forward_impl(src, dst, g, N)
         if training and lay.mask_off[l + 1] >= 0:
             dropout_impl(dst, work + lay.mask_off[l + 1], work + lay.in_off[l + 1], N,
-                         size[l + 1], lay.keep[l + 1], seed, first, l + 1)
+                         g.n_out, lay.keep[l + 1], seed, first, l + 1)
 
 
-cdef void backward_impl(const floating* params, Layout* lay,
-                        const int32_t* acts, floating slope, floating* work,
-                        Py_ssize_t N, floating alpha, floating beta_w,
+cdef void backward_impl(const floating* params, Layout* lay, floating slope,
+                        floating* work, Py_ssize_t N, floating alpha, floating beta_w,
                         floating beta_b, floating* target) noexcept nogil:
     """Backpropagate the output delta (in the workspace's delta of A_L) and
     apply target := beta target + alpha grad layer by layer.
 
     target is params itself for a fused SGD step, or a gradient buffer of
-    the same layout. delta^{l-1} is computed from W_l before W_l changes.
+    the same layout. The delta of a layer's input, (input gradient) *
+    act'(z) [* mask], is computed from its weights before they change.
     """
     cdef Py_ssize_t l
-    cdef Py_ssize_t* size = lay.size
+    cdef Geometry* g
+    cdef int act_in
+    cdef floating* D
+    cdef floating* dA
+    cdef const floating* src
     cdef const floating* mask
     for l in range(lay.n_layers - 1, -1, -1):
+        g = &lay.layer[l]
+        D = work + lay.d_off[l + 1]
+        src = work + lay.in_off[l]
+        dA = work + lay.d_off[l] if l > 0 else NULL
+        mask = work + lay.mask_off[l] if l > 0 and lay.mask_off[l] >= 0 else NULL
+        act_in = lay.layer[l - 1].act if l > 0 else IDENTITY
+        if g.kind == DENSE:
+            if l > 0:
+                hidden_delta_impl(D, params + g.w_off, act_in, slope, work + lay.a_off[l],
+                                  mask, dA, N, g.n_in, g.n_out)
+            param_update_impl(src, D, alpha, beta_w, beta_b, target + g.w_off,
+                              target + g.b_off, work + g.colsum_off, N, g.n_in, g.n_out)
+            continue
+        if g.kind == CONV2D:
+            conv_backward_impl(src, params + g.w_off, D, dA, work + lay.col_off, g, N,
+                               alpha, beta_w, beta_b, target + g.w_off, target + g.b_off,
+                               work + g.colsum_off)
+        elif l == 0:
+            continue
+        elif g.kind == MAXPOOL2D:
+            maxpool_backward_impl(D, <int32_t*> (work + g.idx_off), dA, g, N)
+        else:
+            l2pool_backward_impl(src, work + lay.a_off[l + 1], D, dA, g, N)
         if l > 0:
-            mask = work + lay.mask_off[l] if lay.mask_off[l] >= 0 else NULL
-            hidden_delta_impl(work + lay.d_off[l + 1], params + lay.w_off[l], acts[l - 1],
-                              slope, work + lay.a_off[l], mask, work + lay.d_off[l], N,
-                              size[l], size[l + 1])
-        param_update_impl(work + lay.in_off[l], work + lay.d_off[l + 1], alpha, beta_w,
-                          beta_b, target + lay.w_off[l], target + lay.b_off[l],
-                          work + lay.colsum_off[l], N, size[l], size[l + 1])
+            activation_grad_impl(act_in, slope, work + lay.a_off[l], dA, N * g.n_in)
+            if mask != NULL:
+                multiply_impl(dA, mask, N * g.n_in)
+
+
+cdef void multiply_impl(floating* D, const floating* mask, Py_ssize_t n) noexcept nogil:
+    """D := D * mask, elementwise. D, mask (n,)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        D[i] = D[i] * mask[i]
 
 
 cdef void penalty_grad_impl(const floating* params, floating* grad, Layout* lay,
@@ -705,12 +1119,16 @@ cdef void penalty_grad_impl(const floating* params, floating* grad, Layout* lay,
     """grad_W += l2 W + l1 sign(W) for every layer's weights (not biases):
     the gradient of (lambda2/2n) sum w^2 + (lambda1/n) sum |w|."""
     cdef Py_ssize_t l, i
+    cdef Geometry* g
     for l in range(lay.n_layers):
+        g = &lay.layer[l]
+        if g.w_off < 0:
+            continue
         if l1 == 0:
-            for i in range(lay.w_off[l], lay.b_off[l]):
+            for i in range(g.w_off, g.b_off):
                 grad[i] = grad[i] + l2 * params[i]
         else:
-            for i in range(lay.w_off[l], lay.b_off[l]):
+            for i in range(g.w_off, g.b_off):
                 grad[i] = grad[i] + l2 * params[i] + l1 * _sign(params[i])
 
 
@@ -782,9 +1200,8 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
 cdef int train_epoch_impl(const input_t* X, const floating* Y,
                           const floating* sample_weight, const int64_t* order,
                           Py_ssize_t n, floating* params, floating* state,
-                          Layout* lay, const int32_t* acts, floating slope,
-                          int loss, Py_ssize_t batch_size, int opt,
-                          const double* hyper, int augment, Py_ssize_t side,
+                          Layout* lay, floating slope, int loss, Py_ssize_t batch_size,
+                          int opt, const double* hyper, int augment,
                           uint64_t seed, floating* work, int64_t* control,
                           double* loss_sum, int64_t* n_correct) noexcept nogil:
     """One epoch of mini-batch training over the rows X[order].
@@ -798,7 +1215,9 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
     batch, as soon as a chunk's loss is not finite.
     """
     cdef Py_ssize_t k, c, start, m, first, cm, r, L = lay.n_layers
-    cdef Py_ssize_t cap = lay.capacity, n_in = lay.size[0], n_out = lay.size[L]
+    cdef Geometry* g0 = &lay.layer[0]
+    cdef Py_ssize_t cap = lay.capacity, n_in = g0.n_in, n_out = lay.layer[L - 1].n_out
+    cdef int out_act = lay.layer[L - 1].act
     cdef floating* A0 = work + lay.a_off[0]
     cdef floating* A_out = work + lay.a_off[L]
     cdef floating* Yb = work + lay.y_off
@@ -815,7 +1234,7 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
             first = start + c * cap
             cm = cap if first + cap <= start + m else start + m - first
             if augment == SHIFT:
-                gather_shifted(X, side, order + first, cm, A0, seed, first)
+                gather_shifted(X, g0.in_h, g0.in_w, g0.in_c, order + first, cm, A0, seed, first)
             else:
                 gather_rows(X, n_in, order + first, cm, A0)
             gather_rows(Y, n_out, order + first, cm, Yb)
@@ -825,18 +1244,18 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
             # the next chunk's rows start loading while this one computes
             if first + cm < n:
                 prefetch_rows(X, n_in, order + first + cm, min(cap, n - first - cm))
-            forward_impl(params, lay, acts, slope, A0, work, A_out, cm, True, seed, first)
-            chunk_loss = output_delta_impl(loss, acts[L - 1], slope, A_out, Yb, swb,
+            forward_impl(params, lay, slope, A0, work, A_out, cm, True, seed, first)
+            chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
                                            work + lay.d_off[L], cm, n_out)
             if not isfinite(chunk_loss):
                 return DIVERGED
             loss_sum[0] += chunk_loss
             n_correct[0] += count_correct(A_out, Yb, cm, n_out)
             if fused:
-                backward_impl(params, lay, acts, slope, work, cm, -lr / m,
+                backward_impl(params, lay, slope, work, cm, -lr / m,
                               <floating> (1 - hyper[H_LR] * hyper[H_L2]), 1, params)
             else:
-                backward_impl(params, lay, acts, slope, work, cm, (<floating> 1) / m,
+                backward_impl(params, lay, slope, work, cm, (<floating> 1) / m,
                               0 if c == 0 else 1, 0 if c == 0 else 1, state)
         control[STEPS] += 1
         if not fused:
@@ -849,9 +1268,8 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
 
 
 cdef void predict_impl(const input_t* X, Py_ssize_t n, const floating* params,
-                       Layout* lay, const int32_t* acts, floating slope,
-                       floating* work, Py_ssize_t work_size, const int64_t* rows,
-                       floating* out, Team* team) noexcept nogil:
+                       Layout* lay, floating slope, floating* work, Py_ssize_t work_size,
+                       const int64_t* rows, floating* out, Team* team) noexcept nogil:
     """out := network(X), chunk by chunk of lay.capacity rows, no dropout.
 
     The threads of a team take whole chunks in turn, each in its own
@@ -859,7 +1277,8 @@ cdef void predict_impl(const input_t* X, Py_ssize_t n, const floating* params,
     Rows of X already in the network's dtype are read in place; others are
     converted into the workspace. Outputs go straight into out.
     """
-    cdef Py_ssize_t j, start, m, I = lay.size[0], n_out = lay.size[lay.n_layers]
+    cdef Py_ssize_t j, start, m, I = lay.layer[0].n_in
+    cdef Py_ssize_t n_out = lay.layer[lay.n_layers - 1].n_out
     cdef Py_ssize_t n_chunks = (n + lay.capacity - 1) // lay.capacity
     cdef floating* mine = work + team.id * work_size
     cdef const floating* A0
@@ -871,18 +1290,17 @@ cdef void predict_impl(const input_t* X, Py_ssize_t n, const floating* params,
         else:
             gather_rows(X, I, rows + start, m, mine + lay.a_off[0])
             A0 = mine + lay.a_off[0]
-        forward_impl(params, lay, acts, slope, A0, mine, out + start * n_out, m, False, 0, 0)
+        forward_impl(params, lay, slope, A0, mine, out + start * n_out, m, False, 0, 0)
 
 
 cdef void predict_team(const input_t* X, Py_ssize_t n, const floating* params,
-                       Layout* lay, const int32_t* acts, floating slope,
-                       floating* work, Py_ssize_t work_size, const int64_t* rows,
-                       floating* out) noexcept nogil:
+                       Layout* lay, floating slope, floating* work, Py_ssize_t work_size,
+                       const int64_t* rows, floating* out) noexcept nogil:
     """predict_impl as this thread's part of the current OpenMP team."""
     cdef Team team
     team.id = thread_id()
     team.size = team_size()
-    predict_impl(X, n, params, lay, acts, slope, work, work_size, rows, out, &team)
+    predict_impl(X, n, params, lay, slope, work, work_size, rows, out, &team)
 
 
 # --------------------------------------------------------------------------
@@ -894,23 +1312,60 @@ cdef _check(bint ok, str message):
         raise ValueError(message)
 
 
-cdef _check_dims(Py_ssize_t[::1] sizes):
-    cdef Py_ssize_t l
-    _check(sizes.shape[0] >= 2, "sizes needs at least an input and an output layer")
-    _check(sizes.shape[0] <= MAX_STREAMS, f"at most {MAX_STREAMS - 1} layers")
-    for l in range(sizes.shape[0]):
-        _check(0 < sizes[l] <= INT_MAX, f"layer size {sizes[l]} is outside [1, {INT_MAX}]")
-
-
-cdef _check_activations(const int32_t[::1] acts, Py_ssize_t n_layers, double slope):
-    _check(acts.shape[0] == n_layers,
-           f"{acts.shape[0]} activation codes for {n_layers} layers")
-    for l in range(n_layers):
-        _check(0 <= acts[l] < N_ACTIVATIONS, f"unknown activation code {acts[l]}")
-        _check(acts[l] != SOFTMAX or l == n_layers - 1,
-               "softmax is only allowed on the output layer")
-    # leaky_relu' is read off the sign of the stored activation
-    _check(slope >= 0, "slope must be >= 0")
+cdef Py_ssize_t _check_table(const int64_t[:, ::1] table, const double[::1] keep) except -1:
+    """Raise ValueError unless the table describes a network the kernels can
+    run safely: known codes, positive shapes, each layer's input the
+    previous one's output, windows within the (padded) input, sizes that
+    fit BLAS's 32-bit ints, and parameters laid out one layer after the
+    other. Returns the number of parameters. Sizes are Python ints here,
+    so nothing overflows while they are checked."""
+    cdef Py_ssize_t l, j, L = table.shape[0]
+    _check(table.shape[1] == N_COLS,
+           f"the layer table needs {N_COLS} columns, not {table.shape[1]}")
+    _check(1 <= L <= MAX_STREAMS - 2,
+           f"the layer table needs 1 to {MAX_STREAMS - 2} rows, not {L}")
+    _check(keep.shape[0] == 0 or keep.shape[0] == L,
+           f"{keep.shape[0]} keep probabilities for {L} layers")
+    for l in range(keep.shape[0]):
+        _check(0 < keep[l] <= 1, f"keep probability {keep[l]} of layer {l} is outside (0, 1]")
+    p = 0
+    previous = None
+    for l in range(L):
+        kind, act, ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, pt, pl, w_off, b_off = [
+            int(table[l, j]) for j in range(N_COLS)]
+        name = f"layer {l}"
+        _check(0 <= kind < N_KINDS, f"{name}: unknown layer kind {kind}")
+        _check(0 <= act < N_ACTIVATIONS, f"{name}: unknown activation code {act}")
+        _check(act != SOFTMAX or l == L - 1, "softmax is only allowed on the output layer")
+        _check(min(ih, iw, ic, oh, ow, oc, kh, kw, sh, sw) >= 1 and min(pt, pl) >= 0,
+               f"{name}: shapes, windows and strides must be >= 1 and padding >= 0")
+        _check(ih * iw * ic <= INT_MAX and oh * ow * oc <= INT_MAX,
+               f"{name}: a sample has more than {INT_MAX} entries")
+        _check(previous is None or previous == (ih, iw, ic),
+               f"{name} takes {ih}x{iw}x{ic} inputs, but the layer before gives {previous}")
+        previous = (oh, ow, oc)
+        if kind == DENSE:
+            _check(oh == ow == kh == kw == sh == sw == 1 and pt == pl == 0,
+                   f"{name}: a dense layer's output is 1x1xO, without a window")
+            w_size = ih * iw * ic * oc
+        elif kind == CONV2D:
+            _check(pt < kh and pl < kw, f"{name}: padding must be smaller than the window")
+            _check((oh - 1) * sh - pt < ih and (ow - 1) * sw - pl < iw,
+                   f"{name}: {oh}x{ow} outputs need windows beyond the padded input")
+            _check(kh * kw * ic <= INT_MAX, f"{name}: a window has more than {INT_MAX} entries")
+            w_size = kh * kw * ic * oc
+        else:
+            _check(act == IDENTITY, f"{name}: pooling layers have no activation")
+            _check(pt == 0 and pl == 0 and oc == ic and (oh - 1) * sh + kh <= ih
+                   and (ow - 1) * sw + kw <= iw,
+                   f"{name}: pooling windows must lie inside the input, channels unchanged")
+            _check(w_off == -1 and b_off == -1, f"{name}: pooling layers have no parameters")
+            continue
+        _check(w_off == p and b_off == p + w_size,
+               f"{name}: its weights must be at offset {p} and its biases at {p + w_size}, "
+               f"not {w_off} and {b_off}")
+        p += w_size + oc
+    return p
 
 
 cdef _check_loss(int loss, int output):
@@ -919,46 +1374,45 @@ cdef _check_loss(int loss, int output):
            "cross_entropy needs a sigmoid or softmax output layer")
 
 
-cdef _check_problem(Py_ssize_t[::1] sizes, const int32_t[::1] acts, double slope,
-                    int loss, Py_ssize_t x_rows, Py_ssize_t x_cols, Py_ssize_t y_rows,
-                    Py_ssize_t y_cols):
-    """The codes fit the layers and X (x_rows, x_cols), Y (y_rows, y_cols) fit the sizes."""
-    cdef Py_ssize_t L = sizes.shape[0] - 1
-    _check_activations(acts, L, slope)
-    _check_loss(loss, acts[L - 1])
-    _check(x_cols == sizes[0], f"X has {x_cols} columns; the network takes {sizes[0]}")
-    _check(y_rows == x_rows and y_cols == sizes[L],
-           f"Y has shape ({y_rows}, {y_cols}); expected ({x_rows}, {sizes[L]})")
+cdef _check_problem(Layout* lay, double slope, int loss, Py_ssize_t x_rows,
+                    Py_ssize_t x_cols, Py_ssize_t y_rows, Py_ssize_t y_cols):
+    """The loss fits the output layer and X (x_rows, x_cols), Y (y_rows,
+    y_cols) fit the network."""
+    cdef Py_ssize_t n_in = lay.layer[0].n_in, n_out = lay.layer[lay.n_layers - 1].n_out
+    # leaky_relu' is read off the sign of the stored activation
+    _check(slope >= 0, "slope must be >= 0")
+    _check_loss(loss, lay.layer[lay.n_layers - 1].act)
+    _check(x_cols == n_in, f"X has {x_cols} columns; the network takes {n_in}")
+    _check(y_rows == x_rows and y_cols == n_out,
+           f"Y has shape ({y_rows}, {y_cols}); expected ({x_rows}, {n_out})")
 
 
-cdef _check_dropout(const double[::1] dropout, Py_ssize_t n_layers):
-    cdef Py_ssize_t l
-    _check(dropout.shape[0] == 0 or dropout.shape[0] == n_layers - 1,
-           f"{dropout.shape[0]} dropout rates for {n_layers - 1} hidden layers")
-    for l in range(dropout.shape[0]):
-        _check(0 <= dropout[l] < 1, f"dropout rate {dropout[l]} is outside [0, 1)")
-
-
-cdef Layout _new_layout(Py_ssize_t[::1] sizes, Py_ssize_t capacity,
-                        const double[::1] dropout) except *:
+cdef Layout _new_layout(const int64_t[:, ::1] table, Py_ssize_t capacity,
+                        const double[::1] keep, Py_ssize_t* n_params) except *:
     cdef Layout lay
-    _check_dims(sizes)
-    _check_dropout(dropout, sizes.shape[0] - 1)
+    cdef Py_ssize_t l
+    n_params[0] = _check_table(table, keep)
     _check(capacity >= 1, "the batch must hold at least one row")
     _check(capacity <= INT_MAX, "batch too large")
-    if layout_init(&lay, &sizes[0], sizes.shape[0] - 1, capacity,
-                   &dropout[0] if dropout.shape[0] > 0 else NULL) != 0:
+    for l in range(table.shape[0]):
+        _check(capacity * max(table[l, T_IN_H] * table[l, T_IN_W] * table[l, T_IN_C],
+                              table[l, T_OUT_H] * table[l, T_OUT_W] * table[l, T_OUT_C])
+               <= INT_MAX, f"batch too large: a chunk of {capacity} rows of layer {l} has "
+                           f"more than {INT_MAX} entries")
+    if layout_init(&lay, &table[0, 0], table.shape[0], capacity,
+                   &keep[0] if keep.shape[0] > 0 else NULL) != 0:
         raise MemoryError()
     return lay
 
 
-cdef Layout _layout(Py_ssize_t[::1] sizes, Py_ssize_t capacity,
-                    const double[::1] dropout, Py_ssize_t n_params,
+cdef Layout _layout(const int64_t[:, ::1] table, Py_ssize_t capacity,
+                    const double[::1] keep, Py_ssize_t n_params,
                     Py_ssize_t work_size) except *:
-    cdef Layout lay = _new_layout(sizes, capacity, dropout)
-    if n_params != lay.n_params:
+    cdef Py_ssize_t needed
+    cdef Layout lay = _new_layout(table, capacity, keep, &needed)
+    if n_params != needed:
         layout_free(&lay)
-        raise ValueError(f"params has {n_params} entries; these sizes need {lay.n_params}")
+        raise ValueError(f"params has {n_params} entries; these layers need {needed}")
     if work_size < lay.work_size:
         layout_free(&lay)
         raise ValueError(f"workspace has {work_size} entries; {lay.work_size} needed")
@@ -972,27 +1426,31 @@ cdef _check_rows(const int64_t[::1] rows, Py_ssize_t n):
             raise ValueError(f"row index {rows[i]} is outside [0, {n})")
 
 
-def workspace_size(Py_ssize_t[::1] sizes, Py_ssize_t capacity, dropout=()):
-    """Entries the workspace of a chunk of `capacity` rows needs, with these
-    dropout rates on the hidden layers (empty: none)."""
-    cdef Layout lay = _new_layout(sizes, capacity, _rates(dropout))
+cdef double[::1] _ones():
+    import numpy as np
+    return np.empty(0)
+
+
+def workspace_size(const int64_t[:, ::1] table, Py_ssize_t capacity, keep=()):
+    """Entries the workspace of a chunk of `capacity` rows needs, for this
+    layer table and these keep probabilities of each layer's input (empty:
+    no dropout)."""
+    import numpy as np
+    cdef Py_ssize_t n_params
+    cdef Layout lay = _new_layout(table, capacity,
+                                  np.ascontiguousarray(keep, dtype=np.float64).reshape(-1),
+                                  &n_params)
     n = lay.work_size
     layout_free(&lay)
     return n
 
 
-cdef double[::1] _rates(dropout):
-    import numpy as np
-    return np.ascontiguousarray(dropout, dtype=np.float64).reshape(-1)
-
-
 def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 const int64_t[::1] order, floating[::1] params,
-                floating[:, ::1] state, Py_ssize_t[::1] sizes,
-                const int32_t[::1] activations, double slope, int loss,
+                floating[:, ::1] state, const int64_t[:, ::1] table,
+                const double[::1] keep, double slope, int loss,
                 Py_ssize_t batch_size, Py_ssize_t capacity, int optimizer,
-                const double[::1] hyper, const double[::1] dropout,
-                const floating[::1] sample_weight, int augment,
+                const double[::1] hyper, const floating[::1] sample_weight, int augment,
                 uint64_t seed, floating[::1] work, int64_t[::1] control):
     """One epoch of mini-batch training over the rows X[order], in place on
     params and state.
@@ -1000,7 +1458,8 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     Parameters
     ----------
     X : (n, I) uint8, float32 or float64
-        Inputs; uint8 is divided by 255 as rows are gathered.
+        Inputs, one row per sample (images in HWC order); uint8 is divided
+        by 255 as rows are gathered.
     Y : (n, O) float, the dtype of params
         Targets.
     order : (k,) int64
@@ -1009,8 +1468,10 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         Flat parameters, updated in place.
     state : (STATE_ROWS[optimizer], P) float
         state[0] receives gradients; the other rows are the optimizer's.
-    sizes : (L + 1,) intp
-    activations : (L,) int32
+    table : (L, N_COLS) int64
+        The layer table (see fastnn._kernels).
+    keep : (L,) or (0,) float64
+        Probability of keeping each unit of each layer's input (empty: 1).
     slope : float
         Negative-side slope of leaky_relu.
     loss : int
@@ -1021,15 +1482,14 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     optimizer : int
     hyper : (N_HYPER,) float64
         Learning rate, lambda2/n, lambda1/n and the optimizer's constants.
-    dropout : (L - 1,) or (0,) float64
-        Dropout rate of each hidden layer (empty: none).
     sample_weight : (n,) or (0,) float
         Weight of each row's loss and gradient (empty: all 1).
     augment : int
-        NO_AUGMENT, or SHIFT for square images.
+        NO_AUGMENT, or SHIFT for rows that are images: the first layer's
+        input shape (table[0, T_IN_H:T_IN_C + 1]) says which.
     seed : uint64
         This epoch's seed for dropout masks and shifts.
-    work : (workspace_size(sizes, capacity, dropout),) float
+    work : (workspace_size(table, capacity, keep),) float
     control : (N_CONTROL,) int64
         Stop request, rows done, optimizer steps taken.
 
@@ -1039,15 +1499,14 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         status is DONE, DIVERGED or STOPPED; loss_sum is the weighted sum of
         the rows' costs; the rows trained are in control[ROWS_DONE].
     """
-    cdef Py_ssize_t n = X.shape[0], side = 0
-    cdef Layout lay = _layout(sizes, capacity, dropout, params.shape[0], work.shape[0])
+    cdef Py_ssize_t n = X.shape[0]
+    cdef Layout lay = _layout(table, capacity, keep, params.shape[0], work.shape[0])
     cdef double loss_sum = 0
     cdef int64_t n_correct = 0
     cdef int status
     cdef const floating* sw = NULL
     try:
-        _check_problem(sizes, activations, slope, loss, X.shape[0], X.shape[1],
-                       Y.shape[0], Y.shape[1])
+        _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
         _check(control.shape[0] >= N_CONTROL, f"control needs {N_CONTROL} entries")
         _check(batch_size >= 1, "batch_size must be >= 1")
         _check(0 <= optimizer < N_OPTIMIZERS, f"unknown optimizer code {optimizer}")
@@ -1057,58 +1516,58 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         _check(sample_weight.shape[0] in (0, n), f"sample_weight needs 0 or {n} entries")
         _check(augment in (NO_AUGMENT, SHIFT), f"unknown augmentation {augment}")
         if augment == SHIFT:
-            side = <Py_ssize_t> (sizes[0] ** 0.5 + 0.5)
-            _check(side * side == sizes[0], f"shift needs square images; {sizes[0]} inputs")
+            _check(lay.layer[0].in_h > 1 and lay.layer[0].in_w > 1,
+                   f"shift needs images; the first layer's input is "
+                   f"{lay.layer[0].in_h}x{lay.layer[0].in_w}x{lay.layer[0].in_c}")
         _check_rows(order, n)
         if sample_weight.shape[0] > 0:
             sw = &sample_weight[0]
         if order.shape[0] == 0:
             return DONE, 0.0, 0
         with nogil:
-            status = train_epoch_impl(&X[0, 0], &Y[0, 0], sw, &order[0],
-                                      order.shape[0], &params[0], &state[0, 0],
-                                      &lay, &activations[0], <floating> slope,
-                                      loss, batch_size, optimizer, &hyper[0],
-                                      augment, side, seed, &work[0], &control[0],
-                                      &loss_sum, &n_correct)
+            status = train_epoch_impl(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0],
+                                      &params[0], &state[0, 0], &lay, <floating> slope, loss,
+                                      batch_size, optimizer, &hyper[0], augment, seed,
+                                      &work[0], &control[0], &loss_sum, &n_correct)
     finally:
         layout_free(&lay)
     return status, loss_sum, n_correct
 
 
 def predict(const input_t[:, ::1] X, const floating[::1] params,
-            Py_ssize_t[::1] sizes, const int32_t[::1] activations,
-            double slope, floating[::1] work, Py_ssize_t chunk,
-            floating[:, ::1] out, int n_threads=1):
+            const int64_t[:, ::1] table, double slope, floating[::1] work,
+            Py_ssize_t chunk, floating[:, ::1] out, int n_threads=1):
     """out := the network's output activations for every row of X.
 
     Works through X `chunk` rows at a time; `work` holds n_threads
-    workspaces of workspace_size(sizes, chunk) entries, one per thread. With
+    workspaces of workspace_size(table, chunk) entries, one per thread. With
     n_threads > 1 the threads take whole chunks in turn, and the BLAS must
     run single-threaded (the caller limits it).
     """
-    cdef Py_ssize_t n = X.shape[0], L = sizes.shape[0] - 1, per_thread
+    cdef Py_ssize_t n = X.shape[0], per_thread, n_out
     cdef Layout lay
     cdef int64_t[::1] rows
     _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
     per_thread = work.shape[0] // n_threads
-    lay = _layout(sizes, chunk, _rates(()), params.shape[0], per_thread)
+    lay = _layout(table, chunk, _ones(), params.shape[0], per_thread)
     try:
-        _check_activations(activations, L, slope)
-        _check(X.shape[1] == sizes[0], f"X has {X.shape[1]} columns; the network takes {sizes[0]}")
-        _check(out.shape[0] == n and out.shape[1] == sizes[L],
-               f"out has shape ({out.shape[0]}, {out.shape[1]}); expected ({n}, {sizes[L]})")
+        n_out = lay.layer[lay.n_layers - 1].n_out
+        _check(slope >= 0, "slope must be >= 0")
+        _check(X.shape[1] == lay.layer[0].n_in,
+               f"X has {X.shape[1]} columns; the network takes {lay.layer[0].n_in}")
+        _check(out.shape[0] == n and out.shape[1] == n_out,
+               f"out has shape ({out.shape[0]}, {out.shape[1]}); expected ({n}, {n_out})")
         if n == 0:
             return
         rows = _arange(n)
         if n_threads == 1:
             with nogil:
-                predict_impl(&X[0, 0], n, &params[0], &lay, &activations[0], <floating> slope,
-                             &work[0], per_thread, &rows[0], &out[0, 0], &SOLO)
+                predict_impl(&X[0, 0], n, &params[0], &lay, <floating> slope, &work[0],
+                             per_thread, &rows[0], &out[0, 0], &SOLO)
         else:
             with nogil, parallel(num_threads=n_threads):
-                predict_team(&X[0, 0], n, &params[0], &lay, &activations[0], <floating> slope,
-                             &work[0], per_thread, &rows[0], &out[0, 0])
+                predict_team(&X[0, 0], n, &params[0], &lay, <floating> slope, &work[0],
+                             per_thread, &rows[0], &out[0, 0])
     finally:
         layout_free(&lay)
 
@@ -1119,34 +1578,34 @@ cdef int64_t[::1] _arange(Py_ssize_t n):
 
 
 def gradient(const input_t[:, ::1] X, const floating[:, ::1] Y,
-             const floating[::1] params, Py_ssize_t[::1] sizes,
-             const int32_t[::1] activations, double slope, int loss,
-             floating[::1] work, floating[::1] grad):
+             const floating[::1] params, const int64_t[:, ::1] table, double slope,
+             int loss, floating[::1] work, floating[::1] grad):
     """grad := dC/dparams, C the mean loss over the rows of X; returns sum_x C_x.
 
     The same forward and backward code as train_epoch, with the update
     written to grad (alpha = 1/n, betas 0) instead of fused into params.
-    work holds workspace_size(sizes, len(X)) entries.
+    work holds workspace_size(table, len(X)) entries.
     """
-    cdef Py_ssize_t n = X.shape[0], L = sizes.shape[0] - 1
-    cdef Layout lay = _layout(sizes, n, _rates(()), params.shape[0], work.shape[0])
+    cdef Py_ssize_t n = X.shape[0], L = table.shape[0]
+    cdef Layout lay = _layout(table, n, _ones(), params.shape[0], work.shape[0])
+    cdef Py_ssize_t n_in, n_out
     cdef int64_t[::1] rows
     cdef double total
     try:
-        _check_problem(sizes, activations, slope, loss, X.shape[0], X.shape[1],
-                       Y.shape[0], Y.shape[1])
+        _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
         _check(grad.shape[0] == params.shape[0], "grad must have the shape of params")
+        n_in, n_out = lay.layer[0].n_in, lay.layer[L - 1].n_out
         rows = _arange(n)
         with nogil:
-            gather_rows(&X[0, 0], sizes[0], &rows[0], n, &work[lay.a_off[0]])
-            gather_rows(&Y[0, 0], sizes[L], &rows[0], n, &work[lay.y_off])
-            forward_impl(&params[0], &lay, &activations[0], <floating> slope,
-                         &work[lay.a_off[0]], &work[0], &work[lay.a_off[L]], n, False, 0, 0)
-            total = output_delta_impl(loss, activations[L - 1], <floating> slope,
+            gather_rows(&X[0, 0], n_in, &rows[0], n, &work[lay.a_off[0]])
+            gather_rows(&Y[0, 0], n_out, &rows[0], n, &work[lay.y_off])
+            forward_impl(&params[0], &lay, <floating> slope, &work[lay.a_off[0]], &work[0],
+                         &work[lay.a_off[L]], n, False, 0, 0)
+            total = output_delta_impl(loss, lay.layer[L - 1].act, <floating> slope,
                                       &work[lay.a_off[L]], &work[lay.y_off], NULL,
-                                      &work[lay.d_off[L]], n, sizes[L])
-            backward_impl(&params[0], &lay, &activations[0], <floating> slope,
-                          &work[0], n, <floating> 1 / n, 0, 0, &grad[0])
+                                      &work[lay.d_off[L]], n, n_out)
+            backward_impl(&params[0], &lay, <floating> slope, &work[0], n, <floating> 1 / n,
+                          0, 0, &grad[0])
     finally:
         layout_free(&lay)
     return total
@@ -1156,6 +1615,7 @@ def gradient(const input_t[:, ::1] X, const floating[:, ::1] Y,
 # Single kernels, exposed for the tests that compare them with the NumPy
 # reference (fastnn._reference has the same functions).
 # --------------------------------------------------------------------------
+
 
 def linear_forward(const floating[:, ::1] A, const floating[:, ::1] W,
                    const floating[::1] b, floating[:, ::1] out):
@@ -1289,3 +1749,147 @@ def dropout(const floating[:, ::1] A, double rate, uint64_t seed, int64_t first,
         return
     with nogil:
         dropout_impl(&A[0, 0], &mask[0, 0], &out[0, 0], N, O, 1 - rate, seed, first, stream)
+
+
+cdef Geometry _geometry(int kind, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                        Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t F, window, stride,
+                        padding) except *:
+    """The geometry of one layer, checked as train_epoch checks a table row."""
+    import numpy as np
+    cdef Geometry g
+    cdef int64_t[:, ::1] row
+    try:
+        (kh, kw), (sh, sw), (pt, pl) = window, stride, padding
+    except (TypeError, ValueError):
+        raise ValueError("window, stride and padding are pairs of ints") from None
+    K = kh * kw * C if kind == CONV2D else 0
+    row = np.array([[kind, IDENTITY, H, W, C, OH, OW, F, kh, kw, sh, sw, pt, pl,
+                     0 if K else -1, K * F if K else -1]], dtype=np.int64)
+    _check_table(row, np.empty(0))
+    _check(N * max(H * W * C, OH * OW * F) <= INT_MAX, "batch too large")
+    geometry_init(&g, &row[0, 0], max(N, 1))
+    return g
+
+
+cdef floating[::1] _scratch(Py_ssize_t n, floating x):
+    import numpy as np
+    return np.empty(max(n, 1), dtype=np.float32 if floating is float else np.float64)
+
+
+def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] W,
+                   const floating[::1] b, stride, padding, floating[:, :, :, ::1] out):
+    """out := im2col(X) @ W + b, the convolution (cross-correlation) without
+    activation. X (N, H, W, C), W (kh, kw, C, F), b (F,), out (N, OH, OW, F);
+    stride (sh, sw); padding (top, left)."""
+    cdef Py_ssize_t N = X.shape[0]
+    _check(W.shape[2] == X.shape[3] and b.shape[0] == W.shape[3] and out.shape[0] == N
+           and out.shape[3] == W.shape[3], "conv2d_forward: shapes do not match")
+    cdef Geometry g = _geometry(CONV2D, N, X.shape[1], X.shape[2], X.shape[3], out.shape[1],
+                                out.shape[2], out.shape[3], (W.shape[0], W.shape[1]), stride,
+                                padding)
+    cdef floating[::1] col = _scratch(g.block * g.K, <floating> 0)
+    if N == 0:
+        return
+    with nogil:
+        conv_forward_impl(&X[0, 0, 0, 0], &W[0, 0, 0, 0], &b[0], &out[0, 0, 0, 0], &col[0],
+                          &g, N, 0)
+
+
+def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] W,
+                    const floating[:, :, :, ::1] D, stride, padding,
+                    floating[:, :, :, ::1] dW, floating[::1] db,
+                    floating[:, :, :, ::1] dX=None):
+    """dW := im2col(X)^T @ D, db := sum of D over samples and pixels, and
+    unless dX is None, dX := col2im(D @ W^T). X, dX (N, H, W, C), W, dW
+    (kh, kw, C, F), D (N, OH, OW, F)."""
+    cdef Py_ssize_t N = X.shape[0]
+    _check(W.shape[2] == X.shape[3] and D.shape[0] == N and D.shape[3] == W.shape[3]
+           and (dW.shape[0], dW.shape[1], dW.shape[2], dW.shape[3]) == (W.shape[0], W.shape[1], W.shape[2], W.shape[3]) and db.shape[0] == W.shape[3],
+           "conv2d_backward: shapes do not match")
+    _check(dX is None or (dX.shape[0], dX.shape[1], dX.shape[2], dX.shape[3]) == (X.shape[0], X.shape[1], X.shape[2], X.shape[3]),
+           "conv2d_backward: dX must have the shape of X")
+    cdef Geometry g = _geometry(CONV2D, N, X.shape[1], X.shape[2], X.shape[3], D.shape[1],
+                                D.shape[2], D.shape[3], (W.shape[0], W.shape[1]), stride,
+                                padding)
+    cdef floating[::1] col = _scratch(g.block * g.K, <floating> 0)
+    cdef floating[::1] colsum = _scratch(g.out_c, <floating> 0)
+    cdef floating* dA = NULL
+    if dX is not None and N > 0:
+        dA = &dX[0, 0, 0, 0]
+    if N == 0:
+        dW[...] = 0
+        db[...] = 0
+        return
+    with nogil:
+        conv_backward_impl(&X[0, 0, 0, 0], &W[0, 0, 0, 0], &D[0, 0, 0, 0], dA, &col[0], &g, N,
+                           1, 0, 0, &dW[0, 0, 0, 0], &db[0], &colsum[0])
+
+
+def maxpool_forward(const floating[:, :, :, ::1] X, size, stride, floating[:, :, :, ::1] out,
+                    int32_t[:, :, :, ::1] argmax):
+    """out := the maximum of each size window, argmax := its index
+    (y * W + x) * C + c in the sample. X (N, H, W, C), out and argmax
+    (N, OH, OW, C)."""
+    cdef Py_ssize_t N = X.shape[0]
+    _check(out.shape[0] == N and out.shape[3] == X.shape[3]
+           and (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]) == (out.shape[0], out.shape[1], out.shape[2], out.shape[3]),
+           "maxpool_forward: shapes do not match")
+    cdef Geometry g = _geometry(MAXPOOL2D, N, X.shape[1], X.shape[2], X.shape[3], out.shape[1],
+                                out.shape[2], out.shape[3], size, stride, (0, 0))
+    if N == 0:
+        return
+    with nogil:
+        maxpool_forward_impl(&X[0, 0, 0, 0], &out[0, 0, 0, 0], &argmax[0, 0, 0, 0], &g, N)
+
+
+def maxpool_backward(const floating[:, :, :, ::1] D, const int32_t[:, :, :, ::1] argmax,
+                     floating[:, :, :, ::1] dX):
+    """dX := D routed to where each maximum was. D, argmax (N, OH, OW, C),
+    dX (N, H, W, C)."""
+    cdef Py_ssize_t N = D.shape[0], i, j, n_in = dX.shape[1] * dX.shape[2] * dX.shape[3]
+    cdef Geometry g
+    _check((argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]) == (D.shape[0], D.shape[1], D.shape[2], D.shape[3]) and dX.shape[0] == N,
+           "maxpool_backward: shapes do not match")
+    _check(N * max(n_in, D.shape[1] * D.shape[2] * D.shape[3]) <= INT_MAX, "batch too large")
+    g.n_in = n_in
+    g.n_out = D.shape[1] * D.shape[2] * D.shape[3]
+    for i in range(N):
+        for j in range(g.n_out):
+            _check(0 <= argmax[i, j // (D.shape[2] * D.shape[3]),
+                               (j // D.shape[3]) % D.shape[2], j % D.shape[3]] < n_in,
+                   "maxpool_backward: argmax holds an index outside the sample")
+    if N == 0:
+        return
+    with nogil:
+        maxpool_backward_impl(&D[0, 0, 0, 0], &argmax[0, 0, 0, 0], &dX[0, 0, 0, 0], &g, N)
+
+
+def l2pool_forward(const floating[:, :, :, ::1] X, size, stride, floating[:, :, :, ::1] out):
+    """out := sqrt(sum x^2) over each size window. X (N, H, W, C), out (N, OH, OW, C)."""
+    cdef Py_ssize_t N = X.shape[0]
+    _check(out.shape[0] == N and out.shape[3] == X.shape[3],
+           "l2pool_forward: shapes do not match")
+    cdef Geometry g = _geometry(L2POOL2D, N, X.shape[1], X.shape[2], X.shape[3], out.shape[1],
+                                out.shape[2], out.shape[3], size, stride, (0, 0))
+    if N == 0:
+        return
+    with nogil:
+        l2pool_forward_impl(&X[0, 0, 0, 0], &out[0, 0, 0, 0], &g, N)
+
+
+def l2pool_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] Y,
+                    const floating[:, :, :, ::1] D, size, stride, floating[:, :, :, ::1] dX):
+    """dX := sum over the windows holding x of x / y * dy (0 where y = 0).
+    X, dX (N, H, W, C), Y, D (N, OH, OW, C)."""
+    cdef Py_ssize_t N = X.shape[0]
+    _check(Y.shape[0] == N and Y.shape[3] == X.shape[3]
+           and (D.shape[0], D.shape[1], D.shape[2], D.shape[3]) == (Y.shape[0], Y.shape[1], Y.shape[2], Y.shape[3])
+           and (dX.shape[0], dX.shape[1], dX.shape[2], dX.shape[3]) == (X.shape[0], X.shape[1], X.shape[2], X.shape[3]),
+           "l2pool_backward: shapes do not match")
+    cdef Geometry g = _geometry(L2POOL2D, N, X.shape[1], X.shape[2], X.shape[3], Y.shape[1],
+                                Y.shape[2], Y.shape[3], size, stride, (0, 0))
+    if N == 0:
+        return
+    with nogil:
+        l2pool_backward_impl(&X[0, 0, 0, 0], &Y[0, 0, 0, 0], &D[0, 0, 0, 0], &dX[0, 0, 0, 0],
+                             &g, N)

@@ -14,6 +14,7 @@ from fastnn import _reference as ref
 from fastnn.activations import ACTIVATIONS
 from fastnn.losses import LOSSES
 from fastnn.optimizers import OPTIMIZERS, hyper_array
+from fastnn.plan import Plan
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -167,32 +168,46 @@ def test_hidden_delta_matches_reference(act, N, I, O, seed, dtype):
     assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
 
 
+def dense(sizes, acts):
+    """(layer table, number of parameters) of a dense stack."""
+    plan = Plan.parse(list(sizes), activation=list(acts[:-1]), output=acts[-1])
+    return plan.table()[0], plan.n_params
+
+
+def keep_of(dropout):
+    """The keep probabilities of a dense stack's layer inputs, from the
+    dropout rates of its hidden layers (empty: none)."""
+    return np.array([1.0] + [1 - r for r in dropout]) if len(dropout) else np.empty(0)
+
+
 def _epoch_args(sizes, acts, n=40, batch=7, dtype=np.float64, seed=0, X_dtype=None,
                 optimizer="sgd", lr=0.5, capacity=None):
     rng = np.random.default_rng(seed)
-    sizes = np.array(sizes, dtype=np.intp)
     X = rng.uniform(0, 1, (n, sizes[0])).astype(X_dtype or dtype)
     Y = np.zeros((n, sizes[-1]), dtype)
     Y[np.arange(n), rng.integers(0, sizes[-1], n)] = 1
-    params = rand(rng, _kernels.n_params(sizes), dtype, 0.5)
-    acts = np.array([ACTIVATIONS[a].code for a in acts], dtype=np.int32)
+    table, n_params = dense(sizes, acts)
+    params = rand(rng, n_params, dtype, 0.5)
     capacity = capacity or batch
     opt = OPTIMIZERS[optimizer]
     return dict(X=X, Y=Y, order=rng.permutation(n).astype(np.int64), params=params,
-                state=opt.new_state(len(params), dtype, lr), sizes=sizes, activations=acts,
+                state=opt.new_state(len(params), dtype, lr), table=table, keep=np.empty(0),
                 slope=0.01, loss=LOSSES["mse"].code, batch_size=batch, capacity=capacity,
-                optimizer=opt.code, hyper=hyper_array(lr), dropout=np.empty(0),
+                optimizer=opt.code, hyper=hyper_array(lr),
                 sample_weight=np.empty(0, dtype), augment=_kernels.NO_AUGMENT, seed=12345,
-                work=np.empty(_core.workspace_size(sizes, capacity), dtype),
+                work=np.empty(_core.workspace_size(table, capacity), dtype),
                 control=np.zeros(_kernels.N_CONTROL, np.int64))
 
 
 def _run_both(args, **changes):
-    """train_epoch on copies of args, compiled and reference; returns both."""
+    """train_epoch on copies of args, compiled and reference; returns both.
+    A change dropout=rates (of the hidden layers) becomes their keep."""
+    if "dropout" in changes:
+        changes["keep"] = keep_of(changes.pop("dropout"))
     args = {**args, **changes}
-    if "dropout" in changes or "capacity" in changes:
-        args["work"] = np.empty(_core.workspace_size(args["sizes"], args["capacity"],
-                                                     args["dropout"]), args["params"].dtype)
+    if "keep" in changes or "capacity" in changes:
+        args["work"] = np.empty(_core.workspace_size(args["table"], args["capacity"],
+                                                     args["keep"]), args["params"].dtype)
     runs = []
     for kernels in (_core, ref):
         mine = {**args, "params": args["params"].copy(), "state": args["state"].copy(),
@@ -255,6 +270,7 @@ def test_dropout_matches_reference(capacity):
 def test_shift_augmentation_matches_reference():
     args = _epoch_args([16, 5, 3], ["sigmoid", "sigmoid"], n=30, batch=4)
     args["X"] = np.random.default_rng(0).integers(0, 256, (30, 16)).astype(np.uint8)
+    args["table"][0, _kernels.T_IN_H:_kernels.T_IN_C + 1] = (4, 4, 1)   # the rows are 4x4 images
     fast, slow = _run_both(args, augment=_kernels.SHIFT)
     _assert_same(fast, slow)
     plain, = _run_both(args)[:1]
@@ -356,7 +372,7 @@ def test_train_epoch_stops_on_request_and_releases_the_gil():
     args["X"] = rng.uniform(0, 1, (n, 64))
     args["Y"] = np.zeros((n, 10))
     args["order"] = np.arange(n, dtype=np.int64)
-    args["work"] = np.empty(_core.workspace_size(args["sizes"], 10))
+    args["work"] = np.empty(_core.workspace_size(args["table"], 10))
     result = {}
     worker = threading.Thread(target=lambda: result.update(out=_core.train_epoch(**args)))
     worker.start()
@@ -377,22 +393,21 @@ def test_train_epoch_stops_on_request_and_releases_the_gil():
 
 def test_predict_matches_reference_in_chunks():
     rng = np.random.default_rng(2)
-    sizes = np.array([5, 8, 3], dtype=np.intp)
-    acts = np.array([ACTIVATIONS["relu"].code, ACTIVATIONS["softmax"].code], dtype=np.int32)
-    params = rand(rng, _kernels.n_params(sizes), np.float64)
+    table, n_params = dense([5, 8, 3], ["relu", "softmax"])
+    params = rand(rng, n_params, np.float64)
     X = rng.integers(0, 256, (23, 5)).astype(np.uint8)
     got, want = np.empty((23, 3)), np.empty((23, 3))
-    _core.predict(X, params, sizes, acts, 0.01, np.empty(_core.workspace_size(sizes, 4)), 4, got)
-    ref.predict(X, params, sizes, acts, 0.01, None, 4, want)
+    _core.predict(X, params, table, 0.01, np.empty(_core.workspace_size(table, 4)), 4, got)
+    ref.predict(X, params, table, 0.01, None, 4, want)
     assert_allclose(got, want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gradient_matches_reference(dtype):
     args = _epoch_args([6, 5, 4, 3], ["leaky_relu", "tanh", "softmax"], n=9, dtype=dtype)
-    work = np.empty(_core.workspace_size(args["sizes"], 9), dtype)
+    work = np.empty(_core.workspace_size(args["table"], 9), dtype)
     got, want = np.empty_like(args["params"]), np.empty_like(args["params"])
-    common = (args["X"], args["Y"], args["params"], args["sizes"], args["activations"], 0.01,
+    common = (args["X"], args["Y"], args["params"], args["table"], 0.01,
               LOSSES["cross_entropy"].code)
     total = _core.gradient(*common, work, got)
     total_ref = ref.gradient(*common, None, want)
@@ -419,14 +434,15 @@ def test_train_epoch_rejects_out_of_range_rows():
     (lambda a: a.update(optimizer=9), "unknown optimizer code 9"),
     (lambda a: a.update(state=np.zeros((1, 5))), r"state needs shape \(1, 23\)"),
     (lambda a: a.update(hyper=np.zeros(3)), "hyper needs 11 entries"),
-    (lambda a: a.update(dropout=np.array([1.0])), "outside \\[0, 1\\)"),
-    (lambda a: a.update(dropout=np.array([0.1, 0.1])), "2 dropout rates for 1 hidden"),
+    (lambda a: a.update(keep=np.array([1.0, 0.0])), "outside \\(0, 1\\]"),
+    (lambda a: a.update(keep=np.array([0.9, 0.9, 0.9])), "3 keep probabilities for 2 layers"),
     (lambda a: a.update(sample_weight=np.ones(3)), "sample_weight needs 0 or 10"),
     (lambda a: a.update(augment=5), "unknown augmentation 5"),
-    (lambda a: a.update(activations=np.array([5, 1], np.int32)), "softmax is only allowed"),
-    (lambda a: a.update(activations=np.array([1, 9], np.int32)), "unknown activation code"),
+    (lambda a: a["table"].__setitem__((0, _kernels.T_ACT), 5), "softmax is only allowed"),
+    (lambda a: a["table"].__setitem__((1, _kernels.T_ACT), 9), "unknown activation code"),
     (lambda a: a.update(loss=7), "unknown loss code"),
-    (lambda a: a.update(loss=1, activations=np.array([1, 3], np.int32)), "cross_entropy needs"),
+    (lambda a: (a.update(loss=1), a["table"].__setitem__((1, _kernels.T_ACT), 3)),
+     "cross_entropy needs"),
     (lambda a: a.update(slope=-1.0), "slope"),
     (lambda a: a.update(control=np.zeros(1, np.int64)), "control needs 3"),
 ])
@@ -439,9 +455,10 @@ def test_train_epoch_rejects_inconsistent_arguments(change, message):
     assert np.array_equal(args["params"][:len(before)], before[:len(args["params"])])
 
 
-def test_shift_needs_square_images():
+def test_shift_needs_images():
+    # a dense first layer's input is 1 x 5 x 1 unless the table says otherwise
     args = _epoch_args([5, 3, 2], ["sigmoid", "sigmoid"], n=10, batch=5)
-    with pytest.raises(ValueError, match="shift needs square images; 5 inputs"):
+    with pytest.raises(ValueError, match="shift needs images; the first layer's input is 1x1x5"):
         _core.train_epoch(**{**args, "augment": SHIFT})
 
 
@@ -468,15 +485,14 @@ def test_threads_taking_whole_chunks_predict_the_same():
     from fastnn.blas import single_threaded_blas
 
     rng = np.random.default_rng(4)
-    sizes = np.array([6, 40, 3], dtype=np.intp)
-    acts = np.array([ACTIVATIONS["tanh"].code, ACTIVATIONS["softmax"].code], dtype=np.int32)
-    params = rand(rng, _kernels.n_params(sizes), np.float32)
+    table, n_params = dense([6, 40, 3], ["tanh", "softmax"])
+    params = rand(rng, n_params, np.float32)
     X = rng.integers(0, 256, (1003, 6)).astype(np.uint8)
     one, three = np.empty((1003, 3), np.float32), np.empty((1003, 3), np.float32)
-    size = _core.workspace_size(sizes, 64)
-    _core.predict(X, params, sizes, acts, 0.01, np.empty(size, np.float32), 64, one)
+    size = _core.workspace_size(table, 64)
+    _core.predict(X, params, table, 0.01, np.empty(size, np.float32), 64, one)
     with single_threaded_blas():
-        _core.predict(X, params, sizes, acts, 0.01, np.empty(3 * size, np.float32), 64, three, 3)
+        _core.predict(X, params, table, 0.01, np.empty(3 * size, np.float32), 64, three, 3)
     assert_array_equal(one, three)
     with pytest.raises(ValueError, match="workspace has"):
-        _core.predict(X, params, sizes, acts, 0.01, np.empty(size, np.float32), 64, three, 3)
+        _core.predict(X, params, table, 0.01, np.empty(size, np.float32), 64, three, 3)

@@ -14,6 +14,7 @@ from conftest import MNIST_DIR, make_classification
 
 from fastnn import Network, _core, _kernels
 from fastnn.optimizers import OPTIMIZERS, hyper_array
+from fastnn.plan import Plan
 
 
 def test_train_mnist_one_epoch_peaks_below_300_mb():
@@ -34,15 +35,16 @@ def test_train_mnist_one_epoch_peaks_below_300_mb():
 
 def _epoch(n, batch):
     X, y = make_classification(n=n, n_features=40, dtype=np.float32)
-    sizes = np.array([40, 64, 4], np.intp)
+    plan = Plan.parse([40, 64, 4], activation="sigmoid", output="softmax")
+    table, keep = plan.table(dropout=[0.1])
     Y = np.eye(4, dtype=np.float32)[y]
-    params = np.random.default_rng(0).normal(size=_kernels.n_params(sizes)).astype(np.float32)
+    params = np.random.default_rng(0).normal(size=plan.n_params).astype(np.float32)
     return dict(X=X, Y=Y, order=np.arange(n, dtype=np.int64), params=params,
-                state=OPTIMIZERS["adam"].new_state(len(params), np.float32, 1e-3), sizes=sizes,
-                activations=np.array([1, 5], np.int32), slope=0.01, loss=1, batch_size=batch,
+                state=OPTIMIZERS["adam"].new_state(len(params), np.float32, 1e-3), table=table,
+                keep=keep, slope=0.01, loss=1, batch_size=batch,
                 capacity=batch, optimizer=OPTIMIZERS["adam"].code, hyper=hyper_array(1e-3),
-                dropout=np.array([0.1]), sample_weight=np.empty(0, np.float32), augment=0,
-                seed=1, work=np.empty(_core.workspace_size(sizes, batch, [0.1]), np.float32),
+                sample_weight=np.empty(0, np.float32), augment=0,
+                seed=1, work=np.empty(_core.workspace_size(table, batch, keep), np.float32),
                 control=np.zeros(3, np.int64))
 
 
