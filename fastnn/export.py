@@ -818,4 +818,8 @@ def export(net, path, format, source=None):
     if not hasattr(net, "sizes") or not hasattr(net, "weights"):
         raise ConfigError(f"export needs a fastnn Network or a model file, not "
                           f"{type(net).__name__}")
+    if not net.plan.plain_dense:
+        raise ExportError(f"exporting networks with layers other than Dense, or with an image "
+                          f"input shape, is not yet supported (this one has "
+                          f"{', '.join(repr(l) for l in net.layers)})")
     return exporter.write(net, path, source)

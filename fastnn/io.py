@@ -39,6 +39,12 @@ MAX_HEADER = 100 * 1024 * 1024
 def _bytes(net):
     from safetensors.numpy import save as st_save
 
+    if not net.plan.plain_dense:
+        raise ModelFileError(f"saving this network is not yet supported: model-file format "
+                             f"{FORMAT_VERSION} holds dense stacks only, and it has input shape "
+                             f"{net.input_shape} and layers "
+                             f"{', '.join(repr(l) for l in net.layers)}")
+
     tensors = {}
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         tensors[f"weights.{l}"] = W
