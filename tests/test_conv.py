@@ -1,0 +1,566 @@
+"""Convolution and pooling: the compiled kernels against the NumPy reference,
+naive loops, central finite differences and PyTorch."""
+import numpy as np
+import pytest
+from conftest import one_hot
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+
+from fastnn import Network, _core, _kernels
+from fastnn import _reference as ref
+from fastnn.layers import Conv2D, Dense, Dropout, L2Pool2D, MaxPool2D
+from fastnn.losses import LOSSES
+from fastnn.optimizers import OPTIMIZERS, hyper_array
+from fastnn.plan import Plan
+
+DTYPES = [np.float32, np.float64]
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
+
+
+def rand(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def conv_case(rng, dtype, N, H, W, C, F, kernel, stride, padding):
+    """(X, W, b, stride, (top, left) padding, output shape) of a random convolution."""
+    layer = Conv2D(F, kernel, stride=stride, padding=padding)
+    top, _, left, _ = layer.padding_amounts((H, W, C))
+    OH, OW, _ = layer.output_shape((H, W, C))
+    return (rand(rng, (N, H, W, C), dtype), rand(rng, (*layer.kernel, C, F), dtype),
+            rand(rng, (F,), dtype), layer.stride, (top, left), (N, OH, OW, F))
+
+
+def conv_naive(X, W, b, stride, padding, out_shape):
+    """out[n, y, x, f] = b[f] + sum_{i, j, c} X[n, y*sh + i - pt, x*sw + j - pl, c] W[i, j, c, f],
+    terms outside the image left out: the definition, by loops."""
+    N, OH, OW, F = out_shape
+    kh, kw, C, _ = W.shape
+    out = np.empty(out_shape)
+    for n in range(N):
+        for y in range(OH):
+            for x in range(OW):
+                acc = b.astype(np.float64).copy()
+                for i in range(kh):
+                    for j in range(kw):
+                        iy, ix = y * stride[0] + i - padding[0], x * stride[1] + j - padding[1]
+                        if 0 <= iy < X.shape[1] and 0 <= ix < X.shape[2]:
+                            acc += X[n, iy, ix] @ W[i, j]
+                out[n, y, x] = acc
+    return out
+
+
+CONV_CASES = [
+    # N, H, W, C, F, kernel, stride, padding
+    (2, 6, 5, 1, 3, 3, 1, "valid"),
+    (3, 7, 7, 2, 4, (3, 2), 2, "same"),
+    (2, 6, 6, 3, 2, 4, 1, "same"),                 # even kernel: the extra zeros at the end
+    (1, 9, 8, 2, 5, 3, (2, 3), "valid"),
+    (4, 5, 5, 2, 3, 5, 1, "valid"),                # the window is the whole image
+    (2, 4, 4, 3, 2, 1, 1, "valid"),                # 1x1
+    (2, 3, 3, 1, 2, 3, 2, "same"),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_forward_matches_naive_loops(case):
+    rng = np.random.default_rng(0)
+    X, W, b, stride, padding, shape = conv_case(rng, np.float64, *case)
+    out = np.empty(shape)
+    _core.conv2d_forward(X, W, b, stride, padding, out)
+    assert_allclose(out, conv_naive(X, W, b, stride, padding, shape), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_forward_and_backward_match_reference(case, dtype):
+    rng = np.random.default_rng(1)
+    X, W, b, stride, padding, shape = conv_case(rng, dtype, *case)
+    D = rand(rng, shape, dtype)
+    results = []
+    for kernels in (_core, ref):
+        out = np.empty(shape, dtype)
+        dW, db, dX = np.empty_like(W), np.empty_like(b), np.empty_like(X)
+        kernels.conv2d_forward(X, W, b, stride, padding, out)
+        kernels.conv2d_backward(X, W, D, stride, padding, dW, db, dX)
+        results.append((out, dW, db, dX))
+    tol = RTOL[dtype] * 10
+    for got, want in zip(*results):
+        assert_allclose(got, want, rtol=tol, atol=tol)
+    # the input gradient is optional and the weight gradient does not depend on it
+    dW, db = np.empty_like(W), np.empty_like(b)
+    _core.conv2d_backward(X, W, D, stride, padding, dW, db)
+    assert_array_equal(dW, results[0][1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 3), H=st.integers(1, 9), W=st.integers(1, 9), C=st.integers(1, 3),
+       F=st.integers(1, 4), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), padding=st.sampled_from(["valid", "same"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_conv_matches_reference_on_random_geometries(N, H, W, C, F, kh, kw, sh, sw, padding,
+                                                     seed):
+    if padding == "valid" and (kh > H or kw > W):
+        return
+    rng = np.random.default_rng(seed)
+    X, Wt, b, stride, pad, shape = conv_case(rng, np.float64, N, H, W, C, F, (kh, kw),
+                                             (sh, sw), padding)
+    D = rand(rng, shape, np.float64)
+    outs = []
+    for kernels in (_core, ref):
+        out, dW, db, dX = np.empty(shape), np.empty_like(Wt), np.empty_like(b), np.empty_like(X)
+        kernels.conv2d_forward(X, Wt, b, stride, pad, out)
+        kernels.conv2d_backward(X, Wt, D, stride, pad, dW, db, dX)
+        outs.append((out, dW, db, dX))
+    for got, want in zip(*outs):
+        assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_blocks_give_the_whole_product():
+    # a batch whose im2col matrix spans many L2-sized blocks gives what one
+    # GEMM over all of it gives
+    rng = np.random.default_rng(2)
+    X, W, b, stride, padding, shape = conv_case(rng, np.float64, 40, 12, 12, 8, 6, 5, 1,
+                                                "same")
+    D = rand(rng, shape, np.float64)
+    out, dW, db, dX = np.empty(shape), np.empty_like(W), np.empty_like(b), np.empty_like(X)
+    _core.conv2d_forward(X, W, b, stride, padding, out)
+    _core.conv2d_backward(X, W, D, stride, padding, dW, db, dX)
+    col = np.lib.stride_tricks.sliding_window_view(
+        np.pad(X, ((0, 0), (2, 2), (2, 2), (0, 0))), (5, 5), axis=(1, 2))
+    col = col.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 200)
+    assert_allclose(out.reshape(-1, 6), col @ W.reshape(200, 6) + b, rtol=1e-12)
+    assert_allclose(dW.reshape(200, 6), col.T @ D.reshape(-1, 6), rtol=1e-12)
+
+
+POOL_CASES = [
+    # N, H, W, C, size, stride
+    (2, 6, 6, 3, 2, None),
+    (2, 7, 5, 2, 3, 2),
+    (1, 5, 5, 1, 2, 1),                 # overlapping windows
+    (3, 4, 6, 2, (2, 3), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pools_match_reference(case, dtype):
+    N, H, W, C, size, stride = case
+    rng = np.random.default_rng(3)
+    X = rand(rng, (N, H, W, C), dtype)
+    for cls in (MaxPool2D, L2Pool2D):
+        layer = cls(size, stride)
+        shape = (N, *layer.output_shape((H, W, C)))
+        D = rand(rng, shape, dtype)
+        results = []
+        for kernels in (_core, ref):
+            out, dX = np.empty(shape, dtype), np.empty_like(X)
+            if cls is MaxPool2D:
+                idx = np.empty(shape, np.int32)
+                kernels.maxpool_forward(X, layer.size, layer.stride, out, idx)
+                kernels.maxpool_backward(D, idx, dX)
+                results.append((out, idx, dX))
+            else:
+                kernels.l2pool_forward(X, layer.size, layer.stride, out)
+                kernels.l2pool_backward(X, out, D, layer.size, layer.stride, dX)
+                results.append((out, dX))
+        for got, want in zip(*results):
+            assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
+
+
+def test_maxpool_ties_go_to_the_first_element_and_nan_wins():
+    # one channel, 2x2 windows: ties at the window's first element in row-major
+    # order; a NaN wins over numbers, and the last NaN over earlier ones (PyTorch)
+    X = np.array([[1.0, 1.0, 5.0, 2.0],
+                  [1.0, 0.0, 5.0, 5.0],
+                  [np.nan, 3.0, 7.0, np.nan],
+                  [9.0, np.nan, np.nan, 1.0]])[None, :, :, None]
+    for kernels in (_core, ref):
+        out, idx = np.empty((1, 2, 2, 1)), np.empty((1, 2, 2, 1), np.int32)
+        with np.errstate(invalid="ignore"):
+            kernels.maxpool_forward(X, (2, 2), (2, 2), out, idx)
+        assert out[0, 0, 0, 0] == 1 and idx[0, 0, 0, 0] == 0
+        assert out[0, 0, 1, 0] == 5 and idx[0, 0, 1, 0] == 2
+        assert np.isnan(out[0, 1, 0, 0]) and idx[0, 1, 0, 0] == 13       # the later NaN (3, 1)
+        assert np.isnan(out[0, 1, 1, 0]) and idx[0, 1, 1, 0] == 14       # (3, 2) after (2, 3)
+        dX = np.empty_like(X)
+        kernels.maxpool_backward(np.ones((1, 2, 2, 1)), idx, dX)
+        assert_array_equal(np.flatnonzero(dX), [0, 2, 13, 14])
+
+
+def test_maxpool_ties_and_nan_as_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    X = rng.integers(0, 3, (2, 6, 6, 3)).astype(np.float64)       # many ties
+    X[0, 1, 1, 0] = X[1, 4, 2, 2] = X[1, 5, 3, 2] = np.nan
+    out, idx = np.empty((2, 3, 3, 3)), np.empty((2, 3, 3, 3), np.int32)
+    _core.maxpool_forward(X, (2, 2), (2, 2), out, idx)
+    t_out, t_idx = torch.nn.functional.max_pool2d(torch.from_numpy(X).permute(0, 3, 1, 2), 2,
+                                                  return_indices=True)
+    assert_array_equal(out, t_out.permute(0, 2, 3, 1).numpy())
+    # torch's index is y * W + x within a channel's plane; fastnn's (y * W + x) * C + c
+    assert_array_equal(idx // 3, t_idx.permute(0, 2, 3, 1).numpy())
+
+
+def test_l2pool_is_torch_lppool_and_zero_windows_have_zero_gradient():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2, 6, 5, 3))
+    X[0, :2, :2, 1] = 0                                 # a window of zeros: y = 0
+    out, dX = np.empty((2, 3, 2, 3)), np.empty_like(X)
+    D = rng.normal(size=out.shape)
+    _core.l2pool_forward(X, (2, 2), (2, 2), out)
+    _core.l2pool_backward(X, out, D, (2, 2), (2, 2), dX)
+    Xt = torch.from_numpy(X).permute(0, 3, 1, 2).requires_grad_()
+    yt = torch.nn.LPPool2d(2, 2)(Xt)
+    yt.backward(torch.from_numpy(D).permute(0, 3, 1, 2))
+    assert_allclose(out, yt.detach().permute(0, 2, 3, 1).numpy(), rtol=1e-14)
+    # torch, too, gives 0 where y = 0
+    assert_allclose(dX, Xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-12, atol=1e-15)
+    assert_array_equal(dX[0, :2, :2, 1], 0)
+
+
+# --------------------------------------------------------- whole networks
+
+NETS = {
+    "conv_maxpool": [(6, 5, 2), Conv2D(3, 3), MaxPool2D(2), Dense(4), Dense(3)],
+    "strided_same_l2pool": [(7, 7, 2), Conv2D(3, (3, 2), stride=2, padding="same"),
+                            L2Pool2D(2, stride=1), Dense(3)],
+    "two_convs": [(5, 6, 3), Conv2D(2, 2, padding="same"), Conv2D(3, 3, stride=(1, 2)),
+                  Dense(3)],
+    "pool_first": [(6, 6, 1), MaxPool2D(3, stride=2), Conv2D(2, 2), Dense(3)],
+    "conv_output": [(6, 6, 2), Conv2D(4, 4, padding="same"), L2Pool2D(2), Conv2D(3, 3)],
+}
+
+
+def numerical_gradient(net, X, Y, h=1e-6):
+    grads = []
+    for p in list(net.weights) + list(net.biases):
+        g = np.empty_like(p)
+        flat, gflat = p.reshape(-1), g.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + h
+            up = net.evaluate(X, Y)["loss"]
+            flat[i] = old - h
+            down = net.evaluate(X, Y)["loss"]
+            flat[i] = old
+            gflat[i] = (up - down) / (2 * h)
+        grads.append(g)
+    return grads
+
+
+def relative_error(a, b):
+    a, b = np.concatenate([x.ravel() for x in a]), np.concatenate([x.ravel() for x in b])
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_gradient_matches_finite_differences(name, hidden, backend):
+    rng = np.random.default_rng(6)
+    net = Network(NETS[name], activation=hidden, output="softmax", loss="cross_entropy",
+                  dtype="float64", seed=1, slope=0.1, backend=backend)
+    X = rng.normal(size=(4, net.sizes[0]))
+    Y = one_hot(rng.integers(0, 3, 4), net.sizes[-1]) if net.sizes[-1] == 3 else \
+        rng.dirichlet(np.ones(net.sizes[-1]), 4)
+    g = net.gradient(X, Y)
+    assert g.loss == pytest.approx(net.evaluate(X, Y)["loss"], rel=1e-13)
+    numeric = numerical_gradient(net, X, Y)
+    assert relative_error(list(g.weights) + list(g.biases), numeric) < 1e-7
+    for got, want in zip(list(g.weights) + list(g.biases), numeric):
+        assert got.shape == want.shape
+        assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("output, loss", [("sigmoid", "mse"), ("tanh", "mse"),
+                                          ("sigmoid", "cross_entropy"), ("softmax", "mse")])
+def test_gradient_of_every_output_and_loss(output, loss):
+    rng = np.random.default_rng(7)
+    net = Network(NETS["conv_maxpool"], activation="tanh", output=output, loss=loss,
+                  dtype="float64", seed=2)
+    X = rng.normal(size=(3, net.sizes[0]))
+    Y = rng.uniform(0, 1, (3, 3)) if output != "softmax" else rng.dirichlet(np.ones(3), 3)
+    g = net.gradient(X, Y)
+    assert relative_error(list(g.weights) + list(g.biases),
+                          numerical_gradient(net, X, Y)) < 1e-7
+
+
+def _epoch(plan, X, Y, dtype, *, batch, capacity=None, optimizer="sgd", lr=0.1, l2=0.0, l1=0.0,
+           dropout=None, sample_weight=None, augment=_kernels.NO_AUGMENT, seed=77, params=None,
+           image_shape=None):
+    table, keep = plan.table(dropout, image_shape)
+    capacity = capacity or batch
+    opt = OPTIMIZERS[optimizer]
+    if params is None:
+        params = np.empty(plan.n_params, dtype)
+        from fastnn.initializers import INITIALIZERS
+        plan.init(params, INITIALIZERS["nielsen"], np.random.default_rng(0))
+    n = len(X)
+    return dict(X=X, Y=Y.astype(dtype), order=np.random.default_rng(1).permutation(n),
+                params=params, state=opt.new_state(plan.n_params, dtype, lr), table=table,
+                keep=keep, slope=0.05, loss=LOSSES["cross_entropy"].code, batch_size=batch,
+                capacity=capacity, optimizer=opt.code,
+                hyper=hyper_array(lr, l2 / n, l1 / n, betas=(0.8, 0.99)),
+                sample_weight=(np.empty(0, dtype) if sample_weight is None
+                               else sample_weight.astype(dtype)),
+                augment=augment, seed=seed,
+                work=np.empty(_core.workspace_size(table, capacity, keep), dtype),
+                control=np.zeros(_kernels.N_CONTROL, np.int64))
+
+
+def _both(args):
+    runs = []
+    for kernels in (_core, ref):
+        mine = {**args, "params": args["params"].copy(), "state": args["state"].copy(),
+                "control": args["control"].copy()}
+        result = kernels.train_epoch(**mine)
+        runs.append((result, mine))
+    return runs
+
+
+def _assert_same(runs, dtype):
+    (r1, a1), (r2, a2) = runs
+    assert r1[0] == r2[0] == _kernels.DONE and r1[2] == r2[2]
+    assert_allclose(r1[1], r2[1], rtol=RTOL[dtype] * 10)
+    assert_array_equal(a1["control"], a2["control"])
+    tol = {np.float32: 1e-4, np.float64: 1e-11}[dtype]
+    assert_allclose(a1["params"], a2["params"], rtol=tol, atol=tol)
+    assert_allclose(a1["state"], a2["state"], rtol=tol, atol=tol)
+
+
+EPOCH_NET = [(8, 8, 2), Dropout(0.2), Conv2D(4, 3, padding="same"), MaxPool2D(2),
+             Conv2D(3, 2, stride=2), L2Pool2D(2, stride=1), Dense(10), Dropout(0.3), Dense(3)]
+
+
+def _data(n, shape, dtype=np.uint8, seed=8):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, (n, int(np.prod(shape)))).astype(np.uint8)
+    if dtype != np.uint8:
+        X = (X / 255).astype(dtype)
+    return X, one_hot(rng.integers(0, 3, n), 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_epoch_matches_reference_for_every_optimizer(optimizer, dtype):
+    plan = Plan.parse(EPOCH_NET, activation="relu", output="softmax")
+    X, Y = _data(36, (8, 8, 2))
+    batch = 36 if optimizer == "rprop" else 5
+    args = _epoch(plan, X, Y, dtype, batch=batch, optimizer=optimizer, lr=0.02, l2=0.3, l1=0.1,
+                  dropout=[0.25])
+    _assert_same(_both(args), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_epoch_with_shift_sample_weights_and_chunks_matches_reference(dtype):
+    plan = Plan.parse(EPOCH_NET, activation="tanh", output="softmax")
+    X, Y = _data(30, (8, 8, 2), dtype)
+    w = np.random.default_rng(9).uniform(0, 2, 30)
+    for capacity in (7, 3):                     # one chunk (fused SGD), chunks that add up
+        args = _epoch(plan, X, Y, dtype, batch=7, capacity=capacity, sample_weight=w,
+                      augment=_kernels.SHIFT, l2=0.2)
+        _assert_same(_both(args), dtype)
+
+
+@pytest.mark.parametrize("act", HIDDEN)
+def test_every_activation_in_an_epoch_matches_reference(act):
+    plan = Plan.parse([(7, 6, 3), Conv2D(4, 3, stride=(2, 1), padding="same"), MaxPool2D(2),
+                       Dense(5), Dense(3)], activation=act, output="sigmoid")
+    X, Y = _data(20, (7, 6, 3), np.float64)
+    _assert_same(_both(_epoch(plan, X, Y, np.float64, batch=4, lr=0.3)), np.float64)
+
+
+def test_chunks_give_the_step_of_the_whole_batch():
+    plan = Plan.parse(EPOCH_NET, activation="relu", output="softmax")
+    X, Y = _data(24, (8, 8, 2), np.float64)
+    runs = []
+    for capacity in (24, 5):
+        args = _epoch(plan, X, Y, np.float64, batch=24, capacity=capacity,
+                      optimizer="momentum")
+        _core.train_epoch(**args)
+        runs.append(args["params"])
+    assert_allclose(runs[0], runs[1], rtol=1e-12, atol=1e-14)
+
+
+def test_dropout_layers_match_finite_differences_of_the_training_loss():
+    # the masks depend only on (seed, row position, layer), so the training
+    # loss with dropout is a function of the parameters: one SGD step of the
+    # kernel on one batch moves the parameters by -lr times its gradient
+    plan = Plan.parse([(6, 6, 2), Dropout(0.3), Conv2D(3, 3, padding="same"), L2Pool2D(2),
+                       Dropout(0.4), Dense(5), Dense(3)], activation="tanh", output="softmax")
+    X, Y = _data(6, (6, 6, 2), np.float64)
+    args = _epoch(plan, X, Y, np.float64, batch=6, lr=1e-3, dropout=[0.5])
+    args["order"] = np.arange(6)
+    before = args["params"].copy()
+    _core.train_epoch(**args)
+    grad = (before - args["params"]) / 1e-3
+    table, keep = args["table"], args["keep"]
+    positions = np.arange(6)
+
+    def loss(params):
+        A = ref._forward(X, params, table, 0.05, keep, args["seed"], positions)[0]
+        return -np.sum(Y * np.log(A[-1])) / 6
+
+    h, numeric = 1e-6, np.empty_like(before)
+    for i in range(len(before)):
+        up, down = before.copy(), before.copy()
+        up[i] += h
+        down[i] -= h
+        numeric[i] = (loss(up) - loss(down)) / (2 * h)
+    assert np.count_nonzero(keep < 1) == 3
+    assert_allclose(grad, numeric, rtol=1e-4, atol=1e-7)
+    # and the masks did something: without them the gradient differs
+    plain = _epoch(plan, X, Y, np.float64, batch=6, lr=1e-3, params=before.copy())
+    plain["keep"], plain["order"] = np.ones(len(table)), np.arange(6)
+    _core.train_epoch(**plain)
+    assert not np.allclose((before - plain["params"]) / 1e-3, grad, rtol=1e-3)
+
+
+# -------------------------------------------------------------- PyTorch
+
+def _torch_net(torch, net):
+    """PyTorch modules computing what a fastnn conv net computes (float64),
+    fastnn's HWIO weights permuted to PyTorch's OIHW; activations kept NHWC
+    at the flatten so that the Dense weights are used as they are."""
+    F = torch.nn.functional
+    params = []
+    for W, b in zip(net.weights, net.biases):
+        Wt = torch.from_numpy(W.transpose(3, 2, 0, 1).copy() if W.ndim == 4 else W.T.copy())
+        params += [Wt.requires_grad_(), torch.from_numpy(b.copy()).requires_grad_()]
+
+    def forward(x):
+        a = x.reshape(-1, *net.input_shape).permute(0, 3, 1, 2)      # NHWC rows -> NCHW
+        k, z = 0, None
+        for layer, shape_in, act in zip(net.layers, net.plan.shapes, net.activations):
+            if isinstance(layer, Conv2D):
+                top, bottom, left, right = layer.padding_amounts(shape_in)
+                z = F.conv2d(F.pad(a, (left, right, top, bottom)), params[k], params[k + 1],
+                             stride=layer.stride)
+                k += 2
+            elif isinstance(layer, MaxPool2D):
+                a = F.max_pool2d(a, layer.size, layer.stride)
+                continue
+            elif isinstance(layer, L2Pool2D):
+                a = F.lp_pool2d(a, 2, layer.size, layer.stride)
+                continue
+            elif isinstance(layer, Dense):
+                if a.dim() == 4:
+                    a = a.permute(0, 2, 3, 1).flatten(1)             # HWC order, as fastnn
+                z = F.linear(a, params[k], params[k + 1])
+                k += 2
+            else:
+                continue
+            a = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+                 "softmax": lambda t: t}[act](z)
+        return z                                                        # logits
+    return params, forward
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_three_steps_match_torch(optimizer):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(10)
+    m, n = 5, 15
+    spec = [(9, 8, 2), Conv2D(4, 3, padding="same"), MaxPool2D(2), Conv2D(5, 2, stride=2),
+            L2Pool2D(2, stride=1), Dense(6, activation="tanh"), Dense(3)]
+    net = Network(spec, activation="relu", output="softmax", loss="cross_entropy",
+                  dtype="float64", seed=3, init="he")
+    X = rng.uniform(0, 1, (n, net.sizes[0]))
+    y = rng.integers(0, 3, n)
+    l2, l1, lr = 0.4, 0.2, {"sgd": 0.2, "adam": 0.01}[optimizer]
+    params, forward = _torch_net(torch, net)
+    weights, biases = params[0::2], params[1::2]
+    groups = [{"params": weights, "weight_decay": l2 / n}, {"params": biases, "weight_decay": 0}]
+    opt = (torch.optim.SGD(groups, lr=lr) if optimizer == "sgd"
+           else torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8))
+    for step in range(3):
+        rows = slice(step * m, (step + 1) * m)
+        cost = torch.nn.functional.cross_entropy(forward(torch.from_numpy(X[rows])),
+                                                 torch.from_numpy(y[rows]))
+        cost = cost + l1 / n * sum(W.abs().sum() for W in weights)
+        opt.zero_grad()
+        cost.backward()
+        opt.step()
+    net.fit(X, y, epochs=1, batch_size=m, lr=lr, optimizer=optimizer, l2=l2, l1=l1,
+            shuffle=False)
+    for W, b, Wt, bt in zip(net.weights, net.biases, weights, biases):
+        Wt = Wt.detach().numpy()
+        Wt = Wt.transpose(2, 3, 1, 0) if W.ndim == 4 else Wt.T
+        assert_allclose(W, Wt, rtol=1e-9, atol=1e-12)
+        assert_allclose(b, bt.detach().numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_forward_matches_torch_in_float32():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    net = Network([(12, 12, 3), Conv2D(6, 5, padding="same"), MaxPool2D(2), Conv2D(4, 3),
+                   L2Pool2D(2), Dense(10)], activation="sigmoid", output="softmax",
+                  loss="cross_entropy", seed=0)
+    X = rng.integers(0, 256, (50, 432)).astype(np.uint8)
+    params, forward = _torch_net(torch, net)
+    with torch.no_grad():
+        want = torch.softmax(forward(torch.from_numpy(X / np.float32(255)).float()), 1).numpy()
+    assert_allclose(net.forward(X), want, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------ the table's checks
+
+def _conv_args():
+    plan = Plan.parse([(6, 6, 1), Conv2D(2, 3), MaxPool2D(2), Dense(3)], output="softmax")
+    X, Y = _data(10, (6, 6, 1), np.float64)
+    return _epoch(plan, X, Y, np.float64, batch=5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.__setitem__((0, _kernels.T_KIND), 7), "unknown layer kind 7"),
+    (lambda t: t.__setitem__((1, _kernels.T_IN_C), 3), r"takes 4x4x3 inputs, but the layer "
+                                                       r"before gives \(4, 4, 2\)"),
+    (lambda t: t.__setitem__((0, _kernels.T_SH), 3),
+     "4x4 outputs need windows beyond the padded input"),
+    (lambda t: t.__setitem__((0, _kernels.T_PT), 3), "padding must be smaller than the window"),
+    (lambda t: t.__setitem__((1, _kernels.T_KH), 3), "pooling windows must lie inside"),
+    (lambda t: t.__setitem__((1, _kernels.T_W_OFF), 20), "pooling layers have no parameters"),
+    (lambda t: t.__setitem__((1, _kernels.T_ACT), 3), "pooling layers have no activation"),
+    (lambda t: t.__setitem__((2, _kernels.T_W_OFF), 0), "its weights must be at offset 20"),
+    (lambda t: t.__setitem__((0, _kernels.T_SH), 0), "must be >= 1"),
+    (lambda t: t.__setitem__((0, _kernels.T_IN_H), 2**31), "more than 2147483647 entries"),
+    (lambda t: t.__setitem__((2, _kernels.T_OUT_H), 2), "a dense layer's output is 1x1xO"),
+])
+def test_inconsistent_tables_are_refused_before_the_kernel_runs(change, message):
+    args = _conv_args()
+    change(args["table"])
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match=message):
+        _core.train_epoch(**args)
+    assert_array_equal(args["params"], before)
+
+
+def test_single_kernels_refuse_bad_shapes_and_indices():
+    X = np.zeros((2, 5, 5, 2))
+    with pytest.raises(ValueError, match="conv2d_forward: shapes do not match"):
+        _core.conv2d_forward(X, np.zeros((3, 3, 1, 4)), np.zeros(4), (1, 1), (0, 0),
+                             np.empty((2, 3, 3, 4)))
+    with pytest.raises(ValueError, match="windows beyond the padded input"):
+        _core.conv2d_forward(X, np.zeros((3, 3, 2, 4)), np.zeros(4), (1, 1), (0, 0),
+                             np.empty((2, 6, 5, 4)))
+    with pytest.raises(ValueError, match="pooling windows must lie inside"):
+        _core.maxpool_forward(X, (2, 2), (2, 2), np.empty((2, 3, 3, 2)),
+                              np.empty((2, 3, 3, 2), np.int32))
+    idx = np.zeros((2, 2, 2, 2), np.int32)
+    idx[1, 1, 1, 1] = 50
+    with pytest.raises(ValueError, match="argmax holds an index outside the sample"):
+        _core.maxpool_backward(np.ones((2, 2, 2, 2)), idx, np.empty_like(X))
+
+
+# ---------------------------------------------------------------- MNIST
+
+def test_a_small_conv_net_learns_mnist(mnist):
+    (X, y), (X_test, y_test) = mnist
+    net = Network([(28, 28, 1), Conv2D(8, 5), MaxPool2D(2), Dense(10)], activation="relu",
+                  output="softmax", loss="cross_entropy", init="he", seed=0)
+    net.fit(X[:3000].reshape(-1, 28, 28), y[:3000], epochs=1, batch_size=10, lr=0.05)
+    accuracy = net.evaluate(X_test[:1000], y_test[:1000])["accuracy"]
+    assert accuracy > 0.85, accuracy
