@@ -23,9 +23,12 @@ extensions = [
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         # -fno-math-errno and -fno-trapping-math change no result; they let GCC
-        # vectorise loops with sqrt, comparisons and selects.
+        # vectorise loops with sqrt, comparisons and selects. -ffp-contract=off
+        # keeps a*b + c two roundings on CPUs with FMA too, so the paths
+        # compiled for AVX2 / AVX-512 (target_clones) give the baseline's results.
         extra_compile_args=(["-O0", "-g"] if DEBUG else
-                            ["-O3", "-fno-math-errno", "-fno-trapping-math"]) + OPENMP,
+                            ["-O3", "-fno-math-errno", "-fno-trapping-math",
+                             "-ffp-contract=off"]) + OPENMP,
         extra_link_args=OPENMP,
     )
 ]

@@ -17,8 +17,15 @@ sample, 2 x the forward ones.
 
 Implementations: fastnn (compiled kernels), numpy (fastnn's NumPy reference
 backend: the same maths vectorised over the mini-batch), nielsen (the
-textbook per-sample loop of Nielsen's network.py, on a 10,000-sample slice)
-and torch (torch.nn.Sequential + torch.optim.SGD, when installed).
+textbook per-sample loop of Nielsen's network.py, on a 10,000-sample slice;
+dense configurations only) and torch (torch.nn.Sequential +
+torch.optim.SGD, when installed).
+
+The convolutional configurations (conv*) are Nielsen's chapter-6 nets on
+28 x 28 x 1 images: 5 x 5 valid convolutions, 2 x 2 max-pooling, FC100, a
+softmax output with cross-entropy. For them a convolution counts
+OH*OW*kh*kw*C*F multiply-adds, and the GEMM ceiling is the largest GEMM of
+the batch (the first convolution's im2col product for the whole batch).
 """
 import argparse
 import json
@@ -34,29 +41,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fastnn  # noqa: E402
 from fastnn.blas import get_num_threads, set_num_threads  # noqa: E402
+from fastnn.layers import Conv2D, Dense, MaxPool2D  # noqa: E402
+from fastnn.plan import Plan  # noqa: E402
 from nielsen import TextbookNetwork  # noqa: E402
 
-# name: (sizes, hidden activation, output activation, loss, batch size, learning rate)
+# name: (sizes or layers, hidden activation, output activation, loss, batch size, learning rate)
 CONFIGS = {
     "nielsen30": ([784, 30, 10], "sigmoid", "sigmoid", "mse", 10, 3.0),
     "nielsen100": ([784, 100, 10], "sigmoid", "sigmoid", "mse", 10, 3.0),
     "mid": ([784, 256, 128, 10], "relu", "softmax", "cross_entropy", 64, 0.1),
     "wide": ([784, 1024, 1024, 10], "relu", "softmax", "cross_entropy", 256, 0.1),
+    "conv20-sigmoid": ([(28, 28, 1), Conv2D(20, 5), MaxPool2D(2), Dense(100),
+                        Dense(10, activation="softmax")], "sigmoid", "softmax", "cross_entropy",
+                       10, 0.1),
+    "conv2-relu": ([(28, 28, 1), Conv2D(20, 5), MaxPool2D(2), Conv2D(40, 5), MaxPool2D(2),
+                    Dense(100), Dense(10)], "relu", "softmax", "cross_entropy", 10, 0.03),
+    "conv2-relu-64": ([(28, 28, 1), Conv2D(20, 5), MaxPool2D(2), Conv2D(40, 5), MaxPool2D(2),
+                       Dense(100), Dense(10)], "relu", "softmax", "cross_entropy", 64, 0.03),
 }
-INFERENCE = ["mid", "wide"]
+INFERENCE = ["mid", "wide", "conv2-relu"]
 N_TRAIN, N_TEST, N_TEXTBOOK = 60000, 10000, 10000
 
 
-def flops_per_sample(sizes, training=True):
-    macs = [i * o for i, o in zip(sizes, sizes[1:])]
+def _gemms(config):
+    """(rows per sample, I, O) of each layer's forward GEMM: a dense layer is
+    one row of I x O, a convolution OH*OW rows of kh*kw*C x F."""
+    spec, act, out, *_ = config
+    plan = Plan.parse(spec, act, out)
+    gemms = []
+    for layer, shape in zip(plan.layers, plan.shapes):
+        if isinstance(layer, Dense):
+            gemms.append((1, shape[0], layer.units))
+        elif isinstance(layer, Conv2D):
+            OH, OW, F = layer.output_shape(shape)
+            gemms.append((OH * OW, layer.kernel[0] * layer.kernel[1] * shape[2], F))
+    return gemms
+
+
+def is_conv(config):
+    return not all(isinstance(s, int) for s in config[0])
+
+
+def flops_per_sample(config, training=True):
+    macs = [r * i * o for r, i, o in _gemms(config)]
     if not training:
         return 2 * sum(macs)
     return 2 * (2 * sum(macs) + sum(macs[1:]))
 
 
-def gemm_ceiling(sizes, batch, seconds=1.0):
-    """Best float32 GFLOP/s of (batch x I) @ (I x O) for the largest layer."""
-    i, o = max(zip(sizes, sizes[1:]), key=lambda io: io[0] * io[1])
+def gemm_ceiling(config, batch, seconds=1.0):
+    """Best float32 GFLOP/s of (batch*rows x I) @ (I x O) for the largest layer."""
+    r, i, o = max(_gemms(config), key=lambda g: g[0] * g[1] * g[2])
+    batch *= r
     rng = np.random.default_rng(0)
     A = rng.random((batch, i), dtype=np.float32)
     B = rng.random((i, o), dtype=np.float32)
@@ -114,11 +150,21 @@ def textbook_infer(config, X):
 def torch_model(config):
     import torch
 
-    sizes, act, out, *_ = config
+    spec, act, out, *_ = config
+    plan = Plan.parse(spec, act, out)
     layers = []
-    for l, (i, o) in enumerate(zip(sizes, sizes[1:])):
-        layers.append(torch.nn.Linear(i, o))
-        name = act if l < len(sizes) - 2 else out
+    if plan.image_shape:
+        H, W, C = plan.image_shape
+        layers.append(torch.nn.Unflatten(1, (C, H, W)))      # C = 1 here: HWC is CHW
+    for layer, shape, name in zip(plan.layers, plan.shapes, plan.activations):
+        if isinstance(layer, Dense):
+            layers.append(torch.nn.Linear(shape[0], layer.units))
+        elif isinstance(layer, Conv2D):
+            layers.append(torch.nn.Conv2d(shape[2], layer.filters, layer.kernel, layer.stride))
+        elif isinstance(layer, MaxPool2D):
+            layers.append(torch.nn.MaxPool2d(layer.size, layer.stride))
+        else:
+            layers.append(torch.nn.Flatten())
         if name == "sigmoid":
             layers.append(torch.nn.Sigmoid())
         elif name == "relu":
@@ -130,11 +176,11 @@ def torch_train(config, X, y):
     import torch
     import torch.nn.functional as F
 
-    sizes, act, out, loss, batch, lr = config
+    spec, act, out, loss, batch, lr = config
     model = torch_model(config)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    Yt = F.one_hot(yt, sizes[-1]).float()
+    Yt = F.one_hot(yt, Plan.parse(spec, act, out).n_outputs).float()
     start = time.perf_counter()
     order = torch.randperm(len(X))
     for k in range(0, len(X), batch):
@@ -225,14 +271,18 @@ def main(argv=None):
     for name in configs:
         inference = name.startswith("infer-")
         config = CONFIGS[name.removeprefix("infer-")]
-        sizes, batch = config[0], config[4]
-        ceiling = gemm_ceiling(sizes, batch)
-        flops = flops_per_sample(sizes, training=not inference)
+        batch = config[4]
+        ceiling = gemm_ceiling(config, batch)
+        flops = flops_per_sample(config, training=not inference)
+        # Nielsen's loop is dense only; the NumPy reference's convolutions
+        # are slow, so they run only when asked for by --impl
+        mine = [i for i in impls if not is_conv(config) or i == "fastnn" or i == "torch"
+                or (i == "numpy" and args.impl)]
         # round-robin over implementations, so that drift in the machine's
         # speed (it is shared) falls on all of them alike
-        rows = {impl: [] for impl in impls}
+        rows = {impl: [] for impl in mine}
         for _ in range(args.repeat):
-            for impl in impls:
+            for impl in mine:
                 if inference:
                     rows[impl] += measure(INFER[impl], 1, config, X_test)
                 else:

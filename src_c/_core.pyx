@@ -174,6 +174,11 @@ cdef Py_ssize_t INT_MAX = 2147483647
 # rows, however long they are, so that its GEMM is not a sliver.
 cdef Py_ssize_t COL_ENTRIES = 32768
 cdef Py_ssize_t MIN_BLOCK = 32
+# A convolution whose window rows hold fewer entries than this (kw*C: 5 for
+# MNIST's first layer) builds its im2col matrix transposed, where a copy is
+# a run of output pixels along a row of the image; it is only done where no
+# input gradient is needed (the first layer), as col2im reads rows.
+cdef Py_ssize_t SHORT_SPAN = 16
 
 
 # --------------------------------------------------------------------------
@@ -191,6 +196,7 @@ cdef struct Geometry:
     Py_ssize_t pixels            # out_h*out_w
     Py_ssize_t K                 # convolution: kh*kw*in_c
     Py_ssize_t block             # convolution: im2col rows per block
+    bint col_t                   # convolution: im2col transposed (K, block), see im2col_t
     Py_ssize_t w_off, b_off      # offsets of W and b in params (-1: none)
     Py_ssize_t colsum_off        # bias gradient (out_c entries), -1 if none
     Py_ssize_t idx_off           # max-pool: int32 argmax of each output entry, -1 if none
@@ -235,6 +241,7 @@ cdef void geometry_init(Geometry* g, const int64_t* row, Py_ssize_t capacity) no
     g.n_out = g.pixels * g.out_c
     g.K = g.kh * g.kw * g.in_c
     g.block = 0
+    g.col_t = False
     g.colsum_off = -1
     g.idx_off = -1
     if g.kind == CONV2D:
@@ -267,6 +274,7 @@ cdef int layout_init(Layout* lay, const int64_t* table, Py_ssize_t n_layers,
     for l in range(n_layers):
         g = &lay.layer[l]
         geometry_init(g, table + l * N_COLS, capacity)
+        g.col_t = l == 0 and g.kind == CONV2D and g.kw * g.in_c < SHORT_SPAN
         if g.b_off >= 0:
             lay.n_params = g.b_off + g.out_c
         if g.kind == CONV2D and g.block * g.K > col:
@@ -381,8 +389,24 @@ cdef extern from *:
         e = x < -87.3365f ? 0.0f : e;
         return e;
     }
+
+    /* The float32 sigmoid loop, compiled for AVX-512, AVX2 and the baseline,
+       the best chosen when the module loads (GCC's function multiversioning;
+       other compilers get the baseline). The same operations in the same
+       order on every path (built with -ffp-contract=off), so the results
+       do not depend on the CPU. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    #define FASTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define FASTNN_CLONES
+    #endif
+    FASTNN_CLONES static void fastnn_sigmoid_f(float* a, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            a[i] = 1.0f / (1.0f + fastnn_expf(-a[i]));
+    }
     """
     float fastnn_expf(float x) noexcept nogil
+    void sigmoid_f "fastnn_sigmoid_f"(float* a, Py_ssize_t n) noexcept nogil
 
 
 cdef inline floating _exp(floating x) noexcept nogil:
@@ -557,8 +581,11 @@ cdef void activate_flat(int act, floating slope, floating* a, Py_ssize_t n) noex
     cdef Py_ssize_t i
     cdef floating one = 1       # typed, or Cython computes 1 / (1 + e) in double
     if act == SIGMOID:
-        for i in range(n):
-            a[i] = one / (one + _exp(-a[i]))
+        if floating is float:
+            sigmoid_f(a, n)
+        else:
+            for i in range(n):
+                a[i] = one / (one + _exp(-a[i]))
     elif act == TANH:
         for i in range(n):
             a[i] = _tanh(a[i])
@@ -785,41 +812,129 @@ cdef void param_update_impl(const floating* A, const floating* D,
 # Convolution: im2col + GEMM, rows are output pixels.
 # --------------------------------------------------------------------------
 
+cdef struct Pixel:
+    # an output pixel (n, oy, ox) of a chunk, walked in row order
+    Py_ssize_t n, oy, ox
+
+
+cdef inline void pixel_at(Pixel* q, const Geometry* g, Py_ssize_t r) noexcept nogil:
+    """q := output pixel r = (n*OH + oy)*OW + ox of the chunk."""
+    q.n = r // g.pixels
+    r -= q.n * g.pixels
+    q.oy = r // g.out_w
+    q.ox = r - q.oy * g.out_w
+
+
+cdef inline void pixel_next(Pixel* q, const Geometry* g) noexcept nogil:
+    q.ox += 1
+    if q.ox == g.out_w:
+        q.ox = 0
+        q.oy += 1
+        if q.oy == g.out_h:
+            q.oy = 0
+            q.n += 1
+
+
 cdef void im2col(const floating* A, const Geometry* g, Py_ssize_t r0, Py_ssize_t nr,
                  floating* col) noexcept nogil:
     """col[r - r0] := the receptive field of output pixel r of the chunk, in
     (ky, kx, c) order (the order of W's rows), zeros outside the image.
     Pixel r is (n, oy, ox) with r = (n*OH + oy)*OW + ox.  A (N, H*W*C),
-    col (nr, K)."""
-    cdef Py_ssize_t r, n, p, oy, ox, ky, iy, ix0, lo, hi, j
-    cdef Py_ssize_t C = g.in_c, W = g.in_w, span = g.kw * g.in_c
-    cdef const floating* src
+    col (nr, K).
+
+    Each window row (ky) is kw*C contiguous entries of A: a window inside
+    the image is kh straight copies; one on the border is clipped."""
+    cdef Py_ssize_t r, ky, iy0, ix0, lo, hi, j
+    cdef Py_ssize_t C = g.in_c, W = g.in_w, span = g.kw * g.in_c, line = g.in_w * g.in_c
+    cdef Pixel q
     cdef const floating* s
     cdef floating* d
-    for r in range(r0, r0 + nr):
-        n = r // g.pixels
-        p = r - n * g.pixels
-        oy = p // g.out_w
-        ox = p - oy * g.out_w
-        src = A + n * g.n_in
-        ix0 = ox * g.sw - g.pl
-        # the window's columns kx in [lo, hi) are inside the image
-        lo = -ix0 if ix0 < 0 else 0
-        hi = W - ix0 if W - ix0 < g.kw else g.kw
-        for ky in range(g.kh):
-            iy = oy * g.sh - g.pt + ky
-            d = col + (r - r0) * g.K + ky * span
-            if iy < 0 or iy >= g.in_h or lo >= hi:
+    pixel_at(&q, g, r0)
+    for r in range(nr):
+        d = col + r * g.K
+        iy0 = q.oy * g.sh - g.pt
+        ix0 = q.ox * g.sw - g.pl
+        s = A + q.n * g.n_in + (iy0 * W + ix0) * C
+        if iy0 >= 0 and iy0 + g.kh <= g.in_h and ix0 >= 0 and ix0 + g.kw <= W:
+            for ky in range(g.kh):
                 for j in range(span):
-                    d[j] = 0
-                continue
-            for j in range(lo * C):
-                d[j] = 0
-            s = src + (iy * W + ix0) * C
-            for j in range(lo * C, hi * C):
-                d[j] = s[j]
-            for j in range(hi * C, span):
-                d[j] = 0
+                    d[j] = s[j]
+                d += span
+                s += line
+        else:
+            # the window's columns kx in [lo, hi) are inside the image
+            lo = -ix0 if ix0 < 0 else 0
+            hi = W - ix0 if W - ix0 < g.kw else g.kw
+            for ky in range(g.kh):
+                if iy0 + ky < 0 or iy0 + ky >= g.in_h or lo >= hi:
+                    for j in range(span):
+                        d[j] = 0
+                else:
+                    for j in range(lo * C):
+                        d[j] = 0
+                    for j in range(lo * C, hi * C):
+                        d[j] = s[j]
+                    for j in range(hi * C, span):
+                        d[j] = 0
+                d += span
+                s += line
+        pixel_next(&q, g)
+
+
+cdef void im2col_t(const floating* A, const Geometry* g, Py_ssize_t r0, Py_ssize_t nr,
+                   floating* colT) noexcept nogil:
+    """colT[k, r - r0] := entry k = (ky*kw + kx)*C + c of the receptive field
+    of output pixel r: im2col's matrix transposed, (K, nr) row-major, zeros
+    outside the image. A (N, H*W*C).
+
+    Along a run of output pixels of one image row (fixed n, oy), entry k
+    reads input row oy*sh - pt + ky at columns ox*sw - pl + kx: a strided
+    (for sw*C = 1, contiguous) run of the input, copied at once."""
+    cdef Py_ssize_t j0, run, ky, kx, c, k, iy, ox, a, b, step = g.sw * g.in_c
+    cdef Py_ssize_t C = g.in_c, W = g.in_w
+    cdef Pixel q
+    cdef const floating* s
+    cdef floating* d
+    pixel_at(&q, g, r0)
+    j0 = 0
+    while j0 < nr:
+        run = g.out_w - q.ox if g.out_w - q.ox < nr - j0 else nr - j0
+        for kx in range(g.kw):
+            # the output columns ox in [a, b) of this run read inside the image
+            a = q.ox
+            while a < q.ox + run and a * g.sw - g.pl + kx < 0:
+                a += 1
+            b = q.ox + run
+            while b > a and (b - 1) * g.sw - g.pl + kx >= W:
+                b -= 1
+            for ky in range(g.kh):
+                iy = q.oy * g.sh - g.pt + ky
+                s = A + q.n * g.n_in + (iy * W - g.pl + kx) * C
+                for c in range(C):
+                    k = (ky * g.kw + kx) * C + c
+                    d = colT + k * nr + j0 - q.ox
+                    if iy < 0 or iy >= g.in_h:
+                        for ox in range(q.ox, q.ox + run):
+                            d[ox] = 0
+                        continue
+                    for ox in range(q.ox, a):
+                        d[ox] = 0
+                    if step == 1:
+                        for ox in range(a, b):
+                            d[ox] = s[ox]
+                    else:
+                        for ox in range(a, b):
+                            d[ox] = s[ox * step + c]
+                    for ox in range(b, q.ox + run):
+                        d[ox] = 0
+        j0 += run
+        q.ox += run
+        if q.ox == g.out_w:
+            q.ox = 0
+            q.oy += 1
+            if q.oy == g.out_h:
+                q.oy = 0
+                q.n += 1
 
 
 cdef void col2im_add(const floating* col, const Geometry* g, Py_ssize_t r0, Py_ssize_t nr,
@@ -827,28 +942,26 @@ cdef void col2im_add(const floating* col, const Geometry* g, Py_ssize_t r0, Py_s
     """dA += col2im(col): each entry of the receptive field of output pixel r
     (row r - r0 of col) is added to the input entry it was read from (the
     adjoint of im2col).  col (nr, K), dA (N, H*W*C)."""
-    cdef Py_ssize_t r, n, p, oy, ox, ky, iy, ix0, lo, hi, j
-    cdef Py_ssize_t C = g.in_c, W = g.in_w, span = g.kw * g.in_c
+    cdef Py_ssize_t r, ky, iy0, ix0, lo, hi, j
+    cdef Py_ssize_t C = g.in_c, W = g.in_w, span = g.kw * g.in_c, line = g.in_w * g.in_c
+    cdef Pixel q
     cdef const floating* s
     cdef floating* d
-    for r in range(r0, r0 + nr):
-        n = r // g.pixels
-        p = r - n * g.pixels
-        oy = p // g.out_w
-        ox = p - oy * g.out_w
-        ix0 = ox * g.sw - g.pl
+    pixel_at(&q, g, r0)
+    for r in range(nr):
+        s = col + r * g.K
+        iy0 = q.oy * g.sh - g.pt
+        ix0 = q.ox * g.sw - g.pl
+        d = dA + q.n * g.n_in + (iy0 * W + ix0) * C
         lo = -ix0 if ix0 < 0 else 0
         hi = W - ix0 if W - ix0 < g.kw else g.kw
-        if lo >= hi:
-            continue
         for ky in range(g.kh):
-            iy = oy * g.sh - g.pt + ky
-            if iy < 0 or iy >= g.in_h:
-                continue
-            s = col + (r - r0) * g.K + ky * span
-            d = dA + n * g.n_in + (iy * W + ix0) * C
-            for j in range(lo * C, hi * C):
-                d[j] += s[j]
+            if 0 <= iy0 + ky < g.in_h:
+                for j in range(lo * C, hi * C):
+                    d[j] += s[j]
+            s += span
+            d += line
+        pixel_next(&q, g)
 
 
 cdef void conv_forward_impl(const floating* A, const floating* W, const floating* b,
@@ -865,14 +978,20 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
     for blk in range((rows + g.block - 1) // g.block):
         r0 = blk * g.block
         nr = g.block if r0 + g.block <= rows else rows - r0
-        im2col(A, g, r0, nr, col)
         z = Z + r0 * F
         for r in range(nr):
             for j in range(F):
                 z[r * F + j] = b[j]
-        # column-major Z^T (F, nr) += W^T (F, K) @ col^T (K, nr)
-        gemm(c'N', c'N', <int> F, <int> nr, <int> g.K, 1, W, <int> F, col, <int> g.K,
-             1, z, <int> F)
+        if g.col_t:
+            # column-major Z^T (F, nr) += W^T (F, K) @ colT (K, nr)
+            im2col_t(A, g, r0, nr, col)
+            gemm(c'N', c'T', <int> F, <int> nr, <int> g.K, 1, W, <int> F, col, <int> nr,
+                 1, z, <int> F)
+        else:
+            # column-major Z^T (F, nr) += W^T (F, K) @ col^T (K, nr)
+            im2col(A, g, r0, nr, col)
+            gemm(c'N', c'N', <int> F, <int> nr, <int> g.K, 1, W, <int> F, col, <int> g.K,
+                 1, z, <int> F)
         if g.act != SOFTMAX:
             activate_flat(g.act, slope, z, nr * F)
     if g.act == SOFTMAX:
@@ -890,7 +1009,8 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
 
     From Z = im2col(A) @ W + b: dC/dW = im2col(A)^T delta, dC/db = sum of
     delta over pixels and samples, dC/dA = col2im(delta W^T). W_out may be
-    W itself (a fused SGD step): dA is complete before W changes.
+    W itself (a fused SGD step): dA is complete before W changes. A layer
+    with g.col_t has no dA.
     A, dA (N, H*W*C), W, W_out (K, F), D (N*OH*OW, F), col (block, K).
     """
     cdef Py_ssize_t blk, r0, nr, i, F = g.out_c, rows = N * g.pixels
@@ -907,10 +1027,16 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
     for blk in range((rows + g.block - 1) // g.block):
         r0 = blk * g.block
         nr = g.block if r0 + g.block <= rows else rows - r0
-        im2col(A, g, r0, nr, col)
-        # column-major W^T (F, K) = alpha D^T (F, nr) @ col (nr, K) + beta W^T
-        gemm(c'N', c'T', <int> F, <int> g.K, <int> nr, alpha, D + r0 * F, <int> F, col,
-             <int> g.K, beta_w if r0 == 0 else 1, W_out, <int> F)
+        if g.col_t:
+            # column-major W^T (F, K) = alpha D^T (F, nr) @ colT^T (nr, K) + beta W^T
+            im2col_t(A, g, r0, nr, col)
+            gemm(c'N', c'N', <int> F, <int> g.K, <int> nr, alpha, D + r0 * F, <int> F, col,
+                 <int> nr, beta_w if r0 == 0 else 1, W_out, <int> F)
+        else:
+            # column-major W^T (F, K) = alpha D^T (F, nr) @ col (nr, K) + beta W^T
+            im2col(A, g, r0, nr, col)
+            gemm(c'N', c'T', <int> F, <int> g.K, <int> nr, alpha, D + r0 * F, <int> F, col,
+                 <int> g.K, beta_w if r0 == 0 else 1, W_out, <int> F)
     bias_update_impl(D, alpha, beta_b, b_out, colsum, rows, F)
 
 
@@ -926,32 +1052,37 @@ cdef void maxpool_forward_impl(const floating* A, floating* out, int32_t* argmax
     The first maximum in row-major window order wins a tie; a NaN wins, and
     a later NaN over an earlier one (PyTorch's v > max or isnan(v)).
     """
-    cdef Py_ssize_t n, oy, ox, ky, kx, c, o, off, C = g.in_c
+    cdef Py_ssize_t n, oy, ox, ky, kx, c, off, C = g.in_c
     cdef const floating* src
+    cdef const floating* s
     cdef floating* dst
     cdef int32_t* idx
     cdef floating v
+    cdef bint take
     for n in range(N):
         src = A + n * g.n_in
         dst = out + n * g.n_out
         idx = argmax + n * g.n_out
         for oy in range(g.out_h):
             for ox in range(g.out_w):
-                o = (oy * g.out_w + ox) * C
                 off = (oy * g.sh * g.in_w + ox * g.sw) * C
+                s = src + off
                 for c in range(C):
-                    dst[o + c] = src[off + c]
-                    idx[o + c] = <int32_t> (off + c)
+                    dst[c] = s[c]
+                    idx[c] = <int32_t> (off + c)
                 for ky in range(g.kh):
                     for kx in range(g.kw):
                         if ky == 0 and kx == 0:
                             continue
                         off = ((oy * g.sh + ky) * g.in_w + ox * g.sw + kx) * C
+                        s = src + off
                         for c in range(C):
-                            v = src[off + c]
-                            if v > dst[o + c] or v != v:
-                                dst[o + c] = v
-                                idx[o + c] = <int32_t> (off + c)
+                            v = s[c]
+                            take = (v > dst[c]) | (v != v)
+                            dst[c] = v if take else dst[c]
+                            idx[c] = <int32_t> (off + c) if take else idx[c]
+                dst += C
+                idx += C
 
 
 cdef void maxpool_backward_impl(const floating* D, const int32_t* argmax, floating* dA,
@@ -971,24 +1102,25 @@ cdef void maxpool_backward_impl(const floating* D, const int32_t* argmax, floati
 cdef void l2pool_forward_impl(const floating* A, floating* out, const Geometry* g,
                               Py_ssize_t N) noexcept nogil:
     """out := sqrt(sum x^2) over each window.  A (N, H*W*C), out (N, OH*OW*C)."""
-    cdef Py_ssize_t n, oy, ox, ky, kx, c, o, off, C = g.in_c
+    cdef Py_ssize_t n, oy, ox, ky, kx, c, C = g.in_c
     cdef const floating* src
+    cdef const floating* s
     cdef floating* dst
     for n in range(N):
         src = A + n * g.n_in
         dst = out + n * g.n_out
         for oy in range(g.out_h):
             for ox in range(g.out_w):
-                o = (oy * g.out_w + ox) * C
                 for c in range(C):
-                    dst[o + c] = 0
+                    dst[c] = 0
                 for ky in range(g.kh):
                     for kx in range(g.kw):
-                        off = ((oy * g.sh + ky) * g.in_w + ox * g.sw + kx) * C
+                        s = src + ((oy * g.sh + ky) * g.in_w + ox * g.sw + kx) * C
                         for c in range(C):
-                            dst[o + c] += src[off + c] * src[off + c]
+                            dst[c] += s[c] * s[c]
                 for c in range(C):
-                    dst[o + c] = _sqrt(dst[o + c])
+                    dst[c] = _sqrt(dst[c])
+                dst += C
 
 
 cdef void l2pool_backward_impl(const floating* A, const floating* Y, const floating* D,
@@ -1788,6 +1920,7 @@ def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] 
                                 out.shape[2], out.shape[3], (W.shape[0], W.shape[1]), stride,
                                 padding)
     cdef floating[::1] col = _scratch(g.block * g.K, <floating> 0)
+    g.col_t = g.kw * g.in_c < SHORT_SPAN
     if N == 0:
         return
     with nogil:
@@ -1816,6 +1949,7 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
     cdef floating* dA = NULL
     if dX is not None and N > 0:
         dA = &dX[0, 0, 0, 0]
+    g.col_t = dX is None and g.kw * g.in_c < SHORT_SPAN
     if N == 0:
         dW[...] = 0
         db[...] = 0
