@@ -26,7 +26,7 @@ from fastnn.optimizers import OPTIMIZERS
 OPTIMIZER = {o.code: o for o in OPTIMIZERS.values()}
 
 
-def workspace_size(table, capacity, keep=()):
+def workspace_size(table, capacity, keep=(), n_threads=1):
     """The reference needs no workspace."""
     return 0
 
@@ -282,8 +282,9 @@ def penalty_grad(params, grad, table, l2, l1):
 
 
 def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size, capacity,
-                optimizer, hyper, sample_weight, augment, seed, work, control):
-    """One epoch of mini-batch training over X[order]; see fastnn._core.train_epoch."""
+                optimizer, hyper, sample_weight, augment, seed, work, control, n_threads=1):
+    """One epoch of mini-batch training over X[order]; see fastnn._core.train_epoch
+    (n_threads is ignored)."""
     table = np.asarray(table)
     layers = param_views(params, table)
     grads = param_views(state[0], table)

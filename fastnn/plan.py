@@ -252,6 +252,11 @@ class Plan:
         return self._plain_dense()
 
     @property
+    def spatial(self):
+        """Has convolution or pooling layers."""
+        return any(layer.kind in (K.CONV2D, K.MAXPOOL2D, K.L2POOL2D) for layer in self.layers)
+
+    @property
     def image_shape(self):
         """The input shape if it is an image (H, W, C), else None."""
         return self.input_shape if len(self.input_shape) == 3 else None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastnn import _kernels
+from fastnn import _kernels, blas
 from fastnn._validation import check_finite, nonnegative_float, positive_int
 from fastnn.exceptions import ConfigError, DataError, TrainingDiverged, lookup
 from fastnn.history import History
@@ -226,6 +226,23 @@ def run_epoch(kernel, args, control, on_tick=None):
     return out["result"], interrupted
 
 
+def team_threads(net):
+    """Threads that share each batch of an epoch: for a network with
+    convolution or pooling layers (much of whose work is outside the GEMMs),
+    all of fastnn's threads, each with a single-threaded BLAS; for a dense
+    network one, whose GEMMs use the BLAS's threads (see benchmarks/README.md)."""
+    if net.backend != "cython" or not net.plan.spatial:
+        return 1
+    return blas.get_num_threads()
+
+
+def _with_single_threaded_blas(kernel):
+    def run(**args):
+        with blas.single_threaded_blas():
+            return kernel(**args)
+    return run
+
+
 def chunk_rows(plan, batch_size, n):
     """Rows of a training chunk: a batch larger than this is done in chunks
     whose gradients add up. At most MAX_CHUNK, and fewer when the rows are
@@ -266,8 +283,12 @@ class Trainer:
         self.opt_state = net.optimizer_state
         table, keep = net.plan.table(
             options.dropout, image_shape(net) if options.augment == "shift" else None)
-        capacity = chunk_rows(net.plan, options.batch_size, n)
+        threads = team_threads(net)
+        capacity = -(-chunk_rows(net.plan, options.batch_size, n) // threads)
         kernels = net._kernels
+        self.kernel = kernels.train_epoch
+        if threads > 1:
+            self.kernel = _with_single_threaded_blas(kernels.train_epoch)
         self.control = np.zeros(_kernels.N_CONTROL, dtype=np.int64)
         self.args = dict(
             X=self.X, Y=self.Y, order=np.arange(n, dtype=np.int64), params=net._params,
@@ -275,8 +296,8 @@ class Trainer:
             loss=get_loss(net.loss).code, batch_size=options.batch_size, capacity=capacity,
             optimizer=opt.code, hyper=None, sample_weight=self.sample_weight,
             augment=AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT), seed=0,
-            work=np.empty(kernels.workspace_size(table, capacity, keep), dtype=dtype),
-            control=self.control)
+            work=np.empty(kernels.workspace_size(table, capacity, keep, threads), dtype=dtype),
+            control=self.control, n_threads=threads)
         self.snapshot = np.empty_like(net._params)
 
     def _hyper(self, lr):
@@ -316,8 +337,8 @@ class Trainer:
             epoch = net.epochs_trained
             tick = lambda: self.progress(epoch, int(control[_kernels.ROWS_DONE]), n)  # noqa: E731
         start = time.perf_counter()
-        (status, loss_sum, n_correct), interrupted = run_epoch(
-            net._kernels.train_epoch, self.args, control, tick)
+        (status, loss_sum, n_correct), interrupted = run_epoch(self.kernel, self.args, control,
+                                                               tick)
         seconds = time.perf_counter() - start
         if status == _kernels.DIVERGED:
             net._params[...] = self.snapshot

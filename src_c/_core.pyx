@@ -332,13 +332,19 @@ cdef extern from *:
     #include <omp.h>
     static inline int fastnn_team_size(void) { return omp_get_num_threads(); }
     static inline int fastnn_thread_id(void) { return omp_get_thread_num(); }
+    /* an orphaned barrier: it binds to the parallel region of the caller */
+    static void fastnn_barrier(void) {
+        #pragma omp barrier
+    }
     #else
     static inline int fastnn_team_size(void) { return 1; }
     static inline int fastnn_thread_id(void) { return 0; }
+    static void fastnn_barrier(void) { }
     #endif
     """
     int team_size "fastnn_team_size"() noexcept nogil
     int thread_id "fastnn_thread_id"() noexcept nogil
+    void barrier "fastnn_barrier"() noexcept nogil
 
 
 cdef struct Team:
@@ -1264,12 +1270,29 @@ cdef void penalty_grad_impl(const floating* params, floating* grad, Layout* lay,
                 grad[i] = grad[i] + l2 * params[i] + l1 * _sign(params[i])
 
 
+cdef void penalty_range_impl(const floating* params, floating* grad, Layout* lay,
+                             floating l2, floating l1, Py_ssize_t p0,
+                             Py_ssize_t p1) noexcept nogil:
+    """penalty_grad_impl on the parameters p0 <= i < p1 only (a thread's share)."""
+    cdef Py_ssize_t l, i, lo, hi
+    cdef Geometry* g
+    for l in range(lay.n_layers):
+        g = &lay.layer[l]
+        if g.w_off < 0:
+            continue
+        lo = g.w_off if g.w_off > p0 else p0
+        hi = g.b_off if g.b_off < p1 else p1
+        for i in range(lo, hi):
+            grad[i] = grad[i] + l2 * params[i] + l1 * _sign(params[i])
+
+
 cdef void optimizer_step_impl(int opt, floating* p, floating* state,
-                              Py_ssize_t P, const double* hyper,
+                              Py_ssize_t P, Py_ssize_t n, const double* hyper,
                               int64_t t) noexcept nogil:
-    """One step of the optimizer on p (P,) from the gradient g = state[0];
+    """One step of the optimizer on p (n,) from the gradient g = state[0];
     the rules of torch.optim.SGD (dampening 0), Adam and Rprop. state holds
-    rows of P entries; t counts steps from 1.
+    rows P entries apart (p and state may point into the middle of the
+    parameters and their rows: a thread's share); t counts steps from 1.
 
     sgd:       p -= lr g
     momentum:  v = mu v + g;  p -= lr v
@@ -1295,27 +1318,27 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
     cdef floating step_min = <floating> hyper[H_STEP_MIN]
     cdef floating step_max = <floating> hyper[H_STEP_MAX]
     if opt == SGD:
-        for i in range(P):
+        for i in range(n):
             p[i] = p[i] - lr * g[i]
     elif opt == MOMENTUM:
-        for i in range(P):
+        for i in range(n):
             s1[i] = mu * s1[i] + g[i]
             p[i] = p[i] - lr * s1[i]
     elif opt == NESTEROV:
-        for i in range(P):
+        for i in range(n):
             s1[i] = mu * s1[i] + g[i]
             p[i] = p[i] - lr * (g[i] + mu * s1[i])
     elif opt == ADAM:
         step_size = <floating> (hyper[H_LR] / (1 - pow(hyper[H_BETA1], <double> t)))
         bc2_sqrt = <floating> sqrt(1 - pow(hyper[H_BETA2], <double> t))
-        for i in range(P):
+        for i in range(n):
             s1[i] = s1[i] + (1 - b1) * (g[i] - s1[i])
             s2[i] = b2 * s2[i] + (1 - b2) * g[i] * g[i]
             denom = _sqrt(s2[i]) / bc2_sqrt + eps
             p[i] = p[i] - step_size * (s1[i] / denom)
     elif opt == RPROP:
         # s1: previous gradient (0 after a sign flip), s2: step sizes
-        for i in range(P):
+        for i in range(n):
             gi = g[i]
             prod = gi * s1[i]
             if prod > 0:
@@ -1394,7 +1417,8 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
             if hyper[H_L2] != 0 or hyper[H_L1] != 0:
                 penalty_grad_impl(params, state, lay, <floating> hyper[H_L2],
                                   <floating> hyper[H_L1])
-            optimizer_step_impl(opt, params, state, lay.n_params, hyper, control[STEPS])
+            optimizer_step_impl(opt, params, state, lay.n_params, lay.n_params, hyper,
+                                control[STEPS])
         control[ROWS_DONE] += m
     return DONE
 
@@ -1433,6 +1457,128 @@ cdef void predict_team(const input_t* X, Py_ssize_t n, const floating* params,
     team.id = thread_id()
     team.size = team_size()
     predict_impl(X, n, params, lay, slope, work, work_size, rows, out, &team)
+
+
+cdef struct Shared:
+    # what the threads of a training team share besides params and state
+    bint stop                    # control[STOP_REQUEST] as thread 0 last read it
+    bint diverged                # a thread's chunk had a loss that is not finite
+    double* loss                 # each thread's sum of costs
+    int64_t* correct             # each thread's count of correct rows
+
+
+cdef int train_team_impl(const input_t* X, const floating* Y,
+                         const floating* sample_weight, const int64_t* order,
+                         Py_ssize_t n, floating* params, floating* state,
+                         Layout* lay, floating slope, int loss, Py_ssize_t batch_size,
+                         int opt, const double* hyper, int augment,
+                         uint64_t seed, floating* work, Py_ssize_t stride,
+                         int64_t* control, Shared* shared, Team* team) noexcept nogil:
+    """train_epoch_impl as one thread of a team that shares each batch.
+
+    Thread t takes rows [t*m/T, (t+1)*m/T) of each batch of m, in chunks of
+    lay.capacity rows, with its own workspace (work + t*stride) and its own
+    gradient buffer G_t (after the workspace, P entries). At a barrier the
+    threads then sum the G_t, add the penalty gradient and take the
+    optimizer step, each on its own share of the parameters, and meet at a
+    second barrier. Every BLAS call is single-threaded (the caller limits
+    the BLAS). There is no fused SGD step: the gradients must be summed
+    first. A thread whose rows give a loss that is not finite marks the
+    batch, and after the first barrier every thread returns DIVERGED
+    before the step; thread 0 alone reads the stop request, and the team
+    acts on what it read.
+    """
+    cdef Py_ssize_t k, c, start, m, first, lo, hi, cm, r, u, i, L = lay.n_layers
+    cdef Py_ssize_t T = team.size, P = lay.n_params
+    cdef Py_ssize_t p0 = P * team.id // T, p1 = P * (team.id + 1) // T
+    cdef Geometry* g0 = &lay.layer[0]
+    cdef Py_ssize_t cap = lay.capacity, n_in = g0.n_in, n_out = lay.layer[L - 1].n_out
+    cdef int out_act = lay.layer[L - 1].act
+    cdef floating* mine = work + team.id * stride
+    cdef floating* G = mine + lay.work_size
+    cdef floating* A0 = mine + lay.a_off[0]
+    cdef floating* A_out = mine + lay.a_off[L]
+    cdef floating* Yb = mine + lay.y_off
+    cdef floating* swb = mine + lay.sw_off if sample_weight != NULL else NULL
+    cdef floating total
+    cdef double chunk_loss
+    cdef int64_t steps = control[STEPS]
+    cdef bint penalty = hyper[H_L2] != 0 or hyper[H_L1] != 0
+    if team.id == 0:
+        shared.stop = control[STOP_REQUEST] != 0
+        shared.diverged = False
+    barrier()
+    for k in range((n + batch_size - 1) // batch_size):
+        if shared.stop:
+            return STOPPED
+        start = k * batch_size
+        m = batch_size if start + batch_size <= n else n - start
+        lo = start + m * team.id // T
+        hi = start + m * (team.id + 1) // T
+        c = 0
+        first = lo
+        while first < hi:
+            cm = cap if first + cap <= hi else hi - first
+            if augment == SHIFT:
+                gather_shifted(X, g0.in_h, g0.in_w, g0.in_c, order + first, cm, A0, seed, first)
+            else:
+                gather_rows(X, n_in, order + first, cm, A0)
+            gather_rows(Y, n_out, order + first, cm, Yb)
+            if swb != NULL:
+                for r in range(cm):
+                    swb[r] = sample_weight[order[first + r]]
+            forward_impl(params, lay, slope, A0, mine, A_out, cm, True, seed, first)
+            chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
+                                           mine + lay.d_off[L], cm, n_out)
+            if not isfinite(chunk_loss):
+                shared.diverged = True
+                break
+            shared.loss[team.id] += chunk_loss
+            shared.correct[team.id] += count_correct(A_out, Yb, cm, n_out)
+            backward_impl(params, lay, slope, mine, cm, (<floating> 1) / m,
+                          0 if c == 0 else 1, 0 if c == 0 else 1, G)
+            c += 1
+            first += cm
+        if c == 0:
+            for i in range(P):
+                G[i] = 0
+        barrier()
+        if shared.diverged:
+            return DIVERGED
+        for i in range(p0, p1):
+            total = 0
+            for u in range(T):
+                total = total + work[u * stride + lay.work_size + i]
+            state[i] = total
+        if penalty:
+            penalty_range_impl(params, state, lay, <floating> hyper[H_L2],
+                               <floating> hyper[H_L1], p0, p1)
+        optimizer_step_impl(opt, params + p0, state + p0, P, p1 - p0, hyper, steps + k + 1)
+        if team.id == 0:
+            control[STEPS] += 1
+            control[ROWS_DONE] += m
+            shared.stop = control[STOP_REQUEST] != 0
+        barrier()
+    return DONE
+
+
+cdef void train_team(const input_t* X, const floating* Y,
+                     const floating* sample_weight, const int64_t* order,
+                     Py_ssize_t n, floating* params, floating* state,
+                     Layout* lay, floating slope, int loss, Py_ssize_t batch_size,
+                     int opt, const double* hyper, int augment,
+                     uint64_t seed, floating* work, Py_ssize_t stride,
+                     int64_t* control, Shared* shared, int* status) noexcept nogil:
+    """train_team_impl as this thread's part of the current OpenMP team."""
+    cdef Team team
+    cdef int mine
+    team.id = thread_id()
+    team.size = team_size()
+    mine = train_team_impl(X, Y, sample_weight, order, n, params, state, lay, slope, loss,
+                           batch_size, opt, hyper, augment, seed, work, stride, control,
+                           shared, &team)
+    if team.id == 0:
+        status[0] = mine
 
 
 # --------------------------------------------------------------------------
@@ -1563,18 +1709,21 @@ cdef double[::1] _ones():
     return np.empty(0)
 
 
-def workspace_size(const int64_t[:, ::1] table, Py_ssize_t capacity, keep=()):
+def workspace_size(const int64_t[:, ::1] table, Py_ssize_t capacity, keep=(),
+                   int n_threads=1):
     """Entries the workspace of a chunk of `capacity` rows needs, for this
     layer table and these keep probabilities of each layer's input (empty:
-    no dropout)."""
+    no dropout); for train_epoch with n_threads > 1, the workspaces of the
+    team, each followed by a gradient buffer of P entries."""
     import numpy as np
     cdef Py_ssize_t n_params
+    _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
     cdef Layout lay = _new_layout(table, capacity,
                                   np.ascontiguousarray(keep, dtype=np.float64).reshape(-1),
                                   &n_params)
     n = lay.work_size
     layout_free(&lay)
-    return n
+    return n if n_threads == 1 else n_threads * (n + n_params)
 
 
 def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
@@ -1583,7 +1732,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 const double[::1] keep, double slope, int loss,
                 Py_ssize_t batch_size, Py_ssize_t capacity, int optimizer,
                 const double[::1] hyper, const floating[::1] sample_weight, int augment,
-                uint64_t seed, floating[::1] work, int64_t[::1] control):
+                uint64_t seed, floating[::1] work, int64_t[::1] control, int n_threads=1):
     """One epoch of mini-batch training over the rows X[order], in place on
     params and state.
 
@@ -1621,9 +1770,15 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         input shape (table[0, T_IN_H:T_IN_C + 1]) says which.
     seed : uint64
         This epoch's seed for dropout masks and shifts.
-    work : (workspace_size(table, capacity, keep),) float
+    work : (workspace_size(table, capacity, keep, n_threads),) float
     control : (N_CONTROL,) int64
         Stop request, rows done, optimizer steps taken.
+    n_threads : int, default 1
+        With more than one, a team of threads shares each batch (each takes
+        a slice of its rows in chunks of `capacity`, then a share of the
+        parameters for the step; see train_team_impl), and the BLAS must run
+        single-threaded (the caller limits it). The result differs from one
+        thread's only in round-off.
 
     Returns
     -------
@@ -1631,12 +1786,19 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         status is DONE, DIVERGED or STOPPED; loss_sum is the weighted sum of
         the rows' costs; the rows trained are in control[ROWS_DONE].
     """
-    cdef Py_ssize_t n = X.shape[0]
-    cdef Layout lay = _layout(table, capacity, keep, params.shape[0], work.shape[0])
+    import numpy as np
+    cdef Py_ssize_t n = X.shape[0], stride = 0
+    _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
+    cdef Layout lay = _layout(table, capacity, keep, params.shape[0],
+                              work.shape[0] if n_threads == 1
+                              else work.shape[0] // n_threads - params.shape[0])
     cdef double loss_sum = 0
     cdef int64_t n_correct = 0
-    cdef int status
+    cdef int status = DONE
     cdef const floating* sw = NULL
+    cdef Shared shared
+    cdef double[::1] team_loss
+    cdef int64_t[::1] team_correct
     try:
         _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
         _check(control.shape[0] >= N_CONTROL, f"control needs {N_CONTROL} entries")
@@ -1656,11 +1818,25 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             sw = &sample_weight[0]
         if order.shape[0] == 0:
             return DONE, 0.0, 0
-        with nogil:
-            status = train_epoch_impl(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0],
-                                      &params[0], &state[0, 0], &lay, <floating> slope, loss,
-                                      batch_size, optimizer, &hyper[0], augment, seed,
-                                      &work[0], &control[0], &loss_sum, &n_correct)
+        if n_threads == 1:
+            with nogil:
+                status = train_epoch_impl(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0],
+                                          &params[0], &state[0, 0], &lay, <floating> slope,
+                                          loss, batch_size, optimizer, &hyper[0], augment,
+                                          seed, &work[0], &control[0], &loss_sum, &n_correct)
+        else:
+            stride = lay.work_size + lay.n_params
+            team_loss = np.zeros(n_threads)
+            team_correct = np.zeros(n_threads, dtype=np.int64)
+            shared.loss = &team_loss[0]
+            shared.correct = &team_correct[0]
+            with nogil, parallel(num_threads=n_threads):
+                train_team(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
+                           &state[0, 0], &lay, <floating> slope, loss, batch_size, optimizer,
+                           &hyper[0], augment, seed, &work[0], stride, &control[0], &shared,
+                           &status)
+            loss_sum = float(np.sum(team_loss))
+            n_correct = int(np.sum(team_correct))
     finally:
         layout_free(&lay)
     return status, loss_sum, n_correct
@@ -1835,7 +2011,7 @@ def optimizer_step(int optimizer, floating[::1] params, floating[:, ::1] state,
     if params.shape[0] == 0:
         return
     with nogil:
-        optimizer_step_impl(optimizer, &params[0], &state[0, 0], params.shape[0],
+        optimizer_step_impl(optimizer, &params[0], &state[0, 0], params.shape[0], params.shape[0],
                             &hyper[0], t)
 
 

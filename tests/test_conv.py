@@ -566,3 +566,84 @@ def test_a_small_conv_net_learns_mnist(mnist):
     net.fit(X[:3000].reshape(-1, 28, 28), y[:3000], epochs=1, batch_size=10, lr=0.05)
     accuracy = net.evaluate(X_test[:1000], y_test[:1000])["accuracy"]
     assert accuracy > 0.85, accuracy
+
+
+# ------------------------------------------------------------ thread teams
+
+def _team(args, threads):
+    from fastnn.blas import single_threaded_blas
+
+    run = {**args, "params": args["params"].copy(), "state": args["state"].copy(),
+           "control": args["control"].copy(), "n_threads": threads,
+           "work": np.empty(_core.workspace_size(args["table"], args["capacity"], args["keep"],
+                                                 threads), args["params"].dtype)}
+    with single_threaded_blas():
+        result = _core.train_epoch(**run)
+    return result, run
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rprop"])
+def test_a_team_of_threads_takes_the_steps_of_one(optimizer, dtype):
+    # each thread takes a slice of each batch's rows, then a share of the
+    # parameters for the step: one thread's result up to round-off
+    plan = Plan.parse(EPOCH_NET, activation="relu", output="softmax")
+    X, Y = _data(37, (8, 8, 2))
+    args = _epoch(plan, X, Y, dtype, batch=37 if optimizer == "rprop" else 7, capacity=3,
+                  optimizer=optimizer, lr=0.02, l2=0.3, l1=0.1, dropout=[0.25],
+                  augment=_kernels.SHIFT)
+    (status, loss, hits), one = _team(args, 1)
+    tol = {np.float32: 2e-6, np.float64: 1e-14}[dtype]
+    for threads in (2, 3):
+        (status_t, loss_t, hits_t), team = _team(args, threads)
+        assert status_t == status == _kernels.DONE and hits_t == hits
+        assert_array_equal(team["control"], one["control"])
+        assert_allclose(loss_t, loss, rtol=tol)
+        assert_allclose(team["params"], one["params"], rtol=tol * 10, atol=tol)
+        assert_allclose(team["state"], one["state"], rtol=tol * 10, atol=tol)
+    again = _team(args, 2)[1]
+    assert_array_equal(again["params"], _team(args, 2)[1]["params"])    # deterministic
+
+
+def test_a_team_stops_and_diverges_together():
+    plan = Plan.parse([(6, 6, 1), Conv2D(2, 3), MaxPool2D(2), Dense(3)], output="softmax")
+    X, Y = _data(20, (6, 6, 1), np.float64)
+    args = _epoch(plan, X, Y, np.float64, batch=4)
+    args["control"][_kernels.STOP_REQUEST] = 1
+    (status, _, _), run = _team(args, 2)
+    assert status == _kernels.STOPPED and run["control"][_kernels.ROWS_DONE] == 0
+    args["control"][_kernels.STOP_REQUEST] = 0
+    args["X"][args["order"][9]] = np.inf                 # in the third batch
+    (status, _, _), run = _team(args, 2)
+    assert status == _kernels.DIVERGED and run["control"][_kernels.ROWS_DONE] == 8
+    assert np.isfinite(run["params"]).all()
+
+
+def test_team_workspace_is_checked():
+    plan = Plan.parse([(6, 6, 1), Conv2D(2, 3), Dense(3)], output="softmax")
+    X, Y = _data(8, (6, 6, 1), np.float64)
+    args = _epoch(plan, X, Y, np.float64, batch=4)
+    args["n_threads"] = 2                 # with a one-thread workspace
+    with pytest.raises(ValueError, match="workspace has"):
+        _core.train_epoch(**args)
+
+
+def test_fit_of_a_conv_net_matches_the_reference_with_any_thread_count():
+    from fastnn import blas
+
+    rng = np.random.default_rng(12)
+    X, y = rng.integers(0, 256, (40, 64)).astype(np.uint8), rng.integers(0, 3, 40)
+    spec = [(8, 8, 1), Conv2D(3, 3), MaxPool2D(2), Dense(5), Dense(3)]
+    ref_net = Network(spec, activation="tanh", output="softmax", loss="cross_entropy",
+                      dtype="float64", seed=0, backend="numpy")
+    ref_net.fit(X, y, epochs=2, batch_size=8, lr=0.1, optimizer="momentum", dropout=0.2)
+    before = blas.get_num_threads()
+    try:
+        for threads in (1, 2):
+            blas.set_num_threads(threads)
+            net = Network(spec, activation="tanh", output="softmax", loss="cross_entropy",
+                          dtype="float64", seed=0)
+            net.fit(X, y, epochs=2, batch_size=8, lr=0.1, optimizer="momentum", dropout=0.2)
+            assert_allclose(net._params, ref_net._params, rtol=1e-11, atol=1e-13)
+    finally:
+        blas.set_num_threads(before)
