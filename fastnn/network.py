@@ -1,9 +1,11 @@
-"""``Network``: a fully-connected feedforward network trained by mini-batch SGD.
+"""``Network``: a feedforward network (dense, or convolutional) trained by mini-batch SGD.
 
-Samples are rows: ``X.shape == (n_samples, n_features)``, and layer l's
-weights have shape ``(sizes[l], sizes[l+1])``. All parameters live in one
-flat vector (see ``fastnn._kernels``); ``weights`` and ``biases`` are views
-into it, so the compiled kernels update them in place.
+Samples are rows: ``X.shape == (n_samples, n_features)``, images in HWC
+order. A dense layer's weights have shape ``(n_in, n_out)`` (``(sizes[l],
+sizes[l+1])`` in a dense stack), a convolution's ``(kh, kw, C_in, F)``. All
+parameters live in one flat vector laid out by the network's ``plan`` (see
+``fastnn.plan`` and ``fastnn._kernels``); ``weights`` and ``biases`` are
+views into it, so the compiled kernels update them in place.
 """
 import contextlib
 import numbers
@@ -62,18 +64,23 @@ class ParamList(list):
 
 
 class Network:
-    """A fully-connected feedforward network trained by mini-batch SGD.
+    """A feedforward network trained by mini-batch SGD.
 
     Parameters
     ----------
-    sizes : sequence of int
-        Units per layer, input first: ``[784, 30, 10]``.
+    sizes : sequence
+        Units per layer, input first: ``[784, 30, 10]`` (a dense stack). Or
+        an input shape followed by layers of ``fastnn.layers``, where an int
+        is a Dense layer: ``[(28, 28, 1), Conv2D(20, 5), MaxPool2D(2), 100,
+        10]`` (a Flatten is implied before the first Dense layer after
+        images). The last layer is Dense or Conv2D.
     activation : str or sequence of str, default "sigmoid"
-        Activation of the hidden layers: one name for all, or one per hidden
-        layer. One of ``fastnn.activations.ACTIVATIONS``.
+        Activation of the hidden layers (Dense and Conv2D; pooling has
+        none): one name for all, or one per hidden layer. One of
+        ``fastnn.activations.ACTIVATIONS``. A layer's own activation wins.
     output : str, optional
         Activation of the output layer. Defaults to `activation` (its last
-        entry if it is a list).
+        entry if it is a list), or the last layer's own.
     loss : {"mse", "cross_entropy"}, default "mse"
         ``mse`` is Nielsen's quadratic cost ``C = 1/(2n) sum ||a - y||^2``;
         ``cross_entropy`` is binary cross-entropy on a sigmoid output and
@@ -97,6 +104,11 @@ class Network:
     >>> hist = net.fit(X, y, epochs=30, batch_size=10, lr=3.0)   # doctest: +SKIP
     >>> net.evaluate(X_test, y_test)["accuracy"]                  # doctest: +SKIP
     0.95...
+    >>> from fastnn.layers import Conv2D, MaxPool2D
+    >>> Network([(28, 28, 1), Conv2D(20, 5), MaxPool2D(2), 100, 10], activation="relu",
+    ...         output="softmax", loss="cross_entropy", seed=0)
+    Network([(28, 28, 1), Conv2D(20, 5), MaxPool2D(2), Flatten(), Dense(100), Dense(10)], \
+activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed=0)
     """
 
     def __init__(self, sizes, activation="sigmoid", output=None, loss="mse", *,
@@ -248,7 +260,9 @@ class Network:
         Parameters
         ----------
         X : array (n, sizes[0]) of uint8, float32 or float64
-            Inputs, one sample per row; uint8 pixels are scaled to [0, 1].
+            Inputs, one sample per row (images in HWC order; arrays (n, H,
+            W, C), or (n, H, W) for one channel, are taken as rows); uint8
+            pixels are scaled to [0, 1].
         y : array (n,) of int labels, or (n, sizes[-1]) of float targets
             Labels are one-hot encoded (with one output unit: 0 or 1).
         epochs : int, default 30
@@ -281,8 +295,10 @@ class Network:
             ``(l2/2n) sum w^2 + (l1/n) sum |w|`` over the weights (not the
             biases), n the number of training samples.
         dropout : float or sequence of float, default 0
-            Inverted dropout rate of every hidden layer, or of each. Off in
-            ``forward``, ``predict`` and ``evaluate``.
+            Inverted dropout rate of the output of every hidden Dense layer,
+            or of each, for this fit (``Dropout`` layers, part of the
+            architecture, apply as well; the keep probabilities multiply).
+            Off in ``forward``, ``predict`` and ``evaluate``.
         lr_schedule : str or fastnn.schedules.Schedule, optional
             ``"constant"`` (default), ``"step:every=5,factor=0.5"``,
             ``"plateau:patience=3,factor=0.1,max_reductions=3"``, or the
@@ -296,8 +312,9 @@ class Network:
             Stop after this many epochs without a lower validation loss and
             restore the weights of the best epoch (``hist.best_epoch``).
         augment : {"shift"}, optional
-            Each epoch, shift each square input image by a random (dx, dy),
-            each in -2..2 pixels, filling with 0 (Nielsen's expanded data).
+            Each epoch, shift each input image (every channel alike) by a
+            random (dx, dy), each in -2..2 pixels, filling with 0 (Nielsen's
+            expanded data). A vector input must be a square image.
         sample_weight : array (n,), optional
             Weight of each sample's loss and gradient: the batch gradient is
             ``(1/m) sum w_x grad C_x``.
