@@ -53,3 +53,22 @@ def test_modern_recipe_reaches_98_3_percent_in_90_seconds(mnist):
           f"training, {seconds:.1f} s with validation")
     assert accuracy >= 0.983
     assert sum(hist["seconds"]) < 90
+
+
+@pytest.mark.slow
+def test_nielsen_chapter6_relu_two_conv_pool_reaches_98_3_percent_in_3_epochs(mnist):
+    # Nielsen's network3 setting: the first 50,000 images, batch 10, 5x5 valid
+    # convolutions (20 then 40 maps), 2x2 max-pooling, FC100, softmax output
+    # with log-likelihood cost, ReLU, eta 0.03, his lambda 0.1 (1.0 in fastnn's
+    # convention); three epochs instead of his sixty.
+    from fastnn.layers import Conv2D, Dense, MaxPool2D
+
+    (X, y), (X_test, y_test) = mnist
+    net = Network([(28, 28, 1), Conv2D(20, 5), MaxPool2D(2), Conv2D(40, 5), MaxPool2D(2),
+                   Dense(100), Dense(10)], activation="relu", output="softmax",
+                  loss="cross_entropy", init="he", seed=0)
+    hist = net.fit(X[:50000], y[:50000], epochs=3, batch_size=10, lr=0.03, l2=1.0)
+    accuracy = net.evaluate(X_test, y_test)["accuracy"]
+    print(f"Nielsen chapter 6 (ReLU, two conv-pool layers, 3 epochs): test accuracy "
+          f"{accuracy:.2%}, {sum(hist['seconds']):.1f} s of training")
+    assert accuracy >= 0.983
