@@ -7,6 +7,7 @@ show progress and to turn Ctrl-C into a stop between two batches. Between
 epochs come validation, the learning-rate schedule, early stopping and the
 callback.
 """
+import contextlib
 import math
 import numbers
 import sys
@@ -236,13 +237,6 @@ def team_threads(net):
     return blas.get_num_threads()
 
 
-def _with_single_threaded_blas(kernel):
-    def run(**args):
-        with blas.single_threaded_blas():
-            return kernel(**args)
-    return run
-
-
 def chunk_rows(plan, batch_size, n):
     """Rows of a training chunk: a batch larger than this is done in chunks
     whose gradients add up. At most MAX_CHUNK, and fewer when the rows are
@@ -283,12 +277,9 @@ class Trainer:
         self.opt_state = net.optimizer_state
         table, keep = net.plan.table(
             options.dropout, image_shape(net) if options.augment == "shift" else None)
-        threads = team_threads(net)
+        self.threads = threads = team_threads(net)
         capacity = -(-chunk_rows(net.plan, options.batch_size, n) // threads)
         kernels = net._kernels
-        self.kernel = kernels.train_epoch
-        if threads > 1:
-            self.kernel = _with_single_threaded_blas(kernels.train_epoch)
         self.control = np.zeros(_kernels.N_CONTROL, dtype=np.int64)
         self.args = dict(
             X=self.X, Y=self.Y, order=np.arange(n, dtype=np.int64), params=net._params,
@@ -337,8 +328,12 @@ class Trainer:
             epoch = net.epochs_trained
             tick = lambda: self.progress(epoch, int(control[_kernels.ROWS_DONE]), n)  # noqa: E731
         start = time.perf_counter()
-        (status, loss_sum, n_correct), interrupted = run_epoch(self.kernel, self.args, control,
-                                                               tick)
+        # a team's threads each call a single-threaded BLAS; the limit is set
+        # here, by the thread that called fit (threadpoolctl lets only one
+        # thread set OpenBLAS's limits: the worker's would do nothing)
+        with blas.single_threaded_blas() if self.threads > 1 else contextlib.nullcontext():
+            (status, loss_sum, n_correct), interrupted = run_epoch(
+                net._kernels.train_epoch, self.args, control, tick)
         seconds = time.perf_counter() - start
         if status == _kernels.DIVERGED:
             net._params[...] = self.snapshot

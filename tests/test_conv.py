@@ -647,3 +647,30 @@ def test_fit_of_a_conv_net_matches_the_reference_with_any_thread_count():
             assert_allclose(net._params, ref_net._params, rtol=1e-11, atol=1e-13)
     finally:
         blas.set_num_threads(before)
+
+
+def test_a_team_epoch_runs_with_a_single_threaded_blas(monkeypatch):
+    # the limit must be set by the thread that called fit: threadpoolctl lets
+    # only one thread (here the main one, by set_num_threads) change
+    # OpenBLAS's, and a limit set in the epoch's worker thread did nothing
+    from fastnn import blas, training
+
+    seen = []
+    run_epoch = training.run_epoch
+
+    def spy(*args, **kwargs):
+        seen.append([lib["num_threads"] for lib in blas._blas().info()])
+        return run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "run_epoch", spy)
+    before = blas.get_num_threads()
+    try:
+        blas.set_num_threads(2)
+        net = Network([(6, 6, 1), Conv2D(2, 3), Dense(3)], output="softmax",
+                      loss="cross_entropy", seed=0)
+        assert training.team_threads(net) == 2
+        net.fit(np.zeros((20, 36)), np.zeros(20, int), epochs=2)
+        assert seen and all(n == 1 for counts in seen for n in counts), seen
+        assert all(lib["num_threads"] == 2 for lib in blas._blas().info())
+    finally:
+        blas.set_num_threads(before)
