@@ -179,6 +179,8 @@ cdef Py_ssize_t MIN_BLOCK = 32
 # a run of output pixels along a row of the image; it is only done where no
 # input gradient is needed (the first layer), as col2im reads rows.
 cdef Py_ssize_t SHORT_SPAN = 16
+# Parameters a team thread sums and steps at a time (in cache between passes).
+cdef Py_ssize_t STEP_BLOCK = 4096
 
 
 # --------------------------------------------------------------------------
@@ -1488,7 +1490,7 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     before the step; thread 0 alone reads the stop request, and the team
     acts on what it read.
     """
-    cdef Py_ssize_t k, c, start, m, first, lo, hi, cm, r, u, i, L = lay.n_layers
+    cdef Py_ssize_t k, c, start, m, first, lo, hi, cm, r, u, i, blk, b0, b1, L = lay.n_layers
     cdef Py_ssize_t T = team.size, P = lay.n_params
     cdef Py_ssize_t p0 = P * team.id // T, p1 = P * (team.id + 1) // T
     cdef Geometry* g0 = &lay.layer[0]
@@ -1496,11 +1498,12 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     cdef int out_act = lay.layer[L - 1].act
     cdef floating* mine = work + team.id * stride
     cdef floating* G = mine + lay.work_size
+    cdef floating* G0 = work + lay.work_size
+    cdef floating* Gu
     cdef floating* A0 = mine + lay.a_off[0]
     cdef floating* A_out = mine + lay.a_off[L]
     cdef floating* Yb = mine + lay.y_off
     cdef floating* swb = mine + lay.sw_off if sample_weight != NULL else NULL
-    cdef floating total
     cdef double chunk_loss
     cdef int64_t steps = control[STEPS]
     cdef bint penalty = hyper[H_L2] != 0 or hyper[H_L1] != 0
@@ -1545,15 +1548,21 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
         barrier()
         if shared.diverged:
             return DIVERGED
-        for i in range(p0, p1):
-            total = 0
-            for u in range(T):
-                total = total + work[u * stride + lay.work_size + i]
-            state[i] = total
-        if penalty:
-            penalty_range_impl(params, state, lay, <floating> hyper[H_L2],
-                               <floating> hyper[H_L1], p0, p1)
-        optimizer_step_impl(opt, params + p0, state + p0, P, p1 - p0, hyper, steps + k + 1)
+        # sum the gradients, add the penalty and step, a cache-sized block of
+        # this thread's share at a time
+        for blk in range((p1 - p0 + STEP_BLOCK - 1) // STEP_BLOCK):
+            b0 = p0 + blk * STEP_BLOCK
+            b1 = b0 + STEP_BLOCK if b0 + STEP_BLOCK < p1 else p1
+            for i in range(b0, b1):
+                state[i] = G0[i]
+            for u in range(1, T):
+                Gu = work + u * stride + lay.work_size
+                for i in range(b0, b1):
+                    state[i] = state[i] + Gu[i]
+            if penalty:
+                penalty_range_impl(params, state, lay, <floating> hyper[H_L2],
+                                   <floating> hyper[H_L1], b0, b1)
+            optimizer_step_impl(opt, params + b0, state + b0, P, b1 - b0, hyper, steps + k + 1)
         if team.id == 0:
             control[STEPS] += 1
             control[ROWS_DONE] += m
