@@ -674,3 +674,17 @@ def test_a_team_epoch_runs_with_a_single_threaded_blas(monkeypatch):
         assert all(lib["num_threads"] == 2 for lib in blas._blas().info())
     finally:
         blas.set_num_threads(before)
+
+
+def test_class_weights_l1_and_float32_train_a_conv_net_as_the_reference():
+    rng = np.random.default_rng(13)
+    X, y = rng.integers(0, 256, (30, 50)).astype(np.uint8), rng.integers(0, 3, 30)
+    spec = [(5, 10, 1), Conv2D(3, (2, 3), stride=(1, 2)), L2Pool2D(2, stride=1), Dense(3)]
+    nets = [Network(spec, activation="leaky_relu", output="softmax", loss="cross_entropy",
+                    seed=0, backend=backend) for backend in ("cython", "numpy")]
+    for net in nets:
+        hist = net.fit(X, y, epochs=2, batch_size=6, optimizer="nesterov", lr=0.05, l1=0.3,
+                       l2=0.2, class_weight="balanced")
+        assert "penalty" in hist
+    assert_allclose(nets[0]._params, nets[1]._params, rtol=1e-4, atol=1e-5)
+    assert_allclose(nets[0].predict(X), nets[1].predict(X))
