@@ -163,7 +163,7 @@ class Plan:
                 raise ConfigError(f"activation must be a name or a list of names, "
                                   f"not {activation!r}") from None
             if len(names) != len(hidden):
-                where = (f"sizes {list(self.sizes)}" if self._plain_dense()
+                where = (f"sizes {list(self.sizes)}" if self.plain_dense
                          else "hidden Dense and Conv2D layers")
                 raise ConfigError(f"activation lists one name per hidden layer: {len(hidden)} "
                                   f"for {where}, not {len(names)}")
@@ -242,14 +242,11 @@ class Plan:
         """The output layer's activation."""
         return self.activations[-1]
 
-    def _plain_dense(self):
-        return len(self.input_shape) == 1 and all(type(l) is Dense for l in self.layers)
-
     @property
     def plain_dense(self):
         """A dense stack with a vector input and nothing but Dense layers (what
         a list of ints builds, and what model-file format 1 describes)."""
-        return self._plain_dense()
+        return len(self.input_shape) == 1 and all(type(l) is Dense for l in self.layers)
 
     @property
     def spatial(self):

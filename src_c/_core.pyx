@@ -2068,6 +2068,10 @@ def dropout(const floating[:, ::1] A, double rate, uint64_t seed, int64_t first,
         dropout_impl(&A[0, 0], &mask[0, 0], &out[0, 0], N, O, 1 - rate, seed, first, stream)
 
 
+cdef tuple _shape4(Py_ssize_t* shape):
+    return (shape[0], shape[1], shape[2], shape[3])
+
+
 cdef Geometry _geometry(int kind, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
                         Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t F, window, stride,
                         padding) except *:
@@ -2122,9 +2126,9 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
     (kh, kw, C, F), D (N, OH, OW, F)."""
     cdef Py_ssize_t N = X.shape[0]
     _check(W.shape[2] == X.shape[3] and D.shape[0] == N and D.shape[3] == W.shape[3]
-           and (dW.shape[0], dW.shape[1], dW.shape[2], dW.shape[3]) == (W.shape[0], W.shape[1], W.shape[2], W.shape[3]) and db.shape[0] == W.shape[3],
+           and _shape4(dW.shape) == _shape4(W.shape) and db.shape[0] == W.shape[3],
            "conv2d_backward: shapes do not match")
-    _check(dX is None or (dX.shape[0], dX.shape[1], dX.shape[2], dX.shape[3]) == (X.shape[0], X.shape[1], X.shape[2], X.shape[3]),
+    _check(dX is None or _shape4(dX.shape) == _shape4(X.shape),
            "conv2d_backward: dX must have the shape of X")
     cdef Geometry g = _geometry(CONV2D, N, X.shape[1], X.shape[2], X.shape[3], D.shape[1],
                                 D.shape[2], D.shape[3], (W.shape[0], W.shape[1]), stride,
@@ -2151,7 +2155,7 @@ def maxpool_forward(const floating[:, :, :, ::1] X, size, stride, floating[:, :,
     (N, OH, OW, C)."""
     cdef Py_ssize_t N = X.shape[0]
     _check(out.shape[0] == N and out.shape[3] == X.shape[3]
-           and (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]) == (out.shape[0], out.shape[1], out.shape[2], out.shape[3]),
+           and _shape4(argmax.shape) == _shape4(out.shape),
            "maxpool_forward: shapes do not match")
     cdef Geometry g = _geometry(MAXPOOL2D, N, X.shape[1], X.shape[2], X.shape[3], out.shape[1],
                                 out.shape[2], out.shape[3], size, stride, (0, 0))
@@ -2167,7 +2171,7 @@ def maxpool_backward(const floating[:, :, :, ::1] D, const int32_t[:, :, :, ::1]
     dX (N, H, W, C)."""
     cdef Py_ssize_t N = D.shape[0], i, j, n_in = dX.shape[1] * dX.shape[2] * dX.shape[3]
     cdef Geometry g
-    _check((argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]) == (D.shape[0], D.shape[1], D.shape[2], D.shape[3]) and dX.shape[0] == N,
+    _check(_shape4(argmax.shape) == _shape4(D.shape) and dX.shape[0] == N,
            "maxpool_backward: shapes do not match")
     _check(N * max(n_in, D.shape[1] * D.shape[2] * D.shape[3]) <= INT_MAX, "batch too large")
     g.n_in = n_in
@@ -2202,8 +2206,8 @@ def l2pool_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
     X, dX (N, H, W, C), Y, D (N, OH, OW, C)."""
     cdef Py_ssize_t N = X.shape[0]
     _check(Y.shape[0] == N and Y.shape[3] == X.shape[3]
-           and (D.shape[0], D.shape[1], D.shape[2], D.shape[3]) == (Y.shape[0], Y.shape[1], Y.shape[2], Y.shape[3])
-           and (dX.shape[0], dX.shape[1], dX.shape[2], dX.shape[3]) == (X.shape[0], X.shape[1], X.shape[2], X.shape[3]),
+           and _shape4(D.shape) == _shape4(Y.shape)
+           and _shape4(dX.shape) == _shape4(X.shape),
            "l2pool_backward: shapes do not match")
     cdef Geometry g = _geometry(L2POOL2D, N, X.shape[1], X.shape[2], X.shape[3], Y.shape[1],
                                 Y.shape[2], Y.shape[3], size, stride, (0, 0))
