@@ -1096,9 +1096,32 @@ cdef void maxpool_forward_impl(const floating* A, floating* out, int32_t* argmax
 cdef void maxpool_backward_impl(const floating* D, const int32_t* argmax, floating* dA,
                                 const Geometry* g, Py_ssize_t N) noexcept nogil:
     """dA := D routed to where each maximum was (added up where windows
-    overlap).  D, argmax (N, OH*OW*C), dA (N, H*W*C)."""
-    cdef Py_ssize_t n, i
+    overlap).  D, argmax (N, OH*OW*C), dA (N, H*W*C).
+
+    Windows that tile the input exactly (stride = size, dividing H and W;
+    2x2 pooling of an even image) write each entry of dA once, the
+    gradient or 0; others clear dA, then add each gradient where its
+    maximum was."""
+    cdef Py_ssize_t n, i, oy, ox, ky, kx, c, off, C = g.in_c
+    cdef const int32_t* idx
+    cdef const floating* s
     cdef floating* d
+    if (g.sh == g.kh and g.sw == g.kw and g.out_h * g.kh == g.in_h
+            and g.out_w * g.kw == g.in_w):
+        for n in range(N):
+            d = dA + n * g.n_in
+            s = D + n * g.n_out
+            idx = argmax + n * g.n_out
+            for oy in range(g.out_h):
+                for ox in range(g.out_w):
+                    for ky in range(g.kh):
+                        for kx in range(g.kw):
+                            off = ((oy * g.kh + ky) * g.in_w + ox * g.kw + kx) * C
+                            for c in range(C):
+                                d[off + c] = s[c] if idx[c] == off + c else 0
+                    s += C
+                    idx += C
+        return
     for i in range(N * g.n_in):
         dA[i] = 0
     for n in range(N):

@@ -138,7 +138,8 @@ def test_conv_blocks_give_the_whole_product():
 
 POOL_CASES = [
     # N, H, W, C, size, stride
-    (2, 6, 6, 3, 2, None),
+    (2, 6, 6, 3, 2, None),              # windows tiling the image
+    (2, 5, 7, 2, 2, None),              # a last row and column in no window
     (2, 7, 5, 2, 3, 2),
     (1, 5, 5, 1, 2, 1),                 # overlapping windows
     (3, 4, 6, 2, (2, 3), (2, 1)),
