@@ -37,9 +37,11 @@ class Schedule:
         return {"base_lr": self.base_lr, "lr": self.lr, "epochs": self.epochs}
 
     def load_state_dict(self, state):
-        """Continue from a state_dict (marks the schedule started)."""
-        self.start(float(state["base_lr"]))
-        self.lr, self.epochs = float(state["lr"]), int(state["epochs"])
+        """Continue from a state_dict (marks the schedule started); ConfigError
+        if it lacks a value this schedule needs or has one of the wrong kind."""
+        self.start(_state_value(self, state, "base_lr", float))
+        self.lr = _state_value(self, state, "lr", float)
+        self.epochs = _state_value(self, state, "epochs", int)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
@@ -119,8 +121,9 @@ class Plateau(Schedule):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.best = float(state["best"])
-        self.waited, self.reductions = int(state["waited"]), int(state["reductions"])
+        self.best = _state_value(self, state, "best", float)
+        self.waited = _state_value(self, state, "waited", int)
+        self.reductions = _state_value(self, state, "reductions", int)
 
     def _params(self):
         params = {"patience": self.patience, "factor": self.factor,
@@ -131,6 +134,19 @@ class Plateau(Schedule):
 
 
 SCHEDULES = {cls.name: cls for cls in (Constant, Step, Plateau)}
+
+
+def _state_value(schedule, state, key, kind):
+    """state[key] as a number of `kind` (float: not NaN, int: >= 0), or ConfigError."""
+    value = state.get(key) if isinstance(state, dict) else None
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and (not math.isnan(value) if kind is float else
+               isinstance(value, int) and value >= 0))
+    if not ok:
+        raise ConfigError(f"the saved state of lr_schedule {schedule.spec()!r} has "
+                          f"{key}={value!r}; expected a {'number' if kind is float else 'count'}"
+                          f" (was the run saved with another schedule?)")
+    return kind(value)
 
 
 def _factor(value):
