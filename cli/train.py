@@ -268,7 +268,7 @@ def _new_network(train_set, options):
     if options["layers"]:
         sizes = options["layers"]
     else:
-        n_out = n_outputs_for(train_set.y, f"the labels of {train_set.source}", LABELS_HINT)
+        n_out = n_outputs_for(train_set.y, train_set.source, LABELS_HINT)
         sizes = [train_set.X.shape[1], *(options["hidden"] or [30]), n_out]
     kwargs = {k: options[k] for k in ("loss", "init", "slope", "dtype", "seed")
               if options[k] is not None}

@@ -151,7 +151,7 @@ def n_outputs_for(y, name="y", hint=None):
         return 1
     if y.dtype.kind == "b":
         return 2
-    low, high = y.min(), y.max()
+    low, high = y.min().item(), y.max().item()     # Python numbers: high + 1 cannot overflow
     if low < 0:
         i = int(np.argmax(y < 0))
         raise DataError(f"{name} has label {_number(y[i])} at row {i}; class labels are "

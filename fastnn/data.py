@@ -23,8 +23,8 @@ from typing import Optional
 import numpy as np
 
 from fastnn.exceptions import DataError
-from fastnn.reading import (GZIP_MAGIC, MAX_DECOMPRESSED, Budget, check_regular, file_size,
-                            gunzip, open_data, read_file, read_into, read_stream)
+from fastnn.reading import (CHUNK, GZIP_MAGIC, MAX_DECOMPRESSED, Budget, check_regular,
+                            file_size, gunzip, open_data, read_file, read_into, read_stream)
 
 # IDX type codes (the third magic byte) and the big-endian dtypes they mean.
 IDX_TYPES = {
@@ -116,9 +116,9 @@ def read_idx(path):
     """Read an IDX file (gzip-compressed or raw) into a NumPy array.
 
     Never reads more than the header declares: a raw file must be exactly
-    as long as its shape needs, and a compressed one is decompressed
-    straight into the array, stopping at that size (at most
-    MAX_DECOMPRESSED bytes).
+    as long as its shape needs, and a compressed one is decompressed piece
+    by piece, refused as soon as it gives more than that size (which may be
+    at most MAX_DECOMPRESSED bytes).
     """
     name = os.fspath(path)
     stream, compressed = open_data(path)
@@ -134,17 +134,28 @@ def read_idx(path):
                             f"the file yourself to read more)")
         if not compressed and file_size(stream) - header != expected:
             raise _idx_size_problem(name, shape, expected, file_size(stream) - header)
-        try:
-            buffer = np.empty(expected, np.uint8)
-        except (MemoryError, ValueError):
-            raise DataError(f"{name}: not enough memory for shape {shape} "
-                            f"({expected:,} bytes)") from None
-        got = read_into(stream, buffer, name)
-        if got < expected:
-            raise _idx_size_problem(name, shape, expected, got)
-        if compressed and read_into(stream, np.empty(1, np.uint8), name):
-            raise DataError(f"{name} is longer than its header says: shape {shape} needs "
-                            f"{expected} bytes of data")
+        if compressed:
+            # grown as the data comes: a header alone reserves nothing
+            data = bytearray()
+            while len(data) <= expected:
+                chunk = stream.read(min(CHUNK, expected + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+            if len(data) > expected:
+                raise DataError(f"{name} is longer than its header says: shape {shape} "
+                                f"needs {expected} bytes of data")
+            buffer = np.frombuffer(data, np.uint8)
+        else:
+            try:
+                buffer = np.empty(expected, np.uint8)
+            except (MemoryError, ValueError):
+                raise DataError(f"{name}: not enough memory for shape {shape} "
+                                f"({expected:,} bytes)") from None
+            got = read_into(stream, buffer, name)
+            buffer = buffer[:got]          # shorter only if the file shrank meanwhile
+    if len(buffer) < expected:
+        raise _idx_size_problem(name, shape, expected, len(buffer))
     return _idx_array(buffer, dtype, shape, name)
 
 
@@ -428,6 +439,10 @@ class _PendingDtype:
 class _NdarrayClass:
     """What the name numpy.ndarray stands for in a pickle: a marker that only
     _reconstruct accepts (calling it would allocate uninitialised memory)."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray: arrays are rebuilt "
+                                     "only from the data in the pickle")
 
 
 _NDARRAY = _NdarrayClass()

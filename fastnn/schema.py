@@ -57,9 +57,9 @@ class Int(Spec):
     def __init__(self, lo=None, hi=None):
         self.lo, self.hi = lo, hi
         if lo is not None and hi is not None:
-            self.description = f"an integer in {lo}..{hi}"
+            self.description = f"an integer in {_bound(lo)}..{_bound(hi)}"
         elif lo is not None:
-            self.description = f"an integer >= {lo}"
+            self.description = f"an integer >= {_bound(lo)}"
         else:
             self.description = "an integer"
 
@@ -69,6 +69,13 @@ class Int(Spec):
                 or (self.hi is not None and value > self.hi)):
             self.fail(value, where)
         return value
+
+
+def _bound(n):
+    """A bound for messages: 2**62 rather than nineteen digits."""
+    if n > 2 ** 40 and n & (n - 1) == 0:
+        return f"2**{n.bit_length() - 1}"
+    return str(n)
 
 
 class Real(Spec):
