@@ -223,15 +223,35 @@ def _read_csv_bytes(path):
             raise DataError(f"{name} is {file_size(stream):,} bytes; fastnn reads CSV files of "
                             f"at most {MAX_CSV_BYTES:,} (use .npy for larger data)")
         raw = read_stream(stream, MAX_CSV_BYTES, name, "CSV file (use .npy for larger data)")
-    ends = np.flatnonzero(np.isin(np.frombuffer(raw, np.uint8), (10, 13)))
-    starts = np.concatenate(([0], ends + 1))
-    lengths = np.concatenate((ends, [len(raw)])) - starts
-    if lengths.max(initial=0) > MAX_CSV_LINE:
-        row = int(np.argmax(lengths > MAX_CSV_LINE))
-        line = raw.count(b"\n", 0, int(starts[row])) + 1
-        raise DataError(f"{name}: line {line} is {int(lengths[row]):,} bytes long; fastnn "
-                        f"reads CSV lines of at most {MAX_CSV_LINE:,} (use .npy for wider data)")
+    long_line = _first_long_line(raw, MAX_CSV_LINE)
+    if long_line is not None:
+        start, length = long_line
+        line = raw.count(b"\n", 0, start) + 1
+        raise DataError(f"{name}: line {line} is {length:,} bytes long; fastnn reads CSV "
+                        f"lines of at most {MAX_CSV_LINE:,} (use .npy for wider data)")
     return raw
+
+
+def _first_long_line(raw, limit):
+    """(start, length) of the first line of raw longer than limit bytes (lines
+    end at \\n or \\r), or None; a chunk at a time, so that a file of short
+    lines needs no array of all its line ends."""
+    a = np.frombuffer(raw, np.uint8)
+    line_start = 0
+    for start in range(0, len(a), CHUNK):
+        part = a[start:start + CHUNK]
+        ends = np.flatnonzero((part == 10) | (part == 13)) + start
+        if len(ends):
+            starts = np.concatenate(([line_start], ends[:-1] + 1))
+            bad = np.flatnonzero(ends - starts > limit)
+            if len(bad):
+                return int(starts[bad[0]]), int(ends[bad[0]] - starts[bad[0]])
+            line_start = int(ends[-1]) + 1
+        if start + len(part) - line_start > limit:
+            ends = [e for e in (raw.find(b"\n", line_start), raw.find(b"\r", line_start))
+                    if e >= 0]
+            return line_start, min(ends, default=len(raw)) - line_start
+    return None
 
 
 def load_csv(path, label_col=None, n_features=None):

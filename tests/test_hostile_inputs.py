@@ -508,6 +508,10 @@ def test_implausible_labels_are_refused_naming_label_col(tmp_path, case):
     assert_refused(proc, before, tmp_path, codes=(1,))
     assert re.search(message, proc.stderr), proc.stderr
     assert "--label-col" in proc.stderr and "Warning" not in proc.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=message):
+            fastnn._validation.n_outputs_for(load_data(tmp_path / name).y, name)
 
 
 def test_the_right_label_column_trains_where_the_last_one_is_refused(tmp_path):
