@@ -24,7 +24,8 @@ import numpy as np
 
 from fastnn.exceptions import DataError
 from fastnn.reading import (CHUNK, GZIP_MAGIC, MAX_DECOMPRESSED, Budget, check_regular,
-                            file_size, gunzip, open_data, read_file, read_into, read_stream)
+                            file_size, open_data, read_file, read_into, read_stream)
+from fastnn.reading import gunzip  # noqa: F401  (fastnn.data.gunzip, as before)
 
 # IDX type codes (the third magic byte) and the big-endian dtypes they mean.
 IDX_TYPES = {

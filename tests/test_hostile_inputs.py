@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastnn
-from fastnn import DataError, FastnnError, ModelFileError, Network
+from fastnn import DataError, ModelFileError, Network
 from fastnn.data import load_data
 from fastnn.io import read_header, read_metadata
 
@@ -96,7 +96,8 @@ def retable(blob, sizes):
     for l, (w, b) in enumerate(shapes):
         for name, shape in ((f"weights.{l}", w), (f"biases.{l}", b)):
             size = 4 * int(np.prod(shape))
-            table[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+            table[name] = {"dtype": "F32", "shape": list(shape),
+                           "data_offsets": [offset, offset + size]}
             offset += size
     table["optimizer.state"] = {"dtype": "F32", "shape": [1, n_params],
                                 "data_offsets": [offset, offset + 4 * n_params]}
@@ -168,7 +169,8 @@ MODEL_CASES = {
         "network.epochs_trained must be an integer"),
     "1e400 optimizer steps": (lambda b: set_meta(b, "optimizer", '{"name": "sgd", "steps": 1e400}'),
                               "optimizer.steps must be an integer"),
-    "huge optimizer steps": (lambda b: set_meta(b, "optimizer", '{"name": "sgd", "steps": %d}' % 2**70),
+    "huge optimizer steps": (lambda b: set_meta(b, "optimizer",
+                                                '{"name": "sgd", "steps": %d}' % 2 ** 70),
                              r"optimizer.steps must be an integer in 0..2\*\*62"),
     "training.cli a list": (lambda b: with_training(b, cli=["data.csv"]),
                             "training.cli must be a JSON object"),
@@ -215,7 +217,8 @@ def test_hostile_model_files_are_refused_by_info_and_the_api(tmp_path, model_byt
 def test_every_command_refuses_an_oversized_header_at_once(tmp_path, model_bytes, command):
     # the 192 KB file that costs 4.6 GB and 15 s when the network is built first
     model = tmp_path / "m.safetensors"
-    model.write_bytes(MODEL_CASES["sizes [300000, 300000, 10] and a table to match"][0](model_bytes))
+    make = MODEL_CASES["sizes [300000, 300000, 10] and a table to match"][0]
+    model.write_bytes(make(model_bytes))
     (tmp_path / "d.csv").write_text("".join(f"{i % 7}," * 784 + f"{i % 10}\n" for i in range(5)))
     before = snapshot(tmp_path)
     proc = run_fastnn(*[a.format(model=model) for a in command], cwd=tmp_path, timeout=60)

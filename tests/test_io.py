@@ -55,7 +55,8 @@ def test_refuses_optimizer_state_of_the_wrong_shape(tmp_path, trained):
     with pytest.raises(ModelFileError, match=r"optimizer.state is \(1, 74\), but sizes .* need \(3, 74\)"):
         fastnn.load(path)
     _rewrite_header(path, lambda h: h["__metadata__"].update(optimizer='{"name": "lbfgs"}'))
-    with pytest.raises(ModelFileError, match=r"damaged fastnn header: optimizer.name must be one of .*not \"lbfgs\""):
+    with pytest.raises(ModelFileError,
+                       match=r"damaged fastnn header: optimizer.name must be one of .*not \"lbfgs\""):
         fastnn.load(path)
 
 
