@@ -273,7 +273,7 @@ def _format_1_schema():
         extra=AnyJSON())
     return Record(
         required={"format": Text(choices=(FORMAT,)),
-                  "format_version": Text(choices=(str(FORMAT_VERSION),)),
+                  "format_version": Text(choices=("1",)),
                   "network": JSONText(network)},
         optional={"fastnn_version": Text(40, pattern=r"[0-9A-Za-z.+!_-]+",
                                          description="a version number"),
