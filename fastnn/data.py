@@ -291,6 +291,9 @@ def load_csv(path, label_col=None, n_features=None):
             problem = None
         raise (problem or DataError(f"{path} is not a valid CSV file ({exc})")) from None
     width = values.shape[1]
+    if names and len(names) != width:
+        # found by fuzzing: a named label column past the rows' last one
+        raise DataError(f"{path}: the header names {len(names)} columns, the rows have {width}")
     if not np.isfinite(values).all():
         r, c = np.argwhere(~np.isfinite(values))[0]
         column = names[c] if names and c < len(names) else str(c + 1)

@@ -794,6 +794,13 @@ def test_fuzzed_idx_files_give_only_data_errors(tmp_path, data):
     assert loaded.X.ndim == 2 and len(loaded.X) > 0
 
 
+def test_a_csv_header_wider_than_its_rows_is_a_data_error(tmp_path):
+    # found by the CSV fuzzing below: --label-col naming a column past the rows' end
+    (tmp_path / "x.csv").write_text("a,b,c,label\n1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match="the header names 4 columns, the rows have 3"):
+        load_data(tmp_path / "x.csv", label_col="label")
+
+
 CSV_CELLS = st.one_of(st.integers(-2 ** 70, 2 ** 70).map(str),
                       st.floats(allow_nan=True, allow_infinity=True).map(repr),
                       st.sampled_from(["", " ", "1e400", "-0", "0x10", "nan", "1,2", '"3"', "\r",
