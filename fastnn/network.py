@@ -283,7 +283,8 @@ class Network:
         lr_schedule : str or fastnn.schedules.Schedule, optional
             ``"constant"`` (default), ``"step:every=5,factor=0.5"``,
             ``"plateau:patience=3,factor=0.1,max_reductions=3"``, or the
-            objects ``Step(...)``, ``Plateau(...)`` from fastnn.schedules.
+            objects ``Step(...)``, ``Plateau(...)`` from fastnn.schedules
+            (fit runs a copy: the object given never changes).
         validation_data : (X_val, y_val), optional
             Evaluated after each epoch as ``val_loss`` / ``val_accuracy``.
         validation_split : float, default 0
