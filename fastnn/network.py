@@ -28,6 +28,9 @@ DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 # (512 measured best for [784, 256, 128, 10] and as good as any for
 # [784, 1024, 1024, 10]).
 PREDICT_CHUNK = 512
+# Rows evaluate() runs through forward() at a time (a multiple of
+# PREDICT_CHUNK, so the chunks forward computes are the same).
+EVALUATE_CHUNK = 64 * PREDICT_CHUNK
 
 Gradient = namedtuple("Gradient", ["loss", "weights", "biases"])
 Gradient.__doc__ = """The mean loss over a batch and its gradients per layer."""
@@ -395,11 +398,20 @@ class Network:
         return self._evaluate(X, Y, labels)
 
     def _evaluate(self, X, Y, labels):
-        A = self._forward(X)
-        cost = get_loss(self.loss).fn(A, Y, get_activation(self.output))
-        result = {"loss": float(cost.mean()), "n": len(X)}
+        # EVALUATE_CHUNK rows at a time: the outputs and the loss's
+        # temporaries stay bounded however many rows X has (a memory-mapped
+        # file larger than memory)
+        loss_fn, output = get_loss(self.loss).fn, get_activation(self.output)
+        loss_sum, n_correct = 0.0, 0
+        for start in range(0, len(X), EVALUATE_CHUNK):
+            part = slice(start, start + EVALUATE_CHUNK)
+            A = self._forward(X[part])
+            loss_sum += float(loss_fn(A, Y[part], output).sum(dtype=np.float64))
+            if labels is not None:
+                n_correct += int(np.count_nonzero(predicted_labels(A) == labels[part]))
+        result = {"loss": loss_sum / len(X), "n": len(X)}
         if labels is not None:
-            result["accuracy"] = float(np.mean(predicted_labels(A) == labels))
+            result["accuracy"] = n_correct / len(X)
         return result
 
     def gradient(self, X, y):
