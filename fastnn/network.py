@@ -5,7 +5,6 @@ weights have shape ``(sizes[l], sizes[l+1])``. All parameters live in one
 flat vector (see ``fastnn._kernels``); ``weights`` and ``biases`` are views
 into it, so the compiled kernels update them in place.
 """
-import contextlib
 import numbers
 import secrets
 from collections import namedtuple
@@ -366,15 +365,19 @@ class Network:
     def _forward(self, X):
         sizes, acts = self._codes()
         chunk = min(len(X), PREDICT_CHUNK)
-        # several chunks: the threads take whole chunks in turn, each with a
-        # single-threaded BLAS (faster than splitting every GEMM; see
-        # benchmarks/README.md); one chunk: the BLAS's own threads
         n_chunks = -(-len(X) // max(chunk, 1))
-        threads = (min(blas.get_num_threads(), n_chunks)
-                   if n_chunks > 1 and self.backend == "cython" else 1)
-        work = np.empty(threads * self._kernels.workspace_size(sizes, chunk), dtype=self.dtype)
+        # The BLAS's thread count is process-wide, so forward never changes
+        # it (two threads predicting at once would race over it): with a
+        # single-threaded BLAS, a team of threads takes whole chunks, sized by
+        # blas.team so that concurrent forwards share get_num_threads();
+        # otherwise the chunks run in turn on the BLAS's threads. Either way
+        # a chunk's result does not depend on the team (see fastnn.blas).
+        wanted = (n_chunks if n_chunks > 1 and self.backend == "cython"
+                  and blas.blas_num_threads() == 1 else 1)
         out = np.empty((len(X), self.sizes[-1]), dtype=self.dtype)
-        with blas.single_threaded_blas() if threads > 1 else contextlib.nullcontext():
+        with blas.team(wanted) as threads:
+            work = np.empty(threads * self._kernels.workspace_size(sizes, chunk),
+                            dtype=self.dtype)
             self._kernels.predict(X, self._params, sizes, acts, self.slope, work, chunk, out,
                                   threads)
         return out
