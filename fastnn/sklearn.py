@@ -36,6 +36,13 @@ Where fastnn's own conventions differ, the estimators translate:
   ``n_iter_`` start afresh on each ``fit``, while ``partial_fit`` carries
   all of them on.
 
+Two differences remain (tests/test_sklearn_parity.py measures both):
+``loss_curve_`` adds the L2 penalty of the weights an epoch ends with, where
+scikit-learn averages it over the epoch's batches; and ``epsilon`` is added
+as PyTorch's Adam adds it, to the bias-corrected ``sqrt(v)``, where
+scikit-learn adds it before the correction (the same epsilon weighs up to
+``1 / sqrt(1 - beta_2**t)`` times more here).
+
 Features are used as given, as scikit-learn does: unlike ``Network.fit``,
 uint8 inputs are not divided by 255 here (put a scaler in the pipeline).
 
