@@ -68,7 +68,7 @@ def single_threaded_blas():
 def blas_num_threads():
     """The thread count the BLAS libraries run with now (the largest, if
     several are loaded). Read only."""
-    counts = [lib["num_threads"] for lib in _blas().info()]
+    counts = [lib.get_num_threads() for lib in _blas().lib_controllers]
     return max(counts) if counts else 1
 
 
