@@ -3,7 +3,10 @@
 One build serves every check: the sdist from the repository, then the
 wheel from that sdist by the documented command (tools/build_wheel.sh:
 pip wheel + auditwheel repair), then the repaired wheel installed in a new
-virtualenv. (.ci/run also installs the sdist itself in a fresh virtualenv.)
+virtualenv. CI (.ci/run) builds the same two files first, installs the
+wheel in a virtualenv of its own with its dependencies from PyPI, and
+passes their directory in FASTNN_DIST so that the extension is not
+compiled twice.
 """
 import email
 import os
@@ -11,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -20,7 +24,12 @@ elftools = pytest.importorskip("elftools.elf.elffile")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """(sdist path, repaired wheel path)."""
+    """(sdist path, repaired wheel path): .ci/run's, or built here."""
+    if os.environ.get("FASTNN_DIST"):
+        dist = Path(os.environ["FASTNN_DIST"])
+        sdist, = dist.glob("fastnn-*.tar.gz")
+        wheel, = (dist / "wheelhouse").glob("fastnn-*.whl")
+        return sdist, wheel
     tmp = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "build", "--sdist", "-o", str(tmp), str(REPO)],
                    check=True, timeout=900, capture_output=True)
