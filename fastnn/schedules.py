@@ -4,6 +4,7 @@ Give ``fit(lr_schedule=...)`` one of these objects, or the same string the
 CLI takes: ``"constant"``, ``"step:every=5,factor=0.5"``,
 ``"plateau:patience=3,factor=0.1,max_reductions=3"``.
 """
+import copy
 import math
 import numbers
 
@@ -15,10 +16,12 @@ class Schedule:
     """Base class. ``start(lr)`` begins a run; ``next_lr(metrics)`` is called
     after each epoch with its metrics and returns the rate for the next one.
 
-    A schedule keeps its own state (the current rate, epochs seen, ...), so
-    passing a started schedule to another ``fit`` continues it; that is how
-    a resumed run goes on where it stopped (``state_dict`` and
-    ``load_state_dict`` carry the state through a model file).
+    A schedule is a hyperparameter: ``fit`` runs a copy of it (``parse``
+    makes one), so the object given never changes, and a second ``fit`` or
+    a scikit-learn ``clone`` starts from the initial rate again. To go on
+    where a run stopped, ``load_state_dict`` the state that run left in
+    ``net.training["lr_schedule_state"]`` (a resumed run does this through
+    the model file): a started schedule's copy continues from its state.
     """
 
     started = False
@@ -166,12 +169,12 @@ def _value(text):
 
 
 def parse(spec):
-    """A Schedule from an object, None (constant) or a string such as
-    ``"step:every=5,factor=0.5"``."""
+    """A new Schedule from an object (a copy, with its state), None
+    (constant) or a string such as ``"step:every=5,factor=0.5"``."""
     if spec is None:
         return Constant()
     if isinstance(spec, Schedule):
-        return spec
+        return copy.deepcopy(spec)
     if not isinstance(spec, str):
         raise ConfigError(f"lr_schedule must be a string or a fastnn.schedules object, not {spec!r}")
     name, _, args = spec.partition(":")
