@@ -62,7 +62,8 @@ def cpu():
 
 
 def describe_cpu(c):
-    """'Intel(R) Xeon(R) Processor @ 2.80GHz (Ice Lake-SP; GenuineIntel family 6 model 106), 2 cores, AVX-512 ...'."""
+    """One line: 'Intel(R) Xeon(R) ... (Ice Lake-SP; GenuineIntel family 6 model 106),
+    2 cores, under a hypervisor; AVX2 AVX-512 AVX512_VNNI'."""
     where = f"{c['vendor']} family {c['family']} model {c['model_number']}"
     arch = f"{c['microarchitecture']}; {where}" if c["microarchitecture"] else where
     isa = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"),
@@ -183,7 +184,8 @@ def report(with_torch=True):
                    else "this OpenBLAS does not know the CPU")
             warnings.append(f"{label} runs the {arch} kernels, but this CPU takes {best} "
                             f"({why}). Figures measured so are not what users get: run "
-                            f"env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py")
+                            f"env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+                            f"python benchmarks/run.py")
     if "OPENBLAS_L2_SIZE" in os.environ and not any("OPENBLAS_CORETYPE" in w for w in warnings):
         warnings.append(f"OPENBLAS_L2_SIZE={os.environ['OPENBLAS_L2_SIZE']} overrides "
                         f"OpenBLAS's cache blocking: unset it for timing runs")

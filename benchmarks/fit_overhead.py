@@ -1,0 +1,210 @@
+"""Where Network.fit's time goes outside the training kernel (issue 13, item 5).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fit_overhead.py
+    ... python benchmarks/fit_overhead.py --config mid --epochs 3 --repeat 5
+    ... python benchmarks/fit_overhead.py --profile     # cProfile of fit's calling thread
+
+Trains the benchmark's data (run.py's configurations) with fit and times,
+inside that very call, each step fit takes: the checks of X and y, the
+Trainer's setup, each epoch's own work before and after the kernel (seeds
+and shuffle, weight and optimizer snapshots, metrics), the worker thread
+that runs the kernel, and the kernel itself (fastnn's `train_epoch`, timed
+in the worker). Nothing in fastnn changes: the functions are wrapped by
+name for the measurement, so a step that fastnn renames or removes shows as
+"n/a" and its time moves to "fit, the rest". The shuffle and snapshot
+copies are then timed alone at the same sizes, to split the epoch's own work.
+
+Figures are medians over --repeat fits, in milliseconds and as a share of
+the wall clock around fit.
+"""
+import argparse
+import cProfile
+import functools
+import pstats
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import CONFIGS, SEED, limit_threads, make_data, network  # noqa: E402
+
+from fastnn import network as network_module  # noqa: E402
+from fastnn import training  # noqa: E402
+
+# what to time inside fit: (owner, attribute), fastnn's names today
+STEPS = [
+    (network_module, "check_X"),              # dtype, shape, finiteness of X
+    (network_module.Network, "_targets"),     # y to one-hot, checks
+    (training, "sample_weights"),
+    (training, "split_validation"),
+    (training, "check_options"),
+    (training.Trainer, "__init__"),           # buffers, workspace
+    (training.Trainer, "run"),                # all epochs
+    (training.Trainer, "epoch"),              # one epoch, before/after the kernel included
+    (training, "run_epoch"),                  # worker thread + kernel
+]
+
+
+class Clock:
+    """Accumulated seconds per name, from wrapped callables."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self.patched = []
+
+    def wrap(self, owner, attribute, name):
+        original = getattr(owner, attribute, None)
+        if original is None:
+            return False
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+
+        setattr(owner, attribute, timed)
+        self.patched.append((owner, attribute, original))
+        return True
+
+    def restore(self):
+        for owner, attribute, original in reversed(self.patched):
+            setattr(owner, attribute, original)
+        self.patched.clear()
+
+
+class TimedKernels:
+    """The network's kernel module, with train_epoch timed (it runs in the worker thread)."""
+
+    def __init__(self, kernels, clock):
+        self._kernels, self._clock = kernels, clock
+
+    def __getattr__(self, name):
+        value = getattr(self._kernels, name)
+        if name != "train_epoch":
+            return value
+
+        def train_epoch(**args):
+            start = time.perf_counter()
+            try:
+                return value(**args)
+            finally:
+                self._clock.seconds["kernel"] += time.perf_counter() - start
+        return train_epoch
+
+
+def one_fit(config, data, epochs):
+    """{step: seconds} of one fit of a new network, and its epoch clocks."""
+    clock = Clock()
+    found = {attribute: clock.wrap(owner, attribute, attribute) for owner, attribute in STEPS}
+    try:
+        net = network(config)
+        net._kernels = TimedKernels(net._kernels, clock)
+        start = time.perf_counter()
+        hist = net.fit(data.X, data.y, epochs=epochs, batch_size=config.batch, lr=config.lr)
+        clock.seconds["fit"] = time.perf_counter() - start
+    finally:
+        clock.restore()
+    clock.seconds["epoch clocks"] = sum(hist["seconds"])
+    return dict(clock.seconds), found
+
+
+def alone(fn, repeat=20):
+    """Median seconds of fn()."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="nielsen30", choices=sorted(CONFIGS))
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="epochs per fit [default: 1, as run.py times]")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--profile", action="store_true",
+                        help="also print cProfile's top functions of one fit (calling thread)")
+    args = parser.parse_args(argv)
+    threads = limit_threads(args.threads)
+    config = CONFIGS[args.config]
+    data = make_data()
+    n = len(data.X)
+
+    one_fit(config, data, 1)                            # warm caches and thread pools
+    runs = []
+    for _ in range(args.repeat):
+        time.sleep(0.5)
+        seconds, found = one_fit(config, data, args.epochs)
+        runs.append(seconds)
+    med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
+    fit, e = med["fit"], args.epochs
+
+    # the epoch's own work, alone at the same sizes
+    net = network(config)
+    params = net._params
+    snapshot = np.empty_like(params)
+    state = np.zeros((1, len(params)), dtype=params.dtype)   # plain SGD: one state row
+    shuffle = alone(lambda: np.random.default_rng(
+        np.random.SeedSequence([SEED, 0]).generate_state(2, dtype=np.uint64)[0]).permutation(n))
+    copies = alone(lambda: (snapshot.__setitem__(Ellipsis, params), state.copy()))
+
+    def row(label, seconds, per):
+        share = f"{seconds / fit:6.1%}" if seconds is not None else "   n/a"
+        ms = f"{seconds * 1e3:9.2f}" if seconds is not None else "      n/a"
+        print(f"  {label:<50} {ms} ms {share}   {per}")
+
+    def get(name):
+        return med.get(name) if found.get(name, True) else None
+
+    per_call = ["check_X", "_targets", "sample_weights", "split_validation", "check_options",
+                "__init__"]
+    calls = sum(med.get(k, 0.0) for k in per_call)
+    epoch_work = (med.get("epoch", 0.0) - med.get("run_epoch", 0.0)) if found["epoch"] else None
+    thread = med.get("run_epoch", 0.0) - med["kernel"] if found["run_epoch"] else None
+    run_rest = (med.get("run", 0.0) - med.get("epoch", 0.0)) if found["run"] else None
+    rest = fit - calls - med.get("run", 0.0)
+
+    print(f"# {args.config} {list(config.sizes)} batch {config.batch}, {n:,} rows, "
+          f"{e} epoch(s) per fit, {threads} thread(s), median of {args.repeat} fits")
+    print(f"# fit: {fit * 1e3:.1f} ms = {e * n / fit:,.0f} samples/s as a user waits; "
+          f"by the epochs' own clocks {e * n / med['epoch clocks']:,.0f}; kernel alone "
+          f"{e * n / med['kernel']:,.0f}")
+    print(f"  {'where':<50} {'time':>12} {'of fit':>6}")
+    row("kernel (train_epoch, in the worker thread)", med["kernel"], f"{e} epochs")
+    row("worker thread: start, hand-over, join", thread, f"{e} epochs")
+    row("each epoch's own work before/after the kernel", epoch_work, f"{e} epochs")
+    row("    of which shuffle (SeedSequence + permutation)", shuffle * e, "timed alone")
+    row("    of which weight + optimizer snapshots", copies * e, "timed alone")
+    row("Trainer.run between epochs (history, schedule)", run_rest, f"{e} epochs")
+    row("check_X (dtype, shape, finiteness of X)", get("check_X"), "once per fit")
+    row("targets (y to one-hot, checks)", get("_targets"), "once per fit")
+    row("sample weights, validation split, options",
+        sum(med.get(k, 0.0) for k in ("sample_weights", "split_validation", "check_options")),
+        "once per fit")
+    row("Trainer setup (buffers, workspace)", get("__init__"), "once per fit")
+    row("fit, the rest", rest, "once per fit")
+
+    if args.profile:
+        net = network(config)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        net.fit(data.X, data.y, epochs=args.epochs, batch_size=config.batch, lr=config.lr)
+        profiler.disable()
+        print("\n# cProfile of fit, calling thread only (the kernel runs in the worker: "
+              "its time shows as waiting)")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
