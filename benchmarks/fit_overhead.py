@@ -147,6 +147,16 @@ def main(argv=None):
         time.sleep(0.5)
         seconds, found = one_fit(config, data, args.epochs)
         runs.append(seconds)
+    per_call = ["check_X", "_targets", "sample_weights", "split_validation", "check_options",
+                "__init__"]
+    for r in runs:
+        # derived per fit, then the median: medians of parts need not add up
+        r["thread"] = r.get("run_epoch", 0.0) - r["kernel"]
+        r["epoch work"] = r.get("epoch", 0.0) - r.get("run_epoch", 0.0)
+        r["between epochs"] = r.get("run", 0.0) - r.get("epoch", 0.0)
+        r["options"] = sum(r.get(k, 0.0) for k in ("sample_weights", "split_validation",
+                                                  "check_options"))
+        r["rest"] = r["fit"] - sum(r.get(k, 0.0) for k in per_call) - r.get("run", 0.0)
     med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
     fit, e = med["fit"], args.epochs
 
@@ -164,16 +174,8 @@ def main(argv=None):
         ms = f"{seconds * 1e3:9.2f}" if seconds is not None else "      n/a"
         print(f"  {label:<50} {ms} ms {share}   {per}")
 
-    def get(name):
-        return med.get(name) if found.get(name, True) else None
-
-    per_call = ["check_X", "_targets", "sample_weights", "split_validation", "check_options",
-                "__init__"]
-    calls = sum(med.get(k, 0.0) for k in per_call)
-    epoch_work = (med.get("epoch", 0.0) - med.get("run_epoch", 0.0)) if found["epoch"] else None
-    thread = med.get("run_epoch", 0.0) - med["kernel"] if found["run_epoch"] else None
-    run_rest = (med.get("run", 0.0) - med.get("epoch", 0.0)) if found["run"] else None
-    rest = fit - calls - med.get("run", 0.0)
+    def get(name, *needs):
+        return med[name] if all(found.get(k, True) for k in needs or (name,)) else None
 
     print(f"# {args.config} {list(config.sizes)} batch {config.batch}, {n:,} rows, "
           f"{e} epoch(s) per fit, {threads} thread(s), median of {args.repeat} fits")
@@ -182,18 +184,18 @@ def main(argv=None):
           f"{e * n / med['kernel']:,.0f}")
     print(f"  {'where':<50} {'time':>12} {'of fit':>6}")
     row("kernel (train_epoch, in the worker thread)", med["kernel"], f"{e} epochs")
-    row("worker thread: start, hand-over, join", thread, f"{e} epochs")
-    row("each epoch's own work before/after the kernel", epoch_work, f"{e} epochs")
+    row("worker thread: start, hand-over, join", get("thread", "run_epoch"), f"{e} epochs")
+    row("each epoch's own work before/after the kernel", get("epoch work", "epoch", "run_epoch"),
+        f"{e} epochs")
     row("    of which shuffle (SeedSequence + permutation)", shuffle * e, "timed alone")
     row("    of which weight + optimizer snapshots", copies * e, "timed alone")
-    row("Trainer.run between epochs (history, schedule)", run_rest, f"{e} epochs")
+    row("Trainer.run between epochs (history, schedule)", get("between epochs", "run", "epoch"),
+        f"{e} epochs")
     row("check_X (dtype, shape, finiteness of X)", get("check_X"), "once per fit")
     row("targets (y to one-hot, checks)", get("_targets"), "once per fit")
-    row("sample weights, validation split, options",
-        sum(med.get(k, 0.0) for k in ("sample_weights", "split_validation", "check_options")),
-        "once per fit")
+    row("sample weights, validation split, options", med["options"], "once per fit")
     row("Trainer setup (buffers, workspace)", get("__init__"), "once per fit")
-    row("fit, the rest", rest, "once per fit")
+    row("fit, the rest", med["rest"], "once per fit")
 
     if args.profile:
         net = network(config)
