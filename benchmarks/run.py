@@ -15,7 +15,8 @@ checks and per-epoch work included); the epoch's own clock is shown beside
 it. The table shows samples/second (median, min, max), fastnn's median over
 each implementation's (the ratio), the achieved GFLOP/s and its fraction of
 the GEMM ceiling (the best of many float32 A @ B products of the largest
-layer's shape, the training batch by its weights, measured in the same run)
+layer's shape, the training batch by its weights, measured before and after
+the configuration's rounds)
 and of the cores' FMA peak (peak.c, measured in the same run). FLOPs per
 training sample are 2 x (forward + weight gradients + input gradients of
 every layer but the first) multiply-adds; per inference sample, 2 x the
@@ -582,6 +583,8 @@ def main(argv=None):
             for impl in runnable:
                 time.sleep(QUIET_SECONDS)
                 rows[impl].append(IMPLS[impl][1 if inference else 0](config, data))
+        # once more after the rounds: one second of GEMMs can fall on a busy moment
+        ceiling = max(ceiling, gemm_ceiling(config.sizes, config.batch))
         fast = statistics.median(r.n / r.seconds for r in rows["fastnn"])
         for impl, timings in rows.items():
             rates = [r.n / r.seconds for r in timings]
