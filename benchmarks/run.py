@@ -16,11 +16,10 @@ it. The table shows samples/second (median, min, max), fastnn's median over
 each implementation's (the ratio), the achieved GFLOP/s and its fraction of
 the GEMM ceiling (the best of many float32 A @ B products of the largest
 layer's shape, the training batch by its weights, measured before and after
-the configuration's rounds)
-and of the cores' FMA peak (peak.c, measured in the same run). FLOPs per
-training sample are 2 x (forward + weight gradients + input gradients of
-every layer but the first) multiply-adds; per inference sample, 2 x the
-forward ones.
+the configuration's rounds) and of the cores' FMA peak (peak.c, measured in
+the same run). FLOPs per training sample are 2 x (forward + weight gradients
++ input gradients of every layer but the first) multiply-adds; per inference
+sample, 2 x the forward ones.
 
 Implementations, each run when its package is installed:
   fastnn      Network.fit (compiled kernels)
