@@ -534,7 +534,7 @@ def main(argv=None):
                         help="compare every implementation's weights after one epoch of "
                         f"{N_CHECK} rows with fastnn's instead of timing")
     args = parser.parse_args(argv)
-    load_start = os.getloadavg()
+    load_start, date = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M")
     configs = args.config or list(CONFIGS) + [f"infer-{c}" for c in INFERENCE]
     threads = limit_threads(args.threads)
     impls = chosen_impls(["fastnn"] + (args.impl or []) if args.impl else None)
@@ -614,7 +614,7 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps({
             "format": 2, "machine": record, "peak": peaks, "threads": threads,
             "repeat": args.repeat, "rows_trained": args.rows,
-            "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": load_start,
+            "date": date, "loadavg_start": load_start,
             "loadavg_end": os.getloadavg(), "rows": results}, indent=2))
 
 
