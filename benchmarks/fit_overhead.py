@@ -14,8 +14,8 @@ name for the measurement, so a step that fastnn renames or removes shows as
 "n/a" and its time moves to "fit, the rest". The shuffle and snapshot
 copies are then timed alone at the same sizes, to split the epoch's own work.
 
-Figures are medians over --repeat fits, in milliseconds and as a share of
-the wall clock around fit.
+Figures are medians over --repeat fits: of each step's milliseconds, and of
+its share of the wall clock around each fit (so that the shares add up).
 """
 import argparse
 import cProfile
@@ -169,13 +169,20 @@ def main(argv=None):
         np.random.SeedSequence([SEED, 0]).generate_state(2, dtype=np.uint64)[0]).permutation(n))
     copies = alone(lambda: (snapshot.__setitem__(Ellipsis, params), state.copy()))
 
-    def row(label, seconds, per):
-        share = f"{seconds / fit:6.1%}" if seconds is not None else "   n/a"
+    def row(label, seconds, per, share=None):
+        if share is None and seconds is not None:
+            share = seconds / fit
+        share = f"{share:6.1%}" if seconds is not None else "   n/a"
         ms = f"{seconds * 1e3:9.2f}" if seconds is not None else "      n/a"
         print(f"  {label:<50} {ms} ms {share}   {per}")
 
-    def get(name, *needs):
-        return med[name] if all(found.get(k, True) for k in needs or (name,)) else None
+    def part(label, name, per, *needs):
+        """A step timed inside the fits: its median time, and the median of its
+        share of each fit (shares of the same fit add up; medians of times need not)."""
+        if not all(found.get(k, True) for k in needs or (name,)):
+            row(label, None, per)
+            return
+        row(label, med[name], per, statistics.median(r.get(name, 0.0) / r["fit"] for r in runs))
 
     print(f"# {args.config} {list(config.sizes)} batch {config.batch}, {n:,} rows, "
           f"{e} epoch(s) per fit, {threads} thread(s), median of {args.repeat} fits")
@@ -183,19 +190,19 @@ def main(argv=None):
           f"by the epochs' own clocks {e * n / med['epoch clocks']:,.0f}; kernel alone "
           f"{e * n / med['kernel']:,.0f}")
     print(f"  {'where':<50} {'time':>12} {'of fit':>6}")
-    row("kernel (train_epoch, in the worker thread)", med["kernel"], f"{e} epochs")
-    row("worker thread: start, hand-over, join", get("thread", "run_epoch"), f"{e} epochs")
-    row("each epoch's own work before/after the kernel", get("epoch work", "epoch", "run_epoch"),
-        f"{e} epochs")
+    part("kernel (train_epoch, in the worker thread)", "kernel", f"{e} epochs")
+    part("worker thread: start, hand-over, join", "thread", f"{e} epochs", "run_epoch")
+    part("each epoch's own work before/after the kernel", "epoch work", f"{e} epochs",
+         "epoch", "run_epoch")
     row("    of which shuffle (SeedSequence + permutation)", shuffle * e, "timed alone")
     row("    of which weight + optimizer snapshots", copies * e, "timed alone")
-    row("Trainer.run between epochs (history, schedule)", get("between epochs", "run", "epoch"),
-        f"{e} epochs")
-    row("check_X (dtype, shape, finiteness of X)", get("check_X"), "once per fit")
-    row("targets (y to one-hot, checks)", get("_targets"), "once per fit")
-    row("sample weights, validation split, options", med["options"], "once per fit")
-    row("Trainer setup (buffers, workspace)", get("__init__"), "once per fit")
-    row("fit, the rest", med["rest"], "once per fit")
+    part("Trainer.run between epochs (history, schedule)", "between epochs", f"{e} epochs",
+         "run", "epoch")
+    part("check_X (dtype, shape, finiteness of X)", "check_X", "once per fit")
+    part("targets (y to one-hot, checks)", "_targets", "once per fit")
+    part("sample weights, validation split, options", "options", "once per fit")
+    part("Trainer setup (buffers, workspace)", "__init__", "once per fit")
+    part("fit, the rest", "rest", "once per fit")
 
     if args.profile:
         net = network(config)
