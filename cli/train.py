@@ -22,6 +22,10 @@ ARCHITECTURE = ("layers", "hidden", "activation", "output_activation", "loss", "
 RESUMABLE = ("batch_size", "lr", "optimizer", "momentum", "betas", "eps", "l2", "l1", "dropout",
              "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle")
 
+# What to do when the labels of DATA do not look like class labels.
+LABELS_HINT = ("Name the label column with --label-col (a CSV's last column is the default) "
+               "or give the labels file with --labels")
+
 HELP = """Train a network on DATA (default: mnist) and save it with -o.
 
 The defaults are Nielsen's chapter-1 recipe: one hidden layer of 30 sigmoid
@@ -258,14 +262,14 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
 
 
 def _new_network(train_set, options):
+    from fastnn._validation import n_outputs_for
     from fastnn.network import Network
 
-    y = train_set.y
-    if y.ndim == 2:
-        n_out = y.shape[1]
+    if options["layers"]:
+        sizes = options["layers"]
     else:
-        n_out = 1 if y.dtype.kind == "f" else int(y.max()) + 1
-    sizes = options["layers"] or [train_set.X.shape[1], *(options["hidden"] or [30]), n_out]
+        n_out = n_outputs_for(train_set.y, train_set.source, LABELS_HINT)
+        sizes = [train_set.X.shape[1], *(options["hidden"] or [30]), n_out]
     kwargs = {k: options[k] for k in ("loss", "init", "slope", "dtype", "seed")
               if options[k] is not None}
     return Network(sizes, activation=options["activation"] or "sigmoid",
