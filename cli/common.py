@@ -5,21 +5,42 @@ import math
 import click
 import numpy as np
 
-class Command(click.Command):
+class MainMixin:
+    """main() of a command run as the program itself (no args given, so
+    they come from sys.argv): SIGINT is the command's until the process
+    exits, and ignored on the way out (see fastnn.interrupts)."""
+
+    def main(self, args=None, *rest, **kwargs):
+        from fastnn.interrupts import own_sigint_until_exit
+
+        if args is not None:  # CliRunner, or a program embedding the command
+            return super().main(args, *rest, **kwargs)
+        leaving = own_sigint_until_exit()
+        try:
+            return super().main(args, *rest, **kwargs)
+        finally:
+            leaving()
+
+
+class Command(MainMixin, click.Command):
     """A command that shows fastnn's own errors as one line with exit status
     1 (Click's way), and a Ctrl-C as 'Interrupted' with status 130, whether it
-    runs inside the fastnn group or on its own."""
+    runs inside the fastnn group or on its own. The first Ctrl-C interrupts;
+    later ones are ignored, so that what the first one does (save, exit 130)
+    is never cut short."""
 
     def invoke(self, ctx):
         from fastnn.exceptions import FastnnError
+        from fastnn.interrupts import FirstInterruptOnly
 
-        try:
-            return super().invoke(ctx)
-        except FastnnError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted", err=True)
-            ctx.exit(130)
+        with FirstInterruptOnly():
+            try:
+                return super().invoke(ctx)
+            except FastnnError as exc:
+                raise click.ClickException(str(exc)) from None
+            except KeyboardInterrupt:
+                click.echo("Interrupted", err=True)
+                ctx.exit(130)
 
 
 DATA_HELP = ("DATA is a dataset name (mnist), an IDX images file (labels found beside it or "

@@ -324,8 +324,14 @@ class Network:
             If the loss becomes NaN or infinite; the weights from before that
             epoch are restored and the history so far is in ``exc.history``.
         KeyboardInterrupt
-            On Ctrl-C, after the current batch: the weights are those after
-            that batch, and ``self.history`` has the completed epochs.
+            On Ctrl-C (SIGINT, in the main thread), once the kernel has
+            finished its current batch: the weights, the optimizer state and
+            its step count are rolled back to the start of the interrupted
+            epoch, so ``self.history`` and ``epochs_trained`` count complete
+            epochs only and another ``fit`` continues exactly as an
+            uninterrupted run would. (The signal is held back while the
+            kernel runs, then passed to the SIGINT handler that was in place;
+            fit raises KeyboardInterrupt if that handler returns.)
         """
         X = check_X(X, self.sizes[0])
         Y, labels = self._targets(X, y)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastnn import _kernels
+from fastnn import _kernels, interrupts
 from fastnn._validation import check_finite, check_X, nonnegative_float, positive_int
 from fastnn.exceptions import ConfigError, DataError, TrainingDiverged, lookup
 from fastnn.history import History
@@ -178,13 +178,24 @@ def sample_weights(sample_weight, class_weight, labels, n, n_outputs):
 
 def run_epoch(kernel, args, control, on_tick=None):
     """Run kernel(**args) in a worker thread; the calling thread calls
-    on_tick() about ten times a second, and on Ctrl-C asks the kernel to stop
-    after its current batch.
+    on_tick() about ten times a second meanwhile.
 
-    Returns (result, interrupted).
+    A Ctrl-C (SIGINT) in the meantime does not raise: it asks the kernel to
+    stop before its next batch (see fastnn.interrupts). Whatever happens (a
+    Ctrl-C, an exception from on_tick), the kernel has returned before this
+    function does: nothing touches the parameters, and no BLAS call runs,
+    once it has returned or raised. That is what makes it safe to write a
+    model file or to exit afterwards (an exit under a running kernel crashes
+    in OpenBLAS).
+
+    Returns (result, interrupt): interrupt.received says whether a Ctrl-C
+    came, and interrupt.deliver() passes it on (KeyboardInterrupt by default).
     """
     out = {}
     done = threading.Event()
+
+    def stop():
+        control[_kernels.STOP_REQUEST] = 1
 
     def target():
         try:
@@ -195,20 +206,39 @@ def run_epoch(kernel, args, control, on_tick=None):
             done.set()
 
     # Completion is an Event, not Thread.join(): a KeyboardInterrupt inside
-    # join() can leave is_alive() False while the thread still runs.
-    threading.Thread(target=target, name="fastnn-epoch", daemon=True).start()
-    interrupted = False
-    while not done.is_set():
+    # join() can leave is_alive() False while the thread still runs. The
+    # thread is not a daemon: the interpreter never exits under it.
+    worker = threading.Thread(target=target, name="fastnn-epoch")
+    started = False
+    with interrupts.Deferred(stop) as interrupt:
         try:
-            if not done.wait(0.1) and on_tick is not None:
-                on_tick()
-        except KeyboardInterrupt:
-            # the kernel stops before its next batch; a second Ctrl-C waits too
-            interrupted = True
-            control[_kernels.STOP_REQUEST] = 1
+            worker.start()
+            started = True
+            while not done.is_set():
+                if not done.wait(0.1) and on_tick is not None:
+                    on_tick()
+        finally:
+            if started and not done.is_set():
+                stop()
+                _wait_uninterrupted(done, stop)
     if "error" in out:
         raise out["error"]
-    return out["result"], interrupted
+    return out["result"], interrupt
+
+
+def _wait_uninterrupted(done, stop):
+    """Wait for done; a KeyboardInterrupt meanwhile (there can be one only
+    where SIGINT is not deferred) stops the kernel and is raised afterwards."""
+    interrupted = False
+    while True:
+        try:
+            if done.wait(0.1):
+                break
+        except KeyboardInterrupt:
+            interrupted = True
+            stop()
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -282,29 +312,42 @@ class Trainer:
         self.args["seed"] = int(kernel_seed)
         self.args["hyper"] = self._hyper(lr)
         control[_kernels.STOP_REQUEST] = control[_kernels.ROWS_DONE] = 0
-        control[_kernels.STEPS] = self.opt_state.steps
+        steps = self.opt_state.steps
+        control[_kernels.STEPS] = steps
         self.snapshot[...] = net._params
         # every optimizer, plain SGD too: unfused SGD (l1, or batches over
         # the chunk size) writes its gradient into the state
         state_snapshot = self.opt_state.state.copy()
+
+        def roll_back():
+            # the state at the start of this epoch: from there a resumed run
+            # continues exactly as an uninterrupted one would
+            net._params[...] = self.snapshot
+            self.opt_state.state[...] = state_snapshot
+            self.opt_state.steps = steps
+
         tick = None
         if self.progress is not None:
             epoch = net.epochs_trained
             tick = lambda: self.progress(epoch, int(control[_kernels.ROWS_DONE]), n)  # noqa: E731
         start = time.perf_counter()
-        (status, loss_sum, n_correct), interrupted = run_epoch(
-            net._kernels.train_epoch, self.args, control, tick)
+        try:
+            (status, loss_sum, n_correct), self.interrupt = run_epoch(
+                net._kernels.train_epoch, self.args, control, tick)
+        except BaseException:
+            roll_back()
+            raise
         seconds = time.perf_counter() - start
         if status == _kernels.DIVERGED:
-            net._params[...] = self.snapshot
-            self.opt_state.state[...] = state_snapshot
+            roll_back()
             return None, status
+        if status == _kernels.STOPPED or self.interrupt.received:
+            roll_back()
+            return None, _kernels.STOPPED
         self.opt_state.steps = int(control[_kernels.STEPS])
         rows = int(control[_kernels.ROWS_DONE])
         if self.progress is not None:
             self.progress(net.epochs_trained, rows, n)
-        if interrupted:
-            return None, _kernels.STOPPED
         metrics = {"loss": loss_sum / rows}
         if self.labels is not None:
             metrics["accuracy"] = n_correct / rows
@@ -327,6 +370,9 @@ class Trainer:
         if not schedule.started:
             schedule.start(o.lr)
         lr = schedule.lr
+        # a run stopped before its first epoch ends still records where the
+        # schedule stands, so that a resumed run continues it
+        net.training["lr_schedule_state"] = schedule.state_dict()
         best_loss, best_params, waited = math.inf, None, 0
         for epoch in range(o.epochs):
             metrics, status = self.epoch(lr)
@@ -340,6 +386,7 @@ class Trainer:
                 raise exc
             if status == _kernels.STOPPED:
                 hist.stopped = "interrupted"
+                self.interrupt.deliver()
                 raise KeyboardInterrupt
             hist.append(metrics)
             net.epochs_trained += 1
