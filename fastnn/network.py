@@ -426,10 +426,16 @@ class Network:
         views = _kernels.param_views(grad, self.sizes)
         return Gradient(total / len(X), [W for W, _ in views], [b for _, b in views])
 
-    def save(self, path):
-        """Write the network to a safetensors model file (atomically)."""
+    def save(self, path, force=False):
+        """Write the network to a safetensors model file, atomically.
+
+        The output policy of fastnn.files applies: a directory, FIFO or
+        device is refused, a symlink is followed, and an existing file that
+        is not a fastnn model is replaced only with ``force=True``.
+        Refusals and failures raise ModelFileError with a one-line message.
+        """
         from fastnn.io import save
-        save(self, path)
+        save(self, path, force=force)
 
 
 def _check_dtype(dtype):
