@@ -57,6 +57,40 @@ def data_options(command):
     return command
 
 
+def force_option(command):
+    """--force, for commands that write files."""
+    return click.option("--force", is_flag=True,
+                        help="Replace an existing output file even if it is not of the kind "
+                             "written (never a directory, FIFO or device, nor an input).")(command)
+
+
+def check_outputs(outputs, inputs=(), force=False):
+    """Check every output before any work (fastnn.files): none is the same
+    file as an input or another output, and each may be written. outputs are
+    (label, path, FileKind), inputs (label, path); returns {label: Output}."""
+    from fastnn.exceptions import OutputError
+    from fastnn.files import check_distinct, check_output
+
+    outputs = [(label, path, kind) for label, path, kind in outputs if path]
+    check_distinct([(label, path) for label, path, _ in outputs], inputs, OutputError)
+    return {label: check_output(path, kind, force, OutputError) for label, path, kind in outputs}
+
+
+def data_inputs(label, spec, labels=None):
+    """(label, path) of each file DATA reads, for check_outputs."""
+    from fastnn.data import source_files
+
+    return [(label, path) for path in source_files(spec, labels)] if spec else []
+
+
+def training_label_col(net, label_col):
+    """label_col, or the CSV label column the model was trained with."""
+    if label_col is not None:
+        return label_col
+    cli = net.training.get("cli") if isinstance(net.training, dict) else None
+    return cli.get("label_col") if isinstance(cli, dict) else None
+
+
 def threads_option(command):
     return click.option("--threads", type=click.IntRange(min=1),
                         help="BLAS threads [default: all cores].")(command)
