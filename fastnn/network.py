@@ -12,7 +12,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from fastnn import _kernels, blas, training
+from fastnn import _kernels, blas, memory, training
 from fastnn._validation import (check_finite, check_targets, check_targets_fit_loss, check_X,
                                 nonnegative_float, positive_int)
 from fastnn.activations import get_activation
@@ -133,6 +133,9 @@ class Network:
         #: next fit() with the same optimizer.
         self.optimizer_state = None
 
+        memory.check_fits(memory.new_network_bytes(self.sizes, self.dtype.itemsize),
+                          f"a network of sizes {list(self.sizes)} ({self.dtype})",
+                          "use smaller layers")
         self._params = np.empty(_kernels.n_params(self.sizes), dtype=self.dtype)
         rng = np.random.default_rng(self.seed)
         for (W, b), (W0, b0) in zip(self._views(), get_initializer(init)(self.sizes, rng)):
@@ -230,6 +233,7 @@ class Network:
 
     # ------------------------------------------------------------------- API
 
+    @training.one_fit_at_a_time
     def fit(self, X, y, epochs=30, batch_size=None, lr=None, shuffle=True, *,
             optimizer="sgd", momentum=None, betas=None, eps=None, l2=0.0, l1=0.0,
             dropout=0.0, lr_schedule=None, validation_data=None, validation_split=0.0,
@@ -323,6 +327,10 @@ class Network:
         TrainingDiverged
             If the loss becomes NaN or infinite; the weights from before that
             epoch are restored and the history so far is in ``exc.history``.
+        NetworkBusy
+            If another fit call (in another thread) is training this network.
+        ResourceError
+            If training would need more memory than is available.
         KeyboardInterrupt
             On Ctrl-C (SIGINT, in the main thread), once the kernel has
             finished its current batch: the weights, the optimizer state and

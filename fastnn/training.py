@@ -7,18 +7,20 @@ show progress and to turn Ctrl-C into a stop between two batches. Between
 epochs come validation, the learning-rate schedule, early stopping and the
 callback.
 """
+import functools
 import math
 import numbers
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
-from fastnn import _kernels, interrupts
+from fastnn import _kernels, interrupts, memory
 from fastnn._validation import check_finite, check_X, nonnegative_float, positive_int
-from fastnn.exceptions import ConfigError, DataError, TrainingDiverged, lookup
+from fastnn.exceptions import ConfigError, DataError, NetworkBusy, TrainingDiverged, lookup
 from fastnn.history import History
 from fastnn.losses import get_loss
 from fastnn.optimizers import get_optimizer, hyper_array
@@ -241,6 +243,30 @@ def _wait_uninterrupted(done, stop):
         raise KeyboardInterrupt
 
 
+_training = weakref.WeakSet()   # networks a fit call is training now
+_training_guard = threading.Lock()
+
+
+def one_fit_at_a_time(fit):
+    """Decorates Network.fit: a second fit of the same network, from another
+    thread, gets NetworkBusy at once instead of racing the first over its
+    parameters and optimizer state (a lock taken without blocking)."""
+    @functools.wraps(fit)
+    def exclusive_fit(net, *args, **kwargs):
+        with _training_guard:
+            if net in _training:
+                raise NetworkBusy("this Network is being trained by another fit call (in "
+                                  "another thread); train one at a time, or a copy "
+                                  "(copy.deepcopy(net))")
+            _training.add(net)
+        try:
+            return fit(net, *args, **kwargs)
+        finally:
+            with _training_guard:
+                _training.discard(net)
+    return exclusive_fit
+
+
 @dataclass
 class OptimizerState:
     """An optimizer's buffers, kept on the network between fit calls."""
@@ -266,19 +292,26 @@ class Trainer:
                               else np.ascontiguousarray(weights, dtype=dtype))
         opt = get_optimizer(options.optimizer)
         n = len(self.X)
+        # a batch beyond the data is one batch of all of it
+        batch_size = min(options.batch_size, n)
+        memory.check_fits(
+            memory.training_bytes(net.sizes, net.dtype.itemsize, opt.state_rows,
+                                  min(batch_size, _kernels.MAX_CHUNK), n),
+            f"training a network of sizes {list(net.sizes)} with {opt.name}",
+            "use smaller layers")
         current = net.optimizer_state
         if current is None or current.name != opt.name or current.state.shape[1] != net.n_params:
             net.optimizer_state = OptimizerState(opt.name, opt.new_state(net.n_params, dtype, options.lr))
         self.opt_state = net.optimizer_state
         sizes, acts = net._codes()
-        capacity = min(options.batch_size, n, _kernels.MAX_CHUNK)
+        capacity = min(batch_size, _kernels.MAX_CHUNK)
         rates = np.array(options.dropout if any(options.dropout) else [], dtype=np.float64)
         kernels = net._kernels
         self.control = np.zeros(_kernels.N_CONTROL, dtype=np.int64)
         self.args = dict(
             X=self.X, Y=self.Y, order=np.arange(n, dtype=np.int64), params=net._params,
             state=self.opt_state.state, sizes=sizes, activations=acts, slope=net.slope,
-            loss=get_loss(net.loss).code, batch_size=options.batch_size, capacity=capacity,
+            loss=get_loss(net.loss).code, batch_size=batch_size, capacity=capacity,
             optimizer=opt.code, hyper=None, dropout=rates, sample_weight=self.sample_weight,
             augment=AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT), seed=0,
             work=np.empty(kernels.workspace_size(sizes, capacity, rates), dtype=dtype),
