@@ -333,8 +333,16 @@ class Trainer:
             total += o.l2 / (2 * n) * float(np.vdot(W, W)) + o.l1 / n * float(np.abs(W).sum())
         return total
 
-    def epoch(self, lr):
-        """Train one epoch at rate lr; returns (metrics, status)."""
+    def epoch(self, lr, hist, schedule):
+        """Train one epoch at rate lr and record it (history, epoch count,
+        schedule). Returns (metrics, status, the next epoch's rate).
+
+        The epoch happens entirely or not at all: a Ctrl-C is held back from
+        the kernel's start until the epoch is recorded, and on a Ctrl-C
+        before that, a divergence or an exception, the parameters and the
+        optimizer go back to the start of the epoch, from where a resumed
+        run continues exactly as an uninterrupted one would.
+        """
         net, n, control = self.net, len(self.X), self.control
         epoch_seed = np.random.SeedSequence([net.seed, net.epochs_trained])
         shuffle_seed, kernel_seed = epoch_seed.generate_state(2, dtype=np.uint64)
@@ -353,8 +361,6 @@ class Trainer:
         state_snapshot = self.opt_state.state.copy()
 
         def roll_back():
-            # the state at the start of this epoch: from there a resumed run
-            # continues exactly as an uninterrupted one would
             net._params[...] = self.snapshot
             self.opt_state.state[...] = state_snapshot
             self.opt_state.steps = steps
@@ -363,21 +369,37 @@ class Trainer:
         if self.progress is not None:
             epoch = net.epochs_trained
             tick = lambda: self.progress(epoch, int(control[_kernels.ROWS_DONE]), n)  # noqa: E731
-        start = time.perf_counter()
-        try:
-            (status, loss_sum, n_correct), self.interrupt = run_epoch(
-                net._kernels.train_epoch, self.args, control, tick)
-        except BaseException:
-            roll_back()
-            raise
-        seconds = time.perf_counter() - start
-        if status == _kernels.DIVERGED:
-            roll_back()
-            return None, status
-        if status == _kernels.STOPPED or self.interrupt.received:
-            roll_back()
-            return None, _kernels.STOPPED
-        self.opt_state.steps = int(control[_kernels.STEPS])
+        metrics, next_lr = None, lr
+        with interrupts.Deferred() as self.interrupt:
+            try:
+                start = time.perf_counter()
+                (status, loss_sum, n_correct), in_kernel = run_epoch(
+                    net._kernels.train_epoch, self.args, control, tick)
+                in_kernel.deliver()  # into this block's deferral
+                seconds = time.perf_counter() - start
+                if status == _kernels.DONE and not self.interrupt.received:
+                    metrics = self._metrics(lr, loss_sum, n_correct, seconds)
+                if metrics is None or self.interrupt.received:
+                    roll_back()
+                    metrics = None
+                    if status != _kernels.DIVERGED:
+                        status = _kernels.STOPPED
+                else:
+                    # recorded all at once: a Ctrl-C now comes after
+                    self.opt_state.steps = int(control[_kernels.STEPS])
+                    hist.append(metrics)
+                    net.epochs_trained += 1
+                    next_lr = schedule.next_lr(metrics)
+                    net.training.update(epochs_done=hist.epochs, final=hist.last(),
+                                        lr_schedule_state=schedule.state_dict())
+            except BaseException:
+                if metrics is None:
+                    roll_back()
+                raise
+        return metrics, status, next_lr
+
+    def _metrics(self, lr, loss_sum, n_correct, seconds):
+        net, n, control = self.net, len(self.X), self.control
         rows = int(control[_kernels.ROWS_DONE])
         if self.progress is not None:
             self.progress(net.epochs_trained, rows, n)
@@ -393,12 +415,19 @@ class Trainer:
                 metrics["val_accuracy"] = result["accuracy"]
         metrics["lr"] = lr
         metrics["seconds"] = seconds
-        return metrics, status
+        return metrics
 
     def run(self):
-        o, net = self.o, self.net
         hist = History()
-        net.history = hist
+        self.net.history = hist
+        try:
+            return self._run(hist)
+        except KeyboardInterrupt:
+            hist.stopped = "interrupted"
+            raise
+
+    def _run(self, hist):
+        o, net = self.o, self.net
         schedule = o.lr_schedule
         if not schedule.started:
             schedule.start(o.lr)
@@ -408,7 +437,9 @@ class Trainer:
         net.training["lr_schedule_state"] = schedule.state_dict()
         best_loss, best_params, waited = math.inf, None, 0
         for epoch in range(o.epochs):
-            metrics, status = self.epoch(lr)
+            metrics, status, next_lr = self.epoch(lr, hist, schedule)
+            # a Ctrl-C held back during the epoch: KeyboardInterrupt here
+            self.interrupt.deliver()
             if status == _kernels.DIVERGED:
                 hist.stopped = "diverged"
                 exc = TrainingDiverged(
@@ -418,14 +449,9 @@ class Trainer:
                 exc.history = hist
                 raise exc
             if status == _kernels.STOPPED:
-                hist.stopped = "interrupted"
-                self.interrupt.deliver()
+                # the handler in place did not raise: stop all the same
                 raise KeyboardInterrupt
-            hist.append(metrics)
-            net.epochs_trained += 1
-            lr = schedule.next_lr(metrics)
-            net.training.update(epochs_done=hist.epochs, final=hist.last(),
-                                lr_schedule_state=schedule.state_dict())
+            lr = next_lr
             if self.verbose:
                 print(epoch_line(net.epochs_trained, metrics), file=sys.stderr, flush=True)
             stop = None
