@@ -244,15 +244,24 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     say(f"{net}: {net.n_params:,} parameters; training on {len(train_set):,} samples "
         f"of {train_set.source}")
     progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
+    finished = False
     try:
         net.fit(X_train, train_set.y, epochs=epochs, validation_data=val,
                 validation_split=fit_options.pop("val_split", 0.0), callback=after_epoch,
                 progress=progress, **fit_options)
+        finished = True
+        outputs.save_finished(net, record_run())
     except KeyboardInterrupt:
         if progress is not None:
             click.echo(err=True)  # end the progress bar's line
-        where = outputs.save_unfinished(net, record_run())
-        click.echo(f"Interrupted: {outputs.describe(where, net.epochs_trained)}", err=True)
+        if finished:
+            # during or just before the final save: it is complete now
+            outputs.save_finished(net, record_run())
+            click.echo(f"Interrupted after the run finished: "
+                       f"{outputs.describe_finished()}", err=True)
+        else:
+            where = outputs.save_unfinished(net, record_run())
+            click.echo(f"Interrupted: {outputs.describe(where, net.epochs_trained)}", err=True)
         ctx.exit(130)
     except TrainingDiverged as exc:
         where = outputs.save_unfinished(net, record_run(), model=bool(records))
@@ -260,7 +269,6 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
             raise click.ClickException(str(exc))
         raise click.ClickException(f"{exc} Saved the weights of the last good epoch: "
                                    f"{outputs.describe(where, net.epochs_trained)}")
-    outputs.save_finished(net, record_run())
     if out:
         say(f"Saved the model to {out}")
     if as_json:
@@ -380,6 +388,12 @@ class RunOutputs:
                         self.resume and os.path.exists(path) and same_file(path, self.resume))):
                     remove(path)
         interrupt.deliver()
+
+    def describe_finished(self):
+        """Where a finished run is."""
+        if not self.final:
+            return "nothing to save (no -o MODEL given)"
+        return "saved " + " and ".join(f"the {name} to {path}" for name, path in self.final.items())
 
     def describe(self, written, epochs):
         """What an unfinished run left where, and how to continue it."""
