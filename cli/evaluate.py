@@ -25,7 +25,7 @@ Examples:
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--confusion-png", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--confusion-png", type=click.Path(), metavar="FILE",
               help="Also draw the confusion matrix as a picture (.png, .svg or .pdf; needs "
                    "matplotlib).")
 @force_option

@@ -24,7 +24,7 @@ Examples:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-f", "--format", "format_", type=click.Choice(["onnx", "c", "numpy"]),
               help="What to write [default: from OUT's suffix].")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", required=True, type=click.Path(),
               help="The file to write (for numpy, OUT.py and OUT.npz).")
 @force_option
 def export(model, format_, out, force):

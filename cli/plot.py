@@ -21,7 +21,7 @@ Examples:
 
 @click.command(cls=Command, help=HELP)
 @click.argument("history", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", type=click.Path(),
               help="Write the picture here: .png, .svg or .pdf [default: HISTORY with the "
                    "suffix .png].")
 @click.option("--title", help="A title above the panels [default: the number of epochs].")

@@ -31,7 +31,7 @@ Examples:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data")
 @data_options
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the CSV here [default: stdout].")
+@click.option("-o", "--out", type=click.Path(), help="Write the CSV here [default: stdout].")
 @click.option("--proba", is_flag=True, help="Also write the output layer's activations.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @threads_option

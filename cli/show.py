@@ -35,7 +35,7 @@ def image_shape(ctx, param, value):
 @click.command(cls=Command, help=HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data", required=False, default="mnist")
-@click.option("--misclassified", type=click.Path(dir_okay=False), metavar="FILE.png",
+@click.option("--misclassified", type=click.Path(), metavar="FILE.png",
               required=True, help="Write the grid of the worst-classified samples here "
                                   "(.png, .svg or .pdf).")
 @click.option("--count", type=click.IntRange(min=1), default=25, show_default=True,

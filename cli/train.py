@@ -80,7 +80,7 @@ def choice(registry, exclude=()):
 
 @click.command(cls=Command, help=HELP)
 @click.argument("data", required=False)
-@click.option("-o", "--out", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", type=click.Path(),
               help="Save the model here (safetensors) [default with --resume: that file].")
 @data_options
 @click.option("--val", "val_data", metavar="DATA", help="Validation data (any DATA form).")
@@ -135,7 +135,7 @@ def choice(registry, exclude=()):
               help="Save the model every N epochs.")
 @click.option("--resume", type=click.Path(dir_okay=False),
               help="Continue training a saved model, with its optimizer state and options.")
-@click.option("--history", type=click.Path(dir_okay=False), metavar="FILE.json",
+@click.option("--history", type=click.Path(), metavar="FILE.json",
               help="Write the per-epoch metrics here.")
 @click.option("--force", is_flag=True,
               help="Replace an existing -o or --history file even if it is not of the kind "
@@ -283,14 +283,15 @@ def _refuse_changes(ctx, net, options, given, **data_options):
     --no-shuffle). The others (--epochs, --lr, --momentum, --betas, --eps,
     --batch-size, --l2, --l1, --dropout, --early-stopping, --val, --test) may
     change and apply from the next epoch."""
+    from fastnn.exceptions import ConfigError
     from fastnn.files import same_file
     from fastnn.schedules import parse as parse_schedule
 
     run, training = net.training.get("cli", {}), net.training
 
     def refuse(flag, old):
-        raise click.UsageError(f"{flag} is fixed by the model file when resuming (it was "
-                               f"{old!r}); start a new run to change it")
+        raise ConfigError(f"{flag} is fixed by the model file when resuming (it was {old!r}); "
+                          f"start a new run to change it")
 
     for name, value in data_options.items():
         old = run.get(name)

@@ -256,7 +256,7 @@ def test_bad_data_leaves_an_existing_model_intact(files, tmp_path):
             assert message in run(command, model, tmp_path / data, code=1).output
         # a resumed run trains on its own data: other data is refused up front
         assert "DATA is fixed by the model file" in run("train", "--resume", model,
-                                                        tmp_path / data, code=2).output
+                                                        tmp_path / data, code=1).output
     run("predict", model, tmp_path / "labels.npz")        # predict needs no labels
     assert model.read_bytes() == before
 
