@@ -36,6 +36,11 @@ units, quadratic cost, 30 epochs, mini-batches of 10, eta = 3.0. Each epoch
 prints one line (with a progress bar while it runs, on a terminal). Ctrl-C
 stops after the current batch and saves the model; --resume continues it
 (early stopping then counts afresh, and an interrupted epoch starts over).
+An -o or --history file that existed before the run is replaced only when
+the run finishes: until then, checkpoints, Ctrl-C and divergence write
+MODEL.checkpoint.safetensors beside it and say how to resume. Outputs are
+never inputs, directories, FIFOs or devices; another kind of file is
+replaced only with --force.
 
 \b
 Examples:
@@ -132,7 +137,8 @@ def choice(registry, exclude=()):
               help="Visit the samples in their order each epoch.")
 @threads_option
 @click.option("--checkpoint-every", type=click.IntRange(min=1), metavar="N",
-              help="Save the model every N epochs.")
+              help="Save the model every N epochs (to -o, or beside it as "
+                   "MODEL.checkpoint.safetensors if -o existed before the run).")
 @click.option("--resume", type=click.Path(dir_okay=False),
               help="Continue training a saved model, with its optimizer state and options.")
 @click.option("--history", type=click.Path(), metavar="FILE.json",
