@@ -273,8 +273,8 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
         where = outputs.save_unfinished(net, record_run(), model=bool(records))
         if not where["model"]:
             raise click.ClickException(str(exc))
-        raise click.ClickException(f"{exc} Saved the weights of the last good epoch: "
-                                   f"{outputs.describe(where, net.epochs_trained)}")
+        raise click.ClickException(f"{exc} " + outputs.describe(
+            where, net.epochs_trained, "Saved the weights of the last good epoch"))
     if out:
         say(f"Saved the model to {out}")
     if as_json:
@@ -355,7 +355,8 @@ class RunOutputs:
             else:
                 self.unfinished[name] = path
         if later:
-            check_distinct([(label, path) for label, path, _ in later], inputs, OutputError)
+            check_distinct([("-o", out), ("--history", history)]
+                           + [(label, path) for label, path, _ in later], inputs, OutputError)
             check_distinct([(label, path) for label, path, _ in later if "history" in label],
                            [("--resume", resume)], OutputError)
             check_outputs(later, force=force)
@@ -402,13 +403,13 @@ class RunOutputs:
             return "nothing to save (no -o MODEL given)"
         return "saved " + " and ".join(f"the {name} to {path}" for name, path in self.final.items())
 
-    def describe(self, written, epochs):
+    def describe(self, written, epochs, what="saved the model"):
         """What an unfinished run left where, and how to continue it."""
         model = written["model"]
         if model is None:
             return ("no model saved (no -o MODEL given)" if "model" not in self.final
                     else "no model saved (no epoch was completed)")
-        text = f"saved the model after {epochs} epoch(s) to {model}"
+        text = f"{what} after {epochs} epoch(s) to {model}"
         if model != self.final["model"]:
             text += f" ({self.final['model']}, which existed before this run, is unchanged)"
             return f"{text}; continue with: fastnn train --resume {model} -o {self.final['model']}"

@@ -229,7 +229,7 @@ def interrupted_run(directory, data, threads, checkpoint, validate, existing, mo
             proc.stdout.readline()              # "epoch 2/2": the final save comes next
             time.sleep(rnd.uniform(0, 0.02))
         else:
-            time.sleep(rnd.uniform(0, 0.4))     # tens of epochs, saves and validations
+            time.sleep(rnd.uniform(0, 0.25))    # tens of epochs, saves and validations
         for k in range(signals):
             proc.send_signal(signal.SIGINT)
             time.sleep(rnd.uniform(0, 0.05))
@@ -239,8 +239,8 @@ def interrupted_run(directory, data, threads, checkpoint, validate, existing, mo
     return proc.returncode, first + out, err
 
 
-def run_trials(trials, data, base, old_model, workers=4):
-    """Run the trials, four processes at a time; each result checked by the caller."""
+def run_trials(trials, data, base, old_model, workers=3):
+    """Run the trials, three processes at a time; each result checked by the caller."""
     results = []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(interrupted_run, base / f"run{i}", data, **trial, seed=i,
