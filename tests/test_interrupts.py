@@ -176,10 +176,36 @@ def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options):
 # --------------------------------------------------- real processes (slow)
 
 ENV = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+# pytest-timeout's limit for the process tests: 3 s a trial, 15 minutes at least
+TIMEOUT = max(900, 3 * int(os.environ.get("FASTNN_INTERRUPT_TRIALS", 200)))
 
 
 def fastnn_cmd(*args):
     return [sys.executable, "-m", "fastnn", *[str(a) for a in args]]
+
+
+def start(args, cwd=None):
+    """A `fastnn` process whose stdout is read unbuffered: read_line takes one
+    line and leaves the rest to communicate() (a buffered readline would
+    read ahead, and communicate() would not see what it took)."""
+    return subprocess.Popen(fastnn_cmd(*args), cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)
+
+
+def read_line(proc):
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(proc.stdout.fileno(), 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode()
+
+
+def finish(proc, timeout=300):
+    """(stdout, stderr) as text once proc exits."""
+    out, err = proc.communicate(timeout=timeout)
+    return out.decode(errors="backslashreplace"), err.decode(errors="backslashreplace")
 
 
 @pytest.fixture(scope="module")
@@ -219,21 +245,20 @@ def interrupted_run(directory, data, threads, checkpoint, validate, existing, mo
         args += ["--checkpoint-every", 1]
     if validate:
         args += ["--val-split", 0.2]
-    proc = subprocess.Popen(fastnn_cmd(*args), cwd=directory, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start(args, cwd=directory)
     try:
-        first = proc.stdout.readline()         # the network line: training starts
-        assert first.startswith("Network("), first + proc.stderr.read()
+        first = read_line(proc)                 # the network line: training starts
+        assert first.startswith("Network("), first + finish(proc)[1]
         if final:
-            proc.stdout.readline()
-            proc.stdout.readline()              # "epoch 2/2": the final save comes next
+            first += read_line(proc)
+            first += read_line(proc)            # "epoch 2/2": the final save comes next
             time.sleep(rnd.uniform(0, 0.02))
         else:
             time.sleep(rnd.uniform(0, 0.25))    # tens of epochs, saves and validations
         for k in range(signals):
             proc.send_signal(signal.SIGINT)
             time.sleep(rnd.uniform(0, 0.05))
-        out, err = proc.communicate(timeout=300)
+        out, err = finish(proc)
     finally:
         proc.kill()
     return proc.returncode, first + out, err
@@ -288,6 +313,7 @@ def existing_model(tmp_path_factory, data_file):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT)
 def test_interrupting_training_at_random_moments_always_exits_130(tmp_path, data_file,
                                                                  existing_model):
     combos = list(itertools.product([1, 2], [False, True], [False, True],
@@ -306,6 +332,7 @@ def test_interrupting_training_at_random_moments_always_exits_130(tmp_path, data
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT)
 def test_a_second_ctrl_c_while_the_first_is_handled_also_ends_cleanly(tmp_path, data_file,
                                                                      existing_model):
     n = max(trials_wanted(200) // 10, 8)
@@ -339,13 +366,12 @@ def resume_trial(directory, data, recipe, seed, seconds):
     rnd = random.Random(seed)
     directory.mkdir()
     model = directory / "m.safetensors"
-    proc = subprocess.Popen(fastnn_cmd(*recipe_args(data, recipe, model)), cwd=directory,
-                            env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start(recipe_args(data, recipe, model), cwd=directory)
     try:
-        proc.stdout.readline()                  # training starts
+        read_line(proc)                         # training starts
         time.sleep(rnd.uniform(0, seconds))
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=300)
+        out, err = finish(proc)
     finally:
         proc.kill()
     rounds = [(proc.returncode, err)]
@@ -364,16 +390,17 @@ def resume_trial(directory, data, recipe, seed, seconds):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT)
 def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, data_file):
     reference, seconds = {}, {}
     for recipe in RECIPES:
         path = tmp_path / f"straight-{recipe}.safetensors"
-        proc = subprocess.Popen(fastnn_cmd(*recipe_args(data_file, recipe, path)), env=ENV,
-                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        proc.stdout.readline()
-        start = time.monotonic()
-        assert proc.wait(timeout=300) == 0, proc.stderr.read()
-        seconds[recipe] = time.monotonic() - start   # to spread the Ctrl-Cs over training
+        proc = start(recipe_args(data_file, recipe, path))
+        read_line(proc)
+        began = time.monotonic()
+        _, err = finish(proc)
+        assert proc.returncode == 0, err
+        seconds[recipe] = time.monotonic() - began   # to spread the Ctrl-Cs over training
         reference[recipe] = fastnn.load(path)
     trials = [("sgd" if i % 2 else "adam", i) for i in range(20)]
     resumed = 0
