@@ -53,8 +53,16 @@ def info(model, as_json):
     options = {k: v for k, v in net.training.items()
                if k not in ("final", "lr_schedule_state", "cli", "cli_options")}
     if options:
-        click.echo("training: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in options.items()))
+        click.echo("training: " + ", ".join(f"{_shown(k)}={json.dumps(v)}"
+                                           for k, v in options.items()))
     if net.training.get("final"):
-        click.echo("final: " + ", ".join(f"{k}={v:.4g}" for k, v in net.training["final"].items()))
+        click.echo("final: " + ", ".join(f"{_shown(k)}={v:.4g}"
+                                        for k, v in net.training["final"].items()))
     if net.training.get("cli", {}).get("data"):
-        click.echo(f"data: {net.training['cli']['data']}")
+        click.echo(f"data: {_shown(net.training['cli']['data'])}")
+
+
+def _shown(text):
+    """text from a file, safe to print: as it is if printable, else quoted
+    with escapes (a file name may hold a newline or a terminal escape)."""
+    return text if text.isprintable() else ascii(text)

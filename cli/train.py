@@ -29,6 +29,10 @@ FIXED_ON_RESUME = {"optimizer": "optimizer", "lr_schedule": "lr_schedule",
                    "val_split": "validation_split", "augment": "augment",
                    "class_weight": "class_weight", "shuffle": "shuffle"}
 
+# What to do when the labels of DATA do not look like class labels.
+LABELS_HINT = ("Name the label column with --label-col (a CSV's last column is the default) "
+               "or give the labels file with --labels")
+
 HELP = """Train a network on DATA (default: mnist) and save it with -o.
 
 The defaults are Nielsen's chapter-1 recipe: one hidden layer of 30 sigmoid
@@ -417,14 +421,14 @@ class RunOutputs:
 
 
 def _new_network(train_set, options):
+    from fastnn._validation import n_outputs_for
     from fastnn.network import Network
 
-    y = train_set.y
-    if y.ndim == 2:
-        n_out = y.shape[1]
+    if options["layers"]:
+        sizes = options["layers"]
     else:
-        n_out = 1 if y.dtype.kind == "f" else int(y.max()) + 1
-    sizes = options["layers"] or [train_set.X.shape[1], *(options["hidden"] or [30]), n_out]
+        n_out = n_outputs_for(train_set.y, train_set.source, LABELS_HINT)
+        sizes = [train_set.X.shape[1], *(options["hidden"] or [30]), n_out]
     kwargs = {k: options[k] for k in ("loss", "init", "slope", "dtype", "seed")
               if options[k] is not None}
     return Network(sizes, activation=options["activation"] or "sigmoid",

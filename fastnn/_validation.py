@@ -13,6 +13,10 @@ from fastnn.exceptions import ConfigError, DataError
 #: Input dtypes the kernels read directly (uint8 is scaled to [0, 1]).
 INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
 
+#: Entries check_X tests for NaN at a time: its temporary mask stays at 1 MB
+#: however large X is (a memory-mapped file larger than memory).
+FINITE_CHUNK = 1 << 20
+
 
 def _first_bad(mask):
     """(row, column) of the first True in a 2-D boolean mask."""
@@ -47,7 +51,14 @@ def check_X(X, n_features, name="X"):
         raise DataError(f"{name} has {X.shape[1]} features, but this network expects {n_features}")
     if X.dtype not in INPUT_DTYPES:
         X = X.astype(np.float64)
-    check_finite(X, name)
+    if X.dtype.kind == "f":
+        rows = max(1, FINITE_CHUNK // X.shape[1])
+        for start in range(0, len(X), rows):
+            block = X[start:start + rows]
+            if not np.isfinite(block).all():
+                r, c = _first_bad(~np.isfinite(block))
+                raise DataError(f"{name} contains NaN or infinity (first at row {start + r}, "
+                                f"column {c})")
     return np.ascontiguousarray(X)
 
 
@@ -79,14 +90,15 @@ def check_targets(y, n_samples, n_outputs, dtype, name="y"):
                 raise DataError(
                     f"{name} is 1-D with non-integer values; give integer class labels "
                     f"or a ({n_samples}, {n_outputs}) array of targets")
-        labels = y.astype(np.int64)
         n_classes = max(n_outputs, 2)
-        bad = (labels < 0) | (labels >= n_classes)
+        # compared in y's own dtype: a cast first would wrap 2**64 - 1 or 1e30
+        bad = (y < 0) | (y >= n_classes)
         if bad.any():
             i = int(np.argmax(bad))
             raise DataError(
-                f"{name} has label {labels[i]} at row {i}, but the output layer's "
+                f"{name} has label {_number(y[i])} at row {i}, but the output layer's "
                 f"{n_outputs} unit(s) take labels 0..{n_classes - 1}")
+        labels = y.astype(np.int64)
         if n_outputs == 1:
             return labels.astype(dtype)[:, None], labels
         Y = np.zeros((n_samples, n_outputs), dtype=dtype)
@@ -99,6 +111,78 @@ def check_targets(y, n_samples, n_outputs, dtype, name="y"):
     check_finite(y, name)
     Y = np.ascontiguousarray(y, dtype=dtype)
     return Y, one_hot_labels(Y)
+
+
+def _number(value):
+    """A label for a message: 7, not 7.0 or np.int64(7); 1e+30 as such."""
+    value = value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+#: The most classes an output layer is built for from labels (n_outputs_for).
+MAX_CLASSES = 10_000
+# Up to this many classes, any labels are plausible (a few rows of MNIST
+# need not show every digit).
+FEW_CLASSES = 10
+
+
+def n_outputs_for(y, name="y", hint=None):
+    """The output units that targets y need, refusing labels that are not
+    plausibly class labels.
+
+    2-D targets need one unit per column. 1-D targets that are not all whole
+    numbers are one regression target (1 unit). 1-D whole numbers are class
+    labels 0..k-1, k = the largest label + 1 (one unit each; 1 unit for
+    0/1 labels with an mse or sigmoid network is the caller's choice). They
+    are refused, with `hint` (what to do instead) added to the message, when
+
+    - a label is negative;
+    - k > MAX_CLASSES (10,000);
+    - k > FEW_CLASSES (10) and more than half of the classes 0..k-1 never
+      occur (the labels are not dense: an id, a count or a measurement);
+    - k > FEW_CLASSES and k is more than half the number of rows (fewer than
+      two rows per class: no classifier can learn that).
+
+    This is the one place that decides what labels mean for a new network;
+    extend it (a task, a mapping of class names) rather than adding checks
+    elsewhere.
+    """
+    y = np.asarray(y)
+    hint = f". {hint}" if hint else ""
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{name} must be numeric, not {y.dtype}")
+    if y.ndim == 2:
+        return y.shape[1]
+    if y.ndim != 1 or len(y) == 0:
+        raise DataError(f"{name} must hold one label per sample, not shape {y.shape}")
+    check_finite(y[:, None], name)
+    if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
+        return 1
+    if y.dtype.kind == "b":
+        return 2
+    low, high = y.min().item(), y.max().item()     # Python numbers: high + 1 cannot overflow
+    if low < 0:
+        i = int(np.argmax(y < 0))
+        raise DataError(f"{name} has label {_number(y[i])} at row {i}; class labels are "
+                        f"0, 1, 2, ...{hint}")
+    if high >= MAX_CLASSES:
+        i = int(np.argmax(y >= MAX_CLASSES))
+        raise DataError(f"{name} has label {_number(y[i])} at row {i}, which would need an "
+                        f"output layer of {_number(high + 1)} units; fastnn builds at most "
+                        f"{MAX_CLASSES:,} classes from labels{hint}")
+    k = int(high) + 1
+    if k > FEW_CLASSES:
+        present = int(np.count_nonzero(np.bincount(y.astype(np.int64), minlength=k)))
+        if present * 2 < k:
+            raise DataError(f"{name} has labels up to {k - 1}, but only {present} of those "
+                            f"{k} classes occur: these do not look like class labels{hint}")
+        if k * 2 > len(y):
+            raise DataError(f"{name} has {k} classes (labels 0..{k - 1}) in {len(y)} rows, "
+                            f"fewer than two rows per class: these do not look like class "
+                            f"labels{hint}")
+    return k
 
 
 def one_hot_labels(Y):

@@ -1,12 +1,24 @@
 """How many threads fastnn may use, and who uses them.
 
 fastnn's matrix products run in the OpenBLAS that SciPy ships (and NumPy's,
-for the reference backend). Training leaves the threading to BLAS;
-``forward`` over several chunks has its own threads (OpenMP) take whole
-chunks, each with a single-threaded BLAS, which measures faster (see
-benchmarks/README.md). Results are bit-for-bit reproducible for a given seed
-and thread count; changing the count may change the last bits.
+for the reference backend). Its thread count is one setting for the whole
+process: OpenBLAS's pthreads build (SciPy's) has no per-thread count (even
+``openblas_set_num_threads_local`` sets the global one), so only
+``set_num_threads`` (or threadpoolctl) changes it, never a computation.
+
+Training leaves the threading to BLAS. ``forward`` reads the count and
+changes nothing: when the BLAS runs one thread, a team of fastnn's own
+threads (OpenMP) takes whole 512-row chunks, each with single-threaded GEMMs
+(faster than splitting every GEMM, see benchmarks/README.md), and the teams
+of forwards running at once in several threads share ``get_num_threads()``
+threads (``team``); otherwise the chunks run in turn, each GEMM on the
+BLAS's threads (OpenBLAS queues concurrent multi-threaded GEMMs). A chunk's
+result does not depend on which thread computes it or on what other threads
+do; a multi-threaded GEMM rounds differently from a single-threaded one
+(about 4e-7 in float32), so results are bit-for-bit reproducible for a
+given seed and BLAS thread count.
 """
+import threading
 from contextlib import contextmanager
 
 from threadpoolctl import ThreadpoolController
@@ -15,6 +27,8 @@ from fastnn._validation import positive_int
 
 _threads = None     # the limit set by set_num_threads, or the BLAS's own
 _controller = None  # found once: scanning the loaded libraries takes a millisecond
+_team_lock = threading.Lock()
+_team_in_use = 0    # threads held by the forwards running now (calling threads included)
 
 
 def _blas():
@@ -49,3 +63,27 @@ def single_threaded_blas():
     """Within this block the BLAS libraries run on the calling thread only."""
     with _blas().limit(limits=1):
         yield
+
+
+def blas_num_threads():
+    """The thread count the BLAS libraries run with now (the largest, if
+    several are loaded). Read only."""
+    counts = [lib.get_num_threads() for lib in _blas().lib_controllers]
+    return max(counts) if counts else 1
+
+
+@contextmanager
+def team(wanted):
+    """Threads for one forward: the calling thread, plus up to wanted - 1
+    more while the threads of all forwards running at once stay within
+    get_num_threads(). Yields the team's size (at least 1)."""
+    global _team_in_use
+    limit = get_num_threads()
+    with _team_lock:
+        size = 1 + max(0, min(wanted - 1, limit - _team_in_use - 1))
+        _team_in_use += size
+    try:
+        yield size
+    finally:
+        with _team_lock:
+            _team_in_use -= size

@@ -9,11 +9,11 @@ arrays and tuples). Large ``.npy`` files are memory-mapped, and uint8
 images stay uint8.
 """
 import csv
-import gzip
 import io
 import math
 import os
 import pickle
+import pickletools
 import re
 import zlib
 from dataclasses import dataclass
@@ -23,6 +23,9 @@ from typing import Optional
 import numpy as np
 
 from fastnn.exceptions import DataError
+from fastnn.reading import (CHUNK, GZIP_MAGIC, MAX_DECOMPRESSED, Budget, check_regular,
+                            file_size, open_data, read_file, read_into, read_stream)
+from fastnn.reading import gunzip  # noqa: F401  (fastnn.data.gunzip, as before)
 
 # IDX type codes (the third magic byte) and the big-endian dtypes they mean.
 IDX_TYPES = {
@@ -33,7 +36,10 @@ IDX_TYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-GZIP_MAGIC = b"\x1f\x8b"
+# Bounds on what is read (see README, "Reading files"): a CSV file's text
+# (after decompression) and its longest line.
+MAX_CSV_BYTES = 256 << 20
+MAX_CSV_LINE = 1 << 20
 
 
 @dataclass
@@ -50,44 +56,23 @@ class Data:
 
 # ------------------------------------------------------------------ files
 
-def read_file(path, error=DataError, what="data file", limit=-1):
-    """The bytes of a file (at most `limit` of them, if given); `error` with a
-    one-line message if it cannot be read."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit)
-    except FileNotFoundError:
-        raise error(f"{path}: no such {what}") from None
-    except IsADirectoryError:
-        raise error(f"{path} is a directory, not a {what}") from None
-    except OSError as exc:
-        raise error(f"cannot read {path}: {exc.strerror}") from None
+def read_bytes(path, limit=MAX_DECOMPRESSED, what="compressed file"):
+    """The contents of a regular file, decompressed (at most `limit` bytes) if
+    it is gzip-compressed.
 
-
-def gunzip(data, name):
-    """data decompressed if it starts with the gzip magic, else as it is."""
-    if data[:2] != GZIP_MAGIC:
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{name} is a damaged gzip file ({exc})") from None
-
-
-def read_bytes(path):
-    """The contents of a file, decompressed if it is gzip-compressed.
-
-    Raises DataError for a missing or unreadable file or a damaged gzip stream.
+    Raises DataError for a missing, unreadable or non-regular file, a
+    damaged gzip stream or one that expands beyond the limit.
     """
-    return gunzip(read_file(path), os.fspath(path))
+    stream, compressed = open_data(path)
+    with stream:
+        return read_stream(stream, limit, os.fspath(path), what)
 
 
 # -------------------------------------------------------------------- IDX
 
-def parse_idx(data, name="IDX data"):
-    """An array from the bytes of an IDX file (magic 0 0 type ndim, then
-    ndim big-endian uint32 dimensions, then the values, big-endian)."""
+def _idx_header(data, name):
+    """(dtype, shape, header length) from the first bytes of an IDX file (magic
+    0 0 type ndim, then ndim big-endian uint32 dimensions)."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DataError(f"{name} is not an IDX file (bad magic number)")
     kind, ndim = data[2], data[3]
@@ -97,25 +82,82 @@ def parse_idx(data, name="IDX data"):
     if ndim == 0 or len(data) < header:
         raise DataError(f"{name} is truncated (incomplete IDX header)")
     shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    dtype = IDX_TYPES[kind]
-    # exact integers: a damaged header's dimensions can overflow int64
-    expected = math.prod(shape) * dtype.itemsize
-    if len(data) - header != expected:
-        what = "truncated" if len(data) - header < expected else "longer than its header says"
-        raise DataError(f"{name} is {what}: shape {shape} needs {expected} bytes of data, "
-                        f"it has {len(data) - header}")
+    return IDX_TYPES[kind], shape, header
+
+
+def _idx_array(buffer, dtype, shape, name):
+    """The IDX values in `buffer` (a writable uint8 array) as an array of
+    `shape` in native byte order."""
     try:
-        array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+        array = buffer.view(dtype).reshape(shape)
     except ValueError:
         # an empty array whose other dimensions NumPy cannot address
         raise DataError(f"{name} has an impossible shape {shape}") from None
-    # a writable copy in native byte order, not a read-only view of the bytes
-    return array.astype(dtype.newbyteorder("="))
+    return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
+
+
+def _idx_size_problem(name, shape, expected, actual):
+    what = "truncated" if actual < expected else "longer than its header says"
+    return DataError(f"{name} is {what}: shape {shape} needs {expected} bytes of data, "
+                     f"it has {actual}")
+
+
+def parse_idx(data, name="IDX data"):
+    """An array from the bytes of an IDX file (magic 0 0 type ndim, then
+    ndim big-endian uint32 dimensions, then the values, big-endian)."""
+    dtype, shape, header = _idx_header(data, name)
+    # exact integers: a damaged header's dimensions can overflow int64
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) - header != expected:
+        raise _idx_size_problem(name, shape, expected, len(data) - header)
+    return _idx_array(np.frombuffer(data, np.uint8, offset=header).copy(), dtype, shape, name)
 
 
 def read_idx(path):
-    """Read an IDX file (gzip-compressed or raw) into a NumPy array."""
-    return parse_idx(read_bytes(path), os.fspath(path))
+    """Read an IDX file (gzip-compressed or raw) into a NumPy array.
+
+    Never reads more than the header declares: a raw file must be exactly
+    as long as its shape needs, and a compressed one is decompressed piece
+    by piece, refused as soon as it gives more than that size (which may be
+    at most MAX_DECOMPRESSED bytes).
+    """
+    name = os.fspath(path)
+    stream, compressed = open_data(path)
+    with stream:
+        head = stream.read(4)
+        if len(head) == 4:
+            head += stream.read(4 * head[3])
+        dtype, shape, header = _idx_header(head, name)
+        expected = math.prod(shape) * dtype.itemsize
+        if compressed and expected > MAX_DECOMPRESSED:
+            raise DataError(f"{name}: its header declares shape {shape}, {expected:,} bytes; "
+                            f"fastnn decompresses at most {MAX_DECOMPRESSED:,} (decompress "
+                            f"the file yourself to read more)")
+        if not compressed and file_size(stream) - header != expected:
+            raise _idx_size_problem(name, shape, expected, file_size(stream) - header)
+        if compressed:
+            # grown as the data comes: a header alone reserves nothing
+            data = bytearray()
+            while len(data) <= expected:
+                chunk = stream.read(min(CHUNK, expected + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+            if len(data) > expected:
+                raise DataError(f"{name} is longer than its header says: shape {shape} "
+                                f"needs {expected} bytes of data")
+            buffer = np.frombuffer(data, np.uint8)
+        else:
+            try:
+                buffer = np.empty(expected, np.uint8)
+            except (MemoryError, ValueError):
+                raise DataError(f"{name}: not enough memory for shape {shape} "
+                                f"({expected:,} bytes)") from None
+            got = read_into(stream, buffer, name)
+            buffer = buffer[:got]          # shorter only if the file shrank meanwhile
+    if len(buffer) < expected:
+        raise _idx_size_problem(name, shape, expected, len(buffer))
+    return _idx_array(buffer, dtype, shape, name)
 
 
 def _idx_labels_beside(path):
@@ -135,6 +177,8 @@ def load_idx(path, labels=None):
     images = read_idx(path)
     if images.ndim < 2:
         raise DataError(f"{path} holds a 1-D IDX array; give the images file, not the labels")
+    if len(images) == 0:
+        raise DataError(f"{path} holds no images (its header says shape {images.shape})")
     X = images.reshape(len(images), -1)
     labels = Path(labels) if labels else _idx_labels_beside(path)
     y = None if labels is None else read_idx(labels)
@@ -170,6 +214,47 @@ def _csv_problem(text, names, path, first_line):
     return None
 
 
+def _read_csv_bytes(path):
+    """A CSV file's bytes (decompressed), refused beyond MAX_CSV_BYTES or with
+    a line longer than MAX_CSV_LINE."""
+    name = os.fspath(path)
+    stream, compressed = open_data(path)
+    with stream:
+        if not compressed and file_size(stream) > MAX_CSV_BYTES:
+            raise DataError(f"{name} is {file_size(stream):,} bytes; fastnn reads CSV files of "
+                            f"at most {MAX_CSV_BYTES:,} (use .npy for larger data)")
+        raw = read_stream(stream, MAX_CSV_BYTES, name, "CSV file (use .npy for larger data)")
+    long_line = _first_long_line(raw, MAX_CSV_LINE)
+    if long_line is not None:
+        start, length = long_line
+        line = raw.count(b"\n", 0, start) + 1
+        raise DataError(f"{name}: line {line} is {length:,} bytes long; fastnn reads CSV "
+                        f"lines of at most {MAX_CSV_LINE:,} (use .npy for wider data)")
+    return raw
+
+
+def _first_long_line(raw, limit):
+    """(start, length) of the first line of raw longer than limit bytes (lines
+    end at \\n or \\r), or None; a chunk at a time, so that a file of short
+    lines needs no array of all its line ends."""
+    a = np.frombuffer(raw, np.uint8)
+    line_start = 0
+    for start in range(0, len(a), CHUNK):
+        part = a[start:start + CHUNK]
+        ends = np.flatnonzero((part == 10) | (part == 13)) + start
+        if len(ends):
+            starts = np.concatenate(([line_start], ends[:-1] + 1))
+            bad = np.flatnonzero(ends - starts > limit)
+            if len(bad):
+                return int(starts[bad[0]]), int(ends[bad[0]] - starts[bad[0]])
+            line_start = int(ends[-1]) + 1
+        if start + len(part) - line_start > limit:
+            ends = [e for e in (raw.find(b"\n", line_start), raw.find(b"\r", line_start))
+                    if e >= 0]
+            return line_start, min(ends, default=len(raw)) - line_start
+    return None
+
+
 def load_csv(path, label_col=None, n_features=None):
     """Rows of a CSV file; a header row, if any, is detected.
 
@@ -179,7 +264,7 @@ def load_csv(path, label_col=None, n_features=None):
     0..255 are read as uint8 pixels (scaled by 1/255 like IDX images).
     """
     try:
-        text = read_bytes(path).decode("utf-8-sig")
+        text = _read_csv_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path} is not a text CSV file") from None
     try:
@@ -206,6 +291,9 @@ def load_csv(path, label_col=None, n_features=None):
             problem = None
         raise (problem or DataError(f"{path} is not a valid CSV file ({exc})")) from None
     width = values.shape[1]
+    if names and len(names) != width:
+        # found by fuzzing: a named label column past the rows' last one
+        raise DataError(f"{path}: the header names {len(names)} columns, the rows have {width}")
     if not np.isfinite(values).all():
         r, c = np.argwhere(~np.isfinite(values))[0]
         column = names[c] if names and c < len(names) else str(c + 1)
@@ -242,6 +330,7 @@ def pixels_or_floats(X):
 # -------------------------------------------------------------- npz / npy
 
 def _np_load(path, **kwargs):
+    check_regular(path)
     try:
         return np.load(path, allow_pickle=False, **kwargs)
     except FileNotFoundError:
@@ -250,12 +339,42 @@ def _np_load(path, **kwargs):
         raise DataError(f"{path} is not a readable NumPy file ({exc})") from None
 
 
+def _npz_member_size(archive, key, limit, path):
+    """Check the .npy header of archive member `key` before it is read: the
+    bytes its shape needs must be what the zip entry holds and at most `limit`."""
+    import zipfile
+
+    fmt = np.lib.format
+    try:
+        info = archive.zip.getinfo(key + ".npy")
+        with archive.zip.open(info) as member:
+            version = fmt.read_magic(member)
+            read_header = (fmt.read_array_header_1_0 if version == (1, 0)
+                           else fmt.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+            header = member.tell() if hasattr(member, "tell") else None
+    except Exception as exc:  # zipfile, format and decompression errors vary
+        raise DataError(f"{path} has a damaged array {key!r} ({exc})") from None
+    if dtype.hasobject:
+        raise DataError(f"{path}: array {key!r} holds Python objects; fastnn reads only numbers")
+    needed = math.prod(shape) * dtype.itemsize
+    stored = info.compress_type == zipfile.ZIP_STORED
+    bound = min(limit, info.compress_size) if stored else MAX_DECOMPRESSED
+    if needed > bound or (header is not None and header + needed != info.file_size):
+        raise DataError(f"{path}: array {key!r} declares shape {shape} ({needed:,} bytes), "
+                        f"which its archive entry does not hold")
+
+
 def load_npz(path, labels=None):
-    """X and y from a .npz archive."""
+    """X and y from a .npz archive (each array's header is checked against
+    its archive entry before the array is read)."""
+    limit = os.path.getsize(path) if os.path.exists(path) else 0
     with _np_load(path) as archive:
         keys = list(archive.files)
         if "X" not in keys:
             raise DataError(f"{path} has no array 'X'; it has {keys}")
+        for key in ("X", "y") if "y" in keys else ("X",):
+            _npz_member_size(archive, key, limit, path)
         try:
             X = archive["X"]
             y = archive["y"] if "y" in keys else None
@@ -294,40 +413,198 @@ def load_npy(path, labels=None):
 
 
 # ------------------------------------------------------- Nielsen's pickle
+#
+# A pickle is a program; this one is run by an unpickler that knows only the
+# opcodes that push plain values (numbers, strings, bytes, tuples, lists) and
+# the three callables NumPy's own pickles use, each replaced by a function
+# that builds an array from the data in the pickle and checks that the data
+# is exactly as long as the shape needs. Nothing can allocate memory the
+# pickle does not hold, construct another object, or run code.
 
-class _ArraysOnly(pickle.Unpickler):
-    """An unpickler that builds NumPy arrays, dtypes and tuples and nothing else.
+#: The most opcodes a pickle may run (Nielsen's file needs about a hundred).
+MAX_PICKLE_OPS = 100_000
+# The dtypes an array in a pickle may have.
+_PICKLE_DTYPES = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"}
+_OPCODE_NAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
+# Opcodes that only push values or build tuples and lists, plus REDUCE and
+# BUILD (which reach only the functions below) and the framing.
+_PICKLE_OPCODES = {
+    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP",
+    "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1",
+    "LONG4", "FLOAT", "BINFLOAT",
+    "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+    "BYTEARRAY8", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8",
+    "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_LIST", "LIST", "APPEND",
+    "APPENDS",
+    "PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "GET", "BINGET", "LONG_BINGET",
+    "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD",
+}
 
-    (``_codecs.encode`` turns a str into bytes: Python 3 writes bytes that way
-    in protocol-2 pickles.)
-    """
 
-    ALLOWED = {
-        ("_codecs", "encode"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+def _pickle_dtype(name, align=False, copy=True):
+    """numpy.dtype as a pickle may call it: a plain numeric type code only."""
+    if not isinstance(name, str) or name not in _PICKLE_DTYPES:
+        raise pickle.UnpicklingError(f"refusing dtype {name!r}: only numeric arrays are allowed")
+    return _PendingDtype(name)
+
+
+class _PendingDtype:
+    """A dtype being unpickled: its type code, then its byte order (BUILD)."""
+
+    def __init__(self, name):
+        self.dtype = np.dtype(name)
+
+    def __setstate__(self, state):
+        if (not isinstance(state, tuple) or len(state) < 2 or state[1] not in ("<", ">", "|", "=")
+                or any(v is not None for v in state[2:5])):
+            raise pickle.UnpicklingError("refusing a dtype state other than a byte order")
+        if state[1] in "<>":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _NdarrayClass:
+    """What the name numpy.ndarray stands for in a pickle: a marker that only
+    _reconstruct accepts (calling it would allocate uninitialised memory)."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray: arrays are rebuilt "
+                                     "only from the data in the pickle")
+
+
+_NDARRAY = _NdarrayClass()
+
+
+def _from_data(data, dtype, shape, fortran=False):
+    """An array built from the pickle's own bytes, which must be exactly as
+    many as the shape needs."""
+    if isinstance(data, str):
+        try:
+            data = data.encode("latin-1")   # a Python 2 str, read with encoding="latin1"
+        except UnicodeEncodeError:
+            raise pickle.UnpicklingError("array data is not bytes") from None
+    if not isinstance(data, (bytes, bytearray)):
+        raise pickle.UnpicklingError("array data is not bytes")
+    if not isinstance(dtype, _PendingDtype):
+        raise pickle.UnpicklingError("array dtype is not a numpy dtype")
+    if (not isinstance(shape, tuple) or len(shape) > 32
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise pickle.UnpicklingError(f"bad array shape {shape!r}")
+    dtype = dtype.dtype
+    if math.prod(shape) * dtype.itemsize != len(data):
+        raise pickle.UnpicklingError(f"an array of shape {shape} needs "
+                                     f"{math.prod(shape) * dtype.itemsize} bytes, the pickle "
+                                     f"holds {len(data)}")
+    array = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+    return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
+
+
+class _PendingArray:
+    """What numpy's _reconstruct(ndarray, (0,), b'b') gives: an array that its
+    BUILD state (version, shape, dtype, fortran, data) then makes."""
+
+    array = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) != 5 or self.array is not None:
+            raise pickle.UnpicklingError("refusing an array state not written by NumPy")
+        _, shape, dtype, fortran, data = state
+        self.array = _from_data(data, dtype, shape, bool(fortran))
+
+
+def _pickle_reconstruct(cls, shape, typecode):
+    if cls is not _NDARRAY or shape != (0,):
+        raise pickle.UnpicklingError("refusing _reconstruct of anything but an empty ndarray")
+    return _PendingArray()
+
+
+def _pickle_frombuffer(data, dtype, shape, order):
+    if order not in ("C", "F"):
+        raise pickle.UnpicklingError(f"bad array order {order!r}")
+    return _from_data(data, dtype, shape, order == "F")
+
+
+def _pickle_encode(text, encoding="utf-8"):
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode other than of a str to latin1")
+    return text.encode("latin-1")
+
+
+class _ArraysOnly(pickle._Unpickler):
+    """An unpickler that builds NumPy arrays from their data, tuples, lists and
+    plain values, and nothing else (see above)."""
+
+    FUNCTIONS = {
+        ("_codecs", "encode"): _pickle_encode,
+        ("numpy", "dtype"): _pickle_dtype,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy.core.multiarray", "_reconstruct"): _pickle_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _pickle_reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _pickle_frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _pickle_frombuffer,
     }
 
+    def __init__(self, file):
+        super().__init__(file, encoding="latin1")
+        self.ops = 0
+        dispatch = {}
+        for code, handler in pickle._Unpickler.dispatch.items():
+            op = _OPCODE_NAMES.get(code)
+            if op in _PICKLE_OPCODES:
+                dispatch[code] = self._counted(handler)
+        self.dispatch = dispatch
+
+    def _counted(self, handler):
+        def run(unpickler):
+            self.ops += 1
+            if self.ops > MAX_PICKLE_OPS:
+                raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS:,} pickle operations")
+            handler(unpickler)
+        return run
+
     def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            if module.startswith("numpy.core"):
-                module = "numpy._core" + module[len("numpy.core"):]
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only NumPy arrays "
-                                     f"and tuples are allowed")
+        try:
+            return self.FUNCTIONS[module, name]
+        except (KeyError, TypeError):
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only NumPy "
+                                         f"arrays and tuples are allowed") from None
+
+
+def _finish(value, depth=0):
+    """The unpickled value with every pending array replaced by the array."""
+    if isinstance(value, _PendingArray):
+        if value.array is None:
+            raise pickle.UnpicklingError("an array without data")
+        return value.array
+    if isinstance(value, (tuple, list)) and depth < 8:
+        return tuple(_finish(v, depth + 1) for v in value)
+    if isinstance(value, (_PendingDtype, _NdarrayClass)):
+        raise pickle.UnpicklingError("a dtype outside an array")
+    return value
 
 
 def load_nielsen_pickle(path, split="train"):
     """Nielsen's mnist.pkl.gz: ((train), (validation), (test)) pairs of
-    float32 images in [0, 1] and int labels; returns the chosen split."""
-    data = read_bytes(path)
-    try:
-        content = _ArraysOnly(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
-        raise DataError(f"{path}: {exc}") from None
-    except Exception as exc:  # truncated or corrupt pickles raise many types
-        raise DataError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc})") from None
+    float32 images in [0, 1] and int labels; returns the chosen split.
+
+    The pickle is read by an unpickler that only rebuilds arrays from the
+    data they hold (see `_ArraysOnly`), from at most MAX_DECOMPRESSED bytes.
+    """
+    name = os.fspath(path)
+    stream, _ = open_data(path)
+    with stream:
+        source = Budget(stream, MAX_DECOMPRESSED, name, "pickle")
+        try:
+            content = _finish(_ArraysOnly(source).load())
+        except DataError:
+            raise
+        except pickle.UnpicklingError as exc:
+            raise DataError(f"{path}: {exc}") from None
+        except KeyError as exc:
+            raise DataError(f"{path}: refusing pickle opcode {exc}: only NumPy arrays and "
+                            f"tuples are allowed") from None
+        except Exception as exc:  # truncated or corrupt pickles raise many types
+            raise DataError(f"{path} is not a readable pickle ({type(exc).__name__}: "
+                            f"{exc})") from None
     splits = {"train": 0, "validation": 1, "test": 2}
     try:
         X, y = content[splits[split]]
@@ -401,21 +678,25 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
         raise DataError(f"{spec}: no such file, and not a known dataset ({', '.join(DATASETS)})")
     if path.is_dir():
         raise DataError(f"{spec} is a directory; give a data file or a dataset name")
+    check_regular(path)
     kind = detect_format(path)
     if kind is None:
         raise DataError(f"{spec}: unknown data format; expected a dataset name "
                         f"({', '.join(DATASETS)}), IDX, CSV, .npz, .npy or Nielsen's mnist.pkl.gz")
-    if kind == "csv":
-        X, y = load_csv(path, label_col, n_features)
-    elif kind == "npz":
-        X, y = load_npz(path, labels)
-    elif kind == "npy":
-        X, y = load_npy(path, labels)
-    elif kind == "pickle":
-        X, y = load_nielsen_pickle(path, "test" if split == "test" else "train")
-    else:
-        X, y = load_idx(path, labels)
-    return Data(*_check_data(X, y, spec), spec)
+    try:
+        if kind == "csv":
+            X, y = load_csv(path, label_col, n_features)
+        elif kind == "npz":
+            X, y = load_npz(path, labels)
+        elif kind == "npy":
+            X, y = load_npy(path, labels)
+        elif kind == "pickle":
+            X, y = load_nielsen_pickle(path, "test" if split == "test" else "train")
+        else:
+            X, y = load_idx(path, labels)
+        return Data(*_check_data(X, y, spec), spec)
+    except MemoryError:
+        raise DataError(f"{spec}: not enough memory to read it") from None
 
 
 def source_files(spec, labels=None):
@@ -445,20 +726,37 @@ def _check_data(X, y, spec):
         raise DataError(f"{spec}: features must be numbers, not {X.dtype}")
     if X.ndim == 1 or X.ndim == 0:
         raise DataError(f"{spec}: features must have one row per sample, got shape {X.shape}")
-    if X.ndim > 2:
-        X = X.reshape(len(X), -1)
     if len(X) == 0:
         raise DataError(f"{spec} has no samples")
+    if X.ndim > 2:
+        X = X.reshape(len(X), -1)
     if y is not None:
         y = np.asarray(y)
         if y.dtype.kind not in "biuf":
             raise DataError(f"{spec}: labels must be numbers, not {y.dtype}")
+        if y.ndim == 0 or y.ndim > 2:
+            raise DataError(f"{spec}: labels must be one per sample (or one row of targets "
+                            f"per sample), got shape {y.shape}")
         if len(y) != len(X):
             raise DataError(f"{spec} has {len(X)} samples but {len(y)} labels")
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
-        if y.ndim == 1 and y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
-            y = y.astype(np.int64)
-        elif y.dtype.kind in "biu":
-            y = y.astype(np.int64)
+        if y.ndim == 1:
+            y = as_int_labels(y)
     return X, y
+
+
+def as_int_labels(y):
+    """1-D y as int64 when its values are whole numbers that int64 holds
+    exactly, else y unchanged (the label checks then report what is wrong)."""
+    if y.dtype.kind == "b":
+        return y.astype(np.int64)
+    if y.dtype.kind not in "iuf" or not len(y):
+        return y
+    with np.errstate(invalid="ignore"):
+        low, high = y.min(), y.max()
+        if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            return y
+    if -2 ** 53 <= low and high <= 2 ** 53:
+        return y.astype(np.int64)
+    return y

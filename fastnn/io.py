@@ -18,23 +18,21 @@ asked to. Loading never executes code (no pickle): the
 header is JSON and the tensors are raw arrays, checked against the header.
 """
 import json
+import math
 import os
+import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from fastnn._kernels import get_backend
 from fastnn._version import __version__
-from fastnn.data import read_file
 from fastnn.exceptions import ConfigError, ModelFileError
 from fastnn.files import FileKind, atomic_write
-from fastnn.optimizers import get_optimizer
 from fastnn.training import OptimizerState
 
 FORMAT = "fastnn"
 FORMAT_VERSION = 1
-# uint8 inputs are divided by 255 by the kernels; other dtypes are used as given.
-# The safetensors header is 8 bytes of length, then JSON; refuse absurd lengths.
-MAX_HEADER = 100 * 1024 * 1024
 
 
 def _bytes(net):
@@ -99,81 +97,371 @@ def save(net, path, force=False):
     atomic_write(path, _bytes(net), ModelFileError, kind=MODEL_FILE, force=force)
 
 
-def _header(data, path):
-    if len(data) < 8:
-        raise ModelFileError(f"{path} is not a fastnn model: {len(data)} bytes is too "
+# ------------------------------------------------------------------ reading
+#
+# A model file is read in this order, and nothing is allocated for the
+# network before the last step: the 8-byte header length (at most
+# MAX_HEADER), the header JSON (depth-bounded, no repeated keys), fastnn's
+# metadata checked against its format version's schema, the tensor table
+# checked on its own (known dtypes, sizes that match the shapes, offsets
+# contiguous and inside the file) and against the tensors the metadata
+# needs; then the network is built and each tensor is read into it.
+
+#: The most bytes a model file's JSON header may have (fastnn writes a few KB).
+MAX_HEADER = 16 << 20
+#: The most layers, and units per layer, a model file may describe.
+MAX_LAYERS = 1024
+MAX_UNITS = 2 ** 31 - 1
+# Counts (epochs, optimizer steps, rows) in a header: far beyond any run,
+# within the kernels' int64 counters.
+MAX_COUNT = 2 ** 62
+MAX_SEED = 2 ** 1024
+#: safetensors dtype names fastnn reads, and what they are.
+TENSOR_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+DTYPE_NAMES = {"float32": "F32", "float64": "F64"}
+INPUT_DTYPES = ("uint8", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One entry of a safetensors tensor table, checked."""
+
+    dtype: np.dtype
+    shape: tuple
+    begin: int
+    end: int
+
+
+@dataclass
+class ModelHeader:
+    """A model file's header after every check: what `load`, ``fastnn info``
+    and ``--resume`` read.
+
+    Attributes
+    ----------
+    version : int
+        The format version.
+    format : ModelFormat
+        That version's schema, which also builds the network.
+    metadata : dict of str
+        The ``__metadata__`` strings as they are in the file.
+    fields : dict
+        The metadata parsed and checked by the format's schema (for format
+        1: "network", "optimizer", "training", ...).
+    tensors : dict of str to Tensor
+        The tensor table, each entry checked against the file and the metadata.
+    data_start : int
+        Where the tensors' bytes begin in the file.
+    """
+
+    path: str
+    version: int
+    format: "ModelFormat"
+    metadata: dict
+    fields: dict
+    tensors: dict
+    data_start: int
+
+
+class ModelFormat:
+    """One version of the model file format: the schema of its metadata,
+    the tensors it needs, and how a Network is built from them.
+
+    A new version (convolutional layers, say) is a new subclass registered
+    in FORMATS; `read_header` and `load` dispatch on the file's
+    format_version and need no other change.
+    """
+
+    version = None
+    #: The spec of the ``__metadata__`` object (a schema.Record).
+    metadata = None
+
+    def check(self, fields):
+        """Checks across fields, after the schema (raise SchemaError)."""
+
+    def tensors(self, fields):
+        """{tensor name: (shape, safetensors dtype name)} that the metadata needs."""
+        raise NotImplementedError
+
+    def build(self, fields, read, backend):
+        """The Network the metadata describes, with `read(name)` giving each
+        tensor as a checked array. Raise ConfigError for an invalid network."""
+        raise NotImplementedError
+
+
+def _format_1_schema():
+    from fastnn.activations import ACTIVATIONS
+    from fastnn.initializers import INITIALIZERS
+    from fastnn.losses import LOSSES
+    from fastnn.optimizers import OPTIMIZERS
+    from fastnn.schema import (AnyJSON, Bool, Int, JSONText, ListOf, MapOf, Maybe, OneOf,
+                               Real, Record, Text)
+    from fastnn.training import AUGMENTATIONS
+
+    count = Int(0, MAX_COUNT)
+    positive = Real(0, lo_open=True)
+    rate = Real(0, 1, hi_open=True)
+    optimizer_name = Text(choices=OPTIMIZERS)
+    schedule = Text(256)
+    network = Record(
+        required={"sizes": ListOf(Int(1, MAX_UNITS), 2, MAX_LAYERS + 1),
+                  "activations": ListOf(Text(choices=ACTIVATIONS), 1, MAX_LAYERS),
+                  "loss": Text(choices=LOSSES), "dtype": Text(choices=DTYPE_NAMES),
+                  "seed": Int(0, MAX_SEED)},
+        optional={"init": Text(choices=INITIALIZERS), "slope": Real(0),
+                  "epochs_trained": count, "input_dtype": Maybe(Text(choices=INPUT_DTYPES))},
+        defaults={"init": "nielsen", "slope": 0.01, "epochs_trained": 0, "input_dtype": None})
+    optimizer = Record(optional={"name": optimizer_name, "steps": count})
+    input_scaling = Record(optional={"input_dtype": Maybe(Text(choices=INPUT_DTYPES)),
+                                     "scale": Real(0)}, extra=AnyJSON())
+    lr_schedule_state = Record(
+        required={"base_lr": positive, "lr": Real(0), "epochs": count},
+        optional={"best": Real(finite=False), "waited": count, "reductions": count},
+        extra=AnyJSON())
+    cli = Record(optional={
+        "data": Maybe(Text()), "labels": Maybe(Text()),
+        "label_col": Maybe(OneOf(Text(), Int(1, MAX_COUNT))), "val": Maybe(Text()),
+        "test": Maybe(Text()), "limit": Maybe(Int(1, MAX_COUNT)), "epochs": count,
+        "epochs_done": count}, extra=AnyJSON())
+    cli_options = Record(optional={
+        "batch_size": Int(1, MAX_COUNT), "lr": positive, "optimizer": optimizer_name,
+        "momentum": rate, "betas": ListOf(rate, 2, 2), "eps": positive, "l2": Real(0),
+        "l1": Real(0), "dropout": OneOf(rate, ListOf(rate, 0, MAX_LAYERS)),
+        "lr_schedule": schedule, "val_split": rate, "early_stopping": Int(1, MAX_COUNT),
+        "augment": Text(choices=AUGMENTATIONS), "class_weight": Text(choices=("balanced",)),
+        "shuffle": Bool()}, extra=AnyJSON())
+    training = Record(optional={
+        "epochs": count, "batch_size": Int(1, MAX_COUNT), "lr": positive, "shuffle": Bool(),
+        "optimizer": optimizer_name, "momentum": rate, "betas": ListOf(rate, 2, 2),
+        "eps": positive, "l2": Real(0), "l1": Real(0), "dropout": ListOf(rate, 0, MAX_LAYERS),
+        "lr_schedule": schedule, "early_stopping": Maybe(Int(1, MAX_COUNT)),
+        "augment": Maybe(Text(choices=AUGMENTATIONS)), "validation_split": rate,
+        "n_train": count, "sample_weight": Bool(),
+        "class_weight": Maybe(OneOf(Text(choices=("balanced",)), MapOf(Real(0)))),
+        "epochs_done": count, "final": MapOf(Real(finite=False, nan=True), 1000),
+        "lr_schedule_state": lr_schedule_state, "cli": cli, "cli_options": cli_options},
+        extra=AnyJSON())
+    return Record(
+        required={"format": Text(choices=(FORMAT,)),
+                  "format_version": Text(choices=("1",)),
+                  "network": JSONText(network)},
+        optional={"fastnn_version": Text(40, pattern=r"[0-9A-Za-z.+!_-]+",
+                                         description="a version number"),
+                  "input_scaling": JSONText(input_scaling), "optimizer": JSONText(optimizer),
+                  "training": JSONText(training)},
+        defaults={"optimizer": {}, "training": {}},
+        extra=Text(MAX_HEADER))
+
+
+class Format1(ModelFormat):
+    """Format 1: a fully-connected network. Tensors ``weights.<l>`` (n_in,
+    n_out) and ``biases.<l>`` (n_out,) in the network's dtype, and
+    ``optimizer.state`` (rows, n_params) when the metadata names an optimizer."""
+
+    version = 1
+
+    def __init__(self):
+        self.metadata = _format_1_schema()
+
+    def check(self, fields):
+        from fastnn.schema import SchemaError
+
+        network, optimizer = fields["network"], fields["optimizer"]
+        if optimizer and len(optimizer) != 2:
+            raise SchemaError("optimizer", "empty or have both a name and steps", optimizer)
+        n_layers = len(network["sizes"]) - 1
+        if len(network["activations"]) != n_layers:
+            raise SchemaError("network.activations", f"a list of {n_layers} names, one per "
+                              f"layer of sizes {network['sizes']}", network["activations"])
+
+    def tensors(self, fields):
+        from fastnn._kernels import n_params
+        from fastnn.optimizers import get_optimizer
+
+        network = fields["network"]
+        sizes, dtype = network["sizes"], DTYPE_NAMES[network["dtype"]]
+        needed = {}
+        for l, (i, o) in enumerate(zip(sizes, sizes[1:])):
+            needed[f"weights.{l}"] = ((i, o), dtype)
+            needed[f"biases.{l}"] = ((o,), dtype)
+        if fields["optimizer"]:
+            rows = get_optimizer(fields["optimizer"]["name"]).state_rows
+            needed["optimizer.state"] = ((rows, n_params(sizes)), dtype)
+        return needed
+
+    def build(self, fields, read, backend):
+        from fastnn.network import Network
+
+        config = fields["network"]
+        activations = config["activations"]
+        net = Network(config["sizes"], activation=activations[:-1], output=activations[-1],
+                      loss=config["loss"], dtype=config["dtype"], init=config["init"],
+                      seed=config["seed"], slope=config["slope"], backend=backend)
+        for l in range(len(net.sizes) - 1):
+            net.weights[l][...] = read(f"weights.{l}")
+            net.biases[l][...] = read(f"biases.{l}")
+        net.epochs_trained = config["epochs_trained"]
+        net.input_dtype = config["input_dtype"]
+        optimizer = fields["optimizer"]
+        if optimizer:
+            net.optimizer_state = OptimizerState(optimizer["name"], read("optimizer.state"),
+                                                 optimizer["steps"])
+        net.training = fields["training"]
+        return net
+
+
+#: The format versions this fastnn reads, by number.
+FORMATS = {1: Format1()}
+
+
+def _tensor_table(header, data_start, size, path):
+    """{name: Tensor} from a safetensors header, each entry checked: a known
+    dtype, a shape whose bytes are its offsets' span, and offsets that tile
+    the data section from its first byte to the file's last."""
+    from fastnn.schema import Int, ListOf, Record, SchemaError, Text
+
+    entry = Record({"dtype": Text(32), "shape": ListOf(Int(0, MAX_COUNT), 0, 8),
+                    "data_offsets": ListOf(Int(0, MAX_COUNT), 2, 2)})
+    names = [n for n in header if n != "__metadata__"]
+    if len(names) > 4 * MAX_LAYERS:
+        raise ModelFileError(f"{path} has a damaged tensor table ({len(names)} tensors)")
+    tensors = {}
+    for name in names:
+        try:
+            info = entry.check(header[name], f"tensor {name!r}")
+        except SchemaError as exc:
+            raise ModelFileError(f"{path} has a damaged tensor table: {exc}") from None
+        if info["dtype"] not in TENSOR_DTYPES:
+            raise ModelFileError(f"{path}: tensor {name!r} has dtype {info['dtype']!r}; fastnn "
+                                 f"model tensors are {sorted(TENSOR_DTYPES)}")
+        dtype = TENSOR_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise ModelFileError(f"{path} has a damaged tensor table: {name} has shape {shape} "
+                                 f"but offsets {begin}..{end}")
+        tensors[name] = Tensor(dtype, shape, begin, end)
+    position = 0
+    for name, t in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if t.begin != position:
+            raise ModelFileError(f"{path} has a damaged tensor table: {name} starts at byte "
+                                 f"{t.begin} of the data, expected {position}")
+        position = t.end
+    if data_start + position > size:
+        raise ModelFileError(f"{path} is truncated: its tensors need {data_start + position} "
+                             f"bytes, the file has {size}")
+    if data_start + position < size:
+        raise ModelFileError(f"{path} has {size - data_start - position} bytes after its "
+                             f"tensors (damaged)")
+    return tensors
+
+
+def _read_header(f, path):
+    """The checked ModelHeader of an open model file."""
+    from fastnn.reading import file_size, load_json
+    from fastnn.schema import SchemaError
+
+    size = file_size(f)
+    start = f.read(8)
+    if len(start) < 8:
+        raise ModelFileError(f"{path} is not a fastnn model: {size} bytes is too "
                              f"short for a safetensors file")
-    n = int.from_bytes(data[:8], "little")
-    if n > MAX_HEADER or n > len(data) - 8:
-        if n <= MAX_HEADER and data[8:9] == b"{":
+    n = int.from_bytes(start, "little")
+    if n > MAX_HEADER or n > size - 8:
+        if n <= MAX_HEADER and f.read(1) == b"{":
             raise ModelFileError(f"{path} is truncated: its header needs {n} bytes, "
-                                 f"the file has {len(data) - 8}")
+                                 f"the file has {size - 8}")
         raise ModelFileError(f"{path} is not a fastnn model (not a safetensors file)")
+    raw = f.read(n)
     try:
-        header = json.loads(data[8:8 + n])
-    except (UnicodeDecodeError, ValueError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         raise ModelFileError(f"{path} is not a fastnn model (not a safetensors file)") from None
+    if not text.lstrip().startswith("{"):
+        raise ModelFileError(f"{path} is not a fastnn model (not a safetensors file)")
+    header = load_json(text, f"{path}'s header", ModelFileError)
     if not isinstance(header, dict):
         raise ModelFileError(f"{path} is not a fastnn model (not a safetensors file)")
-    return header, 8 + n
-
-
-def _tensor_end(header):
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            return None
-    return end
-
-
-def _network_config(meta, path):
-    try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise ModelFileError(f"{path} has an unreadable format_version "
-                             f"{meta.get('format_version')!r}") from None
-    if version > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} was written by a newer fastnn ({meta.get('fastnn_version', '?')}, "
-            f"format version {version}); this fastnn {__version__} reads format "
-            f"version {FORMAT_VERSION} at most. Upgrade fastnn to load it.")
-    try:
-        config = json.loads(meta["network"])
-        training = json.loads(meta.get("training", "{}"))
-        sizes = [int(s) for s in config["sizes"]]
-        activations = [str(a) for a in config["activations"]]
-        if len(activations) != len(sizes) - 1:
-            raise ValueError("one activation per layer")
-        if not isinstance(training, dict):
-            raise ValueError("training is not a JSON object")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path} has a damaged fastnn header ({exc})") from None
-    return config, sizes, activations, training
-
-
-def _read(path):
-    """(bytes, header, where the tensors start, fastnn metadata) of a model file."""
-    data = read_file(path, ModelFileError, "model file")
-    header, data_start = _header(data, path)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path} is a safetensors file but not a fastnn model "
                              f"(no fastnn metadata in its header)")
-    return data, header, data_start, meta
+    fmt = _format_of(meta, path)
+    try:
+        fields = fmt.metadata.check(meta, "")
+        fmt.check(fields)
+    except SchemaError as exc:
+        raise ModelFileError(f"{path} has a damaged fastnn header: {exc}") from None
+    tensors = _tensor_table(header, 8 + n, size, path)
+    _match_tensors(tensors, fmt.tensors(fields), fields, path)
+    return ModelHeader(path, fmt.version, fmt, meta, fields, tensors, 8 + n)
+
+
+def _format_of(meta, path):
+    version = meta.get("format_version")
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9]{1,9}", version):
+        raise ModelFileError(f"{path} has an unreadable format_version "
+                             f"{version!r}; expected a number such as '{FORMAT_VERSION}'")
+    if int(version) > max(FORMATS):
+        writer = meta.get("fastnn_version", "?")
+        writer = writer if isinstance(writer, str) and writer.isprintable() else "?"
+        raise ModelFileError(
+            f"{path} was written by a newer fastnn ({writer[:40]}, format version "
+            f"{int(version)}); this fastnn {__version__} reads format version "
+            f"{max(FORMATS)} at most. Upgrade fastnn to load it.")
+    if int(version) not in FORMATS:
+        raise ModelFileError(f"{path} has format version {int(version)}, which no fastnn "
+                             f"writes; this one reads {sorted(FORMATS)}")
+    return FORMATS[int(version)]
+
+
+def _match_tensors(tensors, needed, fields, path):
+    """Refuse a tensor table that is not exactly what the metadata needs."""
+    sizes = fields.get("network", {}).get("sizes")
+    if set(tensors) != set(needed):
+        missing = sorted(set(needed) - set(tensors))
+        extra = sorted(set(tensors) - set(needed))
+        raise ModelFileError(f"{path} has inconsistent tensors for sizes {sizes}: "
+                             f"missing {missing}, unexpected {extra}")
+    for name, (shape, dtype) in needed.items():
+        t = tensors[name]
+        if t.shape != shape:
+            raise ModelFileError(f"{path} has inconsistent shapes: {name} is {t.shape}, "
+                                 f"but sizes {sizes} need {shape}")
+        if TENSOR_DTYPES[dtype] != t.dtype:
+            raise ModelFileError(f"{path}: {name} is {t.dtype.name}, but the header says "
+                                 f"{TENSOR_DTYPES[dtype].name}")
+
+
+def read_header(path):
+    """The header of a model file, checked (see ModelHeader); reads no tensor.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing or not a regular file, is not a fastnn model,
+        is truncated, has a newer format version, or its header is damaged
+        or disagrees with its tensor table.
+    """
+    from fastnn.reading import open_regular
+
+    path = os.fspath(path)
+    with open_regular(path, ModelFileError, "model file") as f:
+        return _read_header(f, path)
 
 
 def read_metadata(path):
-    """The fastnn metadata of a model file's header, as strings (JSON values parsed)."""
-    _, _, _, meta = _read(os.fspath(path))
-    return meta
+    """The fastnn metadata of a model file's header, as the strings in the
+    file, after the same checks as `load` (see `read_header`)."""
+    return dict(read_header(path).metadata)
 
 
 def load(path, backend="cython"):
     """Read a network from a fastnn model file.
+
+    The whole header is checked (see `read_header`) before anything is
+    allocated for the network; each tensor is then read and checked for
+    NaN and infinity. Nothing in the file is ever executed.
 
     Parameters
     ----------
@@ -186,80 +474,36 @@ def load(path, backend="cython"):
         If the file is missing, is not a fastnn model, is truncated, has a
         newer format version, or its tensors do not match its header.
     """
-    from fastnn.network import Network
-    from safetensors.numpy import load as st_load
+    from fastnn.reading import open_regular
 
     get_backend(backend)
     path = os.fspath(path)
-    data, header, data_start, meta = _read(path)
-    config, sizes, activations, training = _network_config(meta, path)
-    end = _tensor_end(header)
-    if end is None:
-        raise ModelFileError(f"{path} has a damaged safetensors header")
-    if data_start + end > len(data):
-        raise ModelFileError(f"{path} is truncated: its tensors need {data_start + end} "
-                             f"bytes, the file has {len(data)}")
-    try:
-        tensors = st_load(data)
-    except Exception as exc:  # safetensors raises its own error types
-        raise ModelFileError(f"{path} has damaged tensors ({exc})") from None
-    try:
-        net = Network(sizes, activation=activations[:-1], output=activations[-1],
-                      loss=config["loss"], dtype=config["dtype"], init=config.get("init", "nielsen"),
-                      seed=int(config["seed"]), slope=float(config.get("slope", 0.01)),
-                      backend=backend)
-    except (ConfigError, KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path} describes an invalid network ({exc})") from None
-    expected = {}
-    for l in range(len(sizes) - 1):
-        expected[f"weights.{l}"] = (sizes[l], sizes[l + 1])
-        expected[f"biases.{l}"] = (sizes[l + 1],)
-    optimizer = _optimizer_config(meta, path)
-    if optimizer:
-        expected["optimizer.state"] = (get_optimizer(optimizer["name"]).state_rows, net.n_params)
-    if set(tensors) != set(expected):
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        raise ModelFileError(f"{path} has inconsistent tensors for sizes {sizes}: "
-                             f"missing {missing}, unexpected {extra}")
-    for name, shape in expected.items():
-        t = tensors[name]
-        if t.shape != shape:
-            raise ModelFileError(f"{path} has inconsistent shapes: {name} is {t.shape}, "
-                                 f"but sizes {sizes} need {shape}")
-        if t.dtype != net.dtype:
-            raise ModelFileError(f"{path}: {name} is {t.dtype}, but the header says {net.dtype}")
-        if not np.isfinite(t).all():
-            raise ModelFileError(f"{path}: {name} contains NaN or infinity")
-    for l in range(len(sizes) - 1):
-        net.weights[l][...] = tensors[f"weights.{l}"]
-        net.biases[l][...] = tensors[f"biases.{l}"]
-    try:
-        net.epochs_trained = int(config.get("epochs_trained", 0))
-        input_dtype = config.get("input_dtype")
-        if input_dtype not in (None, "uint8", "float32", "float64"):
-            raise ValueError(input_dtype)
-        net.input_dtype = input_dtype
-    except (TypeError, ValueError):
-        raise ModelFileError(f"{path} has a damaged fastnn header (epochs_trained, "
-                             f"input_dtype)") from None
-    if optimizer:
-        state = np.array(tensors["optimizer.state"])
-        net.optimizer_state = OptimizerState(optimizer["name"], state, optimizer["steps"])
-    net.training = training
-    return net
+    with open_regular(path, ModelFileError, "model file") as f:
+        header = _read_header(f, path)
+
+        def read(name):
+            t = header.tensors[name]
+            array = np.empty(t.shape, t.dtype)
+            f.seek(header.data_start + t.begin)
+            try:
+                got = f.readinto(memoryview(array).cast("B"))
+            except OSError as exc:
+                raise ModelFileError(f"cannot read {path}: {exc.strerror}") from None
+            if got != t.end - t.begin:
+                raise ModelFileError(f"{path} changed while it was read (tensor {name})")
+            if not np.isfinite(array).all():
+                raise ModelFileError(f"{path}: {name} contains NaN or infinity")
+            return array if array.dtype.isnative else array.astype(t.dtype.newbyteorder("="))
+
+        try:
+            return header.format.build(header.fields, read, backend)
+        except ConfigError as exc:
+            raise ModelFileError(f"{path} describes an invalid network ({exc})") from None
+        except MemoryError:
+            raise ModelFileError(f"not enough memory to load {path} "
+                                 f"({size_of(header):,} bytes of tensors)") from None
 
 
-def _optimizer_config(meta, path):
-    """{"name", "steps"} of the saved optimizer state, or {} if none."""
-    try:
-        optimizer = json.loads(meta.get("optimizer", "{}"))
-        if not optimizer:
-            return {}
-        get_optimizer(optimizer["name"])
-        optimizer["steps"] = int(optimizer["steps"])
-        if optimizer["steps"] < 0:
-            raise ValueError("negative steps")
-        return optimizer
-    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ModelFileError(f"{path} has a damaged optimizer header ({exc})") from None
+def size_of(header):
+    """The bytes of all tensors of a checked header."""
+    return sum(t.end - t.begin for t in header.tensors.values())

@@ -5,7 +5,6 @@ weights have shape ``(sizes[l], sizes[l+1])``. All parameters live in one
 flat vector (see ``fastnn._kernels``); ``weights`` and ``biases`` are views
 into it, so the compiled kernels update them in place.
 """
-import contextlib
 import numbers
 import secrets
 from collections import namedtuple
@@ -28,6 +27,9 @@ DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 # (512 measured best for [784, 256, 128, 10] and as good as any for
 # [784, 1024, 1024, 10]).
 PREDICT_CHUNK = 512
+# Rows evaluate() runs through forward() at a time (a multiple of
+# PREDICT_CHUNK, so the chunks forward computes are the same).
+EVALUATE_CHUNK = 64 * PREDICT_CHUNK
 
 Gradient = namedtuple("Gradient", ["loss", "weights", "biases"])
 Gradient.__doc__ = """The mean loss over a batch and its gradients per layer."""
@@ -287,7 +289,8 @@ class Network:
         lr_schedule : str or fastnn.schedules.Schedule, optional
             ``"constant"`` (default), ``"step:every=5,factor=0.5"``,
             ``"plateau:patience=3,factor=0.1,max_reductions=3"``, or the
-            objects ``Step(...)``, ``Plateau(...)`` from fastnn.schedules.
+            objects ``Step(...)``, ``Plateau(...)`` from fastnn.schedules
+            (fit runs a copy: the object given never changes).
         validation_data : (X_val, y_val), optional
             Evaluated after each epoch as ``val_loss`` / ``val_accuracy``.
         validation_split : float, default 0
@@ -376,15 +379,19 @@ class Network:
     def _forward(self, X):
         sizes, acts = self._codes()
         chunk = min(len(X), PREDICT_CHUNK)
-        # several chunks: the threads take whole chunks in turn, each with a
-        # single-threaded BLAS (faster than splitting every GEMM; see
-        # benchmarks/README.md); one chunk: the BLAS's own threads
         n_chunks = -(-len(X) // max(chunk, 1))
-        threads = (min(blas.get_num_threads(), n_chunks)
-                   if n_chunks > 1 and self.backend == "cython" else 1)
-        work = np.empty(threads * self._kernels.workspace_size(sizes, chunk), dtype=self.dtype)
+        # The BLAS's thread count is process-wide, so forward never changes
+        # it (two threads predicting at once would race over it): with a
+        # single-threaded BLAS, a team of threads takes whole chunks, sized by
+        # blas.team so that concurrent forwards share get_num_threads();
+        # otherwise the chunks run in turn on the BLAS's threads. Either way
+        # a chunk's result does not depend on the team (see fastnn.blas).
+        wanted = (n_chunks if n_chunks > 1 and self.backend == "cython"
+                  and blas.blas_num_threads() == 1 else 1)
         out = np.empty((len(X), self.sizes[-1]), dtype=self.dtype)
-        with blas.single_threaded_blas() if threads > 1 else contextlib.nullcontext():
+        with blas.team(wanted) as threads:
+            work = np.empty(threads * self._kernels.workspace_size(sizes, chunk),
+                            dtype=self.dtype)
             self._kernels.predict(X, self._params, sizes, acts, self.slope, work, chunk, out,
                                   threads)
         return out
@@ -408,11 +415,20 @@ class Network:
         return self._evaluate(X, Y, labels)
 
     def _evaluate(self, X, Y, labels):
-        A = self._forward(X)
-        cost = get_loss(self.loss).fn(A, Y, get_activation(self.output))
-        result = {"loss": float(cost.mean()), "n": len(X)}
+        # EVALUATE_CHUNK rows at a time: the outputs and the loss's
+        # temporaries stay bounded however many rows X has (a memory-mapped
+        # file larger than memory)
+        loss_fn, output = get_loss(self.loss).fn, get_activation(self.output)
+        loss_sum, n_correct = 0.0, 0
+        for start in range(0, len(X), EVALUATE_CHUNK):
+            part = slice(start, start + EVALUATE_CHUNK)
+            A = self._forward(X[part])
+            loss_sum += float(loss_fn(A, Y[part], output).sum(dtype=np.float64))
+            if labels is not None:
+                n_correct += int(np.count_nonzero(predicted_labels(A) == labels[part]))
+        result = {"loss": loss_sum / len(X), "n": len(X)}
         if labels is not None:
-            result["accuracy"] = float(np.mean(predicted_labels(A) == labels))
+            result["accuracy"] = n_correct / len(X)
         return result
 
     def gradient(self, X, y):

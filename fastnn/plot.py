@@ -15,7 +15,6 @@ policy: never half a file, and an existing file that is not a picture of
 that format is replaced only with ``force=True``.
 """
 import io
-import json
 import math
 import numbers
 import os
@@ -141,16 +140,33 @@ def load_history(history):
     return series, info
 
 
-def _read_history_file(path):
-    from fastnn.data import read_file
+# A history file holds a few numbers per epoch; refuse anything far larger.
+MAX_HISTORY_BYTES = 64 << 20
+# ... and nests two levels deep ({"loss": [...]}).
+MAX_HISTORY_DEPTH = 4
 
-    raw = read_file(path, DataError, "history file")
+
+def _read_history_file(path):
+    from fastnn.reading import load_json, read_file
+
+    raw = read_file(path, DataError, "history file", max_size=MAX_HISTORY_BYTES)
     try:
-        history = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = (f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError)
-                 else "")
-        raise DataError(f"{path} is not a history file: not JSON{where}; write one with: "
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or not text.strip():
+        raise DataError(f"{path} is not a history file: not JSON; write one with: "
+                        f"fastnn train --history FILE.json")
+
+    class NotJSON(Exception):
+        pass
+
+    try:
+        history = load_json(text, "JSON", NotJSON, max_depth=MAX_HISTORY_DEPTH)
+    except NotJSON as exc:
+        # "JSON is not valid JSON (...)" -> "not JSON (...)"
+        reason = str(exc).replace("JSON is not valid JSON", "not JSON", 1)
+        raise DataError(f"{path} is not a history file: {reason}; write one with: "
                         f"fastnn train --history FILE.json") from None
     if not isinstance(history, dict):
         raise DataError(f"{path} is not a history file: JSON {type(history).__name__}, "

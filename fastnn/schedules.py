@@ -4,6 +4,7 @@ Give ``fit(lr_schedule=...)`` one of these objects, or the same string the
 CLI takes: ``"constant"``, ``"step:every=5,factor=0.5"``,
 ``"plateau:patience=3,factor=0.1,max_reductions=3"``.
 """
+import copy
 import math
 import numbers
 
@@ -15,10 +16,12 @@ class Schedule:
     """Base class. ``start(lr)`` begins a run; ``next_lr(metrics)`` is called
     after each epoch with its metrics and returns the rate for the next one.
 
-    A schedule keeps its own state (the current rate, epochs seen, ...), so
-    passing a started schedule to another ``fit`` continues it; that is how
-    a resumed run goes on where it stopped (``state_dict`` and
-    ``load_state_dict`` carry the state through a model file).
+    A schedule is a hyperparameter: ``fit`` runs a copy of it (``parse``
+    makes one), so the object given never changes, and a second ``fit`` or
+    a scikit-learn ``clone`` starts from the initial rate again. To go on
+    where a run stopped, ``load_state_dict`` the state that run left in
+    ``net.training["lr_schedule_state"]`` (a resumed run does this through
+    the model file): a started schedule's copy continues from its state.
     """
 
     started = False
@@ -37,9 +40,11 @@ class Schedule:
         return {"base_lr": self.base_lr, "lr": self.lr, "epochs": self.epochs}
 
     def load_state_dict(self, state):
-        """Continue from a state_dict (marks the schedule started)."""
-        self.start(float(state["base_lr"]))
-        self.lr, self.epochs = float(state["lr"]), int(state["epochs"])
+        """Continue from a state_dict (marks the schedule started); ConfigError
+        if it lacks a value this schedule needs or has one of the wrong kind."""
+        self.start(_state_value(self, state, "base_lr", float))
+        self.lr = _state_value(self, state, "lr", float)
+        self.epochs = _state_value(self, state, "epochs", int)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
@@ -119,8 +124,9 @@ class Plateau(Schedule):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.best = float(state["best"])
-        self.waited, self.reductions = int(state["waited"]), int(state["reductions"])
+        self.best = _state_value(self, state, "best", float)
+        self.waited = _state_value(self, state, "waited", int)
+        self.reductions = _state_value(self, state, "reductions", int)
 
     def _params(self):
         params = {"patience": self.patience, "factor": self.factor,
@@ -131,6 +137,19 @@ class Plateau(Schedule):
 
 
 SCHEDULES = {cls.name: cls for cls in (Constant, Step, Plateau)}
+
+
+def _state_value(schedule, state, key, kind):
+    """state[key] as a number of `kind` (float: not NaN, int: >= 0), or ConfigError."""
+    value = state.get(key) if isinstance(state, dict) else None
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and (not math.isnan(value) if kind is float else
+               isinstance(value, int) and value >= 0))
+    if not ok:
+        raise ConfigError(f"the saved state of lr_schedule {schedule.spec()!r} has "
+                          f"{key}={value!r}; expected a {'number' if kind is float else 'count'}"
+                          f" (was the run saved with another schedule?)")
+    return kind(value)
 
 
 def _factor(value):
@@ -150,12 +169,12 @@ def _value(text):
 
 
 def parse(spec):
-    """A Schedule from an object, None (constant) or a string such as
-    ``"step:every=5,factor=0.5"``."""
+    """A new Schedule from an object (a copy, with its state), None
+    (constant) or a string such as ``"step:every=5,factor=0.5"``."""
     if spec is None:
         return Constant()
     if isinstance(spec, Schedule):
-        return spec
+        return copy.deepcopy(spec)
     if not isinstance(spec, str):
         raise ConfigError(f"lr_schedule must be a string or a fastnn.schedules object, not {spec!r}")
     name, _, args = spec.partition(":")

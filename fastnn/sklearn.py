@@ -1,15 +1,47 @@
 """scikit-learn estimators trained by fastnn: ``MLPClassifier`` and ``MLPRegressor``.
 
-They take scikit-learn's parameters where the meaning is the same
+They take scikit-learn's parameters with scikit-learn's meaning
 (``hidden_layer_sizes``, ``activation``, ``alpha``, ``batch_size``,
 ``learning_rate_init``, ``max_iter``, ``random_state``, ``early_stopping``,
 ``validation_fraction``, ``n_iter_no_change``, ``tol``, ``warm_start``,
-``verbose``, ``shuffle``, ``momentum``, ``beta_1``, ``beta_2``, ``epsilon``),
-and add what scikit-learn's MLP lacks: ``optimizer`` (sgd, momentum,
-nesterov, adam, rprop), ``dropout``, ``leaky_relu`` and one activation per
-hidden layer, ``class_weight``, early stopping on the validation *loss*
+``verbose``, ``shuffle``, ``momentum``, ``nesterovs_momentum``, ``beta_1``,
+``beta_2``, ``epsilon``; ``optimizer`` plays the part of ``solver``), and
+add what scikit-learn's MLP lacks: more optimizers (momentum, nesterov,
+rprop), ``dropout``, ``leaky_relu`` and one activation per hidden layer,
+``class_weight``, early stopping on the validation *loss*
 (``early_stopping_metric``), ``lr_schedule``, ``init``, ``callbacks`` and
 ``dtype``.
+
+Where fastnn's own conventions differ, the estimators translate:
+
+- ``alpha`` is scikit-learn's L2 strength: each step adds ``alpha * W / m``
+  to the gradient (m the batch's rows, or its weight sum), where
+  ``Network.fit``'s ``l2`` (Nielsen's) adds ``l2 * W / n`` over the whole
+  training set. The estimators pass ``l2 = alpha * n / m`` (times
+  ``n / sum(sample_weight)`` with weights): the same step for every batch of
+  ``batch_size`` rows (scikit-learn's last, smaller batch of an epoch gets a
+  slightly stronger penalty).
+- ``optimizer="sgd"`` is scikit-learn's ``solver="sgd"``: momentum
+  ``momentum`` (0.9), Nesterov's when ``nesterovs_momentum`` (the default),
+  plain SGD with ``momentum=0``. ``"momentum"`` and ``"nesterov"`` name
+  the two kinds directly.
+- ``sample_weight`` (times ``class_weight``) is normalised by its sum, as
+  scikit-learn does: the weights are rescaled to mean 1 over the training
+  rows, which makes a full-batch step exactly scikit-learn's
+  ``sum(w g) / sum(w)``. With mini-batches each batch's weights are divided
+  by the mean weight of the training set, not of the batch.
+- ``n_iter_no_change``: training stops after more than that many epochs
+  without improvement, at the epoch scikit-learn stops.
+- ``warm_start`` keeps the weights; the optimizer, the schedule and
+  ``n_iter_`` start afresh on each ``fit``, while ``partial_fit`` carries
+  all of them on.
+
+Two differences remain (tests/test_sklearn_parity.py measures both):
+``loss_curve_`` adds the L2 penalty of the weights an epoch ends with, where
+scikit-learn averages it over the epoch's batches; and ``epsilon`` is added
+as PyTorch's Adam adds it, to the bias-corrected ``sqrt(v)``, where
+scikit-learn adds it before the correction (the same epsilon weighs up to
+``1 / sqrt(1 - beta_2**t)`` times more here).
 
 Features are used as given, as scikit-learn does: unlike ``Network.fit``,
 uint8 inputs are not divided by 255 here (put a scaler in the pipeline).
@@ -35,6 +67,8 @@ except ImportError as exc:  # pragma: no cover - exercised without scikit-learn
                       f"pip install 'fastnn[sklearn]'") from None
 
 from fastnn.network import Network
+from fastnn.schedules import parse as parse_schedule
+from fastnn.training import sample_weights
 
 # scikit-learn's activation names, and fastnn's
 ACTIVATION_NAMES = {"logistic": "sigmoid", "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu",
@@ -48,7 +82,8 @@ class _BaseMLP(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, optimizer="adam",
                  alpha=0.0001, batch_size="auto", learning_rate_init=0.001, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
-                 momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8, early_stopping=False,
+                 momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, early_stopping_metric="loss",
                  dropout=0.0, slope=0.01, init="xavier", lr_schedule=None, callbacks=None,
                  dtype="float32"):
@@ -65,6 +100,7 @@ class _BaseMLP(BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
         self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
@@ -113,6 +149,10 @@ class _BaseMLP(BaseEstimator):
                              f"{self.early_stopping_metric!r}")
         if self.tol < 0:
             raise ValueError(f"tol must be >= 0, got {self.tol!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
 
     def _batch_size(self, n):
         if self.batch_size == "auto":
@@ -125,16 +165,47 @@ class _BaseMLP(BaseEstimator):
                           UserWarning)
         return min(self.batch_size, n)
 
-    def _fit_options(self, n):
-        options = dict(lr=self.learning_rate_init, optimizer=self.optimizer, l2=self.alpha,
-                       shuffle=self.shuffle, dropout=self.dropout, lr_schedule=self.lr_schedule)
-        if self.optimizer != "rprop":
-            options["batch_size"] = self._batch_size(n)
-        if self.optimizer in ("momentum", "nesterov"):
+    def _optimizer(self):
+        """fastnn's optimizer for self.optimizer: "sgd" is scikit-learn's
+        solver="sgd", whose momentum (Nesterov's by default) is on unless
+        momentum=0."""
+        if self.optimizer == "sgd" and self.momentum > 0:
+            return "nesterov" if self.nesterovs_momentum else "momentum"
+        return self.optimizer
+
+    def _fit_options(self, n, weight_sum, schedule):
+        optimizer = self._optimizer()
+        batch_size = n if optimizer == "rprop" else self._batch_size(n)
+        # scikit-learn's step adds alpha W / (the batch's rows or weight sum),
+        # Nielsen's l2 adds l2 W / n: see the module docstring
+        l2 = self.alpha * (n / batch_size) * (n / weight_sum)
+        options = dict(lr=self.learning_rate_init, optimizer=optimizer, l2=l2,
+                       shuffle=self.shuffle, dropout=self.dropout, lr_schedule=schedule)
+        if optimizer != "rprop":
+            options["batch_size"] = batch_size
+        if optimizer in ("momentum", "nesterov"):
             options["momentum"] = self.momentum
-        if self.optimizer == "adam":
+        if optimizer == "adam":
             options.update(betas=(self.beta_1, self.beta_2), eps=self.epsilon)
         return options
+
+    def _sample_weights(self, Y, sample_weight):
+        """sample_weight times class_weight, one per row, or None."""
+        class_weight = self._class_weight()
+        if sample_weight is None and class_weight is None:
+            return None
+        labels = Y.argmax(axis=1) if Y.shape[1] > 1 else Y[:, 0].astype(np.int64)
+        return sample_weights(sample_weight, class_weight, labels, len(Y), Y.shape[1])
+
+    def _schedule(self, incremental):
+        """The learning-rate schedule of this call: a new one on fit, the
+        one partial_fit left off otherwise (as scikit-learn keeps its
+        optimizer between partial_fit calls)."""
+        schedule = parse_schedule(self.lr_schedule)     # a copy: never changed by fit
+        state = self.network_.training.get("lr_schedule_state")
+        if incremental and state:
+            schedule.load_state_dict(state)
+        return schedule
 
     # ---------------------------------------------------------------- fitting
 
@@ -164,24 +235,35 @@ class _BaseMLP(BaseEstimator):
             self.t_ = 0
             self.n_iter_ = 0
             self._no_improvement = 0
+        elif not incremental:
+            # warm start: the weights carry over; the optimizer starts afresh
+            # and n_iter_ counts this fit's epochs, as in scikit-learn
+            self.network_.optimizer_state = None
+            self.n_iter_ = 0
+        weights = self._sample_weights(Y, sample_weight)
         validation = None
         if self.early_stopping and not incremental:
             stratify = Y.argmax(axis=1) if self._stratify() else None
-            X, X_val, Y, Y_val, *weights = train_test_split(
-                X, Y, *(() if sample_weight is None else (sample_weight,)),
+            X, X_val, Y, Y_val, *split = train_test_split(
+                X, Y, *(() if weights is None else (weights,)),
                 test_size=self.validation_fraction, random_state=random_state, stratify=stratify)
-            sample_weight = weights[0] if weights else None
+            weights = split[0] if split else None
             validation = (X_val, Y_val)
+        weight_sum = len(X)
+        if weights is not None and weights.sum() > 0:
+            # normalised by their sum, as scikit-learn's loss is: mean 1
+            weight_sum = float(weights.sum())
+            weights = weights * (len(X) / weight_sum)
         epochs = 1 if incremental else self.max_iter
         best = {"params": None}
 
         def after_epoch(epoch, metrics):
             return self._after_epoch(metrics, validation, best, len(X), incremental)
 
-        self.network_.fit(X, Y, epochs=epochs, sample_weight=sample_weight,
+        self.network_.fit(X, Y, epochs=epochs, sample_weight=weights,
                           validation_data=validation, callback=after_epoch,
-                          class_weight=self._class_weight(), verbose=int(bool(self.verbose)),
-                          **self._fit_options(len(X)))
+                          verbose=int(bool(self.verbose)),
+                          **self._fit_options(len(X), weight_sum, self._schedule(incremental)))
         if best["params"] is not None:
             self.network_._params[...] = best["params"]
         if not incremental and not self._converged and self.n_iter_ == self.max_iter:
@@ -220,7 +302,8 @@ class _BaseMLP(BaseEstimator):
         for callback in self.callbacks or ():
             if callback(self, self.n_iter_, dict(metrics)) is False:
                 return False
-        if not incremental and self._no_improvement >= self.n_iter_no_change:
+        # more than n_iter_no_change epochs, as scikit-learn counts
+        if not incremental and self._no_improvement > self.n_iter_no_change:
             self._converged = True
             if self.verbose:
                 print(f"Training loss did not improve more than tol={self.tol} for "
@@ -284,7 +367,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, optimizer="adam",
                  alpha=0.0001, batch_size="auto", learning_rate_init=0.001, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
-                 momentum=0.9, beta_1=0.9, beta_2=0.999, epsilon=1e-8, early_stopping=False,
+                 momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, early_stopping_metric="loss",
                  dropout=0.0, slope=0.01, init="xavier", lr_schedule=None, callbacks=None,
                  dtype="float32", class_weight=None):
@@ -292,7 +376,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             hidden_layer_sizes, activation, optimizer=optimizer, alpha=alpha,
             batch_size=batch_size, learning_rate_init=learning_rate_init, max_iter=max_iter,
             shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
-            warm_start=warm_start, momentum=momentum, beta_1=beta_1, beta_2=beta_2,
+            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            beta_1=beta_1, beta_2=beta_2,
             epsilon=epsilon, early_stopping=early_stopping,
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
             early_stopping_metric=early_stopping_metric, dropout=dropout, slope=slope,

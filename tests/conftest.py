@@ -112,7 +112,8 @@ def run_fastnn(*args, cwd, memory=True, timeout=HOSTILE_SECONDS, env=None, input
 
     env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "fastnn", *[str(a) for a in args]], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=env, input=input,
+                          capture_output=True, text=True, errors="backslashreplace",
+                          timeout=timeout, env=env, input=input,
                           preexec_fn=_limit_memory if memory else None)
 
 

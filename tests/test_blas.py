@@ -20,3 +20,64 @@ def test_thread_count_is_set_and_runs_reproduce():
         np.testing.assert_array_equal(*runs)
     finally:
         set_num_threads(before)
+
+
+def test_forward_in_many_threads_at_once_changes_no_thread_count_and_no_bit(monkeypatch):
+    """joblib's threading backend: several threads predicting at once. The
+    BLAS's count (process-wide) is never changed by forward, every result
+    equals a lone call's, and with a single-threaded BLAS the teams of
+    concurrent calls stay within get_num_threads() threads."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    import fastnn._core
+    from fastnn.blas import blas_num_threads
+
+    net = Network([64, 128, 64, 10], activation="relu", output="softmax",
+                  loss="cross_entropy", init="he", seed=0)
+    X = np.random.default_rng(0).random((3000, 64), dtype=np.float32)    # 6 chunks
+    before = get_num_threads()
+    predict, lock = fastnn._core.predict, threading.Lock()
+    running = {"calls": 0, "threads": 0, "extra_max": 0, "blas": set()}
+
+    def watched_predict(*args):
+        # what the kernel runs with: the BLAS's count, and the threads of
+        # all the calls running now beyond their calling threads
+        with lock:
+            running["blas"].add(blas_num_threads())
+            running["calls"] += 1
+            running["threads"] += args[-1]
+            running["extra_max"] = max(running["extra_max"], running["threads"] - running["calls"])
+        try:
+            return predict(*args)
+        finally:
+            with lock:
+                running["calls"] -= 1
+                running["threads"] -= args[-1]
+
+    monkeypatch.setattr(fastnn._core, "predict", watched_predict)
+    try:
+        set_num_threads(2)
+        lone = {}
+        for blas_threads in (2, 1):
+            with threadpool_limits(blas_threads, user_api="blas"):
+                running["blas"].clear()
+                lone[blas_threads] = net.forward(X)
+                with ThreadPoolExecutor(4) as pool:
+                    results = list(pool.map(lambda _: net.forward(X), range(12)))
+                assert running["blas"] == {blas_threads}
+                assert blas_num_threads() == blas_threads
+                for result in results:
+                    np.testing.assert_array_equal(result, lone[blas_threads])
+        # a single-threaded BLAS: the forwards' teams add at most one thread
+        # to the calling threads (2 in all); the team's size changes no bit
+        assert running["extra_max"] == 1
+        set_num_threads(1)
+        with threadpool_limits(1, user_api="blas"):
+            np.testing.assert_array_equal(net.forward(X), lone[1])
+        # a multi-threaded BLAS rounds its GEMMs differently, by float32's last bits
+        np.testing.assert_allclose(lone[2], lone[1], rtol=1e-5, atol=1e-6)
+    finally:
+        set_num_threads(before)

@@ -212,7 +212,9 @@ BAD_INPUTS = [
     ("empty CSV", lambda d: _write(d / "empty.csv", b""), "empty.csv is empty"),
     ("header only", lambda d: _write(d / "head.csv", b"a,b,label\n"), "has a header but no rows"),
     ("empty npz", lambda d: _npz(d / "e.npz", np.zeros((0, 16)), np.zeros(0)), "has no samples"),
-    ("truncated gzip", lambda d: _write(d / "x-images-idx3-ubyte.gz", gzip.compress(b"\0" * 99)[:-9]),
+    # a valid IDX header for 30 images of 3 x 3, then the stream is cut
+    ("truncated gzip", lambda d: _write(d / "x-images-idx3-ubyte.gz", gzip.compress(
+        bytes([0, 0, 8, 3, 0, 0, 0, 30, 0, 0, 0, 3, 0, 0, 0, 3]) + bytes(range(135)) * 2)[:-9]),
      "damaged gzip"),
     ("inf in npz", lambda d: _npz(d / "inf.npz", np.full((4, 16), np.inf), np.zeros(4)),
      r"NaN or infinity \(first at row 0, column 0\)"),

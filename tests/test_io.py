@@ -55,7 +55,8 @@ def test_refuses_optimizer_state_of_the_wrong_shape(tmp_path, trained):
     with pytest.raises(ModelFileError, match=r"optimizer.state is \(1, 74\), but sizes .* need \(3, 74\)"):
         fastnn.load(path)
     _rewrite_header(path, lambda h: h["__metadata__"].update(optimizer='{"name": "lbfgs"}'))
-    with pytest.raises(ModelFileError, match="damaged optimizer header"):
+    with pytest.raises(ModelFileError,
+                       match=r"damaged fastnn header: optimizer.name must be one of .*not \"lbfgs\""):
         fastnn.load(path)
 
 
@@ -187,7 +188,14 @@ def test_refuses_a_damaged_description(tmp_path, trained):
     trained.save(path)
     _rewrite_header(path, lambda h: h["__metadata__"].update(
         network=h["__metadata__"]["network"].replace('"tanh"', '"exec"')))
-    with pytest.raises(ModelFileError, match="invalid network .*Unknown activation 'exec'"):
+    with pytest.raises(ModelFileError, match=r"damaged fastnn header: network.activations\[0\] "
+                                             r"must be one of \[.*'tanh'\], not \"exec\""):
+        fastnn.load(path)
+    # names the schema knows, in an order the network refuses
+    trained.save(path)
+    _rewrite_header(path, lambda h: h["__metadata__"].update(
+        network=h["__metadata__"]["network"].replace('"tanh"', '"softmax"')))
+    with pytest.raises(ModelFileError, match="invalid network .*'softmax' can only be the output"):
         fastnn.load(path)
 
 

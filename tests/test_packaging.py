@@ -1,21 +1,112 @@
-"""What `pip install .` puts in site-packages (slow: builds a wheel)."""
+"""The sdist and the wheel, as a user of PyPI gets them (slow: builds both).
+
+One build serves every check: the sdist from the repository, then the
+wheel from that sdist by the documented command (tools/build_wheel.sh:
+pip wheel + auditwheel repair), then the repaired wheel installed in a new
+virtualenv. CI (.ci/run) builds the same two files first, installs the
+wheel in a virtualenv of its own with its dependencies from PyPI, and
+passes their directory in FASTNN_DIST so that the extension is not
+compiled twice.
+"""
+import email
+import os
 import subprocess
 import sys
+import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import REPO
 
+elftools = pytest.importorskip("elftools.elf.elffile")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(sdist path, repaired wheel path): .ci/run's, or built here."""
+    if os.environ.get("FASTNN_DIST"):
+        dist = Path(os.environ["FASTNN_DIST"])
+        sdist, = dist.glob("fastnn-*.tar.gz")
+        wheel, = (dist / "wheelhouse").glob("fastnn-*.whl")
+        return sdist, wheel
+    tmp = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "build", "--sdist", "-o", str(tmp), str(REPO)],
+                   check=True, timeout=900, capture_output=True)
+    sdist, = tmp.glob("fastnn-*.tar.gz")
+    subprocess.run(["bash", str(REPO / "tools" / "build_wheel.sh"), str(sdist)], check=True,
+                   timeout=1800, capture_output=True,
+                   env={**os.environ, "WHEELHOUSE": str(tmp / "wheelhouse")})
+    wheel, = (tmp / "wheelhouse").glob("fastnn-*.whl")
+    return sdist, wheel
+
 
 @pytest.mark.slow
-def test_wheel_installs_cli_inside_fastnn_and_ships_no_sources(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q",
-                    "-w", str(tmp_path)], check=True, timeout=900)
-    wheel, = tmp_path.glob("fastnn-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+def test_sdist_ships_what_building_and_testing_need(built):
+    sdist, _ = built
+    with tarfile.open(sdist) as tar:
+        root = tar.getnames()[0].split("/")[0]
+        names = {n.removeprefix(root + "/") for n in tar.getnames()}
+        pkg_info = email.message_from_bytes(tar.extractfile(f"{root}/PKG-INFO").read())
+    repo_tests = {f"tests/{p.name}" for p in (REPO / "tests").glob("*.py")}
+    needed = {"src_c/_core.pyx", "setup.py", "pyproject.toml", "README.md", "LICENSE",
+              "fastnn/py.typed", "cli/__init__.py", "data/mnist/train-images-idx3-ubyte.gz",
+              "data/mnist/t10k-labels-idx1-ubyte.gz", "tests/conftest.py",
+              "tools/build_wheel.sh"}
+    assert needed | repo_tests <= names, sorted((needed | repo_tests) - names)
+    # generated or built files stay out: the build makes them from the sources
+    assert not [n for n in names if n.endswith((".c", ".so", ".o", ".pyc"))]
+    assert pkg_info["License-Expression"] == "BSD-3-Clause"
+
+
+@pytest.mark.slow
+def test_wheel_is_repaired_stripped_and_ships_no_sources(built):
+    _, wheel = built
+    assert "-manylinux_" in wheel.name, wheel.name
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
     top = {n.split("/")[0] for n in names}
-    assert "cli" not in top and not any(n.endswith(".pyx") or n.endswith(".c") for n in names)
-    assert "fastnn/cli/__init__.py" in names
-    assert any(n.startswith("fastnn/_core.") and n.endswith(".so") for n in names)
+    assert "cli" not in top and not any(n.endswith((".pyx", ".pxd", ".c")) for n in names)
+    assert "fastnn/cli/__init__.py" in names and "fastnn/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "fastnn = fastnn.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "fastnn = fastnn.cli:main" in archive.read(entry_points).decode()
+    # the OpenMP runtime travels with the wheel, under a name of its own
+    gomp = [n for n in names if n.startswith("fastnn.libs/libgomp")]
+    assert len(gomp) == 1, names
+    core = next(n for n in names if n.startswith("fastnn/_core.") and n.endswith(".so"))
+    elf = elftools.ELFFile(archive.open(core))
+    sections = {s.name for s in elf.iter_sections()}
+    assert not {s for s in sections if s.startswith(".debug")} and ".symtab" not in sections
+    needed = [tag.needed for tag in elf.get_section_by_name(".dynamic").iter_tags()
+              if tag.entry.d_tag == "DT_NEEDED"]
+    assert any(n.startswith("libgomp-") for n in needed), needed
+    assert "libgomp.so.1" not in needed
+    metadata = email.message_from_bytes(archive.read(
+        next(n for n in names if n.endswith(".dist-info/METADATA"))))
+    assert metadata["License-Expression"] == "BSD-3-Clause"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "Programming Language :: Cython" in metadata.get_all("Classifier")
+
+
+@pytest.mark.slow
+def test_repaired_wheel_installs_and_runs_in_a_new_venv(built, tmp_path):
+    _, wheel = built
+    venv = tmp_path / "venv"
+    # NumPy, SciPy and the rest from this interpreter; fastnn only from the wheel
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                   check=True, timeout=300)
+    # more rows than one chunk: forward's OpenMP team (the vendored libgomp) runs
+    script = ("import numpy as np, fastnn, fastnn._core, fastnn.blas as b\n"
+              "b.set_num_threads(2)\n"
+              "net = fastnn.Network([4, 8, 3], seed=0)\n"
+              "X = np.random.default_rng(0).random((2000, 4))\n"
+              "net.fit(X, np.arange(2000) % 3, epochs=1)\n"
+              "print(fastnn._core.__file__, net.forward(X).shape)\n")
+    out = subprocess.run([str(python), "-c", script], cwd=tmp_path, check=True, timeout=300,
+                         capture_output=True, text=True).stdout
+    path, shape = out.split(" ", 1)
+    assert path.startswith(str(venv)), path
+    assert shape.strip() == "(2000, 3)"

@@ -1,7 +1,8 @@
 """Learning-rate schedules and their string forms."""
 import pytest
+from conftest import make_classification
 
-from fastnn import ConfigError
+from fastnn import ConfigError, Network
 from fastnn.schedules import Constant, Plateau, Step, parse
 
 
@@ -63,3 +64,18 @@ def test_parse(spec, expected):
 def test_parse_errors(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse(spec)
+
+
+def test_fit_runs_a_copy_and_never_changes_the_schedule_object():
+    X, y = make_classification(n=60)
+    schedule = Step(every=1, factor=0.5)
+    first = Network([12, 4], seed=0).fit(X, y, epochs=3, lr=1.0, lr_schedule=schedule)
+    assert not schedule.started and repr(schedule) == "Step(every=1, factor=0.5)"
+    second = Network([12, 4], seed=0).fit(X, y, epochs=3, lr=1.0, lr_schedule=schedule)
+    assert first["lr"] == second["lr"] == [1.0, 0.5, 0.25]
+    # a started schedule (as a resumed run loads it) goes on from its state,
+    # and stays as it was given too
+    started = Step(every=1, factor=0.5)
+    started.load_state_dict({"base_lr": 1.0, "lr": 0.25, "epochs": 2})
+    hist = Network([12, 4], seed=0).fit(X, y, epochs=2, lr=1.0, lr_schedule=started)
+    assert hist["lr"] == [0.25, 0.125] and (started.lr, started.epochs) == (0.25, 2)
