@@ -109,6 +109,10 @@ def load(spec, split, labels=None, label_col=None, n_features=None, limit=None,
     from fastnn.data import load_data
     from fastnn.exceptions import DataError
 
+    if limit is not None:
+        from fastnn._validation import MAX_COUNT, positive_int
+
+        positive_int(limit, "--limit", maximum=MAX_COUNT)
     data = load_data(spec, split=split, labels=labels, label_col=label_col, n_features=n_features)
     if limit is not None:
         data.X, data.y = data.X[:limit], None if data.y is None else data.y[:limit]

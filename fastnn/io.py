@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastnn import _validation
 from fastnn._kernels import get_backend
 from fastnn._version import __version__
 from fastnn.exceptions import ConfigError, ModelFileError
@@ -114,8 +115,8 @@ MAX_LAYERS = 1024
 MAX_UNITS = 2 ** 31 - 1
 # Counts (epochs, optimizer steps, rows) in a header: far beyond any run,
 # within the kernels' int64 counters.
-MAX_COUNT = 2 ** 62
-MAX_SEED = 2 ** 1024
+MAX_COUNT = _validation.MAX_COUNT    # (what fit and Network accept)
+MAX_SEED = _validation.MAX_SEED
 #: safetensors dtype names fastnn reads, and what they are.
 TENSOR_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 DTYPE_NAMES = {"float32": "F32", "float64": "F64"}

@@ -12,8 +12,8 @@ from collections import namedtuple
 import numpy as np
 
 from fastnn import _kernels, blas, memory, training
-from fastnn._validation import (check_finite, check_targets, check_targets_fit_loss, check_X,
-                                nonnegative_float, positive_int)
+from fastnn._validation import (MAX_SEED, check_finite, check_targets, check_targets_fit_loss,
+                                check_X, nonnegative_float, positive_int)
 from fastnn.activations import get_activation
 from fastnn.exceptions import ConfigError, DataError
 from fastnn.initializers import get_initializer
@@ -120,7 +120,7 @@ class Network:
         self.slope = nonnegative_float(slope, "slope")
         if seed is None:
             seed = secrets.randbits(63)
-        self.seed = positive_int(seed, "seed", minimum=0)
+        self.seed = positive_int(seed, "seed", minimum=0, maximum=MAX_SEED)
         self.backend = backend
         self._kernels = _kernels.get_backend(backend)
         self.epochs_trained = 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastnn import _kernels, interrupts, memory
-from fastnn._validation import check_finite, check_X, nonnegative_float, positive_int
+from fastnn._validation import MAX_COUNT, check_finite, check_X, nonnegative_float, positive_int
 from fastnn.exceptions import ConfigError, DataError, NetworkBusy, TrainingDiverged, lookup
 from fastnn.history import History
 from fastnn.losses import get_loss
@@ -67,10 +67,10 @@ def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, m
                   has_validation):
     """Options from fit's arguments, or ConfigError naming the bad one."""
     opt = get_optimizer(optimizer)
-    epochs = positive_int(epochs, "epochs", minimum=0)
+    epochs = positive_int(epochs, "epochs", minimum=0, maximum=MAX_COUNT)
     if batch_size is None:
         batch_size = n_train if opt.full_batch else 10
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size", maximum=MAX_COUNT)
     if opt.full_batch and batch_size < n_train:
         raise ConfigError(f"{opt.name} is a full-batch method: leave batch_size unset "
                           f"(or set it to the {n_train} training samples), not {batch_size}")
@@ -93,7 +93,7 @@ def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, m
     l1 = nonnegative_float(l1, "l1")
     dropout = _dropout_rates(dropout, len(net.sizes) - 2)
     if early_stopping is not None:
-        early_stopping = positive_int(early_stopping, "early_stopping")
+        early_stopping = positive_int(early_stopping, "early_stopping", maximum=MAX_COUNT)
         if not has_validation:
             raise ConfigError("early_stopping watches the validation loss: give validation_data "
                               "or validation_split")

@@ -284,9 +284,17 @@ def test_stale_temp_files_are_removed_by_the_next_write(work):
 # --------------------------------------------------- options (issue 10 §3)
 
 def test_absurd_numbers(work):
-    ok = run_fastnn(*TRAIN, "--batch-size", 2 ** 63, "-o", "big.safetensors", cwd=work)
+    # a batch beyond the data is one batch of all of it, up to the largest
+    # count a model file can hold (and be read back with)
+    ok = run_fastnn(*TRAIN, "--batch-size", 2 ** 62, "-o", "big.safetensors", cwd=work)
     assert ok.returncode == 0, ok.stderr
     assert fastnn.load(work / "big.safetensors").optimizer_state.steps == 2   # one batch an epoch
+    for option, value in [("--batch-size", 2 ** 63), ("--epochs", 10 ** 30),
+                          ("--limit", 10 ** 30), ("--seed", 2 ** 1024 + 1),
+                          ("--early-stopping", 2 ** 64)]:
+        extra = ("--val-split", "0.2") if option == "--early-stopping" else ()
+        refused(work, *TRAIN, option, value, *extra, "-o", "x.safetensors",
+                message="must be an integer in", codes=(1,))
     for hidden in ("10000000", "100000,100000"):
         proc = refused(work, "train", "data.npz", "--hidden", hidden, "-o", "x.safetensors",
                        message="needs .* of memory is available", codes=(1,))
