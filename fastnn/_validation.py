@@ -228,7 +228,7 @@ def positive_int(value, name, minimum=1, maximum=None):
             raise ConfigError(f"{name} must be an integer >= {minimum}, not {value!r}")
         top = (f"2**{maximum.bit_length() - 1}" if maximum > 2 ** 32
                and maximum & (maximum - 1) == 0 else f"{maximum}")
-        raise ConfigError(f"{name} must be an integer in {minimum}..{top}, not {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {minimum} and <= {top}, not {value!r}")
     return int(value)
 
 

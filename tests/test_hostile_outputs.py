@@ -294,7 +294,7 @@ def test_absurd_numbers(work):
                           ("--early-stopping", 2 ** 64)]:
         extra = ("--val-split", "0.2") if option == "--early-stopping" else ()
         refused(work, *TRAIN, option, value, *extra, "-o", "x.safetensors",
-                message="must be an integer in", codes=(1,))
+                message="must be an integer >= [01] and <= 2[*][*]", codes=(1,))
     for hidden in ("10000000", "100000,100000"):
         proc = refused(work, "train", "data.npz", "--hidden", hidden, "-o", "x.safetensors",
                        message="needs .* of memory is available", codes=(1,))
