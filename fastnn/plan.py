@@ -361,6 +361,13 @@ class Plan:
             table[0, K.T_IN_H:K.T_IN_C + 1] = image_shape
         return table, keep
 
+    def window_entries(self):
+        """Per-row entries of the largest im2col buffer (a convolution's
+        OH*OW windows of kh*kw*C inputs; 0 without convolutions)."""
+        return max([math.prod(self.shapes[i + 1][:2]) * layer.kernel[0] * layer.kernel[1]
+                    * self.shapes[i][2] for i, layer in enumerate(self.layers)
+                    if layer.kind == K.CONV2D] or [0])
+
     def widths(self):
         """Per-row entries of each activation buffer the kernel keeps: the
         input and every table row's output (A_0 .. A_L)."""

@@ -689,3 +689,32 @@ def test_class_weights_l1_and_float32_train_a_conv_net_as_the_reference():
         assert "penalty" in hist
     assert_allclose(nets[0]._params, nets[1]._params, rtol=1e-4, atol=1e-5)
     assert_allclose(nets[0].predict(X), nets[1].predict(X))
+
+
+def test_the_memory_estimate_counts_a_conv_nets_windows_and_refuses_before_allocating(
+        monkeypatch):
+    from fastnn import memory
+    from fastnn.exceptions import ResourceError
+
+    # a few hundred parameters, but a 996 x 996 x 8 output and 996*996*75
+    # entries of im2col windows per row (the kernel makes them in chunks)
+    net = Network([(1000, 1000, 3), Conv2D(8, 5)], seed=0)
+    table, keep = net.plan.table()
+    work = _core.workspace_size(table, 1, keep)
+    assert net.plan.window_entries() == 996 * 996 * 5 * 5 * 3
+    estimate = memory.training_bytes(net.plan, 4, 1, work, 1, 2)
+    assert work > 2 * 996 * 996 * 8          # activations and deltas, and windows
+    assert estimate >= work * 4
+    # the NumPy reference reports no workspace: the bound still counts the windows
+    assert memory.training_bytes(net.plan, 4, 1, 0, 1, 2) >= net.plan.window_entries() * 4
+    X = np.zeros((2, 1000 * 1000 * 3), np.uint8)
+    y = np.zeros((2, 996 * 996 * 8), np.float32)
+    monkeypatch.setattr(memory, "available_bytes", lambda: estimate - 1)
+    allocated = []
+    real_empty = np.empty
+    monkeypatch.setattr(np, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
+    with pytest.raises(ResourceError, match="training a network of input shape "
+                       r"\(1000, 1000, 3\) and 1 layers with sgd needs .* of memory"):
+        net.fit(X, y, epochs=1, batch_size=1, lr=0.1)
+    assert not any(np.prod(a[0]) >= work for a in allocated if a and np.ndim(a[0]) <= 1)
+    assert net.epochs_trained == 0
