@@ -72,7 +72,7 @@ def _description(net, source=None):
     text = (f"fastnn {__version__} network {list(net.sizes)}, activations "
             f"{list(net.activations)}, {net.dtype}, {scaling}")
     if source is not None:
-        text += f", from {os.fspath(source)}"
+        text += f", from {os.fsdecode(source)}"
     return text
 
 
@@ -92,8 +92,8 @@ def _metadata(net, source=None):
         "epochs_trained": str(net.epochs_trained),
     }
     if source is not None:
-        meta["source"] = os.fspath(source)
-    return meta
+        meta["source"] = os.fsdecode(source)
+    return {key: onnx_text(value) for key, value in meta.items()}
 
 
 def _check_exportable(net, names):
@@ -109,10 +109,76 @@ def _check_exportable(net, names):
                               f"nothing sensible to export")
 
 
-def _one_line(text):
-    """text safe inside a one-line comment (C or Python): no line breaks, no '*/'."""
-    text = text.encode("ascii", "backslashreplace").decode("ascii")
-    return "".join(c if c.isprintable() else "?" for c in text).replace("*/", "* /")
+# ------------------------------------------------------------- escaping
+#
+# Every string an exporter writes into generated code or metadata (a file
+# name, a description, an option) goes through the one function for its
+# language and context below. Their results are printable ASCII (printable
+# Unicode too for ONNX), on one line, with the language's quote and comment
+# delimiters escaped, so no name can end a docstring, a string or a comment,
+# start a line of code, or stop a compiler.
+
+def _escaped(c):
+    r"""One character as a Python-style escape: \n, \x00, \xe9, \udcff, \U0001f600."""
+    return ascii(c)[1:-1]
+
+
+def python_text(text):
+    r"""text safe inside a Python docstring (\"\"\"...\"\"\") or comment: backslashes
+    and double quotes escaped, everything else outside printable ASCII as an
+    escape, so the docstring reads back as the original text."""
+    out = []
+    for c in os.fsdecode(text) if isinstance(text, bytes) else str(text):
+        if c in '\\"':
+            out.append("\\" + c)
+        elif " " <= c <= "~":
+            out.append(c)
+        else:
+            out.append(_escaped(c))
+    return "".join(out)
+
+
+def python_literal(value):
+    """The Python literal of a str, int, float, None or tuple of them, in ASCII."""
+    if isinstance(value, tuple):
+        if not all(isinstance(v, (str, int, float, type(None))) for v in value):
+            raise TypeError(f"no literal for {value!r}")
+    elif not isinstance(value, (str, int, float, type(None))):
+        raise TypeError(f"no literal for {value!r}")
+    return ascii(value)
+
+
+# Characters a C comment or string literal takes as they are: no backslash,
+# quote, '?' (trigraphs), '*' (so no '*/' or '/*' can form).
+_C_PLAIN = frozenset(c for c in map(chr, range(32, 127)) if c not in '\\"?*')
+
+
+def c_text(text):
+    r"""text safe inside a C comment (/* ... */) and a C string literal: every
+    character outside plain printable ASCII as octal escapes of its UTF-8
+    bytes (\052 for '*', \042 for a quote, \012 for a newline)."""
+    out = []
+    for c in os.fsdecode(text) if isinstance(text, bytes) else str(text):
+        if c in _C_PLAIN:
+            out.append(c)
+        else:
+            out.extend(f"\\{b:03o}" for b in c.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def onnx_text(text):
+    """text as an ONNX (protobuf) string: valid UTF-8, one line, printable;
+    backslashes, control characters and undecodable bytes (surrogates from
+    a non-UTF-8 file name) as Python-style escapes."""
+    out = []
+    for c in os.fsdecode(text) if isinstance(text, bytes) else str(text):
+        if c == "\\":
+            out.append("\\\\")
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(_escaped(c))
+    return "".join(out)
 
 
 # ------------------------------------------------------------------- ONNX
@@ -221,10 +287,10 @@ def onnx_model(net, source=None):
         nodes, "fastnn",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", net.sizes[0]])],
         [helper.make_tensor_value_info("output", elem, ["N", net.sizes[-1]])],
-        initializer=inits, doc_string=_description(net, source))
+        initializer=inits, doc_string=onnx_text(_description(net, source)))
     model = helper.make_model(graph, producer_name="fastnn", producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
-                              doc_string=_description(net, source))
+                              doc_string=onnx_text(_description(net, source)))
     model.ir_version = ONNX_IR_VERSION
     helper.set_model_props(model, _metadata(net, source))
     onnx.checker.check_model(model)
@@ -507,20 +573,22 @@ def c_source(net, source=None, name="model.c"):
             "slope": ctype.literal(float(net.dtype.type(net.slope)))}
     uint8 = net.input_dtype == "uint8"
     header = _C_HEADER.format(
-        description=_one_line(_description(net, source)),
-        real=ctype.real, dtype=net.dtype,
-        layers=", ".join(f"{i} -> {o} {a}" for i, o, a in zip(sizes, sizes[1:], net.activations)),
-        scaling=("raw uint8 pixel values 0..255, divided by 255 here as in training" if uint8
-                 else f"used as given (trained on {net.input_dtype or 'unknown'} inputs)"),
-        n_in=sizes[0], n_out=sizes[-1], width=width,
+        description=c_text(_description(net, source)),
+        real=ctype.real, dtype=c_text(net.dtype),
+        layers=c_text(", ".join(f"{i} -> {o} {a}"
+                                for i, o, a in zip(sizes, sizes[1:], net.activations))),
+        scaling=c_text("raw uint8 pixel values 0..255, divided by 255 here as in training"
+                       if uint8 else f"used as given (trained on {net.input_dtype or 'unknown'} "
+                                     f"inputs)"),
+        n_in=int(sizes[0]), n_out=int(sizes[-1]), width=int(width),
         rule=("1 if the output exceeds 0.5, else 0" if sizes[-1] == 1
               else "the index of the largest output"),
         stack=2 * width * np.dtype(net.dtype).itemsize,
-        name=_one_line(os.path.basename(name)))
+        name=c_text(os.path.basename(os.fsdecode(name))))
     parts = [header, "\n"]
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
-        parts.append(f"/* layer {l + 1}: {sizes[l]} -> {sizes[l + 1]}, "
-                     f"{net.activations[l]} */\n")
+        parts.append(f"/* layer {l + 1}: {int(sizes[l])} -> {int(sizes[l + 1])}, "
+                     f"{c_text(net.activations[l])} */\n")
         parts.append(_c_array(f"fastnn_W{l}", W, ctype, max(1, min(8, sizes[l + 1]))))
         parts.append(_c_array(f"fastnn_b{l}", b, ctype, 8))
         parts.append("\n")
@@ -584,14 +652,14 @@ import sys
 
 import numpy as np
 
-SIZES = {sizes!r}
-ACTIVATIONS = {activations!r}
-DTYPE = np.dtype({dtype!r})
-SLOPE = {slope!r}
+SIZES = {sizes}
+ACTIVATIONS = {activations}
+DTYPE = np.dtype({dtype})
+SLOPE = {slope}
 # fastnn divides uint8 pixels by 255 before the first layer (a division, not
 # a multiplication by 1/255: the same rounding); None: inputs used as given
-INPUT_DIVISOR = {divisor!r}
-WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz!r})
+INPUT_DIVISOR = {divisor}
+WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_literal})
 
 
 def _identity(z):
@@ -706,13 +774,15 @@ def numpy_module(net, npz_name, source=None, module="model"):
     _check_exportable(net, NUMPY_ACTIVATIONS)
     uint8 = net.input_dtype == "uint8"
     return _NUMPY_MODULE.format(
-        description=_one_line(_description(net, source)), npz=npz_name,
-        module=module if module.isidentifier() else "model", py=module + ".py",
-        n_in=net.sizes[0], n_out=net.sizes[-1],
+        description=python_text(_description(net, source)), npz=python_text(npz_name),
+        module=python_text(module if module.isidentifier() else "model"),
+        py=python_text(module + ".py"), n_in=int(net.sizes[0]), n_out=int(net.sizes[-1]),
         scaling=("raw uint8 pixel values 0..255 (any numeric dtype), divided by 255 as in "
                  "training" if uint8 else "used as given"),
-        sizes=tuple(net.sizes), activations=tuple(net.activations), dtype=str(net.dtype),
-        slope=float(net.slope), divisor=255 if uint8 else None)
+        sizes=python_literal(tuple(int(s) for s in net.sizes)),
+        activations=python_literal(tuple(str(a) for a in net.activations)),
+        dtype=python_literal(str(net.dtype)), slope=python_literal(float(net.slope)),
+        divisor=python_literal(255 if uint8 else None), npz_literal=python_literal(npz_name))
 
 
 def numpy_weights(net):
