@@ -20,6 +20,7 @@ used as given. The maths is then fastnn's, layer by layer:
 """
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -65,12 +66,23 @@ class Exporter:
 
 # ---------------------------------------------------------------- helpers
 
+def _architecture(net):
+    """The layers in words: "network [784, 30, 10], activations [...]" for a
+    dense stack (as fastnn has always said it), else the input shape and the
+    layers, each with its activation."""
+    if net.plan.plain_dense:
+        return f"network {list(net.sizes)}, activations {list(net.activations)}"
+    layers = [repr(layer) if act is None or layer.activation else
+              f"{repr(layer)[:-1]}, activation={act!r})"
+              for layer, act in zip(net.layers, net.activations)]
+    return f"network {'x'.join(map(str, net.input_shape))} -> {', '.join(layers)}"
+
+
 def _description(net, source=None):
     """One line saying which model this is, for headers and metadata."""
     scaling = ("uint8 inputs divided by 255" if net.input_dtype == "uint8"
                else "inputs used as given")
-    text = (f"fastnn {__version__} network {list(net.sizes)}, activations "
-            f"{list(net.activations)}, {net.dtype}, {scaling}")
+    text = f"fastnn {__version__} {_architecture(net)}, {net.dtype}, {scaling}"
     if source is not None:
         text += f", from {os.fsdecode(source)}"
     return text
@@ -82,6 +94,9 @@ def _metadata(net, source=None):
         "fastnn_version": __version__,
         "sizes": json.dumps(list(net.sizes)),
         "activations": json.dumps(list(net.activations)),
+        # the architecture as fastnn's model files describe it (format 2)
+        "input_shape": json.dumps(list(net.input_shape)),
+        "layers": json.dumps(net.plan.config()["layers"]),
         "slope": repr(float(net.slope)),
         "dtype": str(net.dtype),
         "loss": net.loss,
@@ -100,13 +115,78 @@ def _check_exportable(net, names):
     """Raise ExportError unless every activation of net has an entry in `names`
     and the parameters are finite (a NaN would not survive the C literals)."""
     for name in net.activations:
-        if name not in names:
+        if name is not None and name not in names:
             raise ExportError(f"cannot export activation {name!r}; this format knows "
                               f"{sorted(names)}")
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
             raise ExportError(f"layer {l + 1} has NaN or infinite parameters; "
                               f"nothing sensible to export")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One computing layer of an exported network, as the exporters see it.
+
+    Flatten and Dropout are not steps: a row of an image is already its
+    HWC-order vector, and dropout is the identity at inference.
+
+    Attributes
+    ----------
+    kind : {"dense", "conv2d", "maxpool2d", "l2pool2d"}
+    shape_in, shape_out : tuple
+        ``(n,)`` or an image ``(H, W, C)``.
+    activation : str
+        "identity" for pooling.
+    param : int or None
+        Index into ``net.weights`` / ``net.biases`` of a dense or conv2d step.
+    window, stride : (int, int)
+        The kernel or pooling window (kh, kw) and its strides (sh, sw).
+    pads : (int, int, int, int)
+        Zero rows and columns (top, bottom, left, right) around a
+        convolution's input.
+    """
+
+    kind: str
+    shape_in: tuple
+    shape_out: tuple
+    activation: str
+    param: object = None
+    window: tuple = (1, 1)
+    stride: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+
+    @property
+    def n_in(self):
+        return math.prod(self.shape_in)
+
+    @property
+    def n_out(self):
+        return math.prod(self.shape_out)
+
+
+def steps(net):
+    """The network's layers as a list of `Step`, from its Plan and layer objects."""
+    from fastnn.layers import Conv2D, Dense, Dropout, Flatten, L2Pool2D, MaxPool2D
+
+    plan = net.plan
+    param_of = {slot.layer: k for k, slot in enumerate(plan.slots)}
+    out = []
+    for i, layer in enumerate(plan.layers):
+        shape_in, shape_out = tuple(plan.shapes[i]), tuple(plan.shapes[i + 1])
+        if isinstance(layer, (Flatten, Dropout)):
+            continue
+        if isinstance(layer, Dense):
+            out.append(Step("dense", shape_in, shape_out, plan.activations[i], param_of[i]))
+        elif isinstance(layer, Conv2D):
+            out.append(Step("conv2d", shape_in, shape_out, plan.activations[i], param_of[i],
+                            layer.kernel, layer.stride, layer.padding_amounts(shape_in)))
+        elif isinstance(layer, (MaxPool2D, L2Pool2D)):
+            out.append(Step(layer.type, shape_in, shape_out, "identity", None, layer.size,
+                            layer.stride))
+        else:
+            raise ExportError(f"cannot export a {type(layer).__name__} layer")
+    return out
 
 
 # ------------------------------------------------------------- escaping
@@ -257,6 +337,8 @@ def onnx_model(net, source=None):
     from onnx import TensorProto, helper, numpy_helper
 
     _check_exportable(net, ONNX_ACTIVATIONS)
+    if not net.plan.plain_dense:
+        raise ExportError("this format exports dense stacks only, for now")
     elem = TensorProto.DOUBLE if net.dtype == np.float64 else TensorProto.FLOAT
     nodes, inits = [], []
     x = "input"
@@ -406,11 +488,16 @@ _C_HEADER = """\
  * Use it from your program (link with -lm):
  *
  *     int fastnn_predict(const float *input, float *output);
+ *     int fastnn_predict_work(const float *input, float *output, {real} *work);
  *
- * input holds one raw feature row ({n_in} values), output receives the
- * {n_out} output activations; the result is the predicted class:
- * {rule}.
- * Nothing is allocated: {stack} bytes of stack per call.
+ * input holds one raw feature row ({n_in} values{input_order}), output
+ * receives the {n_out} output activations{output_order}; the result is the
+ * predicted class: {rule}.
+ *
+ * Nothing is allocated. fastnn_predict keeps its activations on the stack
+ * ({stack} bytes per call); fastnn_predict_work uses the caller's work
+ * buffer instead: FASTNN_WORK_SIZE = {work} {real}s ({stack} bytes; one
+ * static array may serve every call of one thread at a time).
  *
  * Built with -DFASTNN_MAIN it is a program: it reads one row per line
  * from stdin (numbers separated by spaces, tabs or commas) and prints the
@@ -423,12 +510,24 @@ _C_HEADER = """\
 
 typedef {real} fastnn_real;
 
-enum {{ FASTNN_N_INPUTS = {n_in}, FASTNN_N_OUTPUTS = {n_out}, FASTNN_MAX_WIDTH = {width} }};
+enum {{
+    FASTNN_N_INPUTS = {n_in},
+    FASTNN_N_OUTPUTS = {n_out},
+    /* the widest activation row, input included */
+    FASTNN_MAX_WIDTH = {width},
+    /* entries of fastnn_predict_work's work buffer: two rows of MAX_WIDTH */
+    FASTNN_WORK_SIZE = 2 * FASTNN_MAX_WIDTH
+}};
 
 int fastnn_predict(const float *input, float *output);
+int fastnn_predict_work(const float *input, float *output, fastnn_real *work);
 """
 
-_C_DENSE = """\
+# The layer functions of the C file, by Step.kind; only those a network uses
+# are emitted (-Wall warns about unused static functions). Rows are HWC, as
+# in fastnn: in[(y * W + x) * C + c].
+C_LAYERS = {
+    "dense": """\
 /* out := in @ W + b, with W stored row by row as fastnn keeps it, (n_in, n_out) */
 static void fastnn_dense(const fastnn_real *in, int n_in, const fastnn_real *W,
                          const fastnn_real *b, int n_out, fastnn_real *out)
@@ -445,12 +544,95 @@ static void fastnn_dense(const fastnn_real *in, int n_in, const fastnn_real *W,
     for (j = 0; j < n_out; j++)
         out[j] += b[j];
 }
-"""
+""",
+    "conv2d": """\
+/* out[oy, ox, f] := b[f] + sum over i, j, c of in[oy*sh + i - pt, ox*sw + j - pl, c]
+   * W[i, j, c, f], the cross-correlation; in (H, W, C), W (kh, kw, C, F) as
+   fastnn keeps it (HWIO), out (OH, OW, F). Positions outside the input are
+   the zero padding of "same" convolutions: they add nothing. */
+static void fastnn_conv2d(const fastnn_real *in, int H, int W, int C,
+                          const fastnn_real *w, const fastnn_real *b, int kh, int kw,
+                          int F, int sh, int sw, int pt, int pl, int OH, int OW,
+                          fastnn_real *out)
+{
+    int oy, ox, i, j, c, f;
+    for (oy = 0; oy < OH; oy++)
+        for (ox = 0; ox < OW; ox++) {
+            fastnn_real *o = out + ((long)oy * OW + ox) * F;
+            for (f = 0; f < F; f++)
+                o[f] = 0;
+            for (i = 0; i < kh; i++) {
+                const int y = oy * sh + i - pt;
+                if (y < 0 || y >= H)
+                    continue;
+                for (j = 0; j < kw; j++) {
+                    const int x = ox * sw + j - pl;
+                    if (x < 0 || x >= W)
+                        continue;
+                    for (c = 0; c < C; c++) {
+                        const fastnn_real v = in[((long)y * W + x) * C + c];
+                        const fastnn_real *row = w + ((long)(i * kw + j) * C + c) * F;
+                        for (f = 0; f < F; f++)
+                            o[f] += v * row[f];
+                    }
+                }
+            }
+            for (f = 0; f < F; f++)
+                o[f] += b[f];
+        }
+}
+""",
+    "maxpool2d": """\
+/* out[oy, ox, c] := the maximum of in[oy*sh + i, ox*sw + j, c] over the
+   kh x kw window; a NaN in the window gives NaN, as in fastnn.
+   in (H, W, C), out (OH, OW, C). */
+static void fastnn_maxpool2d(const fastnn_real *in, int W, int C, int kh, int kw,
+                             int sh, int sw, int OH, int OW, fastnn_real *out)
+{
+    int oy, ox, i, j, c;
+    for (oy = 0; oy < OH; oy++)
+        for (ox = 0; ox < OW; ox++)
+            for (c = 0; c < C; c++) {
+                fastnn_real m = in[((long)oy * sh * W + (long)ox * sw) * C + c];
+                for (i = 0; i < kh; i++)
+                    for (j = 0; j < kw; j++) {
+                        const fastnn_real v =
+                            in[((long)(oy * sh + i) * W + (ox * sw + j)) * C + c];
+                        if (v > m || isnan(v))
+                            m = v;
+                    }
+                out[((long)oy * OW + ox) * C + c] = m;
+            }
+}
+""",
+    "l2pool2d": """\
+/* out[oy, ox, c] := sqrt(sum of in[oy*sh + i, ox*sw + j, c]^2) over the
+   kh x kw window.  in (H, W, C), out (OH, OW, C). */
+static void fastnn_l2pool2d(const fastnn_real *in, int W, int C, int kh, int kw,
+                            int sh, int sw, int OH, int OW, fastnn_real *out)
+{
+    int oy, ox, i, j, c;
+    for (oy = 0; oy < OH; oy++)
+        for (ox = 0; ox < OW; ox++)
+            for (c = 0; c < C; c++) {
+                fastnn_real s = 0;
+                for (i = 0; i < kh; i++)
+                    for (j = 0; j < kw; j++) {
+                        const fastnn_real v =
+                            in[((long)(oy * sh + i) * W + (ox * sw + j)) * C + c];
+                        s += v * v;
+                    }
+                out[((long)oy * OW + ox) * C + c] = {sqrt}(s);
+            }
+}
+""",
+}
 
 _C_PREDICT = """\
-int fastnn_predict(const float *input, float *output)
+int fastnn_predict_work(const float *input, float *output, fastnn_real *work)
 {{
-    fastnn_real a[FASTNN_MAX_WIDTH], z[FASTNN_MAX_WIDTH];
+    /* the activations alternate between the two halves of work */
+    fastnn_real *a = work, *z = work + FASTNN_MAX_WIDTH;
     int i, best = 0;
 
     for (i = 0; i < FASTNN_N_INPUTS; i++)
@@ -460,6 +642,12 @@ int fastnn_predict(const float *input, float *output)
         output[i] = (float){result}[i];
 {decide}
     return best;
+}}
+
+int fastnn_predict(const float *input, float *output)
+{{
+    fastnn_real work[FASTNN_WORK_SIZE];
+    return fastnn_predict_work(input, output, work);
 }}
 """
 
@@ -544,14 +732,43 @@ def _c_array(name, values, ctype, per_line):
             + "\n};\n")
 
 
+def _c_call(step, src, dst):
+    """The C statement computing `step` from the row src into the row dst."""
+    k = step.param
+    if step.kind == "dense":
+        return (f"fastnn_dense({src}, {step.n_in}, fastnn_W{k}, fastnn_b{k}, {step.n_out}, "
+                f"{dst});")
+    (kh, kw), (sh, sw) = step.window, step.stride
+    OH, OW, F = step.shape_out
+    H, W, C = step.shape_in
+    if step.kind == "conv2d":
+        top, _, left, _ = step.pads
+        return (f"fastnn_conv2d({src}, {H}, {W}, {C}, fastnn_W{k}, fastnn_b{k}, {kh}, {kw}, "
+                f"{F}, {sh}, {sw}, {top}, {left}, {OH}, {OW}, {dst});")
+    return f"fastnn_{step.kind}({src}, {W}, {C}, {kh}, {kw}, {sh}, {sw}, {OH}, {OW}, {dst});"
+
+
+def _c_layer_comment(step):
+    shapes = f"{'x'.join(map(str, step.shape_in))} -> {'x'.join(map(str, step.shape_out))}"
+    if step.kind == "dense":
+        return f"{shapes}, {step.activation}"
+    return (f"{step.kind} {step.window[0]}x{step.window[1]}, stride {step.stride[0]}x"
+            f"{step.stride[1]}, padding {step.pads}, {shapes}, {step.activation}")
+
+
 def c_source(net, source=None, name="model.c"):
     """The network as one dependency-free C99 source file (a str).
 
-    The file defines ``int fastnn_predict(const float *input, float *output)``
-    and, when compiled with ``-DFASTNN_MAIN``, a ``main`` that reads rows
-    from stdin. Weights are ``static const`` arrays in the network's dtype
-    (``float`` or ``double``), printed with enough digits to read back
-    exactly, and the arithmetic is done in that precision.
+    The file defines ``int fastnn_predict(const float *input, float *output)``,
+    ``int fastnn_predict_work(const float *input, float *output, fastnn_real
+    *work)`` (the same with a caller's work buffer of ``FASTNN_WORK_SIZE``
+    entries, for convolutional networks whose activations are too large for
+    a small stack) and, when compiled with ``-DFASTNN_MAIN``, a ``main``
+    that reads rows from stdin. Weights are ``static const`` arrays in the
+    network's dtype (``float`` or ``double``), printed with enough digits to
+    read back exactly, and the arithmetic is done in that precision.
+    Convolution and pooling are direct loops over HWC rows, as fastnn
+    stores them; convolution weights stay HWIO.
 
     Parameters
     ----------
@@ -567,45 +784,56 @@ def c_source(net, source=None, name="model.c"):
     """
     _check_exportable(net, C_ACTIVATIONS)
     ctype = C_TYPES[np.dtype(net.dtype)]
-    sizes = net.sizes
-    width = max(sizes)
+    program = steps(net)
+    width = max([int(net.plan.n_inputs)] + [s.n_out for s in program])
     fill = {"real": ctype.real, "exp": ctype.exp, "tanh": ctype.tanh,
             "slope": ctype.literal(float(net.dtype.type(net.slope)))}
     uint8 = net.input_dtype == "uint8"
+    n_in, n_out = int(net.plan.n_inputs), int(net.plan.n_outputs)
+    image_in, image_out = len(net.input_shape) == 3, len(net.plan.shapes[-1]) == 3
     header = _C_HEADER.format(
         description=c_text(_description(net, source)),
         real=ctype.real, dtype=c_text(net.dtype),
-        layers=c_text(", ".join(f"{i} -> {o} {a}"
-                                for i, o, a in zip(sizes, sizes[1:], net.activations))),
+        layers=c_text(", ".join(f"{int(s.n_in)} -> {int(s.n_out)} {s.activation}"
+                                for s in program) if net.plan.plain_dense
+                      else "; ".join(_c_layer_comment(s) for s in program)),
         scaling=c_text("raw uint8 pixel values 0..255, divided by 255 here as in training"
                        if uint8 else f"used as given (trained on {net.input_dtype or 'unknown'} "
                                      f"inputs)"),
-        n_in=int(sizes[0]), n_out=int(sizes[-1]), width=int(width),
-        rule=("1 if the output exceeds 0.5, else 0" if sizes[-1] == 1
+        n_in=n_in, n_out=n_out, width=int(width), work=2 * int(width),
+        input_order=(", an image {} in HWC order: (y * W + x) * C + c".format(
+            "x".join(map(str, net.input_shape))) if image_in else ""),
+        output_order=(" in HWC order" if image_out else ""),
+        rule=("1 if the output exceeds 0.5, else 0" if n_out == 1
               else "the index of the largest output"),
         stack=2 * width * np.dtype(net.dtype).itemsize,
         name=c_text(os.path.basename(os.fsdecode(name))))
     parts = [header, "\n"]
-    for l, (W, b) in enumerate(zip(net.weights, net.biases)):
-        parts.append(f"/* layer {l + 1}: {int(sizes[l])} -> {int(sizes[l + 1])}, "
-                     f"{c_text(net.activations[l])} */\n")
-        parts.append(_c_array(f"fastnn_W{l}", W, ctype, max(1, min(8, sizes[l + 1]))))
-        parts.append(_c_array(f"fastnn_b{l}", b, ctype, 8))
+    for l, step in enumerate(program):
+        if step.param is None:
+            continue
+        k = step.param
+        W, b = net.weights[k], net.biases[k]
+        parts.append(f"/* layer {l + 1}: {c_text(_c_layer_comment(step))}"
+                     f"{'; weights (kh, kw, C, F)' if step.kind == 'conv2d' else ''} */\n")
+        parts.append(_c_array(f"fastnn_W{k}", W, ctype, max(1, min(8, W.shape[-1]))))
+        parts.append(_c_array(f"fastnn_b{k}", b, ctype, 8))
         parts.append("\n")
-    parts.append(_C_DENSE + "\n")
-    for activation in sorted(set(net.activations) - {"identity"}):
+    for kind in sorted({s.kind for s in program}):
+        parts.append(C_LAYERS[kind].replace("{sqrt}", "sqrtf" if ctype.real == "float"
+                                             else "sqrt") + "\n")
+    for activation in sorted({s.activation for s in program} - {"identity"}):
         parts.append(C_ACTIVATIONS[activation].format(**fill) + "\n")
 
     # the activations alternate between the two buffers a and z
     layers, current = [], "a"
-    for l, activation in enumerate(net.activations):
+    for l, step in enumerate(program):
         other = "z" if current == "a" else "a"
-        layers.append(f"    fastnn_dense({current}, {sizes[l]}, fastnn_W{l}, fastnn_b{l}, "
-                      f"{sizes[l + 1]}, {other});")
-        if activation != "identity":
-            layers.append(f"    fastnn_{activation}({other}, {sizes[l + 1]});")
+        layers.append("    " + _c_call(step, current, other))
+        if step.activation != "identity":
+            layers.append(f"    fastnn_{step.activation}({other}, {step.n_out});")
         current = other
-    if sizes[-1] == 1:
+    if n_out == 1:
         decide = f"    best = {current}[0] > 0.5;"
     else:
         # the first of equal maxima, as numpy.argmax; decided in the network's precision
@@ -772,6 +1000,8 @@ def numpy_module(net, npz_name, source=None, module="model"):
     """The source of a NumPy-only module computing the network (a str); its
     weights are read from `npz_name`, relative to the module's own file."""
     _check_exportable(net, NUMPY_ACTIVATIONS)
+    if not net.plan.plain_dense:
+        raise ExportError("this format exports dense stacks only, for now")
     uint8 = net.input_dtype == "uint8"
     return _NUMPY_MODULE.format(
         description=python_text(_description(net, source)), npz=python_text(npz_name),
@@ -888,8 +1118,4 @@ def export(net, path, format, source=None):
     if not hasattr(net, "sizes") or not hasattr(net, "weights"):
         raise ConfigError(f"export needs a fastnn Network or a model file, not "
                           f"{type(net).__name__}")
-    if not net.plan.plain_dense:
-        raise ExportError(f"exporting networks with layers other than Dense, or with an image "
-                          f"input shape, is not yet supported (this one has "
-                          f"{', '.join(repr(l) for l in net.layers)})")
     return exporter.write(net, path, source)
