@@ -309,14 +309,106 @@ ONNX_ACTIVATIONS = {
 }
 
 
-def onnx_model(net, source=None):
-    """The network as an ``onnx.ModelProto``, checked by ``onnx.checker``.
+class _Graph:
+    """ONNX nodes and initializers under construction, with fresh names."""
 
-    The graph input ``input`` is float32, shape ``[N, sizes[0]]`` (N
-    dynamic): raw feature rows. For a network trained on uint8 pixels the
-    graph divides them by 255. Float64 networks cast the input to double
-    first (then divide, as fastnn does) and keep float64 weights, so their
-    ``output`` is float64; float32 networks stay float32 throughout.
+    def __init__(self, net):
+        from onnx import TensorProto
+
+        self.net = net
+        self.elem = TensorProto.DOUBLE if net.dtype == np.float64 else TensorProto.FLOAT
+        self.nodes, self.inits = [], []
+
+    def const(self, name, value, dtype=None):
+        from onnx import numpy_helper
+
+        value = np.ascontiguousarray(np.asarray(value, dtype=dtype or self.net.dtype))
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op, inputs, out, **attributes):
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, list(inputs), [out], **attributes))
+        return out
+
+
+def _onnx_conv(g, step, x, k):
+    """x (N, C, H, W) -> the convolution of step, without its activation.
+
+    Conv in float32; onnxruntime implements Conv in float32 only, so a
+    float64 network spells it out: zero padding, the kh * kw strided slices
+    of the input concatenated channel-wise (im2col, in fastnn's (i, j, c)
+    order), one MatMul with the HWIO weights as (kh*kw*C, F), and the bias.
+    """
+    W, b = g.net.weights[k], g.net.biases[k]
+    (kh, kw), (sh, sw) = step.window, step.stride
+    top, bottom, left, right = step.pads
+    OH, OW, F = step.shape_out
+    name = f"conv{k}"
+    if g.net.dtype == np.float32:
+        return g.node("Conv", [x, g.const(f"W{k}", W.transpose(3, 2, 0, 1)),
+                               g.const(f"b{k}", b)], name,
+                      kernel_shape=[kh, kw], strides=[sh, sw], pads=[top, left, bottom, right])
+    if any(step.pads):
+        x = g.node("Pad", [x, g.const(f"{name}_pads", [0, 0, top, left, 0, 0, bottom, right],
+                                      np.int64)], f"{name}_padded")
+    cols = _onnx_windows(g, x, step, name)
+    col = g.node("Concat", cols, f"{name}_col", axis=1)
+    col = g.node("Transpose", [col], f"{name}_col_nhwc", perm=[0, 2, 3, 1])
+    z = g.node("MatMul", [col, g.const(f"W{k}", W.reshape(-1, F))], f"{name}_matmul")
+    z = g.node("Add", [z, g.const(f"b{k}", b)], f"{name}_nhwc")
+    return g.node("Transpose", [z], name, perm=[0, 3, 1, 2])
+
+
+def _onnx_windows(g, x, step, name):
+    """The kh * kw strided slices (N, C, OH, OW) of x, one per window position."""
+    (kh, kw), (sh, sw) = step.window, step.stride
+    OH, OW, _ = step.shape_out
+    out = []
+    for i in range(kh):
+        for j in range(kw):
+            out.append(g.node("Slice", [
+                x, g.const(f"{name}_start{i}_{j}", [i, j], np.int64),
+                g.const(f"{name}_end{i}_{j}", [i + sh * (OH - 1) + 1, j + sw * (OW - 1) + 1],
+                        np.int64),
+                g.const(f"{name}_axes{i}_{j}", [2, 3], np.int64),
+                g.const(f"{name}_steps{i}_{j}", [sh, sw], np.int64)], f"{name}_slice{i}_{j}"))
+    return out
+
+
+def _onnx_pool(g, step, x, l):
+    """x (N, C, H, W) -> the pooling of step: MaxPool, or LpPool with p = 2
+    (spelled out as sqrt(sum of squares) in float64, which onnxruntime's
+    LpPool does not take)."""
+    (kh, kw), (sh, sw) = step.window, step.stride
+    name = f"pool{l}"
+    if step.kind == "maxpool2d":
+        return g.node("MaxPool", [x], name, kernel_shape=[kh, kw], strides=[sh, sw])
+    if g.net.dtype == np.float32:
+        return g.node("LpPool", [x], name, kernel_shape=[kh, kw], strides=[sh, sw], p=2)
+    squares = g.node("Mul", [x, x], f"{name}_squares")
+    total = g.node("Sum", _onnx_windows(g, squares, step, name), f"{name}_sum")
+    return g.node("Sqrt", [total], name)
+
+
+def onnx_model(net, source=None):
+    """The network as an ``onnx.ModelProto``, checked by ``onnx.checker``
+    (``full_check``: with shape inference).
+
+    The graph input ``input`` is float32, shape ``[N, n_inputs]`` (N
+    dynamic): raw feature rows, as fastnn takes them (an image's row in HWC
+    order). For a network trained on uint8 pixels the graph divides them by
+    255. Float64 networks cast the input to double first (then divide, as
+    fastnn does) and keep float64 weights, so their ``output`` is float64;
+    float32 networks stay float32 throughout.
+
+    Convolutional networks reshape the rows to NHWC and transpose them to
+    ONNX's NCHW once; convolution weights are stored OIHW (HWIO transposed),
+    and the first Dense layer after the images has its weight rows permuted
+    from fastnn's HWC flattening to ONNX's CHW Flatten, so no transpose
+    back is needed. A network whose output layer is a convolution has its
+    output transposed back to fastnn's HWC rows, ``[N, n_outputs]``.
 
     Parameters
     ----------
@@ -334,48 +426,67 @@ def onnx_model(net, source=None):
         If the onnx package is not installed.
     """
     onnx = _require_onnx()
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     _check_exportable(net, ONNX_ACTIVATIONS)
-    if not net.plan.plain_dense:
-        raise ExportError("this format exports dense stacks only, for now")
-    elem = TensorProto.DOUBLE if net.dtype == np.float64 else TensorProto.FLOAT
-    nodes, inits = [], []
+    g = _Graph(net)
+    n_in, n_out = int(net.plan.n_inputs), int(net.plan.n_outputs)
     x = "input"
     if net.dtype == np.float64:
-        nodes.append(helper.make_node("Cast", [x], ["input_double"], to=TensorProto.DOUBLE))
-        x = "input_double"
+        x = g.node("Cast", [x], "input_double", to=TensorProto.DOUBLE)
     if net.input_dtype == "uint8":
         # one divisor per input, not a scalar: onnxruntime folds a division by
         # a scalar constant into the next MatMul as a float32 factor 1/255,
         # which is not fastnn's rounding (and loses float64 precision)
-        divisor = np.full(net.sizes[0], 255, dtype=net.dtype)
-        inits.append(numpy_helper.from_array(divisor, "input_divisor"))
-        nodes.append(helper.make_node("Div", [x, "input_divisor"], ["input_scaled"]))
-        x = "input_scaled"
-    last = len(net.sizes) - 2
-    for l, (W, b, name) in enumerate(zip(net.weights, net.biases, net.activations)):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(W), f"W{l}"))
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(b), f"b{l}"))
-        nodes.append(helper.make_node("MatMul", [x, f"W{l}"], [f"matmul{l}"]))
-        nodes.append(helper.make_node("Add", [f"matmul{l}", f"b{l}"], [f"z{l}"]))
-        x = f"z{l}"
-        if name != "identity" or l == last:
-            x = "output" if l == last else f"a{l}"
-            more_nodes, consts = ONNX_ACTIVATIONS[name](net, f"z{l}", x)
-            nodes += more_nodes
-            inits += consts
+        x = g.node("Div", [x, g.const("input_divisor", np.full(n_in, 255))], "input_scaled")
+    image = None        # (H, W, C) while x is an NCHW image, None while it is rows
+    if len(net.input_shape) == 3:
+        image = net.input_shape
+        x = g.node("Reshape", [x, g.const("image_shape", [-1, *image], np.int64)],
+                   "input_nhwc")
+        x = g.node("Transpose", [x], "input_nchw", perm=[0, 3, 1, 2])
+    program = steps(net)
+    for l, step in enumerate(program):
+        last = l == len(program) - 1
+        k = step.param
+        if step.kind == "dense":
+            W = net.weights[k]
+            if image is not None:
+                # fastnn's row is (h, w, c), ONNX's Flatten of NCHW (c, h, w)
+                H, W_, C = image
+                W = W.reshape(H, W_, C, -1).transpose(2, 0, 1, 3).reshape(W.shape)
+                x = g.node("Flatten", [x], f"flat{l}", axis=1)
+                image = None
+            x = g.node("MatMul", [x, g.const(f"W{k}", W)], f"matmul{k}")
+            z = g.node("Add", [x, g.const(f"b{k}", net.biases[k])], f"z{k}")
+        elif step.kind == "conv2d":
+            z = _onnx_conv(g, step, x, k)
+            image = step.shape_out
+        else:
+            z = _onnx_pool(g, step, x, l)
+            image = step.shape_out
+        if last and image is not None:
+            # back to fastnn's rows: NCHW -> NHWC -> (N, OH*OW*F)
+            z = g.node("Transpose", [z], "output_nhwc", perm=[0, 2, 3, 1])
+            z = g.node("Reshape", [z, g.const("output_shape", [-1, n_out], np.int64)],
+                       "output_rows")
+        x = z
+        if step.activation != "identity" or last:
+            x = "output" if last else f"a{l}"
+            more_nodes, consts = ONNX_ACTIVATIONS[step.activation](net, z, x)
+            g.nodes += more_nodes
+            g.inits += consts
     graph = helper.make_graph(
-        nodes, "fastnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", net.sizes[0]])],
-        [helper.make_tensor_value_info("output", elem, ["N", net.sizes[-1]])],
-        initializer=inits, doc_string=onnx_text(_description(net, source)))
+        g.nodes, "fastnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", n_in])],
+        [helper.make_tensor_value_info("output", g.elem, ["N", n_out])],
+        initializer=g.inits, doc_string=onnx_text(_description(net, source)))
     model = helper.make_model(graph, producer_name="fastnn", producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                               doc_string=onnx_text(_description(net, source)))
     model.ir_version = ONNX_IR_VERSION
     helper.set_model_props(model, _metadata(net, source))
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)
     return model
 
 
