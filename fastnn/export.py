@@ -991,13 +991,23 @@ import sys
 
 import numpy as np
 
-SIZES = {sizes}
-ACTIVATIONS = {activations}
+INPUT_SHAPE = {input_shape}
+N_INPUTS = {n_in}
+N_OUTPUTS = {n_out}
+# One entry per computing layer (Flatten and Dropout move nothing at
+# inference): (kind, activation, parameters or None, input shape, output
+# shape, window (kh, kw), stride (sh, sw), zero padding (top, bottom, left,
+# right)). Shapes are (n,) or images (H, W, C): rows hold images in HWC order.
+LAYERS = {layers}
+# the shapes of W<k> and b<k> in the .npz; convolution weights are (kh, kw, C, F)
+PARAM_SHAPES = {param_shapes}
 DTYPE = np.dtype({dtype})
 SLOPE = {slope}
 # fastnn divides uint8 pixels by 255 before the first layer (a division, not
 # a multiplication by 1/255: the same rounding); None: inputs used as given
 INPUT_DIVISOR = {divisor}
+# rows computed at a time, so that a convolution's im2col stays small; None: all
+CHUNK = {chunk}
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_literal})
 
 
@@ -1029,23 +1039,78 @@ def _softmax(z):
 
 _FUNCTIONS = {{"identity": _identity, "sigmoid": _sigmoid, "tanh": _tanh, "relu": _relu,
               "leaky_relu": _leaky_relu, "softmax": _softmax}}
-_layers = None
+_params = None
 
 
 def _load():
-    """[(W, b, activation)] per layer, read once from the .npz and checked."""
-    global _layers
-    if _layers is None:
-        layers = []
+    """[(W, b)] per layer with parameters, read once from the .npz and checked."""
+    global _params
+    if _params is None:
+        params = []
         with np.load(WEIGHTS, allow_pickle=False) as f:
-            for l, activation in enumerate(ACTIVATIONS):
-                W, b = f["W%d" % l], f["b%d" % l]
-                if W.shape != (SIZES[l], SIZES[l + 1]) or b.shape != (SIZES[l + 1],):
-                    raise ValueError("%s does not match this module: layer %d has shapes "
-                                     "%s and %s" % (WEIGHTS, l + 1, W.shape, b.shape))
-                layers.append((W.astype(DTYPE), b.astype(DTYPE), _FUNCTIONS[activation]))
-        _layers = layers
-    return _layers
+            for k, (w_shape, b_shape) in enumerate(PARAM_SHAPES):
+                W, b = f["W%d" % k], f["b%d" % k]
+                if W.shape != w_shape or b.shape != b_shape:
+                    raise ValueError("%s does not match this module: W%d and b%d have shapes "
+                                     "%s and %s, not %s and %s"
+                                     % (WEIGHTS, k, k, W.shape, b.shape, w_shape, b_shape))
+                params.append((W.astype(DTYPE), b.astype(DTYPE)))
+        _params = params
+    return _params
+
+
+def _windows(a, window, stride, shape_out):
+    """The kh * kw strided views (n, OH, OW, C) of images a (n, H, W, C), one
+    per position (i, j) in the window, row-major."""
+    (kh, kw), (sh, sw), (OH, OW) = window, stride, shape_out[:2]
+    return [a[:, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw]
+            for i in range(kh) for j in range(kw)]
+
+
+def _conv2d(a, W, b, window, stride, padding, shape_out):
+    """The cross-correlation of images a (n, H, W, C) with W (kh, kw, C, F),
+    plus b: im2col (columns in (i, j, c) order) and one matrix product."""
+    top, bottom, left, right = padding
+    if top or bottom or left or right:
+        a = np.pad(a, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    col = np.concatenate(_windows(a, window, stride, shape_out), axis=3)
+    return col @ W.reshape(-1, W.shape[3]) + b
+
+
+def _maxpool2d(a, window, stride, shape_out):
+    """The maximum of each window (NaN if the window holds one)."""
+    views = _windows(a, window, stride, shape_out)
+    out = views[0].copy()
+    for v in views[1:]:
+        np.maximum(out, v, out=out)
+    return out
+
+
+def _l2pool2d(a, window, stride, shape_out):
+    """sqrt(sum of squares) over each window."""
+    views = _windows(a, window, stride, shape_out)
+    total = views[0] * views[0]
+    for v in views[1:]:
+        total += v * v
+    return np.sqrt(total)
+
+
+def _forward(a):
+    params = _load()
+    n = len(a)
+    for kind, activation, k, shape_in, shape_out, window, stride, padding in LAYERS:
+        if kind == "dense":
+            W, b = params[k]
+            z = a.reshape(n, -1) @ W + b
+        elif kind == "conv2d":
+            W, b = params[k]
+            z = _conv2d(a.reshape(n, *shape_in), W, b, window, stride, padding, shape_out)
+        elif kind == "maxpool2d":
+            z = _maxpool2d(a.reshape(n, *shape_in), window, stride, shape_out)
+        else:
+            z = _l2pool2d(a.reshape(n, *shape_in), window, stride, shape_out)
+        a = _FUNCTIONS[activation](z.reshape(n, -1))
+    return a
 
 
 def forward(X):
@@ -1054,16 +1119,18 @@ def forward(X):
     X = np.asarray(X)
     if X.ndim == 1:
         X = X[None, :]
-    if X.ndim != 2 or X.shape[1] != SIZES[0]:
-        raise ValueError("X has shape %s; expected (n, %d)" % (X.shape, SIZES[0]))
-    a = X.astype(DTYPE)
-    if INPUT_DIVISOR is not None:
-        a = a / DTYPE.type(INPUT_DIVISOR)
+    if X.ndim != 2 or X.shape[1] != N_INPUTS:
+        raise ValueError("X has shape %s; expected (n, %d)" % (X.shape, N_INPUTS))
+    chunk = CHUNK or max(len(X), 1)
+    out = np.empty((len(X), N_OUTPUTS), dtype=DTYPE)
     # exp overflows to inf for very negative inputs, and sigmoid is then 0 as it should be
     with np.errstate(over="ignore"):
-        for W, b, f in _load():
-            a = f(a @ W + b)
-    return a
+        for start in range(0, len(X), chunk):
+            a = X[start:start + chunk].astype(DTYPE)
+            if INPUT_DIVISOR is not None:
+                a = a / DTYPE.type(INPUT_DIVISOR)
+            out[start:start + chunk] = _forward(a)
+    return out
 
 
 def predict(X):
@@ -1092,6 +1159,10 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 '''
 
+# Entries of im2col the NumPy module builds at a time at most (rows are
+# chunked to fit), so that forward(X) on all of MNIST stays a few tens of MB.
+NUMPY_COL_ENTRIES = 1 << 22
+
 
 # The activations _NUMPY_MODULE's _FUNCTIONS defines (a new fastnn
 # activation needs its NumPy form there before it can be exported).
@@ -1107,23 +1178,50 @@ def numpy_paths(path):
     return stem + ".py", stem + ".npz"
 
 
+def _python_nested(value):
+    """The Python literal of nested tuples of str, int, float and None: the
+    leaves through python_literal."""
+    if isinstance(value, tuple):
+        items = [_python_nested(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    return python_literal(value)
+
+
+def _python_lines(values):
+    """A tuple literal with one item per line."""
+    return "(\n" + "".join(f"    {_python_nested(v)},\n" for v in values) + ")"
+
+
 def numpy_module(net, npz_name, source=None, module="model"):
     """The source of a NumPy-only module computing the network (a str); its
-    weights are read from `npz_name`, relative to the module's own file."""
+    weights are read from `npz_name`, relative to the module's own file.
+    Convolution is im2col plus a matrix product, pooling a reduction over
+    strided views, on images (n, H, W, C) as fastnn keeps them."""
     _check_exportable(net, NUMPY_ACTIVATIONS)
-    if not net.plan.plain_dense:
-        raise ExportError("this format exports dense stacks only, for now")
     uint8 = net.input_dtype == "uint8"
+    program = steps(net)
+    layers = tuple((str(s.kind), str(s.activation), s.param,
+                    tuple(map(int, s.shape_in)), tuple(map(int, s.shape_out)),
+                    tuple(map(int, s.window)), tuple(map(int, s.stride)),
+                    tuple(map(int, s.pads))) for s in program)
+    param_shapes = tuple((tuple(map(int, W.shape)), tuple(map(int, b.shape)))
+                         for W, b in zip(net.weights, net.biases))
+    # per sample, a convolution's im2col is (OH * OW, kh * kw * C)
+    cols = [s.shape_out[0] * s.shape_out[1] * s.window[0] * s.window[1] * s.shape_in[2]
+            for s in program if s.kind == "conv2d"]
+    chunk = max(1, NUMPY_COL_ENTRIES // max(cols)) if cols else None
     return _NUMPY_MODULE.format(
         description=python_text(_description(net, source)), npz=python_text(npz_name),
         module=python_text(module if module.isidentifier() else "model"),
-        py=python_text(module + ".py"), n_in=int(net.sizes[0]), n_out=int(net.sizes[-1]),
+        py=python_text(module + ".py"), n_in=int(net.plan.n_inputs),
+        n_out=int(net.plan.n_outputs),
         scaling=("raw uint8 pixel values 0..255 (any numeric dtype), divided by 255 as in "
                  "training" if uint8 else "used as given"),
-        sizes=python_literal(tuple(int(s) for s in net.sizes)),
-        activations=python_literal(tuple(str(a) for a in net.activations)),
+        input_shape=_python_nested(tuple(map(int, net.input_shape))),
+        layers=_python_lines(layers), param_shapes=_python_lines(param_shapes),
         dtype=python_literal(str(net.dtype)), slope=python_literal(float(net.slope)),
-        divisor=python_literal(255 if uint8 else None), npz_literal=python_literal(npz_name))
+        divisor=python_literal(255 if uint8 else None), chunk=python_literal(chunk),
+        npz_literal=python_literal(npz_name))
 
 
 def numpy_weights(net):
