@@ -990,6 +990,7 @@ import os
 import sys
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 INPUT_SHAPE = {input_shape}
 N_INPUTS = {n_in}
@@ -1073,8 +1074,12 @@ def _conv2d(a, W, b, window, stride, padding, shape_out):
     top, bottom, left, right = padding
     if top or bottom or left or right:
         a = np.pad(a, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    col = np.concatenate(_windows(a, window, stride, shape_out), axis=3)
-    return col @ W.reshape(-1, W.shape[3]) + b
+    (kh, kw), (sh, sw), (OH, OW) = window, stride, shape_out[:2]
+    windows = sliding_window_view(a, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :OH, :OW]
+    col = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * a.shape[3])
+    # one 2-d product (a 4-d operand would be a stack of small ones)
+    z = col @ W.reshape(-1, W.shape[3]) + b
+    return z.reshape(len(a), OH, OW, W.shape[3])
 
 
 def _maxpool2d(a, window, stride, shape_out):
