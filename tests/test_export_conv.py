@@ -267,3 +267,18 @@ def test_numpy_module_chunks_rows_and_checks_shapes(tmp_path):
     assert namespace["PARAM_SHAPES"][0] == ((3, 3, 3, 4), (4,))
     with pytest.raises(ValueError, match=r"expected \(n, 216\)"):
         namespace["forward"](np.zeros((2, 215)))
+
+
+def test_every_format_knows_every_fastnn_layer():
+    """Each layer type becomes a step every format computes, or moves nothing
+    at inference (Flatten, Dropout)."""
+    from fastnn.export import C_LAYERS
+    from fastnn.layers import LAYERS
+
+    net = small([(6, 6, 2), Conv2D(2, 3), MaxPool2D(2), Conv2D(2, 1), L2Pool2D(2, stride=1),
+                 Dropout(0.5), Flatten(), Dense(3)])
+    assert {type(layer).type for layer in net.layers} == set(LAYERS)
+    kinds = {s.kind for s in steps(net)}
+    assert kinds == set(C_LAYERS) == set(LAYERS) - {"flatten", "dropout"}
+    source = c_source(net)
+    assert all(f"static void fastnn_{kind}(" in source for kind in kinds)
