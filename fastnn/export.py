@@ -30,6 +30,7 @@ import numpy as np
 from fastnn._version import __version__
 from fastnn.exceptions import ConfigError, FastnnError, lookup
 from fastnn.io import atomic_write
+from fastnn.layers import Conv2D, Dense, Dropout, Flatten, L2Pool2D, MaxPool2D
 
 # onnxruntime 1.17 and later run opset 17 (Softmax and LeakyRelu as used
 # here have not changed since 13); IR version 8 is the one that goes with it,
@@ -167,8 +168,6 @@ class Step:
 
 def steps(net):
     """The network's layers as a list of `Step`, from its Plan and layer objects."""
-    from fastnn.layers import Conv2D, Dense, Dropout, Flatten, L2Pool2D, MaxPool2D
-
     plan = net.plan
     param_of = {slot.layer: k for k, slot in enumerate(plan.slots)}
     out = []
@@ -310,7 +309,7 @@ ONNX_ACTIVATIONS = {
 
 
 class _Graph:
-    """ONNX nodes and initializers under construction, with fresh names."""
+    """ONNX nodes and initializers under construction."""
 
     def __init__(self, net):
         from onnx import TensorProto
@@ -439,13 +438,13 @@ def onnx_model(net, source=None):
         # a scalar constant into the next MatMul as a float32 factor 1/255,
         # which is not fastnn's rounding (and loses float64 precision)
         x = g.node("Div", [x, g.const("input_divisor", np.full(n_in, 255))], "input_scaled")
+    program = steps(net)
     image = None        # (H, W, C) while x is an NCHW image, None while it is rows
-    if len(net.input_shape) == 3:
+    if program[0].kind != "dense":
         image = net.input_shape
         x = g.node("Reshape", [x, g.const("image_shape", [-1, *image], np.int64)],
                    "input_nhwc")
         x = g.node("Transpose", [x], "input_nchw", perm=[0, 3, 1, 2])
-    program = steps(net)
     for l, step in enumerate(program):
         last = l == len(program) - 1
         k = step.param
@@ -607,8 +606,8 @@ _C_HEADER = """\
  *
  * Nothing is allocated. fastnn_predict keeps its activations on the stack
  * ({stack} bytes per call); fastnn_predict_work uses the caller's work
- * buffer instead: FASTNN_WORK_SIZE = {work} {real}s ({stack} bytes; one
- * static array may serve every call of one thread at a time).
+ * buffer instead: FASTNN_WORK_SIZE = {work} {real}s ({stack} bytes; a
+ * static array will do for calls made one at a time).
  *
  * Built with -DFASTNN_MAIN it is a program: it reads one row per line
  * from stdin (numbers separated by spaces, tabs or commas) and prints the

@@ -109,6 +109,8 @@ CASES = {
     "float_inputs_flatten_dense_stack": lambda: small(
         [(4, 4, 2), Conv2D(3, 3, padding="same", stride=2), Flatten(), 6, 3],
         ["tanh", "leaky_relu"], "softmax", "float64", "float64", slope=0.2),
+    # an image input whose first layer is Dense: the rows are used as they are
+    "image_into_dense": lambda: small([(3, 4, 2), 5, 3], "sigmoid"),
     "one_output_sigmoid": lambda: centred(small([(6, 6, 1), Conv2D(2, 3), MaxPool2D(2), 1],
                                                 "tanh", "sigmoid")),
 }
