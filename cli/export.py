@@ -41,5 +41,7 @@ def export(model, format_, out, force):
                   [("MODEL", model)], force)
     net = load(model)
     written = export_model(net, out, format_, source=model, force=force)
-    click.echo(f"Exported {model} ({list(net.sizes)}, {'/'.join(net.activations)}) as "
+    # pooling, Flatten and Dropout layers have no activation (None)
+    activations = "/".join(a for a in net.activations if a)
+    click.echo(f"Exported {model} ({list(net.sizes)}, {activations}) as "
                f"{EXPORTERS[format_].title} to {' and '.join(written)}")

@@ -20,6 +20,7 @@ used as given. The maths is then fastnn's, layer by layer:
 """
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -29,6 +30,7 @@ import numpy as np
 from fastnn._version import __version__
 from fastnn.exceptions import ConfigError, FastnnError, lookup
 from fastnn.files import FileKind, atomic_write, check_distinct, check_output, starting_with
+from fastnn.layers import Conv2D, Dense, Dropout, Flatten, L2Pool2D, MaxPool2D
 
 # onnxruntime 1.17 and later run opset 17 (Softmax and LeakyRelu as used
 # here have not changed since 13); IR version 8 is the one that goes with it,
@@ -69,12 +71,23 @@ class Exporter:
 
 # ---------------------------------------------------------------- helpers
 
+def _architecture(net):
+    """The layers in words: "network [784, 30, 10], activations [...]" for a
+    dense stack (as fastnn has always said it), else the input shape and the
+    layers, each with its activation."""
+    if net.plan.plain_dense:
+        return f"network {list(net.sizes)}, activations {list(net.activations)}"
+    layers = [repr(layer) if act is None or layer.activation else
+              f"{repr(layer)[:-1]}, activation={act!r})"
+              for layer, act in zip(net.layers, net.activations)]
+    return f"network {'x'.join(map(str, net.input_shape))} -> {', '.join(layers)}"
+
+
 def _description(net, source=None):
     """One line saying which model this is, for headers and metadata."""
     scaling = ("uint8 inputs divided by 255" if net.input_dtype == "uint8"
                else "inputs used as given")
-    text = (f"fastnn {__version__} network {list(net.sizes)}, activations "
-            f"{list(net.activations)}, {net.dtype}, {scaling}")
+    text = f"fastnn {__version__} {_architecture(net)}, {net.dtype}, {scaling}"
     if source is not None:
         text += f", from {os.fsdecode(source)}"
     return text
@@ -86,6 +99,9 @@ def _metadata(net, source=None):
         "fastnn_version": __version__,
         "sizes": json.dumps(list(net.sizes)),
         "activations": json.dumps(list(net.activations)),
+        # the architecture as fastnn's model files describe it (format 2)
+        "input_shape": json.dumps(list(net.input_shape)),
+        "layers": json.dumps(net.plan.config()["layers"]),
         "slope": repr(float(net.slope)),
         "dtype": str(net.dtype),
         "loss": net.loss,
@@ -104,13 +120,76 @@ def _check_exportable(net, names):
     """Raise ExportError unless every activation of net has an entry in `names`
     and the parameters are finite (a NaN would not survive the C literals)."""
     for name in net.activations:
-        if name not in names:
+        if name is not None and name not in names:
             raise ExportError(f"cannot export activation {name!r}; this format knows "
                               f"{sorted(names)}")
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
             raise ExportError(f"layer {l + 1} has NaN or infinite parameters; "
                               f"nothing sensible to export")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One computing layer of an exported network, as the exporters see it.
+
+    Flatten and Dropout are not steps: a row of an image is already its
+    HWC-order vector, and dropout is the identity at inference.
+
+    Attributes
+    ----------
+    kind : {"dense", "conv2d", "maxpool2d", "l2pool2d"}
+    shape_in, shape_out : tuple
+        ``(n,)`` or an image ``(H, W, C)``.
+    activation : str
+        "identity" for pooling.
+    param : int or None
+        Index into ``net.weights`` / ``net.biases`` of a dense or conv2d step.
+    window, stride : (int, int)
+        The kernel or pooling window (kh, kw) and its strides (sh, sw).
+    pads : (int, int, int, int)
+        Zero rows and columns (top, bottom, left, right) around a
+        convolution's input.
+    """
+
+    kind: str
+    shape_in: tuple
+    shape_out: tuple
+    activation: str
+    param: object = None
+    window: tuple = (1, 1)
+    stride: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+
+    @property
+    def n_in(self):
+        return math.prod(self.shape_in)
+
+    @property
+    def n_out(self):
+        return math.prod(self.shape_out)
+
+
+def steps(net):
+    """The network's layers as a list of `Step`, from its Plan and layer objects."""
+    plan = net.plan
+    param_of = {slot.layer: k for k, slot in enumerate(plan.slots)}
+    out = []
+    for i, layer in enumerate(plan.layers):
+        shape_in, shape_out = tuple(plan.shapes[i]), tuple(plan.shapes[i + 1])
+        if isinstance(layer, (Flatten, Dropout)):
+            continue
+        if isinstance(layer, Dense):
+            out.append(Step("dense", shape_in, shape_out, plan.activations[i], param_of[i]))
+        elif isinstance(layer, Conv2D):
+            out.append(Step("conv2d", shape_in, shape_out, plan.activations[i], param_of[i],
+                            layer.kernel, layer.stride, layer.padding_amounts(shape_in)))
+        elif isinstance(layer, (MaxPool2D, L2Pool2D)):
+            out.append(Step(layer.type, shape_in, shape_out, "identity", None, layer.size,
+                            layer.stride))
+        else:
+            raise ExportError(f"cannot export a {type(layer).__name__} layer")
+    return out
 
 
 # ------------------------------------------------------------- escaping
@@ -233,14 +312,106 @@ ONNX_ACTIVATIONS = {
 }
 
 
-def onnx_model(net, source=None):
-    """The network as an ``onnx.ModelProto``, checked by ``onnx.checker``.
+class _Graph:
+    """ONNX nodes and initializers under construction."""
 
-    The graph input ``input`` is float32, shape ``[N, sizes[0]]`` (N
-    dynamic): raw feature rows. For a network trained on uint8 pixels the
-    graph divides them by 255. Float64 networks cast the input to double
-    first (then divide, as fastnn does) and keep float64 weights, so their
-    ``output`` is float64; float32 networks stay float32 throughout.
+    def __init__(self, net):
+        from onnx import TensorProto
+
+        self.net = net
+        self.elem = TensorProto.DOUBLE if net.dtype == np.float64 else TensorProto.FLOAT
+        self.nodes, self.inits = [], []
+
+    def const(self, name, value, dtype=None):
+        from onnx import numpy_helper
+
+        value = np.ascontiguousarray(np.asarray(value, dtype=dtype or self.net.dtype))
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op, inputs, out, **attributes):
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, list(inputs), [out], **attributes))
+        return out
+
+
+def _onnx_conv(g, step, x, k):
+    """x (N, C, H, W) -> the convolution of step, without its activation.
+
+    Conv in float32; onnxruntime implements Conv in float32 only, so a
+    float64 network spells it out: zero padding, the kh * kw strided slices
+    of the input concatenated channel-wise (im2col, in fastnn's (i, j, c)
+    order), one MatMul with the HWIO weights as (kh*kw*C, F), and the bias.
+    """
+    W, b = g.net.weights[k], g.net.biases[k]
+    (kh, kw), (sh, sw) = step.window, step.stride
+    top, bottom, left, right = step.pads
+    OH, OW, F = step.shape_out
+    name = f"conv{k}"
+    if g.net.dtype == np.float32:
+        return g.node("Conv", [x, g.const(f"W{k}", W.transpose(3, 2, 0, 1)),
+                               g.const(f"b{k}", b)], name,
+                      kernel_shape=[kh, kw], strides=[sh, sw], pads=[top, left, bottom, right])
+    if any(step.pads):
+        x = g.node("Pad", [x, g.const(f"{name}_pads", [0, 0, top, left, 0, 0, bottom, right],
+                                      np.int64)], f"{name}_padded")
+    cols = _onnx_windows(g, x, step, name)
+    col = g.node("Concat", cols, f"{name}_col", axis=1)
+    col = g.node("Transpose", [col], f"{name}_col_nhwc", perm=[0, 2, 3, 1])
+    z = g.node("MatMul", [col, g.const(f"W{k}", W.reshape(-1, F))], f"{name}_matmul")
+    z = g.node("Add", [z, g.const(f"b{k}", b)], f"{name}_nhwc")
+    return g.node("Transpose", [z], name, perm=[0, 3, 1, 2])
+
+
+def _onnx_windows(g, x, step, name):
+    """The kh * kw strided slices (N, C, OH, OW) of x, one per window position."""
+    (kh, kw), (sh, sw) = step.window, step.stride
+    OH, OW, _ = step.shape_out
+    out = []
+    for i in range(kh):
+        for j in range(kw):
+            out.append(g.node("Slice", [
+                x, g.const(f"{name}_start{i}_{j}", [i, j], np.int64),
+                g.const(f"{name}_end{i}_{j}", [i + sh * (OH - 1) + 1, j + sw * (OW - 1) + 1],
+                        np.int64),
+                g.const(f"{name}_axes{i}_{j}", [2, 3], np.int64),
+                g.const(f"{name}_steps{i}_{j}", [sh, sw], np.int64)], f"{name}_slice{i}_{j}"))
+    return out
+
+
+def _onnx_pool(g, step, x, l):
+    """x (N, C, H, W) -> the pooling of step: MaxPool, or LpPool with p = 2
+    (spelled out as sqrt(sum of squares) in float64, which onnxruntime's
+    LpPool does not take)."""
+    (kh, kw), (sh, sw) = step.window, step.stride
+    name = f"pool{l}"
+    if step.kind == "maxpool2d":
+        return g.node("MaxPool", [x], name, kernel_shape=[kh, kw], strides=[sh, sw])
+    if g.net.dtype == np.float32:
+        return g.node("LpPool", [x], name, kernel_shape=[kh, kw], strides=[sh, sw], p=2)
+    squares = g.node("Mul", [x, x], f"{name}_squares")
+    total = g.node("Sum", _onnx_windows(g, squares, step, name), f"{name}_sum")
+    return g.node("Sqrt", [total], name)
+
+
+def onnx_model(net, source=None):
+    """The network as an ``onnx.ModelProto``, checked by ``onnx.checker``
+    (``full_check``: with shape inference).
+
+    The graph input ``input`` is float32, shape ``[N, n_inputs]`` (N
+    dynamic): raw feature rows, as fastnn takes them (an image's row in HWC
+    order). For a network trained on uint8 pixels the graph divides them by
+    255. Float64 networks cast the input to double first (then divide, as
+    fastnn does) and keep float64 weights, so their ``output`` is float64;
+    float32 networks stay float32 throughout.
+
+    Convolutional networks reshape the rows to NHWC and transpose them to
+    ONNX's NCHW once; convolution weights are stored OIHW (HWIO transposed),
+    and the first Dense layer after the images has its weight rows permuted
+    from fastnn's HWC flattening to ONNX's CHW Flatten, so no transpose
+    back is needed. A network whose output layer is a convolution has its
+    output transposed back to fastnn's HWC rows, ``[N, n_outputs]``.
 
     Parameters
     ----------
@@ -258,46 +429,67 @@ def onnx_model(net, source=None):
         If the onnx package is not installed.
     """
     onnx = _require_onnx()
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     _check_exportable(net, ONNX_ACTIVATIONS)
-    elem = TensorProto.DOUBLE if net.dtype == np.float64 else TensorProto.FLOAT
-    nodes, inits = [], []
+    g = _Graph(net)
+    n_in, n_out = int(net.plan.n_inputs), int(net.plan.n_outputs)
     x = "input"
     if net.dtype == np.float64:
-        nodes.append(helper.make_node("Cast", [x], ["input_double"], to=TensorProto.DOUBLE))
-        x = "input_double"
+        x = g.node("Cast", [x], "input_double", to=TensorProto.DOUBLE)
     if net.input_dtype == "uint8":
         # one divisor per input, not a scalar: onnxruntime folds a division by
         # a scalar constant into the next MatMul as a float32 factor 1/255,
         # which is not fastnn's rounding (and loses float64 precision)
-        divisor = np.full(net.sizes[0], 255, dtype=net.dtype)
-        inits.append(numpy_helper.from_array(divisor, "input_divisor"))
-        nodes.append(helper.make_node("Div", [x, "input_divisor"], ["input_scaled"]))
-        x = "input_scaled"
-    last = len(net.sizes) - 2
-    for l, (W, b, name) in enumerate(zip(net.weights, net.biases, net.activations)):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(W), f"W{l}"))
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(b), f"b{l}"))
-        nodes.append(helper.make_node("MatMul", [x, f"W{l}"], [f"matmul{l}"]))
-        nodes.append(helper.make_node("Add", [f"matmul{l}", f"b{l}"], [f"z{l}"]))
-        x = f"z{l}"
-        if name != "identity" or l == last:
-            x = "output" if l == last else f"a{l}"
-            more_nodes, consts = ONNX_ACTIVATIONS[name](net, f"z{l}", x)
-            nodes += more_nodes
-            inits += consts
+        x = g.node("Div", [x, g.const("input_divisor", np.full(n_in, 255))], "input_scaled")
+    program = steps(net)
+    image = None        # (H, W, C) while x is an NCHW image, None while it is rows
+    if program[0].kind != "dense":
+        image = net.input_shape
+        x = g.node("Reshape", [x, g.const("image_shape", [-1, *image], np.int64)],
+                   "input_nhwc")
+        x = g.node("Transpose", [x], "input_nchw", perm=[0, 3, 1, 2])
+    for l, step in enumerate(program):
+        last = l == len(program) - 1
+        k = step.param
+        if step.kind == "dense":
+            W = net.weights[k]
+            if image is not None:
+                # fastnn's row is (h, w, c), ONNX's Flatten of NCHW (c, h, w)
+                H, W_, C = image
+                W = W.reshape(H, W_, C, -1).transpose(2, 0, 1, 3).reshape(W.shape)
+                x = g.node("Flatten", [x], f"flat{l}", axis=1)
+                image = None
+            x = g.node("MatMul", [x, g.const(f"W{k}", W)], f"matmul{k}")
+            z = g.node("Add", [x, g.const(f"b{k}", net.biases[k])], f"z{k}")
+        elif step.kind == "conv2d":
+            z = _onnx_conv(g, step, x, k)
+            image = step.shape_out
+        else:
+            z = _onnx_pool(g, step, x, l)
+            image = step.shape_out
+        if last and image is not None:
+            # back to fastnn's rows: NCHW -> NHWC -> (N, OH*OW*F)
+            z = g.node("Transpose", [z], "output_nhwc", perm=[0, 2, 3, 1])
+            z = g.node("Reshape", [z, g.const("output_shape", [-1, n_out], np.int64)],
+                       "output_rows")
+        x = z
+        if step.activation != "identity" or last:
+            x = "output" if last else f"a{l}"
+            more_nodes, consts = ONNX_ACTIVATIONS[step.activation](net, z, x)
+            g.nodes += more_nodes
+            g.inits += consts
     graph = helper.make_graph(
-        nodes, "fastnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", net.sizes[0]])],
-        [helper.make_tensor_value_info("output", elem, ["N", net.sizes[-1]])],
-        initializer=inits, doc_string=onnx_text(_description(net, source)))
+        g.nodes, "fastnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", n_in])],
+        [helper.make_tensor_value_info("output", g.elem, ["N", n_out])],
+        initializer=g.inits, doc_string=onnx_text(_description(net, source)))
     model = helper.make_model(graph, producer_name="fastnn", producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                               doc_string=onnx_text(_description(net, source)))
     model.ir_version = ONNX_IR_VERSION
     helper.set_model_props(model, _metadata(net, source))
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)
     return model
 
 
@@ -423,11 +615,16 @@ _C_HEADER = """\
  * Use it from your program (link with -lm):
  *
  *     int fastnn_predict(const float *input, float *output);
+ *     int fastnn_predict_work(const float *input, float *output, {real} *work);
  *
- * input holds one raw feature row ({n_in} values), output receives the
- * {n_out} output activations; the result is the predicted class:
- * {rule}.
- * Nothing is allocated: {stack} bytes of stack per call.
+ * input holds one raw feature row ({n_in} values{input_order}), output
+ * receives the {n_out} output activations{output_order}; the result is the
+ * predicted class: {rule}.
+ *
+ * Nothing is allocated. fastnn_predict keeps its activations on the stack
+ * ({stack} bytes per call); fastnn_predict_work uses the caller's work
+ * buffer instead: FASTNN_WORK_SIZE = {work} {real}s ({stack} bytes; a
+ * static array will do for calls made one at a time).
  *
  * Built with -DFASTNN_MAIN it is a program: it reads one row per line
  * from stdin (numbers separated by spaces, tabs or commas) and prints the
@@ -440,12 +637,24 @@ _C_HEADER = """\
 
 typedef {real} fastnn_real;
 
-enum {{ FASTNN_N_INPUTS = {n_in}, FASTNN_N_OUTPUTS = {n_out}, FASTNN_MAX_WIDTH = {width} }};
+enum {{
+    FASTNN_N_INPUTS = {n_in},
+    FASTNN_N_OUTPUTS = {n_out},
+    /* the widest activation row, input included */
+    FASTNN_MAX_WIDTH = {width},
+    /* entries of fastnn_predict_work's work buffer: two rows of MAX_WIDTH */
+    FASTNN_WORK_SIZE = 2 * FASTNN_MAX_WIDTH
+}};
 
 int fastnn_predict(const float *input, float *output);
+int fastnn_predict_work(const float *input, float *output, fastnn_real *work);
 """
 
-_C_DENSE = """\
+# The layer functions of the C file, by Step.kind; only those a network uses
+# are emitted (-Wall warns about unused static functions). Rows are HWC, as
+# in fastnn: in[(y * W + x) * C + c].
+C_LAYERS = {
+    "dense": """\
 /* out := in @ W + b, with W stored row by row as fastnn keeps it, (n_in, n_out) */
 static void fastnn_dense(const fastnn_real *in, int n_in, const fastnn_real *W,
                          const fastnn_real *b, int n_out, fastnn_real *out)
@@ -462,12 +671,95 @@ static void fastnn_dense(const fastnn_real *in, int n_in, const fastnn_real *W,
     for (j = 0; j < n_out; j++)
         out[j] += b[j];
 }
-"""
+""",
+    "conv2d": """\
+/* out[oy, ox, f] := b[f] + sum over i, j, c of in[oy*sh + i - pt, ox*sw + j - pl, c]
+   * W[i, j, c, f], the cross-correlation; in (H, W, C), W (kh, kw, C, F) as
+   fastnn keeps it (HWIO), out (OH, OW, F). Positions outside the input are
+   the zero padding of "same" convolutions: they add nothing. */
+static void fastnn_conv2d(const fastnn_real *in, int H, int W, int C,
+                          const fastnn_real *w, const fastnn_real *b, int kh, int kw,
+                          int F, int sh, int sw, int pt, int pl, int OH, int OW,
+                          fastnn_real *out)
+{
+    int oy, ox, i, j, c, f;
+    for (oy = 0; oy < OH; oy++)
+        for (ox = 0; ox < OW; ox++) {
+            fastnn_real *o = out + ((long)oy * OW + ox) * F;
+            for (f = 0; f < F; f++)
+                o[f] = 0;
+            for (i = 0; i < kh; i++) {
+                const int y = oy * sh + i - pt;
+                if (y < 0 || y >= H)
+                    continue;
+                for (j = 0; j < kw; j++) {
+                    const int x = ox * sw + j - pl;
+                    if (x < 0 || x >= W)
+                        continue;
+                    for (c = 0; c < C; c++) {
+                        const fastnn_real v = in[((long)y * W + x) * C + c];
+                        const fastnn_real *row = w + ((long)(i * kw + j) * C + c) * F;
+                        for (f = 0; f < F; f++)
+                            o[f] += v * row[f];
+                    }
+                }
+            }
+            for (f = 0; f < F; f++)
+                o[f] += b[f];
+        }
+}
+""",
+    "maxpool2d": """\
+/* out[oy, ox, c] := the maximum of in[oy*sh + i, ox*sw + j, c] over the
+   kh x kw window; a NaN in the window gives NaN, as in fastnn.
+   in (H, W, C), out (OH, OW, C). */
+static void fastnn_maxpool2d(const fastnn_real *in, int W, int C, int kh, int kw,
+                             int sh, int sw, int OH, int OW, fastnn_real *out)
+{
+    int oy, ox, i, j, c;
+    for (oy = 0; oy < OH; oy++)
+        for (ox = 0; ox < OW; ox++)
+            for (c = 0; c < C; c++) {
+                fastnn_real m = in[((long)oy * sh * W + (long)ox * sw) * C + c];
+                for (i = 0; i < kh; i++)
+                    for (j = 0; j < kw; j++) {
+                        const fastnn_real v =
+                            in[((long)(oy * sh + i) * W + (ox * sw + j)) * C + c];
+                        if (v > m || isnan(v))
+                            m = v;
+                    }
+                out[((long)oy * OW + ox) * C + c] = m;
+            }
+}
+""",
+    "l2pool2d": """\
+/* out[oy, ox, c] := sqrt(sum of in[oy*sh + i, ox*sw + j, c]^2) over the
+   kh x kw window.  in (H, W, C), out (OH, OW, C). */
+static void fastnn_l2pool2d(const fastnn_real *in, int W, int C, int kh, int kw,
+                            int sh, int sw, int OH, int OW, fastnn_real *out)
+{
+    int oy, ox, i, j, c;
+    for (oy = 0; oy < OH; oy++)
+        for (ox = 0; ox < OW; ox++)
+            for (c = 0; c < C; c++) {
+                fastnn_real s = 0;
+                for (i = 0; i < kh; i++)
+                    for (j = 0; j < kw; j++) {
+                        const fastnn_real v =
+                            in[((long)(oy * sh + i) * W + (ox * sw + j)) * C + c];
+                        s += v * v;
+                    }
+                out[((long)oy * OW + ox) * C + c] = {sqrt}(s);
+            }
+}
+""",
+}
 
 _C_PREDICT = """\
-int fastnn_predict(const float *input, float *output)
+int fastnn_predict_work(const float *input, float *output, fastnn_real *work)
 {{
-    fastnn_real a[FASTNN_MAX_WIDTH], z[FASTNN_MAX_WIDTH];
+    /* the activations alternate between the two halves of work */
+    fastnn_real *a = work, *z = work + FASTNN_MAX_WIDTH;
     int i, best = 0;
 
     for (i = 0; i < FASTNN_N_INPUTS; i++)
@@ -477,6 +769,12 @@ int fastnn_predict(const float *input, float *output)
         output[i] = (float){result}[i];
 {decide}
     return best;
+}}
+
+int fastnn_predict(const float *input, float *output)
+{{
+    fastnn_real work[FASTNN_WORK_SIZE];
+    return fastnn_predict_work(input, output, work);
 }}
 """
 
@@ -561,14 +859,43 @@ def _c_array(name, values, ctype, per_line):
             + "\n};\n")
 
 
+def _c_call(step, src, dst):
+    """The C statement computing `step` from the row src into the row dst."""
+    k = step.param
+    if step.kind == "dense":
+        return (f"fastnn_dense({src}, {step.n_in}, fastnn_W{k}, fastnn_b{k}, {step.n_out}, "
+                f"{dst});")
+    (kh, kw), (sh, sw) = step.window, step.stride
+    OH, OW, F = step.shape_out
+    H, W, C = step.shape_in
+    if step.kind == "conv2d":
+        top, _, left, _ = step.pads
+        return (f"fastnn_conv2d({src}, {H}, {W}, {C}, fastnn_W{k}, fastnn_b{k}, {kh}, {kw}, "
+                f"{F}, {sh}, {sw}, {top}, {left}, {OH}, {OW}, {dst});")
+    return f"fastnn_{step.kind}({src}, {W}, {C}, {kh}, {kw}, {sh}, {sw}, {OH}, {OW}, {dst});"
+
+
+def _c_layer_comment(step):
+    shapes = f"{'x'.join(map(str, step.shape_in))} -> {'x'.join(map(str, step.shape_out))}"
+    if step.kind == "dense":
+        return f"{shapes}, {step.activation}"
+    return (f"{step.kind} {step.window[0]}x{step.window[1]}, stride {step.stride[0]}x"
+            f"{step.stride[1]}, padding {step.pads}, {shapes}, {step.activation}")
+
+
 def c_source(net, source=None, name="model.c"):
     """The network as one dependency-free C99 source file (a str).
 
-    The file defines ``int fastnn_predict(const float *input, float *output)``
-    and, when compiled with ``-DFASTNN_MAIN``, a ``main`` that reads rows
-    from stdin. Weights are ``static const`` arrays in the network's dtype
-    (``float`` or ``double``), printed with enough digits to read back
-    exactly, and the arithmetic is done in that precision.
+    The file defines ``int fastnn_predict(const float *input, float *output)``,
+    ``int fastnn_predict_work(const float *input, float *output, fastnn_real
+    *work)`` (the same with a caller's work buffer of ``FASTNN_WORK_SIZE``
+    entries, for convolutional networks whose activations are too large for
+    a small stack) and, when compiled with ``-DFASTNN_MAIN``, a ``main``
+    that reads rows from stdin. Weights are ``static const`` arrays in the
+    network's dtype (``float`` or ``double``), printed with enough digits to
+    read back exactly, and the arithmetic is done in that precision.
+    Convolution and pooling are direct loops over HWC rows, as fastnn
+    stores them; convolution weights stay HWIO.
 
     Parameters
     ----------
@@ -584,45 +911,56 @@ def c_source(net, source=None, name="model.c"):
     """
     _check_exportable(net, C_ACTIVATIONS)
     ctype = C_TYPES[np.dtype(net.dtype)]
-    sizes = net.sizes
-    width = max(sizes)
+    program = steps(net)
+    width = max([int(net.plan.n_inputs)] + [s.n_out for s in program])
     fill = {"real": ctype.real, "exp": ctype.exp, "tanh": ctype.tanh,
             "slope": ctype.literal(float(net.dtype.type(net.slope)))}
     uint8 = net.input_dtype == "uint8"
+    n_in, n_out = int(net.plan.n_inputs), int(net.plan.n_outputs)
+    image_in, image_out = len(net.input_shape) == 3, len(net.plan.shapes[-1]) == 3
     header = _C_HEADER.format(
         description=c_text(_description(net, source)),
         real=ctype.real, dtype=c_text(net.dtype),
-        layers=c_text(", ".join(f"{i} -> {o} {a}"
-                                for i, o, a in zip(sizes, sizes[1:], net.activations))),
+        layers=c_text(", ".join(f"{int(s.n_in)} -> {int(s.n_out)} {s.activation}"
+                                for s in program) if net.plan.plain_dense
+                      else "; ".join(_c_layer_comment(s) for s in program)),
         scaling=c_text("raw uint8 pixel values 0..255, divided by 255 here as in training"
                        if uint8 else f"used as given (trained on {net.input_dtype or 'unknown'} "
                                      f"inputs)"),
-        n_in=int(sizes[0]), n_out=int(sizes[-1]), width=int(width),
-        rule=("1 if the output exceeds 0.5, else 0" if sizes[-1] == 1
+        n_in=n_in, n_out=n_out, width=int(width), work=2 * int(width),
+        input_order=(", an image {} in HWC order: (y * W + x) * C + c".format(
+            "x".join(map(str, net.input_shape))) if image_in else ""),
+        output_order=(" in HWC order" if image_out else ""),
+        rule=("1 if the output exceeds 0.5, else 0" if n_out == 1
               else "the index of the largest output"),
         stack=2 * width * np.dtype(net.dtype).itemsize,
         name=c_text(os.path.basename(os.fsdecode(name))))
     parts = [header, "\n"]
-    for l, (W, b) in enumerate(zip(net.weights, net.biases)):
-        parts.append(f"/* layer {l + 1}: {int(sizes[l])} -> {int(sizes[l + 1])}, "
-                     f"{c_text(net.activations[l])} */\n")
-        parts.append(_c_array(f"fastnn_W{l}", W, ctype, max(1, min(8, sizes[l + 1]))))
-        parts.append(_c_array(f"fastnn_b{l}", b, ctype, 8))
+    for l, step in enumerate(program):
+        if step.param is None:
+            continue
+        k = step.param
+        W, b = net.weights[k], net.biases[k]
+        parts.append(f"/* layer {l + 1}: {c_text(_c_layer_comment(step))}"
+                     f"{'; weights (kh, kw, C, F)' if step.kind == 'conv2d' else ''} */\n")
+        parts.append(_c_array(f"fastnn_W{k}", W, ctype, max(1, min(8, W.shape[-1]))))
+        parts.append(_c_array(f"fastnn_b{k}", b, ctype, 8))
         parts.append("\n")
-    parts.append(_C_DENSE + "\n")
-    for activation in sorted(set(net.activations) - {"identity"}):
+    for kind in sorted({s.kind for s in program}):
+        parts.append(C_LAYERS[kind].replace("{sqrt}", "sqrtf" if ctype.real == "float"
+                                             else "sqrt") + "\n")
+    for activation in sorted({s.activation for s in program} - {"identity"}):
         parts.append(C_ACTIVATIONS[activation].format(**fill) + "\n")
 
     # the activations alternate between the two buffers a and z
     layers, current = [], "a"
-    for l, activation in enumerate(net.activations):
+    for l, step in enumerate(program):
         other = "z" if current == "a" else "a"
-        layers.append(f"    fastnn_dense({current}, {sizes[l]}, fastnn_W{l}, fastnn_b{l}, "
-                      f"{sizes[l + 1]}, {other});")
-        if activation != "identity":
-            layers.append(f"    fastnn_{activation}({other}, {sizes[l + 1]});")
+        layers.append("    " + _c_call(step, current, other))
+        if step.activation != "identity":
+            layers.append(f"    fastnn_{step.activation}({other}, {step.n_out});")
         current = other
-    if sizes[-1] == 1:
+    if n_out == 1:
         decide = f"    best = {current}[0] > 0.5;"
     else:
         # the first of equal maxima, as numpy.argmax; decided in the network's precision
@@ -669,14 +1007,25 @@ import os
 import sys
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-SIZES = {sizes}
-ACTIVATIONS = {activations}
+INPUT_SHAPE = {input_shape}
+N_INPUTS = {n_in}
+N_OUTPUTS = {n_out}
+# One entry per computing layer (Flatten and Dropout move nothing at
+# inference): (kind, activation, parameters or None, input shape, output
+# shape, window (kh, kw), stride (sh, sw), zero padding (top, bottom, left,
+# right)). Shapes are (n,) or images (H, W, C): rows hold images in HWC order.
+LAYERS = {layers}
+# the shapes of W<k> and b<k> in the .npz; convolution weights are (kh, kw, C, F)
+PARAM_SHAPES = {param_shapes}
 DTYPE = np.dtype({dtype})
 SLOPE = {slope}
 # fastnn divides uint8 pixels by 255 before the first layer (a division, not
 # a multiplication by 1/255: the same rounding); None: inputs used as given
 INPUT_DIVISOR = {divisor}
+# rows computed at a time, so that a convolution's im2col stays small; None: all
+CHUNK = {chunk}
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_literal})
 
 
@@ -708,23 +1057,82 @@ def _softmax(z):
 
 _FUNCTIONS = {{"identity": _identity, "sigmoid": _sigmoid, "tanh": _tanh, "relu": _relu,
               "leaky_relu": _leaky_relu, "softmax": _softmax}}
-_layers = None
+_params = None
 
 
 def _load():
-    """[(W, b, activation)] per layer, read once from the .npz and checked."""
-    global _layers
-    if _layers is None:
-        layers = []
+    """[(W, b)] per layer with parameters, read once from the .npz and checked."""
+    global _params
+    if _params is None:
+        params = []
         with np.load(WEIGHTS, allow_pickle=False) as f:
-            for l, activation in enumerate(ACTIVATIONS):
-                W, b = f["W%d" % l], f["b%d" % l]
-                if W.shape != (SIZES[l], SIZES[l + 1]) or b.shape != (SIZES[l + 1],):
-                    raise ValueError("%s does not match this module: layer %d has shapes "
-                                     "%s and %s" % (WEIGHTS, l + 1, W.shape, b.shape))
-                layers.append((W.astype(DTYPE), b.astype(DTYPE), _FUNCTIONS[activation]))
-        _layers = layers
-    return _layers
+            for k, (w_shape, b_shape) in enumerate(PARAM_SHAPES):
+                W, b = f["W%d" % k], f["b%d" % k]
+                if W.shape != w_shape or b.shape != b_shape:
+                    raise ValueError("%s does not match this module: W%d and b%d have shapes "
+                                     "%s and %s, not %s and %s"
+                                     % (WEIGHTS, k, k, W.shape, b.shape, w_shape, b_shape))
+                params.append((W.astype(DTYPE), b.astype(DTYPE)))
+        _params = params
+    return _params
+
+
+def _windows(a, window, stride, shape_out):
+    """The kh * kw strided views (n, OH, OW, C) of images a (n, H, W, C), one
+    per position (i, j) in the window, row-major."""
+    (kh, kw), (sh, sw), (OH, OW) = window, stride, shape_out[:2]
+    return [a[:, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw]
+            for i in range(kh) for j in range(kw)]
+
+
+def _conv2d(a, W, b, window, stride, padding, shape_out):
+    """The cross-correlation of images a (n, H, W, C) with W (kh, kw, C, F),
+    plus b: im2col (columns in (i, j, c) order) and one matrix product."""
+    top, bottom, left, right = padding
+    if top or bottom or left or right:
+        a = np.pad(a, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    (kh, kw), (sh, sw), (OH, OW) = window, stride, shape_out[:2]
+    windows = sliding_window_view(a, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :OH, :OW]
+    col = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * a.shape[3])
+    # one 2-d product (a 4-d operand would be a stack of small ones)
+    z = col @ W.reshape(-1, W.shape[3]) + b
+    return z.reshape(len(a), OH, OW, W.shape[3])
+
+
+def _maxpool2d(a, window, stride, shape_out):
+    """The maximum of each window (NaN if the window holds one)."""
+    views = _windows(a, window, stride, shape_out)
+    out = views[0].copy()
+    for v in views[1:]:
+        np.maximum(out, v, out=out)
+    return out
+
+
+def _l2pool2d(a, window, stride, shape_out):
+    """sqrt(sum of squares) over each window."""
+    views = _windows(a, window, stride, shape_out)
+    total = views[0] * views[0]
+    for v in views[1:]:
+        total += v * v
+    return np.sqrt(total)
+
+
+def _forward(a):
+    params = _load()
+    n = len(a)
+    for kind, activation, k, shape_in, shape_out, window, stride, padding in LAYERS:
+        if kind == "dense":
+            W, b = params[k]
+            z = a.reshape(n, -1) @ W + b
+        elif kind == "conv2d":
+            W, b = params[k]
+            z = _conv2d(a.reshape(n, *shape_in), W, b, window, stride, padding, shape_out)
+        elif kind == "maxpool2d":
+            z = _maxpool2d(a.reshape(n, *shape_in), window, stride, shape_out)
+        else:
+            z = _l2pool2d(a.reshape(n, *shape_in), window, stride, shape_out)
+        a = _FUNCTIONS[activation](z.reshape(n, -1))
+    return a
 
 
 def forward(X):
@@ -733,16 +1141,18 @@ def forward(X):
     X = np.asarray(X)
     if X.ndim == 1:
         X = X[None, :]
-    if X.ndim != 2 or X.shape[1] != SIZES[0]:
-        raise ValueError("X has shape %s; expected (n, %d)" % (X.shape, SIZES[0]))
-    a = X.astype(DTYPE)
-    if INPUT_DIVISOR is not None:
-        a = a / DTYPE.type(INPUT_DIVISOR)
+    if X.ndim != 2 or X.shape[1] != N_INPUTS:
+        raise ValueError("X has shape %s; expected (n, %d)" % (X.shape, N_INPUTS))
+    chunk = CHUNK or max(len(X), 1)
+    out = np.empty((len(X), N_OUTPUTS), dtype=DTYPE)
     # exp overflows to inf for very negative inputs, and sigmoid is then 0 as it should be
     with np.errstate(over="ignore"):
-        for W, b, f in _load():
-            a = f(a @ W + b)
-    return a
+        for start in range(0, len(X), chunk):
+            a = X[start:start + chunk].astype(DTYPE)
+            if INPUT_DIVISOR is not None:
+                a = a / DTYPE.type(INPUT_DIVISOR)
+            out[start:start + chunk] = _forward(a)
+    return out
 
 
 def predict(X):
@@ -771,6 +1181,10 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 '''
 
+# Entries of im2col the NumPy module builds at a time at most (rows are
+# chunked to fit), so that forward(X) on all of MNIST stays a few tens of MB.
+NUMPY_COL_ENTRIES = 1 << 22
+
 
 # The activations _NUMPY_MODULE's _FUNCTIONS defines (a new fastnn
 # activation needs its NumPy form there before it can be exported).
@@ -786,21 +1200,50 @@ def numpy_paths(path):
     return stem + ".py", stem + ".npz"
 
 
+def _python_nested(value):
+    """The Python literal of nested tuples of str, int, float and None: the
+    leaves through python_literal."""
+    if isinstance(value, tuple):
+        items = [_python_nested(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    return python_literal(value)
+
+
+def _python_lines(values):
+    """A tuple literal with one item per line."""
+    return "(\n" + "".join(f"    {_python_nested(v)},\n" for v in values) + ")"
+
+
 def numpy_module(net, npz_name, source=None, module="model"):
     """The source of a NumPy-only module computing the network (a str); its
-    weights are read from `npz_name`, relative to the module's own file."""
+    weights are read from `npz_name`, relative to the module's own file.
+    Convolution is im2col plus a matrix product, pooling a reduction over
+    strided views, on images (n, H, W, C) as fastnn keeps them."""
     _check_exportable(net, NUMPY_ACTIVATIONS)
     uint8 = net.input_dtype == "uint8"
+    program = steps(net)
+    layers = tuple((str(s.kind), str(s.activation), s.param,
+                    tuple(map(int, s.shape_in)), tuple(map(int, s.shape_out)),
+                    tuple(map(int, s.window)), tuple(map(int, s.stride)),
+                    tuple(map(int, s.pads))) for s in program)
+    param_shapes = tuple((tuple(map(int, W.shape)), tuple(map(int, b.shape)))
+                         for W, b in zip(net.weights, net.biases))
+    # per sample, a convolution's im2col is (OH * OW, kh * kw * C)
+    cols = [s.shape_out[0] * s.shape_out[1] * s.window[0] * s.window[1] * s.shape_in[2]
+            for s in program if s.kind == "conv2d"]
+    chunk = max(1, NUMPY_COL_ENTRIES // max(cols)) if cols else None
     return _NUMPY_MODULE.format(
         description=python_text(_description(net, source)), npz=python_text(npz_name),
         module=python_text(module if module.isidentifier() else "model"),
-        py=python_text(module + ".py"), n_in=int(net.sizes[0]), n_out=int(net.sizes[-1]),
+        py=python_text(module + ".py"), n_in=int(net.plan.n_inputs),
+        n_out=int(net.plan.n_outputs),
         scaling=("raw uint8 pixel values 0..255 (any numeric dtype), divided by 255 as in "
                  "training" if uint8 else "used as given"),
-        sizes=python_literal(tuple(int(s) for s in net.sizes)),
-        activations=python_literal(tuple(str(a) for a in net.activations)),
+        input_shape=_python_nested(tuple(map(int, net.input_shape))),
+        layers=_python_lines(layers), param_shapes=_python_lines(param_shapes),
         dtype=python_literal(str(net.dtype)), slope=python_literal(float(net.slope)),
-        divisor=python_literal(255 if uint8 else None), npz_literal=python_literal(npz_name))
+        divisor=python_literal(255 if uint8 else None), chunk=python_literal(chunk),
+        npz_literal=python_literal(npz_name))
 
 
 def numpy_weights(net):
@@ -919,8 +1362,4 @@ def export(net, path, format, source=None, force=False):
     if not hasattr(net, "sizes") or not hasattr(net, "weights"):
         raise ConfigError(f"export needs a fastnn Network or a model file, not "
                           f"{type(net).__name__}")
-    if not net.plan.plain_dense:
-        raise ExportError(f"exporting networks with layers other than Dense, or with an image "
-                          f"input shape, is not yet supported (this one has "
-                          f"{', '.join(repr(l) for l in net.layers)})")
     return exporter.write(net, path, source, force)
