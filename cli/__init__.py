@@ -2,10 +2,10 @@
 import click
 
 from fastnn._version import __version__
-from fastnn.cli.common import Command
+from fastnn.cli.common import Command, MainMixin
 
 
-class Group(click.Group):
+class Group(MainMixin, click.Group):
     """The fastnn group: its commands are `Command`s, which turn fastnn's
     errors into one line with exit status 1 and Ctrl-C into status 130."""
 

@@ -5,21 +5,42 @@ import math
 import click
 import numpy as np
 
-class Command(click.Command):
+class MainMixin:
+    """main() of a command run as the program itself (no args given, so
+    they come from sys.argv): SIGINT is the command's until the process
+    exits, and ignored on the way out (see fastnn.interrupts)."""
+
+    def main(self, args=None, *rest, **kwargs):
+        from fastnn.interrupts import own_sigint_until_exit
+
+        if args is not None:  # CliRunner, or a program embedding the command
+            return super().main(args, *rest, **kwargs)
+        leaving = own_sigint_until_exit()
+        try:
+            return super().main(args, *rest, **kwargs)
+        finally:
+            leaving()
+
+
+class Command(MainMixin, click.Command):
     """A command that shows fastnn's own errors as one line with exit status
     1 (Click's way), and a Ctrl-C as 'Interrupted' with status 130, whether it
-    runs inside the fastnn group or on its own."""
+    runs inside the fastnn group or on its own. The first Ctrl-C interrupts;
+    later ones are ignored, so that what the first one does (save, exit 130)
+    is never cut short."""
 
     def invoke(self, ctx):
         from fastnn.exceptions import FastnnError
+        from fastnn.interrupts import FirstInterruptOnly
 
-        try:
-            return super().invoke(ctx)
-        except FastnnError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted", err=True)
-            ctx.exit(130)
+        with FirstInterruptOnly():
+            try:
+                return super().invoke(ctx)
+            except FastnnError as exc:
+                raise click.ClickException(str(exc)) from None
+            except KeyboardInterrupt:
+                click.echo("Interrupted", err=True)
+                ctx.exit(130)
 
 
 DATA_HELP = ("DATA is a dataset name (mnist), an IDX images file (labels found beside it or "
@@ -34,6 +55,40 @@ def data_options(command):
     command = click.option("--labels", type=click.Path(dir_okay=False),
                            help="Labels file of IDX or .npy images.")(command)
     return command
+
+
+def force_option(command):
+    """--force, for commands that write files."""
+    return click.option("--force", is_flag=True,
+                        help="Replace an existing output file even if it is not of the kind "
+                             "written (never a directory, FIFO or device, nor an input).")(command)
+
+
+def check_outputs(outputs, inputs=(), force=False):
+    """Check every output before any work (fastnn.files): none is the same
+    file as an input or another output, and each may be written. outputs are
+    (label, path, FileKind), inputs (label, path); returns {label: Output}."""
+    from fastnn.exceptions import OutputError
+    from fastnn.files import check_distinct, check_output
+
+    outputs = [(label, path, kind) for label, path, kind in outputs if path]
+    check_distinct([(label, path) for label, path, _ in outputs], inputs, OutputError)
+    return {label: check_output(path, kind, force, OutputError) for label, path, kind in outputs}
+
+
+def data_inputs(label, spec, labels=None):
+    """(label, path) of each file DATA reads, for check_outputs."""
+    from fastnn.data import source_files
+
+    return [(label, path) for path in source_files(spec, labels)] if spec else []
+
+
+def training_label_col(net, label_col):
+    """label_col, or the CSV label column the model was trained with."""
+    if label_col is not None:
+        return label_col
+    cli = net.training.get("cli") if isinstance(net.training, dict) else None
+    return cli.get("label_col") if isinstance(cli, dict) else None
 
 
 def threads_option(command):
@@ -54,6 +109,10 @@ def load(spec, split, labels=None, label_col=None, n_features=None, limit=None,
     from fastnn.data import load_data
     from fastnn.exceptions import DataError
 
+    if limit is not None:
+        from fastnn._validation import MAX_COUNT, positive_int
+
+        positive_int(limit, "--limit", maximum=MAX_COUNT)
     data = load_data(spec, split=split, labels=labels, label_col=label_col, n_features=n_features)
     if limit is not None:
         data.X, data.y = data.X[:limit], None if data.y is None else data.y[:limit]

@@ -8,6 +8,8 @@ from fastnn.cli.common import Command
 def datasets():
     """List the known datasets, where each was found, and verify their checksums.
 
+    Exits with status 1 when a dataset is missing or corrupt.
+
     \b
     Example:
         fastnn datasets
@@ -19,8 +21,8 @@ def datasets():
         place = find_mnist()
     except DatasetNotFound:
         places = ", ".join(str(p) for p in mnist_search_path())
-        click.echo(f"mnist: not found (looked in {places}); run 'fastnn download mnist'")
-        return
+        click.echo(f"mnist: not found (looked in {places})")
+        raise click.ClickException("mnist was not found; run 'fastnn download mnist'") from None
     problems = verify_mnist(place)
     bad = {name: p for name, p in problems.items() if p}
     status = "ok, checksums verified" if not bad else "CORRUPT"
@@ -29,7 +31,8 @@ def datasets():
         click.echo(f"  {name}: {problem}")
     if bad:
         raise click.ClickException(f"mnist in {place} has corrupt files; run "
-                                   f"'fastnn download mnist --dir {place}' to replace them")
+                                   f"'fastnn download mnist --dir {place} --force' to replace "
+                                   f"them")
 
 
 @click.command(cls=Command)
@@ -38,7 +41,9 @@ def datasets():
               help="Where to put the files [default: ~/.cache/fastnn/mnist].")
 @click.option("--mirror", "mirrors", multiple=True, metavar="URL",
               help="Fetch from this base URL instead of the default mirrors (repeatable).")
-def download(dataset, directory, mirrors):
+@click.option("--force", is_flag=True,
+              help="Replace files of the same names that are not gzip files.")
+def download(dataset, directory, mirrors, force):
     """Download a dataset's original files, verifying their MD5 checksums.
 
     \b
@@ -48,5 +53,5 @@ def download(dataset, directory, mirrors):
     """
     from fastnn.datasets import download_mnist
 
-    place = download_mnist(directory, list(mirrors) or None, report=click.echo)
+    place = download_mnist(directory, list(mirrors) or None, report=click.echo, force=force)
     click.echo(f"mnist is ready in {place}")

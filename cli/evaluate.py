@@ -1,11 +1,13 @@
 """``fastnn eval``."""
 import click
 
-from fastnn.cli.common import (DATA_HELP, Command, data_options, echo_json, load, match_inputs,
-                               set_threads, threads_option)
+from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, data_options,
+                               echo_json, force_option, load, match_inputs, set_threads,
+                               threads_option, training_label_col)
 
 HELP = """Evaluate MODEL on DATA (default: the mnist test split): loss, accuracy,
-per-class precision, recall and F1, and the confusion matrix.
+per-class precision, recall and F1, and the confusion matrix. A CSV DATA's
+label column is the one MODEL was trained with (or --label-col).
 
 \b
 Examples:
@@ -23,15 +25,22 @@ Examples:
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--confusion-png", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Also draw the confusion matrix as a PNG (needs matplotlib).")
-def eval_command(model, data, labels, label_col, limit, threads, as_json, confusion_png):
+@click.option("--confusion-png", type=click.Path(), metavar="FILE",
+              help="Also draw the confusion matrix as a picture (.png, .svg or .pdf; needs "
+                   "matplotlib).")
+@force_option
+def eval_command(model, data, labels, label_col, limit, threads, as_json, confusion_png, force):
     from fastnn import load as load_model
     from fastnn.metrics import classification_report
+    from fastnn.plot import picture_format
 
+    if confusion_png:
+        check_outputs([("--confusion-png", confusion_png, picture_format(confusion_png)[1])],
+                      [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
     net = load_model(model)
-    dataset = load(data, "test", labels, label_col, n_features=net.sizes[0], limit=limit)
+    dataset = load(data, "test", labels, training_label_col(net, label_col),
+                   n_features=net.sizes[0], limit=limit)
     X = match_inputs(net, dataset.X)
     result = {"model": model, "data": dataset.source, **net.evaluate(X, dataset.y)}
     if "accuracy" in result:
@@ -40,7 +49,7 @@ def eval_command(model, data, labels, label_col, limit, threads, as_json, confus
         truth = dataset.y if dataset.y.ndim == 1 else dataset.y.argmax(axis=1)
         result.update(classification_report(truth, predicted, n_classes))
     if confusion_png:
-        _write_confusion(confusion_png, result, dataset.source)
+        _write_confusion(confusion_png, result, dataset.source, force)
         if as_json:
             result["confusion_png"] = confusion_png
     if as_json:
@@ -66,7 +75,7 @@ def eval_command(model, data, labels, label_col, limit, threads, as_json, confus
         click.echo(f"\nWrote the confusion matrix to {confusion_png}")
 
 
-def _write_confusion(path, result, source):
+def _write_confusion(path, result, source, force):
     from fastnn.exceptions import DataError
     from fastnn.plot import plot_confusion
 
@@ -74,4 +83,4 @@ def _write_confusion(path, result, source):
     if "confusion_matrix" not in result:
         raise DataError(f"{source} has float targets, not class labels: no confusion matrix "
                         f"to draw for --confusion-png")
-    plot_confusion(result["confusion_matrix"], path)
+    plot_confusion(result["confusion_matrix"], path, force=force)

@@ -1,7 +1,7 @@
 """``fastnn export``."""
 import click
 
-from fastnn.cli.common import Command
+from fastnn.cli.common import Command, force_option
 
 HELP = """Export MODEL to run without fastnn: an ONNX model, one dependency-free
 C99 source file, or a NumPy module (OUT.py with its weights in OUT.npz).
@@ -24,9 +24,11 @@ Examples:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-f", "--format", "format_", type=click.Choice(["onnx", "c", "numpy"]),
               help="What to write [default: from OUT's suffix].")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", required=True, type=click.Path(),
               help="The file to write (for numpy, OUT.py and OUT.npz).")
-def export(model, format_, out):
+@force_option
+def export(model, format_, out, force):
+    from fastnn.cli.common import check_outputs
     from fastnn.export import EXPORTERS, export as export_model, format_for
     from fastnn.io import load
 
@@ -35,7 +37,9 @@ def export(model, format_, out):
         if format_ is None:
             raise click.UsageError(f"cannot tell the format from the name {out!r}; give "
                                    f"--format ({', '.join(EXPORTERS)})")
+    check_outputs([("-o", path, kind) for path, kind in EXPORTERS[format_].outputs(out)],
+                  [("MODEL", model)], force)
     net = load(model)
-    written = export_model(net, out, format_, source=model)
+    written = export_model(net, out, format_, source=model, force=force)
     click.echo(f"Exported {model} ({list(net.sizes)}, {'/'.join(net.activations)}) as "
                f"{EXPORTERS[format_].title} to {' and '.join(written)}")

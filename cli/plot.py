@@ -3,9 +3,10 @@ import os
 
 import click
 
-from fastnn.cli.common import Command
+from fastnn.cli.common import Command, check_outputs, force_option
 
-HELP = """Draw the learning curves of a training run as a PNG: loss and accuracy per
+HELP = """Draw the learning curves of a training run as a picture (PNG, SVG or PDF,
+from OUT's suffix): loss and accuracy per
 epoch for the training, validation and test data, with dashed lines where
 the learning rate changed. HISTORY is the JSON file written by
 fastnn train --history (or from History.to_dict()). Needs matplotlib:
@@ -20,14 +21,15 @@ Examples:
 
 @click.command(cls=Command, help=HELP)
 @click.argument("history", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", type=click.Path(dir_okay=False),
-              help="Write the PNG here [default: HISTORY with the suffix .png].")
+@click.option("-o", "--out", type=click.Path(),
+              help="Write the picture here: .png, .svg or .pdf [default: HISTORY with the "
+                   "suffix .png].")
 @click.option("--title", help="A title above the panels [default: the number of epochs].")
-def plot(history, out, title):
-    from fastnn.plot import plot_history
+@force_option
+def plot(history, out, title, force):
+    from fastnn.plot import picture_format, plot_history
 
     out = out or os.path.splitext(history)[0] + ".png"
-    if os.path.abspath(out) == os.path.abspath(history):
-        raise click.UsageError(f"-o {out} would overwrite the history file")
-    plot_history(history, out, title=title)
+    check_outputs([("-o", out, picture_format(out)[1])], [("HISTORY", history)], force)
+    plot_history(history, out, title=title, force=force)
     click.echo(f"Wrote the learning curves to {out}")

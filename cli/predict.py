@@ -4,11 +4,20 @@ import io
 import click
 import numpy as np
 
-from fastnn.cli.common import (DATA_HELP, Command, data_options, load, match_inputs, set_threads,
-                               threads_option)
+from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, data_options,
+                               force_option, load, match_inputs, set_threads, threads_option,
+                               training_label_col)
+from fastnn.files import FileKind
+
+#: What an existing -o file must be to be replaced without --force: the CSV
+#: that predict writes.
+PREDICTIONS_CSV = FileKind("predictions CSV written by fastnn predict",
+                           lambda head: head.startswith((b"label\n", b"label\r\n", b"label,p0,")))
 
 HELP = """Predict the class of each sample of DATA with MODEL, as CSV: one row per
-sample with its label (and with --proba the output activations).
+sample with its label (and with --proba the output activations). A CSV
+DATA's label column, if it has one, is the one MODEL was trained with
+(or --label-col).
 
 \b
 Examples:
@@ -22,20 +31,23 @@ Examples:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data")
 @data_options
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the CSV here [default: stdout].")
+@click.option("-o", "--out", type=click.Path(), help="Write the CSV here [default: stdout].")
 @click.option("--proba", is_flag=True, help="Also write the output layer's activations.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @threads_option
-def predict(model, data, labels, label_col, out, proba, limit, threads):
+@force_option
+def predict(model, data, labels, label_col, out, proba, limit, threads, force):
     from fastnn import load as load_model
     from fastnn.exceptions import FastnnError
-    from fastnn.io import atomic_write
+    from fastnn.files import atomic_write
     from fastnn.metrics import predicted_labels
 
+    check_outputs([("-o", out, PREDICTIONS_CSV)],
+                  [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
     net = load_model(model)
-    dataset = load(data, "test", labels, label_col, n_features=net.sizes[0], limit=limit,
-                   need_labels=False)
+    dataset = load(data, "test", labels, training_label_col(net, label_col),
+                   n_features=net.sizes[0], limit=limit, need_labels=False)
     X = match_inputs(net, dataset.X)
     outputs = net.forward(X)
     predicted = predicted_labels(outputs)
@@ -48,7 +60,7 @@ def predict(model, data, labels, label_col, out, proba, limit, threads):
     else:
         np.savetxt(text, predicted[:, None], fmt="%d")
     if out:
-        atomic_write(out, text.getvalue(), FastnnError)
+        atomic_write(out, text.getvalue(), FastnnError, kind=PREDICTIONS_CSV, force=force)
         click.echo(f"Wrote {len(predicted):,} predictions to {out}", err=True)
     else:
         click.echo(text.getvalue(), nl=False)

@@ -1,8 +1,9 @@
 """``fastnn show``."""
 import click
 
-from fastnn.cli.common import (DATA_HELP, Command, data_options, load, match_inputs, set_threads,
-                               threads_option)
+from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, data_options,
+                               force_option, load, match_inputs, set_threads, threads_option,
+                               training_label_col)
 
 HELP = """Draw the samples of DATA (default: the mnist test split) that MODEL gets
 most wrong, as a grid of images in a PNG: the misclassified samples whose
@@ -34,8 +35,9 @@ def image_shape(ctx, param, value):
 @click.command(cls=Command, help=HELP)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data", required=False, default="mnist")
-@click.option("--misclassified", type=click.Path(dir_okay=False), metavar="FILE.png",
-              required=True, help="Write the grid of the worst-classified samples here.")
+@click.option("--misclassified", type=click.Path(), metavar="FILE.png",
+              required=True, help="Write the grid of the worst-classified samples here "
+                                  "(.png, .svg or .pdf).")
 @click.option("--count", type=click.IntRange(min=1), default=25, show_default=True,
               help="Draw at most this many samples.")
 @click.option("--image-shape", callback=image_shape, metavar="HxW",
@@ -43,17 +45,22 @@ def image_shape(ctx, param, value):
 @data_options
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @threads_option
-def show(model, data, misclassified, count, image_shape, labels, label_col, limit, threads):
+@force_option
+def show(model, data, misclassified, count, image_shape, labels, label_col, limit, threads,
+         force):
     from fastnn import load as load_model
-    from fastnn.plot import image_shape_for, plot_misclassified
+    from fastnn.plot import image_shape_for, picture_format, plot_misclassified
 
+    check_outputs([("--misclassified", misclassified, picture_format(misclassified)[1])],
+                  [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
     net = load_model(model)
     # before loading DATA: a shape that cannot be drawn fails at once
     image_shape_for(net.sizes[0], image_shape, hint="give --image-shape HEIGHTxWIDTH")
-    dataset = load(data, "test", labels, label_col, n_features=net.sizes[0], limit=limit)
+    dataset = load(data, "test", labels, training_label_col(net, label_col),
+                   n_features=net.sizes[0], limit=limit)
     X = match_inputs(net, dataset.X)
     shown = plot_misclassified(net, X, dataset.y, misclassified, n=count,
-                               image_shape=image_shape)
+                               image_shape=image_shape, force=force)
     click.echo(f"Wrote the {len(shown)} worst-classified samples of {dataset.source} "
                f"to {misclassified}")

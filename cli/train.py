@@ -1,5 +1,6 @@
 """``fastnn train``."""
 import json
+import os
 import sys
 
 import click
@@ -7,8 +8,9 @@ from click.core import ParameterSource
 
 from fastnn.activations import ACTIVATIONS
 from fastnn.datasets import DATASETS
-from fastnn.cli.common import (DATA_HELP, Command, data_options, echo_json, jsonable, load, match_inputs,
-                               set_threads, threads_option)
+from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, data_options,
+                               echo_json, jsonable, load, match_inputs, set_threads,
+                               threads_option)
 from fastnn.initializers import INITIALIZERS
 from fastnn.losses import LOSSES
 from fastnn.network import DTYPES
@@ -21,6 +23,11 @@ ARCHITECTURE = ("layers", "hidden", "activation", "output_activation", "loss", "
 # Options of fit() that a resumed run takes from the model file unless given again.
 RESUMABLE = ("batch_size", "lr", "optimizer", "momentum", "betas", "eps", "l2", "l1", "dropout",
              "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle")
+# Of those, the ones that make another run: refused on resume when they differ
+# from the run's (option name -> its key in the model's training record).
+FIXED_ON_RESUME = {"optimizer": "optimizer", "lr_schedule": "lr_schedule",
+                   "val_split": "validation_split", "augment": "augment",
+                   "class_weight": "class_weight", "shuffle": "shuffle"}
 
 # What to do when the labels of DATA do not look like class labels.
 LABELS_HINT = ("Name the label column with --label-col (a CSV's last column is the default) "
@@ -33,6 +40,11 @@ units, quadratic cost, 30 epochs, mini-batches of 10, eta = 3.0. Each epoch
 prints one line (with a progress bar while it runs, on a terminal). Ctrl-C
 stops after the current batch and saves the model; --resume continues it
 (early stopping then counts afresh, and an interrupted epoch starts over).
+An -o or --history file that existed before the run is replaced only when
+the run finishes: until then, checkpoints, Ctrl-C and divergence write
+MODEL.checkpoint.safetensors beside it and say how to resume. Outputs are
+never inputs, directories, FIFOs or devices; another kind of file is
+replaced only with --force.
 
 \b
 Examples:
@@ -77,7 +89,7 @@ def choice(registry, exclude=()):
 
 @click.command(cls=Command, help=HELP)
 @click.argument("data", required=False)
-@click.option("-o", "--out", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", type=click.Path(),
               help="Save the model here (safetensors) [default with --resume: that file].")
 @data_options
 @click.option("--val", "val_data", metavar="DATA", help="Validation data (any DATA form).")
@@ -129,16 +141,20 @@ def choice(registry, exclude=()):
               help="Visit the samples in their order each epoch.")
 @threads_option
 @click.option("--checkpoint-every", type=click.IntRange(min=1), metavar="N",
-              help="Save the model every N epochs.")
+              help="Save the model every N epochs (to -o, or beside it as "
+                   "MODEL.checkpoint.safetensors if -o existed before the run).")
 @click.option("--resume", type=click.Path(dir_okay=False),
               help="Continue training a saved model, with its optimizer state and options.")
-@click.option("--history", type=click.Path(dir_okay=False), metavar="FILE.json",
+@click.option("--history", type=click.Path(), metavar="FILE.json",
               help="Write the per-epoch metrics here.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing -o or --history file even if it is not of the kind "
+                   "written (never a directory, FIFO or device, nor an input).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object when done.")
 @click.pass_context
 def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
-          checkpoint_every, history, quiet, as_json, threads, **options):
+          checkpoint_every, history, force, quiet, as_json, threads, **options):
     from fastnn import load as load_model
     from fastnn.exceptions import TrainingDiverged
     from fastnn.schedules import parse as parse_schedule
@@ -157,10 +173,12 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
                                    f"is fixed by the model file when resuming")
         net = load_model(resume)
         run = dict(net.training.get("cli", {}))
-        stored = net.training
+        stored = net.training.get("cli_options", {})
+        _refuse_changes(ctx, net, options, given, data=data, labels=labels,
+                        label_col=label_col, limit=limit)
         for name in RESUMABLE:
-            if name not in given and name in stored.get("cli_options", {}):
-                options[name] = stored["cli_options"][name]
+            if name not in given and name in stored:
+                options[name] = stored[name]
         data = data or run.get("data")
         labels, label_col = labels or run.get("labels"), label_col or run.get("label_col")
         val_data = val_data or run.get("val")
@@ -172,6 +190,12 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     data = data or "mnist"
     if checkpoint_every and not out:
         raise click.UsageError("--checkpoint-every needs -o MODEL")
+    if test_data is None and data in DATASETS and val_data != data:
+        test_data = data
+    # every path, before any work: what is read, and where the run may write
+    inputs = (data_inputs("DATA", data, labels) + data_inputs("--val", val_data)
+              + data_inputs("--test", test_data))
+    outputs = RunOutputs(out, history, resume, inputs, force)
     set_threads(threads)
     say = (lambda *a, **k: None) if quiet or as_json else click.echo
 
@@ -185,11 +209,10 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
         net.input_dtype = str(X_train.dtype)
     val = None
     if val_data:
-        v = load(val_data, "test", n_features=net.sizes[0])
+        v = load(val_data, "test", label_col=label_col, n_features=net.sizes[0])
         val = (match_inputs(net, v.X), v.y)
-    if test_data is None and data in DATASETS and val_data != data:
-        test_data = data
-    test = load(test_data, "test", n_features=net.sizes[0]) if test_data else None
+    test = (load(test_data, "test", label_col=label_col, n_features=net.sizes[0])
+            if test_data else None)
     X_test = match_inputs(net, test.X) if test is not None else None
 
     epochs = 30 if options["epochs"] is None else options["epochs"]
@@ -200,6 +223,9 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     if resume and net.training.get("lr_schedule_state"):
         schedule = parse_schedule(options["lr_schedule"] or net.training.get("lr_schedule"))
         schedule.load_state_dict(net.training["lr_schedule_state"])
+        if "lr" in given:
+            # the new rate from now on; the schedule goes on scaling it
+            schedule.lr = options["lr"]
         fit_options["lr_schedule"] = schedule
     run.update(data=data, labels=labels, label_col=label_col, val=val_data, test=test_data,
                limit=limit, epochs=run.get("epochs_done", 0) + epochs)
@@ -207,12 +233,10 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     done_before = run["epochs_done"]
     records = []
 
-    def save_model():
+    def record_run():
         run["epochs_done"] = done_before + (net.history.epochs if net.history else 0)
         net.training.update(cli=run, cli_options=cli_options)
-        net.save(out)
-        if history:
-            _write_history(history, records, net)
+        return _history_text(records, net)
 
     def after_epoch(epoch, metrics):
         record = dict(metrics)
@@ -224,41 +248,176 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
         records.append(record)
         say(epoch_line(done_before + epoch + 1, record, of=run["epochs"]))
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
-            save_model()
+            outputs.save_unfinished(net, record_run())
 
     net.check_data(X_train, train_set.y)
     say(f"{net}: {net.n_params:,} parameters; training on {len(train_set):,} samples "
         f"of {train_set.source}")
     progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
+    finished = False
     try:
         net.fit(X_train, train_set.y, epochs=epochs, validation_data=val,
                 validation_split=fit_options.pop("val_split", 0.0), callback=after_epoch,
                 progress=progress, **fit_options)
+        finished = True
+        outputs.save_finished(net, record_run())
     except KeyboardInterrupt:
-        if out:
-            save_model()
-            click.echo(f"Interrupted: saved the model after {net.epochs_trained} epoch(s) to {out}; "
-                       f"continue with: fastnn train --resume {out}", err=True)
+        if progress is not None:
+            click.echo(err=True)  # end the progress bar's line
+        if finished:
+            # during or just before the final save: it is complete now
+            outputs.save_finished(net, record_run())
+            click.echo(f"Interrupted after the run finished: "
+                       f"{outputs.describe_finished()}", err=True)
         else:
-            if history:
-                _write_history(history, records, net)
-            click.echo("Interrupted (no model saved: no -o MODEL given)", err=True)
+            where = outputs.save_unfinished(net, record_run())
+            click.echo(f"Interrupted: {outputs.describe(where, net.epochs_trained)}", err=True)
         ctx.exit(130)
     except TrainingDiverged as exc:
-        if history and not out:
-            _write_history(history, records, net)
-        if out and records:
-            save_model()
-            raise click.ClickException(f"{exc} Saved the weights of the last good epoch to {out}.")
-        raise click.ClickException(str(exc))
+        where = outputs.save_unfinished(net, record_run(), model=bool(records))
+        if not where["model"]:
+            raise click.ClickException(str(exc))
+        raise click.ClickException(f"{exc} " + outputs.describe(
+            where, net.epochs_trained, "Saved the weights of the last good epoch"))
     if out:
-        save_model()
         say(f"Saved the model to {out}")
-    elif history:
-        _write_history(history, records, net)
     if as_json:
         echo_json({"model": out, "network": repr(net), "epochs_trained": net.epochs_trained,
                    "history": _history_dict(records, net), "final": records[-1] if records else {}})
+
+
+def _refuse_changes(ctx, net, options, given, **data_options):
+    """On --resume, refuse the options that would change the run itself: its
+    data (DATA, --labels, --label-col, --limit, --val-split) and how it
+    trains (--optimizer, --lr-schedule, --augment, --class-weight,
+    --no-shuffle). The others (--epochs, --lr, --momentum, --betas, --eps,
+    --batch-size, --l2, --l1, --dropout, --early-stopping, --val, --test) may
+    change and apply from the next epoch."""
+    from fastnn.exceptions import ConfigError
+    from fastnn.files import same_file
+    from fastnn.schedules import parse as parse_schedule
+
+    run, training = net.training.get("cli", {}), net.training
+
+    def refuse(flag, old):
+        raise ConfigError(f"{flag} is fixed by the model file when resuming (it was {old!r}); "
+                          f"start a new run to change it")
+
+    for name, value in data_options.items():
+        old = run.get(name)
+        if value is None or value == old:
+            continue
+        if (isinstance(value, str) and isinstance(old, str) and os.path.exists(value)
+                and os.path.exists(old) and same_file(value, old)):
+            continue
+        refuse("DATA" if name == "data" else "--" + name.replace("_", "-"), old)
+    for name, key in FIXED_ON_RESUME.items():
+        if name not in given:
+            continue
+        new, old = options[name], training.get(key)
+        if name == "lr_schedule":
+            new = parse_schedule(new).spec()
+        if new != old and not (name == "val_split" and not new and not old):
+            param = next(p for p in ctx.command.params if p.name == name)
+            refuse(max(param.opts, key=len), old)
+
+
+class RunOutputs:
+    """Where a training run writes, checked before it starts.
+
+    -o MODEL and --history FILE get the finished run. A run that does not
+    finish (Ctrl-C, divergence) and --checkpoint-every write the same files
+    if they did not exist when the run began, and otherwise their siblings
+    STEM.checkpoint.SUFFIX: a run that did not finish never replaces a file
+    that existed before it. Once the run finishes, the checkpoint files it
+    wrote (or resumed from) are removed.
+    """
+
+    def __init__(self, out, history, resume, inputs, force):
+        from fastnn.exceptions import OutputError
+        from fastnn.files import check_distinct, sibling
+        from fastnn.history import HISTORY_FILE
+        from fastnn.io import MODEL_FILE
+
+        self.resume = resume
+        # -o may be the --resume file (that is its default) or its
+        # checkpoint; --history may be neither
+        check_distinct([("-o", out), ("--history", history)], inputs, OutputError)
+        check_distinct([("--history", history)], [("--resume", resume)], OutputError)
+        first = check_outputs([("-o", out, MODEL_FILE), ("--history", history, HISTORY_FILE)],
+                              force=force)
+        later = []
+        self.final, self.unfinished, self.written = {}, {}, set()
+        for name, label, path, kind in (("model", "-o", out, MODEL_FILE),
+                                        ("history", "--history", history, HISTORY_FILE)):
+            if not path:
+                continue
+            self.final[name] = path
+            if first[label].existed:
+                self.unfinished[name] = sibling(path, "checkpoint")
+                later.append((f"{label}'s checkpoint", self.unfinished[name], kind))
+            else:
+                self.unfinished[name] = path
+        if later:
+            check_distinct([("-o", out), ("--history", history)]
+                           + [(label, path) for label, path, _ in later], inputs, OutputError)
+            check_distinct([(label, path) for label, path, _ in later if "history" in label],
+                           [("--resume", resume)], OutputError)
+            check_outputs(later, force=force)
+        self.force = force
+
+    def _write(self, net, history_text, paths, model=True):
+        from fastnn.files import atomic_write
+        from fastnn.exceptions import FastnnError
+        from fastnn.history import HISTORY_FILE
+
+        written = {"model": None, "history": None}
+        if model and "model" in paths:
+            net.save(paths["model"], force=self.force)
+            written["model"] = paths["model"]
+        if "history" in paths:
+            atomic_write(paths["history"], history_text, FastnnError, kind=HISTORY_FILE,
+                         force=self.force)
+            written["history"] = paths["history"]
+        return written
+
+    def save_unfinished(self, net, history_text, model=True):
+        """Save the state of a run that has not finished; returns where."""
+        written = self._write(net, history_text, self.unfinished, model)
+        self.written.update(p for p in written.values() if p)
+        return written
+
+    def save_finished(self, net, history_text):
+        """Save the finished run, then remove the checkpoints it leaves behind."""
+        from fastnn.files import remove, same_file
+        from fastnn.interrupts import Deferred
+
+        # a Ctrl-C now takes effect once every file is written
+        with Deferred() as interrupt:
+            self._write(net, history_text, self.final)
+            for name, path in self.unfinished.items():
+                if path != self.final[name] and (path in self.written or (
+                        self.resume and os.path.exists(path) and same_file(path, self.resume))):
+                    remove(path)
+        interrupt.deliver()
+
+    def describe_finished(self):
+        """Where a finished run is."""
+        if not self.final:
+            return "nothing to save (no -o MODEL given)"
+        return "saved " + " and ".join(f"the {name} to {path}" for name, path in self.final.items())
+
+    def describe(self, written, epochs, what="saved the model"):
+        """What an unfinished run left where, and how to continue it."""
+        model = written["model"]
+        if model is None:
+            return ("no model saved (no -o MODEL given)" if "model" not in self.final
+                    else "no model saved (no epoch was completed)")
+        text = f"{what} after {epochs} epoch(s) to {model}"
+        if model != self.final["model"]:
+            text += f" ({self.final['model']}, which existed before this run, is unchanged)"
+            return f"{text}; continue with: fastnn train --resume {model} -o {self.final['model']}"
+        return f"{text}; continue with: fastnn train --resume {model}"
 
 
 def _new_network(train_set, options):
@@ -294,8 +453,5 @@ def _history_dict(records, net):
     return history.to_dict()
 
 
-def _write_history(path, records, net):
-    from fastnn.exceptions import FastnnError
-    from fastnn.io import atomic_write
-
-    atomic_write(path, json.dumps(jsonable(_history_dict(records, net)), indent=2), FastnnError)
+def _history_text(records, net):
+    return json.dumps(jsonable(_history_dict(records, net)), indent=2)

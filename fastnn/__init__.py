@@ -9,11 +9,12 @@
 from fastnn import datasets
 from fastnn._version import __version__
 from fastnn.exceptions import (ConfigError, DataError, DatasetNotFound, FastnnError,
-                               ModelFileError, TrainingDiverged)
+                               ModelFileError, NetworkBusy, OutputError, ResourceError,
+                               TrainingDiverged)
 from fastnn.history import History
 from fastnn.io import load
 from fastnn.network import Network
 
 __all__ = ["Network", "History", "load", "datasets", "FastnnError", "ConfigError",
-           "DataError", "DatasetNotFound", "ModelFileError", "TrainingDiverged",
-           "__version__"]
+           "DataError", "DatasetNotFound", "ModelFileError", "NetworkBusy", "OutputError",
+           "ResourceError", "TrainingDiverged", "__version__"]

@@ -213,10 +213,22 @@ def check_targets_fit_loss(Y, loss, output, name="y"):
                             f"row {i} of {name} sums to {sums[i]:g}")
 
 
-def positive_int(value, name, minimum=1):
-    """value as an int >= minimum, or ConfigError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, not {value!r}")
+#: The largest count (epochs, batch size, rows) and seed a model file may
+#: record: what fastnn.io reads back. Larger ones are refused when given.
+MAX_COUNT = 2 ** 62
+MAX_SEED = 2 ** 1024
+
+
+def positive_int(value, name, minimum=1, maximum=None):
+    """value as an int >= minimum (and <= maximum, if given), or ConfigError
+    naming the option."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
+            or (maximum is not None and value > maximum)):
+        if maximum is None:
+            raise ConfigError(f"{name} must be an integer >= {minimum}, not {value!r}")
+        top = (f"2**{maximum.bit_length() - 1}" if maximum > 2 ** 32
+               and maximum & (maximum - 1) == 0 else f"{maximum}")
+        raise ConfigError(f"{name} must be an integer >= {minimum} and <= {top}, not {value!r}")
     return int(value)
 
 

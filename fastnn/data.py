@@ -260,7 +260,7 @@ def load_csv(path, label_col=None, n_features=None):
 
     The label column is `label_col` (a name or a 1-based number), by default
     the last column; with `n_features` given and the file exactly that wide,
-    the file has no label column. Features that are all whole numbers in
+    the file has no label column (whatever `label_col` says). Features that are all whole numbers in
     0..255 are read as uint8 pixels (scaled by 1/255 like IDX images).
     """
     try:
@@ -299,7 +299,9 @@ def load_csv(path, label_col=None, n_features=None):
         column = names[c] if names and c < len(names) else str(c + 1)
         raise DataError(f"{path}: row {first_line + r}, column {column} is {values[r, c]}, "
                         f"not a finite number")
-    if label_col is None and n_features is not None and width == n_features:
+    if n_features is not None and width == n_features:
+        # exactly the features the model takes: no label column, even where
+        # one is named (a model's training label column, given to predict)
         return pixels_or_floats(values), None
     col = _label_column(label_col, names, width, path)
     X = np.delete(values, col, axis=1)
@@ -695,6 +697,27 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
         return Data(*_check_data(X, y, spec), spec)
     except MemoryError:
         raise DataError(f"{spec}: not enough memory to read it") from None
+
+
+def source_files(spec, labels=None):
+    """The files `load_data(spec, labels=labels)` would read, as far as they
+    exist (for the check that no output overwrites an input)."""
+    from fastnn.datasets import DATASETS, MNIST_FILES, find_mnist
+    from fastnn.exceptions import DatasetNotFound
+
+    spec = os.fspath(spec)
+    if spec in DATASETS and not os.path.exists(spec):
+        try:
+            place = find_mnist()
+        except DatasetNotFound:
+            return []
+        return [place / name for name, _ in MNIST_FILES.values()]
+    path = Path(spec)
+    beside = Path(labels) if labels else None
+    if beside is None and path.is_file():
+        beside = _idx_labels_beside(path) or (_npy_labels_beside(path)
+                                               if path.suffix.lower() == ".npy" else None)
+    return [p for p in (path, beside) if p is not None and p.exists()]
 
 
 def _check_data(X, y, spec):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastnn.data import gunzip, parse_idx, read_file
 from fastnn.exceptions import DataError, DatasetNotFound
+from fastnn.files import GZIP_FILE, atomic_write, check_output
 
 #: The four original MNIST files and their official MD5 checksums.
 MNIST_FILES = {
@@ -125,21 +126,23 @@ def load_mnist(path=None):
     return (X_train, y_train), (X_test, y_test)
 
 
-def download_mnist(directory=None, mirrors=None, timeout=60, report=None):
+def download_mnist(directory=None, mirrors=None, timeout=60, report=None, force=False):
     """Fetch the four MNIST files into `directory` (default: the user cache),
     verifying each against its official MD5 before it is written.
 
-    Files already there with the right checksum are kept. Each file is
-    written atomically, so an interrupted download leaves no partial file.
+    Files already there with the right checksum are kept; others are
+    replaced, if they are gzip files (a damaged download) or with
+    force=True. Each file is written atomically under the output policy of
+    fastnn.files, so an interrupted download leaves no partial file.
     `report(message)` is told what happens. Returns the directory.
     """
-    from fastnn.io import atomic_write
-
     directory = Path(directory) if directory else user_cache_dir() / "mnist"
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create {directory}: {exc.strerror}") from None
+    for name, _ in MNIST_FILES.values():
+        check_output(directory / name, GZIP_FILE, force, DataError)
     mirrors = mirrors or MNIST_MIRRORS
     for name, expected in MNIST_FILES.values():
         target = directory / name
@@ -159,7 +162,7 @@ def download_mnist(directory=None, mirrors=None, timeout=60, report=None):
             if md5(data) != expected:
                 failures.append(f"{url}: MD5 {md5(data)}, expected {expected}")
                 continue
-            atomic_write(target, data, DataError)
+            atomic_write(target, data, DataError, kind=GZIP_FILE, force=force)
             if report:
                 report(f"{target}: downloaded from {url}, checksum ok")
             break

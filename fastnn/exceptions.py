@@ -25,6 +25,20 @@ class ModelFileError(FastnnError):
     """A file that is not a readable fastnn model."""
 
 
+class OutputError(FastnnError):
+    """An output that must not or cannot be written: the same file as an
+    input, not a regular file, not the kind of file being written (without
+    force), or in a directory that is missing or not writable."""
+
+
+class ResourceError(FastnnError, MemoryError):
+    """A request that needs more memory than the machine makes available."""
+
+
+class NetworkBusy(FastnnError, RuntimeError):
+    """A Network used by two fit calls at once."""
+
+
 class TrainingDiverged(FastnnError, ArithmeticError):
     """The training loss became NaN or infinite; the last good weights are kept."""
 

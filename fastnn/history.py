@@ -1,5 +1,13 @@
 """The per-epoch record that ``Network.fit`` returns."""
+import re
 from collections.abc import Mapping
+
+from fastnn.files import FileKind
+
+#: A history file (History.to_dict() as JSON, as fastnn train --history
+#: writes it), for the output policy (fastnn.files).
+HISTORY_FILE = FileKind("fastnn history file (JSON starting with \"epochs\")",
+                        lambda head: re.match(rb'\s*\{\s*"epochs"\s*:', head) is not None)
 
 
 class History(Mapping):

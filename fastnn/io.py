@@ -10,24 +10,26 @@ factor applied to the inputs: 1/255 for uint8 pixels), ``optimizer``
 (name, steps taken) and ``training`` (the options of the last fit, its
 final metrics and learning-rate schedule state).
 
-Writing is atomic: the file is written to a temporary name in the same
-directory, flushed to disk, and renamed over the target, so a crash never
-leaves a half-written model. Loading never executes code (no pickle): the
+Writing is atomic and follows the output policy of ``fastnn.files``: the
+file is written to a temporary name in the same directory, flushed to disk,
+and renamed over the target, so a crash never leaves a half-written model,
+and an existing file that is not a fastnn model is not replaced unless
+asked to. Loading never executes code (no pickle): the
 header is JSON and the tensors are raw arrays, checked against the header.
 """
 import json
 import math
 import os
 import re
-import stat
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
+from fastnn import _validation
 from fastnn._kernels import get_backend
 from fastnn._version import __version__
 from fastnn.exceptions import ConfigError, ModelFileError
+from fastnn.files import FileKind, atomic_write
 from fastnn.training import OptimizerState
 
 FORMAT = "fastnn"
@@ -68,63 +70,32 @@ def _bytes(net):
     return st_save(tensors, metadata=metadata)
 
 
-def _mode_for(path):
-    """The permission bits a file written at path should get."""
+def _looks_like_model(head):
+    """Whether a file whose first bytes are `head` is a fastnn model file."""
+    if len(head) < 8:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    if n > MAX_HEADER or head[8:9] != b"{":
+        return False
+    if len(head) < 8 + n:  # a header longer than what was read
+        return b'"format":"fastnn"' in head
     try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        header = json.loads(head[8:8 + n])
+    except (UnicodeDecodeError, ValueError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
-def atomic_write(path, data, error=ModelFileError):
-    """Write bytes (or str, as UTF-8) to path through a temporary file in the
-    same directory, fsync and a rename: readers see the old file or the new
-    one, never half of one. Failures raise `error` with a one-line message."""
-    path = os.fspath(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise error(f"cannot write {path}: directory {directory} does not exist")
-    if os.path.isdir(path):
-        raise error(f"cannot write {path}: it is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                   suffix=".tmp")
-    except OSError as exc:
-        raise error(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        # mkstemp makes the file 0600; give it the mode any new file gets
-        # (0666 less the umask), or keep the mode of the file it replaces
-        os.fchmod(fd, _mode_for(path))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise error(f"cannot write {path}: {exc.strerror}") from None
-        raise
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # some filesystems cannot sync a directory; the rename is done
+#: What a model file is, for the output policy (fastnn.files).
+MODEL_FILE = FileKind("fastnn model", _looks_like_model)
 
 
-def save(net, path):
-    """Write `net` to `path` as a safetensors model file, atomically."""
-    atomic_write(path, _bytes(net))
+def save(net, path, force=False):
+    """Write `net` to `path` as a safetensors model file, atomically, under
+    the output policy of fastnn.files (an existing file that is not a fastnn
+    model is replaced only with force=True)."""
+    atomic_write(path, _bytes(net), ModelFileError, kind=MODEL_FILE, force=force)
 
 
 # ------------------------------------------------------------------ reading
@@ -144,8 +115,8 @@ MAX_LAYERS = 1024
 MAX_UNITS = 2 ** 31 - 1
 # Counts (epochs, optimizer steps, rows) in a header: far beyond any run,
 # within the kernels' int64 counters.
-MAX_COUNT = 2 ** 62
-MAX_SEED = 2 ** 1024
+MAX_COUNT = _validation.MAX_COUNT    # (what fit and Network accept)
+MAX_SEED = _validation.MAX_SEED
 #: safetensors dtype names fastnn reads, and what they are.
 TENSOR_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 DTYPE_NAMES = {"float32": "F32", "float64": "F64"}

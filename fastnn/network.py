@@ -11,9 +11,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from fastnn import _kernels, blas, training
-from fastnn._validation import (check_finite, check_targets, check_targets_fit_loss, check_X,
-                                nonnegative_float, positive_int)
+from fastnn import _kernels, blas, memory, training
+from fastnn._validation import (MAX_SEED, check_finite, check_targets, check_targets_fit_loss,
+                                check_X, nonnegative_float, positive_int)
 from fastnn.activations import get_activation
 from fastnn.exceptions import ConfigError, DataError
 from fastnn.initializers import get_initializer
@@ -120,7 +120,7 @@ class Network:
         self.slope = nonnegative_float(slope, "slope")
         if seed is None:
             seed = secrets.randbits(63)
-        self.seed = positive_int(seed, "seed", minimum=0)
+        self.seed = positive_int(seed, "seed", minimum=0, maximum=MAX_SEED)
         self.backend = backend
         self._kernels = _kernels.get_backend(backend)
         self.epochs_trained = 0
@@ -135,6 +135,9 @@ class Network:
         #: next fit() with the same optimizer.
         self.optimizer_state = None
 
+        memory.check_fits(memory.new_network_bytes(self.sizes, self.dtype.itemsize),
+                          f"a network of sizes {list(self.sizes)} ({self.dtype})",
+                          "use smaller layers")
         self._params = np.empty(_kernels.n_params(self.sizes), dtype=self.dtype)
         rng = np.random.default_rng(self.seed)
         for (W, b), (W0, b0) in zip(self._views(), get_initializer(init)(self.sizes, rng)):
@@ -232,6 +235,7 @@ class Network:
 
     # ------------------------------------------------------------------- API
 
+    @training.one_fit_at_a_time
     def fit(self, X, y, epochs=30, batch_size=None, lr=None, shuffle=True, *,
             optimizer="sgd", momentum=None, betas=None, eps=None, l2=0.0, l1=0.0,
             dropout=0.0, lr_schedule=None, validation_data=None, validation_split=0.0,
@@ -326,9 +330,19 @@ class Network:
         TrainingDiverged
             If the loss becomes NaN or infinite; the weights from before that
             epoch are restored and the history so far is in ``exc.history``.
+        NetworkBusy
+            If another fit call (in another thread) is training this network.
+        ResourceError
+            If training would need more memory than is available.
         KeyboardInterrupt
-            On Ctrl-C, after the current batch: the weights are those after
-            that batch, and ``self.history`` has the completed epochs.
+            On Ctrl-C (SIGINT, in the main thread), once the kernel has
+            finished its current batch: the weights, the optimizer state and
+            its step count are rolled back to the start of the interrupted
+            epoch, so ``self.history`` and ``epochs_trained`` count complete
+            epochs only and another ``fit`` continues exactly as an
+            uninterrupted run would. (The signal is held back while the
+            kernel runs, then passed to the SIGINT handler that was in place;
+            fit raises KeyboardInterrupt if that handler returns.)
         """
         X = check_X(X, self.sizes[0])
         Y, labels = self._targets(X, y)
@@ -436,10 +450,16 @@ class Network:
         views = _kernels.param_views(grad, self.sizes)
         return Gradient(total / len(X), [W for W, _ in views], [b for _, b in views])
 
-    def save(self, path):
-        """Write the network to a safetensors model file (atomically)."""
+    def save(self, path, force=False):
+        """Write the network to a safetensors model file, atomically.
+
+        The output policy of fastnn.files applies: a directory, FIFO or
+        device is refused, a symlink is followed, and an existing file that
+        is not a fastnn model is replaced only with ``force=True``.
+        Refusals and failures raise ModelFileError with a one-line message.
+        """
         from fastnn.io import save
-        save(self, path)
+        save(self, path, force=force)
 
 
 def _check_dtype(dtype):

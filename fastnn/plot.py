@@ -8,8 +8,11 @@ of the samples a network gets most wrong). They need matplotlib, the
 
 Figures are drawn with matplotlib's Agg canvas directly, never through
 ``pyplot``: no window opens, no global backend is switched and no figure
-is left registered anywhere. Each PNG is rendered into memory and written
-with ``fastnn.io.atomic_write``, so a failure never leaves half a file.
+is left registered anywhere. The file's suffix says the format (``.png``,
+``.svg`` or ``.pdf``; others are refused). Each picture is rendered into
+memory and written with ``fastnn.files.atomic_write`` under fastnn's output
+policy: never half a file, and an existing file that is not a picture of
+that format is replaced only with ``force=True``.
 """
 import io
 import math
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastnn.exceptions import ConfigError, DataError, FastnnError
+from fastnn.files import FileKind, atomic_write, check_distinct, check_output, starting_with
 
 MATPLOTLIB_HINT = "plots need matplotlib: pip install 'fastnn[plot]'"
 # Screen-sized pictures: ~100 dpi keeps a README image well under 200 kB.
@@ -46,13 +50,40 @@ def _matplotlib():
     return Figure, FigureCanvasAgg
 
 
-def _save(fig, canvas_class, path, dpi):
+def _is_svg(head):
+    text = head.lstrip()
+    return text.startswith((b"<?xml", b"<svg", b"<!DOCTYPE svg")) and b"<svg" in text
+
+
+#: The picture formats by file suffix: (matplotlib's format, FileKind).
+PICTURE_FORMATS = {
+    ".png": ("png", starting_with("PNG image", b"\x89PNG\r\n\x1a\n")),
+    ".svg": ("svg", FileKind("SVG image", _is_svg)),
+    ".pdf": ("pdf", starting_with("PDF document", b"%PDF-")),
+}
+
+
+def picture_format(path):
+    """(format, FileKind) of a picture file, from its suffix; ConfigError if
+    the suffix is not one of PICTURE_FORMATS."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix not in PICTURE_FORMATS:
+        raise ConfigError(f"cannot tell the picture format of {os.fspath(path)!r}: name it "
+                          f"{' or '.join(PICTURE_FORMATS)}")
+    return PICTURE_FORMATS[suffix]
+
+
+def check_picture(path, force=False):
+    """Check, before any drawing, that a picture may be written at path."""
+    check_output(path, picture_format(path)[1], force, FastnnError)
+
+
+def _save(fig, canvas_class, path, dpi, force):
+    fmt, kind = picture_format(path)
     buffer = io.BytesIO()
     canvas_class(fig)  # attaches itself to fig: savefig then renders with Agg
-    fig.savefig(buffer, format="png", dpi=dpi)
-    from fastnn.io import atomic_write
-
-    atomic_write(path, buffer.getvalue(), FastnnError)
+    fig.savefig(buffer, format=fmt, dpi=dpi)
+    atomic_write(path, buffer.getvalue(), FastnnError, kind=kind, force=force)
 
 
 # ---------------------------------------------------------------- history
@@ -155,8 +186,8 @@ def _lr_changes(lr):
     return changes
 
 
-def plot_history(history, path, *, title=None, dpi=DPI):
-    """Draw a training run's learning curves and write them to a PNG file.
+def plot_history(history, path, *, title=None, dpi=DPI, force=False):
+    """Draw a training run's learning curves and write them to a picture file.
 
     One panel shows the loss per epoch (training, and validation and test
     when recorded), a second the accuracy (left out when the run recorded
@@ -170,11 +201,13 @@ def plot_history(history, path, *, title=None, dpi=DPI):
         What ``Network.fit`` returns, a dict like ``History.to_dict()``, or
         the path of a JSON file written by ``fastnn train --history``.
     path : str or Path
-        The PNG file to write (atomically).
+        The picture to write (atomically): .png, .svg or .pdf.
     title : str, optional
         A title above the panels [default: the number of epochs, and why
         training stopped early].
     dpi : int, default 100
+    force : bool, default False
+        Replace an existing file that is not a picture of that format.
 
     Raises
     ------
@@ -184,6 +217,9 @@ def plot_history(history, path, *, title=None, dpi=DPI):
         If matplotlib is missing, or the file cannot be written.
     """
     Figure, Canvas = _matplotlib()
+    check_picture(path, force)
+    if isinstance(history, (str, os.PathLike)):
+        check_distinct([("the picture", path)], [("the history", history)], FastnnError)
     series, info = load_history(history)
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
@@ -240,13 +276,13 @@ def plot_history(history, path, *, title=None, dpi=DPI):
         if info["stopped"]:
             title += f" (stopped: {str(info['stopped']).replace('_', ' ')})"
     fig.suptitle(title)
-    _save(fig, Canvas, path, dpi)
+    _save(fig, Canvas, path, dpi, force)
 
 
 # -------------------------------------------------------------- confusion
 
-def plot_confusion(matrix, path, labels=None, *, title=None, dpi=DPI):
-    """Draw a confusion matrix and write it to a PNG file.
+def plot_confusion(matrix, path, labels=None, *, title=None, dpi=DPI, force=False):
+    """Draw a confusion matrix and write it to a picture file.
 
     Rows are the true classes and columns the predicted ones, each cell
     holds its count, and the colour scale is logarithmic so that a handful
@@ -258,12 +294,14 @@ def plot_confusion(matrix, path, labels=None, *, title=None, dpi=DPI):
         ``counts[i][j]`` samples of class i predicted as class j, such as
         ``fastnn.metrics.confusion_matrix`` returns.
     path : str or Path
-        The PNG file to write (atomically).
+        The picture to write (atomically): .png, .svg or .pdf.
     labels : sequence of k str, optional
         Class names [default: 0 .. k-1].
     title : str, optional
         [default: the accuracy the matrix implies]
     dpi : int, default 100
+    force : bool, default False
+        Replace an existing file that is not a picture of that format.
 
     Raises
     ------
@@ -275,6 +313,7 @@ def plot_confusion(matrix, path, labels=None, *, title=None, dpi=DPI):
         If matplotlib is missing, or the file cannot be written.
     """
     Figure, Canvas = _matplotlib()
+    check_picture(path, force)
     counts = _check_matrix(matrix)
     k = len(counts)
     if labels is None:
@@ -316,7 +355,7 @@ def plot_confusion(matrix, path, labels=None, *, title=None, dpi=DPI):
         title = (f"accuracy {correct / total:.2%} ({correct:,} / {total:,})" if total
                  else "confusion matrix (no samples)")
     ax.set_title(title)
-    _save(fig, Canvas, path, dpi)
+    _save(fig, Canvas, path, dpi, force)
 
 
 def _check_matrix(matrix):
@@ -383,7 +422,8 @@ def worst_classified(net, X, y):
     return order, predicted, labels
 
 
-def plot_misclassified(net, X, y, path, n=25, image_shape=None, *, title=None, dpi=DPI):
+def plot_misclassified(net, X, y, path, n=25, image_shape=None, *, title=None, dpi=DPI,
+                       force=False):
     """Draw the samples a network gets most wrong, as a grid of images.
 
     The misclassified samples whose true class gets the lowest output
@@ -397,7 +437,7 @@ def plot_misclassified(net, X, y, path, n=25, image_shape=None, *, title=None, d
         Inputs, as the network takes them (uint8 pixels, or floats).
     y : array (n_samples,) of int labels, or one-hot rows
     path : str or Path
-        The PNG file to write (atomically).
+        The picture to write (atomically): .png, .svg or .pdf.
     n : int, default 25
         Draw at most this many samples.
     image_shape : (int, int), optional
@@ -405,6 +445,8 @@ def plot_misclassified(net, X, y, path, n=25, image_shape=None, *, title=None, d
     title : str, optional
         [default: how many samples are shown, of how many misclassified]
     dpi : int, default 100
+    force : bool, default False
+        Replace an existing file that is not a picture of that format.
 
     Returns
     -------
@@ -422,6 +464,7 @@ def plot_misclassified(net, X, y, path, n=25, image_shape=None, *, title=None, d
     from fastnn._validation import positive_int
 
     Figure, Canvas = _matplotlib()
+    check_picture(path, force)
     n = positive_int(n, "n")
     height, width = image_shape_for(net.sizes[0], image_shape)
     order, predicted, labels = worst_classified(net, X, y)
@@ -448,5 +491,5 @@ def plot_misclassified(net, X, y, path, n=25, image_shape=None, *, title=None, d
         title = (f"the {len(shown)} worst of {len(order):,} misclassified samples "
                  f"(of {len(labels):,})")
     fig.suptitle(title)
-    _save(fig, Canvas, path, dpi)
+    _save(fig, Canvas, path, dpi, force)
     return shown

@@ -7,18 +7,20 @@ show progress and to turn Ctrl-C into a stop between two batches. Between
 epochs come validation, the learning-rate schedule, early stopping and the
 callback.
 """
+import functools
 import math
 import numbers
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
-from fastnn import _kernels
-from fastnn._validation import check_finite, check_X, nonnegative_float, positive_int
-from fastnn.exceptions import ConfigError, DataError, TrainingDiverged, lookup
+from fastnn import _kernels, interrupts, memory
+from fastnn._validation import MAX_COUNT, check_finite, check_X, nonnegative_float, positive_int
+from fastnn.exceptions import ConfigError, DataError, NetworkBusy, TrainingDiverged, lookup
 from fastnn.history import History
 from fastnn.losses import get_loss
 from fastnn.optimizers import get_optimizer, hyper_array
@@ -65,10 +67,10 @@ def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, m
                   has_validation):
     """Options from fit's arguments, or ConfigError naming the bad one."""
     opt = get_optimizer(optimizer)
-    epochs = positive_int(epochs, "epochs", minimum=0)
+    epochs = positive_int(epochs, "epochs", minimum=0, maximum=MAX_COUNT)
     if batch_size is None:
         batch_size = n_train if opt.full_batch else 10
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size", maximum=MAX_COUNT)
     if opt.full_batch and batch_size < n_train:
         raise ConfigError(f"{opt.name} is a full-batch method: leave batch_size unset "
                           f"(or set it to the {n_train} training samples), not {batch_size}")
@@ -91,7 +93,7 @@ def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, m
     l1 = nonnegative_float(l1, "l1")
     dropout = _dropout_rates(dropout, len(net.sizes) - 2)
     if early_stopping is not None:
-        early_stopping = positive_int(early_stopping, "early_stopping")
+        early_stopping = positive_int(early_stopping, "early_stopping", maximum=MAX_COUNT)
         if not has_validation:
             raise ConfigError("early_stopping watches the validation loss: give validation_data "
                               "or validation_split")
@@ -178,13 +180,24 @@ def sample_weights(sample_weight, class_weight, labels, n, n_outputs):
 
 def run_epoch(kernel, args, control, on_tick=None):
     """Run kernel(**args) in a worker thread; the calling thread calls
-    on_tick() about ten times a second, and on Ctrl-C asks the kernel to stop
-    after its current batch.
+    on_tick() about ten times a second meanwhile.
 
-    Returns (result, interrupted).
+    A Ctrl-C (SIGINT) in the meantime does not raise: it asks the kernel to
+    stop before its next batch (see fastnn.interrupts). Whatever happens (a
+    Ctrl-C, an exception from on_tick), the kernel has returned before this
+    function does: nothing touches the parameters, and no BLAS call runs,
+    once it has returned or raised. That is what makes it safe to write a
+    model file or to exit afterwards (an exit under a running kernel crashes
+    in OpenBLAS).
+
+    Returns (result, interrupt): interrupt.received says whether a Ctrl-C
+    came, and interrupt.deliver() passes it on (KeyboardInterrupt by default).
     """
     out = {}
     done = threading.Event()
+
+    def stop():
+        control[_kernels.STOP_REQUEST] = 1
 
     def target():
         try:
@@ -195,20 +208,63 @@ def run_epoch(kernel, args, control, on_tick=None):
             done.set()
 
     # Completion is an Event, not Thread.join(): a KeyboardInterrupt inside
-    # join() can leave is_alive() False while the thread still runs.
-    threading.Thread(target=target, name="fastnn-epoch", daemon=True).start()
-    interrupted = False
-    while not done.is_set():
+    # join() can leave is_alive() False while the thread still runs. The
+    # thread is not a daemon: the interpreter never exits under it.
+    worker = threading.Thread(target=target, name="fastnn-epoch")
+    started = False
+    with interrupts.Deferred(stop) as interrupt:
         try:
-            if not done.wait(0.1) and on_tick is not None:
-                on_tick()
-        except KeyboardInterrupt:
-            # the kernel stops before its next batch; a second Ctrl-C waits too
-            interrupted = True
-            control[_kernels.STOP_REQUEST] = 1
+            worker.start()
+            started = True
+            while not done.is_set():
+                if not done.wait(0.1) and on_tick is not None:
+                    on_tick()
+        finally:
+            if started and not done.is_set():
+                stop()
+                _wait_uninterrupted(done, stop)
     if "error" in out:
         raise out["error"]
-    return out["result"], interrupted
+    return out["result"], interrupt
+
+
+def _wait_uninterrupted(done, stop):
+    """Wait for done; a KeyboardInterrupt meanwhile (there can be one only
+    where SIGINT is not deferred) stops the kernel and is raised afterwards."""
+    interrupted = False
+    while True:
+        try:
+            if done.wait(0.1):
+                break
+        except KeyboardInterrupt:
+            interrupted = True
+            stop()
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+_training = weakref.WeakSet()   # networks a fit call is training now
+_training_guard = threading.Lock()
+
+
+def one_fit_at_a_time(fit):
+    """Decorates Network.fit: a second fit of the same network, from another
+    thread, gets NetworkBusy at once instead of racing the first over its
+    parameters and optimizer state (a lock taken without blocking)."""
+    @functools.wraps(fit)
+    def exclusive_fit(net, *args, **kwargs):
+        with _training_guard:
+            if net in _training:
+                raise NetworkBusy("this Network is being trained by another fit call (in "
+                                  "another thread); train one at a time, or a copy "
+                                  "(copy.deepcopy(net))")
+            _training.add(net)
+        try:
+            return fit(net, *args, **kwargs)
+        finally:
+            with _training_guard:
+                _training.discard(net)
+    return exclusive_fit
 
 
 @dataclass
@@ -236,19 +292,26 @@ class Trainer:
                               else np.ascontiguousarray(weights, dtype=dtype))
         opt = get_optimizer(options.optimizer)
         n = len(self.X)
+        # a batch beyond the data is one batch of all of it
+        batch_size = min(options.batch_size, n)
+        memory.check_fits(
+            memory.training_bytes(net.sizes, net.dtype.itemsize, opt.state_rows,
+                                  min(batch_size, _kernels.MAX_CHUNK), n),
+            f"training a network of sizes {list(net.sizes)} with {opt.name}",
+            "use smaller layers")
         current = net.optimizer_state
         if current is None or current.name != opt.name or current.state.shape[1] != net.n_params:
             net.optimizer_state = OptimizerState(opt.name, opt.new_state(net.n_params, dtype, options.lr))
         self.opt_state = net.optimizer_state
         sizes, acts = net._codes()
-        capacity = min(options.batch_size, n, _kernels.MAX_CHUNK)
+        capacity = min(batch_size, _kernels.MAX_CHUNK)
         rates = np.array(options.dropout if any(options.dropout) else [], dtype=np.float64)
         kernels = net._kernels
         self.control = np.zeros(_kernels.N_CONTROL, dtype=np.int64)
         self.args = dict(
             X=self.X, Y=self.Y, order=np.arange(n, dtype=np.int64), params=net._params,
             state=self.opt_state.state, sizes=sizes, activations=acts, slope=net.slope,
-            loss=get_loss(net.loss).code, batch_size=options.batch_size, capacity=capacity,
+            loss=get_loss(net.loss).code, batch_size=batch_size, capacity=capacity,
             optimizer=opt.code, hyper=None, dropout=rates, sample_weight=self.sample_weight,
             augment=AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT), seed=0,
             work=np.empty(kernels.workspace_size(sizes, capacity, rates), dtype=dtype),
@@ -270,8 +333,16 @@ class Trainer:
             total += o.l2 / (2 * n) * float(np.vdot(W, W)) + o.l1 / n * float(np.abs(W).sum())
         return total
 
-    def epoch(self, lr):
-        """Train one epoch at rate lr; returns (metrics, status)."""
+    def epoch(self, lr, hist, schedule):
+        """Train one epoch at rate lr and record it (history, epoch count,
+        schedule). Returns (metrics, status, the next epoch's rate).
+
+        The epoch happens entirely or not at all: a Ctrl-C is held back from
+        the kernel's start until the epoch is recorded, and on a Ctrl-C
+        before that, a divergence or an exception, the parameters and the
+        optimizer go back to the start of the epoch, from where a resumed
+        run continues exactly as an uninterrupted one would.
+        """
         net, n, control = self.net, len(self.X), self.control
         epoch_seed = np.random.SeedSequence([net.seed, net.epochs_trained])
         shuffle_seed, kernel_seed = epoch_seed.generate_state(2, dtype=np.uint64)
@@ -282,29 +353,56 @@ class Trainer:
         self.args["seed"] = int(kernel_seed)
         self.args["hyper"] = self._hyper(lr)
         control[_kernels.STOP_REQUEST] = control[_kernels.ROWS_DONE] = 0
-        control[_kernels.STEPS] = self.opt_state.steps
+        steps = self.opt_state.steps
+        control[_kernels.STEPS] = steps
         self.snapshot[...] = net._params
         # every optimizer, plain SGD too: unfused SGD (l1, or batches over
         # the chunk size) writes its gradient into the state
         state_snapshot = self.opt_state.state.copy()
+
+        def roll_back():
+            net._params[...] = self.snapshot
+            self.opt_state.state[...] = state_snapshot
+            self.opt_state.steps = steps
+
         tick = None
         if self.progress is not None:
             epoch = net.epochs_trained
             tick = lambda: self.progress(epoch, int(control[_kernels.ROWS_DONE]), n)  # noqa: E731
-        start = time.perf_counter()
-        (status, loss_sum, n_correct), interrupted = run_epoch(
-            net._kernels.train_epoch, self.args, control, tick)
-        seconds = time.perf_counter() - start
-        if status == _kernels.DIVERGED:
-            net._params[...] = self.snapshot
-            self.opt_state.state[...] = state_snapshot
-            return None, status
-        self.opt_state.steps = int(control[_kernels.STEPS])
+        metrics, next_lr = None, lr
+        with interrupts.Deferred() as self.interrupt:
+            try:
+                start = time.perf_counter()
+                (status, loss_sum, n_correct), in_kernel = run_epoch(
+                    net._kernels.train_epoch, self.args, control, tick)
+                in_kernel.deliver()  # into this block's deferral
+                seconds = time.perf_counter() - start
+                if status == _kernels.DONE and not self.interrupt.received:
+                    metrics = self._metrics(lr, loss_sum, n_correct, seconds)
+                if metrics is None or self.interrupt.received:
+                    roll_back()
+                    metrics = None
+                    if status != _kernels.DIVERGED:
+                        status = _kernels.STOPPED
+                else:
+                    # recorded all at once: a Ctrl-C now comes after
+                    self.opt_state.steps = int(control[_kernels.STEPS])
+                    hist.append(metrics)
+                    net.epochs_trained += 1
+                    next_lr = schedule.next_lr(metrics)
+                    net.training.update(epochs_done=hist.epochs, final=hist.last(),
+                                        lr_schedule_state=schedule.state_dict())
+            except BaseException:
+                if metrics is None:
+                    roll_back()
+                raise
+        return metrics, status, next_lr
+
+    def _metrics(self, lr, loss_sum, n_correct, seconds):
+        net, n, control = self.net, len(self.X), self.control
         rows = int(control[_kernels.ROWS_DONE])
         if self.progress is not None:
             self.progress(net.epochs_trained, rows, n)
-        if interrupted:
-            return None, _kernels.STOPPED
         metrics = {"loss": loss_sum / rows}
         if self.labels is not None:
             metrics["accuracy"] = n_correct / rows
@@ -317,19 +415,31 @@ class Trainer:
                 metrics["val_accuracy"] = result["accuracy"]
         metrics["lr"] = lr
         metrics["seconds"] = seconds
-        return metrics, status
+        return metrics
 
     def run(self):
-        o, net = self.o, self.net
         hist = History()
-        net.history = hist
+        self.net.history = hist
+        try:
+            return self._run(hist)
+        except KeyboardInterrupt:
+            hist.stopped = "interrupted"
+            raise
+
+    def _run(self, hist):
+        o, net = self.o, self.net
         schedule = o.lr_schedule
         if not schedule.started:
             schedule.start(o.lr)
         lr = schedule.lr
+        # a run stopped before its first epoch ends still records where the
+        # schedule stands, so that a resumed run continues it
+        net.training["lr_schedule_state"] = schedule.state_dict()
         best_loss, best_params, waited = math.inf, None, 0
         for epoch in range(o.epochs):
-            metrics, status = self.epoch(lr)
+            metrics, status, next_lr = self.epoch(lr, hist, schedule)
+            # a Ctrl-C held back during the epoch: KeyboardInterrupt here
+            self.interrupt.deliver()
             if status == _kernels.DIVERGED:
                 hist.stopped = "diverged"
                 exc = TrainingDiverged(
@@ -339,13 +449,9 @@ class Trainer:
                 exc.history = hist
                 raise exc
             if status == _kernels.STOPPED:
-                hist.stopped = "interrupted"
+                # the handler in place did not raise: stop all the same
                 raise KeyboardInterrupt
-            hist.append(metrics)
-            net.epochs_trained += 1
-            lr = schedule.next_lr(metrics)
-            net.training.update(epochs_done=hist.epochs, final=hist.last(),
-                                lr_schedule_state=schedule.state_dict())
+            lr = next_lr
             if self.verbose:
                 print(epoch_line(net.epochs_trained, metrics), file=sys.stderr, flush=True)
             stop = None

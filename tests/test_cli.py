@@ -256,7 +256,9 @@ def test_bad_data_leaves_an_existing_model_intact(files, tmp_path):
             ("labels.npz", "at row 0, but the output layer's 3 unit(s) take labels 0..2", ("eval",))]:
         for command in commands:
             assert message in run(command, model, tmp_path / data, code=1).output
-        assert message in run("train", "--resume", model, tmp_path / data, code=1).output
+        # a resumed run trains on its own data: other data is refused up front
+        assert "DATA is fixed by the model file" in run("train", "--resume", model,
+                                                        tmp_path / data, code=1).output
     run("predict", model, tmp_path / "labels.npz")        # predict needs no labels
     assert model.read_bytes() == before
 
@@ -376,7 +378,8 @@ def test_checkpoint_every(files, tmp_path, monkeypatch):
     saves = []
     original = fastnn.Network.save
     monkeypatch.setattr(fastnn.Network, "save",
-                        lambda self, path: saves.append(self.epochs_trained) or original(self, path))
+                        lambda self, path, **kw: saves.append(self.epochs_trained)
+                        or original(self, path, **kw))
     run("train", files["npz"], "--hidden", "8", "--epochs", "5", "--checkpoint-every", "2",
         "-o", tmp_path / "m.safetensors")
     assert saves == [2, 4, 5]
@@ -409,7 +412,9 @@ def test_datasets_lists_and_verifies(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "mnist")
     result = CliRunner().invoke(main, ["datasets"], env={"FASTNN_DATA": "",
                                                            "XDG_CACHE_HOME": str(tmp_path / "c")})
-    assert result.exit_code == 0 and "not found" in result.output
+    # a missing dataset is a failure a script can see
+    assert result.exit_code == 1 and "not found" in result.output
+    assert "run 'fastnn download mnist'" in result.output
 
 
 @pytest.fixture
@@ -471,7 +476,8 @@ def test_sigint_saves_the_model_and_resume_continues(tmp_path):
     model = tmp_path / "m.safetensors"
     env = {**os.environ, **ENV}
     proc = subprocess.Popen(fastnn_cmd("train", "--hidden", "128", "--batch-size", "1",
-                                       "--lr", "0.1", "--epochs", "1000", "-o", model),
+                                       "--lr", "0.1", "--epochs", "1000", "--limit", "20000",
+                                       "-o", model),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().startswith("Network(")
@@ -485,9 +491,8 @@ def test_sigint_saves_the_model_and_resume_continues(tmp_path):
     net = fastnn.load(model)
     assert net.epochs_trained >= 1 and net.optimizer_state is not None
     done = net.epochs_trained
-    resumed = subprocess.run(fastnn_cmd("train", "--resume", model, "--epochs", "1", "--limit",
-                                        "5000"), capture_output=True, text=True, timeout=300,
-                             env=env)
+    resumed = subprocess.run(fastnn_cmd("train", "--resume", model, "--epochs", "1"),
+                             capture_output=True, text=True, timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert fastnn.load(model).epochs_trained == done + 1
 

@@ -16,6 +16,9 @@ from fastnn.cli.show import show
 from fastnn.cli.train import train
 from fastnn.exceptions import ConfigError, DataError, FastnnError
 
+# An earlier picture (PNG signature, so that it may be replaced without --force).
+OLD_PNG = b"\x89PNG\r\n\x1a\n an older picture"
+
 ENV = {"FASTNN_DATA": str(MNIST_DIR)}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -128,7 +131,7 @@ def test_history_json_written_by_fastnn_train(mpl, tmp_path):
 
 def test_plot_refuses_bad_history_files_in_one_line(mpl, tmp_path):
     out = tmp_path / "curves.png"
-    out.write_bytes(b"an older picture")
+    out.write_bytes(OLD_PNG)
     not_json = tmp_path / "notes.json"
     not_json.write_text("loss: 0.3\n")
     empty = tmp_path / "empty.json"
@@ -144,13 +147,13 @@ def test_plot_refuses_bad_history_files_in_one_line(mpl, tmp_path):
                              (listed, "JSON list, not an object")]:
         line = one_error_line(invoke(plot, history, "-o", out, code=1))
         assert message in line and str(history) in line, line
-        assert out.read_bytes() == b"an older picture"
+        assert out.read_bytes() == OLD_PNG
     with pytest.raises(DataError, match="no per-epoch series"):
         from fastnn.plot import plot_history
 
         plot_history(fastnn.History(), out)
-    result = invoke(plot, out, "-o", out, code=2)
-    assert "would overwrite the history file" in result.output
+    result = invoke(plot, out, "-o", out, code=1)
+    assert "it is the same file as HISTORY" in result.output
 
 
 # ------------------------------------------------------------- confusion matrix
@@ -273,14 +276,14 @@ def test_show_refuses_non_square_inputs_and_keeps_old_files(mpl, tmp_path):
     model = tmp_path / "wide.safetensors"
     Network([12, 3], seed=0).save(model)
     out = tmp_path / "grid.png"
-    out.write_bytes(b"an older picture")
+    out.write_bytes(OLD_PNG)
     line = one_error_line(invoke(show, model, data, "--misclassified", out, code=1))
     assert line == ("Error: cannot draw 12 inputs as an image: not a square number; "
                     "give --image-shape HEIGHTxWIDTH")
     line = one_error_line(invoke(show, model, data, "--misclassified", out, "--image-shape",
                                  "3x5", code=1))
     assert "an image of 3x5 has 15 pixels, but the samples have 12 inputs" in line
-    assert out.read_bytes() == b"an older picture"
+    assert out.read_bytes() == OLD_PNG
     assert "expected HEIGHTxWIDTH" in invoke(show, model, data, "--misclassified", out,
                                              "--image-shape", "3by4", code=2).output
     invoke(show, model, data, "--misclassified", out, "--image-shape", "3x4")

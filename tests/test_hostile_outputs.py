@@ -1,0 +1,415 @@
+"""Issue 10 §1 and the CLI items of §3, as a user or an attacker would try them: real
+`fastnn` processes under a memory and a time limit (conftest's run_fastnn). A refusal
+is exit 1 or 2, at most two lines on stderr, no traceback, every file in the directory
+byte-identical and no temp file left (assert_refused). Through the Python API the
+same mistakes raise FastnnError subclasses only.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import assert_refused, run_fastnn, snapshot
+
+import fastnn
+from fastnn.exceptions import FastnnError, NetworkBusy, ResourceError
+from fastnn.files import TEMP_SUFFIX
+
+
+def blobs(n, seed=0):
+    """4x4 uint8 'images' of 3 classes that a small network learns."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = np.clip(np.array([40, 130, 220])[y][:, None] + rng.normal(0, 25, (n, 16)), 0, 255)
+    return X.astype(np.uint8), y
+
+
+def write_csv(path, X, y, label_first=False):
+    names = [f"px{i}" for i in range(X.shape[1])]
+    if label_first:
+        cols, header = np.column_stack([y, X]), ["label"] + names
+    else:
+        cols, header = np.column_stack([X, y]), names + ["label"]
+    np.savetxt(path, cols, fmt="%d", delimiter=",", header=",".join(header), comments="")
+
+
+@pytest.fixture(scope="module")
+def stock(tmp_path_factory):
+    """A dataset in several forms, a trained model and its history."""
+    d = tmp_path_factory.mktemp("stock")
+    X, y = blobs(300)
+    np.savez(d / "data.npz", X=X, y=y)
+    write_csv(d / "data.csv", X, y)
+    np.save(d / "X_train.npy", X)
+    np.save(d / "y_train.npy", y)
+    proc = run_fastnn("train", "data.npz", "--hidden", "8", "--epochs", "3", "--seed", "0",
+                      "--lr", "1", "--history", "h.json", "-o", "m.safetensors", "-q", cwd=d)
+    assert proc.returncode == 0, proc.stderr
+    return d
+
+
+@pytest.fixture
+def work(tmp_path, stock):
+    """A fresh copy of the stock files."""
+    for f in stock.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    return tmp_path
+
+
+def refused(work, *args, message, codes=(1, 2)):
+    before = snapshot(work)
+    proc = run_fastnn(*args, cwd=work)
+    assert_refused(proc, before, work, codes)
+    assert re.search(message, proc.stderr), proc.stderr
+    return proc
+
+
+TRAIN = ("train", "data.npz", "--hidden", "8", "--epochs", "2", "--seed", "0")
+
+
+def special(work, kind):
+    """A non-regular output: a FIFO, a symlink to a device, a directory, a
+    dangling symlink."""
+    path = work / "out.safetensors"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        os.symlink("/dev/null", path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        os.symlink(work / "nowhere" / "x.safetensors", path)
+    return path
+
+
+# ------------------------------------------------ outputs that are inputs
+
+@pytest.mark.parametrize("args, message", [
+    (("train", "data.csv", "--hidden", "4", "-o", "data.csv"), "same file as DATA data.csv"),
+    (TRAIN + ("--history", "h2.json", "-o", "h2.json"), "are the same file"),
+    (TRAIN + ("--history", "data.npz", "-o", "new.safetensors"), "same file as DATA"),
+    (("predict", "m.safetensors", "data.npz", "-o", "m.safetensors"), "same file as MODEL"),
+    (("predict", "m.safetensors", "data.npz", "-o", "data.npz"), "same file as DATA"),
+    (("train", "X_train.npy", "--hidden", "4", "-o", "y_train.npy"), "same file as DATA"),
+    (TRAIN + ("--val", "data.csv", "-o", "data.csv"), "same file as --val"),
+    (TRAIN + ("--test", "data.csv", "-o", "data.csv"), "same file as --test"),
+    (("train", "--resume", "m.safetensors", "--history", "m.safetensors"), "same file"),
+    (("export", "m.safetensors", "--format", "onnx", "-o", "m.safetensors"), "same file as MODEL"),
+    (("export", "m.safetensors", "-o", "data.npz"), "not a weights .npz written by fastnn"),
+    (("plot", "h.json", "-o", "h.json"), "cannot tell the picture format|same file"),
+    (("eval", "m.safetensors", "data.npz", "--confusion-png", "data.npz"),
+     "cannot tell the picture format"),
+    (("show", "m.safetensors", "data.npz", "--misclassified", "data.csv"),
+     "cannot tell the picture format"),
+])
+def test_an_output_that_is_an_input_is_refused(work, args, message):
+    refused(work, *args, message=message)
+
+
+def test_an_output_reached_through_a_link_is_still_the_input(work):
+    os.symlink("data.csv", work / "soft.safetensors")
+    os.link(work / "data.csv", work / "hard.safetensors")
+    for out in ("soft.safetensors", "hard.safetensors"):
+        refused(work, "train", "data.csv", "--hidden", "4", "-o", out,
+                message="same file as DATA", codes=(1,))
+
+
+def test_plot_history_onto_itself_by_name(work):
+    # the same file under another spelling
+    (work / "h.png").write_bytes((work / "h.json").read_bytes())
+    refused(work, "plot", "h.png", "-o", "./h.png", message="same file as HISTORY")
+
+
+# ----------------------------------------------- outputs that are not files
+
+KINDS = {"fifo": "FIFO", "device": "character device", "directory": "a directory",
+         "dangling": "symlink to .* which does not exist"}
+
+
+@pytest.mark.parametrize("kind, command", [
+    ("fifo", "train"), ("device", "train"), ("directory", "train"), ("dangling", "train"),
+    ("fifo", "predict"), ("device", "export"), ("directory", "predict"), ("fifo", "force"),
+    ("device", "force")])
+def test_non_regular_outputs_are_refused(work, kind, command):
+    message = KINDS[kind]
+    out = special(work, kind)
+    args = {"train": TRAIN + ("-o", out.name),
+            "predict": ("predict", "m.safetensors", "data.npz", "-o", out.name),
+            "export": ("export", "m.safetensors", "--format", "c", "-o", out.name),
+            "force": TRAIN + ("--force", "-o", out.name)}[command]
+    refused(work, *args, message=message)
+
+
+def test_a_missing_or_unwritable_directory_is_found_before_training(work):
+    proc = refused(work, *TRAIN, "--epochs", "100000", "-o", "nodir/m.safetensors",
+                   message="directory nodir does not exist")
+    assert "epoch" not in proc.stdout
+    refused(work, *TRAIN, "-o", "/proc/self/m.safetensors", message="cannot write")
+
+
+# --------------------------------------------- files of another kind, --force
+
+@pytest.mark.parametrize("args, out, kind", [
+    (TRAIN, "notes.txt", "fastnn model"),
+    (TRAIN + ("--history", "notes.txt", "-o", "m2.safetensors"), None, "fastnn history"),
+    (("predict", "m.safetensors", "data.npz"), "notes.txt", "predictions CSV"),
+    (("export", "m.safetensors", "--format", "c"), "notes.txt", "C file written by fastnn"),
+    (("export", "m.safetensors", "--format", "onnx"), "notes.txt", "ONNX model"),
+    (("plot", "h.json"), "notes.png", "PNG image"),
+    (("eval", "m.safetensors", "data.npz", "--confusion-png", "notes.svg"), None, "SVG image"),
+])
+def test_a_file_of_another_kind_is_replaced_only_with_force(work, args, out, kind):
+    for name in ("notes.txt", "notes.png", "notes.svg"):
+        (work / name).write_text("my notes, not a fastnn output\n")
+    full = args + (("-o", out) if out else ())
+    refused(work, *full, message=f"refusing to replace .*notes.* it is not a {kind}",
+            codes=(1,))
+    proc = run_fastnn(*full, "--force", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    target = work / (out or next(n for n in ("notes.txt", "notes.svg") if n in " ".join(full)))
+    assert "my notes" not in target.read_bytes().decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_outputs_of_the_same_kind_are_replaced_and_a_symlink_stays_a_link(work):
+    (work / "runs").mkdir()
+    os.replace(work / "m.safetensors", work / "runs" / "m.safetensors")
+    os.symlink("runs/m.safetensors", work / "latest.safetensors")
+    proc = run_fastnn(*TRAIN, "-o", "latest.safetensors", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert os.readlink(work / "latest.safetensors") == "runs/m.safetensors"
+    assert fastnn.load(work / "runs" / "m.safetensors").epochs_trained == 2
+    for args in (("predict", "runs/m.safetensors", "data.npz", "-o", "p.csv"),
+                 ("predict", "runs/m.safetensors", "data.npz", "-o", "p.csv", "--proba"),
+                 ("plot", "h.json", "-o", "c.png"), ("plot", "h.json", "-o", "c.png")):
+        proc = run_fastnn(*args, cwd=work)
+        assert proc.returncode == 0, proc.stderr
+    assert not [p for p in work.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+
+
+def test_download_checks_every_target_before_fetching(work):
+    (work / "mnist").mkdir()
+    os.mkfifo(work / "mnist" / "t10k-labels-idx1-ubyte.gz")
+    (work / "mnist" / "train-images-idx3-ubyte.gz").write_text("my notes")
+    # the mirror does not exist: a refusal must come before any fetch
+    for args in [(), ("--force",)]:
+        refused(work, "download", "mnist", "--dir", "mnist", "--mirror", "http://127.0.0.1:9/",
+                *args, message="FIFO|not a gzip file", codes=(1,))
+
+
+# ----------------------------------------- runs that do not finish keep older files
+
+@pytest.mark.slow
+def test_divergence_never_replaces_an_existing_model(work):
+    X = np.random.default_rng(0).normal(size=(200, 4))
+    np.savez(work / "wild.npz", X=X, y=np.random.default_rng(1).normal(size=(200, 2)) * 100)
+    args = ("train", "wild.npz", "--layers", "4,16,16,2", "--output", "identity",
+            "--optimizer", "momentum", "--lr", "1", "--epochs", "10", "--seed", "0")
+    first = run_fastnn(*args, "-o", "wild.safetensors", cwd=work)
+    assert first.returncode == 1 and "diverged" in first.stderr
+    before = (work / "wild.safetensors").read_bytes()   # its last good epoch
+    again = run_fastnn(*args, "-o", "wild.safetensors", cwd=work)
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
+    assert (work / "wild.safetensors").read_bytes() == before
+    assert "wild.safetensors, which existed before this run, is unchanged" in again.stderr
+    assert fastnn.load(work / "wild.checkpoint.safetensors").epochs_trained >= 1
+
+
+def start_training(work, *args):
+    proc = subprocess.Popen([sys.executable, "-m", "fastnn", *args], cwd=work, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith("Network("), proc.stderr.read()
+    return proc
+
+
+@pytest.mark.slow
+def test_ctrl_c_never_replaces_an_existing_model_and_says_how_to_resume(work):
+    before = (work / "m.safetensors").read_bytes()
+    proc = start_training(work, *TRAIN[:-4], "--hidden", "8", "--batch-size", "1", "--epochs",
+                          "100000", "--checkpoint-every", "1", "-o", "m.safetensors")
+    proc.stdout.readline()
+    proc.stdout.readline()                      # two epochs done: two checkpoints
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert (work / "m.safetensors").read_bytes() == before
+    saved = fastnn.load(work / "m.checkpoint.safetensors")
+    assert saved.epochs_trained >= 2
+    command = re.search(r"continue with: fastnn (.*)$", err.strip()).group(1)
+    assert command == "train --resume m.checkpoint.safetensors -o m.safetensors"
+    done = run_fastnn(*command.split(), "--epochs", "1", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert fastnn.load(work / "m.safetensors").epochs_trained == saved.epochs_trained + 1
+    assert not (work / "m.checkpoint.safetensors").exists()     # consumed
+    assert not [p for p in work.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+
+
+@pytest.mark.slow
+def test_resume_in_place_keeps_the_file_until_the_run_finishes(work):
+    before = (work / "m.safetensors").read_bytes()
+    proc = start_training(work, "train", "--resume", "m.safetensors", "--batch-size", "1",
+                          "--epochs", "100000")
+    proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert (work / "m.safetensors").read_bytes() == before
+    assert "--resume m.checkpoint.safetensors -o m.safetensors" in err
+    fastnn.load(work / "m.checkpoint.safetensors")
+
+
+@pytest.mark.slow
+def test_stale_temp_files_are_removed_by_the_next_write(work):
+    # a writer killed with SIGKILL in the middle of a save
+    proc = start_training(work, *TRAIN[:-4], "--hidden", "8", "--epochs", "100000",
+                          "--checkpoint-every", "1", "-o", "new.safetensors")
+    time.sleep(0.5)
+    proc.kill()
+    proc.communicate()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = work / f".new.safetensors.{dead}.x1y2z3{TEMP_SUFFIX}"
+    stale.write_bytes(b"half a model")
+    done = run_fastnn(*TRAIN, "-o", "new.safetensors", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert not [p.name for p in work.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+
+
+# --------------------------------------------------- options (issue 10 §3)
+
+def test_absurd_numbers(work):
+    # a batch beyond the data is one batch of all of it, up to the largest
+    # count a model file can hold (and be read back with)
+    ok = run_fastnn(*TRAIN, "--batch-size", 2 ** 62, "-o", "big.safetensors", cwd=work)
+    assert ok.returncode == 0, ok.stderr
+    assert fastnn.load(work / "big.safetensors").optimizer_state.steps == 2   # one batch an epoch
+    for option, value in [("--batch-size", 2 ** 63), ("--epochs", 10 ** 30),
+                          ("--limit", 10 ** 30), ("--seed", 2 ** 1024 + 1),
+                          ("--early-stopping", 2 ** 64)]:
+        extra = ("--val-split", "0.2") if option == "--early-stopping" else ()
+        refused(work, *TRAIN, option, value, *extra, "-o", "x.safetensors",
+                message="must be an integer >= [01] and <= 2[*][*]", codes=(1,))
+    for hidden in ("10000000", "100000,100000"):
+        proc = refused(work, "train", "data.npz", "--hidden", hidden, "-o", "x.safetensors",
+                       message="needs .* of memory is available", codes=(1,))
+        assert "Traceback" not in proc.stderr
+    refused(work, "train", "data.npz", "--layers", "16,3000000000,3",
+            message="needs .* of memory is available", codes=(1,))
+    refused(work, *TRAIN, "--lr", "inf", message="finite", codes=(1, 2))
+    refused(work, *TRAIN, "--optimizer", "momentum", "--momentum", "nan", message="finite",
+            codes=(1, 2))
+
+
+def history(work, name):
+    return json.loads((work / name).read_text())
+
+
+@pytest.mark.slow
+def test_resume_applies_a_new_rate_and_refuses_what_would_make_another_run(work):
+    proc = run_fastnn("train", "--resume", "m.safetensors", "--epochs", "1", "--lr", "0.1",
+                      "--history", "more.json", "-o", "more.safetensors", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert history(work, "more.json")["lr"] == [0.1]
+    assert fastnn.load(work / "more.safetensors").training["lr"] == 0.1
+    for args, flag in [(("--optimizer", "adam"), "--optimizer"),
+                       (("--lr-schedule", "step:every=2,factor=0.5"), "--lr-schedule"),
+                       (("--val-split", "0.2"), "--val-split"),
+                       (("--limit", "100"), "--limit"),
+                       (("data.csv",), "DATA"),
+                       (("--no-shuffle",), "--no-shuffle")]:
+        refused(work, "train", "--resume", "m.safetensors", *args,
+                message=f"{flag} is fixed by the model file when resuming", codes=(1,))
+    # the same values are not a change
+    proc = run_fastnn("train", "data.npz", "--resume", "m.safetensors", "--optimizer", "sgd",
+                      "--epochs", "1", "-o", "same.safetensors", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_label_col_reaches_val_test_eval_and_predict(work):
+    X, y = blobs(300, seed=3)
+    write_csv(work / "first.csv", X, y, label_first=True)
+    write_csv(work / "val.csv", *blobs(90, seed=4), label_first=True)
+    proc = run_fastnn("train", "first.csv", "--label-col", "label", "--val", "val.csv",
+                      "--test", "val.csv", "--hidden", "8", "--epochs", "5", "--lr", "1",
+                      "--seed", "0", "--history", "lc.json", "-o", "lc.safetensors", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    record = history(work, "lc.json")
+    assert record["val_accuracy"][-1] > 0.8 and record["test_accuracy"][-1] > 0.8
+    # eval and predict take the model's label column: the label is not a feature
+    implicit = run_fastnn("eval", "lc.safetensors", "val.csv", "--json", cwd=work)
+    explicit = run_fastnn("eval", "lc.safetensors", "val.csv", "--label-col", "1", "--json",
+                          cwd=work)
+    assert implicit.returncode == explicit.returncode == 0, implicit.stderr
+    assert json.loads(implicit.stdout)["accuracy"] == json.loads(explicit.stdout)["accuracy"]
+    np.savetxt(work / "features.csv", X, fmt="%d", delimiter=",")
+    with_label = run_fastnn("predict", "lc.safetensors", "first.csv", cwd=work)
+    features = run_fastnn("predict", "lc.safetensors", "features.csv", cwd=work)
+    assert with_label.returncode == features.returncode == 0, with_label.stderr
+    assert with_label.stdout == features.stdout
+
+
+@pytest.mark.slow
+def test_plot_writes_the_format_its_suffix_names(work):
+    for name, magic in [("c.svg", b"<?xml"), ("c.pdf", b"%PDF-"), ("c.png", b"\x89PNG")]:
+        proc = run_fastnn("plot", "h.json", "-o", name, cwd=work)
+        assert proc.returncode == 0, proc.stderr
+        assert (work / name).read_bytes().startswith(magic)
+    refused(work, "plot", "h.json", "-o", "c.gif", message="cannot tell the picture format",
+            codes=(1,))
+
+
+# --------------------------------------------------------- the Python API
+
+def test_the_api_raises_only_fastnn_errors(tmp_path, stock):
+    from fastnn.datasets import download_mnist
+    from fastnn.export import export
+    from fastnn.plot import plot_history
+
+    net = fastnn.load(stock / "m.safetensors")
+    (tmp_path / "notes.txt").write_text("mine")
+    os.mkfifo(tmp_path / "fifo")
+    os.mkfifo(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    model = tmp_path / "m.safetensors"
+    net.save(model)
+    calls = [lambda: net.save(tmp_path / "notes.txt"),
+             lambda: net.save(tmp_path / "fifo"),
+             lambda: net.save(tmp_path),
+             lambda: net.save(tmp_path / "no" / "m.safetensors"),
+             lambda: export(model, model, "onnx"),
+             lambda: export(net, tmp_path / "notes.txt", "c"),
+             lambda: plot_history(stock / "h.json", tmp_path / "x.gif"),
+             lambda: plot_history(tmp_path / "h.png", tmp_path / "h.png"),
+             lambda: download_mnist(tmp_path, mirrors=["http://127.0.0.1:9/"]),
+             lambda: fastnn.Network([10, 10 ** 10, 10])]
+    (tmp_path / "h.png").write_bytes((stock / "h.json").read_bytes())
+    for call in calls:
+        with pytest.raises(FastnnError):
+            call()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ResourceError, match="needs .* of memory is available"):
+        fastnn.Network([10, 10 ** 10, 10])
+
+
+def test_two_threads_fitting_one_network_get_a_clear_error():
+    X, y = blobs(20000)
+    net = fastnn.Network([16, 64, 3], seed=0)
+    started, errors = threading.Event(), []
+
+    def first():
+        net.fit(X, y, epochs=3, batch_size=1, progress=lambda *a: started.set())
+
+    t = threading.Thread(target=first)
+    t.start()
+    started.wait(60)
+    with pytest.raises(NetworkBusy, match="being trained by another fit call"):
+        net.fit(X, y, epochs=1)
+    t.join()
+    assert net.epochs_trained == 3 and not errors
+    net.fit(X[:100], y[:100], epochs=1)          # free again afterwards
