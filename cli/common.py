@@ -129,6 +129,8 @@ def match_inputs(net, X):
     read as floats go to a network trained on uint8 pixels as uint8, and
     uint8 data goes to a network trained on floats unscaled, as floats.
     """
+    if net.preprocessing is not None and net.preprocessing.scaling is not None:
+        return X          # the network's scaling takes raw rows of any dtype
     if net.input_dtype == "uint8" and X.dtype != np.uint8:
         from fastnn.data import pixels_or_floats
 
