@@ -140,6 +140,14 @@ def match_inputs(net, X):
     return X
 
 
+def shown(text):
+    """text from a file or a model, safe to print on one line: as it is if
+    printable, else quoted with escapes (a class name may hold a newline or
+    a terminal escape)."""
+    text = str(text)
+    return text if text.isprintable() else ascii(text)
+
+
 def jsonable(value):
     """value with NumPy scalars and arrays as plain Python, NaN/inf as None."""
     if isinstance(value, dict):
