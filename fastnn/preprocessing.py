@@ -412,3 +412,44 @@ def regression_metrics(y_true, y_pred):
         r2 = np.where(total > 0, 1 - residual / total, np.where(residual > 0, 0.0, 1.0))
     return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(err))),
             "r2": float(r2.mean())}
+
+
+def folded(net):
+    """A copy of `net` that takes raw rows and gives what `predict` works
+    from, with nothing but its layers: the feature scaling folded into the
+    first layer (``((x - o) / s) @ W + b = x @ (W / s) + (b - (o / s) @ W)``)
+    and, for a regression with an identity output, the target scaling into
+    the last (``a * t + m``); `net` itself when there is nothing to fold.
+    The exporters use it, so that every exported model applies the stored
+    scaling to raw rows. The folding is done in float64, then rounded to the
+    network's dtype (so outputs agree with fastnn's to rounding).
+
+    Raises ConfigError for a regression whose output is not identity (its
+    targets cannot be restored by the last layer's weights).
+    """
+    import copy
+
+    pre = net.preprocessing
+    if pre is None:
+        return net
+    out = copy.deepcopy(net)
+    out.preprocessing = None
+    W = [w.astype(np.float64) for w in net.weights]
+    b = [v.astype(np.float64) for v in net.biases]
+    scaling = pre.scaling
+    if scaling is not None and scaling.kind in ("standard", "minmax"):
+        b[0] = b[0] - (scaling.offset / scaling.scale) @ W[0]
+        W[0] = W[0] / scaling.scale[:, None]
+        out.input_dtype = str(net.dtype)
+    elif scaling is not None and scaling.kind == "pixels" and net.input_dtype != "uint8":
+        W[0] = W[0] / 255.0
+    if pre.task == "regression":
+        if net.output != "identity":
+            raise ConfigError(f"a regression with a {net.output!r} output cannot be exported "
+                              f"(its targets are restored after the output layer); train it "
+                              f"with an identity output")
+        W[-1] = W[-1] * pre.target_scale[None, :]
+        b[-1] = b[-1] * pre.target_scale + pre.target_mean
+    out.weights = W
+    out.biases = b
+    return out
