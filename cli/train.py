@@ -17,7 +17,7 @@ from fastnn.network import DTYPES
 from fastnn.optimizers import OPTIMIZERS
 from fastnn._validation import TASKS
 from fastnn.preprocessing import SCALINGS
-from fastnn.training import AUGMENTATIONS, epoch_line
+from fastnn.training import AUGMENTATIONS, STALL_EPOCHS, epoch_line, stall_hint
 
 # Options that describe the network: fixed by the model file when resuming.
 ARCHITECTURE = ("layers", "hidden", "activation", "output_activation", "loss", "init", "slope",
@@ -257,10 +257,15 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
                 record["test_accuracy"] = result["accuracy"]
         records.append(record)
         say(epoch_line(done_before + epoch + 1, record, of=run["epochs"]))
+        if len(records) == STALL_EPOCHS and not resume:
+            hint = stall_hint(records, train_labels)
+            if hint and not (quiet or as_json):
+                click.echo(hint, err=True)
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
             outputs.save_unfinished(net, record_run())
 
     net.check_data(X_train, train_set.y)
+    train_labels = net.training_labels(train_set.y)
     say(_task_line(net, inferred, resume))
     say(f"{net}: {net.n_params:,} parameters; training on {len(train_set):,} samples "
         f"of {train_set.source}")

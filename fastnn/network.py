@@ -430,6 +430,13 @@ class Network:
         if y is not None:
             self._targets(X, y)
 
+    def training_labels(self, y):
+        """The output unit of each label of y (class names mapped), or None
+        when y holds targets rather than class labels."""
+        n = len(y)
+        _, labels = self._targets(np.empty((n, 0)), y)
+        return labels
+
     def forward(self, X):
         """The output layer's activations for each row of X, shape (n, sizes[-1])."""
         return self._forward(self._inputs(X))

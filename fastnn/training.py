@@ -522,3 +522,34 @@ def text_progress(stream=sys.stderr, width=30):
                      f"{done:,}/{total:,}{end}")
         stream.flush()
     return show
+
+
+#: Epochs after which stall_hint looks at a run.
+STALL_EPOCHS = 3
+
+
+def stall_hint(records, labels=None):
+    """A one-line hint when the first STALL_EPOCHS epochs of a run (records:
+    their metrics dicts) show no learning: accuracy no better than always
+    predicting the most common class of `labels` (the training labels, as
+    output units), or a loss that moved by less than 1 %. None otherwise,
+    and before STALL_EPOCHS epochs."""
+    if len(records) < STALL_EPOCHS:
+        return None
+    first = records[:STALL_EPOCHS]
+    problem = None
+    if labels is not None and all("accuracy" in r for r in first):
+        labels = np.asarray(labels)
+        chance = np.bincount(labels.astype(np.int64)).max() / len(labels) if len(labels) else 0
+        if max(r["accuracy"] for r in first) <= chance + 0.005:
+            problem = (f"the accuracy stays at chance ({first[-1]['accuracy']:.1%}; the most "
+                       f"common class is {chance:.1%} of the rows)")
+    losses = [r.get("loss") for r in first]
+    if problem is None and all(isinstance(v, float) and math.isfinite(v) for v in losses):
+        if abs(losses[-1] - losses[0]) <= 0.01 * max(abs(losses[0]), 1e-12):
+            problem = f"the loss does not move ({losses[0]:.4f} -> {losses[-1]:.4f})"
+    if problem is None:
+        return None
+    return (f"Hint: after {STALL_EPOCHS} epochs {problem}. Likely causes: a learning rate too "
+            f"large or too small (--lr), saturated sigmoid units (try --activation relu "
+            f"--init he, or --loss cross_entropy), or unscaled features (--scale standard).")
