@@ -33,6 +33,7 @@ def info(model, as_json):
         "optimizer": None if net.optimizer_state is None else
         {"name": net.optimizer_state.name, "steps": net.optimizer_state.steps},
         "training": net.training,
+        "preprocessing": None if net.preprocessing is None else net.preprocessing.to_dict(),
     }
     if as_json:
         echo_json(result)
@@ -45,8 +46,13 @@ def info(model, as_json):
         click.echo(f"{row['layer']:>5}  {row['inputs']:>7}  {row['outputs']:>7}  "
                    f"{row['activation']:<10}  {row['parameters']:>10,}")
     click.echo(f"{'total':>5}  {'':>7}  {'':>7}  {'':<10}  {net.n_params:>10,}\n")
-    scale = "uint8 pixels divided by 255" if net.input_dtype == "uint8" else "used as given"
-    click.echo(f"inputs: {net.input_dtype or 'not trained yet'} ({scale})")
+    pre = net.preprocessing
+    if pre is None:
+        scale = "uint8 pixels divided by 255" if net.input_dtype == "uint8" else "used as given"
+        click.echo(f"inputs: {net.input_dtype or 'not trained yet'} ({scale})")
+    else:
+        click.echo(f"task: {_shown(pre.task_text())}")
+        click.echo(f"scaling: {pre.scaling_text()}")
     click.echo(f"epochs trained: {net.epochs_trained}")
     if result["optimizer"]:
         click.echo(f"optimizer: {result['optimizer']['name']}, {result['optimizer']['steps']:,} steps")

@@ -1,4 +1,5 @@
 """``fastnn predict``."""
+import csv
 import io
 
 import click
@@ -12,12 +13,14 @@ from fastnn.files import FileKind
 #: What an existing -o file must be to be replaced without --force: the CSV
 #: that predict writes.
 PREDICTIONS_CSV = FileKind("predictions CSV written by fastnn predict",
-                           lambda head: head.startswith((b"label\n", b"label\r\n", b"label,p0,")))
+                           lambda head: head.startswith((b"label\n", b"label\r\n", b"label,p0,",
+                                                        b"predicted_")))
 
 HELP = """Predict the class of each sample of DATA with MODEL, as CSV: one row per
-sample with its label (and with --proba the output activations). A CSV
-DATA's label column, if it has one, is the one MODEL was trained with
-(or --label-col).
+sample with its label, by class name (and with --proba the output
+activations); for a regression, the predicted values, one column per
+target (predicted_NAME). A CSV DATA's label column, if it has one, is the
+one MODEL was trained with (or --label-col).
 
 \b
 Examples:
@@ -50,17 +53,29 @@ def predict(model, data, labels, label_col, out, proba, limit, threads, force):
                    n_features=net.sizes[0], limit=limit, need_labels=False)
     X = match_inputs(net, dataset.X)
     outputs = net.forward(X)
-    predicted = predicted_labels(outputs)
+    pre = net.preprocessing
     text = io.StringIO()
-    header = ["label"] + ([f"p{k}" for k in range(outputs.shape[1])] if proba else [])
-    text.write(",".join(header) + "\n")
-    if proba:
-        np.savetxt(text, np.column_stack([predicted, outputs]),
-                   fmt=["%d"] + ["%.6g"] * outputs.shape[1], delimiter=",")
+    if pre is not None and pre.task == "regression":
+        values = pre.restore(outputs)
+        names = pre.target_names or (["value"] if values.shape[1] == 1 else
+                                     [f"value{j}" for j in range(values.shape[1])])
+        csv.writer(text, lineterminator="\n").writerow([f"predicted_{n}" for n in names])
+        np.savetxt(text, values, fmt="%.9g", delimiter=",")
+        n_rows = len(values)
     else:
-        np.savetxt(text, predicted[:, None], fmt="%d")
+        predicted = predicted_labels(outputs)
+        labels = predicted if pre is None else pre.decode(predicted)
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["label"] + ([f"p{k}" for k in range(outputs.shape[1])] if proba
+                                     else []))
+        if proba:
+            writer.writerows([label, *(f"{p:.6g}" for p in row)]
+                             for label, row in zip(labels.tolist(), outputs.tolist()))
+        else:
+            writer.writerows([label] for label in labels.tolist())
+        n_rows = len(predicted)
     if out:
         atomic_write(out, text.getvalue(), FastnnError, kind=PREDICTIONS_CSV, force=force)
-        click.echo(f"Wrote {len(predicted):,} predictions to {out}", err=True)
+        click.echo(f"Wrote {n_rows:,} predictions to {out}", err=True)
     else:
         click.echo(text.getvalue(), nl=False)

@@ -15,11 +15,13 @@ from fastnn.initializers import INITIALIZERS
 from fastnn.losses import LOSSES
 from fastnn.network import DTYPES
 from fastnn.optimizers import OPTIMIZERS
-from fastnn.training import AUGMENTATIONS, epoch_line
+from fastnn._validation import TASKS
+from fastnn.preprocessing import SCALINGS
+from fastnn.training import AUGMENTATIONS, STALL_EPOCHS, epoch_line, stall_hint
 
 # Options that describe the network: fixed by the model file when resuming.
 ARCHITECTURE = ("layers", "hidden", "activation", "output_activation", "loss", "init", "slope",
-                "dtype", "seed")
+                "dtype", "seed", "task", "scale")
 # Options of fit() that a resumed run takes from the model file unless given again.
 RESUMABLE = ("batch_size", "lr", "optimizer", "momentum", "betas", "eps", "l2", "l1", "dropout",
              "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle")
@@ -32,6 +34,7 @@ FIXED_ON_RESUME = {"optimizer": "optimizer", "lr_schedule": "lr_schedule",
 # What to do when the labels of DATA do not look like class labels.
 LABELS_HINT = ("Name the label column with --label-col (a CSV's last column is the default) "
                "or give the labels file with --labels")
+TASK_ASK = "--task classification or --task regression"
 
 HELP = """Train a network on DATA (default: mnist) and save it with -o.
 
@@ -94,7 +97,13 @@ def choice(registry, exclude=()):
 @data_options
 @click.option("--val", "val_data", metavar="DATA", help="Validation data (any DATA form).")
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
-              help="Hold out this fraction of DATA (the last rows) for validation.")
+              help="Hold out this fraction of DATA for validation, drawn with the run's seed "
+                   "and stratified by class.")
+@click.option("--task", type=click.Choice(TASKS),
+              help="What the labels are [default: inferred when they leave no doubt].")
+@click.option("--scale", type=click.Choice(["auto", *SCALINGS]),
+              help="Feature scaling learned from DATA and kept in the model: auto is pixels "
+                   "(/255) for images, standard for other data [default: auto].")
 @click.option("--test", "test_data", metavar="DATA",
               help="Also report accuracy on this data after each epoch, for information only "
                    "[default: the test split of a named dataset].")
@@ -200,8 +209,9 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     say = (lambda *a, **k: None) if quiet or as_json else click.echo
 
     train_set = load(data, "train", labels, label_col, limit=limit)
+    inferred = False
     if not resume:
-        net = _new_network(train_set, options)
+        net, inferred = _new_network(train_set, options)
     X_train = match_inputs(net, train_set.X)
     if net.input_dtype is None:
         # a new network: fit will record the training inputs' kind, and the
@@ -247,10 +257,16 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
                 record["test_accuracy"] = result["accuracy"]
         records.append(record)
         say(epoch_line(done_before + epoch + 1, record, of=run["epochs"]))
+        if len(records) == STALL_EPOCHS and not resume:
+            hint = stall_hint(records, train_labels)
+            if hint and not (quiet or as_json):
+                click.echo(hint, err=True)
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
             outputs.save_unfinished(net, record_run())
 
     net.check_data(X_train, train_set.y)
+    train_labels = net.training_labels(train_set.y)
+    say(_task_line(net, inferred, resume))
     say(f"{net}: {net.n_params:,} parameters; training on {len(train_set):,} samples "
         f"of {train_set.source}")
     progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
@@ -281,6 +297,9 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
             where, net.epochs_trained, "Saved the weights of the last good epoch"))
     if out:
         say(f"Saved the model to {out}")
+    else:
+        say("The model was not saved (no -o given); to keep it, run again with "
+            "-o MODEL.safetensors")
     if as_json:
         echo_json({"model": out, "network": repr(net), "epochs_trained": net.epochs_trained,
                    "history": _history_dict(records, net), "final": records[-1] if records else {}})
@@ -421,18 +440,41 @@ class RunOutputs:
 
 
 def _new_network(train_set, options):
-    from fastnn._validation import n_outputs_for
+    """A network for the data and options, its task and scaling learned
+    (Network.prepare); and whether the task was inferred."""
+    from fastnn._validation import infer_targets
     from fastnn.network import Network
+    from fastnn.preprocessing import REGRESSION_DEFAULTS, resolve_scale
 
+    targets = infer_targets(train_set.y, options["task"], train_set.source, LABELS_HINT,
+                            ask=TASK_ASK)
     if options["layers"]:
         sizes = options["layers"]
     else:
-        n_out = n_outputs_for(train_set.y, train_set.source, LABELS_HINT)
-        sizes = [train_set.X.shape[1], *(options["hidden"] or [30]), n_out]
+        sizes = [train_set.X.shape[1], *(options["hidden"] or [30]), targets.n_outputs]
     kwargs = {k: options[k] for k in ("loss", "init", "slope", "dtype", "seed")
               if options[k] is not None}
-    return Network(sizes, activation=options["activation"] or "sigmoid",
-                   output=options["output_activation"], **kwargs)
+    output = options["output_activation"]
+    if targets.task == "regression":
+        output = output or REGRESSION_DEFAULTS["output"]
+        if options["lr"] is None and options["optimizer"] in (None, "sgd"):
+            options["lr"] = REGRESSION_DEFAULTS["sgd_lr"]
+    net = Network(sizes, activation=options["activation"] or "sigmoid", output=output, **kwargs)
+    scale = resolve_scale(options["scale"] or "auto", train_set.auto_scale)
+    net.prepare(train_set.X, train_set.y, task=targets.task, scale=scale)
+    if targets.task == "regression" and train_set.label_name and net.sizes[-1] == 1:
+        net.preprocessing.target_names = [train_set.label_name]
+    return net, targets.inferred
+
+
+def _task_line(net, inferred, resumed):
+    """The first line of train: the task and the scaling in force."""
+    pre = net.preprocessing
+    if pre is None:
+        return "Task: not stated (an older model: labels are output units, inputs as given)"
+    how = (" (inferred from the labels; state it with --task)" if inferred
+           else " (from the model file)" if resumed else "")
+    return f"Task: {pre.task_text()}{how}; scaling: {pre.scaling_text()}"
 
 
 def _progress_bar():

@@ -44,11 +44,20 @@ MAX_CSV_LINE = 1 << 20
 
 @dataclass
 class Data:
-    """Features, labels (int) or targets (float), and a name for messages."""
+    """Features, labels (int or text) or targets (float), and a name for messages.
+
+    `auto_scale` is what ``--scale auto`` means for these rows: ``pixels``
+    (divided by 255) for images (IDX files, uint8 image arrays, the named
+    data sets), ``none`` for Nielsen's pickle (images already in [0, 1]),
+    ``standard`` for other (tabular) data. `label_name` is the label
+    column's name in a CSV header.
+    """
 
     X: np.ndarray
     y: Optional[np.ndarray]
     source: str
+    auto_scale: str = "standard"
+    label_name: Optional[str] = None
 
     def __len__(self):
         return len(self.X)
@@ -255,13 +264,15 @@ def _first_long_line(raw, limit):
     return None
 
 
-def load_csv(path, label_col=None, n_features=None):
+def load_csv(path, label_col=None, n_features=None, info=None):
     """Rows of a CSV file; a header row, if any, is detected.
 
     The label column is `label_col` (a name or a 1-based number), by default
     the last column; with `n_features` given and the file exactly that wide,
     the file has no label column (whatever `label_col` says). Features that are all whole numbers in
-    0..255 are read as uint8 pixels (scaled by 1/255 like IDX images).
+    0..255 are read as uint8 (their scaling is the network's: see
+    fastnn.preprocessing). Labels that are not numbers are class names (str).
+    A dict `info` gets the label column's name as "label_name".
     """
     try:
         text = _read_csv_bytes(path).decode("utf-8-sig")
@@ -278,6 +289,11 @@ def load_csv(path, label_col=None, n_features=None):
     if not all(_is_number(cell) for cell in first):
         names = [cell.strip() for cell in first]
         text = text[text.find("\n") + 1:] if "\n" in text else ""
+        if info is not None:
+            try:
+                info["label_name"] = names[_label_column(label_col, names, len(names), path)]
+            except DataError:
+                pass
     first_line = 2 if names else 1
     if not text.strip():
         raise DataError(f"{path} has a header but no rows")
@@ -285,6 +301,9 @@ def load_csv(path, label_col=None, n_features=None):
         values = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
                             ndmin=2)
     except ValueError as exc:
+        text_labels = _csv_with_text_labels(text, names, label_col, n_features, path, first_line)
+        if text_labels is not None:
+            return text_labels
         try:
             problem = _csv_problem(text, names, path, first_line)
         except csv.Error:
@@ -306,6 +325,45 @@ def load_csv(path, label_col=None, n_features=None):
     col = _label_column(label_col, names, width, path)
     X = np.delete(values, col, axis=1)
     return pixels_or_floats(X), values[:, col]
+
+
+def _csv_with_text_labels(text, names, label_col, n_features, path, first_line):
+    """(X, y) of a CSV file whose label column holds text (class names) and
+    whose other columns are numbers, or None if it is not such a file."""
+    try:
+        first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None])), None)
+    except csv.Error:
+        return None
+    if not first:
+        return None
+    width = len(first)
+    if n_features is not None and width == n_features:
+        return None
+    try:
+        col = _label_column(label_col, names, width, path)
+    except DataError:
+        return None
+    features = [c for c in range(width) if c != col]
+    try:
+        X = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
+                       ndmin=2, usecols=features)
+        y = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=str, ndmin=1,
+                       usecols=[col], comments=None)
+    except ValueError:
+        return None
+    if X.shape[1] != len(features) or len(y) != len(X):
+        return None
+    if not np.isfinite(X).all():
+        r, c = np.argwhere(~np.isfinite(X))[0]
+        value, c = X[r, c], features[c]
+        column = names[c] if names and c < len(names) else str(c + 1)
+        raise DataError(f"{path}: row {first_line + r}, column {column} is {value}, "
+                        f"not a finite number")
+    y = np.char.strip(y)
+    if (y == "").any():
+        r = int(np.argmax(y == ""))
+        raise DataError(f"{path}: row {first_line + r} has an empty label")
+    return pixels_or_floats(X), y
 
 
 def _label_column(label_col, names, width, path):
@@ -672,7 +730,7 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
     if spec in DATASETS and not os.path.exists(spec):
         (X_train, y_train), (X_test, y_test) = DATASETS[spec]()
         X, y = (X_train, y_train) if split == "train" else (X_test, y_test)
-        return Data(X, y, f"{spec} ({split})")
+        return Data(X, y, f"{spec} ({split})", auto_scale="pixels")
     path = Path(spec)
     if not path.exists():
         raise DataError(f"{spec}: no such file, and not a known dataset ({', '.join(DATASETS)})")
@@ -683,9 +741,10 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
     if kind is None:
         raise DataError(f"{spec}: unknown data format; expected a dataset name "
                         f"({', '.join(DATASETS)}), IDX, CSV, .npz, .npy or Nielsen's mnist.pkl.gz")
+    info = {}
     try:
         if kind == "csv":
-            X, y = load_csv(path, label_col, n_features)
+            X, y = load_csv(path, label_col, n_features, info)
         elif kind == "npz":
             X, y = load_npz(path, labels)
         elif kind == "npy":
@@ -694,7 +753,10 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
             X, y = load_nielsen_pickle(path, "test" if split == "test" else "train")
         else:
             X, y = load_idx(path, labels)
-        return Data(*_check_data(X, y, spec), spec)
+        X, y = _check_data(X, y, spec)
+        auto = ("none" if kind == "pickle" else "pixels" if kind == "idx" or (
+            kind != "csv" and X.dtype == np.uint8) else "standard")
+        return Data(X, y, spec, auto_scale=auto, label_name=info.get("label_name"))
     except MemoryError:
         raise DataError(f"{spec}: not enough memory to read it") from None
 
@@ -732,8 +794,8 @@ def _check_data(X, y, spec):
         X = X.reshape(len(X), -1)
     if y is not None:
         y = np.asarray(y)
-        if y.dtype.kind not in "biuf":
-            raise DataError(f"{spec}: labels must be numbers, not {y.dtype}")
+        if y.dtype.kind not in "biuf" and not (y.dtype.kind == "U" and y.ndim == 1):
+            raise DataError(f"{spec}: labels must be numbers or class names, not {y.dtype}")
         if y.ndim == 0 or y.ndim > 2:
             raise DataError(f"{spec}: labels must be one per sample (or one row of targets "
                             f"per sample), got shape {y.shape}")
@@ -741,7 +803,7 @@ def _check_data(X, y, spec):
             raise DataError(f"{spec} has {len(X)} samples but {len(y)} labels")
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
-        if y.ndim == 1:
+        if y.ndim == 1 and y.dtype.kind != "U":
             y = as_int_labels(y)
     return X, y
 

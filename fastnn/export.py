@@ -80,7 +80,23 @@ def _description(net, source=None):
     return text
 
 
-def _metadata(net, source=None):
+def _prepared(net):
+    """(the network with its scalings folded into its layers, its class names
+    or None, its task or None): what every exporter writes (see
+    fastnn.preprocessing.folded)."""
+    from fastnn.preprocessing import folded
+
+    pre = net.preprocessing
+    if pre is None:
+        return net, None, None
+    try:
+        plain = folded(net)
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from None
+    return plain, pre.class_names(), pre.task
+
+
+def _metadata(net, source=None, classes=None, task=None):
     """fastnn's description of a network as string pairs (ONNX metadata_props)."""
     meta = {
         "fastnn_version": __version__,
@@ -97,6 +113,13 @@ def _metadata(net, source=None):
     }
     if source is not None:
         meta["source"] = os.fsdecode(source)
+    if task is not None:
+        meta["task"] = task
+    if classes is not None:
+        # output unit k is class "class_<k>" (with one unit: 0 and 1), each name
+        # a value of its own so that onnx_text's escapes are the only ones
+        meta["n_classes"] = str(len(classes))
+        meta.update((f"class_{k}", name) for k, name in enumerate(classes))
     return {key: onnx_text(value) for key, value in meta.items()}
 
 
@@ -260,6 +283,7 @@ def onnx_model(net, source=None):
     onnx = _require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
+    net, classes, task = _prepared(net)
     _check_exportable(net, ONNX_ACTIVATIONS)
     elem = TensorProto.DOUBLE if net.dtype == np.float64 else TensorProto.FLOAT
     nodes, inits = [], []
@@ -296,7 +320,7 @@ def onnx_model(net, source=None):
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                               doc_string=onnx_text(_description(net, source)))
     model.ir_version = ONNX_IR_VERSION
-    helper.set_model_props(model, _metadata(net, source))
+    helper.set_model_props(model, _metadata(net, source, classes, task))
     onnx.checker.check_model(model)
     return model
 
@@ -536,12 +560,19 @@ int main(int argc, char **argv)
             return 1;
         }
         label = fastnn_predict(input, output);
+#ifdef FASTNN_REGRESSION
+        outputs = 1;            /* a regression's outputs are its predictions */
+#endif
         if (outputs) {
             for (i = 0; i < FASTNN_N_OUTPUTS; i++)
                 printf(i ? " %.9g" : "%.9g", output[i]);
             printf("\\n");
         } else {
+#ifdef FASTNN_CLASS_NAME
+            printf("%s\\n", FASTNN_CLASS_NAME(label));
+#else
             printf("%d\\n", label);
+#endif
         }
         if (r == -1)
             break;
@@ -582,6 +613,7 @@ def c_source(net, source=None, name="model.c"):
     -------
     str
     """
+    net, classes, task = _prepared(net)
     _check_exportable(net, C_ACTIVATIONS)
     ctype = C_TYPES[np.dtype(net.dtype)]
     sizes = net.sizes
@@ -632,6 +664,14 @@ def c_source(net, source=None, name="model.c"):
     scale_input = ("(fastnn_real)input[i] / 255" if uint8 else "(fastnn_real)input[i]")
     parts.append(_C_PREDICT.format(scale_input=scale_input, layers="\n".join(layers),
                                    result=current, decide=decide))
+    if classes is not None:
+        names = ",\n".join(f'    "{c_text(name)}"' for name in classes)
+        parts.append(f"\n/* The class of each result of fastnn_predict: fastnn_class_names[best] */\n"
+                     f"static const char *const fastnn_class_names[{len(classes)}] = {{\n"
+                     f"{names}\n}};\n#define FASTNN_CLASS_NAME(k) (fastnn_class_names[k])\n")
+    elif task == "regression":
+        parts.append("\n/* A regression: output holds the predicted target values */\n"
+                     "#define FASTNN_REGRESSION 1\n")
     parts.append("\n" + _C_MAIN)
     return "".join(parts)
 
@@ -677,6 +717,10 @@ SLOPE = {slope}
 # fastnn divides uint8 pixels by 255 before the first layer (a division, not
 # a multiplication by 1/255: the same rounding); None: inputs used as given
 INPUT_DIVISOR = {divisor}
+# predict's result for output unit k: CLASSES[k] (None: the unit's number);
+# a regression's predict gives the outputs, which are the target values
+CLASSES = {classes}
+REGRESSION = {regression}
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_literal})
 
 
@@ -747,11 +791,16 @@ def forward(X):
 
 def predict(X):
     """Predicted class of each row of X: the argmax of the outputs (with one
-    output unit, 1 where it exceeds 0.5)."""
+    output unit, 1 where it exceeds 0.5), as its name in CLASSES if any; for
+    a regression, the predicted values."""
     A = forward(X)
+    if REGRESSION:
+        return A[:, 0] if A.shape[1] == 1 else A
     if A.shape[1] == 1:
-        return (A[:, 0] > 0.5).astype(np.int64)
-    return A.argmax(axis=1)
+        labels = (A[:, 0] > 0.5).astype(np.int64)
+    else:
+        labels = A.argmax(axis=1)
+    return labels if CLASSES is None else np.array(CLASSES)[labels]
 
 
 def main(argv):
@@ -760,8 +809,11 @@ def main(argv):
         sys.stderr.write("usage: python %s ROWS.npy [--outputs]\\n" % os.path.basename(__file__))
         return 2
     X = np.load(args[0], allow_pickle=False)
-    if "--outputs" in argv:
+    if "--outputs" in argv or REGRESSION:
         np.savetxt(sys.stdout, forward(X), fmt="%.9g")
+    elif CLASSES is not None:
+        for name in predict(X).tolist():
+            sys.stdout.write("%s\\n" % (name,))
     else:
         np.savetxt(sys.stdout, predict(X), fmt="%d")
     return 0
@@ -789,6 +841,7 @@ def numpy_paths(path):
 def numpy_module(net, npz_name, source=None, module="model"):
     """The source of a NumPy-only module computing the network (a str); its
     weights are read from `npz_name`, relative to the module's own file."""
+    net, classes, task = _prepared(net)
     _check_exportable(net, NUMPY_ACTIVATIONS)
     uint8 = net.input_dtype == "uint8"
     return _NUMPY_MODULE.format(
@@ -800,7 +853,9 @@ def numpy_module(net, npz_name, source=None, module="model"):
         sizes=python_literal(tuple(int(s) for s in net.sizes)),
         activations=python_literal(tuple(str(a) for a in net.activations)),
         dtype=python_literal(str(net.dtype)), slope=python_literal(float(net.slope)),
-        divisor=python_literal(255 if uint8 else None), npz_literal=python_literal(npz_name))
+        divisor=python_literal(255 if uint8 else None), npz_literal=python_literal(npz_name),
+        classes=python_literal(None if classes is None else tuple(classes)),
+        regression=python_literal(task == "regression"))
 
 
 def numpy_weights(net):
@@ -829,7 +884,7 @@ def export_numpy(net, path, source=None, force=False):
     py, npz = numpy_paths(path)
     module = os.path.splitext(os.path.basename(py))[0]
     text = numpy_module(net, os.path.basename(npz), source, module)
-    weights = numpy_weights(net)
+    weights = numpy_weights(_prepared(net)[0])
     existed = os.path.exists(npz)
     # the weights first: a module whose .npz is missing would be worse than
     # an .npz without its module; and if the module cannot be written, a

@@ -7,8 +7,10 @@ A fastnn model file is a plain safetensors file. Its tensors are
 strings ``network`` (sizes, activations, loss, dtype, init, seed, slope,
 epochs trained, the dtype of the training inputs), ``input_scaling`` (the
 factor applied to the inputs: 1/255 for uint8 pixels), ``optimizer``
-(name, steps taken) and ``training`` (the options of the last fit, its
-final metrics and learning-rate schedule state).
+(name, steps taken), ``training`` (the options of the last fit, its
+final metrics and learning-rate schedule state) and, for a network given
+a task or a scaling, ``preprocessing`` (the task, class names, feature
+scaling and target scaling: see fastnn.preprocessing).
 
 Writing is atomic and follows the output policy of ``fastnn.files``: the
 file is written to a temporary name in the same directory, flushed to disk,
@@ -67,6 +69,8 @@ def _bytes(net):
         "optimizer": json.dumps(optimizer),
         "training": json.dumps(net.training, default=float),
     }
+    if net.preprocessing is not None:
+        metadata["preprocessing"] = json.dumps(net.preprocessing.to_dict())
     return st_save(tensors, metadata=metadata)
 
 
@@ -249,9 +253,31 @@ def _format_1_schema():
         optional={"fastnn_version": Text(40, pattern=r"[0-9A-Za-z.+!_-]+",
                                          description="a version number"),
                   "input_scaling": JSONText(input_scaling), "optimizer": JSONText(optimizer),
-                  "training": JSONText(training)},
-        defaults={"optimizer": {}, "training": {}},
+                  "training": JSONText(training),
+                  "preprocessing": _preprocessing_spec()},
+        defaults={"optimizer": {}, "training": {}, "preprocessing": None},
         extra=Text(MAX_HEADER))
+
+
+def _preprocessing_spec():
+    """The ``preprocessing`` field (task, class names, scalings), the same in
+    every format version: see fastnn.preprocessing."""
+    from fastnn.preprocessing import schema
+    from fastnn.schema import JSONText
+
+    return JSONText(schema(MAX_UNITS))
+
+
+def _check_preprocessing(fields, n_inputs, n_outputs):
+    from fastnn.preprocessing import check_fields
+
+    check_fields(fields.get("preprocessing"), n_inputs, n_outputs)
+
+
+def _build_preprocessing(net, fields):
+    from fastnn.preprocessing import Preprocessing
+
+    net.preprocessing = Preprocessing.from_dict(fields.get("preprocessing"))
 
 
 class Format1(ModelFormat):
@@ -274,6 +300,7 @@ class Format1(ModelFormat):
         if len(network["activations"]) != n_layers:
             raise SchemaError("network.activations", f"a list of {n_layers} names, one per "
                               f"layer of sizes {network['sizes']}", network["activations"])
+        _check_preprocessing(fields, network["sizes"][0], network["sizes"][-1])
 
     def tensors(self, fields):
         from fastnn._kernels import n_params
@@ -308,6 +335,7 @@ class Format1(ModelFormat):
             net.optimizer_state = OptimizerState(optimizer["name"], read("optimizer.state"),
                                                  optimizer["steps"])
         net.training = fields["training"]
+        _build_preprocessing(net, fields)
         return net
 
 

@@ -134,6 +134,10 @@ class Network:
         #: The optimizer's buffers (training.OptimizerState), reused by the
         #: next fit() with the same optimizer.
         self.optimizer_state = None
+        #: The task, class names, feature scaling and target scaling learned
+        #: by prepare() (fastnn.preprocessing.Preprocessing), or None: rows
+        #: and labels used as given.
+        self.preprocessing = None
 
         memory.check_fits(memory.new_network_bytes(self.sizes, self.dtype.itemsize),
                           f"a network of sizes {list(self.sizes)} ({self.dtype})",
@@ -228,7 +232,14 @@ class Network:
         acts = np.array([get_activation(a).code for a in self.activations], dtype=np.int32)
         return sizes, acts
 
+    def _inputs(self, X, name="X"):
+        """Rows X checked and scaled as the kernels take them."""
+        X = check_X(X, self.sizes[0], name)
+        return X if self.preprocessing is None else self.preprocessing.transform_X(X, self.dtype)
+
     def _targets(self, X, y, name="y"):
+        if self.preprocessing is not None:
+            y = self.preprocessing.encode(y, self.sizes[-1], name)
         Y, labels = check_targets(y, len(X), self.sizes[-1], self.dtype, name)
         check_targets_fit_loss(Y, self.loss, self.output, name)
         return Y, labels
@@ -240,7 +251,7 @@ class Network:
             optimizer="sgd", momentum=None, betas=None, eps=None, l2=0.0, l1=0.0,
             dropout=0.0, lr_schedule=None, validation_data=None, validation_split=0.0,
             early_stopping=None, augment=None, sample_weight=None, class_weight=None,
-            callback=None, progress=None, verbose=0):
+            callback=None, progress=None, verbose=0, task=None, scale=None):
         """Train by mini-batch gradient descent with backpropagation.
 
         Each epoch visits the rows in a fresh random order, `batch_size` at a
@@ -316,6 +327,13 @@ class Network:
             times a second while an epoch trains.
         verbose : int, default 0
             1 prints one line per epoch to stderr; 2 also a progress bar.
+        task : {"classification", "regression"}, optional
+            What y holds (see `prepare`). Without it, class names that are
+            text are classes, and numbers are used as before: integer labels
+            are output units, float arrays targets.
+        scale : {"standard", "minmax", "pixels", "none", "auto"}, optional
+            Feature scaling learned from X (see `prepare`); without it, the
+            inputs are used as given (uint8 pixels divided by 255).
 
         Returns
         -------
@@ -344,7 +362,10 @@ class Network:
             kernel runs, then passed to the SIGINT handler that was in place;
             fit raises KeyboardInterrupt if that handler returns.)
         """
-        X = check_X(X, self.sizes[0])
+        if task is not None or scale is not None or (
+                self.preprocessing is None and np.asarray(y).dtype.kind in "USO"):
+            self.prepare(X, y, task=task, scale=scale)
+        X = self._inputs(X)
         Y, labels = self._targets(X, y)
         weights = training.sample_weights(sample_weight, class_weight, labels, len(X),
                                           self.sizes[-1])
@@ -365,16 +386,60 @@ class Network:
                          else {int(k): float(v) for k, v in class_weight.items()}}
         return trainer.run()
 
+    def prepare(self, X, y, task=None, scale=None):
+        """Learn what the network does to raw rows and labels, from training
+        data (fit calls it when given a task or a scaling).
+
+        task : {"classification", "regression"}, optional
+            Classification maps every distinct label (text, or numbers such
+            as 3, 7, 9) to an output unit in sorted order (integer labels
+            0..k-1 keep their units); ``predict`` then returns the labels.
+            Regression standardises each target column for training, and
+            ``predict`` returns target values. Without it, text labels are
+            classes and numbers are used as given.
+        scale : {"standard", "minmax", "pixels", "none", "auto"}, optional
+            standard: (x - mean) / std per feature; minmax: to [0, 1];
+            pixels: x / 255; none: as given (uint8 too); auto: pixels for
+            uint8 X, else standard. A constant feature becomes 0.
+
+        A network that has been trained keeps what it learned: asking for
+        another task or scaling raises ConfigError.
+        """
+        from fastnn.preprocessing import Preprocessing, resolve_scale
+
+        X = check_X(X, self.sizes[0])
+        if scale is not None:
+            scale = resolve_scale(scale, "pixels" if X.dtype == np.uint8 else "standard")
+        old = self.preprocessing
+        if old is not None and self.epochs_trained:
+            kept = old.scaling.kind if old.scaling is not None else None
+            if scale is not None and scale != kept:
+                raise ConfigError(f"this network was trained with scale={kept!r}; it cannot "
+                                  f"change to {scale!r}")
+            if task is not None and task != old.task:
+                raise ConfigError(f"this network was trained for task={old.task!r}; it cannot "
+                                  f"change to {task!r}")
+            return old
+        self.preprocessing = Preprocessing.learn(X, y, self.sizes[-1], task, scale)
+        return self.preprocessing
+
     def check_data(self, X, y=None):
         """Raise DataError if (X, y) cannot be given to fit or evaluate: the
         checks fit runs first, without training."""
-        X = check_X(X, self.sizes[0])
+        X = self._inputs(X)
         if y is not None:
             self._targets(X, y)
 
+    def training_labels(self, y):
+        """The output unit of each label of y (class names mapped), or None
+        when y holds targets rather than class labels."""
+        n = len(y)
+        _, labels = self._targets(np.empty((n, 0)), y)
+        return labels
+
     def forward(self, X):
         """The output layer's activations for each row of X, shape (n, sizes[-1])."""
-        return self._forward(check_X(X, self.sizes[0]))
+        return self._forward(self._inputs(X))
 
     def _forward(self, X):
         sizes, acts = self._codes()
@@ -398,8 +463,15 @@ class Network:
 
     def predict(self, X):
         """Predicted class of each row of X: the argmax of the outputs (with one
-        output unit, 1 where it exceeds 0.5)."""
-        return predicted_labels(self.forward(X))
+        output unit, 1 where it exceeds 0.5), as the class names the network
+        was trained with. For regression, the predicted target values: shape
+        (n,) with one output, else (n, outputs)."""
+        pre = self.preprocessing
+        if pre is not None and pre.task == "regression":
+            values = pre.restore(self.forward(X))
+            return values[:, 0] if values.shape[1] == 1 else values
+        labels = predicted_labels(self.forward(X))
+        return labels if pre is None else pre.decode(labels)
 
     def evaluate(self, X, y):
         """Loss and accuracy on (X, y).
@@ -408,11 +480,20 @@ class Network:
         -------
         dict
             ``loss`` (the mean cost), ``accuracy`` (when y holds class labels
-            or one-hot rows) and ``n`` (samples).
+            or one-hot rows) and ``n`` (samples); for regression, also
+            ``mse``, ``rmse``, ``mae`` and ``r2`` of the predicted values in
+            the targets' own units.
         """
-        X = check_X(X, self.sizes[0])
+        X = self._inputs(X)
         Y, labels = self._targets(X, y)
-        return self._evaluate(X, Y, labels)
+        result = self._evaluate(X, Y, labels)
+        pre = self.preprocessing
+        if pre is not None and pre.task == "regression":
+            from fastnn.preprocessing import regression_metrics
+
+            truth = np.asarray(y, dtype=np.float64).reshape(len(X), -1)
+            result.update(regression_metrics(truth, pre.restore(self._forward(X))))
+        return result
 
     def _evaluate(self, X, Y, labels):
         # EVALUATE_CHUNK rows at a time: the outputs and the loss's
@@ -440,7 +521,7 @@ class Network:
             ``(loss, weights, biases)``: the mean cost and the lists of
             dC/dW_l and dC/db_l, shaped like ``self.weights`` and ``self.biases``.
         """
-        X = check_X(X, self.sizes[0])
+        X = self._inputs(X)
         Y, _ = self._targets(X, y)
         sizes, acts = self._codes()
         work = np.empty(self._kernels.workspace_size(sizes, len(X)), dtype=self.dtype)

@@ -120,7 +120,8 @@ def _dropout_rates(dropout, n_hidden):
 
 
 def split_validation(X, Y, labels, weights, validation_data, validation_split, net):
-    """(train, validation) data: validation_data, or the last fraction of the rows."""
+    """(train, validation) data: validation_data, or a fraction of the rows
+    drawn with the network's seed, stratified by class (validation_rows)."""
     if validation_data is not None and validation_split:
         raise ConfigError("give validation_data or validation_split, not both")
     if validation_data is not None:
@@ -128,19 +129,45 @@ def split_validation(X, Y, labels, weights, validation_data, validation_split, n
             X_val, y_val = validation_data
         except (TypeError, ValueError):
             raise ConfigError("validation_data must be a pair (X_val, y_val)") from None
-        X_val = check_X(X_val, net.sizes[0], "X_val")
+        X_val = net._inputs(X_val, "X_val")
         Y_val, labels_val = net._targets(X_val, y_val, "y_val")
         return (X, Y, labels, weights), (X_val, Y_val, labels_val)
     if not validation_split:
         return (X, Y, labels, weights), None
     split = nonnegative_float(validation_split, "validation_split", below=1)
-    cut = int(len(X) * (1 - split))
-    if cut < 1 or cut == len(X):
+    held = validation_rows(len(X), split, labels, net.seed)
+    if held is None:
         raise ConfigError(f"validation_split={split:g} of {len(X)} samples leaves one side empty")
-    part = slice(None, cut)
-    val = (X[cut:], Y[cut:], None if labels is None else labels[cut:])
+    kept = np.ones(len(X), bool)
+    kept[held] = False
+    part = np.flatnonzero(kept)
+    val = (X[held], Y[held], None if labels is None else labels[held])
     return (X[part], Y[part], None if labels is None else labels[part],
             None if weights is None else weights[part]), val
+
+
+def validation_rows(n, split, labels, seed):
+    """The sorted rows held out for validation_split: a fraction `split` of
+    n rows drawn with the network's seed; with class labels, that fraction
+    of each class (rounded so that the total is round(n * split), each
+    class keeping one training row where it can). None if a side is empty."""
+    n_val = int(round(n * split))
+    if n_val < 1 or n_val >= n:
+        return None
+    rng = np.random.default_rng([seed, 0x5EED])     # not the stream that shuffles epochs
+    if labels is None:
+        return np.sort(rng.permutation(n)[:n_val])
+    classes, inverse = np.unique(labels, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(classes))
+    # largest remainders: each class's share of n_val, summing to n_val
+    share = counts * (n_val / n)
+    take = np.floor(share).astype(np.int64)
+    order = np.argsort(-(share - take), kind="stable")
+    take[order[:n_val - take.sum()]] += 1
+    take = np.minimum(take, np.maximum(counts - 1, 0))
+    rows = [rng.permutation(np.flatnonzero(inverse == c))[:take[c]] for c in range(len(classes))]
+    held = np.sort(np.concatenate(rows)) if rows else np.empty(0, np.int64)
+    return held if 0 < len(held) < n else None
 
 
 def sample_weights(sample_weight, class_weight, labels, n, n_outputs):
@@ -495,3 +522,34 @@ def text_progress(stream=sys.stderr, width=30):
                      f"{done:,}/{total:,}{end}")
         stream.flush()
     return show
+
+
+#: Epochs after which stall_hint looks at a run.
+STALL_EPOCHS = 3
+
+
+def stall_hint(records, labels=None):
+    """A one-line hint when the first STALL_EPOCHS epochs of a run (records:
+    their metrics dicts) show no learning: accuracy no better than always
+    predicting the most common class of `labels` (the training labels, as
+    output units), or a loss that moved by less than 1 %. None otherwise,
+    and before STALL_EPOCHS epochs."""
+    if len(records) < STALL_EPOCHS:
+        return None
+    first = records[:STALL_EPOCHS]
+    problem = None
+    if labels is not None and all("accuracy" in r for r in first):
+        labels = np.asarray(labels)
+        chance = np.bincount(labels.astype(np.int64)).max() / len(labels) if len(labels) else 0
+        if max(r["accuracy"] for r in first) <= chance + 0.005:
+            problem = (f"the accuracy stays at chance ({first[-1]['accuracy']:.1%}; the most "
+                       f"common class is {chance:.1%} of the rows)")
+    losses = [r.get("loss") for r in first]
+    if problem is None and all(isinstance(v, float) and math.isfinite(v) for v in losses):
+        if abs(losses[-1] - losses[0]) <= 0.01 * max(abs(losses[0]), 1e-12):
+            problem = f"the loss does not move ({losses[0]:.4f} -> {losses[-1]:.4f})"
+    if problem is None:
+        return None
+    return (f"Hint: after {STALL_EPOCHS} epochs {problem}. Likely causes: a learning rate too "
+            f"large or too small (--lr), saturated sigmoid units (try --activation relu "
+            f"--init he, or --loss cross_entropy), or unscaled features (--scale standard).")
