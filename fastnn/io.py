@@ -21,22 +21,28 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from fastnn import _validation
 from fastnn._kernels import get_backend
+from fastnn._typing import Array, PathLike
 from fastnn._version import __version__
 from fastnn.exceptions import ConfigError, ModelFileError
 from fastnn.files import FileKind, atomic_write
 from fastnn.training import OptimizerState
 
+if TYPE_CHECKING:
+    from fastnn.network import Network
+
 FORMAT = "fastnn"
 FORMAT_VERSION = 1
 
 
-def _bytes(net):
+def _bytes(net: "Network") -> bytes:
     from safetensors.numpy import save as st_save
 
     tensors = {}
@@ -70,7 +76,7 @@ def _bytes(net):
     return st_save(tensors, metadata=metadata)
 
 
-def _looks_like_model(head):
+def _looks_like_model(head: bytes) -> bool:
     """Whether a file whose first bytes are `head` is a fastnn model file."""
     if len(head) < 8:
         return False
@@ -91,7 +97,7 @@ def _looks_like_model(head):
 MODEL_FILE = FileKind("fastnn model", _looks_like_model)
 
 
-def save(net, path, force=False):
+def save(net: "Network", path: PathLike, force: bool = False) -> None:
     """Write `net` to `path` as a safetensors model file, atomically, under
     the output policy of fastnn.files (an existing file that is not a fastnn
     model is replaced only with force=True)."""
@@ -118,7 +124,7 @@ MAX_UNITS = 2 ** 31 - 1
 MAX_COUNT = _validation.MAX_COUNT    # (what fit and Network accept)
 MAX_SEED = _validation.MAX_SEED
 #: safetensors dtype names fastnn reads, and what they are.
-TENSOR_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+TENSOR_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 DTYPE_NAMES = {"float32": "F32", "float64": "F64"}
 INPUT_DTYPES = ("uint8", "float32", "float64")
 
@@ -173,24 +179,25 @@ class ModelFormat:
     format_version and need no other change.
     """
 
-    version = None
+    version: int = 0
     #: The spec of the ``__metadata__`` object (a schema.Record).
-    metadata = None
+    metadata: Any = None
 
-    def check(self, fields):
+    def check(self, fields: dict[str, Any]) -> None:
         """Checks across fields, after the schema (raise SchemaError)."""
 
-    def tensors(self, fields):
+    def tensors(self, fields: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
         """{tensor name: (shape, safetensors dtype name)} that the metadata needs."""
         raise NotImplementedError
 
-    def build(self, fields, read, backend):
+    def build(self, fields: dict[str, Any], read: Callable[[str], Array],
+              backend: str) -> "Network":
         """The Network the metadata describes, with `read(name)` giving each
         tensor as a checked array. Raise ConfigError for an invalid network."""
         raise NotImplementedError
 
 
-def _format_1_schema():
+def _format_1_schema() -> Any:
     from fastnn.activations import ACTIVATIONS
     from fastnn.initializers import INITIALIZERS
     from fastnn.losses import LOSSES
@@ -261,10 +268,10 @@ class Format1(ModelFormat):
 
     version = 1
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.metadata = _format_1_schema()
 
-    def check(self, fields):
+    def check(self, fields: dict[str, Any]) -> None:
         from fastnn.schema import SchemaError
 
         network, optimizer = fields["network"], fields["optimizer"]
@@ -275,13 +282,13 @@ class Format1(ModelFormat):
             raise SchemaError("network.activations", f"a list of {n_layers} names, one per "
                               f"layer of sizes {network['sizes']}", network["activations"])
 
-    def tensors(self, fields):
+    def tensors(self, fields: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
         from fastnn._kernels import n_params
         from fastnn.optimizers import get_optimizer
 
         network = fields["network"]
         sizes, dtype = network["sizes"], DTYPE_NAMES[network["dtype"]]
-        needed = {}
+        needed: dict[str, tuple[tuple[int, ...], str]] = {}
         for l, (i, o) in enumerate(zip(sizes, sizes[1:])):
             needed[f"weights.{l}"] = ((i, o), dtype)
             needed[f"biases.{l}"] = ((o,), dtype)
@@ -290,7 +297,8 @@ class Format1(ModelFormat):
             needed["optimizer.state"] = ((rows, n_params(sizes)), dtype)
         return needed
 
-    def build(self, fields, read, backend):
+    def build(self, fields: dict[str, Any], read: Callable[[str], Array],
+              backend: str) -> "Network":
         from fastnn.network import Network
 
         config = fields["network"]
@@ -315,7 +323,8 @@ class Format1(ModelFormat):
 FORMATS = {1: Format1()}
 
 
-def _tensor_table(header, data_start, size, path):
+def _tensor_table(header: dict[str, Any], data_start: int, size: int,
+                  path: str) -> dict[str, Tensor]:
     """{name: Tensor} from a safetensors header, each entry checked: a known
     dtype, a shape whose bytes are its offsets' span, and offsets that tile
     the data section from its first byte to the file's last."""
@@ -357,7 +366,7 @@ def _tensor_table(header, data_start, size, path):
     return tensors
 
 
-def _read_header(f, path):
+def _read_header(f: BinaryIO, path: str) -> ModelHeader:
     """The checked ModelHeader of an open model file."""
     from fastnn.reading import file_size, load_json
     from fastnn.schema import SchemaError
@@ -398,7 +407,7 @@ def _read_header(f, path):
     return ModelHeader(path, fmt.version, fmt, meta, fields, tensors, 8 + n)
 
 
-def _format_of(meta, path):
+def _format_of(meta: dict[str, Any], path: str) -> ModelFormat:
     version = meta.get("format_version")
     if not isinstance(version, str) or not re.fullmatch(r"[0-9]{1,9}", version):
         raise ModelFileError(f"{path} has an unreadable format_version "
@@ -416,7 +425,8 @@ def _format_of(meta, path):
     return FORMATS[int(version)]
 
 
-def _match_tensors(tensors, needed, fields, path):
+def _match_tensors(tensors: dict[str, Tensor], needed: dict[str, tuple[tuple[int, ...], str]],
+                   fields: dict[str, Any], path: str) -> None:
     """Refuse a tensor table that is not exactly what the metadata needs."""
     sizes = fields.get("network", {}).get("sizes")
     if set(tensors) != set(needed):
@@ -434,7 +444,7 @@ def _match_tensors(tensors, needed, fields, path):
                                  f"{TENSOR_DTYPES[dtype].name}")
 
 
-def read_header(path):
+def read_header(path: PathLike) -> ModelHeader:
     """The header of a model file, checked (see ModelHeader); reads no tensor.
 
     Raises
@@ -451,13 +461,13 @@ def read_header(path):
         return _read_header(f, path)
 
 
-def read_metadata(path):
+def read_metadata(path: PathLike) -> dict[str, str]:
     """The fastnn metadata of a model file's header, as the strings in the
     file, after the same checks as `load` (see `read_header`)."""
     return dict(read_header(path).metadata)
 
 
-def load(path, backend="cython"):
+def load(path: PathLike, backend: str = "cython") -> "Network":
     """Read a network from a fastnn model file.
 
     The whole header is checked (see `read_header`) before anything is
@@ -482,12 +492,12 @@ def load(path, backend="cython"):
     with open_regular(path, ModelFileError, "model file") as f:
         header = _read_header(f, path)
 
-        def read(name):
+        def read(name: str) -> Array:
             t = header.tensors[name]
             array = np.empty(t.shape, t.dtype)
             f.seek(header.data_start + t.begin)
             try:
-                got = f.readinto(memoryview(array).cast("B"))
+                got = f.readinto(memoryview(array).cast("B"))  # type: ignore[arg-type]
             except OSError as exc:
                 raise ModelFileError(f"cannot read {path}: {exc.strerror}") from None
             if got != t.end - t.begin:
@@ -505,6 +515,6 @@ def load(path, backend="cython"):
                                  f"({size_of(header):,} bytes of tensors)") from None
 
 
-def size_of(header):
+def size_of(header: ModelHeader) -> int:
     """The bytes of all tensors of a checked header."""
     return sum(t.end - t.begin for t in header.tensors.values())

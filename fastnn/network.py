@@ -7,20 +7,24 @@ into it, so the compiled kernels update them in place.
 """
 import numbers
 import secrets
-from collections import namedtuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Optional, SupportsIndex, Union
 
 import numpy as np
 
 from fastnn import _kernels, blas, memory, training
+from fastnn._typing import Array, ArrayLike, DTypeLike, Metrics, PathLike
 from fastnn._validation import (MAX_SEED, check_finite, check_targets, check_targets_fit_loss,
                                 check_X, nonnegative_float, positive_int)
 from fastnn.activations import get_activation
 from fastnn.exceptions import ConfigError, DataError
+from fastnn.history import History
 from fastnn.initializers import get_initializer
 from fastnn.losses import get_loss
 from fastnn.metrics import predicted_labels
+from fastnn.schedules import Schedule
 
-DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 # Rows forward() pushes through the network at a time: big enough for
 # efficient GEMMs, small enough that each layer's activations stay in cache
@@ -31,11 +35,15 @@ PREDICT_CHUNK = 512
 # PREDICT_CHUNK, so the chunks forward computes are the same).
 EVALUATE_CHUNK = 64 * PREDICT_CHUNK
 
-Gradient = namedtuple("Gradient", ["loss", "weights", "biases"])
-Gradient.__doc__ = """The mean loss over a batch and its gradients per layer."""
+class Gradient(NamedTuple):
+    """The mean loss over a batch and its gradients per layer."""
+
+    loss: float
+    weights: list[Array]
+    biases: list[Array]
 
 
-class ParamList(list):
+class ParamList(list[Array]):
     """Per-layer parameter arrays that are views into a network's flat vector.
 
     ``net.weights[i][...] = value`` and ``net.weights[i] = value`` both copy
@@ -43,11 +51,11 @@ class ParamList(list):
     itself is never replaced.
     """
 
-    def __init__(self, arrays, kind):
+    def __init__(self, arrays: Iterable[Array], kind: str) -> None:
         super().__init__(arrays)
         self._kind = kind
 
-    def __setitem__(self, i, value):
+    def __setitem__(self, i: SupportsIndex, value: ArrayLike) -> None:  # type: ignore[override]
         if not isinstance(i, numbers.Integral):
             raise TypeError(f"assign {self._kind} one layer at a time, not with {i!r}")
         target = list.__getitem__(self, i)
@@ -97,8 +105,10 @@ class Network:
     0.95...
     """
 
-    def __init__(self, sizes, activation="sigmoid", output=None, loss="mse", *,
-                 dtype="float32", init="nielsen", seed=None, slope=0.01, backend="cython"):
+    def __init__(self, sizes: Sequence[int], activation: Union[str, Sequence[str]] = "sigmoid",
+                 output: Optional[str] = None, loss: str = "mse", *,
+                 dtype: DTypeLike = "float32", init: str = "nielsen", seed: Optional[int] = None,
+                 slope: float = 0.01, backend: str = "cython") -> None:
         self.sizes = self._check_sizes(sizes)
         n_layers = len(self.sizes) - 1
         hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
@@ -125,15 +135,15 @@ class Network:
         self._kernels = _kernels.get_backend(backend)
         self.epochs_trained = 0
         #: What the last fit() was asked and how it ended (kept in model files).
-        self.training = {}
+        self.training: dict[str, Any] = {}
         #: The History of the last fit(), also after an interrupted one.
-        self.history = None
+        self.history: Optional[History] = None
         #: The dtype of the inputs of the last fit ("uint8" inputs are scaled
         #: by 1/255), or None before any.
-        self.input_dtype = None
+        self.input_dtype: Optional[str] = None
         #: The optimizer's buffers (training.OptimizerState), reused by the
         #: next fit() with the same optimizer.
-        self.optimizer_state = None
+        self.optimizer_state: Optional[training.OptimizerState] = None
 
         memory.check_fits(memory.new_network_bytes(self.sizes, self.dtype.itemsize),
                           f"a network of sizes {list(self.sizes)} ({self.dtype})",
@@ -145,7 +155,7 @@ class Network:
             b[...] = b0
 
     @staticmethod
-    def _check_sizes(sizes):
+    def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
         try:
             sizes = tuple(sizes)
         except TypeError:
@@ -159,28 +169,28 @@ class Network:
 
     # ------------------------------------------------------------------ state
 
-    def _views(self):
+    def _views(self) -> list[tuple[Array, Array]]:
         return _kernels.param_views(self._params, self.sizes)
 
     @property
-    def weights(self):
+    def weights(self) -> ParamList:
         """Per-layer weights, ``weights[l].shape == (sizes[l], sizes[l+1])``."""
         return ParamList([W for W, _ in self._views()], "weights")
 
     @weights.setter
-    def weights(self, values):
+    def weights(self, values: Iterable[ArrayLike]) -> None:
         self._assign(self.weights, values)
 
     @property
-    def biases(self):
+    def biases(self) -> ParamList:
         """Per-layer biases, ``biases[l].shape == (sizes[l+1],)``."""
         return ParamList([b for _, b in self._views()], "biases")
 
     @biases.setter
-    def biases(self, values):
+    def biases(self, values: Iterable[ArrayLike]) -> None:
         self._assign(self.biases, values)
 
-    def _assign(self, current, values):
+    def _assign(self, current: ParamList, values: Iterable[ArrayLike]) -> None:
         values = list(values)
         if len(values) != len(current):
             raise DataError(f"expected {len(current)} arrays, one per layer, not {len(values)}")
@@ -188,22 +198,22 @@ class Network:
             current[i] = v
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         """Number of trainable parameters."""
         return self._params.size
 
     @property
-    def input_scale(self):
+    def input_scale(self) -> float:
         """The factor the kernels apply to the inputs this network was trained
         on: 1/255 for uint8 pixels, else 1."""
         return 1 / 255 if self.input_dtype == "uint8" else 1.0
 
     @property
-    def output(self):
+    def output(self) -> str:
         """The output layer's activation."""
         return self.activations[-1]
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # the backend module is found again by name (modules do not pickle);
         # pickling is for in-memory use such as scikit-learn's: model files
         # are written with save(), never pickled
@@ -211,11 +221,11 @@ class Network:
         del state["_kernels"]
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._kernels = _kernels.get_backend(self.backend)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         hidden = self.activations[:-1]
         act = hidden[0] if len(set(hidden)) == 1 else list(hidden)
         return (f"Network({list(self.sizes)}, activation={act!r}, output={self.output!r}, "
@@ -223,12 +233,12 @@ class Network:
 
     # ---------------------------------------------------------------- kernels
 
-    def _codes(self):
+    def _codes(self) -> tuple[Array, Array]:
         sizes = np.array(self.sizes, dtype=np.intp)
         acts = np.array([get_activation(a).code for a in self.activations], dtype=np.int32)
         return sizes, acts
 
-    def _targets(self, X, y, name="y"):
+    def _targets(self, X: Array, y: ArrayLike, name: str = "y") -> tuple[Array, Optional[Array]]:
         Y, labels = check_targets(y, len(X), self.sizes[-1], self.dtype, name)
         check_targets_fit_loss(Y, self.loss, self.output, name)
         return Y, labels
@@ -236,11 +246,19 @@ class Network:
     # ------------------------------------------------------------------- API
 
     @training.one_fit_at_a_time
-    def fit(self, X, y, epochs=30, batch_size=None, lr=None, shuffle=True, *,
-            optimizer="sgd", momentum=None, betas=None, eps=None, l2=0.0, l1=0.0,
-            dropout=0.0, lr_schedule=None, validation_data=None, validation_split=0.0,
-            early_stopping=None, augment=None, sample_weight=None, class_weight=None,
-            callback=None, progress=None, verbose=0):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 30, batch_size: Optional[int] = None,
+            lr: Optional[float] = None, shuffle: bool = True, *, optimizer: str = "sgd",
+            momentum: Optional[float] = None, betas: Optional[tuple[float, float]] = None,
+            eps: Optional[float] = None, l2: float = 0.0, l1: float = 0.0,
+            dropout: Union[float, Sequence[float]] = 0.0,
+            lr_schedule: Union[str, Schedule, None] = None,
+            validation_data: Optional[tuple[ArrayLike, ArrayLike]] = None,
+            validation_split: float = 0.0, early_stopping: Optional[int] = None,
+            augment: Optional[str] = None, sample_weight: Optional[ArrayLike] = None,
+            class_weight: Union[str, Mapping[int, float], None] = None,
+            callback: Optional[Callable[[int, Metrics], Optional[bool]]] = None,
+            progress: Optional[Callable[[int, int, int], object]] = None,
+            verbose: int = 0) -> History:
         """Train by mini-batch gradient descent with backpropagation.
 
         Each epoch visits the rows in a fresh random order, `batch_size` at a
@@ -365,18 +383,18 @@ class Network:
                          else {int(k): float(v) for k, v in class_weight.items()}}
         return trainer.run()
 
-    def check_data(self, X, y=None):
+    def check_data(self, X: ArrayLike, y: Optional[ArrayLike] = None) -> None:
         """Raise DataError if (X, y) cannot be given to fit or evaluate: the
         checks fit runs first, without training."""
         X = check_X(X, self.sizes[0])
         if y is not None:
             self._targets(X, y)
 
-    def forward(self, X):
+    def forward(self, X: ArrayLike) -> Array:
         """The output layer's activations for each row of X, shape (n, sizes[-1])."""
         return self._forward(check_X(X, self.sizes[0]))
 
-    def _forward(self, X):
+    def _forward(self, X: Array) -> Array:
         sizes, acts = self._codes()
         chunk = min(len(X), PREDICT_CHUNK)
         n_chunks = -(-len(X) // max(chunk, 1))
@@ -396,12 +414,12 @@ class Network:
                                   threads)
         return out
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> Array:
         """Predicted class of each row of X: the argmax of the outputs (with one
         output unit, 1 where it exceeds 0.5)."""
         return predicted_labels(self.forward(X))
 
-    def evaluate(self, X, y):
+    def evaluate(self, X: ArrayLike, y: ArrayLike) -> dict[str, float]:
         """Loss and accuracy on (X, y).
 
         Returns
@@ -414,7 +432,7 @@ class Network:
         Y, labels = self._targets(X, y)
         return self._evaluate(X, Y, labels)
 
-    def _evaluate(self, X, Y, labels):
+    def _evaluate(self, X: Array, Y: Array, labels: Optional[Array]) -> dict[str, float]:
         # EVALUATE_CHUNK rows at a time: the outputs and the loss's
         # temporaries stay bounded however many rows X has (a memory-mapped
         # file larger than memory)
@@ -431,7 +449,7 @@ class Network:
             result["accuracy"] = n_correct / len(X)
         return result
 
-    def gradient(self, X, y):
+    def gradient(self, X: ArrayLike, y: ArrayLike) -> Gradient:
         """The mean loss over (X, y) and its gradient, by backpropagation.
 
         Returns
@@ -450,7 +468,7 @@ class Network:
         views = _kernels.param_views(grad, self.sizes)
         return Gradient(total / len(X), [W for W, _ in views], [b for _, b in views])
 
-    def save(self, path, force=False):
+    def save(self, path: PathLike, force: bool = False) -> None:
         """Write the network to a safetensors model file, atomically.
 
         The output policy of fastnn.files applies: a directory, FIFO or
@@ -462,11 +480,11 @@ class Network:
         save(self, path, force=force)
 
 
-def _check_dtype(dtype):
+def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     try:
         key = str(np.dtype(dtype))
     except TypeError:
-        key = None
+        key = ""
     if key not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     return DTYPES[key]

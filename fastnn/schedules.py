@@ -7,6 +7,8 @@ CLI takes: ``"constant"``, ``"step:every=5,factor=0.5"``,
 import copy
 import math
 import numbers
+from collections.abc import Mapping
+from typing import Any, Union
 
 from fastnn._validation import positive_int
 from fastnn.exceptions import ConfigError, lookup
@@ -24,38 +26,42 @@ class Schedule:
     the model file): a started schedule's copy continues from its state.
     """
 
+    name = ""
     started = False
+    base_lr: float
+    lr: float
+    epochs: int
 
-    def start(self, lr):
+    def start(self, lr: float) -> None:
         self.base_lr = self.lr = lr
         self.epochs = 0
         self.started = True
 
-    def next_lr(self, metrics):
+    def next_lr(self, metrics: Mapping[str, float]) -> float:
         self.epochs += 1
         return self.lr
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue the schedule (JSON-ready)."""
         return {"base_lr": self.base_lr, "lr": self.lr, "epochs": self.epochs}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a state_dict (marks the schedule started); ConfigError
         if it lacks a value this schedule needs or has one of the wrong kind."""
         self.start(_state_value(self, state, "base_lr", float))
         self.lr = _state_value(self, state, "lr", float)
         self.epochs = _state_value(self, state, "epochs", int)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
         return f"{type(self).__name__}({args})"
 
-    def spec(self):
+    def spec(self) -> str:
         """The string form, as the CLI takes it."""
         args = ",".join(f"{k}={v}" for k, v in self._params().items())
         return self.name + (":" + args if args else "")
 
-    def _params(self):
+    def _params(self) -> dict[str, Any]:
         return {}
 
 
@@ -70,17 +76,17 @@ class Step(Schedule):
 
     name = "step"
 
-    def __init__(self, every=5, factor=0.5):
+    def __init__(self, every: int = 5, factor: float = 0.5) -> None:
         self.every = positive_int(every, "every", 1)
         self.factor = _factor(factor)
 
-    def next_lr(self, metrics):
+    def next_lr(self, metrics: Mapping[str, float]) -> float:
         super().next_lr(metrics)
         if self.epochs % self.every == 0:
             self.lr *= self.factor
         return self.lr
 
-    def _params(self):
+    def _params(self) -> dict[str, Any]:
         return {"every": self.every, "factor": self.factor}
 
 
@@ -91,7 +97,8 @@ class Plateau(Schedule):
 
     name = "plateau"
 
-    def __init__(self, patience=3, factor=0.1, max_reductions=3, monitor="val_loss"):
+    def __init__(self, patience: int = 3, factor: float = 0.1, max_reductions: int = 3,
+                 monitor: str = "val_loss") -> None:
         self.patience = positive_int(patience, "patience", 1)
         self.factor = _factor(factor)
         self.max_reductions = positive_int(max_reductions, "max_reductions", 0)
@@ -99,15 +106,15 @@ class Plateau(Schedule):
             raise ConfigError(f"monitor must be 'val_loss' or 'loss', not {monitor!r}")
         self.monitor = monitor
 
-    def start(self, lr):
+    def start(self, lr: float) -> None:
         super().start(lr)
         self.best = math.inf
         self.waited = 0
         self.reductions = 0
 
-    def next_lr(self, metrics):
+    def next_lr(self, metrics: Mapping[str, float]) -> float:
         super().next_lr(metrics)
-        value = metrics.get(self.monitor, metrics.get("loss"))
+        value = metrics[self.monitor] if self.monitor in metrics else metrics["loss"]
         if value < self.best:
             self.best, self.waited = value, 0
         else:
@@ -118,18 +125,18 @@ class Plateau(Schedule):
                 self.waited = 0
         return self.lr
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "best": self.best, "waited": self.waited,
                 "reductions": self.reductions}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         self.best = _state_value(self, state, "best", float)
         self.waited = _state_value(self, state, "waited", int)
         self.reductions = _state_value(self, state, "reductions", int)
 
-    def _params(self):
-        params = {"patience": self.patience, "factor": self.factor,
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"patience": self.patience, "factor": self.factor,
                   "max_reductions": self.max_reductions}
         if self.monitor != "val_loss":
             params["monitor"] = self.monitor
@@ -139,7 +146,7 @@ class Plateau(Schedule):
 SCHEDULES = {cls.name: cls for cls in (Constant, Step, Plateau)}
 
 
-def _state_value(schedule, state, key, kind):
+def _state_value(schedule: Schedule, state: Mapping[str, Any], key: str, kind: type) -> Any:
     """state[key] as a number of `kind` (float: not NaN, int: >= 0), or ConfigError."""
     value = state.get(key) if isinstance(state, dict) else None
     ok = (not isinstance(value, bool) and isinstance(value, (int, float))
@@ -152,13 +159,14 @@ def _state_value(schedule, state, key, kind):
     return kind(value)
 
 
-def _factor(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+def _factor(value: object) -> float:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not 0 < float(value) <= 1):
         raise ConfigError(f"factor must be a number in (0, 1], not {value!r}")
     return float(value)
 
 
-def _value(text):
+def _value(text: str) -> Union[int, float, str]:
     """An option's value from its text: an int, a float, or the text itself."""
     for kind in (int, float):
         try:
@@ -168,7 +176,7 @@ def _value(text):
     return text
 
 
-def parse(spec):
+def parse(spec: Union[str, "Schedule", None]) -> Schedule:
     """A new Schedule from an object (a copy, with its state), None
     (constant) or a string such as ``"step:every=5,factor=0.5"``."""
     if spec is None:
@@ -179,7 +187,7 @@ def parse(spec):
         raise ConfigError(f"lr_schedule must be a string or a fastnn.schedules object, not {spec!r}")
     name, _, args = spec.partition(":")
     cls = lookup(SCHEDULES, "lr_schedule", name.strip())
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in args.split(","))):
         key, eq, value = part.partition("=")
         if not eq:

@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from fastnn.history import History
 from fastnn.losses import get_loss
 from fastnn.optimizers import get_optimizer, hyper_array
 from fastnn.schedules import parse as parse_schedule
+
+if TYPE_CHECKING:
+    from fastnn.network import Network
 
 AUGMENTATIONS = {"shift": _kernels.SHIFT}
 
@@ -243,7 +247,7 @@ def _wait_uninterrupted(done, stop):
         raise KeyboardInterrupt
 
 
-_training = weakref.WeakSet()   # networks a fit call is training now
+_training: "weakref.WeakSet[Network]" = weakref.WeakSet()   # networks a fit call is training now
 _training_guard = threading.Lock()
 
 
