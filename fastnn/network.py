@@ -419,6 +419,35 @@ class Network:
         output unit, 1 where it exceeds 0.5)."""
         return predicted_labels(self.forward(X))
 
+    def predict_proba(self, X: ArrayLike) -> Array:
+        """Class probabilities of each row of X, shape (n, n_classes).
+
+        A softmax output gives its outputs; one sigmoid unit, the two
+        columns ``[1 - a, a]`` (as scikit-learn's classifiers); several
+        sigmoid units, each unit's probability (multi-label). Other output
+        activations do not give probabilities: ConfigError (use forward).
+        """
+        if self.output not in ("softmax", "sigmoid"):
+            raise ConfigError(f"a {self.output!r} output layer does not give probabilities; "
+                              f"predict_proba needs a 'softmax' or 'sigmoid' output "
+                              f"(forward() gives the outputs as they are)")
+        A = self.forward(X)
+        return np.hstack([1 - A, A]) if A.shape[1] == 1 else A
+
+    def summary(self, print_fn: Optional[Callable[[str], object]] = print) -> str:
+        """A table of the layers (inputs, outputs, activation, parameters)
+        and how the network was trained, as ``fastnn info`` prints it.
+
+        Each line goes to `print_fn` (None: nothing printed); returns the text.
+        """
+        from fastnn.summary import summary_lines
+
+        lines = summary_lines(self)
+        if print_fn is not None:
+            for line in lines:
+                print_fn(line)
+        return "\n".join(lines)
+
     def evaluate(self, X: ArrayLike, y: ArrayLike) -> dict[str, float]:
         """Loss and accuracy on (X, y).
 
