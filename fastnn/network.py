@@ -17,6 +17,7 @@ from fastnn._typing import Array, ArrayLike, DTypeLike, Metrics, PathLike
 from fastnn._validation import (MAX_SEED, check_finite, check_targets, check_targets_fit_loss,
                                 check_X, nonnegative_float, positive_int)
 from fastnn.activations import get_activation
+from fastnn.callbacks import Callback, check_callbacks
 from fastnn.exceptions import ConfigError, DataError
 from fastnn.history import History
 from fastnn.initializers import get_initializer
@@ -257,6 +258,7 @@ class Network:
             augment: Optional[str] = None, sample_weight: Optional[ArrayLike] = None,
             class_weight: Union[str, Mapping[int, float], None] = None,
             callback: Optional[Callable[[int, Metrics], Optional[bool]]] = None,
+            callbacks: Optional[Sequence[Callback]] = None,
             progress: Optional[Callable[[int, int, int], object]] = None,
             verbose: int = 0) -> History:
         """Train by mini-batch gradient descent with backpropagation.
@@ -329,11 +331,17 @@ class Network:
         callback : callable, optional
             ``callback(epoch, metrics)`` after each epoch (epoch counts from
             0); returning False stops training.
+        callbacks : list of fastnn.callbacks.Callback, optional
+            Objects told of the run's beginning, each epoch's end (before
+            `callback`) and its end: ``EarlyStopping``, ``ModelCheckpoint``,
+            ``CSVLogger`` or your own subclass.
         progress : callable, optional
             ``progress(epoch, rows_done, rows_total)``, called about ten
             times a second while an epoch trains.
         verbose : int, default 0
-            1 prints one line per epoch to stderr; 2 also a progress bar.
+            1 shows one line per epoch on stderr (they go to the "fastnn"
+            logger at INFO level, also when verbose is 0); 2 also a
+            progress bar.
 
         Returns
         -------
@@ -375,7 +383,8 @@ class Network:
             augment=augment, validation_split=validation_split, has_validation=val is not None)
         if verbose >= 2 and progress is None:
             progress = training.text_progress()
-        trainer = training.Trainer(self, train, val, options, callback, progress, verbose)
+        trainer = training.Trainer(self, train, val, options, callback, progress, verbose,
+                                   check_callbacks(callbacks))
         self.input_dtype = str(X.dtype)
         self.training = {**options.record(), "n_train": len(train[0]),
                          "sample_weight": weights is not None,

@@ -69,6 +69,7 @@ except ImportError as exc:  # pragma: no cover - exercised without scikit-learn
                       f"pip install 'fastnn[sklearn]'") from None
 
 from fastnn._typing import Array, ArrayLike
+from fastnn.callbacks import logger
 from fastnn.network import Network
 from fastnn.schedules import Schedule, parse as parse_schedule
 from fastnn.training import sample_weights
@@ -314,9 +315,8 @@ class _BaseMLP(BaseEstimator):
         # more than n_iter_no_change epochs, as scikit-learn counts
         if not incremental and self._no_improvement > self.n_iter_no_change:
             self._converged = True
-            if self.verbose:
-                print(f"Training loss did not improve more than tol={self.tol} for "
-                      f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+            logger.info("Training loss did not improve more than tol=%s for %d consecutive "
+                        "epochs. Stopping.", self.tol, self.n_iter_no_change)
             return False
         return True
 

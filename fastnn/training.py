@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastnn import _kernels, interrupts, memory
+from fastnn.callbacks import EarlyStopping, logger, verbose_logging
 from fastnn._validation import MAX_COUNT, check_finite, check_X, nonnegative_float, positive_int
 from fastnn.exceptions import ConfigError, DataError, NetworkBusy, TrainingDiverged, lookup
 from fastnn.history import History
@@ -283,8 +284,10 @@ class OptimizerState:
 class Trainer:
     """One call of Network.fit."""
 
-    def __init__(self, net, train, val, options, callback=None, progress=None, verbose=0):
+    def __init__(self, net, train, val, options, callback=None, progress=None, verbose=0,
+                 callbacks=()):
         self.net = net
+        self.callbacks = list(callbacks)
         self.X, self.Y, self.labels, weights = train
         self.val = val
         self.o = options
@@ -421,11 +424,20 @@ class Trainer:
         metrics["seconds"] = seconds
         return metrics
 
+    def metric_names(self):
+        """The names of the metrics each epoch reports, in order."""
+        names = ["loss"] + (["accuracy"] if self.labels is not None else [])
+        names += ["penalty"] if self.o.l2 or self.o.l1 else []
+        if self.val is not None:
+            names += ["val_loss"] + (["val_accuracy"] if self.val[2] is not None else [])
+        return names + ["lr", "seconds"]
+
     def run(self):
         hist = History()
         self.net.history = hist
         try:
-            return self._run(hist)
+            with verbose_logging(self.verbose):
+                return self._run(hist)
         except KeyboardInterrupt:
             hist.stopped = "interrupted"
             raise
@@ -439,7 +451,12 @@ class Trainer:
         # a run stopped before its first epoch ends still records where the
         # schedule stands, so that a resumed run continues it
         net.training["lr_schedule_state"] = schedule.state_dict()
-        best_loss, best_params, waited = math.inf, None, 0
+        callbacks = self.callbacks
+        if o.early_stopping is not None:
+            # the option is the object with its defaults (val_loss, best weights kept)
+            callbacks = [EarlyStopping(patience=o.early_stopping), *callbacks]
+        for c in callbacks:
+            c.on_train_begin(net, self.metric_names())
         for epoch in range(o.epochs):
             metrics, status, next_lr = self.epoch(lr, hist, schedule)
             # a Ctrl-C held back during the epoch: KeyboardInterrupt here
@@ -456,25 +473,19 @@ class Trainer:
                 # the handler in place did not raise: stop all the same
                 raise KeyboardInterrupt
             lr = next_lr
-            if self.verbose:
-                print(epoch_line(net.epochs_trained, metrics), file=sys.stderr, flush=True)
+            logger.info("%s", epoch_line(net.epochs_trained, metrics))
             stop = None
-            if o.early_stopping is not None:
-                if metrics["val_loss"] < best_loss:
-                    best_loss, waited, hist.best_epoch = metrics["val_loss"], 0, epoch
-                    best_params = net._params.copy()
-                else:
-                    waited += 1
-                    if waited >= o.early_stopping:
-                        stop = "early_stopping"
+            for c in callbacks:
+                if c.on_epoch_end(epoch, dict(metrics)) is False:
+                    stop = stop or c.stop_reason
             # the callback sees every epoch trained, the last one included
             if self.callback is not None and self.callback(epoch, dict(metrics)) is False:
                 stop = stop or "callback"
             if stop:
                 hist.stopped = stop
                 break
-        if best_params is not None:
-            net._params[...] = best_params
+        for c in callbacks:
+            c.on_train_end()
         return hist
 
 
