@@ -129,8 +129,10 @@ def choice(registry, exclude=()):
 @click.option("--dropout", callback=float_list, metavar="P[,P...]",
               help="Dropout rate of the hidden layers: one, or one per hidden layer.")
 @click.option("--lr-schedule", metavar="SPEC",
-              help="constant, step:every=5,factor=0.5 or plateau:patience=3,factor=0.1,"
-                   "max_reductions=3.")
+              help="constant, step:every=5,factor=0.5, plateau:patience=3,factor=0.1,"
+                   "max_reductions=3, cosine[:total=N,min_lr=0], onecycle[:total=N,"
+                   "pct_start=0.3] or warmup[:total=5,start_factor=0.333] (total: the run's "
+                   "epochs by default).")
 @click.option("--early-stopping", type=click.IntRange(min=1), metavar="N",
               help="Stop after N epochs without a lower validation loss; keep the best weights.")
 @click.option("--augment", type=click.Choice(sorted(AUGMENTATIONS)),

@@ -224,7 +224,8 @@ def _format_1_schema() -> Any:
                                      "scale": Real(0)}, extra=AnyJSON())
     lr_schedule_state = Record(
         required={"base_lr": positive, "lr": Real(0), "epochs": count},
-        optional={"best": Real(finite=False), "waited": count, "reductions": count},
+        optional={"best": Real(finite=False), "waited": count, "reductions": count,
+                  "total": Int(1, MAX_COUNT)},
         extra=AnyJSON())
     cli = Record(optional={
         "data": Maybe(Text()), "labels": Maybe(Text()),

@@ -446,7 +446,7 @@ class Trainer:
         o, net = self.o, self.net
         schedule = o.lr_schedule
         if not schedule.started:
-            schedule.start(o.lr)
+            schedule.start(o.lr, o.epochs)
         lr = schedule.lr
         # a run stopped before its first epoch ends still records where the
         # schedule stands, so that a resumed run continues it
