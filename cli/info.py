@@ -21,7 +21,8 @@ def info(model, as_json):
     net = load_model(model)
     meta = read_metadata(model)
     result = {"model": model, "format_version": meta.get("format_version"),
-              "fastnn_version": meta.get("fastnn_version"), **describe(net)}
+              "fastnn_version": meta.get("fastnn_version"),
+              "weight_layout": meta.get("weight_layout"), **describe(net)}
     if as_json:
         echo_json(result)
         return

@@ -149,6 +149,9 @@ def choice(registry, exclude=()):
               help="Continue training a saved model, with its optimizer state and options.")
 @click.option("--history", type=click.Path(), metavar="FILE.json",
               help="Write the per-epoch metrics here.")
+@click.option("--weights-only", is_flag=True,
+              help="Leave the optimizer's state out of the finished -o model (smaller; "
+                   "--resume from it starts a new optimizer). Checkpoints keep it.")
 @click.option("--force", is_flag=True,
               help="Replace an existing -o or --history file even if it is not of the kind "
                    "written (never a directory, FIFO or device, nor an input).")
@@ -156,7 +159,7 @@ def choice(registry, exclude=()):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object when done.")
 @click.pass_context
 def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
-          checkpoint_every, history, force, quiet, as_json, threads, **options):
+          checkpoint_every, history, weights_only, force, quiet, as_json, threads, **options):
     from fastnn import load as load_model
     from fastnn.exceptions import TrainingDiverged
     from fastnn.schedules import parse as parse_schedule
@@ -197,7 +200,7 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     # every path, before any work: what is read, and where the run may write
     inputs = (data_inputs("DATA", data, labels) + data_inputs("--val", val_data)
               + data_inputs("--test", test_data))
-    outputs = RunOutputs(out, history, resume, inputs, force)
+    outputs = RunOutputs(out, history, resume, inputs, force, weights_only=weights_only)
     set_threads(threads)
     say = (lambda *a, **k: None) if quiet or as_json else click.echo
 
@@ -335,7 +338,7 @@ class RunOutputs:
     wrote (or resumed from) are removed.
     """
 
-    def __init__(self, out, history, resume, inputs, force):
+    def __init__(self, out, history, resume, inputs, force, weights_only=False):
         from fastnn.exceptions import OutputError
         from fastnn.files import check_distinct, sibling
         from fastnn.history import HISTORY_FILE
@@ -367,15 +370,16 @@ class RunOutputs:
                            [("--resume", resume)], OutputError)
             check_outputs(later, force=force)
         self.force = force
+        self.weights_only = weights_only
 
-    def _write(self, net, history_text, paths, model=True):
+    def _write(self, net, history_text, paths, model=True, weights_only=False):
         from fastnn.files import atomic_write
         from fastnn.exceptions import FastnnError
         from fastnn.history import HISTORY_FILE
 
         written = {"model": None, "history": None}
         if model and "model" in paths:
-            net.save(paths["model"], force=self.force)
+            net.save(paths["model"], force=self.force, weights_only=weights_only)
             written["model"] = paths["model"]
         if "history" in paths:
             atomic_write(paths["history"], history_text, FastnnError, kind=HISTORY_FILE,
@@ -396,7 +400,7 @@ class RunOutputs:
 
         # a Ctrl-C now takes effect once every file is written
         with Deferred() as interrupt:
-            self._write(net, history_text, self.final)
+            self._write(net, history_text, self.final, weights_only=self.weights_only)
             for name, path in self.unfinished.items():
                 if path != self.final[name] and (path in self.written or (
                         self.resume and os.path.exists(path) and same_file(path, self.resume))):

@@ -3,7 +3,8 @@
 A fastnn model file is a plain safetensors file. Its tensors are
 ``weights.<l>`` and ``biases.<l>``, and after training ``optimizer.state``
 (the optimizer's buffers, for resuming); its ``__metadata__`` header holds
-``format = "fastnn"``, ``format_version``, ``fastnn_version`` and JSON
+``format = "fastnn"``, ``format_version``, ``fastnn_version``,
+``weight_layout`` (``x @ W + b; W stored (in, out), row-major``) and JSON
 strings ``network`` (sizes, activations, loss, dtype, init, seed, slope,
 epochs trained, the dtype of the training inputs), ``input_scaling`` (the
 factor applied to the inputs: 1/255 for uint8 pixels), ``optimizer``
@@ -40,17 +41,44 @@ if TYPE_CHECKING:
 
 FORMAT = "fastnn"
 FORMAT_VERSION = 1
+#: How the tensors compute a layer, stated in every model file's header
+#: (``weight_layout``): rows are samples, ``weights.<l>`` is stored
+#: (inputs, outputs), row-major, so a layer is ``x @ W + b``, then the
+#: activation. (PyTorch's nn.Linear keeps the transpose: weight = W.T.)
+WEIGHT_LAYOUT = "x @ W + b; W stored (in, out), row-major"
 
 
-def _bytes(net: "Network") -> bytes:
-    from safetensors.numpy import save as st_save
+def safetensors_bytes(tensors: dict[str, Array], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of `tensors` with `metadata`, the same bytes for the
+    same arguments: the header's keys sorted, the tensors in name order.
 
+    (The safetensors package writes its header from a hash map, whose order
+    changes from process to process.) The layout is the specification's: an
+    8-byte little-endian header length, the JSON header padded with spaces
+    to a multiple of 8 bytes, then each tensor's little-endian bytes.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    data, offset = [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        dtype = array.dtype.newbyteorder("<")
+        raw = array.astype(dtype, copy=False).tobytes()
+        header[name] = {"dtype": DTYPE_NAMES[dtype.name], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        data.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(data)
+
+
+def _bytes(net: "Network", weights_only: bool = False) -> bytes:
     tensors = {}
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         tensors[f"weights.{l}"] = W
         tensors[f"biases.{l}"] = b
     optimizer = {}
-    if net.optimizer_state is not None:
+    if net.optimizer_state is not None and not weights_only:
         tensors["optimizer.state"] = net.optimizer_state.state
         optimizer = {"name": net.optimizer_state.name, "steps": net.optimizer_state.steps}
     network = {
@@ -68,12 +96,13 @@ def _bytes(net: "Network") -> bytes:
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "fastnn_version": __version__,
+        "weight_layout": WEIGHT_LAYOUT,
         "network": json.dumps(network),
         "input_scaling": json.dumps({"input_dtype": net.input_dtype, "scale": net.input_scale}),
         "optimizer": json.dumps(optimizer),
         "training": json.dumps(net.training, default=float),
     }
-    return st_save(tensors, metadata=metadata)
+    return safetensors_bytes(tensors, metadata)
 
 
 def _looks_like_model(head: bytes) -> bool:
@@ -97,11 +126,13 @@ def _looks_like_model(head: bytes) -> bool:
 MODEL_FILE = FileKind("fastnn model", _looks_like_model)
 
 
-def save(net: "Network", path: PathLike, force: bool = False) -> None:
+def save(net: "Network", path: PathLike, force: bool = False, weights_only: bool = False) -> None:
     """Write `net` to `path` as a safetensors model file, atomically, under
     the output policy of fastnn.files (an existing file that is not a fastnn
-    model is replaced only with force=True)."""
-    atomic_write(path, _bytes(net), ModelFileError, kind=MODEL_FILE, force=force)
+    model is replaced only with force=True). With weights_only, the
+    optimizer's state is left out (the file loads and predicts the same; a
+    fit continuing from it starts a new optimizer)."""
+    atomic_write(path, _bytes(net, weights_only), ModelFileError, kind=MODEL_FILE, force=force)
 
 
 # ------------------------------------------------------------------ reading
@@ -256,6 +287,7 @@ def _format_1_schema() -> Any:
                   "network": JSONText(network)},
         optional={"fastnn_version": Text(40, pattern=r"[0-9A-Za-z.+!_-]+",
                                          description="a version number"),
+                  "weight_layout": Text(choices=(WEIGHT_LAYOUT,)),
                   "input_scaling": JSONText(input_scaling), "optimizer": JSONText(optimizer),
                   "training": JSONText(training)},
         defaults={"optimizer": {}, "training": {}},

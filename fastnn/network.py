@@ -506,16 +506,19 @@ class Network:
         views = _kernels.param_views(grad, self.sizes)
         return Gradient(total / len(X), [W for W, _ in views], [b for _, b in views])
 
-    def save(self, path: PathLike, force: bool = False) -> None:
+    def save(self, path: PathLike, force: bool = False, weights_only: bool = False) -> None:
         """Write the network to a safetensors model file, atomically.
 
         The output policy of fastnn.files applies: a directory, FIFO or
         device is refused, a symlink is followed, and an existing file that
         is not a fastnn model is replaced only with ``force=True``.
         Refusals and failures raise ModelFileError with a one-line message.
+        With ``weights_only=True`` the optimizer's state is left out (a
+        smaller file that predicts the same; training from it starts a new
+        optimizer). The same run with the same seed writes the same bytes.
         """
         from fastnn.io import save
-        save(self, path, force=force)
+        save(self, path, force=force, weights_only=weights_only)
 
 
 def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:

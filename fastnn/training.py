@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from fastnn.network import Network
 
 AUGMENTATIONS = {"shift": _kernels.SHIFT}
+#: Metrics that measure time, not the model: in History, not in model files.
+TIMINGS = ("seconds",)
 
 
 @dataclass
@@ -397,7 +399,10 @@ class Trainer:
                     hist.append(metrics)
                     net.epochs_trained += 1
                     next_lr = schedule.next_lr(metrics)
-                    net.training.update(epochs_done=hist.epochs, final=hist.last(),
+                    # the final metrics without their timing: the same run
+                    # writes the same model file (History keeps the seconds)
+                    final = {k: v for k, v in hist.last().items() if k not in TIMINGS}
+                    net.training.update(epochs_done=hist.epochs, final=final,
                                         lr_schedule_state=schedule.state_dict())
             except BaseException:
                 if metrics is None:
