@@ -34,14 +34,19 @@ Examples:
 @click.option("-o", "--out", type=click.Path(), help="Write the CSV here [default: stdout].")
 @click.option("--proba", is_flag=True, help="Also write the output layer's activations.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object instead of CSV: the labels (and with --proba the "
+                   "outputs); not with -o.")
 @threads_option
 @force_option
-def predict(model, data, labels, label_col, out, proba, limit, threads, force):
+def predict(model, data, labels, label_col, out, proba, limit, as_json, threads, force):
     from fastnn import load as load_model
     from fastnn.exceptions import FastnnError
     from fastnn.files import atomic_write
     from fastnn.metrics import predicted_labels
 
+    if as_json and out:
+        raise click.UsageError("--json prints to stdout; give it or -o, not both")
     check_outputs([("-o", out, PREDICTIONS_CSV)],
                   [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
@@ -51,6 +56,15 @@ def predict(model, data, labels, label_col, out, proba, limit, threads, force):
     X = match_inputs(net, dataset.X)
     outputs = net.forward(X)
     predicted = predicted_labels(outputs)
+    if as_json:
+        from fastnn.cli.common import echo_json
+
+        result = {"model": model, "data": dataset.source, "n": len(predicted),
+                  "labels": predicted}
+        if proba:
+            result["outputs"] = outputs
+        echo_json(result)
+        return
     text = io.StringIO()
     header = ["label"] + ([f"p{k}" for k in range(outputs.shape[1])] if proba else [])
     text.write(",".join(header) + "\n")

@@ -83,6 +83,18 @@ def float_list(ctx, param, value):
     return values[0] if len(values) == 1 and param.name == "dropout" else values
 
 
+def activation_list(ctx, param, value):
+    """One hidden activation name, or a comma-separated list of them."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",")]
+    valid = sorted(set(ACTIVATIONS) - {"softmax"})
+    for name in names:
+        if name not in valid:
+            raise click.BadParameter(f"{name!r} is not one of {', '.join(valid)}")
+    return names[0] if len(names) == 1 else names
+
+
 def choice(registry, exclude=()):
     return click.Choice(sorted(n for n in registry if n not in exclude))
 
@@ -103,8 +115,9 @@ def choice(registry, exclude=()):
 @click.option("--hidden", callback=int_list,
               help="Hidden layer sizes, the input and output sizes taken from the data "
                    "[default: 30].")
-@click.option("--activation", type=choice(ACTIVATIONS, ("softmax",)),
-              help="Hidden-layer activation [default: sigmoid].")
+@click.option("--activation", callback=activation_list, metavar="NAME[,NAME...]",
+              help="Hidden-layer activation, or one per hidden layer (tanh,relu) "
+                   f"[default: sigmoid]: {', '.join(sorted(set(ACTIVATIONS) - {'softmax'}))}.")
 @click.option("--output", "output_activation", type=choice(ACTIVATIONS),
               help="Output-layer activation [default: the hidden one].")
 @click.option("--loss", type=choice(LOSSES), help="[default: mse]")

@@ -506,12 +506,27 @@ def epoch_line(epoch, metrics, of=None):
     return "  ".join(parts)
 
 
-def text_progress(stream=sys.stderr, width=30):
-    """A progress(epoch, done, total) callable drawing a bar on one line."""
+def text_progress(stream=sys.stderr, width=30, clock=time.monotonic):
+    """A progress(epoch, done, total) callable drawing a bar on one line,
+    with the rows per second and the time the epoch has left."""
+    started = {}
+
     def show(epoch, done, total):
+        now = clock()
+        start = started.setdefault(epoch, now)
         filled = int(width * done / max(total, 1))
         end = "\n" if done >= total else ""
+        rate = done / (now - start) if done and now > start else None
+        speed = f"{rate:,.0f} rows/s" if rate else "-- rows/s"
+        left = _duration((total - done) / rate) if rate else "--:--"
         stream.write(f"\repoch {epoch + 1} [{'=' * filled}{' ' * (width - filled)}] "
-                     f"{done:,}/{total:,}{end}")
+                     f"{done:,}/{total:,}  {speed}  {left} left\033[K{end}")
         stream.flush()
     return show
+
+
+def _duration(seconds):
+    """'m:ss' (or 'h:mm:ss') for a number of seconds."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
