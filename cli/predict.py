@@ -37,14 +37,19 @@ Examples:
 @click.option("-o", "--out", type=click.Path(), help="Write the CSV here [default: stdout].")
 @click.option("--proba", is_flag=True, help="Also write the output layer's activations.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object instead of CSV: the labels (and with --proba the "
+                   "outputs); not with -o.")
 @threads_option
 @force_option
-def predict(model, data, labels, label_col, out, proba, limit, threads, force):
+def predict(model, data, labels, label_col, out, proba, limit, as_json, threads, force):
     from fastnn import load as load_model
     from fastnn.exceptions import FastnnError
     from fastnn.files import atomic_write
     from fastnn.metrics import predicted_labels
 
+    if as_json and out:
+        raise click.UsageError("--json prints to stdout; give it or -o, not both")
     check_outputs([("-o", out, PREDICTIONS_CSV)],
                   [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
@@ -54,18 +59,35 @@ def predict(model, data, labels, label_col, out, proba, limit, threads, force):
     X = match_inputs(net, dataset.X)
     outputs = net.forward(X)
     pre = net.preprocessing
-    text = io.StringIO()
-    if pre is not None and pre.task == "regression":
+    regression = pre is not None and pre.task == "regression"
+    if regression:
         values = pre.restore(outputs)
         names = pre.target_names or (["value"] if values.shape[1] == 1 else
                                      [f"value{j}" for j in range(values.shape[1])])
-        csv.writer(text, lineterminator="\n").writerow([f"predicted_{n}" for n in names])
-        np.savetxt(text, values, fmt="%.9g", delimiter=",")
         n_rows = len(values)
     else:
         predicted = predicted_labels(outputs)
         labels = predicted if pre is None else pre.decode(predicted)
-        writer = csv.writer(text, lineterminator="\n")
+        n_rows = len(predicted)
+    if as_json:
+        from fastnn.cli.common import echo_json
+
+        result = {"model": model, "data": dataset.source, "n": n_rows}
+        if regression:
+            result["targets"] = list(names)
+            result["values"] = values
+        else:
+            result["labels"] = labels
+        if proba:
+            result["outputs"] = outputs
+        echo_json(result)
+        return
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    if regression:
+        writer.writerow([f"predicted_{n}" for n in names])
+        np.savetxt(text, values, fmt="%.9g", delimiter=",")
+    else:
         writer.writerow(["label"] + ([f"p{k}" for k in range(outputs.shape[1])] if proba
                                      else []))
         if proba:
@@ -73,7 +95,6 @@ def predict(model, data, labels, label_col, out, proba, limit, threads, force):
                              for label, row in zip(labels.tolist(), outputs.tolist()))
         else:
             writer.writerows([label] for label in labels.tolist())
-        n_rows = len(predicted)
     if out:
         atomic_write(out, text.getvalue(), FastnnError, kind=PREDICTIONS_CSV, force=force)
         click.echo(f"Wrote {n_rows:,} predictions to {out}", err=True)

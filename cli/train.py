@@ -86,6 +86,18 @@ def float_list(ctx, param, value):
     return values[0] if len(values) == 1 and param.name == "dropout" else values
 
 
+def activation_list(ctx, param, value):
+    """One hidden activation name, or a comma-separated list of them."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",")]
+    valid = sorted(set(ACTIVATIONS) - {"softmax"})
+    for name in names:
+        if name not in valid:
+            raise click.BadParameter(f"{name!r} is not one of {', '.join(valid)}")
+    return names[0] if len(names) == 1 else names
+
+
 def choice(registry, exclude=()):
     return click.Choice(sorted(n for n in registry if n not in exclude))
 
@@ -112,8 +124,9 @@ def choice(registry, exclude=()):
 @click.option("--hidden", callback=int_list,
               help="Hidden layer sizes, the input and output sizes taken from the data "
                    "[default: 30].")
-@click.option("--activation", type=choice(ACTIVATIONS, ("softmax",)),
-              help="Hidden-layer activation [default: sigmoid].")
+@click.option("--activation", callback=activation_list, metavar="NAME[,NAME...]",
+              help="Hidden-layer activation, or one per hidden layer (tanh,relu) "
+                   f"[default: sigmoid]: {', '.join(sorted(set(ACTIVATIONS) - {'softmax'}))}.")
 @click.option("--output", "output_activation", type=choice(ACTIVATIONS),
               help="Output-layer activation [default: the hidden one].")
 @click.option("--loss", type=choice(LOSSES), help="[default: mse]")
@@ -138,8 +151,10 @@ def choice(registry, exclude=()):
 @click.option("--dropout", callback=float_list, metavar="P[,P...]",
               help="Dropout rate of the hidden layers: one, or one per hidden layer.")
 @click.option("--lr-schedule", metavar="SPEC",
-              help="constant, step:every=5,factor=0.5 or plateau:patience=3,factor=0.1,"
-                   "max_reductions=3.")
+              help="constant, step:every=5,factor=0.5, plateau:patience=3,factor=0.1,"
+                   "max_reductions=3, cosine[:total=N,min_lr=0], onecycle[:total=N,"
+                   "pct_start=0.3] or warmup[:total=5,start_factor=0.333] (total: the run's "
+                   "epochs by default).")
 @click.option("--early-stopping", type=click.IntRange(min=1), metavar="N",
               help="Stop after N epochs without a lower validation loss; keep the best weights.")
 @click.option("--augment", type=click.Choice(sorted(AUGMENTATIONS)),
@@ -156,6 +171,9 @@ def choice(registry, exclude=()):
               help="Continue training a saved model, with its optimizer state and options.")
 @click.option("--history", type=click.Path(), metavar="FILE.json",
               help="Write the per-epoch metrics here.")
+@click.option("--weights-only", is_flag=True,
+              help="Leave the optimizer's state out of the finished -o model (smaller; "
+                   "--resume from it starts a new optimizer). Checkpoints keep it.")
 @click.option("--force", is_flag=True,
               help="Replace an existing -o or --history file even if it is not of the kind "
                    "written (never a directory, FIFO or device, nor an input).")
@@ -163,7 +181,7 @@ def choice(registry, exclude=()):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object when done.")
 @click.pass_context
 def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
-          checkpoint_every, history, force, quiet, as_json, threads, **options):
+          checkpoint_every, history, weights_only, force, quiet, as_json, threads, **options):
     from fastnn import load as load_model
     from fastnn.exceptions import TrainingDiverged
     from fastnn.schedules import parse as parse_schedule
@@ -204,7 +222,7 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     # every path, before any work: what is read, and where the run may write
     inputs = (data_inputs("DATA", data, labels) + data_inputs("--val", val_data)
               + data_inputs("--test", test_data))
-    outputs = RunOutputs(out, history, resume, inputs, force)
+    outputs = RunOutputs(out, history, resume, inputs, force, weights_only=weights_only)
     set_threads(threads)
     say = (lambda *a, **k: None) if quiet or as_json else click.echo
 
@@ -352,7 +370,7 @@ class RunOutputs:
     wrote (or resumed from) are removed.
     """
 
-    def __init__(self, out, history, resume, inputs, force):
+    def __init__(self, out, history, resume, inputs, force, weights_only=False):
         from fastnn.exceptions import OutputError
         from fastnn.files import check_distinct, sibling
         from fastnn.history import HISTORY_FILE
@@ -384,15 +402,16 @@ class RunOutputs:
                            [("--resume", resume)], OutputError)
             check_outputs(later, force=force)
         self.force = force
+        self.weights_only = weights_only
 
-    def _write(self, net, history_text, paths, model=True):
+    def _write(self, net, history_text, paths, model=True, weights_only=False):
         from fastnn.files import atomic_write
         from fastnn.exceptions import FastnnError
         from fastnn.history import HISTORY_FILE
 
         written = {"model": None, "history": None}
         if model and "model" in paths:
-            net.save(paths["model"], force=self.force)
+            net.save(paths["model"], force=self.force, weights_only=weights_only)
             written["model"] = paths["model"]
         if "history" in paths:
             atomic_write(paths["history"], history_text, FastnnError, kind=HISTORY_FILE,
@@ -413,7 +432,7 @@ class RunOutputs:
 
         # a Ctrl-C now takes effect once every file is written
         with Deferred() as interrupt:
-            self._write(net, history_text, self.final)
+            self._write(net, history_text, self.final, weights_only=self.weights_only)
             for name, path in self.unfinished.items():
                 if path != self.final[name] and (path in self.written or (
                         self.resume and os.path.exists(path) and same_file(path, self.resume))):

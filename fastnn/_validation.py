@@ -6,9 +6,11 @@ dtype, NaN, labels out of range) is caught here with one clear message.
 import math
 import numbers
 from collections import namedtuple
+from typing import Any, Optional
 
 import numpy as np
 
+from fastnn._typing import Array
 from fastnn.exceptions import ConfigError, DataError
 
 #: Input dtypes the kernels read directly (uint8 is scaled to [0, 1]).
@@ -33,7 +35,7 @@ def check_finite(a, name):
         raise DataError(f"{name} contains NaN or infinity (first at row {r}, column {c})")
 
 
-def check_X(X, n_features, name="X"):
+def check_X(X: Any, n_features: int, name: str = "X") -> Array:
     """X as a C-contiguous 2-D array the kernels accept.
 
     uint8, float32 and float64 are kept as they are (uint8 is scaled by
@@ -63,7 +65,8 @@ def check_X(X, n_features, name="X"):
     return np.ascontiguousarray(X)
 
 
-def check_targets(y, n_samples, n_outputs, dtype, name="y"):
+def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
+                  name: str = "y") -> tuple[Array, Optional[Array]]:
     """Targets as a (n_samples, n_outputs) array of `dtype`.
 
     Integer labels (or floats that are whole numbers, 1-D) are one-hot
@@ -307,11 +310,11 @@ MAX_COUNT = 2 ** 62
 MAX_SEED = 2 ** 1024
 
 
-def positive_int(value, name, minimum=1, maximum=None):
+def positive_int(value: Any, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
     """value as an int >= minimum (and <= maximum, if given), or ConfigError
     naming the option."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
-            or (maximum is not None and value > maximum)):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or int(value) < minimum or (maximum is not None and int(value) > maximum)):
         if maximum is None:
             raise ConfigError(f"{name} must be an integer >= {minimum}, not {value!r}")
         top = (f"2**{maximum.bit_length() - 1}" if maximum > 2 ** 32
@@ -320,7 +323,8 @@ def positive_int(value, name, minimum=1, maximum=None):
     return int(value)
 
 
-def nonnegative_float(value, name, allow_zero=True, below=None):
+def nonnegative_float(value: Any, name: str, allow_zero: bool = True,
+                      below: Optional[float] = None) -> float:
     """value as a finite float >= 0 (> 0 without allow_zero; < below if
     given), or ConfigError naming the option."""
     try:

@@ -18,10 +18,11 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
+from fastnn._typing import Array, PathLike
 from fastnn.exceptions import DataError
 from fastnn.reading import (CHUNK, GZIP_MAGIC, MAX_DECOMPRESSED, Budget, check_regular,
                             file_size, open_data, read_file, read_into, read_stream)
@@ -41,6 +42,9 @@ IDX_TYPES = {
 MAX_CSV_BYTES = 256 << 20
 MAX_CSV_LINE = 1 << 20
 
+#: (X, y) as a loader returns them: y is None for a file without labels.
+XY = tuple[Array, Optional[Array]]
+
 
 @dataclass
 class Data:
@@ -59,13 +63,14 @@ class Data:
     auto_scale: str = "standard"
     label_name: Optional[str] = None
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.X)
 
 
 # ------------------------------------------------------------------ files
 
-def read_bytes(path, limit=MAX_DECOMPRESSED, what="compressed file"):
+def read_bytes(path: PathLike, limit: int = MAX_DECOMPRESSED,
+               what: str = "compressed file") -> bytes:
     """The contents of a regular file, decompressed (at most `limit` bytes) if
     it is gzip-compressed.
 
@@ -111,7 +116,7 @@ def _idx_size_problem(name, shape, expected, actual):
                      f"it has {actual}")
 
 
-def parse_idx(data, name="IDX data"):
+def parse_idx(data: bytes, name: str = "IDX data") -> Array:
     """An array from the bytes of an IDX file (magic 0 0 type ndim, then
     ndim big-endian uint32 dimensions, then the values, big-endian)."""
     dtype, shape, header = _idx_header(data, name)
@@ -122,7 +127,7 @@ def parse_idx(data, name="IDX data"):
     return _idx_array(np.frombuffer(data, np.uint8, offset=header).copy(), dtype, shape, name)
 
 
-def read_idx(path):
+def read_idx(path: PathLike) -> Array:
     """Read an IDX file (gzip-compressed or raw) into a NumPy array.
 
     Never reads more than the header declares: a raw file must be exactly
@@ -181,7 +186,7 @@ def _idx_labels_beside(path):
     return None
 
 
-def load_idx(path, labels=None):
+def load_idx(path: PathLike, labels: Optional[PathLike] = None) -> XY:
     """IDX images (any shape (n, ...), flattened to rows) and their labels."""
     images = read_idx(path)
     if images.ndim < 2:
@@ -264,7 +269,9 @@ def _first_long_line(raw, limit):
     return None
 
 
-def load_csv(path, label_col=None, n_features=None, info=None):
+def load_csv(path: PathLike, label_col: Union[str, int, None] = None,
+             n_features: Optional[int] = None,
+             info: Optional[dict[str, Any]] = None) -> XY:
     """Rows of a CSV file; a header row, if any, is detected.
 
     The label column is `label_col` (a name or a 1-based number), by default
@@ -378,7 +385,7 @@ def _label_column(label_col, names, width, path):
     raise DataError(f"{path} has no label column {label_col!r}{known}")
 
 
-def pixels_or_floats(X):
+def pixels_or_floats(X: Array) -> Array:
     """X as uint8 pixels if every value is a whole number in 0..255, else X."""
     if X.size and (X >= 0).all() and (X <= 255).all() and (X == np.round(X)).all():
         return X.astype(np.uint8)
@@ -423,7 +430,7 @@ def _npz_member_size(archive, key, limit, path):
                         f"which its archive entry does not hold")
 
 
-def load_npz(path, labels=None):
+def load_npz(path: PathLike, labels: Optional[PathLike] = None) -> XY:
     """X and y from a .npz archive (each array's header is checked against
     its archive entry before the array is read)."""
     limit = os.path.getsize(path) if os.path.exists(path) else 0
@@ -443,7 +450,7 @@ def load_npz(path, labels=None):
     return X, y
 
 
-def load_array(path):
+def load_array(path: PathLike) -> Array:
     """One array from a .npy file, memory-mapped (it is never copied whole)."""
     array = _np_load(path, mmap_mode="r")
     if not isinstance(array, np.ndarray):
@@ -462,7 +469,7 @@ def _npy_labels_beside(path):
     return None
 
 
-def load_npy(path, labels=None):
+def load_npy(path: PathLike, labels: Optional[PathLike] = None) -> XY:
     """X from a .npy file (memory-mapped) and y from `labels` or a file beside
     it (X_train.npy -> y_train.npy, images.npy -> labels.npy)."""
     X = load_array(path)
@@ -640,7 +647,7 @@ def _finish(value, depth=0):
     return value
 
 
-def load_nielsen_pickle(path, split="train"):
+def load_nielsen_pickle(path: PathLike, split: str = "train") -> tuple[Array, Array]:
     """Nielsen's mnist.pkl.gz: ((train), (validation), (test)) pairs of
     float32 images in [0, 1] and int labels; returns the chosen split.
 
@@ -679,7 +686,7 @@ def load_nielsen_pickle(path, split="train"):
 IDX_NAME = re.compile(r"idx\d-ubyte")
 
 
-def detect_format(path):
+def detect_format(path: Path) -> Optional[str]:
     """The format of a data file, from its name, then its first bytes."""
     name = path.name.lower()
     for suffix, kind in ((".csv", "csv"), (".csv.gz", "csv"), (".npz", "npz"), (".npy", "npy"),
@@ -699,7 +706,8 @@ def detect_format(path):
     return None
 
 
-def load_data(spec, split="train", labels=None, label_col=None, n_features=None):
+def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] = None,
+              label_col: Union[str, int, None] = None, n_features: Optional[int] = None) -> Data:
     """Features and labels from a dataset name or a data file.
 
     Parameters
@@ -726,6 +734,8 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
     """
     from fastnn.datasets import DATASETS
 
+    X: Array
+    y: Optional[Array]
     spec = os.fspath(spec)
     if spec in DATASETS and not os.path.exists(spec):
         (X_train, y_train), (X_test, y_test) = DATASETS[spec]()
@@ -741,7 +751,7 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
     if kind is None:
         raise DataError(f"{spec}: unknown data format; expected a dataset name "
                         f"({', '.join(DATASETS)}), IDX, CSV, .npz, .npy or Nielsen's mnist.pkl.gz")
-    info = {}
+    info: dict[str, Any] = {}
     try:
         if kind == "csv":
             X, y = load_csv(path, label_col, n_features, info)
@@ -761,7 +771,7 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
         raise DataError(f"{spec}: not enough memory to read it") from None
 
 
-def source_files(spec, labels=None):
+def source_files(spec: PathLike, labels: Optional[PathLike] = None) -> list[Path]:
     """The files `load_data(spec, labels=labels)` would read, as far as they
     exist (for the check that no output overwrites an input)."""
     from fastnn.datasets import DATASETS, MNIST_FILES, find_mnist
@@ -782,7 +792,7 @@ def source_files(spec, labels=None):
     return [p for p in (path, beside) if p is not None and p.exists()]
 
 
-def _check_data(X, y, spec):
+def _check_data(X: Array, y: Optional[Array], spec: str) -> XY:
     """X as 2-D numeric rows (images flattened) and y as matching labels or targets."""
     if X.dtype.kind not in "biuf":
         raise DataError(f"{spec}: features must be numbers, not {X.dtype}")
@@ -808,7 +818,7 @@ def _check_data(X, y, spec):
     return X, y
 
 
-def as_int_labels(y):
+def as_int_labels(y: Array) -> Optional[Array]:
     """1-D y as int64 when its values are whole numbers that int64 holds
     exactly, else y unchanged (the label checks then report what is wrong)."""
     if y.dtype.kind == "b":

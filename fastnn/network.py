@@ -7,20 +7,28 @@ into it, so the compiled kernels update them in place.
 """
 import numbers
 import secrets
-from collections import namedtuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, SupportsIndex, Union
 
 import numpy as np
 
 from fastnn import _kernels, blas, memory, training
+from fastnn._typing import Array, ArrayLike, DTypeLike, Metrics, PathLike
 from fastnn._validation import (MAX_SEED, check_finite, check_targets, check_targets_fit_loss,
                                 check_X, nonnegative_float, positive_int)
 from fastnn.activations import get_activation
+from fastnn.callbacks import Callback, check_callbacks
 from fastnn.exceptions import ConfigError, DataError
+from fastnn.history import History
 from fastnn.initializers import get_initializer
 from fastnn.losses import get_loss
 from fastnn.metrics import predicted_labels
+from fastnn.schedules import Schedule
 
-DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+if TYPE_CHECKING:
+    from fastnn.preprocessing import Preprocessing
+
+DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 # Rows forward() pushes through the network at a time: big enough for
 # efficient GEMMs, small enough that each layer's activations stay in cache
@@ -31,11 +39,15 @@ PREDICT_CHUNK = 512
 # PREDICT_CHUNK, so the chunks forward computes are the same).
 EVALUATE_CHUNK = 64 * PREDICT_CHUNK
 
-Gradient = namedtuple("Gradient", ["loss", "weights", "biases"])
-Gradient.__doc__ = """The mean loss over a batch and its gradients per layer."""
+class Gradient(NamedTuple):
+    """The mean loss over a batch and its gradients per layer."""
+
+    loss: float
+    weights: list[Array]
+    biases: list[Array]
 
 
-class ParamList(list):
+class ParamList(list[Array]):
     """Per-layer parameter arrays that are views into a network's flat vector.
 
     ``net.weights[i][...] = value`` and ``net.weights[i] = value`` both copy
@@ -43,11 +55,11 @@ class ParamList(list):
     itself is never replaced.
     """
 
-    def __init__(self, arrays, kind):
+    def __init__(self, arrays: Iterable[Array], kind: str) -> None:
         super().__init__(arrays)
         self._kind = kind
 
-    def __setitem__(self, i, value):
+    def __setitem__(self, i: SupportsIndex, value: ArrayLike) -> None:  # type: ignore[override]
         if not isinstance(i, numbers.Integral):
             raise TypeError(f"assign {self._kind} one layer at a time, not with {i!r}")
         target = list.__getitem__(self, i)
@@ -97,8 +109,10 @@ class Network:
     0.95...
     """
 
-    def __init__(self, sizes, activation="sigmoid", output=None, loss="mse", *,
-                 dtype="float32", init="nielsen", seed=None, slope=0.01, backend="cython"):
+    def __init__(self, sizes: Sequence[int], activation: Union[str, Sequence[str]] = "sigmoid",
+                 output: Optional[str] = None, loss: str = "mse", *,
+                 dtype: DTypeLike = "float32", init: str = "nielsen", seed: Optional[int] = None,
+                 slope: float = 0.01, backend: str = "cython") -> None:
         self.sizes = self._check_sizes(sizes)
         n_layers = len(self.sizes) - 1
         hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
@@ -125,19 +139,19 @@ class Network:
         self._kernels = _kernels.get_backend(backend)
         self.epochs_trained = 0
         #: What the last fit() was asked and how it ended (kept in model files).
-        self.training = {}
+        self.training: dict[str, Any] = {}
         #: The History of the last fit(), also after an interrupted one.
-        self.history = None
+        self.history: Optional[History] = None
         #: The dtype of the inputs of the last fit ("uint8" inputs are scaled
         #: by 1/255), or None before any.
-        self.input_dtype = None
+        self.input_dtype: Optional[str] = None
         #: The optimizer's buffers (training.OptimizerState), reused by the
         #: next fit() with the same optimizer.
-        self.optimizer_state = None
+        self.optimizer_state: Optional[training.OptimizerState] = None
         #: The task, class names, feature scaling and target scaling learned
         #: by prepare() (fastnn.preprocessing.Preprocessing), or None: rows
         #: and labels used as given.
-        self.preprocessing = None
+        self.preprocessing: Optional["Preprocessing"] = None
 
         memory.check_fits(memory.new_network_bytes(self.sizes, self.dtype.itemsize),
                           f"a network of sizes {list(self.sizes)} ({self.dtype})",
@@ -149,7 +163,7 @@ class Network:
             b[...] = b0
 
     @staticmethod
-    def _check_sizes(sizes):
+    def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
         try:
             sizes = tuple(sizes)
         except TypeError:
@@ -163,28 +177,28 @@ class Network:
 
     # ------------------------------------------------------------------ state
 
-    def _views(self):
+    def _views(self) -> list[tuple[Array, Array]]:
         return _kernels.param_views(self._params, self.sizes)
 
     @property
-    def weights(self):
+    def weights(self) -> ParamList:
         """Per-layer weights, ``weights[l].shape == (sizes[l], sizes[l+1])``."""
         return ParamList([W for W, _ in self._views()], "weights")
 
     @weights.setter
-    def weights(self, values):
+    def weights(self, values: Iterable[ArrayLike]) -> None:
         self._assign(self.weights, values)
 
     @property
-    def biases(self):
+    def biases(self) -> ParamList:
         """Per-layer biases, ``biases[l].shape == (sizes[l+1],)``."""
         return ParamList([b for _, b in self._views()], "biases")
 
     @biases.setter
-    def biases(self, values):
+    def biases(self, values: Iterable[ArrayLike]) -> None:
         self._assign(self.biases, values)
 
-    def _assign(self, current, values):
+    def _assign(self, current: ParamList, values: Iterable[ArrayLike]) -> None:
         values = list(values)
         if len(values) != len(current):
             raise DataError(f"expected {len(current)} arrays, one per layer, not {len(values)}")
@@ -192,22 +206,22 @@ class Network:
             current[i] = v
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         """Number of trainable parameters."""
         return self._params.size
 
     @property
-    def input_scale(self):
+    def input_scale(self) -> float:
         """The factor the kernels apply to the inputs this network was trained
         on: 1/255 for uint8 pixels, else 1."""
         return 1 / 255 if self.input_dtype == "uint8" else 1.0
 
     @property
-    def output(self):
+    def output(self) -> str:
         """The output layer's activation."""
         return self.activations[-1]
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # the backend module is found again by name (modules do not pickle);
         # pickling is for in-memory use such as scikit-learn's: model files
         # are written with save(), never pickled
@@ -215,11 +229,11 @@ class Network:
         del state["_kernels"]
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._kernels = _kernels.get_backend(self.backend)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         hidden = self.activations[:-1]
         act = hidden[0] if len(set(hidden)) == 1 else list(hidden)
         return (f"Network({list(self.sizes)}, activation={act!r}, output={self.output!r}, "
@@ -227,17 +241,17 @@ class Network:
 
     # ---------------------------------------------------------------- kernels
 
-    def _codes(self):
+    def _codes(self) -> tuple[Array, Array]:
         sizes = np.array(self.sizes, dtype=np.intp)
         acts = np.array([get_activation(a).code for a in self.activations], dtype=np.int32)
         return sizes, acts
 
-    def _inputs(self, X, name="X"):
+    def _inputs(self, X: ArrayLike, name: str = "X") -> Array:
         """Rows X checked and scaled as the kernels take them."""
         X = check_X(X, self.sizes[0], name)
         return X if self.preprocessing is None else self.preprocessing.transform_X(X, self.dtype)
 
-    def _targets(self, X, y, name="y"):
+    def _targets(self, X: Array, y: ArrayLike, name: str = "y") -> tuple[Array, Optional[Array]]:
         if self.preprocessing is not None:
             y = self.preprocessing.encode(y, self.sizes[-1], name)
         Y, labels = check_targets(y, len(X), self.sizes[-1], self.dtype, name)
@@ -247,11 +261,21 @@ class Network:
     # ------------------------------------------------------------------- API
 
     @training.one_fit_at_a_time
-    def fit(self, X, y, epochs=30, batch_size=None, lr=None, shuffle=True, *,
-            optimizer="sgd", momentum=None, betas=None, eps=None, l2=0.0, l1=0.0,
-            dropout=0.0, lr_schedule=None, validation_data=None, validation_split=0.0,
-            early_stopping=None, augment=None, sample_weight=None, class_weight=None,
-            callback=None, progress=None, verbose=0, task=None, scale=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 30, batch_size: Optional[int] = None,
+            lr: Optional[float] = None, shuffle: bool = True, *, optimizer: str = "sgd",
+            momentum: Optional[float] = None, betas: Optional[tuple[float, float]] = None,
+            eps: Optional[float] = None, l2: float = 0.0, l1: float = 0.0,
+            dropout: Union[float, Sequence[float]] = 0.0,
+            lr_schedule: Union[str, Schedule, None] = None,
+            validation_data: Optional[tuple[ArrayLike, ArrayLike]] = None,
+            validation_split: float = 0.0, early_stopping: Optional[int] = None,
+            augment: Optional[str] = None, sample_weight: Optional[ArrayLike] = None,
+            class_weight: Union[str, Mapping[int, float], None] = None,
+            callback: Optional[Callable[[int, Metrics], Optional[bool]]] = None,
+            callbacks: Optional[Sequence[Callback]] = None,
+            progress: Optional[Callable[[int, int, int], object]] = None,
+            verbose: int = 0, task: Optional[str] = None,
+            scale: Optional[str] = None) -> History:
         """Train by mini-batch gradient descent with backpropagation.
 
         Each epoch visits the rows in a fresh random order, `batch_size` at a
@@ -322,11 +346,17 @@ class Network:
         callback : callable, optional
             ``callback(epoch, metrics)`` after each epoch (epoch counts from
             0); returning False stops training.
+        callbacks : list of fastnn.callbacks.Callback, optional
+            Objects told of the run's beginning, each epoch's end (before
+            `callback`) and its end: ``EarlyStopping``, ``ModelCheckpoint``,
+            ``CSVLogger`` or your own subclass.
         progress : callable, optional
             ``progress(epoch, rows_done, rows_total)``, called about ten
             times a second while an epoch trains.
         verbose : int, default 0
-            1 prints one line per epoch to stderr; 2 also a progress bar.
+            1 shows one line per epoch on stderr (they go to the "fastnn"
+            logger at INFO level, also when verbose is 0); 2 also a
+            progress bar.
         task : {"classification", "regression"}, optional
             What y holds (see `prepare`). Without it, class names that are
             text are classes, and numbers are used as before: integer labels
@@ -378,7 +408,8 @@ class Network:
             augment=augment, validation_split=validation_split, has_validation=val is not None)
         if verbose >= 2 and progress is None:
             progress = training.text_progress()
-        trainer = training.Trainer(self, train, val, options, callback, progress, verbose)
+        trainer = training.Trainer(self, train, val, options, callback, progress, verbose,
+                                   check_callbacks(callbacks))
         self.input_dtype = str(X.dtype)
         self.training = {**options.record(), "n_train": len(train[0]),
                          "sample_weight": weights is not None,
@@ -386,7 +417,8 @@ class Network:
                          else {int(k): float(v) for k, v in class_weight.items()}}
         return trainer.run()
 
-    def prepare(self, X, y, task=None, scale=None):
+    def prepare(self, X: ArrayLike, y: ArrayLike, task: Optional[str] = None,
+                scale: Optional[str] = None) -> "Preprocessing":
         """Learn what the network does to raw rows and labels, from training
         data (fit calls it when given a task or a scaling).
 
@@ -423,25 +455,25 @@ class Network:
         self.preprocessing = Preprocessing.learn(X, y, self.sizes[-1], task, scale)
         return self.preprocessing
 
-    def check_data(self, X, y=None):
+    def check_data(self, X: ArrayLike, y: Optional[ArrayLike] = None) -> None:
         """Raise DataError if (X, y) cannot be given to fit or evaluate: the
         checks fit runs first, without training."""
         X = self._inputs(X)
         if y is not None:
             self._targets(X, y)
 
-    def training_labels(self, y):
+    def training_labels(self, y: ArrayLike) -> Optional[Array]:
         """The output unit of each label of y (class names mapped), or None
         when y holds targets rather than class labels."""
-        n = len(y)
+        n = len(np.asarray(y))
         _, labels = self._targets(np.empty((n, 0)), y)
         return labels
 
-    def forward(self, X):
+    def forward(self, X: ArrayLike) -> Array:
         """The output layer's activations for each row of X, shape (n, sizes[-1])."""
         return self._forward(self._inputs(X))
 
-    def _forward(self, X):
+    def _forward(self, X: Array) -> Array:
         sizes, acts = self._codes()
         chunk = min(len(X), PREDICT_CHUNK)
         n_chunks = -(-len(X) // max(chunk, 1))
@@ -461,7 +493,7 @@ class Network:
                                   threads)
         return out
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> Array:
         """Predicted class of each row of X: the argmax of the outputs (with one
         output unit, 1 where it exceeds 0.5), as the class names the network
         was trained with. For regression, the predicted target values: shape
@@ -473,7 +505,36 @@ class Network:
         labels = predicted_labels(self.forward(X))
         return labels if pre is None else pre.decode(labels)
 
-    def evaluate(self, X, y):
+    def predict_proba(self, X: ArrayLike) -> Array:
+        """Class probabilities of each row of X, shape (n, n_classes).
+
+        A softmax output gives its outputs; one sigmoid unit, the two
+        columns ``[1 - a, a]`` (as scikit-learn's classifiers); several
+        sigmoid units, each unit's probability (multi-label). Other output
+        activations do not give probabilities: ConfigError (use forward).
+        """
+        if self.output not in ("softmax", "sigmoid"):
+            raise ConfigError(f"a {self.output!r} output layer does not give probabilities; "
+                              f"predict_proba needs a 'softmax' or 'sigmoid' output "
+                              f"(forward() gives the outputs as they are)")
+        A = self.forward(X)
+        return np.hstack([1 - A, A]) if A.shape[1] == 1 else A
+
+    def summary(self, print_fn: Optional[Callable[[str], object]] = print) -> str:
+        """A table of the layers (inputs, outputs, activation, parameters)
+        and how the network was trained, as ``fastnn info`` prints it.
+
+        Each line goes to `print_fn` (None: nothing printed); returns the text.
+        """
+        from fastnn.summary import summary_lines
+
+        lines = summary_lines(self)
+        if print_fn is not None:
+            for line in lines:
+                print_fn(line)
+        return "\n".join(lines)
+
+    def evaluate(self, X: ArrayLike, y: ArrayLike) -> dict[str, float]:
         """Loss and accuracy on (X, y).
 
         Returns
@@ -495,7 +556,7 @@ class Network:
             result.update(regression_metrics(truth, pre.restore(self._forward(X))))
         return result
 
-    def _evaluate(self, X, Y, labels):
+    def _evaluate(self, X: Array, Y: Array, labels: Optional[Array]) -> dict[str, float]:
         # EVALUATE_CHUNK rows at a time: the outputs and the loss's
         # temporaries stay bounded however many rows X has (a memory-mapped
         # file larger than memory)
@@ -512,7 +573,7 @@ class Network:
             result["accuracy"] = n_correct / len(X)
         return result
 
-    def gradient(self, X, y):
+    def gradient(self, X: ArrayLike, y: ArrayLike) -> Gradient:
         """The mean loss over (X, y) and its gradient, by backpropagation.
 
         Returns
@@ -531,23 +592,26 @@ class Network:
         views = _kernels.param_views(grad, self.sizes)
         return Gradient(total / len(X), [W for W, _ in views], [b for _, b in views])
 
-    def save(self, path, force=False):
+    def save(self, path: PathLike, force: bool = False, weights_only: bool = False) -> None:
         """Write the network to a safetensors model file, atomically.
 
         The output policy of fastnn.files applies: a directory, FIFO or
         device is refused, a symlink is followed, and an existing file that
         is not a fastnn model is replaced only with ``force=True``.
         Refusals and failures raise ModelFileError with a one-line message.
+        With ``weights_only=True`` the optimizer's state is left out (a
+        smaller file that predicts the same; training from it starts a new
+        optimizer). The same run with the same seed writes the same bytes.
         """
         from fastnn.io import save
-        save(self, path, force=force)
+        save(self, path, force=force, weights_only=weights_only)
 
 
-def _check_dtype(dtype):
+def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     try:
         key = str(np.dtype(dtype))
     except TypeError:
-        key = None
+        key = ""
     if key not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     return DTYPES[key]

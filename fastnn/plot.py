@@ -96,8 +96,8 @@ def load_history(history):
     ----------
     history : History, dict or path
         A ``fastnn.History``, a dict such as ``History.to_dict()`` returns,
-        or the path of a JSON file written by ``fastnn train --history`` or
-        from ``History.to_dict()``.
+        or the path of a JSON file written by ``fastnn train --history``,
+        printed by ``fastnn train --json`` or from ``History.to_dict()``.
 
     Raises
     ------
@@ -111,6 +111,10 @@ def load_history(history):
         history = _read_history_file(source)
     else:
         source = "the history"
+    if (isinstance(history, Mapping) and "epochs" not in history
+            and isinstance(history.get("history"), Mapping)):
+        # the object fastnn train --json prints: its history
+        history = history["history"]
     if isinstance(history, History):
         info = {"epochs": history.epochs, "stopped": history.stopped,
                 "best_epoch": history.best_epoch}

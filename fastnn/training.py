@@ -15,10 +15,12 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastnn import _kernels, interrupts, memory
+from fastnn.callbacks import EarlyStopping, logger, verbose_logging
 from fastnn._validation import MAX_COUNT, check_finite, check_X, nonnegative_float, positive_int
 from fastnn.exceptions import ConfigError, DataError, NetworkBusy, TrainingDiverged, lookup
 from fastnn.history import History
@@ -26,7 +28,12 @@ from fastnn.losses import get_loss
 from fastnn.optimizers import get_optimizer, hyper_array
 from fastnn.schedules import parse as parse_schedule
 
+if TYPE_CHECKING:
+    from fastnn.network import Network
+
 AUGMENTATIONS = {"shift": _kernels.SHIFT}
+#: Metrics that measure time, not the model: in History, not in model files.
+TIMINGS = ("seconds",)
 
 
 @dataclass
@@ -270,7 +277,7 @@ def _wait_uninterrupted(done, stop):
         raise KeyboardInterrupt
 
 
-_training = weakref.WeakSet()   # networks a fit call is training now
+_training: "weakref.WeakSet[Network]" = weakref.WeakSet()   # networks a fit call is training now
 _training_guard = threading.Lock()
 
 
@@ -306,8 +313,10 @@ class OptimizerState:
 class Trainer:
     """One call of Network.fit."""
 
-    def __init__(self, net, train, val, options, callback=None, progress=None, verbose=0):
+    def __init__(self, net, train, val, options, callback=None, progress=None, verbose=0,
+                 callbacks=()):
         self.net = net
+        self.callbacks = list(callbacks)
         self.X, self.Y, self.labels, weights = train
         self.val = val
         self.o = options
@@ -417,7 +426,10 @@ class Trainer:
                     hist.append(metrics)
                     net.epochs_trained += 1
                     next_lr = schedule.next_lr(metrics)
-                    net.training.update(epochs_done=hist.epochs, final=hist.last(),
+                    # the final metrics without their timing: the same run
+                    # writes the same model file (History keeps the seconds)
+                    final = {k: v for k, v in hist.last().items() if k not in TIMINGS}
+                    net.training.update(epochs_done=hist.epochs, final=final,
                                         lr_schedule_state=schedule.state_dict())
             except BaseException:
                 if metrics is None:
@@ -444,11 +456,20 @@ class Trainer:
         metrics["seconds"] = seconds
         return metrics
 
+    def metric_names(self):
+        """The names of the metrics each epoch reports, in order."""
+        names = ["loss"] + (["accuracy"] if self.labels is not None else [])
+        names += ["penalty"] if self.o.l2 or self.o.l1 else []
+        if self.val is not None:
+            names += ["val_loss"] + (["val_accuracy"] if self.val[2] is not None else [])
+        return names + ["lr", "seconds"]
+
     def run(self):
         hist = History()
         self.net.history = hist
         try:
-            return self._run(hist)
+            with verbose_logging(self.verbose):
+                return self._run(hist)
         except KeyboardInterrupt:
             hist.stopped = "interrupted"
             raise
@@ -457,12 +478,17 @@ class Trainer:
         o, net = self.o, self.net
         schedule = o.lr_schedule
         if not schedule.started:
-            schedule.start(o.lr)
+            schedule.start(o.lr, o.epochs)
         lr = schedule.lr
         # a run stopped before its first epoch ends still records where the
         # schedule stands, so that a resumed run continues it
         net.training["lr_schedule_state"] = schedule.state_dict()
-        best_loss, best_params, waited = math.inf, None, 0
+        callbacks = self.callbacks
+        if o.early_stopping is not None:
+            # the option is the object with its defaults (val_loss, best weights kept)
+            callbacks = [EarlyStopping(patience=o.early_stopping), *callbacks]
+        for c in callbacks:
+            c.on_train_begin(net, self.metric_names())
         for epoch in range(o.epochs):
             metrics, status, next_lr = self.epoch(lr, hist, schedule)
             # a Ctrl-C held back during the epoch: KeyboardInterrupt here
@@ -479,25 +505,19 @@ class Trainer:
                 # the handler in place did not raise: stop all the same
                 raise KeyboardInterrupt
             lr = next_lr
-            if self.verbose:
-                print(epoch_line(net.epochs_trained, metrics), file=sys.stderr, flush=True)
+            logger.info("%s", epoch_line(net.epochs_trained, metrics))
             stop = None
-            if o.early_stopping is not None:
-                if metrics["val_loss"] < best_loss:
-                    best_loss, waited, hist.best_epoch = metrics["val_loss"], 0, epoch
-                    best_params = net._params.copy()
-                else:
-                    waited += 1
-                    if waited >= o.early_stopping:
-                        stop = "early_stopping"
+            for c in callbacks:
+                if c.on_epoch_end(epoch, dict(metrics)) is False:
+                    stop = stop or c.stop_reason
             # the callback sees every epoch trained, the last one included
             if self.callback is not None and self.callback(epoch, dict(metrics)) is False:
                 stop = stop or "callback"
             if stop:
                 hist.stopped = stop
                 break
-        if best_params is not None:
-            net._params[...] = best_params
+        for c in callbacks:
+            c.on_train_end()
         return hist
 
 
@@ -513,13 +533,21 @@ def epoch_line(epoch, metrics, of=None):
     return "  ".join(parts)
 
 
-def text_progress(stream=sys.stderr, width=30):
-    """A progress(epoch, done, total) callable drawing a bar on one line."""
+def text_progress(stream=sys.stderr, width=30, clock=time.monotonic):
+    """A progress(epoch, done, total) callable drawing a bar on one line,
+    with the rows per second and the time the epoch has left."""
+    started = {}
+
     def show(epoch, done, total):
+        now = clock()
+        start = started.setdefault(epoch, now)
         filled = int(width * done / max(total, 1))
         end = "\n" if done >= total else ""
+        rate = done / (now - start) if done and now > start else None
+        speed = f"{rate:,.0f} rows/s" if rate else "-- rows/s"
+        left = _duration((total - done) / rate) if rate else "--:--"
         stream.write(f"\repoch {epoch + 1} [{'=' * filled}{' ' * (width - filled)}] "
-                     f"{done:,}/{total:,}{end}")
+                     f"{done:,}/{total:,}  {speed}  {left} left\033[K{end}")
         stream.flush()
     return show
 
@@ -553,3 +581,10 @@ def stall_hint(records, labels=None):
     return (f"Hint: after {STALL_EPOCHS} epochs {problem}. Likely causes: a learning rate too "
             f"large or too small (--lr), saturated sigmoid units (try --activation relu "
             f"--init he, or --loss cross_entropy), or unscaled features (--scale standard).")
+
+
+def _duration(seconds):
+    """'m:ss' (or 'h:mm:ss') for a number of seconds."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"

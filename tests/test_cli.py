@@ -333,8 +333,9 @@ def test_library_errors_are_one_line_exit_1(tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
     result = run("train", "--layers", "100,10", "--epochs", "1", code=1)
     assert "X has 784 features, but this network expects 100" in result.output
-    result = run("train", "--hidden", "10", "--lr-schedule", "cosine", "--epochs", "1", code=1)
-    assert "Unknown lr_schedule 'cosine'" in result.output
+    result = run("train", "--hidden", "10", "--lr-schedule", "exponential", "--epochs", "1",
+                 code=1)
+    assert "Unknown lr_schedule 'exponential'" in result.output
     result = run("train", "--hidden", "10", "--optimizer", "rprop", "--batch-size", "5", code=1)
     assert "rprop is a full-batch method" in result.output
 
