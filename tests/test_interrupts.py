@@ -142,7 +142,7 @@ def test_first_interrupt_raises_once_then_ignores():
                                           lr_schedule="step:every=1,factor=0.5")])
 def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options):
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(100_000, 20)).astype(np.float32)
+    X = rng.normal(size=(200_000, 20)).astype(np.float32)
     y = rng.integers(0, 3, len(X))
     straight = fastnn.Network([20, 16, 3], seed=5)
     straight.fit(X, y, epochs=3, batch_size=1, **options)
@@ -153,7 +153,9 @@ def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options):
     sent = []
 
     def interrupt_mid_epoch(epoch, done, total):
-        if 0 < done < total and not sent:
+        # only in this fit's first epoch: on a loaded machine the first tick
+        # may come before the kernel's first batch, and the next after it
+        if epoch == 1 and 0 < done < total and not sent:
             sent.append(done)
             os.kill(os.getpid(), signal.SIGINT)
 
