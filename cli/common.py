@@ -129,6 +129,8 @@ def match_inputs(net, X):
     read as floats go to a network trained on uint8 pixels as uint8, and
     uint8 data goes to a network trained on floats unscaled, as floats.
     """
+    if net.preprocessing is not None and net.preprocessing.scaling is not None:
+        return X          # the network's scaling takes raw rows of any dtype
     if net.input_dtype == "uint8" and X.dtype != np.uint8:
         from fastnn.data import pixels_or_floats
 
@@ -136,6 +138,14 @@ def match_inputs(net, X):
     if net.input_dtype in ("float32", "float64") and X.dtype == np.uint8:
         return X.astype(net.dtype)
     return X
+
+
+def shown(text):
+    """text from a file or a model, safe to print on one line: as it is if
+    printable, else quoted with escapes (a class name may hold a newline or
+    a terminal escape)."""
+    text = str(text)
+    return text if text.isprintable() else ascii(text)
 
 
 def jsonable(value):

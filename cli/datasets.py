@@ -5,7 +5,9 @@ from fastnn.cli.common import Command
 
 
 @click.command(cls=Command)
-def datasets():
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: each dataset's place, files and problems.")
+def datasets(as_json):
     """List the known datasets, where each was found, and verify their checksums.
 
     Exits with status 1 when a dataset is missing or corrupt.
@@ -17,14 +19,26 @@ def datasets():
     from fastnn.datasets import MNIST_FILES, find_mnist, mnist_search_path, verify_mnist
     from fastnn.exceptions import DatasetNotFound
 
+    from fastnn.cli.common import echo_json
+
     try:
         place = find_mnist()
     except DatasetNotFound:
         places = ", ".join(str(p) for p in mnist_search_path())
-        click.echo(f"mnist: not found (looked in {places})")
+        if as_json:
+            echo_json({"mnist": {"found": False, "path": None, "ok": False,
+                                 "searched": [str(p) for p in mnist_search_path()]}})
+        else:
+            click.echo(f"mnist: not found (looked in {places})")
         raise click.ClickException("mnist was not found; run 'fastnn download mnist'") from None
     problems = verify_mnist(place)
     bad = {name: p for name, p in problems.items() if p}
+    if as_json:
+        echo_json({"mnist": {"found": True, "path": str(place), "ok": not bad,
+                             "files": problems}})
+        if bad:
+            raise click.ClickException(f"mnist in {place} has corrupt files")
+        return
     status = "ok, checksums verified" if not bad else "CORRUPT"
     click.echo(f"mnist: {place} ({len(MNIST_FILES)} files, {status})")
     for name, problem in bad.items():

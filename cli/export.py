@@ -26,8 +26,9 @@ Examples:
               help="What to write [default: from OUT's suffix].")
 @click.option("-o", "--out", required=True, type=click.Path(),
               help="The file to write (for numpy, OUT.py and OUT.npz).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: what was written.")
 @force_option
-def export(model, format_, out, force):
+def export(model, format_, out, as_json, force):
     from fastnn.cli.common import check_outputs
     from fastnn.export import EXPORTERS, export as export_model, format_for
     from fastnn.io import load
@@ -42,6 +43,12 @@ def export(model, format_, out, force):
     net = load(model)
     written = export_model(net, out, format_, source=model, force=force)
     # pooling, Flatten and Dropout layers have no activation (None)
-    activations = "/".join(a for a in net.activations if a)
-    click.echo(f"Exported {model} ({list(net.sizes)}, {activations}) as "
+    activations = [a for a in net.activations if a]
+    if as_json:
+        from fastnn.cli.common import echo_json
+
+        echo_json({"model": model, "format": format_, "files": list(written),
+                   "sizes": list(net.sizes), "activations": list(net.activations)})
+        return
+    click.echo(f"Exported {model} ({list(net.sizes)}, {'/'.join(activations)}) as "
                f"{EXPORTERS[format_].title} to {' and '.join(written)}")

@@ -9,13 +9,15 @@ HELP = """Draw the learning curves of a training run as a picture (PNG, SVG or P
 from OUT's suffix): loss and accuracy per
 epoch for the training, validation and test data, with dashed lines where
 the learning rate changed. HISTORY is the JSON file written by
-fastnn train --history (or from History.to_dict()). Needs matplotlib:
+fastnn train --history, the output of fastnn train --json, or
+History.to_dict() as JSON. Needs matplotlib:
 pip install 'fastnn[plot]'.
 
 \b
 Examples:
     fastnn train mnist --hidden 100 --val-split 0.1667 --history run.json -o m.safetensors
     fastnn plot run.json -o curves.png
+    fastnn train mnist --epochs 5 --json > run.json && fastnn plot run.json
 """
 
 

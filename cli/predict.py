@@ -1,4 +1,5 @@
 """``fastnn predict``."""
+import csv
 import io
 
 import click
@@ -12,12 +13,14 @@ from fastnn.files import FileKind
 #: What an existing -o file must be to be replaced without --force: the CSV
 #: that predict writes.
 PREDICTIONS_CSV = FileKind("predictions CSV written by fastnn predict",
-                           lambda head: head.startswith((b"label\n", b"label\r\n", b"label,p0,")))
+                           lambda head: head.startswith((b"label\n", b"label\r\n", b"label,p0,",
+                                                        b"predicted_")))
 
 HELP = """Predict the class of each sample of DATA with MODEL, as CSV: one row per
-sample with its label (and with --proba the output activations). A CSV
-DATA's label column, if it has one, is the one MODEL was trained with
-(or --label-col).
+sample with its label, by class name (and with --proba the output
+activations); for a regression, the predicted values, one column per
+target (predicted_NAME). A CSV DATA's label column, if it has one, is the
+one MODEL was trained with (or --label-col).
 
 \b
 Examples:
@@ -34,14 +37,19 @@ Examples:
 @click.option("-o", "--out", type=click.Path(), help="Write the CSV here [default: stdout].")
 @click.option("--proba", is_flag=True, help="Also write the output layer's activations.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object instead of CSV: the labels (and with --proba the "
+                   "outputs); not with -o.")
 @threads_option
 @force_option
-def predict(model, data, labels, label_col, out, proba, limit, threads, force):
+def predict(model, data, labels, label_col, out, proba, limit, as_json, threads, force):
     from fastnn import load as load_model
     from fastnn.exceptions import FastnnError
     from fastnn.files import atomic_write
     from fastnn.metrics import predicted_labels
 
+    if as_json and out:
+        raise click.UsageError("--json prints to stdout; give it or -o, not both")
     check_outputs([("-o", out, PREDICTIONS_CSV)],
                   [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
@@ -50,17 +58,45 @@ def predict(model, data, labels, label_col, out, proba, limit, threads, force):
                    n_features=net.sizes[0], limit=limit, need_labels=False)
     X = match_inputs(net, dataset.X)
     outputs = net.forward(X)
-    predicted = predicted_labels(outputs)
-    text = io.StringIO()
-    header = ["label"] + ([f"p{k}" for k in range(outputs.shape[1])] if proba else [])
-    text.write(",".join(header) + "\n")
-    if proba:
-        np.savetxt(text, np.column_stack([predicted, outputs]),
-                   fmt=["%d"] + ["%.6g"] * outputs.shape[1], delimiter=",")
+    pre = net.preprocessing
+    regression = pre is not None and pre.task == "regression"
+    if regression:
+        values = pre.restore(outputs)
+        names = pre.target_names or (["value"] if values.shape[1] == 1 else
+                                     [f"value{j}" for j in range(values.shape[1])])
+        n_rows = len(values)
     else:
-        np.savetxt(text, predicted[:, None], fmt="%d")
+        predicted = predicted_labels(outputs)
+        labels = predicted if pre is None else pre.decode(predicted)
+        n_rows = len(predicted)
+    if as_json:
+        from fastnn.cli.common import echo_json
+
+        result = {"model": model, "data": dataset.source, "n": n_rows}
+        if regression:
+            result["targets"] = list(names)
+            result["values"] = values
+        else:
+            result["labels"] = labels
+        if proba:
+            result["outputs"] = outputs
+        echo_json(result)
+        return
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    if regression:
+        writer.writerow([f"predicted_{n}" for n in names])
+        np.savetxt(text, values, fmt="%.9g", delimiter=",")
+    else:
+        writer.writerow(["label"] + ([f"p{k}" for k in range(outputs.shape[1])] if proba
+                                     else []))
+        if proba:
+            writer.writerows([label, *(f"{p:.6g}" for p in row)]
+                             for label, row in zip(labels.tolist(), outputs.tolist()))
+        else:
+            writer.writerows([label] for label in labels.tolist())
     if out:
         atomic_write(out, text.getvalue(), FastnnError, kind=PREDICTIONS_CSV, force=force)
-        click.echo(f"Wrote {len(predicted):,} predictions to {out}", err=True)
+        click.echo(f"Wrote {n_rows:,} predictions to {out}", err=True)
     else:
         click.echo(text.getvalue(), nl=False)

@@ -15,11 +15,13 @@ from fastnn.initializers import INITIALIZERS
 from fastnn.losses import LOSSES
 from fastnn.network import DTYPES
 from fastnn.optimizers import OPTIMIZERS
-from fastnn.training import AUGMENTATIONS, epoch_line
+from fastnn._validation import TASKS
+from fastnn.preprocessing import SCALINGS
+from fastnn.training import AUGMENTATIONS, STALL_EPOCHS, epoch_line, stall_hint
 
 # Options that describe the network: fixed by the model file when resuming.
 ARCHITECTURE = ("layers", "hidden", "activation", "output_activation", "loss", "init", "slope",
-                "dtype", "seed")
+                "dtype", "seed", "task", "scale")
 # Options of fit() that a resumed run takes from the model file unless given again.
 RESUMABLE = ("batch_size", "lr", "optimizer", "momentum", "betas", "eps", "l2", "l1", "dropout",
              "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle")
@@ -32,6 +34,7 @@ FIXED_ON_RESUME = {"optimizer": "optimizer", "lr_schedule": "lr_schedule",
 # What to do when the labels of DATA do not look like class labels.
 LABELS_HINT = ("Name the label column with --label-col (a CSV's last column is the default) "
                "or give the labels file with --labels")
+TASK_ASK = "--task classification or --task regression"
 
 HELP = """Train a network on DATA (default: mnist) and save it with -o.
 
@@ -83,6 +86,18 @@ def float_list(ctx, param, value):
     return values[0] if len(values) == 1 and param.name == "dropout" else values
 
 
+def activation_list(ctx, param, value):
+    """One hidden activation name, or a comma-separated list of them."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",")]
+    valid = sorted(set(ACTIVATIONS) - {"softmax"})
+    for name in names:
+        if name not in valid:
+            raise click.BadParameter(f"{name!r} is not one of {', '.join(valid)}")
+    return names[0] if len(names) == 1 else names
+
+
 def choice(registry, exclude=()):
     return click.Choice(sorted(n for n in registry if n not in exclude))
 
@@ -94,7 +109,13 @@ def choice(registry, exclude=()):
 @data_options
 @click.option("--val", "val_data", metavar="DATA", help="Validation data (any DATA form).")
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
-              help="Hold out this fraction of DATA (the last rows) for validation.")
+              help="Hold out this fraction of DATA for validation, drawn with the run's seed "
+                   "and stratified by class.")
+@click.option("--task", type=click.Choice(TASKS),
+              help="What the labels are [default: inferred when they leave no doubt].")
+@click.option("--scale", type=click.Choice(["auto", *SCALINGS]),
+              help="Feature scaling learned from DATA and kept in the model: auto is pixels "
+                   "(/255) for images, standard for other data [default: auto].")
 @click.option("--test", "test_data", metavar="DATA",
               help="Also report accuracy on this data after each epoch, for information only "
                    "[default: the test split of a named dataset].")
@@ -103,8 +124,9 @@ def choice(registry, exclude=()):
 @click.option("--hidden", callback=int_list,
               help="Hidden layer sizes, the input and output sizes taken from the data "
                    "[default: 30].")
-@click.option("--activation", type=choice(ACTIVATIONS, ("softmax",)),
-              help="Hidden-layer activation [default: sigmoid].")
+@click.option("--activation", callback=activation_list, metavar="NAME[,NAME...]",
+              help="Hidden-layer activation, or one per hidden layer (tanh,relu) "
+                   f"[default: sigmoid]: {', '.join(sorted(set(ACTIVATIONS) - {'softmax'}))}.")
 @click.option("--output", "output_activation", type=choice(ACTIVATIONS),
               help="Output-layer activation [default: the hidden one].")
 @click.option("--loss", type=choice(LOSSES), help="[default: mse]")
@@ -129,8 +151,10 @@ def choice(registry, exclude=()):
 @click.option("--dropout", callback=float_list, metavar="P[,P...]",
               help="Dropout rate of the hidden layers: one, or one per hidden layer.")
 @click.option("--lr-schedule", metavar="SPEC",
-              help="constant, step:every=5,factor=0.5 or plateau:patience=3,factor=0.1,"
-                   "max_reductions=3.")
+              help="constant, step:every=5,factor=0.5, plateau:patience=3,factor=0.1,"
+                   "max_reductions=3, cosine[:total=N,min_lr=0], onecycle[:total=N,"
+                   "pct_start=0.3] or warmup[:total=5,start_factor=0.333] (total: the run's "
+                   "epochs by default).")
 @click.option("--early-stopping", type=click.IntRange(min=1), metavar="N",
               help="Stop after N epochs without a lower validation loss; keep the best weights.")
 @click.option("--augment", type=click.Choice(sorted(AUGMENTATIONS)),
@@ -147,6 +171,9 @@ def choice(registry, exclude=()):
               help="Continue training a saved model, with its optimizer state and options.")
 @click.option("--history", type=click.Path(), metavar="FILE.json",
               help="Write the per-epoch metrics here.")
+@click.option("--weights-only", is_flag=True,
+              help="Leave the optimizer's state out of the finished -o model (smaller; "
+                   "--resume from it starts a new optimizer). Checkpoints keep it.")
 @click.option("--force", is_flag=True,
               help="Replace an existing -o or --history file even if it is not of the kind "
                    "written (never a directory, FIFO or device, nor an input).")
@@ -154,7 +181,7 @@ def choice(registry, exclude=()):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object when done.")
 @click.pass_context
 def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
-          checkpoint_every, history, force, quiet, as_json, threads, **options):
+          checkpoint_every, history, weights_only, force, quiet, as_json, threads, **options):
     from fastnn import load as load_model
     from fastnn.exceptions import TrainingDiverged
     from fastnn.schedules import parse as parse_schedule
@@ -195,13 +222,14 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     # every path, before any work: what is read, and where the run may write
     inputs = (data_inputs("DATA", data, labels) + data_inputs("--val", val_data)
               + data_inputs("--test", test_data))
-    outputs = RunOutputs(out, history, resume, inputs, force)
+    outputs = RunOutputs(out, history, resume, inputs, force, weights_only=weights_only)
     set_threads(threads)
     say = (lambda *a, **k: None) if quiet or as_json else click.echo
 
     train_set = load(data, "train", labels, label_col, limit=limit)
+    inferred = False
     if not resume:
-        net = _new_network(train_set, options)
+        net, inferred = _new_network(train_set, options)
     X_train = match_inputs(net, train_set.X)
     if net.input_dtype is None:
         # a new network: fit will record the training inputs' kind, and the
@@ -247,10 +275,16 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
                 record["test_accuracy"] = result["accuracy"]
         records.append(record)
         say(epoch_line(done_before + epoch + 1, record, of=run["epochs"]))
+        if len(records) == STALL_EPOCHS and not resume:
+            hint = stall_hint(records, train_labels)
+            if hint and not (quiet or as_json):
+                click.echo(hint, err=True)
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
             outputs.save_unfinished(net, record_run())
 
     net.check_data(X_train, train_set.y)
+    train_labels = net.training_labels(train_set.y)
+    say(_task_line(net, inferred, resume))
     say(f"{net}: {net.n_params:,} parameters; training on {len(train_set):,} samples "
         f"of {train_set.source}")
     progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
@@ -281,6 +315,9 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
             where, net.epochs_trained, "Saved the weights of the last good epoch"))
     if out:
         say(f"Saved the model to {out}")
+    else:
+        say("The model was not saved (no -o given); to keep it, run again with "
+            "-o MODEL.safetensors")
     if as_json:
         echo_json({"model": out, "network": repr(net), "epochs_trained": net.epochs_trained,
                    "history": _history_dict(records, net), "final": records[-1] if records else {}})
@@ -333,7 +370,7 @@ class RunOutputs:
     wrote (or resumed from) are removed.
     """
 
-    def __init__(self, out, history, resume, inputs, force):
+    def __init__(self, out, history, resume, inputs, force, weights_only=False):
         from fastnn.exceptions import OutputError
         from fastnn.files import check_distinct, sibling
         from fastnn.history import HISTORY_FILE
@@ -365,15 +402,16 @@ class RunOutputs:
                            [("--resume", resume)], OutputError)
             check_outputs(later, force=force)
         self.force = force
+        self.weights_only = weights_only
 
-    def _write(self, net, history_text, paths, model=True):
+    def _write(self, net, history_text, paths, model=True, weights_only=False):
         from fastnn.files import atomic_write
         from fastnn.exceptions import FastnnError
         from fastnn.history import HISTORY_FILE
 
         written = {"model": None, "history": None}
         if model and "model" in paths:
-            net.save(paths["model"], force=self.force)
+            net.save(paths["model"], force=self.force, weights_only=weights_only)
             written["model"] = paths["model"]
         if "history" in paths:
             atomic_write(paths["history"], history_text, FastnnError, kind=HISTORY_FILE,
@@ -394,7 +432,7 @@ class RunOutputs:
 
         # a Ctrl-C now takes effect once every file is written
         with Deferred() as interrupt:
-            self._write(net, history_text, self.final)
+            self._write(net, history_text, self.final, weights_only=self.weights_only)
             for name, path in self.unfinished.items():
                 if path != self.final[name] and (path in self.written or (
                         self.resume and os.path.exists(path) and same_file(path, self.resume))):
@@ -421,18 +459,41 @@ class RunOutputs:
 
 
 def _new_network(train_set, options):
-    from fastnn._validation import n_outputs_for
+    """A network for the data and options, its task and scaling learned
+    (Network.prepare); and whether the task was inferred."""
+    from fastnn._validation import infer_targets
     from fastnn.network import Network
+    from fastnn.preprocessing import REGRESSION_DEFAULTS, resolve_scale
 
+    targets = infer_targets(train_set.y, options["task"], train_set.source, LABELS_HINT,
+                            ask=TASK_ASK)
     if options["layers"]:
         sizes = options["layers"]
     else:
-        n_out = n_outputs_for(train_set.y, train_set.source, LABELS_HINT)
-        sizes = [train_set.X.shape[1], *(options["hidden"] or [30]), n_out]
+        sizes = [train_set.X.shape[1], *(options["hidden"] or [30]), targets.n_outputs]
     kwargs = {k: options[k] for k in ("loss", "init", "slope", "dtype", "seed")
               if options[k] is not None}
-    return Network(sizes, activation=options["activation"] or "sigmoid",
-                   output=options["output_activation"], **kwargs)
+    output = options["output_activation"]
+    if targets.task == "regression":
+        output = output or REGRESSION_DEFAULTS["output"]
+        if options["lr"] is None and options["optimizer"] in (None, "sgd"):
+            options["lr"] = REGRESSION_DEFAULTS["sgd_lr"]
+    net = Network(sizes, activation=options["activation"] or "sigmoid", output=output, **kwargs)
+    scale = resolve_scale(options["scale"] or "auto", train_set.auto_scale)
+    net.prepare(train_set.X, train_set.y, task=targets.task, scale=scale)
+    if targets.task == "regression" and train_set.label_name and net.sizes[-1] == 1:
+        net.preprocessing.target_names = [train_set.label_name]
+    return net, targets.inferred
+
+
+def _task_line(net, inferred, resumed):
+    """The first line of train: the task and the scaling in force."""
+    pre = net.preprocessing
+    if pre is None:
+        return "Task: not stated (an older model: labels are output units, inputs as given)"
+    how = (" (inferred from the labels; state it with --task)" if inferred
+           else " (from the model file)" if resumed else "")
+    return f"Task: {pre.task_text()}{how}; scaling: {pre.scaling_text()}"
 
 
 def _progress_bar():

@@ -5,9 +5,12 @@ dtype, NaN, labels out of range) is caught here with one clear message.
 """
 import math
 import numbers
+from collections import namedtuple
+from typing import Any, Optional
 
 import numpy as np
 
+from fastnn._typing import Array
 from fastnn.exceptions import ConfigError, DataError
 
 #: Input dtypes the kernels read directly (uint8 is scaled to [0, 1]).
@@ -32,7 +35,7 @@ def check_finite(a, name):
         raise DataError(f"{name} contains NaN or infinity (first at row {r}, column {c})")
 
 
-def check_X(X, n_features, name="X"):
+def check_X(X: Any, n_features: int, name: str = "X") -> Array:
     """X as a C-contiguous 2-D array the kernels accept.
 
     uint8, float32 and float64 are kept as they are (uint8 is scaled by
@@ -62,7 +65,7 @@ def check_X(X, n_features, name="X"):
     return np.ascontiguousarray(X)
 
 
-def image_rows(X, input_shape, name="X"):
+def image_rows(X: Any, input_shape: tuple[int, ...], name: str = "X") -> Any:
     """Images of a network's input shape (H, W, C) as rows in HWC order:
     (n, H, W, C), and (n, H, W) when C = 1, become (n, H*W*C) (a view of a
     C-contiguous array). Anything else is returned for check_X to judge."""
@@ -76,7 +79,8 @@ def image_rows(X, input_shape, name="X"):
                     f"(n, {H}, {W}, {C}) (channels last) or rows (n, {H * W * C})")
 
 
-def check_targets(y, n_samples, n_outputs, dtype, name="y"):
+def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
+                  name: str = "y") -> tuple[Array, Optional[Array]]:
     """Targets as a (n_samples, n_outputs) array of `dtype`.
 
     Integer labels (or floats that are whole numbers, 1-D) are one-hot
@@ -142,61 +146,148 @@ MAX_CLASSES = 10_000
 FEW_CLASSES = 10
 
 
-def n_outputs_for(y, name="y", hint=None):
-    """The output units that targets y need, refusing labels that are not
-    plausibly class labels.
+#: The tasks a network can be trained for.
+TASKS = ("classification", "regression")
 
-    2-D targets need one unit per column. 1-D targets that are not all whole
-    numbers are one regression target (1 unit). 1-D whole numbers are class
-    labels 0..k-1, k = the largest label + 1 (one unit each; 1 unit for
-    0/1 labels with an mse or sigmoid network is the caller's choice). They
-    are refused, with `hint` (what to do instead) added to the message, when
+#: What infer_targets decided: the task, the class names (classification)
+#: and the output units the targets need; `inferred` when no task was given.
+Targets = namedtuple("Targets", ["task", "classes", "n_outputs", "inferred"])
 
-    - a label is negative;
-    - k > MAX_CLASSES (10,000);
-    - k > FEW_CLASSES (10) and more than half of the classes 0..k-1 never
-      occur (the labels are not dense: an id, a count or a measurement);
-    - k > FEW_CLASSES and k is more than half the number of rows (fewer than
-      two rows per class: no classifier can learn that).
 
-    This is the one place that decides what labels mean for a new network;
-    extend it (a task, a mapping of class names) rather than adding checks
-    elsewhere.
+def n_outputs_for(y, name="y", hint=None, task=None):
+    """The output units that targets y need (see `infer_targets`)."""
+    return infer_targets(y, task, name, hint).n_outputs
+
+
+def infer_targets(y, task=None, name="y", hint=None, ask="task='classification' or "
+                                                           "task='regression'"):
+    """What targets y mean for a new network: the task, the classes and the
+    number of output units. This is the one place that decides what labels
+    mean; extend it rather than adding checks elsewhere.
+
+    With task="regression", y is one target (1-D) or one per column (2-D).
+    With task="classification", every distinct value of 1-D y is a class
+    (text, or numbers such as 3, 7, 9), sorted; integer labels that are
+    dense in 0..k-1 (k <= 10, or every class having two rows) are output
+    units 0..k-1 themselves, so that a few rows of MNIST that miss a digit
+    still get its unit. 2-D 0/1 rows summing to 1 are one-hot classes.
+
+    Without a task, it is inferred only when the labels leave no doubt:
+    text and booleans are classes; whole numbers are classes when they are
+    dense labels 0..k-1 as above, or at most 10 distinct values of
+    magnitude below MAX_CLASSES (-1/1, 3/7/9); floats of which at least half
+    are not whole numbers (and 2-D targets that are not one-hot) are a
+    regression. Anything else is refused with a DataError that says why,
+    adds `hint` (what else to do) and asks for the task (`ask`):
+
+    - a label that is negative or MAX_CLASSES (10,000) or more, beyond ten
+      classes;
+    - labels up to k-1, k > 10, with more than half of the classes 0..k-1
+      never occurring (an id, a count or a measurement);
+    - k > 10 classes and fewer than two rows per class;
+    - non-integer values mixed with (mostly) whole numbers.
     """
     y = np.asarray(y)
-    hint = f". {hint}" if hint else ""
-    if y.dtype.kind not in "biuf":
-        raise DataError(f"{name} must be numeric, not {y.dtype}")
-    if y.ndim == 2:
-        return y.shape[1]
-    if y.ndim != 1 or len(y) == 0:
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"task must be one of {list(TASKS)}, not {task!r}")
+    if y.ndim == 0 or len(y) == 0 or y.ndim > 2:
         raise DataError(f"{name} must hold one label per sample, not shape {y.shape}")
+    if y.dtype.kind in "USO":
+        return _text_targets(y, task, name, hint)
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{name} must be numbers or class names, not {y.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1 and task != "regression":
+        y = y[:, 0]
+    if y.ndim == 2:
+        check_finite(y, name)
+        one_hot = one_hot_labels(y) if y.shape[1] > 1 else None
+        if task == "classification" and one_hot is None:
+            raise DataError(f"{name} has {y.shape[1]} columns that are not one-hot rows; "
+                            f"classification needs one class label per sample")
+        if task == "classification" or (task is None and one_hot is not None):
+            return Targets("classification", list(range(y.shape[1])), y.shape[1], task is None)
+        return Targets("regression", None, y.shape[1], task is None)
     check_finite(y[:, None], name)
-    if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
-        return 1
+    if task == "regression":
+        return Targets("regression", None, 1, False)
     if y.dtype.kind == "b":
-        return 2
+        return Targets("classification", [False, True] if task else [0, 1], 2, task is None)
+    whole = y.dtype.kind in "iu" or bool(np.array_equal(y, np.round(y)))
+    refusal = hint
+    if task is None:
+        refusal = ((f"{hint}, or " if hint else "") + f"state the task with {ask}")
+    suffix = f". {refusal[0].upper()}{refusal[1:]}" if refusal else ""
+    if not whole:
+        if task == "classification":
+            classes = [float(v) for v in np.unique(y)]
+            return _checked_classes(classes, len(y), name, suffix)  # stated: not inferred
+        fraction = np.count_nonzero(y != np.round(y)) / len(y)
+        if fraction >= 0.5:
+            return Targets("regression", None, 1, True)
+        i = int(np.argmax(y != np.round(y)))
+        raise DataError(f"{name} mixes whole numbers with non-integer values such as "
+                        f"{_number(y[i])} at row {i} (class labels or regression targets?)"
+                        f"{suffix}")
     low, high = y.min().item(), y.max().item()     # Python numbers: high + 1 cannot overflow
+    if low >= 0 and high < MAX_CLASSES:
+        k = int(high) + 1
+        present = int(np.count_nonzero(np.bincount(y.astype(np.int64), minlength=k)))
+        if present * 2 >= k and (k <= FEW_CLASSES or k * 2 <= len(y)):
+            return Targets("classification", list(range(k)), k, task is None)
+    distinct = np.unique(y)
+    small = -MAX_CLASSES < low and high < MAX_CLASSES
+    if task == "classification" or (small and len(distinct) <= FEW_CLASSES):
+        classes = [int(v) if abs(v) < 2 ** 53 else float(v) for v in distinct.tolist()]
+        return _checked_classes(classes, len(y), name, suffix, task is None)
+    # not plausibly class labels: say why, and ask
     if low < 0:
         i = int(np.argmax(y < 0))
-        raise DataError(f"{name} has label {_number(y[i])} at row {i}; class labels are "
-                        f"0, 1, 2, ...{hint}")
+        raise DataError(f"{name} has label {_number(y[i])} at row {i} among "
+                        f"{len(distinct)} distinct values: these do not look like class "
+                        f"labels 0, 1, 2, ...{suffix}")
     if high >= MAX_CLASSES:
         i = int(np.argmax(y >= MAX_CLASSES))
         raise DataError(f"{name} has label {_number(y[i])} at row {i}, which would need an "
                         f"output layer of {_number(high + 1)} units; fastnn builds at most "
-                        f"{MAX_CLASSES:,} classes from labels{hint}")
+                        f"{MAX_CLASSES:,} classes from labels{suffix}")
     k = int(high) + 1
-    if k > FEW_CLASSES:
-        present = int(np.count_nonzero(np.bincount(y.astype(np.int64), minlength=k)))
-        if present * 2 < k:
-            raise DataError(f"{name} has labels up to {k - 1}, but only {present} of those "
-                            f"{k} classes occur: these do not look like class labels{hint}")
-        if k * 2 > len(y):
-            raise DataError(f"{name} has {k} classes (labels 0..{k - 1}) in {len(y)} rows, "
-                            f"fewer than two rows per class: these do not look like class "
-                            f"labels{hint}")
-    return k
+    if present * 2 < k:
+        raise DataError(f"{name} has labels up to {k - 1}, but only {present} of those "
+                        f"{k} classes occur: these do not look like class labels{suffix}")
+    raise DataError(f"{name} has {k} classes (labels 0..{k - 1}) in {len(y)} rows, "
+                    f"fewer than two rows per class: these do not look like class "
+                    f"labels{suffix}")
+
+
+def _text_targets(y, task, name, hint):
+    if y.ndim != 1:
+        raise DataError(f"{name} must hold one class name per sample, not shape {y.shape}")
+    if task == "regression":
+        i = next(i for i, v in enumerate(y.tolist()) if not isinstance(v, (int, float)))
+        raise DataError(f"{name} has the text {str(y[i])[:40]!r} at row {i}; regression "
+                        f"needs numbers")
+    values = y.tolist()
+    if y.dtype.kind == "O":
+        for i, v in enumerate(values):
+            if not isinstance(v, str):
+                raise DataError(f"{name} mixes text and {type(v).__name__} labels "
+                                f"({v!r} at row {i}); give class names of one kind")
+    classes = sorted(set(values))
+    return _checked_classes(classes, len(y), name, f". {hint}" if hint else "", task is None)
+
+
+def _checked_classes(classes, n_rows, name, suffix, inferred=False):
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{name} has {len(classes):,} distinct labels; fastnn builds at most "
+                        f"{MAX_CLASSES:,} classes{suffix}")
+    if len(classes) < 2:
+        raise DataError(f"{name} has a single class ({str(classes[0])[:40]}); classification "
+                        f"needs two at least")
+    if inferred and len(classes) > FEW_CLASSES and len(classes) * 2 > n_rows:
+        raise DataError(f"{name} has {len(classes):,} distinct labels in {n_rows} rows, "
+                        f"fewer than two rows per class: these do not look like class "
+                        f"labels{suffix}")
+    return Targets("classification", classes, len(classes), inferred)
 
 
 def one_hot_labels(Y):
@@ -233,11 +324,11 @@ MAX_COUNT = 2 ** 62
 MAX_SEED = 2 ** 1024
 
 
-def positive_int(value, name, minimum=1, maximum=None):
+def positive_int(value: Any, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
     """value as an int >= minimum (and <= maximum, if given), or ConfigError
     naming the option."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
-            or (maximum is not None and value > maximum)):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or int(value) < minimum or (maximum is not None and int(value) > maximum)):
         if maximum is None:
             raise ConfigError(f"{name} must be an integer >= {minimum}, not {value!r}")
         top = (f"2**{maximum.bit_length() - 1}" if maximum > 2 ** 32
@@ -246,7 +337,8 @@ def positive_int(value, name, minimum=1, maximum=None):
     return int(value)
 
 
-def nonnegative_float(value, name, allow_zero=True, below=None):
+def nonnegative_float(value: Any, name: str, allow_zero: bool = True,
+                      below: Optional[float] = None) -> float:
     """value as a finite float >= 0 (> 0 without allow_zero; < below if
     given), or ConfigError naming the option."""
     try:

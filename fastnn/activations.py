@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from fastnn._typing import Array
 from fastnn.exceptions import lookup
 
 
@@ -37,33 +38,33 @@ class Activation:
     derivative: Optional[Callable]
     output_only: bool = False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Activation({self.name!r})"
 
 
-def _identity(z, slope):
+def _identity(z: Array, slope: float) -> Array:
     return z.copy()
 
 
-def _sigmoid(z, slope):
+def _sigmoid(z: Array, slope: float) -> Array:
     # exp(-z) overflows to inf for very negative z, giving exactly 0: fine.
     with np.errstate(over="ignore"):
         return 1 / (1 + np.exp(-z))
 
 
-def _tanh(z, slope):
+def _tanh(z: Array, slope: float) -> Array:
     return np.tanh(z)
 
 
-def _relu(z, slope):
+def _relu(z: Array, slope: float) -> Array:
     return np.maximum(z, 0)
 
 
-def _leaky_relu(z, slope):
+def _leaky_relu(z: Array, slope: float) -> Array:
     return np.where(z > 0, z, z * z.dtype.type(slope))
 
 
-def _softmax(z, slope):
+def _softmax(z: Array, slope: float) -> Array:
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -85,6 +86,6 @@ ACTIVATIONS = {
 BY_CODE = {a.code: a for a in ACTIVATIONS.values()}
 
 
-def get_activation(name):
+def get_activation(name: str) -> Activation:
     """The registered activation called `name`; ConfigError lists the valid ones."""
     return lookup(ACTIVATIONS, "activation", name)

@@ -18,10 +18,11 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
+from fastnn._typing import Array, PathLike
 from fastnn.exceptions import DataError
 from fastnn.reading import (CHUNK, GZIP_MAGIC, MAX_DECOMPRESSED, Budget, check_regular,
                             file_size, open_data, read_file, read_into, read_stream)
@@ -41,22 +42,35 @@ IDX_TYPES = {
 MAX_CSV_BYTES = 256 << 20
 MAX_CSV_LINE = 1 << 20
 
+#: (X, y) as a loader returns them: y is None for a file without labels.
+XY = tuple[Array, Optional[Array]]
+
 
 @dataclass
 class Data:
-    """Features, labels (int) or targets (float), and a name for messages."""
+    """Features, labels (int or text) or targets (float), and a name for messages.
+
+    `auto_scale` is what ``--scale auto`` means for these rows: ``pixels``
+    (divided by 255) for images (IDX files, uint8 image arrays, the named
+    data sets), ``none`` for Nielsen's pickle (images already in [0, 1]),
+    ``standard`` for other (tabular) data. `label_name` is the label
+    column's name in a CSV header.
+    """
 
     X: np.ndarray
     y: Optional[np.ndarray]
     source: str
+    auto_scale: str = "standard"
+    label_name: Optional[str] = None
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.X)
 
 
 # ------------------------------------------------------------------ files
 
-def read_bytes(path, limit=MAX_DECOMPRESSED, what="compressed file"):
+def read_bytes(path: PathLike, limit: int = MAX_DECOMPRESSED,
+               what: str = "compressed file") -> bytes:
     """The contents of a regular file, decompressed (at most `limit` bytes) if
     it is gzip-compressed.
 
@@ -102,7 +116,7 @@ def _idx_size_problem(name, shape, expected, actual):
                      f"it has {actual}")
 
 
-def parse_idx(data, name="IDX data"):
+def parse_idx(data: bytes, name: str = "IDX data") -> Array:
     """An array from the bytes of an IDX file (magic 0 0 type ndim, then
     ndim big-endian uint32 dimensions, then the values, big-endian)."""
     dtype, shape, header = _idx_header(data, name)
@@ -113,7 +127,7 @@ def parse_idx(data, name="IDX data"):
     return _idx_array(np.frombuffer(data, np.uint8, offset=header).copy(), dtype, shape, name)
 
 
-def read_idx(path):
+def read_idx(path: PathLike) -> Array:
     """Read an IDX file (gzip-compressed or raw) into a NumPy array.
 
     Never reads more than the header declares: a raw file must be exactly
@@ -172,7 +186,7 @@ def _idx_labels_beside(path):
     return None
 
 
-def load_idx(path, labels=None):
+def load_idx(path: PathLike, labels: Optional[PathLike] = None) -> XY:
     """IDX images (any shape (n, ...), flattened to rows) and their labels."""
     images = read_idx(path)
     if images.ndim < 2:
@@ -255,13 +269,17 @@ def _first_long_line(raw, limit):
     return None
 
 
-def load_csv(path, label_col=None, n_features=None):
+def load_csv(path: PathLike, label_col: Union[str, int, None] = None,
+             n_features: Optional[int] = None,
+             info: Optional[dict[str, Any]] = None) -> XY:
     """Rows of a CSV file; a header row, if any, is detected.
 
     The label column is `label_col` (a name or a 1-based number), by default
     the last column; with `n_features` given and the file exactly that wide,
     the file has no label column (whatever `label_col` says). Features that are all whole numbers in
-    0..255 are read as uint8 pixels (scaled by 1/255 like IDX images).
+    0..255 are read as uint8 (their scaling is the network's: see
+    fastnn.preprocessing). Labels that are not numbers are class names (str).
+    A dict `info` gets the label column's name as "label_name".
     """
     try:
         text = _read_csv_bytes(path).decode("utf-8-sig")
@@ -278,6 +296,11 @@ def load_csv(path, label_col=None, n_features=None):
     if not all(_is_number(cell) for cell in first):
         names = [cell.strip() for cell in first]
         text = text[text.find("\n") + 1:] if "\n" in text else ""
+        if info is not None:
+            try:
+                info["label_name"] = names[_label_column(label_col, names, len(names), path)]
+            except DataError:
+                pass
     first_line = 2 if names else 1
     if not text.strip():
         raise DataError(f"{path} has a header but no rows")
@@ -285,6 +308,9 @@ def load_csv(path, label_col=None, n_features=None):
         values = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
                             ndmin=2)
     except ValueError as exc:
+        text_labels = _csv_with_text_labels(text, names, label_col, n_features, path, first_line)
+        if text_labels is not None:
+            return text_labels
         try:
             problem = _csv_problem(text, names, path, first_line)
         except csv.Error:
@@ -308,6 +334,45 @@ def load_csv(path, label_col=None, n_features=None):
     return pixels_or_floats(X), values[:, col]
 
 
+def _csv_with_text_labels(text, names, label_col, n_features, path, first_line):
+    """(X, y) of a CSV file whose label column holds text (class names) and
+    whose other columns are numbers, or None if it is not such a file."""
+    try:
+        first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None])), None)
+    except csv.Error:
+        return None
+    if not first:
+        return None
+    width = len(first)
+    if n_features is not None and width == n_features:
+        return None
+    try:
+        col = _label_column(label_col, names, width, path)
+    except DataError:
+        return None
+    features = [c for c in range(width) if c != col]
+    try:
+        X = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
+                       ndmin=2, usecols=features)
+        y = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=str, ndmin=1,
+                       usecols=[col], comments=None)
+    except ValueError:
+        return None
+    if X.shape[1] != len(features) or len(y) != len(X):
+        return None
+    if not np.isfinite(X).all():
+        r, c = np.argwhere(~np.isfinite(X))[0]
+        value, c = X[r, c], features[c]
+        column = names[c] if names and c < len(names) else str(c + 1)
+        raise DataError(f"{path}: row {first_line + r}, column {column} is {value}, "
+                        f"not a finite number")
+    y = np.char.strip(y)
+    if (y == "").any():
+        r = int(np.argmax(y == ""))
+        raise DataError(f"{path}: row {first_line + r} has an empty label")
+    return pixels_or_floats(X), y
+
+
 def _label_column(label_col, names, width, path):
     if label_col is None:
         return width - 1
@@ -320,7 +385,7 @@ def _label_column(label_col, names, width, path):
     raise DataError(f"{path} has no label column {label_col!r}{known}")
 
 
-def pixels_or_floats(X):
+def pixels_or_floats(X: Array) -> Array:
     """X as uint8 pixels if every value is a whole number in 0..255, else X."""
     if X.size and (X >= 0).all() and (X <= 255).all() and (X == np.round(X)).all():
         return X.astype(np.uint8)
@@ -365,7 +430,7 @@ def _npz_member_size(archive, key, limit, path):
                         f"which its archive entry does not hold")
 
 
-def load_npz(path, labels=None):
+def load_npz(path: PathLike, labels: Optional[PathLike] = None) -> XY:
     """X and y from a .npz archive (each array's header is checked against
     its archive entry before the array is read)."""
     limit = os.path.getsize(path) if os.path.exists(path) else 0
@@ -385,7 +450,7 @@ def load_npz(path, labels=None):
     return X, y
 
 
-def load_array(path):
+def load_array(path: PathLike) -> Array:
     """One array from a .npy file, memory-mapped (it is never copied whole)."""
     array = _np_load(path, mmap_mode="r")
     if not isinstance(array, np.ndarray):
@@ -404,7 +469,7 @@ def _npy_labels_beside(path):
     return None
 
 
-def load_npy(path, labels=None):
+def load_npy(path: PathLike, labels: Optional[PathLike] = None) -> XY:
     """X from a .npy file (memory-mapped) and y from `labels` or a file beside
     it (X_train.npy -> y_train.npy, images.npy -> labels.npy)."""
     X = load_array(path)
@@ -582,7 +647,7 @@ def _finish(value, depth=0):
     return value
 
 
-def load_nielsen_pickle(path, split="train"):
+def load_nielsen_pickle(path: PathLike, split: str = "train") -> tuple[Array, Array]:
     """Nielsen's mnist.pkl.gz: ((train), (validation), (test)) pairs of
     float32 images in [0, 1] and int labels; returns the chosen split.
 
@@ -621,7 +686,7 @@ def load_nielsen_pickle(path, split="train"):
 IDX_NAME = re.compile(r"idx\d-ubyte")
 
 
-def detect_format(path):
+def detect_format(path: Path) -> Optional[str]:
     """The format of a data file, from its name, then its first bytes."""
     name = path.name.lower()
     for suffix, kind in ((".csv", "csv"), (".csv.gz", "csv"), (".npz", "npz"), (".npy", "npy"),
@@ -641,7 +706,8 @@ def detect_format(path):
     return None
 
 
-def load_data(spec, split="train", labels=None, label_col=None, n_features=None):
+def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] = None,
+              label_col: Union[str, int, None] = None, n_features: Optional[int] = None) -> Data:
     """Features and labels from a dataset name or a data file.
 
     Parameters
@@ -668,11 +734,13 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
     """
     from fastnn.datasets import DATASETS
 
+    X: Array
+    y: Optional[Array]
     spec = os.fspath(spec)
     if spec in DATASETS and not os.path.exists(spec):
         (X_train, y_train), (X_test, y_test) = DATASETS[spec]()
         X, y = (X_train, y_train) if split == "train" else (X_test, y_test)
-        return Data(X, y, f"{spec} ({split})")
+        return Data(X, y, f"{spec} ({split})", auto_scale="pixels")
     path = Path(spec)
     if not path.exists():
         raise DataError(f"{spec}: no such file, and not a known dataset ({', '.join(DATASETS)})")
@@ -683,9 +751,10 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
     if kind is None:
         raise DataError(f"{spec}: unknown data format; expected a dataset name "
                         f"({', '.join(DATASETS)}), IDX, CSV, .npz, .npy or Nielsen's mnist.pkl.gz")
+    info: dict[str, Any] = {}
     try:
         if kind == "csv":
-            X, y = load_csv(path, label_col, n_features)
+            X, y = load_csv(path, label_col, n_features, info)
         elif kind == "npz":
             X, y = load_npz(path, labels)
         elif kind == "npy":
@@ -694,12 +763,15 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
             X, y = load_nielsen_pickle(path, "test" if split == "test" else "train")
         else:
             X, y = load_idx(path, labels)
-        return Data(*_check_data(X, y, spec), spec)
+        X, y = _check_data(X, y, spec)
+        auto = ("none" if kind == "pickle" else "pixels" if kind == "idx" or (
+            kind != "csv" and X.dtype == np.uint8) else "standard")
+        return Data(X, y, spec, auto_scale=auto, label_name=info.get("label_name"))
     except MemoryError:
         raise DataError(f"{spec}: not enough memory to read it") from None
 
 
-def source_files(spec, labels=None):
+def source_files(spec: PathLike, labels: Optional[PathLike] = None) -> list[Path]:
     """The files `load_data(spec, labels=labels)` would read, as far as they
     exist (for the check that no output overwrites an input)."""
     from fastnn.datasets import DATASETS, MNIST_FILES, find_mnist
@@ -720,7 +792,7 @@ def source_files(spec, labels=None):
     return [p for p in (path, beside) if p is not None and p.exists()]
 
 
-def _check_data(X, y, spec):
+def _check_data(X: Array, y: Optional[Array], spec: str) -> XY:
     """X as 2-D numeric rows (images flattened) and y as matching labels or targets."""
     if X.dtype.kind not in "biuf":
         raise DataError(f"{spec}: features must be numbers, not {X.dtype}")
@@ -732,8 +804,8 @@ def _check_data(X, y, spec):
         X = X.reshape(len(X), -1)
     if y is not None:
         y = np.asarray(y)
-        if y.dtype.kind not in "biuf":
-            raise DataError(f"{spec}: labels must be numbers, not {y.dtype}")
+        if y.dtype.kind not in "biuf" and not (y.dtype.kind == "U" and y.ndim == 1):
+            raise DataError(f"{spec}: labels must be numbers or class names, not {y.dtype}")
         if y.ndim == 0 or y.ndim > 2:
             raise DataError(f"{spec}: labels must be one per sample (or one row of targets "
                             f"per sample), got shape {y.shape}")
@@ -741,12 +813,12 @@ def _check_data(X, y, spec):
             raise DataError(f"{spec} has {len(X)} samples but {len(y)} labels")
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
-        if y.ndim == 1:
+        if y.ndim == 1 and y.dtype.kind != "U":
             y = as_int_labels(y)
     return X, y
 
 
-def as_int_labels(y):
+def as_int_labels(y: Array) -> Optional[Array]:
     """1-D y as int64 when its values are whole numbers that int64 holds
     exactly, else y unchanged (the label checks then report what is wrong)."""
     if y.dtype.kind == "b":

@@ -4,8 +4,11 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Optional
 
+from fastnn._typing import Array, PathLike
 from fastnn.data import gunzip, parse_idx, read_file
 from fastnn.exceptions import DataError, DatasetNotFound
 from fastnn.files import GZIP_FILE, atomic_write, check_output
@@ -30,20 +33,24 @@ MNIST_MIRRORS = [
 SOURCE_TREE_MNIST = Path(__file__).resolve().parent.parent / "data" / "mnist"
 
 
-def user_cache_dir():
+#: ((X_train, y_train), (X_test, y_test))
+Splits = tuple[tuple[Array, Array], tuple[Array, Array]]
+
+
+def user_cache_dir() -> Path:
     """Where fastnn keeps downloaded data: $XDG_CACHE_HOME/fastnn or ~/.cache/fastnn."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "fastnn"
 
 
-def mnist_search_path(path=None):
+def mnist_search_path(path: Optional[PathLike] = None) -> list[Path]:
     """The directories load_mnist looks in, in order.
 
     `path`, then $FASTNN_DATA (the directory itself or its ``mnist``
     subdirectory), then ``data/mnist`` of the source tree fastnn runs from and
     of the current directory, then the user cache.
     """
-    places = []
+    places: list[Path] = []
     if path is not None:
         places.append(Path(path))
     env = os.environ.get("FASTNN_DATA")
@@ -52,14 +59,14 @@ def mnist_search_path(path=None):
     places.append(SOURCE_TREE_MNIST)
     places.append(Path.cwd() / "data" / "mnist")
     places.append(user_cache_dir() / "mnist")
-    unique = []
+    unique: list[Path] = []
     for p in places:
         if p not in unique:
             unique.append(p)
     return unique
 
 
-def find_mnist(path=None):
+def find_mnist(path: Optional[PathLike] = None) -> Path:
     """The first directory on the search path holding all four MNIST files."""
     places = mnist_search_path(path)
     for place in places:
@@ -72,13 +79,13 @@ def find_mnist(path=None):
         f"'fastnn download mnist'")
 
 
-def md5(data):
+def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def verify_mnist(place):
+def verify_mnist(place: PathLike) -> dict[str, Optional[str]]:
     """{file name: problem or None} for the four files in a directory."""
-    problems = {}
+    problems: dict[str, Optional[str]] = {}
     for name, expected in MNIST_FILES.values():
         file = Path(place) / name
         if not file.is_file():
@@ -89,7 +96,7 @@ def verify_mnist(place):
     return problems
 
 
-def load_mnist(path=None):
+def load_mnist(path: Optional[PathLike] = None) -> Splits:
     """Load MNIST from the original IDX files, verifying their official MD5s.
 
     Parameters
@@ -126,7 +133,9 @@ def load_mnist(path=None):
     return (X_train, y_train), (X_test, y_test)
 
 
-def download_mnist(directory=None, mirrors=None, timeout=60, report=None, force=False):
+def download_mnist(directory: Optional[PathLike] = None, mirrors: Optional[Sequence[str]] = None,
+                   timeout: float = 60, report: Optional[Callable[[str], object]] = None,
+                   force: bool = False) -> Path:
     """Fetch the four MNIST files into `directory` (default: the user cache),
     verifying each against its official MD5 before it is written.
 
@@ -172,4 +181,4 @@ def download_mnist(directory=None, mirrors=None, timeout=60, report=None, force=
 
 
 #: Named datasets: name -> loader returning ((X_train, y_train), (X_test, y_test)).
-DATASETS = {"mnist": load_mnist}
+DATASETS: dict[str, Callable[..., Splits]] = {"mnist": load_mnist}

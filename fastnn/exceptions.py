@@ -3,6 +3,10 @@
 Every message is one line that says what is wrong, with the actual values,
 and where possible a way out. The CLI prints them without a traceback.
 """
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class FastnnError(Exception):
@@ -43,12 +47,12 @@ class TrainingDiverged(FastnnError, ArithmeticError):
     """The training loss became NaN or infinite; the last good weights are kept."""
 
 
-def unknown_name(kind, name, valid):
+def unknown_name(kind: str, name: object, valid: Iterable[str]) -> ConfigError:
     """The error for a name missing from a registry, listing the valid ones."""
     return ConfigError(f"Unknown {kind} {name!r}; expected one of {sorted(valid)}")
 
 
-def lookup(registry, kind, name):
+def lookup(registry: Mapping[str, T], kind: str, name: str) -> T:
     """registry[name], or a ConfigError that lists the valid names."""
     try:
         return registry[name]

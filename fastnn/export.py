@@ -93,7 +93,24 @@ def _description(net, source=None):
     return text
 
 
-def _metadata(net, source=None):
+def _prepared(net):
+    """(the network with its scalings folded into its layers, its class names
+    or None, its task or None, the scaling left to apply to raw rows first:
+    ``(offset, scale)`` or None): what every exporter writes (see
+    fastnn.preprocessing.fold)."""
+    from fastnn.preprocessing import fold
+
+    pre = net.preprocessing
+    if pre is None:
+        return net, None, None, None
+    try:
+        plain, shift = fold(net)
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from None
+    return plain, pre.class_names(), pre.task, shift
+
+
+def _metadata(net, source=None, classes=None, task=None):
     """fastnn's description of a network as string pairs (ONNX metadata_props)."""
     meta = {
         "fastnn_version": __version__,
@@ -113,6 +130,13 @@ def _metadata(net, source=None):
     }
     if source is not None:
         meta["source"] = os.fsdecode(source)
+    if task is not None:
+        meta["task"] = task
+    if classes is not None:
+        # output unit k is class "class_<k>" (with one unit: 0 and 1), each name
+        # a value of its own so that onnx_text's escapes are the only ones
+        meta["n_classes"] = str(len(classes))
+        meta.update((f"class_{k}", name) for k, name in enumerate(classes))
     return {key: onnx_text(value) for key, value in meta.items()}
 
 
@@ -431,6 +455,7 @@ def onnx_model(net, source=None):
     onnx = _require_onnx()
     from onnx import TensorProto, helper
 
+    net, classes, task, shift = _prepared(net)
     _check_exportable(net, ONNX_ACTIVATIONS)
     g = _Graph(net)
     n_in, n_out = int(net.plan.n_inputs), int(net.plan.n_outputs)
@@ -442,6 +467,11 @@ def onnx_model(net, source=None):
         # a scalar constant into the next MatMul as a float32 factor 1/255,
         # which is not fastnn's rounding (and loses float64 precision)
         x = g.node("Div", [x, g.const("input_divisor", np.full(n_in, 255))], "input_scaled")
+    if shift is not None:
+        # the stored scaling before a first convolution or pooling layer, as
+        # fastnn applies it: (x - offset) / scale in the network's dtype
+        x = g.node("Sub", [x, g.const("input_offset", shift[0])], "input_centred")
+        x = g.node("Div", [x, g.const("input_scale", shift[1])], "input_standardised")
     program = steps(net)
     image = None        # (H, W, C) while x is an NCHW image, None while it is rows
     if program[0].kind != "dense":
@@ -488,7 +518,7 @@ def onnx_model(net, source=None):
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                               doc_string=onnx_text(_description(net, source)))
     model.ir_version = ONNX_IR_VERSION
-    helper.set_model_props(model, _metadata(net, source))
+    helper.set_model_props(model, _metadata(net, source, classes, task))
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -834,12 +864,19 @@ int main(int argc, char **argv)
             return 1;
         }
         label = fastnn_predict(input, output);
+#ifdef FASTNN_REGRESSION
+        outputs = 1;            /* a regression's outputs are its predictions */
+#endif
         if (outputs) {
             for (i = 0; i < FASTNN_N_OUTPUTS; i++)
                 printf(i ? " %.9g" : "%.9g", output[i]);
             printf("\\n");
         } else {
+#ifdef FASTNN_CLASS_NAME
+            printf("%s\\n", FASTNN_CLASS_NAME(label));
+#else
             printf("%d\\n", label);
+#endif
         }
         if (r == -1)
             break;
@@ -909,6 +946,7 @@ def c_source(net, source=None, name="model.c"):
     -------
     str
     """
+    net, classes, task, shift = _prepared(net)
     _check_exportable(net, C_ACTIVATIONS)
     ctype = C_TYPES[np.dtype(net.dtype)]
     program = steps(net)
@@ -925,8 +963,10 @@ def c_source(net, source=None, name="model.c"):
                                 for s in program) if net.plan.plain_dense
                       else "; ".join(_c_layer_comment(s) for s in program)),
         scaling=c_text("raw uint8 pixel values 0..255, divided by 255 here as in training"
-                       if uint8 else f"used as given (trained on {net.input_dtype or 'unknown'} "
-                                     f"inputs)"),
+                       if uint8 else "raw features, scaled here as in training: (x - "
+                                     "fastnn_input_offset[i]) / fastnn_input_scale[i]"
+                       if shift is not None else
+                       f"used as given (trained on {net.input_dtype or 'unknown'} inputs)"),
         n_in=n_in, n_out=n_out, width=int(width), work=2 * int(width),
         input_order=(", an image {} in HWC order: (y * W + x) * C + c".format(
             "x".join(map(str, net.input_shape))) if image_in else ""),
@@ -936,6 +976,12 @@ def c_source(net, source=None, name="model.c"):
         stack=2 * width * np.dtype(net.dtype).itemsize,
         name=c_text(os.path.basename(os.fsdecode(name))))
     parts = [header, "\n"]
+    if shift is not None:
+        # the stored scaling, before a first convolution or pooling layer
+        parts.append("/* input scaling learned in training: (x - offset) / scale */\n")
+        parts.append(_c_array("fastnn_input_offset", shift[0].astype(net.dtype), ctype, 8))
+        parts.append(_c_array("fastnn_input_scale", shift[1].astype(net.dtype), ctype, 8))
+        parts.append("\n")
     for l, step in enumerate(program):
         if step.param is None:
             continue
@@ -967,9 +1013,19 @@ def c_source(net, source=None, name="model.c"):
         decide = (f"    for (i = 1; i < FASTNN_N_OUTPUTS; i++)\n"
                   f"        if ({current}[i] > {current}[best])\n"
                   f"            best = i;")
-    scale_input = ("(fastnn_real)input[i] / 255" if uint8 else "(fastnn_real)input[i]")
+    scale_input = ("(fastnn_real)input[i] / 255" if uint8 else
+                   "((fastnn_real)input[i] - fastnn_input_offset[i]) / fastnn_input_scale[i]"
+                   if shift is not None else "(fastnn_real)input[i]")
     parts.append(_C_PREDICT.format(scale_input=scale_input, layers="\n".join(layers),
                                    result=current, decide=decide))
+    if classes is not None:
+        names = ",\n".join(f'    "{c_text(name)}"' for name in classes)
+        parts.append(f"\n/* The class of each result of fastnn_predict: fastnn_class_names[best] */\n"
+                     f"static const char *const fastnn_class_names[{len(classes)}] = {{\n"
+                     f"{names}\n}};\n#define FASTNN_CLASS_NAME(k) (fastnn_class_names[k])\n")
+    elif task == "regression":
+        parts.append("\n/* A regression: output holds the predicted target values */\n"
+                     "#define FASTNN_REGRESSION 1\n")
     parts.append("\n" + _C_MAIN)
     return "".join(parts)
 
@@ -1024,8 +1080,15 @@ SLOPE = {slope}
 # fastnn divides uint8 pixels by 255 before the first layer (a division, not
 # a multiplication by 1/255: the same rounding); None: inputs used as given
 INPUT_DIVISOR = {divisor}
+# True: the rows are scaled as in training, (x - input_offset) / input_scale
+# (arrays in the .npz), before a first convolution or pooling layer
+INPUT_SCALING = {input_scaling}
 # rows computed at a time, so that a convolution's im2col stays small; None: all
 CHUNK = {chunk}
+# predict's result for output unit k: CLASSES[k] (None: the unit's number);
+# a regression's predict gives the outputs, which are the target values
+CLASSES = {classes}
+REGRESSION = {regression}
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_literal})
 
 
@@ -1058,14 +1121,21 @@ def _softmax(z):
 _FUNCTIONS = {{"identity": _identity, "sigmoid": _sigmoid, "tanh": _tanh, "relu": _relu,
               "leaky_relu": _leaky_relu, "softmax": _softmax}}
 _params = None
+_shift = None
 
 
 def _load():
     """[(W, b)] per layer with parameters, read once from the .npz and checked."""
-    global _params
+    global _params, _shift
     if _params is None:
         params = []
         with np.load(WEIGHTS, allow_pickle=False) as f:
+            if INPUT_SCALING:
+                shift = tuple(f[name] for name in ("input_offset", "input_scale"))
+                if any(v.shape != (N_INPUTS,) for v in shift):
+                    raise ValueError("%s does not match this module: input_offset and "
+                                     "input_scale must have shape (%d,)" % (WEIGHTS, N_INPUTS))
+                _shift = tuple(v.astype(DTYPE) for v in shift)
             for k, (w_shape, b_shape) in enumerate(PARAM_SHAPES):
                 W, b = f["W%d" % k], f["b%d" % k]
                 if W.shape != w_shape or b.shape != b_shape:
@@ -1151,17 +1221,25 @@ def forward(X):
             a = X[start:start + chunk].astype(DTYPE)
             if INPUT_DIVISOR is not None:
                 a = a / DTYPE.type(INPUT_DIVISOR)
+            if INPUT_SCALING:
+                _load()
+                a = (a - _shift[0]) / _shift[1]
             out[start:start + chunk] = _forward(a)
     return out
 
 
 def predict(X):
     """Predicted class of each row of X: the argmax of the outputs (with one
-    output unit, 1 where it exceeds 0.5)."""
+    output unit, 1 where it exceeds 0.5), as its name in CLASSES if any; for
+    a regression, the predicted values."""
     A = forward(X)
+    if REGRESSION:
+        return A[:, 0] if A.shape[1] == 1 else A
     if A.shape[1] == 1:
-        return (A[:, 0] > 0.5).astype(np.int64)
-    return A.argmax(axis=1)
+        labels = (A[:, 0] > 0.5).astype(np.int64)
+    else:
+        labels = A.argmax(axis=1)
+    return labels if CLASSES is None else np.array(CLASSES)[labels]
 
 
 def main(argv):
@@ -1170,8 +1248,11 @@ def main(argv):
         sys.stderr.write("usage: python %s ROWS.npy [--outputs]\\n" % os.path.basename(__file__))
         return 2
     X = np.load(args[0], allow_pickle=False)
-    if "--outputs" in argv:
+    if "--outputs" in argv or REGRESSION:
         np.savetxt(sys.stdout, forward(X), fmt="%.9g")
+    elif CLASSES is not None:
+        for name in predict(X).tolist():
+            sys.stdout.write("%s\\n" % (name,))
     else:
         np.savetxt(sys.stdout, predict(X), fmt="%d")
     return 0
@@ -1219,6 +1300,7 @@ def numpy_module(net, npz_name, source=None, module="model"):
     weights are read from `npz_name`, relative to the module's own file.
     Convolution is im2col plus a matrix product, pooling a reduction over
     strided views, on images (n, H, W, C) as fastnn keeps them."""
+    net, classes, task, shift = _prepared(net)
     _check_exportable(net, NUMPY_ACTIVATIONS)
     uint8 = net.input_dtype == "uint8"
     program = steps(net)
@@ -1238,20 +1320,29 @@ def numpy_module(net, npz_name, source=None, module="model"):
         py=python_text(module + ".py"), n_in=int(net.plan.n_inputs),
         n_out=int(net.plan.n_outputs),
         scaling=("raw uint8 pixel values 0..255 (any numeric dtype), divided by 255 as in "
-                 "training" if uint8 else "used as given"),
+                 "training" if uint8 else "raw features, scaled as in training: (x - "
+                 "input_offset) / input_scale" if shift is not None else "used as given"),
         input_shape=_python_nested(tuple(map(int, net.input_shape))),
         layers=_python_lines(layers), param_shapes=_python_lines(param_shapes),
         dtype=python_literal(str(net.dtype)), slope=python_literal(float(net.slope)),
         divisor=python_literal(255 if uint8 else None), chunk=python_literal(chunk),
-        npz_literal=python_literal(npz_name))
+        input_scaling=python_literal(shift is not None),
+        npz_literal=python_literal(npz_name),
+        classes=python_literal(None if classes is None else tuple(classes)),
+        regression=python_literal(task == "regression"))
 
 
-def numpy_weights(net):
-    """The .npz bytes of the network's weights: arrays W0, b0, W1, b1, ..."""
+def numpy_weights(net, shift=None):
+    """The .npz bytes of the network's weights: arrays W0, b0, W1, b1, ...,
+    then input_offset and input_scale when `shift` gives them (the input
+    scaling left to apply, see `_prepared`)."""
     arrays = {}
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         arrays[f"W{l}"] = np.ascontiguousarray(W)
         arrays[f"b{l}"] = np.ascontiguousarray(b)
+    if shift is not None:
+        arrays["input_offset"] = shift[0].astype(net.dtype)
+        arrays["input_scale"] = shift[1].astype(net.dtype)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -1272,7 +1363,8 @@ def export_numpy(net, path, source=None, force=False):
     py, npz = numpy_paths(path)
     module = os.path.splitext(os.path.basename(py))[0]
     text = numpy_module(net, os.path.basename(npz), source, module)
-    weights = numpy_weights(net)
+    plain, _, _, shift = _prepared(net)
+    weights = numpy_weights(plain, shift)
     existed = os.path.exists(npz)
     # the weights first: a module whose .npz is missing would be worse than
     # an .npz without its module; and if the module cannot be written, a

@@ -1,6 +1,7 @@
 """The per-epoch record that ``Network.fit`` returns."""
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, Optional
 
 from fastnn.files import FileKind
 
@@ -10,7 +11,7 @@ HISTORY_FILE = FileKind("fastnn history file (JSON starting with \"epochs\")",
                         lambda head: re.match(rb'\s*\{\s*"epochs"\s*:', head) is not None)
 
 
-class History(Mapping):
+class History(Mapping[str, list]):
     """Per-epoch metrics of a training run, under Keras's names.
 
     A read-only mapping of series names to lists, one entry per epoch:
@@ -22,13 +23,13 @@ class History(Mapping):
     whose weights the network kept.
     """
 
-    def __init__(self):
-        self._series = {}
+    def __init__(self) -> None:
+        self._series: dict[str, list] = {}
         self.epochs = 0
-        self.stopped = None
-        self.best_epoch = None
+        self.stopped: Optional[str] = None
+        self.best_epoch: Optional[int] = None
 
-    def append(self, metrics):
+    def append(self, metrics: Mapping[str, Any]) -> None:
         """Record one epoch's metrics (a dict of name -> number)."""
         for name, value in metrics.items():
             self._series.setdefault(name, [None] * self.epochs).append(value)
@@ -37,25 +38,25 @@ class History(Mapping):
             if len(values) < self.epochs:
                 values.append(None)
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> list:
         return self._series[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._series)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._series)
 
-    def last(self):
+    def last(self) -> dict[str, Any]:
         """The final epoch's metrics as a dict ({} before any epoch)."""
         return {k: v[-1] for k, v in self._series.items() if v and v[-1] is not None}
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: each series, plus 'epochs' and 'stopped'."""
         return {"epochs": self.epochs, "stopped": self.stopped, "best_epoch": self.best_epoch,
                 **{k: list(v) for k, v in self._series.items()}}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         last = ", ".join(f"{k}={v:.4g}" for k, v in self.last().items()
                          if isinstance(v, float))
         return f"History(epochs={self.epochs}{', ' if last else ''}{last})"

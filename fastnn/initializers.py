@@ -7,11 +7,12 @@ network then casts them to its dtype, so the same seed gives the same
 starting point in float32 and float64. Weights are drawn before biases,
 layer by layer, so a dense stack starts where it always has.
 """
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
+from fastnn._typing import Array
 from fastnn.exceptions import lookup
 
 
@@ -28,33 +29,38 @@ class Initializer:
     """
 
     name: str
-    draw: Callable
+    draw: Callable[[tuple[int, ...], int, int, np.random.Generator], tuple[Array, Array]]
 
-    def __call__(self, sizes, rng):
+    def __call__(self, sizes: Sequence[int],
+                 rng: np.random.Generator) -> list[tuple[Array, Array]]:
         """(W, b) of each layer of the dense stack `sizes` (W of shape (I, O))."""
         return [self.draw((i, o), i, o, rng) for i, o in zip(sizes[:-1], sizes[1:])]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Initializer({self.name!r})"
 
 
-def _nielsen(shape, fan_in, fan_out, rng):
+def _nielsen(shape: tuple[int, ...], fan_in: int, fan_out: int,
+             rng: np.random.Generator) -> tuple[Array, Array]:
     return rng.standard_normal(shape) / np.sqrt(fan_in), rng.standard_normal(shape[-1])
 
 
-def _large(shape, fan_in, fan_out, rng):
+def _large(shape: tuple[int, ...], fan_in: int, fan_out: int,
+           rng: np.random.Generator) -> tuple[Array, Array]:
     return rng.standard_normal(shape), rng.standard_normal(shape[-1])
 
 
-def _xavier(shape, fan_in, fan_out, rng):
+def _xavier(shape: tuple[int, ...], fan_in: int, fan_out: int,
+            rng: np.random.Generator) -> tuple[Array, Array]:
     return rng.uniform(-1, 1, shape) * np.sqrt(6.0 / (fan_in + fan_out)), np.zeros(shape[-1])
 
 
-def _he(shape, fan_in, fan_out, rng):
+def _he(shape: tuple[int, ...], fan_in: int, fan_out: int,
+        rng: np.random.Generator) -> tuple[Array, Array]:
     return rng.standard_normal(shape) * np.sqrt(2.0 / fan_in), np.zeros(shape[-1])
 
 
-INITIALIZERS = {i.name: i for i in [
+INITIALIZERS: dict[str, Initializer] = {i.name: i for i in [
     # W ~ N(0, 1/fan_in), b ~ N(0, 1): Nielsen's network2 default
     Initializer("nielsen", _nielsen),
     # W ~ N(0, 1), b ~ N(0, 1): Nielsen's chapter-1 network.py
@@ -66,6 +72,6 @@ INITIALIZERS = {i.name: i for i in [
 ]}
 
 
-def get_initializer(name):
+def get_initializer(name: str) -> Initializer:
     """The registered initialisation called `name`; ConfigError lists the valid ones."""
     return lookup(INITIALIZERS, "init", name)

@@ -3,12 +3,15 @@
 A fastnn model file is a plain safetensors file. Its tensors are
 ``weights.<l>`` and ``biases.<l>``, and after training ``optimizer.state``
 (the optimizer's buffers, for resuming); its ``__metadata__`` header holds
-``format = "fastnn"``, ``format_version``, ``fastnn_version`` and JSON
+``format = "fastnn"``, ``format_version``, ``fastnn_version``,
+``weight_layout`` (``x @ W + b; W stored (in, out), row-major``) and JSON
 strings ``network`` (sizes, activations, loss, dtype, init, seed, slope,
 epochs trained, the dtype of the training inputs), ``input_scaling`` (the
 factor applied to the inputs: 1/255 for uint8 pixels), ``optimizer``
-(name, steps taken) and ``training`` (the options of the last fit, its
-final metrics and learning-rate schedule state).
+(name, steps taken), ``training`` (the options of the last fit, its
+final metrics and learning-rate schedule state) and, for a network given
+a task or a scaling, ``preprocessing`` (the task, class names, feature
+scaling and target scaling: see fastnn.preprocessing).
 
 Writing is atomic and follows the output policy of ``fastnn.files``: the
 file is written to a temporary name in the same directory, flushed to disk,
@@ -21,24 +24,57 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from fastnn import _validation
 from fastnn._kernels import get_backend
+from fastnn._typing import Array, PathLike
 from fastnn._version import __version__
 from fastnn.exceptions import ConfigError, ModelFileError
 from fastnn.files import FileKind, atomic_write
 from fastnn.training import OptimizerState
 
+if TYPE_CHECKING:
+    from fastnn.network import Network
+
 FORMAT = "fastnn"
 FORMAT_VERSION = 1
+#: How the tensors compute a layer, stated in every model file's header
+#: (``weight_layout``): rows are samples, ``weights.<l>`` is stored
+#: (inputs, outputs), row-major, so a layer is ``x @ W + b``, then the
+#: activation. (PyTorch's nn.Linear keeps the transpose: weight = W.T.)
+WEIGHT_LAYOUT = "x @ W + b; W stored (in, out), row-major"
 
 
-def _bytes(net):
-    from safetensors.numpy import save as st_save
+def safetensors_bytes(tensors: dict[str, Array], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of `tensors` with `metadata`, the same bytes for the
+    same arguments: the header's keys sorted, the tensors in name order.
 
+    (The safetensors package writes its header from a hash map, whose order
+    changes from process to process.) The layout is the specification's: an
+    8-byte little-endian header length, the JSON header padded with spaces
+    to a multiple of 8 bytes, then each tensor's little-endian bytes.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    data, offset = [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        dtype = array.dtype.newbyteorder("<")
+        raw = array.astype(dtype, copy=False).tobytes()
+        header[name] = {"dtype": DTYPE_NAMES[dtype.name], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        data.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(data)
+
+
+def _bytes(net: "Network", weights_only: bool = False) -> bytes:
     if not net.plan.plain_dense:
         raise ModelFileError(f"saving this network is not yet supported: model-file format "
                              f"{FORMAT_VERSION} holds dense stacks only, and it has input shape "
@@ -50,7 +86,7 @@ def _bytes(net):
         tensors[f"weights.{l}"] = W
         tensors[f"biases.{l}"] = b
     optimizer = {}
-    if net.optimizer_state is not None:
+    if net.optimizer_state is not None and not weights_only:
         tensors["optimizer.state"] = net.optimizer_state.state
         optimizer = {"name": net.optimizer_state.name, "steps": net.optimizer_state.steps}
     network = {
@@ -68,15 +104,18 @@ def _bytes(net):
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "fastnn_version": __version__,
+        "weight_layout": WEIGHT_LAYOUT,
         "network": json.dumps(network),
         "input_scaling": json.dumps({"input_dtype": net.input_dtype, "scale": net.input_scale}),
         "optimizer": json.dumps(optimizer),
         "training": json.dumps(net.training, default=float),
     }
-    return st_save(tensors, metadata=metadata)
+    if net.preprocessing is not None:
+        metadata["preprocessing"] = json.dumps(net.preprocessing.to_dict())
+    return safetensors_bytes(tensors, metadata)
 
 
-def _looks_like_model(head):
+def _looks_like_model(head: bytes) -> bool:
     """Whether a file whose first bytes are `head` is a fastnn model file."""
     if len(head) < 8:
         return False
@@ -97,11 +136,13 @@ def _looks_like_model(head):
 MODEL_FILE = FileKind("fastnn model", _looks_like_model)
 
 
-def save(net, path, force=False):
+def save(net: "Network", path: PathLike, force: bool = False, weights_only: bool = False) -> None:
     """Write `net` to `path` as a safetensors model file, atomically, under
     the output policy of fastnn.files (an existing file that is not a fastnn
-    model is replaced only with force=True)."""
-    atomic_write(path, _bytes(net), ModelFileError, kind=MODEL_FILE, force=force)
+    model is replaced only with force=True). With weights_only, the
+    optimizer's state is left out (the file loads and predicts the same; a
+    fit continuing from it starts a new optimizer)."""
+    atomic_write(path, _bytes(net, weights_only), ModelFileError, kind=MODEL_FILE, force=force)
 
 
 # ------------------------------------------------------------------ reading
@@ -124,7 +165,7 @@ MAX_UNITS = 2 ** 31 - 1
 MAX_COUNT = _validation.MAX_COUNT    # (what fit and Network accept)
 MAX_SEED = _validation.MAX_SEED
 #: safetensors dtype names fastnn reads, and what they are.
-TENSOR_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+TENSOR_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 DTYPE_NAMES = {"float32": "F32", "float64": "F64"}
 INPUT_DTYPES = ("uint8", "float32", "float64")
 
@@ -179,24 +220,25 @@ class ModelFormat:
     format_version and need no other change.
     """
 
-    version = None
+    version: int = 0
     #: The spec of the ``__metadata__`` object (a schema.Record).
-    metadata = None
+    metadata: Any = None
 
-    def check(self, fields):
+    def check(self, fields: dict[str, Any]) -> None:
         """Checks across fields, after the schema (raise SchemaError)."""
 
-    def tensors(self, fields):
+    def tensors(self, fields: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
         """{tensor name: (shape, safetensors dtype name)} that the metadata needs."""
         raise NotImplementedError
 
-    def build(self, fields, read, backend):
+    def build(self, fields: dict[str, Any], read: Callable[[str], Array],
+              backend: str) -> "Network":
         """The Network the metadata describes, with `read(name)` giving each
         tensor as a checked array. Raise ConfigError for an invalid network."""
         raise NotImplementedError
 
 
-def _format_1_schema():
+def _format_1_schema() -> Any:
     from fastnn.activations import ACTIVATIONS
     from fastnn.initializers import INITIALIZERS
     from fastnn.losses import LOSSES
@@ -223,7 +265,8 @@ def _format_1_schema():
                                      "scale": Real(0)}, extra=AnyJSON())
     lr_schedule_state = Record(
         required={"base_lr": positive, "lr": Real(0), "epochs": count},
-        optional={"best": Real(finite=False), "waited": count, "reductions": count},
+        optional={"best": Real(finite=False), "waited": count, "reductions": count,
+                  "total": Int(1, MAX_COUNT)},
         extra=AnyJSON())
     cli = Record(optional={
         "data": Maybe(Text()), "labels": Maybe(Text()),
@@ -254,10 +297,33 @@ def _format_1_schema():
                   "network": JSONText(network)},
         optional={"fastnn_version": Text(40, pattern=r"[0-9A-Za-z.+!_-]+",
                                          description="a version number"),
+                  "weight_layout": Text(choices=(WEIGHT_LAYOUT,)),
                   "input_scaling": JSONText(input_scaling), "optimizer": JSONText(optimizer),
-                  "training": JSONText(training)},
-        defaults={"optimizer": {}, "training": {}},
+                  "training": JSONText(training),
+                  "preprocessing": _preprocessing_spec()},
+        defaults={"optimizer": {}, "training": {}, "preprocessing": None},
         extra=Text(MAX_HEADER))
+
+
+def _preprocessing_spec() -> Any:
+    """The ``preprocessing`` field (task, class names, scalings), the same in
+    every format version: see fastnn.preprocessing."""
+    from fastnn.preprocessing import schema
+    from fastnn.schema import JSONText
+
+    return JSONText(schema(MAX_UNITS))
+
+
+def _check_preprocessing(fields: dict[str, Any], n_inputs: int, n_outputs: int) -> None:
+    from fastnn.preprocessing import check_fields
+
+    check_fields(fields.get("preprocessing"), n_inputs, n_outputs)
+
+
+def _build_preprocessing(net: "Network", fields: dict[str, Any]) -> None:
+    from fastnn.preprocessing import Preprocessing
+
+    net.preprocessing = Preprocessing.from_dict(fields.get("preprocessing"))
 
 
 class Format1(ModelFormat):
@@ -267,10 +333,10 @@ class Format1(ModelFormat):
 
     version = 1
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.metadata = _format_1_schema()
 
-    def check(self, fields):
+    def check(self, fields: dict[str, Any]) -> None:
         from fastnn.schema import SchemaError
 
         network, optimizer = fields["network"], fields["optimizer"]
@@ -280,13 +346,14 @@ class Format1(ModelFormat):
         if len(network["activations"]) != n_layers:
             raise SchemaError("network.activations", f"a list of {n_layers} names, one per "
                               f"layer of sizes {network['sizes']}", network["activations"])
+        _check_preprocessing(fields, network["sizes"][0], network["sizes"][-1])
 
-    def tensors(self, fields):
+    def tensors(self, fields: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
         from fastnn.optimizers import get_optimizer
 
         network = fields["network"]
         sizes, dtype = network["sizes"], DTYPE_NAMES[network["dtype"]]
-        needed = {}
+        needed: dict[str, tuple[tuple[int, ...], str]] = {}
         for l, (i, o) in enumerate(zip(sizes, sizes[1:])):
             needed[f"weights.{l}"] = ((i, o), dtype)
             needed[f"biases.{l}"] = ((o,), dtype)
@@ -296,7 +363,8 @@ class Format1(ModelFormat):
             needed["optimizer.state"] = ((rows, n_params), dtype)
         return needed
 
-    def build(self, fields, read, backend):
+    def build(self, fields: dict[str, Any], read: Callable[[str], Array],
+              backend: str) -> "Network":
         from fastnn.network import Network
 
         config = fields["network"]
@@ -314,6 +382,7 @@ class Format1(ModelFormat):
             net.optimizer_state = OptimizerState(optimizer["name"], read("optimizer.state"),
                                                  optimizer["steps"])
         net.training = fields["training"]
+        _build_preprocessing(net, fields)
         return net
 
 
@@ -321,7 +390,8 @@ class Format1(ModelFormat):
 FORMATS = {1: Format1()}
 
 
-def _tensor_table(header, data_start, size, path):
+def _tensor_table(header: dict[str, Any], data_start: int, size: int,
+                  path: str) -> dict[str, Tensor]:
     """{name: Tensor} from a safetensors header, each entry checked: a known
     dtype, a shape whose bytes are its offsets' span, and offsets that tile
     the data section from its first byte to the file's last."""
@@ -363,7 +433,7 @@ def _tensor_table(header, data_start, size, path):
     return tensors
 
 
-def _read_header(f, path):
+def _read_header(f: BinaryIO, path: str) -> ModelHeader:
     """The checked ModelHeader of an open model file."""
     from fastnn.reading import file_size, load_json
     from fastnn.schema import SchemaError
@@ -404,7 +474,7 @@ def _read_header(f, path):
     return ModelHeader(path, fmt.version, fmt, meta, fields, tensors, 8 + n)
 
 
-def _format_of(meta, path):
+def _format_of(meta: dict[str, Any], path: str) -> ModelFormat:
     version = meta.get("format_version")
     if not isinstance(version, str) or not re.fullmatch(r"[0-9]{1,9}", version):
         raise ModelFileError(f"{path} has an unreadable format_version "
@@ -422,7 +492,8 @@ def _format_of(meta, path):
     return FORMATS[int(version)]
 
 
-def _match_tensors(tensors, needed, fields, path):
+def _match_tensors(tensors: dict[str, Tensor], needed: dict[str, tuple[tuple[int, ...], str]],
+                   fields: dict[str, Any], path: str) -> None:
     """Refuse a tensor table that is not exactly what the metadata needs."""
     sizes = fields.get("network", {}).get("sizes")
     if set(tensors) != set(needed):
@@ -440,7 +511,7 @@ def _match_tensors(tensors, needed, fields, path):
                                  f"{TENSOR_DTYPES[dtype].name}")
 
 
-def read_header(path):
+def read_header(path: PathLike) -> ModelHeader:
     """The header of a model file, checked (see ModelHeader); reads no tensor.
 
     Raises
@@ -457,13 +528,13 @@ def read_header(path):
         return _read_header(f, path)
 
 
-def read_metadata(path):
+def read_metadata(path: PathLike) -> dict[str, str]:
     """The fastnn metadata of a model file's header, as the strings in the
     file, after the same checks as `load` (see `read_header`)."""
     return dict(read_header(path).metadata)
 
 
-def load(path, backend="cython"):
+def load(path: PathLike, backend: str = "cython") -> "Network":
     """Read a network from a fastnn model file.
 
     The whole header is checked (see `read_header`) before anything is
@@ -488,12 +559,12 @@ def load(path, backend="cython"):
     with open_regular(path, ModelFileError, "model file") as f:
         header = _read_header(f, path)
 
-        def read(name):
+        def read(name: str) -> Array:
             t = header.tensors[name]
             array = np.empty(t.shape, t.dtype)
             f.seek(header.data_start + t.begin)
             try:
-                got = f.readinto(memoryview(array).cast("B"))
+                got = f.readinto(memoryview(array).cast("B"))  # type: ignore[arg-type]
             except OSError as exc:
                 raise ModelFileError(f"cannot read {path}: {exc.strerror}") from None
             if got != t.end - t.begin:
@@ -511,6 +582,6 @@ def load(path, backend="cython"):
                                  f"({size_of(header):,} bytes of tensors)") from None
 
 
-def size_of(header):
+def size_of(header: ModelHeader) -> int:
     """The bytes of all tensors of a checked header."""
     return sum(t.end - t.begin for t in header.tensors.values())

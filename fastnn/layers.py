@@ -19,6 +19,7 @@ module.
 import math
 import numbers
 from dataclasses import dataclass, fields
+from typing import ClassVar, Optional
 
 from fastnn import _kernels
 from fastnn.activations import get_activation
@@ -72,15 +73,15 @@ class Layer:
     """What every layer kind provides (defaults for layers without parameters)."""
 
     #: name in configs and in the LAYERS registry
-    type = None
+    type: ClassVar[Optional[str]] = None
     #: the kernel's code for it (fastnn._kernels DENSE, CONV2D, ...); None
     #: for layers the kernel never sees (Flatten: rows are already flat;
     #: Dropout: a keep probability on the next layer's input)
-    kind = None
+    kind: ClassVar[Optional[int]] = None
     #: has weights and biases
-    parametric = False
+    parametric: ClassVar[bool] = False
     #: its activation, when it has one (None: the network's default)
-    activation = None
+    activation: object = None
 
     def output_shape(self, input_shape):
         """The shape of its output for an input of `input_shape`."""

@@ -1,8 +1,12 @@
 """Classification metrics: the confusion matrix and per-class precision, recall, F1."""
+from typing import Any
+
 import numpy as np
 
+from fastnn._typing import Array, ArrayLike
 
-def predicted_labels(outputs):
+
+def predicted_labels(outputs: Array) -> Array:
     """The class each row of output activations stands for: the argmax, or
     with one output unit, 1 where it exceeds 0.5."""
     if outputs.shape[1] == 1:
@@ -10,14 +14,14 @@ def predicted_labels(outputs):
     return outputs.argmax(axis=1)
 
 
-def confusion_matrix(y_true, y_pred, n_classes):
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> Array:
     """counts[i, j] = samples of true class i predicted as class j."""
     counts = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(counts, (np.asarray(y_true), np.asarray(y_pred)), 1)
     return counts
 
 
-def per_class(counts):
+def per_class(counts: Array) -> dict[str, Array]:
     """Precision, recall, F1 and support of each class from a confusion matrix.
 
     A class never predicted has precision 0 (and one never present, recall 0),
@@ -33,7 +37,8 @@ def per_class(counts):
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
-def classification_report(y_true, y_pred, n_classes):
+def classification_report(y_true: ArrayLike, y_pred: ArrayLike,
+                          n_classes: int) -> dict[str, Any]:
     """Accuracy, macro averages, per-class metrics and the confusion matrix, JSON-ready."""
     counts = confusion_matrix(y_true, y_pred, n_classes)
     stats = per_class(counts)

@@ -9,21 +9,30 @@ views into it, so the compiled kernels update them in place.
 """
 import numbers
 import secrets
-from collections import namedtuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, SupportsIndex, Union
 
 import numpy as np
 
 from fastnn import _kernels, blas, memory, training
+from fastnn._typing import Array, ArrayLike, DTypeLike, Metrics, PathLike
 from fastnn._validation import (MAX_SEED, check_finite, check_targets, check_targets_fit_loss,
                                 check_X, image_rows, nonnegative_float, positive_int)
 from fastnn.activations import get_activation
+from fastnn.callbacks import Callback, check_callbacks
 from fastnn.exceptions import ConfigError, DataError
+from fastnn.history import History
 from fastnn.initializers import get_initializer
 from fastnn.losses import get_loss
 from fastnn.metrics import predicted_labels
 from fastnn.plan import Plan
+from fastnn.schedules import Schedule
 
-DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+if TYPE_CHECKING:
+    from fastnn.layers import Layer
+    from fastnn.preprocessing import Preprocessing
+
+DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 # Rows forward() pushes through the network at a time: big enough for
 # efficient GEMMs, small enough that each layer's activations stay in cache
@@ -37,11 +46,15 @@ PREDICT_BUDGET = 4 * 1024 * 1024
 # PREDICT_CHUNK, so the chunks forward computes are the same).
 EVALUATE_CHUNK = 64 * PREDICT_CHUNK
 
-Gradient = namedtuple("Gradient", ["loss", "weights", "biases"])
-Gradient.__doc__ = """The mean loss over a batch and its gradients per layer."""
+class Gradient(NamedTuple):
+    """The mean loss over a batch and its gradients per layer."""
+
+    loss: float
+    weights: list[Array]
+    biases: list[Array]
 
 
-class ParamList(list):
+class ParamList(list[Array]):
     """Per-layer parameter arrays that are views into a network's flat vector.
 
     ``net.weights[i][...] = value`` and ``net.weights[i] = value`` both copy
@@ -49,11 +62,11 @@ class ParamList(list):
     itself is never replaced.
     """
 
-    def __init__(self, arrays, kind):
+    def __init__(self, arrays: Iterable[Array], kind: str) -> None:
         super().__init__(arrays)
         self._kind = kind
 
-    def __setitem__(self, i, value):
+    def __setitem__(self, i: SupportsIndex, value: ArrayLike) -> None:  # type: ignore[override]
         if not isinstance(i, numbers.Integral):
             raise TypeError(f"assign {self._kind} one layer at a time, not with {i!r}")
         target = list.__getitem__(self, i)
@@ -113,13 +126,15 @@ class Network:
 activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed=0)
     """
 
-    def __init__(self, sizes, activation="sigmoid", output=None, loss="mse", *,
-                 dtype="float32", init="nielsen", seed=None, slope=0.01, backend="cython"):
+    def __init__(self, sizes: Sequence[Any], activation: Union[str, Sequence[str]] = "sigmoid",
+                 output: Optional[str] = None, loss: str = "mse", *,
+                 dtype: DTypeLike = "float32", init: str = "nielsen", seed: Optional[int] = None,
+                 slope: float = 0.01, backend: str = "cython") -> None:
         #: The layers resolved into shapes, activations, parameter offsets and
         #: the kernel's table (fastnn.plan.Plan): the one source of all of them.
         self.plan = Plan.parse(sizes, activation, output)
-        self.sizes = self.plan.sizes
-        self.activations = self.plan.activations
+        self.sizes: tuple[int, ...] = self.plan.sizes
+        self.activations: tuple[Optional[str], ...] = self.plan.activations
         self.loss = get_loss(loss).name
         get_loss(loss).check_output(self.output)
         self.dtype = _check_dtype(dtype)
@@ -132,15 +147,19 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         self._kernels = _kernels.get_backend(backend)
         self.epochs_trained = 0
         #: What the last fit() was asked and how it ended (kept in model files).
-        self.training = {}
+        self.training: dict[str, Any] = {}
         #: The History of the last fit(), also after an interrupted one.
-        self.history = None
+        self.history: Optional[History] = None
         #: The dtype of the inputs of the last fit ("uint8" inputs are scaled
         #: by 1/255), or None before any.
-        self.input_dtype = None
+        self.input_dtype: Optional[str] = None
         #: The optimizer's buffers (training.OptimizerState), reused by the
         #: next fit() with the same optimizer.
-        self.optimizer_state = None
+        self.optimizer_state: Optional[training.OptimizerState] = None
+        #: The task, class names, feature scaling and target scaling learned
+        #: by prepare() (fastnn.preprocessing.Preprocessing), or None: rows
+        #: and labels used as given.
+        self.preprocessing: Optional["Preprocessing"] = None
 
         memory.check_fits(memory.new_network_bytes(self.plan, self.dtype.itemsize),
                           f"{memory.describe(self.plan)} ({self.dtype})",
@@ -150,41 +169,41 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
 
     # ------------------------------------------------------------------ state
 
-    def _views(self):
+    def _views(self) -> list[tuple[Array, Array]]:
         return self.plan.views(self._params)
 
     @property
-    def layers(self):
+    def layers(self) -> tuple["Layer", ...]:
         """The layers, input to output (fastnn.layers objects; a Flatten is
         implied before the first Dense layer after images)."""
         return self.plan.layers
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, ...]:
         """The shape of one sample: (n,) or an image (H, W, C)."""
         return self.plan.input_shape
 
     @property
-    def weights(self):
+    def weights(self) -> ParamList:
         """Weights of each layer that has them: ``(I, O)`` for a Dense layer
         (``(sizes[l], sizes[l+1])`` in a dense stack), ``(kh, kw, C_in, F)``
         (HWIO) for a Conv2D layer."""
         return ParamList([W for W, _ in self._views()], "weights")
 
     @weights.setter
-    def weights(self, values):
+    def weights(self, values: Iterable[ArrayLike]) -> None:
         self._assign(self.weights, values)
 
     @property
-    def biases(self):
+    def biases(self) -> ParamList:
         """Biases of each layer that has them: ``(O,)`` or ``(F,)``."""
         return ParamList([b for _, b in self._views()], "biases")
 
     @biases.setter
-    def biases(self, values):
+    def biases(self, values: Iterable[ArrayLike]) -> None:
         self._assign(self.biases, values)
 
-    def _assign(self, current, values):
+    def _assign(self, current: ParamList, values: Iterable[ArrayLike]) -> None:
         values = list(values)
         if len(values) != len(current):
             raise DataError(f"expected {len(current)} arrays, one per layer, not {len(values)}")
@@ -192,22 +211,24 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             current[i] = v
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         """Number of trainable parameters."""
         return self._params.size
 
     @property
-    def input_scale(self):
+    def input_scale(self) -> float:
         """The factor the kernels apply to the inputs this network was trained
         on: 1/255 for uint8 pixels, else 1."""
         return 1 / 255 if self.input_dtype == "uint8" else 1.0
 
     @property
-    def output(self):
+    def output(self) -> str:
         """The output layer's activation."""
-        return self.activations[-1]
+        output = self.activations[-1]
+        assert output is not None       # the last layer is Dense or Conv2D
+        return output
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # the backend module is found again by name (modules do not pickle);
         # pickling is for in-memory use such as scikit-learn's: model files
         # are written with save(), never pickled
@@ -215,11 +236,11 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         del state["_kernels"]
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._kernels = _kernels.get_backend(self.backend)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         plan = self.plan
         hidden = [plan.activations[s.layer] for s in plan.slots[:-1]]
         act = hidden[0] if len(set(hidden)) == 1 else list(hidden)
@@ -233,17 +254,24 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
 
     # ---------------------------------------------------------------- kernels
 
-    def _rows(self, X, name="X"):
-        """X as the C-contiguous (n, features) rows the kernels take: 2-D rows,
-        or images (n, H, W) / (n, H, W, C) of the network's input shape."""
-        return check_X(image_rows(X, self.plan.input_shape, name), self.sizes[0], name)
-
-    def _chunk(self, n):
+    def _chunk(self, n: int) -> int:
         """Rows forward() pushes through the network at a time."""
         per_row = sum(self.plan.widths())
         return max(1, min(n, PREDICT_CHUNK, PREDICT_BUDGET // per_row))
 
-    def _targets(self, X, y, name="y"):
+    def _rows(self, X: ArrayLike, name: str = "X") -> Array:
+        """X as the C-contiguous (n, features) rows the kernels take: 2-D rows,
+        or images (n, H, W) / (n, H, W, C) of the network's input shape."""
+        return check_X(image_rows(X, self.plan.input_shape, name), self.sizes[0], name)
+
+    def _inputs(self, X: ArrayLike, name: str = "X") -> Array:
+        """Rows X (or images) checked and scaled as the kernels take them."""
+        X = self._rows(X, name)
+        return X if self.preprocessing is None else self.preprocessing.transform_X(X, self.dtype)
+
+    def _targets(self, X: Array, y: ArrayLike, name: str = "y") -> tuple[Array, Optional[Array]]:
+        if self.preprocessing is not None:
+            y = self.preprocessing.encode(y, self.sizes[-1], name)
         Y, labels = check_targets(y, len(X), self.sizes[-1], self.dtype, name)
         check_targets_fit_loss(Y, self.loss, self.output, name)
         return Y, labels
@@ -251,11 +279,21 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
     # ------------------------------------------------------------------- API
 
     @training.one_fit_at_a_time
-    def fit(self, X, y, epochs=30, batch_size=None, lr=None, shuffle=True, *,
-            optimizer="sgd", momentum=None, betas=None, eps=None, l2=0.0, l1=0.0,
-            dropout=0.0, lr_schedule=None, validation_data=None, validation_split=0.0,
-            early_stopping=None, augment=None, sample_weight=None, class_weight=None,
-            callback=None, progress=None, verbose=0):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 30, batch_size: Optional[int] = None,
+            lr: Optional[float] = None, shuffle: bool = True, *, optimizer: str = "sgd",
+            momentum: Optional[float] = None, betas: Optional[tuple[float, float]] = None,
+            eps: Optional[float] = None, l2: float = 0.0, l1: float = 0.0,
+            dropout: Union[float, Sequence[float]] = 0.0,
+            lr_schedule: Union[str, Schedule, None] = None,
+            validation_data: Optional[tuple[ArrayLike, ArrayLike]] = None,
+            validation_split: float = 0.0, early_stopping: Optional[int] = None,
+            augment: Optional[str] = None, sample_weight: Optional[ArrayLike] = None,
+            class_weight: Union[str, Mapping[int, float], None] = None,
+            callback: Optional[Callable[[int, Metrics], Optional[bool]]] = None,
+            callbacks: Optional[Sequence[Callback]] = None,
+            progress: Optional[Callable[[int, int, int], object]] = None,
+            verbose: int = 0, task: Optional[str] = None,
+            scale: Optional[str] = None) -> History:
         """Train by mini-batch gradient descent with backpropagation.
 
         Each epoch visits the rows in a fresh random order, `batch_size` at a
@@ -331,11 +369,24 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         callback : callable, optional
             ``callback(epoch, metrics)`` after each epoch (epoch counts from
             0); returning False stops training.
+        callbacks : list of fastnn.callbacks.Callback, optional
+            Objects told of the run's beginning, each epoch's end (before
+            `callback`) and its end: ``EarlyStopping``, ``ModelCheckpoint``,
+            ``CSVLogger`` or your own subclass.
         progress : callable, optional
             ``progress(epoch, rows_done, rows_total)``, called about ten
             times a second while an epoch trains.
         verbose : int, default 0
-            1 prints one line per epoch to stderr; 2 also a progress bar.
+            1 shows one line per epoch on stderr (they go to the "fastnn"
+            logger at INFO level, also when verbose is 0); 2 also a
+            progress bar.
+        task : {"classification", "regression"}, optional
+            What y holds (see `prepare`). Without it, class names that are
+            text are classes, and numbers are used as before: integer labels
+            are output units, float arrays targets.
+        scale : {"standard", "minmax", "pixels", "none", "auto"}, optional
+            Feature scaling learned from X (see `prepare`); without it, the
+            inputs are used as given (uint8 pixels divided by 255).
 
         Returns
         -------
@@ -364,7 +415,10 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             kernel runs, then passed to the SIGINT handler that was in place;
             fit raises KeyboardInterrupt if that handler returns.)
         """
-        X = self._rows(X)
+        if task is not None or scale is not None or (
+                self.preprocessing is None and np.asarray(y).dtype.kind in "USO"):
+            self.prepare(X, y, task=task, scale=scale)
+        X = self._inputs(X)
         Y, labels = self._targets(X, y)
         weights = training.sample_weights(sample_weight, class_weight, labels, len(X),
                                           self.sizes[-1])
@@ -377,7 +431,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             augment=augment, validation_split=validation_split, has_validation=val is not None)
         if verbose >= 2 and progress is None:
             progress = training.text_progress()
-        trainer = training.Trainer(self, train, val, options, callback, progress, verbose)
+        trainer = training.Trainer(self, train, val, options, callback, progress, verbose,
+                                   check_callbacks(callbacks))
         self.input_dtype = str(X.dtype)
         self.training = {**options.record(), "n_train": len(train[0]),
                          "sample_weight": weights is not None,
@@ -385,18 +440,63 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                          else {int(k): float(v) for k, v in class_weight.items()}}
         return trainer.run()
 
-    def check_data(self, X, y=None):
+    def prepare(self, X: ArrayLike, y: ArrayLike, task: Optional[str] = None,
+                scale: Optional[str] = None) -> "Preprocessing":
+        """Learn what the network does to raw rows and labels, from training
+        data (fit calls it when given a task or a scaling).
+
+        task : {"classification", "regression"}, optional
+            Classification maps every distinct label (text, or numbers such
+            as 3, 7, 9) to an output unit in sorted order (integer labels
+            0..k-1 keep their units); ``predict`` then returns the labels.
+            Regression standardises each target column for training, and
+            ``predict`` returns target values. Without it, text labels are
+            classes and numbers are used as given.
+        scale : {"standard", "minmax", "pixels", "none", "auto"}, optional
+            standard: (x - mean) / std per feature; minmax: to [0, 1];
+            pixels: x / 255; none: as given (uint8 too); auto: pixels for
+            uint8 X, else standard. A constant feature becomes 0.
+
+        A network that has been trained keeps what it learned: asking for
+        another task or scaling raises ConfigError.
+        """
+        from fastnn.preprocessing import Preprocessing, resolve_scale
+
+        X = self._rows(X)
+        if scale is not None:
+            scale = resolve_scale(scale, "pixels" if X.dtype == np.uint8 else "standard")
+        old = self.preprocessing
+        if old is not None and self.epochs_trained:
+            kept = old.scaling.kind if old.scaling is not None else None
+            if scale is not None and scale != kept:
+                raise ConfigError(f"this network was trained with scale={kept!r}; it cannot "
+                                  f"change to {scale!r}")
+            if task is not None and task != old.task:
+                raise ConfigError(f"this network was trained for task={old.task!r}; it cannot "
+                                  f"change to {task!r}")
+            return old
+        self.preprocessing = Preprocessing.learn(X, y, self.sizes[-1], task, scale)
+        return self.preprocessing
+
+    def check_data(self, X: ArrayLike, y: Optional[ArrayLike] = None) -> None:
         """Raise DataError if (X, y) cannot be given to fit or evaluate: the
         checks fit runs first, without training."""
-        X = self._rows(X)
+        X = self._inputs(X)
         if y is not None:
             self._targets(X, y)
 
-    def forward(self, X):
-        """The output layer's activations for each row of X, shape (n, sizes[-1])."""
-        return self._forward(self._rows(X))
+    def training_labels(self, y: ArrayLike) -> Optional[Array]:
+        """The output unit of each label of y (class names mapped), or None
+        when y holds targets rather than class labels."""
+        n = len(np.asarray(y))
+        _, labels = self._targets(np.empty((n, 0)), y)
+        return labels
 
-    def _forward(self, X):
+    def forward(self, X: ArrayLike) -> Array:
+        """The output layer's activations for each row of X, shape (n, sizes[-1])."""
+        return self._forward(self._inputs(X))
+
+    def _forward(self, X: Array) -> Array:
         table, _ = self.plan.table()
         chunk = self._chunk(len(X))
         n_chunks = -(-len(X) // max(chunk, 1))
@@ -415,25 +515,70 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             self._kernels.predict(X, self._params, table, self.slope, work, chunk, out, threads)
         return out
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> Array:
         """Predicted class of each row of X: the argmax of the outputs (with one
-        output unit, 1 where it exceeds 0.5)."""
-        return predicted_labels(self.forward(X))
+        output unit, 1 where it exceeds 0.5), as the class names the network
+        was trained with. For regression, the predicted target values: shape
+        (n,) with one output, else (n, outputs)."""
+        pre = self.preprocessing
+        if pre is not None and pre.task == "regression":
+            values = pre.restore(self.forward(X))
+            return values[:, 0] if values.shape[1] == 1 else values
+        labels = predicted_labels(self.forward(X))
+        return labels if pre is None else pre.decode(labels)
 
-    def evaluate(self, X, y):
+    def predict_proba(self, X: ArrayLike) -> Array:
+        """Class probabilities of each row of X, shape (n, n_classes).
+
+        A softmax output gives its outputs; one sigmoid unit, the two
+        columns ``[1 - a, a]`` (as scikit-learn's classifiers); several
+        sigmoid units, each unit's probability (multi-label). Other output
+        activations do not give probabilities: ConfigError (use forward).
+        """
+        if self.output not in ("softmax", "sigmoid"):
+            raise ConfigError(f"a {self.output!r} output layer does not give probabilities; "
+                              f"predict_proba needs a 'softmax' or 'sigmoid' output "
+                              f"(forward() gives the outputs as they are)")
+        A = self.forward(X)
+        return np.hstack([1 - A, A]) if A.shape[1] == 1 else A
+
+    def summary(self, print_fn: Optional[Callable[[str], object]] = print) -> str:
+        """A table of the layers (inputs, outputs, activation, parameters)
+        and how the network was trained, as ``fastnn info`` prints it.
+
+        Each line goes to `print_fn` (None: nothing printed); returns the text.
+        """
+        from fastnn.summary import summary_lines
+
+        lines = summary_lines(self)
+        if print_fn is not None:
+            for line in lines:
+                print_fn(line)
+        return "\n".join(lines)
+
+    def evaluate(self, X: ArrayLike, y: ArrayLike) -> dict[str, float]:
         """Loss and accuracy on (X, y).
 
         Returns
         -------
         dict
             ``loss`` (the mean cost), ``accuracy`` (when y holds class labels
-            or one-hot rows) and ``n`` (samples).
+            or one-hot rows) and ``n`` (samples); for regression, also
+            ``mse``, ``rmse``, ``mae`` and ``r2`` of the predicted values in
+            the targets' own units.
         """
-        X = self._rows(X)
+        X = self._inputs(X)
         Y, labels = self._targets(X, y)
-        return self._evaluate(X, Y, labels)
+        result = self._evaluate(X, Y, labels)
+        pre = self.preprocessing
+        if pre is not None and pre.task == "regression":
+            from fastnn.preprocessing import regression_metrics
 
-    def _evaluate(self, X, Y, labels):
+            truth = np.asarray(y, dtype=np.float64).reshape(len(X), -1)
+            result.update(regression_metrics(truth, pre.restore(self._forward(X))))
+        return result
+
+    def _evaluate(self, X: Array, Y: Array, labels: Optional[Array]) -> dict[str, float]:
         # EVALUATE_CHUNK rows at a time: the outputs and the loss's
         # temporaries stay bounded however many rows X has (a memory-mapped
         # file larger than memory)
@@ -450,7 +595,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             result["accuracy"] = n_correct / len(X)
         return result
 
-    def gradient(self, X, y):
+    def gradient(self, X: ArrayLike, y: ArrayLike) -> Gradient:
         """The mean loss over (X, y) and its gradient, by backpropagation.
 
         Returns
@@ -459,7 +604,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             ``(loss, weights, biases)``: the mean cost and the lists of
             dC/dW_l and dC/db_l, shaped like ``self.weights`` and ``self.biases``.
         """
-        X = self._rows(X)
+        X = self._inputs(X)
         Y, _ = self._targets(X, y)
         table, _ = self.plan.table()
         work = np.empty(self._kernels.workspace_size(table, len(X)), dtype=self.dtype)
@@ -469,23 +614,26 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         views = self.plan.views(grad)
         return Gradient(total / len(X), [W for W, _ in views], [b for _, b in views])
 
-    def save(self, path, force=False):
+    def save(self, path: PathLike, force: bool = False, weights_only: bool = False) -> None:
         """Write the network to a safetensors model file, atomically.
 
         The output policy of fastnn.files applies: a directory, FIFO or
         device is refused, a symlink is followed, and an existing file that
         is not a fastnn model is replaced only with ``force=True``.
         Refusals and failures raise ModelFileError with a one-line message.
+        With ``weights_only=True`` the optimizer's state is left out (a
+        smaller file that predicts the same; training from it starts a new
+        optimizer). The same run with the same seed writes the same bytes.
         """
         from fastnn.io import save
-        save(self, path, force=force)
+        save(self, path, force=force, weights_only=weights_only)
 
 
-def _check_dtype(dtype):
+def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     try:
         key = str(np.dtype(dtype))
     except TypeError:
-        key = None
+        key = ""
     if key not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     return DTYPES[key]

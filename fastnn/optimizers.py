@@ -14,15 +14,16 @@ import numpy as np
 
 from fastnn._kernels import (H_BETA1, H_BETA2, H_EPS, H_ETA_MINUS, H_ETA_PLUS, H_L1, H_L2,
                              H_LR, H_MOMENTUM, H_STEP_MAX, H_STEP_MIN, N_HYPER)
+from fastnn._typing import Array, DTypeLike
 from fastnn.exceptions import lookup
 
 
-def _sgd(p, state, hyper, t):
+def _sgd(p: Array, state: Array, hyper: Array, t: int) -> None:
     """p -= lr g"""
     p -= p.dtype.type(hyper[H_LR]) * state[0]
 
 
-def _momentum(p, state, hyper, t):
+def _momentum(p: Array, state: Array, hyper: Array, t: int) -> None:
     """v = mu v + g; p -= lr v"""
     g, v = state[0], state[1]
     v *= p.dtype.type(hyper[H_MOMENTUM])
@@ -30,7 +31,7 @@ def _momentum(p, state, hyper, t):
     p -= p.dtype.type(hyper[H_LR]) * v
 
 
-def _nesterov(p, state, hyper, t):
+def _nesterov(p: Array, state: Array, hyper: Array, t: int) -> None:
     """v = mu v + g; p -= lr (g + mu v)"""
     g, v = state[0], state[1]
     mu = p.dtype.type(hyper[H_MOMENTUM])
@@ -39,7 +40,7 @@ def _nesterov(p, state, hyper, t):
     p -= p.dtype.type(hyper[H_LR]) * (g + mu * v)
 
 
-def _adam(p, state, hyper, t):
+def _adam(p: Array, state: Array, hyper: Array, t: int) -> None:
     """m = m + (1 - b1)(g - m); v = b2 v + (1 - b2) g^2;
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)"""
     g, m, v = state[0], state[1], state[2]
@@ -54,7 +55,7 @@ def _adam(p, state, hyper, t):
     p -= step_size * (m / denom)
 
 
-def _rprop(p, state, hyper, t):
+def _rprop(p: Array, state: Array, hyper: Array, t: int) -> None:
     """iRPROP-: a weight's step grows by eta+ while its gradient keeps its
     sign and shrinks by eta- when it flips (that gradient then counts as
     0); p -= sign(g) step."""
@@ -96,10 +97,10 @@ class Optimizer:
     step: Callable
     full_batch: bool = False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Optimizer({self.name!r})"
 
-    def new_state(self, n_params, dtype, lr):
+    def new_state(self, n_params: int, dtype: DTypeLike, lr: float) -> Array:
         """Zeroed state; Rprop's step sizes start at lr (torch's convention)."""
         state = np.zeros((self.state_rows, n_params), dtype=dtype)
         if self.name == "rprop":
@@ -125,12 +126,13 @@ RPROP_ETAS = (0.5, 1.2)
 RPROP_STEP_SIZES = (1e-6, 50.0)
 
 
-def get_optimizer(name):
+def get_optimizer(name: str) -> Optimizer:
     """The registered optimizer called `name`; ConfigError lists the valid ones."""
     return lookup(OPTIMIZERS, "optimizer", name)
 
 
-def hyper_array(lr, l2_over_n=0.0, l1_over_n=0.0, momentum=0.0, betas=(0.9, 0.999), eps=1e-8):
+def hyper_array(lr: float, l2_over_n: float = 0.0, l1_over_n: float = 0.0, momentum: float = 0.0,
+                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> Array:
     """The float64 hyper-parameter array train_epoch takes."""
     hyper = np.zeros(N_HYPER)
     hyper[H_LR], hyper[H_L2], hyper[H_L1] = lr, l2_over_n, l1_over_n

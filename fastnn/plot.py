@@ -96,8 +96,8 @@ def load_history(history):
     ----------
     history : History, dict or path
         A ``fastnn.History``, a dict such as ``History.to_dict()`` returns,
-        or the path of a JSON file written by ``fastnn train --history`` or
-        from ``History.to_dict()``.
+        or the path of a JSON file written by ``fastnn train --history``,
+        printed by ``fastnn train --json`` or from ``History.to_dict()``.
 
     Raises
     ------
@@ -111,6 +111,10 @@ def load_history(history):
         history = _read_history_file(source)
     else:
         source = "the history"
+    if (isinstance(history, Mapping) and "epochs" not in history
+            and isinstance(history.get("history"), Mapping)):
+        # the object fastnn train --json prints: its history
+        history = history["history"]
     if isinstance(history, History):
         info = {"epochs": history.epochs, "stopped": history.stopped,
                 "best_epoch": history.best_epoch}
@@ -355,6 +359,40 @@ def plot_confusion(matrix, path, labels=None, *, title=None, dpi=DPI, force=Fals
         title = (f"accuracy {correct / total:.2%} ({correct:,} / {total:,})" if total
                  else "confusion matrix (no samples)")
     ax.set_title(title)
+    _save(fig, Canvas, path, dpi, force)
+
+
+def plot_predicted(y_true, y_pred, path, names=None, *, title=None, dpi=DPI, force=False):
+    """Draw predicted against true regression targets (one panel per target,
+    with the line y = x) and write it to a picture file (.png, .svg, .pdf).
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like (n,) or (n, k)
+    path : str or Path
+    names : sequence of k str, optional
+        The targets' names, for the axes.
+    """
+    from fastnn.preprocessing import regression_metrics
+
+    Figure, Canvas = _matplotlib()
+    check_picture(path, force)
+    T = np.asarray(y_true, np.float64).reshape(len(y_true), -1)
+    P = np.asarray(y_pred, np.float64).reshape(len(y_pred), -1)
+    if T.shape != P.shape or not len(T):
+        raise DataError(f"true and predicted values differ in shape: {T.shape} and {P.shape}")
+    k = T.shape[1]
+    names = [str(n) for n in names] if names else [f"target {j}" for j in range(k)]
+    fig = Figure(figsize=(4.5 * min(k, 4), 4.5 * math.ceil(k / 4)), layout="constrained")
+    for j in range(k):
+        ax = fig.add_subplot(math.ceil(k / 4), min(k, 4), j + 1)
+        ax.scatter(T[:, j], P[:, j], s=8, alpha=0.6)
+        low, high = min(T[:, j].min(), P[:, j].min()), max(T[:, j].max(), P[:, j].max())
+        ax.plot([low, high], [low, high], color="grey", linewidth=1)
+        r2 = regression_metrics(T[:, j], P[:, j])["r2"]
+        ax.set_xlabel(f"true {names[j]}")
+        ax.set_ylabel(f"predicted {names[j]}")
+        ax.set_title(title or f"R\N{SUPERSCRIPT TWO} = {r2:.3f} ({len(T):,} samples)")
     _save(fig, Canvas, path, dpi, force)
 
 

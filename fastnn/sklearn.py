@@ -50,6 +50,8 @@ Requires scikit-learn (``pip install 'fastnn[sklearn]'``).
 """
 import numbers
 import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -66,8 +68,10 @@ except ImportError as exc:  # pragma: no cover - exercised without scikit-learn
     raise ImportError(f"fastnn.sklearn needs scikit-learn ({exc}): "
                       f"pip install 'fastnn[sklearn]'") from None
 
+from fastnn._typing import Array, ArrayLike
+from fastnn.callbacks import logger
 from fastnn.network import Network
-from fastnn.schedules import parse as parse_schedule
+from fastnn.schedules import Schedule, parse as parse_schedule
 from fastnn.training import sample_weights
 
 # scikit-learn's activation names, and fastnn's
@@ -79,14 +83,20 @@ class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: parameters, the network,
     the epoch loop with scikit-learn's stopping rules."""
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, optimizer="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate_init=0.001, max_iter=200,
-                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
-                 momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, early_stopping_metric="loss",
-                 dropout=0.0, slope=0.01, init="xavier", lr_schedule=None, callbacks=None,
-                 dtype="float32"):
+    def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (100,),
+                 activation: Union[str, Sequence[str]] = "relu", *, optimizer: str = "adam",
+                 alpha: float = 0.0001, batch_size: Union[int, str] = "auto",
+                 learning_rate_init: float = 0.001, max_iter: int = 200, shuffle: bool = True,
+                 random_state: Union[int, np.random.RandomState, None] = None, tol: float = 1e-4,
+                 verbose: Union[bool, int] = False, warm_start: bool = False,
+                 momentum: float = 0.9, nesterovs_momentum: bool = True, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-8, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, n_iter_no_change: int = 10,
+                 early_stopping_metric: str = "loss", dropout: Union[float, Sequence[float]] = 0.0,
+                 slope: float = 0.01, init: str = "xavier",
+                 lr_schedule: Union[str, Schedule, None] = None,
+                 callbacks: Optional[Sequence[Callable[..., Any]]] = None,
+                 dtype: str = "float32") -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.optimizer = optimizer
@@ -305,9 +315,8 @@ class _BaseMLP(BaseEstimator):
         # more than n_iter_no_change epochs, as scikit-learn counts
         if not incremental and self._no_improvement > self.n_iter_no_change:
             self._converged = True
-            if self.verbose:
-                print(f"Training loss did not improve more than tol={self.tol} for "
-                      f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+            logger.info("Training loss did not improve more than tol=%s for %d consecutive "
+                        "epochs. Stopping.", self.tol, self.n_iter_no_change)
             return False
         return True
 
@@ -322,29 +331,29 @@ class _BaseMLP(BaseEstimator):
         return X
 
     @property
-    def coefs_(self):
+    def coefs_(self) -> list[Array]:
         """The weights of each layer, shape (n_in, n_out), as in scikit-learn."""
         check_is_fitted(self, "network_")
         return [W.copy() for W in self.network_.weights]
 
     @property
-    def intercepts_(self):
+    def intercepts_(self) -> list[Array]:
         """The biases of each layer."""
         check_is_fitted(self, "network_")
         return [b.copy() for b in self.network_.biases]
 
     @property
-    def n_layers_(self):
+    def n_layers_(self) -> int:
         check_is_fitted(self, "network_")
         return len(self.network_.sizes)
 
     @property
-    def n_outputs_(self):
+    def n_outputs_(self) -> int:
         check_is_fitted(self, "network_")
         return self.network_.sizes[-1]
 
     @property
-    def out_activation_(self):
+    def out_activation_(self) -> str:
         check_is_fitted(self, "network_")
         return {"sigmoid": "logistic"}.get(self.network_.output, self.network_.output)
 
@@ -364,14 +373,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     best_validation_score_, n_iter_, t_, coefs_, intercepts_, network_
     """
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, optimizer="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate_init=0.001, max_iter=200,
-                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
-                 momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, early_stopping_metric="loss",
-                 dropout=0.0, slope=0.01, init="xavier", lr_schedule=None, callbacks=None,
-                 dtype="float32", class_weight=None):
+    def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (100,),
+                 activation: Union[str, Sequence[str]] = "relu", *, optimizer: str = "adam",
+                 alpha: float = 0.0001, batch_size: Union[int, str] = "auto",
+                 learning_rate_init: float = 0.001, max_iter: int = 200, shuffle: bool = True,
+                 random_state: Union[int, np.random.RandomState, None] = None, tol: float = 1e-4,
+                 verbose: Union[bool, int] = False, warm_start: bool = False,
+                 momentum: float = 0.9, nesterovs_momentum: bool = True, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-8, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, n_iter_no_change: int = 10,
+                 early_stopping_metric: str = "loss", dropout: Union[float, Sequence[float]] = 0.0,
+                 slope: float = 0.01, init: str = "xavier",
+                 lr_schedule: Union[str, Schedule, None] = None,
+                 callbacks: Optional[Sequence[Callable[..., Any]]] = None,
+                 dtype: str = "float32",
+                 class_weight: Union[str, Mapping[Any, float], None] = None) -> None:
         super().__init__(
             hidden_layer_sizes, activation, optimizer=optimizer, alpha=alpha,
             batch_size=batch_size, learning_rate_init=learning_rate_init, max_iter=max_iter,
@@ -428,30 +444,32 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              f"data, but the data contains only one class: {self.classes_[0]!r}")
         return self._binarizer.transform(y).astype(self.dtype)
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X: ArrayLike, y: ArrayLike,
+            sample_weight: Optional[ArrayLike] = None) -> "MLPClassifier":
         """Fit the network to X (n_samples, n_features) and class labels y
         (or a label indicator matrix for multi-label classification)."""
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
+        X, y = _validate_xy(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
                              reset=not (self.warm_start and hasattr(self, "network_")))
         check_classification_targets(y)
         Y = self._encode(y, reset=not (self.warm_start and hasattr(self, "network_")))
         return self._fit(X, Y, _weights(sample_weight, len(X)), incremental=False)
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: Optional[ArrayLike] = None,
+                    sample_weight: Optional[ArrayLike] = None) -> "MLPClassifier":
         """One epoch over (X, y); the first call needs `classes` (all labels)."""
         first = not hasattr(self, "network_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
+        X, y = _validate_xy(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
                              reset=first)
         check_classification_targets(y)
         if not first and classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-            raise ValueError(f"`classes={list(classes)}` is not the same as on the first call "
+            raise ValueError(f"`classes={np.asarray(classes).tolist()}` is not the same as on the first call "
                              f"to partial_fit, was: {self.classes_.tolist()}")
         Y = self._encode(y, classes=classes, reset=first)
         return self._fit(X, Y, _weights(sample_weight, len(X)), incremental=True)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> Array:
         """Class probabilities, shape (n_samples, n_classes) (multi-label: the
         probability of each label)."""
         X = self._validate_for_predict(X)
@@ -460,10 +478,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.hstack([1 - A, A])
         return A
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: ArrayLike) -> Array:
         return np.log(np.maximum(self.predict_proba(X), np.finfo(np.float64).tiny))
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> Array:
         """The predicted class of each sample (multi-label: an indicator matrix)."""
         proba = self.predict_proba(X)
         if self._kind == "multilabel":
@@ -496,18 +514,20 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _stratify(self):
         return False
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X: ArrayLike, y: ArrayLike,
+            sample_weight: Optional[ArrayLike] = None) -> "MLPRegressor":
         """Fit the network to X (n_samples, n_features) and targets y (n_samples,)
         or (n_samples, n_outputs)."""
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
+        X, y = _validate_xy(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True,
                              reset=not (self.warm_start and hasattr(self, "network_")))
         return self._fit(X, self._encode(y), _weights(sample_weight, len(X)), incremental=False)
 
-    def partial_fit(self, X, y, sample_weight=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike,
+                    sample_weight: Optional[ArrayLike] = None) -> "MLPRegressor":
         """One epoch over (X, y)."""
         first = not hasattr(self, "network_")
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
+        X, y = _validate_xy(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True, reset=first)
         return self._fit(X, self._encode(y), _weights(sample_weight, len(X)), incremental=True)
 
@@ -515,7 +535,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self._one_output = y.ndim == 1
         return np.asarray(y, dtype=self.dtype).reshape(len(y), -1)
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> Array:
         """The predicted targets, shape (n_samples,) or (n_samples, n_outputs)."""
         X = self._validate_for_predict(X)
         A = self.network_.forward(X).astype(np.float64)
@@ -525,7 +545,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return r2_score(Y, self.network_.forward(X))
 
 
-def _weights(sample_weight, n):
+def _validate_xy(estimator: BaseEstimator, X: ArrayLike, y: ArrayLike,
+                 **kwargs: Any) -> tuple[Array, Array]:
+    """scikit-learn's validate_data(estimator, X, y, ...), typed."""
+    checked: tuple[Array, Array] = validate_data(estimator, X, y, **kwargs)
+    return checked
+
+
+def _weights(sample_weight: Optional[ArrayLike], n: int) -> Optional[Array]:
     if sample_weight is None:
         return None
     w = np.asarray(sample_weight, dtype=np.float64)

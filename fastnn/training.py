@@ -16,21 +16,28 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastnn import _kernels, blas, interrupts, memory
-from fastnn._validation import MAX_COUNT, check_finite, nonnegative_float, positive_int
+from fastnn.callbacks import EarlyStopping, logger, verbose_logging
+from fastnn._validation import MAX_COUNT, check_finite, check_X, nonnegative_float, positive_int
 from fastnn.exceptions import ConfigError, DataError, NetworkBusy, TrainingDiverged, lookup
 from fastnn.history import History
 from fastnn.losses import get_loss
 from fastnn.optimizers import get_optimizer, hyper_array
 from fastnn.schedules import parse as parse_schedule
 
+if TYPE_CHECKING:
+    from fastnn.network import Network
+
 AUGMENTATIONS = {"shift": _kernels.SHIFT}
 # Entries of a training workspace to aim at (128 MiB of float32): bounds the
 # rows of a chunk of a convolutional net; dense nets stay at MAX_CHUNK rows.
 TRAIN_BUDGET = 32 * 1024 * 1024
+#: Metrics that measure time, not the model: in History, not in model files.
+TIMINGS = ("seconds",)
 
 
 @dataclass
@@ -136,7 +143,8 @@ def _dropout_rates(dropout, n_hidden, noun="hidden layer"):
 
 
 def split_validation(X, Y, labels, weights, validation_data, validation_split, net):
-    """(train, validation) data: validation_data, or the last fraction of the rows."""
+    """(train, validation) data: validation_data, or a fraction of the rows
+    drawn with the network's seed, stratified by class (validation_rows)."""
     if validation_data is not None and validation_split:
         raise ConfigError("give validation_data or validation_split, not both")
     if validation_data is not None:
@@ -144,19 +152,45 @@ def split_validation(X, Y, labels, weights, validation_data, validation_split, n
             X_val, y_val = validation_data
         except (TypeError, ValueError):
             raise ConfigError("validation_data must be a pair (X_val, y_val)") from None
-        X_val = net._rows(X_val, "X_val")
+        X_val = net._inputs(X_val, "X_val")
         Y_val, labels_val = net._targets(X_val, y_val, "y_val")
         return (X, Y, labels, weights), (X_val, Y_val, labels_val)
     if not validation_split:
         return (X, Y, labels, weights), None
     split = nonnegative_float(validation_split, "validation_split", below=1)
-    cut = int(len(X) * (1 - split))
-    if cut < 1 or cut == len(X):
+    held = validation_rows(len(X), split, labels, net.seed)
+    if held is None:
         raise ConfigError(f"validation_split={split:g} of {len(X)} samples leaves one side empty")
-    part = slice(None, cut)
-    val = (X[cut:], Y[cut:], None if labels is None else labels[cut:])
+    kept = np.ones(len(X), bool)
+    kept[held] = False
+    part = np.flatnonzero(kept)
+    val = (X[held], Y[held], None if labels is None else labels[held])
     return (X[part], Y[part], None if labels is None else labels[part],
             None if weights is None else weights[part]), val
+
+
+def validation_rows(n, split, labels, seed):
+    """The sorted rows held out for validation_split: a fraction `split` of
+    n rows drawn with the network's seed; with class labels, that fraction
+    of each class (rounded so that the total is round(n * split), each
+    class keeping one training row where it can). None if a side is empty."""
+    n_val = int(round(n * split))
+    if n_val < 1 or n_val >= n:
+        return None
+    rng = np.random.default_rng([seed, 0x5EED])     # not the stream that shuffles epochs
+    if labels is None:
+        return np.sort(rng.permutation(n)[:n_val])
+    classes, inverse = np.unique(labels, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(classes))
+    # largest remainders: each class's share of n_val, summing to n_val
+    share = counts * (n_val / n)
+    take = np.floor(share).astype(np.int64)
+    order = np.argsort(-(share - take), kind="stable")
+    take[order[:n_val - take.sum()]] += 1
+    take = np.minimum(take, np.maximum(counts - 1, 0))
+    rows = [rng.permutation(np.flatnonzero(inverse == c))[:take[c]] for c in range(len(classes))]
+    held = np.sort(np.concatenate(rows)) if rows else np.empty(0, np.int64)
+    return held if 0 < len(held) < n else None
 
 
 def sample_weights(sample_weight, class_weight, labels, n, n_outputs):
@@ -259,7 +293,7 @@ def _wait_uninterrupted(done, stop):
         raise KeyboardInterrupt
 
 
-_training = weakref.WeakSet()   # networks a fit call is training now
+_training: "weakref.WeakSet[Network]" = weakref.WeakSet()   # networks a fit call is training now
 _training_guard = threading.Lock()
 
 
@@ -314,8 +348,10 @@ class OptimizerState:
 class Trainer:
     """One call of Network.fit."""
 
-    def __init__(self, net, train, val, options, callback=None, progress=None, verbose=0):
+    def __init__(self, net, train, val, options, callback=None, progress=None, verbose=0,
+                 callbacks=()):
         self.net = net
+        self.callbacks = list(callbacks)
         self.X, self.Y, self.labels, weights = train
         self.val = val
         self.o = options
@@ -433,7 +469,10 @@ class Trainer:
                     hist.append(metrics)
                     net.epochs_trained += 1
                     next_lr = schedule.next_lr(metrics)
-                    net.training.update(epochs_done=hist.epochs, final=hist.last(),
+                    # the final metrics without their timing: the same run
+                    # writes the same model file (History keeps the seconds)
+                    final = {k: v for k, v in hist.last().items() if k not in TIMINGS}
+                    net.training.update(epochs_done=hist.epochs, final=final,
                                         lr_schedule_state=schedule.state_dict())
             except BaseException:
                 if metrics is None:
@@ -460,11 +499,20 @@ class Trainer:
         metrics["seconds"] = seconds
         return metrics
 
+    def metric_names(self):
+        """The names of the metrics each epoch reports, in order."""
+        names = ["loss"] + (["accuracy"] if self.labels is not None else [])
+        names += ["penalty"] if self.o.l2 or self.o.l1 else []
+        if self.val is not None:
+            names += ["val_loss"] + (["val_accuracy"] if self.val[2] is not None else [])
+        return names + ["lr", "seconds"]
+
     def run(self):
         hist = History()
         self.net.history = hist
         try:
-            return self._run(hist)
+            with verbose_logging(self.verbose):
+                return self._run(hist)
         except KeyboardInterrupt:
             hist.stopped = "interrupted"
             raise
@@ -473,12 +521,17 @@ class Trainer:
         o, net = self.o, self.net
         schedule = o.lr_schedule
         if not schedule.started:
-            schedule.start(o.lr)
+            schedule.start(o.lr, o.epochs)
         lr = schedule.lr
         # a run stopped before its first epoch ends still records where the
         # schedule stands, so that a resumed run continues it
         net.training["lr_schedule_state"] = schedule.state_dict()
-        best_loss, best_params, waited = math.inf, None, 0
+        callbacks = self.callbacks
+        if o.early_stopping is not None:
+            # the option is the object with its defaults (val_loss, best weights kept)
+            callbacks = [EarlyStopping(patience=o.early_stopping), *callbacks]
+        for c in callbacks:
+            c.on_train_begin(net, self.metric_names())
         for epoch in range(o.epochs):
             metrics, status, next_lr = self.epoch(lr, hist, schedule)
             # a Ctrl-C held back during the epoch: KeyboardInterrupt here
@@ -495,25 +548,19 @@ class Trainer:
                 # the handler in place did not raise: stop all the same
                 raise KeyboardInterrupt
             lr = next_lr
-            if self.verbose:
-                print(epoch_line(net.epochs_trained, metrics), file=sys.stderr, flush=True)
+            logger.info("%s", epoch_line(net.epochs_trained, metrics))
             stop = None
-            if o.early_stopping is not None:
-                if metrics["val_loss"] < best_loss:
-                    best_loss, waited, hist.best_epoch = metrics["val_loss"], 0, epoch
-                    best_params = net._params.copy()
-                else:
-                    waited += 1
-                    if waited >= o.early_stopping:
-                        stop = "early_stopping"
+            for c in callbacks:
+                if c.on_epoch_end(epoch, dict(metrics)) is False:
+                    stop = stop or c.stop_reason
             # the callback sees every epoch trained, the last one included
             if self.callback is not None and self.callback(epoch, dict(metrics)) is False:
                 stop = stop or "callback"
             if stop:
                 hist.stopped = stop
                 break
-        if best_params is not None:
-            net._params[...] = best_params
+        for c in callbacks:
+            c.on_train_end()
         return hist
 
 
@@ -529,12 +576,58 @@ def epoch_line(epoch, metrics, of=None):
     return "  ".join(parts)
 
 
-def text_progress(stream=sys.stderr, width=30):
-    """A progress(epoch, done, total) callable drawing a bar on one line."""
+def text_progress(stream=sys.stderr, width=30, clock=time.monotonic):
+    """A progress(epoch, done, total) callable drawing a bar on one line,
+    with the rows per second and the time the epoch has left."""
+    started = {}
+
     def show(epoch, done, total):
+        now = clock()
+        start = started.setdefault(epoch, now)
         filled = int(width * done / max(total, 1))
         end = "\n" if done >= total else ""
+        rate = done / (now - start) if done and now > start else None
+        speed = f"{rate:,.0f} rows/s" if rate else "-- rows/s"
+        left = _duration((total - done) / rate) if rate else "--:--"
         stream.write(f"\repoch {epoch + 1} [{'=' * filled}{' ' * (width - filled)}] "
-                     f"{done:,}/{total:,}{end}")
+                     f"{done:,}/{total:,}  {speed}  {left} left\033[K{end}")
         stream.flush()
     return show
+
+
+#: Epochs after which stall_hint looks at a run.
+STALL_EPOCHS = 3
+
+
+def stall_hint(records, labels=None):
+    """A one-line hint when the first STALL_EPOCHS epochs of a run (records:
+    their metrics dicts) show no learning: accuracy no better than always
+    predicting the most common class of `labels` (the training labels, as
+    output units), or a loss that moved by less than 1 %. None otherwise,
+    and before STALL_EPOCHS epochs."""
+    if len(records) < STALL_EPOCHS:
+        return None
+    first = records[:STALL_EPOCHS]
+    problem = None
+    if labels is not None and all("accuracy" in r for r in first):
+        labels = np.asarray(labels)
+        chance = np.bincount(labels.astype(np.int64)).max() / len(labels) if len(labels) else 0
+        if max(r["accuracy"] for r in first) <= chance + 0.005:
+            problem = (f"the accuracy stays at chance ({first[-1]['accuracy']:.1%}; the most "
+                       f"common class is {chance:.1%} of the rows)")
+    losses = [r.get("loss") for r in first]
+    if problem is None and all(isinstance(v, float) and math.isfinite(v) for v in losses):
+        if abs(losses[-1] - losses[0]) <= 0.01 * max(abs(losses[0]), 1e-12):
+            problem = f"the loss does not move ({losses[0]:.4f} -> {losses[-1]:.4f})"
+    if problem is None:
+        return None
+    return (f"Hint: after {STALL_EPOCHS} epochs {problem}. Likely causes: a learning rate too "
+            f"large or too small (--lr), saturated sigmoid units (try --activation relu "
+            f"--init he, or --loss cross_entropy), or unscaled features (--scale standard).")
+
+
+def _duration(seconds):
+    """'m:ss' (or 'h:mm:ss') for a number of seconds."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"

@@ -93,7 +93,10 @@ def test_session_on_mnist(tmp_path):
     model = tmp_path / "m.safetensors"
     out = run("train", "--hidden", "16", "--epochs", "2", "--limit", "3000", "--seed", "3",
               "-o", model).output.splitlines()
-    assert out[0].startswith("Network([784, 16, 10]") and "seed=3" in out[0]
+    assert out[0] == ("Task: classification, 10 classes (0, 1, 2, 3, 4, 5, ... (10 in all)) "
+                      "(inferred from the labels; state it with --task); scaling: pixels "
+                      "divided by 255")
+    assert out[1].startswith("Network([784, 16, 10]") and "seed=3" in out[1]
     epochs = [line for line in out if line.startswith("epoch ")]
     assert len(epochs) == 2 and epochs[0].startswith("epoch 1/2  loss ")
     assert "test_accuracy" in epochs[0] and out[-1] == f"Saved the model to {model}"
@@ -138,9 +141,11 @@ def test_every_data_format_trains_evaluates_and_predicts(files, tmp_path, kind, 
 
 def test_all_formats_give_the_same_model(files, tmp_path):
     # uint8 pixels in IDX, npz, npy and CSV are the same data: the same network
+    # (a CSV is tabular data, standardised unless told they are pixels)
     models = {}
     for kind in ("npz", "npy", "csv", "idx"):
-        train_small(files[kind], tmp_path / f"{kind}.safetensors")
+        train_small(files[kind], tmp_path / f"{kind}.safetensors",
+                    *(["--scale", "pixels"] if kind == "csv" else []))
         models[kind] = fastnn.load(tmp_path / f"{kind}.safetensors")
     for net in models.values():
         np.testing.assert_array_equal(net.weights[0], models["npz"].weights[0])
@@ -328,8 +333,9 @@ def test_library_errors_are_one_line_exit_1(tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
     result = run("train", "--layers", "100,10", "--epochs", "1", code=1)
     assert "X has 784 features, but this network expects 100" in result.output
-    result = run("train", "--hidden", "10", "--lr-schedule", "cosine", "--epochs", "1", code=1)
-    assert "Unknown lr_schedule 'cosine'" in result.output
+    result = run("train", "--hidden", "10", "--lr-schedule", "exponential", "--epochs", "1",
+                 code=1)
+    assert "Unknown lr_schedule 'exponential'" in result.output
     result = run("train", "--hidden", "10", "--optimizer", "rprop", "--batch-size", "5", code=1)
     assert "rprop is a full-batch method" in result.output
 
@@ -480,6 +486,7 @@ def test_sigint_saves_the_model_and_resume_continues(tmp_path):
                                        "-o", model),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
+        assert proc.stdout.readline().startswith("Task: classification")
         assert proc.stdout.readline().startswith("Network(")
         assert proc.stdout.readline().startswith("epoch 1/1000")
         proc.send_signal(signal.SIGINT)

@@ -496,7 +496,11 @@ LABEL_CASES = {
     "a feature as the last column (wine's proline)": (
         "wine.csv", wine_like(), r"labels up to 1680, but only \d+ of those 1681 classes occur"),
     "label 1e30": ("x.csv", csv_rows(labels=["0", "1e30", "2"] * 10), "label 1e\\+30 at row 1"),
-    "negative labels": ("x.csv", csv_rows(labels=[0, 1, -3] * 10), "label -3 at row 2"),
+    "negative labels among many": (
+        "x.csv", csv_rows(labels=list(range(-3, 27)) * 2), "label -3 at row 0 among 30 distinct"),
+    "a label 3.5 among whole numbers": (
+        "x.csv", csv_rows(labels=["0", "1", "2"] * 9 + ["3.5", "1", "0"]),
+        r"mixes whole numbers with non-integer values such as 3.5 at row 27"),
     "fewer than two rows per class": (
         "x.csv", csv_rows(labels=list(range(30))), r"30 classes \(labels 0..29\) in 30 rows"),
 }
@@ -511,6 +515,7 @@ def test_implausible_labels_are_refused_naming_label_col(tmp_path, case):
     assert_refused(proc, before, tmp_path, codes=(1,))
     assert re.search(message, proc.stderr), proc.stderr
     assert "--label-col" in proc.stderr and "Warning" not in proc.stderr
+    assert "state the task with --task classification or --task regression" in proc.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(DataError, match=message):
@@ -557,7 +562,8 @@ def test_plausible_labels_give_their_class_count():
     from fastnn._validation import n_outputs_for
 
     assert n_outputs_for(np.array([5, 0, 4, 1, 9])) == 10         # five MNIST rows
-    assert n_outputs_for(np.array([3, 7, 9] * 4)) == 10            # sparse, but few classes
+    assert n_outputs_for(np.array([3, 7, 9] * 4)) == 3             # mapped to three classes
+    assert n_outputs_for(np.array([-1, 1] * 4)) == 2               # -1/1 labels
     assert n_outputs_for(np.arange(40) % 20) == 20                 # two rows per class
     assert n_outputs_for(np.array([0.5, 1.5])) == 1                # a regression target
     assert n_outputs_for(np.zeros((4, 3))) == 3                    # target rows

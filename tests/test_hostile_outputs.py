@@ -224,6 +224,7 @@ def test_divergence_never_replaces_an_existing_model(work):
 def start_training(work, *args):
     proc = subprocess.Popen([sys.executable, "-m", "fastnn", *args], cwd=work, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith("Task: "), proc.stderr.read()
     assert proc.stdout.readline().startswith("Network("), proc.stderr.read()
     return proc
 

@@ -149,8 +149,9 @@ NETS = {"dense": [20, 16, 3],
                                           lr_schedule="step:every=1,factor=0.5")])
 def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind):
     rng = np.random.default_rng(0)
-    # enough rows for an epoch of a few tenths of a second (progress ticks every 0.1 s)
-    X = rng.normal(size=(100_000 if kind == "dense" else 20_000, 20)).astype(np.float32)
+    # enough rows for an epoch of a few tenths of a second (progress ticks
+    # every 0.1 s), doubled so that a loaded machine still interrupts mid-epoch
+    X = rng.normal(size=(200_000 if kind == "dense" else 40_000, 20)).astype(np.float32)
     y = rng.integers(0, 3, len(X))
     straight = fastnn.Network(NETS[kind], seed=5)
     straight.fit(X, y, epochs=3, batch_size=1, **options)
@@ -161,7 +162,9 @@ def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind
     sent = []
 
     def interrupt_mid_epoch(epoch, done, total):
-        if 0 < done < total and not sent:
+        # only in this fit's first epoch: on a loaded machine the first tick
+        # may come before the kernel's first batch, and the next after it
+        if epoch == 1 and 0 < done < total and not sent:
             sent.append(done)
             os.kill(os.getpid(), signal.SIGINT)
 

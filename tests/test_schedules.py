@@ -3,7 +3,7 @@ import pytest
 from conftest import make_classification
 
 from fastnn import ConfigError, Network
-from fastnn.schedules import Constant, Plateau, Step, parse
+from fastnn.schedules import Constant, Cosine, OneCycle, Plateau, Step, Warmup, parse
 
 
 def run(schedule, lr, metrics):
@@ -54,7 +54,7 @@ def test_parse(spec, expected):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("warmup", "Unknown lr_schedule 'warmup'"),
+    ("exponential", "Unknown lr_schedule 'exponential'"),
     ("step:every=2.5", "every must be an integer >= 1"),
     ("plateau:factor=0", r"factor must be a number in \(0, 1\]"),
     ("plateau:max_reductions=-1", "max_reductions must be an integer >= 0"),
@@ -79,3 +79,84 @@ def test_fit_runs_a_copy_and_never_changes_the_schedule_object():
     started.load_state_dict({"base_lr": 1.0, "lr": 0.25, "epochs": 2})
     hist = Network([12, 4], seed=0).fit(X, y, epochs=2, lr=1.0, lr_schedule=started)
     assert hist["lr"] == [0.25, 0.125] and (started.lr, started.epochs) == (0.25, 2)
+
+
+# ------------------------------------------------ cosine, one-cycle, warm-up
+# Each is PyTorch's scheduler stepped once per epoch: the rates of the first
+# epochs, from both, agree to 1e-9.
+
+def torch_rates(make, lr, epochs):
+    torch = pytest.importorskip("torch")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = make(torch.optim.lr_scheduler, opt)
+    rates = []
+    for _ in range(epochs):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return rates
+
+
+def fastnn_rates(schedule, lr, epochs, fit_epochs=None):
+    schedule.start(lr, fit_epochs or epochs)
+    return [schedule.lr] + [schedule.next_lr({"loss": 1.0}) for _ in range(epochs - 1)]
+
+
+@pytest.mark.parametrize("schedule, make, epochs", [
+    (Cosine(total=10), lambda s, o: s.CosineAnnealingLR(o, T_max=10), 10),
+    # past T_max PyTorch's cosine rises again: so does fastnn's
+    (Cosine(total=7, min_lr=0.01), lambda s, o: s.CosineAnnealingLR(o, T_max=7, eta_min=0.01),
+     30),
+    (OneCycle(total=20), lambda s, o: s.OneCycleLR(o, max_lr=0.5, total_steps=20), 20),
+    (OneCycle(total=9, pct_start=0.5, div_factor=10, final_div_factor=100, anneal="linear"),
+     lambda s, o: s.OneCycleLR(o, max_lr=0.5, total_steps=9, pct_start=0.5, div_factor=10,
+                               final_div_factor=100, anneal_strategy="linear"), 9),
+    (OneCycle(total=2), lambda s, o: s.OneCycleLR(o, max_lr=0.5, total_steps=2), 2),
+    (Warmup(), lambda s, o: s.LinearLR(o), 12),
+    (Warmup(total=4, start_factor=0.1, end_factor=0.5),
+     lambda s, o: s.LinearLR(o, start_factor=0.1, end_factor=0.5, total_iters=4), 9),
+], ids=["cosine", "cosine-past-total", "onecycle", "onecycle-linear", "onecycle-short",
+        "warmup", "warmup-options"])
+def test_schedules_match_pytorch(schedule, make, epochs):
+    expected = torch_rates(make, 0.5, epochs)
+    got = fastnn_rates(schedule, 0.5, epochs)
+    assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-9, (got, expected)
+
+
+def test_total_defaults_to_the_fits_epochs_and_is_kept_for_a_resume(tmp_path):
+    X, y = make_classification(n=60)
+    hist = Network([12, 4], seed=0).fit(X, y, epochs=6, lr=0.5, lr_schedule="cosine")
+    expected = fastnn_rates(Cosine(total=6), 0.5, 6)
+    assert max(abs(a - b) for a, b in zip(hist["lr"], expected)) < 1e-15
+    net = Network([12, 4], seed=0)
+    net.fit(X, y, epochs=3, lr=0.5, lr_schedule="onecycle")
+    assert net.training["lr_schedule_state"]["total"] == 3
+    # a run of 6 epochs stopped after 3 and resumed from its state goes on
+    # along the same curve
+    net = Network([12, 4], seed=0)
+    net.fit(X, y, epochs=3, lr=0.5, lr_schedule="onecycle:total=6")
+    resumed = OneCycle(total=6)
+    resumed.load_state_dict(net.training["lr_schedule_state"])
+    # through a model file, as --resume reads it (the header's schema knows "total")
+    net.save(tmp_path / "m.safetensors")
+    from fastnn import load
+    assert load(tmp_path / "m.safetensors").training["lr_schedule_state"]["total"] == 6
+    hist = net.fit(X, y, epochs=3, lr=0.5, lr_schedule=resumed)
+    assert hist["lr"] == pytest.approx(fastnn_rates(OneCycle(total=6), 0.5, 6)[3:], abs=1e-15)
+    with pytest.raises(ConfigError, match="has total=None"):
+        OneCycle().load_state_dict({"base_lr": 0.5, "lr": 0.1, "epochs": 2})
+
+
+def test_new_schedules_parse_and_refuse():
+    for spec in ("cosine", "cosine:total=30,min_lr=0.001", "onecycle:total=20,pct_start=0.4",
+                 "onecycle:anneal=linear", "warmup", "warmup:total=3,start_factor=0.5"):
+        schedule = parse(spec)
+        assert repr(parse(schedule.spec())) == repr(schedule)
+    assert repr(parse("cosine:total=30,min_lr=0.001")) == "Cosine(total=30, min_lr=0.001)"
+    for spec, message in (("cosine:total=0", "total must be an integer >= 1"),
+                          ("onecycle:pct_start=1", r"pct_start must be a number in \(0, 1\)"),
+                          ("onecycle:anneal=exp", "anneal must be 'cos' or 'linear'"),
+                          ("warmup:start_factor=0", "start_factor must be a number > 0"),
+                          ("cosine:min_lr=-1", "min_lr must be a number >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            parse(spec)

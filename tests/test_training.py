@@ -142,14 +142,29 @@ def test_plateau_schedule_reduces_after_patience_at_most_max_reductions():
     assert hist["lr"][0] == 1e-9 and min(hist["lr"]) == 0.5e-9
 
 
-def test_validation_split_holds_out_the_last_rows():
+def test_validation_split_holds_out_a_seeded_stratified_sample():
+    from fastnn.training import validation_rows
+
     X, y = make_classification(n=100)
     a = Network([12, 4], seed=0)
     b = Network([12, 4], seed=0)
     ha = a.fit(X, y, epochs=2, validation_split=0.2)
-    hb = b.fit(X[:80], y[:80], epochs=2, validation_data=(X[80:], y[80:]))
+    held = validation_rows(100, 0.2, y, a.seed)
+    train = np.setdiff1d(np.arange(100), held)
+    hb = b.fit(X[train], y[train], epochs=2, validation_data=(X[held], y[held]))
     assert ha["val_loss"] == hb["val_loss"]
     assert a.training["n_train"] == 80
+    # not the last rows; each class keeps its share (within one row)
+    assert len(held) == 20 and not np.array_equal(held, np.arange(80, 100))
+    for k in range(4):
+        assert abs(np.count_nonzero(y[held] == k) - 0.2 * np.count_nonzero(y == k)) < 1
+    # the same seed draws the same rows; another seed others
+    assert np.array_equal(held, validation_rows(100, 0.2, y, a.seed))
+    assert not np.array_equal(held, validation_rows(100, 0.2, y, a.seed + 1))
+    # rare classes: one row of a class stays for training
+    rare = np.array([0] * 18 + [1, 2])
+    rows = validation_rows(20, 0.5, rare, 0)
+    assert 18 in np.setdiff1d(np.arange(20), rows) and 19 not in rows
     with pytest.raises(ConfigError, match="not both"):
         a.fit(X, y, validation_split=0.2, validation_data=(X, y))
     with pytest.raises(ConfigError, match="validation_split must be a finite number >= 0 and < 1"):
@@ -260,7 +275,8 @@ def test_shifted_image_is_the_image_moved():
     (dict(l1=float("inf")), "l1 must be a finite number >= 0"),
     (dict(dropout=1.0), "dropout must be a finite number >= 0 and < 1"),
     (dict(dropout=-0.1), "dropout must be a finite number >= 0"),
-    (dict(lr_schedule="cosine"), r"Unknown lr_schedule 'cosine'; expected one of \['constant'"),
+    (dict(lr_schedule="exponential"),
+     r"Unknown lr_schedule 'exponential'; expected one of \['constant', 'cosine'"),
     (dict(lr_schedule="step:every=0"), "every must be an integer >= 1"),
     (dict(lr_schedule="step:factor=2"), r"factor must be a number in \(0, 1\]"),
     (dict(lr_schedule="step:evry=2"), r"has no option 'evry'; expected some of \['every', 'factor'\]"),

@@ -1,0 +1,97 @@
+"""What a network is, as a table and as JSON: ``Network.summary()`` and
+``fastnn info`` (which prints this same text after a line about the file)."""
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastnn.network import Network
+
+# What the "training:" line leaves out: shown on lines of their own, or
+# the CLI's bookkeeping.
+_NOT_OPTIONS = ("final", "lr_schedule_state", "cli", "cli_options")
+
+
+def describe(net: "Network") -> dict[str, Any]:
+    """The network as JSON-ready values: sizes, one entry per layer (inputs,
+    outputs, activation, parameters), how it was trained."""
+    plan = net.plan
+    layers: list[dict[str, Any]]
+    if plan.plain_dense:
+        layers = [{"layer": l + 1, "inputs": i, "outputs": o, "activation": a,
+                   "parameters": i * o + o}
+                  for l, (i, o, a) in enumerate(zip(net.sizes, net.sizes[1:], net.activations))]
+    else:
+        # from the Plan's layer objects: shapes (H, W, C) or (n,), the
+        # activation None for layers without one (pooling, Flatten, Dropout)
+        layers = [{"layer": l + 1, "type": row["layer"], "inputs": list(plan.shapes[l]),
+                   "outputs": list(row["output_shape"]), "activation": row["activation"],
+                   "parameters": row["params"]}
+                  for l, row in enumerate(plan.describe())]
+    state = net.optimizer_state
+    return {
+        "sizes": list(net.sizes), "layers": layers, "parameters": net.n_params,
+        "loss": net.loss, "dtype": str(net.dtype), "init": net.init, "seed": net.seed,
+        "slope": net.slope, "input_dtype": net.input_dtype, "input_scale": net.input_scale,
+        "epochs_trained": net.epochs_trained,
+        "optimizer": None if state is None else {"name": state.name, "steps": state.steps},
+        "training": net.training,
+        "preprocessing": None if net.preprocessing is None else net.preprocessing.to_dict(),
+    }
+
+
+def summary_lines(net: "Network") -> list[str]:
+    """The summary as lines: the network, a table of its layers, its inputs
+    and how it was trained."""
+    info = describe(net)
+    lines = [f"{net}", ""]
+    if net.plan.plain_dense:
+        lines.append(f"{'layer':>5}  {'inputs':>7}  {'outputs':>7}  {'activation':<10}  "
+                     f"{'parameters':>10}")
+        for row in info["layers"]:
+            lines.append(f"{row['layer']:>5}  {row['inputs']:>7}  {row['outputs']:>7}  "
+                         f"{row['activation']:<10}  {row['parameters']:>10,}")
+        lines += [f"{'total':>5}  {'':>7}  {'':>7}  {'':<10}  {net.n_params:>10,}", ""]
+    else:
+        rows = [(str(row["layer"]), row["type"], _shape(row["inputs"]), _shape(row["outputs"]),
+                 row["activation"] or "", f"{row['parameters']:,}") for row in info["layers"]]
+        rows.append(("total", "", "", "", "", f"{net.n_params:,}"))
+        head = ("layer", "type", "inputs", "outputs", "activation", "parameters")
+        width = [max(len(r[k]) for r in [head, *rows]) for k in range(len(head))]
+        for r in [head, *rows]:
+            lines.append(f"{r[0]:>{width[0]}}  {r[1]:<{width[1]}}  {r[2]:>{width[2]}}  "
+                         f"{r[3]:>{width[3]}}  {r[4]:<{width[4]}}  {r[5]:>{width[5]}}".rstrip())
+        lines.append("")
+    pre = net.preprocessing
+    if pre is None:
+        scale = "uint8 pixels divided by 255" if net.input_dtype == "uint8" else "used as given"
+        lines.append(f"inputs: {net.input_dtype or 'not trained yet'} ({scale})")
+    else:
+        lines.append(f"task: {shown(pre.task_text())}")
+        lines.append(f"scaling: {pre.scaling_text()}")
+    lines.append(f"epochs trained: {net.epochs_trained}")
+    if info["optimizer"]:
+        lines.append(f"optimizer: {info['optimizer']['name']}, "
+                     f"{info['optimizer']['steps']:,} steps")
+    training = net.training
+    options = {k: v for k, v in training.items() if k not in _NOT_OPTIONS}
+    if options:
+        lines.append("training: " + ", ".join(f"{shown(k)}={json.dumps(v)}"
+                                              for k, v in options.items()))
+    if training.get("final"):
+        lines.append("final: " + ", ".join(f"{shown(k)}={v:.4g}"
+                                           for k, v in training["final"].items()))
+    cli = training.get("cli")
+    if isinstance(cli, dict) and cli.get("data"):
+        lines.append(f"data: {shown(cli['data'])}")
+    return lines
+
+
+def _shape(shape: list[int]) -> str:
+    """28x28x1 for an image, 100 for a vector."""
+    return "x".join(str(n) for n in shape)
+
+
+def shown(text: str) -> str:
+    """text from a file, safe to print: as it is if printable, else quoted
+    with escapes (a file name may hold a newline or a terminal escape)."""
+    return text if text.isprintable() else ascii(text)
