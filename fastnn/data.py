@@ -379,7 +379,8 @@ def _label_column(label_col, names, width, path):
     label_col = str(label_col)
     if names and label_col in names:
         return names.index(label_col)
-    if label_col.isdigit() and 1 <= int(label_col) <= width:
+    # isdigit alone takes '¹' and other digits that int() refuses
+    if label_col.isascii() and label_col.isdigit() and 1 <= int(label_col) <= width:
         return int(label_col) - 1
     known = f"; its columns are {names}" if names else f"; it has {width} columns (1..{width})"
     raise DataError(f"{path} has no label column {label_col!r}{known}")
