@@ -284,12 +284,10 @@ def test_conv_weights_are_views_and_assignable():
         net.weights[0] = W[:, :, :1]
 
 
-def test_saving_or_exporting_a_conv_network_is_refused(tmp_path):
+def test_exporting_a_conv_network_is_refused_for_now(tmp_path):
     from fastnn.export import export
 
     net = Network([(8, 8, 1), Conv2D(2, 3), Dense(3)], seed=0)
-    with pytest.raises(FastnnError, match="not yet supported"):
-        net.save(tmp_path / "net.safetensors")
     for fmt in ("onnx", "c", "numpy"):
         with pytest.raises(FastnnError, match="not yet supported"):
             export(net, tmp_path / f"net.{fmt}", fmt)
