@@ -261,7 +261,7 @@ def _schema(version, architecture):
         "l1": Real(0), "dropout": OneOf(rate, ListOf(rate, 0, MAX_LAYERS)),
         "lr_schedule": schedule, "val_split": rate, "early_stopping": Int(1, MAX_COUNT),
         "augment": Text(choices=AUGMENTATIONS), "class_weight": Text(choices=("balanced",)),
-        "shuffle": Bool()}, extra=AnyJSON())
+        "shuffle": Bool(), "weight_decay": Real(0), "clip_norm": positive}, extra=AnyJSON())
     training = Record(optional={
         "epochs": count, "batch_size": Int(1, MAX_COUNT), "lr": positive, "shuffle": Bool(),
         "optimizer": optimizer_name, "momentum": rate, "betas": ListOf(rate, 2, 2),
@@ -271,7 +271,8 @@ def _schema(version, architecture):
         "n_train": count, "sample_weight": Bool(),
         "class_weight": Maybe(OneOf(Text(choices=("balanced",)), MapOf(Real(0)))),
         "epochs_done": count, "final": MapOf(Real(finite=False, nan=True), 1000),
-        "lr_schedule_state": lr_schedule_state, "cli": cli, "cli_options": cli_options},
+        "lr_schedule_state": lr_schedule_state, "cli": cli, "cli_options": cli_options,
+        "weight_decay": Real(0), "clip_norm": positive},
         extra=AnyJSON())
     return Record(
         required={"format": Text(choices=(FORMAT,)),
