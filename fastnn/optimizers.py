@@ -67,7 +67,7 @@ def _adamw(p, state, hyper, t):
     _adam(p, state, hyper, t)
 
 
-def clip_grad_norm(grad, max_norm):
+def clip_grad_norm(grad: np.ndarray, max_norm: float) -> float:
     """grad *= max_norm / (||grad|| + 1e-6) when that is below 1, in place,
     as torch.nn.utils.clip_grad_norm_ does to all the gradients at once; the
     norm is summed in float64. Returns the norm before clipping."""
