@@ -24,7 +24,8 @@ ARCHITECTURE = ("layers", "hidden", "activation", "output_activation", "loss", "
                 "dtype", "seed", "task", "scale")
 # Options of fit() that a resumed run takes from the model file unless given again.
 RESUMABLE = ("batch_size", "lr", "optimizer", "momentum", "betas", "eps", "l2", "l1", "dropout",
-             "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle")
+             "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle",
+             "weight_decay", "clip_norm")
 # Of those, the ones that make another run: refused on resume when they differ
 # from the run's (option name -> its key in the model's training record).
 FIXED_ON_RESUME = {"optimizer": "optimizer", "lr_schedule": "lr_schedule",
@@ -140,8 +141,15 @@ def choice(registry, exclude=()):
               help="Learning rate [default: the optimizer's, 3.0 for sgd].")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True),
               help="For momentum and nesterov [default: 0.9].")
-@click.option("--betas", callback=float_list, metavar="B1,B2", help="For adam [default: 0.9,0.999].")
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True), help="For adam [default: 1e-8].")
+@click.option("--betas", callback=float_list, metavar="B1,B2",
+              help="For adam and adamw [default: 0.9,0.999].")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True),
+              help="For adam and adamw [default: 1e-8].")
+@click.option("--weight-decay", type=click.FloatRange(min=0),
+              help="adamw's decoupled weight decay, of every parameter [default: 0.01].")
+@click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), metavar="MAX",
+              help="Scale each batch's gradient down to this total 2-norm when it is longer "
+                   "(not for rprop) [default: off].")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="[default: 10; the whole data for rprop]")
 @click.option("--epochs", type=click.IntRange(min=0),
@@ -328,8 +336,8 @@ def _refuse_changes(ctx, net, options, given, **data_options):
     data (DATA, --labels, --label-col, --limit, --val-split) and how it
     trains (--optimizer, --lr-schedule, --augment, --class-weight,
     --no-shuffle). The others (--epochs, --lr, --momentum, --betas, --eps,
-    --batch-size, --l2, --l1, --dropout, --early-stopping, --val, --test) may
-    change and apply from the next epoch."""
+    --weight-decay, --clip-norm, --batch-size, --l2, --l1, --dropout,
+    --early-stopping, --val, --test) may change and apply from the next epoch."""
     from fastnn.exceptions import ConfigError
     from fastnn.files import same_file
     from fastnn.schedules import parse as parse_schedule

@@ -39,8 +39,11 @@ STOP_REQUEST, ROWS_DONE, STEPS = 0, 1, 2
 N_CONTROL = 3
 # Slots of the float64 hyper-parameter array.
 (H_LR, H_L2, H_L1, H_MOMENTUM, H_BETA1, H_BETA2, H_EPS, H_ETA_MINUS, H_ETA_PLUS,
- H_STEP_MIN, H_STEP_MAX) = range(11)
-N_HYPER = 11
+ H_STEP_MIN, H_STEP_MAX, H_WEIGHT_DECAY, H_CLIP_NORM) = range(13)
+N_HYPER = 13
+# Added to the gradient's norm before dividing by it when clipping, as in
+# torch.nn.utils.clip_grad_norm_.
+CLIP_EPS = 1e-6
 # Augmentations done while gathering a batch.
 NO_AUGMENT, SHIFT = 0, 1
 # Rows of a chunk: a batch larger than this is processed in chunks whose

@@ -21,7 +21,7 @@ from fastnn import _kernels as K
 from fastnn._kernels import DIVERGED, DONE, ROWS_DONE, STEPS, STOP_REQUEST, STOPPED, param_views
 from fastnn.activations import BY_CODE as ACTIVATION
 from fastnn.losses import BY_CODE as LOSS
-from fastnn.optimizers import OPTIMIZERS
+from fastnn.optimizers import OPTIMIZERS, clip_grad_norm
 
 OPTIMIZER = {o.code: o for o in OPTIMIZERS.values()}
 
@@ -291,7 +291,9 @@ def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size
     dtype = params.dtype
     keep = np.asarray(keep, dtype=np.float64) if len(keep) else np.ones(len(table))
     dropping = bool((keep < 1).any())
-    fused = optimizer == OPTIMIZERS["sgd"].code and hyper[K.H_L1] == 0 and batch_size <= capacity
+    clip = hyper[K.H_CLIP_NORM]
+    fused = (optimizer == OPTIMIZERS["sgd"].code and hyper[K.H_L1] == 0 and clip == 0
+             and batch_size <= capacity)
     lr = dtype.type(hyper[K.H_LR])
     decay = dtype.type(1 - hyper[K.H_LR] * hyper[K.H_L2])
     loss_sum, n_correct = 0.0, 0
@@ -329,6 +331,8 @@ def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size
         if not fused:
             if hyper[K.H_L2] or hyper[K.H_L1]:
                 penalty_grad(params, state[0], table, hyper[K.H_L2], hyper[K.H_L1])
+            if clip:
+                clip_grad_norm(state[0], clip)
             OPTIMIZER[optimizer].step(params, state, hyper, int(control[STEPS]))
         control[ROWS_DONE] += m
     return DONE, loss_sum, n_correct

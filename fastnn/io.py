@@ -1,17 +1,29 @@
 """Model files: a network's weights in safetensors, its description in the header.
 
-A fastnn model file is a plain safetensors file. Its tensors are
-``weights.<l>`` and ``biases.<l>``, and after training ``optimizer.state``
-(the optimizer's buffers, for resuming); its ``__metadata__`` header holds
-``format = "fastnn"``, ``format_version``, ``fastnn_version``,
-``weight_layout`` (``x @ W + b; W stored (in, out), row-major``) and JSON
-strings ``network`` (sizes, activations, loss, dtype, init, seed, slope,
+A fastnn model file is a plain safetensors file. Its ``__metadata__`` header
+holds ``format = "fastnn"``, ``format_version``, ``fastnn_version``,
+``weight_layout`` (how the tensors compute a layer: WEIGHT_LAYOUTS) and JSON
+strings ``network`` (the architecture, loss, dtype, init, seed, slope,
 epochs trained, the dtype of the training inputs), ``input_scaling`` (the
-factor applied to the inputs: 1/255 for uint8 pixels), ``optimizer``
-(name, steps taken), ``training`` (the options of the last fit, its
-final metrics and learning-rate schedule state) and, for a network given
-a task or a scaling, ``preprocessing`` (the task, class names, feature
-scaling and target scaling: see fastnn.preprocessing).
+factor applied to the inputs: 1/255 for uint8 pixels), ``optimizer`` (name,
+steps taken) and ``training`` (the options of the last fit, its final
+metrics and learning-rate schedule state) and, for a network given a task
+or a scaling, ``preprocessing`` (the task, class names, feature scaling and
+target scaling: see fastnn.preprocessing). After training, the tensor
+``optimizer.state`` holds the optimizer's buffers, for resuming.
+
+Two format versions, one class each in FORMATS:
+
+- format 1, dense stacks (what ``Network([784, 30, 10])`` builds): the
+  network's ``sizes`` and ``activations``; tensors ``weights.<l>`` (n_in,
+  n_out) and ``biases.<l>``. fastnn keeps writing it for dense stacks, and
+  reads it forever.
+- format 2, any other network (convolution, pooling, dropout layers, an
+  image input shape): the network's ``input_shape``, ``layers`` (each
+  layer's config, fastnn.layers) and ``activations`` (one per Dense or
+  Conv2D layer, resolved); tensors ``layers.<i>.weights`` and
+  ``layers.<i>.biases`` of layer i of that list, a convolution's weights
+  HWIO (kh, kw, C_in, F).
 
 Writing is atomic and follows the output policy of ``fastnn.files``: the
 file is written to a temporary name in the same directory, flushed to disk,
@@ -40,14 +52,25 @@ from fastnn.training import OptimizerState
 
 if TYPE_CHECKING:
     from fastnn.network import Network
+    from fastnn.plan import Plan
 
 FORMAT = "fastnn"
-FORMAT_VERSION = 1
+#: The newest format version this fastnn writes (and reads).
+FORMAT_VERSION = 2
 #: How the tensors compute a layer, stated in every model file's header
-#: (``weight_layout``): rows are samples, ``weights.<l>`` is stored
-#: (inputs, outputs), row-major, so a layer is ``x @ W + b``, then the
-#: activation. (PyTorch's nn.Linear keeps the transpose: weight = W.T.)
+#: (``weight_layout``), by format version: rows are samples, ``weights.<l>``
+#: is stored (inputs, outputs), row-major, so a layer is ``x @ W + b``, then
+#: the activation (PyTorch's nn.Linear keeps the transpose: weight = W.T); in
+#: format 2 a convolution's weights are HWIO over HWC rows.
 WEIGHT_LAYOUT = "x @ W + b; W stored (in, out), row-major"
+WEIGHT_LAYOUTS = {1: WEIGHT_LAYOUT,
+                  2: WEIGHT_LAYOUT + "; conv W stored (kh, kw, in, out) over HWC rows"}
+
+
+def format_for(net: "Network") -> "ModelFormat":
+    """The ModelFormat a network is written in: format 1 for a dense stack
+    (so that older fastnn versions read it), else format 2."""
+    return FORMATS[1 if net.plan.plain_dense else 2]
 
 
 def safetensors_bytes(tensors: dict[str, Array], metadata: dict[str, str]) -> bytes:
@@ -75,23 +98,15 @@ def safetensors_bytes(tensors: dict[str, Array], metadata: dict[str, str]) -> by
 
 
 def _bytes(net: "Network", weights_only: bool = False) -> bytes:
-    if not net.plan.plain_dense:
-        raise ModelFileError(f"saving this network is not yet supported: model-file format "
-                             f"{FORMAT_VERSION} holds dense stacks only, and it has input shape "
-                             f"{net.input_shape} and layers "
-                             f"{', '.join(repr(l) for l in net.layers)}")
-
-    tensors = {}
-    for l, (W, b) in enumerate(zip(net.weights, net.biases)):
-        tensors[f"weights.{l}"] = W
-        tensors[f"biases.{l}"] = b
+    fmt = format_for(net)
+    tensors = dict(zip([name for pair in fmt.tensor_names(net.plan) for name in pair],
+                       [a for W, b in zip(net.weights, net.biases) for a in (W, b)]))
     optimizer = {}
     if net.optimizer_state is not None and not weights_only:
         tensors["optimizer.state"] = net.optimizer_state.state
         optimizer = {"name": net.optimizer_state.name, "steps": net.optimizer_state.steps}
     network = {
-        "sizes": list(net.sizes),
-        "activations": list(net.activations),
+        **fmt.architecture(net.plan),
         "loss": net.loss,
         "dtype": str(net.dtype),
         "init": net.init,
@@ -102,9 +117,9 @@ def _bytes(net: "Network", weights_only: bool = False) -> bytes:
     }
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(fmt.version),
         "fastnn_version": __version__,
-        "weight_layout": WEIGHT_LAYOUT,
+        "weight_layout": WEIGHT_LAYOUTS[fmt.version],
         "network": json.dumps(network),
         "input_scaling": json.dumps({"input_dtype": net.input_dtype, "scale": net.input_scale}),
         "optimizer": json.dumps(optimizer),
@@ -227,6 +242,19 @@ class ModelFormat:
     def check(self, fields: dict[str, Any]) -> None:
         """Checks across fields, after the schema (raise SchemaError)."""
 
+    def architecture(self, plan: "Plan") -> dict[str, Any]:
+        """The JSON-ready fields of the ``network`` metadata that describe
+        the architecture (the rest, loss, dtype, seed..., are common)."""
+        raise NotImplementedError
+
+    def tensor_names(self, plan: "Plan") -> list[tuple[str, str]]:
+        """(weights name, biases name) of each parametric layer, in order."""
+        raise NotImplementedError
+
+    def described(self, fields: dict[str, Any]) -> str:
+        """The architecture in a few words, for messages."""
+        raise NotImplementedError
+
     def tensors(self, fields: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
         """{tensor name: (shape, safetensors dtype name)} that the metadata needs."""
         raise NotImplementedError
@@ -238,8 +266,10 @@ class ModelFormat:
         raise NotImplementedError
 
 
-def _format_1_schema() -> Any:
-    from fastnn.activations import ACTIVATIONS
+def _schema(version: int, architecture: dict[str, Any]) -> Any:
+    """The metadata schema of a format version whose ``network`` record
+    describes the architecture with the specs `architecture` (the other
+    fields are common to all versions)."""
     from fastnn.initializers import INITIALIZERS
     from fastnn.losses import LOSSES
     from fastnn.optimizers import OPTIMIZERS
@@ -253,8 +283,7 @@ def _format_1_schema() -> Any:
     optimizer_name = Text(choices=OPTIMIZERS)
     schedule = Text(256)
     network = Record(
-        required={"sizes": ListOf(Int(1, MAX_UNITS), 2, MAX_LAYERS + 1),
-                  "activations": ListOf(Text(choices=ACTIVATIONS), 1, MAX_LAYERS),
+        required={**architecture,
                   "loss": Text(choices=LOSSES), "dtype": Text(choices=DTYPE_NAMES),
                   "seed": Int(0, MAX_SEED)},
         optional={"init": Text(choices=INITIALIZERS), "slope": Real(0),
@@ -279,7 +308,7 @@ def _format_1_schema() -> Any:
         "l1": Real(0), "dropout": OneOf(rate, ListOf(rate, 0, MAX_LAYERS)),
         "lr_schedule": schedule, "val_split": rate, "early_stopping": Int(1, MAX_COUNT),
         "augment": Text(choices=AUGMENTATIONS), "class_weight": Text(choices=("balanced",)),
-        "shuffle": Bool()}, extra=AnyJSON())
+        "shuffle": Bool(), "weight_decay": Real(0), "clip_norm": positive}, extra=AnyJSON())
     training = Record(optional={
         "epochs": count, "batch_size": Int(1, MAX_COUNT), "lr": positive, "shuffle": Bool(),
         "optimizer": optimizer_name, "momentum": rate, "betas": ListOf(rate, 2, 2),
@@ -289,15 +318,16 @@ def _format_1_schema() -> Any:
         "n_train": count, "sample_weight": Bool(),
         "class_weight": Maybe(OneOf(Text(choices=("balanced",)), MapOf(Real(0)))),
         "epochs_done": count, "final": MapOf(Real(finite=False, nan=True), 1000),
-        "lr_schedule_state": lr_schedule_state, "cli": cli, "cli_options": cli_options},
+        "lr_schedule_state": lr_schedule_state, "cli": cli, "cli_options": cli_options,
+        "weight_decay": Real(0), "clip_norm": positive},
         extra=AnyJSON())
     return Record(
         required={"format": Text(choices=(FORMAT,)),
-                  "format_version": Text(choices=("1",)),
+                  "format_version": Text(choices=(str(version),)),
                   "network": JSONText(network)},
         optional={"fastnn_version": Text(40, pattern=r"[0-9A-Za-z.+!_-]+",
                                          description="a version number"),
-                  "weight_layout": Text(choices=(WEIGHT_LAYOUT,)),
+                  "weight_layout": Text(choices=(WEIGHT_LAYOUTS[version],)),
                   "input_scaling": JSONText(input_scaling), "optimizer": JSONText(optimizer),
                   "training": JSONText(training),
                   "preprocessing": _preprocessing_spec()},
@@ -334,7 +364,21 @@ class Format1(ModelFormat):
     version = 1
 
     def __init__(self) -> None:
-        self.metadata = _format_1_schema()
+        from fastnn.activations import ACTIVATIONS
+        from fastnn.schema import Int, ListOf, Text
+
+        self.metadata = _schema(1, {
+            "sizes": ListOf(Int(1, MAX_UNITS), 2, MAX_LAYERS + 1),
+            "activations": ListOf(Text(choices=ACTIVATIONS), 1, MAX_LAYERS)})
+
+    def architecture(self, plan: "Plan") -> dict[str, Any]:
+        return {"sizes": list(plan.sizes), "activations": list(plan.activations)}
+
+    def tensor_names(self, plan: "Plan") -> list[tuple[str, str]]:
+        return [(f"weights.{l}", f"biases.{l}") for l in range(len(plan.slots))]
+
+    def described(self, fields: dict[str, Any]) -> str:
+        return f"sizes {fields['network']['sizes']}"
 
     def check(self, fields: dict[str, Any]) -> None:
         from fastnn.schema import SchemaError
@@ -375,19 +419,157 @@ class Format1(ModelFormat):
         for l in range(len(net.sizes) - 1):
             net.weights[l][...] = read(f"weights.{l}")
             net.biases[l][...] = read(f"biases.{l}")
-        net.epochs_trained = config["epochs_trained"]
-        net.input_dtype = config["input_dtype"]
-        optimizer = fields["optimizer"]
-        if optimizer:
-            net.optimizer_state = OptimizerState(optimizer["name"], read("optimizer.state"),
-                                                 optimizer["steps"])
-        net.training = fields["training"]
-        _build_preprocessing(net, fields)
+        _restore(net, fields, read)
         return net
 
 
+#: The most values per sample a format-2 header may describe, over all the
+#: activations and the largest im2col window buffer (2**28: an 8192 x 8192 x 4
+#: image; a LeNet has about 10**4), and the largest integer in a layer config.
+MAX_WIDTH = 2 ** 28
+MAX_LAYER_INT = 2 ** 20
+# The layer types of each format version: a type this fastnn does not know
+# comes from a newer one.
+LAYER_TYPES = {2: ("dense", "conv2d", "maxpool2d", "l2pool2d", "flatten", "dropout")}
+
+
+class UnknownLayerType(Exception):
+    """A format-2 header names a layer type this fastnn does not know."""
+
+
+class Format2(ModelFormat):
+    """Format 2: any network of fastnn.layers. The network's ``input_shape``
+    ((n,) or (H, W, C)), ``layers`` (each layer's config, implied Flatten
+    layers included) and ``activations`` (one per Dense or Conv2D layer,
+    resolved); tensors ``layers.<i>.weights`` and ``layers.<i>.biases`` of
+    each Dense or Conv2D layer i (a convolution's weights HWIO), and
+    ``optimizer.state`` as in format 1.
+
+    The header is checked whole before anything is allocated: each layer
+    config, the architecture they make (shapes that fit, no layer wider than
+    MAX_WIDTH values per sample in all), then the tensor table against the
+    parameters."""
+
+    version = 2
+
+    def __init__(self) -> None:
+        from fastnn.activations import ACTIVATIONS
+        from fastnn.schema import AnyJSON, Int, ListOf, Maybe, Record, Text
+
+        layer = Record(required={"type": Text(64)}, extra=Maybe(AnyJSON()))
+        self.metadata = _schema(2, {
+            "input_shape": ListOf(Int(1, MAX_UNITS), 1, 3),
+            "layers": ListOf(layer, 1, MAX_LAYERS),
+            "activations": ListOf(Text(choices=ACTIVATIONS), 1, MAX_LAYERS)})
+
+    def architecture(self, plan: "Plan") -> dict[str, Any]:
+        params = [s.layer for s in plan.slots]
+        return {"input_shape": list(plan.input_shape),
+                "layers": [layer.config() for layer in plan.layers],
+                "activations": [plan.activations[i] for i in params]}
+
+    def tensor_names(self, plan: "Plan") -> list[tuple[str, str]]:
+        return [(f"layers.{s.layer}.weights", f"layers.{s.layer}.biases") for s in plan.slots]
+
+    def described(self, fields: dict[str, Any]) -> str:
+        network = fields["network"]
+        return (f"input shape {network['input_shape']} and "
+                f"{', '.join(t['type'] for t in network['layers'])}")
+
+    def check(self, fields: dict[str, Any]) -> None:
+        from fastnn.layers import LAYERS, from_config
+        from fastnn.plan import Plan
+        from fastnn.schema import SchemaError, short
+
+        network, optimizer = fields["network"], fields["optimizer"]
+        if optimizer and len(optimizer) != 2:
+            raise SchemaError("optimizer", "empty or have both a name and steps", optimizer)
+        layers = []
+        for i, config in enumerate(network["layers"]):
+            where = f"network.layers[{i}]"
+            for key, value in config.items():
+                values = value if isinstance(value, list) else [value]
+                if any(isinstance(v, int) and not 0 <= v <= MAX_LAYER_INT for v in values):
+                    raise SchemaError(f"{where}.{key}", f"at most {MAX_LAYER_INT}", value)
+            if config["type"] not in LAYERS:
+                writer = fields.get("fastnn_version", "a newer fastnn")
+                raise UnknownLayerType(
+                    f"layer {i} has type {short(config['type'])}, which fastnn {__version__} "
+                    f"does not know (it reads format {max(FORMATS)}, layer types "
+                    f"{list(LAYER_TYPES[2])}); the file was written by fastnn {writer}: "
+                    f"load it with that version or a newer one")
+            try:
+                layers.append(from_config(config))
+            except ConfigError as exc:
+                raise SchemaError(where, "a layer config", config, f"{where}: {exc}") from None
+        n_params = sum(layer.parametric for layer in layers)
+        if len(network["activations"]) != n_params:
+            raise SchemaError("network.activations", f"a list of {n_params} names, one "
+                              f"per Dense or Conv2D layer", network["activations"])
+        try:
+            plan = Plan(tuple(network["input_shape"]), layers,
+                        activation=network["activations"][:-1],
+                        output=network["activations"][-1])
+        except ConfigError as exc:
+            raise SchemaError("network", "a network", None,
+                              f"network describes no valid network: {exc}") from None
+        if len(plan.layers) != len(layers):
+            raise SchemaError("network.layers", "a list with every Flatten layer given",
+                              network["layers"])
+        values = sum(plan.sizes) + plan.window_entries()
+        if values > MAX_WIDTH:
+            raise SchemaError("network", "a network", None,
+                              f"network describes layers of {values:,} values per sample "
+                              f"(at most {MAX_WIDTH:,})")
+        _check_preprocessing(fields, plan.sizes[0], plan.sizes[-1])
+        fields["plan"] = plan
+
+    def tensors(self, fields: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        from fastnn.optimizers import get_optimizer
+
+        plan, dtype = fields["plan"], DTYPE_NAMES[fields["network"]["dtype"]]
+        needed = {}
+        for s, (w_name, b_name) in zip(plan.slots, self.tensor_names(plan)):
+            needed[w_name] = (s.w_shape, dtype)
+            needed[b_name] = (s.b_shape, dtype)
+        if fields["optimizer"]:
+            rows = get_optimizer(fields["optimizer"]["name"]).state_rows
+            needed["optimizer.state"] = ((rows, plan.n_params), dtype)
+        return needed
+
+    def build(self, fields: dict[str, Any], read: Callable[[str], Array],
+              backend: str) -> "Network":
+        from fastnn.network import Network
+
+        config, plan = fields["network"], fields["plan"]
+        activations = config["activations"]
+        net = Network([plan.input_shape, *plan.layers], activation=activations[:-1],
+                      output=activations[-1], loss=config["loss"], dtype=config["dtype"],
+                      init=config["init"], seed=config["seed"], slope=config["slope"],
+                      backend=backend)
+        for l, (w_name, b_name) in enumerate(self.tensor_names(net.plan)):
+            net.weights[l][...] = read(w_name)
+            net.biases[l][...] = read(b_name)
+        _restore(net, fields, read)
+        return net
+
+
+def _restore(net: "Network", fields: dict[str, Any], read: Callable[[str], Array]) -> None:
+    """What every format keeps beside the parameters: epochs, input dtype,
+    optimizer state and training record."""
+    config = fields["network"]
+    net.epochs_trained = config["epochs_trained"]
+    net.input_dtype = config["input_dtype"]
+    optimizer = fields["optimizer"]
+    if optimizer:
+        net.optimizer_state = OptimizerState(optimizer["name"], read("optimizer.state"),
+                                             optimizer["steps"])
+    net.training = fields["training"]
+    _build_preprocessing(net, fields)
+
+
 #: The format versions this fastnn reads, by number.
-FORMATS = {1: Format1()}
+FORMATS = {1: Format1(), 2: Format2()}
 
 
 def _tensor_table(header: dict[str, Any], data_start: int, size: int,
@@ -469,8 +651,10 @@ def _read_header(f: BinaryIO, path: str) -> ModelHeader:
         fmt.check(fields)
     except SchemaError as exc:
         raise ModelFileError(f"{path} has a damaged fastnn header: {exc}") from None
+    except UnknownLayerType as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
     tensors = _tensor_table(header, 8 + n, size, path)
-    _match_tensors(tensors, fmt.tensors(fields), fields, path)
+    _match_tensors(tensors, fmt.tensors(fields), fmt.described(fields), path)
     return ModelHeader(path, fmt.version, fmt, meta, fields, tensors, 8 + n)
 
 
@@ -493,19 +677,18 @@ def _format_of(meta: dict[str, Any], path: str) -> ModelFormat:
 
 
 def _match_tensors(tensors: dict[str, Tensor], needed: dict[str, tuple[tuple[int, ...], str]],
-                   fields: dict[str, Any], path: str) -> None:
+                   described: str, path: str) -> None:
     """Refuse a tensor table that is not exactly what the metadata needs."""
-    sizes = fields.get("network", {}).get("sizes")
     if set(tensors) != set(needed):
         missing = sorted(set(needed) - set(tensors))
         extra = sorted(set(tensors) - set(needed))
-        raise ModelFileError(f"{path} has inconsistent tensors for sizes {sizes}: "
+        raise ModelFileError(f"{path} has inconsistent tensors for {described}: "
                              f"missing {missing}, unexpected {extra}")
     for name, (shape, dtype) in needed.items():
         t = tensors[name]
         if t.shape != shape:
             raise ModelFileError(f"{path} has inconsistent shapes: {name} is {t.shape}, "
-                                 f"but sizes {sizes} need {shape}")
+                                 f"but {described} need {shape}")
         if TENSOR_DTYPES[dtype] != t.dtype:
             raise ModelFileError(f"{path}: {name} is {t.dtype.name}, but the header says "
                                  f"{TENSOR_DTYPES[dtype].name}")

@@ -293,7 +293,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             callbacks: Optional[Sequence[Callback]] = None,
             progress: Optional[Callable[[int, int, int], object]] = None,
             verbose: int = 0, task: Optional[str] = None,
-            scale: Optional[str] = None) -> History:
+            scale: Optional[str] = None, weight_decay: Optional[float] = None,
+            clip_norm: Optional[float] = None) -> History:
         """Train by mini-batch gradient descent with backpropagation.
 
         Each epoch visits the rows in a fresh random order, `batch_size` at a
@@ -316,24 +317,37 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         lr : float, optional
             Learning rate. Defaults to the optimizer's: 3.0 for ``sgd``
             (Nielsen's chapter 1), 0.3 for ``momentum`` and ``nesterov``
-            (the same effective step with momentum 0.9), 1e-3 for ``adam``,
+            (the same effective step with momentum 0.9), 1e-3 for ``adam`` and ``adamw``,
             and for ``rprop`` the initial step size, 0.1.
         shuffle : bool, default True
             Visit rows in a new random order each epoch (reproducible from
             the network's ``seed``); if False, in their given order.
-        optimizer : {"sgd", "momentum", "nesterov", "adam", "rprop"}, default "sgd"
+        optimizer : {"sgd", "momentum", "nesterov", "adam", "adamw", "rprop"}, default "sgd"
             Update rules of ``torch.optim.SGD`` (dampening 0, with
-            ``nesterov=True`` for "nesterov"), ``torch.optim.Adam`` and
-            ``torch.optim.Rprop`` (iRPROP-, full-batch, step sizes in
+            ``nesterov=True`` for "nesterov"), ``torch.optim.Adam``,
+            ``torch.optim.AdamW`` and ``torch.optim.Rprop`` (iRPROP-, full-batch, step sizes in
             [1e-6, 50], etas (0.5, 1.2)). The optimizer's state is kept on
             the network (``optimizer_state``) and reused by the next fit with
             the same optimizer.
         momentum : float, optional
             For ``momentum`` and ``nesterov``; default 0.9.
         betas : (float, float), optional
-            For ``adam``; default (0.9, 0.999).
+            For ``adam`` and ``adamw``; default (0.9, 0.999).
         eps : float, optional
-            For ``adam``; default 1e-8.
+            For ``adam`` and ``adamw``; default 1e-8.
+        weight_decay : float, optional
+            For ``adamw``; default 0.01 (torch's). Decoupled weight decay:
+            each step first shrinks every parameter, biases included, by
+            ``p *= 1 - lr * weight_decay``, as ``torch.optim.AdamW`` given
+            all of a model's parameters does (l2 and l1 remain penalties in
+            the cost, on the weights only).
+        clip_norm : float, optional
+            Gradient-norm clipping, off by default: before each step, when
+            the total 2-norm of the batch's gradient over all parameters
+            (the l2/l1 penalty gradients included) exceeds clip_norm, the
+            gradient is scaled by ``clip_norm / (norm + 1e-6)``, as
+            ``torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)``
+            does. Not for ``rprop``.
         l2, l1 : float, default 0
             Regularisation in Nielsen's convention: the cost gains
             ``(l2/2n) sum w^2 + (l1/n) sum |w|`` over the weights (not the
@@ -428,7 +442,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             self, len(train[0]), epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle,
             optimizer=optimizer, momentum=momentum, betas=betas, eps=eps, l2=l2, l1=l1,
             dropout=dropout, lr_schedule=lr_schedule, early_stopping=early_stopping,
-            augment=augment, validation_split=validation_split, has_validation=val is not None)
+            augment=augment, validation_split=validation_split, has_validation=val is not None,
+            weight_decay=weight_decay, clip_norm=clip_norm)
         if verbose >= 2 and progress is None:
             progress = training.text_progress()
         trainer = training.Trainer(self, train, val, options, callback, progress, verbose,

@@ -4,16 +4,23 @@ Every optimizer takes the mean gradient of a mini-batch (with the L1/L2
 penalty gradients added) and updates the flat parameter vector, keeping
 its state in preallocated rows of the same length. The compiled kernel
 (``fastnn._core.optimizer_step``) and the NumPy functions here implement
-the same rules as ``torch.optim.SGD`` (dampening 0), ``torch.optim.Adam``
-and ``torch.optim.Rprop``.
+the same rules as ``torch.optim.SGD`` (dampening 0), ``torch.optim.Adam``,
+``torch.optim.AdamW`` and ``torch.optim.Rprop``.
+
+AdamW's decoupled weight decay shrinks every parameter, biases included,
+as ``torch.optim.AdamW(model.parameters())`` and Keras's ``AdamW`` do by
+default (``l2`` and ``l1`` stay penalties on the weights only, added to the
+gradient). With ``clip_norm`` the gradient (penalties included) is scaled
+to that total 2-norm first when it is longer (``clip_grad_norm``).
 """
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
-from fastnn._kernels import (H_BETA1, H_BETA2, H_EPS, H_ETA_MINUS, H_ETA_PLUS, H_L1, H_L2,
-                             H_LR, H_MOMENTUM, H_STEP_MAX, H_STEP_MIN, N_HYPER)
+from fastnn._kernels import (CLIP_EPS, H_BETA1, H_BETA2, H_CLIP_NORM, H_EPS, H_ETA_MINUS,
+                             H_ETA_PLUS, H_L1, H_L2, H_LR, H_MOMENTUM, H_STEP_MAX, H_STEP_MIN,
+                             H_WEIGHT_DECAY, N_HYPER)
 from fastnn._typing import Array, DTypeLike
 from fastnn.exceptions import lookup
 
@@ -53,6 +60,24 @@ def _adam(p: Array, state: Array, hyper: Array, t: int) -> None:
     bc2_sqrt = f(np.sqrt(1 - hyper[H_BETA2] ** t))
     denom = np.sqrt(v) / bc2_sqrt + f(hyper[H_EPS])
     p -= step_size * (m / denom)
+
+
+def _adamw(p: Array, state: Array, hyper: Array, t: int) -> None:
+    """p *= 1 - lr wd (every parameter); then Adam's step"""
+    p *= p.dtype.type(1 - hyper[H_LR] * hyper[H_WEIGHT_DECAY])
+    _adam(p, state, hyper, t)
+
+
+def clip_grad_norm(grad: np.ndarray, max_norm: float) -> float:
+    """grad *= max_norm / (||grad|| + 1e-6) when that is below 1, in place,
+    as torch.nn.utils.clip_grad_norm_ does to all the gradients at once; the
+    norm is summed in float64. Returns the norm before clipping."""
+    g = grad.astype(np.float64, copy=False)
+    norm = float(np.sqrt(np.dot(g, g)))
+    scale = max_norm / (norm + CLIP_EPS)
+    if scale < 1:
+        grad *= grad.dtype.type(scale)
+    return norm
 
 
 def _rprop(p: Array, state: Array, hyper: Array, t: int) -> None:
@@ -119,6 +144,7 @@ OPTIMIZERS = {
         Optimizer("adam", 3, 3, 1e-3, _adam),
         # FANN's initial step size; torch.optim.Rprop's defaults otherwise
         Optimizer("rprop", 4, 3, 0.1, _rprop, full_batch=True),
+        Optimizer("adamw", 5, 3, 1e-3, _adamw),
     ]
 }
 
@@ -132,8 +158,10 @@ def get_optimizer(name: str) -> Optimizer:
 
 
 def hyper_array(lr: float, l2_over_n: float = 0.0, l1_over_n: float = 0.0, momentum: float = 0.0,
-                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> Array:
-    """The float64 hyper-parameter array train_epoch takes."""
+                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                weight_decay: float = 0.01, clip_norm: Optional[float] = None) -> Array:
+    """The float64 hyper-parameter array train_epoch takes (weight_decay is
+    read by adamw only; clip_norm None or 0 is no clipping)."""
     hyper = np.zeros(N_HYPER)
     hyper[H_LR], hyper[H_L2], hyper[H_L1] = lr, l2_over_n, l1_over_n
     hyper[H_MOMENTUM] = momentum
@@ -141,4 +169,6 @@ def hyper_array(lr: float, l2_over_n: float = 0.0, l1_over_n: float = 0.0, momen
     hyper[H_EPS] = eps
     hyper[H_ETA_MINUS], hyper[H_ETA_PLUS] = RPROP_ETAS
     hyper[H_STEP_MIN], hyper[H_STEP_MAX] = RPROP_STEP_SIZES
+    hyper[H_WEIGHT_DECAY] = weight_decay
+    hyper[H_CLIP_NORM] = clip_norm or 0.0
     return hyper

@@ -195,7 +195,7 @@ class _BaseMLP(BaseEstimator):
             options["batch_size"] = batch_size
         if optimizer in ("momentum", "nesterov"):
             options["momentum"] = self.momentum
-        if optimizer == "adam":
+        if optimizer in ("adam", "adamw"):
             options.update(betas=(self.beta_1, self.beta_2), eps=self.epsilon)
         return options
 

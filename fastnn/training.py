@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from fastnn.network import Network
 
 AUGMENTATIONS = {"shift": _kernels.SHIFT}
+# The optimizers that take betas and eps.
+ADAM_LIKE = ("adam", "adamw")
+# torch.optim.AdamW's default weight decay.
+DEFAULT_WEIGHT_DECAY = 0.01
 # Entries of a training workspace to aim at (128 MiB of float32): bounds the
 # rows of a chunk of a convolutional net; dense nets stay at MAX_CHUNK rows.
 TRAIN_BUDGET = 32 * 1024 * 1024
@@ -59,6 +63,8 @@ class Options:
     early_stopping: int
     augment: str
     validation_split: float
+    weight_decay: float = 0.0
+    clip_norm: object = None        # float or None
 
     def record(self):
         """The options as JSON-ready values, for model files."""
@@ -66,8 +72,12 @@ class Options:
                   "shuffle": self.shuffle, "optimizer": self.optimizer}
         if self.optimizer in ("momentum", "nesterov"):
             record["momentum"] = self.momentum
-        if self.optimizer == "adam":
+        if self.optimizer in ADAM_LIKE:
             record.update(betas=list(self.betas), eps=self.eps)
+        if self.optimizer == "adamw":
+            record["weight_decay"] = self.weight_decay
+        if self.clip_norm is not None:
+            record["clip_norm"] = self.clip_norm
         return {**record, "l2": self.l2, "l1": self.l1, "dropout": self.dropout,
                 "lr_schedule": self.lr_schedule.spec(), "early_stopping": self.early_stopping,
                 "augment": self.augment, "validation_split": self.validation_split}
@@ -75,7 +85,7 @@ class Options:
 
 def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, momentum, betas,
                   eps, l2, l1, dropout, lr_schedule, early_stopping, augment, validation_split,
-                  has_validation):
+                  has_validation, weight_decay=None, clip_norm=None):
     """Options from fit's arguments, or ConfigError naming the bad one."""
     opt = get_optimizer(optimizer)
     epochs = positive_int(epochs, "epochs", minimum=0, maximum=MAX_COUNT)
@@ -90,8 +100,18 @@ def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, m
         raise ConfigError(f"momentum applies to optimizer 'momentum' or 'nesterov', not {opt.name!r}")
     momentum = nonnegative_float(0.9 if momentum is None else momentum, "momentum", below=1)
     for name, value in (("betas", betas), ("eps", eps)):
-        if value is not None and opt.name != "adam":
-            raise ConfigError(f"{name} applies to optimizer 'adam', not {opt.name!r}")
+        if value is not None and opt.name not in ADAM_LIKE:
+            raise ConfigError(f"{name} applies to optimizer 'adam' or 'adamw', not {opt.name!r}")
+    if weight_decay is not None and opt.name != "adamw":
+        raise ConfigError(f"weight_decay applies to optimizer 'adamw', not {opt.name!r} "
+                          f"(l2 is the penalty for the others)")
+    weight_decay = nonnegative_float(DEFAULT_WEIGHT_DECAY if weight_decay is None
+                                     else weight_decay, "weight_decay")
+    if clip_norm is not None:
+        if opt.name == "rprop":
+            raise ConfigError("clip_norm does not apply to optimizer 'rprop' (its steps use only "
+                              "the gradient's signs); use sgd, momentum, nesterov, adam or adamw")
+        clip_norm = nonnegative_float(clip_norm, "clip_norm", allow_zero=False)
     betas = (0.9, 0.999) if betas is None else betas
     try:
         betas = tuple(nonnegative_float(b, "betas", below=1) for b in betas)
@@ -114,7 +134,7 @@ def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, m
         image_shape(net)
     return Options(epochs, batch_size, lr, bool(shuffle), opt.name, momentum, betas, eps, l2, l1,
                    dropout, parse_schedule(lr_schedule), early_stopping, augment,
-                   validation_split)
+                   validation_split, weight_decay if opt.name == "adamw" else 0.0, clip_norm)
 
 
 def image_shape(net):
@@ -393,7 +413,8 @@ class Trainer:
 
     def _hyper(self, lr):
         o, n = self.o, len(self.X)
-        return hyper_array(lr, o.l2 / n, o.l1 / n, o.momentum, o.betas, o.eps)
+        return hyper_array(lr, o.l2 / n, o.l1 / n, o.momentum, o.betas, o.eps, o.weight_decay,
+                           o.clip_norm)
 
     def penalty(self):
         """(lambda2/2n) sum w^2 + (lambda1/n) sum |w| for the current weights."""

@@ -80,10 +80,11 @@ cpdef enum:
     NESTEROV = 2
     ADAM = 3
     RPROP = 4
+    ADAMW = 5
 
 # Rows of optimizer state each optimizer needs (the gradient included).
-cdef int STATE_ROWS[5]
-STATE_ROWS[:] = [1, 2, 2, 3, 3]
+cdef int STATE_ROWS[6]
+STATE_ROWS[:] = [1, 2, 2, 3, 3, 3]
 
 # Slots of the hyper-parameter array (fastnn._kernels has the same names).
 cpdef enum:
@@ -98,7 +99,12 @@ cpdef enum:
     H_ETA_PLUS = 8
     H_STEP_MIN = 9
     H_STEP_MAX = 10
-    N_HYPER = 11
+    H_WEIGHT_DECAY = 11  # adamw's decoupled weight decay
+    H_CLIP_NORM = 12    # the gradient's largest 2-norm (0: no clipping)
+    N_HYPER = 13
+
+# Added to the norm before dividing by it when clipping (as torch does).
+cdef double CLIP_EPS = 1e-6
 
 # Input augmentations done while gathering a batch.
 cpdef enum:
@@ -164,7 +170,7 @@ ctypedef fused input_t:
 cdef enum:
     N_ACTIVATIONS = 6
     N_LOSSES = 2
-    N_OPTIMIZERS = 5
+    N_OPTIMIZERS = 6
 
 # BLAS takes 32-bit dimensions; int32 argmax indices, too.
 cdef Py_ssize_t INT_MAX = 2147483647
@@ -1315,7 +1321,7 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
                               Py_ssize_t P, Py_ssize_t n, const double* hyper,
                               int64_t t) noexcept nogil:
     """One step of the optimizer on p (n,) from the gradient g = state[0];
-    the rules of torch.optim.SGD (dampening 0), Adam and Rprop. state holds
+    the rules of torch.optim.SGD (dampening 0), Adam, AdamW and Rprop. state holds
     rows P entries apart (p and state may point into the middle of the
     parameters and their rows: a thread's share); t counts steps from 1.
 
@@ -1324,6 +1330,7 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
     nesterov:  v = mu v + g;  p -= lr (g + mu v)
     adam:      m = m + (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2;
                p -= lr/(1 - b1^t) m / (sqrt(v)/sqrt(1 - b2^t) + eps)
+    adamw:     p *= 1 - lr wd (decoupled weight decay); then adam's step
     rprop:     iRPROP-: each step size grows by eta+ while g keeps its sign,
                shrinks by eta- when it flips (and that g counts as 0);
                p -= sign(g) step
@@ -1342,6 +1349,10 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
     cdef floating eta_plus = <floating> hyper[H_ETA_PLUS]
     cdef floating step_min = <floating> hyper[H_STEP_MIN]
     cdef floating step_max = <floating> hyper[H_STEP_MAX]
+    cdef floating decay = <floating> (1 - hyper[H_LR] * hyper[H_WEIGHT_DECAY])
+    if opt == ADAMW:
+        for i in range(n):
+            p[i] = p[i] * decay
     if opt == SGD:
         for i in range(n):
             p[i] = p[i] - lr * g[i]
@@ -1353,7 +1364,7 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
         for i in range(n):
             s1[i] = mu * s1[i] + g[i]
             p[i] = p[i] - lr * (g[i] + mu * s1[i])
-    elif opt == ADAM:
+    elif opt == ADAM or opt == ADAMW:
         step_size = <floating> (hyper[H_LR] / (1 - pow(hyper[H_BETA1], <double> t)))
         bc2_sqrt = <floating> sqrt(1 - pow(hyper[H_BETA2], <double> t))
         for i in range(n):
@@ -1377,6 +1388,32 @@ cdef void optimizer_step_impl(int opt, floating* p, floating* state,
             s1[i] = gi
 
 
+cdef double sum_squares(const floating* g, Py_ssize_t n) noexcept nogil:
+    """sum g_i^2, in double. g (n,)."""
+    cdef Py_ssize_t i
+    cdef double s = 0
+    for i in range(n):
+        s += <double> g[i] * g[i]
+    return s
+
+
+cdef double clip_scale(double max_norm, double squares) noexcept nogil:
+    """The factor clip_grad_norm_ applies to a gradient whose squares sum to
+    `squares`: max_norm / (norm + 1e-6), or 1 when that is not below 1."""
+    cdef double scale = max_norm / (sqrt(squares) + CLIP_EPS)
+    return scale if scale < 1 else 1
+
+
+cdef void scale_impl(floating* g, Py_ssize_t n, double scale) noexcept nogil:
+    """g *= scale, unless scale is 1. g (n,)."""
+    cdef Py_ssize_t i
+    cdef floating f = <floating> scale
+    if scale == 1:
+        return
+    for i in range(n):
+        g[i] = g[i] * f
+
+
 cdef int train_epoch_impl(const input_t* X, const floating* Y,
                           const floating* sample_weight, const int64_t* order,
                           Py_ssize_t n, floating* params, floating* state,
@@ -1388,8 +1425,9 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
 
     For each batch of m rows, chunk by chunk: gather (and augment) the rows,
     forward (with dropout), output delta (with sample weights), backward
-    into the gradient; then add the penalty gradient and take one optimizer
-    step. Plain SGD on a one-chunk batch without L1 fuses the step into the
+    into the gradient; then add the penalty gradient, clip the gradient's
+    norm (with hyper[H_CLIP_NORM] > 0) and take one optimizer step. Plain
+    SGD on a one-chunk batch without L1 or clipping fuses the step into the
     backward GEMMs instead. Stops before a batch when the caller sets
     control[STOP_REQUEST], and returns DIVERGED, without applying that
     batch, as soon as a chunk's loss is not finite.
@@ -1404,7 +1442,8 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
     cdef floating* swb = work + lay.sw_off if sample_weight != NULL else NULL
     cdef double chunk_loss
     cdef floating lr = <floating> hyper[H_LR]
-    cdef bint fused = opt == SGD and hyper[H_L1] == 0 and batch_size <= cap
+    cdef double clip = hyper[H_CLIP_NORM]
+    cdef bint fused = opt == SGD and hyper[H_L1] == 0 and clip == 0 and batch_size <= cap
     for k in range((n + batch_size - 1) // batch_size):
         if control[STOP_REQUEST] != 0:
             return STOPPED
@@ -1442,6 +1481,9 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
             if hyper[H_L2] != 0 or hyper[H_L1] != 0:
                 penalty_grad_impl(params, state, lay, <floating> hyper[H_L2],
                                   <floating> hyper[H_L1])
+            if clip > 0:
+                scale_impl(state, lay.n_params,
+                           clip_scale(clip, sum_squares(state, lay.n_params)))
             optimizer_step_impl(opt, params, state, lay.n_params, lay.n_params, hyper,
                                 control[STEPS])
         control[ROWS_DONE] += m
@@ -1489,6 +1531,7 @@ cdef struct Shared:
     bint stop                    # control[STOP_REQUEST] as thread 0 last read it
     bint diverged                # a thread's chunk had a loss that is not finite
     double* loss                 # each thread's sum of costs
+    double* squares              # each thread's sum of squared gradients (clipping)
     int64_t* correct             # each thread's count of correct rows
 
 
@@ -1506,7 +1549,9 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     gradient buffer G_t (after the workspace, P entries). At a barrier the
     threads then sum the G_t, add the penalty gradient and take the
     optimizer step, each on its own share of the parameters, and meet at a
-    second barrier. Every BLAS call is single-threaded (the caller limits
+    second barrier. With clipping, each thread sums the squares of its
+    share of the gradient, and after a barrier between the two each scales
+    its share by the factor the total gives, then steps. Every BLAS call is single-threaded (the caller limits
     the BLAS). There is no fused SGD step: the gradients must be summed
     first. A thread whose rows give a loss that is not finite marks the
     batch, and after the first barrier every thread returns DIVERGED
@@ -1530,6 +1575,7 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     cdef double chunk_loss
     cdef int64_t steps = control[STEPS]
     cdef bint penalty = hyper[H_L2] != 0 or hyper[H_L1] != 0
+    cdef double clip = hyper[H_CLIP_NORM], squares
     if team.id == 0:
         shared.stop = control[STOP_REQUEST] != 0
         shared.diverged = False
@@ -1573,6 +1619,7 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
             return DIVERGED
         # sum the gradients, add the penalty and step, a cache-sized block of
         # this thread's share at a time
+        squares = 0
         for blk in range((p1 - p0 + STEP_BLOCK - 1) // STEP_BLOCK):
             b0 = p0 + blk * STEP_BLOCK
             b1 = b0 + STEP_BLOCK if b0 + STEP_BLOCK < p1 else p1
@@ -1585,7 +1632,20 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
             if penalty:
                 penalty_range_impl(params, state, lay, <floating> hyper[H_L2],
                                    <floating> hyper[H_L1], b0, b1)
-            optimizer_step_impl(opt, params + b0, state + b0, P, b1 - b0, hyper, steps + k + 1)
+            if clip > 0:
+                squares += sum_squares(state + b0, b1 - b0)
+            else:
+                optimizer_step_impl(opt, params + b0, state + b0, P, b1 - b0, hyper,
+                                    steps + k + 1)
+        if clip > 0:
+            # the whole gradient's norm: every thread's share summed, in order
+            shared.squares[team.id] = squares
+            barrier()
+            squares = 0
+            for u in range(T):
+                squares += shared.squares[u]
+            scale_impl(state + p0, p1 - p0, clip_scale(clip, squares))
+            optimizer_step_impl(opt, params + p0, state + p0, P, p1 - p0, hyper, steps + k + 1)
         if team.id == 0:
             control[STEPS] += 1
             control[ROWS_DONE] += m
@@ -1794,7 +1854,8 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         Rows per chunk, the workspace's size.
     optimizer : int
     hyper : (N_HYPER,) float64
-        Learning rate, lambda2/n, lambda1/n and the optimizer's constants.
+        Learning rate, lambda2/n, lambda1/n, the optimizer's constants, the
+        gradient's largest norm (0: no clipping).
     sample_weight : (n,) or (0,) float
         Weight of each row's loss and gradient (empty: all 1).
     augment : int
@@ -1830,6 +1891,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef const floating* sw = NULL
     cdef Shared shared
     cdef double[::1] team_loss
+    cdef double[::1] team_squares
     cdef int64_t[::1] team_correct
     try:
         _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
@@ -1861,6 +1923,8 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             team_loss = np.zeros(n_threads)
             team_correct = np.zeros(n_threads, dtype=np.int64)
             shared.loss = &team_loss[0]
+            team_squares = np.zeros(n_threads)
+            shared.squares = &team_squares[0]
             shared.correct = &team_correct[0]
             with nogil, parallel(num_threads=n_threads):
                 train_team(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],

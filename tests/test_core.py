@@ -433,7 +433,7 @@ def test_train_epoch_rejects_out_of_range_rows():
     (lambda a: a.update(capacity=0), "at least one row"),
     (lambda a: a.update(optimizer=9), "unknown optimizer code 9"),
     (lambda a: a.update(state=np.zeros((1, 5))), r"state needs shape \(1, 23\)"),
-    (lambda a: a.update(hyper=np.zeros(3)), "hyper needs 11 entries"),
+    (lambda a: a.update(hyper=np.zeros(3)), f"hyper needs {_kernels.N_HYPER} entries"),
     (lambda a: a.update(keep=np.array([1.0, 0.0])), "outside \\(0, 1\\]"),
     (lambda a: a.update(keep=np.array([0.9, 0.9, 0.9])), "3 keep probabilities for 2 layers"),
     (lambda a: a.update(sample_weight=np.ones(3)), "sample_weight needs 0 or 10"),

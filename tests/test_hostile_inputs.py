@@ -193,6 +193,83 @@ MODEL_CASES = {
 }
 
 
+def conv_model(directory):
+    """A small convolutional net (model-file format 2) trained for one epoch, as bytes."""
+    from fastnn.layers import Conv2D, Dropout, MaxPool2D
+
+    rng = np.random.default_rng(0)
+    net = Network([(8, 8, 1), Conv2D(3, 3, padding="same"), MaxPool2D(2), Dropout(0.1), 5, 3],
+                  activation="relu", output="softmax", loss="cross_entropy", seed=1)
+    net.fit(rng.integers(0, 256, (30, 64)).astype(np.uint8), rng.integers(0, 3, 30), epochs=1,
+            batch_size=10, lr=0.1, optimizer="momentum")
+    net.save(directory / "conv.safetensors")
+    return (directory / "conv.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def conv_bytes(tmp_path_factory):
+    return conv_model(tmp_path_factory.mktemp("conv"))
+
+
+def edit_layer(i, **changes):
+    """A change to a format-2 file: layer i's config updated with `changes`."""
+    return lambda b: edit(b, "network", lambda n: n["layers"][i].update(changes))
+
+
+# the same for format 2 (convolutional nets): all refused from the header alone
+CONV_CASES = {
+    "an unknown layer type": (
+        lambda b: set_meta(edit_layer(1, type="attention")(b), "fastnn_version", "9.1"),
+        r"layer 1 has type \"attention\", which fastnn .* does not know .* written by fastnn "
+        r"9.1: load it with that version or a newer one"),
+    "a layer type that is a number": (edit_layer(0, type=7),
+                                      r"network.layers\[0\].type must be a string"),
+    "10**6 filters": (edit_layer(0, filters=10 ** 6),
+                      r"inconsistent shapes: layers.0.weights is \(3, 3, 1, 3\), but input "
+                      r"shape \[8, 8, 1\] and conv2d, maxpool2d, .* need \(3, 3, 1, 1000000\)"),
+    "a kernel of 2**40": (edit_layer(0, kernel=[2 ** 40, 3]),
+                          r"network.layers\[0\].kernel must be at most 1048576"),
+    "an image of 16384 x 16384 x 4": (
+        lambda b: edit(b, "network", lambda n: n.update(input_shape=[16384, 16384, 4])),
+        r"network describes layers of [\d,]+ values per sample \(at most 268,435,456\)"),
+    "padding 'full'": (edit_layer(0, padding="full"),
+                       r"network.layers\[0\]: Conv2D: padding must be one of"),
+    "a field no layer has": (edit_layer(1, dilation=2),
+                             r"network.layers\[1\]: MaxPool2D takes \['size', 'stride'\]"),
+    "a Flatten left out": (lambda b: edit(b, "network", lambda n: n["layers"].pop(3) and None),
+                           "network.layers must be a list with every Flatten layer given"),
+    "a hidden softmax": (lambda b: edit(b, "network", lambda n: n.update(
+        activations=["softmax", "relu", "softmax"])), "can only be the output activation"),
+    "one activation too few": (lambda b: edit(b, "network", lambda n: n["activations"].pop() and None),
+                               "network.activations must be a list of 3 names"),
+    "a pool too big for its input": (
+        edit_layer(1, size=[9, 9]),
+        r"no valid network: MaxPool2D\(9, stride=2\) needs an input of at least 9x9"),
+    "format 2 claimed to be format 1": (lambda b: set_meta(b, "format_version", "1"),
+                                        "network.sizes must be present"),
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_hostile_conv_model_files_are_refused_by_info_and_the_api(tmp_path, conv_bytes, case,
+                                                                   monkeypatch):
+    make, message = CONV_CASES[case]
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(make(conv_bytes))
+    before = snapshot(tmp_path)
+    proc = run_fastnn("info", path, cwd=tmp_path)
+    assert_refused(proc, before, tmp_path, codes=(1,))
+    assert re.search(message, proc.stderr), proc.stderr
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a Network was built from an unchecked header")
+
+    monkeypatch.setattr(fastnn.network.Network, "__init__", no_network)
+    for reader in (fastnn.load, read_metadata, read_header):
+        with pytest.raises(ModelFileError, match=message):
+            reader(path)
+
+
 @pytest.mark.parametrize("case", MODEL_CASES)
 def test_hostile_model_files_are_refused_by_info_and_the_api(tmp_path, model_bytes, case):
     make, message = MODEL_CASES[case]
@@ -741,8 +818,10 @@ def small_model(tmp_path_factory):
 
 @FUZZ
 @given(data=st.data())
-def test_fuzzed_model_headers_give_only_model_file_errors(tmp_path, small_model, data):
-    header, tensors = split(small_model)
+def test_fuzzed_model_headers_give_only_model_file_errors(tmp_path, small_model, conv_bytes,
+                                                          data):
+    # format 1 (a dense stack) and format 2 (a conv net)
+    header, tensors = split(data.draw(st.sampled_from([small_model, conv_bytes])))
     meta = header["__metadata__"]
     target = data.draw(st.sampled_from(["network", "optimizer", "training", "input_scaling",
                                         "metadata", "table", "raw", "bytes"]))

@@ -11,8 +11,8 @@ from conftest import damage
 from numpy.testing import assert_array_equal
 
 import fastnn
+import fastnn.layers
 from fastnn import ModelFileError, Network
-from fastnn.io import FORMAT_VERSION
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_model_file_is_plain_safetensors_with_metadata(tmp_path, trained):
         meta = f.metadata()
         assert sorted(f.keys()) == ["biases.0", "biases.1", "biases.2", "optimizer.state",
                                     "weights.0", "weights.1", "weights.2"]
-    assert meta["format"] == "fastnn" and meta["format_version"] == str(FORMAT_VERSION)
+    assert meta["format"] == "fastnn" and meta["format_version"] == "1"   # a dense stack
     assert meta["fastnn_version"] == fastnn.__version__
     network = json.loads(meta["network"])
     assert network["sizes"] == [6, 5, 4, 3] and network["seed"] == 11
@@ -213,3 +213,98 @@ def test_loader_survives_random_and_damaged_bytes(tmp_path, data):
     except ModelFileError:
         return
     assert loaded.forward(np.ones((1, 4))).shape == (1, 2)
+
+
+# ------------------------------------------------------------- format 2
+
+def conv_net(dtype="float32", **fit):
+    """A small conv net with every layer kind, trained one epoch on uint8 images."""
+    from fastnn.layers import Conv2D, Dropout, L2Pool2D, MaxPool2D
+
+    net = Network([(10, 12, 2), Conv2D(4, 3, padding="same", activation="tanh"), MaxPool2D(2),
+                   Conv2D(5, (2, 3), stride=(1, 2)), L2Pool2D(2, stride=1), Dropout(0.25), 12,
+                   3], activation="relu", output="softmax", loss="cross_entropy",
+                  dtype=dtype, init="he", seed=3)
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (60, 240)).astype(np.uint8)
+    y = rng.integers(0, 3, 60)
+    net.fit(X, y, epochs=1, batch_size=6, **fit)
+    return net, X, y
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_conv_net_is_written_in_format_2_and_read_back_exactly(tmp_path, dtype):
+    from fastnn.io import read_header
+
+    net, X, y = conv_net(dtype, optimizer="adam", lr=0.01, lr_schedule="step:every=1,factor=0.5")
+    net.save(tmp_path / "c.safetensors")
+    header = read_header(tmp_path / "c.safetensors")
+    assert header.version == 2
+    assert sorted(header.tensors) == ["layers.0.biases", "layers.0.weights", "layers.2.biases",
+                                      "layers.2.weights", "layers.6.biases", "layers.6.weights",
+                                      "layers.7.biases", "layers.7.weights", "optimizer.state"]
+    assert header.tensors["layers.2.weights"].shape == (2, 3, 4, 5)          # HWIO
+    network = header.fields["network"]
+    assert network["input_shape"] == [10, 12, 2]
+    assert [layer["type"] for layer in network["layers"]] == [
+        "conv2d", "maxpool2d", "conv2d", "l2pool2d", "dropout", "flatten", "dense", "dense"]
+    assert network["activations"] == ["tanh", "relu", "relu", "softmax"]
+    loaded = fastnn.load(tmp_path / "c.safetensors")
+    assert repr(loaded) == repr(net) and loaded.layers == net.layers
+    assert_array_equal(loaded._params, net._params)
+    assert_array_equal(loaded.forward(X), net.forward(X))
+    assert loaded.optimizer_state.steps == net.optimizer_state.steps == 10
+    assert_array_equal(loaded.optimizer_state.state, net.optimizer_state.state)
+    assert loaded.training == json.loads(json.dumps(net.training))
+    assert loaded.input_dtype == "uint8" and loaded.epochs_trained == 1
+    # resuming from the file continues exactly as the network in memory does
+    schedule = fastnn.schedules.parse("step:every=1,factor=0.5")
+    schedule.load_state_dict(loaded.training["lr_schedule_state"])
+    loaded.fit(X, y, epochs=1, batch_size=6, optimizer="adam", lr=0.01, lr_schedule=schedule)
+    schedule = fastnn.schedules.parse("step:every=1,factor=0.5")
+    schedule.load_state_dict(net.training["lr_schedule_state"])
+    net.fit(X, y, epochs=1, batch_size=6, optimizer="adam", lr=0.01, lr_schedule=schedule)
+    assert_array_equal(loaded._params, net._params)
+
+
+def test_the_weights_in_the_file_are_the_networks_hwio_tensors(tmp_path):
+    from safetensors.numpy import load_file
+
+    net, _, _ = conv_net()
+    net.save(tmp_path / "c.safetensors")
+    tensors = load_file(tmp_path / "c.safetensors")
+    names = [s.layer for s in net.plan.slots]
+    for k, i in enumerate(names):
+        assert_array_equal(tensors[f"layers.{i}.weights"], net.weights[k])
+        assert_array_equal(tensors[f"layers.{i}.biases"], net.biases[k])
+
+
+@pytest.mark.parametrize("spec", [[(4, 4), 3], [4, fastnn.layers.Dropout(0.5), 3],
+                                  [4, fastnn.layers.Dense(5, activation="tanh"), 3]])
+def test_which_networks_need_format_2(tmp_path, spec):
+    from fastnn.io import read_header
+
+    net = Network(spec, seed=0)
+    net.save(tmp_path / "m.safetensors")
+    expected = 1 if net.plan.plain_dense else 2
+    assert read_header(tmp_path / "m.safetensors").version == expected
+    loaded = fastnn.load(tmp_path / "m.safetensors")
+    assert_array_equal(loaded._params, net._params)
+    assert loaded.activations == net.activations and loaded.input_shape == net.input_shape
+
+
+def test_an_unknown_layer_type_names_the_version_that_wrote_it(tmp_path):
+    net, _, _ = conv_net()
+    path = tmp_path / "c.safetensors"
+    net.save(path)
+
+    def future(header):
+        network = json.loads(header["__metadata__"]["network"])
+        network["layers"][1] = {"type": "attention", "heads": 4}
+        header["__metadata__"]["network"] = json.dumps(network)
+        header["__metadata__"]["fastnn_version"] = "9.0"
+
+    _rewrite_header(path, future)
+    with pytest.raises(ModelFileError, match=r"layer 1 has type \"attention\", which fastnn "
+                       r".* does not know .*written by fastnn 9.0: load it with that version"):
+        fastnn.load(path)

@@ -284,15 +284,6 @@ def test_conv_weights_are_views_and_assignable():
         net.weights[0] = W[:, :, :1]
 
 
-def test_saving_a_conv_network_is_refused(tmp_path):
-    # exporting one works (tests/test_export_conv.py); the model file does
-    # not hold layer objects yet
-    net = Network([(8, 8, 1), Conv2D(2, 3), Dense(3)], seed=0)
-    with pytest.raises(FastnnError, match="not yet supported"):
-        net.save(tmp_path / "net.safetensors")
-    assert not list(tmp_path.iterdir())
-
-
 def test_fit_dropout_counts_hidden_dense_layers_of_conv_nets():
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(20, 36)), rng.integers(0, 2, 20)
