@@ -10,7 +10,8 @@ from fastnn.cli.common import Command, echo_json
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(model, as_json):
-    """Describe MODEL: architecture, parameter count, how it was trained.
+    """Describe MODEL: its layers (type, output shape, activation, parameters,
+    like Keras' summary()), how it was trained.
 
     \b
     Example:
@@ -21,11 +22,14 @@ def info(model, as_json):
 
     net = load_model(model)
     meta = read_metadata(model)
-    layers = [{"layer": l + 1, "inputs": i, "outputs": o, "activation": a, "parameters": i * o + o}
-              for l, (i, o, a) in enumerate(zip(net.sizes, net.sizes[1:], net.activations))]
+    layers = [{"layer": l + 1, "type": d["type"], "config": d["layer"],
+               "inputs": i, "outputs": o, "output_shape": list(d["output_shape"]),
+               "activation": d["activation"], "parameters": d["params"]}
+              for l, (i, o, d) in enumerate(zip(net.sizes, net.sizes[1:], net.plan.describe()))]
     result = {
         "model": model, "format_version": meta.get("format_version"),
         "fastnn_version": meta.get("fastnn_version"), "sizes": list(net.sizes),
+        "input_shape": list(net.input_shape),
         "layers": layers, "parameters": net.n_params, "loss": net.loss, "dtype": str(net.dtype),
         "init": net.init, "seed": net.seed, "slope": net.slope,
         "input_dtype": net.input_dtype, "input_scale": net.input_scale,
@@ -40,11 +44,7 @@ def info(model, as_json):
     click.echo(f"{model}: fastnn model, format {result['format_version']}, written by fastnn "
                f"{result['fastnn_version']}")
     click.echo(f"{net}\n")
-    click.echo(f"{'layer':>5}  {'inputs':>7}  {'outputs':>7}  {'activation':<10}  {'parameters':>10}")
-    for row in layers:
-        click.echo(f"{row['layer']:>5}  {row['inputs']:>7}  {row['outputs']:>7}  "
-                   f"{row['activation']:<10}  {row['parameters']:>10,}")
-    click.echo(f"{'total':>5}  {'':>7}  {'':>7}  {'':<10}  {net.n_params:>10,}\n")
+    click.echo(net.plan.summary() + "\n")
     scale = "uint8 pixels divided by 255" if net.input_dtype == "uint8" else "used as given"
     click.echo(f"inputs: {net.input_dtype or 'not trained yet'} ({scale})")
     click.echo(f"epochs trained: {net.epochs_trained}")

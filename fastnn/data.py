@@ -44,11 +44,14 @@ MAX_CSV_LINE = 1 << 20
 
 @dataclass
 class Data:
-    """Features, labels (int) or targets (float), and a name for messages."""
+    """Features, labels (int) or targets (float), a name for messages, and
+    the shape of one sample when the file says it (IDX images: (H, W) or
+    (H, W, C)), else None."""
 
     X: np.ndarray
     y: Optional[np.ndarray]
     source: str
+    shape: Optional[tuple] = None
 
     def __len__(self):
         return len(self.X)
@@ -174,15 +177,20 @@ def _idx_labels_beside(path):
 
 def load_idx(path, labels=None):
     """IDX images (any shape (n, ...), flattened to rows) and their labels."""
+    images, y = _load_idx(path, labels)
+    return images.reshape(len(images), -1), y
+
+
+def _load_idx(path, labels=None):
+    """IDX images as their file shapes them (n, ...), and their labels."""
     images = read_idx(path)
     if images.ndim < 2:
         raise DataError(f"{path} holds a 1-D IDX array; give the images file, not the labels")
     if len(images) == 0:
         raise DataError(f"{path} holds no images (its header says shape {images.shape})")
-    X = images.reshape(len(images), -1)
     labels = Path(labels) if labels else _idx_labels_beside(path)
     y = None if labels is None else read_idx(labels)
-    return X, y
+    return images, y
 
 
 # -------------------------------------------------------------------- CSV
@@ -666,13 +674,13 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
         X is 2-D (images are flattened to rows); y is None when there are
         no labels.
     """
-    from fastnn.datasets import DATASETS
+    from fastnn.datasets import DATASETS, IMAGE_SHAPES
 
     spec = os.fspath(spec)
     if spec in DATASETS and not os.path.exists(spec):
         (X_train, y_train), (X_test, y_test) = DATASETS[spec]()
         X, y = (X_train, y_train) if split == "train" else (X_test, y_test)
-        return Data(X, y, f"{spec} ({split})")
+        return Data(X, y, f"{spec} ({split})", IMAGE_SHAPES.get(spec))
     path = Path(spec)
     if not path.exists():
         raise DataError(f"{spec}: no such file, and not a known dataset ({', '.join(DATASETS)})")
@@ -693,8 +701,9 @@ def load_data(spec, split="train", labels=None, label_col=None, n_features=None)
         elif kind == "pickle":
             X, y = load_nielsen_pickle(path, "test" if split == "test" else "train")
         else:
-            X, y = load_idx(path, labels)
-        return Data(*_check_data(X, y, spec), spec)
+            X, y = _load_idx(path, labels)
+        shape = X.shape[1:] if kind == "idx" and 3 <= X.ndim <= 4 else None
+        return Data(*_check_data(X, y, spec), spec, shape)
     except MemoryError:
         raise DataError(f"{spec}: not enough memory to read it") from None
 

@@ -173,3 +173,5 @@ def download_mnist(directory=None, mirrors=None, timeout=60, report=None, force=
 
 #: Named datasets: name -> loader returning ((X_train, y_train), (X_test, y_test)).
 DATASETS = {"mnist": load_mnist}
+#: The shape of one sample of the datasets of images.
+IMAGE_SHAPES = {"mnist": (28, 28)}
