@@ -321,9 +321,13 @@ class Plan:
                 for s in self.slots]
 
     def tensor_names(self):
-        """("weights.k", "biases.k") of the k-th parametric layer, as in
-        ``net.weights[k]`` and model files."""
-        return [(f"weights.{k}", f"biases.{k}") for k in range(len(self.slots))]
+        """The (weights, biases) tensor names of each parametric layer in a
+        model file: ("weights.k", "biases.k") of the k-th in a dense stack
+        (format 1, as in ``net.weights[k]``), else ("layers.i.weights",
+        "layers.i.biases") of layer i of ``layers`` (format 2)."""
+        if self.plain_dense:
+            return [(f"weights.{k}", f"biases.{k}") for k in range(len(self.slots))]
+        return [(f"layers.{s.layer}.weights", f"layers.{s.layer}.biases") for s in self.slots]
 
     def weight_ranges(self):
         """(start, stop) of every weight block (what L1/L2 act on; biases not)."""

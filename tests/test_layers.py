@@ -383,3 +383,11 @@ def test_the_summary_table_has_a_row_per_layer_and_the_total():
                     ["4", "Flatten()", "48", "0"],
                     ["5", "Dense(5)", "5", "softmax", "245"],
                     ["total", "302"]]
+
+
+def test_tensor_names_are_those_of_the_model_file():
+    plan = Plan.parse([(6, 6, 1), Conv2D(2, 3), MaxPool2D(2), 4])
+    assert plan.tensor_names() == [("layers.0.weights", "layers.0.biases"),
+                                   ("layers.3.weights", "layers.3.biases")]
+    assert Plan.parse([5, 4, 3]).tensor_names() == [("weights.0", "biases.0"),
+                                                    ("weights.1", "biases.1")]
