@@ -8,7 +8,8 @@ from fastnn.cli.common import Command, echo_json
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(model, as_json):
-    """Describe MODEL: architecture, parameter count, how it was trained.
+    """Describe MODEL: its layers (type, output shape, activation, parameters,
+    like Keras' summary()), how it was trained.
 
     \b
     Example:

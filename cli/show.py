@@ -8,12 +8,14 @@ from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, d
 HELP = """Draw the samples of DATA (default: the mnist test split) that MODEL gets
 most wrong, as a grid of images in a PNG: the misclassified samples whose
 true class gets the lowest output activation, each titled
-"true 7 → predicted 2" with its row number. Needs matplotlib:
+"true 7 → predicted 2" with its row number. With --filters, draw the first
+convolution layer's filters (no DATA needed). Needs matplotlib:
 pip install 'fastnn[plot]'.
 
 \b
 Examples:
     fastnn show mnist.safetensors --misclassified grid.png
+    fastnn show conv.safetensors --filters filters.png
     fastnn show model.safetensors test.csv --label-col label --misclassified grid.png \\
         --count 49 --image-shape 8x8
 
@@ -36,8 +38,10 @@ def image_shape(ctx, param, value):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data", required=False, default="mnist")
 @click.option("--misclassified", type=click.Path(), metavar="FILE.png",
-              required=True, help="Write the grid of the worst-classified samples here "
-                                  "(.png, .svg or .pdf).")
+              help="Write the grid of the worst-classified samples here "
+                   "(.png, .svg or .pdf).")
+@click.option("--filters", type=click.Path(), metavar="FILE.png",
+              help="Write the first convolution layer's filters here (.png, .svg or .pdf).")
 @click.option("--count", type=click.IntRange(min=1), default=25, show_default=True,
               help="Draw at most this many samples.")
 @click.option("--image-shape", callback=image_shape, metavar="HxW",
@@ -46,15 +50,25 @@ def image_shape(ctx, param, value):
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @threads_option
 @force_option
-def show(model, data, misclassified, count, image_shape, labels, label_col, limit, threads,
-         force):
+def show(model, data, misclassified, filters, count, image_shape, labels, label_col, limit,
+         threads, force):
     from fastnn import load as load_model
-    from fastnn.plot import image_shape_for, picture_format, plot_misclassified
+    from fastnn.plot import image_shape_for, picture_format, plot_filters, plot_misclassified
 
-    check_outputs([("--misclassified", misclassified, picture_format(misclassified)[1])],
-                  [("MODEL", model)] + data_inputs("DATA", data, labels), force)
+    if not misclassified and not filters:
+        raise click.UsageError("give --misclassified FILE.png, --filters FILE.png or both")
+    outputs = [(name, path, picture_format(path)[1])
+               for name, path in (("--misclassified", misclassified), ("--filters", filters))
+               if path]
+    check_outputs(outputs, [("MODEL", model)]
+                  + (data_inputs("DATA", data, labels) if misclassified else []), force)
     set_threads(threads)
     net = load_model(model)
+    if filters:
+        drawn = plot_filters(net, filters, force=force)
+        click.echo(f"Wrote {drawn} filters of the first convolution layer to {filters}")
+    if not misclassified:
+        return
     # before loading DATA: a shape that cannot be drawn fails at once
     image_shape_for(net.sizes[0], image_shape, hint="give --image-shape HEIGHTxWIDTH")
     dataset = load(data, "test", labels, training_label_col(net, label_col),

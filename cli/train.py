@@ -20,8 +20,8 @@ from fastnn.preprocessing import SCALINGS
 from fastnn.training import AUGMENTATIONS, STALL_EPOCHS, epoch_line, stall_hint
 
 # Options that describe the network: fixed by the model file when resuming.
-ARCHITECTURE = ("layers", "hidden", "activation", "output_activation", "loss", "init", "slope",
-                "dtype", "seed", "task", "scale")
+ARCHITECTURE = ("layers", "hidden", "input_shape", "activation", "output_activation", "loss",
+                "init", "slope", "dtype", "seed", "task", "scale")
 # Options of fit() that a resumed run takes from the model file unless given again.
 RESUMABLE = ("batch_size", "lr", "optimizer", "momentum", "betas", "eps", "l2", "l1", "dropout",
              "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle",
@@ -58,6 +58,8 @@ Examples:
         --loss cross_entropy --init he --optimizer adam --lr 1e-3 --dropout 0.2 \\
         --batch-size 128 --epochs 20 --lr-schedule step:every=5,factor=0.5 -o modern.safetensors
     fastnn train digits.csv --label-col label --hidden 64 --epochs 50 -o digits.safetensors
+    fastnn train mnist --layers 28x28,conv20:5,maxpool2,conv40:5,maxpool2,100,10 \\
+        --activation relu --output softmax --loss cross_entropy --lr 0.03 -o conv.safetensors
     fastnn train --resume mnist.safetensors --epochs 10
 
 """ + DATA_HELP
@@ -72,9 +74,34 @@ def int_list(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated integers like 784,30,10, not {value!r}")
     if min(sizes, default=0) < 1:
         raise click.BadParameter(f"layer sizes must be integers >= 1, not {value!r}")
-    if param.name == "layers" and len(sizes) < 2:
-        raise click.BadParameter(f"needs at least two layer sizes, not {value!r}")
     return sizes
+
+
+def input_shape(ctx, param, value):
+    from fastnn.exceptions import ConfigError
+    from fastnn.layers import parse_shape
+
+    if value is None:
+        return None
+    try:
+        return parse_shape(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def layer_tokens(ctx, param, value):
+    """--layers, its tokens checked at once (fastnn.layers.parse); the input
+    shape, which may come from the data, is resolved later."""
+    from fastnn.exceptions import ConfigError
+    from fastnn.layers import parse
+
+    if value is None:
+        return None
+    try:
+        parse(value, input_shape=(1,))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def float_list(ctx, param, value):
@@ -121,7 +148,13 @@ def choice(registry, exclude=()):
               help="Also report accuracy on this data after each epoch, for information only "
                    "[default: the test split of a named dataset].")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples of DATA.")
-@click.option("--layers", callback=int_list, help="Units per layer, input first: 784,30,10.")
+@click.option("--layers", callback=layer_tokens, metavar="TOKENS",
+              help="The layers, input shape first: 784,30,10 (dense), or "
+                   "28x28,conv20:5,maxpool2,100,10 (tokens convF:K[xK][:sS][:same][:ACT], "
+                   "maxpoolK[:sS], l2poolK[:sS], dropoutRATE, flatten, N[:ACT]; see README).")
+@click.option("--input-shape", callback=input_shape, metavar="HxW[xC]",
+              help="The shape of one sample, when --layers starts with a layer "
+                   "[default: the IDX file's, else the features as a vector].")
 @click.option("--hidden", callback=int_list,
               help="Hidden layer sizes, the input and output sizes taken from the data "
                    "[default: 30].")
@@ -473,12 +506,20 @@ def _new_network(train_set, options):
     from fastnn.network import Network
     from fastnn.preprocessing import REGRESSION_DEFAULTS, resolve_scale
 
+    from fastnn.layers import parse
+
     targets = infer_targets(train_set.y, options["task"], train_set.source, LABELS_HINT,
                             ask=TASK_ASK)
+    given_shape = options["input_shape"]
     if options["layers"]:
-        sizes = options["layers"]
+        shape = given_shape or train_set.shape or (train_set.X.shape[1],)
+        sizes = parse(options["layers"], input_shape=shape)
+        if given_shape and tuple(sizes[0]) != tuple(given_shape):
+            raise click.UsageError(f"--layers starts with the input shape {sizes[0]}, but "
+                                   f"--input-shape says {given_shape}; give one of them")
     else:
-        sizes = [train_set.X.shape[1], *(options["hidden"] or [30]), targets.n_outputs]
+        sizes = [given_shape or train_set.X.shape[1], *(options["hidden"] or [30]),
+                 targets.n_outputs]
     kwargs = {k: options[k] for k in ("loss", "init", "slope", "dtype", "seed")
               if options[k] is not None}
     output = options["output_activation"]

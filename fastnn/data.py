@@ -54,7 +54,8 @@ class Data:
     (divided by 255) for images (IDX files, uint8 image arrays, the named
     data sets), ``none`` for Nielsen's pickle (images already in [0, 1]),
     ``standard`` for other (tabular) data. `label_name` is the label
-    column's name in a CSV header.
+    column's name in a CSV header. `shape` is the shape of one sample when
+    the file says it (IDX images: (H, W) or (H, W, C)), else None.
     """
 
     X: np.ndarray
@@ -62,6 +63,7 @@ class Data:
     source: str
     auto_scale: str = "standard"
     label_name: Optional[str] = None
+    shape: Optional[tuple[int, ...]] = None
 
     def __len__(self) -> int:
         return len(self.X)
@@ -188,15 +190,20 @@ def _idx_labels_beside(path):
 
 def load_idx(path: PathLike, labels: Optional[PathLike] = None) -> XY:
     """IDX images (any shape (n, ...), flattened to rows) and their labels."""
+    images, y = _load_idx(path, labels)
+    return images.reshape(len(images), -1), y
+
+
+def _load_idx(path, labels=None):
+    """IDX images as their file shapes them (n, ...), and their labels."""
     images = read_idx(path)
     if images.ndim < 2:
         raise DataError(f"{path} holds a 1-D IDX array; give the images file, not the labels")
     if len(images) == 0:
         raise DataError(f"{path} holds no images (its header says shape {images.shape})")
-    X = images.reshape(len(images), -1)
     labels = Path(labels) if labels else _idx_labels_beside(path)
     y = None if labels is None else read_idx(labels)
-    return X, y
+    return images, y
 
 
 # -------------------------------------------------------------------- CSV
@@ -733,7 +740,7 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
         X is 2-D (images are flattened to rows); y is None when there are
         no labels.
     """
-    from fastnn.datasets import DATASETS
+    from fastnn.datasets import DATASETS, IMAGE_SHAPES
 
     X: Array
     y: Optional[Array]
@@ -741,7 +748,7 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
     if spec in DATASETS and not os.path.exists(spec):
         (X_train, y_train), (X_test, y_test) = DATASETS[spec]()
         X, y = (X_train, y_train) if split == "train" else (X_test, y_test)
-        return Data(X, y, f"{spec} ({split})", auto_scale="pixels")
+        return Data(X, y, f"{spec} ({split})", auto_scale="pixels", shape=IMAGE_SHAPES.get(spec))
     path = Path(spec)
     if not path.exists():
         raise DataError(f"{spec}: no such file, and not a known dataset ({', '.join(DATASETS)})")
@@ -763,11 +770,12 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
         elif kind == "pickle":
             X, y = load_nielsen_pickle(path, "test" if split == "test" else "train")
         else:
-            X, y = load_idx(path, labels)
+            X, y = _load_idx(path, labels)
+        shape = tuple(X.shape[1:]) if kind == "idx" and 3 <= X.ndim <= 4 else None
         X, y = _check_data(X, y, spec)
         auto = ("none" if kind == "pickle" else "pixels" if kind == "idx" or (
             kind != "csv" and X.dtype == np.uint8) else "standard")
-        return Data(X, y, spec, auto_scale=auto, label_name=info.get("label_name"))
+        return Data(X, y, spec, auto_scale=auto, label_name=info.get("label_name"), shape=shape)
     except MemoryError:
         raise DataError(f"{spec}: not enough memory to read it") from None
 

@@ -182,3 +182,5 @@ def download_mnist(directory: Optional[PathLike] = None, mirrors: Optional[Seque
 
 #: Named datasets: name -> loader returning ((X_train, y_train), (X_test, y_test)).
 DATASETS: dict[str, Callable[..., Splits]] = {"mnist": load_mnist}
+#: The shape of one sample of the datasets of images.
+IMAGE_SHAPES: dict[str, tuple[int, ...]] = {"mnist": (28, 28)}

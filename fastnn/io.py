@@ -375,7 +375,7 @@ class Format1(ModelFormat):
         return {"sizes": list(plan.sizes), "activations": list(plan.activations)}
 
     def tensor_names(self, plan: "Plan") -> list[tuple[str, str]]:
-        return [(f"weights.{l}", f"biases.{l}") for l in range(len(plan.slots))]
+        return plan.tensor_names()
 
     def described(self, fields: dict[str, Any]) -> str:
         return f"sizes {fields['network']['sizes']}"
@@ -469,6 +469,7 @@ class Format2(ModelFormat):
                 "activations": [plan.activations[i] for i in params]}
 
     def tensor_names(self, plan: "Plan") -> list[tuple[str, str]]:
+        # what Plan.tensor_names gives any network written in format 2
         return [(f"layers.{s.layer}.weights", f"layers.{s.layer}.biases") for s in plan.slots]
 
     def described(self, fields: dict[str, Any]) -> str:

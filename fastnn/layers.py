@@ -18,6 +18,7 @@ module.
 """
 import math
 import numbers
+import re
 from dataclasses import dataclass, fields
 from typing import ClassVar, Optional
 
@@ -352,3 +353,121 @@ def from_config(config):
         return cls(**{k: v for k, v in config.items() if k != "type"})
     except TypeError as exc:        # a required field missing
         raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+# ------------------------------------------------------------ layer tokens
+#
+# The command line's --layers: comma-separated tokens, no quoting needed.
+
+#: The tokens `parse` takes, for messages and help.
+TOKENS = ("N[:ACT] (Dense)", "convF:K[xK][:sS[xS]][:same][:ACT]", "maxpoolK[xK][:sS]",
+          "l2poolK[xK][:sS]", "dropoutRATE", "flatten")
+_SHAPE = re.compile(r"[0-9]+(?:x[0-9]+){0,2}")
+_PAIR = r"([0-9]+)(?:x([0-9]+))?"
+
+
+def _token_error(token, why=None):
+    why = f" ({why})" if why else ""
+    return ConfigError(f"cannot read layer token {token!r}{why}; expected an input shape "
+                       f"first (784, 28x28 or 28x28x1), then any of {', '.join(TOKENS)}, "
+                       f"e.g. 28x28,conv20:5,maxpool2,100,10")
+
+
+def parse_shape(text):
+    """An input shape from 'N', 'HxW' or 'HxWxC': (N,), (H, W, 1) or (H, W, C)."""
+    text = str(text).strip().lower()
+    if not _SHAPE.fullmatch(text):
+        raise ConfigError(f"an input shape is N, HxW or HxWxC (784, 28x28, 28x28x1), "
+                          f"not {text!r}")
+    dims = tuple(int(d) for d in text.split("x"))
+    if min(dims) < 1:
+        raise ConfigError(f"an input shape's sides must be >= 1, not {text!r}")
+    return dims + (1,) if len(dims) == 2 else dims
+
+
+def _pair_of(match, first):
+    a = int(match.group(first))
+    b = match.group(first + 1)
+    return (a, int(b)) if b is not None else a
+
+
+def _layer_token(token):
+    """The layer one token (lower case, no spaces) stands for."""
+    parts = token.split(":")
+    head, options = parts[0], parts[1:]
+    if re.fullmatch(r"[0-9]+", head):
+        if len(options) > 1:
+            raise _token_error(token)
+        return Dense(int(head), activation=options[0] if options else None)
+    m = re.fullmatch(r"conv([0-9]+)", head)
+    if m:
+        if not options or not re.fullmatch(_PAIR, options[0]):
+            raise _token_error(token, "a convolution needs filters and a kernel: conv20:5")
+        kernel = _pair_of(re.fullmatch(_PAIR, options[0]), 1)
+        kwargs = {}
+        for option in options[1:]:
+            s = re.fullmatch("s" + _PAIR, option)
+            if s and "stride" not in kwargs:
+                kwargs["stride"] = _pair_of(s, 1)
+            elif option in PADDINGS and "padding" not in kwargs:
+                kwargs["padding"] = option
+            elif "activation" not in kwargs and re.fullmatch(r"[a-z_]+", option):
+                kwargs["activation"] = option
+            else:
+                raise _token_error(token, f"{option!r} is not a stride sN, 'same', 'valid' "
+                                          f"or an activation")
+        return Conv2D(int(m.group(1)), kernel, **kwargs)
+    m = re.fullmatch(r"(maxpool|l2pool)" + _PAIR, head)
+    if m:
+        cls = MaxPool2D if m.group(1) == "maxpool" else L2Pool2D
+        stride = None
+        if options:
+            s = re.fullmatch("s" + _PAIR, options[0])
+            if len(options) > 1 or not s:
+                raise _token_error(token, "a pool takes only a stride: maxpool3:s2")
+            stride = _pair_of(s, 1)
+        return cls(_pair_of(m, 2), stride)
+    m = re.fullmatch(r"dropout([0-9]*\.?[0-9]+)", head)
+    if m and not options:
+        return Dropout(float(m.group(1)))
+    if head == "flatten" and not options:
+        return Flatten()
+    raise _token_error(token)
+
+
+def parse(text, input_shape=None):
+    """The layers of a --layers string: ``[input_shape, *layers]``, what
+    ``Network`` takes as its first argument.
+
+    Tokens are separated by commas: first the input shape (``784``,
+    ``28x28`` or ``28x28x3``), then the layers: ``100`` or ``100:relu`` (a
+    Dense layer, with its own activation), ``conv20:5`` (20 filters of 5x5;
+    options ``:5x3`` kernel, ``:s2`` stride, ``:same`` padding, ``:relu``
+    activation), ``maxpool2``, ``l2pool2`` (``:s1`` stride), ``dropout0.5``,
+    ``flatten`` (implied before the first Dense layer after images). A first
+    token that is a number or a shape is always the input (``784,30,10``
+    keeps its meaning); when the first token is a layer, the input shape is
+    `input_shape`.
+
+    >>> parse("28x28,conv20:5,maxpool2,100,10")
+    [(28, 28, 1), Conv2D(20, 5), MaxPool2D(2), Dense(100), Dense(10)]
+    >>> parse("784,30,10")
+    [(784,), Dense(30), Dense(10)]
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"layers must be a string of comma-separated tokens, not {text!r}")
+    tokens = [t.strip().lower() for t in text.split(",")]
+    if "" in tokens:
+        raise ConfigError(f"an empty layer token in {text!r}; separate tokens with single "
+                          f"commas")
+    first = tokens[0]
+    if _SHAPE.fullmatch(first):
+        shape, tokens = parse_shape(first), tokens[1:]
+    elif input_shape is not None:
+        shape = tuple(input_shape)
+    else:
+        raise ConfigError(f"{text!r} does not start with an input shape (784, 28x28 or "
+                          f"28x28x1); give one first, or the input shape separately")
+    if not tokens:
+        raise ConfigError(f"{text!r} has no layers after the input shape")
+    return [shape, *(_layer_token(t) for t in tokens)]

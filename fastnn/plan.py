@@ -272,6 +272,22 @@ class Plan:
                  "output_shape": self.shapes[i + 1], "activation": self.activations[i],
                  "params": count.get(i, 0)} for i, layer in enumerate(self.layers)]
 
+    def summary(self):
+        """The layers as a text table, one row per layer (its repr, output
+        shape, activation, parameters) and the total, like Keras' summary()
+        (what ``fastnn info`` prints)."""
+        rows = [("#", "layer", "output shape", "activation", "parameters"),
+                ("0", "input", _fmt_shape(self.input_shape), "", "")]
+        rows += [(str(i + 1), d["layer"], _fmt_shape(d["output_shape"]), d["activation"] or "",
+                  f"{d['params']:,}") for i, d in enumerate(self.describe())]
+        rows.append(("", "total", "", "", f"{self.n_params:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        lines = []
+        for r in rows:
+            lines.append(f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  "
+                         f"{r[3]:<{widths[3]}}  {r[4]:>{widths[4]}}".rstrip())
+        return "\n".join(lines)
+
     def config(self):
         """{"input_shape", "layers"} as JSON-ready values, activations resolved
         into each parametric layer's config; Plan.from_config reads it back."""
@@ -305,9 +321,13 @@ class Plan:
                 for s in self.slots]
 
     def tensor_names(self):
-        """("weights.k", "biases.k") of the k-th parametric layer, as in
-        ``net.weights[k]`` and model files."""
-        return [(f"weights.{k}", f"biases.{k}") for k in range(len(self.slots))]
+        """The (weights, biases) tensor names of each parametric layer in a
+        model file: ("weights.k", "biases.k") of the k-th in a dense stack
+        (format 1, as in ``net.weights[k]``), else ("layers.i.weights",
+        "layers.i.biases") of layer i of ``layers`` (format 2)."""
+        if self.plain_dense:
+            return [(f"weights.{k}", f"biases.{k}") for k in range(len(self.slots))]
+        return [(f"layers.{s.layer}.weights", f"layers.{s.layer}.biases") for s in self.slots]
 
     def weight_ranges(self):
         """(start, stop) of every weight block (what L1/L2 act on; biases not)."""
@@ -374,6 +394,11 @@ class Plan:
         first = self._row_layers[0]
         return [math.prod(self.shapes[first])] + [
             math.prod(self.shapes[i + 1]) for i in self._row_layers]
+
+
+def _fmt_shape(shape):
+    """(24, 24, 20) as '24x24x20', (100,) as '100'."""
+    return "x".join(str(d) for d in shape)
 
 
 def _hwc(shape):

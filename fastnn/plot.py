@@ -531,3 +531,69 @@ def plot_misclassified(net, X, y, path, n=25, image_shape=None, *, title=None, d
     fig.suptitle(title)
     _save(fig, Canvas, path, dpi, force)
     return shown
+
+
+# ---------------------------------------------------------------- filters
+
+#: The most filters plot_filters draws.
+MAX_FILTERS = 64
+
+
+def plot_filters(net, path, *, title=None, dpi=DPI, force=False):
+    """Draw the first convolution layer's filters (its shared weights), one
+    small image per filter and input channel, as a grid.
+
+    Each filter of a ``Conv2D(F, (kh, kw))`` layer is a kh x kw x C block of
+    weights: one row of the grid per filter (at most MAX_FILTERS), one
+    column per input channel (one for grey images). A diverging colour map
+    centred on 0, the same scale for every cell: red weights excite, blue
+    ones inhibit (Nielsen's chapter 6 draws them so).
+
+    Returns
+    -------
+    int
+        The number of filters drawn.
+
+    Raises
+    ------
+    ConfigError
+        If the network has no Conv2D layer.
+    FastnnError
+        If matplotlib is missing, or the file cannot be written.
+    """
+    from fastnn.layers import Conv2D
+
+    convs = [k for k, s in enumerate(net.plan.slots)
+             if isinstance(net.plan.layers[s.layer], Conv2D)]
+    if not convs:
+        raise ConfigError(f"{net!r} has no Conv2D layer, so no filters to draw")
+    Figure, Canvas = _matplotlib()
+    check_picture(path, force)
+    W = np.asarray(net.weights[convs[0]], dtype=np.float64)        # (kh, kw, C, F)
+    kh, kw, C, F = W.shape
+    shown = min(F, MAX_FILTERS)
+    limit = float(np.abs(W).max()) or 1.0
+    if C == 1:
+        columns = min(shown, 10)
+        rows = math.ceil(shown / columns)
+        cells = [(f, 0, f) for f in range(shown)]
+    else:
+        columns, rows = C, shown
+        cells = [(f, c, f * C + c) for f in range(shown) for c in range(C)]
+    fig = Figure(figsize=(1.1 * columns + 0.8, 1.1 * rows + 0.7), layout="constrained")
+    image = None
+    for f, c, k in cells:
+        ax = fig.add_subplot(rows, columns, k + 1)
+        image = ax.imshow(W[:, :, c, f], cmap="RdBu_r", vmin=-limit, vmax=limit,
+                          interpolation="nearest")
+        ax.set_title(f"{f}" if C == 1 else f"{f}, channel {c}", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=fig.axes, shrink=0.8)
+    layer = net.plan.layers[net.plan.slots[convs[0]].layer]
+    if title is None:
+        title = (f"the {shown} filters of {layer!r}" if shown == F
+                 else f"the first {shown} of {F} filters of {layer!r}")
+    fig.suptitle(title)
+    _save(fig, Canvas, path, dpi, force)
+    return shown

@@ -29,7 +29,7 @@ def describe(net: "Network") -> dict[str, Any]:
                   for l, row in enumerate(plan.describe())]
     state = net.optimizer_state
     return {
-        "sizes": list(net.sizes), "layers": layers, "parameters": net.n_params,
+        "sizes": list(net.sizes), "input_shape": list(net.input_shape), "layers": layers, "parameters": net.n_params,
         "loss": net.loss, "dtype": str(net.dtype), "init": net.init, "seed": net.seed,
         "slope": net.slope, "input_dtype": net.input_dtype, "input_scale": net.input_scale,
         "epochs_trained": net.epochs_trained,

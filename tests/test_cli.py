@@ -309,8 +309,8 @@ def test_divergence_keeps_the_last_good_weights(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--layers", "784,x,10"], "expected comma-separated integers"),
-    (["--layers", "784"], "needs at least two layer sizes"),
+    (["--layers", "784,x,10"], "cannot read layer token 'x'"),
+    (["--layers", "784"], "has no layers after the input shape"),
     (["--hidden", "0"], "layer sizes must be integers >= 1"),
     (["--layers", "784,10", "--hidden", "30"], "give --layers or --hidden, not both"),
     (["--activation", "relux"], "'relux' is not one of"),

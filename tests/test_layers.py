@@ -1,6 +1,7 @@
 """Layer objects and the Plan built from them: shapes, configs, the flat
 layout, the kernel's table, and Network built from layers."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -310,3 +311,73 @@ def test_shift_takes_non_square_images_with_channels():
     plain = Network([(7, 5, 3), Conv2D(2, 3), Dense(2)], seed=0, dtype="float64")
     plain.fit(X, y, epochs=2, batch_size=4)
     assert not np.allclose(plain._params, nets[0]._params)
+
+
+# ------------------------------------------------------------ layer tokens
+
+@pytest.mark.parametrize("text, expected", [
+    ("784,30,10", [(784,), Dense(30), Dense(10)]),
+    ("28x28,conv20:5,maxpool2,conv40:5,maxpool2,100,10",
+     [(28, 28, 1), Conv2D(20, 5), MaxPool2D(2), Conv2D(40, 5), MaxPool2D(2), Dense(100),
+      Dense(10)]),
+    ("32x32x3, Conv8:3x5:s2x1:same:tanh, l2pool3:s2, dropout.5, flatten, 100:relu, 10",
+     [(32, 32, 3), Conv2D(8, (3, 5), stride=(2, 1), padding="same", activation="tanh"),
+      L2Pool2D(3, stride=2), Dropout(0.5), Flatten(), Dense(100, activation="relu"), Dense(10)]),
+    ("6x6,conv2:3:valid:s2,maxpool2x1:s1,4",
+     [(6, 6, 1), Conv2D(2, 3, stride=2), MaxPool2D((2, 1), stride=1), Dense(4)]),
+])
+def test_layer_tokens_parse_into_layers(text, expected):
+    from fastnn.layers import parse
+
+    assert parse(text) == expected
+
+
+def test_without_an_input_token_the_input_shape_is_given():
+    from fastnn.layers import parse
+
+    assert parse("conv4:3,10", input_shape=(8, 8, 1)) == [(8, 8, 1), Conv2D(4, 3), Dense(10)]
+    # a number first is always the input, as --layers 784,30,10 always was
+    assert parse("100,10", input_shape=(784,)) == [(100,), Dense(10)]
+    with pytest.raises(ConfigError, match="does not start with an input shape"):
+        parse("conv4:3,10")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("28x28,conv20", "a convolution needs filters and a kernel"),
+    ("28x28,conv20:5:s2:s3", "'s3' is not a stride sN, 'same', 'valid' or an activation"),
+    ("28x28,maxpool", "cannot read layer token 'maxpool'"),
+    ("28x28,dropout", "cannot read layer token 'dropout'"),
+    ("28x28,dropout1.5", r"Dropout: rate must be a number >= 0 and < 1, not 1.5"),
+    ("28x28,100:relu:tanh", "cannot read layer token '100:relu:tanh'"),
+    ("28x28,0", r"Dense: units must be an integer >= 1, not 0"),
+    ("0x28,10", "an input shape's sides must be >= 1"),
+    ("28x28,,10", "an empty layer token"),
+])
+def test_bad_layer_tokens_name_the_valid_ones(text, message):
+    from fastnn.layers import parse
+
+    with pytest.raises(ConfigError, match=message) as info:
+        parse(text)
+    assert "\n" not in str(info.value)
+
+
+def test_the_summary_table_has_a_row_per_layer_and_the_total():
+    net = Network([(8, 8, 2), Conv2D(3, 3, padding="same"), L2Pool2D(2), Dropout(0.5), 5],
+                  activation="relu", output="softmax", loss="cross_entropy", seed=0)
+    rows = [re.split(r"\s{2,}", line.strip()) for line in net.plan.summary().splitlines()]
+    assert rows == [["#", "layer", "output shape", "activation", "parameters"],
+                    ["0", "input", "8x8x2"],
+                    ["1", "Conv2D(3, 3, padding='same')", "8x8x3", "relu", "57"],
+                    ["2", "L2Pool2D(2)", "4x4x3", "0"],
+                    ["3", "Dropout(0.5)", "4x4x3", "0"],
+                    ["4", "Flatten()", "48", "0"],
+                    ["5", "Dense(5)", "5", "softmax", "245"],
+                    ["total", "302"]]
+
+
+def test_tensor_names_are_those_of_the_model_file():
+    plan = Plan.parse([(6, 6, 1), Conv2D(2, 3), MaxPool2D(2), 4])
+    assert plan.tensor_names() == [("layers.0.weights", "layers.0.biases"),
+                                   ("layers.3.weights", "layers.3.biases")]
+    assert Plan.parse([5, 4, 3]).tensor_names() == [("weights.0", "biases.0"),
+                                                    ("weights.1", "biases.1")]
