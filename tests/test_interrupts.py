@@ -138,26 +138,39 @@ def test_first_interrupt_raises_once_then_ignores():
     assert not quiet.fired
 
 
-# a dense net, and a conv net (trained by a team of threads sharing each batch)
-NETS = {"dense": [20, 16, 3],
-        "conv": [(5, 4, 1), Conv2D(3, 3, padding="same"), MaxPool2D(2), Dense(3)]}
+# a dense net and a conv net: (layers, rows, batch size) such that an epoch lasts a few
+# tenths of a second at least (progress ticks every 0.1 s). The conv net runs on one
+# thread: a team's stop is tested in test_conv.py, and a team of two on a loaded 2-core
+# machine makes this epoch last tens of seconds.
+NETS = {"dense": ([20, 16, 3], 200_000, 1),
+        "conv": ([(5, 4, 1), Conv2D(3, 3, padding="same"), MaxPool2D(2), Dense(3)], 100_000, 10)}
+
+
+@pytest.fixture
+def one_thread():
+    """fastnn's thread count set to 1 for one test."""
+    before = fastnn.blas.get_num_threads()
+    fastnn.blas.set_num_threads(1)
+    yield
+    fastnn.blas.set_num_threads(before)
 
 
 @pytest.mark.parametrize("kind", NETS)
 @pytest.mark.parametrize("options", [dict(optimizer="sgd", lr=0.5),
                                      dict(optimizer="adam", lr=0.01,
                                           lr_schedule="step:every=1,factor=0.5")])
-def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind):
+def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind, request):
+    spec, rows, batch = NETS[kind]
+    if kind == "conv":
+        request.getfixturevalue("one_thread")
     rng = np.random.default_rng(0)
-    # enough rows for an epoch of a few tenths of a second (progress ticks
-    # every 0.1 s), doubled so that a loaded machine still interrupts mid-epoch
-    X = rng.normal(size=(200_000 if kind == "dense" else 40_000, 20)).astype(np.float32)
+    X = rng.normal(size=(rows, 20)).astype(np.float32)
     y = rng.integers(0, 3, len(X))
-    straight = fastnn.Network(NETS[kind], seed=5)
-    straight.fit(X, y, epochs=3, batch_size=1, **options)
+    straight = fastnn.Network(spec, seed=5)
+    straight.fit(X, y, epochs=3, batch_size=batch, **options)
 
-    net = fastnn.Network(NETS[kind], seed=5)
-    net.fit(X, y, epochs=1, batch_size=1, **options)
+    net = fastnn.Network(spec, seed=5)
+    net.fit(X, y, epochs=1, batch_size=batch, **options)
     after_one = (net._params.copy(), net.optimizer_state.state.copy(), net.optimizer_state.steps)
     sent = []
 
@@ -171,7 +184,7 @@ def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind
     schedule = fastnn.schedules.parse(options.get("lr_schedule", "constant"))
     schedule.load_state_dict(net.training["lr_schedule_state"])
     with pytest.raises(KeyboardInterrupt):
-        net.fit(X, y, epochs=2, batch_size=1, progress=interrupt_mid_epoch,
+        net.fit(X, y, epochs=2, batch_size=batch, progress=interrupt_mid_epoch,
                 **{**options, "lr_schedule": schedule})
     assert 0 < sent[0] < len(X)                       # it was mid-epoch
     np.testing.assert_array_equal(net._params, after_one[0])
@@ -180,7 +193,7 @@ def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind
     assert net.history.stopped == "interrupted" and net.history.epochs == 0
     schedule = fastnn.schedules.parse(options.get("lr_schedule", "constant"))
     schedule.load_state_dict(net.training["lr_schedule_state"])
-    net.fit(X, y, epochs=2, batch_size=1, **{**options, "lr_schedule": schedule})
+    net.fit(X, y, epochs=2, batch_size=batch, **{**options, "lr_schedule": schedule})
     np.testing.assert_array_equal(net._params, straight._params)
 
 
