@@ -210,7 +210,7 @@ def test_divergence_never_replaces_an_existing_model(work):
     X = np.random.default_rng(0).normal(size=(200, 4))
     np.savez(work / "wild.npz", X=X, y=np.random.default_rng(1).normal(size=(200, 2)) * 100)
     args = ("train", "wild.npz", "--layers", "4,16,16,2", "--output", "identity",
-            "--optimizer", "momentum", "--lr", "1", "--epochs", "10", "--seed", "0")
+            "--optimizer", "momentum", "--lr", "10", "--epochs", "10", "--seed", "0")
     first = run_fastnn(*args, "-o", "wild.safetensors", cwd=work)
     assert first.returncode == 1 and "diverged" in first.stderr
     before = (work / "wild.safetensors").read_bytes()   # its last good epoch

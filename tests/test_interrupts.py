@@ -216,6 +216,17 @@ def start(args, cwd=None):
                             stderr=subprocess.PIPE, bufsize=0)
 
 
+def read_network_line(proc):
+    """The lines up to the network line (train prints the task and scaling
+    first): training starts after it. Empty when the process ended first."""
+    text = ""
+    while True:
+        line = read_line(proc)
+        text += line
+        if not line or line.startswith("Network("):
+            return text
+
+
 def read_line(proc):
     line = b""
     while not line.endswith(b"\n"):
@@ -271,8 +282,8 @@ def interrupted_run(directory, data, threads, checkpoint, validate, existing, mo
         args += ["--val-split", 0.2]
     proc = start(args, cwd=directory)
     try:
-        first = read_line(proc)                 # the network line: training starts
-        assert first.startswith("Network("), first + finish(proc)[1]
+        first = read_network_line(proc)         # training starts
+        assert "Network(" in first, first + finish(proc)[1]
         if final:
             first += read_line(proc)
             first += read_line(proc)            # "epoch 2/2": the final save comes next
@@ -392,7 +403,7 @@ def resume_trial(directory, data, recipe, seed, seconds):
     model = directory / "m.safetensors"
     proc = start(recipe_args(data, recipe, model), cwd=directory)
     try:
-        read_line(proc)                         # training starts
+        read_network_line(proc)                 # training starts
         time.sleep(rnd.uniform(0, seconds))
         proc.send_signal(signal.SIGINT)
         out, err = finish(proc)
@@ -420,7 +431,7 @@ def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, data_file):
     for recipe in RECIPES:
         path = tmp_path / f"straight-{recipe}.safetensors"
         proc = start(recipe_args(data_file, recipe, path))
-        read_line(proc)
+        read_network_line(proc)
         began = time.monotonic()
         _, err = finish(proc)
         assert proc.returncode == 0, err
