@@ -23,13 +23,15 @@ def describe(net: "Network") -> dict[str, Any]:
     else:
         # from the Plan's layer objects: shapes (H, W, C) or (n,), the
         # activation None for layers without one (pooling, Flatten, Dropout)
-        layers = [{"layer": l + 1, "type": row["layer"], "inputs": list(plan.shapes[l]),
-                   "outputs": list(row["output_shape"]), "activation": row["activation"],
+        layers = [{"layer": l + 1, "type": row["type"], "repr": row["layer"],
+                   "inputs": list(plan.shapes[l]), "outputs": list(row["output_shape"]),
+                   "output_shape": list(row["output_shape"]), "activation": row["activation"],
                    "parameters": row["params"]}
                   for l, row in enumerate(plan.describe())]
     state = net.optimizer_state
     return {
-        "sizes": list(net.sizes), "input_shape": list(net.input_shape), "layers": layers, "parameters": net.n_params,
+        "sizes": list(net.sizes), "input_shape": list(net.input_shape), "layers": layers,
+        "parameters": net.n_params,
         "loss": net.loss, "dtype": str(net.dtype), "init": net.init, "seed": net.seed,
         "slope": net.slope, "input_dtype": net.input_dtype, "input_scale": net.input_scale,
         "epochs_trained": net.epochs_trained,
@@ -52,15 +54,8 @@ def summary_lines(net: "Network") -> list[str]:
                          f"{row['activation']:<10}  {row['parameters']:>10,}")
         lines += [f"{'total':>5}  {'':>7}  {'':>7}  {'':<10}  {net.n_params:>10,}", ""]
     else:
-        rows = [(str(row["layer"]), row["type"], _shape(row["inputs"]), _shape(row["outputs"]),
-                 row["activation"] or "", f"{row['parameters']:,}") for row in info["layers"]]
-        rows.append(("total", "", "", "", "", f"{net.n_params:,}"))
-        head = ("layer", "type", "inputs", "outputs", "activation", "parameters")
-        width = [max(len(r[k]) for r in [head, *rows]) for k in range(len(head))]
-        for r in [head, *rows]:
-            lines.append(f"{r[0]:>{width[0]}}  {r[1]:<{width[1]}}  {r[2]:>{width[2]}}  "
-                         f"{r[3]:>{width[3]}}  {r[4]:<{width[4]}}  {r[5]:>{width[5]}}".rstrip())
-        lines.append("")
+        # one row per layer: its repr, output shape, activation, parameters
+        lines += [*net.plan.summary().splitlines(), ""]
     pre = net.preprocessing
     if pre is None:
         scale = "uint8 pixels divided by 255" if net.input_dtype == "uint8" else "used as given"
@@ -84,11 +79,6 @@ def summary_lines(net: "Network") -> list[str]:
     if isinstance(cli, dict) and cli.get("data"):
         lines.append(f"data: {shown(cli['data'])}")
     return lines
-
-
-def _shape(shape: list[int]) -> str:
-    """28x28x1 for an image, 100 for a vector."""
-    return "x".join(str(n) for n in shape)
 
 
 def shown(text: str) -> str:

@@ -1,4 +1,5 @@
 """Resources an epoch uses: memory, allocations, the GIL."""
+import ast
 import os
 import shutil
 import subprocess
@@ -48,7 +49,8 @@ def _epoch(n, batch):
                 control=np.zeros(3, np.int64))
 
 
-def test_an_epoch_allocates_nothing_per_batch():
+def _epoch_peaks():
+    """tracemalloc's peak during an epoch of 10 and of 10,000 batches."""
     peaks = {}
     for batches in (10, 10_000):
         args = _epoch(10 * batches, 10)
@@ -57,6 +59,19 @@ def test_an_epoch_allocates_nothing_per_batch():
         peaks[batches] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert args["control"][_kernels.ROWS_DONE] == 10 * batches
+    return peaks
+
+
+def test_an_epoch_allocates_nothing_per_batch():
+    # in a process of its own: tracemalloc counts every thread's Python
+    # allocations, and a thread left by another test would count here
+    script = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+              "from test_resources import _epoch_peaks\n"
+              "print(repr(_epoch_peaks()))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    peaks = ast.literal_eval(out.stdout.strip().splitlines()[-1])
     # a few kB of call overhead, the same for 10 batches as for 10,000
     assert peaks[10] < 16 * 1024 and abs(peaks[10_000] - peaks[10]) < 1024, peaks
 

@@ -40,10 +40,11 @@ def test_summary_of_a_conv_net_comes_from_its_layers():
                   activation="relu", output="softmax", loss="cross_entropy", seed=0)
     rows = [line.split() for line in net.summary(print_fn=None).splitlines()]
     # conv 5x5x1 -> 4: 5*5*1*4 + 4 = 104; 4x4x4 = 64 inputs to Dense(10): 650
-    assert ["1", "Conv2D(4,", "5)", "12x12x1", "8x8x4", "relu", "104"] in rows
-    assert ["2", "MaxPool2D(2)", "8x8x4", "4x4x4", "0"] in rows
-    assert ["4", "Flatten()", "4x4x4", "64", "0"] in rows
-    assert ["5", "Dense(10)", "64", "10", "softmax", "650"] in rows
+    assert ["0", "input", "12x12x1"] in rows
+    assert ["1", "Conv2D(4,", "5)", "8x8x4", "relu", "104"] in rows
+    assert ["2", "MaxPool2D(2)", "4x4x4", "0"] in rows
+    assert ["4", "Flatten()", "64", "0"] in rows
+    assert ["5", "Dense(10)", "10", "softmax", "650"] in rows
     assert ["total", str(104 + 650)] in rows and net.n_params == 104 + 650
     info = json.loads(json.dumps(describe(net)))
     assert [row["parameters"] for row in info["layers"]] == [104, 0, 0, 0, 650]
