@@ -283,7 +283,9 @@ def interrupted_run(directory, data, threads, checkpoint, validate, existing, mo
     proc = start(args, cwd=directory)
     try:
         first = read_network_line(proc)         # training starts
-        assert "Network(" in first, first + finish(proc)[1]
+        if "Network(" not in first:
+            proc.kill()                         # never wait on a run of 100,000 epochs
+            pytest.fail(first + finish(proc)[1])
         if final:
             first += read_line(proc)
             first += read_line(proc)            # "epoch 2/2": the final save comes next
