@@ -27,7 +27,7 @@ def problem(output, loss, seed=0, n=6, sizes=(5, 4, 3, 3)):
 def numerical_gradient(net, X, Y, h=1e-6):
     """dC/dp by central differences, C the mean loss."""
     grads = []
-    for p in net.weights + net.biases:
+    for p in list(net.weights) + list(net.biases):
         g = np.empty_like(p)
         flat, gflat = p.reshape(-1), g.reshape(-1)
         for i in range(flat.size):

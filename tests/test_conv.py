@@ -6,6 +6,7 @@ from conftest import one_hot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
+from test_backprop import numerical_gradient, relative_error
 
 from fastnn import Network, _core, _kernels
 from fastnn import _reference as ref
@@ -235,28 +236,6 @@ NETS = {
     "pool_first": [(6, 6, 1), MaxPool2D(3, stride=2), Conv2D(2, 2), Dense(3)],
     "conv_output": [(6, 6, 2), Conv2D(4, 4, padding="same"), L2Pool2D(2), Conv2D(3, 3)],
 }
-
-
-def numerical_gradient(net, X, Y, h=1e-6):
-    grads = []
-    for p in list(net.weights) + list(net.biases):
-        g = np.empty_like(p)
-        flat, gflat = p.reshape(-1), g.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + h
-            up = net.evaluate(X, Y)["loss"]
-            flat[i] = old - h
-            down = net.evaluate(X, Y)["loss"]
-            flat[i] = old
-            gflat[i] = (up - down) / (2 * h)
-        grads.append(g)
-    return grads
-
-
-def relative_error(a, b):
-    a, b = np.concatenate([x.ravel() for x in a]), np.concatenate([x.ravel() for x in b])
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
 
 
 @pytest.mark.parametrize("backend", ["cython", "numpy"])
