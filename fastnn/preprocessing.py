@@ -414,31 +414,16 @@ def regression_metrics(y_true, y_pred):
             "r2": float(r2.mean())}
 
 
-def folded(net):
-    """A copy of `net` that takes raw rows and gives what `predict` works
-    from, with nothing but its layers: the feature scaling folded into the
-    first layer (``((x - o) / s) @ W + b = x @ (W / s) + (b - (o / s) @ W)``)
-    and, for a regression with an identity output, the target scaling into
-    the last (``a * t + m``); `net` itself when there is nothing to fold.
-    The exporters use it (through `fold`), so that every exported model
-    applies the stored scaling to raw rows. The folding is done in float64,
-    then rounded to the network's dtype (so outputs agree with fastnn's to
-    rounding).
-
-    Raises ConfigError for a regression whose output is not identity (its
-    targets cannot be restored by the last layer's weights), and for a
-    standard or min-max scaling whose first layer is not Dense (see `fold`).
-    """
-    out, shift = fold(net)
-    if shift is not None:
-        raise ConfigError(f"the {net.preprocessing.scaling.kind} scaling cannot be folded into "
-                          f"a first layer {net.layers[0]!r}; it is applied before it")
-    return out
-
-
 def fold(net):
-    """(`folded` net, shift): the scaling folded into the layers where a
-    layer can take it, and what is left to apply to raw rows first.
+    """(a copy of `net` that takes raw rows, shift): the feature scaling
+    folded into the first layer where it can take it
+    (``((x - o) / s) @ W + b = x @ (W / s) + (b - (o / s) @ W)``), the
+    target scaling of a regression with an identity output into the last
+    (``a * t + m``), and what is left to apply to raw rows first (None when
+    nothing is). The exporters use it, so that every exported model applies
+    the stored scaling to raw rows; the folding is done in float64, then
+    rounded to the network's dtype. Raises ConfigError for a regression
+    whose output is not identity.
 
     A per-feature standard or min-max scaling folds into a first Dense layer
     (after Flatten or Dropout, which move nothing); a convolution or pooling
