@@ -7,6 +7,7 @@ import click
 from click.core import ParameterSource
 
 from fastnn.activations import ACTIVATIONS
+from fastnn.callbacks import Callback
 from fastnn.datasets import DATASETS
 from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, data_options,
                                echo_json, jsonable, load, match_inputs, set_threads,
@@ -285,6 +286,9 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     X_test = match_inputs(net, test.X) if test is not None else None
 
     epochs = 30 if options["epochs"] is None else options["epochs"]
+    if options["lr_schedule"] is not None:
+        # kept in the model in its own words (bounded), not as typed
+        options["lr_schedule"] = parse_schedule(options["lr_schedule"]).spec()
     cli_options = {k: options[k] for k in RESUMABLE if options[k] is not None}
     fit_options = dict(cli_options)
     if "lr_schedule" in fit_options:
@@ -329,11 +333,12 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     say(f"{net}: {net.n_params:,} parameters; training on {len(train_set):,} samples "
         f"of {train_set.source}")
     progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
+    checks = [SaveableCheck(run, cli_options, out)] if out else []
     finished = False
     try:
         net.fit(X_train, train_set.y, epochs=epochs, validation_data=val,
                 validation_split=fit_options.pop("val_split", 0.0), callback=after_epoch,
-                progress=progress, **fit_options)
+                progress=progress, callbacks=checks, **fit_options)
         finished = True
         outputs.save_finished(net, record_run())
     except KeyboardInterrupt:
@@ -531,8 +536,40 @@ def _new_network(train_set, options):
     scale = resolve_scale(options["scale"] or "auto", train_set.auto_scale)
     net.prepare(train_set.X, train_set.y, task=targets.task, scale=scale)
     if targets.task == "regression" and train_set.label_name and net.sizes[-1] == 1:
+        from fastnn.exceptions import DataError
+        from fastnn.preprocessing import MAX_NAME
+
+        if len(train_set.label_name) > MAX_NAME:
+            raise DataError(f"{train_set.source}: the target column's name has "
+                            f"{len(train_set.label_name):,} characters; fastnn keeps names of "
+                            f"at most {MAX_NAME} in a model (rename the column)")
         net.preprocessing.target_names = [train_set.label_name]
     return net, targets.inferred
+
+
+class SaveableCheck(Callback):
+    """Refuse, before the first epoch, a run whose model file would not load
+    (a name longer than the header keeps, say): what `save` would refuse at
+    the end, checked on the header as it will be once fit has checked its
+    options (only the final metrics and the schedule's state are missing)."""
+
+    def __init__(self, run, cli_options, out):
+        self.run, self.cli_options, self.out = run, cli_options, out
+
+    def on_train_begin(self, net, metrics):
+        from fastnn.exceptions import ModelFileError
+        from fastnn.io import check_header
+
+        super().on_train_begin(net, metrics)
+        kept = net.training
+        net.training = {**kept, "cli": self.run, "cli_options": self.cli_options}
+        try:
+            check_header(net)
+        except ModelFileError as exc:
+            raise ModelFileError(f"cannot train a model for {self.out}: it could not be saved "
+                                 f"as a file fastnn loads ({exc})") from None
+        finally:
+            net.training = kept
 
 
 def _task_line(net, inferred, resumed):

@@ -175,7 +175,7 @@ class ModelCheckpoint(Callback):
         self.best_epoch: Optional[int] = None
 
     def on_train_begin(self, net: "Network", metrics: Sequence[str]) -> None:
-        from fastnn.io import MODEL_FILE
+        from fastnn.io import MODEL_FILE, check_header
 
         super().on_train_begin(net, metrics)
         if self.save_best_only:
@@ -183,6 +183,7 @@ class ModelCheckpoint(Callback):
         self._monitor.best = math.inf
         self.best_epoch = None
         check_output(self.path, MODEL_FILE, self.force, OutputError)
+        check_header(net)     # a model that could not be saved is refused now
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> Optional[bool]:
         if self._monitor.improved(metrics) if self.save_best_only else True:

@@ -31,7 +31,15 @@ and renamed over the target, so a crash never leaves a half-written model,
 and an existing file that is not a fastnn model is not replaced unless
 asked to. Loading never executes code (no pickle): the
 header is JSON and the tensors are raw arrays, checked against the header.
+
+A file that `save` writes, `load` reads: before anything is replaced, the
+bytes about to be written are read back through `load`'s own code (the
+header schema, the tensor table, finiteness, the network they build), and
+a model that would not load is refused with ModelFileError, the old file
+untouched. `check_header` runs the header part alone, cheaply, so that
+``fastnn train`` refuses such a run before it starts.
 """
+import io
 import json
 import math
 import os
@@ -98,6 +106,12 @@ def safetensors_bytes(tensors: dict[str, Array], metadata: dict[str, str]) -> by
 
 
 def _bytes(net: "Network", weights_only: bool = False) -> bytes:
+    return safetensors_bytes(*_contents(net, weights_only))
+
+
+def _contents(net: "Network",
+              weights_only: bool = False) -> tuple[dict[str, Array], dict[str, str]]:
+    """(tensors, metadata) of the model file of `net`."""
     fmt = format_for(net)
     tensors = dict(zip([name for pair in fmt.tensor_names(net.plan) for name in pair],
                        [a for W, b in zip(net.weights, net.biases) for a in (W, b)]))
@@ -127,7 +141,7 @@ def _bytes(net: "Network", weights_only: bool = False) -> bytes:
     }
     if net.preprocessing is not None:
         metadata["preprocessing"] = json.dumps(net.preprocessing.to_dict())
-    return safetensors_bytes(tensors, metadata)
+    return tensors, metadata
 
 
 def _looks_like_model(head: bytes) -> bool:
@@ -157,7 +171,48 @@ def save(net: "Network", path: PathLike, force: bool = False, weights_only: bool
     model is replaced only with force=True). With weights_only, the
     optimizer's state is left out (the file loads and predicts the same; a
     fit continuing from it starts a new optimizer)."""
-    atomic_write(path, _bytes(net, weights_only), ModelFileError, kind=MODEL_FILE, force=force)
+    data = _bytes(net, weights_only)
+    try:
+        _verify(data, net.backend)
+    except ModelFileError as exc:
+        raise ModelFileError(f"cannot save {os.fspath(path)}, nothing was written: "
+                             f"{exc}") from None
+    atomic_write(path, data, ModelFileError, kind=MODEL_FILE, force=force)
+
+
+#: How a model being checked before it is written is called in messages.
+_UNWRITTEN = "the model"
+
+
+def _verify(data: bytes, backend: str) -> None:
+    """Raise ModelFileError if `load` would refuse a file of these bytes.
+
+    They are read as `load` reads a file: header, tensor table, each tensor
+    (NaN and infinity refused), then the network is built. When there is no
+    memory for a second copy of the network, the checks that need none
+    stand: the header, the tensor table and each tensor's values."""
+    f = io.BytesIO(data)
+    header = _read_header(f, _UNWRITTEN)
+    try:
+        _build(f, header, _UNWRITTEN, backend)
+    except ModelFileError as exc:
+        if not isinstance(exc.__context__, MemoryError):
+            raise
+        view = memoryview(data)
+        for name, t in header.tensors.items():
+            start = header.data_start + t.begin
+            array = np.frombuffer(view[start:header.data_start + t.end], t.dtype)
+            if not all(np.isfinite(array[i:i + (1 << 20)]).all()
+                       for i in range(0, array.size, 1 << 20)):
+                raise ModelFileError(f"{_UNWRITTEN}: {name} contains NaN or infinity") from None
+
+
+def check_header(net: "Network") -> None:
+    """Raise ModelFileError if the header of the model file of `net`, as it
+    is now, would not load (a name longer than the header keeps, a scaling
+    that is not finite, more classes than a model may have...): the check
+    `save` makes, without the tensors, for runs to make before they start."""
+    _check_metadata(_contents(net, weights_only=True)[1], _UNWRITTEN)
 
 
 # ------------------------------------------------------------------ reading
@@ -344,6 +399,22 @@ def _preprocessing_spec() -> Any:
     return JSONText(schema(MAX_UNITS))
 
 
+def _check_network(network: dict[str, Any], plan: Callable[[], "Plan"]) -> "Plan":
+    """The Plan `plan()` makes of a checked ``network`` field, and its loss
+    checked against its output: what Network() checks before it allocates
+    anything, so that a header that passes builds a network."""
+    from fastnn.losses import get_loss
+    from fastnn.schema import SchemaError
+
+    try:
+        made = plan()
+        get_loss(network["loss"]).check_output(network["activations"][-1])
+    except ConfigError as exc:
+        raise SchemaError("network", "a network", None,
+                          f"network describes no valid network: {exc}") from None
+    return made
+
+
 def _check_preprocessing(fields: dict[str, Any], n_inputs: int, n_outputs: int) -> None:
     from fastnn.preprocessing import check_fields
 
@@ -381,6 +452,7 @@ class Format1(ModelFormat):
         return f"sizes {fields['network']['sizes']}"
 
     def check(self, fields: dict[str, Any]) -> None:
+        from fastnn.plan import Plan
         from fastnn.schema import SchemaError
 
         network, optimizer = fields["network"], fields["optimizer"]
@@ -390,6 +462,8 @@ class Format1(ModelFormat):
         if len(network["activations"]) != n_layers:
             raise SchemaError("network.activations", f"a list of {n_layers} names, one per "
                               f"layer of sizes {network['sizes']}", network["activations"])
+        _check_network(network, lambda: Plan.parse(network["sizes"], network["activations"][:-1],
+                                                   network["activations"][-1]))
         _check_preprocessing(fields, network["sizes"][0], network["sizes"][-1])
 
     def tensors(self, fields: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -507,13 +581,9 @@ class Format2(ModelFormat):
         if len(network["activations"]) != n_params:
             raise SchemaError("network.activations", f"a list of {n_params} names, one "
                               f"per Dense or Conv2D layer", network["activations"])
-        try:
-            plan = Plan(tuple(network["input_shape"]), layers,
-                        activation=network["activations"][:-1],
-                        output=network["activations"][-1])
-        except ConfigError as exc:
-            raise SchemaError("network", "a network", None,
-                              f"network describes no valid network: {exc}") from None
+        plan = _check_network(network, lambda: Plan(tuple(network["input_shape"]), layers,
+                                                    activation=network["activations"][:-1],
+                                                    output=network["activations"][-1]))
         if len(plan.layers) != len(layers):
             raise SchemaError("network.layers", "a list with every Flatten layer given",
                               network["layers"])
@@ -619,7 +689,6 @@ def _tensor_table(header: dict[str, Any], data_start: int, size: int,
 def _read_header(f: BinaryIO, path: str) -> ModelHeader:
     """The checked ModelHeader of an open model file."""
     from fastnn.reading import file_size, load_json
-    from fastnn.schema import SchemaError
 
     size = file_size(f)
     start = f.read(8)
@@ -646,6 +715,16 @@ def _read_header(f: BinaryIO, path: str) -> ModelHeader:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path} is a safetensors file but not a fastnn model "
                              f"(no fastnn metadata in its header)")
+    fmt, fields = _check_metadata(meta, path)
+    tensors = _tensor_table(header, 8 + n, size, path)
+    _match_tensors(tensors, fmt.tensors(fields), fmt.described(fields), path)
+    return ModelHeader(path, fmt.version, fmt, meta, fields, tensors, 8 + n)
+
+
+def _check_metadata(meta: dict[str, Any], path: str) -> tuple["ModelFormat", dict[str, Any]]:
+    """(format, checked fields) of the ``__metadata__`` of a model file."""
+    from fastnn.schema import SchemaError
+
     fmt = _format_of(meta, path)
     try:
         fields = fmt.metadata.check(meta, "")
@@ -654,9 +733,7 @@ def _read_header(f: BinaryIO, path: str) -> ModelHeader:
         raise ModelFileError(f"{path} has a damaged fastnn header: {exc}") from None
     except UnknownLayerType as exc:
         raise ModelFileError(f"{path}: {exc}") from None
-    tensors = _tensor_table(header, 8 + n, size, path)
-    _match_tensors(tensors, fmt.tensors(fields), fmt.described(fields), path)
-    return ModelHeader(path, fmt.version, fmt, meta, fields, tensors, 8 + n)
+    return fmt, fields
 
 
 def _format_of(meta: dict[str, Any], path: str) -> ModelFormat:
@@ -741,29 +818,33 @@ def load(path: PathLike, backend: str = "cython") -> "Network":
     get_backend(backend)
     path = os.fspath(path)
     with open_regular(path, ModelFileError, "model file") as f:
-        header = _read_header(f, path)
+        return _build(f, _read_header(f, path), path, backend)
 
-        def read(name: str) -> Array:
-            t = header.tensors[name]
-            array = np.empty(t.shape, t.dtype)
-            f.seek(header.data_start + t.begin)
-            try:
-                got = f.readinto(memoryview(array).cast("B"))  # type: ignore[arg-type]
-            except OSError as exc:
-                raise ModelFileError(f"cannot read {path}: {exc.strerror}") from None
-            if got != t.end - t.begin:
-                raise ModelFileError(f"{path} changed while it was read (tensor {name})")
-            if not np.isfinite(array).all():
-                raise ModelFileError(f"{path}: {name} contains NaN or infinity")
-            return array if array.dtype.isnative else array.astype(t.dtype.newbyteorder("="))
 
+def _build(f: io.BufferedIOBase, header: ModelHeader, path: str, backend: str) -> "Network":
+    """The network of the open model file f, whose checked header is `header`."""
+
+    def read(name: str) -> Array:
+        t = header.tensors[name]
+        array = np.empty(t.shape, t.dtype)
+        f.seek(header.data_start + t.begin)
         try:
-            return header.format.build(header.fields, read, backend)
-        except ConfigError as exc:
-            raise ModelFileError(f"{path} describes an invalid network ({exc})") from None
-        except MemoryError:
-            raise ModelFileError(f"not enough memory to load {path} "
-                                 f"({size_of(header):,} bytes of tensors)") from None
+            got = f.readinto(memoryview(array).cast("B"))  # type: ignore[arg-type]
+        except OSError as exc:
+            raise ModelFileError(f"cannot read {path}: {exc.strerror}") from None
+        if got != t.end - t.begin:
+            raise ModelFileError(f"{path} changed while it was read (tensor {name})")
+        if not np.isfinite(array).all():
+            raise ModelFileError(f"{path}: {name} contains NaN or infinity")
+        return array if array.dtype.isnative else array.astype(t.dtype.newbyteorder("="))
+
+    try:
+        return header.format.build(header.fields, read, backend)
+    except ConfigError as exc:
+        raise ModelFileError(f"{path} describes an invalid network ({exc})") from None
+    except MemoryError:
+        raise ModelFileError(f"not enough memory to load {path} "
+                             f"({size_of(header):,} bytes of tensors)") from None
 
 
 def size_of(header: ModelHeader) -> int:

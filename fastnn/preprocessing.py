@@ -75,12 +75,13 @@ class Scaling:
         for start in range(0, X.shape[1], step):
             block = np.asarray(X[:, start:start + step], dtype=np.float64)
             if kind == "standard":
-                offset[start:start + step] = block.mean(axis=0)
-                spread[start:start + step] = block.std(axis=0)
+                offset[start:start + step], spread[start:start + step] = _mean_std(block)
             else:
                 low = block.min(axis=0)
                 offset[start:start + step] = low
-                spread[start:start + step] = block.max(axis=0) - low
+                with np.errstate(over="ignore"):
+                    spread[start:start + step] = block.max(axis=0) - low
+        _check_spread(spread, offset, kind, "feature")
         # a constant column (or one too narrow to divide by) becomes 0
         spread[~(spread > 1e-12 * np.maximum(np.abs(offset), 1))] = 1.0
         return cls(kind, offset, spread)
@@ -162,7 +163,14 @@ class Preprocessing:
         if decided.task == "classification":
             classes = decided.classes
             if _is_identity(classes) and len(classes) <= max(n_outputs, 2):
-                # labels that are unit numbers keep them (a subset of MNIST's digits)
+                # labels that are unit numbers keep them (a subset of MNIST's
+                # digits): an output layer wider than the labels is allowed,
+                # its units above the largest label being classes not seen
+                if n_outputs > MAX_CLASSES:
+                    raise DataError(f"{name} has {len(classes)} classes ({_few(classes)}), but "
+                                    f"the output layer has {n_outputs:,} units, and a "
+                                    f"classifier has at most {MAX_CLASSES:,} (one unit per "
+                                    f"class); give it {len(classes)} units")
                 classes = list(range(max(n_outputs, 2)))
             if len(classes) != max(n_outputs, 2):
                 raise DataError(f"{name} has {len(classes)} classes ({_few(classes)}), but the "
@@ -175,8 +183,8 @@ class Preprocessing:
             pre.classes = classes
         else:
             Y = _float_targets(y_arr, n_outputs, name)
-            pre.target_mean = Y.mean(axis=0)
-            spread = Y.std(axis=0)
+            pre.target_mean, spread = _mean_std(Y)
+            _check_spread(spread, pre.target_mean, "standard", f"{name} column")
             spread[~(spread > 1e-12 * np.maximum(np.abs(pre.target_mean), 1))] = 1.0
             pre.target_scale = spread
         return pre
@@ -382,6 +390,29 @@ def _few(names, limit=6):
     shown = [str(n) if str(n).isprintable() else ascii(str(n)) for n in names[:limit]]
     shown = [s if len(s) <= 40 else s[:37] + "..." for s in shown]
     return ", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _mean_std(block):
+    """The mean and standard deviation of each column of a float64 array,
+    computed on the columns scaled by a power of two (exact), so that they
+    do not overflow where they are themselves finite (values near 1e308)."""
+    if len(block) == 0:
+        return block.mean(axis=0), block.std(axis=0)
+    top = np.abs(block).max(axis=0)
+    unit = np.ldexp(1.0, np.frexp(top)[1] - 1)     # top / 2 < unit <= top, a power of 2
+    unit[~(top > 0)] = 1.0
+    scaled = block / unit
+    return scaled.mean(axis=0) * unit, scaled.std(axis=0) * unit
+
+
+def _check_spread(spread, offset, kind, what):
+    """DataError for a learned scaling that float64 cannot hold (a min-max
+    range past 1.8e308): the model file keeps only finite numbers."""
+    bad = ~(np.isfinite(spread) & np.isfinite(offset))
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise DataError(f"{what} {j} spans more than float64 holds ({kind} scaling gives "
+                        f"{float(spread[j]):g}); divide it down, or do not scale it")
 
 
 def _float_targets(y, n_outputs, name):

@@ -13,6 +13,7 @@ exhaust memory or overflow the stack:
   with a key given twice is refused.
 """
 import gzip
+import io
 import json
 import os
 import re
@@ -77,8 +78,14 @@ def check_regular(path, error=DataError, what="data file"):
 
 
 def file_size(f):
-    """The size of an open regular file, in bytes."""
-    return os.fstat(f.fileno()).st_size
+    """The size of an open regular file (or in-memory file), in bytes."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except io.UnsupportedOperation:     # io.BytesIO
+        here = f.tell()
+        size = f.seek(0, os.SEEK_END)
+        f.seek(here)
+        return size
 
 
 def read_file(path, error=DataError, what="data file", limit=-1, max_size=None):

@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from fastnn._validation import positive_int
+from fastnn._validation import MAX_COUNT, positive_int
 from fastnn.exceptions import ConfigError, lookup
 
 
@@ -83,7 +83,7 @@ class Step(Schedule):
     name = "step"
 
     def __init__(self, every: int = 5, factor: float = 0.5) -> None:
-        self.every = positive_int(every, "every", 1)
+        self.every = positive_int(every, "every", 1, MAX_COUNT)
         self.factor = _factor(factor)
 
     def next_lr(self, metrics: Mapping[str, float]) -> float:
@@ -105,9 +105,9 @@ class Plateau(Schedule):
 
     def __init__(self, patience: int = 3, factor: float = 0.1, max_reductions: int = 3,
                  monitor: str = "val_loss") -> None:
-        self.patience = positive_int(patience, "patience", 1)
+        self.patience = positive_int(patience, "patience", 1, MAX_COUNT)
         self.factor = _factor(factor)
-        self.max_reductions = positive_int(max_reductions, "max_reductions", 0)
+        self.max_reductions = positive_int(max_reductions, "max_reductions", 0, MAX_COUNT)
         if monitor not in ("val_loss", "loss"):
             raise ConfigError(f"monitor must be 'val_loss' or 'loss', not {monitor!r}")
         self.monitor = monitor
@@ -282,7 +282,7 @@ SCHEDULES = {cls.name: cls for cls in (Constant, Step, Plateau, Cosine, OneCycle
 
 
 def _total(value: object) -> Optional[int]:
-    return None if value is None else positive_int(value, "total", 1)
+    return None if value is None else positive_int(value, "total", 1, MAX_COUNT)
 
 
 def _nonnegative(value: object, name: str, positive: bool = False) -> float:

@@ -307,6 +307,53 @@ def test_absurd_numbers(work):
             codes=(1, 2))
 
 
+# --------------------------------------- a run never writes a model that does not load
+
+def _hostile_csvs(work):
+    """CSVs whose runs once wrote models fastnn refused (issue 24 §1)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = np.arange(40) % 3
+    huge = X.copy()
+    huge[:20, 1], huge[20:, 1] = 1.7e308, -1.7e308
+    for name, cols, header in [("huge.csv", np.column_stack([huge, y]), "a,b,c,label"),
+                               ("target.csv", np.column_stack([X, rng.normal(size=40)]),
+                                "a,b,c," + "t" * 300),
+                               ("label.csv", np.column_stack([X, y]), "a,b,c," + "l" * 5000)]:
+        np.savetxt(work / name, cols, fmt="%.17g", delimiter=",", header=header, comments="")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("data.npz", "--layers", "16,12000"),
+     r"has 3 classes \(0, 1, 2\), but the output layer has 12,000 units.*at most 10,000"),
+    (("huge.csv", "--scale", "minmax"), "feature 1 spans more than float64 holds"),
+    (("target.csv", "--task", "regression"), "target column's name has 300 characters"),
+    (("label.csv", "--label-col", "l" * 5000), "could not be saved .*label_col must be"),
+    (("data.npz", "--lr-schedule", "step:every=" + "9" * 30), "every must be an integer"),
+])
+def test_a_run_whose_model_would_not_load_is_refused_and_the_old_model_kept(work, args,
+                                                                           message):
+    _hostile_csvs(work)
+    for more in ((), ("--checkpoint-every", "1")):
+        proc = refused(work, "train", *args, "--epochs", "1", *more, "-o", "m.safetensors",
+                       message=message, codes=(1,))
+        assert "Epoch" not in proc.stdout        # refused before any training
+    fastnn.load(work / "m.safetensors")
+
+
+def test_a_model_that_would_not_load_is_never_written_over_a_good_one(work):
+    # past the run's own checks (set by hand here), the writer itself refuses
+    good = (work / "m.safetensors").read_bytes()
+    net = fastnn.load(work / "m.safetensors")
+    net.preprocessing.classes = ["x" * 300, "b", "c"]
+    for path in ("m.safetensors", "m.checkpoint.safetensors"):
+        with pytest.raises(fastnn.ModelFileError, match="nothing was written.*classes"):
+            net.save(work / path)
+    assert (work / "m.safetensors").read_bytes() == good
+    assert not (work / "m.checkpoint.safetensors").exists()
+    assert not [p for p in work.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+
+
 def history(work, name):
     return json.loads((work / name).read_text())
 

@@ -191,12 +191,16 @@ def test_refuses_a_damaged_description(tmp_path, trained):
     with pytest.raises(ModelFileError, match=r"damaged fastnn header: network.activations\[0\] "
                                              r"must be one of \[.*'tanh'\], not \"exec\""):
         fastnn.load(path)
-    # names the schema knows, in an order the network refuses
+    # names the schema knows, in an order the network refuses: the header
+    # check builds the plan, so `info` refuses it as `load` does
     trained.save(path)
     _rewrite_header(path, lambda h: h["__metadata__"].update(
         network=h["__metadata__"]["network"].replace('"tanh"', '"softmax"')))
-    with pytest.raises(ModelFileError, match="invalid network .*'softmax' can only be the output"):
+    with pytest.raises(ModelFileError, match="damaged fastnn header: network describes no valid "
+                                             "network: 'softmax' can only be the output"):
         fastnn.load(path)
+    with pytest.raises(ModelFileError, match="'softmax' can only be the output"):
+        fastnn.io.read_header(path)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -308,3 +312,271 @@ def test_an_unknown_layer_type_names_the_version_that_wrote_it(tmp_path):
     with pytest.raises(ModelFileError, match=r"layer 1 has type \"attention\", which fastnn "
                        r".* does not know .*written by fastnn 9.0: load it with that version"):
         fastnn.load(path)
+
+
+# ------------------------------------------------ what save writes, load reads
+
+def _unloadable(net, how):
+    """Damage `net` in memory the ways a run once wrote files that fastnn
+    then refused (issue 24 §1), past the checks a run makes at its start."""
+    pre = net.preprocessing
+    if how == "classes":
+        pre.classes = list(range(12_000))
+    elif how == "scaling":
+        pre.scaling.scale[1] = np.inf
+    elif how == "target_name":
+        pre.task, pre.classes = "regression", None
+        pre.target_mean, pre.target_scale = np.zeros(3), np.ones(3)
+        pre.target_names = ["t" * 300] * 3
+    elif how == "schedule":
+        net.training["lr_schedule"] = "step:every=" + "9" * 300
+    elif how == "label_col":
+        net.training["cli"] = {"label_col": "l" * 5000}
+    elif how == "nan":
+        net._params[0] = np.nan     # past the weights' own check
+    elif how == "loss":
+        net.loss = "cross_entropy"
+        net.plan = Network([6, 5, 4, 3], activation="tanh", output="relu").plan
+
+
+@pytest.mark.parametrize("how", ["classes", "scaling", "target_name", "schedule", "label_col",
+                                 "nan", "loss"])
+def test_save_refuses_what_load_would_and_keeps_the_old_file(tmp_path, how):
+    rng = np.random.default_rng(0)
+    net = Network([6, 5, 4, 3], activation="tanh", output="softmax", loss="cross_entropy",
+                  seed=1)
+    net.fit(rng.normal(size=(30, 6)), rng.integers(0, 3, 30), epochs=1, lr=0.1,
+            task="classification", scale="standard")
+    path = tmp_path / "good.safetensors"
+    net.save(path)
+    before = path.read_bytes()
+    _unloadable(net, how)
+    with pytest.raises(ModelFileError, match=r"^cannot save .*good.safetensors, nothing was "
+                                             r"written: the model") as info:
+        net.save(path)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.safetensors"]
+    fastnn.load(path)
+
+
+def test_a_checkpoint_callback_refuses_before_the_first_epoch(tmp_path):
+    from fastnn.callbacks import ModelCheckpoint
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 4)), rng.normal(size=30)
+    net = Network([4, 3, 1], output="identity", seed=0)
+    net.fit(X, y, epochs=1, lr=0.1, task="regression")
+    net.preprocessing.target_names = ["t" * 300]
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(ModelFileError, match="targets.names"):
+        net.fit(X, y, epochs=3, lr=0.1, callbacks=[ModelCheckpoint(path, save_best_only=False)])
+    assert net.epochs_trained == 1 and not path.exists()
+
+
+def test_an_output_layer_wider_than_the_classes_keeps_unit_numbers_up_to_the_limit(tmp_path):
+    # integer labels are output units: a subset of the classes keeps them
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 4)), rng.integers(0, 3, 30)
+    net = Network([4, 10], seed=0)
+    net.fit(X, y, epochs=1, task="classification")
+    assert net.preprocessing.classes == list(range(10))
+    net.save(tmp_path / "m.safetensors")
+    assert fastnn.load(tmp_path / "m.safetensors").preprocessing.classes == list(range(10))
+    # ... up to the most classes a model may have, and no further
+    for net in (Network([4, 12_000], seed=0), Network([4, 10_001], seed=0)):
+        with pytest.raises(fastnn.DataError, match=r"has 3 classes \(0, 1, 2\), but the output "
+                                                   r"layer has 1[02],00[01] units.*give it 3"):
+            net.fit(X, y, epochs=1, task="classification")
+    # labels that are names must match the layer exactly
+    with pytest.raises(fastnn.DataError, match="has 3 classes .* output layer has 10 unit"):
+        Network([4, 10], seed=0).fit(X, np.array(["a", "b", "c"])[y], epochs=1)
+
+
+@pytest.mark.parametrize("kind", ["standard", "minmax"])
+def test_scaling_of_features_near_the_float64_limit(tmp_path, kind):
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    X[:20, 1], X[20:, 1] = 1.7e308, -1.7e308
+    y = np.arange(40) % 2
+    net = Network([3, 4, 2], seed=0)
+    if kind == "minmax":
+        # the range itself is past float64: refused before training
+        with pytest.raises(fastnn.DataError, match="feature 1 spans more than float64"):
+            net.fit(X, y, epochs=1, scale=kind)
+        assert net.epochs_trained == 0
+        return
+    with np.errstate(all="ignore"):
+        net.prepare(X, y, scale=kind)
+    scaling = net.preprocessing.scaling
+    assert np.isfinite(scaling.scale).all() and scaling.scale[1] == pytest.approx(1.7e308)
+    net.save(tmp_path / "m.safetensors")
+    assert_array_equal(fastnn.load(tmp_path / "m.safetensors").preprocessing.scaling.scale,
+                       scaling.scale)
+
+
+def test_regression_targets_near_the_float64_limit_are_standardised():
+    from fastnn.preprocessing import Preprocessing
+
+    y = np.where(np.arange(20) % 2, 1e308, -1e308)
+    pre = Preprocessing.learn(np.zeros((20, 2)), y, 1, task="regression")
+    assert pre.target_mean[0] == 0 and pre.target_scale[0] == pytest.approx(1e308)
+    np.testing.assert_allclose(pre.encode(y, 1)[:, 0], np.sign(y), rtol=1e-15)
+
+
+def _same_network(a, b):
+    assert repr(a) == repr(b)
+    assert a.epochs_trained == b.epochs_trained and a.input_dtype == b.input_dtype
+    for x, y in zip([*a.weights, *a.biases], [*b.weights, *b.biases]):
+        assert_array_equal(x, y)
+    pa, pb = a.preprocessing, b.preprocessing
+    assert (pa is None) == (pb is None)
+    if pa is not None:
+        assert json.dumps(pa.to_dict()) == json.dumps(pb.to_dict())
+    assert json.loads(json.dumps(a.training, default=float)) == b.training
+
+
+def _fit_and_save(tmp_path, sizes, X, y, net_options, fit_options):
+    net = Network(sizes, **net_options)
+    with np.errstate(all="ignore"):
+        net.fit(X, y, **fit_options)
+    path = tmp_path / "m.safetensors"
+    net.save(path, force=True)
+    return net, path
+
+
+MAX_NAME = "n" * 256
+
+
+@pytest.mark.parametrize("case", [
+    "seed_max", "seed_zero", "epochs_zero", "names_at_limit", "float_classes", "int_classes",
+    "many_classes", "regression_names", "schedules", "conv", "minmax", "pixels", "none", "adamw",
+    "dropout_list", "class_weight", "early_stopping"])
+def test_every_option_that_reaches_the_header_reads_back(tmp_path, case):
+    from fastnn._validation import MAX_COUNT, MAX_SEED
+    from fastnn.layers import Conv2D, MaxPool2D
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(24, 4)), rng.integers(0, 3, 24)
+    sizes, net_opts, fit = [4, 5, 3], {"seed": 1}, {"epochs": 1, "lr": 0.1}
+    if case == "seed_max":
+        net_opts["seed"] = MAX_SEED
+    elif case == "seed_zero":
+        net_opts["seed"] = 0
+    elif case == "epochs_zero":
+        fit["epochs"] = 0
+    elif case == "names_at_limit":
+        y = np.array([MAX_NAME, "é" * 256, "b"])[y]
+    elif case == "float_classes":
+        y, fit["task"] = np.array([0.5, 1e300, -3.25])[y], "classification"
+    elif case == "int_classes":
+        y, fit["task"] = np.array([3, 7, 9999])[y], "classification"
+    elif case == "many_classes":
+        sizes, y, fit["task"] = [4, 2, 10_000], np.arange(24), "classification"
+    elif case == "regression_names":
+        sizes, y = [4, 5, 1], rng.normal(size=24) * 1e300
+        net_opts["output"], fit["task"] = "identity", "regression"
+    elif case == "schedules":
+        fit["lr_schedule"] = (f"plateau:patience={MAX_COUNT},factor=0.1,"
+                              f"max_reductions={MAX_COUNT},monitor=loss")
+    elif case == "conv":
+        sizes = [(2, 2, 1), Conv2D(3, 2, padding="same"), MaxPool2D(2), 3]
+        X = rng.integers(0, 256, (24, 4)).astype(np.uint8)
+    elif case in ("minmax", "pixels", "none"):
+        fit["scale"] = case
+    elif case == "adamw":
+        fit.update(optimizer="adamw", lr=1e-3, betas=(0.5, 0.999), eps=1e-30,
+                   weight_decay=0.5, clip_norm=1e300)
+    elif case == "dropout_list":
+        sizes, fit["dropout"] = [4, 5, 5, 3], [0.5, 0.0]
+    elif case == "class_weight":
+        fit["class_weight"] = "balanced"
+    elif case == "early_stopping":
+        fit.update(early_stopping=MAX_COUNT, validation_split=0.25, epochs=2)
+    net, path = _fit_and_save(tmp_path, sizes, X, y, net_opts, fit)
+    loaded = fastnn.load(path)
+    _same_network(net, loaded)
+    if case == "regression_names":
+        net.preprocessing.target_names = [MAX_NAME]
+        net.save(path)
+        assert fastnn.load(path).preprocessing.target_names == [MAX_NAME]
+    if case == "schedules":
+        from fastnn.schedules import SCHEDULES
+
+        for name in SCHEDULES:
+            net, path = _fit_and_save(tmp_path, sizes, X, y, net_opts,
+                                      {**fit, "lr_schedule": name})
+            _same_network(net, fastnn.load(path))
+
+
+text = st.characters(blacklist_categories=("Cs",))
+names = st.one_of(st.text(text, min_size=1, max_size=20), st.text(text, min_size=250,
+                                                                   max_size=300))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_the_writer_what_it_writes_loads(tmp_path, data):
+    """Random options and small data into Network/fit, then save over a good
+    model: either the run or the save is refused with a FastnnError (and the
+    good model is byte-identical), or load reads back what was written."""
+    from fastnn.exceptions import FastnnError
+    from fastnn.schedules import SCHEDULES
+
+    good = tmp_path / "good.safetensors"
+    if not good.exists():
+        Network([3, 2], seed=0).save(good)
+    before = good.read_bytes()
+    draw = data.draw
+    n = draw(st.integers(4, 12))
+    n_out = draw(st.integers(1, 4))
+    hidden = draw(st.lists(st.integers(1, 6), max_size=2))
+    magnitude = draw(st.sampled_from([1.0, 1e-300, 1e30, 1e300, 1.7e308]))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    with np.errstate(over="ignore"):
+        X = rng.normal(size=(n, 3)) * magnitude
+    task = draw(st.sampled_from([None, "classification", "regression"]))
+    if task == "regression":
+        with np.errstate(over="ignore"):
+            y = rng.normal(size=(n, n_out)) * draw(st.sampled_from([1.0, 1e300, 1.7e308]))
+    else:
+        label_names = draw(st.lists(names, min_size=2, max_size=3, unique=True))
+        y = np.array(label_names)[rng.integers(0, len(label_names), n)]
+        if draw(st.booleans()):
+            y = rng.integers(0, draw(st.integers(2, 5)), n)
+    net_options = {
+        "activation": draw(st.sampled_from(["sigmoid", "tanh", "relu", "leaky_relu"])),
+        "output": draw(st.sampled_from(["sigmoid", "softmax", "identity", "tanh"])),
+        "loss": "mse",
+        "dtype": draw(st.sampled_from(["float32", "float64"])),
+        "seed": draw(st.one_of(st.integers(0, 2 ** 64), st.just(2 ** 1024))),
+        "slope": draw(st.floats(0, 1e300)),
+    }
+    fit_options = {
+        "epochs": draw(st.integers(0, 2)),
+        "lr": draw(st.floats(1e-300, 1e3)),
+        "scale": draw(st.sampled_from([None, "standard", "minmax", "pixels", "none"])),
+        "lr_schedule": draw(st.sampled_from([None, *SCHEDULES])),
+        "optimizer": draw(st.sampled_from(["sgd", "adam", "momentum"])),
+        "task": task,
+    }
+    if net_options["output"] in ("sigmoid", "softmax") and task != "regression":
+        net_options["loss"] = draw(st.sampled_from(["mse", "cross_entropy"]))
+    try:
+        net = Network([3, *hidden, n_out], **net_options)
+        with np.errstate(all="ignore"):
+            net.fit(X, y, **fit_options)
+    except FastnnError:
+        return
+    net.training["cli"] = {"label_col": draw(st.one_of(names, st.integers(1, 2 ** 62)))}
+    if net.preprocessing is not None and net.preprocessing.task == "regression":
+        net.preprocessing.target_names = draw(st.one_of(st.none(),
+                                                        st.lists(names, min_size=n_out,
+                                                                 max_size=n_out)))
+    try:
+        net.save(good)
+    except FastnnError as exc:
+        assert "\n" not in str(exc)
+        assert good.read_bytes() == before
+        return
+    _same_network(net, fastnn.load(good))
