@@ -5,10 +5,43 @@ import math
 import click
 import numpy as np
 
+class ShortUsageError(click.UsageError):
+    """A usage error shown in two lines, the error first, then where help
+    is (Click's own shows the usage, a hint and a blank line first)."""
+
+    def show(self, file=None):
+        file = file or click.get_text_stream("stderr")
+        click.echo(f"Error: {self.format_message()}", file=file)
+        if self.ctx is not None and self.ctx.help_option_names:
+            click.echo(f"Try '{self.ctx.command_path} {self.ctx.help_option_names[0]}' "
+                       f"for help.", file=file)
+
+
+def _short(exc):
+    if isinstance(exc, ShortUsageError):
+        return exc
+    short = ShortUsageError(" ".join(exc.format_message().split()), ctx=exc.ctx)
+    short.exit_code = exc.exit_code
+    return short
+
+
 class MainMixin:
     """main() of a command run as the program itself (no args given, so
     they come from sys.argv): SIGINT is the command's until the process
-    exits, and ignored on the way out (see fastnn.interrupts)."""
+    exits, and ignored on the way out (see fastnn.interrupts). Usage errors
+    are shown in two lines (ShortUsageError)."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _short(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _short(exc) from None
 
     def main(self, args=None, *rest, **kwargs):
         from fastnn.interrupts import own_sigint_until_exit
@@ -91,8 +124,27 @@ def training_label_col(net, label_col):
     return cli.get("label_col") if isinstance(cli, dict) else None
 
 
+class Integer(click.IntRange):
+    """click's IntRange, the text read by fastnn._validation.parse_int, as
+    every integer a user types is (thousands of digits are refused by their
+    length, in one line)."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        from fastnn._validation import parse_int
+        from fastnn.exceptions import ConfigError
+
+        if isinstance(value, str):
+            try:
+                value = parse_int(value, "the value")
+            except ConfigError as exc:
+                self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def threads_option(command):
-    return click.option("--threads", type=click.IntRange(min=1),
+    return click.option("--threads", type=Integer(min=1),
                         help="BLAS threads [default: all cores].")(command)
 
 

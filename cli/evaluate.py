@@ -1,9 +1,9 @@
 """``fastnn eval``."""
 import click
 
-from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, data_options,
-                               echo_json, force_option, load, match_inputs, set_threads,
-                               shown, threads_option, training_label_col)
+from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, data_inputs,
+                               data_options, echo_json, force_option, load, match_inputs,
+                               set_threads, shown, threads_option, training_label_col)
 
 HELP = """Evaluate MODEL on DATA (default: the mnist test split). A classifier gets
 its loss, accuracy, per-class precision, recall and F1 (by class name) and
@@ -25,7 +25,7 @@ Examples:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data", required=False, default="mnist")
 @data_options
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@click.option("--limit", type=Integer(min=1), help="Use only the first N samples.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--confusion-png", type=click.Path(), metavar="FILE",

@@ -5,9 +5,9 @@ import io
 import click
 import numpy as np
 
-from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, data_options,
-                               force_option, load, match_inputs, set_threads, threads_option,
-                               training_label_col)
+from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, data_inputs,
+                               data_options, force_option, load, match_inputs, set_threads,
+                               threads_option, training_label_col)
 from fastnn.files import FileKind
 
 #: What an existing -o file must be to be replaced without --force: the CSV
@@ -36,7 +36,7 @@ Examples:
 @data_options
 @click.option("-o", "--out", type=click.Path(), help="Write the CSV here [default: stdout].")
 @click.option("--proba", is_flag=True, help="Also write the output layer's activations.")
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@click.option("--limit", type=Integer(min=1), help="Use only the first N samples.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object instead of CSV: the labels (and with --proba the "
                    "outputs); not with -o.")

@@ -1,9 +1,9 @@
 """``fastnn show``."""
 import click
 
-from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, data_options,
-                               force_option, load, match_inputs, set_threads, threads_option,
-                               training_label_col)
+from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, data_inputs,
+                               data_options, force_option, load, match_inputs, set_threads,
+                               threads_option, training_label_col)
 
 HELP = """Draw the samples of DATA (default: the mnist test split) that MODEL gets
 most wrong, as a grid of images in a PNG: the misclassified samples whose
@@ -25,10 +25,16 @@ Examples:
 def image_shape(ctx, param, value):
     if value is None:
         return None
+    from fastnn._validation import parse_int, short_text
+    from fastnn.exceptions import ConfigError
+
+    sides = value.lower().split("x")
+    if len(sides) != 2:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH like 28x28, not {short_text(value)}")
     try:
-        height, width = (int(d) for d in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH like 28x28, not {value!r}")
+        height, width = (parse_int(d, "a side") for d in sides)
+    except ConfigError as exc:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH like 28x28: {exc}") from None
     if height < 1 or width < 1:
         raise click.BadParameter(f"the sides must be >= 1, not {value!r}")
     return height, width
@@ -42,12 +48,12 @@ def image_shape(ctx, param, value):
                    "(.png, .svg or .pdf).")
 @click.option("--filters", type=click.Path(), metavar="FILE.png",
               help="Write the first convolution layer's filters here (.png, .svg or .pdf).")
-@click.option("--count", type=click.IntRange(min=1), default=25, show_default=True,
+@click.option("--count", type=Integer(min=1), default=25, show_default=True,
               help="Draw at most this many samples.")
 @click.option("--image-shape", callback=image_shape, metavar="HxW",
               help="Height and width of one sample [default: square, 28x28 for 784 inputs].")
 @data_options
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@click.option("--limit", type=Integer(min=1), help="Use only the first N samples.")
 @threads_option
 @force_option
 def show(model, data, misclassified, filters, count, image_shape, labels, label_col, limit,

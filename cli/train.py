@@ -9,8 +9,8 @@ from click.core import ParameterSource
 from fastnn.activations import ACTIVATIONS
 from fastnn.callbacks import Callback
 from fastnn.datasets import DATASETS
-from fastnn.cli.common import (DATA_HELP, Command, check_outputs, data_inputs, data_options,
-                               echo_json, jsonable, load, match_inputs, set_threads,
+from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, data_inputs,
+                               data_options, echo_json, jsonable, load, match_inputs, set_threads,
                                threads_option)
 from fastnn.initializers import INITIALIZERS
 from fastnn.losses import LOSSES
@@ -67,15 +67,16 @@ Examples:
 
 
 def int_list(ctx, param, value):
+    from fastnn._validation import parse_int
+    from fastnn.exceptions import ConfigError
+
     if value is None:
         return None
     try:
-        sizes = [int(s) for s in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 784,30,10, not {value!r}")
-    if min(sizes, default=0) < 1:
-        raise click.BadParameter(f"layer sizes must be integers >= 1, not {value!r}")
-    return sizes
+        return [parse_int(s, "a layer size", 1) for s in value.split(",")]
+    except ConfigError as exc:
+        raise click.BadParameter(f"expected comma-separated integers like 784,30,10: "
+                                 f"{exc}") from None
 
 
 def input_shape(ctx, param, value):
@@ -148,7 +149,7 @@ def choice(registry, exclude=()):
 @click.option("--test", "test_data", metavar="DATA",
               help="Also report accuracy on this data after each epoch, for information only "
                    "[default: the test split of a named dataset].")
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples of DATA.")
+@click.option("--limit", type=Integer(min=1), help="Use only the first N samples of DATA.")
 @click.option("--layers", callback=layer_tokens, metavar="TOKENS",
               help="The layers, input shape first: 784,30,10 (dense), or "
                    "28x28,conv20:5,maxpool2,100,10 (tokens convF:K[xK][:sS][:same][:ACT], "
@@ -168,7 +169,7 @@ def choice(registry, exclude=()):
 @click.option("--init", type=choice(INITIALIZERS), help="Weight initialisation [default: nielsen].")
 @click.option("--slope", type=click.FloatRange(min=0), help="leaky_relu's slope [default: 0.01].")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), help="[default: float32]")
-@click.option("--seed", type=click.IntRange(min=0), help="Makes the run reproducible "
+@click.option("--seed", type=Integer(min=0), help="Makes the run reproducible "
               "[default: random, saved in the model].")
 @click.option("--optimizer", type=choice(OPTIMIZERS), help="[default: sgd]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
@@ -184,9 +185,9 @@ def choice(registry, exclude=()):
 @click.option("--clip-norm", type=click.FloatRange(min=0, min_open=True), metavar="MAX",
               help="Scale each batch's gradient down to this total 2-norm when it is longer "
                    "(not for rprop) [default: off].")
-@click.option("--batch-size", type=click.IntRange(min=1),
+@click.option("--batch-size", type=Integer(min=1),
               help="[default: 10; the whole data for rprop]")
-@click.option("--epochs", type=click.IntRange(min=0),
+@click.option("--epochs", type=Integer(min=0),
               help="[default: 30; with --resume, the rest of the saved run]")
 @click.option("--l2", type=click.FloatRange(min=0), help="L2 regularisation lambda (Nielsen's).")
 @click.option("--l1", type=click.FloatRange(min=0), help="L1 regularisation lambda.")
@@ -197,7 +198,7 @@ def choice(registry, exclude=()):
                    "max_reductions=3, cosine[:total=N,min_lr=0], onecycle[:total=N,"
                    "pct_start=0.3] or warmup[:total=5,start_factor=0.333] (total: the run's "
                    "epochs by default).")
-@click.option("--early-stopping", type=click.IntRange(min=1), metavar="N",
+@click.option("--early-stopping", type=Integer(min=1), metavar="N",
               help="Stop after N epochs without a lower validation loss; keep the best weights.")
 @click.option("--augment", type=click.Choice(sorted(AUGMENTATIONS)),
               help="shift: move each square image by up to 2 pixels, every epoch.")
@@ -206,7 +207,7 @@ def choice(registry, exclude=()):
 @click.option("--no-shuffle", "shuffle", flag_value=False, default=None,
               help="Visit the samples in their order each epoch.")
 @threads_option
-@click.option("--checkpoint-every", type=click.IntRange(min=1), metavar="N",
+@click.option("--checkpoint-every", type=Integer(min=1), metavar="N",
               help="Save the model every N epochs (to -o, or beside it as "
                    "MODEL.checkpoint.safetensors if -o existed before the run).")
 @click.option("--resume", type=click.Path(dir_okay=False),

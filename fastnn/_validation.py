@@ -5,6 +5,7 @@ dtype, NaN, labels out of range) is caught here with one clear message.
 """
 import math
 import numbers
+import re
 from collections import namedtuple
 from typing import Any, Optional
 
@@ -329,12 +330,68 @@ def positive_int(value: Any, name: str, minimum: int = 1, maximum: Optional[int]
     naming the option."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
             or int(value) < minimum or (maximum is not None and int(value) > maximum)):
-        if maximum is None:
-            raise ConfigError(f"{name} must be an integer >= {minimum}, not {value!r}")
-        top = (f"2**{maximum.bit_length() - 1}" if maximum > 2 ** 32
-               and maximum & (maximum - 1) == 0 else f"{maximum}")
-        raise ConfigError(f"{name} must be an integer >= {minimum} and <= {top}, not {value!r}")
+        raise ConfigError(f"{name} must be {_int_range(minimum, maximum)}, not "
+                          f"{_shown_int(value)}")
     return int(value)
+
+
+#: The most digits an integer typed by a user may have (2**1024, the largest
+#: seed, has 309): longer ones are refused before Python converts them.
+MAX_DIGITS = 400
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_int(text: Any, name: str, minimum: Optional[int] = None,
+              maximum: Optional[int] = None) -> int:
+    """The integer a user typed (an option, a layer token, a column number),
+    or ConfigError naming `name`: the one place where fastnn turns text into
+    an int. Text of more than MAX_DIGITS digits is refused by its length,
+    without converting it (Python refuses 4300 digits with a traceback)."""
+    text = str(text).strip()
+    if not _INTEGER.fullmatch(text):
+        raise ConfigError(f"{name} must be {_int_range(minimum, maximum)}, not "
+                          f"{short_text(text)}")
+    sign = "-" if text[0] == "-" else ""
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > MAX_DIGITS:
+        if minimum is None and maximum is None:
+            raise ConfigError(f"{name} must be an integer of at most {MAX_DIGITS} digits, not "
+                              f"one of {len(digits):,}")
+        raise ConfigError(f"{name} must be {_int_range(minimum, maximum)}, not an integer "
+                          f"of {len(digits):,} digits")
+    value = int(sign + digits)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"{name} must be {_int_range(minimum, maximum)}, not "
+                          f"{_shown_int(value)}")
+    return value
+
+
+def _int_range(minimum: Optional[int], maximum: Optional[int]) -> str:
+    def bound(n: int) -> str:
+        return (f"2**{n.bit_length() - 1}" if n > 2 ** 32 and n & (n - 1) == 0 else f"{n}")
+
+    if minimum is not None and maximum is not None:
+        return f"an integer >= {bound(minimum)} and <= {bound(maximum)}"
+    if minimum is not None:
+        return f"an integer >= {bound(minimum)}"
+    if maximum is not None:
+        return f"an integer <= {bound(maximum)}"
+    return "an integer"
+
+
+def _shown_int(value: Any) -> str:
+    """An int for a message: a long one by its number of digits."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if abs(int(value)) >= 10 ** MAX_DIGITS:
+            return f"an integer of more than {MAX_DIGITS} digits"
+        if abs(int(value)) >= 10 ** 30:
+            return f"an integer of {len(str(abs(int(value))))} digits"
+    return repr(value)
+
+
+def short_text(text: str) -> str:
+    """repr of text, cut to about 60 characters, for messages."""
+    return repr(text) if len(text) <= 60 else repr(text[:57] + "...")
 
 
 def nonnegative_float(value: Any, name: str, allow_zero: bool = True,

@@ -386,11 +386,17 @@ def _label_column(label_col, names, width, path):
     label_col = str(label_col)
     if names and label_col in names:
         return names.index(label_col)
+    from fastnn._validation import parse_int, short_text
+    from fastnn.exceptions import ConfigError
+
     # isdigit alone takes '¹' and other digits that int() refuses
-    if label_col.isascii() and label_col.isdigit() and 1 <= int(label_col) <= width:
-        return int(label_col) - 1
+    if label_col.isascii() and label_col.isdigit():
+        try:
+            return parse_int(label_col, "a column number", 1, width) - 1
+        except ConfigError:
+            pass
     known = f"; its columns are {names}" if names else f"; it has {width} columns (1..{width})"
-    raise DataError(f"{path} has no label column {label_col!r}{known}")
+    raise DataError(f"{path} has no label column {short_text(label_col)}{known}")
 
 
 def pixels_or_floats(X: Array) -> Array:

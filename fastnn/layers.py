@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar, Optional
 
 from fastnn import _kernels
+from fastnn._validation import parse_int
 from fastnn.activations import get_activation
 from fastnn.exceptions import ConfigError, lookup
 
@@ -379,16 +380,16 @@ def parse_shape(text):
     if not _SHAPE.fullmatch(text):
         raise ConfigError(f"an input shape is N, HxW or HxWxC (784, 28x28, 28x28x1), "
                           f"not {text!r}")
-    dims = tuple(int(d) for d in text.split("x"))
+    dims = tuple(parse_int(d, "an input shape's side") for d in text.split("x"))
     if min(dims) < 1:
         raise ConfigError(f"an input shape's sides must be >= 1, not {text!r}")
     return dims + (1,) if len(dims) == 2 else dims
 
 
-def _pair_of(match, first):
-    a = int(match.group(first))
+def _pair_of(match, first, what):
+    a = parse_int(match.group(first), what)
     b = match.group(first + 1)
-    return (a, int(b)) if b is not None else a
+    return (a, parse_int(b, what)) if b is not None else a
 
 
 def _layer_token(token):
@@ -398,17 +399,18 @@ def _layer_token(token):
     if re.fullmatch(r"[0-9]+", head):
         if len(options) > 1:
             raise _token_error(token)
-        return Dense(int(head), activation=options[0] if options else None)
+        return Dense(parse_int(head, "a Dense layer's width"),
+                     activation=options[0] if options else None)
     m = re.fullmatch(r"conv([0-9]+)", head)
     if m:
         if not options or not re.fullmatch(_PAIR, options[0]):
             raise _token_error(token, "a convolution needs filters and a kernel: conv20:5")
-        kernel = _pair_of(re.fullmatch(_PAIR, options[0]), 1)
+        kernel = _pair_of(re.fullmatch(_PAIR, options[0]), 1, "a kernel size")
         kwargs = {}
         for option in options[1:]:
             s = re.fullmatch("s" + _PAIR, option)
             if s and "stride" not in kwargs:
-                kwargs["stride"] = _pair_of(s, 1)
+                kwargs["stride"] = _pair_of(s, 1, "a stride")
             elif option in PADDINGS and "padding" not in kwargs:
                 kwargs["padding"] = option
             elif "activation" not in kwargs and re.fullmatch(r"[a-z_]+", option):
@@ -416,7 +418,7 @@ def _layer_token(token):
             else:
                 raise _token_error(token, f"{option!r} is not a stride sN, 'same', 'valid' "
                                           f"or an activation")
-        return Conv2D(int(m.group(1)), kernel, **kwargs)
+        return Conv2D(parse_int(m.group(1), "a convolution's filters"), kernel, **kwargs)
     m = re.fullmatch(r"(maxpool|l2pool)" + _PAIR, head)
     if m:
         cls = MaxPool2D if m.group(1) == "maxpool" else L2Pool2D
@@ -425,8 +427,8 @@ def _layer_token(token):
             s = re.fullmatch("s" + _PAIR, options[0])
             if len(options) > 1 or not s:
                 raise _token_error(token, "a pool takes only a stride: maxpool3:s2")
-            stride = _pair_of(s, 1)
-        return cls(_pair_of(m, 2), stride)
+            stride = _pair_of(s, 1, "a stride")
+        return cls(_pair_of(m, 2, "a pool size"), stride)
     m = re.fullmatch(r"dropout([0-9]*\.?[0-9]+)", head)
     if m and not options:
         return Dropout(float(m.group(1)))

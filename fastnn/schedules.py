@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from fastnn._validation import MAX_COUNT, positive_int
+from fastnn._validation import MAX_COUNT, parse_int, positive_int
 from fastnn.exceptions import ConfigError, lookup
 
 
@@ -314,14 +314,14 @@ def _factor(value: object) -> float:
     return float(value)
 
 
-def _value(text: str) -> Union[int, float, str]:
+def _value(key: str, text: str) -> Union[int, float, str]:
     """An option's value from its text: an int, a float, or the text itself."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    if text.lstrip("+-").isdigit() and text.isascii():
+        return parse_int(text, f"lr_schedule option {key}")
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def parse(spec: Union[str, "Schedule", None]) -> Schedule:
@@ -340,7 +340,7 @@ def parse(spec: Union[str, "Schedule", None]) -> Schedule:
         key, eq, value = part.partition("=")
         if not eq:
             raise ConfigError(f"lr_schedule {spec!r}: expected key=value, not {part!r}")
-        kwargs[key.strip()] = _value(value.strip())
+        kwargs[key.strip()] = _value(key.strip(), value.strip())
     valid = set(cls().__dict__) if cls is not Constant else set()
     for key in kwargs:
         if key not in valid:

@@ -311,7 +311,7 @@ def test_divergence_keeps_the_last_good_weights(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--layers", "784,x,10"], "cannot read layer token 'x'"),
     (["--layers", "784"], "has no layers after the input shape"),
-    (["--hidden", "0"], "layer sizes must be integers >= 1"),
+    (["--hidden", "0"], "a layer size must be an integer >= 1, not 0"),
     (["--layers", "784,10", "--hidden", "30"], "give --layers or --hidden, not both"),
     (["--activation", "relux"], "'relux' is not one of"),
     (["--activation", "softmax"], "'softmax' is not one of"),

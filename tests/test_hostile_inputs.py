@@ -962,3 +962,73 @@ def test_fuzzed_npy_headers_give_only_data_errors(tmp_path, data):
             fastnn._validation.n_outputs_for(loaded.y)
         except DataError:
             pass
+
+
+# ------------------------------------------- integers a user types (issue 24 §2)
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize("args, message", [
+    (("train", "data.csv", "--layers", f"16,{HUGE}"), "Dense layer's width .*5,000"),
+    (("train", "data.csv", "--layers", f"4x4,conv{HUGE}:3"), "filters .*5,000"),
+    (("train", "data.csv", "--layers", f"4x4,conv4:{HUGE}"), "kernel size .*5,000"),
+    (("train", "data.csv", "--layers", f"4x4,conv4:3:s{HUGE}"), "stride .*5,000"),
+    (("train", "data.csv", "--layers", f"4x4,maxpool{HUGE}"), "pool size .*5,000"),
+    (("train", "data.csv", "--layers", f"{HUGE}x4,3"), "input shape's side .*5,000"),
+    (("train", "data.csv", "--input-shape", f"4x{HUGE}", "--layers", "conv2:2,3"),
+     "input shape's side .*5,000"),
+    (("train", "data.csv", "--hidden", f"4,{HUGE}"), "layer size .*5,000"),
+    (("train", "data.csv", "--label-col", HUGE), "no label column '9{50}.*its columns are"),
+    # column 17 indeed, but a name too long for the model file to keep
+    (("train", "data.csv", "--label-col", "0" * 5000 + "17"), "could not be saved.*label_col"),
+    (("train", "data.csv", "--lr-schedule", f"step:every={HUGE}"), "option every .*400 digits, not one of 5,000"),
+    (("train", "data.csv", "--seed", HUGE), "at most 400 digits, not one of 5,000"),
+    (("train", "data.csv", "--epochs", HUGE), "at most 400 digits"),
+    (("train", "data.csv", "--limit", "-" + HUGE), "at most 400 digits"),
+    (("train", "data.csv", "--threads", HUGE), "at most 400 digits"),
+    (("eval", "m.safetensors", "data.csv", "--label-col", HUGE), "no label column"),
+    (("show", "m.safetensors", "data.csv", "--image-shape", f"{HUGE}x4"), "side .*5,000"),
+    (("show", "m.safetensors", "data.csv", "--count", HUGE), "at most 400 digits"),
+])
+def test_integers_of_thousands_of_digits_are_refused_in_one_line(tmp_path, args, message):
+    rng = np.random.default_rng(0)
+    X, y = rng.integers(0, 256, (30, 16)), rng.integers(0, 3, 30)
+    names = [f"px{i}" for i in range(16)] + ["label"]
+    np.savetxt(tmp_path / "data.csv", np.column_stack([X, y]), fmt="%d", delimiter=",",
+               header=",".join(names), comments="")
+    net = Network([16, 4, 3], seed=0)
+    net.fit(X.astype(np.uint8), y, epochs=1)
+    net.save(tmp_path / "m.safetensors")
+    before = snapshot(tmp_path)
+    proc = run_fastnn(*args, "-o", "out.safetensors", cwd=tmp_path) if args[0] == "train" \
+        else run_fastnn(*args, cwd=tmp_path)
+    assert_refused(proc, before, tmp_path)
+    assert "4300" not in proc.stderr and len(proc.stderr) < 400, proc.stderr[:400]
+    assert re.search(message, proc.stderr), proc.stderr
+
+
+def test_every_cli_integer_goes_through_parse_int():
+    # click's own IntRange converts with int(), which has a 4300-digit limit
+    from pathlib import Path
+
+    cli = Path(fastnn.__file__).parent / "cli"
+    for path in cli.glob("*.py"):
+        assert "IntRange(" not in path.read_text(), path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.integers(-10 ** 450, 10 ** 450).map(str),
+                 st.text("0123456789+- x_.e", max_size=30)))
+def test_parse_int_agrees_with_int_where_int_is_defined(text):
+    from fastnn._validation import MAX_DIGITS, parse_int
+    from fastnn.exceptions import ConfigError
+
+    try:
+        got = parse_int(text, "n")
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 200
+        digits = text.strip().lstrip("+-").lstrip("0")
+        assert not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text) or len(digits) > MAX_DIGITS
+        return
+    assert got == int(text)
