@@ -315,6 +315,10 @@ def load_csv(path: PathLike, label_col: Union[str, int, None] = None,
         values = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
                             ndmin=2)
     except ValueError as exc:
+        width = len(names or first)
+        if label_col is not None and n_features != width:
+            # a label column that is not there is the first thing to say
+            _label_column(label_col, names, width, path)
         text_labels = _csv_with_text_labels(text, names, label_col, n_features, path, first_line)
         if text_labels is not None:
             return text_labels

@@ -564,7 +564,8 @@ class Format2(ModelFormat):
             where = f"network.layers[{i}]"
             for key, value in config.items():
                 values = value if isinstance(value, list) else [value]
-                if any(isinstance(v, int) and not 0 <= v <= MAX_LAYER_INT for v in values):
+                # (below 1, the layer's own check names what it must be)
+                if any(isinstance(v, int) and v > MAX_LAYER_INT for v in values):
                     raise SchemaError(f"{where}.{key}", f"at most {MAX_LAYER_INT}", value)
             if config["type"] not in LAYERS:
                 writer = fields.get("fastnn_version", "a newer fastnn")

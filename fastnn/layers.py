@@ -398,7 +398,8 @@ def _layer_token(token):
     head, options = parts[0], parts[1:]
     if re.fullmatch(r"[0-9]+", head):
         if len(options) > 1:
-            raise _token_error(token)
+            raise _token_error(token, f"a Dense layer has one activation, not "
+                                      f"{', '.join(map(repr, options))}")
         return Dense(parse_int(head, "a Dense layer's width"),
                      activation=options[0] if options else None)
     m = re.fullmatch(r"conv([0-9]+)", head)
@@ -406,18 +407,19 @@ def _layer_token(token):
         if not options or not re.fullmatch(_PAIR, options[0]):
             raise _token_error(token, "a convolution needs filters and a kernel: conv20:5")
         kernel = _pair_of(re.fullmatch(_PAIR, options[0]), 1, "a kernel size")
-        kwargs = {}
+        kwargs, seen = {}, {}
         for option in options[1:]:
             s = re.fullmatch("s" + _PAIR, option)
-            if s and "stride" not in kwargs:
-                kwargs["stride"] = _pair_of(s, 1, "a stride")
-            elif option in PADDINGS and "padding" not in kwargs:
-                kwargs["padding"] = option
-            elif "activation" not in kwargs and re.fullmatch(r"[a-z_]+", option):
-                kwargs["activation"] = option
-            else:
+            kind = ("stride" if s else "padding" if option in PADDINGS
+                    else "activation" if re.fullmatch(r"[a-z_]+", option) else None)
+            if kind is None:
                 raise _token_error(token, f"{option!r} is not a stride sN, 'same', 'valid' "
                                           f"or an activation")
+            if kind in seen:
+                raise _token_error(token, f"{option!r} is a second {kind} (after "
+                                          f"{seen[kind]!r}); a convolution has one")
+            seen[kind] = option
+            kwargs[kind] = _pair_of(s, 1, "a stride") if s else option
         return Conv2D(parse_int(m.group(1), "a convolution's filters"), kernel, **kwargs)
     m = re.fullmatch(r"(maxpool|l2pool)" + _PAIR, head)
     if m:

@@ -148,6 +148,13 @@ def test_layers_take_the_input_shape_from_the_idx_file_or_input_shape(tmp_path, 
     ("12x12,pool2,4", 2, "cannot read layer token 'pool2'; expected an input shape first"),
     ("12x12,conv3:3:bogus,4", 2, r"Unknown activation 'bogus'"),
     ("12x12,maxpool2:s2:s3,4", 2, "a pool takes only a stride"),
+    # an activation given twice is not called "not an activation" (issue 24 §5)
+    ("12x12,conv4:5:relu:tanh,4", 2, r"'tanh' is a second activation \(after 'relu'\); a "
+                                     r"convolution has one"),
+    ("12x12,conv4:5:s2:s1,4", 2, r"'s1' is a second stride \(after 's2'\)"),
+    ("12x12,conv4:5:same:valid,4", 2, r"'valid' is a second padding \(after 'same'\)"),
+    ("12x12,conv4:5:s-1,4", 2, r"'s-1' is not a stride sN"),
+    ("12x12,8:relu:tanh,4", 2, r"a Dense layer has one activation, not 'relu', 'tanh'"),
     ("12x12,,4", 2, "an empty layer token"),
     ("12x12", 2, "has no layers after the input shape"),
     ("12x12,conv3:13,4", 1, r"Conv2D\(3, 13\) needs an input at least 13 high, not 12"),

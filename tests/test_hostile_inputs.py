@@ -1032,3 +1032,64 @@ def test_parse_int_agrees_with_int_where_int_is_defined(text):
         assert not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text) or len(digits) > MAX_DIGITS
         return
     assert got == int(text)
+
+
+# ------------------------------------------------ messages that name the cause (§5)
+
+@pytest.mark.parametrize("stride, message", [
+    ([-1, -1], r"Conv2D: stride must be an integer >= 1, not -1"),
+    ([0, 2], r"Conv2D: stride must be an integer >= 1, not 0"),
+    ([2 ** 21, 1], r"stride must be at most 1048576"),
+])
+def test_a_header_stride_out_of_range_is_named_by_its_bound(tmp_path, stride, message):
+    from fastnn.layers import Conv2D
+
+    path = tmp_path / "c.safetensors"
+    Network([(6, 6, 1), Conv2D(2, 3, stride=2), 3], seed=0).save(path)
+    blob = path.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    network = json.loads(header["__metadata__"]["network"])
+    network["layers"][0]["stride"] = stride
+    header["__metadata__"]["network"] = json.dumps(network)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n:])
+    with pytest.raises(ModelFileError, match=message) as info:
+        fastnn.load(path)
+    assert "at most" not in str(info.value) or stride[0] > 1
+
+
+@pytest.mark.parametrize("label_first", [False, True])
+def test_a_label_col_that_is_not_there_is_named_with_text_labels(tmp_path, label_first):
+    rows = ["5.1,3.5,setosa", "6.2,2.9,versicolor", "7.7,3.0,virginica"] * 4
+    if label_first:
+        rows = [",".join([r.split(",")[2], *r.split(",")[:2]]) for r in rows]
+        header = "species,a,b"
+    else:
+        header = "a,b,species"
+    (tmp_path / "iris.csv").write_text("\n".join([header, *rows]) + "\n")
+    for col in ("nosuch", "9"):
+        before = snapshot(tmp_path)
+        proc = run_fastnn("train", "iris.csv", "--label-col", col, "--epochs", "1", cwd=tmp_path)
+        assert_refused(proc, before, tmp_path, codes=(1,))
+        columns = str(header.split(","))
+        assert f"iris.csv has no label column '{col}'; its columns are {columns}" in proc.stderr
+    with pytest.raises(DataError, match="no label column 'nosuch'"):
+        load_data(tmp_path / "iris.csv", label_col="nosuch")
+    data = load_data(tmp_path / "iris.csv", label_col="species")
+    assert data.X.shape == (12, 2) and set(data.y) == {"setosa", "versicolor", "virginica"}
+
+
+def test_readme_says_export_takes_conv_nets(tmp_path):
+    from pathlib import Path
+
+    from fastnn.layers import Conv2D
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    command_line = readme[readme.index("## Command line"):readme.index("## Safety")]
+    assert "refuses them" not in command_line
+    assert re.search(r"`export`[^.]*work with them", command_line.replace("\n", " "))
+    Network([(6, 6, 1), Conv2D(2, 3), 3], seed=0).save(tmp_path / "c.safetensors")
+    proc = run_fastnn("export", "c.safetensors", "-o", "c.onnx", cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "c.onnx").stat().st_size > 0, proc.stderr

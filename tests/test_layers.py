@@ -344,7 +344,7 @@ def test_without_an_input_token_the_input_shape_is_given():
 
 @pytest.mark.parametrize("text, message", [
     ("28x28,conv20", "a convolution needs filters and a kernel"),
-    ("28x28,conv20:5:s2:s3", "'s3' is not a stride sN, 'same', 'valid' or an activation"),
+    ("28x28,conv20:5:s2:s3", r"'s3' is a second stride \(after 's2'\); a convolution has one"),
     ("28x28,maxpool", "cannot read layer token 'maxpool'"),
     ("28x28,dropout", "cannot read layer token 'dropout'"),
     ("28x28,dropout1.5", r"Dropout: rate must be a number >= 0 and < 1, not 1.5"),
