@@ -580,3 +580,25 @@ def test_fuzz_the_writer_what_it_writes_loads(tmp_path, data):
         assert good.read_bytes() == before
         return
     _same_network(net, fastnn.load(good))
+
+
+def test_without_memory_for_a_second_copy_save_still_checks_header_and_values(tmp_path,
+                                                                              monkeypatch):
+    # the network is not built again, but the header and NaN/inf still are checked
+    from fastnn import memory
+    from fastnn.exceptions import ResourceError
+
+    net = Network([4, 3, 2], seed=0)
+    path = tmp_path / "m.safetensors"
+
+    def no_memory(*args, **kwargs):
+        raise ResourceError("no memory")
+
+    monkeypatch.setattr(memory, "check_fits", no_memory)
+    net.save(path)
+    net._params[0] = np.inf
+    with pytest.raises(ModelFileError, match="nothing was written: the model: weights.0 "
+                                             "contains NaN or infinity"):
+        net.save(path)
+    monkeypatch.undo()
+    assert np.isfinite(fastnn.load(path).weights[0]).all()     # the first save, kept
