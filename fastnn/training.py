@@ -337,14 +337,36 @@ def one_fit_at_a_time(fit):
     return exclusive_fit
 
 
-def team_threads(net):
+#: Rows of a batch for each thread of a team that splits units: a thread
+#: with fewer rows waits at the barriers longer than it computes (measured
+#: in benchmarks/README.md, "Small batches").
+ROWS_PER_UNITS_THREAD = 5
+
+
+def team_threads(net, units=False, batch_size=1):
     """Threads that share each batch of an epoch: for a network with
     convolution or pooling layers (much of whose work is outside the GEMMs),
     all of fastnn's threads, each with a single-threaded BLAS; for a dense
-    network one, whose GEMMs use the BLAS's threads (see benchmarks/README.md)."""
-    if net.backend != "cython" or not net.plan.spatial:
+    network whose batches the kernel splits by units (`units`, see
+    `splits_units`), one for every ROWS_PER_UNITS_THREAD rows of a batch, up
+    to all of them, on idle cores only (`blas.idle_cores`; the weights do
+    not depend on the count); for another dense network one, whose GEMMs
+    use the BLAS's threads (see benchmarks/README.md)."""
+    if net.backend != "cython" or not (net.plan.spatial or units):
         return 1
+    if units:
+        # only cores nobody else wants: its barriers make it wait for the slowest
+        return max(1, min(blas.get_num_threads(), batch_size // ROWS_PER_UNITS_THREAD,
+                          blas.idle_cores()))
     return blas.get_num_threads()
+
+
+def splits_units(net, table, optimizer, hyper, batch_size, chunk):
+    """Whether the kernel's team splits every layer's units among its threads
+    (_core.train_units_impl: small batches of a float32 dense network, plain
+    SGD; the parameters are the same for any number of threads)."""
+    return (net.backend == "cython" and not net.plan.spatial and net.dtype == np.float32
+            and bool(net._kernels.units_threads(table, chunk, optimizer, hyper, batch_size)))
 
 
 def chunk_rows(plan, batch_size, n):
@@ -387,8 +409,12 @@ class Trainer:
         batch_size = min(options.batch_size, n)
         table, keep = net.plan.table(
             options.dropout, image_shape(net) if options.augment == "shift" else None)
-        self.threads = threads = team_threads(net)
-        capacity = -(-chunk_rows(net.plan, batch_size, n) // threads)
+        chunk = chunk_rows(net.plan, batch_size, n)
+        units = splits_units(net, table, opt.code, self._hyper(1.0), batch_size, chunk)
+        self.threads = threads = team_threads(net, units, batch_size)
+        # a team that splits units shares one chunk; one that splits rows
+        # gives each thread a chunk of its own
+        capacity = chunk if units else -(-chunk // threads)
         kernels = net._kernels
         work_size = kernels.workspace_size(table, capacity, keep, threads)
         memory.check_fits(

@@ -477,6 +477,31 @@ cdef inline double uniform(uint64_t key, Py_ssize_t j) noexcept nogil:
     return (mix64(key + (<uint64_t> j + 1) * <uint64_t> 0x9E3779B97F4A7C15) >> 11) * (1.0 / 9007199254740992.0)
 
 
+cdef extern from "smallgemm.h":
+    int sg_available "fastnn_sg_available"() noexcept nogil
+    void sg_gemm "fastnn_sg_gemm"(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K, float alpha,
+                                  const float* A, Py_ssize_t sai, Py_ssize_t sak,
+                                  const float* B, Py_ssize_t ldb, float beta,
+                                  float* C, Py_ssize_t ldc) noexcept nogil
+    void sg_nt "fastnn_sg_nt"(Py_ssize_t N, Py_ssize_t I, Py_ssize_t O, const float* D,
+                              const float* W, float* out, Py_ssize_t ldo) noexcept nogil
+
+
+# Chunks of at most this many rows take the register-blocked float32 kernels
+# of smallgemm.h for their dense layers (when the CPU has AVX2 and FMA), larger
+# ones BLAS: the crossover measured in benchmarks/README.md ("Small batches":
+# at 10 rows the kernels win on every dense config, at 16 they lose on
+# [784, 256, 128, 10], at 32 on all but [784, 30, 10]).
+cdef Py_ssize_t SMALL_ROWS_DEFAULT = 12
+cdef bint SMALL_GEMM = sg_available() != 0
+cdef Py_ssize_t small_rows = SMALL_ROWS_DEFAULT if SMALL_GEMM else 0
+
+
+cdef inline bint small(Py_ssize_t rows) noexcept nogil:
+    """Whether a dense layer's products over a chunk of `rows` rows use smallgemm.h."""
+    return rows <= small_rows
+
+
 cdef inline void gemm(char transa, char transb, int m, int n, int k,
                       floating alpha, const floating* a, int lda,
                       const floating* b, int ldb, floating beta,
@@ -585,6 +610,10 @@ cdef void linear_forward_impl(const floating* A, const floating* W,
     for r in range(N):
         for j in range(O):
             Z[r * O + j] = b[j]
+    if floating is float:
+        if small(N):
+            sg_gemm(N, O, I, 1, A, I, 1, W, O, 1, Z, O)
+            return
     # column-major Z^T (O, N) += W^T (O, I) @ A^T (I, N)
     gemm(c'N', c'N', <int> O, <int> N, <int> I, 1, W, <int> O, A, <int> I,
          1, Z, <int> O)
@@ -773,9 +802,12 @@ cdef void hidden_delta_impl(const floating* D_next, const floating* W_next,
     dropout mask of A (NULL: none).
     """
     cdef Py_ssize_t i
-    # column-major out^T (I, N) = W_next (I, O) @ D_next^T (O, N)
-    gemm(c'T', c'N', <int> I, <int> N, <int> O, 1, W_next, <int> O, D_next,
-         <int> O, 0, out, <int> I)
+    if floating is float and small(N):
+        sg_nt(N, I, O, D_next, W_next, out, I)
+    else:
+        # column-major out^T (I, N) = W_next (I, O) @ D_next^T (O, N)
+        gemm(c'T', c'N', <int> I, <int> N, <int> O, 1, W_next, <int> O, D_next,
+             <int> O, 0, out, <int> I)
     activation_grad_impl(act, slope, A, out, N * I)
     if mask != NULL:
         for i in range(N * I):
@@ -788,19 +820,26 @@ cdef void bias_update_impl(const floating* D, floating alpha, floating beta_b,
                            floating* b, floating* colsum, Py_ssize_t N,
                            Py_ssize_t O) noexcept nogil:
     """b := beta_b b + alpha sum_rows(D).  D (N, O), b and colsum (O,)."""
+    bias_range_impl(D, alpha, beta_b, b, colsum, N, O, 0, O)
+
+
+cdef void bias_range_impl(const floating* D, floating alpha, floating beta_b,
+                          floating* b, floating* colsum, Py_ssize_t N, Py_ssize_t O,
+                          Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """b_j := beta_b b_j + alpha sum_r D_rj for j in [j0, j1).  D (N, O), b and colsum (O,)."""
     cdef Py_ssize_t r, j
-    for j in range(O):
+    for j in range(j0, j1):
         colsum[j] = 0
     for r in range(N):
-        for j in range(O):
+        for j in range(j0, j1):
             colsum[j] += D[r * O + j]
     if beta_b == 0:
         # overwrite without reading b, as GEMM does with beta 0: b may hold
         # a NaN from a diverged step, and 0 * NaN is NaN
-        for j in range(O):
+        for j in range(j0, j1):
             b[j] = alpha * colsum[j]
     else:
-        for j in range(O):
+        for j in range(j0, j1):
             b[j] = beta_b * b[j] + alpha * colsum[j]
 
 
@@ -816,9 +855,13 @@ cdef void param_update_impl(const floating* A, const floating* D,
     weight decay, done by the GEMM itself; with alpha = 1/m and betas 0 or
     1 it writes or accumulates the mean gradient.  A (N, I), D (N, O), W (I, O).
     """
-    # column-major W^T (O, I) = alpha D^T (O, N) @ A (N, I) + beta_w W^T
-    gemm(c'N', c'T', <int> O, <int> I, <int> N, alpha, D, <int> O, A, <int> I,
-         beta_w, W, <int> O)
+    if floating is float and small(N):
+        # W (I, O) = beta_w W + alpha A^T (I, N) @ D (N, O)
+        sg_gemm(I, O, N, alpha, A, 1, I, D, O, beta_w, W, O)
+    else:
+        # column-major W^T (O, I) = alpha D^T (O, N) @ A (N, I) + beta_w W^T
+        gemm(c'N', c'T', <int> O, <int> I, <int> N, alpha, D, <int> O, A, <int> I,
+             beta_w, W, <int> O)
     bias_update_impl(D, alpha, beta_b, b, colsum, N, O)
 
 
@@ -1673,6 +1716,181 @@ cdef void train_team(const input_t* X, const floating* Y,
         status[0] = mine
 
 
+cdef inline Py_ssize_t share(Py_ssize_t n, Py_ssize_t t, Py_ssize_t T,
+                             Py_ssize_t align) noexcept nogil:
+    """Where thread t's share of n items starts when T threads split them:
+    t*n/T rounded to a multiple of align (share(n, T, T, .) = n)."""
+    cdef Py_ssize_t s
+    if t >= T:
+        return n
+    s = (n * t // T + align // 2) // align * align
+    return s if s < n else n
+
+
+cdef int train_units_impl(const input_t* X, const float* Y, const float* sample_weight,
+                          const int64_t* order, Py_ssize_t n, float* params, Layout* lay,
+                          float slope, int loss, Py_ssize_t batch_size, const double* hyper,
+                          int augment, uint64_t seed, float* work, int64_t* control,
+                          Shared* shared, Team* team) noexcept nogil:
+    """train_epoch_impl's fused SGD for a dense network, one thread of a team
+    that shares one workspace: the rows of each batch for the forward pass,
+    the units of each layer for the backward pass.
+
+    One chunk a batch (m <= lay.capacity rows). With [a, b) thread t's share
+    of a range (`share`):
+      forward  rows [r0, r1) of the batch through every layer: gather (and
+               shift), dropout, Z = in W + b, act, output delta, loss;
+      backward for l = L-1 .. 0, the input units [i0, i1) of layer l:
+               delta_{l-1}[:, i0:i1] = (delta_l W_l[i0:i1, :]^T) * act'(z) [* mask],
+               W_l[i0:i1, :] := (1 - lr l2/n) W_l[i0:i1, :] - lr/m in_l[:, i0:i1]^T delta_l,
+               each row of W_l read and then written by the thread that owns it
+               (so each thread's rows stay in its core's cache), and
+               b_l[j0:j1] := b_l[j0:j1] - lr/m sum_rows delta_l[:, j0:j1].
+    A barrier after the forward pass and after each layer's backward (L + 1
+    a batch). Every entry is computed by smallgemm.h's kernels, whose result
+    does not depend on the block it falls in, so the parameters are
+    bit-identical for any team size, one thread included (the loss, summed
+    per thread, rounds differently). Stops and divergence as train_team_impl.
+    """
+    cdef Py_ssize_t k, l, r, q, start, m, r0, r1, j0, j1, i0, i1, I, O, L = lay.n_layers
+    cdef Py_ssize_t t = team.id, T = team.size
+    cdef Geometry* g = &lay.layer[0]
+    cdef Py_ssize_t n_in = g.n_in, n_out = lay.layer[L - 1].n_out
+    cdef int out_act = lay.layer[L - 1].act, act_in
+    cdef float* A0 = work + lay.a_off[0]
+    cdef float* A_out = work + lay.a_off[L]
+    cdef float* Yb = work + lay.y_off
+    cdef float* swb = work + lay.sw_off if sample_weight != NULL else NULL
+    cdef float* src
+    cdef float* dst
+    cdef float* D
+    cdef float* dA
+    cdef float* W
+    cdef const float* mask
+    cdef float lr = <float> hyper[H_LR], alpha
+    cdef float beta_w = <float> (1 - hyper[H_LR] * hyper[H_L2])
+    cdef double chunk_loss
+    if t == 0:
+        shared.stop = control[STOP_REQUEST] != 0
+        shared.diverged = False
+    barrier()
+    for k in range((n + batch_size - 1) // batch_size):
+        if shared.stop:
+            return STOPPED
+        start = k * batch_size
+        m = batch_size if start + batch_size <= n else n - start
+        alpha = -lr / m
+        r0 = share(m, t, T, 1)
+        r1 = share(m, t + 1, T, 1)
+        # forward: this thread's rows, through every layer
+        if r1 > r0:
+            if augment == SHIFT:
+                gather_shifted(X, g.in_h, g.in_w, g.in_c, order + start + r0, r1 - r0,
+                               A0 + r0 * n_in, seed, start + r0)
+            else:
+                gather_rows(X, n_in, order + start + r0, r1 - r0, A0 + r0 * n_in)
+            gather_rows(Y, n_out, order + start + r0, r1 - r0, Yb + r0 * n_out)
+            if swb != NULL:
+                for r in range(r0, r1):
+                    swb[r] = sample_weight[order[start + r]]
+            if lay.mask_off[0] >= 0:
+                dropout_impl(A0 + r0 * n_in, work + lay.mask_off[0] + r0 * n_in,
+                             work + lay.in_off[0] + r0 * n_in, r1 - r0, n_in, lay.keep[0],
+                             seed, start + r0, INPUT_STREAM)
+            for l in range(L):
+                g = &lay.layer[l]
+                I = g.n_in
+                O = g.n_out
+                src = work + lay.in_off[l] + r0 * I
+                dst = work + lay.a_off[l + 1] + r0 * O
+                for r in range(r1 - r0):
+                    for q in range(O):
+                        dst[r * O + q] = params[g.b_off + q]
+                sg_gemm(r1 - r0, O, I, 1, src, I, 1, params + g.w_off, O, 1, dst, O)
+                activate_impl(g.act, slope, dst, r1 - r0, O)
+                if l + 1 < L and lay.mask_off[l + 1] >= 0:
+                    dropout_impl(dst, work + lay.mask_off[l + 1] + r0 * O,
+                                 work + lay.in_off[l + 1] + r0 * O, r1 - r0, O,
+                                 lay.keep[l + 1], seed, start + r0, l + 1)
+            g = &lay.layer[0]
+            chunk_loss = output_delta_impl(loss, out_act, slope, A_out + r0 * n_out,
+                                           Yb + r0 * n_out, swb + r0 if swb != NULL else NULL,
+                                           work + lay.d_off[L] + r0 * n_out, r1 - r0, n_out)
+            if not isfinite(chunk_loss):
+                shared.diverged = True
+            shared.loss[t] += chunk_loss
+            shared.correct[t] += count_correct(A_out + r0 * n_out, Yb + r0 * n_out,
+                                               r1 - r0, n_out)
+        barrier()
+        if shared.diverged:
+            return DIVERGED
+        # backward: this thread's rows of each layer's W (its input units)
+        for l in range(L - 1, -1, -1):
+            g = &lay.layer[l]
+            I = g.n_in
+            O = g.n_out
+            D = work + lay.d_off[l + 1]
+            W = params + g.w_off
+            i0 = share(I, t, T, 1)
+            i1 = share(I, t + 1, T, 1)
+            if i1 > i0:
+                if l > 0:
+                    dA = work + lay.d_off[l]
+                    act_in = lay.layer[l - 1].act
+                    mask = work + lay.mask_off[l] if lay.mask_off[l] >= 0 else NULL
+                    sg_nt(m, i1 - i0, O, D, W + i0 * O, dA + i0, I)
+                    for r in range(m):
+                        activation_grad_impl(act_in, slope, work + lay.a_off[l] + r * I + i0,
+                                             dA + r * I + i0, i1 - i0)
+                        if mask != NULL:
+                            multiply_impl(dA + r * I + i0, mask + r * I + i0, i1 - i0)
+                sg_gemm(i1 - i0, O, m, alpha, work + lay.in_off[l] + i0, 1, I, D, O, beta_w,
+                        W + i0 * O, O)
+            j0 = share(O, t, T, 1)
+            j1 = share(O, t + 1, T, 1)
+            bias_range_impl(D, alpha, <float> 1, params + g.b_off, work + g.colsum_off, m, O,
+                            j0, j1)
+            if l > 0:
+                barrier()
+        if t == 0:
+            control[STEPS] += 1
+            control[ROWS_DONE] += m
+            shared.stop = control[STOP_REQUEST] != 0
+        barrier()
+    return DONE
+
+
+cdef void train_units(const input_t* X, const float* Y, const float* sample_weight,
+                      const int64_t* order, Py_ssize_t n, float* params, Layout* lay,
+                      float slope, int loss, Py_ssize_t batch_size, const double* hyper,
+                      int augment, uint64_t seed, float* work, int64_t* control,
+                      Shared* shared, int* status) noexcept nogil:
+    """train_units_impl as this thread's part of the current OpenMP team."""
+    cdef Team team
+    cdef int mine
+    team.id = thread_id()
+    team.size = team_size()
+    mine = train_units_impl(X, Y, sample_weight, order, n, params, lay, slope, loss,
+                            batch_size, hyper, augment, seed, work, control, shared, &team)
+    if team.id == 0:
+        status[0] = mine
+
+
+cdef bint units_apply(Layout* lay, int optimizer, const double* hyper,
+                      Py_ssize_t batch_size) noexcept nogil:
+    """Whether train_units_impl runs an epoch: a dense network's fused SGD
+    step on one-chunk batches of at most small_rows rows (float32, on a
+    CPU with smallgemm.h's kernels)."""
+    cdef Py_ssize_t l
+    if not (SMALL_GEMM and optimizer == SGD and hyper[H_L1] == 0 and hyper[H_CLIP_NORM] == 0
+            and batch_size <= lay.capacity and batch_size <= small_rows):
+        return False
+    for l in range(lay.n_layers):
+        if lay.layer[l].kind != DENSE:
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------
 # Checked Python entry points.
 # --------------------------------------------------------------------------
@@ -1912,7 +2130,18 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             sw = &sample_weight[0]
         if order.shape[0] == 0:
             return DONE, 0.0, 0
-        if n_threads == 1:
+        if floating is float and units_apply(&lay, optimizer, &hyper[0], batch_size):
+            team_loss = np.zeros(n_threads)
+            team_correct = np.zeros(n_threads, dtype=np.int64)
+            shared.loss = &team_loss[0]
+            shared.correct = &team_correct[0]
+            with nogil, parallel(num_threads=n_threads):
+                train_units(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
+                            &lay, <float> slope, loss, batch_size, &hyper[0], augment, seed,
+                            &work[0], &control[0], &shared, &status)
+            loss_sum = float(np.sum(team_loss))
+            n_correct = int(np.sum(team_correct))
+        elif n_threads == 1:
             with nogil:
                 status = train_epoch_impl(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0],
                                           &params[0], &state[0, 0], &lay, <floating> slope,
@@ -2033,6 +2262,75 @@ def linear_forward(const floating[:, ::1] A, const floating[:, ::1] W,
         return
     with nogil:
         linear_forward_impl(&A[0, 0], &W[0, 0], &b[0], &out[0, 0], N, I, O)
+
+
+def units_threads(const int64_t[:, ::1] table, Py_ssize_t capacity, int optimizer,
+                  const double[::1] hyper, Py_ssize_t batch_size):
+    """Whether train_epoch's team splits each dense layer's units
+    (train_units_impl) rather than each batch's rows, for a float32
+    network: fused SGD, one-chunk batches of at most small_rows rows."""
+    cdef Py_ssize_t n_params
+    cdef Layout lay = _new_layout(table, capacity, _ones(), &n_params)
+    try:
+        _check(hyper.shape[0] == N_HYPER, f"hyper needs {N_HYPER} entries")
+        return bool(units_apply(&lay, optimizer, &hyper[0], batch_size))
+    finally:
+        layout_free(&lay)
+
+
+def get_small_rows():
+    """The largest chunk whose dense layers use smallgemm.h (0: none)."""
+    return small_rows
+
+
+def small_gemm_available():
+    """Whether this CPU runs smallgemm.h's kernels (AVX2 and FMA)."""
+    return bool(SMALL_GEMM)
+
+
+def set_small_rows(Py_ssize_t rows):
+    """Chunks of at most `rows` rows use smallgemm.h for their dense layers
+    (0: never); returns the previous limit. For tests and benchmarks: it
+    applies to the whole process, so call it while no kernel runs. On a CPU
+    without AVX2 and FMA the limit stays 0."""
+    global small_rows
+    _check(rows >= 0, "set_small_rows: rows must be >= 0")
+    previous = small_rows
+    small_rows = rows if SMALL_GEMM else 0
+    return previous
+
+
+def small_gemm(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C,
+               float alpha=1, float beta=0, bint transpose_a=False):
+    """C := beta C + alpha op(A) @ B with smallgemm.h's kernel, op(A) = A or
+    A^T.  op(A) (M, K), B (K, Nc), C (M, Nc). beta == 0 does not read C."""
+    cdef Py_ssize_t M = A.shape[1] if transpose_a else A.shape[0]
+    cdef Py_ssize_t K = A.shape[0] if transpose_a else A.shape[1]
+    cdef Py_ssize_t Nc = B.shape[1]
+    _check(SMALL_GEMM, "small_gemm: this CPU lacks AVX2 or FMA")
+    _check(B.shape[0] == K and C.shape[0] == M and C.shape[1] == Nc,
+           "small_gemm: shapes do not match")
+    if M == 0 or Nc == 0:
+        return
+    with nogil:
+        if transpose_a:
+            sg_gemm(M, Nc, K, alpha, &A[0, 0], 1, M, &B[0, 0] if K else NULL, Nc, beta,
+                    &C[0, 0], Nc)
+        else:
+            sg_gemm(M, Nc, K, alpha, &A[0, 0] if K else NULL, K, 1,
+                    &B[0, 0] if K else NULL, Nc, beta, &C[0, 0], Nc)
+
+
+def small_nt(const float[:, ::1] D, const float[:, ::1] W, float[:, ::1] out):
+    """out := D @ W^T with smallgemm.h's kernel.  D (N, O), W (I, O), out (N, I)."""
+    cdef Py_ssize_t N = D.shape[0], O = D.shape[1], I = W.shape[0]
+    _check(SMALL_GEMM, "small_nt: this CPU lacks AVX2 or FMA")
+    _check(W.shape[1] == O and out.shape[0] == N and out.shape[1] == I and O > 0,
+           "small_nt: shapes do not match")
+    if N == 0 or I == 0:
+        return
+    with nogil:
+        sg_nt(N, I, O, &D[0, 0], &W[0, 0], &out[0, 0], I)
 
 
 def activate(int act, floating[:, ::1] A, double slope=0.01):

@@ -1,0 +1,238 @@
+/* smallgemm.h: float32 matrix products for the small chunks of small-batch
+ * training, in registers, without BLAS's per-call cost.
+ *
+ * At batch 10 a dense layer's GEMMs are 10 x 784 x 30: OpenBLAS spends more
+ * time deciding, packing and (with several threads) dispatching than
+ * multiplying. These kernels do the same products straight from the
+ * row-major operands, register-blocked for AVX2 + FMA (16 ymm registers):
+ *
+ *   fastnn_sg_gemm  C (M, Nc) := beta C + alpha Aop (M, K) @ B (K, Nc),
+ *                   Aop[i, k] = A[i * sai + k * sak] (A or A^T, no copy),
+ *                   B and C row-major with leading dimensions ldb, ldc.
+ *                   A block of MR = 6 rows of C by 16 columns is 12 ymm
+ *                   accumulators; each step k loads 16 entries of B's row k
+ *                   and broadcasts MR entries of Aop's column k.
+ *                   beta == 0 writes C without reading it (as BLAS does: C
+ *                   may hold a NaN).
+ *   fastnn_sg_nt    out (N, I) := D (N, O) @ W (I, O)^T, out's rows ldo apart
+ *                   (a block of columns of a wider matrix): dot products along
+ *                   the contiguous O of D and W, 4 rows x 2 columns of out at
+ *                   a time (8 ymm accumulators), reduced together at the end.
+ *
+ * Used by the dense layers' forward (Z = A W + b), input delta (D W^T) and
+ * weight step (W = beta W + alpha A^T D) when a chunk has few rows; the
+ * choice (``small_rows`` in _core.pyx) is measured in benchmarks/README.md.
+ * The sums are the same as BLAS's up to float32 rounding (FMA, another
+ * order of the additions). Compiled for AVX2 + FMA whatever the compiler's
+ * baseline, and used only where the CPU has both (fastnn_sg_available);
+ * elsewhere the callers use BLAS.
+ */
+#ifndef FASTNN_SMALLGEMM_H
+#define FASTNN_SMALLGEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define FASTNN_SG 1
+#include <immintrin.h>
+#define SG_TARGET __attribute__((target("avx2,fma")))
+#define SG_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
+
+/* 1 if this CPU runs the kernels (AVX2 and FMA), else 0. */
+static int fastnn_sg_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* The first n (0..8) lanes set: loads and stores of a row's last columns. */
+static const int32_t fastnn_sg_lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                            0, 0, 0, 0, 0, 0, 0, 0};
+
+SG_INLINE __m256i sg_mask(ptrdiff_t n) {
+    return _mm256_loadu_si256((const __m256i*) (fastnn_sg_lanes + 8 - n));
+}
+
+enum { SG_MR = 6, SG_NR = 16 };
+
+/* C's columns [0, 8) (h = 0) or [8, 16) (h = 1) of a row, of which the first
+   n are C's: whole halves with plain loads and stores, a part with masks. */
+SG_INLINE __m256 sg_load_half(const float* c, ptrdiff_t n, __m256i mask) {
+    return n >= 8 ? _mm256_loadu_ps(c) : _mm256_maskload_ps(c, mask);
+}
+
+SG_INLINE void sg_store_half(float* c, ptrdiff_t n, __m256i mask, __m256 v) {
+    if (n >= 8)
+        _mm256_storeu_ps(c, v);
+    else if (n > 0)
+        _mm256_maskstore_ps(c, mask, v);
+}
+
+/* One block: rows [0, mr) of C by columns [0, nc), nc <= 16, mr <= SG_MR.
+   B's rows are read 16 entries at a time, past column nc too (what lies
+   there, the next row's start, lands in lanes that are never stored):
+   always where PADDED (the stack buffer has 16 columns), otherwise on the
+   rows whose 16 entries end inside B, and the last rows with masks. DIRECT: alpha
+   == 1, so the accumulators start from beta C and are stored as they are;
+   otherwise they start from 0 and C := beta C + alpha acc at the end. mr,
+   PADDED and DIRECT are constants at every call site. */
+SG_INLINE void sg_block(const int mr, const int padded, const int direct, ptrdiff_t K,
+                        const float* A, ptrdiff_t sai, ptrdiff_t sak, const float* B,
+                        ptrdiff_t ldb, float* C, ptrdiff_t ldc, ptrdiff_t nc, float alpha,
+                        float beta) {
+    __m256 acc[SG_MR][2];
+    const ptrdiff_t n0 = nc < 8 ? nc : 8, n1 = nc > 8 ? nc - 8 : 0;
+    const __m256i m0 = sg_mask(n0), m1 = sg_mask(n1);
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    for (int r = 0; r < SG_MR; r++) {
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        if (direct && r < mr && beta != 0.0f) {
+            const float* c = C + r * ldc;
+            acc[r][0] = sg_load_half(c, n0, m0);
+            acc[r][1] = sg_load_half(c + 8, n1, m1);
+            if (beta != 1.0f) {
+                acc[r][0] = _mm256_mul_ps(vb, acc[r][0]);
+                acc[r][1] = _mm256_mul_ps(vb, acc[r][1]);
+            }
+        }
+    }
+    /* the rows whose 16 entries lie inside B: all but the last `over` */
+    ptrdiff_t plain = K;
+    if (!padded && nc < SG_NR) {
+        const ptrdiff_t over = (SG_NR - nc + ldb - 1) / ldb;
+        plain = K > over ? K - over : 0;
+    }
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const float* b = B + k * ldb;
+        const float* a = A + k * sak;
+        __m256 b0, b1;
+        if (k < plain) {
+            b0 = _mm256_loadu_ps(b);
+            b1 = _mm256_loadu_ps(b + 8);
+        } else {
+            b0 = _mm256_maskload_ps(b, m0);
+            b1 = _mm256_maskload_ps(b + 8, m1);
+        }
+        for (int r = 0; r < mr; r++) {
+            const __m256 x = _mm256_broadcast_ss(a + r * sai);
+            acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        float* c = C + r * ldc;
+        __m256 c0 = acc[r][0], c1 = acc[r][1];
+        if (!direct) {
+            c0 = _mm256_mul_ps(va, c0);
+            c1 = _mm256_mul_ps(va, c1);
+            if (beta != 0.0f) {
+                c0 = _mm256_fmadd_ps(vb, sg_load_half(c, n0, m0), c0);
+                c1 = _mm256_fmadd_ps(vb, sg_load_half(c + 8, n1, m1), c1);
+            }
+        }
+        sg_store_half(c, n0, m0, c0);
+        sg_store_half(c + 8, n1, m1, c1);
+    }
+}
+
+/* Rows [0, M) of C by columns [0, nc), nc <= 16: blocks of SG_MR rows. */
+SG_INLINE void sg_panel(const int padded, const int direct, ptrdiff_t M, ptrdiff_t K,
+                        const float* A, ptrdiff_t sai, ptrdiff_t sak, const float* B,
+                        ptrdiff_t ldb, float* C, ptrdiff_t ldc, ptrdiff_t nc, float alpha,
+                        float beta) {
+    ptrdiff_t i = 0;
+#define SG_BLOCK(mr) sg_block(mr, padded, direct, K, A + i * sai, sai, sak, B, ldb, \
+                              C + i * ldc, ldc, nc, alpha, beta)
+    for (; i + SG_MR <= M; i += SG_MR)
+        SG_BLOCK(SG_MR);
+    switch (M - i) {
+        case 5: SG_BLOCK(5); break;
+        case 4: SG_BLOCK(4); break;
+        case 3: SG_BLOCK(3); break;
+        case 2: SG_BLOCK(2); break;
+        case 1: SG_BLOCK(1); break;
+        default: break;
+    }
+#undef SG_BLOCK
+}
+
+/* A K this short (a weight step's: the chunk's rows) has its 16 columns of
+   alpha B copied into a buffer on the stack first, so the accumulators can
+   start from beta C (no pass over C at the end). */
+enum { SG_KMAX = 64 };
+
+/* C (M, Nc) := beta C + alpha Aop (M, K) @ B (K, Nc); Aop[i, k] = A[i*sai + k*sak].
+   Columns in panels of 16, each panel's rows in blocks of SG_MR. */
+SG_TARGET static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
+                                     const float* A, ptrdiff_t sai, ptrdiff_t sak,
+                                     const float* B, ptrdiff_t ldb, float beta,
+                                     float* C, ptrdiff_t ldc) {
+    float Bs[SG_KMAX * SG_NR] __attribute__((aligned(32)));
+    for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
+        const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
+        if (alpha == 1.0f) {
+            sg_panel(0, 1, M, K, A, sai, sak, B + j, ldb, C + j, ldc, nc, 1.0f, beta);
+        } else if (K <= SG_KMAX) {
+            for (ptrdiff_t k = 0; k < K; k++)
+                for (ptrdiff_t q = 0; q < SG_NR; q++)
+                    Bs[k * SG_NR + q] = q < nc ? alpha * B[k * ldb + j + q] : 0.0f;
+            sg_panel(1, 1, M, K, A, sai, sak, Bs, SG_NR, C + j, ldc, nc, 1.0f, beta);
+        } else {
+            sg_panel(0, 0, M, K, A, sai, sak, B + j, ldb, C + j, ldc, nc, alpha, beta);
+        }
+    }
+}
+
+/* The 8 sums of v[0..7], in order. */
+SG_INLINE __m256 sg_sum8(const __m256 v[8]) {
+    __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20),
+                         _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+/* out (N, I) := D (N, O) @ W (I, O)^T; out's rows are ldo apart. */
+SG_TARGET static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const float* D,
+                                   const float* W, float* out, ptrdiff_t ldo) {
+    float sums[8];
+    for (ptrdiff_t r0 = 0; r0 < N; r0 += 4) {
+        const ptrdiff_t mr = N - r0 < 4 ? N - r0 : 4;
+        for (ptrdiff_t i0 = 0; i0 < I; i0 += 2) {
+            const ptrdiff_t ni = I - i0 < 2 ? I - i0 : 2;
+            /* acc[2 r + c]: row r0 + r of D against row i0 + c of W */
+            __m256 acc[8];
+            for (int q = 0; q < 8; q++)
+                acc[q] = _mm256_setzero_ps();
+            const float* w0 = W + i0 * O;
+            const float* w1 = W + (i0 + ni - 1) * O;    /* row i0 again if ni == 1 */
+            for (ptrdiff_t j = 0; j < O; j += 8) {
+                const ptrdiff_t nj = O - j < 8 ? O - j : 8;
+                const __m256i m = sg_mask(nj);
+                const __m256 x0 = _mm256_maskload_ps(w0 + j, m);
+                const __m256 x1 = _mm256_maskload_ps(w1 + j, m);
+                for (ptrdiff_t r = 0; r < mr; r++) {
+                    const __m256 d = _mm256_maskload_ps(D + (r0 + r) * O + j, m);
+                    acc[2 * r] = _mm256_fmadd_ps(d, x0, acc[2 * r]);
+                    acc[2 * r + 1] = _mm256_fmadd_ps(d, x1, acc[2 * r + 1]);
+                }
+            }
+            _mm256_storeu_ps(sums, sg_sum8(acc));
+            for (ptrdiff_t r = 0; r < mr; r++)
+                for (ptrdiff_t c = 0; c < ni; c++)
+                    out[(r0 + r) * ldo + i0 + c] = sums[2 * r + c];
+        }
+    }
+}
+
+#else   /* not GCC on x86: no kernels; fastnn_sg_available() says so */
+#define FASTNN_SG 0
+static int fastnn_sg_available(void) { return 0; }
+static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
+                           const float* A, ptrdiff_t sai, ptrdiff_t sak,
+                           const float* B, ptrdiff_t ldb, float beta,
+                           float* C, ptrdiff_t ldc) { }
+static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const float* D,
+                         const float* W, float* out, ptrdiff_t ldo) { }
+#endif
+
+#endif

@@ -1,0 +1,210 @@
+"""smallgemm.h's float32 kernels and the small-batch epoch that uses them
+(_core.train_units_impl): against float64 NumPy products, the BLAS path, the
+NumPy reference backend, and themselves on one and two threads."""
+import os
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import fastnn
+from fastnn import _core, blas, training
+from fastnn.exceptions import TrainingDiverged
+from fastnn.layers import Conv2D, Dense
+from fastnn.optimizers import get_optimizer, hyper_array
+
+IDLE_CORES = blas.idle_cores   # before the fixture below replaces it
+
+pytestmark = pytest.mark.skipif(not _core.small_gemm_available(),
+                                reason="the CPU lacks AVX2 or FMA")
+
+
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch):
+    """The team sizes of these tests, whatever else runs on the machine."""
+    monkeypatch.setattr(blas, "idle_cores", lambda: 2)
+
+
+@pytest.fixture
+def small_rows():
+    """Set _core's small-batch limit (and the thread count) for one test."""
+    before_rows, before_threads = _core.get_small_rows(), blas.get_num_threads()
+
+    def set_(rows, threads=None):
+        _core.set_small_rows(rows)
+        if threads is not None:
+            blas.set_num_threads(threads)
+
+    yield set_
+    _core.set_small_rows(before_rows)
+    blas.set_num_threads(before_threads)
+
+
+SHAPES = [(M, K, N) for M in (1, 5, 6, 7, 13) for K in (0, 1, 10, 64, 65, 300)
+          for N in (1, 7, 8, 9, 16, 17, 30, 33)]
+
+
+@pytest.mark.parametrize("M, K, N", SHAPES)
+@pytest.mark.parametrize("transpose_a", [False, True])
+def test_small_gemm_is_the_product(M, K, N, transpose_a):
+    """C := beta C + alpha op(A) B for every tail of rows and columns, short
+    K (the stack copy of alpha B) and long, beta 0 (C not read), 1 and other."""
+    rng = np.random.default_rng(M * 1000 + K * 10 + N)
+    A = rng.standard_normal((K, M) if transpose_a else (M, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    C = rng.standard_normal((M, N)).astype(np.float32)
+    op = (A.T if transpose_a else A).astype(np.float64)
+    for alpha, beta in [(1, 0), (1, 1), (0.5, 1), (-0.3, 0.9), (2, 0)]:
+        out = np.full_like(C, np.nan) if beta == 0 else C.copy()
+        _core.small_gemm(A, B, out, alpha, beta, transpose_a)
+        expected = alpha * (op @ B) + (beta * C.astype(np.float64) if beta else 0)
+        # the float32 GEMM bound: |error| <= (K + 2) u (|alpha| |op| |B| + |beta C|)
+        bound = (K + 2) * 2 ** -24 * (abs(alpha) * (np.abs(op) @ np.abs(B))
+                                      + abs(beta) * np.abs(C)) + 1e-30
+        assert (np.abs(out - expected) <= bound).all()
+
+
+def test_small_gemm_reads_nothing_past_its_operands():
+    """B's rows are read 16 entries at a time; the last ones must not run past
+    B (a view at the end of a larger buffer whose tail would poison C)."""
+    rng = np.random.default_rng(0)
+    for N in (1, 3, 15):
+        big = np.full((40 * N + 16,), np.nan, np.float32)
+        B = big[:40 * N].reshape(40, N)
+        B[...] = rng.standard_normal(B.shape)
+        A = rng.standard_normal((3, 40)).astype(np.float32)
+        C = np.zeros((3, N), np.float32)
+        _core.small_gemm(A, B, C, 1.0, 0.0)
+        assert np.isfinite(C).all()
+        assert_allclose(C, A.astype(np.float64) @ B, atol=1e-5)
+
+
+@pytest.mark.parametrize("N, I, O", [(N, I, O) for N in (1, 3, 4, 5, 10) for I in (1, 2, 3, 31)
+                                     for O in (1, 7, 8, 9, 30)])
+def test_small_nt_is_the_product_with_a_transpose(N, I, O):
+    rng = np.random.default_rng(N * 100 + I * 10 + O)
+    D = rng.standard_normal((N, O)).astype(np.float32)
+    W = rng.standard_normal((I, O)).astype(np.float32)
+    out = np.full((N, I), np.nan, np.float32)
+    _core.small_nt(D, W, out)
+    bound = (O + 2) * 2 ** -24 * (np.abs(D) @ np.abs(W).T) + 1e-30
+    assert (np.abs(out - D.astype(np.float64) @ W.T) <= bound).all()
+
+
+def test_small_kernels_refuse_shapes_that_do_not_match():
+    A = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _core.small_gemm(A, np.zeros((5, 2), np.float32), np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _core.small_nt(A, np.zeros((2, 5), np.float32), np.zeros((3, 2), np.float32))
+
+
+def data(n=1003, features=64, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, features), dtype=np.float32), rng.integers(0, classes, n)
+
+
+# (Network options, fit options): each reaches train_units_impl (batches of
+# 10 to 12 rows, so two threads on two, plain SGD) with something else to
+# get right; 1003 rows leave a last, shorter batch.
+CASES = {
+    "nielsen": ({}, {"lr": 3.0}),
+    "deep-softmax": ({"sizes": [64, 40, 33, 10], "activation": "tanh", "output": "softmax",
+                      "loss": "cross_entropy"}, {"lr": 0.1}),
+    "batch-11": ({}, {"lr": 1.0, "batch_size": 11}),
+    "l2": ({}, {"lr": 1.0, "l2": 5.0}),
+    "dropout": ({"sizes": [64, 40, 20, 10]}, {"lr": 1.0, "dropout": [0.3, 0.2]}),
+    "uint8": ({}, {"lr": 1.0, "uint8": True}),
+    "shift": ({}, {"lr": 1.0, "augment": "shift"}),
+    "weights": ({}, {"lr": 1.0, "class_weight": "balanced"}),
+}
+
+
+def fit(case, backend="cython", epochs=2):
+    net_options, fit_options = CASES[case]
+    net_options, fit_options = dict(net_options), dict(fit_options)
+    sizes = net_options.pop("sizes", [64, 30, 10])
+    X, y = data(features=sizes[0])
+    if fit_options.pop("uint8", False):
+        X = (X * 255).astype(np.uint8)
+    net = fastnn.Network(sizes, seed=3, backend=backend, **net_options)
+    fit_options.setdefault("batch_size", 10)
+    net.fit(X, y, epochs=epochs, **fit_options)
+    return net
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_small_batches_train_the_same_on_one_and_two_threads(case, small_rows):
+    """The team splits rows for the forward pass and units for the backward;
+    every entry is the same sum in the same order, so the weights are the
+    same bits."""
+    small_rows(12, threads=1)
+    one = fit(case)
+    small_rows(12, threads=2)
+    two = fit(case)
+    assert_array_equal(one._params, two._params)
+    assert one.history["loss"][-1] == pytest.approx(two.history["loss"][-1], rel=1e-12)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_small_batches_agree_with_blas_and_the_reference(case, small_rows):
+    """The kernels' sums round differently from BLAS's (FMA, another order)
+    and from NumPy's: float32 round-off, grown over two epochs of SGD."""
+    small_rows(12, threads=2)
+    fast = fit(case)
+    small_rows(0)
+    slow = fit(case)
+    reference = fit(case, backend="numpy")
+    assert_allclose(fast._params, reference._params, rtol=0, atol=5e-5)
+    assert_allclose(slow._params, reference._params, rtol=0, atol=5e-5)
+    assert fast.history["accuracy"][-1] == pytest.approx(reference.history["accuracy"][-1],
+                                                         abs=0.005)
+
+
+def test_idle_cores_is_at_least_one_and_at_most_the_cores():
+    assert 1 <= IDLE_CORES() <= os.cpu_count()
+
+
+def test_which_fits_split_units(small_rows):
+    """train_units_impl takes float32 dense nets trained by plain SGD (no L1,
+    no clipping) in one-chunk batches of at most get_small_rows() rows;
+    everything else keeps its path."""
+    small_rows(12, threads=2)
+    net = fastnn.Network([64, 30, 10])
+    table, _ = net.plan.table(None, None)
+    sgd, momentum = get_optimizer("sgd").code, get_optimizer("momentum").code
+    plain = hyper_array(1.0)
+    assert training.splits_units(net, table, sgd, plain, 10, 10)
+    assert training.splits_units(net, table, sgd, plain, 12, 12)
+    assert not training.splits_units(net, table, sgd, plain, 13, 13)   # over the limit
+    assert not training.splits_units(net, table, sgd, plain, 10, 5)    # batches in chunks
+    assert not training.splits_units(net, table, momentum, plain, 10, 10)
+    assert not training.splits_units(net, table, sgd, hyper_array(1.0, l1_over_n=0.1), 10, 10)
+    assert not training.splits_units(net, table, sgd, hyper_array(1.0, clip_norm=1.0), 10, 10)
+    assert not training.splits_units(fastnn.Network([64, 30, 10], dtype="float64"),
+                                     table, sgd, plain, 10, 10)
+    conv = fastnn.Network([(8, 8, 1), Conv2D(2, 3), Dense(10)])
+    assert not training.splits_units(conv, conv.plan.table(None, None)[0], sgd, plain, 10, 10)
+    assert training.team_threads(net, units=True, batch_size=10) == 2
+    assert training.team_threads(net, units=True, batch_size=9) == 1   # 5 rows a thread
+    assert training.team_threads(net, units=True, batch_size=1) == 1
+    assert training.team_threads(net) == 1
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(blas, "idle_cores", lambda: 1)    # the other core is busy
+        assert training.team_threads(net, units=True, batch_size=10) == 1
+    small_rows(0)
+    assert not training.splits_units(net, table, sgd, plain, 10, 10)
+
+
+def test_a_diverging_small_batch_run_rolls_back(small_rows):
+    """A batch whose loss is not finite stops the team before its step, and
+    fit restores the weights of the epoch's start."""
+    small_rows(12, threads=2)
+    X, y = data()
+    net = fastnn.Network([64, 30, 10], seed=1, activation="relu", output="softmax",
+                         loss="cross_entropy")
+    net.fit(X, y, epochs=1, batch_size=10, lr=0.1)
+    before = net._params.copy()
+    with pytest.raises(TrainingDiverged):
+        net.fit(X, y, epochs=1, batch_size=10, lr=1e30)
+    assert_array_equal(net._params, before)
