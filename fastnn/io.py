@@ -564,7 +564,7 @@ def _run_tensors(fields: dict[str, Any], n_params: int,
     state, and an unfinished restore_best run's best weights."""
     from fastnn.optimizers import get_optimizer
 
-    needed = {}
+    needed: dict[str, tuple[tuple[int, ...], str]] = {}
     if fields["optimizer"]:
         rows = get_optimizer(fields["optimizer"]["name"]).state_rows
         needed["optimizer.state"] = ((rows, n_params), dtype)

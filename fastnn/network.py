@@ -382,9 +382,10 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             "val_accuracy", "value": v}``, E counting the network's epochs
             from 1) and ``hist.best_epoch`` is it within this fit. Until
             then the best weights are ``best_params``; a model file saved
-            meanwhile (a checkpoint, a Ctrl-C) keeps them, and a fit with
-            restore_best continuing it goes on comparing with them. Needs
-            validation data. Nielsen's rule in chapter 6: report the test
+            meanwhile (a checkpoint, a Ctrl-C) keeps them. Another fit with
+            restore_best goes on comparing with the best so far (give it
+            the same validation data); a fit without it drops the record.
+            Needs validation data. Nielsen's rule in chapter 6: report the test
             accuracy of the best validation epoch.
         augment : {"shift"}, optional
             Each epoch, shift each input image (every channel alike) by a

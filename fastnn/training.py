@@ -606,7 +606,8 @@ class BestEpoch(Callback):
     network's E-th epoch, from 1), "monitor": "val_accuracy", "value": v}).
     Both are saved in the model file of an unfinished run (a checkpoint, a
     Ctrl-C), so that a fit continuing it (``fastnn train --resume``)
-    continues the comparison. When the run ends, the network's weights are
+    continues the comparison, as does a fit continuing a finished run (whose
+    weights are its best epoch's). When the run ends, the network's weights are
     the best epoch's and ``net.history.best_epoch`` is that epoch (from 0,
     within this fit; None if it came before this fit)."""
 
@@ -617,8 +618,11 @@ class BestEpoch(Callback):
         self._monitor.check(metrics)
         self.first_epoch = net.epochs_trained
         record = net.training.get("best")
-        if net.best_params is not None and record and record["monitor"] == self._monitor.monitor:
-            # an unfinished run's best so far: go on from it
+        if record and record["monitor"] == self._monitor.monitor:
+            # a run going on: an unfinished one's best so far, or a finished
+            # one's, whose weights the network has
+            if net.best_params is None:
+                net.best_params = net._params.copy()
             self._monitor.best = self._monitor.sign * record["value"]
         else:
             net.best_params = None
