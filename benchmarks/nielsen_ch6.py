@@ -20,7 +20,8 @@ would train the same row into the same files.
 
 Row 7 is the vote of five row-6 networks (seeds 1..5; row 6 is seed 1):
 their output probabilities averaged on the test set (``vote`` below, the
-fastnn API; until ``fastnn train --ensemble`` exists).
+fastnn API; until ``fastnn train --ensemble`` exists). The same for any
+models: ``python benchmarks/nielsen_ch6.py --vote A.safetensors B.safetensors``.
 
 Recipe notes (see README, "Nielsen's chapter 6"): every row has a softmax
 output with the log-likelihood cost (network3.py's SoftmaxLayer; fastnn's
@@ -118,12 +119,17 @@ def model_state(path):
         not training.get("best", {}).get("pending") else "unfinished"
 
 
+def command(options, seed, threads, model, extra=()):
+    """A row's fastnn train arguments."""
+    return ["train", "mnist", *options, *COMMON, *extra, "--seed", str(seed),
+            "--threads", str(threads), "--checkpoint-every", "1", "-o", model]
+
+
 def train_row(name, options, workdir, threads, seed, log, extra=()):
     """Train (or go on training) one network; returns (the command, the
     model file, its segments' wall seconds, their epoch seconds)."""
     model = os.path.join(workdir, f"row{name}.safetensors")
-    args = ["train", "mnist", *options, *COMMON, *extra, "--seed", str(seed),
-            "--threads", str(threads), "--checkpoint-every", "1", "-o", model]
+    args = command(options, seed, threads, model, extra)
     segments_file = os.path.join(workdir, f"row{name}.segments.jsonl")
     state = model_state(model)
     if state != "finished":
@@ -181,6 +187,33 @@ def record_for(row, what, nielsen, args, model, wall, epoch_seconds, test_accura
             "epoch_seconds": round(epoch_seconds, 1), "cpu": cpu_model()}
 
 
+def markdown(results):
+    """The README's table and commands, from the results file's rows (rows
+    not there are marked "not yet run": edit by hand what is running)."""
+    lines = ["| row | network and recipe | epochs | best validation epoch | test accuracy "
+             "| Nielsen | wall time | CPU |", "|---|---|---|---|---|---|---|---|"]
+    commands = []
+    for row in [*ROWS, "7"]:
+        what, nielsen = (ROWS[row][:2] if row in ROWS else
+                         ("vote of five row-6 networks (averaged outputs)", VOTE_NIELSEN))
+        if row in ROWS:
+            commands.append(f"# row {row}\n"
+                            + shown(command(ROWS[row][2], SEED, 1, f"row{row}.safetensors")))
+        else:
+            commands.append(f"# row 7: row 6 with --seed 2, 3, 4 and 5 (-o row6s2.safetensors"
+                            f" ...), then\npython benchmarks/nielsen_ch6.py --vote "
+                            + " ".join(f"row6{'' if s == SEED else f's{s}'}.safetensors"
+                                       for s in VOTE_SEEDS))
+        r = results.get(row)
+        if r is None:
+            lines.append(f"| {row} | {what} | | | not yet run | {nielsen:.2f} % | | |")
+            continue
+        lines.append(f"| {row} | {what} | {r.get('epochs', '')} | {r.get('best_val_epoch', '')} "
+                     f"| **{100 * r['test_accuracy']:.2f} %** | {nielsen:.2f} % "
+                     f"| {r['wall_seconds'] / 60:.1f} min | {r['cpu']} |")
+    return "\n".join(lines) + "\n\n```sh\n" + "\n".join(commands) + "\n```"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", default="1,2,3,4,5,6,7",
@@ -191,7 +224,17 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="fastnn train --threads")
     parser.add_argument("--smoke", type=int, metavar="N",
                         help="a check of the script, not the table: N images, 2 epochs")
+    parser.add_argument("--vote", nargs="+", metavar="MODEL",
+                        help="only print the test accuracy of these models' averaged outputs")
+    parser.add_argument("--markdown", action="store_true",
+                        help="only print the README's table from the results file")
     a = parser.parse_args(argv)
+    if a.markdown:
+        print(markdown(read_results(a.results)))
+        return
+    if a.vote:
+        print(f"{vote(a.vote):.4f}")
+        return
     os.makedirs(a.workdir, exist_ok=True)
     log = sys.stdout
     extra = ["--limit", str(a.smoke), "--epochs", "2"] if a.smoke else []

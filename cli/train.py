@@ -330,8 +330,9 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     net.check_data(X_train, train_set.y)
     train_labels = net.training_labels(train_set.y)
     say(_task_line(net, inferred, resume))
-    say(f"{net}: {net.n_params:,} parameters; training on {len(train_set):,} samples "
-        f"of {train_set.source}")
+    held = int(round(len(train_set) * options["val_split"])) if options["val_split"] else 0
+    say(f"{net}: {net.n_params:,} parameters; training on {len(train_set) - held:,} samples "
+        f"of {train_set.source}" + (f" ({held:,} more held out for validation)" if held else ""))
     progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
     finished = False
     try:
