@@ -26,12 +26,13 @@ ARCHITECTURE = ("layers", "hidden", "input_shape", "activation", "output_activat
 # Options of fit() that a resumed run takes from the model file unless given again.
 RESUMABLE = ("batch_size", "lr", "optimizer", "momentum", "betas", "eps", "l2", "l1", "dropout",
              "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle",
-             "weight_decay", "clip_norm")
+             "weight_decay", "clip_norm", "restore_best")
 # Of those, the ones that make another run: refused on resume when they differ
 # from the run's (option name -> its key in the model's training record).
 FIXED_ON_RESUME = {"optimizer": "optimizer", "lr_schedule": "lr_schedule",
                    "val_split": "validation_split", "augment": "augment",
-                   "class_weight": "class_weight", "shuffle": "shuffle"}
+                   "class_weight": "class_weight", "shuffle": "shuffle",
+                   "restore_best": "restore_best"}
 
 # What to do when the labels of DATA do not look like class labels.
 LABELS_HINT = ("Name the label column with --label-col (a CSV's last column is the default) "
@@ -200,6 +201,9 @@ def choice(registry, exclude=()):
                    "epochs by default).")
 @click.option("--early-stopping", type=Integer(min=1), metavar="N",
               help="Stop after N epochs without a lower validation loss; keep the best weights.")
+@click.option("--restore-best", "restore_best", flag_value=True, default=None,
+              help="Keep the weights of the epoch with the best validation accuracy "
+                   "(needs --val or --val-split); checkpoints keep them too.")
 @click.option("--augment", type=click.Choice(sorted(AUGMENTATIONS)),
               help="shift: move each square image by up to 2 pixels, every epoch.")
 @click.option("--class-weight", type=click.Choice(["balanced"]),
@@ -331,8 +335,9 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     net.check_data(X_train, train_set.y)
     train_labels = net.training_labels(train_set.y)
     say(_task_line(net, inferred, resume))
-    say(f"{net}: {net.n_params:,} parameters; training on {len(train_set):,} samples "
-        f"of {train_set.source}")
+    held = int(round(len(train_set) * options["val_split"])) if options["val_split"] else 0
+    say(f"{net}: {net.n_params:,} parameters; training on {len(train_set) - held:,} samples "
+        f"of {train_set.source}" + (f" ({held:,} more held out for validation)" if held else ""))
     progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
     checks = [SaveableCheck(run, cli_options, out)] if out else []
     finished = False
@@ -360,6 +365,10 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
             raise click.ClickException(str(exc))
         raise click.ClickException(f"{exc} " + outputs.describe(
             where, net.epochs_trained, "Saved the weights of the last good epoch"))
+    best = net.training.get("best")
+    if options["restore_best"] and best:
+        say(f"Restored the weights of epoch {best['epoch']}, the best by {best['monitor']} "
+            f"({best['value']:.4f})")
     if out:
         say(f"Saved the model to {out}")
     else:
@@ -367,6 +376,7 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
             "-o MODEL.safetensors")
     if as_json:
         echo_json({"model": out, "network": repr(net), "epochs_trained": net.epochs_trained,
+                   "best": net.training.get("best"),
                    "history": _history_dict(records, net), "final": records[-1] if records else {}})
 
 

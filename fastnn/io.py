@@ -119,6 +119,11 @@ def _contents(net: "Network",
     if net.optimizer_state is not None and not weights_only:
         tensors["optimizer.state"] = net.optimizer_state.state
         optimizer = {"name": net.optimizer_state.name, "steps": net.optimizer_state.steps}
+    training = net.training
+    if net.best_params is not None and not weights_only and "best" in training:
+        # an unfinished fit(restore_best=True): its best epoch's weights
+        tensors["best.params"] = net.best_params
+        training = {**training, "best": {**training["best"], "pending": True}}
     network = {
         **fmt.architecture(net.plan),
         "loss": net.loss,
@@ -137,7 +142,7 @@ def _contents(net: "Network",
         "network": json.dumps(network),
         "input_scaling": json.dumps({"input_dtype": net.input_dtype, "scale": net.input_scale}),
         "optimizer": json.dumps(optimizer),
-        "training": json.dumps(net.training, default=float),
+        "training": json.dumps(training, default=float),
     }
     if net.preprocessing is not None:
         metadata["preprocessing"] = json.dumps(net.preprocessing.to_dict())
@@ -238,6 +243,8 @@ MAX_SEED = _validation.MAX_SEED
 TENSOR_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 DTYPE_NAMES = {"float32": "F32", "float64": "F64"}
 INPUT_DTYPES = ("uint8", "float32", "float64")
+#: What fit(restore_best=True) compares epochs by (training["best"]["monitor"]).
+BEST_MONITORS = ("val_accuracy", "val_loss")
 
 
 @dataclass(frozen=True)
@@ -363,7 +370,8 @@ def _schema(version: int, architecture: dict[str, Any]) -> Any:
         "l1": Real(0), "dropout": OneOf(rate, ListOf(rate, 0, MAX_LAYERS)),
         "lr_schedule": schedule, "val_split": rate, "early_stopping": Int(1, MAX_COUNT),
         "augment": Text(choices=AUGMENTATIONS), "class_weight": Text(choices=("balanced",)),
-        "shuffle": Bool(), "weight_decay": Real(0), "clip_norm": positive}, extra=AnyJSON())
+        "shuffle": Bool(), "weight_decay": Real(0), "clip_norm": positive,
+        "restore_best": Bool()}, extra=AnyJSON())
     training = Record(optional={
         "epochs": count, "batch_size": Int(1, MAX_COUNT), "lr": positive, "shuffle": Bool(),
         "optimizer": optimizer_name, "momentum": rate, "betas": ListOf(rate, 2, 2),
@@ -374,7 +382,10 @@ def _schema(version: int, architecture: dict[str, Any]) -> Any:
         "class_weight": Maybe(OneOf(Text(choices=("balanced",)), MapOf(Real(0)))),
         "epochs_done": count, "final": MapOf(Real(finite=False, nan=True), 1000),
         "lr_schedule_state": lr_schedule_state, "cli": cli, "cli_options": cli_options,
-        "weight_decay": Real(0), "clip_norm": positive},
+        "weight_decay": Real(0), "clip_norm": positive, "restore_best": Bool(),
+        "best": Record(required={"epoch": count, "monitor": Text(choices=BEST_MONITORS),
+                                 "value": Real(finite=False, nan=True)},
+                       optional={"pending": Bool()})},
         extra=AnyJSON())
     return Record(
         required={"format": Text(choices=(FORMAT,)),
@@ -467,18 +478,14 @@ class Format1(ModelFormat):
         _check_preprocessing(fields, network["sizes"][0], network["sizes"][-1])
 
     def tensors(self, fields: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
-        from fastnn.optimizers import get_optimizer
-
         network = fields["network"]
         sizes, dtype = network["sizes"], DTYPE_NAMES[network["dtype"]]
         needed: dict[str, tuple[tuple[int, ...], str]] = {}
         for l, (i, o) in enumerate(zip(sizes, sizes[1:])):
             needed[f"weights.{l}"] = ((i, o), dtype)
             needed[f"biases.{l}"] = ((o,), dtype)
-        if fields["optimizer"]:
-            rows = get_optimizer(fields["optimizer"]["name"]).state_rows
-            n_params = sum(i * o + o for i, o in zip(sizes, sizes[1:]))
-            needed["optimizer.state"] = ((rows, n_params), dtype)
+        needed.update(_run_tensors(fields, sum(i * o + o for i, o in zip(sizes, sizes[1:])),
+                                   dtype))
         return needed
 
     def build(self, fields: dict[str, Any], read: Callable[[str], Array],
@@ -597,16 +604,12 @@ class Format2(ModelFormat):
         fields["plan"] = plan
 
     def tensors(self, fields: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
-        from fastnn.optimizers import get_optimizer
-
         plan, dtype = fields["plan"], DTYPE_NAMES[fields["network"]["dtype"]]
         needed = {}
         for s, (w_name, b_name) in zip(plan.slots, self.tensor_names(plan)):
             needed[w_name] = (s.w_shape, dtype)
             needed[b_name] = (s.b_shape, dtype)
-        if fields["optimizer"]:
-            rows = get_optimizer(fields["optimizer"]["name"]).state_rows
-            needed["optimizer.state"] = ((rows, plan.n_params), dtype)
+        needed.update(_run_tensors(fields, plan.n_params, dtype))
         return needed
 
     def build(self, fields: dict[str, Any], read: Callable[[str], Array],
@@ -626,6 +629,21 @@ class Format2(ModelFormat):
         return net
 
 
+def _run_tensors(fields: dict[str, Any], n_params: int,
+                 dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The tensors every format keeps beside the parameters: the optimizer's
+    state, and an unfinished restore_best run's best weights."""
+    from fastnn.optimizers import get_optimizer
+
+    needed: dict[str, tuple[tuple[int, ...], str]] = {}
+    if fields["optimizer"]:
+        rows = get_optimizer(fields["optimizer"]["name"]).state_rows
+        needed["optimizer.state"] = ((rows, n_params), dtype)
+    if fields["training"].get("best", {}).get("pending"):
+        needed["best.params"] = ((n_params,), dtype)
+    return needed
+
+
 def _restore(net: "Network", fields: dict[str, Any], read: Callable[[str], Array]) -> None:
     """What every format keeps beside the parameters: epochs, input dtype,
     optimizer state and training record."""
@@ -637,6 +655,9 @@ def _restore(net: "Network", fields: dict[str, Any], read: Callable[[str], Array
         net.optimizer_state = OptimizerState(optimizer["name"], read("optimizer.state"),
                                              optimizer["steps"])
     net.training = fields["training"]
+    best = net.training.get("best")
+    if best is not None and best.pop("pending", False):
+        net.best_params = read("best.params")
     _build_preprocessing(net, fields)
 
 

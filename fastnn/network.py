@@ -156,6 +156,10 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         #: The optimizer's buffers (training.OptimizerState), reused by the
         #: next fit() with the same optimizer.
         self.optimizer_state: Optional[training.OptimizerState] = None
+        #: During a fit(restore_best=True), and after one that did not finish:
+        #: the parameters of the best epoch so far (training["best"] says
+        #: which), or None.
+        self.best_params: Optional[np.ndarray] = None
         #: The task, class names, feature scaling and target scaling learned
         #: by prepare() (fastnn.preprocessing.Preprocessing), or None: rows
         #: and labels used as given.
@@ -294,7 +298,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             progress: Optional[Callable[[int, int, int], object]] = None,
             verbose: int = 0, task: Optional[str] = None,
             scale: Optional[str] = None, weight_decay: Optional[float] = None,
-            clip_norm: Optional[float] = None) -> History:
+            clip_norm: Optional[float] = None, restore_best: bool = False) -> History:
         """Train by mini-batch gradient descent with backpropagation.
 
         Each epoch visits the rows in a fresh random order, `batch_size` at a
@@ -370,6 +374,19 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         early_stopping : int, optional
             Stop after this many epochs without a lower validation loss and
             restore the weights of the best epoch (``hist.best_epoch``).
+        restore_best : bool, default False
+            Keep the weights of the epoch with the best validation accuracy
+            (the lowest validation loss for regression; the first on a tie):
+            when the run ends, the network has that epoch's weights,
+            ``training["best"]`` says which epoch (``{"epoch": E, "monitor":
+            "val_accuracy", "value": v}``, E counting the network's epochs
+            from 1) and ``hist.best_epoch`` is it within this fit. Until
+            then the best weights are ``best_params``; a model file saved
+            meanwhile (a checkpoint, a Ctrl-C) keeps them. Another fit with
+            restore_best goes on comparing with the best so far (give it
+            the same validation data); a fit without it drops the record.
+            Needs validation data. Nielsen's rule in chapter 6: report the test
+            accuracy of the best validation epoch.
         augment : {"shift"}, optional
             Each epoch, shift each input image (every channel alike) by a
             random (dx, dy), each in -2..2 pixels, filling with 0 (Nielsen's
@@ -443,16 +460,22 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             optimizer=optimizer, momentum=momentum, betas=betas, eps=eps, l2=l2, l1=l1,
             dropout=dropout, lr_schedule=lr_schedule, early_stopping=early_stopping,
             augment=augment, validation_split=validation_split, has_validation=val is not None,
-            weight_decay=weight_decay, clip_norm=clip_norm)
+            weight_decay=weight_decay, clip_norm=clip_norm, restore_best=restore_best)
         if verbose >= 2 and progress is None:
             progress = training.text_progress()
         trainer = training.Trainer(self, train, val, options, callback, progress, verbose,
                                    check_callbacks(callbacks))
         self.input_dtype = str(X.dtype)
+        # an unfinished restore_best run's best epoch so far, continued by BestEpoch
+        best = self.training.get("best") if options.restore_best else None
+        if not options.restore_best:
+            self.best_params = None
         self.training = {**options.record(), "n_train": len(train[0]),
                          "sample_weight": weights is not None,
                          "class_weight": class_weight if isinstance(class_weight, (str, type(None)))
                          else {int(k): float(v) for k, v in class_weight.items()}}
+        if best is not None:
+            self.training["best"] = best
         return trainer.run()
 
     def prepare(self, X: ArrayLike, y: ArrayLike, task: Optional[str] = None,

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
 
 # What the "training:" line leaves out: shown on lines of their own, or
 # the CLI's bookkeeping.
-_NOT_OPTIONS = ("final", "lr_schedule_state", "cli", "cli_options")
+_NOT_OPTIONS = ("final", "lr_schedule_state", "cli", "cli_options", "best")
 
 
 def describe(net: "Network") -> dict[str, Any]:
@@ -75,6 +75,13 @@ def summary_lines(net: "Network") -> list[str]:
     if training.get("final"):
         lines.append("final: " + ", ".join(f"{shown(k)}={v:.4g}"
                                            for k, v in training["final"].items()))
+    best = training.get("best")
+    if isinstance(best, dict) and net.best_params is None:
+        lines.append(f"weights: epoch {best['epoch']}'s, the best by {best['monitor']} "
+                     f"({best['value']:.4g}; restore_best)")
+    elif isinstance(best, dict):
+        lines.append(f"best so far: epoch {best['epoch']}, {best['monitor']} "
+                     f"{best['value']:.4g} (restore_best; the weights are the last epoch's)")
     cli = training.get("cli")
     if isinstance(cli, dict) and cli.get("data"):
         lines.append(f"data: {shown(cli['data'])}")

@@ -16,12 +16,13 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from fastnn import _kernels, blas, interrupts, memory
-from fastnn.callbacks import EarlyStopping, logger, verbose_logging
+from fastnn.callbacks import Callback, EarlyStopping, _Monitor, logger, verbose_logging
 from fastnn._validation import MAX_COUNT, check_finite, check_X, nonnegative_float, positive_int
 from fastnn.exceptions import ConfigError, DataError, NetworkBusy, TrainingDiverged, lookup
 from fastnn.history import History
@@ -65,6 +66,7 @@ class Options:
     validation_split: float
     weight_decay: float = 0.0
     clip_norm: object = None        # float or None
+    restore_best: bool = False
 
     def record(self):
         """The options as JSON-ready values, for model files."""
@@ -80,12 +82,13 @@ class Options:
             record["clip_norm"] = self.clip_norm
         return {**record, "l2": self.l2, "l1": self.l1, "dropout": self.dropout,
                 "lr_schedule": self.lr_schedule.spec(), "early_stopping": self.early_stopping,
-                "augment": self.augment, "validation_split": self.validation_split}
+                "augment": self.augment, "validation_split": self.validation_split,
+                "restore_best": self.restore_best}
 
 
 def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, momentum, betas,
                   eps, l2, l1, dropout, lr_schedule, early_stopping, augment, validation_split,
-                  has_validation, weight_decay=None, clip_norm=None):
+                  has_validation, weight_decay=None, clip_norm=None, restore_best=False):
     """Options from fit's arguments, or ConfigError naming the bad one."""
     opt = get_optimizer(optimizer)
     epochs = positive_int(epochs, "epochs", minimum=0, maximum=MAX_COUNT)
@@ -132,9 +135,13 @@ def check_options(net, n_train, *, epochs, batch_size, lr, shuffle, optimizer, m
     if augment is not None:
         lookup(AUGMENTATIONS, "augment", augment)
         image_shape(net)
+    if restore_best and not has_validation:
+        raise ConfigError("restore_best selects the epoch by its validation accuracy: give "
+                          "validation_data or validation_split")
     return Options(epochs, batch_size, lr, bool(shuffle), opt.name, momentum, betas, eps, l2, l1,
                    dropout, parse_schedule(lr_schedule), early_stopping, augment,
-                   validation_split, weight_decay if opt.name == "adamw" else 0.0, clip_norm)
+                   validation_split, weight_decay if opt.name == "adamw" else 0.0, clip_norm,
+                   bool(restore_best))
 
 
 def image_shape(net):
@@ -577,6 +584,9 @@ class Trainer:
         if o.early_stopping is not None:
             # the option is the object with its defaults (val_loss, best weights kept)
             callbacks = [EarlyStopping(patience=o.early_stopping), *callbacks]
+        if o.restore_best:
+            # last: its weights go in after EarlyStopping's
+            callbacks = [*callbacks, BestEpoch()]
         for c in callbacks:
             c.on_train_begin(net, self.metric_names())
         for epoch in range(o.epochs):
@@ -609,6 +619,62 @@ class Trainer:
         for c in callbacks:
             c.on_train_end()
         return hist
+
+
+class BestEpoch(Callback):
+    """fit(restore_best=True): keep the weights of the epoch with the best
+    validation accuracy (the lowest validation loss when there is no
+    accuracy; the first such epoch on a tie) and give them back to the
+    network when the run ends.
+
+    Until then the best weights are ``net.best_params`` and
+    ``net.training["best"]`` says which epoch they are ({"epoch": E (the
+    network's E-th epoch, from 1), "monitor": "val_accuracy", "value": v}).
+    Both are saved in the model file of an unfinished run (a checkpoint, a
+    Ctrl-C), so that a fit continuing it (``fastnn train --resume``)
+    continues the comparison, as does a fit continuing a finished run (whose
+    weights are its best epoch's). When the run ends, the network's weights are
+    the best epoch's and ``net.history.best_epoch`` is that epoch (from 0,
+    within this fit; None if it came before this fit)."""
+
+    def on_train_begin(self, net: "Network", metrics: Sequence[str]) -> None:
+        super().on_train_begin(net, metrics)
+        self._monitor = _Monitor("restore_best", "val_accuracy" if "val_accuracy" in metrics
+                                 else "val_loss", "auto")
+        self._monitor.check(metrics)
+        self.first_epoch = net.epochs_trained
+        record = net.training.get("best")
+        if record and record["monitor"] == self._monitor.monitor:
+            # a run going on: an unfinished one's best so far, or a finished
+            # one's, whose weights the network has
+            if net.best_params is None:
+                net.best_params = net._params.copy()
+            self._monitor.best = self._monitor.sign * record["value"]
+        else:
+            net.best_params = None
+            net.training.pop("best", None)
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> Optional[bool]:
+        net = self.net
+        if self._monitor.improved(metrics):
+            if net.best_params is None:
+                net.best_params = net._params.copy()
+            else:
+                net.best_params[...] = net._params
+            net.training["best"] = {"epoch": net.epochs_trained,
+                                    "monitor": self._monitor.monitor,
+                                    "value": float(metrics[self._monitor.monitor])}
+        return None
+
+    def on_train_end(self) -> None:
+        net = self.net
+        if net.best_params is None:
+            return
+        net._params[...] = net.best_params
+        net.best_params = None
+        if net.history is not None:
+            index = net.training["best"]["epoch"] - 1 - self.first_epoch
+            net.history.best_epoch = index if index >= 0 else None
 
 
 def epoch_line(epoch, metrics, of=None):

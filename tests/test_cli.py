@@ -543,3 +543,53 @@ def test_every_command_gives_one_line_errors_on_its_own_too(tmp_path):
     result = CliRunner().invoke(eval_command, [str(tmp_path / "nope.safetensors")])
     assert result.exit_code == 1
     assert result.output == f"Error: {tmp_path / 'nope.safetensors'}: no such model file\n"
+
+
+def test_restore_best_keeps_the_best_epoch_through_checkpoints_and_resume(tmp_path,
+                                                                          monkeypatch):
+    # a run killed right after any of its checkpoints (a copy of the file taken
+    # then) and resumed ends as the straight run does: the best epoch's weights,
+    # also when that epoch came before the kill
+    X, y = images()
+    data, noisy = tmp_path / "data.npz", tmp_path / "noisy.npz"
+    np.savez(data, X=X, y=y)
+    np.savez(noisy, X=np.random.default_rng(1).integers(0, 256, X.shape, dtype=np.uint8), y=y)
+    args = ["train", data, "--val", noisy, "--test", data, "--hidden", "8", "--lr", "2",
+            "--seed", "0", "--epochs", "6", "--restore-best"]
+    straight = tmp_path / "straight.safetensors"
+    result = run(*args, "--history", tmp_path / "h.json", "-o", straight)
+    history = json.loads((tmp_path / "h.json").read_text())
+    best = history["best_epoch"]
+    assert best == int(np.argmax(history["val_accuracy"]))
+    assert f"Restored the weights of epoch {best + 1}, the best by val_accuracy" in result.output
+    report = json.loads(run("eval", straight, data, "--json").stdout)
+    assert report["accuracy"] == history["test_accuracy"][best]
+
+    copies = []
+    original = fastnn.Network.save
+
+    def save_and_copy(self, path, **kw):
+        original(self, path, **kw)
+        copy = tmp_path / f"killed{len(copies)}.safetensors"
+        copy.write_bytes(open(path, "rb").read())
+        copies.append(copy)
+
+    monkeypatch.setattr(fastnn.Network, "save", save_and_copy)
+    run(*args, "--checkpoint-every", "1", "-o", tmp_path / "m.safetensors")
+    monkeypatch.setattr(fastnn.Network, "save", original)
+    assert len(copies) == 7            # six checkpoints and the finished model
+    a = fastnn.load(straight)
+    before_the_kill = 0
+    for copy in copies:                # the finished model goes on too (0 epochs left)
+        killed = fastnn.load(copy)
+        before_the_kill += killed.training["best"]["epoch"] < killed.epochs_trained
+        run("train", "--resume", copy)
+        b = fastnn.load(copy)
+        assert b.training["best"] == a.training["best"] and b.best_params is None
+        np.testing.assert_array_equal(a._params, b._params)
+    assert before_the_kill
+    message = run(*args[:-1], "--epochs", "1", "-o", tmp_path / "n.safetensors").output
+    assert "Restored" not in message
+    result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "n.safetensors"),
+                                       "--restore-best"], env=ENV)
+    assert result.exit_code == 1 and "--restore-best is fixed by the model file" in result.output

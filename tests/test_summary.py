@@ -51,6 +51,26 @@ def test_summary_of_a_conv_net_comes_from_its_layers():
     assert info["layers"][0]["inputs"] == [12, 12, 1]
 
 
+def test_summary_says_which_epochs_weights_restore_best_kept():
+    X, y = make_classification(n=80)
+    net = Network([12, 7, 4], seed=3)
+
+    def stop(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, epochs=4, validation_split=0.25, restore_best=True, callback=stop)
+    best = net.training["best"]
+    assert (f"best so far: epoch {best['epoch']}, val_accuracy {best['value']:.4g} "
+            f"(restore_best; the weights are the last epoch's)") in net.summary(print)
+    net.fit(X, y, epochs=2, validation_split=0.25, restore_best=True)
+    best = net.training["best"]
+    assert (f"weights: epoch {best['epoch']}'s, the best by val_accuracy "
+            f"({best['value']:.4g}; restore_best)") in net.summary(print)
+    assert "best={" not in net.summary(print)
+
+
 def test_summary_prints_by_default(capsys):
     text = Network([3, 2], seed=0).summary()
     assert capsys.readouterr().out == text + "\n"

@@ -386,3 +386,67 @@ def test_history_with_everything():
                                            validation_split=0.25)
     assert set(hist) == {"loss", "accuracy", "penalty", "val_loss", "val_accuracy", "lr",
                          "seconds"}
+
+
+def _overfitting_run():
+    """A network that overfits a few noisy samples (its validation accuracy
+    peaks before the last epoch), and fit's arguments for it."""
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(60, 20)), rng.integers(0, 3, 60)
+    X_val, y_val = rng.normal(size=(300, 20)) + X[:1], rng.integers(0, 3, 300)
+    net = Network([20, 40, 3], activation="tanh", output="softmax", loss="cross_entropy",
+                  seed=0, dtype="float64")
+    return net, X, y, dict(epochs=12, lr=0.05, optimizer="momentum", batch_size=6,
+                           validation_data=(X_val, y_val), restore_best=True)
+
+
+def test_restore_best_keeps_exactly_the_best_validation_epochs_weights():
+    net, X, y, kw = _overfitting_run()
+    seen = []
+    hist = net.fit(X, y, callback=lambda epoch, m: seen.append(net._params.copy()), **kw)
+    best = int(np.argmax(hist["val_accuracy"]))           # the first of the best
+    assert best < hist.epochs - 1                          # the test means something
+    assert hist.best_epoch == best and hist.stopped is None
+    assert net.training["best"] == {"epoch": best + 1, "monitor": "val_accuracy",
+                                    "value": hist["val_accuracy"][best]}
+    assert_array_equal(net._params, seen[best])
+    assert net.best_params is None and net.epochs_trained == hist.epochs
+    # another fit with it goes on comparing with the best so far
+    more = net.fit(X, y, **{**kw, "epochs": 1})
+    assert more.best_epoch is None and net.training["best"]["epoch"] == best + 1
+    assert_array_equal(net._params, seen[best])
+    # without it, a fit keeps its last epoch and drops the record
+    net.fit(X, y, epochs=1, validation_data=kw["validation_data"])
+    assert "best" not in net.training and net.best_params is None
+    with pytest.raises(ConfigError, match="restore_best selects the epoch by its validation"):
+        net.fit(X, y, epochs=1, restore_best=True)
+
+
+@pytest.mark.parametrize("stop_after", [1, 7])   # before and after the best (2)
+def test_restore_best_survives_an_interruption_and_a_model_file(tmp_path, stop_after):
+    import fastnn
+
+    straight, X, y, kw = _overfitting_run()
+    hist = straight.fit(X, y, **kw)
+    best = int(np.argmax(hist["val_accuracy"]))
+
+    def stop(epoch, metrics):
+        if epoch + 1 == stop_after:
+            raise KeyboardInterrupt
+
+    net = _overfitting_run()[0]
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, callback=stop, **kw)
+    pending = net.training["best"]["epoch"]
+    assert net.best_params is not None and pending <= stop_after
+    net.save(tmp_path / "m.safetensors")
+    # weights_only leaves the pending best out, as it does the optimizer
+    net.save(tmp_path / "w.safetensors", weights_only=True)
+    assert fastnn.load(tmp_path / "w.safetensors").best_params is None
+    resumed = fastnn.load(tmp_path / "m.safetensors")
+    assert_array_equal(resumed.best_params, net.best_params)
+    assert resumed.training["best"]["epoch"] == pending
+    rest = resumed.fit(X, y, **{**kw, "epochs": kw["epochs"] - stop_after})
+    assert resumed.training["best"] == straight.training["best"]
+    assert_array_equal(resumed._params, straight._params)
+    assert rest.best_epoch == (best - stop_after if best >= stop_after else None)

@@ -1,0 +1,68 @@
+"""benchmarks/nielsen_ch6.py, the chapter-6 table's runner, on a few images (--smoke)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import MNIST_DIR
+
+import fastnn
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "nielsen_ch6.py"
+
+
+def table(*args, cwd):
+    env = {**os.environ, "FASTNN_DATA": str(MNIST_DIR)}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, check=True).stdout
+
+
+def test_a_row_is_one_fastnn_train_command_and_one_json_line(tmp_path):
+    results = tmp_path / "results.jsonl"
+    args = ["--rows", "1", "--smoke", "600", "--workdir", str(tmp_path), "--results",
+            str(results)]
+    table(*args, cwd=tmp_path)
+    [record] = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["command"].startswith("fastnn train mnist --layers 784,100,10 ")
+    assert "--restore-best" in record["command"] and "--checkpoint-every 1" in record["command"]
+    net = fastnn.load(tmp_path / "row1.safetensors")
+    assert record["best_val_epoch"] == net.training["best"]["epoch"] <= record["epochs"] == 2
+    assert 0 < record["test_accuracy"] <= 1 and record["cpu"]
+    # done rows are skipped; the vote of one model is its accuracy
+    assert "[row 1] done" in table(*args, cwd=tmp_path)
+    assert results.read_text().count("\n") == 1
+    vote = table("--vote", str(tmp_path / "row1.safetensors"), cwd=tmp_path)
+    assert float(vote) == round(record["test_accuracy"], 4)
+    markdown = table("--markdown", "--results", str(results), cwd=tmp_path)
+    assert f"| **{100 * record['test_accuracy']:.2f} %** | 97.80 % |" in markdown
+    assert "| 2 | conv 20x5x5, max-pool 2x2, FC100, sigmoid | | | not yet run |" in markdown
+
+
+def test_an_unfinished_row_goes_on_with_resume(tmp_path):
+    # a checkpoint left by a killed run (here: a 2-epoch run's first epoch) is continued
+    results = tmp_path / "results.jsonl"
+    args = ["--rows", "1", "--smoke", "600", "--workdir", str(tmp_path), "--results",
+            str(results)]
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    table("--rows", "1", "--smoke", "600", "--workdir", str(straight), "--results",
+          str(straight / "r.jsonl"), cwd=tmp_path)
+    first = fastnn.load(straight / "row1.safetensors")
+    cut = tmp_path / "row1.safetensors"
+    env = {**os.environ, "FASTNN_DATA": str(MNIST_DIR)}
+    command = json.loads((straight / "r.jsonl").read_text())["command"].split()[1:]
+    command[command.index("-o") + 1] = str(cut)
+    command[command.index("--epochs", command.index("--epochs") + 1) + 1] = "1"
+    subprocess.run([sys.executable, "-m", "fastnn", *command], env=env, check=True,
+                   capture_output=True)
+    # the 1-epoch run is finished; make it look like the 2-epoch run stopped after epoch 1
+    net = fastnn.load(cut)
+    net.training["cli"]["epochs"] = 2
+    net.best_params = net._params.copy()
+    net.save(cut, force=True)
+    out = table(*args, cwd=tmp_path)
+    assert "fastnn train --resume" in out
+    resumed = fastnn.load(cut)
+    assert resumed.training["best"] == first.training["best"]
+    assert (resumed._params == first._params).all()
