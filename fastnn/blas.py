@@ -96,9 +96,9 @@ def idle_cores():
 
     A team whose threads meet at a barrier after every step runs at the pace
     of its slowest thread: one that shares its core with another process,
-    even a niced one, makes the whole team wait for the scheduler (measured:
-    [784, 30, 10] at batch 10 on 2 cores fell from 180,000 to 11,000
-    samples/s next to a nice-19 job). The small-batch team takes only these.
+    even a niced one, makes the whole team wait for the scheduler (measured
+    next to a nice-19 job: [784, 30, 10] at batch 10 ran at 11,000 samples/s
+    on two threads, 86,000 on one). The small-batch team takes only these.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
