@@ -598,6 +598,24 @@ cdef void gather_shifted(const input_t* X, Py_ssize_t H, Py_ssize_t W, Py_ssize_
                         dst[(y * W + x) * C + c] = 0
 
 
+cdef void gather_chunk(const input_t* X, const floating* Y, const floating* sample_weight,
+                       const int64_t* rows, Py_ssize_t n, Geometry* g0, Py_ssize_t n_out,
+                       int augment, uint64_t seed, int64_t first, floating* A0, floating* Yb,
+                       floating* swb) noexcept nogil:
+    """A chunk's rows: A0 := X[rows] (shifted when augment == SHIFT; row r is
+    the epoch's row first + r), Yb := Y[rows], swb := sample_weight[rows]
+    (swb NULL: no weights).  rows (n,), A0 (n, I), Yb (n, O), swb (n,)."""
+    cdef Py_ssize_t r
+    if augment == SHIFT:
+        gather_shifted(X, g0.in_h, g0.in_w, g0.in_c, rows, n, A0, seed, first)
+    else:
+        gather_rows(X, g0.n_in, rows, n, A0)
+    gather_rows(Y, n_out, rows, n, Yb)
+    if swb != NULL:
+        for r in range(n):
+            swb[r] = sample_weight[rows[r]]
+
+
 cdef void linear_forward_impl(const floating* A, const floating* W,
                               const floating* b, floating* Z, Py_ssize_t N,
                               Py_ssize_t I, Py_ssize_t O) noexcept nogil:
@@ -1495,14 +1513,8 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
         for c in range((m + cap - 1) // cap):
             first = start + c * cap
             cm = cap if first + cap <= start + m else start + m - first
-            if augment == SHIFT:
-                gather_shifted(X, g0.in_h, g0.in_w, g0.in_c, order + first, cm, A0, seed, first)
-            else:
-                gather_rows(X, n_in, order + first, cm, A0)
-            gather_rows(Y, n_out, order + first, cm, Yb)
-            if swb != NULL:
-                for r in range(cm):
-                    swb[r] = sample_weight[order[first + r]]
+            gather_chunk(X, Y, sample_weight, order + first, cm, g0, n_out, augment, seed,
+                         first, A0, Yb, swb)
             # the next chunk's rows start loading while this one computes
             if first + cm < n:
                 prefetch_rows(X, n_in, order + first + cm, min(cap, n - first - cm))
@@ -1634,14 +1646,8 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
         first = lo
         while first < hi:
             cm = cap if first + cap <= hi else hi - first
-            if augment == SHIFT:
-                gather_shifted(X, g0.in_h, g0.in_w, g0.in_c, order + first, cm, A0, seed, first)
-            else:
-                gather_rows(X, n_in, order + first, cm, A0)
-            gather_rows(Y, n_out, order + first, cm, Yb)
-            if swb != NULL:
-                for r in range(cm):
-                    swb[r] = sample_weight[order[first + r]]
+            gather_chunk(X, Y, sample_weight, order + first, cm, g0, n_out, augment, seed,
+                         first, A0, Yb, swb)
             forward_impl(params, lay, slope, A0, mine, A_out, cm, True, seed, first)
             chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
                                            mine + lay.d_off[L], cm, n_out)
@@ -1784,15 +1790,9 @@ cdef int train_units_impl(const input_t* X, const float* Y, const float* sample_
         r1 = share(m, t + 1, T, 1)
         # forward: this thread's rows, through every layer
         if r1 > r0:
-            if augment == SHIFT:
-                gather_shifted(X, g.in_h, g.in_w, g.in_c, order + start + r0, r1 - r0,
-                               A0 + r0 * n_in, seed, start + r0)
-            else:
-                gather_rows(X, n_in, order + start + r0, r1 - r0, A0 + r0 * n_in)
-            gather_rows(Y, n_out, order + start + r0, r1 - r0, Yb + r0 * n_out)
-            if swb != NULL:
-                for r in range(r0, r1):
-                    swb[r] = sample_weight[order[start + r]]
+            gather_chunk(X, Y, sample_weight, order + start + r0, r1 - r0, g, n_out, augment,
+                         seed, start + r0, A0 + r0 * n_in, Yb + r0 * n_out,
+                         swb + r0 if swb != NULL else NULL)
             if lay.mask_off[0] >= 0:
                 dropout_impl(A0 + r0 * n_in, work + lay.mask_off[0] + r0 * n_in,
                              work + lay.in_off[0] + r0 * n_in, r1 - r0, n_in, lay.keep[0],
