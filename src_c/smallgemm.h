@@ -16,8 +16,8 @@
  *                   may hold a NaN).
  *   fastnn_sg_nt    out (N, I) := D (N, O) @ W (I, O)^T, out's rows ldo apart
  *                   (a block of columns of a wider matrix): dot products along
- *                   the contiguous O of D and W, 4 rows x 2 columns of out at
- *                   a time (8 ymm accumulators), reduced together at the end.
+ *                   the contiguous O of D and W, 4 rows x 3 columns of out at
+ *                   a time (12 ymm accumulators), reduced together at the end.
  *
  * Used by the dense layers' forward (Z = A W + b), input delta (D W^T) and
  * weight step (W = beta W + alpha A^T D) when a chunk has few rows; the
@@ -191,36 +191,98 @@ SG_INLINE __m256 sg_sum8(const __m256 v[8]) {
                          _mm256_permute2f128_ps(t0, t1, 0x31));
 }
 
-/* out (N, I) := D (N, O) @ W (I, O)^T; out's rows are ldo apart. */
+/* Rows of D and of W in a block of fastnn_sg_nt: 4 x 3 dot products are 12
+   ymm accumulators; each step of 8 along O loads 4 + 3 vectors for 12 FMAs. */
+enum { SG_NT_R = 4, SG_NT_W = 3 };
+
+/* out[r, c] := D[r, :] . W[c, :] for r < mr, c < nw (constants at every call
+   site, so the accumulators stay in registers: with a run-time bound GCC
+   keeps them on the stack, and each FMA waits on a store, 6x slower).
+   Each sum is 8 lanes (k = lane mod 8) reduced by sg_sum8, whatever the
+   entry's place in the block: the same sum, in the same order, for any
+   split of W's rows between threads. */
+SG_INLINE void sg_nt_block(const int mr, const int nw, ptrdiff_t O, const float* D,
+                           const float* W, float* out, ptrdiff_t ldo) {
+    __m256 acc[SG_NT_R * SG_NT_W];
+    for (int q = 0; q < SG_NT_R * SG_NT_W; q++)
+        acc[q] = _mm256_setzero_ps();
+    const ptrdiff_t O8 = O & ~(ptrdiff_t) 7;
+    for (ptrdiff_t k = 0; k < O8; k += 8) {
+        __m256 w[SG_NT_W];
+        for (int c = 0; c < nw; c++)
+            w[c] = _mm256_loadu_ps(W + c * O + k);
+        for (int r = 0; r < mr; r++) {
+            const __m256 d = _mm256_loadu_ps(D + r * O + k);
+            for (int c = 0; c < nw; c++)
+                acc[r * SG_NT_W + c] = _mm256_fmadd_ps(d, w[c], acc[r * SG_NT_W + c]);
+        }
+    }
+    if (O8 < O) {
+        const __m256i m = sg_mask(O - O8);
+        __m256 w[SG_NT_W];
+        for (int c = 0; c < nw; c++)
+            w[c] = _mm256_maskload_ps(W + c * O + O8, m);
+        for (int r = 0; r < mr; r++) {
+            const __m256 d = _mm256_maskload_ps(D + r * O + O8, m);
+            for (int c = 0; c < nw; c++)
+                acc[r * SG_NT_W + c] = _mm256_fmadd_ps(d, w[c], acc[r * SG_NT_W + c]);
+        }
+    }
+    /* 12 sums: acc[0..7] and acc[8..11] (with 4 zeros) through sg_sum8 */
+    float sums[16];
+    const __m256 z = _mm256_setzero_ps();
+    const __m256 rest[8] = {acc[8], acc[9], acc[10], acc[11], z, z, z, z};
+    _mm256_storeu_ps(sums, sg_sum8(acc));
+    _mm256_storeu_ps(sums + 8, sg_sum8(rest));
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nw; c++)
+            out[r * ldo + c] = sums[r * SG_NT_W + c];
+}
+
+/* Rows [0, N) of out for W's rows [0, nw): blocks of SG_NT_R rows of D. */
+SG_INLINE void sg_nt_rows(const int nw, ptrdiff_t N, ptrdiff_t O, const float* D,
+                          const float* W, float* out, ptrdiff_t ldo) {
+    ptrdiff_t r = 0;
+    for (; r + SG_NT_R <= N; r += SG_NT_R)
+        sg_nt_block(SG_NT_R, nw, O, D + r * O, W, out + r * ldo, ldo);
+    switch (N - r) {
+        case 3: sg_nt_block(3, nw, O, D + r * O, W, out + r * ldo, ldo); break;
+        case 2: sg_nt_block(2, nw, O, D + r * O, W, out + r * ldo, ldo); break;
+        case 1: sg_nt_block(1, nw, O, D + r * O, W, out + r * ldo, ldo); break;
+        default: break;
+    }
+}
+
+/* A W this narrow (O <= SG_NT_NARROW) has too few entries per row for dot
+   products to pay for their reduction: its rows are transposed, SG_NT_CHUNK
+   at a time, into a stack buffer Wt (O, chunk), and out = D @ Wt goes through
+   fastnn_sg_gemm (each entry one FMA chain along O, in order). */
+enum { SG_NT_NARROW = 16, SG_NT_CHUNK = 256 };
+
+/* out (N, I) := D (N, O) @ W (I, O)^T; out's rows are ldo apart. W's rows in
+   groups of SG_NT_W, outermost: a group is read from memory once and used
+   by every row of D (D, N x O, stays in L1). Either way an entry's sum does
+   not depend on where I is cut, so threads may split W's rows. */
 SG_TARGET static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const float* D,
                                    const float* W, float* out, ptrdiff_t ldo) {
-    float sums[8];
-    for (ptrdiff_t r0 = 0; r0 < N; r0 += 4) {
-        const ptrdiff_t mr = N - r0 < 4 ? N - r0 : 4;
-        for (ptrdiff_t i0 = 0; i0 < I; i0 += 2) {
-            const ptrdiff_t ni = I - i0 < 2 ? I - i0 : 2;
-            /* acc[2 r + c]: row r0 + r of D against row i0 + c of W */
-            __m256 acc[8];
-            for (int q = 0; q < 8; q++)
-                acc[q] = _mm256_setzero_ps();
-            const float* w0 = W + i0 * O;
-            const float* w1 = W + (i0 + ni - 1) * O;    /* row i0 again if ni == 1 */
-            for (ptrdiff_t j = 0; j < O; j += 8) {
-                const ptrdiff_t nj = O - j < 8 ? O - j : 8;
-                const __m256i m = sg_mask(nj);
-                const __m256 x0 = _mm256_maskload_ps(w0 + j, m);
-                const __m256 x1 = _mm256_maskload_ps(w1 + j, m);
-                for (ptrdiff_t r = 0; r < mr; r++) {
-                    const __m256 d = _mm256_maskload_ps(D + (r0 + r) * O + j, m);
-                    acc[2 * r] = _mm256_fmadd_ps(d, x0, acc[2 * r]);
-                    acc[2 * r + 1] = _mm256_fmadd_ps(d, x1, acc[2 * r + 1]);
-                }
-            }
-            _mm256_storeu_ps(sums, sg_sum8(acc));
-            for (ptrdiff_t r = 0; r < mr; r++)
-                for (ptrdiff_t c = 0; c < ni; c++)
-                    out[(r0 + r) * ldo + i0 + c] = sums[2 * r + c];
+    if (O <= SG_NT_NARROW) {
+        float Wt[SG_NT_NARROW * SG_NT_CHUNK] __attribute__((aligned(32)));
+        for (ptrdiff_t c0 = 0; c0 < I; c0 += SG_NT_CHUNK) {
+            const ptrdiff_t nc = I - c0 < SG_NT_CHUNK ? I - c0 : SG_NT_CHUNK;
+            for (ptrdiff_t c = 0; c < nc; c++)
+                for (ptrdiff_t k = 0; k < O; k++)
+                    Wt[k * nc + c] = W[(c0 + c) * O + k];
+            fastnn_sg_gemm(N, nc, O, 1.0f, D, O, 1, Wt, nc, 0.0f, out + c0, ldo);
         }
+        return;
+    }
+    ptrdiff_t c = 0;
+    for (; c + SG_NT_W <= I; c += SG_NT_W)
+        sg_nt_rows(SG_NT_W, N, O, D, W + c * O, out + c, ldo);
+    switch (I - c) {
+        case 2: sg_nt_rows(2, N, O, D, W + c * O, out + c, ldo); break;
+        case 1: sg_nt_rows(1, N, O, D, W + c * O, out + c, ldo); break;
+        default: break;
     }
 }
 
