@@ -13,8 +13,9 @@ from fastnn.exceptions import (ConfigError, DataError, DatasetNotFound, FastnnEr
                                TrainingDiverged)
 from fastnn.history import History
 from fastnn.io import load
+from fastnn.many import fit_many
 from fastnn.network import Network
 
-__all__ = ["Network", "History", "load", "datasets", "FastnnError", "ConfigError",
+__all__ = ["Network", "History", "load", "fit_many", "datasets", "FastnnError", "ConfigError",
            "DataError", "DatasetNotFound", "ModelFileError", "NetworkBusy", "OutputError",
            "ResourceError", "TrainingDiverged", "__version__"]

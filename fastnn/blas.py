@@ -30,6 +30,7 @@ _threads = None     # the limit set by set_num_threads, or the BLAS's own
 _controller = None  # found once: scanning the loaded libraries takes a millisecond
 _team_lock = threading.Lock()
 _team_in_use = 0    # threads held by the forwards running now (calling threads included)
+_local = threading.local()  # .threads: this thread's share (thread_budget)
 
 
 def _blas():
@@ -51,12 +52,29 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads fastnn uses (by default, the BLAS's: all cores)."""
+    """The number of threads fastnn uses (by default, the BLAS's: all cores;
+    in a thread_budget block, that block's share)."""
     global _threads
+    share = getattr(_local, "threads", None)
+    if share is not None:
+        return share
     if _threads is None:
         counts = [lib["num_threads"] for lib in _blas().info()]
         _threads = max(counts) if counts else 1
     return _threads
+
+
+@contextmanager
+def thread_budget(n):
+    """Within this block, the fits and forwards that the calling thread runs
+    use at most n threads (their teams; the BLAS's own count is process-wide
+    and unchanged): fit_many's share of the cores for each network."""
+    previous = getattr(_local, "threads", None)
+    _local.threads = positive_int(n, "threads")
+    try:
+        yield
+    finally:
+        _local.threads = previous
 
 
 @contextmanager

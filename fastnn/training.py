@@ -272,6 +272,7 @@ def run_epoch(kernel, args, control, on_tick=None):
     """
     out = {}
     done = threading.Event()
+    abort = getattr(_abort, "event", None)
 
     def stop():
         control[_kernels.STOP_REQUEST] = 1
@@ -289,23 +290,45 @@ def run_epoch(kernel, args, control, on_tick=None):
     # thread is not a daemon: the interpreter never exits under it.
     worker = threading.Thread(target=target, name="fastnn-epoch")
     started = False
+    if abort is not None and abort.is_set():
+        stop()      # an epoch shorter than a tick: stopped before its first batch
     with interrupts.Deferred(stop) as interrupt:
         try:
             worker.start()
             started = True
             while not done.is_set():
-                if not done.wait(0.1) and on_tick is not None:
-                    on_tick()
+                if not done.wait(0.1):
+                    if abort is not None and abort.is_set():
+                        stop()
+                    elif on_tick is not None:
+                        on_tick()
         finally:
             if started and not done.is_set():
                 stop()
-                _wait_uninterrupted(done, stop)
+                wait_uninterrupted(done, stop)
     if "error" in out:
         raise out["error"]
     return out["result"], interrupt
 
 
-def _wait_uninterrupted(done, stop):
+_abort = threading.local()  # .event: an Event that stops this thread's epochs (abort_on)
+
+
+@contextlib.contextmanager
+def abort_on(event):
+    """Within this block, the epochs that this thread runs stop before their
+    next batch once `event` is set, as on a Ctrl-C (the epoch is rolled
+    back and fit raises KeyboardInterrupt): how fit_many stops the fits that
+    run in its threads, where no signal arrives."""
+    previous = getattr(_abort, "event", None)
+    _abort.event = event
+    try:
+        yield
+    finally:
+        _abort.event = previous
+
+
+def wait_uninterrupted(done, stop):
     """Wait for done; a KeyboardInterrupt meanwhile (there can be one only
     where SIGINT is not deferred) stops the kernel and is raised afterwards."""
     interrupted = False

@@ -1,0 +1,132 @@
+"""fastnn.fit_many: several networks at once, each as its own fit."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import blas
+from fastnn.layers import Conv2D, Dense, MaxPool2D
+
+
+@pytest.fixture
+def threads():
+    """Set fastnn's thread count for one test, and put it back."""
+    before = blas.get_num_threads()
+    yield blas.set_num_threads
+    blas.set_num_threads(before)
+
+
+def data(n=600, features=64, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, features), dtype=np.float32)
+    return X, (X[:, :classes].argmax(1) + rng.integers(0, 2, n)) % classes
+
+
+DENSE = lambda seed: fastnn.Network([64, 12, 4], seed=seed, loss="cross_entropy")  # noqa: E731
+CONV = lambda seed: fastnn.Network([(8, 8, 1), Conv2D(3, 3), MaxPool2D(2), Dense(4)],  # noqa: E731
+                                   seed=seed, activation="relu", output="softmax",
+                                   loss="cross_entropy")
+OPTIONS = {
+    "dense, small batches": (DENSE, dict(epochs=3, batch_size=10, lr=0.3, validation_split=0.2)),
+    "dense, dropout, momentum": (DENSE, dict(epochs=2, batch_size=32, lr=0.1, dropout=0.2,
+                                             optimizer="momentum")),
+    "conv": (CONV, dict(epochs=2, batch_size=10, lr=0.05)),
+}
+
+
+@pytest.mark.parametrize("kind", OPTIONS)
+def test_each_network_is_bit_identical_to_its_own_fit(kind, threads):
+    make, options = OPTIONS[kind]
+    X, y = data()
+    threads(2)      # two networks on two threads: one each
+    nets = [make(1), make(2)]
+    histories = fastnn.fit_many(nets, X, y, **options)
+    threads(1)
+    for seed, net, hist in zip((1, 2), nets, histories):
+        alone = make(seed)
+        expected = alone.fit(X, y, **options)
+        assert all(np.array_equal(a, b) for a, b in zip(alone.weights, net.weights))
+        assert all(np.array_equal(a, b) for a, b in zip(alone.biases, net.biases))
+        assert hist.epochs == expected.epochs == options["epochs"]
+        assert hist["loss"] == expected["loss"]
+    # different seeds, different networks
+    assert not np.array_equal(nets[0].weights[0], nets[1].weights[0])
+
+
+def test_more_networks_than_threads_queue_in_order(threads):
+    X, y = data()
+    threads(2)
+    nets = [DENSE(seed) for seed in range(5)]
+    histories = fastnn.fit_many(nets, X, y, epochs=2, batch_size=10, lr=0.3)
+    assert [h.epochs for h in histories] == [2] * 5
+    assert all(net.history is h for net, h in zip(nets, histories))
+    threads(1)
+    alone = DENSE(4)
+    alone.fit(X, y, epochs=2, batch_size=10, lr=0.3)
+    assert np.array_equal(alone.weights[0], nets[4].weights[0])
+
+
+def test_one_network_is_a_plain_fit():
+    X, y = data()
+    net, alone = DENSE(3), DENSE(3)
+    [hist] = fastnn.fit_many([net], X, y, epochs=2, batch_size=10, lr=0.3)
+    alone.fit(X, y, epochs=2, batch_size=10, lr=0.3)
+    assert hist.epochs == 2
+    assert np.array_equal(alone.weights[0], net.weights[0])
+
+
+@pytest.mark.parametrize("networks, options, message", [
+    ([], {}, "non-empty list of fastnn.Network"),
+    ("abc", {}, "non-empty list of fastnn.Network"),
+    ([DENSE(1), "net"], {}, "non-empty list of fastnn.Network"),
+    ("same twice", {}, "appears twice"),
+    ([DENSE(1)], {"verbose": 1}, "does not take verbose="),
+    ([DENSE(1)], {"progress": print}, "does not take progress="),
+])
+def test_refusals(networks, options, message):
+    if networks == "same twice":
+        net = DENSE(1)
+        networks = [net, net]
+    X, y = data(50)
+    with pytest.raises(fastnn.ConfigError, match=message):
+        fastnn.fit_many(networks, X, y, epochs=1, **options)
+
+
+def test_an_error_in_one_network_stops_the_others_and_is_raised(threads):
+    X, y = data()
+    threads(2)
+    wrong = fastnn.Network([10, 4], seed=1)        # 10 inputs: X has 64 columns
+    nets = [DENSE(1), wrong, DENSE(2)]
+    with pytest.raises(fastnn.FastnnError, match="10") as caught:
+        fastnn.fit_many(nets, X, y, epochs=200, batch_size=10, lr=0.3)
+    histories = caught.value.histories
+    assert len(histories) == 3
+    for net in (nets[0], nets[2]):
+        # stopped long before 200 epochs, at an epoch's end: what the
+        # history records is what the weights hold
+        assert net.epochs_trained < 200
+        if net.history is not None:
+            assert net.history.epochs == net.epochs_trained
+
+
+def test_ctrl_c_stops_every_network_at_a_batch_and_raises(threads):
+    X, y = data(2000)
+    threads(2)
+
+    def interrupt_after_first_epoch(epoch, metrics):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    nets = [DENSE(1), DENSE(2)]
+    with pytest.raises(KeyboardInterrupt):
+        fastnn.fit_many(nets, X, y, epochs=500, batch_size=10, lr=0.3,
+                        callback=interrupt_after_first_epoch)
+    for net in nets:
+        assert net.epochs_trained < 500
+        assert net.history.stopped == "interrupted"
+        assert net.history.epochs == net.epochs_trained
+        assert all(np.isfinite(W).all() for W in net.weights)
+    # both can go on training
+    fastnn.fit_many(nets, X, y, epochs=1, batch_size=10, lr=0.3)
