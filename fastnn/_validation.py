@@ -17,11 +17,6 @@ from fastnn.exceptions import ConfigError, DataError
 #: Input dtypes the kernels read directly (uint8 is scaled to [0, 1]).
 INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
 
-#: Entries check_X tests for NaN at a time: its temporary mask stays at 1 MB
-#: however large X is (a memory-mapped file larger than memory).
-FINITE_CHUNK = 1 << 20
-
-
 def _first_bad(mask):
     """(row, column) of the first True in a 2-D boolean mask."""
     r, c = np.unravel_index(np.argmax(mask), mask.shape)
@@ -55,15 +50,15 @@ def check_X(X: Any, n_features: int, name: str = "X") -> Array:
         raise DataError(f"{name} has {X.shape[1]} features, but this network expects {n_features}")
     if X.dtype not in INPUT_DTYPES:
         X = X.astype(np.float64)
+    X = np.ascontiguousarray(X)
     if X.dtype.kind == "f":
-        rows = max(1, FINITE_CHUNK // X.shape[1])
-        for start in range(0, len(X), rows):
-            block = X[start:start + rows]
-            if not np.isfinite(block).all():
-                r, c = _first_bad(~np.isfinite(block))
-                raise DataError(f"{name} contains NaN or infinity (first at row {start + r}, "
-                                f"column {c})")
-    return np.ascontiguousarray(X)
+        from fastnn import _core   # the compiled kernels: a single pass, no temporary
+
+        r = _core.first_nonfinite_row(X)
+        if r >= 0:
+            c = int(np.flatnonzero(~np.isfinite(X[r]))[0])
+            raise DataError(f"{name} contains NaN or infinity (first at row {r}, column {c})")
+    return X
 
 
 def image_rows(X: Any, input_shape: tuple[int, ...], name: str = "X") -> Any:

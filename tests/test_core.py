@@ -496,3 +496,16 @@ def test_threads_taking_whole_chunks_predict_the_same():
     assert_array_equal(one, three)
     with pytest.raises(ValueError, match="workspace has"):
         _core.predict(X, params, table, 0.01, np.empty(size, np.float32), 64, three, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_nonfinite_row_finds_nan_and_both_infinities_anywhere(dtype):
+    X = np.random.default_rng(0).standard_normal((37, 19)).astype(dtype)
+    X[5, 0] = np.finfo(dtype).max      # large but finite
+    assert _core.first_nonfinite_row(X) == -1
+    for value in (np.nan, np.inf, -np.inf):
+        for r, c in [(0, 0), (36, 18), (12, 7)]:
+            Y = X.copy()
+            Y[r, c] = value
+            Y[30, 3] = value
+            assert _core.first_nonfinite_row(Y) == min(r, 30)
