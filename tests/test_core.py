@@ -4,8 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import hypothesis_api
 from numpy.testing import assert_allclose, assert_array_equal
 
 from fastnn import _core, _kernels
@@ -15,6 +14,8 @@ from fastnn.activations import ACTIVATIONS
 from fastnn.losses import LOSSES
 from fastnn.optimizers import OPTIMIZERS, hyper_array
 from fastnn.plan import Plan
+
+given, settings, st, _ = hypothesis_api()
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}

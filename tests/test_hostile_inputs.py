@@ -14,27 +14,26 @@ import json
 import os
 import pickle
 import re
-import shutil
 import subprocess
 import sys
 import warnings
 
 import numpy as np
 import pytest
-from conftest import assert_refused, damage, run_fastnn, snapshot
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from conftest import (assert_refused, compile_c, damage, hypothesis_api, needs, run_fastnn,
+                      snapshot)
 
 import fastnn
 from fastnn import DataError, ModelFileError, Network
 from fastnn.data import load_data
 from fastnn.io import read_header, read_metadata
 
+given, settings, st, HealthCheck = hypothesis_api()
+
 EXAMPLES = int(os.environ.get("FASTNN_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])
-CC = shutil.which("cc")
 
 
 # ------------------------------------------------------------ model files
@@ -553,7 +552,7 @@ def test_a_python_2_pickle_like_nielsens_still_loads(tmp_path):
 
 
 def test_history_nested_100000_deep_is_refused_by_plot(tmp_path):
-    pytest.importorskip("matplotlib")
+    needs("matplotlib")
     (tmp_path / "run.json").write_text('{"loss": ' + "[" * 100_000 + "]" * 100_000 + "}")
     os.mkfifo(tmp_path / "fifo.json")
     for name, message in (("run.json", "nests deeper than 4 levels"),
@@ -691,21 +690,15 @@ def _check_export(tmp_path, fmt, out, source):
     if fmt == "numpy":
         _import_and_predict(tmp_path, out, source)
     elif fmt == "c":
-        if CC is None:
-            pytest.skip("no C compiler (cc)")
-        exe = tmp_path / "model"
-        build = subprocess.run([CC, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror",
-                                "-DFASTNN_MAIN", out, "-o", exe, "-lm"],
-                               capture_output=True, text=True, errors="backslashreplace")
-        assert build.returncode == 0, build.stderr
+        exe = compile_c([out], tmp_path / "model")
         text = out.read_bytes().decode("ascii")       # ASCII only: no NUL, no stray byte
         assert text.count("*/") == text.count("/*") and "\0" not in text
         run = subprocess.run([exe], input="1 2 3 4\n", capture_output=True, text=True,
                              cwd=tmp_path, timeout=60)
         assert run.returncode == 0 and run.stdout.strip() in ("0", "1")
     else:
-        onnx = pytest.importorskip("onnx")
-        ort = pytest.importorskip("onnxruntime")
+        onnx = needs("onnx")
+        ort = needs("onnxruntime")
         model = onnx.load(str(out))
         meta = {p.key: p.value for p in model.metadata_props}
         assert meta["source"] == onnx_text(source) and meta["source"].isprintable()
@@ -732,7 +725,7 @@ def test_exports_of_a_hostile_source_never_run_anything(tmp_path, fmt):
 
     suffix = {"numpy": ".py", "c": ".c", "onnx": ".onnx"}[fmt]
     if fmt == "onnx":
-        pytest.importorskip("onnx")
+        needs("onnx")
     [out, *_] = export(Network([4, 3, 2], seed=0), tmp_path / ("m" + suffix), fmt,
                        source=HOSTILE_SOURCE)
     _check_export(tmp_path, fmt, tmp_path / os.path.basename(out), HOSTILE_SOURCE)

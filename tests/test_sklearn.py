@@ -6,8 +6,9 @@ import unittest
 
 import numpy as np
 import pytest
+from conftest import needs
 
-sklearn = pytest.importorskip("sklearn")
+sklearn = needs("sklearn")
 
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import (make_classification, make_multilabel_classification,  # noqa: E402
@@ -126,7 +127,7 @@ def test_same_random_state_same_model():
 
 
 def test_feature_names_from_a_dataframe():
-    pd = pytest.importorskip("pandas")
+    pd = needs("pandas")
     X, y = blobs()
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(10)])
     est = MLPClassifier(max_iter=20, random_state=0).fit(frame, y)

@@ -13,8 +13,9 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import needs
 
-pytest.importorskip("sklearn")
+needs("sklearn")
 
 from sklearn import neural_network  # noqa: E402
 from sklearn.base import clone  # noqa: E402

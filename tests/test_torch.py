@@ -4,11 +4,11 @@ Skipped when torch is not installed; .ci/run installs it so CI always runs these
 """
 import numpy as np
 import pytest
-from conftest import one_hot
+from conftest import needs, one_hot
 
 from fastnn import Network
 
-torch = pytest.importorskip("torch")
+torch = needs("torch")
 F = torch.nn.functional
 
 SLOPE = 0.05

@@ -10,6 +10,7 @@ import inspect
 import typing
 
 import pytest
+from conftest import needs
 
 import fastnn
 from fastnn import datasets, io, schedules
@@ -34,7 +35,9 @@ def test_public_functions_are_fully_annotated(function):
 
 
 def test_sklearn_estimators_are_annotated():
-    sk = pytest.importorskip("fastnn.sklearn")
+    needs("sklearn")
+    import fastnn.sklearn as sk
+
     for function in (sk.MLPClassifier.__init__, sk.MLPClassifier.fit,
                      sk.MLPClassifier.predict_proba, sk.MLPRegressor.fit,
                      sk.MLPRegressor.predict):
