@@ -89,6 +89,20 @@ def test_version():
     assert fastnn.__version__ in run("--version").output
 
 
+def test_a_random_seed_is_said_once_as_the_option_that_repeats_the_run(tmp_path):
+    first = run("train", "--hidden", "8", "--epochs", "1", "--limit", "300", "-o",
+                tmp_path / "a.safetensors").output.splitlines()[1]
+    network, said = re.fullmatch(r"(Network\(.*\)): .*; seed: random \(--seed (\d+) repeats "
+                                 r"this run\)", first).groups()
+    assert "seed=" not in network and said == str(fastnn.load(tmp_path / "a.safetensors").seed)
+    again = run("train", "--hidden", "8", "--epochs", "1", "--limit", "300", "--seed", said,
+                "-o", tmp_path / "b.safetensors").output.splitlines()[1]
+    assert f"seed={said})" in again and "random" not in again
+    a, b = (fastnn.load(tmp_path / f"{k}.safetensors") for k in "ab")
+    for Wa, Wb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(Wa, Wb)
+
+
 def test_session_on_mnist(tmp_path):
     model = tmp_path / "m.safetensors"
     out = run("train", "--hidden", "16", "--epochs", "2", "--limit", "3000", "--seed", "3",
