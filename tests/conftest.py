@@ -132,6 +132,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def sweep(cases, fast):
+    """The parameters of an exhaustive sweep: those in `fast` (keys of a dict,
+    or indices of a list, whose tuples are the values of several arguments)
+    run in every run, the others only with --runslow (CI's run), so that the
+    fast suite keeps a representative subset."""
+    keys = list(range(len(cases))) if isinstance(cases, list) else list(cases)
+    assert set(fast) <= set(keys), sorted(set(fast) - set(keys))
+    values = cases if isinstance(cases, list) else keys
+    return [value if key in fast
+            else pytest.param(*(value if isinstance(value, tuple) else (value,)),
+                              marks=pytest.mark.slow)
+            for key, value in zip(keys, values)]
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST, from the repository's data/mnist."""

@@ -377,7 +377,10 @@ def test_train_epoch_stops_on_request_and_releases_the_gil():
     result = {}
     worker = threading.Thread(target=lambda: result.update(out=_core.train_epoch(**args)))
     worker.start()
+    deadline = time.monotonic() + 60
     while args["control"][1] == 0:   # wait for the first batches
+        assert args["control"][1] or (worker.is_alive() and time.monotonic() < deadline), \
+            f"the epoch never trained a batch: {result}"
         time.sleep(0.001)
     rows_before = int(args["control"][1])
     time.sleep(0.05)                 # Python runs here while the kernel trains
