@@ -336,8 +336,11 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     train_labels = net.training_labels(train_set.y)
     say(_task_line(net, inferred, resume))
     held = int(round(len(train_set) * options["val_split"])) if options["val_split"] else 0
-    say(f"{net}: {net.n_params:,} parameters; training on {len(train_set) - held:,} samples "
-        f"of {train_set.source}" + (f" ({held:,} more held out for validation)" if held else ""))
+    random_seed = not resume and options["seed"] is None
+    say(f"{_network_text(net, random_seed)}: {net.n_params:,} parameters; training on "
+        f"{len(train_set) - held:,} samples of {train_set.source}"
+        + (f" ({held:,} more held out for validation)" if held else "")
+        + (f"; seed: random (--seed {net.seed} repeats this run)" if random_seed else ""))
     progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
     checks = [SaveableCheck(run, cli_options, out)] if out else []
     finished = False
@@ -581,6 +584,13 @@ class SaveableCheck(Callback):
                                  f"as a file fastnn loads ({exc})") from None
         finally:
             net.training = kept
+
+
+def _network_text(net, random_seed):
+    """The network as repr() writes it; a seed drawn at random for this run
+    is left out of it, to be said once as the option that repeats the run."""
+    text = repr(net)
+    return text.replace(f", seed={net.seed})", ")") if random_seed else text
 
 
 def _task_line(net, inferred, resumed):

@@ -12,6 +12,10 @@ rprop), ``dropout``, ``leaky_relu`` and one activation per hidden layer,
 (``early_stopping_metric``), ``lr_schedule``, ``init``, ``callbacks`` and
 ``dtype``.
 
+They compute as scikit-learn's MLP does: in float32 for float32 input, in
+float64 for any other (scikit-learn's ``validate_data`` makes it float64).
+``dtype="float32"`` or ``"float64"`` fixes the dtype whatever the input.
+
 Where fastnn's own conventions differ, the estimators translate:
 
 - ``alpha`` is scikit-learn's L2 strength: each step adds ``alpha * W / m``
@@ -96,7 +100,7 @@ class _BaseMLP(BaseEstimator):
                  slope: float = 0.01, init: str = "xavier",
                  lr_schedule: Union[str, Schedule, None] = None,
                  callbacks: Optional[Sequence[Callable[..., Any]]] = None,
-                 dtype: str = "float32") -> None:
+                 dtype: Optional[str] = None) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.optimizer = optimizer
@@ -219,11 +223,16 @@ class _BaseMLP(BaseEstimator):
 
     # ---------------------------------------------------------------- fitting
 
-    def _new_network(self, n_features, n_outputs, output, loss, random_state):
+    def _dtype(self, X):
+        """The dtype to compute in: `dtype`, or else X's, as scikit-learn's MLP
+        does (float32 or float64: validate_data makes any other input float64)."""
+        return np.dtype(self.dtype) if self.dtype is not None else X.dtype
+
+    def _new_network(self, n_features, n_outputs, output, loss, random_state, dtype):
         hidden = self._hidden()
         return Network([n_features, *hidden, n_outputs],
                        activation=self._activations(len(hidden)), output=output, loss=loss,
-                       dtype=self.dtype, init=self.init, slope=self.slope,
+                       dtype=dtype, init=self.init, slope=self.slope,
                        seed=int(random_state.randint(np.iinfo(np.int32).max)))
 
     def _fit(self, X, Y, sample_weight, incremental):
@@ -235,7 +244,8 @@ class _BaseMLP(BaseEstimator):
         fresh = not (incremental or self.warm_start) or not hasattr(self, "network_")
         if fresh:
             output, loss = self._output_and_loss()
-            self.network_ = self._new_network(X.shape[1], Y.shape[1], output, loss, random_state)
+            self.network_ = self._new_network(X.shape[1], Y.shape[1], output, loss, random_state,
+                                              self._dtype(X))
             self.loss_curve_ = []
             self.validation_loss_curve_ = []
             self.validation_scores_ = []
@@ -386,7 +396,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  slope: float = 0.01, init: str = "xavier",
                  lr_schedule: Union[str, Schedule, None] = None,
                  callbacks: Optional[Sequence[Callable[..., Any]]] = None,
-                 dtype: str = "float32",
+                 dtype: Optional[str] = None,
                  class_weight: Union[str, Mapping[Any, float], None] = None) -> None:
         super().__init__(
             hidden_layer_sizes, activation, optimizer=optimizer, alpha=alpha,
@@ -426,7 +436,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              f"{self.classes_.tolist()}")
         return {index[c]: w for c, w in self.class_weight.items()}
 
-    def _encode(self, y, classes=None, reset=True):
+    def _encode(self, y, dtype, classes=None, reset=True):
         """Targets for the network, setting classes_ and the kind of task
         (binary, multiclass, multilabel) on the first fit."""
         if y.ndim == 2 and y.shape[1] == 1:
@@ -442,7 +452,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the "
                              f"data, but the data contains only one class: {self.classes_[0]!r}")
-        return self._binarizer.transform(y).astype(self.dtype)
+        return self._binarizer.transform(y).astype(dtype)
 
     def fit(self, X: ArrayLike, y: ArrayLike,
             sample_weight: Optional[ArrayLike] = None) -> "MLPClassifier":
@@ -451,7 +461,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         X, y = _validate_xy(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
                              reset=not (self.warm_start and hasattr(self, "network_")))
         check_classification_targets(y)
-        Y = self._encode(y, reset=not (self.warm_start and hasattr(self, "network_")))
+        Y = self._encode(y, self._dtype(X),
+                         reset=not (self.warm_start and hasattr(self, "network_")))
         return self._fit(X, Y, _weights(sample_weight, len(X)), incremental=False)
 
     def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: Optional[ArrayLike] = None,
@@ -466,7 +477,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if not first and classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"`classes={np.asarray(classes).tolist()}` is not the same as on the first call "
                              f"to partial_fit, was: {self.classes_.tolist()}")
-        Y = self._encode(y, classes=classes, reset=first)
+        Y = self._encode(y, self._dtype(X), classes=classes, reset=first)
         return self._fit(X, Y, _weights(sample_weight, len(X)), incremental=True)
 
     def predict_proba(self, X: ArrayLike) -> Array:
@@ -521,7 +532,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         X, y = _validate_xy(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True,
                              reset=not (self.warm_start and hasattr(self, "network_")))
-        return self._fit(X, self._encode(y), _weights(sample_weight, len(X)), incremental=False)
+        return self._fit(X, self._encode(y, self._dtype(X)), _weights(sample_weight, len(X)),
+                         incremental=False)
 
     def partial_fit(self, X: ArrayLike, y: ArrayLike,
                     sample_weight: Optional[ArrayLike] = None) -> "MLPRegressor":
@@ -529,11 +541,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         first = not hasattr(self, "network_")
         X, y = _validate_xy(self, X, y, dtype=(np.float64, np.float32), multi_output=True,
                              y_numeric=True, reset=first)
-        return self._fit(X, self._encode(y), _weights(sample_weight, len(X)), incremental=True)
+        return self._fit(X, self._encode(y, self._dtype(X)), _weights(sample_weight, len(X)),
+                         incremental=True)
 
-    def _encode(self, y):
+    def _encode(self, y, dtype):
         self._one_output = y.ndim == 1
-        return np.asarray(y, dtype=self.dtype).reshape(len(y), -1)
+        return np.asarray(y, dtype=dtype).reshape(len(y), -1)
 
     def predict(self, X: ArrayLike) -> Array:
         """The predicted targets, shape (n_samples,) or (n_samples, n_outputs)."""

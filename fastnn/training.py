@@ -16,8 +16,8 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Concatenate, Optional, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -347,12 +347,18 @@ _training: "weakref.WeakSet[Network]" = weakref.WeakSet()   # networks a fit cal
 _training_guard = threading.Lock()
 
 
-def one_fit_at_a_time(fit):
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def one_fit_at_a_time(
+        fit: "Callable[Concatenate[Network, _P], _R]") -> "Callable[Concatenate[Network, _P], _R]":
     """Decorates Network.fit: a second fit of the same network, from another
     thread, gets NetworkBusy at once instead of racing the first over its
-    parameters and optimizer state (a lock taken without blocking)."""
+    parameters and optimizer state (a lock taken without blocking). Typed
+    with a ParamSpec, so that type checkers see fit's own signature."""
     @functools.wraps(fit)
-    def exclusive_fit(net, *args, **kwargs):
+    def exclusive_fit(net: "Network", *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with _training_guard:
             if net in _training:
                 raise NetworkBusy("this Network is being trained by another fit call (in "

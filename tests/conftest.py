@@ -1,11 +1,14 @@
 """Shared fixtures; slow end-to-end tests run with --runslow (the README's test command).
 
-Tests that need an optional package (torch, scikit-learn, matplotlib, onnx,
-onnxruntime) or a C compiler skip without it. CI sets FASTNN_NO_SKIPS=1
-(in .ci/run), which turns every such skip into a failure: there, a missing
-package must not quietly hide a comparison.
+A test that needs an optional package (torch, scikit-learn, matplotlib, onnx,
+onnxruntime, hypothesis, ...: the `test` extra installs them all) says so
+with `needs("name")`, and one that needs a C compiler with `needs_cc()`:
+without it, the test skips. CI sets FASTNN_NO_SKIPS=1 (in .ci/run), which
+turns every skip into a failure: there, a missing package must not quietly
+hide a comparison.
 """
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,84 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MNIST_DIR = REPO / "data" / "mnist"
+
+
+def needs(package):
+    """The optional package (a module name, "sklearn", "elftools.elf.elffile"),
+    imported; without it, the test (or, at a module's top, the module) skips."""
+    return pytest.importorskip(package, reason=f"needs {package} (pip install -e '.[test]')")
+
+
+def needs_cc():
+    """The C compiler (cc); without one, the test skips."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("needs a C compiler (cc)")
+    return cc
+
+
+#: How the exported C is compiled: it must build without a single warning.
+STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror"]
+#: Any out-of-bounds access or undefined behaviour then aborts the program.
+SANITIZE = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer"]
+
+
+def compile_c(sources, exe, flags=STRICT, main=True, sanitize=False, cwd=None):
+    """Compile C sources into the program exe with cc (the test skips without
+    one): with `flags`, -DFASTNN_MAIN when `main` (an exported file's own
+    main), the sanitizers when `sanitize`. A failed build fails the test with
+    the compiler's messages. Returns exe."""
+    import subprocess
+
+    command = [needs_cc(), *flags, *(SANITIZE if sanitize else ()),
+               *(["-DFASTNN_MAIN"] if main else ()), *map(str, sources), "-o", str(exe), "-lm"]
+    build = subprocess.run(command, capture_output=True, text=True, errors="backslashreplace",
+                           cwd=cwd, timeout=300)
+    assert build.returncode == 0, f"{' '.join(command)}\n{build.stderr[-4000:]}"
+    return exe
+
+
+def compile_export(net, tmp_path, name="model", sanitize=False):
+    """The network exported as C (tmp_path/NAME.c), compiled with STRICT
+    into the program tmp_path/NAME, which is returned."""
+    from fastnn.export import export
+
+    [source] = export(net, tmp_path / f"{name}.c", "c")
+    return compile_c([source], tmp_path / name, sanitize=sanitize)
+
+
+class _StandIn:
+    """Any attribute of it and any call to it give itself: hypothesis's
+    strategies and settings where hypothesis is not installed."""
+
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+
+def hypothesis_api():
+    """(given, settings, strategies, HealthCheck) from hypothesis; without it,
+    stand-ins under which each @given test skips (as needs("hypothesis")
+    does) while the module's other tests run."""
+    try:
+        from hypothesis import HealthCheck, given, settings
+        from hypothesis import strategies
+    except ModuleNotFoundError:
+        def given(*args, **kwargs):
+            def decorate(test):
+                def skipped(*args, **kwargs):
+                    needs("hypothesis")
+                for name in ("__name__", "__qualname__", "__module__", "__doc__"):
+                    setattr(skipped, name, getattr(test, name))
+                return skipped
+            return decorate
+
+        stand_in = _StandIn()
+        return given, lambda *a, **k: (lambda test: test), stand_in, stand_in
+    return given, settings, strategies, HealthCheck
 
 
 def pytest_addoption(parser):
@@ -49,6 +130,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def sweep(cases, fast):
+    """The parameters of an exhaustive sweep: those in `fast` (keys of a dict,
+    or indices of a list, whose tuples are the values of several arguments)
+    run in every run, the others only with --runslow (CI's run), so that the
+    fast suite keeps a representative subset."""
+    keys = list(range(len(cases))) if isinstance(cases, list) else list(cases)
+    assert set(fast) <= set(keys), sorted(set(fast) - set(keys))
+    values = cases if isinstance(cases, list) else keys
+    return [value if key in fast
+            else pytest.param(*(value if isinstance(value, tuple) else (value,)),
+                              marks=pytest.mark.slow)
+            for key, value in zip(keys, values)]
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,20 @@ def test_version():
     assert fastnn.__version__ in run("--version").output
 
 
+def test_a_random_seed_is_said_once_as_the_option_that_repeats_the_run(tmp_path):
+    first = run("train", "--hidden", "8", "--epochs", "1", "--limit", "300", "-o",
+                tmp_path / "a.safetensors").output.splitlines()[1]
+    network, said = re.fullmatch(r"(Network\(.*\)): .*; seed: random \(--seed (\d+) repeats "
+                                 r"this run\)", first).groups()
+    assert "seed=" not in network and said == str(fastnn.load(tmp_path / "a.safetensors").seed)
+    again = run("train", "--hidden", "8", "--epochs", "1", "--limit", "300", "--seed", said,
+                "-o", tmp_path / "b.safetensors").output.splitlines()[1]
+    assert f"seed={said})" in again and "random" not in again
+    a, b = (fastnn.load(tmp_path / f"{k}.safetensors") for k in "ab")
+    for Wa, Wb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(Wa, Wb)
+
+
 def test_session_on_mnist(tmp_path):
     model = tmp_path / "m.safetensors"
     out = run("train", "--hidden", "16", "--epochs", "2", "--limit", "3000", "--seed", "3",
@@ -474,8 +488,15 @@ def test_subprocess_exit_codes_and_messages(tmp_path):
     usage = subprocess.run(fastnn_cmd("train", "--epochs", "x"), capture_output=True, text=True,
                            timeout=120)
     assert usage.returncode == 2 and "Invalid value for '--epochs'" in usage.stderr
-    script = subprocess.run(["fastnn", "--help"], capture_output=True, text=True, timeout=120)
-    assert script.returncode == 0 and "Commands:" in script.stdout
+
+
+def test_the_installed_fastnn_command_runs():
+    # the console script pip installs beside this interpreter (not another on PATH)
+    script = shutil.which("fastnn", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("fastnn is not installed in this environment (pip install -e .)")
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Commands:" in proc.stdout, proc.stderr
 
 
 def test_sigint_saves_the_model_and_resume_continues(tmp_path):

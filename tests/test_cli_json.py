@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import MNIST_DIR, make_classification
+from conftest import MNIST_DIR, make_classification, needs
 
 import fastnn
 from fastnn.cli import main
@@ -65,7 +65,7 @@ def test_datasets_json():
 
 
 def test_plot_reads_train_json(trained, tmp_path):
-    pytest.importorskip("matplotlib")
+    needs("matplotlib")
     _, _, printed, _ = trained
     run_json = tmp_path / "run.json"
     run_json.write_text(json.dumps(printed))

@@ -7,6 +7,7 @@ import signal
 
 import numpy as np
 import pytest
+from conftest import needs
 from click.testing import CliRunner
 from numpy.testing import assert_array_equal
 from test_interrupts import finish, read_line, start
@@ -201,7 +202,7 @@ def test_info_prints_one_row_per_layer_and_show_draws_the_filters(tmp_path, imag
         ("Conv2D", [10, 10, 5], 50), ("MaxPool2D", [5, 5, 5], 0), ("Flatten", [125], 0),
         ("Dense", [4], 504)]
 
-    pytest.importorskip("matplotlib")
+    needs("matplotlib")
     picture = tmp_path / "f.png"
     result = CliRunner().invoke(cli, ["show", str(tmp_path / "c.safetensors"),
                                       "--filters", str(picture)])

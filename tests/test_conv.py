@@ -2,9 +2,7 @@
 naive loops, central finite differences and PyTorch."""
 import numpy as np
 import pytest
-from conftest import one_hot
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import hypothesis_api, needs, one_hot
 from numpy.testing import assert_allclose, assert_array_equal
 from test_backprop import numerical_gradient, relative_error
 
@@ -14,6 +12,8 @@ from fastnn.layers import Conv2D, Dense, Dropout, L2Pool2D, MaxPool2D
 from fastnn.losses import LOSSES
 from fastnn.optimizers import OPTIMIZERS, hyper_array
 from fastnn.plan import Plan
+
+given, settings, st, _ = hypothesis_api()
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -194,7 +194,7 @@ def test_maxpool_ties_go_to_the_first_element_and_nan_wins():
 
 
 def test_maxpool_ties_and_nan_as_torch():
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     rng = np.random.default_rng(4)
     X = rng.integers(0, 3, (2, 6, 6, 3)).astype(np.float64)       # many ties
     X[0, 1, 1, 0] = X[1, 4, 2, 2] = X[1, 5, 3, 2] = np.nan
@@ -208,7 +208,7 @@ def test_maxpool_ties_and_nan_as_torch():
 
 
 def test_l2pool_is_torch_lppool_and_zero_windows_have_zero_gradient():
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     rng = np.random.default_rng(5)
     X = rng.normal(size=(2, 6, 5, 3))
     X[0, :2, :2, 1] = 0                                 # a window of zeros: y = 0
@@ -443,7 +443,7 @@ def _torch_net(torch, net):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_three_steps_match_torch(optimizer):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     rng = np.random.default_rng(10)
     m, n = 5, 15
     spec = [(9, 8, 2), Conv2D(4, 3, padding="same"), MaxPool2D(2), Conv2D(5, 2, stride=2),
@@ -476,7 +476,7 @@ def test_three_steps_match_torch(optimizer):
 
 
 def test_forward_matches_torch_in_float32():
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     rng = np.random.default_rng(11)
     net = Network([(12, 12, 3), Conv2D(6, 5, padding="same"), MaxPool2D(2), Conv2D(4, 3),
                    L2Pool2D(2), Dense(10)], activation="sigmoid", output="softmax",

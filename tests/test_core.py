@@ -4,8 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import hypothesis_api
 from numpy.testing import assert_allclose, assert_array_equal
 
 from fastnn import _core, _kernels
@@ -15,6 +14,8 @@ from fastnn.activations import ACTIVATIONS
 from fastnn.losses import LOSSES
 from fastnn.optimizers import OPTIMIZERS, hyper_array
 from fastnn.plan import Plan
+
+given, settings, st, _ = hypothesis_api()
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -376,7 +377,10 @@ def test_train_epoch_stops_on_request_and_releases_the_gil():
     result = {}
     worker = threading.Thread(target=lambda: result.update(out=_core.train_epoch(**args)))
     worker.start()
+    deadline = time.monotonic() + 60
     while args["control"][1] == 0:   # wait for the first batches
+        assert args["control"][1] or (worker.is_alive() and time.monotonic() < deadline), \
+            f"the epoch never trained a batch: {result}"
         time.sleep(0.001)
     rows_before = int(args["control"][1])
     time.sleep(0.05)                 # Python runs here while the kernel trains

@@ -3,13 +3,13 @@ import gzip
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
-from conftest import damage
+from conftest import damage, hypothesis_api
 
 from fastnn.data import parse_idx, read_idx
 from fastnn.exceptions import DataError
+
+given, settings, st, _ = hypothesis_api()
 
 CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
          np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}

@@ -6,22 +6,19 @@ activations to 1e-5 (float32) or to the last bits (float64).
 """
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import MNIST_DIR
+from conftest import MNIST_DIR, compile_c, compile_export, needs
 
 import fastnn
 from fastnn.cli.export import export as export_command
 from fastnn.exceptions import ConfigError, FastnnError, ModelFileError
 from fastnn.export import EXPORTERS, c_source, export, format_for, numpy_paths
 
-CC = shutil.which("cc")
-STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror"]
 FORMATS = sorted(EXPORTERS)
 
 
@@ -41,27 +38,16 @@ def text_rows(X):
 # ------------------------------------------------------- running exports
 
 def run_onnx(net, X, tmp_path, text=None):
-    pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    needs("onnx")
+    ort = needs("onnxruntime")
     [path] = export(net, tmp_path / "model.onnx", "onnx")
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     A = session.run(["output"], {"input": X.astype(np.float32)})[0]
     return A, labels_of(A)
 
 
-def compile_c(net, tmp_path):
-    if CC is None:
-        pytest.skip("no C compiler (cc)")
-    [path] = export(net, tmp_path / "model.c", "c")
-    exe = tmp_path / "model"
-    # -Werror: the generated file must compile without a single warning
-    subprocess.run([CC, *STRICT, "-DFASTNN_MAIN", path, "-o", exe, "-lm"], check=True,
-                   capture_output=True, text=True)
-    return exe
-
-
 def run_c(net, X, tmp_path, text=None):
-    exe = compile_c(net, tmp_path)
+    exe = compile_export(net, tmp_path)
     text = text_rows(X) if text is None else text
     labels = subprocess.run([exe], input=text, capture_output=True, text=True, check=True)
     outputs = subprocess.run([exe, "--outputs"], input=text, capture_output=True, text=True,
@@ -252,7 +238,6 @@ def test_c_weights_read_back_exactly(dtype, ctype, pattern):
             assert read.tobytes() == np.ascontiguousarray(array).ravel().tobytes(), name
 
 
-@pytest.mark.skipif(CC is None, reason="no C compiler (cc)")
 def test_c_as_a_library_and_its_program(tmp_path):
     net = small([4, 3, 2], "relu", "softmax")
     [path] = export(net, tmp_path / "m.c", "c")
@@ -263,14 +248,14 @@ def test_c_as_a_library_and_its_program(tmp_path):
                     'int main(void)\n{\n    float x[4] = {0, 64, 128, 255}, y[2];\n'
                     '    int k = fastnn_predict(x, y);\n'
                     '    printf("%d %.9g %.9g\\n", k, y[0], y[1]);\n    return 0;\n}\n')
-    subprocess.run([CC, *STRICT, path, user, "-o", tmp_path / "user", "-lm"], check=True)
+    compile_c([path, user], tmp_path / "user", main=False)
     out = subprocess.run([tmp_path / "user"], capture_output=True, text=True, check=True)
     k, *y = out.stdout.split()
     X = np.array([[0, 64, 128, 255]], dtype=np.uint8)
     assert int(k) == net.predict(X)[0]
     np.testing.assert_allclose([float(v) for v in y], net.forward(X)[0], atol=1e-6)
 
-    exe = compile_c(net, tmp_path)
+    exe = compile_export(net, tmp_path)
     # commas, tabs, CRLF and blank lines are fine; a short row is an error
     ok = subprocess.run([exe], input="0,64,128,255\r\n\n0\t0 0 0", capture_output=True,
                         text=True)
@@ -288,8 +273,8 @@ def test_c_as_a_library_and_its_program(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_onnx_graph_metadata_and_dynamic_batch(tmp_path, dtype):
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    onnx = needs("onnx")
+    ort = needs("onnxruntime")
     net = small([6, 5, 3], "leaky_relu", "softmax", dtype)
     [path] = export(net, tmp_path / "m.onnx", "onnx", source="some/model.safetensors")
     model = onnx.load(path)
@@ -395,7 +380,7 @@ def invoke(*args, code=0):
 ])
 def test_cli_writes_each_format(model_file, tmp_path, fmt, out, written):
     if fmt == "onnx":
-        pytest.importorskip("onnx")
+        needs("onnx")
     result = invoke(model_file, "--format", fmt, "-o", tmp_path / out)
     assert sorted(p.name for p in tmp_path.iterdir()) == written
     assert result.stdout.count("\n") == 1 and result.stdout.startswith(f"Exported {model_file}")
@@ -447,7 +432,6 @@ def test_cli_in_a_real_process(model_file, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CC is None, reason="no C compiler (cc)")
 def test_a_session_through_the_fastnn_command(mnist, tmp_path):
     """train -> export -> cc -O2 -lm, through ``python -m fastnn`` as a user
     runs it: the compiled program labels all 10,000 MNIST test images as
@@ -463,8 +447,7 @@ def test_a_session_through_the_fastnn_command(mnist, tmp_path):
                    "--quiet", "-o", "m.safetensors")
     assert fastnn_command("export", "m.safetensors", "-o", "m.c").startswith("Exported")
     # the build line the README gives: no -std, no warnings flags
-    subprocess.run([CC, "-O2", "-DFASTNN_MAIN", "m.c", "-o", "m", "-lm"], cwd=tmp_path,
-                   check=True)
+    compile_c(["m.c"], "m", flags=["-O2"], cwd=tmp_path)
     X_test, _ = mnist[1]
     run = subprocess.run([tmp_path / "m"], input=text_rows(X_test), capture_output=True,
                          text=True, check=True)

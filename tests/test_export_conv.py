@@ -11,31 +11,20 @@ import subprocess
 
 import numpy as np
 import pytest
-from test_export import CC, STRICT, check_against_fastnn, run_numpy, run_onnx, text_rows
+from conftest import compile_c, compile_export, needs
+from test_export import check_against_fastnn, run_numpy, run_onnx, text_rows
 
 import fastnn
 from fastnn.export import c_source, export, onnx_model, steps
 from fastnn.layers import Conv2D, Dense, Dropout, Flatten, L2Pool2D, MaxPool2D
 
 FORMATS = ["c", "numpy", "onnx"]
-SANITIZE = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-            "-fno-omit-frame-pointer"]
-
-
-def compile_c(net, tmp_path, sanitize=True):
-    if CC is None:
-        pytest.skip("no C compiler (cc)")
-    [path] = export(net, tmp_path / "model.c", "c")
-    exe = tmp_path / "model"
-    subprocess.run([CC, *STRICT, *(SANITIZE if sanitize else ()), "-DFASTNN_MAIN", path,
-                    "-o", exe, "-lm"], check=True, capture_output=True, text=True)
-    return exe
 
 
 def run_c(net, X, tmp_path, text=None, sanitize=True):
     """The C export compiled with the sanitizers: any out-of-bounds access or
     undefined behaviour aborts the program, and check=True fails the test."""
-    exe = compile_c(net, tmp_path, sanitize)
+    exe = compile_export(net, tmp_path, sanitize=sanitize)
     text = text_rows(X) if text is None else text
     labels = subprocess.run([exe], input=text, capture_output=True, text=True, check=True)
     outputs = subprocess.run([exe, "--outputs"], input=text, capture_output=True, text=True,
@@ -161,7 +150,6 @@ def test_steps_follow_the_layer_objects():
 
 # ------------------------------------------------------------------------ C
 
-@pytest.mark.skipif(CC is None, reason="no C compiler (cc)")
 def test_c_work_buffer_of_exactly_the_documented_size(tmp_path):
     """fastnn_predict_work with a heap buffer of FASTNN_WORK_SIZE entries, under
     AddressSanitizer: one entry too few would be reported as an overflow."""
@@ -192,8 +180,7 @@ def test_c_work_buffer_of_exactly_the_documented_size(tmp_path):
         "            printf(\" %.9g\", out[i]);\n        }\n"
         "        printf(\"\\n\");\n    }\n"
         "    free(work);\n    return 0;\n}\n")
-    subprocess.run([CC, *STRICT, *SANITIZE, tmp_path / "user.c", "-o", tmp_path / "user",
-                    "-lm"], check=True, capture_output=True, text=True, cwd=tmp_path)
+    compile_c([tmp_path / "user.c"], tmp_path / "user", main=False, sanitize=True, cwd=tmp_path)
     out = subprocess.run([tmp_path / "user"], capture_output=True, text=True, check=True)
     result = np.loadtxt(out.stdout.splitlines(), ndmin=2)
     np.testing.assert_array_equal(result[:, 0], net.predict(X))
@@ -215,7 +202,7 @@ def test_c_names_the_layers_and_the_input_order():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_onnx_graph_of_a_conv_net(dtype):
-    onnx = pytest.importorskip("onnx")
+    onnx = needs("onnx")
     net = two_convs(dtype)
     model = onnx_model(net)
     onnx.checker.check_model(model, full_check=True)
@@ -243,8 +230,8 @@ def test_onnx_graph_of_a_conv_net(dtype):
 
 
 def test_onnx_conv_net_with_dynamic_batch(tmp_path):
-    pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    needs("onnx")
+    ort = needs("onnxruntime")
     net = CASES["conv_output_float32"]()
     [path] = export(net, tmp_path / "m.onnx", "onnx")
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

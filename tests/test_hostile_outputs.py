@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_refused, run_fastnn, snapshot
+from conftest import assert_refused, needs, run_fastnn, snapshot
 
 import fastnn
 from fastnn.exceptions import FastnnError, NetworkBusy, ResourceError
@@ -155,16 +155,20 @@ def test_a_missing_or_unwritable_directory_is_found_before_training(work):
 
 # --------------------------------------------- files of another kind, --force
 
-@pytest.mark.parametrize("args, out, kind", [
-    (TRAIN, "notes.txt", "fastnn model"),
-    (TRAIN + ("--history", "notes.txt", "-o", "m2.safetensors"), None, "fastnn history"),
-    (("predict", "m.safetensors", "data.npz"), "notes.txt", "predictions CSV"),
-    (("export", "m.safetensors", "--format", "c"), "notes.txt", "C file written by fastnn"),
-    (("export", "m.safetensors", "--format", "onnx"), "notes.txt", "ONNX model"),
-    (("plot", "h.json"), "notes.png", "PNG image"),
-    (("eval", "m.safetensors", "data.npz", "--confusion-png", "notes.svg"), None, "SVG image"),
+@pytest.mark.parametrize("args, out, kind, package", [
+    (TRAIN, "notes.txt", "fastnn model", None),
+    (TRAIN + ("--history", "notes.txt", "-o", "m2.safetensors"), None, "fastnn history", None),
+    (("predict", "m.safetensors", "data.npz"), "notes.txt", "predictions CSV", None),
+    (("export", "m.safetensors", "--format", "c"), "notes.txt", "C file written by fastnn",
+     None),
+    (("export", "m.safetensors", "--format", "onnx"), "notes.txt", "ONNX model", "onnx"),
+    (("plot", "h.json"), "notes.png", "PNG image", "matplotlib"),
+    (("eval", "m.safetensors", "data.npz", "--confusion-png", "notes.svg"), None, "SVG image",
+     "matplotlib"),
 ])
-def test_a_file_of_another_kind_is_replaced_only_with_force(work, args, out, kind):
+def test_a_file_of_another_kind_is_replaced_only_with_force(work, args, out, kind, package):
+    if package:
+        needs(package)
     for name in ("notes.txt", "notes.png", "notes.svg"):
         (work / name).write_text("my notes, not a fastnn output\n")
     full = args + (("-o", out) if out else ())
@@ -178,6 +182,7 @@ def test_a_file_of_another_kind_is_replaced_only_with_force(work, args, out, kin
 
 @pytest.mark.slow
 def test_outputs_of_the_same_kind_are_replaced_and_a_symlink_stays_a_link(work):
+    needs("matplotlib")
     (work / "runs").mkdir()
     os.replace(work / "m.safetensors", work / "runs" / "m.safetensors")
     os.symlink("runs/m.safetensors", work / "latest.safetensors")
@@ -405,6 +410,7 @@ def test_label_col_reaches_val_test_eval_and_predict(work):
 
 @pytest.mark.slow
 def test_plot_writes_the_format_its_suffix_names(work):
+    needs("matplotlib")
     for name, magic in [("c.svg", b"<?xml"), ("c.pdf", b"%PDF-"), ("c.png", b"\x89PNG")]:
         proc = run_fastnn("plot", "h.json", "-o", name, cwd=work)
         assert proc.returncode == 0, proc.stderr

@@ -138,12 +138,44 @@ def test_first_interrupt_raises_once_then_ignores():
     assert not quiet.fired
 
 
-# a dense net and a conv net: (layers, rows, batch size) such that an epoch lasts a few
-# tenths of a second at least (progress ticks every 0.1 s). The conv net runs on one
+# a dense net and a conv net: (layers, rows, batch size). The conv net runs on one
 # thread: a team's stop is tested in test_conv.py, and a team of two on a loaded 2-core
 # machine makes this epoch last tens of seconds.
-NETS = {"dense": ([20, 16, 3], 200_000, 1),
-        "conv": ([(5, 4, 1), Conv2D(3, 3, padding="same"), MaxPool2D(2), Dense(3)], 100_000, 10)}
+NETS = {"dense": ([20, 16, 3], 4_000, 1),
+        "conv": ([(5, 4, 1), Conv2D(3, 3, padding="same"), MaxPool2D(2), Dense(3)], 2_000, 10)}
+
+
+class CtrlCAfter:
+    """A network's kernels, whose first train_epoch is interrupted after exactly
+    `batches` batches, on any CPU: the real kernel trains those batches (the
+    epoch's first rows, as it would have), then a real Ctrl-C (SIGINT) comes
+    while the epoch is still running, and the real kernel, asked to stop by
+    its handler through control[STOP_REQUEST], returns before its next batch."""
+
+    def __init__(self, kernels, batches):
+        self.kernels, self.batches = kernels, batches
+        self.rows_done = self.trained = None
+
+    def __getattr__(self, name):
+        return getattr(self.kernels, name)
+
+    def train_epoch(self, *, order, batch_size, control, **args):
+        if self.rows_done is not None:
+            return self.kernels.train_epoch(order=order, batch_size=batch_size,
+                                            control=control, **args)
+        first = self.batches * batch_size
+        assert 0 < first < len(order)
+        self.kernels.train_epoch(order=order[:first], batch_size=batch_size, control=control,
+                                 **args)
+        self.rows_done = int(control[_kernels.ROWS_DONE])
+        self.trained = args["params"].copy()
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while not control[_kernels.STOP_REQUEST]:
+            assert time.monotonic() < deadline, "the Ctrl-C never asked the kernel to stop"
+            time.sleep(0.001)
+        return self.kernels.train_epoch(order=order[first:], batch_size=batch_size,
+                                        control=control, **args)
 
 
 @pytest.fixture
@@ -172,21 +204,19 @@ def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind
     net = fastnn.Network(spec, seed=5)
     net.fit(X, y, epochs=1, batch_size=batch, **options)
     after_one = (net._params.copy(), net.optimizer_state.state.copy(), net.optimizer_state.steps)
-    sent = []
-
-    def interrupt_mid_epoch(epoch, done, total):
-        # only in this fit's first epoch: on a loaded machine the first tick
-        # may come before the kernel's first batch, and the next after it
-        if epoch == 1 and 0 < done < total and not sent:
-            sent.append(done)
-            os.kill(os.getpid(), signal.SIGINT)
 
     schedule = fastnn.schedules.parse(options.get("lr_schedule", "constant"))
     schedule.load_state_dict(net.training["lr_schedule_state"])
-    with pytest.raises(KeyboardInterrupt):
-        net.fit(X, y, epochs=2, batch_size=batch, progress=interrupt_mid_epoch,
-                **{**options, "lr_schedule": schedule})
-    assert 0 < sent[0] < len(X)                       # it was mid-epoch
+    kernels = net._kernels
+    net._kernels = interrupted = CtrlCAfter(kernels, batches=rows // batch // 3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            net.fit(X, y, epochs=2, batch_size=batch, **{**options, "lr_schedule": schedule})
+    finally:
+        net._kernels = kernels
+    # it came mid-epoch, after batches that changed the parameters, which went back
+    assert interrupted.rows_done == rows // batch // 3 * batch
+    assert not np.array_equal(interrupted.trained, after_one[0])
     np.testing.assert_array_equal(net._params, after_one[0])
     np.testing.assert_array_equal(net.optimizer_state.state, after_one[1])
     assert net.optimizer_state.steps == after_one[2] and net.epochs_trained == 1

@@ -5,14 +5,14 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from conftest import damage
+from conftest import damage, hypothesis_api
 from numpy.testing import assert_array_equal
 
 import fastnn
 import fastnn.layers
 from fastnn import ModelFileError, Network
+
+given, settings, st, HealthCheck = hypothesis_api()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_classification
+from conftest import make_classification, needs
 
 import fastnn
 from fastnn import Network
@@ -75,7 +75,7 @@ def test_files_are_plain_safetensors(tmp_path):
                                "weights.1"]
     np.testing.assert_array_equal(tensors["weights.1"], net.weights[1])
     np.testing.assert_array_equal(tensors["optimizer.state"], net.optimizer_state.state)
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     from safetensors.torch import load_file as torch_load
 
     assert torch.equal(torch_load(tmp_path / "m.safetensors")["biases.0"],

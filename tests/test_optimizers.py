@@ -4,6 +4,7 @@ backends), the compiled kernel against the NumPy reference, the options'
 checks, model files and the CLI."""
 import numpy as np
 import pytest
+from conftest import needs
 from click.testing import CliRunner
 from numpy.testing import assert_allclose, assert_array_equal
 
@@ -70,7 +71,7 @@ def _cases():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("optimizer, weight_decay, clip", _cases())
 def test_dense_steps_match_torch(optimizer, weight_decay, clip, backend):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     rng = np.random.default_rng(0)
     m, n, l2, l1 = 6, 18, 0.3, 0.2
     X, y = rng.normal(size=(n, 8)), rng.integers(0, 5, n)
@@ -111,7 +112,7 @@ def _conv_net(backend, seed=3):
     ("sgd", None, 0.05), ("momentum", None, 0.05), ("adam", None, 0.05), ("adamw", None, None),
     ("adamw", 0.5, 0.05), ("adamw", None, 100.0)])
 def test_conv_steps_match_torch(optimizer, weight_decay, clip, backend):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     from test_conv import _torch_net
 
     rng = np.random.default_rng(10)
@@ -156,7 +157,7 @@ def test_clip_grad_norm_by_hand():
 
 @pytest.mark.parametrize("max_norm", [0.1, 1.0, 50.0])
 def test_clip_grad_norm_is_torchs(max_norm):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     rng = np.random.default_rng(1)
     parts = [rng.normal(size=s) for s in [(4, 3), (3,), (2, 2, 3, 5), (5,)]]
     tensors = [torch.from_numpy(p.copy()).requires_grad_() for p in parts]

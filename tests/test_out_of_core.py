@@ -16,6 +16,7 @@ import sys
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from fastnn import Network
 
@@ -63,6 +64,7 @@ def sparse_npy(path, shape):
         f.truncate(f.tell() + shape[0] * shape[1] * 4)
 
 
+@pytest.mark.slow   # a process reading 1.2 GB: 13 s of the fast suite on a shared 2-core machine
 def test_fit_evaluate_and_check_a_file_larger_than_the_memory_limit(tmp_path):
     path = tmp_path / "X.npy"
     sparse_npy(path, (ROWS, FEATURES))

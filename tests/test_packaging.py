@@ -10,6 +10,7 @@ compiled twice.
 """
 import email
 import os
+import site
 import subprocess
 import sys
 import tarfile
@@ -17,9 +18,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, needs
 
-elftools = pytest.importorskip("elftools.elf.elffile")
+elftools = needs("elftools.elf.elffile")
+
+
+def run(*args, **kwargs):
+    """subprocess.run(args), which must succeed: a failure shows the command's stderr."""
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                          errors="backslashreplace", **kwargs)
+    assert proc.returncode == 0, (args, proc.returncode, proc.stderr[-4000:])
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +40,10 @@ def built(tmp_path_factory):
         wheel, = (dist / "wheelhouse").glob("fastnn-*.whl")
         return sdist, wheel
     tmp = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--sdist", "-o", str(tmp), str(REPO)],
-                   check=True, timeout=900, capture_output=True)
+    run(sys.executable, "-m", "build", "--sdist", "-o", tmp, REPO, timeout=900)
     sdist, = tmp.glob("fastnn-*.tar.gz")
-    subprocess.run(["bash", str(REPO / "tools" / "build_wheel.sh"), str(sdist)], check=True,
-                   timeout=1800, capture_output=True,
-                   env={**os.environ, "WHEELHOUSE": str(tmp / "wheelhouse")})
+    run("bash", REPO / "tools" / "build_wheel.sh", sdist, timeout=1800,
+        env={**os.environ, "WHEELHOUSE": str(tmp / "wheelhouse")})
     wheel, = (tmp / "wheelhouse").glob("fastnn-*.whl")
     return sdist, wheel
 
@@ -92,12 +99,16 @@ def test_wheel_is_repaired_stripped_and_ships_no_sources(built):
 def test_repaired_wheel_installs_and_runs_in_a_new_venv(built, tmp_path):
     _, wheel = built
     venv = tmp_path / "venv"
-    # NumPy, SciPy and the rest from this interpreter; fastnn only from the wheel
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=300)
+    # NumPy, SciPy and the rest from the environment these tests run in (a
+    # virtualenv's own site-packages, not its base interpreter's: hence no
+    # --system-site-packages), through a .pth file; fastnn only from the
+    # wheel, whose site-packages comes first
+    run(sys.executable, "-m", "venv", venv, timeout=300)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
-                   check=True, timeout=300)
+    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    (Path(purelib.stdout.strip()) / "tests-environment.pth").write_text(
+        "\n".join(site.getsitepackages()) + "\n")
+    run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, timeout=300)
     # more rows than one chunk: forward's OpenMP team (the vendored libgomp) runs
     script = ("import numpy as np, fastnn, fastnn._core, fastnn.blas as b\n"
               "b.set_num_threads(2)\n"
@@ -105,8 +116,8 @@ def test_repaired_wheel_installs_and_runs_in_a_new_venv(built, tmp_path):
               "X = np.random.default_rng(0).random((2000, 4))\n"
               "net.fit(X, np.arange(2000) % 3, epochs=1)\n"
               "print(fastnn._core.__file__, net.forward(X).shape)\n")
-    out = subprocess.run([str(python), "-c", script], cwd=tmp_path, check=True, timeout=300,
-                         capture_output=True, text=True).stdout
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = run(python, "-c", script, cwd=tmp_path, env=clean, timeout=300).stdout
     path, shape = out.split(" ", 1)
     assert path.startswith(str(venv)), path
     assert shape.strip() == "(2000, 3)"

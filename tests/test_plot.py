@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import MNIST_DIR, make_classification
+from conftest import MNIST_DIR, make_classification, needs
 
 import fastnn
 from fastnn import Network
@@ -25,7 +25,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def mpl():
-    return pytest.importorskip("matplotlib")
+    return needs("matplotlib")
 
 
 def invoke(command, *args, code=0):

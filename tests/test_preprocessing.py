@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import needs
 
 import fastnn
 from fastnn import Network
@@ -55,6 +56,7 @@ def test_a_stated_task_is_checked():
 # ------------------------------------------------------------ scaling
 
 def test_standard_and_minmax_scaling_match_scikit_learn_and_constant_columns_give_zero():
+    needs("sklearn")
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
     rng = np.random.default_rng(0)
@@ -150,6 +152,7 @@ def test_regression_standardises_targets_and_restores_predictions(tmp_path):
     predicted = net.predict(X)
     assert predicted.shape == (200,) and abs(predicted.mean() - y.mean()) < 10
     result = net.evaluate(X, y)
+    needs("sklearn")
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     assert result["r2"] == pytest.approx(r2_score(y, predicted), rel=1e-5) and result["r2"] > 0.9

@@ -1,7 +1,6 @@
 """Resources an epoch uses: memory, allocations, the GIL."""
 import ast
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -10,8 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import MNIST_DIR, make_classification
+from conftest import MNIST_DIR, make_classification, needs_cc
 
 from fastnn import Network, _core, _kernels
 from fastnn.optimizers import OPTIMIZERS, hyper_array
@@ -120,12 +118,11 @@ for batches in (10, 10_000):
 """
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc)")
 def test_the_epoch_kernel_calls_malloc_once_per_epoch(tmp_path):
     # tracemalloc sees only Python's allocators; this counts C malloc calls
     # too, through an LD_PRELOAD wrapper, in a child process
     (tmp_path / "count.c").write_text(MALLOC_COUNTER)
-    subprocess.run(["cc", "-O2", "-shared", "-fPIC", tmp_path / "count.c", "-o",
+    subprocess.run([needs_cc(), "-O2", "-shared", "-fPIC", tmp_path / "count.c", "-o",
                     tmp_path / "libcount.so", "-ldl"], check=True)
     out = subprocess.run([sys.executable, "-c", COUNT_EPOCHS, Path(__file__).parent],
                          env={**os.environ, "LD_PRELOAD": str(tmp_path / "libcount.so")},

@@ -11,9 +11,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import needs
 
-pytest.importorskip("sklearn")
-distributed = pytest.importorskip("distributed")
+needs("sklearn")
+distributed = needs("distributed")
 
 import joblib  # noqa: E402
 from sklearn.datasets import make_classification  # noqa: E402
@@ -101,7 +102,7 @@ def test_grid_search_on_a_dask_cluster_equals_the_in_process_one(tmp_path):
 
 
 def test_grid_search_on_ray_equals_the_in_process_one(tmp_path):
-    ray = pytest.importorskip("ray")
+    ray = needs("ray")
     from ray.util.joblib import register_ray
 
     here, there = tmp_path / "here.log", tmp_path / "there.log"

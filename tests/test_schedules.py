@@ -1,6 +1,6 @@
 """Learning-rate schedules and their string forms."""
 import pytest
-from conftest import make_classification
+from conftest import make_classification, needs
 
 from fastnn import ConfigError, Network
 from fastnn.schedules import Constant, Cosine, OneCycle, Plateau, Step, Warmup, parse
@@ -86,7 +86,7 @@ def test_fit_runs_a_copy_and_never_changes_the_schedule_object():
 # epochs, from both, agree to 1e-9.
 
 def torch_rates(make, lr, epochs):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
     scheduler = make(torch.optim.lr_scheduler, opt)
     rates = []

@@ -6,8 +6,9 @@ import unittest
 
 import numpy as np
 import pytest
+from conftest import needs
 
-sklearn = pytest.importorskip("sklearn")
+sklearn = needs("sklearn")
 
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import (make_classification, make_multilabel_classification,  # noqa: E402
@@ -24,16 +25,14 @@ from fastnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 # tested once, in test_convergence_warning_as_scikit_learn_gives_it.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
-# The checks that cannot apply, each with its reason (all others must pass).
-# check_sample_weight_equivalence_on_dense_data compares at rtol 1e-7, finer
-# than float32 rounding: test_sklearn_parity.py runs it in float64, where it
-# passes (a full batch), repeats it in float32 at float32's precision, and
-# shows the one documented exception: shuffled mini-batches, where a
-# repeated row lands in other batches than the weighted one.
-EXPECTED_FAILURES = {
-    "check_sample_weight_equivalence_on_dense_data":
-        "float32: the check's rtol of 1e-7 is below float32's rounding",
-}
+# The checks expected to fail, each with its reason: none. The checks give
+# float64 data, which the estimators compute in, as scikit-learn's MLP does,
+# so the comparisons at rtol 1e-7 (sample-weight equivalence, methods on
+# subsets) hold; test_sklearn_parity.py repeats the sample-weight check in
+# float32 at float32's precision, and shows the one documented exception:
+# shuffled mini-batches, where a repeated row lands in other batches than
+# the weighted one.
+EXPECTED_FAILURES: dict[str, str] = {}
 
 
 # Checks scikit-learn skips itself, and the reason it gives: array-API input
@@ -126,7 +125,7 @@ def test_same_random_state_same_model():
 
 
 def test_feature_names_from_a_dataframe():
-    pd = pytest.importorskip("pandas")
+    pd = needs("pandas")
     X, y = blobs()
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(10)])
     est = MLPClassifier(max_iter=20, random_state=0).fit(frame, y)
@@ -226,17 +225,37 @@ def test_what_scikit_learns_mlp_lacks():
     seen = []
     est = MLPClassifier(hidden_layer_sizes=(32, 16), activation=["leaky_relu", "tanh"],
                         optimizer="nesterov", learning_rate_init=0.05, dropout=0.1,
-                        lr_schedule="step:every=5,factor=0.5", dtype="float64", init="he",
+                        lr_schedule="step:every=5,factor=0.5", dtype="float32", init="he",
                         callbacks=[lambda est, epoch, metrics: seen.append(epoch) or epoch < 7],
                         max_iter=50, random_state=0)
     est.fit(X, y)
     assert seen == list(range(1, 8)) and est.n_iter_ == 7
     assert est.network_.activations == ("leaky_relu", "tanh", "softmax")
-    assert est.network_.dtype == np.float64 and est.coefs_[0].dtype == np.float64
+    # dtype fixes the dtype whatever the input's (float64 here)
+    assert est.network_.dtype == np.float32 and est.coefs_[0].dtype == np.float32
     rprop = MLPClassifier(optimizer="rprop", learning_rate_init=0.01, max_iter=40,
                           random_state=0).fit(X, y)
     assert rprop.score(X, y) > 0.8
     assert MLPClassifier(activation="logistic", max_iter=5).fit(X, y).out_activation_ == "softmax"
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_computes_in_the_inputs_dtype_as_scikit_learn_does(Estimator):
+    from sklearn.neural_network import MLPClassifier as ScikitMLP
+
+    X, y = blobs(n=60)
+    for given, computed in [(np.float32, np.float32), (np.float64, np.float64),
+                            (np.int64, np.float64)]:
+        Xg = (10 * X).astype(given)
+        est = Estimator(max_iter=2, random_state=0).fit(Xg, y)
+        assert est.network_.dtype == computed and est.coefs_[0].dtype == computed, given
+        est.partial_fit(Xg, y)                    # carries on in the same dtype
+        assert est.network_.dtype == computed
+        if Estimator is MLPClassifier:
+            theirs = ScikitMLP(max_iter=2, random_state=0).fit(Xg, y)
+            assert theirs.coefs_[0].dtype == computed, given      # scikit-learn's rule
+        fixed = Estimator(max_iter=2, random_state=0, dtype="float64").fit(Xg, y)
+        assert fixed.network_.dtype == np.float64
 
 
 def test_bad_parameters_raise_value_errors():

@@ -13,8 +13,9 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import needs
 
-pytest.importorskip("sklearn")
+needs("sklearn")
 
 from sklearn import neural_network  # noqa: E402
 from sklearn.base import clone  # noqa: E402
@@ -58,11 +59,13 @@ def twins(kind, **params):
         theirs_params["solver"] = theirs_params.pop("optimizer")
     name = "MLPRegressor" if kind == "regressor" else "MLPClassifier"
     theirs = getattr(neural_network, name)(**theirs_params)
-    ours = getattr(fastnn_sklearn, name)(dtype="float64", **params)
+    # float64 data: computed in float64, as scikit-learn computes it
+    ours = getattr(fastnn_sklearn, name)(**params)
     activation = params.get("activation", "relu")
 
-    def new_network(n_features, n_outputs, output, loss, random_state):
-        net = type(ours)._new_network(ours, n_features, n_outputs, output, loss, random_state)
+    def new_network(*args):
+        net = type(ours)._new_network(ours, *args)
+        assert net.dtype == np.float64
         layers = scikit_learn_init(net.sizes, activation, params["random_state"])
         net.weights = [W for W, _ in layers]
         net.biases = [b for _, b in layers]
@@ -229,12 +232,13 @@ def test_sample_weight_equivalence_fails_only_with_shuffled_mini_batches():
 @pytest.mark.parametrize("name", ["MLPClassifier", "MLPRegressor"])
 def test_sample_weight_equivalence_in_float32_to_its_precision(name):
     # the check's data (15 rows, integer weights 0..4 against repeated rows),
-    # in float32, the default, compared at float32's precision
+    # in float32 (float32 input computes in float32), compared at float32's precision
     rng = np.random.RandomState(42)
-    X = rng.rand(15, 30)
+    X = rng.rand(15, 30).astype(np.float32)
     y = rng.randint(0, 3, size=15)
     w = rng.randint(0, 5, size=15)
     est = getattr(fastnn_sklearn, name)(max_iter=100, random_state=0)
+    assert clone(est).fit(X, y).network_.dtype == np.float32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         weighted = clone(est).fit(X, y, sample_weight=w)

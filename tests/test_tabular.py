@@ -8,10 +8,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import needs
 
 import fastnn
 
-pytest.importorskip("sklearn")
+needs("sklearn")
 
 
 def fastnn_run(*args, cwd):
