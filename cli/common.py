@@ -77,7 +77,8 @@ class Command(MainMixin, click.Command):
 
 
 DATA_HELP = ("DATA is a dataset name (mnist), an IDX images file (labels found beside it or "
-             "given by --labels), a CSV file, an .npz with arrays X and y, an .npy file "
+             "given by --labels), a CSV file (.csv, .tsv, .txt; its delimiter and decimal mark "
+             "detected), an .npz with arrays X and y, an .npy file "
              "(labels beside it or --labels) or Nielsen's mnist.pkl.gz.")
 
 
@@ -87,6 +88,17 @@ def data_options(command):
                            help="CSV label column, by name or 1-based number [default: last].")(command)
     command = click.option("--labels", type=click.Path(dir_okay=False),
                            help="Labels file of IDX or .npy images.")(command)
+    return command
+
+
+def csv_options(command):
+    """--delimiter and --decimal, for commands that read CSV files (fastnn.csvfile)."""
+    command = click.option("--decimal", type=click.Choice([".", ","]),
+                           help="CSV decimal mark [default: detected; ',' only when the "
+                                "fields are not comma-separated].")(command)
+    command = click.option("--delimiter", metavar="CHAR",
+                           help="CSV field delimiter: ',', ';', tab or '|' (or comma, semicolon, "
+                                "tab, pipe) [default: detected from the first lines].")(command)
     return command
 
 
@@ -156,7 +168,7 @@ def set_threads(threads):
 
 
 def load(spec, split, labels=None, label_col=None, n_features=None, limit=None,
-         need_labels=True):
+         need_labels=True, delimiter=None, decimal=None):
     """A Data from DATA; with need_labels, refuse data without labels."""
     from fastnn.data import load_data
     from fastnn.exceptions import DataError
@@ -165,7 +177,8 @@ def load(spec, split, labels=None, label_col=None, n_features=None, limit=None,
         from fastnn._validation import MAX_COUNT, positive_int
 
         positive_int(limit, "--limit", maximum=MAX_COUNT)
-    data = load_data(spec, split=split, labels=labels, label_col=label_col, n_features=n_features)
+    data = load_data(spec, split=split, labels=labels, label_col=label_col, n_features=n_features,
+                     delimiter=delimiter, decimal=decimal)
     if limit is not None:
         data.X, data.y = data.X[:limit], None if data.y is None else data.y[:limit]
     if need_labels and data.y is None:

@@ -9,8 +9,8 @@ from click.core import ParameterSource
 from fastnn.activations import ACTIVATIONS
 from fastnn.callbacks import Callback
 from fastnn.datasets import DATASETS
-from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, data_inputs,
-                               data_options, echo_json, jsonable, load, match_inputs, set_threads,
+from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, csv_options,
+                               data_inputs, data_options, echo_json, jsonable, load, match_inputs, set_threads,
                                threads_option)
 from fastnn.initializers import INITIALIZERS
 from fastnn.losses import LOSSES
@@ -138,6 +138,7 @@ def choice(registry, exclude=()):
 @click.option("-o", "--out", type=click.Path(),
               help="Save the model here (safetensors) [default with --resume: that file].")
 @data_options
+@csv_options
 @click.option("--val", "val_data", metavar="DATA", help="Validation data (any DATA form).")
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
               help="Hold out this fraction of DATA for validation, drawn with the run's seed "
@@ -227,14 +228,17 @@ def choice(registry, exclude=()):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object when done.")
 @click.pass_context
-def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
+def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_data, limit, resume,
           checkpoint_every, history, weights_only, force, quiet, as_json, threads, **options):
     from fastnn import load as load_model
     from fastnn.exceptions import TrainingDiverged
     from fastnn.schedules import parse as parse_schedule
 
+    from fastnn.csvfile import parse_decimal, parse_delimiter
+
     given = {name for name in options if options[name] is not None
              and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    delimiter, decimal = parse_delimiter(delimiter), parse_decimal(decimal)
     if options["layers"] and options["hidden"]:
         raise click.UsageError("give --layers or --hidden, not both")
     if val_data and options["val_split"]:
@@ -249,12 +253,13 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
         run = dict(net.training.get("cli", {}))
         stored = net.training.get("cli_options", {})
         _refuse_changes(ctx, net, options, given, data=data, labels=labels,
-                        label_col=label_col, limit=limit)
+                        label_col=label_col, limit=limit, delimiter=delimiter, decimal=decimal)
         for name in RESUMABLE:
             if name not in given and name in stored:
                 options[name] = stored[name]
         data = data or run.get("data")
         labels, label_col = labels or run.get("labels"), label_col or run.get("label_col")
+        delimiter, decimal = delimiter or run.get("delimiter"), decimal or run.get("decimal")
         val_data = val_data or run.get("val")
         test_data = test_data or run.get("test")
         limit = limit or run.get("limit")
@@ -273,7 +278,8 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     set_threads(threads)
     say = (lambda *a, **k: None) if quiet or as_json else click.echo
 
-    train_set = load(data, "train", labels, label_col, limit=limit)
+    csv = {"delimiter": delimiter, "decimal": decimal}
+    train_set = load(data, "train", labels, label_col, limit=limit, **csv)
     inferred = False
     if not resume:
         net, inferred = _new_network(train_set, options)
@@ -284,9 +290,9 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
         net.input_dtype = str(X_train.dtype)
     val = None
     if val_data:
-        v = load(val_data, "test", label_col=label_col, n_features=net.sizes[0])
+        v = load(val_data, "test", label_col=label_col, n_features=net.sizes[0], **csv)
         val = (match_inputs(net, v.X), v.y)
-    test = (load(test_data, "test", label_col=label_col, n_features=net.sizes[0])
+    test = (load(test_data, "test", label_col=label_col, n_features=net.sizes[0], **csv)
             if test_data else None)
     X_test = match_inputs(net, test.X) if test is not None else None
 
@@ -307,6 +313,7 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
         fit_options["lr_schedule"] = schedule
     run.update(data=data, labels=labels, label_col=label_col, val=val_data, test=test_data,
                limit=limit, epochs=run.get("epochs_done", 0) + epochs)
+    run.update({k: v for k, v in csv.items() if v is not None})
     run.setdefault("epochs_done", 0)
     done_before = run["epochs_done"]
     records = []
@@ -335,6 +342,8 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     net.check_data(X_train, train_set.y)
     train_labels = net.training_labels(train_set.y)
     say(_task_line(net, inferred, resume))
+    if train_set.dialect is not None and not train_set.dialect.usual:
+        say(f"Read {train_set.source}: {train_set.dialect.describe()}")
     held = int(round(len(train_set) * options["val_split"])) if options["val_split"] else 0
     say(f"{net}: {net.n_params:,} parameters; training on {len(train_set) - held:,} samples "
         f"of {train_set.source}" + (f" ({held:,} more held out for validation)" if held else ""))

@@ -18,7 +18,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from fastnn._typing import Array, PathLike
 from fastnn.exceptions import DataError
 from fastnn.reading import (CHUNK, GZIP_MAGIC, MAX_DECOMPRESSED, Budget, check_regular,
                             file_size, open_data, read_file, read_into, read_stream)
+
+if TYPE_CHECKING:
+    from fastnn.csvfile import Dialect
 from fastnn.reading import gunzip  # noqa: F401  (fastnn.data.gunzip, as before)
 
 # IDX type codes (the third magic byte) and the big-endian dtypes they mean.
@@ -56,6 +59,7 @@ class Data:
     ``standard`` for other (tabular) data. `label_name` is the label
     column's name in a CSV header. `shape` is the shape of one sample when
     the file says it (IDX images: (H, W) or (H, W, C)), else None.
+    `dialect` is a CSV file's (fastnn.csvfile.Dialect), as read.
     """
 
     X: np.ndarray
@@ -64,6 +68,7 @@ class Data:
     auto_scale: str = "standard"
     label_name: Optional[str] = None
     shape: Optional[tuple[int, ...]] = None
+    dialect: Optional["Dialect"] = None
 
     def __len__(self) -> int:
         return len(self.X)
@@ -208,18 +213,18 @@ def _load_idx(path, labels=None):
 
 # -------------------------------------------------------------------- CSV
 
-def _is_number(cell):
+def _is_number(cell, dialect=None):
     try:
-        float(cell)
+        dialect.number(cell) if dialect is not None else float(cell)
     except ValueError:
         return False
     return True
 
 
-def _csv_problem(text, names, path, first_line):
+def _csv_problem(text, names, path, first_line, dialect):
     """The DataError for the first malformed row or non-numeric cell."""
     width = None
-    for r, row in enumerate(csv.reader(io.StringIO(text))):
+    for r, row in enumerate(csv.reader(io.StringIO(text), delimiter=dialect.delimiter)):
         if not row:
             continue
         if width is None:
@@ -228,7 +233,7 @@ def _csv_problem(text, names, path, first_line):
             return DataError(f"{path}: row {first_line + r} has {len(row)} columns, "
                              f"the first row has {width}")
         for c, cell in enumerate(row):
-            if not _is_number(cell):
+            if not _is_number(cell, dialect):
                 column = names[c] if names and c < len(names) else str(c + 1)
                 return DataError(f"{path}: row {first_line + r}, column {column} is not a "
                                  f"number: {cell!r}")
@@ -278,29 +283,39 @@ def _first_long_line(raw, limit):
 
 def load_csv(path: PathLike, label_col: Union[str, int, None] = None,
              n_features: Optional[int] = None,
-             info: Optional[dict[str, Any]] = None) -> XY:
-    """Rows of a CSV file; a header row, if any, is detected.
+             info: Optional[dict[str, Any]] = None, delimiter: Optional[str] = None,
+             decimal: Optional[str] = None) -> XY:
+    """Rows of a CSV file; its dialect (fastnn.csvfile: the delimiter, `,`
+    `;` tab or `|`, and the decimal mark) and a header row, if any, are
+    detected; `delimiter` and `decimal` override the dialect.
 
     The label column is `label_col` (a name or a 1-based number), by default
     the last column; with `n_features` given and the file exactly that wide,
     the file has no label column (whatever `label_col` says). Features that are all whole numbers in
     0..255 are read as uint8 (their scaling is the network's: see
     fastnn.preprocessing). Labels that are not numbers are class names (str).
-    A dict `info` gets the label column's name as "label_name".
+    A dict `info` gets the label column's name as "label_name" and the
+    dialect read as "dialect".
     """
+    from fastnn.csvfile import sniff
+
     try:
         text = _read_csv_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path} is not a text CSV file") from None
+    dialect = sniff(text, delimiter, decimal, _csv_suffix(path))
+    if info is not None:
+        info["dialect"] = dialect
     try:
-        first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None])), None)
+        first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None]),
+                                delimiter=dialect.delimiter), None)
     except csv.Error as exc:
         # e.g. a lone carriage return inside a field
         raise DataError(f"{path} is not a valid CSV file ({exc})") from None
     if not first:
         raise DataError(f"{path} is empty")
     names = None
-    if not all(_is_number(cell) for cell in first):
+    if not all(_is_number(cell, dialect) for cell in first):
         names = [cell.strip() for cell in first]
         text = text[text.find("\n") + 1:] if "\n" in text else ""
         if info is not None:
@@ -312,18 +327,19 @@ def load_csv(path: PathLike, label_col: Union[str, int, None] = None,
     if not text.strip():
         raise DataError(f"{path} has a header but no rows")
     try:
-        values = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
-                            ndmin=2)
+        values = np.loadtxt(io.StringIO(text), delimiter=dialect.delimiter, quotechar='"',
+                            dtype=np.float64, ndmin=2, **_converters(dialect))
     except ValueError as exc:
         width = len(names or first)
         if label_col is not None and n_features != width:
             # a label column that is not there is the first thing to say
             _label_column(label_col, names, width, path)
-        text_labels = _csv_with_text_labels(text, names, label_col, n_features, path, first_line)
+        text_labels = _csv_with_text_labels(text, names, label_col, n_features, path, first_line,
+                                            dialect)
         if text_labels is not None:
             return text_labels
         try:
-            problem = _csv_problem(text, names, path, first_line)
+            problem = _csv_problem(text, names, path, first_line, dialect)
         except csv.Error:
             problem = None
         raise (problem or DataError(f"{path} is not a valid CSV file ({exc})")) from None
@@ -345,11 +361,26 @@ def load_csv(path: PathLike, label_col: Union[str, int, None] = None,
     return pixels_or_floats(X), values[:, col]
 
 
-def _csv_with_text_labels(text, names, label_col, n_features, path, first_line):
+def _converters(dialect):
+    """np.loadtxt's converters for the dialect's decimal mark."""
+    if dialect.decimal == ".":
+        return {}
+    return {"converters": dialect.number}
+
+
+def _csv_suffix(path):
+    """The suffix of a CSV file's name that says its kind (".tsv"), past .gz."""
+    name = os.fspath(path).lower()
+    name = name[:-3] if name.endswith(".gz") else name
+    return os.path.splitext(name)[1]
+
+
+def _csv_with_text_labels(text, names, label_col, n_features, path, first_line, dialect):
     """(X, y) of a CSV file whose label column holds text (class names) and
     whose other columns are numbers, or None if it is not such a file."""
     try:
-        first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None])), None)
+        first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None]),
+                                delimiter=dialect.delimiter), None)
     except csv.Error:
         return None
     if not first:
@@ -363,10 +394,10 @@ def _csv_with_text_labels(text, names, label_col, n_features, path, first_line):
         return None
     features = [c for c in range(width) if c != col]
     try:
-        X = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
-                       ndmin=2, usecols=features)
-        y = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=str, ndmin=1,
-                       usecols=[col], comments=None)
+        X = np.loadtxt(io.StringIO(text), delimiter=dialect.delimiter, quotechar='"',
+                       dtype=np.float64, ndmin=2, usecols=features, **_converters(dialect))
+        y = np.loadtxt(io.StringIO(text), delimiter=dialect.delimiter, quotechar='"', dtype=str,
+                       ndmin=1, usecols=[col], comments=None)
     except ValueError:
         return None
     if X.shape[1] != len(features) or len(y) != len(X):
@@ -707,7 +738,8 @@ IDX_NAME = re.compile(r"idx\d-ubyte")
 def detect_format(path: Path) -> Optional[str]:
     """The format of a data file, from its name, then its first bytes."""
     name = path.name.lower()
-    for suffix, kind in ((".csv", "csv"), (".csv.gz", "csv"), (".npz", "npz"), (".npy", "npy"),
+    for suffix, kind in ((".csv", "csv"), (".csv.gz", "csv"), (".tsv", "csv"), (".tsv.gz", "csv"),
+                         (".txt", "csv"), (".txt.gz", "csv"), (".npz", "npz"), (".npy", "npy"),
                          (".pkl", "pickle"), (".pkl.gz", "pickle")):
         if name.endswith(suffix):
             return kind
@@ -725,16 +757,18 @@ def detect_format(path: Path) -> Optional[str]:
 
 
 def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] = None,
-              label_col: Union[str, int, None] = None, n_features: Optional[int] = None) -> Data:
+              label_col: Union[str, int, None] = None, n_features: Optional[int] = None,
+              delimiter: Optional[str] = None, decimal: Optional[str] = None) -> Data:
     """Features and labels from a dataset name or a data file.
 
     Parameters
     ----------
     spec : str or Path
         A dataset name (``mnist``), or a file: IDX images (.gz or raw; labels
-        found beside or given by `labels`), CSV (`label_col`, default the
-        last column), .npz with arrays X and y, .npy (labels beside or given
-        by `labels`), or Nielsen's mnist.pkl.gz.
+        found beside or given by `labels`), CSV (.csv, .tsv or .txt, maybe
+        gzip-compressed; `label_col`, default the last column), .npz with
+        arrays X and y, .npy (labels beside or given by `labels`), or
+        Nielsen's mnist.pkl.gz.
     split : {"train", "test"}
         Which split of a named dataset or of Nielsen's pickle.
     labels : str or Path, optional
@@ -743,6 +777,9 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
         The label column of a CSV file, by name or 1-based number.
     n_features : int, optional
         The features a model takes, to tell a label-less CSV.
+    delimiter, decimal : str, optional
+        A CSV file's field delimiter (``,`` ``;`` tab ``|``) and decimal mark
+        (``.`` or ``,``); detected when not given (see fastnn.csvfile).
 
     Returns
     -------
@@ -772,7 +809,7 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
     info: dict[str, Any] = {}
     try:
         if kind == "csv":
-            X, y = load_csv(path, label_col, n_features, info)
+            X, y = load_csv(path, label_col, n_features, info, delimiter, decimal)
         elif kind == "npz":
             X, y = load_npz(path, labels)
         elif kind == "npy":
@@ -785,7 +822,8 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
         X, y = _check_data(X, y, spec)
         auto = ("none" if kind == "pickle" else "pixels" if kind == "idx" or (
             kind != "csv" and X.dtype == np.uint8) else "standard")
-        return Data(X, y, spec, auto_scale=auto, label_name=info.get("label_name"), shape=shape)
+        return Data(X, y, spec, auto_scale=auto, label_name=info.get("label_name"), shape=shape,
+                    dialect=info.get("dialect"))
     except MemoryError:
         raise DataError(f"{spec}: not enough memory to read it") from None
 

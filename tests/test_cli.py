@@ -207,7 +207,7 @@ def test_old_numpy_pickles_of_nielsens_file_load(tmp_path):
 BAD_INPUTS = [
     ("missing", lambda d: d / "nope.csv", "nope.csv: no such file, and not a known dataset"),
     ("directory", lambda d: d, "is a directory"),
-    ("unknown format", lambda d: _write(d / "notes.txt", b"hello world\n"), "unknown data format"),
+    ("unknown format", lambda d: _write(d / "notes.dat", b"hello world\n"), "unknown data format"),
     ("non-numeric CSV", lambda d: _write(d / "bad.csv", b"a,b,label\n1,2,0\n3,x,1\n"),
      "bad.csv: row 3, column b is not a number: 'x'"),
     ("ragged CSV", lambda d: _write(d / "ragged.csv", b"1,2,0\n3,4\n"),
