@@ -2,8 +2,9 @@
 import click
 
 from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, csv_options,
-                               data_inputs, data_options, echo_json, force_option, load, match_inputs,
-                               set_threads, shown, threads_option, training_label_col)
+                               data_inputs, data_options, echo_json, force_option, load,
+                               model_reading, model_rows, set_threads, shown, threads_option,
+                               training_label_col)
 
 HELP = """Evaluate MODEL on DATA (default: the mnist test split). A classifier gets
 its loss, accuracy, per-class precision, recall and F1 (by class name) and
@@ -47,11 +48,13 @@ def eval_command(model, data, labels, label_col, delimiter, decimal, limit, thre
         check_outputs(pictures, [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
     net = load_model(model)
-    dataset = load(data, "test", labels, training_label_col(net, label_col),
-                   n_features=net.sizes[0], limit=limit, delimiter=delimiter, decimal=decimal)
-    X = match_inputs(net, dataset.X)
+    dataset = load(data, "test", labels, training_label_col(net, label_col), limit=limit,
+                   delimiter=delimiter, decimal=decimal, quiet=as_json, **model_reading(net))
+    X, unknown = model_rows(net, dataset, quiet=as_json)
     pre = net.preprocessing
     result = {"model": model, "data": dataset.source, **net.evaluate(X, dataset.y)}
+    if unknown:
+        result["unknown_values"] = unknown
     regression = pre is not None and pre.task == "regression"
     if "accuracy" in result:
         n_classes = max(net.sizes[-1], 2)

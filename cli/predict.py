@@ -6,8 +6,8 @@ import click
 import numpy as np
 
 from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, csv_options,
-                               data_inputs, data_options, force_option, load, match_inputs, set_threads,
-                               threads_option, training_label_col)
+                               data_inputs, data_options, force_option, load, model_reading,
+                               model_rows, set_threads, threads_option, training_label_col)
 from fastnn.files import FileKind
 
 #: What an existing -o file must be to be replaced without --force: the CSV
@@ -56,10 +56,9 @@ def predict(model, data, labels, label_col, delimiter, decimal, out, proba, limi
                   [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
     net = load_model(model)
-    dataset = load(data, "test", labels, training_label_col(net, label_col),
-                   n_features=net.sizes[0], limit=limit, need_labels=False, delimiter=delimiter,
-                   decimal=decimal)
-    X = match_inputs(net, dataset.X)
+    dataset = load(data, "test", labels, training_label_col(net, label_col), limit=limit,
+                   need_labels=False, delimiter=delimiter, decimal=decimal, **model_reading(net))
+    X, unknown = model_rows(net, dataset, quiet=as_json)
     outputs = net.forward(X)
     pre = net.preprocessing
     regression = pre is not None and pre.task == "regression"
@@ -76,6 +75,8 @@ def predict(model, data, labels, label_col, delimiter, decimal, out, proba, limi
         from fastnn.cli.common import echo_json
 
         result = {"model": model, "data": dataset.source, "n": n_rows}
+        if unknown:
+            result["unknown_values"] = unknown
         if regression:
             result["targets"] = list(names)
             result["values"] = values
