@@ -77,7 +77,8 @@ class Command(MainMixin, click.Command):
 
 
 DATA_HELP = ("DATA is a dataset name (mnist), an IDX images file (labels found beside it or "
-             "given by --labels), a CSV file, an .npz with arrays X and y, an .npy file "
+             "given by --labels), a CSV file (.csv, .tsv, .txt; its delimiter and decimal mark "
+             "detected), an .npz with arrays X and y, an .npy file "
              "(labels beside it or --labels) or Nielsen's mnist.pkl.gz.")
 
 
@@ -87,6 +88,17 @@ def data_options(command):
                            help="CSV label column, by name or 1-based number [default: last].")(command)
     command = click.option("--labels", type=click.Path(dir_okay=False),
                            help="Labels file of IDX or .npy images.")(command)
+    return command
+
+
+def csv_options(command):
+    """--delimiter and --decimal, for commands that read CSV files (fastnn.csvfile)."""
+    command = click.option("--decimal", type=click.Choice([".", ","]),
+                           help="CSV decimal mark [default: detected; ',' only when the "
+                                "fields are not comma-separated].")(command)
+    command = click.option("--delimiter", metavar="CHAR",
+                           help="CSV field delimiter: ',', ';', tab or '|' (or comma, semicolon, "
+                                "tab, pipe) [default: detected from the first lines].")(command)
     return command
 
 
@@ -156,8 +168,9 @@ def set_threads(threads):
 
 
 def load(spec, split, labels=None, label_col=None, n_features=None, limit=None,
-         need_labels=True):
-    """A Data from DATA; with need_labels, refuse data without labels."""
+         need_labels=True, delimiter=None, decimal=None, missing=None, drop=None, quiet=False):
+    """A Data from DATA; with need_labels, refuse data without labels, and
+    leave out the rows whose label is missing (saying how many on stderr)."""
     from fastnn.data import load_data
     from fastnn.exceptions import DataError
 
@@ -165,13 +178,67 @@ def load(spec, split, labels=None, label_col=None, n_features=None, limit=None,
         from fastnn._validation import MAX_COUNT, positive_int
 
         positive_int(limit, "--limit", maximum=MAX_COUNT)
-    data = load_data(spec, split=split, labels=labels, label_col=label_col, n_features=n_features)
+    data = load_data(spec, split=split, labels=labels, label_col=label_col, n_features=n_features,
+                     delimiter=delimiter, decimal=decimal, missing=missing, drop=drop,
+                     label_optional=not need_labels)
     if limit is not None:
         data.X, data.y = data.X[:limit], None if data.y is None else data.y[:limit]
+        data.unlabelled = None if data.unlabelled is None else data.unlabelled[:limit]
     if need_labels and data.y is None:
         raise DataError(f"{data.source} has no labels; give them with --labels "
                         f"(IDX, .npy) or --label-col (CSV)")
+    if need_labels:
+        left_out = data.drop_unlabelled()
+        if left_out and not quiet:
+            click.echo(f"Note: left out {left_out:,} row{'s' if left_out > 1 else ''} of "
+                       f"{shown(data.source)} whose label is missing", err=True)
     return data
+
+
+def model_reading(net):
+    """How DATA is read for a model: the raw columns it takes (to tell a file
+    without labels), the cells that are missing and the columns it leaves
+    out (not read at all)."""
+    pre = net.preprocessing
+    columns = pre.columns if pre is not None else None
+    if columns is None:
+        return {"n_features": net.sizes[0]}
+    dropped = [c.name for c in columns.columns if c.kind == "dropped"]
+    return {"n_features": columns.raw_width, "missing": list(columns.markers),
+            "drop": dropped or None}
+
+
+def model_rows(net, dataset, quiet=False):
+    """DATA's features as MODEL takes them (match_inputs), with notes on
+    stderr: columns it does not use, and per categorical column the values
+    it did not see in training. Returns (rows, {column: counts})."""
+    rows = match_inputs(net, dataset.rows())
+    pre = net.preprocessing
+    if pre is None or pre.columns is None:
+        return rows, {}
+    unknown = pre.columns.unknown(rows, dataset.source)     # a missing column stops here
+    extra = pre.columns.extra_columns(rows)
+    if extra and not quiet:
+        click.echo(f"Note: {shown(dataset.source)}'s column{'s' if len(extra) > 1 else ''} "
+                   f"{', '.join(shown(n) for n in extra[:8])}"
+                   f"{f', ... ({len(extra)} in all)' if len(extra) > 8 else ''} "
+                   f"{'are' if len(extra) > 1 else 'is'} not used by the model", err=True)
+    if unknown and not quiet:
+        click.echo(f"Note: {unknown_text(unknown)}", err=True)
+    return rows, unknown
+
+
+def unknown_text(unknown):
+    """'values not seen in training (encoded as zeros): sex 2 rows; ...'."""
+    parts = []
+    for kind, what in (("unseen", "values not seen in training, encoded as zeros"),
+                       ("missing", "missing values where training had none, encoded as zeros")):
+        cells = [f"{shown(name)} {counts[kind]:,}" for name, counts in unknown.items()
+                 if kind in counts]
+        if cells:
+            more = f", ... ({len(cells)} columns)" if len(cells) > 8 else ""
+            parts.append(f"{what}: {', '.join(cells[:8])}{more}")
+    return "; ".join(parts)
 
 
 def match_inputs(net, X):
@@ -181,6 +248,18 @@ def match_inputs(net, X):
     read as floats go to a network trained on uint8 pixels as uint8, and
     uint8 data goes to a network trained on floats unscaled, as floats.
     """
+    from fastnn.table import Table
+
+    if net.preprocessing is not None and net.preprocessing.columns is not None:
+        return X          # raw rows, encoded by the model's columns
+    if isinstance(X, Table):
+        numbers = X.numeric()
+        if numbers is None:
+            from fastnn.exceptions import DataError
+
+            raise DataError(f"{X.source} has text or missing values, but this model was trained "
+                            f"on numbers only (a model trained on such rows takes them)")
+        X = numbers
     if net.preprocessing is not None and net.preprocessing.scaling is not None:
         return X          # the network's scaling takes raw rows of any dtype
     if net.input_dtype == "uint8" and X.dtype != np.uint8:

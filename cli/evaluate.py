@@ -1,9 +1,10 @@
 """``fastnn eval``."""
 import click
 
-from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, data_inputs,
-                               data_options, echo_json, force_option, load, match_inputs,
-                               set_threads, shown, threads_option, training_label_col)
+from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, csv_options,
+                               data_inputs, data_options, echo_json, force_option, load,
+                               model_reading, model_rows, set_threads, shown, threads_option,
+                               training_label_col)
 
 HELP = """Evaluate MODEL on DATA (default: the mnist test split). A classifier gets
 its loss, accuracy, per-class precision, recall and F1 (by class name) and
@@ -25,6 +26,7 @@ Examples:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data", required=False, default="mnist")
 @data_options
+@csv_options
 @click.option("--limit", type=Integer(min=1), help="Use only the first N samples.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -34,8 +36,8 @@ Examples:
 @click.option("--scatter-png", type=click.Path(), metavar="FILE",
               help="Regression: also draw predicted against true values (.png, .svg or .pdf).")
 @force_option
-def eval_command(model, data, labels, label_col, limit, threads, as_json, confusion_png,
-                 scatter_png, force):
+def eval_command(model, data, labels, label_col, delimiter, decimal, limit, threads, as_json,
+                 confusion_png, scatter_png, force):
     from fastnn import load as load_model
     from fastnn.metrics import classification_report, predicted_labels
     from fastnn.plot import picture_format
@@ -46,11 +48,13 @@ def eval_command(model, data, labels, label_col, limit, threads, as_json, confus
         check_outputs(pictures, [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
     net = load_model(model)
-    dataset = load(data, "test", labels, training_label_col(net, label_col),
-                   n_features=net.sizes[0], limit=limit)
-    X = match_inputs(net, dataset.X)
+    dataset = load(data, "test", labels, training_label_col(net, label_col), limit=limit,
+                   delimiter=delimiter, decimal=decimal, quiet=as_json, **model_reading(net))
+    X, unknown = model_rows(net, dataset, quiet=as_json)
     pre = net.preprocessing
     result = {"model": model, "data": dataset.source, **net.evaluate(X, dataset.y)}
+    if unknown:
+        result["unknown_values"] = unknown
     regression = pre is not None and pre.task == "regression"
     if "accuracy" in result:
         n_classes = max(net.sizes[-1], 2)

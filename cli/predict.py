@@ -5,9 +5,9 @@ import io
 import click
 import numpy as np
 
-from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, data_inputs,
-                               data_options, force_option, load, match_inputs, set_threads,
-                               threads_option, training_label_col)
+from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, csv_options,
+                               data_inputs, data_options, force_option, load, model_reading,
+                               model_rows, set_threads, threads_option, training_label_col)
 from fastnn.files import FileKind
 
 #: What an existing -o file must be to be replaced without --force: the CSV
@@ -34,6 +34,7 @@ Examples:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data")
 @data_options
+@csv_options
 @click.option("-o", "--out", type=click.Path(), help="Write the CSV here [default: stdout].")
 @click.option("--proba", is_flag=True, help="Also write the output layer's activations.")
 @click.option("--limit", type=Integer(min=1), help="Use only the first N samples.")
@@ -42,7 +43,8 @@ Examples:
                    "outputs); not with -o.")
 @threads_option
 @force_option
-def predict(model, data, labels, label_col, out, proba, limit, as_json, threads, force):
+def predict(model, data, labels, label_col, delimiter, decimal, out, proba, limit, as_json, threads,
+            force):
     from fastnn import load as load_model
     from fastnn.exceptions import FastnnError
     from fastnn.files import atomic_write
@@ -54,9 +56,9 @@ def predict(model, data, labels, label_col, out, proba, limit, as_json, threads,
                   [("MODEL", model)] + data_inputs("DATA", data, labels), force)
     set_threads(threads)
     net = load_model(model)
-    dataset = load(data, "test", labels, training_label_col(net, label_col),
-                   n_features=net.sizes[0], limit=limit, need_labels=False)
-    X = match_inputs(net, dataset.X)
+    dataset = load(data, "test", labels, training_label_col(net, label_col), limit=limit,
+                   need_labels=False, delimiter=delimiter, decimal=decimal, **model_reading(net))
+    X, unknown = model_rows(net, dataset, quiet=as_json)
     outputs = net.forward(X)
     pre = net.preprocessing
     regression = pre is not None and pre.task == "regression"
@@ -73,6 +75,8 @@ def predict(model, data, labels, label_col, out, proba, limit, as_json, threads,
         from fastnn.cli.common import echo_json
 
         result = {"model": model, "data": dataset.source, "n": n_rows}
+        if unknown:
+            result["unknown_values"] = unknown
         if regression:
             result["targets"] = list(names)
             result["values"] = values

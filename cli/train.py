@@ -9,8 +9,9 @@ from click.core import ParameterSource
 from fastnn.activations import ACTIVATIONS
 from fastnn.callbacks import Callback
 from fastnn.datasets import DATASETS
-from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, data_inputs,
-                               data_options, echo_json, jsonable, load, match_inputs, set_threads,
+from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, csv_options,
+                               data_inputs, data_options, echo_json, jsonable, load, match_inputs,
+                               model_reading, model_rows, set_threads,
                                threads_option)
 from fastnn.initializers import INITIALIZERS
 from fastnn.losses import LOSSES
@@ -22,7 +23,8 @@ from fastnn.training import AUGMENTATIONS, STALL_EPOCHS, epoch_line, stall_hint
 
 # Options that describe the network: fixed by the model file when resuming.
 ARCHITECTURE = ("layers", "hidden", "input_shape", "activation", "output_activation", "loss",
-                "init", "slope", "dtype", "seed", "task", "scale")
+                "init", "slope", "dtype", "seed", "task", "scale", "categorical", "drop",
+                "missing")
 # Options of fit() that a resumed run takes from the model file unless given again.
 RESUMABLE = ("batch_size", "lr", "optimizer", "momentum", "betas", "eps", "l2", "l1", "dropout",
              "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle",
@@ -138,6 +140,7 @@ def choice(registry, exclude=()):
 @click.option("-o", "--out", type=click.Path(),
               help="Save the model here (safetensors) [default with --resume: that file].")
 @data_options
+@csv_options
 @click.option("--val", "val_data", metavar="DATA", help="Validation data (any DATA form).")
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
               help="Hold out this fraction of DATA for validation, drawn with the run's seed "
@@ -147,6 +150,14 @@ def choice(registry, exclude=()):
 @click.option("--scale", type=click.Choice(["auto", *SCALINGS]),
               help="Feature scaling learned from DATA and kept in the model: auto is pixels "
                    "(/255) for images, standard for other data [default: auto].")
+@click.option("--categorical", metavar="COL[,COL...]",
+              help="CSV columns of numbers to read as categories (by name or 1-based number); "
+                   "text columns are categorical anyway.")
+@click.option("--drop", metavar="COL[,COL...]",
+              help="CSV columns to leave out, such as IDs and free-text names.")
+@click.option("--missing", metavar="MARKERS",
+              help="The cells that mean a missing value, comma-separated (an empty cell "
+                   "always does) [default: NA,N/A,n/a,NaN,nan,null,NULL,None,?,#N/A,<NA>].")
 @click.option("--test", "test_data", metavar="DATA",
               help="Also report accuracy on this data after each epoch, for information only "
                    "[default: the test split of a named dataset].")
@@ -227,14 +238,17 @@ def choice(registry, exclude=()):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object when done.")
 @click.pass_context
-def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
+def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_data, limit, resume,
           checkpoint_every, history, weights_only, force, quiet, as_json, threads, **options):
     from fastnn import load as load_model
     from fastnn.exceptions import TrainingDiverged
     from fastnn.schedules import parse as parse_schedule
 
+    from fastnn.csvfile import parse_decimal, parse_delimiter
+
     given = {name for name in options if options[name] is not None
              and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    delimiter, decimal = parse_delimiter(delimiter), parse_decimal(decimal)
     if options["layers"] and options["hidden"]:
         raise click.UsageError("give --layers or --hidden, not both")
     if val_data and options["val_split"]:
@@ -249,12 +263,13 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
         run = dict(net.training.get("cli", {}))
         stored = net.training.get("cli_options", {})
         _refuse_changes(ctx, net, options, given, data=data, labels=labels,
-                        label_col=label_col, limit=limit)
+                        label_col=label_col, limit=limit, delimiter=delimiter, decimal=decimal)
         for name in RESUMABLE:
             if name not in given and name in stored:
                 options[name] = stored[name]
         data = data or run.get("data")
         labels, label_col = labels or run.get("labels"), label_col or run.get("label_col")
+        delimiter, decimal = delimiter or run.get("delimiter"), decimal or run.get("decimal")
         val_data = val_data or run.get("val")
         test_data = test_data or run.get("test")
         limit = limit or run.get("limit")
@@ -273,22 +288,33 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     set_threads(threads)
     say = (lambda *a, **k: None) if quiet or as_json else click.echo
 
-    train_set = load(data, "train", labels, label_col, limit=limit)
+    csv = {"delimiter": delimiter, "decimal": decimal}
+    if resume:
+        reading = model_reading(net)
+        del reading["n_features"]
+    else:
+        reading = {"missing": options["missing"], "drop": options["drop"]}
+    train_set = load(data, "train", labels, label_col, limit=limit, quiet=quiet or as_json,
+                     **csv, **reading)
     inferred = False
+    notes = []
     if not resume:
-        net, inferred = _new_network(train_set, options)
-    X_train = match_inputs(net, train_set.X)
+        net, inferred, notes = _new_network(train_set, options)
+    X_train = match_inputs(net, train_set.rows())
     if net.input_dtype is None:
         # a new network: fit will record the training inputs' kind, and the
         # validation and test data must be scaled the same way (uint8 / 255)
-        net.input_dtype = str(X_train.dtype)
+        pre = net.preprocessing
+        first = pre.encode_X(X_train[:1]) if pre is not None else X_train
+        net.input_dtype = str(first.dtype)
     val = None
     if val_data:
-        v = load(val_data, "test", label_col=label_col, n_features=net.sizes[0])
-        val = (match_inputs(net, v.X), v.y)
-    test = (load(test_data, "test", label_col=label_col, n_features=net.sizes[0])
-            if test_data else None)
-    X_test = match_inputs(net, test.X) if test is not None else None
+        v = load(val_data, "test", label_col=label_col, quiet=quiet or as_json, **csv,
+                 **model_reading(net))
+        val = (model_rows(net, v, quiet or as_json)[0], v.y)
+    test = (load(test_data, "test", label_col=label_col, quiet=quiet or as_json, **csv,
+                 **model_reading(net)) if test_data else None)
+    X_test = model_rows(net, test, quiet or as_json)[0] if test is not None else None
 
     epochs = 30 if options["epochs"] is None else options["epochs"]
     if options["lr_schedule"] is not None:
@@ -307,6 +333,7 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
         fit_options["lr_schedule"] = schedule
     run.update(data=data, labels=labels, label_col=label_col, val=val_data, test=test_data,
                limit=limit, epochs=run.get("epochs_done", 0) + epochs)
+    run.update({k: v for k, v in csv.items() if v is not None})
     run.setdefault("epochs_done", 0)
     done_before = run["epochs_done"]
     records = []
@@ -335,6 +362,16 @@ def train(ctx, data, out, labels, label_col, val_data, test_data, limit, resume,
     net.check_data(X_train, train_set.y)
     train_labels = net.training_labels(train_set.y)
     say(_task_line(net, inferred, resume))
+    if train_set.dialect is not None and not train_set.dialect.usual:
+        say(f"Read {train_set.source}: {train_set.dialect.describe()}")
+    columns = net.preprocessing.columns if net.preprocessing is not None else None
+    if columns is not None and not columns.identity and not resume:
+        say(columns.summary())
+        if columns.missing_summary():
+            say(columns.missing_summary())
+    for note in notes:
+        if not (quiet or as_json):
+            click.echo(note, err=True)
     held = int(round(len(train_set) * options["val_split"])) if options["val_split"] else 0
     random_seed = not resume and options["seed"] is None
     say(f"{_network_text(net, random_seed)}: {net.n_params:,} parameters; training on "
@@ -519,26 +556,35 @@ class RunOutputs:
 
 
 def _new_network(train_set, options):
-    """A network for the data and options, its task and scaling learned
-    (Network.prepare); and whether the task was inferred."""
+    """A network for the data and options, its columns, task and scaling
+    learned (Network.prepare); whether the task was inferred; the notes on
+    the columns (IDs)."""
     from fastnn._validation import infer_targets
+    from fastnn.columns import Columns
     from fastnn.network import Network
     from fastnn.preprocessing import REGRESSION_DEFAULTS, resolve_scale
+    from fastnn.table import Table
 
     from fastnn.layers import parse
 
     targets = infer_targets(train_set.y, options["task"], train_set.source, LABELS_HINT,
                             ask=TASK_ASK)
+    rows = train_set.rows()
+    columns, notes = None, []
+    if isinstance(rows, Table) or any(options[k] is not None
+                                      for k in ("categorical", "drop", "missing")):
+        columns = Columns.learn(rows, categorical=options["categorical"], drop=options["drop"],
+                                missing=options["missing"], notes=notes)
+    width = columns.n_features if columns is not None else train_set.X.shape[1]
     given_shape = options["input_shape"]
     if options["layers"]:
-        shape = given_shape or train_set.shape or (train_set.X.shape[1],)
+        shape = given_shape or train_set.shape or (width,)
         sizes = parse(options["layers"], input_shape=shape)
         if given_shape and tuple(sizes[0]) != tuple(given_shape):
             raise click.UsageError(f"--layers starts with the input shape {sizes[0]}, but "
                                    f"--input-shape says {given_shape}; give one of them")
     else:
-        sizes = [given_shape or train_set.X.shape[1], *(options["hidden"] or [30]),
-                 targets.n_outputs]
+        sizes = [given_shape or width, *(options["hidden"] or [30]), targets.n_outputs]
     kwargs = {k: options[k] for k in ("loss", "init", "slope", "dtype", "seed")
               if options[k] is not None}
     output = options["output_activation"]
@@ -548,7 +594,7 @@ def _new_network(train_set, options):
             options["lr"] = REGRESSION_DEFAULTS["sgd_lr"]
     net = Network(sizes, activation=options["activation"] or "sigmoid", output=output, **kwargs)
     scale = resolve_scale(options["scale"] or "auto", train_set.auto_scale)
-    net.prepare(train_set.X, train_set.y, task=targets.task, scale=scale)
+    net.prepare(rows, train_set.y, task=targets.task, scale=scale, columns=columns)
     if targets.task == "regression" and train_set.label_name and net.sizes[-1] == 1:
         from fastnn.exceptions import DataError
         from fastnn.preprocessing import MAX_NAME
@@ -558,7 +604,7 @@ def _new_network(train_set, options):
                             f"{len(train_set.label_name):,} characters; fastnn keeps names of "
                             f"at most {MAX_NAME} in a model (rename the column)")
         net.preprocessing.target_names = [train_set.label_name]
-    return net, targets.inferred
+    return net, targets.inferred, notes
 
 
 class SaveableCheck(Callback):

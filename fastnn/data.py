@@ -8,8 +8,6 @@ and Nielsen's pickle goes through an unpickler that builds only NumPy
 arrays and tuples). Large ``.npy`` files are memory-mapped, and uint8
 images stay uint8.
 """
-import csv
-import io
 import math
 import os
 import pickle
@@ -18,14 +16,19 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
 from fastnn._typing import Array, PathLike
+# the bounds on a CSV file's text and its longest line (see README, "Reading files")
+from fastnn.csvfile import MAX_CSV_BYTES, MAX_CSV_LINE  # noqa: F401
 from fastnn.exceptions import DataError
 from fastnn.reading import (CHUNK, GZIP_MAGIC, MAX_DECOMPRESSED, Budget, check_regular,
                             file_size, open_data, read_file, read_into, read_stream)
+
+if TYPE_CHECKING:
+    from fastnn.csvfile import Dialect
 from fastnn.reading import gunzip  # noqa: F401  (fastnn.data.gunzip, as before)
 
 # IDX type codes (the third magic byte) and the big-endian dtypes they mean.
@@ -37,10 +40,6 @@ IDX_TYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-# Bounds on what is read (see README, "Reading files"): a CSV file's text
-# (after decompression) and its longest line.
-MAX_CSV_BYTES = 256 << 20
-MAX_CSV_LINE = 1 << 20
 
 #: (X, y) as a loader returns them: y is None for a file without labels.
 XY = tuple[Array, Optional[Array]]
@@ -56,17 +55,48 @@ class Data:
     ``standard`` for other (tabular) data. `label_name` is the label
     column's name in a CSV header. `shape` is the shape of one sample when
     the file says it (IDX images: (H, W) or (H, W, C)), else None.
+    `dialect` is a CSV file's (fastnn.csvfile.Dialect), as read. `names`
+    are the features' names in a CSV header, and `unlabelled` is True for
+    each row whose label is missing (see `drop_unlabelled`), or None.
+    X is a fastnn.table.Table for a CSV file with text or missing values.
     """
 
-    X: np.ndarray
+    X: Any
     y: Optional[np.ndarray]
     source: str
     auto_scale: str = "standard"
     label_name: Optional[str] = None
     shape: Optional[tuple[int, ...]] = None
+    dialect: Optional["Dialect"] = None
+    names: Optional[list[str]] = None
+    unlabelled: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.X)
+
+    def rows(self) -> Any:
+        """The features as a model takes them: a fastnn.table.Table when they
+        have names (a CSV header) or text, else X."""
+        from fastnn.table import Table
+
+        if isinstance(self.X, Table) or self.names is None:
+            return self.X
+        return Table.from_array(self.X, self.names, source=self.source)
+
+    def drop_unlabelled(self) -> int:
+        """Leave out the rows whose label is missing; returns how many. A
+        DataError when every label is missing."""
+        if self.unlabelled is None or self.y is None:
+            return 0
+        keep = ~self.unlabelled
+        n = int(self.unlabelled.sum())
+        if not keep.any():
+            column = f"column {self.label_name}" if self.label_name else "column"
+            raise DataError(f"{self.source}: the label {column} is missing on every row; name "
+                            f"the label column with --label-col")
+        self.X, self.y = self.X[keep], as_int_labels(np.asarray(self.y)[keep])
+        self.unlabelled = None
+        return n
 
 
 # ------------------------------------------------------------------ files
@@ -208,199 +238,19 @@ def _load_idx(path, labels=None):
 
 # -------------------------------------------------------------------- CSV
 
-def _is_number(cell):
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
-def _csv_problem(text, names, path, first_line):
-    """The DataError for the first malformed row or non-numeric cell."""
-    width = None
-    for r, row in enumerate(csv.reader(io.StringIO(text))):
-        if not row:
-            continue
-        if width is None:
-            width = len(row)
-        elif len(row) != width:
-            return DataError(f"{path}: row {first_line + r} has {len(row)} columns, "
-                             f"the first row has {width}")
-        for c, cell in enumerate(row):
-            if not _is_number(cell):
-                column = names[c] if names and c < len(names) else str(c + 1)
-                return DataError(f"{path}: row {first_line + r}, column {column} is not a "
-                                 f"number: {cell!r}")
-    return None
-
-
-def _read_csv_bytes(path):
-    """A CSV file's bytes (decompressed), refused beyond MAX_CSV_BYTES or with
-    a line longer than MAX_CSV_LINE."""
-    name = os.fspath(path)
-    stream, compressed = open_data(path)
-    with stream:
-        if not compressed and file_size(stream) > MAX_CSV_BYTES:
-            raise DataError(f"{name} is {file_size(stream):,} bytes; fastnn reads CSV files of "
-                            f"at most {MAX_CSV_BYTES:,} (use .npy for larger data)")
-        raw = read_stream(stream, MAX_CSV_BYTES, name, "CSV file (use .npy for larger data)")
-    long_line = _first_long_line(raw, MAX_CSV_LINE)
-    if long_line is not None:
-        start, length = long_line
-        line = raw.count(b"\n", 0, start) + 1
-        raise DataError(f"{name}: line {line} is {length:,} bytes long; fastnn reads CSV "
-                        f"lines of at most {MAX_CSV_LINE:,} (use .npy for wider data)")
-    return raw
-
-
-def _first_long_line(raw, limit):
-    """(start, length) of the first line of raw longer than limit bytes (lines
-    end at \\n or \\r), or None; a chunk at a time, so that a file of short
-    lines needs no array of all its line ends."""
-    a = np.frombuffer(raw, np.uint8)
-    line_start = 0
-    for start in range(0, len(a), CHUNK):
-        part = a[start:start + CHUNK]
-        ends = np.flatnonzero((part == 10) | (part == 13)) + start
-        if len(ends):
-            starts = np.concatenate(([line_start], ends[:-1] + 1))
-            bad = np.flatnonzero(ends - starts > limit)
-            if len(bad):
-                return int(starts[bad[0]]), int(ends[bad[0]] - starts[bad[0]])
-            line_start = int(ends[-1]) + 1
-        if start + len(part) - line_start > limit:
-            ends = [e for e in (raw.find(b"\n", line_start), raw.find(b"\r", line_start))
-                    if e >= 0]
-            return line_start, min(ends, default=len(raw)) - line_start
-    return None
-
-
 def load_csv(path: PathLike, label_col: Union[str, int, None] = None,
              n_features: Optional[int] = None,
-             info: Optional[dict[str, Any]] = None) -> XY:
-    """Rows of a CSV file; a header row, if any, is detected.
+             info: Optional[dict[str, Any]] = None, delimiter: Optional[str] = None,
+             decimal: Optional[str] = None, missing: Optional[Any] = None,
+             drop: Optional[Any] = None, label_optional: bool = False
+             ) -> tuple[Any, Optional[Array]]:
+    """Rows of a CSV file (see fastnn.csvfile.read_csv): X is an array of
+    numbers, or a fastnn.table.Table when a feature column holds text or
+    missing values."""
+    from fastnn.csvfile import read_csv
 
-    The label column is `label_col` (a name or a 1-based number), by default
-    the last column; with `n_features` given and the file exactly that wide,
-    the file has no label column (whatever `label_col` says). Features that are all whole numbers in
-    0..255 are read as uint8 (their scaling is the network's: see
-    fastnn.preprocessing). Labels that are not numbers are class names (str).
-    A dict `info` gets the label column's name as "label_name".
-    """
-    try:
-        text = _read_csv_bytes(path).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not a text CSV file") from None
-    try:
-        first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None])), None)
-    except csv.Error as exc:
-        # e.g. a lone carriage return inside a field
-        raise DataError(f"{path} is not a valid CSV file ({exc})") from None
-    if not first:
-        raise DataError(f"{path} is empty")
-    names = None
-    if not all(_is_number(cell) for cell in first):
-        names = [cell.strip() for cell in first]
-        text = text[text.find("\n") + 1:] if "\n" in text else ""
-        if info is not None:
-            try:
-                info["label_name"] = names[_label_column(label_col, names, len(names), path)]
-            except DataError:
-                pass
-    first_line = 2 if names else 1
-    if not text.strip():
-        raise DataError(f"{path} has a header but no rows")
-    try:
-        values = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
-                            ndmin=2)
-    except ValueError as exc:
-        width = len(names or first)
-        if label_col is not None and n_features != width:
-            # a label column that is not there is the first thing to say
-            _label_column(label_col, names, width, path)
-        text_labels = _csv_with_text_labels(text, names, label_col, n_features, path, first_line)
-        if text_labels is not None:
-            return text_labels
-        try:
-            problem = _csv_problem(text, names, path, first_line)
-        except csv.Error:
-            problem = None
-        raise (problem or DataError(f"{path} is not a valid CSV file ({exc})")) from None
-    width = values.shape[1]
-    if names and len(names) != width:
-        # found by fuzzing: a named label column past the rows' last one
-        raise DataError(f"{path}: the header names {len(names)} columns, the rows have {width}")
-    if not np.isfinite(values).all():
-        r, c = np.argwhere(~np.isfinite(values))[0]
-        column = names[c] if names and c < len(names) else str(c + 1)
-        raise DataError(f"{path}: row {first_line + r}, column {column} is {values[r, c]}, "
-                        f"not a finite number")
-    if n_features is not None and width == n_features:
-        # exactly the features the model takes: no label column, even where
-        # one is named (a model's training label column, given to predict)
-        return pixels_or_floats(values), None
-    col = _label_column(label_col, names, width, path)
-    X = np.delete(values, col, axis=1)
-    return pixels_or_floats(X), values[:, col]
-
-
-def _csv_with_text_labels(text, names, label_col, n_features, path, first_line):
-    """(X, y) of a CSV file whose label column holds text (class names) and
-    whose other columns are numbers, or None if it is not such a file."""
-    try:
-        first = next(csv.reader(io.StringIO(text[:text.find("\n") + 1 or None])), None)
-    except csv.Error:
-        return None
-    if not first:
-        return None
-    width = len(first)
-    if n_features is not None and width == n_features:
-        return None
-    try:
-        col = _label_column(label_col, names, width, path)
-    except DataError:
-        return None
-    features = [c for c in range(width) if c != col]
-    try:
-        X = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=np.float64,
-                       ndmin=2, usecols=features)
-        y = np.loadtxt(io.StringIO(text), delimiter=",", quotechar='"', dtype=str, ndmin=1,
-                       usecols=[col], comments=None)
-    except ValueError:
-        return None
-    if X.shape[1] != len(features) or len(y) != len(X):
-        return None
-    if not np.isfinite(X).all():
-        r, c = np.argwhere(~np.isfinite(X))[0]
-        value, c = X[r, c], features[c]
-        column = names[c] if names and c < len(names) else str(c + 1)
-        raise DataError(f"{path}: row {first_line + r}, column {column} is {value}, "
-                        f"not a finite number")
-    y = np.char.strip(y)
-    if (y == "").any():
-        r = int(np.argmax(y == ""))
-        raise DataError(f"{path}: row {first_line + r} has an empty label")
-    return pixels_or_floats(X), y
-
-
-def _label_column(label_col, names, width, path):
-    if label_col is None:
-        return width - 1
-    label_col = str(label_col)
-    if names and label_col in names:
-        return names.index(label_col)
-    from fastnn._validation import parse_int, short_text
-    from fastnn.exceptions import ConfigError
-
-    # isdigit alone takes '¹' and other digits that int() refuses
-    if label_col.isascii() and label_col.isdigit():
-        try:
-            return parse_int(label_col, "a column number", 1, width) - 1
-        except ConfigError:
-            pass
-    known = f"; its columns are {names}" if names else f"; it has {width} columns (1..{width})"
-    raise DataError(f"{path} has no label column {short_text(label_col)}{known}")
+    return read_csv(path, label_col, n_features, info, delimiter, decimal, missing, drop,
+                    label_optional)
 
 
 def pixels_or_floats(X: Array) -> Array:
@@ -707,7 +557,8 @@ IDX_NAME = re.compile(r"idx\d-ubyte")
 def detect_format(path: Path) -> Optional[str]:
     """The format of a data file, from its name, then its first bytes."""
     name = path.name.lower()
-    for suffix, kind in ((".csv", "csv"), (".csv.gz", "csv"), (".npz", "npz"), (".npy", "npy"),
+    for suffix, kind in ((".csv", "csv"), (".csv.gz", "csv"), (".tsv", "csv"), (".tsv.gz", "csv"),
+                         (".txt", "csv"), (".txt.gz", "csv"), (".npz", "npz"), (".npy", "npy"),
                          (".pkl", "pickle"), (".pkl.gz", "pickle")):
         if name.endswith(suffix):
             return kind
@@ -725,16 +576,20 @@ def detect_format(path: Path) -> Optional[str]:
 
 
 def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] = None,
-              label_col: Union[str, int, None] = None, n_features: Optional[int] = None) -> Data:
+              label_col: Union[str, int, None] = None, n_features: Optional[int] = None,
+              delimiter: Optional[str] = None, decimal: Optional[str] = None,
+              missing: Optional[Any] = None, drop: Optional[Any] = None,
+              label_optional: bool = False) -> Data:
     """Features and labels from a dataset name or a data file.
 
     Parameters
     ----------
     spec : str or Path
         A dataset name (``mnist``), or a file: IDX images (.gz or raw; labels
-        found beside or given by `labels`), CSV (`label_col`, default the
-        last column), .npz with arrays X and y, .npy (labels beside or given
-        by `labels`), or Nielsen's mnist.pkl.gz.
+        found beside or given by `labels`), CSV (.csv, .tsv or .txt, maybe
+        gzip-compressed; `label_col`, default the last column), .npz with
+        arrays X and y, .npy (labels beside or given by `labels`), or
+        Nielsen's mnist.pkl.gz.
     split : {"train", "test"}
         Which split of a named dataset or of Nielsen's pickle.
     labels : str or Path, optional
@@ -743,12 +598,24 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
         The label column of a CSV file, by name or 1-based number.
     n_features : int, optional
         The features a model takes, to tell a label-less CSV.
+    delimiter, decimal : str, optional
+        A CSV file's field delimiter (``,`` ``;`` tab ``|``) and decimal mark
+        (``.`` or ``,``); detected when not given (see fastnn.csvfile).
+    missing : str or list of str, optional
+        The cells of a CSV file that are missing values (fastnn.table.MISSING
+        by default).
+    drop : list of names or 1-based numbers, optional
+        CSV feature columns not to read.
+    label_optional : bool, default False
+        A CSV `label_col` that the header does not name means no labels
+        (rows to predict), rather than an error.
 
     Returns
     -------
     Data
-        X is 2-D (images are flattened to rows); y is None when there are
-        no labels.
+        X is 2-D (images are flattened to rows), or a fastnn.table.Table
+        for a CSV file whose features hold text or missing values; y is
+        None when there are no labels.
     """
     from fastnn.datasets import DATASETS, IMAGE_SHAPES
 
@@ -772,7 +639,8 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
     info: dict[str, Any] = {}
     try:
         if kind == "csv":
-            X, y = load_csv(path, label_col, n_features, info)
+            X, y = load_csv(path, label_col, n_features, info, delimiter, decimal, missing,
+                            drop, label_optional)
         elif kind == "npz":
             X, y = load_npz(path, labels)
         elif kind == "npy":
@@ -782,10 +650,15 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
         else:
             X, y = _load_idx(path, labels)
         shape = tuple(X.shape[1:]) if kind == "idx" and 3 <= X.ndim <= 4 else None
+        unlabelled = info.get("label_missing")
+        if unlabelled is not None and y is not None:
+            y = _missing_labels(y, unlabelled)
         X, y = _check_data(X, y, spec)
         auto = ("none" if kind == "pickle" else "pixels" if kind == "idx" or (
             kind != "csv" and X.dtype == np.uint8) else "standard")
-        return Data(X, y, spec, auto_scale=auto, label_name=info.get("label_name"), shape=shape)
+        return Data(X, y, spec, auto_scale=auto, label_name=info.get("label_name"), shape=shape,
+                    dialect=info.get("dialect"), names=info.get("names"),
+                    unlabelled=unlabelled)
     except MemoryError:
         raise DataError(f"{spec}: not enough memory to read it") from None
 
@@ -811,8 +684,26 @@ def source_files(spec: PathLike, labels: Optional[PathLike] = None) -> list[Path
     return [p for p in (path, beside) if p is not None and p.exists()]
 
 
-def _check_data(X: Array, y: Optional[Array], spec: str) -> XY:
+def _missing_labels(y: Array, unlabelled: Array) -> Array:
+    """Labels with the missing ones set apart: NaN among numbers, the text
+    of the others among class names (the rows are dropped before use)."""
+    if y.dtype.kind == "U":
+        present = y[~unlabelled]
+        y = y.copy()
+        y[unlabelled] = present[0] if len(present) else ""
+    return y
+
+
+def _check_data(X: Any, y: Optional[Array], spec: str) -> tuple[Any, Optional[Array]]:
     """X as 2-D numeric rows (images flattened) and y as matching labels or targets."""
+    from fastnn.table import Table
+
+    if isinstance(X, Table):
+        if len(X) == 0:
+            raise DataError(f"{spec} has no samples")
+        if y is not None and y.ndim == 1 and y.dtype.kind != "U":
+            y = as_int_labels(y)
+        return X, y
     if X.dtype.kind not in "biuf":
         raise DataError(f"{spec}: features must be numbers, not {X.dtype}")
     if X.ndim == 1 or X.ndim == 0:

@@ -110,7 +110,13 @@ def _prepared(net):
     return plain, pre.class_names(), pre.task, shift
 
 
-def _metadata(net, source=None, classes=None, task=None):
+def _columns(net):
+    """The network's raw-column encoding (fastnn.columns.Columns), or None."""
+    pre = net.preprocessing
+    return None if pre is None else pre.columns
+
+
+def _metadata(net, source=None, classes=None, task=None, columns=None):
     """fastnn's description of a network as string pairs (ONNX metadata_props)."""
     meta = {
         "fastnn_version": __version__,
@@ -137,6 +143,12 @@ def _metadata(net, source=None, classes=None, task=None):
         # a value of its own so that onnx_text's escapes are the only ones
         meta["n_classes"] = str(len(classes))
         meta.update((f"class_{k}", name) for k, name in enumerate(classes))
+    if columns is not None:
+        # the graph takes encoded rows: the table that encodes raw ones
+        # (fastnn.columns; a JSON value, escaped as every other) and the
+        # name of each input
+        meta["columns"] = json.dumps(columns.to_dict(), ensure_ascii=True)
+        meta["input_names"] = json.dumps(columns.unit_names(), ensure_ascii=True)
     return {key: onnx_text(value) for key, value in meta.items()}
 
 
@@ -246,10 +258,11 @@ def python_text(text):
 
 
 def python_literal(value):
-    """The Python literal of a str, int, float, None or tuple of them, in ASCII."""
+    """The Python literal of a str, int, float, None or tuple of them (maybe
+    nested), in ASCII."""
     if isinstance(value, tuple):
-        if not all(isinstance(v, (str, int, float, type(None))) for v in value):
-            raise TypeError(f"no literal for {value!r}")
+        for v in value:
+            python_literal(v)
     elif not isinstance(value, (str, int, float, type(None))):
         raise TypeError(f"no literal for {value!r}")
     return ascii(value)
@@ -455,6 +468,7 @@ def onnx_model(net, source=None):
     onnx = _require_onnx()
     from onnx import TensorProto, helper
 
+    columns = _columns(net)
     net, classes, task, shift = _prepared(net)
     _check_exportable(net, ONNX_ACTIVATIONS)
     g = _Graph(net)
@@ -518,7 +532,7 @@ def onnx_model(net, source=None):
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                               doc_string=onnx_text(_description(net, source)))
     model.ir_version = ONNX_IR_VERSION
-    helper.set_model_props(model, _metadata(net, source, classes, task))
+    helper.set_model_props(model, _metadata(net, source, classes, task, columns))
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -946,6 +960,7 @@ def c_source(net, source=None, name="model.c"):
     -------
     str
     """
+    columns = _columns(net)
     net, classes, task, shift = _prepared(net)
     _check_exportable(net, C_ACTIVATIONS)
     ctype = C_TYPES[np.dtype(net.dtype)]
@@ -1026,8 +1041,113 @@ def c_source(net, source=None, name="model.c"):
     elif task == "regression":
         parts.append("\n/* A regression: output holds the predicted target values */\n"
                      "#define FASTNN_REGRESSION 1\n")
+    if columns is not None:
+        parts.append(_c_columns(columns))
     parts.append("\n" + _C_MAIN)
     return "".join(parts)
+
+
+def _c_columns(columns):
+    """The C of a raw-column encoding: its tables, fastnn_category (a text to
+    its index among a column's categories), fastnn_encode (a raw row to the
+    network's input row) and fastnn_predict_raw (both, then fastnn_predict).
+    Every name and category is a string literal through c_text."""
+    items = columns.columns
+    kinds = {"numeric": 0, "categorical": 1, "dropped": 2}
+    first, categories = [], []
+    for c in items:
+        first.append(len(categories))
+        categories.extend(c.categories)
+
+    def ints(values):
+        return ", ".join(str(int(v)) for v in values)
+
+    def strings(values):
+        return ",\n".join(f'    "{c_text(v)}"' for v in values) or '    ""'
+
+    fills = ", ".join(repr(float(c.fill)) if c.fill is not None else "0.0" for c in items)
+    return f"""
+/* The encoding of raw rows (fastnn.columns; README, "Exporting models"). Column j of a
+   raw row, in the training file's order, is numeric (kind 0: values[j], NAN when missing),
+   categorical (kind 1: codes[j], the index of its value among the column's categories as
+   fastnn_category gives it, FASTNN_UNSEEN for a value not seen in training, FASTNN_MISSING
+   when missing) or dropped (kind 2: not read). */
+#include <string.h>
+
+#define FASTNN_N_COLUMNS {len(items)}
+#define FASTNN_UNSEEN (-1)
+#define FASTNN_MISSING (-2)
+static const char *const fastnn_column_names[{len(items)}] = {{
+{strings([c.name for c in items])}
+}};
+static const int fastnn_column_kind[{len(items)}] = {{{ints(kinds[c.kind] for c in items)}}};
+static const double fastnn_column_fill[{len(items)}] = {{{fills}}};
+static const int fastnn_column_indicator[{len(items)}] = {{{ints(c.indicator for c in items)}}};
+static const int fastnn_column_other[{len(items)}] = {{{ints(c.other for c in items)}}};
+static const int fastnn_column_missing[{len(items)}] = {{{ints(c.missing for c in items)}}};
+static const int fastnn_column_n_categories[{len(items)}] = {{{ints(len(c.categories) for c in items)}}};
+static const int fastnn_column_first[{len(items)}] = {{{ints(first)}}};
+static const char *const fastnn_categories[{max(len(categories), 1)}] = {{
+{strings(categories)}
+}};
+
+/* The name of raw column `column` (as in the training file's header, escaped). */
+const char *fastnn_column_name(int column)
+{{
+    return column >= 0 && column < FASTNN_N_COLUMNS ? fastnn_column_names[column] : 0;
+}}
+
+/* The index of `value` among column `column`'s categories, or FASTNN_UNSEEN. */
+int fastnn_category(int column, const char *value)
+{{
+    int k;
+    if (column < 0 || column >= FASTNN_N_COLUMNS || fastnn_column_kind[column] != 1)
+        return FASTNN_UNSEEN;
+    for (k = 0; k < fastnn_column_n_categories[column]; k++)
+        if (strcmp(fastnn_categories[fastnn_column_first[column] + k], value) == 0)
+            return k;
+    return FASTNN_UNSEEN;
+}}
+
+/* A raw row (values and codes, FASTNN_N_COLUMNS each; see above) as the network's
+   input row (FASTNN_N_INPUTS): a missing number is the training median (and its 0/1
+   unit 1), a category one-hot, an unseen one zeros (or its column's other unit). */
+void fastnn_encode(const double *values, const int *codes, float *input)
+{{
+    int j, k, at = 0;
+    for (j = 0; j < FASTNN_N_COLUMNS; j++) {{
+        if (fastnn_column_kind[j] == 0) {{
+            int gone = values[j] != values[j];
+            input[at++] = (float)(gone ? fastnn_column_fill[j] : values[j]);
+            if (fastnn_column_indicator[j])
+                input[at++] = (float)gone;
+        }} else if (fastnn_column_kind[j] == 1) {{
+            int n = fastnn_column_n_categories[j], units = n + fastnn_column_other[j]
+                                                          + fastnn_column_missing[j];
+            int code = codes[j], unit = -1;
+            for (k = 0; k < units; k++)
+                input[at + k] = 0;
+            if (code >= 0 && code < n)
+                unit = code;
+            else if (code == FASTNN_MISSING && fastnn_column_missing[j])
+                unit = n + fastnn_column_other[j];
+            else if (code != FASTNN_MISSING && fastnn_column_other[j])
+                unit = n;
+            if (unit >= 0)
+                input[at + unit] = 1;
+            at += units;
+        }}
+    }}
+}}
+
+/* fastnn_encode, then fastnn_predict: the predicted class (see fastnn_predict). */
+int fastnn_predict_raw(const double *values, const int *codes, float *output)
+{{
+    float input[FASTNN_N_INPUTS];
+    fastnn_encode(values, codes, input);
+    return fastnn_predict(input, output);
+}}
+"""
 
 
 def export_c(net, path, source=None, force=False):
@@ -1089,6 +1209,11 @@ CHUNK = {chunk}
 # a regression's predict gives the outputs, which are the target values
 CLASSES = {classes}
 REGRESSION = {regression}
+# The encoding of raw rows, or None (see encode): one entry per column of the
+# training rows, (name, kind, fill, indicator, categories, other, missing).
+COLUMNS = {columns}
+MISSING = {markers}
+IDENTITY = {identity}
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz_literal})
 
 
@@ -1205,9 +1330,83 @@ def _forward(a):
     return a
 
 
+def _number_text(x):
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 2 ** 53 else repr(x)
+
+
+def _cell(value):
+    """("missing", None), ("number", x) or ("text", s) of one raw cell."""
+    if value is None:
+        return "missing", None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return ("missing", None) if value != value else ("number", float(value))
+    text = str(value).strip()
+    if text in MISSING:
+        return "missing", None
+    try:
+        number = float(text)
+    except ValueError:
+        return "text", text
+    return ("number", number) if number == number else ("text", text)
+
+
+def encode(rows):
+    """Raw rows as the network's inputs, float64 (n, N_INPUTS): a mapping of
+    columns by name (a dict, a pandas DataFrame) or a sequence of rows in the
+    training columns' order, cells as text or numbers (None, NaN and MISSING
+    missing). A missing number is the training median (and its 0/1 unit 1),
+    a category one-hot, an unseen one zeros (or its column's other unit)."""
+    if hasattr(rows, "keys"):
+        cells = []
+        for name, kind, _, _, _, _, _ in COLUMNS:
+            if kind != "dropped" and name not in rows:
+                raise ValueError("the rows have no column %r, which the model takes" % (name,))
+            cells.append(None if kind == "dropped" else list(rows[name]))
+        n = len(next(c for c in cells if c is not None))
+    else:
+        rows = [list(row) for row in rows]
+        for i, row in enumerate(rows):
+            if len(row) != len(COLUMNS):
+                raise ValueError("row %d has %d columns; the model takes %d"
+                                 % (i, len(row), len(COLUMNS)))
+        cells = [[row[j] for row in rows] for j in range(len(COLUMNS))]
+        n = len(rows)
+    out = np.zeros((n, N_INPUTS))
+    at = 0
+    for (name, kind, fill, indicator, categories, other, missing), column in zip(COLUMNS, cells):
+        if kind == "numeric":
+            for i, value in enumerate(column):
+                what, x = _cell(value)
+                if what == "text":
+                    raise ValueError("column %r, row %d is not a number: %r" % (name, i, x))
+                out[i, at] = fill if what == "missing" else x
+                if indicator:
+                    out[i, at + 1] = what == "missing"
+            at += 1 + indicator
+        elif kind == "categorical":
+            index = dict((c, k) for k, c in enumerate(categories))
+            for i, value in enumerate(column):
+                what, x = _cell(value)
+                if what == "missing":
+                    unit = len(categories) + other if missing else -1
+                else:
+                    unit = index.get(_number_text(x) if what == "number" else x,
+                                     len(categories) if other else -1)
+                if unit >= 0:
+                    out[i, at + unit] = 1.0
+            at += len(categories) + other + missing
+    return out
+
+
 def forward(X):
     """Output activations, shape (n, {n_out}), for raw feature rows X of shape
-    (n, {n_in}) (one row may be given as a 1-d array), in the network's dtype."""
+    (n, {n_in}) (one row may be given as a 1-d array), in the network's dtype;
+    with COLUMNS, the raw rows that encode() takes."""
+    if COLUMNS is not None:
+        numbers = isinstance(X, np.ndarray) and X.dtype.kind in "biuf"
+        if not (IDENTITY and numbers):
+            X = encode(X[None, :] if isinstance(X, np.ndarray) and X.ndim == 1 else X)
     X = np.asarray(X)
     if X.ndim == 1:
         X = X[None, :]
@@ -1245,9 +1444,18 @@ def predict(X):
 def main(argv):
     args = [a for a in argv if a != "--outputs"]
     if len(args) != 1:
-        sys.stderr.write("usage: python %s ROWS.npy [--outputs]\\n" % os.path.basename(__file__))
+        sys.stderr.write("usage: python %s ROWS.npy|ROWS.csv [--outputs]\\n"
+                         % os.path.basename(__file__))
         return 2
-    X = np.load(args[0], allow_pickle=False)
+    if args[0].lower().endswith(".csv"):
+        import csv
+
+        # comma-separated, a header naming the columns
+        with open(args[0], newline="", encoding="utf-8-sig") as f:
+            lines = [row for row in csv.reader(f) if row]
+        X = dict((name, [row[j] for row in lines[1:]]) for j, name in enumerate(lines[0]))
+    else:
+        X = np.load(args[0], allow_pickle=False)
     if "--outputs" in argv or REGRESSION:
         np.savetxt(sys.stdout, forward(X), fmt="%.9g")
     elif CLASSES is not None:
@@ -1300,6 +1508,7 @@ def numpy_module(net, npz_name, source=None, module="model"):
     weights are read from `npz_name`, relative to the module's own file.
     Convolution is im2col plus a matrix product, pooling a reduction over
     strided views, on images (n, H, W, C) as fastnn keeps them."""
+    columns = _columns(net)
     net, classes, task, shift = _prepared(net)
     _check_exportable(net, NUMPY_ACTIVATIONS)
     uint8 = net.input_dtype == "uint8"
@@ -1329,7 +1538,21 @@ def numpy_module(net, npz_name, source=None, module="model"):
         input_scaling=python_literal(shift is not None),
         npz_literal=python_literal(npz_name),
         classes=python_literal(None if classes is None else tuple(classes)),
-        regression=python_literal(task == "regression"))
+        regression=python_literal(task == "regression"),
+        columns=_python_columns(columns),
+        markers=python_literal(None if columns is None else tuple(columns.markers)),
+        identity=python_literal(columns is not None and columns.identity))
+
+
+def _python_columns(columns):
+    """COLUMNS of the NumPy module: one literal line per column (every string
+    through python_literal, in ASCII), or None."""
+    if columns is None:
+        return "None"
+    lines = [python_literal((c.name, c.kind, None if c.fill is None else float(c.fill),
+                             int(c.indicator), tuple(c.categories), int(c.other),
+                             int(c.missing))) for c in columns.columns]
+    return "(\n" + "".join(f"    {line},\n" for line in lines) + ")"
 
 
 def numpy_weights(net, shift=None):

@@ -337,6 +337,7 @@ def _schema(version: int, architecture: dict[str, Any]) -> Any:
     from fastnn.optimizers import OPTIMIZERS
     from fastnn.schema import (AnyJSON, Bool, Int, JSONText, ListOf, MapOf, Maybe, OneOf,
                                Real, Record, Text)
+    from fastnn.csvfile import DECIMALS, DELIMITERS
     from fastnn.training import AUGMENTATIONS
 
     count = Int(0, MAX_COUNT)
@@ -363,7 +364,8 @@ def _schema(version: int, architecture: dict[str, Any]) -> Any:
         "data": Maybe(Text()), "labels": Maybe(Text()),
         "label_col": Maybe(OneOf(Text(), Int(1, MAX_COUNT))), "val": Maybe(Text()),
         "test": Maybe(Text()), "limit": Maybe(Int(1, MAX_COUNT)), "epochs": count,
-        "epochs_done": count}, extra=AnyJSON())
+        "epochs_done": count, "delimiter": Text(choices=DELIMITERS),
+        "decimal": Text(choices=DECIMALS)}, extra=AnyJSON())
     cli_options = Record(optional={
         "batch_size": Int(1, MAX_COUNT), "lr": positive, "optimizer": optimizer_name,
         "momentum": rate, "betas": ListOf(rate, 2, 2), "eps": positive, "l2": Real(0),

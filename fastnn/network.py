@@ -27,8 +27,10 @@ from fastnn.losses import get_loss
 from fastnn.metrics import predicted_labels
 from fastnn.plan import Plan
 from fastnn.schedules import Schedule
+from fastnn.table import is_table_like
 
 if TYPE_CHECKING:
+    from fastnn.columns import Columns
     from fastnn.layers import Layer
     from fastnn.preprocessing import Preprocessing
 
@@ -269,9 +271,16 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         return check_X(image_rows(X, self.plan.input_shape, name), self.sizes[0], name)
 
     def _inputs(self, X: ArrayLike, name: str = "X") -> Array:
-        """Rows X (or images) checked and scaled as the kernels take them."""
+        """Rows X (or images) encoded, checked and scaled as the kernels take
+        them: raw tabular rows (a Table, a DataFrame, text) are encoded by
+        the preprocessing's columns first."""
+        pre = self.preprocessing
+        if pre is not None and pre.columns is not None:
+            X = pre.columns.encode(X, name)
+        elif is_table_like(X):
+            X = _numbers_only(X, name)
         X = self._rows(X, name)
-        return X if self.preprocessing is None else self.preprocessing.transform_X(X, self.dtype)
+        return X if pre is None else pre.transform_X(X, self.dtype)
 
     def _targets(self, X: Array, y: ArrayLike, name: str = "y") -> tuple[Array, Optional[Array]]:
         if self.preprocessing is not None:
@@ -298,7 +307,10 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             progress: Optional[Callable[[int, int, int], object]] = None,
             verbose: int = 0, task: Optional[str] = None,
             scale: Optional[str] = None, weight_decay: Optional[float] = None,
-            clip_norm: Optional[float] = None, restore_best: bool = False) -> History:
+            clip_norm: Optional[float] = None, restore_best: bool = False,
+            categorical: Optional[Iterable[Union[str, int]]] = None,
+            drop: Optional[Iterable[Union[str, int]]] = None,
+            missing: Optional[Sequence[str]] = None) -> History:
         """Train by mini-batch gradient descent with backpropagation.
 
         Each epoch visits the rows in a fresh random order, `batch_size` at a
@@ -418,6 +430,9 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         scale : {"standard", "minmax", "pixels", "none", "auto"}, optional
             Feature scaling learned from X (see `prepare`); without it, the
             inputs are used as given (uint8 pixels divided by 255).
+        categorical, drop, missing : optional
+            For tabular X (see `prepare`): the columns to read as categories
+            and to leave out, and the cells that mean missing.
 
         Returns
         -------
@@ -446,9 +461,13 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             kernel runs, then passed to the SIGINT handler that was in place;
             fit raises KeyboardInterrupt if that handler returns.)
         """
-        if task is not None or scale is not None or (
+        tabular = categorical is not None or drop is not None or missing is not None or (
+            is_table_like(X) and (self.preprocessing is None
+                                  or self.preprocessing.columns is None))
+        if task is not None or scale is not None or tabular or (
                 self.preprocessing is None and np.asarray(y).dtype.kind in "USO"):
-            self.prepare(X, y, task=task, scale=scale)
+            self.prepare(X, y, task=task, scale=scale, categorical=categorical, drop=drop,
+                         missing=missing)
         X = self._inputs(X)
         Y, labels = self._targets(X, y)
         weights = training.sample_weights(sample_weight, class_weight, labels, len(X),
@@ -479,7 +498,11 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         return trainer.run()
 
     def prepare(self, X: ArrayLike, y: ArrayLike, task: Optional[str] = None,
-                scale: Optional[str] = None) -> "Preprocessing":
+                scale: Optional[str] = None, *,
+                categorical: Optional[Iterable[Union[str, int]]] = None,
+                drop: Optional[Iterable[Union[str, int]]] = None,
+                missing: Optional[Sequence[str]] = None,
+                columns: Optional["Columns"] = None) -> "Preprocessing":
         """Learn what the network does to raw rows and labels, from training
         data (fit calls it when given a task or a scaling).
 
@@ -495,16 +518,38 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             pixels: x / 255; none: as given (uint8 too); auto: pixels for
             uint8 X, else standard. A constant feature becomes 0.
 
+        Tabular rows (a pandas DataFrame, a ``fastnn.table.Table``, an array of
+        text, or any X given with one of the options below) get a
+        ``fastnn.columns.Columns`` encoding, applied before the scaling
+        (``auto`` is then standard): numeric columns as they are (a
+        missing value filled with the training median, and a 0/1 unit
+        saying so when the training rows had any), text columns (and a
+        DataFrame's object, string and category columns) one-hot encoded in
+        sorted order. The network's first layer must take the encoded width
+        (``Columns.learn(X, ...).n_features``).
+
+        categorical : names or 1-based numbers of columns, optional
+            Columns of numbers to read as categories.
+        drop : names or 1-based numbers of columns, optional
+            Columns to leave out (an ID, a free-text name).
+        missing : strings, optional
+            The cells that mean missing (fastnn.table.MISSING by default:
+            empty, NA, NaN, null, ? ...).
+        columns : fastnn.columns.Columns, optional
+            An encoding already learned from X, used instead of learning one.
+
         A network that has been trained keeps what it learned: asking for
         another task or scaling raises ConfigError.
         """
+        from fastnn.columns import Columns
         from fastnn.preprocessing import Preprocessing, resolve_scale
 
-        X = self._rows(X)
-        if scale is not None:
-            scale = resolve_scale(scale, "pixels" if X.dtype == np.uint8 else "standard")
         old = self.preprocessing
         if old is not None and self.epochs_trained:
+            if scale is not None:
+                raw = old.columns is None and not is_table_like(X)
+                scale = resolve_scale(scale, "pixels" if raw and self._rows(X).dtype == np.uint8
+                                      else "standard")
             kept = old.scaling.kind if old.scaling is not None else None
             if scale is not None and scale != kept:
                 raise ConfigError(f"this network was trained with scale={kept!r}; it cannot "
@@ -513,7 +558,22 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                 raise ConfigError(f"this network was trained for task={old.task!r}; it cannot "
                                   f"change to {task!r}")
             return old
-        self.preprocessing = Preprocessing.learn(X, y, self.sizes[-1], task, scale)
+        if columns is None and (categorical is not None or drop is not None
+                                or missing is not None or is_table_like(X)):
+            columns = Columns.learn(X, categorical=categorical, drop=drop, missing=missing)
+        if columns is not None:
+            if columns.n_features != self.sizes[0]:
+                raise DataError(f"X encodes to {columns.n_features} inputs ({columns.kinds_text()}), "
+                                f"but this network's first layer takes {self.sizes[0]}; build it "
+                                f"with {columns.n_features} inputs")
+        rows = None if columns is not None else self._rows(X)
+        if rows is not None:
+            X = rows
+        if scale is not None:
+            scale = resolve_scale(scale, "pixels" if rows is not None and rows.dtype == np.uint8
+                                  else "standard")
+        self.preprocessing = Preprocessing.learn(X, y, self.sizes[-1], task, scale,
+                                                 columns=columns)
         return self.preprocessing
 
     def check_data(self, X: ArrayLike, y: Optional[ArrayLike] = None) -> None:
@@ -665,6 +725,20 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         """
         from fastnn.io import save
         save(self, path, force=force, weights_only=weights_only)
+
+
+def _numbers_only(X: Any, name: str) -> Array:
+    """Tabular rows given to a network without a columns encoding: their
+    numbers, if they are only numbers; else a DataError that says how to
+    train for them."""
+    from fastnn.table import as_table
+
+    table = as_table(X, source=name)
+    block = table.numeric()
+    if block is None:
+        raise DataError(f"{name} has text or missing values, but this network was trained on "
+                        f"numbers only; train it on such rows (fit encodes them) to use them")
+    return block
 
 
 def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:

@@ -20,12 +20,15 @@ Which task and which classes labels mean is decided in one place,
 ``fastnn._validation.infer_targets``.
 """
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from fastnn._validation import MAX_CLASSES, TASKS, infer_targets
 from fastnn.exceptions import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from fastnn.columns import Columns
 
 #: Feature scalings by name (``auto`` is resolved to one of them by `resolve_scale`).
 SCALINGS = ("standard", "minmax", "pixels", "none")
@@ -137,6 +140,12 @@ class Preprocessing:
         For regression, what each target column was standardised with.
     target_names : list of str or None
         The target columns' names (from a CSV header), for ``predict``.
+    columns : fastnn.columns.Columns or None
+        For tabular rows (a CSV with a header, text or missing values, a
+        DataFrame): each raw column's kind, categories and missing-value
+        fill, applied before the scaling (which then leaves the 0/1 units of
+        categories and missing values as they are). None: rows are numbers
+        used as given.
     """
 
     task: Optional[str] = None
@@ -145,14 +154,22 @@ class Preprocessing:
     target_mean: Optional[np.ndarray] = None
     target_scale: Optional[np.ndarray] = None
     target_names: Optional[list] = field(default=None)
+    columns: Optional["Columns"] = None
 
     # ------------------------------------------------------------- learning
 
     @classmethod
-    def learn(cls, X, y, n_outputs, task=None, scale=None, name="y"):
-        """Learn from checked training rows X and raw labels y for a network of
-        `n_outputs` units. Raises DataError when the labels do not fit."""
-        pre = cls(scaling=None if scale is None else Scaling.fit(scale, X))
+    def learn(cls, X, y, n_outputs, task=None, scale=None, name="y", columns=None):
+        """Learn from training rows X (checked rows, or with `columns` raw rows
+        that it encodes) and raw labels y for a network of `n_outputs`
+        units. Raises DataError when the labels do not fit."""
+        if columns is not None:
+            X = columns.encode(X)
+        pre = cls(scaling=None if scale is None else Scaling.fit(scale, X), columns=columns)
+        if columns is not None and pre.scaling is not None and pre.scaling.offset is not None:
+            units = ~columns.numeric_units()
+            pre.scaling.offset[units] = 0.0
+            pre.scaling.scale[units] = 1.0
         y_arr = np.asarray(y)
         if task is None and y_arr.dtype.kind in "USO":
             task = "classification"    # text can only name classes
@@ -190,6 +207,11 @@ class Preprocessing:
         return pre
 
     # ------------------------------------------------------------ applying
+
+    def encode_X(self, X, name="X"):
+        """Raw rows X as the network's inputs before scaling: encoded by
+        `columns` (see fastnn.columns), or X itself without them."""
+        return X if self.columns is None else self.columns.encode(X, name)
 
     def transform_X(self, X, dtype):
         """Checked rows X as the kernels take them."""
@@ -274,6 +296,8 @@ class Preprocessing:
         if self.target_mean is not None:
             d["targets"] = {"mean": self.target_mean.tolist(),
                             "scale": self.target_scale.tolist(), "names": self.target_names}
+        if self.columns is not None:
+            d["columns"] = self.columns.to_dict()
         return d
 
     @classmethod
@@ -283,6 +307,10 @@ class Preprocessing:
             return None
         pre = cls(task=d.get("task"), classes=d.get("classes"),
                   scaling=None if d.get("scaling") is None else Scaling.from_dict(d["scaling"]))
+        if d.get("columns") is not None:
+            from fastnn.columns import Columns
+
+            pre.columns = Columns.from_dict(d["columns"])
         targets = d.get("targets")
         if targets is not None:
             pre.target_mean = np.array(targets["mean"], np.float64)
@@ -296,6 +324,7 @@ class Preprocessing:
 def schema(max_units):
     """The spec of the ``preprocessing`` header field (fastnn.schema), shared
     by every model format version."""
+    from fastnn.columns import schema as columns_schema
     from fastnn.schema import Int, ListOf, Maybe, OneOf, Real, Record, Text
 
     values = ListOf(Real(), 1, max_units)
@@ -312,17 +341,21 @@ def schema(max_units):
                                                               max_units)},
                                     optional={"names": Maybe(ListOf(Text(MAX_NAME), 1,
                                                                     max_units))})),
+            "columns": Maybe(columns_schema(max_units)),
         },
-        defaults={"task": None, "classes": None, "scaling": None, "targets": None}))
+        defaults={"task": None, "classes": None, "scaling": None, "targets": None,
+                  "columns": None}))
 
 
 def check_fields(pre, n_inputs, n_outputs):
     """Checks of a checked ``preprocessing`` field against the network's sizes
     (raises SchemaError)."""
+    from fastnn.columns import check_field
     from fastnn.schema import SchemaError
 
     if pre is None:
         return
+    check_field(pre["columns"], n_inputs)
     scaling, targets, classes = pre["scaling"], pre["targets"], pre["classes"]
     if scaling is not None:
         per_feature = scaling["kind"] in ("standard", "minmax")

@@ -62,6 +62,11 @@ def summary_lines(net: "Network") -> list[str]:
         lines.append(f"inputs: {net.input_dtype or 'not trained yet'} ({scale})")
     else:
         lines.append(f"task: {shown(pre.task_text())}")
+        if pre.columns is not None:
+            lines.append(f"columns: {shown(pre.columns.summary()[len('Columns: '):])}")
+            missing = pre.columns.missing_summary()
+            if missing:
+                lines.append(f"missing values: {shown(missing[len('Missing values: '):])}")
         lines.append(f"scaling: {pre.scaling_text()}")
     lines.append(f"epochs trained: {net.epochs_trained}")
     if info["optimizer"]:

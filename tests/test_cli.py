@@ -221,13 +221,19 @@ def test_old_numpy_pickles_of_nielsens_file_load(tmp_path):
 BAD_INPUTS = [
     ("missing", lambda d: d / "nope.csv", "nope.csv: no such file, and not a known dataset"),
     ("directory", lambda d: d, "is a directory"),
-    ("unknown format", lambda d: _write(d / "notes.txt", b"hello world\n"), "unknown data format"),
-    ("non-numeric CSV", lambda d: _write(d / "bad.csv", b"a,b,label\n1,2,0\n3,x,1\n"),
-     "bad.csv: row 3, column b is not a number: 'x'"),
+    ("unknown format", lambda d: _write(d / "notes.dat", b"hello world\n"), "unknown data format"),
+    # a column of numbers with one text among them: named, with the ways on
+    ("non-numeric CSV", lambda d: _write(d / "bad.csv", b"a,b,label\n" + b"1,2,0\n" * 20
+                                         + b"3,x,1\n"),
+     "bad.csv: row 22, column b is not a number: 'x', where 20 of its 21 values are; mark such "
+     "values missing with --missing, read the column as categories with --categorical b, "
+     "leave it out with --drop b, or name the label column with --label-col"),
     ("ragged CSV", lambda d: _write(d / "ragged.csv", b"1,2,0\n3,4\n"),
      "ragged.csv: row 2 has 2 columns, the first row has 3"),
-    ("NaN in features", lambda d: _write(d / "nan.csv", b"1,2,0\nnan,4,1\n"),
-     "nan.csv: row 2, column 1 is nan, not a finite number"),
+    ("inf in features", lambda d: _write(d / "inf.csv", b"1,2,0\ninf,4,1\n"),
+     "inf.csv: row 2, column 1 is inf, not a finite number"),
+    ("all missing", lambda d: _write(d / "gone.csv", b"a,b,label\n1,,0\n2,NA,1\n"),
+     "gone.csv: column b is missing on every row; --drop b leaves it out"),
     ("empty CSV", lambda d: _write(d / "empty.csv", b""), "empty.csv is empty"),
     ("header only", lambda d: _write(d / "head.csv", b"a,b,label\n"), "has a header but no rows"),
     ("empty npz", lambda d: _npz(d / "e.npz", np.zeros((0, 16)), np.zeros(0)), "has no samples"),

@@ -232,7 +232,7 @@ def test_invalid_configuration_is_one_clear_error(kwargs, message):
     (np.ones(6), np.zeros(1, int), r"must be 2-D .* X.reshape\(1, -1\)"),
     (np.ones((0, 6)), np.zeros(0, int), "X is empty"),
     (np.array([[1, 2, 3, 4, 5, np.nan]]), np.zeros(1, int), r"NaN or infinity \(first at row 0, column 5\)"),
-    (np.array([["a"] * 6]), np.zeros(1, int), "must be numeric"),
+    (np.array([["a"] * 2]), np.zeros(1, int), "X encodes to 2 inputs .* first layer takes 6"),
     (np.ones((5, 6)), np.zeros(4, int), "X has 5 samples but y has 4"),
     (np.ones((2, 6)), np.array([0, 3]), "label 3 at row 1, but the output layer's 3 unit"),
     (np.ones((2, 6)), np.array([0, -1]), "label -1 at row 1"),
