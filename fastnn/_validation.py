@@ -52,7 +52,7 @@ def check_X(X: Any, n_features: int, name: str = "X") -> Array:
         X = X.astype(np.float64)
     X = np.ascontiguousarray(X)
     if X.dtype.kind == "f":
-        from fastnn import _core   # the compiled kernels: a single pass, no temporary
+        import fastnn._core as _core   # the compiled kernels: a single pass, no temporary
 
         r = _core.first_nonfinite_row(X)
         if r >= 0:
