@@ -17,6 +17,28 @@ from fastnn.exceptions import ConfigError, DataError
 #: Input dtypes the kernels read directly (uint8 is scaled to [0, 1]).
 INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
 
+#: Entries the NumPy fallback of first_nonfinite_row tests at a time: its
+#: temporary mask stays at 1 MB however large X is (a memory-mapped file).
+FINITE_CHUNK = 1 << 20
+
+
+def first_nonfinite_row(X: Array) -> int:
+    """The first row of a C-contiguous float X with a NaN or an infinity, or
+    -1: one GIL-free pass in the compiled core, without a temporary; in
+    blocks of FINITE_CHUNK entries with NumPy where the core is not built
+    (backend='numpy')."""
+    try:
+        import fastnn._core as _core
+    except ImportError:
+        rows = max(1, FINITE_CHUNK // max(1, X.shape[1]))
+        for start in range(0, len(X), rows):
+            bad = ~np.isfinite(X[start:start + rows]).all(axis=1)
+            if bad.any():
+                return start + int(np.argmax(bad))
+        return -1
+    return int(_core.first_nonfinite_row(X))
+
+
 def _first_bad(mask):
     """(row, column) of the first True in a 2-D boolean mask."""
     r, c = np.unravel_index(np.argmax(mask), mask.shape)
@@ -52,9 +74,7 @@ def check_X(X: Any, n_features: int, name: str = "X") -> Array:
         X = X.astype(np.float64)
     X = np.ascontiguousarray(X)
     if X.dtype.kind == "f":
-        import fastnn._core as _core   # the compiled kernels: a single pass, no temporary
-
-        r = _core.first_nonfinite_row(X)
+        r = first_nonfinite_row(X)
         if r >= 0:
             c = int(np.flatnonzero(~np.isfinite(X[r]))[0])
             raise DataError(f"{name} contains NaN or infinity (first at row {r}, column {c})")

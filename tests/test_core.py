@@ -513,3 +513,16 @@ def test_first_nonfinite_row_finds_nan_and_both_infinities_anywhere(dtype):
             Y[r, c] = value
             Y[30, 3] = value
             assert _core.first_nonfinite_row(Y) == min(r, 30)
+
+
+def test_the_input_check_falls_back_to_numpy_without_the_compiled_core(monkeypatch):
+    import sys
+
+    from fastnn import _validation
+    X = np.ones((3000, 700), np.float32)
+    X[2500, 5] = np.nan
+    assert _validation.first_nonfinite_row(X) == 2500
+    monkeypatch.setitem(sys.modules, "fastnn._core", None)    # import fails
+    assert _validation.first_nonfinite_row(X) == 2500
+    X[2500, 5] = 1
+    assert _validation.first_nonfinite_row(X) == -1
