@@ -1,0 +1,95 @@
+"""Real-looking CSV files (issue 20, the Bar): scikit-learn's bundled data sets
+with text categories and missing values added in a seeded, documented way,
+and public CSV files that pip packages ship, each trained as it is with only
+--label-col (and --task regression for a numeric target)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastnn.cli import main
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("sklearn")
+
+
+def mixed(name, seed=0):
+    """(train, test, regression) of scikit-learn's `name` data set made to look
+    like a real export: its first three features binned by quartile into the
+    text categories low/mid/high/top (a feature of at most four values: its
+    values named so, in order), 10 % of the cells of the next three
+    features and 5 % of the first category column missing (drawn with
+    `seed`), the label first (as class names for a classifier); split 75/25,
+    stratified for a classifier, with random_state=0."""
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+
+    d = getattr(datasets, f"load_{name}")(as_frame=True)
+    df = d.frame.copy()
+    rng = np.random.default_rng(seed)
+    features = [c for c in df.columns if c != "target"]
+    names = ["low", "mid", "high", "top"]
+    for c in features[:3]:
+        values = np.sort(df[c].unique())
+        if len(values) <= 4:                  # diabetes's sex: two values, two names
+            df[c] = df[c].map(dict(zip(values.tolist(), names)))
+        else:
+            df[c] = pd.qcut(df[c], 4, labels=names).astype(str)
+    for c in features[3:6]:
+        df.loc[rng.random(len(df)) < 0.10, c] = np.nan
+    df.loc[rng.random(len(df)) < 0.05, features[0]] = np.nan
+    regression = name == "diabetes"
+    if not regression:
+        df["target"] = np.array(d.target_names)[d.target]
+    df = df[["target", *features]]
+    train, test = train_test_split(df, test_size=0.25, random_state=0,
+                                   stratify=None if regression else df["target"])
+    return train, test, regression
+
+
+def run(*args, code=0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "diabetes"])
+def test_every_mixed_file_trains_as_it_is(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    train, test, regression = mixed(name)
+    train.to_csv("train.csv", index=False)
+    test.to_csv("test.csv", index=False)
+    task = ["--task", "regression"] if regression else []
+    out = run("train", "train.csv", "--label-col", "target", *task, "--epochs", "3", "--seed",
+              "0", "-o", "m.safetensors").output
+    assert "3 categorical" in out and "Missing values:" in out
+    report = json.loads(run("eval", "m.safetensors", "test.csv", "--json").stdout)
+    assert report["n"] == len(test)
+    predicted = run("predict", "m.safetensors", "test.csv").stdout.splitlines()
+    assert len(predicted) == len(test) + 1
+
+
+def test_a_csv_that_matplotlib_ships_trains_as_it_is(tmp_path, monkeypatch):
+    # Microsoft's share prices: a text Date column (a different text on every
+    # row: noted as an ID) and numbers; the target is the last column
+    matplotlib = pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    path = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "msft.csv"
+    result = run("train", path, "--task", "regression", "--epochs", "2", "--seed", "0",
+                 "-o", "m.safetensors")
+    assert "Columns: 5 numeric, 1 categorical (Date: " in result.output
+    assert "Note: column Date has a different text on every row" in result.output
+    report = json.loads(run("eval", "m.safetensors", path, "--json").stdout)
+    assert report["n"] == 65 and "r2" in report
+
+
+def test_a_csv_whose_first_row_is_not_its_header_is_refused_in_one_line(tmp_path):
+    # scikit-learn's own wine_data.csv starts with "178,13,class_0,class_1,class_2"
+    import sklearn
+
+    path = Path(sklearn.__file__).parent / "datasets" / "data" / "wine_data.csv"
+    result = run("train", path, "-o", tmp_path / "m.safetensors", code=1)
+    assert result.output.endswith("wine_data.csv: the header names 5 columns, the rows have "
+                                  "14\n") and result.output.count("\n") == 1
