@@ -221,9 +221,10 @@ def read_csv(path: Any, label_col: Union[str, int, None] = None,
         names = [cell.strip() or f"column{j + 1}" for j, cell in enumerate(first)]
         if not sample:
             raise DataError(f"{name} has a header but no rows")
-    col = _label_column(label_col, names, width, name, optional=label_optional)
     if n_features is not None and width == n_features:
         col = None                 # exactly the features a model takes: no label column
+    else:
+        col = _label_column(label_col, names, width, name, optional=label_optional)
     if col is not None and names is not None:
         info["label_name"] = names[col]
     features = [j for j in range(width) if j != col]

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from fastnn.cli import main
-from fastnn.csvfile import Dialect, parse_delimiter, sniff
+from fastnn.csvfile import Dialect, parse_delimiter, read_csv, sniff
 from fastnn.data import load_data
 from fastnn.exceptions import ConfigError
 
@@ -120,3 +120,14 @@ def test_train_on_a_semicolon_file_says_the_dialect_and_eval_reads_it(tmp_path, 
     result = run("train", "--resume", "t.safetensors", "--epochs", "1", "--delimiter", ";")
     assert result.exit_code == 1 and "--delimiter is fixed by the model file" in result.output
     assert run("train", "--resume", "t.safetensors", "--epochs", "1").exit_code == 0
+
+
+@pytest.mark.parametrize("label_col", ["label", "7", "1"])
+def test_a_file_exactly_as_wide_as_the_features_has_no_label_column(tmp_path, label_col):
+    # predict on the features alone: the model's label column (by name or
+    # number) is not looked for in a file that has just the model's inputs
+    path = tmp_path / "features.csv"
+    path.write_text("1,2,3\n4,5,6\n")
+    X, y = read_csv(path, label_col=label_col, n_features=3, label_optional=True)
+    assert y is None
+    np.testing.assert_array_equal(X, [[1, 2, 3], [4, 5, 6]])
