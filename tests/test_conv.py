@@ -367,14 +367,28 @@ def test_chunks_give_the_step_of_the_whole_batch():
     assert_allclose(runs[0], runs[1], rtol=1e-12, atol=1e-14)
 
 
-def test_dropout_layers_match_finite_differences_of_the_training_loss():
+DROPOUT_NETS = {
+    "tanh, l2pool, dropout on the input": (
+        [(6, 6, 2), Dropout(0.3), Conv2D(3, 3, padding="same"), L2Pool2D(2), Dropout(0.4),
+         Dense(5), Dense(3)], "tanh", [0.5]),
+    # Nielsen's chapter-6 row 6 in small: ReLU conv-pool layers, dropout on the
+    # 4-D pooled output (before the implied Flatten) and on both hidden Dense
+    "relu, maxpool, row 6 of chapter 6": (
+        [(12, 12, 1), Conv2D(3, 3), MaxPool2D(2), Conv2D(4, 2), MaxPool2D(2), Dropout(0.5),
+         Dense(7), Dropout(0.5), Dense(6), Dropout(0.5), Dense(3)], "relu", None),
+}
+
+
+@pytest.mark.parametrize("net", list(DROPOUT_NETS))
+def test_dropout_layers_match_finite_differences_of_the_training_loss(net):
     # the masks depend only on (seed, row position, layer), so the training
     # loss with dropout is a function of the parameters: one SGD step of the
     # kernel on one batch moves the parameters by -lr times its gradient
-    plan = Plan.parse([(6, 6, 2), Dropout(0.3), Conv2D(3, 3, padding="same"), L2Pool2D(2),
-                       Dropout(0.4), Dense(5), Dense(3)], activation="tanh", output="softmax")
-    X, Y = _data(6, (6, 6, 2), np.float64)
-    args = _epoch(plan, X, Y, np.float64, batch=6, lr=1e-3, dropout=[0.5])
+    layers, activation, dropout = DROPOUT_NETS[net]
+    plan = Plan.parse(layers, activation=activation, output="softmax")
+    shape = layers[0]
+    X, Y = _data(6, shape, np.float64)
+    args = _epoch(plan, X, Y, np.float64, batch=6, lr=1e-3, dropout=dropout)
     args["order"] = np.arange(6)
     before = args["params"].copy()
     _core.train_epoch(**args)
@@ -394,6 +408,7 @@ def test_dropout_layers_match_finite_differences_of_the_training_loss():
         numeric[i] = (loss(up) - loss(down)) / (2 * h)
     assert np.count_nonzero(keep < 1) == 3
     assert_allclose(grad, numeric, rtol=1e-4, atol=1e-7)
+    assert all(np.count_nonzero(W) > 0 for W, _ in _kernels.param_views(grad, table))
     # and the masks did something: without them the gradient differs
     plain = _epoch(plan, X, Y, np.float64, batch=6, lr=1e-3, params=before.copy())
     plain["keep"], plain["order"] = np.ones(len(table)), np.arange(6)
