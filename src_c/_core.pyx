@@ -55,6 +55,7 @@ from libc.float cimport DBL_MIN, FLT_MIN
 from libc.math cimport exp, isfinite, log, logf, pow, sqrt, sqrtf, tanh, tanhf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 from cython.parallel cimport parallel
 from scipy.linalg.cython_blas cimport dgemm, sgemm
@@ -285,8 +286,8 @@ cdef int layout_init(Layout* lay, const int64_t* table, Py_ssize_t n_layers,
         g.col_t = l == 0 and g.kind == CONV2D and g.kw * g.in_c < SHORT_SPAN
         if g.b_off >= 0:
             lay.n_params = g.b_off + g.out_c
-        if g.kind == CONV2D and g.block * g.K > col:
-            col = g.block * g.K
+        if g.kind == CONV2D and conv_scratch(g) > col:
+            col = conv_scratch(g)
     # A_0 .. A_L
     for l in range(n_layers + 1):
         lay.a_off[l] = a
@@ -485,6 +486,9 @@ cdef extern from "smallgemm.h":
                                   float* C, Py_ssize_t ldc) noexcept nogil
     void sg_nt "fastnn_sg_nt"(Py_ssize_t N, Py_ssize_t I, Py_ssize_t O, const float* D,
                               const float* W, float* out, Py_ssize_t ldo) noexcept nogil
+    void sg_transpose_bias "fastnn_sg_transpose_bias"(
+        Py_ssize_t R, Py_ssize_t C, const float* src, Py_ssize_t lds, const float* bias,
+        float* dst, Py_ssize_t ldd) noexcept nogil
 
 
 # Chunks of at most this many rows take the register-blocked float32 kernels
@@ -495,6 +499,21 @@ cdef extern from "smallgemm.h":
 cdef Py_ssize_t SMALL_ROWS_DEFAULT = 12
 cdef bint SMALL_GEMM = sg_available() != 0
 cdef Py_ssize_t small_rows = SMALL_ROWS_DEFAULT if SMALL_GEMM else 0
+
+
+# A first convolution layer (col_t) in float32 takes smallgemm.h's kernels
+# for its two products instead of BLAS, whose packing dominates at its short
+# K (25 for 5x5 on one channel): see conv_forward_impl, conv_backward_impl.
+cdef bint small_conv = SMALL_GEMM
+
+
+cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
+    """Entries of a convolution's scratch: its im2col block, and for a layer
+    with col_t (which may take the small-GEMM path) also its output block
+    transposed (out_c, block) and its weight gradient transposed (out_c, K)."""
+    if g.col_t:
+        return g.block * g.K + g.block * g.out_c + g.out_c * g.K
+    return g.block * g.K
 
 
 cdef inline bint small(Py_ssize_t rows) noexcept nogil:
@@ -1047,6 +1066,12 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
 
     The bias is folded into the GEMM (rows prefilled, beta = 1), and an
     elementwise activation is applied to each block while it is in cache.
+    A first layer in float32 (g.col_t and small_conv) computes the block
+    transposed instead, Z^T (F, nr) = W^T (F, K) @ colT (K, nr), with
+    smallgemm.h (F rows in blocks of 6, nr columns in panels of 16: every
+    lane used, where Z's own F = 20 columns would leave 12 of 32 idle), then
+    transposes it into Z adding b. col then holds colT (K, block) and the
+    transposed block (F, block) after it.
     """
     cdef Py_ssize_t blk, r0, nr, r, j, F = g.out_c, rows = N * g.pixels
     cdef floating* z
@@ -1054,6 +1079,14 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
         r0 = blk * g.block
         nr = g.block if r0 + g.block <= rows else rows - r0
         z = Z + r0 * F
+        if floating is float:
+            if g.col_t and small_conv:
+                im2col_t(A, g, r0, nr, col)
+                sg_gemm(F, nr, g.K, 1, W, 1, F, col, nr, 0, col + g.block * g.K, nr)
+                sg_transpose_bias(F, nr, col + g.block * g.K, nr, b, z, F)
+                if g.act != SOFTMAX:
+                    activate_flat(g.act, slope, z, nr * F)
+                continue
         for r in range(nr):
             for j in range(F):
                 z[r * F + j] = b[j]
@@ -1085,10 +1118,31 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
     From Z = im2col(A) @ W + b: dC/dW = im2col(A)^T delta, dC/db = sum of
     delta over pixels and samples, dC/dA = col2im(delta W^T). W_out may be
     W itself (a fused SGD step): dA is complete before W changes. A layer
-    with g.col_t has no dA.
+    with g.col_t has no dA; in float32 with small_conv it sums
+    dW^T (F, K) = D^T (F, nr) @ col (nr, K) over the blocks with smallgemm.h
+    (F rows in blocks of 6, K columns), in col after the im2col block, and
+    then steps W_out with it.
     A, dA (N, H*W*C), W, W_out (K, F), D (N*OH*OW, F), col (block, K).
     """
-    cdef Py_ssize_t blk, r0, nr, i, F = g.out_c, rows = N * g.pixels
+    cdef Py_ssize_t blk, r0, nr, i, k, F = g.out_c, rows = N * g.pixels
+    cdef floating* WT
+    if floating is float:
+        if g.col_t and small_conv:
+            WT = col + g.block * g.K + g.block * F
+            for blk in range((rows + g.block - 1) // g.block):
+                r0 = blk * g.block
+                nr = g.block if r0 + g.block <= rows else rows - r0
+                im2col(A, g, r0, nr, col)
+                sg_gemm(F, g.K, nr, 1, D + r0 * F, 1, F, col, g.K, 0 if r0 == 0 else 1, WT,
+                        g.K)
+            for k in range(g.K):
+                for i in range(F):
+                    if beta_w == 0:
+                        W_out[k * F + i] = alpha * WT[i * g.K + k]
+                    else:
+                        W_out[k * F + i] = beta_w * W_out[k * F + i] + alpha * WT[i * g.K + k]
+            bias_update_impl(D, alpha, beta_b, b_out, colsum, rows, F)
+            return
     if dA != NULL:
         for i in range(N * g.n_in):
             dA[i] = 0
@@ -1165,32 +1219,13 @@ cdef void maxpool_backward_impl(const floating* D, const int32_t* argmax, floati
     """dA := D routed to where each maximum was (added up where windows
     overlap).  D, argmax (N, OH*OW*C), dA (N, H*W*C).
 
-    Windows that tile the input exactly (stride = size, dividing H and W;
-    2x2 pooling of an even image) write each entry of dA once, the
-    gradient or 0; others clear dA, then add each gradient where its
-    maximum was."""
-    cdef Py_ssize_t n, i, oy, ox, ky, kx, c, off, C = g.in_c
-    cdef const int32_t* idx
-    cdef const floating* s
+    dA is cleared, then each gradient added where its maximum was: a
+    branch-free scatter. (Writing each entry of dA once, the gradient where
+    idx matched else 0, was a data-dependent branch per entry that missed
+    on a quarter of them: 8x slower for 2x2 pooling.)"""
+    cdef Py_ssize_t n, i
     cdef floating* d
-    if (g.sh == g.kh and g.sw == g.kw and g.out_h * g.kh == g.in_h
-            and g.out_w * g.kw == g.in_w):
-        for n in range(N):
-            d = dA + n * g.n_in
-            s = D + n * g.n_out
-            idx = argmax + n * g.n_out
-            for oy in range(g.out_h):
-                for ox in range(g.out_w):
-                    for ky in range(g.kh):
-                        for kx in range(g.kw):
-                            off = ((oy * g.kh + ky) * g.in_w + ox * g.kw + kx) * C
-                            for c in range(C):
-                                d[off + c] = s[c] if idx[c] == off + c else 0
-                    s += C
-                    idx += C
-        return
-    for i in range(N * g.n_in):
-        dA[i] = 0
+    memset(dA, 0, N * g.n_in * sizeof(floating))
     for n in range(N):
         d = dA + n * g.n_in
         for i in range(n * g.n_out, (n + 1) * g.n_out):
@@ -2283,6 +2318,17 @@ def get_small_rows():
     return small_rows
 
 
+def set_small_conv(bint on):
+    """Whether a first convolution layer in float32 uses smallgemm.h's kernels
+    (the default where the CPU has AVX2 and FMA) or BLAS; returns the previous
+    setting. For tests and benchmarks: it applies to the whole process, so
+    call it while no kernel runs."""
+    global small_conv
+    previous = small_conv
+    small_conv = on and SMALL_GEMM
+    return bool(previous)
+
+
 def small_gemm_available():
     """Whether this CPU runs smallgemm.h's kernels (AVX2 and FMA)."""
     return bool(SMALL_GEMM)
@@ -2512,8 +2558,8 @@ def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] 
     cdef Geometry g = _geometry(CONV2D, N, X.shape[1], X.shape[2], X.shape[3], out.shape[1],
                                 out.shape[2], out.shape[3], (W.shape[0], W.shape[1]), stride,
                                 padding)
-    cdef floating[::1] col = _scratch(g.block * g.K, <floating> 0)
     g.col_t = g.kw * g.in_c < SHORT_SPAN
+    cdef floating[::1] col = _scratch(conv_scratch(&g), <floating> 0)
     if N == 0:
         return
     with nogil:
@@ -2537,12 +2583,12 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
     cdef Geometry g = _geometry(CONV2D, N, X.shape[1], X.shape[2], X.shape[3], D.shape[1],
                                 D.shape[2], D.shape[3], (W.shape[0], W.shape[1]), stride,
                                 padding)
-    cdef floating[::1] col = _scratch(g.block * g.K, <floating> 0)
+    g.col_t = dX is None and g.kw * g.in_c < SHORT_SPAN
+    cdef floating[::1] col = _scratch(conv_scratch(&g), <floating> 0)
     cdef floating[::1] colsum = _scratch(g.out_c, <floating> 0)
     cdef floating* dA = NULL
     if dX is not None and N > 0:
         dA = &dX[0, 0, 0, 0]
-    g.col_t = dX is None and g.kw * g.in_c < SHORT_SPAN
     if N == 0:
         dW[...] = 0
         db[...] = 0

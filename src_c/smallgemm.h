@@ -18,6 +18,10 @@
  *                   (a block of columns of a wider matrix): dot products along
  *                   the contiguous O of D and W, 4 rows x 3 columns of out at
  *                   a time (12 ymm accumulators), reduced together at the end.
+ *   fastnn_sg_transpose_bias
+ *                   dst (C, R) := src (R, C)^T + bias (R,) along dst's rows:
+ *                   a convolution's output block computed transposed (filters
+ *                   x pixels) put back in NHWC order, 8 x 8 at a time.
  *
  * Used by the dense layers' forward (Z = A W + b), input delta (D W^T) and
  * weight step (W = beta W + alpha A^T D) when a chunk has few rows; the
@@ -286,6 +290,49 @@ SG_TARGET static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const 
     }
 }
 
+/* dst[c * ldd + r] := src[r * lds + c] + bias[r] for r < R, c < C: 8 x 8
+   blocks transposed in registers (unpack, shuffle, swap of 128-bit halves),
+   the edges one entry at a time. */
+SG_TARGET static void fastnn_sg_transpose_bias(ptrdiff_t R, ptrdiff_t C, const float* src,
+                                               ptrdiff_t lds, const float* bias,
+                                               float* dst, ptrdiff_t ldd) {
+    const ptrdiff_t R8 = R & ~(ptrdiff_t) 7, C8 = C & ~(ptrdiff_t) 7;
+    for (ptrdiff_t r = 0; r < R8; r += 8) {
+        const __m256 b = _mm256_loadu_ps(bias + r);
+        for (ptrdiff_t c = 0; c < C8; c += 8) {
+            const float* s = src + r * lds + c;
+            __m256 v[8], t[8], u[8];
+            for (int i = 0; i < 8; i++)
+                v[i] = _mm256_loadu_ps(s + i * lds);
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+            }
+            /* u[j] (j < 4) holds column j of rows 0..3 in its low half and
+               column j + 4 of those rows in its high half; u[j + 4] rows 4..7 */
+            float* d = dst + c * ldd + r;
+            for (int j = 0; j < 4; j++) {
+                _mm256_storeu_ps(d + j * ldd,
+                                 _mm256_add_ps(_mm256_permute2f128_ps(u[j], u[j + 4], 0x20), b));
+                _mm256_storeu_ps(d + (j + 4) * ldd,
+                                 _mm256_add_ps(_mm256_permute2f128_ps(u[j], u[j + 4], 0x31), b));
+            }
+        }
+        for (ptrdiff_t c = C8; c < C; c++)
+            for (ptrdiff_t i = 0; i < 8; i++)
+                dst[c * ldd + r + i] = src[(r + i) * lds + c] + bias[r + i];
+    }
+    for (ptrdiff_t c = 0; c < C; c++)
+        for (ptrdiff_t r = R8; r < R; r++)
+            dst[c * ldd + r] = src[r * lds + c] + bias[r];
+}
+
 #else   /* not GCC on x86: no kernels; fastnn_sg_available() says so */
 #define FASTNN_SG 0
 static int fastnn_sg_available(void) { return 0; }
@@ -295,6 +342,9 @@ static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
                            float* C, ptrdiff_t ldc) { }
 static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const float* D,
                          const float* W, float* out, ptrdiff_t ldo) { }
+static void fastnn_sg_transpose_bias(ptrdiff_t R, ptrdiff_t C, const float* src,
+                                     ptrdiff_t lds, const float* bias, float* dst,
+                                     ptrdiff_t ldd) { }
 #endif
 
 #endif

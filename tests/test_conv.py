@@ -137,6 +137,72 @@ def test_conv_blocks_give_the_whole_product():
     assert_allclose(dW.reshape(200, 6), col.T @ D.reshape(-1, 6), rtol=1e-12)
 
 
+@pytest.fixture(params=[True, False], ids=["small_conv", "blas"])
+def small_conv(request):
+    """Both paths of a first convolution layer in float32: smallgemm.h's
+    kernels (where the CPU has AVX2 and FMA) and BLAS."""
+    if request.param and not _core.small_gemm_available():
+        pytest.skip("this CPU lacks AVX2 or FMA: only the BLAS path exists")
+    previous = _core.set_small_conv(request.param)
+    yield request.param
+    _core.set_small_conv(previous)
+
+
+@pytest.mark.parametrize("N, H, C, F, kernel, stride, padding", [
+    (10, 28, 1, 20, 5, 1, "valid"),     # MNIST's first layer: 5,760 pixels in 5 blocks
+    (3, 13, 1, 7, 5, 1, "same"),        # F below 8: the transpose's edge only
+    (2, 11, 3, 9, 3, 2, "same"),        # RGB, stride 2, F = 8 + 1
+    (1, 9, 2, 33, (3, 5), 1, "valid"),  # F = 4 x 8 + 1, a pixel count not a multiple of 8
+    (64, 12, 1, 16, 3, 1, "same"),      # many blocks, F a multiple of 8
+])
+def test_a_first_layer_in_float32_takes_either_path_to_round_off(small_conv, N, H, C, F,
+                                                                 kernel, stride, padding):
+    # the product the first layer's forward and weight gradient compute,
+    # against the definition in float64; a weight gradient written without
+    # being read (dW starts as NaN)
+    rng = np.random.default_rng(5)
+    X, W, b, stride, pad, shape = conv_case(rng, np.float32, N, H, H, C, F, kernel, stride,
+                                            padding)
+    D = rand(rng, shape, np.float32)
+    out = np.full(shape, np.nan, np.float32)
+    _core.conv2d_forward(X, W, b, stride, pad, out)
+    X64, W64 = X.astype(np.float64), W.astype(np.float64)
+    want = conv_naive(X64, W64, b.astype(np.float64), stride, pad, shape)
+    scale = np.abs(X64).max() * np.abs(W64).sum(axis=(0, 1, 2)).max()
+    assert np.abs(out - want).max() <= 4e-7 * scale
+    dW, db = np.full_like(W, np.nan), np.full_like(b, np.nan)
+    _core.conv2d_backward(X, W, D, stride, pad, dW, db)
+    dW64, db64 = np.empty_like(W64), np.empty(F)
+    ref.conv2d_backward(X64, W64, D.astype(np.float64), stride, pad, dW64, db64)
+    scale = np.abs(X64).max() * np.abs(D).astype(np.float64).sum(axis=(0, 1, 2)).max()
+    assert np.abs(dW - dW64).max() <= 4e-7 * scale
+    assert_allclose(db, db64, rtol=1e-5, atol=1e-4)
+
+
+def test_a_conv_net_trains_the_same_on_either_first_layer_path():
+    # an epoch of a float32 conv net (the first layer on smallgemm.h or on
+    # BLAS; SGD fuses the step into the weight gradient there, Adam does not)
+    # gives the same weights to float32 round-off
+    if not _core.small_gemm_available():
+        pytest.skip("this CPU lacks AVX2 or FMA: only the BLAS path exists")
+    rng = np.random.default_rng(6)
+    X = rng.random((300, 196), dtype=np.float32)
+    y = rng.integers(0, 4, 300)
+    for optimizer, lr in (("sgd", 0.1), ("adam", 1e-3)):
+        weights = []
+        for on in (True, False):
+            previous = _core.set_small_conv(on)
+            try:
+                net = Network([(14, 14, 1), Conv2D(12, 5), MaxPool2D(2), Dense(20), Dense(4)],
+                              activation="relu", output="softmax", loss="cross_entropy",
+                              dtype="float32", seed=3)
+                net.fit(X, y, epochs=2, batch_size=10, lr=lr, optimizer=optimizer)
+            finally:
+                _core.set_small_conv(previous)
+            weights.append(net._params.copy())
+        assert_allclose(weights[0], weights[1], rtol=2e-4, atol=2e-5)
+
+
 POOL_CASES = [
     # N, H, W, C, size, stride
     (2, 6, 6, 3, 2, None),              # windows tiling the image
