@@ -178,9 +178,11 @@ cdef Py_ssize_t INT_MAX = 2147483647
 
 # Entries of one im2col block: 32768 floats are 128 kB, which stays in the
 # L2 cache beside the GEMM's packed panels. A block has at least MIN_BLOCK
-# rows, however long they are, so that its GEMM is not a sliver.
+# rows, however long they are, so that its GEMM is not a sliver: BLAS packs
+# W once per block, and at MNIST's second layer (K = 500) 65-row blocks
+# spent 6-8 % more time than 128-row ones (benchmarks/README.md).
 cdef Py_ssize_t COL_ENTRIES = 32768
-cdef Py_ssize_t MIN_BLOCK = 32
+cdef Py_ssize_t MIN_BLOCK = 128
 # A convolution whose window rows hold fewer entries than this (kw*C: 5 for
 # MNIST's first layer) builds its im2col matrix transposed, where a copy is
 # a run of output pixels along a row of the image; it is only done where no
@@ -2316,6 +2318,18 @@ def units_threads(const int64_t[:, ::1] table, Py_ssize_t capacity, int optimize
 def get_small_rows():
     """The largest chunk whose dense layers use smallgemm.h (0: none)."""
     return small_rows
+
+
+def set_conv_blocking(Py_ssize_t entries, Py_ssize_t min_rows):
+    """A convolution's product is done a block of rows (output pixels) at a
+    time: COL_ENTRIES // K rows, at least MIN_BLOCK. Sets both; returns the
+    previous pair. For benchmarks: it applies to the layouts made after the
+    call, process-wide."""
+    global COL_ENTRIES, MIN_BLOCK
+    _check(entries >= 1 and min_rows >= 1, "set_conv_blocking: values must be >= 1")
+    previous = (COL_ENTRIES, MIN_BLOCK)
+    COL_ENTRIES, MIN_BLOCK = entries, min_rows
+    return previous
 
 
 def set_small_conv(bint on):

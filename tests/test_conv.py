@@ -203,6 +203,27 @@ def test_a_conv_net_trains_the_same_on_either_first_layer_path():
         assert_allclose(weights[0], weights[1], rtol=2e-4, atol=2e-5)
 
 
+def test_an_epoch_does_not_depend_on_the_convolution_block_size():
+    # blocks of 1 row, of 7, and the default: the same weights (float64)
+    rng = np.random.default_rng(8)
+    X = rng.random((40, 100))
+    y = rng.integers(0, 3, 40)
+    weights = []
+    for entries, min_rows in ((1, 1), (7 * 25, 7), (None, None)):
+        previous = _core.set_conv_blocking(entries, min_rows) if entries else None
+        try:
+            net = Network([(10, 10, 1), Conv2D(6, 5), MaxPool2D(2), Conv2D(4, 3, padding="same"),
+                           Dense(3)], activation="tanh", output="softmax",
+                          loss="cross_entropy", dtype="float64", seed=2)
+            net.fit(X, y, epochs=2, batch_size=8, lr=0.1)
+        finally:
+            if previous:
+                _core.set_conv_blocking(*previous)
+        weights.append(net._params.copy())
+    assert_allclose(weights[0], weights[2], rtol=1e-11, atol=1e-13)
+    assert_allclose(weights[1], weights[2], rtol=1e-11, atol=1e-13)
+
+
 POOL_CASES = [
     # N, H, W, C, size, stride
     (2, 6, 6, 3, 2, None),              # windows tiling the image
