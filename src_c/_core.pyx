@@ -488,6 +488,10 @@ cdef extern from "smallgemm.h":
                                   float* C, Py_ssize_t ldc) noexcept nogil
     void sg_nt "fastnn_sg_nt"(Py_ssize_t N, Py_ssize_t I, Py_ssize_t O, const float* D,
                               const float* W, float* out, Py_ssize_t ldo) noexcept nogil
+    void sg_maxpool "fastnn_sg_maxpool"(
+        const float* src, float* out, int32_t* idx, Py_ssize_t C, Py_ssize_t OH,
+        Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+        Py_ssize_t W) noexcept nogil
     void sg_transpose_bias "fastnn_sg_transpose_bias"(
         Py_ssize_t R, Py_ssize_t C, const float* src, Py_ssize_t lds, const float* bias,
         float* dst, Py_ssize_t ldd) noexcept nogil
@@ -1194,6 +1198,11 @@ cdef void maxpool_forward_impl(const floating* A, floating* out, int32_t* argmax
         src = A + n * g.n_in
         dst = out + n * g.n_out
         idx = argmax + n * g.n_out
+        if floating is float:
+            if SMALL_GEMM:
+                # the same, 8 channels at a time (smallgemm.h)
+                sg_maxpool(src, dst, idx, C, g.out_h, g.out_w, g.kh, g.kw, g.sh, g.sw, g.in_w)
+                continue
         for oy in range(g.out_h):
             for ox in range(g.out_w):
                 off = (oy * g.sh * g.in_w + ox * g.sw) * C

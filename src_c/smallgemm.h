@@ -18,6 +18,9 @@
  *                   (a block of columns of a wider matrix): dot products along
  *                   the contiguous O of D and W, 4 rows x 3 columns of out at
  *                   a time (12 ymm accumulators), reduced together at the end.
+ *   fastnn_sg_maxpool
+ *                   one sample's max-pooling: the maximum of each window and
+ *                   its index, 8 channels at a time (compare and blend).
  *   fastnn_sg_transpose_bias
  *                   dst (C, R) := src (R, C)^T + bias (R,) along dst's rows:
  *                   a convolution's output block computed transposed (filters
@@ -333,6 +336,47 @@ SG_TARGET static void fastnn_sg_transpose_bias(ptrdiff_t R, ptrdiff_t C, const f
             dst[c * ldd + r] = src[r * lds + c] + bias[r];
 }
 
+/* One sample of max-pooling, NHWC: out[(oy*OW + ox)*C + c] := the maximum of
+   src over the window at (oy*sh, ox*sw) of kh x kw pixels, channel c, and
+   idx := its index (y*W + x)*C + c in the sample. The first maximum in
+   row-major window order wins a tie; a NaN wins, and a later NaN over an
+   earlier one (PyTorch's v > max or isnan(v)): take = (v > best) | (v != v). */
+SG_TARGET static void fastnn_sg_maxpool(const float* src, float* out, int32_t* idx,
+                                        ptrdiff_t C, ptrdiff_t OH, ptrdiff_t OW,
+                                        ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                        ptrdiff_t sw, ptrdiff_t W) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (ptrdiff_t oy = 0; oy < OH; oy++)
+        for (ptrdiff_t ox = 0; ox < OW; ox++) {
+            float* o = out + (oy * OW + ox) * C;
+            int32_t* q = idx + (oy * OW + ox) * C;
+            for (ptrdiff_t c = 0; c < C; c += 8) {
+                const ptrdiff_t n = C - c < 8 ? C - c : 8;
+                const __m256i m = sg_mask(n);
+                const int32_t off0 = (int32_t) ((oy * sh * W + ox * sw) * C + c);
+                __m256 best = _mm256_maskload_ps(src + off0, m);
+                __m256i at = _mm256_add_epi32(_mm256_set1_epi32(off0), lane);
+                for (ptrdiff_t ky = 0; ky < kh; ky++)
+                    for (ptrdiff_t kx = 0; kx < kw; kx++) {
+                        if (ky == 0 && kx == 0)
+                            continue;
+                        const int32_t off =
+                            (int32_t) (((oy * sh + ky) * W + ox * sw + kx) * C + c);
+                        const __m256 v = _mm256_maskload_ps(src + off, m);
+                        const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
+                                                         _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                        best = _mm256_blendv_ps(best, v, take);
+                        at = _mm256_castps_si256(_mm256_blendv_ps(
+                            _mm256_castsi256_ps(at),
+                            _mm256_castsi256_ps(_mm256_add_epi32(_mm256_set1_epi32(off), lane)),
+                            take));
+                    }
+                _mm256_maskstore_ps(o + c, m, best);
+                _mm256_maskstore_epi32(q + c, m, at);
+            }
+        }
+}
+
 #else   /* not GCC on x86: no kernels; fastnn_sg_available() says so */
 #define FASTNN_SG 0
 static int fastnn_sg_available(void) { return 0; }
@@ -345,6 +389,9 @@ static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const float* D,
 static void fastnn_sg_transpose_bias(ptrdiff_t R, ptrdiff_t C, const float* src,
                                      ptrdiff_t lds, const float* bias, float* dst,
                                      ptrdiff_t ldd) { }
+static void fastnn_sg_maxpool(const float* src, float* out, int32_t* idx, ptrdiff_t C,
+                              ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t kh, ptrdiff_t kw,
+                              ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t W) { }
 #endif
 
 #endif

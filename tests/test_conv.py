@@ -260,15 +260,16 @@ def test_pools_match_reference(case, dtype):
             assert_allclose(got, want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10)
 
 
-def test_maxpool_ties_go_to_the_first_element_and_nan_wins():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool_ties_go_to_the_first_element_and_nan_wins(dtype):
     # one channel, 2x2 windows: ties at the window's first element in row-major
     # order; a NaN wins over numbers, and the last NaN over earlier ones (PyTorch)
     X = np.array([[1.0, 1.0, 5.0, 2.0],
                   [1.0, 0.0, 5.0, 5.0],
                   [np.nan, 3.0, 7.0, np.nan],
-                  [9.0, np.nan, np.nan, 1.0]])[None, :, :, None]
+                  [9.0, np.nan, np.nan, 1.0]], dtype)[None, :, :, None]
     for kernels in (_core, ref):
-        out, idx = np.empty((1, 2, 2, 1)), np.empty((1, 2, 2, 1), np.int32)
+        out, idx = np.empty((1, 2, 2, 1), dtype), np.empty((1, 2, 2, 1), np.int32)
         with np.errstate(invalid="ignore"):
             kernels.maxpool_forward(X, (2, 2), (2, 2), out, idx)
         assert out[0, 0, 0, 0] == 1 and idx[0, 0, 0, 0] == 0
@@ -276,22 +277,26 @@ def test_maxpool_ties_go_to_the_first_element_and_nan_wins():
         assert np.isnan(out[0, 1, 0, 0]) and idx[0, 1, 0, 0] == 13       # the later NaN (3, 1)
         assert np.isnan(out[0, 1, 1, 0]) and idx[0, 1, 1, 0] == 14       # (3, 2) after (2, 3)
         dX = np.empty_like(X)
-        kernels.maxpool_backward(np.ones((1, 2, 2, 1)), idx, dX)
+        kernels.maxpool_backward(np.ones((1, 2, 2, 1), dtype), idx, dX)
         assert_array_equal(np.flatnonzero(dX), [0, 2, 13, 14])
 
 
-def test_maxpool_ties_and_nan_as_torch():
+@pytest.mark.parametrize("C", [3, 8, 20])         # the 8-channel blocks and their tails
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool_ties_and_nan_as_torch(dtype, C):
     torch = needs("torch")
     rng = np.random.default_rng(4)
-    X = rng.integers(0, 3, (2, 6, 6, 3)).astype(np.float64)       # many ties
+    X = rng.integers(0, 3, (2, 6, 6, C)).astype(dtype)            # many ties
     X[0, 1, 1, 0] = X[1, 4, 2, 2] = X[1, 5, 3, 2] = np.nan
-    out, idx = np.empty((2, 3, 3, 3)), np.empty((2, 3, 3, 3), np.int32)
+    X[0, 2:4, 2:4, C - 1] = np.nan                                  # a window of NaNs
+    out, idx = np.empty((2, 3, 3, C), dtype), np.empty((2, 3, 3, C), np.int32)
     _core.maxpool_forward(X, (2, 2), (2, 2), out, idx)
     t_out, t_idx = torch.nn.functional.max_pool2d(torch.from_numpy(X).permute(0, 3, 1, 2), 2,
                                                   return_indices=True)
     assert_array_equal(out, t_out.permute(0, 2, 3, 1).numpy())
     # torch's index is y * W + x within a channel's plane; fastnn's (y * W + x) * C + c
-    assert_array_equal(idx // 3, t_idx.permute(0, 2, 3, 1).numpy())
+    assert_array_equal(idx // C, t_idx.permute(0, 2, 3, 1).numpy())
+    assert_array_equal(idx % C, np.broadcast_to(np.arange(C), idx.shape))
 
 
 def test_l2pool_is_torch_lppool_and_zero_windows_have_zero_gradient():
