@@ -84,6 +84,17 @@ def single_threaded_blas():
         yield
 
 
+@contextmanager
+def blas_threads_at_most(n):
+    """Within this block the BLAS libraries run on at most n threads (as many
+    as before, if that is fewer)."""
+    if blas_num_threads() <= n:
+        yield
+        return
+    with _blas().limit(limits=positive_int(n, "threads")):
+        yield
+
+
 def blas_num_threads():
     """The thread count the BLAS libraries run with now (the largest, if
     several are loaded). Read only."""

@@ -382,19 +382,32 @@ ROWS_PER_UNITS_THREAD = 5
 def team_threads(net, units=False, batch_size=1):
     """Threads that share each batch of an epoch: for a network with
     convolution or pooling layers (much of whose work is outside the GEMMs),
-    all of fastnn's threads, each with a single-threaded BLAS; for a dense
-    network whose batches the kernel splits by units (`units`, see
-    `splits_units`), one for every ROWS_PER_UNITS_THREAD rows of a batch, up
-    to all of them, on idle cores only (`blas.idle_cores`; the weights do
-    not depend on the count); for another dense network one, whose GEMMs
-    use the BLAS's threads (see benchmarks/README.md)."""
+    fastnn's threads, each with a single-threaded BLAS; for a dense network
+    whose batches the kernel splits by units (`units`, see `splits_units`),
+    one for every ROWS_PER_UNITS_THREAD rows of a batch, up to fastnn's
+    threads; for another dense network one, whose GEMMs use the BLAS's
+    threads (see benchmarks/README.md, and `epoch_blas_threads`). A team
+    takes idle cores only (`blas.idle_cores`): it meets at a barrier after
+    every step, so it goes at the pace of a thread that shares its core.
+    The weights do not depend on the count."""
     if net.backend != "cython" or not (net.plan.spatial or units):
         return 1
     if units:
-        # only cores nobody else wants: its barriers make it wait for the slowest
         return max(1, min(blas.get_num_threads(), batch_size // ROWS_PER_UNITS_THREAD,
                           blas.idle_cores()))
-    return blas.get_num_threads()
+    return max(1, min(blas.get_num_threads(), blas.idle_cores()))
+
+
+def epoch_blas_threads(team):
+    """The BLAS's threads for an epoch, set by the thread that called fit
+    (threadpoolctl lets only one thread set OpenBLAS's limits: a worker's
+    would do nothing): one for each thread of a team; for a team of one, at
+    most the idle cores. OpenBLAS's threads also wait for each other at
+    every product: next to a nice-19 job, [784, 256, 128, 10] at batch 64
+    took 24 s an epoch on two threads and 4.6 s on one."""
+    if team > 1:
+        return blas.single_threaded_blas()
+    return blas.blas_threads_at_most(blas.idle_cores())
 
 
 def splits_units(net, table, optimizer, hyper, batch_size, chunk):
@@ -529,12 +542,7 @@ class Trainer:
         with interrupts.Deferred() as self.interrupt:
             try:
                 start = time.perf_counter()
-                # a team's threads each call a single-threaded BLAS; the limit
-                # is set here, by the thread that called fit (threadpoolctl
-                # lets only one thread set OpenBLAS's limits: the worker's
-                # would do nothing)
-                with (blas.single_threaded_blas() if self.threads > 1
-                      else contextlib.nullcontext()):
+                with epoch_blas_threads(self.threads):
                     (status, loss_sum, n_correct), in_kernel = run_epoch(
                         net._kernels.train_epoch, self.args, control, tick)
                 in_kernel.deliver()  # into this block's deferral

@@ -81,3 +81,31 @@ def test_forward_in_many_threads_at_once_changes_no_thread_count_and_no_bit(monk
         np.testing.assert_allclose(lone[2], lone[1], rtol=1e-5, atol=1e-6)
     finally:
         set_num_threads(before)
+
+
+def test_an_epoch_takes_only_idle_cores_for_its_blas_threads(monkeypatch):
+    # a dense network at batch 64 (the BLAS path): its epoch's products run on
+    # at most the idle cores (OpenBLAS's threads wait for each other at every
+    # product, so a busy core slows them all), and the count is back after it
+    from fastnn import blas, training
+
+    seen = []
+    run_epoch = training.run_epoch
+
+    def spy(*args, **kwargs):
+        seen.append(blas.blas_num_threads())
+        return run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "run_epoch", spy)
+    before = get_num_threads()
+    X, y = make_classification(n=200, n_features=20)
+    try:
+        set_num_threads(2)
+        for idle, want in ((1, 1), (2, 2), (8, 2)):
+            monkeypatch.setattr(blas, "idle_cores", lambda idle=idle: idle)
+            seen.clear()
+            Network([20, 32, int(y.max()) + 1], seed=0).fit(X, y, epochs=2, batch_size=64)
+            assert seen == [want, want]
+            assert blas.blas_num_threads() == 2
+    finally:
+        set_num_threads(before)

@@ -1,6 +1,7 @@
 """fastnn.fit_many: several networks at once, each as its own fit."""
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -114,10 +115,17 @@ def test_an_error_in_one_network_stops_the_others_and_is_raised(threads):
 def test_ctrl_c_stops_every_network_at_a_batch_and_raises(threads):
     X, y = data(2000)
     threads(2)
+    # once both networks have trained an epoch (each in its own thread):
+    # sent after the first one's first epoch, the signal could come before
+    # the other had begun on a loaded machine, and leave it without a history
+    ran, lock = set(), threading.Lock()
 
     def interrupt_after_first_epoch(epoch, metrics):
-        if epoch == 0:
-            os.kill(os.getpid(), signal.SIGINT)
+        with lock:
+            ran.add(threading.current_thread().name)
+            if len(ran) == 2:
+                ran.add("sent")
+                os.kill(os.getpid(), signal.SIGINT)
 
     nets = [DENSE(1), DENSE(2)]
     with pytest.raises(KeyboardInterrupt):
