@@ -119,6 +119,42 @@ def team(wanted):
             _team_in_use -= size
 
 
+_blas_owner = False  # a forward holds the BLAS at one thread for its team (forward_team)
+
+
+@contextmanager
+def forward_team(chunks, spatial):
+    """Threads for one forward of `chunks` chunks; yields the team's size.
+
+    With a single-threaded BLAS a team of threads takes whole chunks (see
+    team). With a multi-threaded one the chunks run in turn on the BLAS's
+    threads, which suits a dense network (its time is in the products), but
+    not a convolutional one: im2col, pooling and the first layer's kernels
+    run on one thread, and at its products' sizes two BLAS threads gave a
+    conv net's inference 1.1-1.2x one thread's. So a convolutional network's
+    forward, alone and on the main thread (threadpoolctl's limits are set
+    there), holds the BLAS at one thread while its team runs, and restores
+    it after; a forward that runs meanwhile sees a single-threaded BLAS. A
+    chunk's result does not depend on either count."""
+    global _blas_owner
+    own = False
+    if (chunks > 1 and spatial and get_num_threads() > 1 and blas_num_threads() > 1
+            and threading.current_thread() is threading.main_thread()):
+        with _team_lock:
+            if not _blas_owner and _team_in_use == 0:
+                _blas_owner = own = True
+    if not own:
+        with team(chunks if chunks > 1 and blas_num_threads() == 1 else 1) as size:
+            yield size
+        return
+    try:
+        with _blas().limit(limits=1), team(chunks) as size:
+            yield size
+    finally:
+        with _team_lock:
+            _blas_owner = False
+
+
 def idle_cores():
     """Cores that no other runnable thread wants now (Linux: the running
     count of /proc/loadavg, less the caller; elsewhere all of them).

@@ -598,16 +598,15 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         table, _ = self.plan.table()
         chunk = self._chunk(len(X))
         n_chunks = -(-len(X) // max(chunk, 1))
-        # The BLAS's thread count is process-wide, so forward never changes
-        # it (two threads predicting at once would race over it): with a
-        # single-threaded BLAS, a team of threads takes whole chunks, sized by
-        # blas.team so that concurrent forwards share get_num_threads();
-        # otherwise the chunks run in turn on the BLAS's threads. Either way
-        # a chunk's result does not depend on the team (see fastnn.blas).
-        wanted = (n_chunks if n_chunks > 1 and self.backend == "cython"
-                  and blas.blas_num_threads() == 1 else 1)
+        # With a single-threaded BLAS, a team of threads takes whole chunks,
+        # sized by blas.team so that concurrent forwards share
+        # get_num_threads(); otherwise the chunks run in turn on the BLAS's
+        # threads, except for a convolutional network, whose forward holds the
+        # BLAS at one thread for its team (blas.forward_team). A chunk's
+        # result does not depend on the team (see fastnn.blas).
+        chunks = n_chunks if self.backend == "cython" else 1
         out = np.empty((len(X), self.sizes[-1]), dtype=self.dtype)
-        with blas.team(wanted) as threads:
+        with blas.forward_team(chunks, self.plan.spatial) as threads:
             work = np.empty(threads * self._kernels.workspace_size(table, chunk),
                             dtype=self.dtype)
             self._kernels.predict(X, self._params, table, self.slope, work, chunk, out, threads)

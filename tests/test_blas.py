@@ -109,3 +109,37 @@ def test_an_epoch_takes_only_idle_cores_for_its_blas_threads(monkeypatch):
             assert blas.blas_num_threads() == 2
     finally:
         set_num_threads(before)
+
+
+def test_a_conv_nets_forward_holds_the_blas_at_one_thread_for_its_team(monkeypatch):
+    # a convolutional network's forward on the main thread, with a
+    # two-thread BLAS: its chunks go to a team of two threads, each with a
+    # single-threaded BLAS; the BLAS's count is back after, and the outputs
+    # are those of one thread
+    import fastnn._core
+    from fastnn import blas
+    from fastnn.layers import Conv2D, Dense, MaxPool2D
+
+    seen = []
+    predict = fastnn._core.predict
+
+    def watched_predict(*args):
+        seen.append((blas.blas_num_threads(), args[-1]))
+        return predict(*args)
+
+    net = Network([(12, 12, 1), Conv2D(4, 3), MaxPool2D(2), Dense(5)], activation="relu",
+                  output="softmax", loss="cross_entropy", seed=0)
+    X = np.random.default_rng(1).random((5000, 144), dtype=np.float32)
+    before = get_num_threads()
+    try:
+        set_num_threads(1)
+        lone = net.forward(X)
+        set_num_threads(2)
+        monkeypatch.setattr(fastnn._core, "predict", watched_predict)
+        assert net._chunk(len(X)) < len(X)          # several chunks
+        team = net.forward(X)
+        assert seen == [(1, 2)]
+        assert blas.blas_num_threads() == 2
+        np.testing.assert_array_equal(team, lone)
+    finally:
+        set_num_threads(before)
