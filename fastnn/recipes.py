@@ -11,10 +11,15 @@ run leaves open.
   ``benchmarks/tabular.py``): one hidden layer of 100 ReLU units (He
   initialisation), a softmax output with cross-entropy (an identity output
   with quadratic cost for regression), ``adam`` at 1e-3 (or `TABULAR_LR`
-  for another optimizer given), batches of 32, l2 1, up to 200 epochs; with at least `VALIDATION_MIN_ROWS` rows, 10 % of
-  them (stratified, drawn with the seed) are held out and training stops
-  after 20 epochs without a lower validation loss, keeping the weights of
-  the best epoch.
+  for another optimizer given), batches of 32, l2 1, up to 200 epochs;
+  with at least `VALIDATION_MIN_ROWS` rows, 10 % of them (stratified,
+  drawn with the seed) are held out and training stops after 20 epochs
+  without a lower validation loss, keeping the weights of the best epoch.
+  Over 10 seeds it meets the bar of issue 20 where Nielsen's did not
+  (diabetes's R² spread from -0.77 to 0.27); of the variants tried (no
+  held-out rows, 10 % or 20 %, l2 0, 1 or 3, adam at 1e-3 or 3e-3,
+  batches of 16 or 32, adamw), it had the narrowest spread. Without early
+  stopping, diabetes overfits (R² down to 0.04).
 
 ``auto`` (the default) is ``tabular`` for data that is not images (whose
 ``--scale auto`` is ``standard``: CSV files, arrays of floats; not given
@@ -24,10 +29,11 @@ otherwise.
 A recipe fills only what the user did not give: an option given on the
 command line is kept, and the values that depend on it follow it (the
 recipe's learning rate is for its own optimizer, so ``--optimizer sgd``
-gets sgd's; ``--val DATA`` replaces the held-out rows; ``--val-split 0``
+gets `TABULAR_LR`'s; ``--val DATA`` replaces the held-out rows; ``--val-split 0``
 trains on every row, without early stopping).
 """
 from dataclasses import dataclass, field
+
 from fastnn.exceptions import ConfigError
 
 #: The most training rows for which ``--recipe auto`` picks ``tabular``.
