@@ -53,9 +53,12 @@ cross-entropy (identity and mse for regression), adam at lr 0.001,
 batches of 32, l2 1, up to 200 epochs; from 100 rows on, 10% of them are
 held out and training stops after 20 epochs without a lower validation
 loss, keeping the best epoch's weights. Options given always win; train
-prints the recipe it used. Each epoch prints one line (with a progress bar while it runs, on a terminal). Ctrl-C
-stops after the current batch and saves the model; --resume continues it
-(early stopping then counts afresh, and an interrupted epoch starts over).
+prints the recipe it used.
+
+Each epoch prints one line (with a progress bar while it runs, on a
+terminal). Ctrl-C stops after the current batch and saves the model;
+--resume continues it (early stopping then counts afresh, and an
+interrupted epoch starts over).
 An -o or --history file that existed before the run is replaced only when
 the run finishes: until then, checkpoints, Ctrl-C and divergence write
 MODEL.checkpoint.safetensors beside it and say how to resume. Outputs are
