@@ -19,12 +19,13 @@ from fastnn.network import DTYPES
 from fastnn.optimizers import OPTIMIZERS
 from fastnn._validation import TASKS
 from fastnn.preprocessing import SCALINGS
+from fastnn.recipes import CHOICES as RECIPE_CHOICES
 from fastnn.training import AUGMENTATIONS, STALL_EPOCHS, epoch_line, stall_hint
 
 # Options that describe the network: fixed by the model file when resuming.
 ARCHITECTURE = ("layers", "hidden", "input_shape", "activation", "output_activation", "loss",
                 "init", "slope", "dtype", "seed", "task", "scale", "categorical", "drop",
-                "missing")
+                "missing", "recipe")
 # Options of fit() that a resumed run takes from the model file unless given again.
 RESUMABLE = ("batch_size", "lr", "optimizer", "momentum", "betas", "eps", "l2", "l1", "dropout",
              "lr_schedule", "val_split", "early_stopping", "augment", "class_weight", "shuffle",
@@ -43,11 +44,21 @@ TASK_ASK = "--task classification or --task regression"
 
 HELP = """Train a network on DATA (default: mnist) and save it with -o.
 
-The defaults are Nielsen's chapter-1 recipe: one hidden layer of 30 sigmoid
-units, quadratic cost, 30 epochs, mini-batches of 10, eta = 3.0. Each epoch
-prints one line (with a progress bar while it runs, on a terminal). Ctrl-C
-stops after the current batch and saves the model; --resume continues it
-(early stopping then counts afresh, and an interrupted epoch starts over).
+The options not given come from a recipe (--recipe). For images and large
+data it is Nielsen's chapter-1 recipe (nielsen): one hidden layer of 30
+sigmoid units, quadratic cost, 30 epochs, mini-batches of 10, eta = 3.0.
+For tabular data (not images) of at most 10,000 rows it is tabular: one
+hidden layer of 100 relu units (he init), a softmax output with
+cross-entropy (identity and mse for regression), adam at lr 0.001,
+batches of 32, l2 1, up to 200 epochs; from 100 rows on, 10% of them are
+held out and training stops after 20 epochs without a lower validation
+loss, keeping the best epoch's weights. Options given always win; train
+prints the recipe it used.
+
+Each epoch prints one line (with a progress bar while it runs, on a
+terminal). Ctrl-C stops after the current batch and saves the model;
+--resume continues it (early stopping then counts afresh, and an
+interrupted epoch starts over).
 An -o or --history file that existed before the run is replaced only when
 the run finishes: until then, checkpoints, Ctrl-C and divergence write
 MODEL.checkpoint.safetensors beside it and say how to resume. Outputs are
@@ -144,7 +155,7 @@ def choice(registry, exclude=()):
 @click.option("--val", "val_data", metavar="DATA", help="Validation data (any DATA form).")
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
               help="Hold out this fraction of DATA for validation, drawn with the run's seed "
-                   "and stratified by class.")
+                   "and stratified by class [default: tabular 0.1 from 100 rows, nielsen 0].")
 @click.option("--task", type=click.Choice(TASKS),
               help="What the labels are [default: inferred when they leave no doubt].")
 @click.option("--scale", type=click.Choice(["auto", *SCALINGS]),
@@ -158,6 +169,10 @@ def choice(registry, exclude=()):
 @click.option("--missing", metavar="MARKERS",
               help="The cells that mean a missing value, comma-separated (an empty cell "
                    "always does) [default: NA,N/A,n/a,NaN,nan,null,NULL,None,?,#N/A,<NA>].")
+@click.option("--recipe", type=click.Choice(RECIPE_CHOICES),
+              help="Where the options not given come from: nielsen (Nielsen's chapter-1 "
+                   "recipe), tabular (for small tabular data) [default: auto: tabular for data "
+                   "that is not images with at most 10,000 rows, else nielsen].")
 @click.option("--test", "test_data", metavar="DATA",
               help="Also report accuracy on this data after each epoch, for information only "
                    "[default: the test split of a named dataset].")
@@ -171,21 +186,27 @@ def choice(registry, exclude=()):
                    "[default: the IDX file's, else the features as a vector].")
 @click.option("--hidden", callback=int_list,
               help="Hidden layer sizes, the input and output sizes taken from the data "
-                   "[default: 30].")
+                   "[default: tabular 100, nielsen 30].")
 @click.option("--activation", callback=activation_list, metavar="NAME[,NAME...]",
               help="Hidden-layer activation, or one per hidden layer (tanh,relu) "
-                   f"[default: sigmoid]: {', '.join(sorted(set(ACTIVATIONS) - {'softmax'}))}.")
+                   f"[default: tabular relu, nielsen sigmoid]: "
+                   f"{', '.join(sorted(set(ACTIVATIONS) - {'softmax'}))}.")
 @click.option("--output", "output_activation", type=choice(ACTIVATIONS),
-              help="Output-layer activation [default: the hidden one].")
-@click.option("--loss", type=choice(LOSSES), help="[default: mse]")
-@click.option("--init", type=choice(INITIALIZERS), help="Weight initialisation [default: nielsen].")
+              help="Output-layer activation [default: identity for regression; tabular "
+                   "softmax, nielsen the hidden one].")
+@click.option("--loss", type=choice(LOSSES),
+              help="[default: tabular cross_entropy (mse for regression), nielsen mse]")
+@click.option("--init", type=choice(INITIALIZERS),
+              help="Weight initialisation [default: tabular he, nielsen nielsen].")
 @click.option("--slope", type=click.FloatRange(min=0), help="leaky_relu's slope [default: 0.01].")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), help="[default: float32]")
 @click.option("--seed", type=Integer(min=0), help="Makes the run reproducible "
               "[default: random, saved in the model].")
-@click.option("--optimizer", type=choice(OPTIMIZERS), help="[default: sgd]")
+@click.option("--optimizer", type=choice(OPTIMIZERS), help="[default: tabular adam, nielsen sgd]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-              help="Learning rate [default: the optimizer's, 3.0 for sgd].")
+              help="Learning rate [default: tabular 0.001 for adam and adamw, 0.1 for sgd, "
+                   "0.01 for momentum and nesterov; nielsen 3.0 for sgd (0.1 for "
+                   "regression); else the optimizer's].")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True),
               help="For momentum and nesterov [default: 0.9].")
 @click.option("--betas", callback=float_list, metavar="B1,B2",
@@ -198,10 +219,12 @@ def choice(registry, exclude=()):
               help="Scale each batch's gradient down to this total 2-norm when it is longer "
                    "(not for rprop) [default: off].")
 @click.option("--batch-size", type=Integer(min=1),
-              help="[default: 10; the whole data for rprop]")
+              help="[default: tabular 32, nielsen 10; the whole data for rprop]")
 @click.option("--epochs", type=Integer(min=0),
-              help="[default: 30; with --resume, the rest of the saved run]")
-@click.option("--l2", type=click.FloatRange(min=0), help="L2 regularisation lambda (Nielsen's).")
+              help="[default: tabular 200, nielsen 30; with --resume, the rest of the saved "
+                   "run]")
+@click.option("--l2", type=click.FloatRange(min=0),
+              help="L2 regularisation lambda (Nielsen's) [default: tabular 1, nielsen 0].")
 @click.option("--l1", type=click.FloatRange(min=0), help="L1 regularisation lambda.")
 @click.option("--dropout", callback=float_list, metavar="P[,P...]",
               help="Dropout rate of the hidden layers: one, or one per hidden layer.")
@@ -211,7 +234,8 @@ def choice(registry, exclude=()):
                    "pct_start=0.3] or warmup[:total=5,start_factor=0.333] (total: the run's "
                    "epochs by default).")
 @click.option("--early-stopping", type=Integer(min=1), metavar="N",
-              help="Stop after N epochs without a lower validation loss; keep the best weights.")
+              help="Stop after N epochs without a lower validation loss; keep the best weights "
+                   "[default: tabular 20 when validating, nielsen off].")
 @click.option("--restore-best", "restore_best", flag_value=True, default=None,
               help="Keep the weights of the epoch with the best validation accuracy "
                    "(needs --val or --val-split); checkpoints keep them too.")
@@ -298,8 +322,11 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
                      **csv, **reading)
     inferred = False
     notes = []
+    recipe_line = None
     if not resume:
-        net, inferred, notes = _new_network(train_set, options)
+        net, inferred, notes, recipe_line = _new_network(train_set, options,
+                                                         has_val=bool(val_data))
+        run["recipe"] = options["recipe"]
     X_train = match_inputs(net, train_set.rows())
     if net.input_dtype is None:
         # a new network: fit will record the training inputs' kind, and the
@@ -316,7 +343,7 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
                  **model_reading(net)) if test_data else None)
     X_test = model_rows(net, test, quiet or as_json)[0] if test is not None else None
 
-    epochs = 30 if options["epochs"] is None else options["epochs"]
+    epochs = options["epochs"]
     if options["lr_schedule"] is not None:
         # kept in the model in its own words (bounded), not as typed
         options["lr_schedule"] = parse_schedule(options["lr_schedule"]).spec()
@@ -372,6 +399,8 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
     for note in notes:
         if not (quiet or as_json):
             click.echo(note, err=True)
+    if recipe_line:
+        say(recipe_line)
     held = int(round(len(train_set) * options["val_split"])) if options["val_split"] else 0
     random_seed = not resume and options["seed"] is None
     say(f"{_network_text(net, random_seed)}: {net.n_params:,} parameters; training on "
@@ -406,6 +435,12 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
         raise click.ClickException(f"{exc} " + outputs.describe(
             where, net.epochs_trained, "Saved the weights of the last good epoch"))
     best = net.training.get("best")
+    if options["early_stopping"] and net.history is not None and net.history.best_epoch is not None:
+        index = net.history.best_epoch
+        text = (f"kept the weights of epoch {done_before + index + 1}, the lowest validation "
+                f"loss ({records[index]['val_loss']:.4f})")
+        say(f"Stopped early: {text}" if net.history.stopped == "early_stopping"
+            else text[0].upper() + text[1:])
     if options["restore_best"] and best:
         say(f"Restored the weights of epoch {best['epoch']}, the best by {best['monitor']} "
             f"({best['value']:.4f})")
@@ -415,7 +450,8 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
         say("The model was not saved (no -o given); to keep it, run again with "
             "-o MODEL.safetensors")
     if as_json:
-        echo_json({"model": out, "network": repr(net), "epochs_trained": net.epochs_trained,
+        echo_json({"model": out, "network": repr(net), "recipe": run.get("recipe"),
+                   "epochs_trained": net.epochs_trained,
                    "best": net.training.get("best"),
                    "history": _history_dict(records, net), "final": records[-1] if records else {}})
 
@@ -555,20 +591,29 @@ class RunOutputs:
         return f"{text}; continue with: fastnn train --resume {model}"
 
 
-def _new_network(train_set, options):
+def _new_network(train_set, options, has_val):
     """A network for the data and options, its columns, task and scaling
     learned (Network.prepare); whether the task was inferred; the notes on
-    the columns (IDs)."""
+    the columns (IDs); the line that says the recipe (None for Nielsen's,
+    chosen by default). The recipe (fastnn.recipes) fills the options not
+    given, and options["recipe"] becomes the recipe's name."""
     from fastnn._validation import infer_targets
     from fastnn.columns import Columns
     from fastnn.network import Network
-    from fastnn.preprocessing import REGRESSION_DEFAULTS, resolve_scale
+    from fastnn.preprocessing import resolve_scale
+    from fastnn.recipes import choose, describe
     from fastnn.table import Table
 
     from fastnn.layers import parse
 
     targets = infer_targets(train_set.y, options["task"], train_set.source, LABELS_HINT,
                             ask=TASK_ASK)
+    recipe, why = choose(options["recipe"], len(train_set), train_set.auto_scale,
+                         options["scale"])
+    filled = recipe.fill(options, targets.task, len(train_set), has_val)
+    options["recipe"] = recipe.name
+    line = (describe(recipe, why, filled, options)
+            if recipe.name != "nielsen" or why.startswith("--recipe") else None)
     rows = train_set.rows()
     columns, notes = None, []
     if isinstance(rows, Table) or any(options[k] is not None
@@ -584,15 +629,11 @@ def _new_network(train_set, options):
             raise click.UsageError(f"--layers starts with the input shape {sizes[0]}, but "
                                    f"--input-shape says {given_shape}; give one of them")
     else:
-        sizes = [given_shape or width, *(options["hidden"] or [30]), targets.n_outputs]
+        sizes = [given_shape or width, *options["hidden"], targets.n_outputs]
     kwargs = {k: options[k] for k in ("loss", "init", "slope", "dtype", "seed")
               if options[k] is not None}
-    output = options["output_activation"]
-    if targets.task == "regression":
-        output = output or REGRESSION_DEFAULTS["output"]
-        if options["lr"] is None and options["optimizer"] in (None, "sgd"):
-            options["lr"] = REGRESSION_DEFAULTS["sgd_lr"]
-    net = Network(sizes, activation=options["activation"] or "sigmoid", output=output, **kwargs)
+    net = Network(sizes, activation=options["activation"], output=options["output_activation"],
+                  **kwargs)
     scale = resolve_scale(options["scale"] or "auto", train_set.auto_scale)
     net.prepare(rows, train_set.y, task=targets.task, scale=scale, columns=columns)
     if targets.task == "regression" and train_set.label_name and net.sizes[-1] == 1:
@@ -604,7 +645,7 @@ def _new_network(train_set, options):
                             f"{len(train_set.label_name):,} characters; fastnn keeps names of "
                             f"at most {MAX_NAME} in a model (rename the column)")
         net.preprocessing.target_names = [train_set.label_name]
-    return net, targets.inferred, notes
+    return net, targets.inferred, notes, line
 
 
 class SaveableCheck(Callback):

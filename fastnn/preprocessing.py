@@ -32,10 +32,6 @@ if TYPE_CHECKING:
 
 #: Feature scalings by name (``auto`` is resolved to one of them by `resolve_scale`).
 SCALINGS = ("standard", "minmax", "pixels", "none")
-#: What `fastnn train` changes in its recipe for regression: an identity
-#: output (a sigmoid output cannot reach standardised targets beyond 0..1)
-#: and, for sgd, a learning rate that does not diverge on an unbounded output.
-REGRESSION_DEFAULTS = {"output": "identity", "sgd_lr": 0.1}
 #: The longest class or target name kept in a model file.
 MAX_NAME = 256
 

@@ -298,12 +298,14 @@ def test_eval_and_info_refuse_bad_model_files(tmp_path):
 
 def test_divergence_keeps_the_last_good_weights(tmp_path):
     # heavy momentum: fine for a few epochs, then the oscillations blow up
+    # (Nielsen's recipe: the tabular one's l2 and early stopping would calm them)
     rng = np.random.default_rng(0)
     _npz(tmp_path / "big.npz", rng.normal(size=(200, 4)), rng.normal(size=(200, 2)))
     model = tmp_path / "m.safetensors"
     result = run("train", tmp_path / "big.npz", "--hidden", "8", "--activation", "relu",
                  "--output", "identity", "--optimizer", "momentum", "--momentum", "0.99",
-                 "--lr", "0.05", "--epochs", "60", "--seed", "0", "-o", model, code=1)
+                 "--lr", "0.05", "--epochs", "60", "--seed", "0", "--recipe", "nielsen",
+                 "-o", model, code=1)
     assert "Training diverged at epoch" in result.output and "Try a smaller learning rate" in result.output
     saved = fastnn.load(model)
     assert all(np.isfinite(W).all() for W in saved.weights) and saved.epochs_trained >= 1
@@ -312,19 +314,21 @@ def test_divergence_keeps_the_last_good_weights(tmp_path):
     good = tmp_path / "good.safetensors"
     run("train", tmp_path / "big.npz", "--hidden", "8", "--activation", "relu",
         "--output", "identity", "--optimizer", "momentum", "--momentum", "0.99",
-        "--lr", "0.05", "--epochs", saved.epochs_trained, "--seed", "0", "-o", good)
+        "--lr", "0.05", "--epochs", saved.epochs_trained, "--seed", "0", "--recipe", "nielsen",
+        "-o", good)
     for W, W_good in zip(saved.weights, fastnn.load(good).weights):
         np.testing.assert_array_equal(W, W_good)
     # without -o, --history still keeps the good epochs
     run("train", tmp_path / "big.npz", "--hidden", "8", "--activation", "relu",
         "--output", "identity", "--optimizer", "momentum", "--momentum", "0.99",
-        "--lr", "0.05", "--epochs", "60", "--seed", "0", "--history", tmp_path / "h.json",
-        code=1)
+        "--lr", "0.05", "--epochs", "60", "--seed", "0", "--recipe", "nielsen",
+        "--history", tmp_path / "h.json", code=1)
     kept = json.loads((tmp_path / "h.json").read_text())
     assert kept["stopped"] == "diverged" and kept["epochs"] == saved.epochs_trained
     model.unlink()
     result = run("train", tmp_path / "big.npz", "--hidden", "8", "--activation", "relu",
-                 "--output", "identity", "--lr", "1e6", "--seed", "0", "-o", model, code=1)
+                 "--output", "identity", "--lr", "1e6", "--seed", "0", "--recipe", "nielsen",
+                 "-o", model, code=1)
     assert "diverged at epoch 1" in result.output and not model.exists()
 
 

@@ -251,7 +251,7 @@ def test_train_eval_predict_on_a_csv_with_text_and_gaps(tmp_path, monkeypatch):
     assert any(line.startswith("Missing values: age (filled with the median") for line in lines)
     assert "Note: left out 2 rows of train.csv whose label is missing" in out
     assert "Note: column id holds a different whole number on every row" in out
-    assert "training on 298 samples" in out
+    assert "training on 268 samples of train.csv (30 more held out for validation)" in out
     info = run("info", "m.safetensors").output
     assert "columns: 3 numeric, 3 categorical" in info
     # the rows to predict: other order, an extra column, no label, an unseen
@@ -279,7 +279,7 @@ def test_train_eval_predict_on_a_csv_with_text_and_gaps(tmp_path, monkeypatch):
                              "takes id, age, sex, class, port, fare)\n")
     # resumed: the same encoding, read from the model file
     out = run("train", "--resume", "m.safetensors", "--epochs", "1").output
-    assert "training on 298 samples" in out
+    assert "training on 268 samples of train.csv (30 more held out for validation)" in out
     with pytest.raises(AssertionError, match="--drop is fixed by the model file"):
         run("train", "--resume", "m.safetensors", "--drop", "id")
 

@@ -214,8 +214,10 @@ def test_download_checks_every_target_before_fetching(work):
 def test_divergence_never_replaces_an_existing_model(work):
     X = np.random.default_rng(0).normal(size=(200, 4))
     np.savez(work / "wild.npz", X=X, y=np.random.default_rng(1).normal(size=(200, 2)) * 100)
+    # Nielsen's recipe: the tabular one's l2 and early stopping would calm the run
     args = ("train", "wild.npz", "--layers", "4,16,16,2", "--output", "identity",
-            "--optimizer", "momentum", "--lr", "10", "--epochs", "10", "--seed", "0")
+            "--optimizer", "momentum", "--lr", "10", "--epochs", "10", "--seed", "0",
+            "--recipe", "nielsen")
     first = run_fastnn(*args, "-o", "wild.safetensors", cwd=work)
     assert first.returncode == 1 and "diverged" in first.stderr
     before = (work / "wild.safetensors").read_bytes()   # its last good epoch

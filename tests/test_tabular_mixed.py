@@ -93,3 +93,37 @@ def test_a_csv_whose_first_row_is_not_its_header_is_refused_in_one_line(tmp_path
     result = run("train", path, "-o", tmp_path / "m.safetensors", code=1)
     assert result.output.endswith("wine_data.csv: the header names 5 columns, the rows have "
                                   "14\n") and result.output.count("\n") == 1
+
+
+def _benchmark():
+    """benchmarks/tabular.py, the script that measures the README's table."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "tabular.py"
+    spec = importlib.util.spec_from_file_location("tabular_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "diabetes"])
+def test_the_defaults_meet_the_bar_over_ten_seeds(tmp_path, name):
+    # issue 20 §6: fastnn with only --label-col (and --task regression), seeds
+    # 0..9, against scikit-learn's MLP pipeline with random_state 0..9 on the
+    # same files: the median >= scikit-learn's median - 0.02 (R² - 0.05), the
+    # worst run within 0.10 of the median
+    import statistics
+
+    bench = _benchmark()
+    train, test, regression = mixed(name)
+    ours_train, ours_test, _ = bench.mixed(name)
+    pd.testing.assert_frame_equal(train, ours_train)
+    pd.testing.assert_frame_equal(test, ours_test)
+    train.to_csv(tmp_path / f"{name}_train.csv", index=False)
+    test.to_csv(tmp_path / f"{name}_test.csv", index=False)
+    ours = [bench.fastnn_score(tmp_path, name, regression, seed, []) for seed in range(10)]
+    theirs = [bench.sklearn_mlp_score(tmp_path, name, regression, seed) for seed in range(10)]
+    median = statistics.median(ours)
+    assert median >= statistics.median(theirs) - (0.05 if regression else 0.02), (ours, theirs)
+    assert median - min(ours) <= 0.10, ours
