@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from fastnn._validation import MAX_CLASSES, TASKS, infer_targets
+from fastnn._validation import MAX_CLASSES, TASKS, infer_targets, row_number
 from fastnn.exceptions import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -92,14 +92,21 @@ class Scaling:
     def transform(self, X, dtype):
         """Checked rows X as the kernels take them: uint8 stays uint8 for
         ``pixels`` (the kernels divide it by 255), else `dtype`."""
-        if self.kind == "pixels":
-            if X.dtype == np.uint8:
-                return X
-            return np.asarray(X, dtype=dtype) / dtype.type(255)
-        out = np.array(X, dtype=dtype, order="C")
-        if self.kind == "standard" or self.kind == "minmax":
-            out -= self.offset.astype(dtype)
-            out /= self.scale.astype(dtype)
+        if self.kind == "pixels" and X.dtype == np.uint8:
+            return X
+        # scaled in float64, then rounded to dtype, a block of rows at a time:
+        # 1e39 scales into float32's range where float32(1e39) would be inf
+        # (Network._inputs names a value that overflows all the same)
+        out = np.empty(X.shape, dtype=dtype)
+        step = max(1, (1 << 20) // max(X.shape[1], 1))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, len(X), step):
+                block = np.asarray(X[start:start + step], dtype=np.float64)
+                if self.kind == "pixels":
+                    block = block / 255
+                elif self.kind != "none":
+                    block = (block - self.offset) / self.scale
+                out[start:start + step] = block
         return out
 
     def describe(self):
@@ -246,8 +253,8 @@ class Preprocessing:
         for i, key in enumerate(keys):
             k = table.get(key)
             if k is None:
-                raise DataError(f"{name} has label {_shown(y[i])} at row {i}, which is not one of "
-                                f"the model's classes ({_few(self.classes)})")
+                raise DataError(f"{name} has label {_shown(y[i])} at row {row_number(name, i)}, "
+                                f"which is not one of the model's classes ({_few(self.classes)})")
             out[i] = k
         return out
 
@@ -459,10 +466,12 @@ def _float_targets(y, n_outputs, name):
     Y = Y.astype(np.float64)
     if not np.isfinite(Y).all():
         r, c = np.argwhere(~np.isfinite(Y))[0]
-        raise DataError(f"{name} contains NaN or infinity (first at row {r}, column {c})")
+        raise DataError(f"{name} contains NaN or infinity (first at row "
+                        f"{row_number(name, r)}, column {c})")
     return Y
 
 
+@np.errstate(over="ignore", invalid="ignore")   # targets near 1e308: MSE inf, no warnings
 def regression_metrics(y_true, y_pred):
     """MSE, RMSE, MAE and R² (averaged over the outputs, as scikit-learn's
     r2_score) of predictions against targets, both (n, k) or (n,)."""
