@@ -1099,3 +1099,180 @@ def test_readme_says_export_takes_conv_nets(tmp_path):
     Network([(6, 6, 1), Conv2D(2, 3), 3], seed=0).save(tmp_path / "c.safetensors")
     proc = run_fastnn("export", "c.safetensors", "-o", "c.onnx", cwd=tmp_path)
     assert proc.returncode == 0 and (tmp_path / "c.onnx").stat().st_size > 0, proc.stderr
+
+
+# --------------------------------- numbers past float32, names with '#', C, rows (§5)
+
+def csv_of(path, X, y, header):
+    np.savetxt(path, np.column_stack([X, y]), fmt="%.17g", delimiter=",", header=header,
+               comments="")
+
+
+def refused_in_one_line(directory, *args, message, codes=(1,)):
+    before = snapshot(directory)
+    proc = run_fastnn(*args, cwd=directory, timeout=60)
+    assert_refused(proc, before, directory, codes)
+    assert "Warning" not in proc.stderr and re.search(message, proc.stderr), proc.stderr
+    return proc
+
+
+def test_features_past_float32_are_scaled_in_float64_or_named_in_one_line(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 3)), np.arange(60) % 3
+    big = X.copy()
+    big[:, 1] = 1e39 * (3 + np.abs(X[:, 1]))   # finite in float64, inf in float32
+    csv_of(tmp_path / "big.csv", big, y, "a,b,c,label")
+    # standard scaling brings the column back into float32's range: it trains
+    for scale in ("standard", "minmax"):
+        proc = run_fastnn("train", "big.csv", "--scale", scale, "--epochs", "1", "-o",
+                          f"{scale}.safetensors", "-q", cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    # unscaled it cannot be float32: one line naming the value, its line, the dtype
+    refused_in_one_line(tmp_path, "train", "big.csv", "--scale", "none", "--epochs", "1",
+                        message=r"big.csv holds [0-9.]+e\+39 at row 2, column 1, which "
+                                r"overflows float32 \(largest 3.4e\+38\); train in float64")
+    assert "scale the inputs" not in refused_in_one_line(
+        tmp_path, "train", "big.csv", "--scale", "none", "--epochs", "1",
+        message="overflows float32").stderr
+    ok = run_fastnn("train", "big.csv", "--scale", "none", "--dtype", "float64", "--epochs",
+                    "1", "-o", "f64.safetensors", "-q", cwd=tmp_path, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    # one value far outside what a model was scaled for: "even after" its scaling
+    one = X.copy()
+    one[4, 2] = 1e39
+    csv_of(tmp_path / "one.csv", one, y, "a,b,c,label")
+    csv_of(tmp_path / "x.csv", X, y, "a,b,c,label")
+    assert run_fastnn("train", "x.csv", "--epochs", "1", "-o", "m.safetensors", "-q",
+                      cwd=tmp_path).returncode == 0
+    for command in ("eval", "predict"):
+        refused_in_one_line(tmp_path, command, "m.safetensors", "one.csv",
+                            message=r"one.csv holds 1e\+39 at row 6, column 2, which overflows "
+                                    r"float32 .* even after standard scaling")
+    net = fastnn.load(tmp_path / "m.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=r"X holds 1e\+39 at row 4, column 2"):
+            net.predict(one)
+        with pytest.raises(DataError, match=r"weights\[0\] holds 1e\+39 .* overflows float32"):
+            net.weights[0] = np.full(net.weights[0].shape, 1e39)
+
+
+def test_targets_past_float32_are_not_called_nan(tmp_path):
+    rng = np.random.default_rng(0)
+    X, t = rng.normal(size=(60, 3)), rng.normal(size=60)
+    t[3], t[4] = 1e308, -1e308
+    net = Network([3, 4, 1], output="identity", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=r"y holds 1e\+308 at row 3, column 0, which "
+                                            r"overflows float32") as info:
+            net.fit(X, t, epochs=1)
+        assert "NaN" not in str(info.value)
+        net.fit(X, t, epochs=1, task="regression")      # standardised: it trains
+    csv_of(tmp_path / "t.csv", X, t, "a,b,c,t")
+    for args in (("train", "t.csv", "--task", "regression", "--epochs", "1", "-o",
+                  "r.safetensors", "-q"), ("eval", "r.safetensors", "t.csv"),
+                 ("eval", "r.safetensors", "t.csv", "--json")):
+        proc = run_fastnn(*args, cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr     # no warnings
+    # the errors overflow float64: said as they are, inf (null in JSON)
+    assert "MSE inf" in proc.stdout.replace("\n", " ") or '"mse": null' in proc.stdout
+
+
+@pytest.mark.parametrize("fmt", ["numpy", "c", "onnx"])
+def test_export_of_targets_near_1e50_is_refused_by_its_cause_or_exact(tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    csv_of(tmp_path / "t.csv", X, (X @ [1, 2, 3]) * 1e50, "a,b,c,t")
+    for dtype in ("float32", "float64"):
+        proc = run_fastnn("train", "t.csv", "--task", "regression", "--dtype", dtype,
+                          "--epochs", "1", "-o", f"{dtype}.safetensors", "-q", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    refused_in_one_line(tmp_path, "export", "float32.safetensors", "--format", fmt, "-o",
+                        "out", message=r"cannot export: the model's scaling folded into its "
+                                       r"weights overflows: (weights|biases)\[1\] holds "
+                                       r".*e\+[45]\d.* "
+                                       r"overflows float32")
+    fastnn.load(tmp_path / "float32.safetensors")           # the model itself is intact
+    if fmt == "numpy":
+        from fastnn.export import export
+
+        net = fastnn.load(tmp_path / "float64.safetensors")
+        export(net, tmp_path / "m64.py", "numpy")
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("m64", tmp_path / "m64.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        np.testing.assert_allclose(np.ravel(module.predict(X)), net.predict(X), rtol=1e-9)
+
+
+@pytest.mark.parametrize("label_first", [False, True])
+def test_text_labels_with_hash_signs_train_wherever_their_column_is(tmp_path, label_first):
+    names = ["a#b", "#c", "d # e"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        features = [f"{v:.4f}" for v in rng.normal(size=3) + 4 * (i % 3)]
+        rows.append(",".join([names[i % 3], *features] if label_first else
+                             [*features, names[i % 3]]))
+    header = "species,a,b,c" if label_first else "a,b,c,species"
+    (tmp_path / "h.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    data = load_data(tmp_path / "h.csv", label_col="species")
+    assert data.X.shape == (60, 3) and sorted(set(data.y)) == sorted(names)
+    proc = run_fastnn("train", "h.csv", "--label-col", "species", "--epochs", "20", "--lr",
+                      "1", "-o", "h.safetensors", "-q", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert fastnn.load(tmp_path / "h.safetensors").preprocessing.classes == sorted(names)
+
+
+def test_the_c_export_of_a_classifier_compiles_without_warnings_as_a_library(tmp_path):
+    rows = ["5.1,3.5,setosa", "6.2,2.9,versicolor", "7.7,3.0,virginica"] * 6
+    (tmp_path / "iris.csv").write_text("a,b,species\n" + "\n".join(rows) + "\n")
+    assert run_fastnn("train", "iris.csv", "--epochs", "1", "-o", "i.safetensors", "-q",
+                      cwd=tmp_path).returncode == 0
+    assert run_fastnn("export", "i.safetensors", "-o", "i.c", cwd=tmp_path).returncode == 0
+    # a program of its own (no -DFASTNN_MAIN): fastnn_class_names is used, no warning
+    (tmp_path / "use.c").write_text(
+        '#include <stdio.h>\nconst char *fastnn_class_name(int k);\n'
+        'int main(void) { printf("%s|%s\\n", fastnn_class_name(2), '
+        'fastnn_class_name(3) ? "?" : "none"); return 0; }\n')
+    use = compile_c([tmp_path / "use.c", tmp_path / "i.c"], tmp_path / "use", main=False)
+    compile_c([tmp_path / "i.c"], tmp_path / "model")            # with FASTNN_MAIN too
+    out = subprocess.run([str(use)], capture_output=True, text=True).stdout
+    assert out == "virginica|none\n"
+
+
+def test_rows_of_a_csv_are_named_by_their_line_in_every_message(tmp_path):
+    # the header is line 1, so the n-th row (from 0) is line n + 2, whoever reports it
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = np.arange(40) % 4
+    csv_of(tmp_path / "train.csv", X, y, "a,b,c,label")
+    assert run_fastnn("train", "train.csv", "--epochs", "1", "-o", "m.safetensors", "-q",
+                      cwd=tmp_path).returncode == 0
+    bad = y.copy()
+    bad[5] = 7                                   # not a class of the model: line 7
+    csv_of(tmp_path / "bad.csv", X, bad, "a,b,c,label")
+    inf = X.copy().astype(object)
+    inf[8, 1] = "inf"                             # line 10
+    (tmp_path / "inf.csv").write_text("a,b,c,label\n" + "\n".join(
+        ",".join(map(str, [*r, c])) for r, c in zip(inf, y)) + "\n")
+    noheader = X.copy()
+    noheader[3, 0] = 1e39                        # no header: line 4
+    np.savetxt(tmp_path / "nh.csv", np.column_stack([noheader, y]), fmt="%.17g",
+               delimiter=",")
+    cases = [(("eval", "m.safetensors", "bad.csv"), r"bad.csv has label 7 at row 7,"),
+             (("predict", "m.safetensors", "inf.csv"), r"inf.csv: row 10, column b"),
+             (("train", "train.csv", "--val", "inf.csv", "--epochs", "1"),
+              r"inf.csv: row 10, column b"),
+             (("train", "nh.csv", "--scale", "none", "--epochs", "1"),
+              r"nh.csv holds 1e\+39 at row 4, column 0"),
+             (("train", "train.csv", "--test", "bad.csv", "--layers", "3,4", "--epochs", "1"),
+              r"bad.csv has label 7 at row 7, but the output layer")]
+    for args, message in cases:
+        refused_in_one_line(tmp_path, *args, message=message)
+    # arrays have no lines: their rows are counted from 0, as NumPy indexes them
+    np.savez(tmp_path / "bad.npz", X=X, y=bad)
+    refused_in_one_line(tmp_path, "eval", "m.safetensors", "bad.npz",
+                        message=r"bad.npz has label 7 at row 5,")
