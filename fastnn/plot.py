@@ -35,6 +35,7 @@ import io
 import math
 import numbers
 import os
+import textwrap
 import warnings
 from collections.abc import Mapping
 
@@ -105,7 +106,8 @@ def _drawing():
     Figure, Canvas = _matplotlib()
     import matplotlib
 
-    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}), \
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False,
+                                "axes.formatter.use_mathtext": False}), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield Figure, Canvas
@@ -408,7 +410,7 @@ def _history_figure(Figure, series, info, title):
                        label=f"best epoch ({best + 1})")
         ax.legend(loc="best", fontsize=9)
     if title is None:
-        title = f"{info['epochs'] if info['epochs'] is not None else epochs} epochs"
+        title = f"{info['epochs'] if info['epochs'] is not None else epochs:,} epochs"
         rates = series.get("lr", np.array([]))
         rates = rates[np.isfinite(rates)]
         if len(rates):
@@ -492,6 +494,7 @@ def confusion_title(correct, total):
 def _confusion_figure(Figure, counts, labels, title):
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FuncFormatter
 
     k = len(counts)
     labels = [_label(name, 30) for name in labels]
@@ -502,7 +505,10 @@ def _confusion_figure(Figure, counts, labels, title):
     cmap = colormaps["Blues"].with_extremes(bad="white")
     top = max(int(counts.max()), 2)
     image = ax.imshow(shown, cmap=cmap, norm=LogNorm(vmin=1, vmax=top), interpolation="nearest")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="samples (log scale)")
+    # plain numbers: LogNorm's default labels are mathtext ($10^{0}$), which is off
+    plain = FuncFormatter(lambda value, _: f"{value:,.0f}")
+    bar = fig.colorbar(image, ax=ax, shrink=0.8, label="samples (log scale)", format=plain)
+    bar.ax.yaxis.set_minor_formatter(plain)
     if k <= MAX_ANNOTATED_CLASSES:
         fontsize = 9 if k <= 12 else 7
         # text on the darker half of the scale in white, elsewhere in black
@@ -514,7 +520,9 @@ def _confusion_figure(Figure, counts, labels, title):
                             color="white" if counts[i, j] > dark else "black")
     ticks = np.arange(k)
     step = 1 if k <= MAX_ANNOTATED_CLASSES else math.ceil(k / MAX_ANNOTATED_CLASSES)
-    ax.set_xticks(ticks[::step], labels[::step])
+    # names across the bottom would run into each other: upright then
+    ax.set_xticks(ticks[::step], labels[::step],
+                  rotation=90 if max(map(len, labels)) > 3 else 0)
     ax.set_yticks(ticks[::step], labels[::step])
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -789,7 +797,9 @@ def plot_filters(net, path, *, title=None, dpi=DPI, force=False):
         from matplotlib import colormaps
 
         side = 0.35 * max(h, 3)
-        fig = Figure(figsize=(min(side * columns + 1.5, 16), min(side * rows + 1.0, 16)),
+        wide, tall = side * columns + 1.5, side * rows + 1.0
+        shrink = min(1.0, 16 / max(wide, tall))        # at most 16 inches, same aspect
+        fig = Figure(figsize=(max(wide * shrink, 7), max(tall * shrink, 3)),
                      layout="constrained")
         ax = fig.add_subplot()
         image = ax.imshow(mosaic, cmap=colormaps["RdBu_r"].with_extremes(bad="white"),
@@ -809,6 +819,6 @@ def plot_filters(net, path, *, title=None, dpi=DPI, force=False):
         for spine in ax.spines.values():
             spine.set_visible(False)
         fig.colorbar(image, ax=ax, shrink=0.8)
-        fig.suptitle(_label(title, 2 * MAX_TEXT))
+        fig.suptitle("\n".join(textwrap.wrap(_label(title, 2 * MAX_TEXT), 70)))
         _save(fig, Canvas, path, dpi, force)
     return shown

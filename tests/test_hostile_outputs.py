@@ -549,6 +549,8 @@ def test_every_text_of_a_picture_is_plain(mpl, tmp_path, monkeypatch):
         assert texts and not any(t.get_parse_math() or t.get_usetex() for t in texts)
         assert MATH in {t.get_text() for t in texts}
         assert not any("\n" in t.get_text() for t in texts)       # escaped: b\nc
+        # and no tick label is mathtext either (a log colour bar's are by default)
+        assert not any("mathdefault" in t.get_text() for t in texts)
 
 
 def test_a_history_of_huge_losses_and_20000_rate_changes_is_drawn_bounded(work, mpl,
@@ -597,9 +599,10 @@ def test_show_filters_draws_a_bounded_number_of_cells(work, mpl, monkeypatch):
     plot_filters(fastnn.load(work / "big.safetensors"), work / "y.png")
     wide, big = figures
     assert len(wide.findobj(AxesImage)) == 1         # one image, however many cells
-    assert (f"the first {MAX_FILTERS} of 100 filters" in wide.get_suptitle()
-            and f"their first {MAX_CHANNELS} of 100 input channels" in wide.get_suptitle())
-    assert "every 7th weight" in big.get_suptitle()
+    title = " ".join(wide.get_suptitle().split())     # wrapped
+    assert (f"the first {MAX_FILTERS} of 100 filters" in title
+            and f"their first {MAX_CHANNELS} of 100 input channels" in title)
+    assert "every 7th weight" in " ".join(big.get_suptitle().split())
     refused(work, "show", "m.safetensors", "data.npz", "--misclassified", "m.png",
             "--count", "101", message=r"--count.*<= ?100|100", codes=(2,))
 
