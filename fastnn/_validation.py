@@ -7,6 +7,7 @@ import math
 import numbers
 import re
 from collections import namedtuple
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import numpy as np
@@ -89,9 +90,17 @@ def check_fits(X: Array, dtype: Any, name: str, raw: Optional[Array] = None,
     if X.dtype.kind != "f":
         return
     largest = float(np.finfo(dtype).max)
-    rows = max(1, FITS_CHUNK // max(X.shape[1], 1))
-    for start in range(0, len(X), rows):
-        block = X[start:start + rows]
+    if X.dtype == np.dtype(dtype) and X.flags.c_contiguous:
+        # rounded to dtype already: what did not fit is an infinity there,
+        # found in one pass without a temporary
+        import fastnn._core as _core
+
+        first = _core.first_nonfinite_row(X)
+        blocks: Iterable[tuple[int, Array]] = [] if first < 0 else [(first, X[first:first + 1])]
+    else:
+        rows = max(1, FITS_CHUNK // max(X.shape[1], 1))
+        blocks = ((start, X[start:start + rows]) for start in range(0, len(X), rows))
+    for start, block in blocks:
         bad = ~(np.abs(block) <= largest)
         if bad.any():
             r, c = _first_bad(bad)

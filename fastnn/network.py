@@ -288,8 +288,9 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             X = _numbers_only(X, name)
         X = self._rows(X, name)
         out = X if pre is None else pre.transform_X(X, self.dtype)
-        if self.dtype != np.float64:
+        if self.dtype != np.float64 and (out is not X or out.dtype != self.dtype):
             # 1e39 is finite in float64 but not in float32: say so, not "diverged"
+            # (rows already in the network's dtype were checked finite)
             check_fits(out, self.dtype, name, raw=X,
                        scaling=pre.scaling.kind if pre is not None and pre.scaling else None)
         return out
