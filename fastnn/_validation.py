@@ -92,10 +92,8 @@ def check_fits(X: Array, dtype: Any, name: str, raw: Optional[Array] = None,
     largest = float(np.finfo(dtype).max)
     if X.dtype == np.dtype(dtype) and X.flags.c_contiguous:
         # rounded to dtype already: what did not fit is an infinity there,
-        # found in one pass without a temporary
-        import fastnn._core as _core
-
-        first = _core.first_nonfinite_row(X)
+        # found in one pass without a temporary (NumPy blocks without the core)
+        first = first_nonfinite_row(X)
         blocks: Iterable[tuple[int, Array]] = [] if first < 0 else [(first, X[first:first + 1])]
     else:
         rows = max(1, FITS_CHUNK // max(X.shape[1], 1))

@@ -1157,6 +1157,24 @@ def test_features_past_float32_are_scaled_in_float64_or_named_in_one_line(tmp_pa
             net.weights[0] = np.full(net.weights[0].shape, 1e39)
 
 
+def test_a_value_past_float32_is_found_without_the_compiled_core(monkeypatch):
+    # backend='numpy' works where the core is not built: check_fits too
+    from fastnn._validation import check_fits
+
+    X = np.ones((3000, 700), np.float32)
+    X[2500, 5] = np.inf                          # 1e39 rounded to float32
+    monkeypatch.setitem(sys.modules, "fastnn._core", None)    # import fails
+    with pytest.raises(DataError, match=r"X holds inf at row 2500, column 5, which overflows "
+                                        r"float32"):
+        check_fits(X, np.float32, "X")
+    X[2500, 5] = 1
+    check_fits(X, np.float32, "X")
+    big = X.astype(np.float64)
+    big[7, 3] = 1e39
+    with pytest.raises(DataError, match=r"X holds 1e\+39 at row 7, column 3"):
+        check_fits(big, np.float32, "X")
+
+
 def test_targets_past_float32_are_not_called_nan(tmp_path):
     rng = np.random.default_rng(0)
     X, t = rng.normal(size=(60, 3)), rng.normal(size=60)
