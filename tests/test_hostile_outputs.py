@@ -664,28 +664,41 @@ def test_a_report_is_within_its_memory_bound(classes_10000):
 
 
 def test_reports_under_the_bound_keep_the_whole_matrix():
+    # scikit-learn is the oracle: its confusion matrix and per-class scores
+    metrics = needs("sklearn.metrics")
     from fastnn.metrics import (MAX_MATRIX_CLASSES, class_errors, classification_report,
-                                confusion_matrix, largest_errors, most_confused, per_class)
+                                confusion_matrix, largest_errors, most_confused)
 
     rng = np.random.default_rng(0)
     for k in (3, MAX_MATRIX_CLASSES, MAX_MATRIX_CLASSES + 1):
         truth, predicted = rng.integers(0, k, 5000), rng.integers(0, k, 5000)
         predicted[:2500] = truth[:2500]
-        full = confusion_matrix(truth, predicted, k)
+        full = metrics.confusion_matrix(truth, predicted, labels=np.arange(k))
+        _, _, f1, support = metrics.precision_recall_fscore_support(
+            truth, predicted, labels=np.arange(k), zero_division=0)
         report = classification_report(truth, predicted, k)
-        stats = per_class(full)
-        assert [row["f1"] for row in report["per_class"]] == pytest.approx(list(stats["f1"]))
+        assert [row["f1"] for row in report["per_class"]] == pytest.approx(list(f1))
+        assert [row["support"] for row in report["per_class"]] == list(support)
+        assert report["accuracy"] == metrics.accuracy_score(truth, predicted)
         if k <= MAX_MATRIX_CLASSES:
             assert report["confusion_matrix"] == full.tolist()
+            assert "confusion_summary" not in report
             continue
+        assert "confusion_matrix" not in report
         off = full - np.diag(np.diag(full))
         cells = largest_errors(truth, predicted)
         assert [c for *_, c in cells] == sorted(off.ravel(), reverse=True)[:len(cells)]
         assert all(full[i, j] == c for i, j, c in cells)
-        keep = most_confused(class_errors(truth, predicted, k), 30)
+        summary = report["confusion_summary"]
+        assert summary["misclassified"] == off.sum()
+        assert [(c["true"], c["predicted"], c["samples"]) for c in summary["largest"]] == cells
+        # the part of the matrix among the classes with the most errors
+        errors = off.sum(axis=0) + off.sum(axis=1)
+        assert (class_errors(truth, predicted, k) == errors).all()
+        keep = most_confused(errors, 30)
+        assert sorted(errors[keep], reverse=True) == sorted(errors, reverse=True)[:30]
         assert (confusion_matrix(truth, predicted, k, classes=keep)
                 == full[np.ix_(keep, keep)]).all()
-        assert report["confusion_summary"]["largest"][0]["samples"] == cells[0][2]
 
 
 # ----------------------------------------------------- fuzzing the writer (§1)
