@@ -105,7 +105,7 @@ class Scaling:
                 if self.kind == "pixels":
                     block = block / 255
                 elif self.kind != "none":
-                    block = (block - self.offset) / self.scale
+                    block = standardised(block, self.offset, self.scale)
                 out[start:start + step] = block
         return out
 
@@ -232,7 +232,7 @@ class Preprocessing:
             return self.class_indices(y, name)
         if self.task == "regression":
             Y = _float_targets(np.asarray(y), n_outputs, name)
-            return (Y - self.target_mean) / self.target_scale
+            return standardised(Y, self.target_mean, self.target_scale)
         return y
 
     def class_indices(self, y, name="y"):
@@ -443,6 +443,21 @@ def _mean_std(block):
     unit[~(top > 0)] = 1.0
     scaled = block / unit
     return scaled.mean(axis=0) * unit, scaled.std(axis=0) * unit
+
+
+def standardised(Y, offset, scale):
+    """(Y - offset) / scale of a finite float64 Y, without overflowing where
+    the result is finite: targets of -1.7e308 and +1.7e308 have a finite
+    mean and spread, but -1.7e308 - mean is -inf in float64. Such entries
+    are computed as Y / scale - offset / scale instead (the others exactly
+    as before), without a warning."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (Y - offset) / scale
+        bad = ~np.isfinite(out)
+        if bad.any():
+            again = np.broadcast_to(Y / scale - offset / scale, out.shape)
+            out[bad] = again[bad]
+    return out
 
 
 def _check_spread(spread, offset, kind, what):

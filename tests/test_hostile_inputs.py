@@ -1200,6 +1200,41 @@ def test_targets_past_float32_are_not_called_nan(tmp_path):
     assert json.loads(out["--json"])["mse"] is None
 
 
+def test_values_near_the_ends_of_float64_are_standardised_without_overflow(tmp_path):
+    # -1.7e308 and +1.7e308 have a finite mean, spread and median, but
+    # -1.7e308 - mean (and the sum of the middle two) is -inf in float64
+    from fractions import Fraction
+
+    from fastnn.columns import _median
+    from fastnn.preprocessing import standardised
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(20, 2))
+    t = np.clip(X[:, 0] + 1, -1.7, 1.7) * 1e308
+    assert t.min() == -1.7e308 and t.max() == 1.7e308
+    csv_of(tmp_path / "t.csv", X, t, "a,b,t")
+    wide = X.copy()
+    wide[:, 1] = 1.7e308
+    wide[::5, 1] = -1.7e308
+    csv_of(tmp_path / "f.csv", wide, np.arange(20) % 2, "a,b,label")
+    for args in (("train", "t.csv", "--task", "regression", "-o", "t.safetensors"),
+                 ("train", "f.csv", "-o", "f.safetensors"),
+                 ("eval", "t.safetensors", "t.csv"), ("eval", "f.safetensors", "f.csv")):
+        proc = run_fastnn(*args, *(("--epochs", "1", "-q") if args[0] == "train" else ()),
+                          cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    # against exact rational arithmetic
+    mean, scale = np.array([1.5e308]), np.array([1.2e308])
+    Y = np.array([[-1.7e308], [1.7e308], [0.0]])
+    exact = [float((Fraction(y) - Fraction(mean[0])) / Fraction(scale[0])) for y in Y[:, 0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert standardised(Y, mean, scale)[:, 0].tolist() == pytest.approx(exact, rel=1e-15)
+        numbers = np.array([1.7e308, 1.6e308, -1.0, 1.75e308])
+        assert _median(numbers) == float((Fraction(1.6e308) + Fraction(1.7e308)) / 2)
+        assert _median(np.array([1.0, 2.0, 4.0, 8.0])) == 3.0
+
+
 @pytest.mark.parametrize("fmt", ["numpy", "c", "onnx"])
 def test_export_of_targets_near_1e50_is_refused_by_its_cause_or_exact(tmp_path, fmt):
     rng = np.random.default_rng(0)
