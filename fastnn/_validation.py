@@ -81,6 +81,19 @@ def check_finite(a, name):
                         f"{row_number(name, r)}, column {c})")
 
 
+def check_finite_targets(y, name, what="label"):
+    """Raise DataError naming the first NaN or infinite label (or target) of
+    y, (n,) or (n, k), as the other label messages do: by its value and row
+    (a CSV file's line), and with k > 1 by its target column."""
+    Y = y.reshape(len(y), -1)
+    if Y.dtype.kind != "f" or np.isfinite(Y).all():
+        return
+    r, c = _first_bad(~np.isfinite(Y))
+    column = f", target column {c}" if Y.shape[1] > 1 else ""
+    raise DataError(f"{name} has {what} {_number(Y[r, c])} at row {row_number(name, r)}"
+                    f"{column}; {what}s must be finite numbers")
+
+
 def check_fits(X: Array, dtype: Any, name: str, raw: Optional[Array] = None,
                scaling: Optional[str] = None,
                hint: str = "train in float64 or divide that column down") -> None:
@@ -179,7 +192,7 @@ def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
     if y.ndim == 1 and n_outputs == 1 and y.dtype.kind == "f":
         y = y[:, None]
     if y.ndim == 1:
-        check_finite(y[:, None], name)
+        check_finite_targets(y, name)
         if y.dtype.kind == "f":
             if not np.array_equal(y, np.round(y)):
                 raise DataError(
@@ -205,7 +218,7 @@ def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
         raise DataError(
             f"{name} has shape {y.shape}; expected integer labels of shape ({n_samples},) "
             f"or targets of shape ({n_samples}, {n_outputs})")
-    check_finite(y, name)
+    check_finite_targets(y, name, "target")
     check_fits(y, dtype, name, hint="train in float64, or standardise the targets "
                                     "(task='regression')")
     Y = np.ascontiguousarray(y, dtype=dtype)
@@ -280,7 +293,7 @@ def infer_targets(y, task=None, name="y", hint=None, ask="task='classification' 
     if y.ndim == 2 and y.shape[1] == 1 and task != "regression":
         y = y[:, 0]
     if y.ndim == 2:
-        check_finite(y, name)
+        check_finite_targets(y, name, "target")
         one_hot = one_hot_labels(y) if y.shape[1] > 1 else None
         if task == "classification" and one_hot is None:
             raise DataError(f"{name} has {y.shape[1]} columns that are not one-hot rows; "
@@ -288,7 +301,7 @@ def infer_targets(y, task=None, name="y", hint=None, ask="task='classification' 
         if task == "classification" or (task is None and one_hot is not None):
             return Targets("classification", list(range(y.shape[1])), y.shape[1], task is None)
         return Targets("regression", None, y.shape[1], task is None)
-    check_finite(y[:, None], name)
+    check_finite_targets(y, name, "target" if task == "regression" else "label")
     if task == "regression":
         return Targets("regression", None, 1, False)
     if y.dtype.kind == "b":

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from fastnn._validation import MAX_CLASSES, TASKS, infer_targets, row_number
+from fastnn._validation import (MAX_CLASSES, TASKS, check_finite_targets, infer_targets,
+                                row_number)
 from fastnn.exceptions import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -479,10 +480,7 @@ def _float_targets(y, n_outputs, name):
         raise DataError(f"{name} has shape {y.shape}; a network of {n_outputs} output(s) "
                         f"needs {n_outputs} target(s) per row")
     Y = Y.astype(np.float64)
-    if not np.isfinite(Y).all():
-        r, c = np.argwhere(~np.isfinite(Y))[0]
-        raise DataError(f"{name} contains NaN or infinity (first at row "
-                        f"{row_number(name, r)}, column {c})")
+    check_finite_targets(Y, name, "target")
     return Y
 
 

@@ -1325,7 +1325,18 @@ def test_rows_of_a_csv_are_named_by_their_line_in_every_message(tmp_path):
              (("train", "nh.csv", "--scale", "none", "--epochs", "1"),
               r"nh.csv holds 1e\+39 at row 4, column 0"),
              (("train", "train.csv", "--test", "bad.csv", "--layers", "3,4", "--epochs", "1"),
-              r"bad.csv has label 7 at row 7, but the output layer")]
+              r"bad.csv has label 7 at row 7, but the output layer"),
+             # a label that is not finite is named as a label, not "column 0"
+             (("train", "nanlabel.csv", "--epochs", "1"),
+              r"nanlabel.csv has label inf at row 5; labels must be finite numbers"),
+             (("train", "nanlabel.csv", "--task", "regression", "--epochs", "1"),
+              r"nanlabel.csv has target inf at row 5; targets must be finite numbers"),
+             (("eval", "m.safetensors", "nanlabel.csv"),
+              r"nanlabel.csv has label inf at row 5; labels must be finite numbers")]
+    nan_label = y.astype(object)
+    nan_label[3] = "inf"                          # line 5
+    (tmp_path / "nanlabel.csv").write_text("a,b,c,label\n" + "\n".join(
+        ",".join(map(str, [*r, c])) for r, c in zip(X, nan_label)) + "\n")
     for args, message in cases:
         refused_in_one_line(tmp_path, *args, message=message)
     # arrays have no lines: their rows are counted from 0, as NumPy indexes them
