@@ -599,7 +599,9 @@ def _new_network(train_set, options):
             options["lr"] = REGRESSION_DEFAULTS["sgd_lr"]
     net = Network(sizes, activation=options["activation"] or "sigmoid", output=output, **kwargs)
     scale = resolve_scale(options["scale"] or "auto", train_set.auto_scale)
-    net.prepare(rows, train_set.y, task=targets.task, scale=scale, columns=columns)
+    # messages name the file (a CSV's rows by their lines), not X and y
+    net.prepare(rows, train_set.y, task=targets.task, scale=scale, columns=columns,
+                name=train_set.source)
     if targets.task == "regression" and train_set.label_name and net.sizes[-1] == 1:
         from fastnn.exceptions import DataError
         from fastnn.preprocessing import MAX_NAME

@@ -518,7 +518,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                 categorical: Optional[Iterable[Union[str, int]]] = None,
                 drop: Optional[Iterable[Union[str, int]]] = None,
                 missing: Optional[Sequence[str]] = None,
-                columns: Optional["Columns"] = None) -> "Preprocessing":
+                columns: Optional["Columns"] = None,
+                name: Optional[str] = None) -> "Preprocessing":
         """Learn what the network does to raw rows and labels, from training
         data (fit calls it when given a task or a scaling).
 
@@ -553,6 +554,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             empty, NA, NaN, null, ? ...).
         columns : fastnn.columns.Columns, optional
             An encoding already learned from X, used instead of learning one.
+        name : str, optional
+            What messages call the data [default: X and y] (see check_data).
 
         A network that has been trained keeps what it learned: asking for
         another task or scaling raises ConfigError.
@@ -579,17 +582,18 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             columns = Columns.learn(X, categorical=categorical, drop=drop, missing=missing)
         if columns is not None:
             if columns.n_features != self.sizes[0]:
-                raise DataError(f"X encodes to {columns.n_features} inputs ({columns.kinds_text()}), "
+                raise DataError(f"{name or 'X'} encodes to {columns.n_features} inputs "
+                                f"({columns.kinds_text()}), "
                                 f"but this network's first layer takes {self.sizes[0]}; build it "
                                 f"with {columns.n_features} inputs")
-        rows = None if columns is not None else self._rows(X)
+        rows = None if columns is not None else self._rows(X, name or "X")
         if rows is not None:
             X = rows
         if scale is not None:
             scale = resolve_scale(scale, "pixels" if rows is not None and rows.dtype == np.uint8
                                   else "standard")
         self.preprocessing = Preprocessing.learn(X, y, self.sizes[-1], task, scale,
-                                                 columns=columns)
+                                                 name=name or "y", columns=columns)
         return self.preprocessing
 
     def check_data(self, X: ArrayLike, y: Optional[ArrayLike] = None,

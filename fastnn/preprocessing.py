@@ -477,8 +477,10 @@ def _float_targets(y, n_outputs, name):
         raise DataError(f"{name} must be numbers for regression, not {y.dtype}")
     Y = y[:, None] if y.ndim == 1 else y
     if Y.ndim != 2 or Y.shape[1] != n_outputs:
-        raise DataError(f"{name} has shape {y.shape}; a network of {n_outputs} output(s) "
-                        f"needs {n_outputs} target(s) per row")
+        have = (f"{Y.shape[1]} target(s) per row" if Y.ndim == 2
+                else f"targets of shape {y.shape}")
+        raise DataError(f"{name} has {have}, but the output layer has {n_outputs} unit(s), "
+                        f"one per target")
     Y = Y.astype(np.float64)
     check_finite_targets(Y, name, "target")
     return Y

@@ -354,7 +354,8 @@ def test_library_errors_are_one_line_exit_1(tmp_path):
     assert result.output.startswith("Error: loss 'cross_entropy' needs a sigmoid or softmax")
     assert not (tmp_path / "m.safetensors").exists()
     result = run("train", "--layers", "100,10", "--epochs", "1", code=1)
-    assert "X has 784 features, but this network expects 100" in result.output
+    # the message names DATA, not X
+    assert "mnist (train) has 784 features, but this network expects 100" in result.output
     result = run("train", "--hidden", "10", "--lr-schedule", "exponential", "--epochs", "1",
                  code=1)
     assert "Unknown lr_schedule 'exponential'" in result.output

@@ -1299,6 +1299,26 @@ def test_the_c_export_of_a_classifier_compiles_without_warnings_as_a_library(tmp
     assert out == "virginica|none\n"
 
 
+def test_a_network_that_does_not_fit_the_file_names_the_file_not_x_and_y(tmp_path):
+    # `fastnn train` has no X or y: its messages name DATA
+    (tmp_path / "iris.csv").write_text("a,b,species\n" + "\n".join(
+        ["5.1,3.5,setosa", "6.2,2.9,versicolor", "7.7,3.0,virginica"] * 4) + "\n")
+    (tmp_path / "reg.csv").write_text("a,b,t\n" + "\n".join(
+        f"{i},{i % 3},{i / 2}" for i in range(12)) + "\n")
+    (tmp_path / "cat.csv").write_text("a,b,label\n" + "\n".join(
+        f"{'xy'[i % 2]},{i},{i % 3 % 2}" for i in range(12)) + "\n")
+    for args, message in [
+            (("iris.csv", "--layers", "2,5,4"),
+             r"^Error: iris.csv has 3 classes \(setosa, versicolor, virginica\), but the output "
+             r"layer has 4 unit"),
+            (("reg.csv", "--task", "regression", "--layers", "2,5,3"),
+             r"^Error: reg.csv has 1 target\(s\) per row, but the output layer has 3 unit"),
+            (("cat.csv", "--layers", "2,5,2"),
+             r"^Error: cat.csv encodes to 3 inputs \(1 numeric, 1 categorical")]:
+        refused_in_one_line(tmp_path, "train", *args, "--epochs", "1", "-o", "m.safetensors",
+                            message=message)
+
+
 def test_rows_of_a_csv_are_named_by_their_line_in_every_message(tmp_path):
     # the header is line 1, so the n-th row (from 0) is line n + 2, whoever reports it
     rng = np.random.default_rng(0)
