@@ -231,6 +231,8 @@ def _csv_lines(spec, data):
         return None
     if isinstance(data.X, Table) and data.X.lines is not None:
         return np.asarray(data.X.lines)
+    if data.lines is not None:
+        return np.asarray(data.lines)
     first = 1 if data.names is None and data.label_name is None else 2
     return np.arange(first, first + len(data.X))
 

@@ -1353,6 +1353,14 @@ def test_rows_of_a_csv_are_named_by_their_line_in_every_message(tmp_path):
               r"nanlabel.csv has target inf at row 5; targets must be finite numbers"),
              (("eval", "m.safetensors", "nanlabel.csv"),
               r"nanlabel.csv has label inf at row 5; labels must be finite numbers")]
+    # blank lines hold no row, but count as lines (LF and CRLF): 7 is on line 6
+    for name, end in (("blank.csv", "\n"), ("crlf.csv", "\r\n")):
+        (tmp_path / name).write_bytes(end.join(
+            ["a,b,c,label", "1,2,3,0", "", "1,2,3,1", "", "1,2,3,7", "1,2,3,0", "", ""]
+        ).encode())
+        cases.append((("eval", "m.safetensors", name), name + r" has label 7 at row 6,"))
+    (tmp_path / "blankinf.csv").write_text("a,b,c,label\n1,2,3,0\n\n1,inf,3,1\n")
+    cases.append((("predict", "m.safetensors", "blankinf.csv"), r"row 4, column b is inf"))
     nan_label = y.astype(object)
     nan_label[3] = "inf"                          # line 5
     (tmp_path / "nanlabel.csv").write_text("a,b,c,label\n" + "\n".join(
