@@ -1,6 +1,8 @@
 """What the commands share: data options, loading data for a model, JSON output."""
 import json
 import math
+import os
+from pathlib import Path
 
 import click
 import numpy as np
@@ -170,7 +172,9 @@ def set_threads(threads):
 def load(spec, split, labels=None, label_col=None, n_features=None, limit=None,
          need_labels=True, delimiter=None, decimal=None, missing=None, drop=None, quiet=False):
     """A Data from DATA; with need_labels, refuse data without labels, and
-    leave out the rows whose label is missing (saying how many on stderr)."""
+    leave out the rows whose label is missing (saying how many on stderr).
+    A CSV file's name (its `source`) is a fastnn._validation.DataName that
+    knows each row's line, so that every message counts rows as lines."""
     from fastnn.data import load_data
     from fastnn.exceptions import DataError
 
@@ -181,17 +185,26 @@ def load(spec, split, labels=None, label_col=None, n_features=None, limit=None,
     data = load_data(spec, split=split, labels=labels, label_col=label_col, n_features=n_features,
                      delimiter=delimiter, decimal=decimal, missing=missing, drop=drop,
                      label_optional=not need_labels)
+    lines = _csv_lines(spec, data)
     if limit is not None:
         data.X, data.y = data.X[:limit], None if data.y is None else data.y[:limit]
         data.unlabelled = None if data.unlabelled is None else data.unlabelled[:limit]
     if need_labels and data.y is None:
         raise DataError(f"{data.source} has no labels; give them with --labels "
                         f"(IDX, .npy) or --label-col (CSV)")
+    if lines is not None:
+        lines = lines[:len(data.X)]
+        if need_labels and data.unlabelled is not None:
+            lines = lines[~data.unlabelled]
     if need_labels:
         left_out = data.drop_unlabelled()
         if left_out and not quiet:
             click.echo(f"Note: left out {left_out:,} row{'s' if left_out > 1 else ''} of "
                        f"{shown(data.source)} whose label is missing", err=True)
+    if lines is not None:
+        from fastnn._validation import DataName
+
+        data.source = DataName(data.source, lines)
     return data
 
 
@@ -206,6 +219,22 @@ def model_reading(net):
     dropped = [c.name for c in columns.columns if c.kind == "dropped"]
     return {"n_features": columns.raw_width, "missing": list(columns.markers),
             "drop": dropped or None}
+
+
+def _csv_lines(spec, data):
+    """The file line of each row of a CSV file's Data (its header is line 1),
+    or None for other data."""
+    from fastnn.data import detect_format
+    from fastnn.table import Table
+
+    if not (os.path.isfile(spec) and detect_format(Path(spec)) == "csv"):
+        return None
+    if isinstance(data.X, Table) and data.X.lines is not None:
+        return np.asarray(data.X.lines)
+    if data.lines is not None:
+        return np.asarray(data.lines)
+    first = 1 if data.names is None and data.label_name is None else 2
+    return np.arange(first, first + len(data.X))
 
 
 def model_rows(net, dataset, quiet=False):

@@ -10,7 +10,9 @@ HELP = """Evaluate MODEL on DATA (default: the mnist test split). A classifier g
 its loss, accuracy, per-class precision, recall and F1 (by class name) and
 the confusion matrix; a regression, MSE, RMSE, MAE and R² of its predicted
 values. A CSV DATA's label column is the one MODEL was trained with (or
---label-col).
+--label-col). Above 100 classes the confusion matrix is summarised by its 20
+largest off-diagonal cells, and --confusion-png draws the 30 classes with the
+most errors: memory stays O(samples + classes).
 
 \b
 Examples:
@@ -39,7 +41,7 @@ Examples:
 def eval_command(model, data, labels, label_col, delimiter, decimal, limit, threads, as_json,
                  confusion_png, scatter_png, force):
     from fastnn import load as load_model
-    from fastnn.metrics import classification_report, predicted_labels
+    from fastnn.metrics import classification_report, predicted_classes
     from fastnn.plot import picture_format
 
     pictures = [(flag, path, picture_format(path)[1]) for flag, path in
@@ -52,23 +54,29 @@ def eval_command(model, data, labels, label_col, delimiter, decimal, limit, thre
                    delimiter=delimiter, decimal=decimal, quiet=as_json, **model_reading(net))
     X, unknown = model_rows(net, dataset, quiet=as_json)
     pre = net.preprocessing
-    result = {"model": model, "data": dataset.source, **net.evaluate(X, dataset.y)}
+    # messages name the file (a CSV's rows by their lines), not X and y
+    result = {"model": model, "data": dataset.source,
+              **net.evaluate(X, dataset.y, name=dataset.source)}
     if unknown:
         result["unknown_values"] = unknown
     regression = pre is not None and pre.task == "regression"
+    truth = predicted = names = None
     if "accuracy" in result:
         n_classes = max(net.sizes[-1], 2)
-        predicted = predicted_labels(net.forward(X))
-        truth = dataset.y if pre is None else pre.class_indices(dataset.y)
-        truth = truth if truth.ndim == 1 else truth.argmax(axis=1)
+        # a chunk of rows at a time: never all the outputs of 10,000 classes at once
+        predicted = predicted_classes(net, X)
+        truth = net.training_labels(dataset.y, dataset.source)
         result.update(classification_report(truth, predicted, n_classes))
         names = pre.class_names() if pre is not None else None
         if names:
             for row in result["per_class"]:
                 row["name"] = names[row["class"]]
+            for cell in result.get("confusion_summary", {}).get("largest", []):
+                cell["true_name"], cell["predicted_name"] = (names[cell["true"]],
+                                                             names[cell["predicted"]])
             result["classes"] = names
     if confusion_png:
-        _write_confusion(confusion_png, result, dataset.source, force)
+        _write_confusion(confusion_png, result, truth, predicted, names, dataset.source, force)
         if as_json:
             result["confusion_png"] = confusion_png
     if scatter_png:
@@ -100,6 +108,9 @@ def _print_classification(result):
     for name, row in zip(names, result["per_class"]):
         click.echo(f"{name:>{width}}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  "
                    f"{row['f1']:>6.4f}  {row['support']:>7}")
+    if "confusion_summary" in result:
+        _print_summary(result["confusion_summary"], result["per_class"])
+        return
     matrix = result["confusion_matrix"]
     cell = max(5, len(str(max(max(r) for r in matrix))) + 1)
     click.echo("\nconfusion matrix (rows: true class, columns: predicted)")
@@ -110,15 +121,41 @@ def _print_classification(result):
         click.echo(f"{k:>{width}}" + "".join(f"{v:>{cell}}" for v in row))
 
 
-def _write_confusion(path, result, source, force):
+def _print_summary(summary, per_class):
+    from fastnn.metrics import MAX_MATRIX_CLASSES
+
+    cells = summary["largest"]
+    click.echo(f"\nconfusion matrix: {summary['classes']:,} classes, more than "
+               f"{MAX_MATRIX_CLASSES} to print; {summary['misclassified']:,} samples "
+               f"misclassified" + (f", the {len(cells)} largest cells (true -> predicted: "
+                                   f"samples):" if cells else ""))
+    for cell in cells:
+        true, predicted = (shown(per_class[cell[k]].get("name", cell[k]))[:30]
+                           for k in ("true", "predicted"))
+        click.echo(f"  {true} -> {predicted}: {cell['samples']:,}")
+
+
+def _write_confusion(path, result, truth, predicted, names, source, force):
     from fastnn.exceptions import DataError
-    from fastnn.plot import plot_confusion
+    from fastnn.metrics import class_errors, confusion_matrix, most_confused
+    from fastnn.plot import MAX_ANNOTATED_CLASSES, confusion_title, plot_confusion
 
     # before any report is printed, so a failure leaves no half-done output
-    if "confusion_matrix" not in result:
+    if truth is None:
         raise DataError(f"{source} has float targets, not class labels: no confusion matrix "
                         f"to draw for --confusion-png")
-    plot_confusion(result["confusion_matrix"], path, result.get("classes"), force=force)
+    if "confusion_matrix" in result:
+        plot_confusion(result["confusion_matrix"], path, result.get("classes"), force=force)
+        return
+    # too many classes to draw: the part of the matrix among those with the most errors
+    k = result["confusion_summary"]["classes"]
+    keep = most_confused(class_errors(truth, predicted, k), MAX_ANNOTATED_CLASSES)
+    correct = result["n"] - result["confusion_summary"]["misclassified"]
+    title = (f"{confusion_title(correct, result['n'])}; the {len(keep)} classes with the most "
+             f"errors, of {k:,}")
+    plot_confusion(confusion_matrix(truth, predicted, k, classes=keep), path,
+                   [names[c] for c in keep] if names else [str(c) for c in keep], title=title,
+                   force=force)
 
 
 def _write_scatter(path, net, X, dataset, force):

@@ -48,7 +48,7 @@ def predict(model, data, labels, label_col, delimiter, decimal, out, proba, limi
     from fastnn import load as load_model
     from fastnn.exceptions import FastnnError
     from fastnn.files import atomic_write
-    from fastnn.metrics import predicted_labels
+    from fastnn.metrics import predicted_classes, predicted_labels
 
     if as_json and out:
         raise click.UsageError("--json prints to stdout; give it or -o, not both")
@@ -59,16 +59,18 @@ def predict(model, data, labels, label_col, delimiter, decimal, out, proba, limi
     dataset = load(data, "test", labels, training_label_col(net, label_col), limit=limit,
                    need_labels=False, delimiter=delimiter, decimal=decimal, **model_reading(net))
     X, unknown = model_rows(net, dataset, quiet=as_json)
-    outputs = net.forward(X)
+    net.check_data(X, name=dataset.source)     # messages name the file and its lines
     pre = net.preprocessing
     regression = pre is not None and pre.task == "regression"
+    # only the classes: a chunk of rows at a time, however many classes there are
+    outputs = net.forward(X) if regression or proba else None
     if regression:
         values = pre.restore(outputs)
         names = pre.target_names or (["value"] if values.shape[1] == 1 else
                                      [f"value{j}" for j in range(values.shape[1])])
         n_rows = len(values)
     else:
-        predicted = predicted_labels(outputs)
+        predicted = predicted_labels(outputs) if proba else predicted_classes(net, X)
         labels = predicted if pre is None else pre.decode(predicted)
         n_rows = len(predicted)
     if as_json:

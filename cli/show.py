@@ -4,12 +4,14 @@ import click
 from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, data_inputs,
                                data_options, force_option, load, match_inputs, set_threads,
                                threads_option, training_label_col)
+from fastnn.plot import MAX_SAMPLES
 
 HELP = """Draw the samples of DATA (default: the mnist test split) that MODEL gets
 most wrong, as a grid of images in a PNG: the misclassified samples whose
 true class gets the lowest output activation, each titled
 "true 7 → predicted 2" with its row number. With --filters, draw the first
-convolution layer's filters (no DATA needed). Needs matplotlib:
+convolution layer's filters (no DATA needed): at most 64 filters of at most
+16 input channels, the title says when more were left out. Needs matplotlib:
 pip install 'fastnn[plot]'.
 
 \b
@@ -48,8 +50,8 @@ def image_shape(ctx, param, value):
                    "(.png, .svg or .pdf).")
 @click.option("--filters", type=click.Path(), metavar="FILE.png",
               help="Write the first convolution layer's filters here (.png, .svg or .pdf).")
-@click.option("--count", type=Integer(min=1), default=25, show_default=True,
-              help="Draw at most this many samples.")
+@click.option("--count", type=Integer(min=1, max=MAX_SAMPLES), default=25, show_default=True,
+              help=f"Draw at most this many samples (at most {MAX_SAMPLES}).")
 @click.option("--image-shape", callback=image_shape, metavar="HxW",
               help="Height and width of one sample [default: square, 28x28 for 784 inputs].")
 @data_options
@@ -80,6 +82,7 @@ def show(model, data, misclassified, filters, count, image_shape, labels, label_
     dataset = load(data, "test", labels, training_label_col(net, label_col),
                    n_features=net.sizes[0], limit=limit)
     X = match_inputs(net, dataset.X)
+    net.check_data(X, dataset.y, name=dataset.source)     # messages name the file and its lines
     shown = plot_misclassified(net, X, dataset.y, misclassified, n=count,
                                image_shape=image_shape, force=force)
     click.echo(f"Wrote the {len(shown)} worst-classified samples of {dataset.source} "

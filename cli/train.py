@@ -386,8 +386,13 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
             outputs.save_unfinished(net, record_run())
 
-    net.check_data(X_train, train_set.y)
-    train_labels = net.training_labels(train_set.y)
+    # messages name each file (a CSV's rows by their lines), not X and y
+    net.check_data(X_train, train_set.y, name=train_set.source)
+    if val_data:
+        net.check_data(val[0], val[1], name=v.source)
+    if test is not None:
+        net.check_data(X_test, test.y, name=test.source)
+    train_labels = net.training_labels(train_set.y, train_set.source)
     say(_task_line(net, inferred, resume))
     if train_set.dialect is not None and not train_set.dialect.usual:
         say(f"Read {train_set.source}: {train_set.dialect.describe()}")
@@ -635,7 +640,9 @@ def _new_network(train_set, options, has_val):
     net = Network(sizes, activation=options["activation"], output=options["output_activation"],
                   **kwargs)
     scale = resolve_scale(options["scale"] or "auto", train_set.auto_scale)
-    net.prepare(rows, train_set.y, task=targets.task, scale=scale, columns=columns)
+    # messages name the file (a CSV's rows by their lines), not X and y
+    net.prepare(rows, train_set.y, task=targets.task, scale=scale, columns=columns,
+                name=train_set.source)
     if targets.task == "regression" and train_set.label_name and net.sizes[-1] == 1:
         from fastnn.exceptions import DataError
         from fastnn.preprocessing import MAX_NAME

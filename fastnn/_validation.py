@@ -7,6 +7,7 @@ import math
 import numbers
 import re
 from collections import namedtuple
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import numpy as np
@@ -39,6 +40,32 @@ def first_nonfinite_row(X: Array) -> int:
     return int(_core.first_nonfinite_row(X))
 
 
+#: Entries check_fits looks at a time: its temporaries stay at a few MB
+#: however large X is (a memory-mapped file larger than memory).
+FITS_CHUNK = 1 << 20
+
+
+class DataName(str):
+    """The name of a data set in messages, with the line of its file that
+    each row came from: messages about a CSV file's rows name their line in
+    the file (its header is line 1); about arrays (.npz, .npy, IDX files,
+    Python), their index from 0. See row_number."""
+
+    lines: Optional[Array] = None
+
+    def __new__(cls, name: str, lines: Optional[Array] = None) -> "DataName":
+        self = super().__new__(cls, name)
+        self.lines = lines
+        return self
+
+
+def row_number(name: str, i: int) -> int:
+    """Row i (from 0) of the data named `name`, as every message counts
+    rows: its line in the file for a DataName with lines, else i itself."""
+    lines = getattr(name, "lines", None)
+    return int(lines[i]) if lines is not None and 0 <= i < len(lines) else int(i)
+
+
 def _first_bad(mask):
     """(row, column) of the first True in a 2-D boolean mask."""
     r, c = np.unravel_index(np.argmax(mask), mask.shape)
@@ -50,7 +77,51 @@ def check_finite(a, name):
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         bad = ~np.isfinite(a.reshape(len(a), -1))
         r, c = _first_bad(bad)
-        raise DataError(f"{name} contains NaN or infinity (first at row {r}, column {c})")
+        raise DataError(f"{name} contains NaN or infinity (first at row "
+                        f"{row_number(name, r)}, column {c})")
+
+
+def check_finite_targets(y, name, what="label"):
+    """Raise DataError naming the first NaN or infinite label (or target) of
+    y, (n,) or (n, k), as the other label messages do: by its value and row
+    (a CSV file's line), and with k > 1 by its target column."""
+    Y = y.reshape(len(y), -1)
+    if Y.dtype.kind != "f" or np.isfinite(Y).all():
+        return
+    r, c = _first_bad(~np.isfinite(Y))
+    column = f", target column {c}" if Y.shape[1] > 1 else ""
+    raise DataError(f"{name} has {what} {_number(Y[r, c])} at row {row_number(name, r)}"
+                    f"{column}; {what}s must be finite numbers")
+
+
+def check_fits(X: Array, dtype: Any, name: str, raw: Optional[Array] = None,
+               scaling: Optional[str] = None,
+               hint: str = "train in float64 or divide that column down") -> None:
+    """Raise DataError if a value of X (finite float rows, perhaps scaled
+    from `raw`) is beyond what `dtype` holds: it would be infinite there.
+    The message names the value as given (raw) and the scaling applied."""
+    if X.dtype.kind != "f":
+        return
+    largest = float(np.finfo(dtype).max)
+    if X.dtype == np.dtype(dtype) and X.flags.c_contiguous:
+        # rounded to dtype already: what did not fit is an infinity there,
+        # found in one pass without a temporary (NumPy blocks without the core)
+        first = first_nonfinite_row(X)
+        blocks: Iterable[tuple[int, Array]] = [] if first < 0 else [(first, X[first:first + 1])]
+    else:
+        rows = max(1, FITS_CHUNK // max(X.shape[1], 1))
+        blocks = ((start, X[start:start + rows]) for start in range(0, len(X), rows))
+    for start, block in blocks:
+        bad = ~(np.abs(block) <= largest)
+        if bad.any():
+            r, c = _first_bad(bad)
+            value = (X if raw is None else raw)[start + r, c]
+            scaled = (f" even after {scaling} scaling" if scaling not in (None, "none")
+                      else "")
+            raise DataError(f"{name} holds {_number(value)} at row "
+                            f"{row_number(name, start + r)}, column {c}, which overflows "
+                            f"{np.dtype(dtype).name} (largest {largest:.3g})"
+                            f"{scaled}; {hint}")
 
 
 def check_X(X: Any, n_features: int, name: str = "X") -> Array:
@@ -77,7 +148,8 @@ def check_X(X: Any, n_features: int, name: str = "X") -> Array:
         r = first_nonfinite_row(X)
         if r >= 0:
             c = int(np.flatnonzero(~np.isfinite(X[r]))[0])
-            raise DataError(f"{name} contains NaN or infinity (first at row {r}, column {c})")
+            raise DataError(f"{name} contains NaN or infinity (first at row "
+                            f"{row_number(name, r)}, column {c})")
     return X
 
 
@@ -96,7 +168,7 @@ def image_rows(X: Any, input_shape: tuple[int, ...], name: str = "X") -> Any:
 
 
 def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
-                  name: str = "y") -> tuple[Array, Optional[Array]]:
+                  name: str = "y", one_hot: bool = True) -> tuple[Any, Optional[Array]]:
     """Targets as a (n_samples, n_outputs) array of `dtype`.
 
     Integer labels (or floats that are whole numbers, 1-D) are one-hot
@@ -106,7 +178,9 @@ def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
     Returns
     -------
     (Y, labels) : labels is the 1-D int array of class labels, or None when
-    the targets were given as a float array that is not one-hot.
+    the targets were given as a float array that is not one-hot. With
+    one_hot=False, Y is None where it would be labels one-hot encoded
+    (n_samples x n_outputs entries: build them a chunk at a time).
     """
     y = np.asarray(y)
     if y.dtype.kind not in "biuf":
@@ -118,7 +192,7 @@ def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
     if y.ndim == 1 and n_outputs == 1 and y.dtype.kind == "f":
         y = y[:, None]
     if y.ndim == 1:
-        check_finite(y[:, None], name)
+        check_finite_targets(y, name)
         if y.dtype.kind == "f":
             if not np.array_equal(y, np.round(y)):
                 raise DataError(
@@ -130,11 +204,13 @@ def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
         if bad.any():
             i = int(np.argmax(bad))
             raise DataError(
-                f"{name} has label {_number(y[i])} at row {i}, but the output layer's "
-                f"{n_outputs} unit(s) take labels 0..{n_classes - 1}")
+                f"{name} has label {_number(y[i])} at row {row_number(name, i)}, but the "
+                f"output layer's {n_outputs} unit(s) take labels 0..{n_classes - 1}")
         labels = y.astype(np.int64)
         if n_outputs == 1:
             return labels.astype(dtype)[:, None], labels
+        if not one_hot:
+            return None, labels
         Y = np.zeros((n_samples, n_outputs), dtype=dtype)
         Y[np.arange(n_samples), labels] = 1
         return Y, labels
@@ -142,7 +218,9 @@ def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
         raise DataError(
             f"{name} has shape {y.shape}; expected integer labels of shape ({n_samples},) "
             f"or targets of shape ({n_samples}, {n_outputs})")
-    check_finite(y, name)
+    check_finite_targets(y, name, "target")
+    check_fits(y, dtype, name, hint="train in float64, or standardise the targets "
+                                    "(task='regression')")
     Y = np.ascontiguousarray(y, dtype=dtype)
     return Y, one_hot_labels(Y)
 
@@ -215,7 +293,7 @@ def infer_targets(y, task=None, name="y", hint=None, ask="task='classification' 
     if y.ndim == 2 and y.shape[1] == 1 and task != "regression":
         y = y[:, 0]
     if y.ndim == 2:
-        check_finite(y, name)
+        check_finite_targets(y, name, "target")
         one_hot = one_hot_labels(y) if y.shape[1] > 1 else None
         if task == "classification" and one_hot is None:
             raise DataError(f"{name} has {y.shape[1]} columns that are not one-hot rows; "
@@ -223,7 +301,7 @@ def infer_targets(y, task=None, name="y", hint=None, ask="task='classification' 
         if task == "classification" or (task is None and one_hot is not None):
             return Targets("classification", list(range(y.shape[1])), y.shape[1], task is None)
         return Targets("regression", None, y.shape[1], task is None)
-    check_finite(y[:, None], name)
+    check_finite_targets(y, name, "target" if task == "regression" else "label")
     if task == "regression":
         return Targets("regression", None, 1, False)
     if y.dtype.kind == "b":
@@ -242,8 +320,8 @@ def infer_targets(y, task=None, name="y", hint=None, ask="task='classification' 
             return Targets("regression", None, 1, True)
         i = int(np.argmax(y != np.round(y)))
         raise DataError(f"{name} mixes whole numbers with non-integer values such as "
-                        f"{_number(y[i])} at row {i} (class labels or regression targets?)"
-                        f"{suffix}")
+                        f"{_number(y[i])} at row {row_number(name, i)} (class labels or "
+                        f"regression targets?){suffix}")
     low, high = y.min().item(), y.max().item()     # Python numbers: high + 1 cannot overflow
     if low >= 0 and high < MAX_CLASSES:
         k = int(high) + 1
@@ -258,14 +336,14 @@ def infer_targets(y, task=None, name="y", hint=None, ask="task='classification' 
     # not plausibly class labels: say why, and ask
     if low < 0:
         i = int(np.argmax(y < 0))
-        raise DataError(f"{name} has label {_number(y[i])} at row {i} among "
+        raise DataError(f"{name} has label {_number(y[i])} at row {row_number(name, i)} among "
                         f"{len(distinct)} distinct values: these do not look like class "
                         f"labels 0, 1, 2, ...{suffix}")
     if high >= MAX_CLASSES:
         i = int(np.argmax(y >= MAX_CLASSES))
-        raise DataError(f"{name} has label {_number(y[i])} at row {i}, which would need an "
-                        f"output layer of {_number(high + 1)} units; fastnn builds at most "
-                        f"{MAX_CLASSES:,} classes from labels{suffix}")
+        raise DataError(f"{name} has label {_number(y[i])} at row {row_number(name, i)}, "
+                        f"which would need an output layer of {_number(high + 1)} units; fastnn "
+                        f"builds at most {MAX_CLASSES:,} classes from labels{suffix}")
     k = int(high) + 1
     if present * 2 < k:
         raise DataError(f"{name} has labels up to {k - 1}, but only {present} of those "
@@ -280,14 +358,15 @@ def _text_targets(y, task, name, hint):
         raise DataError(f"{name} must hold one class name per sample, not shape {y.shape}")
     if task == "regression":
         i = next(i for i, v in enumerate(y.tolist()) if not isinstance(v, (int, float)))
-        raise DataError(f"{name} has the text {str(y[i])[:40]!r} at row {i}; regression "
-                        f"needs numbers")
+        raise DataError(f"{name} has the text {str(y[i])[:40]!r} at row "
+                        f"{row_number(name, i)}; regression needs numbers")
     values = y.tolist()
     if y.dtype.kind == "O":
         for i, v in enumerate(values):
             if not isinstance(v, str):
                 raise DataError(f"{name} mixes text and {type(v).__name__} labels "
-                                f"({v!r} at row {i}); give class names of one kind")
+                                f"({v!r} at row {row_number(name, i)}); give class names of "
+                                f"one kind")
     classes = sorted(set(values))
     return _checked_classes(classes, len(y), name, f". {hint}" if hint else "", task is None)
 
@@ -319,8 +398,9 @@ def one_hot_labels(Y):
 
 
 def check_targets_fit_loss(Y, loss, output, name="y"):
-    """Cross-entropy needs targets in [0, 1]; with softmax, rows summing to 1."""
-    if loss != "cross_entropy":
+    """Cross-entropy needs targets in [0, 1]; with softmax, rows summing to 1
+    (as one-hot labels, Y None, always are)."""
+    if loss != "cross_entropy" or Y is None:
         return
     if Y.min() < 0 or Y.max() > 1:
         raise DataError(f"cross_entropy needs targets in [0, 1]; {name} has values "
@@ -331,7 +411,7 @@ def check_targets_fit_loss(Y, loss, output, name="y"):
         if bad.any():
             i = int(np.argmax(bad))
             raise DataError(f"softmax cross_entropy needs target rows that sum to 1; "
-                            f"row {i} of {name} sums to {sums[i]:g}")
+                            f"row {row_number(name, i)} of {name} sums to {sums[i]:g}")
 
 
 #: The largest count (epochs, batch size, rows) and seed a model file may

@@ -426,7 +426,16 @@ def _learn_column(raw: RawColumn, name: str, table: Table, as_categories: bool,
     if notes is not None and _looks_like_row_numbers(numbers):
         notes.append(f"Note: column {col(name)} holds a different whole number on every "
                      f"row, like a row number or an ID; --drop {col(name)} leaves it out")
-    return Column(name, "numeric", fill=float(np.median(numbers)), indicator=bool(gone.any()))
+    return Column(name, "numeric", fill=_median(numbers), indicator=bool(gone.any()))
+
+
+def _median(numbers):
+    """The median of finite float64 numbers, finite itself: of an even count
+    it is the mean of the middle two, which overflows for two near 1.7e308
+    unless halved first (exact, but in the subnormal range)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        middle = float(np.median(numbers))
+    return middle if np.isfinite(middle) else 2 * float(np.median(numbers / 2))
 
 
 def _value_counts(raw: RawColumn) -> dict[str, int]:

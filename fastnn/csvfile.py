@@ -241,7 +241,9 @@ def read_csv(path: Any, label_col: Union[str, int, None] = None,
         raise DataError(f"{name} has a header but no rows")
     values = _numbers(body, dialect)
     if values is not None and values.shape[1] == width:
-        return _from_numbers(values, col, features, names, name, info)
+        return _from_numbers(values, col, features, names, name, info,
+                             _row_lines(body, first_end + 1 if names is not None else 1,
+                                        len(values)))
     if values is not None:
         raise DataError(f"{name}: the header names {width} columns, the rows have "
                         f"{values.shape[1]}")
@@ -263,6 +265,7 @@ def read_csv(path: Any, label_col: Union[str, int, None] = None,
         info["label_missing"] = gone if gone.any() else None
     table = Table([columns.get(j) for j in features], info["names"], len(lines), lines,
                   source=name)
+    info["lines"] = table.lines
     block = table.numeric()
     if block is not None and not skipped:
         from fastnn.data import pixels_or_floats
@@ -340,15 +343,31 @@ def _numbers(body, dialect):
     return values
 
 
-def _from_numbers(values, col, features, names, name, info):
+#: A blank line (np.loadtxt skips it) before the last row of a body.
+_BLANK_LINE = re.compile(r"(?:^|\n)[ \t]*(?:\r\n|\n)|(?:^|\r)[ \t]*\r(?!\n)")
+
+
+def _row_lines(body, first_line, n):
+    """The line of the file each of the n rows np.loadtxt read from `body`
+    is on (body starts at line `first_line`): consecutive lines, unless a
+    blank line (which holds no row) comes before the last row."""
+    end = len(body)
+    while end and body[end - 1] in " \t\r\n":
+        end -= 1                    # trailing blank lines move no row
+    if not _BLANK_LINE.search(body, 0, end):
+        return np.arange(first_line, first_line + n)
+    full = [i for i, line in enumerate(body[:end].splitlines()) if line.strip()]
+    return np.asarray(full[:n], dtype=np.int64) + first_line
+
+
+def _from_numbers(values, col, features, names, name, info, lines):
     from fastnn.data import pixels_or_floats
     from fastnn.table import Table
 
     info["label_missing"] = None
+    info["lines"] = lines
     y = None if col is None else values[:, col]
     X = values if col is None else values[:, features]
-    first_line = 2 if names else 1
-    lines = np.arange(first_line, first_line + len(values))
     table = Table([], info["names"], len(values), lines, source=name)
     X = _finite(X, table, name, [names[j] for j in features] if names else None)
     return pixels_or_floats(X), y

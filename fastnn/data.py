@@ -59,6 +59,8 @@ class Data:
     are the features' names in a CSV header, and `unlabelled` is True for
     each row whose label is missing (see `drop_unlabelled`), or None.
     X is a fastnn.table.Table for a CSV file with text or missing values.
+    `lines` is the line of a CSV file each row was read from (its header is
+    line 1; a blank line holds no row), or None.
     """
 
     X: Any
@@ -70,6 +72,7 @@ class Data:
     dialect: Optional["Dialect"] = None
     names: Optional[list[str]] = None
     unlabelled: Optional[np.ndarray] = None
+    lines: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.X)
@@ -658,7 +661,7 @@ def load_data(spec: PathLike, split: str = "train", labels: Optional[PathLike] =
             kind != "csv" and X.dtype == np.uint8) else "standard")
         return Data(X, y, spec, auto_scale=auto, label_name=info.get("label_name"), shape=shape,
                     dialect=info.get("dialect"), names=info.get("names"),
-                    unlabelled=unlabelled)
+                    unlabelled=unlabelled, lines=info.get("lines"))
     except MemoryError:
         raise DataError(f"{spec}: not enough memory to read it") from None
 

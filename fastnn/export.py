@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from fastnn._version import __version__
-from fastnn.exceptions import ConfigError, FastnnError, lookup
+from fastnn.exceptions import ConfigError, DataError, FastnnError, lookup
 from fastnn.files import FileKind, atomic_write, check_distinct, check_output, starting_with
 from fastnn.layers import Conv2D, Dense, Dropout, Flatten, L2Pool2D, MaxPool2D
 
@@ -107,6 +107,10 @@ def _prepared(net):
         plain, shift = fold(net)
     except ConfigError as exc:
         raise ExportError(str(exc)) from None
+    except DataError as exc:
+        # targets near 1e50 folded into float32 weights: refused, not "NaN parameters"
+        raise ExportError(f"cannot export: the model's scaling folded into its weights "
+                          f"overflows: {exc}") from None
     return plain, pre.class_names(), pre.task, shift
 
 
@@ -941,10 +945,12 @@ def c_source(net, source=None, name="model.c"):
     ``int fastnn_predict_work(const float *input, float *output, fastnn_real
     *work)`` (the same with a caller's work buffer of ``FASTNN_WORK_SIZE``
     entries, for convolutional networks whose activations are too large for
-    a small stack) and, when compiled with ``-DFASTNN_MAIN``, a ``main``
-    that reads rows from stdin. Weights are ``static const`` arrays in the
-    network's dtype (``float`` or ``double``), printed with enough digits to
-    read back exactly, and the arithmetic is done in that precision.
+    a small stack), for a classifier with class names
+    ``const char *fastnn_class_name(int k)``, and, when compiled with
+    ``-DFASTNN_MAIN``, a ``main`` that reads rows from stdin. Weights are
+    ``static const`` arrays in the network's dtype (``float`` or
+    ``double``), printed with enough digits to read back exactly, and the
+    arithmetic is done in that precision.
     Convolution and pooling are direct loops over HWC rows, as fastnn
     stores them; convolution weights stay HWIO.
 
@@ -987,7 +993,8 @@ def c_source(net, source=None, name="model.c"):
             "x".join(map(str, net.input_shape))) if image_in else ""),
         output_order=(" in HWC order" if image_out else ""),
         rule=("1 if the output exceeds 0.5, else 0" if n_out == 1
-              else "the index of the largest output"),
+              else "the index of the largest output")
+        + ("; fastnn_class_name(k) names class k" if classes is not None else ""),
         stack=2 * width * np.dtype(net.dtype).itemsize,
         name=c_text(os.path.basename(os.fsdecode(name))))
     parts = [header, "\n"]
@@ -1035,9 +1042,15 @@ def c_source(net, source=None, name="model.c"):
                                    result=current, decide=decide))
     if classes is not None:
         names = ",\n".join(f'    "{c_text(name)}"' for name in classes)
+        # fastnn_class_name uses the table, so that a build without
+        # FASTNN_MAIN has no unused static (-Wall -Wextra stay quiet)
         parts.append(f"\n/* The class of each result of fastnn_predict: fastnn_class_names[best] */\n"
                      f"static const char *const fastnn_class_names[{len(classes)}] = {{\n"
-                     f"{names}\n}};\n#define FASTNN_CLASS_NAME(k) (fastnn_class_names[k])\n")
+                     f"{names}\n}};\n#define FASTNN_CLASS_NAME(k) (fastnn_class_names[k])\n"
+                     f"\n/* The name of class k, or 0 (NULL) if k is not a class */\n"
+                     f"const char *fastnn_class_name(int k);\n"
+                     f"const char *fastnn_class_name(int k)\n{{\n"
+                     f"    return k >= 0 && k < {len(classes)} ? fastnn_class_names[k] : 0;\n}}\n")
     elif task == "regression":
         parts.append("\n/* A regression: output holds the predicted target values */\n"
                      "#define FASTNN_REGRESSION 1\n")

@@ -16,8 +16,9 @@ import numpy as np
 
 from fastnn import _kernels, blas, memory, training
 from fastnn._typing import Array, ArrayLike, DTypeLike, Metrics, PathLike
-from fastnn._validation import (MAX_SEED, check_finite, check_targets, check_targets_fit_loss,
-                                check_X, image_rows, nonnegative_float, positive_int)
+from fastnn._validation import (MAX_SEED, check_finite, check_fits, check_targets,
+                                check_targets_fit_loss, check_X, image_rows, nonnegative_float,
+                                positive_int)
 from fastnn.activations import get_activation
 from fastnn.callbacks import Callback, check_callbacks
 from fastnn.exceptions import ConfigError, DataError
@@ -47,6 +48,9 @@ PREDICT_BUDGET = 4 * 1024 * 1024
 # Rows evaluate() runs through forward() at a time (a multiple of
 # PREDICT_CHUNK, so the chunks forward computes are the same).
 EVALUATE_CHUNK = 64 * PREDICT_CHUNK
+# ... and at most this many outputs at a time (1M: the loss's float64
+# temporaries are 8 MiB each), however many classes.
+EVALUATE_BUDGET = 1024 * 1024
 
 class Gradient(NamedTuple):
     """The mean loss over a batch and its gradients per layer."""
@@ -76,7 +80,10 @@ class ParamList(list[Array]):
         if value.shape != target.shape:
             raise DataError(f"{self._kind}[{i}] has shape {target.shape}; cannot assign "
                             f"an array of shape {value.shape}")
-        check_finite(value.reshape(len(value), -1), f"{self._kind}[{i}]")
+        rows = value.reshape(len(value), -1)
+        check_finite(rows, f"{self._kind}[{i}]")
+        # a float64 value past float32's range would become inf (with a warning)
+        check_fits(rows, target.dtype, f"{self._kind}[{i}]", hint="train in float64")
         target[...] = value
 
 
@@ -280,12 +287,21 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         elif is_table_like(X):
             X = _numbers_only(X, name)
         X = self._rows(X, name)
-        return X if pre is None else pre.transform_X(X, self.dtype)
+        out = X if pre is None else pre.transform_X(X, self.dtype)
+        if self.dtype != np.float64 and (out is not X or out.dtype != self.dtype):
+            # 1e39 is finite in float64 but not in float32: say so, not "diverged"
+            # (rows already in the network's dtype were checked finite)
+            check_fits(out, self.dtype, name, raw=X,
+                       scaling=pre.scaling.kind if pre is not None and pre.scaling else None)
+        return out
 
-    def _targets(self, X: Array, y: ArrayLike, name: str = "y") -> tuple[Array, Optional[Array]]:
+    def _targets(self, X: Array, y: ArrayLike, name: str = "y",
+                 one_hot: bool = True) -> tuple[Any, Optional[Array]]:
+        """(Y, labels) as check_targets gives them (one_hot=False: Y None for
+        labels, whose one-hot rows are then made a chunk at a time)."""
         if self.preprocessing is not None:
             y = self.preprocessing.encode(y, self.sizes[-1], name)
-        Y, labels = check_targets(y, len(X), self.sizes[-1], self.dtype, name)
+        Y, labels = check_targets(y, len(X), self.sizes[-1], self.dtype, name, one_hot)
         check_targets_fit_loss(Y, self.loss, self.output, name)
         return Y, labels
 
@@ -502,7 +518,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                 categorical: Optional[Iterable[Union[str, int]]] = None,
                 drop: Optional[Iterable[Union[str, int]]] = None,
                 missing: Optional[Sequence[str]] = None,
-                columns: Optional["Columns"] = None) -> "Preprocessing":
+                columns: Optional["Columns"] = None,
+                name: Optional[str] = None) -> "Preprocessing":
         """Learn what the network does to raw rows and labels, from training
         data (fit calls it when given a task or a scaling).
 
@@ -537,6 +554,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             empty, NA, NaN, null, ? ...).
         columns : fastnn.columns.Columns, optional
             An encoding already learned from X, used instead of learning one.
+        name : str, optional
+            What messages call the data [default: X and y] (see check_data).
 
         A network that has been trained keeps what it learned: asking for
         another task or scaling raises ConfigError.
@@ -563,31 +582,36 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             columns = Columns.learn(X, categorical=categorical, drop=drop, missing=missing)
         if columns is not None:
             if columns.n_features != self.sizes[0]:
-                raise DataError(f"X encodes to {columns.n_features} inputs ({columns.kinds_text()}), "
+                raise DataError(f"{name or 'X'} encodes to {columns.n_features} inputs "
+                                f"({columns.kinds_text()}), "
                                 f"but this network's first layer takes {self.sizes[0]}; build it "
                                 f"with {columns.n_features} inputs")
-        rows = None if columns is not None else self._rows(X)
+        rows = None if columns is not None else self._rows(X, name or "X")
         if rows is not None:
             X = rows
         if scale is not None:
             scale = resolve_scale(scale, "pixels" if rows is not None and rows.dtype == np.uint8
                                   else "standard")
         self.preprocessing = Preprocessing.learn(X, y, self.sizes[-1], task, scale,
-                                                 columns=columns)
+                                                 name=name or "y", columns=columns)
         return self.preprocessing
 
-    def check_data(self, X: ArrayLike, y: Optional[ArrayLike] = None) -> None:
+    def check_data(self, X: ArrayLike, y: Optional[ArrayLike] = None,
+                   name: Optional[str] = None) -> None:
         """Raise DataError if (X, y) cannot be given to fit or evaluate: the
-        checks fit runs first, without training."""
-        X = self._inputs(X)
+        checks fit runs first, without training. `name` is what messages
+        call the data [default: X and y]; a fastnn._validation.DataName
+        also makes them count rows as its file's lines."""
+        X = self._inputs(X, name or "X")
         if y is not None:
-            self._targets(X, y)
+            self._targets(X, y, name or "y", one_hot=False)
 
-    def training_labels(self, y: ArrayLike) -> Optional[Array]:
+    def training_labels(self, y: ArrayLike, name: str = "y") -> Optional[Array]:
         """The output unit of each label of y (class names mapped), or None
-        when y holds targets rather than class labels."""
+        when y holds targets rather than class labels. `name` is what
+        messages call y."""
         n = len(np.asarray(y))
-        _, labels = self._targets(np.empty((n, 0)), y)
+        _, labels = self._targets(np.empty((n, 0)), y, name, one_hot=False)
         return labels
 
     def forward(self, X: ArrayLike) -> Array:
@@ -653,8 +677,10 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                 print_fn(line)
         return "\n".join(lines)
 
-    def evaluate(self, X: ArrayLike, y: ArrayLike) -> dict[str, float]:
-        """Loss and accuracy on (X, y).
+    def evaluate(self, X: ArrayLike, y: ArrayLike,
+                 name: Optional[str] = None) -> dict[str, float]:
+        """Loss and accuracy on (X, y); `name` is what messages call the data
+        [default: X and y] (see check_data).
 
         Returns
         -------
@@ -664,8 +690,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             ``mse``, ``rmse``, ``mae`` and ``r2`` of the predicted values in
             the targets' own units.
         """
-        X = self._inputs(X)
-        Y, labels = self._targets(X, y)
+        X = self._inputs(X, name or "X")
+        Y, labels = self._targets(X, y, name or "y", one_hot=False)
         result = self._evaluate(X, Y, labels)
         pre = self.preprocessing
         if pre is not None and pre.task == "regression":
@@ -675,16 +701,27 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             result.update(regression_metrics(truth, pre.restore(self._forward(X))))
         return result
 
-    def _evaluate(self, X: Array, Y: Array, labels: Optional[Array]) -> dict[str, float]:
-        # EVALUATE_CHUNK rows at a time: the outputs and the loss's
+    def _evaluate(self, X: Array, Y: Optional[Array],
+                  labels: Optional[Array]) -> dict[str, float]:
+        # EVALUATE_CHUNK rows at a time, fewer with many outputs (at most
+        # EVALUATE_BUDGET outputs, in whole forward chunks): the outputs, the
+        # one-hot targets (Y None: made here from labels) and the loss's
         # temporaries stay bounded however many rows X has (a memory-mapped
-        # file larger than memory)
+        # file larger than memory) and however many classes
         loss_fn, output = get_loss(self.loss).fn, get_activation(self.output)
         loss_sum, n_correct = 0.0, 0
-        for start in range(0, len(X), EVALUATE_CHUNK):
-            part = slice(start, start + EVALUATE_CHUNK)
+        chunk, rows = self._chunk(EVALUATE_CHUNK), EVALUATE_BUDGET // self.sizes[-1]
+        rows = min(EVALUATE_CHUNK, rows // chunk * chunk) if rows >= chunk else max(1, rows)
+        for start in range(0, len(X), rows):
+            part = slice(start, start + rows)
             A = self._forward(X[part])
-            loss_sum += float(loss_fn(A, Y[part], output).sum(dtype=np.float64))
+            if Y is None:
+                assert labels is not None
+                target = np.zeros_like(A)
+                target[np.arange(len(A)), labels[part]] = 1
+            else:
+                target = Y[part]
+            loss_sum += float(loss_fn(A, target, output).sum(dtype=np.float64))
             if labels is not None:
                 n_correct += int(np.count_nonzero(predicted_labels(A) == labels[part]))
         result = {"loss": loss_sum / len(X), "n": len(X)}

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from fastnn._validation import MAX_CLASSES, TASKS, infer_targets
+from fastnn._validation import (MAX_CLASSES, TASKS, check_finite_targets, infer_targets,
+                                row_number)
 from fastnn.exceptions import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -88,14 +89,21 @@ class Scaling:
     def transform(self, X, dtype):
         """Checked rows X as the kernels take them: uint8 stays uint8 for
         ``pixels`` (the kernels divide it by 255), else `dtype`."""
-        if self.kind == "pixels":
-            if X.dtype == np.uint8:
-                return X
-            return np.asarray(X, dtype=dtype) / dtype.type(255)
-        out = np.array(X, dtype=dtype, order="C")
-        if self.kind == "standard" or self.kind == "minmax":
-            out -= self.offset.astype(dtype)
-            out /= self.scale.astype(dtype)
+        if self.kind == "pixels" and X.dtype == np.uint8:
+            return X
+        # scaled in float64, then rounded to dtype, a block of rows at a time:
+        # 1e39 scales into float32's range where float32(1e39) would be inf
+        # (Network._inputs names a value that overflows all the same)
+        out = np.empty(X.shape, dtype=dtype)
+        step = max(1, (1 << 20) // max(X.shape[1], 1))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, len(X), step):
+                block = np.asarray(X[start:start + step], dtype=np.float64)
+                if self.kind == "pixels":
+                    block = block / 255
+                elif self.kind != "none":
+                    block = standardised(block, self.offset, self.scale)
+                out[start:start + step] = block
         return out
 
     def describe(self):
@@ -221,7 +229,7 @@ class Preprocessing:
             return self.class_indices(y, name)
         if self.task == "regression":
             Y = _float_targets(np.asarray(y), n_outputs, name)
-            return (Y - self.target_mean) / self.target_scale
+            return standardised(Y, self.target_mean, self.target_scale)
         return y
 
     def class_indices(self, y, name="y"):
@@ -242,8 +250,8 @@ class Preprocessing:
         for i, key in enumerate(keys):
             k = table.get(key)
             if k is None:
-                raise DataError(f"{name} has label {_shown(y[i])} at row {i}, which is not one of "
-                                f"the model's classes ({_few(self.classes)})")
+                raise DataError(f"{name} has label {_shown(y[i])} at row {row_number(name, i)}, "
+                                f"which is not one of the model's classes ({_few(self.classes)})")
             out[i] = k
         return out
 
@@ -434,6 +442,21 @@ def _mean_std(block):
     return scaled.mean(axis=0) * unit, scaled.std(axis=0) * unit
 
 
+def standardised(Y, offset, scale):
+    """(Y - offset) / scale of a finite float64 Y, without overflowing where
+    the result is finite: targets of -1.7e308 and +1.7e308 have a finite
+    mean and spread, but -1.7e308 - mean is -inf in float64. Such entries
+    are computed as Y / scale - offset / scale instead (the others exactly
+    as before), without a warning."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (Y - offset) / scale
+        bad = ~np.isfinite(out)
+        if bad.any():
+            again = np.broadcast_to(Y / scale - offset / scale, out.shape)
+            out[bad] = again[bad]
+    return out
+
+
 def _check_spread(spread, offset, kind, what):
     """DataError for a learned scaling that float64 cannot hold (a min-max
     range past 1.8e308): the model file keeps only finite numbers."""
@@ -450,15 +473,16 @@ def _float_targets(y, n_outputs, name):
         raise DataError(f"{name} must be numbers for regression, not {y.dtype}")
     Y = y[:, None] if y.ndim == 1 else y
     if Y.ndim != 2 or Y.shape[1] != n_outputs:
-        raise DataError(f"{name} has shape {y.shape}; a network of {n_outputs} output(s) "
-                        f"needs {n_outputs} target(s) per row")
+        have = (f"{Y.shape[1]} target(s) per row" if Y.ndim == 2
+                else f"targets of shape {y.shape}")
+        raise DataError(f"{name} has {have}, but the output layer has {n_outputs} unit(s), "
+                        f"one per target")
     Y = Y.astype(np.float64)
-    if not np.isfinite(Y).all():
-        r, c = np.argwhere(~np.isfinite(Y))[0]
-        raise DataError(f"{name} contains NaN or infinity (first at row {r}, column {c})")
+    check_finite_targets(Y, name, "target")
     return Y
 
 
+@np.errstate(over="ignore", invalid="ignore")   # targets near 1e308: MSE inf, no warnings
 def regression_metrics(y_true, y_pred):
     """MSE, RMSE, MAE and R² (averaged over the outputs, as scikit-learn's
     r2_score) of predictions against targets, both (n, k) or (n,)."""

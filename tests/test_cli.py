@@ -277,7 +277,9 @@ def test_bad_data_leaves_an_existing_model_intact(files, tmp_path):
     _npz(tmp_path / "wide.npz", np.zeros((4, 17)), np.zeros(4))
     _npz(tmp_path / "labels.npz", X, y + 5)
     for data, message, commands in [
-            ("wide.npz", "X has 17 features, but this network expects 16", ("eval", "predict")),
+            # the messages name the file, not X and y
+            ("wide.npz", "wide.npz has 17 features, but this network expects 16",
+             ("eval", "predict")),
             ("labels.npz", "at row 0, but the output layer's 3 unit(s) take labels 0..2", ("eval",))]:
         for command in commands:
             assert message in run(command, model, tmp_path / data, code=1).output
@@ -356,7 +358,8 @@ def test_library_errors_are_one_line_exit_1(tmp_path):
     assert result.output.startswith("Error: loss 'cross_entropy' needs a sigmoid or softmax")
     assert not (tmp_path / "m.safetensors").exists()
     result = run("train", "--layers", "100,10", "--epochs", "1", code=1)
-    assert "X has 784 features, but this network expects 100" in result.output
+    # the message names DATA, not X
+    assert "mnist (train) has 784 features, but this network expects 100" in result.output
     result = run("train", "--hidden", "10", "--lr-schedule", "exponential", "--epochs", "1",
                  code=1)
     assert "Unknown lr_schedule 'exponential'" in result.output

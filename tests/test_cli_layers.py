@@ -159,7 +159,9 @@ def test_layers_take_the_input_shape_from_the_idx_file_or_input_shape(tmp_path, 
     ("12x12,,4", 2, "an empty layer token"),
     ("12x12", 2, "has no layers after the input shape"),
     ("12x12,conv3:13,4", 1, r"Conv2D\(3, 13\) needs an input at least 13 high, not 12"),
-    ("13x12,conv3:3,4", 1, "X has 144 features, but this network expects 156"),
+    # named by its file, not X
+    ("13x12,conv3:3,4", 1, r"train-images-idx3-ubyte has 144 features, but this network "
+                           r"expects 156"),
 ])
 def test_bad_layer_tokens_are_one_line_errors(tmp_path, images, layers, code, message):
     # tokens that cannot be read are usage errors, found before the data is read;

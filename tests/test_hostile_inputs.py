@@ -574,18 +574,24 @@ def test_history_nested_100000_deep_is_refused_by_plot(tmp_path):
 LABEL_CASES = {
     "label 2,000,000,000": (
         "x.csv", csv_rows(labels=[0, 1, 2] * 9 + [2_000_000_000, 1, 0]),
-        r"label 2000000000 at row 27, which would need an output layer of 2000000001 units"),
+        r"label 2000000000 at row ROW27, which would need an output layer of 2000000001 units"),
     "a feature as the last column (wine's proline)": (
         "wine.csv", wine_like(), r"labels up to 1680, but only \d+ of those 1681 classes occur"),
-    "label 1e30": ("x.csv", csv_rows(labels=["0", "1e30", "2"] * 10), "label 1e\\+30 at row 1"),
+    "label 1e30": ("x.csv", csv_rows(labels=["0", "1e30", "2"] * 10), "label 1e\\+30 at row ROW1"),
     "negative labels among many": (
-        "x.csv", csv_rows(labels=list(range(-3, 27)) * 2), "label -3 at row 0 among 30 distinct"),
+        "x.csv", csv_rows(labels=list(range(-3, 27)) * 2), "label -3 at row ROW0 among 30 distinct"),
     "a label 3.5 among whole numbers": (
         "x.csv", csv_rows(labels=["0", "1", "2"] * 9 + ["3.5", "1", "0"]),
-        r"mixes whole numbers with non-integer values such as 3.5 at row 27"),
+        r"mixes whole numbers with non-integer values such as 3.5 at row ROW27"),
     "fewer than two rows per class": (
         "x.csv", csv_rows(labels=list(range(30))), r"30 classes \(labels 0..29\) in 30 rows"),
 }
+
+
+def at_row(message, first):
+    """message with each ROWi as row i + first: a CSV's rows are named by their
+    line in the file (first = 1 without a header), an array's by their index."""
+    return re.sub(r"ROW(\d+)", lambda m: str(int(m[1]) + first), message)
 
 
 @pytest.mark.parametrize("case", LABEL_CASES)
@@ -595,12 +601,12 @@ def test_implausible_labels_are_refused_naming_label_col(tmp_path, case):
     before = snapshot(tmp_path)
     proc = run_fastnn("train", name, "-o", "out.safetensors", "--epochs", "1", cwd=tmp_path)
     assert_refused(proc, before, tmp_path, codes=(1,))
-    assert re.search(message, proc.stderr), proc.stderr
+    assert re.search(at_row(message, 1), proc.stderr), proc.stderr   # no header: line 1
     assert "--label-col" in proc.stderr and "Warning" not in proc.stderr
     assert "state the task with --task classification or --task regression" in proc.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(DataError, match=message):
+        with pytest.raises(DataError, match=at_row(message, 0)):
             fastnn._validation.n_outputs_for(load_data(tmp_path / name).y, name)
 
 
@@ -1093,3 +1099,275 @@ def test_readme_says_export_takes_conv_nets(tmp_path):
     Network([(6, 6, 1), Conv2D(2, 3), 3], seed=0).save(tmp_path / "c.safetensors")
     proc = run_fastnn("export", "c.safetensors", "-o", "c.onnx", cwd=tmp_path)
     assert proc.returncode == 0 and (tmp_path / "c.onnx").stat().st_size > 0, proc.stderr
+
+
+# --------------------------------- numbers past float32, names with '#', C, rows (§5)
+
+def csv_of(path, X, y, header):
+    np.savetxt(path, np.column_stack([X, y]), fmt="%.17g", delimiter=",", header=header,
+               comments="")
+
+
+def refused_in_one_line(directory, *args, message, codes=(1,)):
+    before = snapshot(directory)
+    proc = run_fastnn(*args, cwd=directory, timeout=60)
+    assert_refused(proc, before, directory, codes)
+    assert "Warning" not in proc.stderr and re.search(message, proc.stderr), proc.stderr
+    return proc
+
+
+def test_features_past_float32_are_scaled_in_float64_or_named_in_one_line(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 3)), np.arange(60) % 3
+    big = X.copy()
+    big[:, 1] = 1e39 * (3 + np.abs(X[:, 1]))   # finite in float64, inf in float32
+    csv_of(tmp_path / "big.csv", big, y, "a,b,c,label")
+    # standard scaling brings the column back into float32's range: it trains
+    for scale in ("standard", "minmax"):
+        proc = run_fastnn("train", "big.csv", "--scale", scale, "--epochs", "1", "-o",
+                          f"{scale}.safetensors", "-q", cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    # unscaled it cannot be float32: one line naming the value, its line, the dtype
+    refused_in_one_line(tmp_path, "train", "big.csv", "--scale", "none", "--epochs", "1",
+                        message=r"big.csv holds [0-9.]+e\+39 at row 2, column 1, which "
+                                r"overflows float32 \(largest 3.4e\+38\); train in float64")
+    assert "scale the inputs" not in refused_in_one_line(
+        tmp_path, "train", "big.csv", "--scale", "none", "--epochs", "1",
+        message="overflows float32").stderr
+    ok = run_fastnn("train", "big.csv", "--scale", "none", "--dtype", "float64", "--epochs",
+                    "1", "-o", "f64.safetensors", "-q", cwd=tmp_path, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    # one value far outside what a model was scaled for: "even after" its scaling
+    one = X.copy()
+    one[4, 2] = 1e39
+    csv_of(tmp_path / "one.csv", one, y, "a,b,c,label")
+    csv_of(tmp_path / "x.csv", X, y, "a,b,c,label")
+    assert run_fastnn("train", "x.csv", "--epochs", "1", "-o", "m.safetensors", "-q",
+                      cwd=tmp_path).returncode == 0
+    for command in ("eval", "predict"):
+        refused_in_one_line(tmp_path, command, "m.safetensors", "one.csv",
+                            message=r"one.csv holds 1e\+39 at row 6, column 2, which overflows "
+                                    r"float32 .* even after standard scaling")
+    net = fastnn.load(tmp_path / "m.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=r"X holds 1e\+39 at row 4, column 2"):
+            net.predict(one)
+        with pytest.raises(DataError, match=r"weights\[0\] holds 1e\+39 .* overflows float32"):
+            net.weights[0] = np.full(net.weights[0].shape, 1e39)
+
+
+def test_a_value_past_float32_is_found_without_the_compiled_core(monkeypatch):
+    # backend='numpy' works where the core is not built: check_fits too
+    from fastnn._validation import check_fits
+
+    X = np.ones((3000, 700), np.float32)
+    X[2500, 5] = np.inf                          # 1e39 rounded to float32
+    monkeypatch.setitem(sys.modules, "fastnn._core", None)    # import fails
+    with pytest.raises(DataError, match=r"X holds inf at row 2500, column 5, which overflows "
+                                        r"float32"):
+        check_fits(X, np.float32, "X")
+    X[2500, 5] = 1
+    check_fits(X, np.float32, "X")
+    big = X.astype(np.float64)
+    big[7, 3] = 1e39
+    with pytest.raises(DataError, match=r"X holds 1e\+39 at row 7, column 3"):
+        check_fits(big, np.float32, "X")
+
+
+def test_targets_past_float32_are_not_called_nan(tmp_path):
+    rng = np.random.default_rng(0)
+    X, t = rng.normal(size=(60, 3)), rng.normal(size=60)
+    t[3], t[4] = 1e308, -1e308
+    net = Network([3, 4, 1], output="identity", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=r"y holds 1e\+308 at row 3, column 0, which "
+                                            r"overflows float32") as info:
+            net.fit(X, t, epochs=1)
+        assert "NaN" not in str(info.value)
+        net.fit(X, t, epochs=1, task="regression")      # standardised: it trains
+    csv_of(tmp_path / "t.csv", X, t, "a,b,c,t")
+    out = {}
+    for args in (("train", "t.csv", "--task", "regression", "--epochs", "1", "-o",
+                  "r.safetensors", "-q"), ("eval", "r.safetensors", "t.csv"),
+                 ("eval", "r.safetensors", "t.csv", "--json")):
+        proc = run_fastnn(*args, cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr     # no warnings
+        out[args[-1]] = proc.stdout
+    # the squared errors overflow float64: said as they are, inf (null in JSON)
+    assert "MSE inf" in out["t.csv"]
+    assert json.loads(out["--json"])["mse"] is None
+
+
+def test_values_near_the_ends_of_float64_are_standardised_without_overflow(tmp_path):
+    # -1.7e308 and +1.7e308 have a finite mean, spread and median, but
+    # -1.7e308 - mean (and the sum of the middle two) is -inf in float64
+    from fractions import Fraction
+
+    from fastnn.columns import _median
+    from fastnn.preprocessing import standardised
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(20, 2))
+    t = np.clip(X[:, 0] + 1, -1.7, 1.7) * 1e308
+    assert t.min() == -1.7e308 and t.max() == 1.7e308
+    csv_of(tmp_path / "t.csv", X, t, "a,b,t")
+    wide = X.copy()
+    wide[:, 1] = 1.7e308
+    wide[::5, 1] = -1.7e308
+    csv_of(tmp_path / "f.csv", wide, np.arange(20) % 2, "a,b,label")
+    for args in (("train", "t.csv", "--task", "regression", "-o", "t.safetensors"),
+                 ("train", "f.csv", "-o", "f.safetensors"),
+                 ("eval", "t.safetensors", "t.csv"), ("eval", "f.safetensors", "f.csv")):
+        proc = run_fastnn(*args, *(("--epochs", "1", "-q") if args[0] == "train" else ()),
+                          cwd=tmp_path, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    # against exact rational arithmetic
+    mean, scale = np.array([1.5e308]), np.array([1.2e308])
+    Y = np.array([[-1.7e308], [1.7e308], [0.0]])
+    exact = [float((Fraction(y) - Fraction(mean[0])) / Fraction(scale[0])) for y in Y[:, 0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert standardised(Y, mean, scale)[:, 0].tolist() == pytest.approx(exact, rel=1e-15)
+        numbers = np.array([1.7e308, 1.6e308, -1.0, 1.75e308])
+        assert _median(numbers) == float((Fraction(1.6e308) + Fraction(1.7e308)) / 2)
+        assert _median(np.array([1.0, 2.0, 4.0, 8.0])) == 3.0
+
+
+@pytest.mark.parametrize("fmt", ["numpy", "c", "onnx"])
+def test_export_of_targets_near_1e50_is_refused_by_its_cause_or_exact(tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    csv_of(tmp_path / "t.csv", X, (X @ [1, 2, 3]) * 1e50, "a,b,c,t")
+    for dtype in ("float32", "float64"):
+        proc = run_fastnn("train", "t.csv", "--task", "regression", "--dtype", dtype,
+                          "--epochs", "1", "-o", f"{dtype}.safetensors", "-q", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    refused_in_one_line(tmp_path, "export", "float32.safetensors", "--format", fmt, "-o",
+                        "out", message=r"cannot export: the model's scaling folded into its "
+                                       r"weights overflows: (weights|biases)\[1\] holds "
+                                       r".*e\+[45]\d.* "
+                                       r"overflows float32")
+    fastnn.load(tmp_path / "float32.safetensors")           # the model itself is intact
+    if fmt == "numpy":
+        from fastnn.export import export
+
+        net = fastnn.load(tmp_path / "float64.safetensors")
+        export(net, tmp_path / "m64.py", "numpy")
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("m64", tmp_path / "m64.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        np.testing.assert_allclose(np.ravel(module.predict(X)), net.predict(X), rtol=1e-9)
+
+
+@pytest.mark.parametrize("label_first", [False, True])
+def test_text_labels_with_hash_signs_train_wherever_their_column_is(tmp_path, label_first):
+    names = ["a#b", "#c", "d # e"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        features = [f"{v:.4f}" for v in rng.normal(size=3) + 4 * (i % 3)]
+        rows.append(",".join([names[i % 3], *features] if label_first else
+                             [*features, names[i % 3]]))
+    header = "species,a,b,c" if label_first else "a,b,c,species"
+    (tmp_path / "h.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    data = load_data(tmp_path / "h.csv", label_col="species")
+    assert data.X.shape == (60, 3) and sorted(set(data.y)) == sorted(names)
+    proc = run_fastnn("train", "h.csv", "--label-col", "species", "--epochs", "20", "--lr",
+                      "1", "-o", "h.safetensors", "-q", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert fastnn.load(tmp_path / "h.safetensors").preprocessing.classes == sorted(names)
+
+
+def test_the_c_export_of_a_classifier_compiles_without_warnings_as_a_library(tmp_path):
+    rows = ["5.1,3.5,setosa", "6.2,2.9,versicolor", "7.7,3.0,virginica"] * 6
+    (tmp_path / "iris.csv").write_text("a,b,species\n" + "\n".join(rows) + "\n")
+    assert run_fastnn("train", "iris.csv", "--epochs", "1", "-o", "i.safetensors", "-q",
+                      cwd=tmp_path).returncode == 0
+    assert run_fastnn("export", "i.safetensors", "-o", "i.c", cwd=tmp_path).returncode == 0
+    # a program of its own (no -DFASTNN_MAIN): fastnn_class_names is used, no warning
+    (tmp_path / "use.c").write_text(
+        '#include <stdio.h>\nconst char *fastnn_class_name(int k);\n'
+        'int main(void) { printf("%s|%s\\n", fastnn_class_name(2), '
+        'fastnn_class_name(3) ? "?" : "none"); return 0; }\n')
+    use = compile_c([tmp_path / "use.c", tmp_path / "i.c"], tmp_path / "use", main=False)
+    compile_c([tmp_path / "i.c"], tmp_path / "model")            # with FASTNN_MAIN too
+    out = subprocess.run([str(use)], capture_output=True, text=True).stdout
+    assert out == "virginica|none\n"
+
+
+def test_a_network_that_does_not_fit_the_file_names_the_file_not_x_and_y(tmp_path):
+    # `fastnn train` has no X or y: its messages name DATA
+    (tmp_path / "iris.csv").write_text("a,b,species\n" + "\n".join(
+        ["5.1,3.5,setosa", "6.2,2.9,versicolor", "7.7,3.0,virginica"] * 4) + "\n")
+    (tmp_path / "reg.csv").write_text("a,b,t\n" + "\n".join(
+        f"{i},{i % 3},{i / 2}" for i in range(12)) + "\n")
+    (tmp_path / "cat.csv").write_text("a,b,label\n" + "\n".join(
+        f"{'xy'[i % 2]},{i},{i % 3 % 2}" for i in range(12)) + "\n")
+    for args, message in [
+            (("iris.csv", "--layers", "2,5,4"),
+             r"^Error: iris.csv has 3 classes \(setosa, versicolor, virginica\), but the output "
+             r"layer has 4 unit"),
+            (("reg.csv", "--task", "regression", "--layers", "2,5,3"),
+             r"^Error: reg.csv has 1 target\(s\) per row, but the output layer has 3 unit"),
+            (("cat.csv", "--layers", "2,5,2"),
+             r"^Error: cat.csv encodes to 3 inputs \(1 numeric, 1 categorical")]:
+        refused_in_one_line(tmp_path, "train", *args, "--epochs", "1", "-o", "m.safetensors",
+                            message=message)
+
+
+def test_rows_of_a_csv_are_named_by_their_line_in_every_message(tmp_path):
+    # the header is line 1, so the n-th row (from 0) is line n + 2, whoever reports it
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = np.arange(40) % 4
+    csv_of(tmp_path / "train.csv", X, y, "a,b,c,label")
+    assert run_fastnn("train", "train.csv", "--epochs", "1", "-o", "m.safetensors", "-q",
+                      cwd=tmp_path).returncode == 0
+    bad = y.copy()
+    bad[5] = 7                                   # not a class of the model: line 7
+    csv_of(tmp_path / "bad.csv", X, bad, "a,b,c,label")
+    inf = X.copy().astype(object)
+    inf[8, 1] = "inf"                             # line 10
+    (tmp_path / "inf.csv").write_text("a,b,c,label\n" + "\n".join(
+        ",".join(map(str, [*r, c])) for r, c in zip(inf, y)) + "\n")
+    noheader = X.copy()
+    noheader[3, 0] = 1e39                        # no header: line 4
+    np.savetxt(tmp_path / "nh.csv", np.column_stack([noheader, y]), fmt="%.17g",
+               delimiter=",")
+    cases = [(("eval", "m.safetensors", "bad.csv"), r"bad.csv has label 7 at row 7,"),
+             (("predict", "m.safetensors", "inf.csv"), r"inf.csv: row 10, column b"),
+             (("train", "train.csv", "--val", "inf.csv", "--epochs", "1"),
+              r"inf.csv: row 10, column b"),
+             (("train", "nh.csv", "--scale", "none", "--epochs", "1"),
+              r"nh.csv holds 1e\+39 at row 4, column 0"),
+             (("train", "train.csv", "--test", "bad.csv", "--layers", "3,4", "--epochs", "1"),
+              r"bad.csv has label 7 at row 7, but the output layer"),
+             # a label that is not finite is named as a label, not "column 0"
+             (("train", "nanlabel.csv", "--epochs", "1"),
+              r"nanlabel.csv has label inf at row 5; labels must be finite numbers"),
+             (("train", "nanlabel.csv", "--task", "regression", "--epochs", "1"),
+              r"nanlabel.csv has target inf at row 5; targets must be finite numbers"),
+             (("eval", "m.safetensors", "nanlabel.csv"),
+              r"nanlabel.csv has label inf at row 5; labels must be finite numbers")]
+    # blank lines hold no row, but count as lines (LF and CRLF): 7 is on line 6
+    for name, end in (("blank.csv", "\n"), ("crlf.csv", "\r\n")):
+        (tmp_path / name).write_bytes(end.join(
+            ["a,b,c,label", "1,2,3,0", "", "1,2,3,1", "", "1,2,3,7", "1,2,3,0", "", ""]
+        ).encode())
+        cases.append((("eval", "m.safetensors", name), name + r" has label 7 at row 6,"))
+    (tmp_path / "blankinf.csv").write_text("a,b,c,label\n1,2,3,0\n\n1,inf,3,1\n")
+    cases.append((("predict", "m.safetensors", "blankinf.csv"), r"row 4, column b is inf"))
+    nan_label = y.astype(object)
+    nan_label[3] = "inf"                          # line 5
+    (tmp_path / "nanlabel.csv").write_text("a,b,c,label\n" + "\n".join(
+        ",".join(map(str, [*r, c])) for r, c in zip(X, nan_label)) + "\n")
+    for args, message in cases:
+        refused_in_one_line(tmp_path, *args, message=message)
+    # arrays have no lines: their rows are counted from 0, as NumPy indexes them
+    np.savez(tmp_path / "bad.npz", X=X, y=bad)
+    refused_in_one_line(tmp_path, "eval", "m.safetensors", "bad.npz",
+                        message=r"bad.npz has label 7 at row 5,")

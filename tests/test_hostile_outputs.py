@@ -469,3 +469,347 @@ def test_two_threads_fitting_one_network_get_a_clear_error():
     t.join()
     assert net.epochs_trained == 3 and not errors
     net.fit(X[:100], y[:100], epochs=1)          # free again afterwards
+
+
+# ------------------------------------------- pictures and reports (issue 24 §3, §4)
+# Names are data, not markup; every picture and report is bounded. Each run is a
+# real process under conftest's 3 GiB address-space limit, within 60 s; a run
+# that succeeds writes nothing on stderr (no warning, no traceback).
+
+MATH = r"$\frac{$"        # matplotlib's mathtext parser raises on it
+
+
+def finished(work, *args):
+    proc = run_fastnn(*args, cwd=work, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    return proc
+
+
+def text_csv(path, names, label_first=False, n=60, seed=0):
+    """A CSV of 3 features and a text label column with the given class names."""
+    rng = np.random.default_rng(seed)
+    header = ["a", "b", "c"]
+    lines = []
+    for i in range(n):
+        features = [f"{v:.4f}" for v in rng.normal(size=3) + 3 * (i % len(names))]
+        label = '"' + names[i % len(names)].replace('"', '""') + '"'
+        lines.append(",".join([label, *features] if label_first else [*features, label]))
+    header = ["species", *header] if label_first else [*header, "species"]
+    path.write_text(",".join(header) + "\n" + "\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def mpl():
+    return needs("matplotlib")
+
+
+def test_names_and_titles_with_math_markup_are_drawn_as_text(work, mpl):
+    text_csv(work / "math.csv", [MATH, "a#b", "$x$"])
+    finished(work, "train", "math.csv", "--label-col", "species", "--epochs", "1",
+             "-o", "math.safetensors", "-q")
+    finished(work, "eval", "math.safetensors", "math.csv", "--confusion-png", "c.png")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    np.savetxt(work / "reg.csv", np.column_stack([X, X @ [1, 2, 3]]), fmt="%.6f",
+               delimiter=",", header="a,b,c," + MATH + "x", comments="")
+    finished(work, "train", "reg.csv", "--task", "regression", "--epochs", "1",
+             "-o", "reg.safetensors", "-q")
+    finished(work, "eval", "reg.safetensors", "reg.csv", "--scatter-png", "s.png")
+    run = history(work, "h.json")
+    run["stopped"] = MATH
+    run[MATH] = [1, 2, 3]
+    (work / "hm.json").write_text(json.dumps(run))
+    finished(work, "plot", "hm.json", "-o", "hm.png", "--title", MATH)
+    for picture in ("c.png", "s.png", "hm.png"):
+        assert (work / picture).read_bytes().startswith(b"\x89PNG")
+
+
+def capture(monkeypatch):
+    """The figures fastnn.plot saves, instead of writing them."""
+    import fastnn.plot
+
+    figures = []
+
+    def save(fig, canvas_class, *args):
+        canvas_class(fig).draw()       # inside fastnn's drawing block, as _save would
+        figures.append(fig)
+
+    monkeypatch.setattr(fastnn.plot, "_save", save)
+    return figures
+
+
+def test_every_text_of_a_picture_is_plain(mpl, tmp_path, monkeypatch):
+    from matplotlib.text import Text
+
+    from fastnn.plot import plot_confusion, plot_history
+
+    figures = capture(monkeypatch)
+    plot_confusion([[3, 1], [0, 2]], tmp_path / "c.png", labels=[MATH, "b\nc"], title=MATH)
+    plot_history({"loss": [1.0, 0.5], "stopped": MATH}, tmp_path / "h.png", title=MATH)
+    for fig in figures:
+        texts = fig.findobj(Text)           # drawn: ticks included
+        assert texts and not any(t.get_parse_math() or t.get_usetex() for t in texts)
+        assert MATH in {t.get_text() for t in texts}
+        assert not any("\n" in t.get_text() for t in texts)       # escaped: b\nc
+        # and no tick label is mathtext either (a log colour bar's are by default)
+        assert not any("mathdefault" in t.get_text() for t in texts)
+
+
+def test_a_history_of_huge_losses_and_20000_rate_changes_is_drawn_bounded(work, mpl,
+                                                                         monkeypatch):
+    from matplotlib.lines import Line2D
+
+    from fastnn.plot import MAX_CURVE_POINTS, MAX_LR_MARKS, plot_history
+
+    n = 20_000
+    run = {"epochs": n, "loss": [1e308 if i % 3 == 0 else -1e308 if i % 3 == 1 else 0.5
+                                 for i in range(n)],
+           "accuracy": [i / n for i in range(n)], "lr": [0.1, 0.2] * (n // 2), "best_epoch": 7}
+    (work / "big.json").write_text(json.dumps(run))
+    finished(work, "plot", "big.json", "-o", "big.png")
+    (work / "huge.json").write_text(json.dumps({"loss": [1e308, -1e308, 0.5]}))
+    finished(work, "plot", "huge.json", "-o", "huge.png")
+    figures = capture(monkeypatch)
+    plot_history(work / "big.json", work / "x.png")
+    lines = figures[0].findobj(Line2D)
+    assert max(len(line.get_xdata()) for line in lines) <= MAX_CURVE_POINTS
+    dashed = [line for line in lines if line.get_linestyle() == "--"]
+    assert len(dashed) <= MAX_LR_MARKS * 2
+    assert "19,999 changes, not marked" in figures[0].get_suptitle()
+    assert "drawn at the edge" in figures[0].get_suptitle()
+
+
+def conv_model(path, channels, filters, kernel=3):
+    from fastnn.layers import Conv2D
+
+    fastnn.Network([(kernel + 1, kernel + 1, channels), Conv2D(filters, kernel), 2],
+                   seed=0).save(path)
+
+
+def test_show_filters_draws_a_bounded_number_of_cells(work, mpl, monkeypatch):
+    from matplotlib.image import AxesImage
+
+    from fastnn.plot import MAX_CHANNELS, MAX_FILTERS, plot_filters
+
+    conv_model(work / "wide.safetensors", channels=100, filters=100)
+    proc = finished(work, "show", "wide.safetensors", "--filters", "f.png")
+    assert f"Wrote {MAX_FILTERS} filters" in proc.stdout
+    conv_model(work / "big.safetensors", channels=1, filters=3, kernel=200)
+    finished(work, "show", "big.safetensors", "--filters", "g.png")
+    figures = capture(monkeypatch)
+    assert plot_filters(fastnn.load(work / "wide.safetensors"), work / "x.png") == MAX_FILTERS
+    plot_filters(fastnn.load(work / "big.safetensors"), work / "y.png")
+    wide, big = figures
+    assert len(wide.findobj(AxesImage)) == 1         # one image, however many cells
+    title = " ".join(wide.get_suptitle().split())     # wrapped
+    assert (f"the first {MAX_FILTERS} of 100 filters" in title
+            and f"their first {MAX_CHANNELS} of 100 input channels" in title)
+    assert "every 7th weight" in " ".join(big.get_suptitle().split())
+    refused(work, "show", "m.safetensors", "data.npz", "--misclassified", "m.png",
+            "--count", "101", message=r"--count.*<= ?100|100", codes=(2,))
+
+
+@pytest.fixture(scope="module")
+def classes_10000(tmp_path_factory):
+    """A 10,000-class model (the most fastnn builds) with names that are markup,
+    and 3,000 rows of its data as a CSV."""
+    from fastnn.preprocessing import Preprocessing
+
+    d = tmp_path_factory.mktemp("k10000")
+    k = 10_000
+    names = [f"c{i}{MATH}#" for i in range(k)]
+    net = fastnn.Network([4, k], output="softmax", loss="cross_entropy", seed=0)
+    net.preprocessing = Preprocessing(task="classification", classes=names)
+    net.save(d / "k.safetensors")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 4))
+    with open(d / "k.csv", "w") as f:
+        f.write("a,b,c,d,label\n")
+        for row, c in zip(X, rng.integers(0, k, len(X))):
+            f.write(",".join(f"{v:.4f}" for v in row) + f",{names[c]}\n")
+    return d
+
+
+@pytest.mark.parametrize("args", [(), ("--json",), ("--confusion-png", "c.png")])
+def test_reports_at_10000_classes_stay_small(classes_10000, args):
+    from fastnn.metrics import MAX_MATRIX_CLASSES, SUMMARY_CELLS
+
+    proc = finished(classes_10000, "eval", "k.safetensors", "k.csv", *args)
+    # per-class rows and the summary: O(classes), never the 10^8 cells
+    assert len(proc.stdout) < 3_000_000
+    if args == ("--json",):
+        report = json.loads(proc.stdout)
+        assert "confusion_matrix" not in report and len(report["per_class"]) == 10_000
+        summary = report["confusion_summary"]
+        assert summary["classes"] == 10_000 and len(summary["largest"]) == SUMMARY_CELLS
+        assert summary["misclassified"] == 3000 - round(report["accuracy"] * 3000)
+        assert summary["largest"][0]["true_name"].endswith(MATH + "#")
+    else:
+        assert f"10,000 classes, more than {MAX_MATRIX_CLASSES} to print" in proc.stdout
+    if args and args[0] == "--confusion-png":
+        assert (classes_10000 / "c.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_report_is_within_its_memory_bound(classes_10000):
+    # 10^8 cells of int64 are 763 MiB: a process limited to 1 GiB of address
+    # space (Python, NumPy, OpenBLAS and matplotlib take ~600 MiB of it) must
+    # not build them, nor the 3,000 x 10,000 outputs at once
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "from fastnn.cli import main; sys.argv = ['fastnn'] + sys.argv[1:]; main()")
+    for args in ((), ("--json",), ("--confusion-png", "m.png")):
+        # one thread: each thread's stack and malloc arena count in the address space
+        proc = subprocess.run([sys.executable, "-c", code, "eval", "k.safetensors", "k.csv",
+                               "--threads", "1", *args], cwd=classes_10000, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "OPENBLAS_NUM_THREADS":
+                                                          "1", "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+
+
+def test_reports_under_the_bound_keep_the_whole_matrix():
+    # scikit-learn is the oracle: its confusion matrix and per-class scores
+    metrics = needs("sklearn.metrics")
+    from fastnn.metrics import (MAX_MATRIX_CLASSES, class_errors, classification_report,
+                                confusion_matrix, largest_errors, most_confused)
+
+    rng = np.random.default_rng(0)
+    for k in (3, MAX_MATRIX_CLASSES, MAX_MATRIX_CLASSES + 1):
+        truth, predicted = rng.integers(0, k, 5000), rng.integers(0, k, 5000)
+        predicted[:2500] = truth[:2500]
+        full = metrics.confusion_matrix(truth, predicted, labels=np.arange(k))
+        _, _, f1, support = metrics.precision_recall_fscore_support(
+            truth, predicted, labels=np.arange(k), zero_division=0)
+        report = classification_report(truth, predicted, k)
+        assert [row["f1"] for row in report["per_class"]] == pytest.approx(list(f1))
+        assert [row["support"] for row in report["per_class"]] == list(support)
+        assert report["accuracy"] == metrics.accuracy_score(truth, predicted)
+        if k <= MAX_MATRIX_CLASSES:
+            assert report["confusion_matrix"] == full.tolist()
+            assert "confusion_summary" not in report
+            continue
+        assert "confusion_matrix" not in report
+        off = full - np.diag(np.diag(full))
+        cells = largest_errors(truth, predicted)
+        assert [c for *_, c in cells] == sorted(off.ravel(), reverse=True)[:len(cells)]
+        assert all(full[i, j] == c for i, j, c in cells)
+        summary = report["confusion_summary"]
+        assert summary["misclassified"] == off.sum()
+        assert [(c["true"], c["predicted"], c["samples"]) for c in summary["largest"]] == cells
+        # the part of the matrix among the classes with the most errors
+        errors = off.sum(axis=0) + off.sum(axis=1)
+        assert (class_errors(truth, predicted, k) == errors).all()
+        keep = most_confused(errors, 30)
+        assert sorted(errors[keep], reverse=True) == sorted(errors, reverse=True)[:30]
+        assert (confusion_matrix(truth, predicted, k, classes=keep)
+                == full[np.ix_(keep, keep)]).all()
+
+
+# ----------------------------------------------------- fuzzing the writer (§1)
+# Random options and data into `fastnn train`: a run that exits 0 wrote a model
+# that fastnn loads; a refusal is one line and leaves the old model as it was.
+
+WRITER_EXAMPLES = int(os.environ.get("FASTNN_WRITER_EXAMPLES", "30"))
+
+
+def _writer_case(draw):
+    from hypothesis import strategies as st
+
+    from fastnn.activations import ACTIVATIONS
+    from fastnn.losses import LOSSES
+    from fastnn.optimizers import OPTIMIZERS
+
+    text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                   min_size=1, max_size=draw(st.sampled_from([8, 40, 300])))
+    n, features = draw(st.integers(6, 30)), draw(st.integers(1, 4))
+    kind = draw(st.sampled_from(["ints", "names", "targets"]))
+    magnitude = draw(st.sampled_from([1.0, 1e-300, 1e30, 1e39, 1e300]))
+    X = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1))).normal(size=(n, features))
+    X = X * magnitude
+    if kind == "ints":
+        k = draw(st.integers(2, 5))
+        y = [str(i % k) for i in range(n)]
+    elif kind == "names":
+        names = draw(st.lists(text, min_size=2, max_size=4, unique=True))
+        y = [names[i % len(names)] for i in range(n)]
+    else:
+        y = [repr(float(v) * draw(st.sampled_from([1.0, 1e50, 1e300]))) for v in X[:, 0] + 1]
+    columns = [draw(text) for _ in range(features)] + [draw(text)]
+    position = draw(st.sampled_from(["first", "last"]))
+    options = ["--epochs", str(draw(st.integers(1, 2))), "--seed", "0", "-q"]
+    options += draw(st.sampled_from([[], ["--hidden", str(draw(st.integers(1, 12)))],
+                                     ["--layers", f"{features},{draw(st.integers(1, 9))},"
+                                                  f"{draw(st.integers(1, 12000))}"]]))
+    for flag, choices in [("--activation", sorted(ACTIVATIONS)), ("--output", sorted(ACTIVATIONS)),
+                          ("--loss", sorted(LOSSES)), ("--optimizer", sorted(OPTIMIZERS)),
+                          ("--scale", ["standard", "minmax", "none", "auto", "pixels"]),
+                          ("--task", ["classification", "regression"]),
+                          ("--dtype", ["float32", "float64"]),
+                          ("--lr-schedule", ["step:every=1,factor=0.5", "cosine", "plateau",
+                                             "step:every=" + "9" * 25]),
+                          ("--lr", ["0.1", "1e-300", "1e30"]), ("--batch-size", ["1", "7"]),
+                          ("--dropout", ["0.5"]), ("--l2", ["0.1"]), ("--checkpoint-every", ["1"])]:
+        if draw(st.booleans()):
+            options += [flag, draw(st.sampled_from(choices))]
+    if draw(st.booleans()):
+        options += ["--val-split", "0.3"] + (["--restore-best"] if draw(st.booleans()) else [])
+    if draw(st.booleans()):
+        options += ["--label-col", columns[-1]]
+    return X, y, columns, position, options
+
+
+def test_fuzzed_runs_of_train_write_only_models_that_load(tmp_path, stock):
+    import csv
+
+    from click.testing import CliRunner
+
+    from fastnn.cli import main
+
+    needs("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    good = (stock / "m.safetensors").read_bytes()
+    codes = []
+
+    @settings(max_examples=WRITER_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def run(data):
+        X, y, columns, position, options = data.draw(st.composite(_writer_case)())
+        model = tmp_path / "m.safetensors"
+        model.write_bytes(good)
+        with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            header = [columns[-1], *columns[:-1]] if position == "first" else columns
+            writer.writerow(header)
+            for row, label in zip(X, y):
+                cells = [repr(float(v)) for v in row]
+                writer.writerow([label, *cells] if position == "first" else [*cells, label])
+        result = CliRunner().invoke(main, ["train", str(tmp_path / "d.csv"), *options,
+                                           "-o", str(model)])
+        codes.append(result.exit_code)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            options, result.output[-2000:])
+        if os.environ.get("FASTNN_WRITER_LOG"):
+            print(result.exit_code, options, result.output.strip()[:150])
+        if result.exit_code == 0:
+            net = fastnn.load(model)          # what train wrote, load reads
+            pre = net.preprocessing
+            if pre is None or pre.columns is None:
+                # numbers only (a text feature column is one-hot encoded, wider)
+                assert net.sizes[0] == X.shape[1]
+            for command in (["info", str(model)],
+                            ["predict", str(model), str(tmp_path / "d.csv")]):
+                used = CliRunner().invoke(main, command)
+                assert used.exit_code == 0, (options, command[0], used.output[-2000:])
+        else:
+            lines = result.output.strip().splitlines()
+            assert result.exit_code in (1, 2) and 1 <= len(lines) <= 2, (options, result.output)
+            assert model.read_bytes() == good, options
+        checkpoint = tmp_path / "m.checkpoint.safetensors"
+        if checkpoint.exists():
+            fastnn.load(checkpoint)
+            checkpoint.unlink()
+
+    run()
+    # both kinds of outcome were tried: runs that wrote a model and refusals
+    assert 0 in codes and set(codes) - {0}, codes

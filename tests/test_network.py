@@ -238,7 +238,9 @@ def test_invalid_configuration_is_one_clear_error(kwargs, message):
     (np.ones((2, 6)), np.array([0, -1]), "label -1 at row 1"),
     (np.ones((2, 6)), np.array([0.5, 1.0]), "non-integer values"),
     (np.ones((2, 6)), np.ones((2, 4)), r"y has shape \(2, 4\)"),
-    (np.ones((2, 6)), np.array([[0.0, 1.0, np.inf]] * 2), "y contains NaN"),
+    (np.ones((2, 6)), np.array([[0.0, 1.0, np.inf]] * 2),
+     "y has target inf at row 0, target column 2; targets must be finite numbers"),
+    (np.ones((2, 6)), np.array([0, np.nan]), "y has label nan at row 1; labels must be finite"),
 ])
 def test_bad_data_is_one_clear_error(X, y, message):
     net = Network([6, 4, 3], seed=0)

@@ -86,7 +86,8 @@ def test_history_from_fit_with_validation_and_lr_steps(mpl, tmp_path):
     assert width > 2 * height  # two panels side by side: loss and accuracy
     series, info = load_history(hist)
     # the epoch (from 1) that first trained at each new rate is marked
-    assert _lr_changes(series["lr"]) == [(2, 0.5), (3, 0.25), (4, 0.125)]
+    assert [(int(e), float(r)) for e, r in zip(*_lr_changes(series["lr"]))] == [
+        (2, 0.5), (3, 0.25), (4, 0.125)]
     assert info["best_epoch"] == hist.best_epoch is not None
     # the same through History.to_dict() as a dict and as a JSON file
     plot_history(hist.to_dict(), tmp_path / "from_dict.png")
