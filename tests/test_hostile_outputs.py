@@ -708,6 +708,9 @@ def test_reports_under_the_bound_keep_the_whole_matrix():
 # that fastnn loads; a refusal is one line and leaves the old model as it was.
 
 WRITER_EXAMPLES = int(os.environ.get("FASTNN_WRITER_EXAMPLES", "30"))
+# the same examples on every run (a failure in CI repeats), unless
+# FASTNN_WRITER_RANDOM=1 asks for new ones (a long fuzzing run)
+WRITER_RANDOM = os.environ.get("FASTNN_WRITER_RANDOM") == "1"
 
 
 def _writer_case(draw):
@@ -771,7 +774,7 @@ def test_fuzzed_runs_of_train_write_only_models_that_load(tmp_path, stock):
     codes = []
 
     @settings(max_examples=WRITER_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+              derandomize=not WRITER_RANDOM, suppress_health_check=list(HealthCheck))
     @given(st.data())
     def run(data):
         X, y, columns, position, options = data.draw(st.composite(_writer_case)())
