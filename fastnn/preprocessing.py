@@ -267,10 +267,14 @@ class Preprocessing:
         return names[indices]
 
     def restore(self, A):
-        """Network outputs as target values (regression), else A."""
+        """Network outputs as target values (regression), else A. A value
+        past float64's range (targets standardised from near +-1.7e308, an
+        output a little beyond the training targets') is +-inf, said as it
+        is, without a warning."""
         if self.task != "regression":
             return A
-        return A.astype(np.float64) * self.target_scale + self.target_mean
+        with np.errstate(over="ignore"):
+            return A.astype(np.float64) * self.target_scale + self.target_mean
 
     # ------------------------------------------------------------- describe
 
