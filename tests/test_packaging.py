@@ -108,7 +108,10 @@ def test_repaired_wheel_installs_and_runs_in_a_new_venv(built, tmp_path):
     purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     (Path(purelib.stdout.strip()) / "tests-environment.pth").write_text(
         "\n".join(site.getsitepackages()) + "\n")
-    run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, timeout=300)
+    # without PYTHONPATH: a source tree on it would make pip skip the wheel
+    # as "already satisfied"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, env=clean, timeout=300)
     # more rows than one chunk: forward's OpenMP team (the vendored libgomp) runs
     script = ("import numpy as np, fastnn, fastnn._core, fastnn.blas as b\n"
               "b.set_num_threads(2)\n"
@@ -116,7 +119,6 @@ def test_repaired_wheel_installs_and_runs_in_a_new_venv(built, tmp_path):
               "X = np.random.default_rng(0).random((2000, 4))\n"
               "net.fit(X, np.arange(2000) % 3, epochs=1)\n"
               "print(fastnn._core.__file__, net.forward(X).shape)\n")
-    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = run(python, "-c", script, cwd=tmp_path, env=clean, timeout=300).stdout
     path, shape = out.split(" ", 1)
     assert path.startswith(str(venv)), path
