@@ -46,7 +46,13 @@ METHODS = ("fastnn", "sklearn-mlp", "hist-gb")
 
 
 def mixed(name, seed=0):
-    """(train, test, regression) frames: tests/test_tabular_mixed.py's `mixed`."""
+    """(train, test, regression) of scikit-learn's `name` data set made to look
+    like a real export: its first three features binned by quartile into the
+    text categories low/mid/high/top (a feature of at most four values: its
+    values named so, in order), 10 % of the cells of the next three
+    features and 5 % of the first category column missing (drawn with
+    `seed`), the label first (as class names for a classifier); split 75/25,
+    stratified for a classifier, with random_state=0."""
     import pandas as pd
     from sklearn import datasets
     from sklearn.model_selection import train_test_split

@@ -12,6 +12,35 @@ from conftest import MNIST_DIR
 from fastnn import Network
 
 
+def train_and_eval(tmp_path, *options):
+    """The test accuracy of `fastnn train mnist OPTIONS` (in-process, the
+    shipped MNIST), by `fastnn eval --json` of the model it wrote."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fastnn.cli import main
+
+    model = tmp_path / "model.safetensors"
+    env = {"FASTNN_DATA": str(MNIST_DIR)}
+    result = CliRunner().invoke(main, ["train", "mnist", *options, "-o", str(model), "-q"],
+                                env=env)
+    assert result.exit_code == 0, result.output
+    report = CliRunner().invoke(main, ["eval", str(model), "--json"], env=env)
+    return json.loads(report.stdout)["accuracy"]
+
+
+def chapter6_table():
+    """benchmarks/nielsen_ch6.py, whose ROWS hold each row's train options."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "nielsen_ch6.py"
+    spec = importlib.util.spec_from_file_location("nielsen_ch6", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    return table
+
+
 @pytest.mark.slow
 def test_nielsen_chapter1_reaches_94_5_percent(mnist):
     # [784, 30, 10], sigmoid, quadratic cost, 30 epochs, batch 10, eta = 3.0;
@@ -44,24 +73,12 @@ def test_the_quick_recipe_command_reaches_98_percent(tmp_path):
     # 128, 4 epochs, cosine decay. Measured on a 2-core AMD EPYC (Zen 1):
     # 98.26 % (seed 0) in 7.7 s of training; seeds 1 and 2, 98.18 and 98.10 %.
     # The accuracy is asserted, the time is not (it belongs to benchmarks/).
-    import json
-
-    from click.testing import CliRunner
-
-    from fastnn.cli import main
-
-    model = tmp_path / "quick.safetensors"
-    env = {"FASTNN_DATA": str(MNIST_DIR)}
-    args = ["train", "mnist", "--layers", "784,256,128,10", "--activation", "relu",
-            "--output", "softmax", "--loss", "cross_entropy", "--init", "he",
-            "--optimizer", "adam", "--lr", "0.002", "--batch-size", "128", "--epochs", "4",
-            "--lr-schedule", "cosine", "--seed", "0", "-o", str(model), "-q"]
-    result = CliRunner().invoke(main, args, env=env)
-    assert result.exit_code == 0, result.output
-    report = json.loads(CliRunner().invoke(main, ["eval", str(model), "--json"],
-                                           env=env).stdout)
-    print(f"quick recipe: test accuracy {report['accuracy']:.2%}")
-    assert report["accuracy"] >= 0.98
+    accuracy = train_and_eval(
+        tmp_path, "--layers", "784,256,128,10", "--activation", "relu", "--output", "softmax",
+        "--loss", "cross_entropy", "--init", "he", "--optimizer", "adam", "--lr", "0.002",
+        "--batch-size", "128", "--epochs", "4", "--lr-schedule", "cosine", "--seed", "0")
+    print(f"quick recipe: test accuracy {accuracy:.2%}")
+    assert accuracy >= 0.98
 
 
 @pytest.mark.slow
@@ -93,27 +110,11 @@ def test_nielsen_chapter6_row4_command_reaches_97_8_percent_in_2_epochs(tmp_path
     # 50,000 images and a 10,000-image validation split, --restore-best), 2 epochs
     # instead of 60. Measured on 2 cores: 98.25 % (seeds 2 and 3: 98.16 %, 98.23 %),
     # about 40 s.
-    import importlib.util
-    import json
-
-    from click.testing import CliRunner
-
-    from fastnn.cli import main
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "nielsen_ch6.py"
-    spec = importlib.util.spec_from_file_location("nielsen_ch6", path)
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
-    model = tmp_path / "row4.safetensors"
-    args = ["train", "mnist", *table.ROWS["4"][2], *table.COMMON, "--epochs", "2",
-            "--seed", "1", "-o", str(model), "-q"]
-    env = {"FASTNN_DATA": str(MNIST_DIR)}
-    result = CliRunner().invoke(main, args, env=env)
-    assert result.exit_code == 0, result.output
-    report = json.loads(CliRunner().invoke(main, ["eval", str(model), "--json"],
-                                           env=env).stdout)
-    print(f"Nielsen chapter 6, row 4, 2 epochs: test accuracy {report['accuracy']:.2%}")
-    assert report["accuracy"] >= 0.978
+    table = chapter6_table()
+    accuracy = train_and_eval(tmp_path, *table.ROWS["4"][2], *table.COMMON, "--epochs", "2",
+                              "--seed", "1")
+    print(f"Nielsen chapter 6, row 4, 2 epochs: test accuracy {accuracy:.2%}")
+    assert accuracy >= 0.978
 
 
 @pytest.mark.slow
@@ -124,25 +125,8 @@ def test_nielsen_chapter6_row6_command_learns_on_5000_images(tmp_path):
     # from the first epoch: inverted dropout doubles the FC1000s' inputs and the
     # first steps switch the second convolution off (README, "Nielsen's chapter
     # 6"). Measured with the row's --init xavier: 93.5 %, about 25 s.
-    import importlib.util
-    import json
-
-    from click.testing import CliRunner
-
-    from fastnn.cli import main
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "nielsen_ch6.py"
-    spec = importlib.util.spec_from_file_location("nielsen_ch6", path)
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
-    model = tmp_path / "row6.safetensors"
-    args = ["train", "mnist", *table.ROWS["6"][2], *table.COMMON, "--limit", "5000",
-            "--epochs", "2", "--seed", "1", "-o", str(model), "-q"]
-    env = {"FASTNN_DATA": str(MNIST_DIR)}
-    result = CliRunner().invoke(main, args, env=env)
-    assert result.exit_code == 0, result.output
-    report = json.loads(CliRunner().invoke(main, ["eval", str(model), "--json"],
-                                           env=env).stdout)
-    print(f"Nielsen chapter 6, row 6, 5,000 images, 2 epochs: test accuracy "
-          f"{report['accuracy']:.2%}")
-    assert report["accuracy"] >= 0.8
+    table = chapter6_table()
+    accuracy = train_and_eval(tmp_path, *table.ROWS["6"][2], *table.COMMON, "--limit", "5000",
+                              "--epochs", "2", "--seed", "1")
+    print(f"Nielsen chapter 6, row 6, 5,000 images, 2 epochs: test accuracy {accuracy:.2%}")
+    assert accuracy >= 0.8
