@@ -208,7 +208,7 @@ def test_an_epoch_does_not_depend_on_the_convolution_block_size():
     rng = np.random.default_rng(8)
     X = rng.random((40, 100))
     y = rng.integers(0, 3, 40)
-    weights = []
+    weights, scratch = [], []
     for entries, min_rows in ((1, 1), (7 * 25, 7), (None, None)):
         previous = _core.set_conv_blocking(entries, min_rows) if entries else None
         try:
@@ -216,10 +216,13 @@ def test_an_epoch_does_not_depend_on_the_convolution_block_size():
                            Dense(3)], activation="tanh", output="softmax",
                           loss="cross_entropy", dtype="float64", seed=2)
             net.fit(X, y, epochs=2, batch_size=8, lr=0.1)
+            scratch.append(_core.workspace_size(net.plan.table()[0], 8))
         finally:
             if previous:
                 _core.set_conv_blocking(*previous)
         weights.append(net._params.copy())
+    # the blockings differ (their im2col blocks, so their workspaces)
+    assert scratch[0] < scratch[1] < scratch[2]
     assert_allclose(weights[0], weights[2], rtol=1e-11, atol=1e-13)
     assert_allclose(weights[1], weights[2], rtol=1e-11, atol=1e-13)
 
