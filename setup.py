@@ -34,7 +34,7 @@ extensions = [
 ]
 
 setup(
-    packages=["fastnn", "fastnn.cli"],
+    packages=["fastnn", "fastnn.cli", "fastnn.export"],
     package_dir={"fastnn": "fastnn", "fastnn.cli": "cli"},
     ext_modules=cythonize(
         extensions,

@@ -19,9 +19,13 @@ command again goes on where it stopped. Run one table at a time: two runs
 would train the same row into the same files.
 
 Row 7 is the vote of five row-6 networks (seeds 1..5; row 6 is seed 1):
-their output probabilities averaged on the test set (``vote`` below, the
-fastnn API; until ``fastnn train --ensemble`` exists). The same for any
-models: ``python benchmarks/nielsen_ch6.py --vote A.safetensors B.safetensors``.
+their output probabilities averaged, as a user gets it: ``fastnn ensemble
+row6.safetensors row6s2.safetensors ... -o row7.safetensors`` joins them in
+one model file, then ``fastnn eval row7.safetensors``. The five are trained
+one after the other, each with a checkpoint every epoch, row 6's network
+being the first (row 6's command with ``--ensemble 5`` trains the five at
+once, in one file). The same for any models: ``python
+benchmarks/nielsen_ch6.py --vote A.safetensors B.safetensors``.
 
 Recipe notes (see README, "Nielsen's chapter 6"): every row has a softmax
 output with the log-likelihood cost (network3.py's SoftmaxLayer; fastnn's
@@ -113,13 +117,30 @@ def read_results(path):
     return rows
 
 
+def epochs_done(path):
+    from fastnn.io import read_header
+
+    return read_header(path).fields["training"].get("cli", {}).get("epochs_done", 0)
+
+
+def latest(model):
+    """The model file to go on from: the checkpoint beside it
+    (MODEL.checkpoint.safetensors) if that has more epochs."""
+    from fastnn.files import sibling
+
+    checkpoint = sibling(model, "checkpoint")
+    if os.path.exists(checkpoint) and epochs_done(checkpoint) > epochs_done(model):
+        return checkpoint
+    return model
+
+
 def model_state(path):
     """None (no model yet), "unfinished" or "finished"."""
     if not os.path.exists(path):
         return None
     from fastnn.io import read_header
 
-    training = read_header(path).fields["training"]
+    training = read_header(latest(path)).fields["training"]
     cli = training.get("cli", {})
     return "finished" if cli.get("epochs_done", 0) >= cli.get("epochs", 1) and \
         not training.get("best", {}).get("pending") else "unfinished"
@@ -141,8 +162,12 @@ def train_row(name, options, workdir, threads, seed, log, extra=()):
     if state != "finished":
         k = sum(1 for _ in open(segments_file)) if os.path.exists(segments_file) else 0
         history = os.path.join(workdir, f"row{name}.history.{k}.json")
+        # a resumed run that was stopped left its checkpoints beside the model
+        # (fastnn never replaces a file that existed before a run that did
+        # not finish): go on from the later of the two
+        resume = latest(model)
         run = (args if state is None else
-               ["train", "--resume", model, "--threads", str(threads),
+               ["train", "--resume", resume, "-o", model, "--threads", str(threads),
                 "--checkpoint-every", "1"])
         run = [*run, "--history", history]
         with open(segments_file, "a") as f:
@@ -170,15 +195,13 @@ def evaluate(model, threads):
     return json.loads(out)["accuracy"]
 
 
-def vote(models):
-    """The test accuracy of the averaged output probabilities of `models`."""
-    import numpy as np
-    from fastnn import load
-    from fastnn.datasets import load_mnist
-
-    _, (X_test, y_test) = load_mnist()
-    proba = sum(load(m).predict_proba(X_test) for m in models) / len(models)
-    return float(np.mean(proba.argmax(axis=1) == y_test))
+def vote(models, workdir, threads, name="row7"):
+    """Row 7 as a user runs it: ``fastnn ensemble MODELS -o NAME.safetensors``,
+    then ``fastnn eval``; returns (the ensemble's file, its test accuracy)."""
+    out = os.path.join(workdir, f"{name}.safetensors")
+    subprocess.run(fastnn("ensemble", *models, "-o", out), check=True, capture_output=True,
+                   text=True)
+    return out, evaluate(out, threads)
 
 
 def record_for(row, what, nielsen, args, model, wall, epoch_seconds, test_accuracy):
@@ -207,9 +230,10 @@ def markdown(results):
                             + shown(command(ROWS[row][2], SEED, 1, f"row{row}.safetensors")))
         else:
             commands.append(f"# row 7: row 6 with --seed 2, 3, 4 and 5 (-o row6s2.safetensors"
-                            f" ...), then\npython benchmarks/nielsen_ch6.py --vote "
+                            f" ...), then\nfastnn ensemble "
                             + " ".join(f"row6{'' if s == SEED else f's{s}'}.safetensors"
-                                       for s in VOTE_SEEDS))
+                                       for s in VOTE_SEEDS)
+                            + " -o row7.safetensors\nfastnn eval row7.safetensors")
         r = results.get(row)
         if r is None:
             lines.append(f"| {row} | {what} | | | not yet run | {nielsen:.2f} % | | |")
@@ -231,7 +255,8 @@ def main(argv=None):
     parser.add_argument("--smoke", type=int, metavar="N",
                         help="a check of the script, not the table: N images, 2 epochs")
     parser.add_argument("--vote", nargs="+", metavar="MODEL",
-                        help="only print the test accuracy of these models' averaged outputs")
+                        help="only print the test accuracy of these models' averaged outputs "
+                             "(fastnn ensemble, written as WORKDIR/vote.safetensors)")
     parser.add_argument("--markdown", action="store_true",
                         help="only print the README's table from the results file")
     a = parser.parse_args(argv)
@@ -239,7 +264,8 @@ def main(argv=None):
         print(markdown(read_results(a.results)))
         return
     if a.vote:
-        print(f"{vote(a.vote):.4f}")
+        os.makedirs(a.workdir, exist_ok=True)
+        print(f"{vote(a.vote, a.workdir, a.threads, 'vote')[1]:.4f}")
         return
     os.makedirs(a.workdir, exist_ok=True)
     log = sys.stdout
@@ -261,9 +287,10 @@ def main(argv=None):
                 wall, epoch_seconds = wall + w, epoch_seconds + e
             record = {"row": "7", "what": "vote of five row-6 networks (averaged outputs)",
                       "nielsen": VOTE_NIELSEN,
-                      "command": f"python benchmarks/nielsen_ch6.py --rows 7  # seeds "
-                                 f"{','.join(map(str, VOTE_SEEDS))}",
-                      "members": members, "test_accuracy": vote(members),
+                      "command": shown(["ensemble", *map(os.path.basename, members),
+                                        "-o", "row7.safetensors"]),
+                      "members": [os.path.basename(m) for m in members],
+                      "test_accuracy": vote(members, a.workdir, a.threads)[1],
                       "wall_seconds": round(wall, 1), "epoch_seconds": round(epoch_seconds, 1),
                       "cpu": cpu_model()}
         else:

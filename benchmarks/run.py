@@ -23,6 +23,10 @@ sample, 2 x the forward ones.
 
 Implementations, each run when its package is installed:
   fastnn      Network.fit (compiled kernels)
+  fastnn-bf16 the same with Network(dtype="bfloat16"): float32 masters, every
+              product's operands rounded to bfloat16 (emulated where the CPU
+              lacks AVX512_BF16: fastnn.blas.bf16_speed says so), and its
+              inference rows
   numpy       fastnn's NumPy reference backend (the same maths, vectorised)
   nielsen     the textbook per-sample loop of Nielsen's network.py (10,000 rows)
   torch       torch.nn.Sequential + torch.optim.SGD, eager
@@ -94,7 +98,7 @@ CONFIGS = {
 }
 INFERENCE = ["mid", "wide", "conv2-relu"]
 # implementations that take convolutional configurations
-CONV_IMPLS = {"fastnn", "numpy", "torch", "torch-bf16"}
+CONV_IMPLS = {"fastnn", "fastnn-bf16", "numpy", "torch", "torch-bf16"}
 N_TRAIN, N_TEST, N_TEXTBOOK, N_CHECK = 60000, 10000, 10000, 2560
 SEED = 0
 
@@ -197,9 +201,9 @@ def fastnn_train(backend, **options):
     return run
 
 
-def fastnn_infer(backend):
+def fastnn_infer(backend, **options):
     def run(config, data):
-        net = network(config, backend=backend)
+        net = network(config, backend=backend, **options)
         start = time.perf_counter()
         out = net.forward(data.X_test)
         return Timed(len(data.X_test), time.perf_counter() - start, output=out)
@@ -510,7 +514,8 @@ def installed(name):
 # name: (train function or None, inference function or None, available?)
 IMPLS = {
     "fastnn": (fastnn_train("cython"), fastnn_infer("cython"), lambda: True),
-    "fastnn-bf16": (fastnn_train("cython", dtype="bfloat16"), None, fastnn_has_bfloat16),
+    "fastnn-bf16": (fastnn_train("cython", dtype="bfloat16"),
+                    fastnn_infer("cython", dtype="bfloat16"), fastnn_has_bfloat16),
     "fit_many": (fit_many_train, None, lambda: hasattr(fastnn, "fit_many")),
     "numpy": (fastnn_train("numpy"), fastnn_infer("numpy"), lambda: True),
     "nielsen": (textbook_train, textbook_infer, lambda: True),

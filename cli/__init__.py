@@ -27,9 +27,10 @@ def main():
     """
 
 
-from fastnn.cli import (datasets, evaluate, export, info, plot, predict, show,  # noqa: E402
-                        train)
+from fastnn.cli import (datasets, ensemble, evaluate, export, info, plot, predict,  # noqa: E402
+                        show, train)
 
 for command in (train.train, evaluate.eval_command, predict.predict, info.info,
-                datasets.datasets, datasets.download, export.export, plot.plot, show.show):
+                ensemble.ensemble, datasets.datasets, datasets.download, export.export,
+                plot.plot, show.show):
     main.add_command(command)

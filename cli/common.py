@@ -2,6 +2,7 @@
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -68,7 +69,7 @@ class Command(MainMixin, click.Command):
         from fastnn.exceptions import FastnnError
         from fastnn.interrupts import FirstInterruptOnly
 
-        with FirstInterruptOnly():
+        with FirstInterruptOnly(), one_line_warnings():
             try:
                 return super().invoke(ctx)
             except FastnnError as exc:
@@ -76,6 +77,28 @@ class Command(MainMixin, click.Command):
             except KeyboardInterrupt:
                 click.echo("Interrupted", err=True)
                 ctx.exit(130)
+
+
+@contextmanager
+def one_line_warnings():
+    """Within this block fastnn's own warnings (FastnnWarning: bfloat16
+    emulated on this CPU) are shown as one line on stderr, 'Warning: ...',
+    without Python's file and line."""
+    import warnings
+
+    from fastnn.exceptions import FastnnWarning
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, FastnnWarning):
+                click.echo(f"Warning: {message}", err=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 DATA_HELP = ("DATA is a dataset name (mnist), an IDX images file (labels found beside it or "
@@ -134,7 +157,7 @@ def training_label_col(net, label_col):
     """label_col, or the CSV label column the model was trained with."""
     if label_col is not None:
         return label_col
-    cli = net.training.get("cli") if isinstance(net.training, dict) else None
+    cli = net.training_record.get("cli") if isinstance(net.training_record, dict) else None
     return cli.get("label_col") if isinstance(cli, dict) else None
 
 
@@ -248,10 +271,11 @@ def model_rows(net, dataset, quiet=False):
     unknown = pre.columns.unknown(rows, dataset.source)     # a missing column stops here
     extra = pre.columns.extra_columns(rows)
     if extra and not quiet:
+        from fastnn._validation import listing
+
         click.echo(f"Note: {shown(dataset.source)}'s column{'s' if len(extra) > 1 else ''} "
-                   f"{', '.join(shown(n) for n in extra[:8])}"
-                   f"{f', ... ({len(extra)} in all)' if len(extra) > 8 else ''} "
-                   f"{'are' if len(extra) > 1 else 'is'} not used by the model", err=True)
+                   f"{listing(extra, 8)} {'are' if len(extra) > 1 else 'is'} not used by the "
+                   f"model", err=True)
     if unknown and not quiet:
         click.echo(f"Note: {unknown_text(unknown)}", err=True)
     return rows, unknown
@@ -291,8 +315,8 @@ def match_inputs(net, X):
         X = numbers
     if net.preprocessing is not None and net.preprocessing.scaling is not None:
         return X          # the network's scaling takes raw rows of any dtype
-    if net.input_dtype == "uint8" and X.dtype != np.uint8:
-        from fastnn.data import pixels_or_floats
+    if net.input_scaling.in_kernels and X.dtype != np.uint8:
+        from fastnn.csvfile import pixels_or_floats
 
         return pixels_or_floats(X)
     if net.input_dtype in ("float32", "float64") and X.dtype == np.uint8:

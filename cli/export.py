@@ -30,11 +30,11 @@ Examples:
 @force_option
 def export(model, format_, out, as_json, force):
     from fastnn.cli.common import check_outputs
-    from fastnn.export import EXPORTERS, export as export_model, format_for
+    from fastnn.export import EXPORTERS, export as export_model, format_from_suffix
     from fastnn.io import load
 
     if format_ is None:
-        format_ = format_for(out)
+        format_ = format_from_suffix(out)
         if format_ is None:
             raise click.UsageError(f"cannot tell the format from the name {out!r}; give "
                                    f"--format ({', '.join(EXPORTERS)})")
@@ -44,11 +44,15 @@ def export(model, format_, out, as_json, force):
     written = export_model(net, out, format_, source=model, force=force)
     # pooling, Flatten and Dropout layers have no activation (None)
     activations = [a for a in net.activations if a]
+    members = len(getattr(net, "members", [net]))
     if as_json:
         from fastnn.cli.common import echo_json
 
         echo_json({"model": model, "format": format_, "files": list(written),
-                   "sizes": list(net.sizes), "activations": list(net.activations)})
+                   "sizes": list(net.sizes), "activations": list(net.activations),
+                   "ensemble": members if members > 1 else None})
         return
-    click.echo(f"Exported {model} ({list(net.sizes)}, {'/'.join(activations)}) as "
-               f"{EXPORTERS[format_].title} to {' and '.join(written)}")
+    what = (f"an ensemble of {members} networks, the mean of their outputs" if members > 1
+            else f"{list(net.sizes)}, {'/'.join(activations)}")
+    click.echo(f"Exported {model} ({what}) as {EXPORTERS[format_].title} to "
+               f"{' and '.join(written)}")

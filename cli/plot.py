@@ -10,7 +10,8 @@ from OUT's suffix): loss and accuracy per
 epoch for the training, validation and test data, with dashed lines where
 the learning rate changed. HISTORY is the JSON file written by
 fastnn train --history, the output of fastnn train --json, or
-History.to_dict() as JSON. Needs matplotlib:
+History.to_dict() as JSON; an ensemble's (train --ensemble) draws each
+network in a colour of its own. Needs matplotlib:
 pip install 'fastnn[plot]'.
 
 \b

@@ -9,6 +9,7 @@ from click.core import ParameterSource
 from fastnn.activations import ACTIVATIONS
 from fastnn.callbacks import Callback
 from fastnn.datasets import DATASETS
+from fastnn.ensemble import MAX_MEMBERS
 from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, csv_options,
                                data_inputs, data_options, echo_json, jsonable, load, match_inputs,
                                model_reading, model_rows, set_threads,
@@ -20,7 +21,8 @@ from fastnn.optimizers import OPTIMIZERS
 from fastnn._validation import TASKS
 from fastnn.preprocessing import SCALINGS
 from fastnn.recipes import CHOICES as RECIPE_CHOICES
-from fastnn.training import AUGMENTATIONS, STALL_EPOCHS, epoch_line, stall_hint
+from fastnn._kernels import AUGMENTATIONS
+from fastnn.training import STALL_EPOCHS, epoch_line, stall_hint
 
 # Options that describe the network: fixed by the model file when resuming.
 ARCHITECTURE = ("layers", "hidden", "input_shape", "activation", "output_activation", "loss",
@@ -202,6 +204,9 @@ def choice(registry, exclude=()):
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), help="[default: float32]")
 @click.option("--seed", type=Integer(min=0), help="Makes the run reproducible "
               "[default: random, saved in the model].")
+@click.option("--ensemble", type=Integer(min=2, max=MAX_MEMBERS), metavar="K",
+              help="Train K networks at once, with seeds SEED, SEED+1, ..., and save one "
+                   "model whose prediction is the mean of their outputs.")
 @click.option("--optimizer", type=choice(OPTIMIZERS), help="[default: tabular adam, nielsen sgd]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="Learning rate [default: tabular 0.001 for adam and adamw, 0.1 for sgd, "
@@ -272,6 +277,9 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
 
     given = {name for name in options if options[name] is not None
              and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    ensemble = options.pop("ensemble")
+    if ensemble and resume:
+        raise click.UsageError("--ensemble is fixed by the model file when resuming")
     delimiter, decimal = parse_delimiter(delimiter), parse_decimal(decimal)
     if options["layers"] and options["hidden"]:
         raise click.UsageError("give --layers or --hidden, not both")
@@ -284,8 +292,10 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
             raise click.UsageError(f"--{fixed[0].replace('_activation', '').replace('_', '-')} "
                                    f"is fixed by the model file when resuming")
         net = load_model(resume)
-        run = dict(net.training.get("cli", {}))
-        stored = net.training.get("cli_options", {})
+        if hasattr(net, "members"):
+            ensemble = len(net.members)
+        run = dict(net.training_record.get("cli", {}))
+        stored = net.training_record.get("cli_options", {})
         _refuse_changes(ctx, net, options, given, data=data, labels=labels,
                         label_col=label_col, limit=limit, delimiter=delimiter, decimal=decimal)
         for name in RESUMABLE:
@@ -297,7 +307,7 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
         val_data = val_data or run.get("val")
         test_data = test_data or run.get("test")
         limit = limit or run.get("limit")
-        if options["epochs"] is None:
+        if options["epochs"] is None and not ensemble:
             options["epochs"] = max(run.get("epochs", 0) - run.get("epochs_done", 0), 0)
         out = out or resume
     data = data or "mnist"
@@ -334,6 +344,11 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
         pre = net.preprocessing
         first = pre.encode_X(X_train[:1]) if pre is not None else X_train
         net.input_dtype = str(first.dtype)
+    if ensemble and not resume:
+        from fastnn.ensemble import Ensemble
+
+        net = Ensemble.of(net, ensemble)
+    members = getattr(net, "members", [net])
     val = None
     if val_data:
         v = load(val_data, "test", label_col=label_col, quiet=quiet or as_json, **csv,
@@ -343,7 +358,12 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
                  **model_reading(net)) if test_data else None)
     X_test = model_rows(net, test, quiet or as_json)[0] if test is not None else None
 
-    epochs = options["epochs"]
+    # each network's run so far (an ensemble's networks each stop at their own epoch)
+    runs = [dict(m.training_record.get("cli", {})) if resume else {} for m in members]
+    done_of = [r.get("epochs_done", 0) for r in runs]
+    epochs_of = ([max(r.get("epochs", 0) - r.get("epochs_done", 0), 0) for r in runs]
+                 if options["epochs"] is None else [options["epochs"]] * len(members))
+    epochs = epochs_of[0]
     if options["lr_schedule"] is not None:
         # kept in the model in its own words (bounded), not as typed
         options["lr_schedule"] = parse_schedule(options["lr_schedule"]).spec()
@@ -351,40 +371,73 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
     fit_options = dict(cli_options)
     if "lr_schedule" in fit_options:
         fit_options["lr_schedule"] = parse_schedule(fit_options["lr_schedule"])
-    if resume and net.training.get("lr_schedule_state"):
-        schedule = parse_schedule(options["lr_schedule"] or net.training.get("lr_schedule"))
-        schedule.load_state_dict(net.training["lr_schedule_state"])
-        if "lr" in given:
-            # the new rate from now on; the schedule goes on scaling it
-            schedule.lr = options["lr"]
-        fit_options["lr_schedule"] = schedule
+    # each network's schedule, as it was where its run stopped
+    schedules = [None] * len(members)
+    for k, m in enumerate(members):
+        if resume and m.training_record.get("lr_schedule_state"):
+            schedule = parse_schedule(options["lr_schedule"] or m.training_record.get("lr_schedule"))
+            schedule.load_state_dict(m.training_record["lr_schedule_state"])
+            if "lr" in given:
+                # the new rate from now on; the schedule goes on scaling it
+                schedule.lr = options["lr"]
+            schedules[k] = schedule
+    if schedules[0] is not None and not ensemble:
+        fit_options["lr_schedule"] = schedules[0]
     run.update(data=data, labels=labels, label_col=label_col, val=val_data, test=test_data,
                limit=limit, epochs=run.get("epochs_done", 0) + epochs)
     run.update({k: v for k, v in csv.items() if v is not None})
     run.setdefault("epochs_done", 0)
     done_before = run["epochs_done"]
-    records = []
+    records = [[] for _ in members]     # each network's epochs
+
+    def member_run(k, m):
+        """Network k's run, for its model file: its own epochs."""
+        done = done_of[k] + (m.history.epochs if m.history else 0)
+        return {**run, "epochs": done_of[k] + epochs_of[k], "epochs_done": done}
 
     def record_run():
+        for k, m in enumerate(members):
+            m.training_record.update(cli=member_run(k, m), cli_options=cli_options)
         run["epochs_done"] = done_before + (net.history.epochs if net.history else 0)
-        net.training.update(cli=run, cli_options=cli_options)
-        return _history_text(records, net)
+        return history_text()
 
-    def after_epoch(epoch, metrics):
-        record = dict(metrics)
-        if test is not None:
-            result = net.evaluate(X_test, test.y)
-            record["test_loss"] = result["loss"]
-            if "accuracy" in result:
-                record["test_accuracy"] = result["accuracy"]
-        records.append(record)
-        say(epoch_line(done_before + epoch + 1, record, of=run["epochs"]))
-        if len(records) == STALL_EPOCHS and not resume:
-            hint = stall_hint(records, train_labels)
-            if hint and not (quiet or as_json):
-                click.echo(hint, err=True)
-        if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
-            outputs.save_unfinished(net, record_run())
+    def history_text():
+        """The --history file: this run's epochs (each network's, for an ensemble)."""
+        if not ensemble:
+            return _history_text(records[0], net)
+        return json.dumps(jsonable({"epochs": max(len(r) for r in records),
+                                    "ensemble": len(members),
+                                    "members": [_history_dict(r, m)
+                                                for m, r in zip(members, records)]}), indent=2)
+
+    # an ensemble's checkpoints: each network as it was after its last epoch,
+    # copied in its own thread between its epochs (the others are training)
+    snapshots = _Snapshots(members) if ensemble and checkpoint_every else None
+
+    def after_epoch_of(k):
+        """The callback of network k (its lines tagged when there are several)."""
+        model, tag = members[k], (f"[{k + 1}/{len(members)}] " if ensemble else "")
+
+        def after_epoch(epoch, metrics):
+            record = dict(metrics)
+            if test is not None:
+                result = model.evaluate(X_test, test.y)
+                record["test_loss"] = result["loss"]
+                if "accuracy" in result:
+                    record["test_accuracy"] = result["accuracy"]
+            records[k].append(record)
+            say(tag + epoch_line(done_of[k] + epoch + 1, record, of=done_of[k] + epochs_of[k]))
+            if len(records[k]) == STALL_EPOCHS and not resume and k == 0:
+                hint = stall_hint(records[k], train_labels)
+                if hint and not (quiet or as_json):
+                    click.echo(hint, err=True)
+            if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
+                if snapshots is None:
+                    outputs.save_unfinished(net, record_run())
+                else:
+                    model.training_record.update(cli=member_run(k, model), cli_options=cli_options)
+                    snapshots.save(k, lambda ens: outputs.save_unfinished(ens, history_text()))
+        return after_epoch
 
     # messages name each file (a CSV's rows by their lines), not X and y
     net.check_data(X_train, train_set.y, name=train_set.source)
@@ -412,13 +465,29 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
         f"{len(train_set) - held:,} samples of {train_set.source}"
         + (f" ({held:,} more held out for validation)" if held else "")
         + (f"; seed: random (--seed {net.seed} repeats this run)" if random_seed else ""))
-    progress = _progress_bar() if not (quiet or as_json) and sys.stderr.isatty() else None
+    progress = (_progress_bar() if not (quiet or as_json or ensemble) and sys.stderr.isatty()
+                else None)
     checks = [SaveableCheck(run, cli_options, out)] if out else []
     finished = False
     try:
-        net.fit(X_train, train_set.y, epochs=epochs, validation_data=val,
-                validation_split=fit_options.pop("val_split", 0.0), callback=after_epoch,
-                progress=progress, callbacks=checks, **fit_options)
+        if ensemble:
+            from fastnn import fit_many
+
+            # the networks with epochs to go, each with its own callback and schedule
+            todo = [k for k in range(len(members)) if epochs_of[k] > 0]
+            each = [{"epochs": epochs_of[k], "callback": after_epoch_of(k),
+                     **({"lr_schedule": schedules[k]} if schedules[k] is not None else {})}
+                    for k in todo]
+            if todo:
+                fit_many([members[k] for k in todo], X_train, train_set.y, each=each,
+                         validation_data=val, validation_split=fit_options.pop("val_split", 0.0),
+                         callbacks=checks, **fit_options)
+            net.epochs_trained = min(m.epochs_trained for m in members)
+        else:
+            net.fit(X_train, train_set.y, epochs=epochs, validation_data=val,
+                    validation_split=fit_options.pop("val_split", 0.0),
+                    callback=after_epoch_of(0), progress=progress, callbacks=checks,
+                    **fit_options)
         finished = True
         outputs.save_finished(net, record_run())
     except KeyboardInterrupt:
@@ -431,22 +500,28 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
                        f"{outputs.describe_finished()}", err=True)
         else:
             where = outputs.save_unfinished(net, record_run())
-            click.echo(f"Interrupted: {outputs.describe(where, net.epochs_trained)}", err=True)
+            click.echo(f"Interrupted: {_unfinished_text(outputs, where, net)}", err=True)
         ctx.exit(130)
     except TrainingDiverged as exc:
-        where = outputs.save_unfinished(net, record_run(), model=bool(records))
+        where = outputs.save_unfinished(net, record_run(), model=any(records))
         if not where["model"]:
             raise click.ClickException(str(exc))
-        raise click.ClickException(f"{exc} " + outputs.describe(
-            where, net.epochs_trained, "Saved the weights of the last good epoch"))
-    best = net.training.get("best")
-    if options["early_stopping"] and net.history is not None and net.history.best_epoch is not None:
+        raise click.ClickException(f"{exc} " + _unfinished_text(
+            outputs, where, net, "Saved the weights of the last good epoch"))
+    if ensemble:
+        # the mean of the networks' outputs, on --val and the test data
+        ensemble_metrics = _ensemble_metrics(net, val, X_test, test)
+        for line in _ensemble_lines(net, records, ensemble_metrics):
+            say(line)
+    best = net.training_record.get("best")
+    if (options["early_stopping"] and not ensemble and net.history is not None
+            and net.history.best_epoch is not None):
         index = net.history.best_epoch
         text = (f"kept the weights of epoch {done_before + index + 1}, the lowest validation "
-                f"loss ({records[index]['val_loss']:.4f})")
+                f"loss ({records[0][index]['val_loss']:.4f})")
         say(f"Stopped early: {text}" if net.history.stopped == "early_stopping"
             else text[0].upper() + text[1:])
-    if options["restore_best"] and best:
+    if options["restore_best"] and best and not ensemble:
         say(f"Restored the weights of epoch {best['epoch']}, the best by {best['monitor']} "
             f"({best['value']:.4f})")
     if out:
@@ -455,10 +530,85 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
         say("The model was not saved (no -o given); to keep it, run again with "
             "-o MODEL.safetensors")
     if as_json:
-        echo_json({"model": out, "network": repr(net), "recipe": run.get("recipe"),
-                   "epochs_trained": net.epochs_trained,
-                   "best": net.training.get("best"),
-                   "history": _history_dict(records, net), "final": records[-1] if records else {}})
+        result = {"model": out, "network": repr(net), "recipe": run.get("recipe"),
+                  "epochs_trained": net.epochs_trained}
+        if ensemble:
+            result["members"] = [
+                {"seed": m.seed, "epochs_trained": m.epochs_trained,
+                 "best": m.training_record.get("best"), "history": _history_dict(r, m),
+                 "final": r[-1] if r else {}} for m, r in zip(members, records)]
+            result["final"] = ensemble_metrics
+        else:
+            result.update(best=net.training_record.get("best"), history=_history_dict(records[0], net),
+                          final=records[0][-1] if records[0] else {})
+        echo_json(result)
+
+
+def _ensemble_metrics(ens, val, X_test, test):
+    """The ensemble's own loss and accuracy on --val and the test data."""
+    metrics = {}
+    for prefix, data in (("val_", val), ("test_", (X_test, test.y) if test is not None else None)):
+        if data is not None:
+            result = ens.evaluate(*data)
+            metrics.update({prefix + k: v for k, v in result.items() if k in ("loss", "accuracy")})
+    return metrics
+
+
+def _ensemble_lines(ens, records, metrics):
+    """What train says after an ensemble's run: each network's last epoch
+    (and the epoch whose weights it kept, by --restore-best or
+    --early-stopping), then `metrics`, those of the mean of their outputs."""
+    lines = []
+    for k, (m, r) in enumerate(zip(ens.members, records)):
+        if not r:
+            continue
+        line = f"network {k + 1} (seed {m.seed}): " + epoch_line(m.epochs_trained, r[-1])
+        best = m.training_record.get("best")
+        if best:
+            line += f"; kept epoch {best['epoch']}'s weights (best {best['monitor']})"
+        elif m.history is not None and m.history.best_epoch is not None:
+            line += (f"; kept epoch {m.epochs_trained - len(r) + m.history.best_epoch + 1}'s "
+                     f"weights (lowest val_loss)")
+        lines.append(line)
+    if metrics:
+        lines.append(f"The ensemble of {len(ens.members)} (mean of their outputs): "
+                     + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return lines
+
+
+def _unfinished_text(outputs, where, net, what="saved the model"):
+    """What an unfinished run left where (an ensemble's networks each after
+    their own last epoch), and how to continue it."""
+    if not hasattr(net, "members"):
+        return outputs.describe(where, net.epochs_trained, what)
+    return outputs.describe(where, "/".join(str(m.epochs_trained) for m in net.members),
+                            what)
+
+
+class _Snapshots:
+    """An ensemble's checkpoints while its networks train at once, each at
+    its own epoch: the last state of every network, each copied in its own
+    thread between two of its epochs (its kernel is not running then; the
+    others' are), joined into one model file under a lock."""
+
+    def __init__(self, members):
+        import copy
+        import threading
+
+        self.members = members
+        self.copies = [copy.deepcopy(m) for m in members]
+        self.lock = threading.Lock()
+
+    def save(self, k, write):
+        """Take network k's state now, then write(the ensemble of the copies)."""
+        import copy
+
+        from fastnn.ensemble import Ensemble
+
+        state = copy.deepcopy(self.members[k])
+        with self.lock:
+            self.copies[k] = state
+            write(Ensemble(self.copies))
 
 
 def _refuse_changes(ctx, net, options, given, **data_options):
@@ -472,7 +622,7 @@ def _refuse_changes(ctx, net, options, given, **data_options):
     from fastnn.files import same_file
     from fastnn.schedules import parse as parse_schedule
 
-    run, training = net.training.get("cli", {}), net.training
+    run, training = net.training_record.get("cli", {}), net.training_record
 
     def refuse(flag, old):
         raise ConfigError(f"{flag} is fixed by the model file when resuming (it was {old!r}); "
@@ -669,15 +819,15 @@ class SaveableCheck(Callback):
         from fastnn.io import check_header
 
         super().on_train_begin(net, metrics)
-        kept = net.training
-        net.training = {**kept, "cli": self.run, "cli_options": self.cli_options}
+        kept = net.training_record
+        net.training_record = {**kept, "cli": self.run, "cli_options": self.cli_options}
         try:
             check_header(net)
         except ModelFileError as exc:
             raise ModelFileError(f"cannot train a model for {self.out}: it could not be saved "
                                  f"as a file fastnn loads ({exc})") from None
         finally:
-            net.training = kept
+            net.training_record = kept
 
 
 def _network_text(net, random_seed):

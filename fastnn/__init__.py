@@ -11,11 +11,12 @@ from fastnn._version import __version__
 from fastnn.exceptions import (ConfigError, DataError, DatasetNotFound, FastnnError,
                                ModelFileError, NetworkBusy, OutputError, ResourceError,
                                TrainingDiverged)
+from fastnn.ensemble import Ensemble
 from fastnn.history import History
 from fastnn.io import load
 from fastnn.many import fit_many
 from fastnn.network import Network
 
-__all__ = ["Network", "History", "load", "fit_many", "datasets", "FastnnError", "ConfigError",
+__all__ = ["Network", "Ensemble", "History", "load", "fit_many", "datasets", "FastnnError", "ConfigError",
            "DataError", "DatasetNotFound", "ModelFileError", "NetworkBusy", "OutputError",
            "ResourceError", "TrainingDiverged", "__version__"]

@@ -25,8 +25,17 @@ its bias: a dense layer's W (I, O) and b (O,), a convolution's W (kh, kw,
 C, F) (HWIO) and b (F,). A dense stack therefore has the layout fastnn has
 always had. Optimizer state is rows of the same length; row 0 holds the
 gradient.
+
+bfloat16 networks (mixed precision): ``workspace_size``, ``train_epoch``,
+``predict`` and ``gradient`` take ``bf16=True`` with float32 parameters, and
+then round both operands of every matrix product (dense and im2col GEMMs,
+forward, input and weight gradients) to bfloat16 before multiplying, as
+``fastnn._reference.round_bf16`` does; the sums, biases, activations,
+losses and optimizer steps stay float32.
 """
 import importlib
+
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +53,9 @@ N_HYPER = 13
 # Added to the gradient's norm before dividing by it when clipping, as in
 # torch.nn.utils.clip_grad_norm_.
 CLIP_EPS = 1e-6
-# Augmentations done while gathering a batch.
+# Augmentations done while gathering a batch, and fit's names for them.
 NO_AUGMENT, SHIFT = 0, 1
+AUGMENTATIONS = {"shift": SHIFT}
 # Rows of a chunk: a batch larger than this is processed in chunks whose
 # gradients accumulate, so the workspace stays small (and cache-friendly).
 MAX_CHUNK = 1024
@@ -112,6 +122,15 @@ def shifts(seed, positions):
     dy = (h & np.uint64(0xFFFFFFFF)) % np.uint64(5)
     return np.stack([dx, dy], axis=1).astype(np.int64) - 2
 
+
+#: The dtypes a network (fastnn.network) computes in, and the dtype of its parameters for each.
+#: "bfloat16" is mixed precision, as PyTorch's autocast and Keras's
+#: mixed_bfloat16 policy: weights, activations, losses and optimizer state
+#: are float32, and each matrix product (dense and im2col GEMMs, forward and
+#: backward) takes its two operands rounded to bfloat16 and accumulates in
+#: float32 (see fastnn._reference.round_bf16 and _core.gemm_bf16).
+DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
+                                    "bfloat16": np.dtype(np.float32)}
 
 BACKENDS = {"cython": "fastnn._core", "numpy": "fastnn._reference"}
 

@@ -26,9 +26,34 @@ from fastnn.optimizers import OPTIMIZERS, clip_grad_norm
 OPTIMIZER = {o.code: o for o in OPTIMIZERS.values()}
 
 
-def workspace_size(table, capacity, keep=(), n_threads=1):
+def workspace_size(table, capacity, keep=(), n_threads=1, bf16=False):
     """The reference needs no workspace."""
     return 0
+
+
+def round_bf16(x):
+    """x (float32) rounded to the nearest bfloat16, ties to even, as float32.
+
+    bfloat16 is float32's upper 16 bits (sign, 8 exponent bits, 7 mantissa
+    bits), so this rounds the bit pattern: add 0x7FFF plus the lowest kept
+    bit, clear the low 16 bits. Past the largest bfloat16 that gives inf,
+    subnormals round on their own grid, and a NaN stays a NaN (its sign and
+    upper payload kept, made quiet): _core's round_bf16 is the same, bit for
+    bit."""
+    x = np.asarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    with np.errstate(over="ignore"):
+        rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) \
+            & np.uint32(0xFFFF0000)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    quiet = (u & np.uint32(0xFFFF0000)) | np.uint32(0x00400000)
+    return np.where(nan, quiet, rounded).view(np.float32)
+
+
+def _operands(bf16, *arrays):
+    """The operands of a matrix product: rounded to bfloat16 (still float32
+    arrays) in a bfloat16 network, else as they are."""
+    return tuple(round_bf16(a) for a in arrays) if bf16 else arrays
 
 
 def _as_float(X, dtype):
@@ -179,9 +204,10 @@ def _image(row, side):
     return tuple(int(v) for v in row[c:c + 3])
 
 
-def _forward(X, params, table, slope, keep=None, seed=0, positions=None):
+def _forward(X, params, table, slope, keep=None, seed=0, positions=None, bf16=False):
     """Activations [A_0, ..., A_L], what each layer read (its input, dropped
-    out where keep < 1) and each max-pool's argmax."""
+    out where keep < 1) and each max-pool's argmax. With bf16, the operands
+    of each layer's product (its input and weights) are rounded to bfloat16."""
     views = iter(param_views(params, table))
     A, inputs, masks, extra = [X], [], [], []
     for l, row in enumerate(table):
@@ -197,10 +223,14 @@ def _forward(X, params, table, slope, keep=None, seed=0, positions=None):
         y, aux = np.empty(shape_out, x.dtype), None
         if kind == K.DENSE:
             W, b = next(views)
-            y = x @ W + b
+            xr, Wr = _operands(bf16, x, W)
+            y = xr @ Wr + b
         elif kind == K.CONV2D:
             W, b = next(views)
-            conv2d_forward(x.reshape(N, *_image(row, "in")), W, b, geometry[1],
+            # im2col copies the input (and adds exact zeros): rounding the
+            # image rounds every entry of the im2col matrix
+            xr, Wr = _operands(bf16, x, W)
+            conv2d_forward(xr.reshape(N, *_image(row, "in")), Wr, b, geometry[1],
                            tuple(row[K.T_PT:K.T_PL + 1]), y)
         elif kind == K.MAXPOOL2D:
             aux = np.empty(shape_out, np.int64)
@@ -212,9 +242,12 @@ def _forward(X, params, table, slope, keep=None, seed=0, positions=None):
     return A, inputs, masks, extra
 
 
-def _backward(A, inputs, masks, extra, delta, params, table, slope):
+def _backward(A, inputs, masks, extra, delta, params, table, slope, bf16=False):
     """Yield (l, dC/dW_l, dC/db_l) of each layer with parameters, summed
     over the batch, from the last layer down; delta = dC/dz of the output.
+    With bf16, the operands of the weight-gradient and input-gradient
+    products (input, delta, weights) are rounded to bfloat16; the bias
+    gradient sums the delta as it is.
 
     The delta of a layer's input, (input gradient) * act'(z) [* mask], is
     computed before the caller sees the layer's gradient, so it may update
@@ -231,16 +264,20 @@ def _backward(A, inputs, masks, extra, delta, params, table, slope):
         if kind == K.DENSE:
             k -= 1
             W, _ = views[k]
-            grads = (x.T @ delta, delta.sum(axis=0))
+            xr, Wr, dr = _operands(bf16, x, W, delta)
+            grads = (xr.T @ dr, delta.sum(axis=0))
             if l > 0:
-                dx = delta @ W.T
+                dx = dr @ Wr.T
         elif kind == K.CONV2D:
             k -= 1
             W, b = views[k]
+            xr, Wr, dr = _operands(bf16, x, W, delta)
             grads = (np.empty_like(W), np.empty_like(b))
             dx = np.empty(shape_in, x.dtype) if l > 0 else None
-            conv2d_backward(x.reshape(shape_in), W, delta.reshape(shape_out), geometry[1],
+            conv2d_backward(xr.reshape(shape_in), Wr, dr.reshape(shape_out), geometry[1],
                             tuple(row[K.T_PT:K.T_PL + 1]), *grads, dx)
+            if bf16:
+                grads[1][...] = delta.reshape(-1, W.shape[-1]).sum(axis=0)
         elif l > 0 and kind == K.MAXPOOL2D:
             dx = np.empty(shape_in, x.dtype)
             maxpool_backward(delta.reshape(shape_out), extra[l], dx)
@@ -282,7 +319,8 @@ def penalty_grad(params, grad, table, l2, l1):
 
 
 def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size, capacity,
-                optimizer, hyper, sample_weight, augment, seed, work, control, n_threads=1):
+                optimizer, hyper, sample_weight, augment, seed, work, control, n_threads=1,
+                bf16=False):
     """One epoch of mini-batch training over X[order]; see fastnn._core.train_epoch
     (n_threads is ignored)."""
     table = np.asarray(table)
@@ -309,7 +347,7 @@ def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size
         else:
             x = _as_float(X[rows], dtype)
         A, inputs, masks, extra = _forward(x, params, table, slope, keep if dropping else None,
-                                           seed, positions)
+                                           seed, positions, bf16)
         y = Y[rows]
         weights = sample_weight[rows] if len(sample_weight) else None
         batch_loss, delta = _output_delta(loss, table[-1][K.T_ACT], A[-1], y, slope, weights)
@@ -317,7 +355,8 @@ def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size
             return DIVERGED, loss_sum, n_correct
         loss_sum += batch_loss
         n_correct += _count_correct(A[-1], y)
-        for k, grad_W, grad_b in _backward(A, inputs, masks, extra, delta, params, table, slope):
+        for k, grad_W, grad_b in _backward(A, inputs, masks, extra, delta, params, table, slope,
+                                           bf16):
             W, b = layers[k]
             if fused:
                 if decay != 1:
@@ -338,22 +377,25 @@ def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size
     return DONE, loss_sum, n_correct
 
 
-def predict(X, params, table, slope, work, chunk, out, n_threads=1):
+def predict(X, params, table, slope, work, chunk, out, n_threads=1, bf16=False):
     """out := the network's output activations for every row of X (n_threads
     is ignored)."""
     table = np.asarray(table)
     for start in range(0, len(X), chunk):
         rows = slice(start, start + chunk)
-        out[rows] = _forward(_as_float(X[rows], params.dtype), params, table, slope)[0][-1]
+        out[rows] = _forward(_as_float(X[rows], params.dtype), params, table, slope,
+                             bf16=bf16)[0][-1]
 
 
-def gradient(X, Y, params, table, slope, loss, work, grad):
+def gradient(X, Y, params, table, slope, loss, work, grad, bf16=False):
     """grad := dC/dparams for the mean loss over X; returns sum_x C_x."""
     table = np.asarray(table)
-    A, inputs, masks, extra = _forward(_as_float(X, params.dtype), params, table, slope)
+    A, inputs, masks, extra = _forward(_as_float(X, params.dtype), params, table, slope,
+                                       bf16=bf16)
     total, delta = _output_delta(loss, table[-1][K.T_ACT], A[-1], Y, slope)
     grads = param_views(grad, table)
-    for k, grad_W, grad_b in _backward(A, inputs, masks, extra, delta, params, table, slope):
+    for k, grad_W, grad_b in _backward(A, inputs, masks, extra, delta, params, table, slope,
+                                       bf16):
         grads[k][0][...] = grad_W / len(X)
         grads[k][1][...] = grad_b / len(X)
     return total

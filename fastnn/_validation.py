@@ -6,8 +6,10 @@ dtype, NaN, labels out of range) is caught here with one clear message.
 import math
 import numbers
 import re
+import threading
 from collections import namedtuple
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import numpy as np
@@ -23,11 +25,49 @@ INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
 FINITE_CHUNK = 1 << 20
 
 
+#: Arrays found finite by `verified_finite` blocks now running: their memory,
+#: shape, strides and dtype (_finite_key), and how many blocks hold each.
+_verified: dict[tuple[Any, ...], int] = {}
+_verified_lock = threading.Lock()
+
+
+def _finite_key(X: Array) -> tuple[Any, ...]:
+    return (X.__array_interface__["data"][0], X.shape, X.strides, X.dtype.str)
+
+
+@contextmanager
+def verified_finite(X: Any) -> Iterator[None]:
+    """Within this block, first_nonfinite_row answers -1 for X (the same
+    memory, shape, strides and dtype) without reading it again, if X is a
+    C-contiguous float array found finite on entry; otherwise it changes
+    nothing. For fit_many, whose networks each check the X they share: a
+    check of 20,000 MNIST rows reads 63 MB (5 ms on an AMD EPYC, a tenth of
+    an epoch of [784, 30, 10]). A caller that writes to X meanwhile gets what
+    it wrote into the kernels: those stop at a loss that is not finite."""
+    X = np.asarray(X) if isinstance(X, np.ndarray) else None
+    if (X is None or X.dtype.kind != "f" or X.ndim != 2 or not X.flags.c_contiguous
+            or X.size == 0 or first_nonfinite_row(X) >= 0):
+        yield
+        return
+    key = _finite_key(X)
+    with _verified_lock:
+        _verified[key] = _verified.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        with _verified_lock:
+            _verified[key] -= 1
+            if not _verified[key]:
+                del _verified[key]
+
+
 def first_nonfinite_row(X: Array) -> int:
     """The first row of a C-contiguous float X with a NaN or an infinity, or
     -1: one GIL-free pass in the compiled core, without a temporary; in
     blocks of FINITE_CHUNK entries with NumPy where the core is not built
-    (backend='numpy')."""
+    (backend='numpy'); -1 at once for an X a verified_finite block holds."""
+    if _verified and _finite_key(X) in _verified:
+        return -1
     try:
         import fastnn._core as _core
     except ImportError:
@@ -415,9 +455,11 @@ def check_targets_fit_loss(Y, loss, output, name="y"):
 
 
 #: The largest count (epochs, batch size, rows) and seed a model file may
-#: record: what fastnn.io reads back. Larger ones are refused when given.
+#: record: what fastnn.modelfile reads back. Larger ones are refused when given.
 MAX_COUNT = 2 ** 62
 MAX_SEED = 2 ** 1024
+#: The most members an ensemble (fastnn.ensemble), and its model file, may have.
+MAX_MEMBERS = 64
 
 
 def positive_int(value: Any, name: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
@@ -487,6 +529,41 @@ def _shown_int(value: Any) -> str:
 def short_text(text: str) -> str:
     """repr of text, cut to about 60 characters, for messages."""
     return repr(text) if len(text) <= 60 else repr(text[:57] + "...")
+
+
+def listing(names: Sequence[Any], limit: int = 12) -> str:
+    """Names (classes, columns) for a message, each printable and at most 40
+    characters: all of them when there are `limit` or fewer, a run of five or
+    more consecutive integers as its first and last ('0..9'), and beyond
+    `limit` items the first ones and how many in all.
+
+    >>> listing(["setosa", "versicolor", "virginica"])
+    'setosa, versicolor, virginica'
+    >>> listing(range(10)), listing([1, 2, 3, 7, 8, 9, 10, 11])
+    ('0..9', '1, 2, 3, 7..11')
+    >>> listing([f"c{k}" for k in range(20)], 3)
+    'c0, c1, c2, ... (20 in all)'
+    """
+    names = list(names)
+    items: list[str] = []
+    i = 0
+    while i < len(names) and len(items) < limit:
+        j = i
+        if _is_int(names[i]):
+            while j + 1 < len(names) and _is_int(names[j + 1]) and names[j + 1] == names[j] + 1:
+                j += 1
+        if j - i >= 4:
+            items.append(f"{int(names[i])}..{int(names[j])}")
+            i = j + 1
+        else:
+            text = str(names[i]) if str(names[i]).isprintable() else ascii(str(names[i]))
+            items.append(text if len(text) <= 40 else text[:37] + "...")
+            i += 1
+    return ", ".join(items) + (f", ... ({len(names)} in all)" if i < len(names) else "")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def nonnegative_float(value: Any, name: str, allow_zero: bool = True,

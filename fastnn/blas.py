@@ -54,10 +54,14 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of threads fastnn uses (by default, the BLAS's: all cores;
     in a thread_budget block, that block's share)."""
-    global _threads
     share = getattr(_local, "threads", None)
-    if share is not None:
-        return share
+    return share if share is not None else process_threads()
+
+
+def process_threads():
+    """The number of threads fastnn uses in all (set_num_threads's, by default
+    the BLAS's: all cores), whatever thread_budget shares out."""
+    global _threads
     if _threads is None:
         counts = [lib["num_threads"] for lib in _blas().info()]
         _threads = max(counts) if counts else 1
@@ -100,6 +104,32 @@ def blas_num_threads():
     several are loaded). Read only."""
     counts = [lib.get_num_threads() for lib in _blas().lib_controllers]
     return max(counts) if counts else 1
+
+
+_primed: dict[str, int] = {}             # dtype name -> concurrent single-threaded callers primed for
+_prime_lock = threading.Lock()
+
+
+def prime(dtype):
+    """Before single-threaded BLAS products of `dtype` (float32 or float64)
+    run, on up to get_num_threads() threads at once: put each OpenBLAS
+    buffer they will hold in its fast state, once per process (see
+    _core.prime_blas: on an AMD EPYC, products whose rows fit one block ran
+    3x slower until a larger product had used the buffer). Does nothing
+    while the BLAS runs several threads (its own threads do not need it),
+    and costs about 10 ms the first time. Call it where the BLAS is held at
+    one thread: an epoch, a forward's team, fit_many."""
+    import numpy as np
+
+    name, threads = np.dtype(dtype).name, process_threads()
+    if _primed.get(name, 0) >= threads or blas_num_threads() != 1:
+        return
+    from fastnn import _core
+
+    with _prime_lock:
+        if _primed.get(name, 0) < threads:
+            _core.prime_blas(threads, name == "float64")
+            _primed[name] = threads
 
 
 @contextmanager
@@ -172,3 +202,54 @@ def idle_cores():
     except (OSError, ValueError, IndexError):
         return cores or 1
     return max(1, (cores or 1) - max(0, running - 1))
+
+
+# bfloat16 (Network(dtype="bfloat16")): every matrix product of such a network
+# goes through one kernel, _core.gemm_bf16. Today it emulates: it rounds both
+# operands to bfloat16 and multiplies them with float32 FMAs (sgemm), which
+# costs a little more than float32, never less. A native kernel on AVX512_BF16
+# (vdpbf16ps: 32 bf16 products summed into 16 float32 lanes per instruction,
+# twice vfmadd231ps's 16 FMAs on 512-bit vectors) would take its place where
+# the CPU has the instruction.
+NATIVE_BF16_KERNEL = False   # whether _core has a native bfloat16 GEMM (not yet)
+_bf16_said = False
+
+
+def cpu_has_bf16():
+    """Whether this CPU has the AVX512_BF16 instructions (Linux: the flag
+    avx512_bf16 in /proc/cpuinfo; elsewhere False)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512_bf16" in line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return False
+
+
+def bf16_speed():
+    """What bfloat16 does for speed on this machine, in one sentence: native
+    (faster than float32) only where fastnn has a native kernel and the CPU
+    has AVX512_BF16; otherwise emulated, and no faster."""
+    if cpu_has_bf16():
+        if NATIVE_BF16_KERNEL:
+            return "this CPU computes bfloat16 natively (AVX512_BF16)"
+        return ("this CPU has AVX512_BF16, but this fastnn emulates bfloat16 with float32 "
+                "arithmetic: it gains no speed from bfloat16 (only its rounding)")
+    return ("this CPU has no AVX512_BF16: fastnn emulates bfloat16 with float32 arithmetic, "
+            "so it gains no speed from bfloat16 (only its rounding)")
+
+
+def warn_bf16_speed():
+    """Say once per process, as a FastnnWarning (on stderr), that bfloat16 is
+    emulated here, where it is (see bf16_speed)."""
+    global _bf16_said
+    if _bf16_said or (NATIVE_BF16_KERNEL and cpu_has_bf16()):
+        return
+    _bf16_said = True
+    import warnings
+
+    from fastnn.exceptions import FastnnWarning
+
+    warnings.warn(bf16_speed(), FastnnWarning, stacklevel=3)

@@ -21,14 +21,13 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from fastnn._typing import Array, PathLike
 from fastnn.exceptions import ConfigError, OutputError
 from fastnn.files import FileKind, atomic_write, check_output
-
-if TYPE_CHECKING:
-    from fastnn.network import Network
+# the network is a Model: Network imports this module (fit's callbacks=)
+from fastnn.modelfile import MODEL_FILE, Model, check_header
 
 #: fastnn's logger: fit's epoch lines (INFO), the checkpoints written (INFO).
 logger = logging.getLogger("fastnn")
@@ -42,9 +41,9 @@ class Callback:
 
     #: What History.stopped says when this callback stops training.
     stop_reason = "callback"
-    net: "Network"
+    net: Model
 
-    def on_train_begin(self, net: "Network", metrics: Sequence[str]) -> None:
+    def on_train_begin(self, net: Model, metrics: Sequence[str]) -> None:
         """Before the first epoch; `metrics` names what each epoch will report."""
         self.net = net
 
@@ -121,7 +120,7 @@ class EarlyStopping(Callback):
         self.stopped_epoch: Optional[int] = None
         self.best_epoch: Optional[int] = None
 
-    def on_train_begin(self, net: "Network", metrics: Sequence[str]) -> None:
+    def on_train_begin(self, net: Model, metrics: Sequence[str]) -> None:
         super().on_train_begin(net, metrics)
         self._monitor.check(metrics)
         self._monitor.best = math.inf
@@ -174,9 +173,7 @@ class ModelCheckpoint(Callback):
         self.force = bool(force)
         self.best_epoch: Optional[int] = None
 
-    def on_train_begin(self, net: "Network", metrics: Sequence[str]) -> None:
-        from fastnn.io import MODEL_FILE, check_header
-
+    def on_train_begin(self, net: Model, metrics: Sequence[str]) -> None:
         super().on_train_begin(net, metrics)
         if self.save_best_only:
             self._monitor.check(metrics)
@@ -222,7 +219,7 @@ class CSVLogger(Callback):
         self.path = os.fspath(path)
         self.separator, self.append, self.force = separator, bool(append), bool(force)
 
-    def on_train_begin(self, net: "Network", metrics: Sequence[str]) -> None:
+    def on_train_begin(self, net: Model, metrics: Sequence[str]) -> None:
         super().on_train_begin(net, metrics)
         out = check_output(self.path, CSV_LOG, self.force, OutputError)
         self.columns = ["epoch", *metrics]

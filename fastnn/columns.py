@@ -27,8 +27,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from fastnn._validation import listing
 from fastnn.exceptions import ConfigError, DataError
-from fastnn.table import MISSING, RawColumn, Table, as_table, number_text
+from fastnn.table import MISSING, RawColumn, Table, as_table, col, number_text
 
 #: Column kinds.
 KINDS = ("numeric", "categorical", "dropped")
@@ -207,7 +208,7 @@ class Columns:
                 j = where.get(c.name)
                 if j is None:
                     raise DataError(f"{table.source} has no column {col(c.name)}, which "
-                                    f"the model takes (it takes {_few(self.kept_names())})")
+                                    f"the model takes (it takes {listing(self.kept_names())})")
                 picked.append(table.columns[j])
             block = None
             if table.block is not None:
@@ -216,7 +217,8 @@ class Columns:
                          block, table.source)
         if len(table.columns) != len(self.columns):
             raise DataError(f"{table.source} has {len(table.columns)} columns, but this model "
-                            f"takes {len(self.columns)} ({_few([c.name for c in self.columns])})")
+                            f"takes {len(self.columns)} "
+                            f"({listing([c.name for c in self.columns])})")
         return table
 
     def extra_columns(self, X: Any) -> list[str]:
@@ -294,18 +296,18 @@ class Columns:
         parts = [f"{len(kinds['numeric'])} numeric"] if kinds["numeric"] else []
         if kinds["categorical"]:
             parts.append(f"{len(kinds['categorical'])} categorical "
-                         f"({_few([c.describe() for c in kinds['categorical']], 8)})")
+                         f"({listing([c.describe() for c in kinds['categorical']], 8)})")
         if kinds["dropped"]:
             parts.append(f"{len(kinds['dropped'])} dropped "
-                         f"({_few([c.name for c in kinds['dropped']], 8)})")
+                         f"({listing([c.name for c in kinds['dropped']], 8)})")
         return ", ".join(parts)
 
     def missing_summary(self) -> Optional[str]:
         """'Missing values: age (filled with the median 28, flagged), embarked
         (a category)', or None."""
-        parts = [f"{_few([c.name])} (filled with the median {c.fill:.6g}, flagged)"
+        parts = [f"{listing([c.name])} (filled with the median {c.fill:.6g}, flagged)"
                  for c in self.columns if c.kind == "numeric" and c.indicator]
-        parts += [f"{_few([c.name])} (a category)" for c in self.columns
+        parts += [f"{listing([c.name])} (a category)" for c in self.columns
                   if c.kind == "categorical" and c.missing]
         if not parts:
             return None
@@ -357,7 +359,7 @@ def resolve(refs: Optional[Iterable[Union[str, int]]], names: list[str], option:
             out.append(int(text) - 1)
         elif not lenient:
             raise ConfigError(f"--{option} names no column {short_text(text)}; the columns are "
-                              f"{_few(names, 12)} (or their numbers 1..{len(names)})")
+                              f"{listing(names, 12)} (or their numbers 1..{len(names)})")
     return out
 
 
@@ -495,28 +497,6 @@ def _numbers(raw: RawColumn, c: Column, table: Table) -> np.ndarray:
                         f"{values[row]}, not a finite number")
     values[gone] = c.fill
     return values
-
-
-def col(name: str) -> str:
-    """A column's name as a message shows it, as one would type it after
-    --drop: as it is when it is a plain word, else shell-quoted (and escaped
-    and cut to about 60 characters when it is long or not printable)."""
-    import re
-    import shlex
-
-    if re.fullmatch(r"[A-Za-z0-9_.:+-]{1,60}", name):
-        return name
-    if not name.isprintable() or len(name) > 60:
-        from fastnn._validation import short_text
-
-        return short_text(name)
-    return shlex.quote(name)
-
-
-def _few(names: Sequence[str], limit: int = 6) -> str:
-    shown = [str(n) if str(n).isprintable() else ascii(str(n)) for n in names[:limit]]
-    shown = [s if len(s) <= 40 else s[:37] + "..." for s in shown]
-    return ", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 # ------------------------------------------------------------------ schema

@@ -28,6 +28,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from fastnn._typing import Array
 from fastnn.exceptions import ConfigError, DataError
 
 # Bounds on what is read (see README, "Reading files"): a CSV file's text
@@ -268,8 +269,6 @@ def read_csv(path: Any, label_col: Union[str, int, None] = None,
     info["lines"] = table.lines
     block = table.numeric()
     if block is not None and not skipped:
-        from fastnn.data import pixels_or_floats
-
         return _finite(pixels_or_floats(block), table, name), y
     return table, y
 
@@ -361,7 +360,6 @@ def _row_lines(body, first_line, n):
 
 
 def _from_numbers(values, col, features, names, name, info, lines):
-    from fastnn.data import pixels_or_floats
     from fastnn.table import Table
 
     info["label_missing"] = None
@@ -491,3 +489,10 @@ def _first_long_line(raw, limit):
                     if e >= 0]
             return line_start, min(ends, default=len(raw)) - line_start
     return None
+
+
+def pixels_or_floats(X: Array) -> Array:
+    """X as uint8 pixels if every value is a whole number in 0..255, else X."""
+    if X.size and (X >= 0).all() and (X <= 255).all() and (X == np.round(X)).all():
+        return X.astype(np.uint8)
+    return X

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 from fastnn._typing import Array, PathLike
-from fastnn.data import gunzip, parse_idx, read_file
 from fastnn.exceptions import DataError, DatasetNotFound
 from fastnn.files import GZIP_FILE, atomic_write, check_output
+from fastnn.idx import parse_idx
+from fastnn.reading import gunzip, read_file
 
 #: The four original MNIST files and their official MD5 checksums.
 MNIST_FILES = {

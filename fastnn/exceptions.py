@@ -58,3 +58,8 @@ def lookup(registry: Mapping[str, T], kind: str, name: str) -> T:
         return registry[name]
     except (KeyError, TypeError):
         raise unknown_name(kind, name, registry) from None
+
+
+class FastnnWarning(UserWarning):
+    """Something a user should know that is not an error (the CLI shows it
+    as one line on stderr): bfloat16 emulated on a CPU without it."""

@@ -26,10 +26,11 @@ network's history (None for one that had none) as ``error.histories``.
 """
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from fastnn import blas, interrupts, training
+from fastnn._validation import verified_finite
 from fastnn.exceptions import ConfigError
 from fastnn.history import History
 
@@ -38,10 +39,16 @@ from fastnn.history import History
 NOT_PER_NETWORK = ("progress", "verbose")
 
 
-def fit_many(networks: Sequence[Any], X: Any, y: Any, **fit_options: Any) -> list[History]:
+def fit_many(networks: Sequence[Any], X: Any, y: Any,
+             each: Optional[Sequence[Mapping[str, Any]]] = None,
+             **fit_options: Any) -> list[History]:
     """Train each network of `networks` on (X, y) with `fit_options` (those
     of ``Network.fit``, except ``progress`` and ``verbose``), several at
     once, and return their histories in the same order.
+
+    `each`, if given, holds one mapping of fit options per network, applied
+    over `fit_options` for that network alone: a callback that knows which
+    network calls it, a learning rate per network in a search.
 
     Each network keeps its own seed: its shuffles, dropout masks and
     validation split are those of ``net.fit(X, y, **fit_options)`` with
@@ -52,12 +59,19 @@ def fit_many(networks: Sequence[Any], X: Any, y: Any, **fit_options: Any) -> lis
     from fastnn.network import Network
 
     nets = list(networks) if isinstance(networks, Sequence) else None
-    if not nets or not all(isinstance(n, Network) for n in nets):
-        raise ConfigError("fit_many takes a non-empty list of fastnn.Network objects")
+    # (an Ensemble is a Network with members: its own fit trains them)
+    if not nets or not all(isinstance(n, Network) and not hasattr(n, "members")
+                           for n in nets):
+        raise ConfigError("fit_many takes a non-empty list of fastnn.Network objects "
+                          "(an Ensemble's fit trains its members)")
     if len({id(n) for n in nets}) != len(nets):
         raise ConfigError("fit_many: a network appears twice in the list; give each "
                           "one once (copy.deepcopy(net) for another of the same kind)")
-    refused = [k for k in NOT_PER_NETWORK if fit_options.get(k)]
+    own = [dict(options) for options in each] if each is not None else [{} for _ in nets]
+    if len(own) != len(nets):
+        raise ConfigError(f"fit_many: each= has {len(own)} entries for {len(nets)} networks; "
+                          f"give one mapping of fit options per network")
+    refused = [k for options in [fit_options, *own] for k in NOT_PER_NETWORK if options.get(k)]
     if refused:
         raise ConfigError(f"fit_many does not take {refused[0]}=: several networks would "
                           f"write at once; pass a callback (it is given to every network)")
@@ -80,7 +94,7 @@ def fit_many(networks: Sequence[Any], X: Any, y: Any, **fit_options: Any) -> lis
                 if i is None:
                     return
                 try:
-                    histories[i] = nets[i].fit(X, y, **fit_options)
+                    histories[i] = nets[i].fit(X, y, **{**fit_options, **own[i]})
                 except BaseException as exc:   # handed to the calling thread
                     errors[i] = exc
                     histories[i] = getattr(nets[i], "history", None)
@@ -96,7 +110,10 @@ def fit_many(networks: Sequence[Any], X: Any, y: Any, **fit_options: Any) -> lis
 
     # k networks on k cores: their BLAS calls on one thread each
     blas_limit = blas.single_threaded_blas() if workers > 1 else contextlib.nullcontext()
-    with blas_limit, interrupts.Deferred(abort.set) as interrupt:
+    # the networks check the X they share once, here, not each in its fit
+    with blas_limit, verified_finite(X), interrupts.Deferred(abort.set) as interrupt:
+        for dtype in {net.dtype for net in nets}:
+            blas.prime(dtype)
         pool = [threading.Thread(target=run, args=(k,), name=f"fastnn-fit-many-{k}")
                 for k in range(workers)]
         for t in pool:

@@ -9,12 +9,14 @@ views into it, so the compiled kernels update them in place.
 """
 import numbers
 import secrets
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, SupportsIndex, Union
 
 import numpy as np
 
-from fastnn import _kernels, blas, memory, training
+from fastnn import _kernels, blas, memory, modelfile, training
+from fastnn._kernels import DTYPES
 from fastnn._typing import Array, ArrayLike, DTypeLike, Metrics, PathLike
 from fastnn._validation import (MAX_SEED, check_finite, check_fits, check_targets,
                                 check_targets_fit_loss, check_X, image_rows, nonnegative_float,
@@ -26,6 +28,7 @@ from fastnn.history import History
 from fastnn.initializers import get_initializer
 from fastnn.losses import get_loss
 from fastnn.metrics import predicted_labels
+from fastnn.optimizers import OptimizerState
 from fastnn.plan import Plan
 from fastnn.schedules import Schedule
 from fastnn.table import is_table_like
@@ -33,9 +36,8 @@ from fastnn.table import is_table_like
 if TYPE_CHECKING:
     from fastnn.columns import Columns
     from fastnn.layers import Layer
-    from fastnn.preprocessing import Preprocessing
+    from fastnn.preprocessing import InputScaling, Preprocessing
 
-DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 # Rows forward() pushes through the network at a time: big enough for
 # efficient GEMMs, small enough that each layer's activations stay in cache
@@ -109,7 +111,13 @@ class Network:
         ``mse`` is Nielsen's quadratic cost ``C = 1/(2n) sum ||a - y||^2``;
         ``cross_entropy`` is binary cross-entropy on a sigmoid output and
         categorical cross-entropy on a softmax output.
-    dtype : {"float32", "float64"}, default "float32"
+    dtype : {"float32", "float64", "bfloat16"}, default "float32"
+        What the network computes in. "bfloat16" keeps float32 weights,
+        activations and optimizer state, and rounds the two operands of
+        every matrix product to bfloat16 (accumulating in float32), as
+        PyTorch's autocast does; ``dtype`` is then float32 (the weights')
+        and ``compute_dtype`` "bfloat16". Emulated (no faster than float32)
+        on CPUs without AVX512_BF16: fastnn.blas.bf16_speed says which.
     init : str, default "nielsen"
         Weight initialisation, one of ``fastnn.initializers.INITIALIZERS``;
         ``nielsen`` draws W ~ N(0, 1/n_in) and b ~ N(0, 1).
@@ -146,7 +154,13 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         self.activations: tuple[Optional[str], ...] = self.plan.activations
         self.loss = get_loss(loss).name
         get_loss(loss).check_output(self.output)
-        self.dtype = _check_dtype(dtype)
+        #: What the network computes in: "float32", "float64" or "bfloat16".
+        self.compute_dtype = _check_dtype(dtype)
+        #: The dtype of the parameters, activations and optimizer state
+        #: (float32 for a bfloat16 network).
+        self.dtype = DTYPES[self.compute_dtype]
+        if self.compute_dtype == "bfloat16":
+            blas.warn_bf16_speed()
         self.init = get_initializer(init).name
         self.slope = nonnegative_float(slope, "slope")
         if seed is None:
@@ -155,18 +169,19 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         self.backend = backend
         self._kernels = _kernels.get_backend(backend)
         self.epochs_trained = 0
-        #: What the last fit() was asked and how it ended (kept in model files).
-        self.training: dict[str, Any] = {}
+        #: What the last fit() was asked and how it ended (the model file's
+        #: "training" entry).
+        self.training_record: dict[str, Any] = {}
         #: The History of the last fit(), also after an interrupted one.
         self.history: Optional[History] = None
-        #: The dtype of the inputs of the last fit ("uint8" inputs are scaled
-        #: by 1/255), or None before any.
+        #: The dtype of the inputs the kernels took in the last fit ("uint8"
+        #: pixels are divided by 255: see input_scaling), or None before any.
         self.input_dtype: Optional[str] = None
-        #: The optimizer's buffers (training.OptimizerState), reused by the
+        #: The optimizer's buffers (optimizers.OptimizerState), reused by the
         #: next fit() with the same optimizer.
-        self.optimizer_state: Optional[training.OptimizerState] = None
+        self.optimizer_state: Optional[OptimizerState] = None
         #: During a fit(restore_best=True), and after one that did not finish:
-        #: the parameters of the best epoch so far (training["best"] says
+        #: the parameters of the best epoch so far (training_record["best"] says
         #: which), or None.
         self.best_params: Optional[np.ndarray] = None
         #: The task, class names, feature scaling and target scaling learned
@@ -181,6 +196,20 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         self.plan.init(self._params, get_initializer(init), np.random.default_rng(self.seed))
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def flat_params(self) -> Array:
+        """Every weight and bias in one array, of which `weights` and
+        `biases` are views: writing into it changes the network (internal:
+        what fastnn.training snapshots, rolls back and keeps as the best
+        epoch's)."""
+        return self._params
+
+    @property
+    def kernels(self) -> Any:
+        """The module of the backend's kernels, compiled or NumPy
+        (fastnn._kernels.get_backend; internal, for fastnn.training)."""
+        return self._kernels
 
     def _views(self) -> list[tuple[Array, Array]]:
         return self.plan.views(self._params)
@@ -229,10 +258,25 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         return self._params.size
 
     @property
+    def input_scaling(self) -> "InputScaling":
+        """How a raw input row becomes what the layers compute on, from the
+        preprocessing and the training inputs' dtype
+        (fastnn.preprocessing.input_scaling): what the model file, the
+        summary and the exporters read."""
+        from fastnn.preprocessing import input_scaling
+
+        return input_scaling(self.preprocessing, self.input_dtype)
+
+    @property
     def input_scale(self) -> float:
         """The factor the kernels apply to the inputs this network was trained
-        on: 1/255 for uint8 pixels, else 1."""
-        return 1 / 255 if self.input_dtype == "uint8" else 1.0
+        on: 1/255 for uint8 pixels, else 1 (``input_scaling.factor``)."""
+        return float(self.input_scaling.factor)
+
+    @property
+    def _bf16(self) -> bool:
+        """Whether the kernels round the operands of the matrix products to bfloat16."""
+        return self.compute_dtype == "bfloat16"
 
     @property
     def output(self) -> str:
@@ -251,6 +295,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("compute_dtype", str(self.dtype))   # pickled before bfloat16
         self._kernels = _kernels.get_backend(self.backend)
 
     def __repr__(self) -> str:
@@ -263,7 +308,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             spec = [plan.input_shape if len(plan.input_shape) > 1 else plan.input_shape[0],
                     *plan.layers]
         return (f"Network({spec!r}, activation={act!r}, output={self.output!r}, "
-                f"loss={self.loss!r}, dtype={str(self.dtype)!r}, seed={self.seed})")
+                f"loss={self.loss!r}, dtype={self.compute_dtype!r}, seed={self.seed})")
 
     # ---------------------------------------------------------------- kernels
 
@@ -277,9 +322,9 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         or images (n, H, W) / (n, H, W, C) of the network's input shape."""
         return check_X(image_rows(X, self.plan.input_shape, name), self.sizes[0], name)
 
-    def _inputs(self, X: ArrayLike, name: str = "X") -> Array:
+    def kernel_inputs(self, X: ArrayLike, name: str = "X") -> Array:
         """Rows X (or images) encoded, checked and scaled as the kernels take
-        them: raw tabular rows (a Table, a DataFrame, text) are encoded by
+        them (internal: for fit, evaluate and fastnn.training): raw tabular rows (a Table, a DataFrame, text) are encoded by
         the preprocessing's columns first."""
         pre = self.preprocessing
         if pre is not None and pre.columns is not None:
@@ -295,10 +340,11 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                        scaling=pre.scaling.kind if pre is not None and pre.scaling else None)
         return out
 
-    def _targets(self, X: Array, y: ArrayLike, name: str = "y",
-                 one_hot: bool = True) -> tuple[Any, Optional[Array]]:
+    def kernel_targets(self, X: Array, y: ArrayLike, name: str = "y",
+                       one_hot: bool = True) -> tuple[Any, Optional[Array]]:
         """(Y, labels) as check_targets gives them (one_hot=False: Y None for
-        labels, whose one-hot rows are then made a chunk at a time)."""
+        labels, whose one-hot rows are then made a chunk at a time); internal,
+        as kernel_inputs."""
         if self.preprocessing is not None:
             y = self.preprocessing.encode(y, self.sizes[-1], name)
         Y, labels = check_targets(y, len(X), self.sizes[-1], self.dtype, name, one_hot)
@@ -406,7 +452,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             Keep the weights of the epoch with the best validation accuracy
             (the lowest validation loss for regression; the first on a tie):
             when the run ends, the network has that epoch's weights,
-            ``training["best"]`` says which epoch (``{"epoch": E, "monitor":
+            ``training_record["best"]`` says which epoch (``{"epoch": E, "monitor":
             "val_accuracy", "value": v}``, E counting the network's epochs
             from 1) and ``hist.best_epoch`` is it within this fit. Until
             then the best weights are ``best_params``; a model file saved
@@ -484,8 +530,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                 self.preprocessing is None and np.asarray(y).dtype.kind in "USO"):
             self.prepare(X, y, task=task, scale=scale, categorical=categorical, drop=drop,
                          missing=missing)
-        X = self._inputs(X)
-        Y, labels = self._targets(X, y)
+        X = self.kernel_inputs(X)
+        Y, labels = self.kernel_targets(X, y)
         weights = training.sample_weights(sample_weight, class_weight, labels, len(X),
                                           self.sizes[-1])
         train, val = training.split_validation(X, Y, labels, weights, validation_data,
@@ -502,15 +548,16 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                                    check_callbacks(callbacks))
         self.input_dtype = str(X.dtype)
         # an unfinished restore_best run's best epoch so far, continued by BestEpoch
-        best = self.training.get("best") if options.restore_best else None
+        best = self.training_record.get("best") if options.restore_best else None
         if not options.restore_best:
             self.best_params = None
-        self.training = {**options.record(), "n_train": len(train[0]),
-                         "sample_weight": weights is not None,
-                         "class_weight": class_weight if isinstance(class_weight, (str, type(None)))
-                         else {int(k): float(v) for k, v in class_weight.items()}}
+        self.training_record = {**options.record(), "n_train": len(train[0]),
+                                "sample_weight": weights is not None,
+                                "class_weight": class_weight
+                                if isinstance(class_weight, (str, type(None)))
+                                else {int(k): float(v) for k, v in class_weight.items()}}
         if best is not None:
-            self.training["best"] = best
+            self.training_record["best"] = best
         return trainer.run()
 
     def prepare(self, X: ArrayLike, y: ArrayLike, task: Optional[str] = None,
@@ -561,14 +608,13 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         another task or scaling raises ConfigError.
         """
         from fastnn.columns import Columns
-        from fastnn.preprocessing import Preprocessing, resolve_scale
+        from fastnn.preprocessing import Preprocessing, auto_scale, resolve_scale
 
         old = self.preprocessing
         if old is not None and self.epochs_trained:
             if scale is not None:
                 raw = old.columns is None and not is_table_like(X)
-                scale = resolve_scale(scale, "pixels" if raw and self._rows(X).dtype == np.uint8
-                                      else "standard")
+                scale = resolve_scale(scale, auto_scale(self._rows(X).dtype if raw else None))
             kept = old.scaling.kind if old.scaling is not None else None
             if scale is not None and scale != kept:
                 raise ConfigError(f"this network was trained with scale={kept!r}; it cannot "
@@ -590,8 +636,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         if rows is not None:
             X = rows
         if scale is not None:
-            scale = resolve_scale(scale, "pixels" if rows is not None and rows.dtype == np.uint8
-                                  else "standard")
+            scale = resolve_scale(scale, auto_scale(None if rows is None else rows.dtype))
         self.preprocessing = Preprocessing.learn(X, y, self.sizes[-1], task, scale,
                                                  name=name or "y", columns=columns)
         return self.preprocessing
@@ -602,21 +647,21 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         checks fit runs first, without training. `name` is what messages
         call the data [default: X and y]; a fastnn._validation.DataName
         also makes them count rows as its file's lines."""
-        X = self._inputs(X, name or "X")
+        X = self.kernel_inputs(X, name or "X")
         if y is not None:
-            self._targets(X, y, name or "y", one_hot=False)
+            self.kernel_targets(X, y, name or "y", one_hot=False)
 
     def training_labels(self, y: ArrayLike, name: str = "y") -> Optional[Array]:
         """The output unit of each label of y (class names mapped), or None
         when y holds targets rather than class labels. `name` is what
         messages call y."""
         n = len(np.asarray(y))
-        _, labels = self._targets(np.empty((n, 0)), y, name, one_hot=False)
+        _, labels = self.kernel_targets(np.empty((n, 0)), y, name, one_hot=False)
         return labels
 
     def forward(self, X: ArrayLike) -> Array:
         """The output layer's activations for each row of X, shape (n, sizes[-1])."""
-        return self._forward(self._inputs(X))
+        return self._forward(self.kernel_inputs(X))
 
     def _forward(self, X: Array) -> Array:
         table, _ = self.plan.table()
@@ -631,9 +676,11 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         chunks = n_chunks if self.backend == "cython" else 1
         out = np.empty((len(X), self.sizes[-1]), dtype=self.dtype)
         with blas.forward_team(chunks, self.plan.spatial) as threads:
-            work = np.empty(threads * self._kernels.workspace_size(table, chunk),
+            blas.prime(self.dtype)
+            work = np.empty(threads * self._kernels.workspace_size(table, chunk, bf16=self._bf16),
                             dtype=self.dtype)
-            self._kernels.predict(X, self._params, table, self.slope, work, chunk, out, threads)
+            self._kernels.predict(X, self._params, table, self.slope, work, chunk, out, threads,
+                                  bf16=self._bf16)
         return out
 
     def predict(self, X: ArrayLike) -> Array:
@@ -690,9 +737,9 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             ``mse``, ``rmse``, ``mae`` and ``r2`` of the predicted values in
             the targets' own units.
         """
-        X = self._inputs(X, name or "X")
-        Y, labels = self._targets(X, y, name or "y", one_hot=False)
-        result = self._evaluate(X, Y, labels)
+        X = self.kernel_inputs(X, name or "X")
+        Y, labels = self.kernel_targets(X, y, name or "y", one_hot=False)
+        result = self.evaluate_rows(X, Y, labels)
         pre = self.preprocessing
         if pre is not None and pre.task == "regression":
             from fastnn.preprocessing import regression_metrics
@@ -701,8 +748,11 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             result.update(regression_metrics(truth, pre.restore(self._forward(X))))
         return result
 
-    def _evaluate(self, X: Array, Y: Optional[Array],
-                  labels: Optional[Array]) -> dict[str, float]:
+    def evaluate_rows(self, X: Array, Y: Optional[Array],
+                      labels: Optional[Array]) -> dict[str, float]:
+        """evaluate's loss and accuracy on rows and targets that
+        kernel_inputs and kernel_targets gave (internal: for evaluate and
+        fastnn.training's validation)."""
         # EVALUATE_CHUNK rows at a time, fewer with many outputs (at most
         # EVALUATE_BUDGET outputs, in whole forward chunks): the outputs, the
         # one-hot targets (Y None: made here from labels) and the loss's
@@ -738,13 +788,14 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             ``(loss, weights, biases)``: the mean cost and the lists of
             dC/dW_l and dC/db_l, shaped like ``self.weights`` and ``self.biases``.
         """
-        X = self._inputs(X)
-        Y, _ = self._targets(X, y)
+        X = self.kernel_inputs(X)
+        Y, _ = self.kernel_targets(X, y)
         table, _ = self.plan.table()
-        work = np.empty(self._kernels.workspace_size(table, len(X)), dtype=self.dtype)
+        work = np.empty(self._kernels.workspace_size(table, len(X), bf16=self._bf16),
+                        dtype=self.dtype)
         grad = np.empty_like(self._params)
         total = self._kernels.gradient(X, Y, self._params, table, self.slope,
-                                       get_loss(self.loss).code, work, grad)
+                                       get_loss(self.loss).code, work, grad, bf16=self._bf16)
         views = self.plan.views(grad)
         return Gradient(total / len(X), [W for W, _ in views], [b for _, b in views])
 
@@ -759,8 +810,23 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         smaller file that predicts the same; training from it starts a new
         optimizer). The same run with the same seed writes the same bytes.
         """
-        from fastnn.io import save
-        save(self, path, force=force, weights_only=weights_only)
+        modelfile.save(self, path, force=force, weights_only=weights_only)
+
+    # The old name of training_record, kept for users' code for now, with a
+    # DeprecationWarning. Last in the class: defined earlier, the name
+    # would hide the module `training` from the decorators above.
+    @property
+    def training(self) -> dict[str, Any]:
+        """Deprecated: the old name of ``training_record``."""
+        warnings.warn("Network.training is now Network.training_record (the old name goes "
+                      "in a later version)", DeprecationWarning, stacklevel=2)
+        return self.training_record
+
+    @training.setter
+    def training(self, record: dict[str, Any]) -> None:
+        warnings.warn("Network.training is now Network.training_record (the old name goes "
+                      "in a later version)", DeprecationWarning, stacklevel=2)
+        self.training_record = record
 
 
 def _numbers_only(X: Any, name: str) -> Array:
@@ -777,11 +843,17 @@ def _numbers_only(X: Any, name: str) -> Array:
     return block
 
 
-def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
+def _check_dtype(dtype: DTypeLike) -> str:
+    """The name in DTYPES of a dtype given by name or as a NumPy dtype."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return dtype
     try:
         key = str(np.dtype(dtype))
     except TypeError:
         key = ""
     if key not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
-    return DTYPES[key]
+    return key
+
+
+modelfile.register("network", Network)

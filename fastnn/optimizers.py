@@ -152,6 +152,15 @@ RPROP_ETAS = (0.5, 1.2)
 RPROP_STEP_SIZES = (1e-6, 50.0)
 
 
+@dataclass
+class OptimizerState:
+    """An optimizer's buffers, kept on the network between fit calls."""
+
+    name: str
+    state: Array
+    steps: int = 0
+
+
 def get_optimizer(name: str) -> Optimizer:
     """The registered optimizer called `name`; ConfigError lists the valid ones."""
     return lookup(OPTIMIZERS, "optimizer", name)

@@ -195,6 +195,9 @@ def load_history(history):
         history = _read_history_file(source)
     else:
         source = "the history"
+    if isinstance(history, Mapping) and isinstance(history.get("members"), list):
+        raise DataError(f"{source} is an ensemble's run: it holds one history per network "
+                        f"(load_runs reads them)")
     if (isinstance(history, Mapping) and "epochs" not in history
             and isinstance(history.get("history"), Mapping)):
         # the object fastnn train --json prints: its history
@@ -222,6 +225,43 @@ def load_history(history):
             raise DataError(f"{source}: {field} should be an epoch count from 0 to 2**62, "
                             f"not {_short(value)}")
     return series, info
+
+
+#: The most networks of an ensemble's history drawn, each in a colour of its
+#: own (fastnn.ensemble.MAX_MEMBERS).
+MAX_RUNS = 64
+
+
+def load_runs(history):
+    """The runs of a history as a list of (series, info), one per network:
+    the history's own for one network, each member's for an ensemble's
+    (``fastnn train --ensemble --history``, or its ``--json`` object).
+
+    Raises
+    ------
+    DataError
+        As load_history, or if an ensemble's entry is not a history.
+    """
+    if isinstance(history, (str, os.PathLike)):
+        source = os.fspath(history)
+        loaded = _read_history_file(source)
+    else:
+        source, loaded = "the history", history
+    members = loaded.get("members") if isinstance(loaded, Mapping) else None
+    if not isinstance(members, list):
+        return [load_history(loaded if source == "the history" else history)]
+    if not 1 <= len(members) <= MAX_RUNS:
+        raise DataError(f"{source}: an ensemble's history has 1 to {MAX_RUNS} networks, "
+                        f"not {len(members)}")
+    runs = []
+    for k, member in enumerate(members):
+        if isinstance(member, Mapping) and isinstance(member.get("history"), Mapping):
+            member = member["history"]       # an entry of fastnn train --json's members
+        if not isinstance(member, Mapping):
+            raise DataError(f"{source}: network {k + 1}'s history should be an object of "
+                            f"per-epoch series, not {type(member).__name__}")
+        runs.append(load_history(dict(member)))
+    return runs
 
 
 def _short(value):
@@ -254,8 +294,9 @@ def _series(values, name, source):
 
 # A history file holds a few numbers per epoch; refuse anything far larger.
 MAX_HISTORY_BYTES = 64 << 20
-# ... and nests two levels deep ({"loss": [...]}).
-MAX_HISTORY_DEPTH = 4
+# ... and nests two levels deep ({"loss": [...]}), four in fastnn train
+# --json's object, six in an ensemble's (one history per network).
+MAX_HISTORY_DEPTH = 6
 
 
 def _read_history_file(path):
@@ -328,7 +369,10 @@ def plot_history(history, path, *, title=None, dpi=DPI, force=False):
     when recorded), a second the accuracy (left out when the run recorded
     none). A dashed vertical line marks each learning-rate change, drawn
     where the epoch at the new rate begins and labelled with that rate; a
-    dotted one marks the best epoch when early stopping recorded one.
+    dotted one marks the best epoch when early stopping recorded one. An
+    ensemble's history draws each network in a colour of its own (training
+    solid, validation dashed, test dotted), and the first network's rate
+    changes.
 
     Parameters
     ----------
@@ -355,17 +399,21 @@ def plot_history(history, path, *, title=None, dpi=DPI, force=False):
     check_picture(path, force)
     if isinstance(history, (str, os.PathLike)):
         check_distinct([("the picture", path)], [("the history", history)], FastnnError)
-    series, info = load_history(history)
+    runs = load_runs(history)
     with _drawing() as (Figure, Canvas):
-        fig = _history_figure(Figure, series, info, title)
+        fig = _history_figure(Figure, runs, title)
         _save(fig, Canvas, path, dpi, force)
 
 
-def _history_figure(Figure, series, info, title):
+def _history_figure(Figure, runs, title):
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    panels = [("loss", [(n, label) for n, label in LOSS_SERIES if n in series])]
-    accuracy = [(n, label) for n, label in ACCURACY_SERIES if n in series]
+    series, info = runs[0]
+    several = len(runs) > 1
+    panels = [("loss", [(n, label) for n, label in LOSS_SERIES
+                        if any(n in theirs for theirs, _ in runs)])]
+    accuracy = [(n, label) for n, label in ACCURACY_SERIES
+                if any(n in theirs for theirs, _ in runs)]
     if accuracy:
         panels.append(("accuracy", accuracy))
     if not panels[0][1]:
@@ -373,23 +421,34 @@ def _history_figure(Figure, series, info, title):
             raise DataError(f"the history has no loss or accuracy series to plot, only "
                             f"{_short(sorted(series)[:10])}")
         panels.pop(0)
-    epochs = max(len(values) for values in series.values())
+    epochs = max(len(values) for theirs, _ in runs for values in theirs.values())
     change_epochs, change_rates = _lr_changes(series.get("lr", []))
     marked = len(change_epochs) <= MAX_LR_MARKS
-    best = info["best_epoch"]
+    best = info["best_epoch"] if not several else None
     clipped = False
 
     fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
     # Same colour for the same data set in both panels.
     colours = {"train": "C0", "validation": "C1", "test": "C2"}
+    # several networks: a colour each, the data set by the line's style
+    styles = {"train": "-", "validation": "--", "test": ":"}
     for i, (name, members) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        for key, label in members:
-            x, y, cut = _curve(series[key])
-            clipped |= cut
-            # markers only when sparse: a lone epoch would otherwise be invisible
-            ax.plot(x, y, label=label, color=colours[label],
-                    marker="o" if len(series[key]) <= 30 else None, markersize=3)
+        for k, (theirs, _) in enumerate(runs):
+            for key, label in members:
+                if key not in theirs:
+                    continue
+                x, y, cut = _curve(theirs[key])
+                clipped |= cut
+                # markers only when sparse: a lone epoch would otherwise be invisible
+                marker = "o" if len(theirs[key]) <= 30 else None
+                if several:
+                    ax.plot(x, y, label=f"network {k + 1}, {label}" if k < 10 else None,
+                            color=f"C{k % 10}", linestyle=styles[label], marker=marker,
+                            markersize=2, linewidth=1)
+                else:
+                    ax.plot(x, y, label=label, color=colours[label], marker=marker,
+                            markersize=3)
         if name == "accuracy":
             ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         ax.set_xlabel("epoch")
@@ -408,9 +467,11 @@ def _history_figure(Figure, series, info, title):
         if best is not None and best < epochs:
             ax.axvline(best + 1, color="C3", linestyle=":", linewidth=1.5,
                        label=f"best epoch ({best + 1})")
-        ax.legend(loc="best", fontsize=9)
+        ax.legend(loc="best", fontsize=9 if not several else 6)
     if title is None:
         title = f"{info['epochs'] if info['epochs'] is not None else epochs:,} epochs"
+        if several:
+            title = f"an ensemble of {len(runs)} networks, " + title
         rates = series.get("lr", np.array([]))
         rates = rates[np.isfinite(rates)]
         if len(rates):
@@ -752,6 +813,9 @@ def plot_filters(net, path, *, title=None, dpi=DPI, force=False):
     int
         The number of filters drawn.
 
+    An ensemble's (fastnn.ensemble) are those of its first network that has
+    a Conv2D layer; the title says which.
+
     Raises
     ------
     ConfigError
@@ -761,6 +825,11 @@ def plot_filters(net, path, *, title=None, dpi=DPI, force=False):
     """
     from fastnn.layers import Conv2D
 
+    members = getattr(net, "members", [net])
+    # an ensemble's: those of its first network with a Conv2D layer
+    net, which = next(((m, j) for j, m in enumerate(members)
+                       if any(isinstance(layer, Conv2D) for layer in m.layers)),
+                      (members[0], 0))
     convs = [k for k, s in enumerate(net.plan.slots)
              if isinstance(net.plan.layers[s.layer], Conv2D)]
     if not convs:
@@ -793,6 +862,8 @@ def plot_filters(net, path, *, title=None, dpi=DPI, force=False):
             title += f", their first {channels} of {C} input channels"
         if step > 1:
             title += f", every {step}th weight"
+        if len(members) > 1:
+            title += f" (network {which + 1} of the ensemble's {len(members)})"
     with _drawing() as (Figure, Canvas):
         from matplotlib import colormaps
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from fastnn._validation import (MAX_CLASSES, TASKS, check_finite_targets, infer_targets,
-                                row_number)
+                                listing, row_number)
 from fastnn.exceptions import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -33,14 +33,31 @@ if TYPE_CHECKING:
 
 #: Feature scalings by name (``auto`` is resolved to one of them by `resolve_scale`).
 SCALINGS = ("standard", "minmax", "pixels", "none")
+#: What ``pixels`` divides a value by: uint8 rows are divided by it in the
+#: kernels (fastnn._core; fastnn._reference._as_float), other rows by
+#: `Scaling.transform`.
+PIXEL_MAX = 255
 #: The longest class or target name kept in a model file.
 MAX_NAME = 256
 
 
+def auto_scale(dtype, source=None):
+    """What ``scale="auto"`` means for rows of `dtype` (None: encoded raw
+    columns), read from a data file of format `source` if given: ``none``
+    for Nielsen's pickle (images already in [0, 1]), ``pixels`` for IDX
+    images and other uint8 rows (a CSV's are tabular, whatever their
+    values), else ``standard``. The one place the rule lives: data files
+    (``fastnn.data.Data.auto_scale``) and ``Network.prepare`` ask it."""
+    if source == "pickle":
+        return "none"
+    if source == "idx" or (source != "csv" and dtype is not None
+                           and np.dtype(dtype) == np.uint8):
+        return "pixels"
+    return "standard"
+
+
 def resolve_scale(scale, auto):
-    """The scaling `scale` names; ``auto`` is `auto` (for data files,
-    ``fastnn.data.Data.auto_scale``: pixels for images, standard for other
-    tabular data)."""
+    """The scaling `scale` names; ``auto`` is `auto` (see `auto_scale`)."""
     if scale == "auto":
         return auto
     if scale not in SCALINGS:
@@ -100,7 +117,7 @@ class Scaling:
             for start in range(0, len(X), step):
                 block = np.asarray(X[start:start + step], dtype=np.float64)
                 if self.kind == "pixels":
-                    block = block / 255
+                    block = block / PIXEL_MAX
                 elif self.kind != "none":
                     block = standardised(block, self.offset, self.scale)
                 out[start:start + step] = block
@@ -124,6 +141,67 @@ class Scaling:
             return cls(d["kind"])
         return cls(d["kind"], np.array(d["offset"], np.float64),
                    np.array(d["scale"], np.float64))
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """How a raw input row becomes what a network's layers compute on: the
+    one description that the model file (``input_scaling``), ``summary``,
+    `fold` and every exporter read (`input_scaling` makes it).
+
+    Attributes
+    ----------
+    kind : {"standard", "minmax", "pixels", "none"}
+        The scaling applied: the stored one, or without one ``pixels`` for
+        a network trained on uint8 rows (the kernels divide them by
+        PIXEL_MAX) and ``none`` for one trained on floats.
+    kernel_dtype : {"uint8", "float32", "float64"} or None
+        What the kernels were given in training (``Network.input_dtype``):
+        uint8 pixels, divided by PIXEL_MAX in the network's dtype by the
+        kernels themselves, or rows already scaled; None before any fit.
+    offset, scale : float64 arrays or None
+        ``(x - offset) / scale`` per feature, for ``standard`` and ``minmax``.
+    """
+
+    kind: str
+    kernel_dtype: Optional[str] = None
+    offset: Optional[np.ndarray] = None
+    scale: Optional[np.ndarray] = None
+
+    @property
+    def in_kernels(self):
+        """Whether the kernels do the scaling: uint8 pixels, divided by
+        PIXEL_MAX in the network's dtype (an export does the same division)."""
+        return self.kind == "pixels" and self.kernel_dtype == "uint8"
+
+    @property
+    def divisor(self):
+        """PIXEL_MAX where the kernels divide the rows they are given by it, else None."""
+        return PIXEL_MAX if self.in_kernels else None
+
+    @property
+    def factor(self):
+        """The factor the kernels apply to their inputs (``Network.input_scale``)."""
+        return 1 / PIXEL_MAX if self.in_kernels else 1.0
+
+    def record(self):
+        """The model file's ``input_scaling`` entry (formats 1 to 3)."""
+        return {"input_dtype": self.kernel_dtype, "scale": self.factor}
+
+    def text(self):
+        """What happens to the inputs, in a few words (for ``summary``)."""
+        return ("uint8 pixels divided by 255" if self.in_kernels else
+                "used as given" if self.kind == "none" else Scaling(self.kind).describe())
+
+
+def input_scaling(pre, input_dtype):
+    """The InputScaling of a network with preprocessing `pre` (or None) that
+    was trained on rows of `input_dtype` (or None): the one place that says
+    what a uint8 input means (pixels, divided by PIXEL_MAX)."""
+    scaling = None if pre is None else pre.scaling
+    if scaling is None:
+        return InputScaling("pixels" if input_dtype == "uint8" else "none", input_dtype)
+    return InputScaling(scaling.kind, input_dtype, scaling.offset, scaling.scale)
 
 
 @dataclass
@@ -188,13 +266,13 @@ class Preprocessing:
                 # digits): an output layer wider than the labels is allowed,
                 # its units above the largest label being classes not seen
                 if n_outputs > MAX_CLASSES:
-                    raise DataError(f"{name} has {len(classes)} classes ({_few(classes)}), but "
+                    raise DataError(f"{name} has {len(classes)} classes ({listing(classes)}), but "
                                     f"the output layer has {n_outputs:,} units, and a "
                                     f"classifier has at most {MAX_CLASSES:,} (one unit per "
                                     f"class); give it {len(classes)} units")
                 classes = list(range(max(n_outputs, 2)))
             if len(classes) != max(n_outputs, 2):
-                raise DataError(f"{name} has {len(classes)} classes ({_few(classes)}), but the "
+                raise DataError(f"{name} has {len(classes)} classes ({listing(classes)}), but the "
                                 f"output layer has {n_outputs} unit(s)"
                                 + (" (one unit takes 2 classes)" if n_outputs == 1 else ""))
             for c in classes:
@@ -251,7 +329,8 @@ class Preprocessing:
             k = table.get(key)
             if k is None:
                 raise DataError(f"{name} has label {_shown(y[i])} at row {row_number(name, i)}, "
-                                f"which is not one of the model's classes ({_few(self.classes)})")
+                                f"which is not one of the model's classes "
+                                f"({listing(self.classes)})")
             out[i] = k
         return out
 
@@ -280,10 +359,10 @@ class Preprocessing:
 
     def task_text(self):
         if self.task == "classification":
-            return f"classification, {len(self.classes)} classes ({_few(self.classes)})"
+            return f"classification, {len(self.classes)} classes ({listing(self.classes)})"
         if self.task == "regression":
             n = len(self.target_mean)
-            names = f" ({_few(self.target_names)})" if self.target_names else ""
+            names = f" ({listing(self.target_names)})" if self.target_names else ""
             return f"regression, {n} target{'s' if n > 1 else ''}{names}, standardised"
         return "not stated (labels used as output units)"
 
@@ -426,13 +505,6 @@ def _shown(value):
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _few(names, limit=6):
-    """Up to `limit` names for a message: 'setosa, versicolor, virginica'."""
-    shown = [str(n) if str(n).isprintable() else ascii(str(n)) for n in names[:limit]]
-    shown = [s if len(s) <= 40 else s[:37] + "..." for s in shown]
-    return ", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
 def _mean_std(block):
     """The mean and standard deviation of each column of a float64 array,
     computed on the columns scaled by a power of two (exact), so that they
@@ -503,49 +575,54 @@ def regression_metrics(y_true, y_pred):
 
 
 def fold(net):
-    """(a copy of `net` that takes raw rows, shift): the feature scaling
-    folded into the first layer where it can take it
-    (``((x - o) / s) @ W + b = x @ (W / s) + (b - (o / s) @ W)``), the
+    """(a copy of `net` that takes raw rows, rest): the network's input
+    scaling (`input_scaling`) folded into its first layer where it can take
+    it (``((x - o) / s) @ W + b = x @ (W / s) + (b - (o / s) @ W)``), the
     target scaling of a regression with an identity output into the last
-    (``a * t + m``), and what is left to apply to raw rows first (None when
-    nothing is). The exporters use it, so that every exported model applies
-    the stored scaling to raw rows; the folding is done in float64, then
-    rounded to the network's dtype. Raises ConfigError for a regression
-    whose output is not identity.
+    (``a * t + m``), and `rest`, the InputScaling left to apply to raw rows
+    first (its kind ``none`` when nothing is). The exporters use it and
+    lower `rest`, so that every exported model applies the network's
+    scaling to raw rows; the folding is done in float64, then rounded to
+    the network's dtype. Raises ConfigError for a regression whose output
+    is not identity.
 
     A per-feature standard or min-max scaling folds into a first Dense layer
     (after Flatten or Dropout, which move nothing); a convolution or pooling
     layer shares its weights between positions and pads with zeros, so
-    before one the scaling stays a step of its own: `shift` is then the
-    float64 pair ``(offset, scale)``, and the exporters compute
-    ``(x - offset) / scale`` in the network's dtype, as fastnn does. Pixels
-    (a division by 255) fold into any first layer: convolution and pooling
-    commute with a positive factor. `shift` is None when nothing is left.
+    before one the scaling is left in `rest` (its float64 offset and
+    scale), and the exporters compute ``(x - offset) / scale`` in the
+    network's dtype, as fastnn does. Pixels that the kernels divide (uint8
+    rows) are left in `rest` too (its divisor), divided in the network's
+    dtype as the kernels do; pixels divided before the kernels (float rows)
+    fold into any first layer: convolution and pooling commute with a
+    positive factor.
     """
     import copy
 
     from fastnn.layers import Dense
 
     pre = net.preprocessing
+    scaling = input_scaling(pre, net.input_dtype)
     if pre is None:
-        return net, None
+        return net, scaling if scaling.in_kernels else InputScaling("none", net.input_dtype)
     out = copy.deepcopy(net)
     out.preprocessing = None
     W = [w.astype(np.float64) for w in net.weights]
     b = [v.astype(np.float64) for v in net.biases]
-    scaling = pre.scaling
-    shift = None
+    rest = InputScaling("none", net.input_dtype)
     # the first layer that computes something (Flatten and Dropout do not at inference)
     first = next(layer for layer in net.layers if layer.kind is not None)
-    if scaling is not None and scaling.kind in ("standard", "minmax"):
+    if scaling.kind in ("standard", "minmax"):
         if isinstance(first, Dense):
             b[0] = b[0] - (scaling.offset / scaling.scale) @ W[0]
             W[0] = W[0] / scaling.scale[:, None]
         else:
-            shift = (scaling.offset.astype(np.float64), scaling.scale.astype(np.float64))
+            rest = scaling
         out.input_dtype = str(net.dtype)
-    elif scaling is not None and scaling.kind == "pixels" and net.input_dtype != "uint8":
-        W[0] = W[0] / 255.0
+    elif scaling.in_kernels:
+        rest = scaling
+    elif scaling.kind == "pixels":
+        W[0] = W[0] / PIXEL_MAX
     if pre.task == "regression":
         if net.output != "identity":
             raise ConfigError(f"a regression with a {net.output!r} output cannot be exported "
@@ -559,4 +636,4 @@ def fold(net):
         b[-1] = b[-1] * pre.target_scale + pre.target_mean
     out.weights = W
     out.biases = b
-    return out, shift
+    return out, rest

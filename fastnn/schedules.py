@@ -26,7 +26,7 @@ class Schedule:
     makes one), so the object given never changes, and a second ``fit`` or
     a scikit-learn ``clone`` starts from the initial rate again. To go on
     where a run stopped, ``load_state_dict`` the state that run left in
-    ``net.training["lr_schedule_state"]`` (a resumed run does this through
+    ``net.training_record["lr_schedule_state"]`` (a resumed run does this through
     the model file): a started schedule's copy continues from its state.
     """
 

@@ -11,7 +11,7 @@ saying where, what was expected and what was found::
 
 The values come from ``fastnn.reading.load_json``, whose nesting depth is
 already bounded, so specs recurse without risk. fastnn's model header is
-described with these specs in ``fastnn.io`` (one schema per format version).
+described with these specs in ``fastnn.modelfile`` (one schema per format version).
 """
 import json
 import math

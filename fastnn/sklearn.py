@@ -14,7 +14,8 @@ rprop), ``dropout``, ``leaky_relu`` and one activation per hidden layer,
 
 They compute as scikit-learn's MLP does: in float32 for float32 input, in
 float64 for any other (scikit-learn's ``validate_data`` makes it float64).
-``dtype="float32"`` or ``"float64"`` fixes the dtype whatever the input.
+``dtype="float32"`` or ``"float64"`` fixes the dtype whatever the input;
+``"bfloat16"`` computes in mixed precision (see Network).
 
 Where fastnn's own conventions differ, the estimators translate:
 
@@ -216,7 +217,7 @@ class _BaseMLP(BaseEstimator):
         one partial_fit left off otherwise (as scikit-learn keeps its
         optimizer between partial_fit calls)."""
         schedule = parse_schedule(self.lr_schedule)     # a copy: never changed by fit
-        state = self.network_.training.get("lr_schedule_state")
+        state = self.network_.training_record.get("lr_schedule_state")
         if incremental and state:
             schedule.load_state_dict(state)
         return schedule
@@ -224,9 +225,14 @@ class _BaseMLP(BaseEstimator):
     # ---------------------------------------------------------------- fitting
 
     def _dtype(self, X):
-        """The dtype to compute in: `dtype`, or else X's, as scikit-learn's MLP
-        does (float32 or float64: validate_data makes any other input float64)."""
-        return np.dtype(self.dtype) if self.dtype is not None else X.dtype
+        """The dtype of the network's arrays: `dtype`'s (float32 for
+        "bfloat16"), or else X's, as scikit-learn's MLP does (float32 or
+        float64: validate_data makes any other input float64)."""
+        if self.dtype is None:
+            return X.dtype
+        from fastnn.network import DTYPES, _check_dtype
+
+        return DTYPES[_check_dtype(self.dtype)]
 
     def _new_network(self, n_features, n_outputs, output, loss, random_state, dtype):
         hidden = self._hidden()
@@ -245,7 +251,7 @@ class _BaseMLP(BaseEstimator):
         if fresh:
             output, loss = self._output_and_loss()
             self.network_ = self._new_network(X.shape[1], Y.shape[1], output, loss, random_state,
-                                              self._dtype(X))
+                                              self.dtype or self._dtype(X))
             self.loss_curve_ = []
             self.validation_loss_curve_ = []
             self.validation_scores_ = []
@@ -285,7 +291,7 @@ class _BaseMLP(BaseEstimator):
                           verbose=int(bool(self.verbose)),
                           **self._fit_options(len(X), weight_sum, self._schedule(incremental)))
         if best["params"] is not None:
-            self.network_._params[...] = best["params"]
+            self.network_.flat_params[...] = best["params"]
         if not incremental and not self._converged and self.n_iter_ == self.max_iter:
             warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) reached "
                           f"and the optimization hasn't converged yet.", ConvergenceWarning)
@@ -312,7 +318,7 @@ class _BaseMLP(BaseEstimator):
             self._no_improvement = (self._no_improvement + 1 if value < best_value + self.tol
                                     else 0)
             if value > best_value:
-                best["params"] = self.network_._params.copy()
+                best["params"] = self.network_.flat_params.copy()
             self.best_validation_score_ = max(self.best_validation_score_, self.validation_scores_[-1])
             self.best_validation_loss_ = min(self.best_validation_loss_, metrics["val_loss"])
         else:

@@ -1,19 +1,25 @@
 """What a network is, as a table and as JSON: ``Network.summary()`` and
-``fastnn info`` (which prints this same text after a line about the file)."""
-import json
-from typing import TYPE_CHECKING, Any
+``fastnn info`` (which prints this same text after a line about the file).
 
-if TYPE_CHECKING:
-    from fastnn.network import Network
+Like fastnn.modelfile, this module names neither Network nor Ensemble
+(``Network.summary`` imports it): a network is a `Model`, and an ensemble is
+told from it by `is_ensemble`."""
+import json
+from typing import Any
+
+from fastnn.modelfile import Model, is_ensemble
 
 # What the "training:" line leaves out: shown on lines of their own, or
 # the CLI's bookkeeping.
 _NOT_OPTIONS = ("final", "lr_schedule_state", "cli", "cli_options", "best")
 
 
-def describe(net: "Network") -> dict[str, Any]:
+def describe(net: Model) -> dict[str, Any]:
     """The network as JSON-ready values: sizes, one entry per layer (inputs,
-    outputs, activation, parameters), how it was trained."""
+    outputs, activation, parameters), how it was trained (an ensemble's:
+    describe_ensemble)."""
+    if is_ensemble(net):
+        return describe_ensemble(net)
     plan = net.plan
     layers: list[dict[str, Any]]
     if plan.plain_dense:
@@ -32,34 +38,65 @@ def describe(net: "Network") -> dict[str, Any]:
     return {
         "sizes": list(net.sizes), "input_shape": list(net.input_shape), "layers": layers,
         "parameters": net.n_params,
-        "loss": net.loss, "dtype": str(net.dtype), "init": net.init, "seed": net.seed,
+        "loss": net.loss, "dtype": net.compute_dtype, "init": net.init, "seed": net.seed,
         "slope": net.slope, "input_dtype": net.input_dtype, "input_scale": net.input_scale,
         "epochs_trained": net.epochs_trained,
         "optimizer": None if state is None else {"name": state.name, "steps": state.steps},
-        "training": net.training,
+        "training": net.training_record,
         "preprocessing": None if net.preprocessing is None else net.preprocessing.to_dict(),
     }
 
 
-def summary_lines(net: "Network") -> list[str]:
+def describe_ensemble(ens: Model) -> dict[str, Any]:
+    """An ensemble as JSON-ready values: what its members share (inputs,
+    outputs, preprocessing), and each member's own description."""
+    members = [describe(m) for m in ens.members]
+    shared = ("sizes", "input_shape", "loss", "dtype", "input_dtype", "input_scale",
+              "preprocessing")
+    return {**{k: members[0][k] for k in shared}, "ensemble": len(members),
+            "combine": "mean of the members' outputs", "parameters": ens.n_params,
+            "epochs_trained": ens.epochs_trained, "seeds": ens.seeds, "members": members}
+
+
+def summary_lines(net: Model) -> list[str]:
     """The summary as lines: the network, a table of its layers, its inputs
-    and how it was trained."""
-    info = describe(net)
+    and how it was trained. An ensemble's: a line about it, then each
+    member's (the inputs once)."""
+    if is_ensemble(net):
+        k = len(net.members)
+        lines = [f"Ensemble of {k} networks, their outputs averaged: {net.n_params:,} "
+                 f"parameters in all", ""]
+        for i, m in enumerate(net.members):
+            lines += [f"member {i + 1} of {k}:", *_network_lines(m)]
+            lines += _input_lines(m) if i == 0 else []
+            lines += [*_training_lines(m), ""]
+        return lines[:-1]
+    return [*_network_lines(net), *_input_lines(net), *_training_lines(net)]
+
+
+def _network_lines(net: Model) -> list[str]:
+    """The network's repr and a table of its layers."""
     lines = [f"{net}", ""]
     if net.plan.plain_dense:
         lines.append(f"{'layer':>5}  {'inputs':>7}  {'outputs':>7}  {'activation':<10}  "
                      f"{'parameters':>10}")
-        for row in info["layers"]:
+        for row in describe(net)["layers"]:
             lines.append(f"{row['layer']:>5}  {row['inputs']:>7}  {row['outputs']:>7}  "
                          f"{row['activation']:<10}  {row['parameters']:>10,}")
         lines += [f"{'total':>5}  {'':>7}  {'':>7}  {'':<10}  {net.n_params:>10,}", ""]
     else:
         # one row per layer: its repr, output shape, activation, parameters
         lines += [*net.plan.summary().splitlines(), ""]
+    return lines
+
+
+def _input_lines(net: Model) -> list[str]:
+    """What the network does to its inputs (and labels)."""
+    lines = []
     pre = net.preprocessing
     if pre is None:
-        scale = "uint8 pixels divided by 255" if net.input_dtype == "uint8" else "used as given"
-        lines.append(f"inputs: {net.input_dtype or 'not trained yet'} ({scale})")
+        lines.append(f"inputs: {net.input_dtype or 'not trained yet'} "
+                     f"({net.input_scaling.text()})")
     else:
         lines.append(f"task: {shown(pre.task_text())}")
         if pre.columns is not None:
@@ -68,11 +105,16 @@ def summary_lines(net: "Network") -> list[str]:
             if missing:
                 lines.append(f"missing values: {shown(missing[len('Missing values: '):])}")
         lines.append(f"scaling: {pre.scaling_text()}")
-    lines.append(f"epochs trained: {net.epochs_trained}")
-    if info["optimizer"]:
-        lines.append(f"optimizer: {info['optimizer']['name']}, "
-                     f"{info['optimizer']['steps']:,} steps")
-    training = net.training
+    return lines
+
+
+def _training_lines(net: Model) -> list[str]:
+    """How the network was trained."""
+    lines = [f"epochs trained: {net.epochs_trained}"]
+    state = net.optimizer_state
+    if state is not None:
+        lines.append(f"optimizer: {state.name}, {state.steps:,} steps")
+    training = net.training_record
     options = {k: v for k, v in training.items() if k not in _NOT_OPTIONS}
     if options:
         lines.append("training: " + ", ".join(f"{shown(k)}={json.dumps(v)}"

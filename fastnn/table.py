@@ -148,8 +148,6 @@ class ColumnReader:
             code = index.get(text)
             if code is None:
                 if len(index) >= MAX_DISTINCT:
-                    from fastnn.columns import col
-
                     name = col(self.name)
                     raise DataError(f"{self.where}column {name} has more than {MAX_DISTINCT:,} "
                                     f"distinct values; fastnn reads at most that many per column "
@@ -349,3 +347,19 @@ def as_table(X: Any, markers: Sequence[str] = MISSING, source: str = "X") -> Tab
 
 def _numeric_like(X):
     return isinstance(X, np.ndarray) and X.dtype.kind in "biuf"
+
+
+def col(name: str) -> str:
+    """A column's name as a message shows it, as one would type it after
+    --drop: as it is when it is a plain word, else shell-quoted (and escaped
+    and cut to about 60 characters when it is long or not printable)."""
+    import re
+    import shlex
+
+    if re.fullmatch(r"[A-Za-z0-9_.:+-]{1,60}", name):
+        return name
+    if not name.isprintable() or len(name) > 60:
+        from fastnn._validation import short_text
+
+        return short_text(name)
+    return shlex.quote(name)

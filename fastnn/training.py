@@ -11,29 +11,29 @@ import contextlib
 import functools
 import math
 import numbers
+import statistics
 import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Concatenate, Optional, ParamSpec, TypeVar
+from typing import Any, Concatenate, Optional, ParamSpec, TypeVar
 
 import numpy as np
 
 from fastnn import _kernels, blas, interrupts, memory
+from fastnn._kernels import AUGMENTATIONS
 from fastnn.callbacks import Callback, EarlyStopping, _Monitor, logger, verbose_logging
 from fastnn._validation import MAX_COUNT, check_finite, check_X, nonnegative_float, positive_int
 from fastnn.exceptions import ConfigError, DataError, NetworkBusy, TrainingDiverged, lookup
 from fastnn.history import History
 from fastnn.losses import get_loss
-from fastnn.optimizers import get_optimizer, hyper_array
+from fastnn.optimizers import OptimizerState, get_optimizer, hyper_array
 from fastnn.schedules import parse as parse_schedule
+# the network is a Model: Network imports this module (it is fit's loop)
+from fastnn.modelfile import Model
 
-if TYPE_CHECKING:
-    from fastnn.network import Network
-
-AUGMENTATIONS = {"shift": _kernels.SHIFT}
 # The optimizers that take betas and eps.
 ADAM_LIKE = ("adam", "adamw")
 # torch.optim.AdamW's default weight decay.
@@ -179,8 +179,8 @@ def split_validation(X, Y, labels, weights, validation_data, validation_split, n
             X_val, y_val = validation_data
         except (TypeError, ValueError):
             raise ConfigError("validation_data must be a pair (X_val, y_val)") from None
-        X_val = net._inputs(X_val, "X_val")
-        Y_val, labels_val = net._targets(X_val, y_val, "y_val")
+        X_val = net.kernel_inputs(X_val, "X_val")
+        Y_val, labels_val = net.kernel_targets(X_val, y_val, "y_val")
         return (X, Y, labels, weights), (X_val, Y_val, labels_val)
     if not validation_split:
         return (X, Y, labels, weights), None
@@ -343,22 +343,23 @@ def wait_uninterrupted(done, stop):
         raise KeyboardInterrupt
 
 
-_training: "weakref.WeakSet[Network]" = weakref.WeakSet()   # networks a fit call is training now
+_training: "weakref.WeakSet[Any]" = weakref.WeakSet()   # networks a fit call is training now
 _training_guard = threading.Lock()
 
 
+_Net = TypeVar("_Net")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
 def one_fit_at_a_time(
-        fit: "Callable[Concatenate[Network, _P], _R]") -> "Callable[Concatenate[Network, _P], _R]":
+        fit: "Callable[Concatenate[_Net, _P], _R]") -> "Callable[Concatenate[_Net, _P], _R]":
     """Decorates Network.fit: a second fit of the same network, from another
     thread, gets NetworkBusy at once instead of racing the first over its
     parameters and optimizer state (a lock taken without blocking). Typed
     with a ParamSpec, so that type checkers see fit's own signature."""
     @functools.wraps(fit)
-    def exclusive_fit(net: "Network", *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    def exclusive_fit(net: _Net, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with _training_guard:
             if net in _training:
                 raise NetworkBusy("this Network is being trained by another fit call (in "
@@ -389,13 +390,67 @@ def team_threads(net, units=False, batch_size=1):
     threads (see benchmarks/README.md, and `epoch_blas_threads`). A team
     takes idle cores only (`blas.idle_cores`): it meets at a barrier after
     every step, so it goes at the pace of a thread that shares its core.
-    The weights do not depend on the count."""
+    A units team's weights do not depend on its size; a convolutional
+    network's team sums its threads' gradients, so its weights differ from
+    one thread's in the last bits."""
     if net.backend != "cython" or not (net.plan.spatial or units):
         return 1
     if units:
         return max(1, min(blas.get_num_threads(), batch_size // ROWS_PER_UNITS_THREAD,
                           blas.idle_cores()))
     return max(1, min(blas.get_num_threads(), blas.idle_cores()))
+
+
+class TeamPace:
+    """Whether a team that splits units trains faster than one thread on
+    this machine now, measured epoch by epoch (its weights are the same bit
+    for bit, so the choice changes nothing else).
+
+    The team meets at a barrier after every layer of every batch, so it goes
+    at the pace of its slowest thread; on a shared or virtualised machine
+    the other core may be busy or descheduled for a while, and the team is
+    then slower than one thread. [784, 30, 10] at batch 10 on 2 vCPUs
+    (AMD EPYC, benchmarks/README.md): one thread 181,000-189,000 samples/s,
+    the team 150,000-168,000 in one run, 178,000-296,000 in another.
+
+    For each shape, batch size and team, the first epochs measure the team
+    and one thread (samples/s of the kernel's epoch); then each epoch takes
+    the faster by the median of their last RATES epochs, and every
+    PROBE_EVERY-th epoch measures the other again, as the machine changes.
+    The rates are kept for the process, so that short fits learn too.
+    """
+
+    RATES = 3
+    PROBE_EVERY = 8
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._rates = {}        # key -> {threads: [samples/s of the last epochs]}
+        self._epochs = {}       # key -> epochs chosen so far
+
+    def threads(self, key, team):
+        """The threads to run the next epoch with: `team` or 1."""
+        with self._lock:
+            rates = self._rates.get(key, {})
+            if team not in rates:
+                return team
+            if 1 not in rates:
+                return 1
+            fast, slow = ((team, 1) if statistics.median(rates[team])
+                          >= statistics.median(rates[1]) else (1, team))
+            self._epochs[key] = self._epochs.get(key, 0) + 1
+            return slow if self._epochs[key] % self.PROBE_EVERY == 0 else fast
+
+    def record(self, key, threads, rate):
+        """An epoch of `threads` ran at `rate` samples/s."""
+        with self._lock:
+            last = self._rates.setdefault(key, {}).setdefault(threads, [])
+            last.append(rate)
+            del last[:-self.RATES]
+
+
+#: The process's measurements of units teams against one thread.
+TEAM_PACE = TeamPace()
 
 
 def epoch_blas_threads(team):
@@ -413,9 +468,10 @@ def epoch_blas_threads(team):
 def splits_units(net, table, optimizer, hyper, batch_size, chunk):
     """Whether the kernel's team splits every layer's units among its threads
     (_core.train_units_impl: small batches of a float32 dense network, plain
-    SGD; the parameters are the same for any number of threads)."""
-    return (net.backend == "cython" and not net.plan.spatial and net.dtype == np.float32
-            and bool(net._kernels.units_threads(table, chunk, optimizer, hyper, batch_size)))
+    SGD; the parameters are the same for any number of threads). A bfloat16
+    network never does: its products go through _core.gemm_bf16."""
+    return (net.backend == "cython" and not net.plan.spatial and net.compute_dtype == "float32"
+            and bool(net.kernels.units_threads(table, chunk, optimizer, hyper, batch_size)))
 
 
 def chunk_rows(plan, batch_size, n):
@@ -427,15 +483,6 @@ def chunk_rows(plan, batch_size, n):
     return max(1, min(batch_size, n, _kernels.MAX_CHUNK, TRAIN_BUDGET // per_row))
 
 
-@dataclass
-class OptimizerState:
-    """An optimizer's buffers, kept on the network between fit calls."""
-
-    name: str
-    state: np.ndarray
-    steps: int = 0
-
-
 class Trainer:
     """One call of Network.fit."""
 
@@ -445,7 +492,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.X, self.Y, self.labels, weights = train
         self.val = val
-        self.o = options
+        self.options = options
         self.callback = callback
         self.progress = progress
         self.verbose = verbose
@@ -461,11 +508,16 @@ class Trainer:
         chunk = chunk_rows(net.plan, batch_size, n)
         units = splits_units(net, table, opt.code, self._hyper(1.0), batch_size, chunk)
         self.threads = threads = team_threads(net, units, batch_size)
+        # a units team gives the same weights as one thread: TEAM_PACE picks
+        # the faster of the two each epoch
+        self.pace = ((tuple(net.sizes), tuple(net.activations), batch_size, threads)
+                     if units and threads > 1 else None)
         # a team that splits units shares one chunk; one that splits rows
         # gives each thread a chunk of its own
         capacity = chunk if units else -(-chunk // threads)
-        kernels = net._kernels
-        work_size = kernels.workspace_size(table, capacity, keep, threads)
+        kernels = net.kernels
+        bf16 = net.compute_dtype == "bfloat16"
+        work_size = kernels.workspace_size(table, capacity, keep, threads, bf16=bf16)
         memory.check_fits(
             memory.training_bytes(net.plan, net.dtype.itemsize, opt.state_rows, work_size,
                                   capacity * threads, n),
@@ -477,23 +529,23 @@ class Trainer:
         self.opt_state = net.optimizer_state
         self.control = np.zeros(_kernels.N_CONTROL, dtype=np.int64)
         self.args = dict(
-            X=self.X, Y=self.Y, order=np.arange(n, dtype=np.int64), params=net._params,
+            X=self.X, Y=self.Y, order=np.arange(n, dtype=np.int64), params=net.flat_params,
             state=self.opt_state.state, table=table, keep=keep, slope=net.slope,
             loss=get_loss(net.loss).code, batch_size=batch_size, capacity=capacity,
             optimizer=opt.code, hyper=None, sample_weight=self.sample_weight,
             augment=AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT), seed=0,
             work=np.empty(work_size, dtype=dtype),
-            control=self.control, n_threads=threads)
-        self.snapshot = np.empty_like(net._params)
+            control=self.control, n_threads=threads, bf16=bf16)
+        self.snapshot = np.empty_like(net.flat_params)
 
     def _hyper(self, lr):
-        o, n = self.o, len(self.X)
+        o, n = self.options, len(self.X)
         return hyper_array(lr, o.l2 / n, o.l1 / n, o.momentum, o.betas, o.eps, o.weight_decay,
                            o.clip_norm)
 
     def penalty(self):
         """(lambda2/2n) sum w^2 + (lambda1/n) sum |w| for the current weights."""
-        o, n = self.o, len(self.X)
+        o, n = self.options, len(self.X)
         if not (o.l2 or o.l1):
             return 0.0
         total = 0.0
@@ -515,7 +567,7 @@ class Trainer:
         net, n, control = self.net, len(self.X), self.control
         epoch_seed = np.random.SeedSequence([net.seed, net.epochs_trained])
         shuffle_seed, kernel_seed = epoch_seed.generate_state(2, dtype=np.uint64)
-        if self.o.shuffle:
+        if self.options.shuffle:
             # one stream per (seed, epoch): a resumed run shuffles as an
             # uninterrupted one would
             self.args["order"] = np.random.default_rng(shuffle_seed).permutation(n)
@@ -524,13 +576,13 @@ class Trainer:
         control[_kernels.STOP_REQUEST] = control[_kernels.ROWS_DONE] = 0
         steps = self.opt_state.steps
         control[_kernels.STEPS] = steps
-        self.snapshot[...] = net._params
+        self.snapshot[...] = net.flat_params
         # every optimizer, plain SGD too: unfused SGD (l1, or batches over
         # the chunk size) writes its gradient into the state
         state_snapshot = self.opt_state.state.copy()
 
         def roll_back():
-            net._params[...] = self.snapshot
+            net.flat_params[...] = self.snapshot
             self.opt_state.state[...] = state_snapshot
             self.opt_state.steps = steps
 
@@ -539,14 +591,19 @@ class Trainer:
             epoch = net.epochs_trained
             tick = lambda: self.progress(epoch, int(control[_kernels.ROWS_DONE]), n)  # noqa: E731
         metrics, next_lr = None, lr
+        if self.pace is not None:
+            self.args["n_threads"] = TEAM_PACE.threads(self.pace, self.threads)
         with interrupts.Deferred() as self.interrupt:
             try:
                 start = time.perf_counter()
                 with epoch_blas_threads(self.threads):
+                    blas.prime(net.dtype)
                     (status, loss_sum, n_correct), in_kernel = run_epoch(
-                        net._kernels.train_epoch, self.args, control, tick)
+                        net.kernels.train_epoch, self.args, control, tick)
                 in_kernel.deliver()  # into this block's deferral
                 seconds = time.perf_counter() - start
+                if self.pace is not None and status == _kernels.DONE and seconds > 0:
+                    TEAM_PACE.record(self.pace, self.args["n_threads"], n / seconds)
                 if status == _kernels.DONE and not self.interrupt.received:
                     metrics = self._metrics(lr, loss_sum, n_correct, seconds)
                 if metrics is None or self.interrupt.received:
@@ -563,7 +620,7 @@ class Trainer:
                     # the final metrics without their timing: the same run
                     # writes the same model file (History keeps the seconds)
                     final = {k: v for k, v in hist.last().items() if k not in TIMINGS}
-                    net.training.update(epochs_done=hist.epochs, final=final,
+                    net.training_record.update(epochs_done=hist.epochs, final=final,
                                         lr_schedule_state=schedule.state_dict())
             except BaseException:
                 if metrics is None:
@@ -579,10 +636,10 @@ class Trainer:
         metrics = {"loss": loss_sum / rows}
         if self.labels is not None:
             metrics["accuracy"] = n_correct / rows
-        if self.o.l2 or self.o.l1:
+        if self.options.l2 or self.options.l1:
             metrics["penalty"] = self.penalty()
         if self.val is not None:
-            result = net._evaluate(*self.val)
+            result = net.evaluate_rows(*self.val)
             metrics["val_loss"] = result["loss"]
             if "accuracy" in result:
                 metrics["val_accuracy"] = result["accuracy"]
@@ -593,7 +650,7 @@ class Trainer:
     def metric_names(self):
         """The names of the metrics each epoch reports, in order."""
         names = ["loss"] + (["accuracy"] if self.labels is not None else [])
-        names += ["penalty"] if self.o.l2 or self.o.l1 else []
+        names += ["penalty"] if self.options.l2 or self.options.l1 else []
         if self.val is not None:
             names += ["val_loss"] + (["val_accuracy"] if self.val[2] is not None else [])
         return names + ["lr", "seconds"]
@@ -609,24 +666,24 @@ class Trainer:
             raise
 
     def _run(self, hist):
-        o, net = self.o, self.net
-        schedule = o.lr_schedule
+        options, net = self.options, self.net
+        schedule = options.lr_schedule
         if not schedule.started:
-            schedule.start(o.lr, o.epochs)
+            schedule.start(options.lr, options.epochs)
         lr = schedule.lr
         # a run stopped before its first epoch ends still records where the
         # schedule stands, so that a resumed run continues it
-        net.training["lr_schedule_state"] = schedule.state_dict()
+        net.training_record["lr_schedule_state"] = schedule.state_dict()
         callbacks = self.callbacks
-        if o.early_stopping is not None:
+        if options.early_stopping is not None:
             # the option is the object with its defaults (val_loss, best weights kept)
-            callbacks = [EarlyStopping(patience=o.early_stopping), *callbacks]
-        if o.restore_best:
+            callbacks = [EarlyStopping(patience=options.early_stopping), *callbacks]
+        if options.restore_best:
             # last: its weights go in after EarlyStopping's
             callbacks = [*callbacks, BestEpoch()]
         for c in callbacks:
             c.on_train_begin(net, self.metric_names())
-        for epoch in range(o.epochs):
+        for epoch in range(options.epochs):
             metrics, status, next_lr = self.epoch(lr, hist, schedule)
             # a Ctrl-C held back during the epoch: KeyboardInterrupt here
             self.interrupt.deliver()
@@ -665,7 +722,7 @@ class BestEpoch(Callback):
     network when the run ends.
 
     Until then the best weights are ``net.best_params`` and
-    ``net.training["best"]`` says which epoch they are ({"epoch": E (the
+    ``net.training_record["best"]`` says which epoch they are ({"epoch": E (the
     network's E-th epoch, from 1), "monitor": "val_accuracy", "value": v}).
     Both are saved in the model file of an unfinished run (a checkpoint, a
     Ctrl-C), so that a fit continuing it (``fastnn train --resume``)
@@ -674,31 +731,31 @@ class BestEpoch(Callback):
     the best epoch's and ``net.history.best_epoch`` is that epoch (from 0,
     within this fit; None if it came before this fit)."""
 
-    def on_train_begin(self, net: "Network", metrics: Sequence[str]) -> None:
+    def on_train_begin(self, net: Model, metrics: Sequence[str]) -> None:
         super().on_train_begin(net, metrics)
         self._monitor = _Monitor("restore_best", "val_accuracy" if "val_accuracy" in metrics
                                  else "val_loss", "auto")
         self._monitor.check(metrics)
         self.first_epoch = net.epochs_trained
-        record = net.training.get("best")
+        record = net.training_record.get("best")
         if record and record["monitor"] == self._monitor.monitor:
             # a run going on: an unfinished one's best so far, or a finished
             # one's, whose weights the network has
             if net.best_params is None:
-                net.best_params = net._params.copy()
+                net.best_params = net.flat_params.copy()
             self._monitor.best = self._monitor.sign * record["value"]
         else:
             net.best_params = None
-            net.training.pop("best", None)
+            net.training_record.pop("best", None)
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> Optional[bool]:
         net = self.net
         if self._monitor.improved(metrics):
             if net.best_params is None:
-                net.best_params = net._params.copy()
+                net.best_params = net.flat_params.copy()
             else:
-                net.best_params[...] = net._params
-            net.training["best"] = {"epoch": net.epochs_trained,
+                net.best_params[...] = net.flat_params
+            net.training_record["best"] = {"epoch": net.epochs_trained,
                                     "monitor": self._monitor.monitor,
                                     "value": float(metrics[self._monitor.monitor])}
         return None
@@ -707,10 +764,10 @@ class BestEpoch(Callback):
         net = self.net
         if net.best_params is None:
             return
-        net._params[...] = net.best_params
+        net.flat_params[...] = net.best_params
         net.best_params = None
         if net.history is not None:
-            index = net.training["best"]["epoch"] - 1 - self.first_epoch
+            index = net.training_record["best"]["epoch"] - 1 - self.first_epoch
             net.history.best_epoch = index if index >= 0 else None
 
 

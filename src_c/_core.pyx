@@ -41,8 +41,14 @@ the cache). The first layer's input gradient is never computed.
 Workspace of a chunk (``workspace_size``): the activations A_0 .. A_L, for
 each activation with dropout its mask and masked copy, a delta buffer per
 activation but A_0, a bias-gradient (column-sum) buffer per layer with
-parameters, the argmax indices of each max-pool, one im2col block, and the
-targets and sample weights of the chunk.
+parameters, the argmax indices of each max-pool, one im2col block, for a
+bfloat16 network the rounded operands of its largest product (gemm_bf16,
+bf16_scratch), and the targets and sample weights of the chunk.
+
+A bfloat16 network (``bf16=True``: float32 parameters and activations) sends
+every matrix product through gemm_bf16, which rounds both operands to
+bfloat16 and accumulates in float32; it never takes smallgemm.h's float32
+kernels (they would skip the rounding), nor train_units_impl.
 
 Each kernel comes in two layers: a ``cdef ... noexcept nogil`` function that
 trusts its arguments, and a ``def`` wrapper that checks shapes, codes and
@@ -224,6 +230,7 @@ cdef struct Layout:
     Py_ssize_t* d_off            # delta of A_l, l = 1..L; -1 for A_0
     double* keep                 # keep probability of A_l (1 = no dropout)
     Py_ssize_t col_off           # the im2col block
+    Py_ssize_t bf_off            # bfloat16 network: gemm_bf16's operand scratch; -1: float
     Py_ssize_t y_off             # chunk targets
     Py_ssize_t sw_off            # chunk sample weights
     Py_ssize_t work_size         # entries the workspace needs
@@ -264,11 +271,12 @@ cdef void geometry_init(Geometry* g, const int64_t* row, Py_ssize_t capacity) no
 
 
 cdef int layout_init(Layout* lay, const int64_t* table, Py_ssize_t n_layers,
-                     Py_ssize_t capacity, const double* keep) noexcept nogil:
+                     Py_ssize_t capacity, const double* keep, bint bf16) noexcept nogil:
     """Fill lay from the layer table (n_layers rows of N_COLS) and the keep
-    probability of each layer's input (NULL: no dropout). Returns -1 if
+    probability of each layer's input (NULL: no dropout); for a bfloat16
+    network (bf16), room for gemm_bf16's rounded operands. Returns -1 if
     malloc failed."""
-    cdef Py_ssize_t l, a = 0, col = 0, L1 = n_layers + 1
+    cdef Py_ssize_t l, a = 0, col = 0, bf = 0, L1 = n_layers + 1
     cdef Geometry* g
     lay.n_layers = n_layers
     lay.capacity = capacity
@@ -290,6 +298,8 @@ cdef int layout_init(Layout* lay, const int64_t* table, Py_ssize_t n_layers,
             lay.n_params = g.b_off + g.out_c
         if g.kind == CONV2D and conv_scratch(g) > col:
             col = conv_scratch(g)
+        if bf16 and bf16_scratch(g, capacity) > bf:
+            bf = bf16_scratch(g, capacity)
     # A_0 .. A_L
     for l in range(n_layers + 1):
         lay.a_off[l] = a
@@ -320,6 +330,8 @@ cdef int layout_init(Layout* lay, const int64_t* table, Py_ssize_t n_layers,
             a += capacity * g.n_out
     lay.col_off = a
     a += col
+    lay.bf_off = a if bf16 else -1
+    a += bf
     lay.y_off = a
     lay.sw_off = lay.y_off + capacity * lay.layer[n_layers - 1].n_out
     lay.work_size = lay.sw_off + capacity
@@ -522,17 +534,100 @@ cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
     return g.block * g.K
 
 
+cdef extern from *:
+    """
+    /* bfloat16 rounding of float32 values, kept in float32: round to nearest,
+       ties to even, on the bit pattern (add 0x7FFF plus the lowest kept bit,
+       clear the low 16 bits): past the largest bfloat16 it gives inf, and
+       subnormals round on their own grid. A NaN stays a NaN: its sign and
+       upper payload, made quiet. fastnn._reference.round_bf16 is the same,
+       bit for bit. Straight-line integer code, so the loop vectorises. */
+    static inline float fastnn_round_bf16(float x) {
+        uint32_t u, r;
+        memcpy(&u, &x, sizeof u);
+        r = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+        r = (u & 0x7FFFFFFFu) > 0x7F800000u ? ((u & 0xFFFF0000u) | 0x00400000u) : r;
+        memcpy(&x, &r, sizeof x);
+        return x;
+    }
+
+    /* dst (rows x cols, column-major, leading dimension rows) := the
+       bfloat16 rounding of src (column-major, leading dimension ld). */
+    static void fastnn_bf16_copy(const float* src, Py_ssize_t ld, Py_ssize_t rows,
+                                 Py_ssize_t cols, float* dst) {
+        for (Py_ssize_t j = 0; j < cols; j++)
+            for (Py_ssize_t i = 0; i < rows; i++)
+                dst[j * rows + i] = fastnn_round_bf16(src[j * ld + i]);
+    }
+    """
+    float bf16_round "fastnn_round_bf16"(float x) noexcept nogil
+    void bf16_copy "fastnn_bf16_copy"(const float* src, Py_ssize_t ld, Py_ssize_t rows,
+                                      Py_ssize_t cols, float* dst) noexcept nogil
+
+
+cdef inline Py_ssize_t max3(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) noexcept nogil:
+    if b > a:
+        a = b
+    return c if c > a else a
+
+
+cdef Py_ssize_t bf16_scratch(const Geometry* g, Py_ssize_t N) noexcept nogil:
+    """Entries of gemm_bf16's scratch for the products of one layer over a
+    chunk of N rows: the most that one product's two operands hold (m*k +
+    k*n), among the forward, input-gradient and weight-gradient products.
+    Dense: A (N, I), W (I, O), D (N, O); convolution: W (K, F), an im2col
+    block (block, K) and a block of D (block, F). Pooling has no product."""
+    cdef Py_ssize_t I = g.n_in, O = g.n_out, K = g.K, F = g.out_c, B = g.block
+    if g.kind == DENSE:
+        return max3(N * I + I * O, N * O + I * O, N * I + N * O)
+    if g.kind == CONV2D:
+        return max3(B * K + K * F, B * F + K * F, B * F + B * K)
+    return 0
+
+
 cdef inline bint small(Py_ssize_t rows) noexcept nogil:
     """Whether a dense layer's products over a chunk of `rows` rows use smallgemm.h."""
     return rows <= small_rows
 
 
+cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
+                    const float* a, int lda, const float* b, int ldb, float beta,
+                    float* c, int ldc, float* scratch) noexcept nogil:
+    """Column-major C := alpha bf16(op(A)) bf16(op(B)) + beta C, accumulated
+    in float32: every matrix product of a bfloat16 network, here and only
+    here. C, alpha and beta stay float32.
+
+    Emulated: A and B are rounded to bfloat16 (round_bf16, still float32)
+    into scratch (m*k + k*n entries, sized by bf16_scratch), then multiplied
+    by sgemm; products of bfloat16 values are exact in float32, so this is
+    what a bf16 dot-product instruction computes, up to the order of the
+    sums. A native kernel (AVX512_BF16's vdpbf16ps on operands packed to
+    16 bits) replaces this body, chosen when the module loads."""
+    cdef int ar = m if transa == c'N' else k        # op(A) is m x k: A is ar x ac
+    cdef int ac = k if transa == c'N' else m
+    cdef int br = k if transb == c'N' else n        # op(B) is k x n: B is br x bc
+    cdef int bc = n if transb == c'N' else k
+    cdef float* a16 = scratch
+    cdef float* b16 = scratch + <Py_ssize_t> ar * ac
+    bf16_copy(a, lda, ar, ac, a16)
+    bf16_copy(b, ldb, br, bc, b16)
+    if ar < 1:
+        ar = 1
+    if br < 1:
+        br = 1
+    sgemm(&transa, &transb, &m, &n, &k, &alpha, a16, &ar, b16, &br, &beta, c, &ldc)
+
+
 cdef inline void gemm(char transa, char transb, int m, int n, int k,
                       floating alpha, const floating* a, int lda,
                       const floating* b, int ldb, floating beta,
-                      floating* c, int ldc) noexcept nogil:
-    """Column-major C := alpha op(A) op(B) + beta C (BLAS xGEMM)."""
+                      floating* c, int ldc, floating* bf) noexcept nogil:
+    """Column-major C := alpha op(A) op(B) + beta C (BLAS xGEMM); with bf
+    (not NULL: a bfloat16 network's scratch), gemm_bf16."""
     if floating is float:
+        if bf != NULL:
+            gemm_bf16(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bf)
+            return
         sgemm(&transa, &transb, &m, &n, &k, &alpha, <float*> a, &lda,
               <float*> b, &ldb, &beta, c, &ldc)
     else:
@@ -643,23 +738,24 @@ cdef void gather_chunk(const input_t* X, const floating* Y, const floating* samp
 
 cdef void linear_forward_impl(const floating* A, const floating* W,
                               const floating* b, floating* Z, Py_ssize_t N,
-                              Py_ssize_t I, Py_ssize_t O) noexcept nogil:
+                              Py_ssize_t I, Py_ssize_t O, floating* bf) noexcept nogil:
     """Z := A @ W + b.  A (N, I), W (I, O), b (O,), Z (N, O).
 
     The bias is folded into the GEMM: Z's rows are prefilled with b and
-    GEMM runs with beta = 1.
+    GEMM runs with beta = 1. bf: a bfloat16 network's scratch (gemm_bf16),
+    else NULL; a bfloat16 network never takes smallgemm.h's kernels.
     """
     cdef Py_ssize_t r, j
     for r in range(N):
         for j in range(O):
             Z[r * O + j] = b[j]
     if floating is float:
-        if small(N):
+        if small(N) and bf == NULL:
             sg_gemm(N, O, I, 1, A, I, 1, W, O, 1, Z, O)
             return
     # column-major Z^T (O, N) += W^T (O, I) @ A^T (I, N)
     gemm(c'N', c'N', <int> O, <int> N, <int> I, 1, W, <int> O, A, <int> I,
-         1, Z, <int> O)
+         1, Z, <int> O, bf)
 
 
 cdef void activate_flat(int act, floating slope, floating* a, Py_ssize_t n) noexcept nogil:
@@ -838,19 +934,19 @@ cdef Py_ssize_t count_correct(const floating* A, const floating* Y,
 cdef void hidden_delta_impl(const floating* D_next, const floating* W_next,
                             int act, floating slope, const floating* A,
                             const floating* mask, floating* out, Py_ssize_t N,
-                            Py_ssize_t I, Py_ssize_t O) noexcept nogil:
+                            Py_ssize_t I, Py_ssize_t O, floating* bf) noexcept nogil:
     """out := (D_next @ W_next^T) * act'(z) [* mask].  delta^l = (delta^{l+1} W^{l+1 T}) . act'(z^l)
 
     D_next (N, O), W_next (I, O), A, mask and out (N, I); mask is the
-    dropout mask of A (NULL: none).
+    dropout mask of A (NULL: none); bf as in linear_forward_impl.
     """
     cdef Py_ssize_t i
-    if floating is float and small(N):
+    if floating is float and small(N) and bf == NULL:
         sg_nt(N, I, O, D_next, W_next, out, I)
     else:
         # column-major out^T (I, N) = W_next (I, O) @ D_next^T (O, N)
         gemm(c'T', c'N', <int> I, <int> N, <int> O, 1, W_next, <int> O, D_next,
-             <int> O, 0, out, <int> I)
+             <int> O, 0, out, <int> I, bf)
     activation_grad_impl(act, slope, A, out, N * I)
     if mask != NULL:
         for i in range(N * I):
@@ -890,21 +986,22 @@ cdef void param_update_impl(const floating* A, const floating* D,
                             floating alpha, floating beta_w, floating beta_b,
                             floating* W, floating* b, floating* colsum,
                             Py_ssize_t N, Py_ssize_t I,
-                            Py_ssize_t O) noexcept nogil:
+                            Py_ssize_t O, floating* bf) noexcept nogil:
     """W := beta_w W + alpha A^T @ D;  b := beta_b b + alpha sum_rows(D).
 
     dC/dW = A^{l-1 T} delta^l and dC/db = sum_x delta^l, so with
     alpha = -lr/m and beta_w = 1 - lr*l2/n this is the SGD step with L2
     weight decay, done by the GEMM itself; with alpha = 1/m and betas 0 or
-    1 it writes or accumulates the mean gradient.  A (N, I), D (N, O), W (I, O).
+    1 it writes or accumulates the mean gradient.  A (N, I), D (N, O), W (I, O);
+    bf as in linear_forward_impl (the bias gradient sums D as it is).
     """
-    if floating is float and small(N):
+    if floating is float and small(N) and bf == NULL:
         # W (I, O) = beta_w W + alpha A^T (I, N) @ D (N, O)
         sg_gemm(I, O, N, alpha, A, 1, I, D, O, beta_w, W, O)
     else:
         # column-major W^T (O, I) = alpha D^T (O, N) @ A (N, I) + beta_w W^T
         gemm(c'N', c'T', <int> O, <int> I, <int> N, alpha, D, <int> O, A, <int> I,
-             beta_w, W, <int> O)
+             beta_w, W, <int> O, bf)
     bias_update_impl(D, alpha, beta_b, b, colsum, N, O)
 
 
@@ -1066,7 +1163,7 @@ cdef void col2im_add(const floating* col, const Geometry* g, Py_ssize_t r0, Py_s
 
 cdef void conv_forward_impl(const floating* A, const floating* W, const floating* b,
                             floating* Z, floating* col, const Geometry* g, Py_ssize_t N,
-                            floating slope) noexcept nogil:
+                            floating slope, floating* bf) noexcept nogil:
     """Z := act(im2col(A) @ W + b), block by block of output pixels.
     A (N, H*W*C), W (K, F), b (F,), Z (N*OH*OW, F) = (N, OH*OW*F), col (block, K).
 
@@ -1077,7 +1174,8 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
     smallgemm.h (F rows in blocks of 6, nr columns in panels of 16: every
     lane used, where Z's own F = 20 columns would leave 12 of 32 idle), then
     transposes it into Z adding b. col then holds colT (K, block) and the
-    transposed block (F, block) after it.
+    transposed block (F, block) after it. bf: a bfloat16 network's scratch
+    (gemm_bf16), which takes the BLAS path, else NULL.
     """
     cdef Py_ssize_t blk, r0, nr, r, j, F = g.out_c, rows = N * g.pixels
     cdef floating* z
@@ -1086,7 +1184,7 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
         nr = g.block if r0 + g.block <= rows else rows - r0
         z = Z + r0 * F
         if floating is float:
-            if g.col_t and small_conv:
+            if g.col_t and small_conv and bf == NULL:
                 im2col_t(A, g, r0, nr, col)
                 sg_gemm(F, nr, g.K, 1, W, 1, F, col, nr, 0, col + g.block * g.K, nr)
                 sg_transpose_bias(F, nr, col + g.block * g.K, nr, b, z, F)
@@ -1100,12 +1198,12 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
             # column-major Z^T (F, nr) += W^T (F, K) @ colT (K, nr)
             im2col_t(A, g, r0, nr, col)
             gemm(c'N', c'T', <int> F, <int> nr, <int> g.K, 1, W, <int> F, col, <int> nr,
-                 1, z, <int> F)
+                 1, z, <int> F, bf)
         else:
             # column-major Z^T (F, nr) += W^T (F, K) @ col^T (K, nr)
             im2col(A, g, r0, nr, col)
             gemm(c'N', c'N', <int> F, <int> nr, <int> g.K, 1, W, <int> F, col, <int> g.K,
-                 1, z, <int> F)
+                 1, z, <int> F, bf)
         if g.act != SOFTMAX:
             activate_flat(g.act, slope, z, nr * F)
     if g.act == SOFTMAX:
@@ -1116,7 +1214,7 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
                              floating* dA, floating* col, const Geometry* g, Py_ssize_t N,
                              floating alpha, floating beta_w, floating beta_b,
                              floating* W_out, floating* b_out,
-                             floating* colsum) noexcept nogil:
+                             floating* colsum, floating* bf) noexcept nogil:
     """dA := col2im(D @ W^T) (unless dA is NULL), then
     W_out := beta_w W_out + alpha im2col(A)^T @ D and
     b_out := beta_b b_out + alpha sum_rows(D).
@@ -1127,13 +1225,13 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
     with g.col_t has no dA; in float32 with small_conv it sums
     dW^T (F, K) = D^T (F, nr) @ col (nr, K) over the blocks with smallgemm.h
     (F rows in blocks of 6, K columns), in col after the im2col block, and
-    then steps W_out with it.
+    then steps W_out with it. bf as in conv_forward_impl.
     A, dA (N, H*W*C), W, W_out (K, F), D (N*OH*OW, F), col (block, K).
     """
     cdef Py_ssize_t blk, r0, nr, i, k, F = g.out_c, rows = N * g.pixels
     cdef floating* WT
     if floating is float:
-        if g.col_t and small_conv:
+        if g.col_t and small_conv and bf == NULL:
             WT = col + g.block * g.K + g.block * F
             for blk in range((rows + g.block - 1) // g.block):
                 r0 = blk * g.block
@@ -1157,7 +1255,7 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
             nr = g.block if r0 + g.block <= rows else rows - r0
             # column-major dcol^T (K, nr) = W (K, F) @ D^T (F, nr)
             gemm(c'T', c'N', <int> g.K, <int> nr, <int> F, 1, W, <int> F, D + r0 * F,
-                 <int> F, 0, col, <int> g.K)
+                 <int> F, 0, col, <int> g.K, bf)
             col2im_add(col, g, r0, nr, dA)
     for blk in range((rows + g.block - 1) // g.block):
         r0 = blk * g.block
@@ -1166,12 +1264,12 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
             # column-major W^T (F, K) = alpha D^T (F, nr) @ colT^T (nr, K) + beta W^T
             im2col_t(A, g, r0, nr, col)
             gemm(c'N', c'N', <int> F, <int> g.K, <int> nr, alpha, D + r0 * F, <int> F, col,
-                 <int> nr, beta_w if r0 == 0 else 1, W_out, <int> F)
+                 <int> nr, beta_w if r0 == 0 else 1, W_out, <int> F, bf)
         else:
             # column-major W^T (F, K) = alpha D^T (F, nr) @ col (nr, K) + beta W^T
             im2col(A, g, r0, nr, col)
             gemm(c'N', c'T', <int> F, <int> g.K, <int> nr, alpha, D + r0 * F, <int> F, col,
-                 <int> g.K, beta_w if r0 == 0 else 1, W_out, <int> F)
+                 <int> g.K, beta_w if r0 == 0 else 1, W_out, <int> F, bf)
     bias_update_impl(D, alpha, beta_b, b_out, colsum, rows, F)
 
 
@@ -1304,8 +1402,11 @@ cdef void forward_impl(const floating* params, Layout* lay, floating slope,
 
     in_l is A_l, or in training its dropped-out copy where layer l's input
     has dropout; first is the epoch's row number of the chunk's first row.
+    A bfloat16 network's products round their operands in the workspace's
+    scratch (gemm_bf16).
     """
     cdef Py_ssize_t l, L = lay.n_layers
+    cdef floating* bf = work + lay.bf_off if lay.bf_off >= 0 else NULL
     cdef Geometry* g
     cdef const floating* src
     cdef floating* dst
@@ -1322,11 +1423,11 @@ cdef void forward_impl(const floating* params, Layout* lay, floating slope,
         dst = A_out if l == L - 1 else work + lay.a_off[l + 1]
         if g.kind == DENSE:
             linear_forward_impl(src, params + g.w_off, params + g.b_off, dst, N, g.n_in,
-                                g.n_out)
+                                g.n_out, bf)
             activate_impl(g.act, slope, dst, N, g.n_out)
         elif g.kind == CONV2D:
             conv_forward_impl(src, params + g.w_off, params + g.b_off, dst,
-                              work + lay.col_off, g, N, slope)
+                              work + lay.col_off, g, N, slope, bf)
         elif g.kind == MAXPOOL2D:
             maxpool_forward_impl(src, dst, <int32_t*> (work + g.idx_off), g, N)
         else:
@@ -1345,8 +1446,10 @@ cdef void backward_impl(const floating* params, Layout* lay, floating slope,
     target is params itself for a fused SGD step, or a gradient buffer of
     the same layout. The delta of a layer's input, (input gradient) *
     act'(z) [* mask], is computed from its weights before they change.
+    A bfloat16 network's products round their operands as in forward_impl.
     """
     cdef Py_ssize_t l
+    cdef floating* bf = work + lay.bf_off if lay.bf_off >= 0 else NULL
     cdef Geometry* g
     cdef int act_in
     cdef floating* D
@@ -1363,14 +1466,14 @@ cdef void backward_impl(const floating* params, Layout* lay, floating slope,
         if g.kind == DENSE:
             if l > 0:
                 hidden_delta_impl(D, params + g.w_off, act_in, slope, work + lay.a_off[l],
-                                  mask, dA, N, g.n_in, g.n_out)
+                                  mask, dA, N, g.n_in, g.n_out, bf)
             param_update_impl(src, D, alpha, beta_w, beta_b, target + g.w_off,
-                              target + g.b_off, work + g.colsum_off, N, g.n_in, g.n_out)
+                              target + g.b_off, work + g.colsum_off, N, g.n_in, g.n_out, bf)
             continue
         if g.kind == CONV2D:
             conv_backward_impl(src, params + g.w_off, D, dA, work + lay.col_off, g, N,
                                alpha, beta_w, beta_b, target + g.w_off, target + g.b_off,
-                               work + g.colsum_off)
+                               work + g.colsum_off, bf)
         elif l == 0:
             continue
         elif g.kind == MAXPOOL2D:
@@ -1928,6 +2031,8 @@ cdef bint units_apply(Layout* lay, int optimizer, const double* hyper,
     step on one-chunk batches of at most small_rows rows (float32, on a
     CPU with smallgemm.h's kernels)."""
     cdef Py_ssize_t l
+    if lay.bf_off >= 0:
+        return False        # a bfloat16 network's products go through gemm_bf16
     if not (SMALL_GEMM and optimizer == SGD and hyper[H_L1] == 0 and hyper[H_CLIP_NORM] == 0
             and batch_size <= lay.capacity and batch_size <= small_rows):
         return False
@@ -2022,7 +2127,7 @@ cdef _check_problem(Layout* lay, double slope, int loss, Py_ssize_t x_rows,
 
 
 cdef Layout _new_layout(const int64_t[:, ::1] table, Py_ssize_t capacity,
-                        const double[::1] keep, Py_ssize_t* n_params) except *:
+                        const double[::1] keep, Py_ssize_t* n_params, bint bf16=False) except *:
     cdef Layout lay
     cdef Py_ssize_t l
     n_params[0] = _check_table(table, keep)
@@ -2034,16 +2139,16 @@ cdef Layout _new_layout(const int64_t[:, ::1] table, Py_ssize_t capacity,
                <= INT_MAX, f"batch too large: a chunk of {capacity} rows of layer {l} has "
                            f"more than {INT_MAX} entries")
     if layout_init(&lay, &table[0, 0], table.shape[0], capacity,
-                   &keep[0] if keep.shape[0] > 0 else NULL) != 0:
+                   &keep[0] if keep.shape[0] > 0 else NULL, bf16) != 0:
         raise MemoryError()
     return lay
 
 
 cdef Layout _layout(const int64_t[:, ::1] table, Py_ssize_t capacity,
                     const double[::1] keep, Py_ssize_t n_params,
-                    Py_ssize_t work_size) except *:
+                    Py_ssize_t work_size, bint bf16=False) except *:
     cdef Py_ssize_t needed
-    cdef Layout lay = _new_layout(table, capacity, keep, &needed)
+    cdef Layout lay = _new_layout(table, capacity, keep, &needed, bf16)
     if n_params != needed:
         layout_free(&lay)
         raise ValueError(f"params has {n_params} entries; these layers need {needed}")
@@ -2066,17 +2171,18 @@ cdef double[::1] _ones():
 
 
 def workspace_size(const int64_t[:, ::1] table, Py_ssize_t capacity, keep=(),
-                   int n_threads=1):
+                   int n_threads=1, bint bf16=False):
     """Entries the workspace of a chunk of `capacity` rows needs, for this
     layer table and these keep probabilities of each layer's input (empty:
     no dropout); for train_epoch with n_threads > 1, the workspaces of the
-    team, each followed by a gradient buffer of P entries."""
+    team, each followed by a gradient buffer of P entries. A bfloat16
+    network (bf16) also needs gemm_bf16's scratch (bf16_scratch)."""
     import numpy as np
     cdef Py_ssize_t n_params
     _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
     cdef Layout lay = _new_layout(table, capacity,
                                   np.ascontiguousarray(keep, dtype=np.float64).reshape(-1),
-                                  &n_params)
+                                  &n_params, bf16)
     n = lay.work_size
     layout_free(&lay)
     return n if n_threads == 1 else n_threads * (n + n_params)
@@ -2088,7 +2194,8 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 const double[::1] keep, double slope, int loss,
                 Py_ssize_t batch_size, Py_ssize_t capacity, int optimizer,
                 const double[::1] hyper, const floating[::1] sample_weight, int augment,
-                uint64_t seed, floating[::1] work, int64_t[::1] control, int n_threads=1):
+                uint64_t seed, floating[::1] work, int64_t[::1] control, int n_threads=1,
+                bint bf16=False):
     """One epoch of mini-batch training over the rows X[order], in place on
     params and state.
 
@@ -2127,7 +2234,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         input shape (table[0, T_IN_H:T_IN_C + 1]) says which.
     seed : uint64
         This epoch's seed for dropout masks and shifts.
-    work : (workspace_size(table, capacity, keep, n_threads),) float
+    work : (workspace_size(table, capacity, keep, n_threads, bf16),) float
     control : (N_CONTROL,) int64
         Stop request, rows done, optimizer steps taken.
     n_threads : int, default 1
@@ -2136,6 +2243,9 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         parameters for the step; see train_team_impl), and the BLAS must run
         single-threaded (the caller limits it). The result differs from one
         thread's only in round-off.
+    bf16 : bool, default False
+        A bfloat16 network (float32 params): every matrix product rounds
+        its operands to bfloat16 (gemm_bf16), and no smallgemm.h path runs.
 
     Returns
     -------
@@ -2146,9 +2256,10 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     import numpy as np
     cdef Py_ssize_t n = X.shape[0], stride = 0
     _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
+    _check(not bf16 or floating is float, "a bfloat16 network's parameters are float32")
     cdef Layout lay = _layout(table, capacity, keep, params.shape[0],
                               work.shape[0] if n_threads == 1
-                              else work.shape[0] // n_threads - params.shape[0])
+                              else work.shape[0] // n_threads - params.shape[0], bf16)
     cdef double loss_sum = 0
     cdef int64_t n_correct = 0
     cdef int status = DONE
@@ -2215,20 +2326,22 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
 
 def predict(const input_t[:, ::1] X, const floating[::1] params,
             const int64_t[:, ::1] table, double slope, floating[::1] work,
-            Py_ssize_t chunk, floating[:, ::1] out, int n_threads=1):
+            Py_ssize_t chunk, floating[:, ::1] out, int n_threads=1, bint bf16=False):
     """out := the network's output activations for every row of X.
 
     Works through X `chunk` rows at a time; `work` holds n_threads
-    workspaces of workspace_size(table, chunk) entries, one per thread. With
-    n_threads > 1 the threads take whole chunks in turn, and the BLAS must
-    run single-threaded (the caller limits it).
+    workspaces of workspace_size(table, chunk, bf16=bf16) entries, one per
+    thread. With n_threads > 1 the threads take whole chunks in turn, and
+    the BLAS must run single-threaded (the caller limits it). bf16: a
+    bfloat16 network (see train_epoch).
     """
     cdef Py_ssize_t n = X.shape[0], per_thread, n_out
     cdef Layout lay
     cdef int64_t[::1] rows
     _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
+    _check(not bf16 or floating is float, "a bfloat16 network's parameters are float32")
     per_thread = work.shape[0] // n_threads
-    lay = _layout(table, chunk, _ones(), params.shape[0], per_thread)
+    lay = _layout(table, chunk, _ones(), params.shape[0], per_thread, bf16)
     try:
         n_out = lay.layer[lay.n_layers - 1].n_out
         _check(slope >= 0, "slope must be >= 0")
@@ -2258,15 +2371,17 @@ cdef int64_t[::1] _arange(Py_ssize_t n):
 
 def gradient(const input_t[:, ::1] X, const floating[:, ::1] Y,
              const floating[::1] params, const int64_t[:, ::1] table, double slope,
-             int loss, floating[::1] work, floating[::1] grad):
+             int loss, floating[::1] work, floating[::1] grad, bint bf16=False):
     """grad := dC/dparams, C the mean loss over the rows of X; returns sum_x C_x.
 
     The same forward and backward code as train_epoch, with the update
     written to grad (alpha = 1/n, betas 0) instead of fused into params.
-    work holds workspace_size(table, len(X)) entries.
+    work holds workspace_size(table, len(X), bf16=bf16) entries; bf16: a
+    bfloat16 network (see train_epoch).
     """
     cdef Py_ssize_t n = X.shape[0], L = table.shape[0]
-    cdef Layout lay = _layout(table, n, _ones(), params.shape[0], work.shape[0])
+    _check(not bf16 or floating is float, "a bfloat16 network's parameters are float32")
+    cdef Layout lay = _layout(table, n, _ones(), params.shape[0], work.shape[0], bf16)
     cdef Py_ssize_t n_in, n_out
     cdef int64_t[::1] rows
     cdef double total
@@ -2307,7 +2422,19 @@ def linear_forward(const floating[:, ::1] A, const floating[:, ::1] W,
     if N == 0:
         return
     with nogil:
-        linear_forward_impl(&A[0, 0], &W[0, 0], &b[0], &out[0, 0], N, I, O)
+        linear_forward_impl(&A[0, 0], &W[0, 0], &b[0], &out[0, 0], N, I, O, NULL)
+
+
+def round_bf16(const float[::1] x, float[::1] out):
+    """out := x rounded to bfloat16 (ties to even), as float32: the rounding
+    gemm_bf16 applies to every operand (fastnn._reference.round_bf16 is its
+    twin)."""
+    cdef Py_ssize_t n = x.shape[0]
+    _check(out.shape[0] == n, "round_bf16: out must have the shape of x")
+    if n == 0:
+        return
+    with nogil:
+        bf16_copy(&x[0], n, n, 1, &out[0])
 
 
 def units_threads(const int64_t[:, ::1] table, Py_ssize_t capacity, int optimizer,
@@ -2322,6 +2449,53 @@ def units_threads(const int64_t[:, ::1] table, Py_ssize_t capacity, int optimize
         return bool(units_apply(&lay, optimizer, &hyper[0], batch_size))
     finally:
         layout_free(&lay)
+
+
+# A product big enough that OpenBLAS packs it in more than one block of rows,
+# so that it fills its packing buffer's pages past those a small product uses
+# (see prime_blas). Column-major C (M, N) := A (M, K) @ B (K, N).
+cdef int PRIME_M = 2048, PRIME_N = 96, PRIME_K = 384
+
+
+cdef void prime_thread(const void* A, const void* B, void* C, bint f64) noexcept nogil:
+    """One thread's product for prime_blas, begun with the others'."""
+    cdef char n = c'N'
+    cdef int m = PRIME_M, cols = PRIME_N, k = PRIME_K
+    cdef float one_f = 1, zero_f = 0
+    cdef double one_d = 1, zero_d = 0
+    cdef Py_ssize_t t = thread_id()
+    barrier()
+    if f64:
+        dgemm(&n, &n, &m, &cols, &k, &one_d, <double*> A, &m, <double*> B, &k, &zero_d,
+              (<double*> C) + t * m * cols, &m)
+    else:
+        sgemm(&n, &n, &m, &cols, &k, &one_f, <float*> A, &m, <float*> B, &k, &zero_f,
+              (<float*> C) + t * m * cols, &m)
+
+
+def prime_blas(int threads, bint f64):
+    """Run one product on `threads` threads at once (the BLAS single-threaded),
+    so that each of the OpenBLAS buffers they hold has its pages in place.
+
+    OpenBLAS packs the operands of a product into a buffer taken from a pool,
+    one buffer per concurrent caller. A product whose rows fit one block
+    (most of fastnn's, whose rows are a layer's units or a conv's filters)
+    packs into the start of the buffer only; on an AMD EPYC (Zen 1, 2 vCPUs)
+    such products ran at 11 GFLOP/s on one thread until a product of more
+    rows had used the buffer, and at 34 after, for the life of the process
+    (benchmarks/README.md). A product of PRIME_M rows on each buffer a team
+    will use puts it in the fast state; the result is thrown away."""
+    import numpy as np
+
+    _check(1 <= threads <= 1024, "prime_blas: threads must be in [1, 1024]")
+    dtype = np.float64 if f64 else np.float32
+    A = np.ones((PRIME_K, PRIME_M), dtype=dtype)
+    B = np.ones((PRIME_N, PRIME_K), dtype=dtype)
+    C = np.empty((threads, PRIME_N, PRIME_M), dtype=dtype)
+    cdef char[:, ::1] a = A.view(np.int8), b = B.view(np.int8)
+    cdef char[:, :, ::1] c = C.view(np.int8)
+    with nogil, parallel(num_threads=threads):
+        prime_thread(&a[0, 0], &b[0, 0], &c[0, 0, 0], f64)
 
 
 def get_small_rows():
@@ -2459,7 +2633,7 @@ def hidden_delta(const floating[:, ::1] D_next, const floating[:, ::1] W_next,
         return
     with nogil:
         hidden_delta_impl(&D_next[0, 0], &W_next[0, 0], act, <floating> slope,
-                          &A[0, 0], NULL, &out[0, 0], N, I, O)
+                          &A[0, 0], NULL, &out[0, 0], N, I, O, NULL)
 
 
 def optimizer_step(int optimizer, floating[::1] params, floating[:, ::1] state,
@@ -2587,7 +2761,7 @@ def conv2d_forward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] 
         return
     with nogil:
         conv_forward_impl(&X[0, 0, 0, 0], &W[0, 0, 0, 0], &b[0], &out[0, 0, 0, 0], &col[0],
-                          &g, N, 0)
+                          &g, N, 0, NULL)
 
 
 def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] W,
@@ -2618,7 +2792,7 @@ def conv2d_backward(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1]
         return
     with nogil:
         conv_backward_impl(&X[0, 0, 0, 0], &W[0, 0, 0, 0], &D[0, 0, 0, 0], dA, &col[0], &g, N,
-                           1, 0, 0, &dW[0, 0, 0, 0], &db[0], &colsum[0])
+                           1, 0, 0, &dW[0, 0, 0, 0], &db[0], &colsum[0], NULL)
 
 
 def maxpool_forward(const floating[:, :, :, ::1] X, size, stride, floating[:, :, :, ::1] out,

@@ -13,7 +13,10 @@
  *                   accumulators; each step k loads 16 entries of B's row k
  *                   and broadcasts MR entries of Aop's column k.
  *                   beta == 0 writes C without reading it (as BLAS does: C
- *                   may hold a NaN).
+ *                   may hold a NaN). A last panel narrower than 16 columns
+ *                   goes in pieces of 8, 4, 2 and 1 columns with plain loads
+ *                   and stores (sg_panel_tail): masked stores are microcoded
+ *                   on AMD's Zen 1 and 2.
  *   fastnn_sg_nt    out (N, I) := D (N, O) @ W (I, O)^T, out's rows ldo apart
  *                   (a block of columns of a wider matrix): dot products along
  *                   the contiguous O of D and W, 4 rows x 3 columns of out at
@@ -163,6 +166,81 @@ SG_INLINE void sg_panel(const int padded, const int direct, ptrdiff_t M, ptrdiff
 #undef SG_BLOCK
 }
 
+/* The last panel of a product whose columns are not a multiple of 16 (a
+   layer of 100 or 30 units), for the direct forms (alpha == 1, or alpha
+   already in B): its nc < 16 columns in pieces of 8, 4, 2 and 1, each with
+   plain loads and stores of exactly its width, so that nothing is masked. A
+   masked store is microcoded on AMD's Zen 1 and 2: through sg_block, a
+   weight step's panel of 4 columns took twice the time of one of 16. Each
+   entry is computed as sg_block computes it (beta C, then one FMA for each
+   k in order), so the results are the same bit for bit. */
+#define SG_TAIL_PIECE(name, vec, set1, setzero, load, store, bcast, fmadd, mul)        \
+SG_INLINE void name(const int mr, ptrdiff_t K, const float* A, ptrdiff_t sai,          \
+                    ptrdiff_t sak, const float* B, ptrdiff_t ldb, float* C,             \
+                    ptrdiff_t ldc, float beta) {                                        \
+    vec acc[SG_MR];                                                                     \
+    const vec vb = set1(beta);                                                          \
+    for (int r = 0; r < SG_MR; r++) {                                                   \
+        acc[r] = setzero();                                                             \
+        if (r < mr && beta != 0.0f) {                                                   \
+            acc[r] = load(C + r * ldc);                                                 \
+            if (beta != 1.0f)                                                           \
+                acc[r] = mul(vb, acc[r]);                                               \
+        }                                                                               \
+    }                                                                                   \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                 \
+        const vec b = load(B + k * ldb);                                                \
+        const float* a = A + k * sak;                                                   \
+        for (int r = 0; r < mr; r++)                                                    \
+            acc[r] = fmadd(bcast(a + r * sai), b, acc[r]);                              \
+    }                                                                                   \
+    for (int r = 0; r < mr; r++)                                                        \
+        store(C + r * ldc, acc[r]);                                                     \
+}
+
+SG_INLINE __m128 sg_load2(const float* p) { return _mm_castpd_ps(_mm_load_sd((const double*) p)); }
+SG_INLINE void sg_store2(float* p, __m128 v) { _mm_store_sd((double*) p, _mm_castps_pd(v)); }
+
+SG_TAIL_PIECE(sg_tail8, __m256, _mm256_set1_ps, _mm256_setzero_ps, _mm256_loadu_ps,
+              _mm256_storeu_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_mul_ps)
+SG_TAIL_PIECE(sg_tail4, __m128, _mm_set1_ps, _mm_setzero_ps, _mm_loadu_ps, _mm_storeu_ps,
+              _mm_broadcast_ss, _mm_fmadd_ps, _mm_mul_ps)
+SG_TAIL_PIECE(sg_tail2, __m128, _mm_set1_ps, _mm_setzero_ps, sg_load2, sg_store2,
+              _mm_broadcast_ss, _mm_fmadd_ps, _mm_mul_ps)
+SG_TAIL_PIECE(sg_tail1, __m128, _mm_set1_ps, _mm_setzero_ps, _mm_load_ss, _mm_store_ss,
+              _mm_broadcast_ss, _mm_fmadd_ps, _mm_mul_ps)
+#undef SG_TAIL_PIECE
+
+/* Rows [0, M) of C by columns [0, nc), nc < 16, direct: the pieces above,
+   each over the rows in blocks of SG_MR. */
+SG_INLINE void sg_panel_tail(ptrdiff_t M, ptrdiff_t K, const float* A, ptrdiff_t sai,
+                             ptrdiff_t sak, const float* B, ptrdiff_t ldb, float* C,
+                             ptrdiff_t ldc, ptrdiff_t nc, float beta) {
+    ptrdiff_t q = 0;
+#define SG_AT(piece, mr) piece(mr, K, A + i * sai, sai, sak, B + q, ldb, C + i * ldc + q, ldc, beta)
+#define SG_PIECE(piece, w)                                                  \
+    if (nc - q >= w) {                                                      \
+        ptrdiff_t i = 0;                                                    \
+        for (; i + SG_MR <= M; i += SG_MR)                                  \
+            SG_AT(piece, SG_MR);                                            \
+        switch (M - i) {                                                    \
+            case 5: SG_AT(piece, 5); break;                                 \
+            case 4: SG_AT(piece, 4); break;                                 \
+            case 3: SG_AT(piece, 3); break;                                 \
+            case 2: SG_AT(piece, 2); break;                                 \
+            case 1: SG_AT(piece, 1); break;                                 \
+            default: break;                                                 \
+        }                                                                   \
+        q += w;                                                             \
+    }
+    SG_PIECE(sg_tail8, 8)
+    SG_PIECE(sg_tail4, 4)
+    SG_PIECE(sg_tail2, 2)
+    SG_PIECE(sg_tail1, 1)
+#undef SG_PIECE
+#undef SG_AT
+}
+
 /* A K this short (a weight step's: the chunk's rows) has its 16 columns of
    alpha B copied into a buffer on the stack first, so the accumulators can
    start from beta C (no pass over C at the end). */
@@ -178,12 +256,21 @@ SG_TARGET static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, flo
     for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
         const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
         if (alpha == 1.0f) {
-            sg_panel(0, 1, M, K, A, sai, sak, B + j, ldb, C + j, ldc, nc, 1.0f, beta);
+            /* a long K (a forward's inputs) and few rows: the masked stores
+               are few, and a tail of more than 8 columns in pieces would
+               broadcast A's entries again for each piece */
+            if (nc <= 8)
+                sg_panel_tail(M, K, A, sai, sak, B + j, ldb, C + j, ldc, nc, beta);
+            else
+                sg_panel(0, 1, M, K, A, sai, sak, B + j, ldb, C + j, ldc, nc, 1.0f, beta);
         } else if (K <= SG_KMAX) {
             for (ptrdiff_t k = 0; k < K; k++)
                 for (ptrdiff_t q = 0; q < SG_NR; q++)
                     Bs[k * SG_NR + q] = q < nc ? alpha * B[k * ldb + j + q] : 0.0f;
-            sg_panel(1, 1, M, K, A, sai, sak, Bs, SG_NR, C + j, ldc, nc, 1.0f, beta);
+            if (nc == SG_NR)
+                sg_panel(1, 1, M, K, A, sai, sak, Bs, SG_NR, C + j, ldc, nc, 1.0f, beta);
+            else
+                sg_panel_tail(M, K, A, sai, sak, Bs, SG_NR, C + j, ldc, nc, beta);
         } else {
             sg_panel(0, 0, M, K, A, sai, sak, B + j, ldb, C + j, ldc, nc, alpha, beta);
         }

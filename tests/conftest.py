@@ -100,6 +100,21 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run the slow end-to-end tests")
 
 
+#: Whether this run has --runslow (CI's run): set before any test module is imported.
+RUNSLOW = False
+
+
+def pytest_configure(config):
+    global RUNSLOW
+    RUNSLOW = bool(config.getoption("--runslow"))
+
+
+def examples(n):
+    """hypothesis's max_examples for a property test that CI's run (--runslow)
+    gives n examples: a fifth of them (at least 10) in the fast suite."""
+    return n if RUNSLOW else max(10, n // 5)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -146,6 +161,19 @@ def sweep(cases, fast):
             for key, value in zip(keys, values)]
 
 
+@pytest.fixture
+def one_core(monkeypatch):
+    """fastnn.blas.idle_cores() is 1 for one test, so that every epoch runs
+    on one thread with a single-threaded BLAS whatever else the machine
+    runs. An epoch's team and BLAS threads follow the idle cores (the load),
+    and a conv team sums its threads' gradients while a multi-threaded BLAS
+    rounds differently from a single-threaded one (dense networks at batches
+    over 12 rows): a test that compares two fits bit for bit takes this."""
+    from fastnn import blas
+
+    monkeypatch.setattr(blas, "idle_cores", lambda: 1)
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST, from the repository's data/mnist."""
@@ -177,6 +205,32 @@ def damage(data, good, max_random=300, max_flips=8):
     for _ in range(data.draw(st.integers(1, max_flips))):
         good[data.draw(st.integers(0, len(good) - 1))] = data.draw(st.integers(0, 255))
     return bytes(good)
+
+
+def benchmark(name):
+    """The script benchmarks/NAME.py as a module (the tests use its tables
+    and generators rather than copies of them)."""
+    import importlib.util
+
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rewrite_header(path, edit):
+    """Rewrite a model file's JSON header through `edit(header)` (the tensors
+    stay as they are)."""
+    import json
+
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
 
 
 def one_hot(y, k):

@@ -42,7 +42,7 @@ def test_forward_in_many_threads_at_once_changes_no_thread_count_and_no_bit(monk
     predict, lock = fastnn._core.predict, threading.Lock()
     running = {"calls": 0, "threads": 0, "extra_max": 0, "blas": set()}
 
-    def watched_predict(*args):
+    def watched_predict(*args, **kwargs):
         # what the kernel runs with: the BLAS's count, and the threads of
         # all the calls running now beyond their calling threads
         with lock:
@@ -51,7 +51,7 @@ def test_forward_in_many_threads_at_once_changes_no_thread_count_and_no_bit(monk
             running["threads"] += args[-1]
             running["extra_max"] = max(running["extra_max"], running["threads"] - running["calls"])
         try:
-            return predict(*args)
+            return predict(*args, **kwargs)
         finally:
             with lock:
                 running["calls"] -= 1
@@ -123,9 +123,9 @@ def test_a_conv_nets_forward_holds_the_blas_at_one_thread_for_its_team(monkeypat
     seen = []
     predict = fastnn._core.predict
 
-    def watched_predict(*args):
+    def watched_predict(*args, **kwargs):
         seen.append((blas.blas_num_threads(), args[-1]))
-        return predict(*args)
+        return predict(*args, **kwargs)
 
     net = Network([(12, 12, 1), Conv2D(4, 3), MaxPool2D(2), Dense(5)], activation="relu",
                   output="softmax", loss="cross_entropy", seed=0)
@@ -143,3 +143,60 @@ def test_a_conv_nets_forward_holds_the_blas_at_one_thread_for_its_team(monkeypat
         np.testing.assert_array_equal(team, lone)
     finally:
         set_num_threads(before)
+
+
+def test_prime_blas_runs_a_product_on_each_thread_and_changes_no_result():
+    """_core.prime_blas puts OpenBLAS's buffers in their fast state by using
+    them (a product on each of `threads` threads at once); nothing a network
+    computes depends on it."""
+    from threadpoolctl import threadpool_limits
+
+    import fastnn._core
+
+    X, y = make_classification(n=200, n_features=20, dtype=np.float32)
+    for dtype in ("float32", "float64"):
+        nets = [Network([20, 32, 4], seed=1, dtype=dtype) for _ in range(2)]
+        with threadpool_limits(1):
+            nets[0].fit(X, y, epochs=1, batch_size=16)
+            for threads in (1, 2, 3):
+                fastnn._core.prime_blas(threads, dtype == "float64")
+            nets[1].fit(X, y, epochs=1, batch_size=16)
+        np.testing.assert_array_equal(nets[0].flat_params, nets[1].flat_params)
+    for bad in (0, -1, 2000):
+        try:
+            fastnn._core.prime_blas(bad, False)
+        except ValueError as error:
+            assert "threads must be in [1, 1024]" in str(error)
+        else:
+            raise AssertionError(f"prime_blas({bad}) was accepted")
+
+
+def test_prime_runs_once_per_dtype_and_thread_count_and_only_on_a_single_threaded_blas(
+        monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    import fastnn._core
+    from fastnn import blas
+
+    calls = []
+    monkeypatch.setattr(fastnn._core, "prime_blas", lambda n, f64: calls.append((n, f64)))
+    monkeypatch.setattr(blas, "_primed", {})
+    monkeypatch.setattr(blas, "process_threads", lambda: 2)
+    monkeypatch.setattr(blas, "blas_num_threads", lambda: 2)
+    blas.prime(np.float32)                  # the BLAS's own threads: nothing to do
+    assert calls == []
+    monkeypatch.setattr(blas, "blas_num_threads", lambda: 1)
+    for _ in range(3):
+        blas.prime(np.float32)
+        blas.prime("float64")
+    assert calls == [(2, False), (2, True)]
+    monkeypatch.setattr(blas, "process_threads", lambda: 4)     # set_num_threads(4)
+    blas.prime(np.dtype("float32"))
+    assert calls[-1] == (4, False) and len(calls) == 3
+    # an epoch, a forward's team and fit_many prime on a single-threaded BLAS
+    calls.clear()
+    monkeypatch.setattr(blas, "_primed", {})
+    X, y = make_classification(n=100, n_features=8, n_classes=2, dtype=np.float32)
+    with threadpool_limits(1):
+        Network([8, 6, 2], seed=0).fit(X, y, epochs=1, batch_size=10)
+    assert calls == [(4, False)]

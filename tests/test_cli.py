@@ -107,7 +107,7 @@ def test_session_on_mnist(tmp_path):
     model = tmp_path / "m.safetensors"
     out = run("train", "--hidden", "16", "--epochs", "2", "--limit", "3000", "--seed", "3",
               "-o", model).output.splitlines()
-    assert out[0] == ("Task: classification, 10 classes (0, 1, 2, 3, 4, 5, ... (10 in all)) "
+    assert out[0] == ("Task: classification, 10 classes (0..9) "
                       "(inferred from the labels; state it with --task); scaling: pixels "
                       "divided by 255")
     assert out[1].startswith("Network([784, 16, 10]") and "seed=3" in out[1]
@@ -377,7 +377,7 @@ def test_every_training_option_reaches_fit(files, tmp_path):
         "--early-stopping", "5", "--augment", "shift", "--class-weight", "balanced",
         "--dtype", "float64", "--seed", "7", "--threads", "1", "-o", model)
     net = fastnn.load(model)
-    t = net.training
+    t = net.training_record
     assert net.activations == ("leaky_relu", "leaky_relu", "softmax") and net.slope == 0.05
     assert net.init == "he" and net.dtype == np.float64 and net.seed == 7
     assert (t["optimizer"], t["lr"], t["betas"], t["eps"]) == ("adam", 0.01, [0.8, 0.99], 1e-7)
@@ -387,7 +387,7 @@ def test_every_training_option_reaches_fit(files, tmp_path):
     momentum = tmp_path / "mom.safetensors"
     run("train", files["npz"], "--hidden", "8", "--optimizer", "nesterov", "--momentum", "0.5",
         "--epochs", "1", "--no-shuffle", "--val", files["csv"], "-o", momentum)
-    t = fastnn.load(momentum).training
+    t = fastnn.load(momentum).training_record
     assert (t["optimizer"], t["momentum"], t["shuffle"]) == ("nesterov", 0.5, False)
     assert "val_accuracy" in t["final"]
 
@@ -616,10 +616,10 @@ def test_restore_best_keeps_the_best_epoch_through_checkpoints_and_resume(tmp_pa
     before_the_kill = 0
     for copy in copies:                # the finished model goes on too (0 epochs left)
         killed = fastnn.load(copy)
-        before_the_kill += killed.training["best"]["epoch"] < killed.epochs_trained
+        before_the_kill += killed.training_record["best"]["epoch"] < killed.epochs_trained
         run("train", "--resume", copy)
         b = fastnn.load(copy)
-        assert b.training["best"] == a.training["best"] and b.best_params is None
+        assert b.training_record["best"] == a.training_record["best"] and b.best_params is None
         np.testing.assert_array_equal(a._params, b._params)
     assert before_the_kill
     message = run(*args[:-1], "--epochs", "1", "-o", tmp_path / "n.safetensors").output

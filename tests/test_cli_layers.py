@@ -17,7 +17,7 @@ from fastnn.cli import main as cli
 from fastnn.data import load_data
 
 # 12 x 12 images of 4 classes, each a bright bar in its own place on noise
-N, SIDE, CLASSES = 6000, 12, 4
+N, SIDE, CLASSES = 2000, 12, 4
 RECIPE = ["--activation", "relu", "--output", "softmax", "--loss", "cross_entropy",
           "--init", "he", "--optimizer", "momentum", "--lr", "0.02", "--batch-size", "2",
           "--seed", "3", "--threads", "1"]

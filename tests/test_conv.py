@@ -2,7 +2,7 @@
 naive loops, central finite differences and PyTorch."""
 import numpy as np
 import pytest
-from conftest import hypothesis_api, needs, one_hot
+from conftest import examples, hypothesis_api, needs, one_hot
 from numpy.testing import assert_allclose, assert_array_equal
 from test_backprop import numerical_gradient, relative_error
 
@@ -97,7 +97,7 @@ def test_conv_forward_and_backward_match_reference(case, dtype):
     assert_array_equal(db, results[0][2])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(N=st.integers(1, 3), H=st.integers(1, 9), W=st.integers(1, 9), C=st.integers(1, 3),
        F=st.integers(1, 4), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3),
        sw=st.integers(1, 3), padding=st.sampled_from(["valid", "same"]),

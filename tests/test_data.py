@@ -4,9 +4,9 @@ import gzip
 import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
-from conftest import damage, hypothesis_api
+from conftest import damage, examples, hypothesis_api
 
-from fastnn.data import parse_idx, read_idx
+from fastnn.idx import parse_idx, read_idx
 from fastnn.exceptions import DataError
 
 given, settings, st, _ = hypothesis_api()
@@ -33,7 +33,7 @@ def test_reads_images_and_labels(tmp_path, compress):
     assert out.flags.writeable and out.dtype == np.uint8
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(dtype=st.sampled_from(["u1", "i1", "i2", "i4", "f4", "f8"]),
        shape=st.lists(st.integers(0, 5), min_size=1, max_size=3))
 def test_round_trips_every_idx_type(dtype, shape):
@@ -76,7 +76,7 @@ def test_an_empty_idx_array_with_enormous_dimensions_is_refused():
         parse_idx(head)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.data())
 def test_damaged_idx_bytes_give_only_data_errors(data):
     # headers that get past the magic number: known and unknown type codes,
@@ -157,7 +157,7 @@ def test_a_carriage_return_inside_a_csv_row_is_a_data_error(tmp_path, text):
         load_data(tmp_path / "cr.csv")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.data())
 def test_every_loader_survives_damaged_files(tmp_path_factory, data):
     from fastnn.data import load_data

@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import MNIST_DIR, compile_c, compile_export, needs
+from conftest import MNIST_DIR, compile_c, compile_export, needs, sweep
 
 import fastnn
 from fastnn.cli.export import export as export_command
 from fastnn.exceptions import ConfigError, FastnnError, ModelFileError
-from fastnn.export import EXPORTERS, c_source, export, format_for, numpy_paths
+from fastnn.export import EXPORTERS, c_source, export, format_from_suffix, numpy_paths
 
 FORMATS = sorted(EXPORTERS)
 
@@ -193,8 +193,11 @@ def inputs(net, n=64, seed=0):
     return rng.normal(0, 1.5, (n, net.sizes[0])).astype(np.float32).astype(net.dtype)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("case", list(CASES))
+# every case in every format under --runslow; in the fast suite each case in one
+# format, the formats in turn
+@pytest.mark.parametrize("case, fmt", sweep(
+    [(case, fmt) for case in CASES for fmt in FORMATS],
+    fast=[i * len(FORMATS) + i % len(FORMATS) for i in range(len(CASES))]))
 def test_every_activation_dtype_and_depth(tmp_path, case, fmt):
     net = CASES[case]()
     X = inputs(net)
@@ -313,7 +316,7 @@ def test_numpy_paths_and_module(tmp_path):
     assert numpy_paths("a/m") == numpy_paths("a/m.py") == numpy_paths("a/m.npz") == \
         ("a/m.py", "a/m.npz")
     assert numpy_paths("m.v2") == ("m.v2.py", "m.v2.npz")
-    assert numpy_paths("M.PY") == ("M.py", "M.npz")   # as format_for, any case
+    assert numpy_paths("M.PY") == ("M.py", "M.npz")   # as format_from_suffix, any case
     net = small([5, 4, 3], "relu", "softmax")
     export(net, tmp_path / "m.py", "numpy")
     namespace = {"__file__": str(tmp_path / "m.py"), "__name__": "m"}
@@ -355,8 +358,8 @@ def test_export_from_a_model_file_and_errors(tmp_path):
     with pytest.raises(FastnnError, match="does not exist"):
         export(net, tmp_path / "no" / "dir" / "m.c", "c")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.c", "m.safetensors"]
-    assert format_for("a.ONNX") == "onnx" and format_for("b.c") == "c"
-    assert format_for("c.py") == "numpy" and format_for("d.bin") is None
+    assert format_from_suffix("a.ONNX") == "onnx" and format_from_suffix("b.c") == "c"
+    assert format_from_suffix("c.py") == "numpy" and format_from_suffix("d.bin") is None
 
 
 # -------------------------------------------------------------------- CLI

@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import compile_c, compile_export, needs
+from conftest import compile_c, compile_export, needs, sweep
 from test_export import check_against_fastnn, run_numpy, run_onnx, text_rows
 
 import fastnn
@@ -50,7 +50,8 @@ def mnist_conv(mnist):
     return net
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+# the NumPy module's convolutions over 10,000 images are slow: under --runslow only
+@pytest.mark.parametrize("fmt", sweep(FORMATS, fast=[FORMATS.index("c"), FORMATS.index("onnx")]))
 def test_mnist_conv_net_matches_fastnn_on_every_test_image(mnist, mnist_conv, tmp_path, fmt):
     X_test, y_test = mnist[1]
     # the C program without the sanitizers here (they make it ten times
@@ -121,8 +122,11 @@ def inputs(net, n=64, seed=0):
     return rng.normal(0, 1.5, (n, net.plan.n_inputs)).astype(np.float32).astype(net.dtype)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("case", list(CASES))
+# every case in every format under --runslow; in the fast suite each case in one
+# format, the formats in turn
+@pytest.mark.parametrize("case, fmt", sweep(
+    [(case, fmt) for case in CASES for fmt in FORMATS],
+    fast=[i * len(FORMATS) + i % len(FORMATS) for i in range(len(CASES))]))
 def test_conv_and_pool_layers_match_fastnn(tmp_path, case, fmt):
     net = CASES[case]()
     X = inputs(net)
@@ -142,10 +146,10 @@ def test_steps_follow_the_layer_objects():
     conv = program[0]
     # 9x8 with stride 2 and same padding: 5x4; 3x3 window needs 2 more rows and 1 more column
     assert conv.shape_in == (9, 8, 3) and conv.shape_out == (5, 4, 4)
-    assert conv.pads == (1, 1, 0, 1) and conv.stride == (2, 2) and conv.param == 0
+    assert conv.pads == (1, 1, 0, 1) and conv.stride == (2, 2) and conv.param_index == 0
     assert [s.activation for s in program] == ["tanh", "identity", "leaky_relu", "identity",
                                                "sigmoid", "softmax"]
-    assert [s.param for s in program] == [0, None, 1, None, 2, 3]
+    assert [s.param_index for s in program] == [0, None, 1, None, 2, 3]
 
 
 # ------------------------------------------------------------------------ C
@@ -253,9 +257,27 @@ def test_numpy_module_chunks_rows_and_checks_shapes(tmp_path):
     X = inputs(net, 30)
     np.testing.assert_allclose(namespace["forward"](X), net.forward(X), atol=1e-6)
     assert namespace["INPUT_SHAPE"] == (9, 8, 3)
-    assert namespace["PARAM_SHAPES"][0] == ((3, 3, 3, 4), (4,))
+    [(prefix, _, param_shapes, _)] = namespace["NETWORKS"]
+    assert prefix == "" and param_shapes[0] == ((3, 3, 3, 4), (4,))
     with pytest.raises(ValueError, match=r"expected \(n, 216\)"):
         namespace["forward"](np.zeros((2, 215)))
+
+
+def test_numpy_module_shares_the_references_conv_and_pooling(tmp_path):
+    """The module's convolution and pooling are fastnn._reference's functions,
+    copied as source: one implementation, and the module needs no fastnn."""
+    import inspect
+
+    from fastnn import _reference
+
+    net = two_convs("float64")
+    export(net, tmp_path / "m.py", "numpy")
+    text = (tmp_path / "m.py").read_text()
+    for f in (_reference.conv2d_forward, _reference.maxpool_forward,
+              _reference.l2pool_forward):
+        assert inspect.getsource(f) in text
+    assert "fastnn" not in "".join(line for line in text.splitlines()
+                                   if line.startswith(("import", "from")))
 
 
 def test_every_format_knows_every_fastnn_layer():

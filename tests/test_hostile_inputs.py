@@ -6,7 +6,8 @@ must be refused with exit status 1 or 2 and at most two lines on stderr, no
 traceback, and leave every file in its directory as it was. The same inputs
 through the Python API raise only FastnnError subclasses. Then structure-aware
 fuzzing: model headers, IDX, CSV and .npy headers, drawn by hypothesis, give
-only FastnnError (FASTNN_FUZZ_EXAMPLES sets the number of examples; 300 here).
+only FastnnError (FASTNN_FUZZ_EXAMPLES sets the number of examples; 300 with
+--runslow, 60 without).
 """
 import gzip
 import io
@@ -20,8 +21,8 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import (assert_refused, compile_c, damage, hypothesis_api, needs, run_fastnn,
-                      snapshot, sweep)
+from conftest import (assert_refused, compile_c, damage, examples, hypothesis_api, needs,
+                      run_fastnn, snapshot, sweep)
 
 import fastnn
 from fastnn import DataError, ModelFileError, Network
@@ -30,7 +31,7 @@ from fastnn.io import read_header, read_metadata
 
 given, settings, st, HealthCheck = hypothesis_api()
 
-EXAMPLES = int(os.environ.get("FASTNN_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("FASTNN_FUZZ_EXAMPLES", examples(300)))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -327,8 +328,8 @@ def test_resume_with_a_schedule_state_that_lacks_a_field_is_one_line(tmp_path):
     np.savetxt(tmp_path / "d.csv", np.column_stack([X, y]), delimiter=",", fmt="%.5f")
     net = Network([4, 5, 3], seed=0)
     net.fit(X, y, epochs=1, lr_schedule="plateau:patience=2")
-    del net.training["lr_schedule_state"]["best"]
-    net.training.update(cli={"data": "d.csv", "epochs": 3, "epochs_done": 1},
+    del net.training_record["lr_schedule_state"]["best"]
+    net.training_record.update(cli={"data": "d.csv", "epochs": 3, "epochs_done": 1},
                         cli_options={"lr_schedule": "plateau:patience=2"})
     net.save(tmp_path / "m.safetensors")
     before = snapshot(tmp_path)
@@ -368,12 +369,12 @@ def test_what_fastnn_writes_passes_its_own_schema(tmp_path):
     net.fit(X, y, epochs=2, optimizer="adam", betas=(0.8, 0.99), eps=1e-7, l2=0.1, l1=0.01,
             dropout=[0.1, 0.2], lr_schedule="plateau:patience=3", validation_split=0.2,
             early_stopping=3, class_weight={0: 2.0}, batch_size=7)
-    net.training.update(cli={"data": "x.csv", "label_col": "label", "limit": None},
+    net.training_record.update(cli={"data": "x.csv", "label_col": "label", "limit": None},
                         cli_options={"dropout": [0.1, 0.2], "betas": [0.8, 0.99]})
     net.save(tmp_path / "m.safetensors")
     loaded = fastnn.load(tmp_path / "m.safetensors")
-    assert loaded.training == json.loads(json.dumps(net.training, default=float))
-    assert loaded.seed == 2 ** 100 and loaded.training["lr_schedule_state"]["best"] < np.inf
+    assert loaded.training_record == json.loads(json.dumps(net.training_record, default=float))
+    assert loaded.seed == 2 ** 100 and loaded.training_record["lr_schedule_state"]["best"] < np.inf
 
 
 # ------------------------------------------------------------ data files
@@ -561,7 +562,7 @@ def test_history_nested_100000_deep_is_refused_by_plot(tmp_path):
     needs("matplotlib")
     (tmp_path / "run.json").write_text('{"loss": ' + "[" * 100_000 + "]" * 100_000 + "}")
     os.mkfifo(tmp_path / "fifo.json")
-    for name, message in (("run.json", "nests deeper than 4 levels"),
+    for name, message in (("run.json", "nests deeper than 6 levels"),
                           ("fifo.json", "is not a regular file")):
         before = snapshot(tmp_path)
         proc = run_fastnn("plot", name, "-o", "curves.png", cwd=tmp_path, timeout=60)
@@ -1023,7 +1024,7 @@ def test_every_cli_integer_goes_through_parse_int():
         assert "IntRange(" not in path.read_text(), path
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.one_of(st.integers(-10 ** 450, 10 ** 450).map(str),
                  st.text("0123456789+- x_.e", max_size=30)))
 def test_parse_int_agrees_with_int_where_int_is_defined(text):

@@ -371,7 +371,7 @@ def test_resume_applies_a_new_rate_and_refuses_what_would_make_another_run(work)
                       "--history", "more.json", "-o", "more.safetensors", cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert history(work, "more.json")["lr"] == [0.1]
-    assert fastnn.load(work / "more.safetensors").training["lr"] == 0.1
+    assert fastnn.load(work / "more.safetensors").training_record["lr"] == 0.1
     for args, flag in [(("--optimizer", "adam"), "--optimizer"),
                        (("--lr-schedule", "step:every=2,factor=0.5"), "--lr-schedule"),
                        (("--val-split", "0.2"), "--val-split"),

@@ -206,7 +206,7 @@ def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind
     after_one = (net._params.copy(), net.optimizer_state.state.copy(), net.optimizer_state.steps)
 
     schedule = fastnn.schedules.parse(options.get("lr_schedule", "constant"))
-    schedule.load_state_dict(net.training["lr_schedule_state"])
+    schedule.load_state_dict(net.training_record["lr_schedule_state"])
     kernels = net._kernels
     net._kernels = interrupted = CtrlCAfter(kernels, batches=rows // batch // 3)
     try:
@@ -222,7 +222,7 @@ def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind
     assert net.optimizer_state.steps == after_one[2] and net.epochs_trained == 1
     assert net.history.stopped == "interrupted" and net.history.epochs == 0
     schedule = fastnn.schedules.parse(options.get("lr_schedule", "constant"))
-    schedule.load_state_dict(net.training["lr_schedule_state"])
+    schedule.load_state_dict(net.training_record["lr_schedule_state"])
     net.fit(X, y, epochs=2, batch_size=batch, **{**options, "lr_schedule": schedule})
     np.testing.assert_array_equal(net._params, straight._params)
 

@@ -138,3 +138,55 @@ def test_ctrl_c_stops_every_network_at_a_batch_and_raises(threads):
         assert all(np.isfinite(W).all() for W in net.weights)
     # both can go on training
     fastnn.fit_many(nets, X, y, epochs=1, batch_size=10, lr=0.3)
+
+
+def test_the_networks_of_fit_many_check_their_shared_X_once(monkeypatch):
+    """fit_many reads X once for NaN and infinities (verified_finite), not
+    once per network; an X it did not find finite is checked by each fit, as
+    ever, and the first network's error names the row; after the call every
+    check reads X again."""
+    from fastnn import _validation
+
+    from conftest import make_classification
+
+    X, y = make_classification(n=300, n_features=10, dtype=np.float32)
+    reads = []
+    scan = fastnn._core.first_nonfinite_row
+    monkeypatch.setattr(fastnn._core, "first_nonfinite_row",
+                        lambda A: reads.append(A.shape) or scan(A))
+    nets = [fastnn.Network([10, 8, 4], seed=s) for s in range(3)]
+    fastnn.fit_many(nets, X, y, epochs=1, batch_size=30)
+    assert reads.count(X.shape) == 1, reads
+    reads.clear()
+    assert _validation.first_nonfinite_row(X) == -1 and reads == [X.shape]
+    # within a block, only the very array found finite is spared
+    with _validation.verified_finite(X):
+        assert _validation.first_nonfinite_row(X) == -1
+        copy = X.copy()
+        copy[7, 3] = np.nan
+        assert _validation.first_nonfinite_row(copy) == 7
+        assert _validation.first_nonfinite_row(X[1:]) == -1     # another view: read
+    # X after the call, X on entering the block, the copy, the view; not X within
+    assert reads == [X.shape, X.shape, copy.shape, (299, 10)]
+    assert not _validation._verified
+    bad = X.copy()
+    bad[5, 2] = np.inf
+    with pytest.raises(fastnn.DataError, match="row 5, column 2"):
+        fastnn.fit_many([fastnn.Network([10, 8, 4], seed=s) for s in range(2)], bad, y,
+                        epochs=1)
+    assert not _validation._verified
+
+
+def test_fit_many_checks_once_an_X_its_networks_convert(monkeypatch):
+    """float64 rows for float32 networks: each fit checks the rows as given,
+    before it converts them, so fit_many's one check spares both."""
+    from conftest import make_classification
+
+    X, y = make_classification(n=200, n_features=6, dtype=np.float64)
+    reads = []
+    scan = fastnn._core.first_nonfinite_row
+    monkeypatch.setattr(fastnn._core, "first_nonfinite_row",
+                        lambda A: reads.append(A.dtype.name) or scan(A))
+    fastnn.fit_many([fastnn.Network([6, 5, 4], seed=s) for s in range(2)], X, y, epochs=1,
+                    batch_size=20)
+    assert reads == ["float64"], reads

@@ -4,10 +4,9 @@ Nielsen's split: train on the first 50,000 training images, validate on the
 last 10,000, report accuracy on the 10,000 test images.
 """
 import time
-from pathlib import Path
 
 import pytest
-from conftest import MNIST_DIR
+from conftest import MNIST_DIR, benchmark
 
 from fastnn import Network
 
@@ -28,17 +27,6 @@ def train_and_eval(tmp_path, *options):
     assert result.exit_code == 0, result.output
     report = CliRunner().invoke(main, ["eval", str(model), "--json"], env=env)
     return json.loads(report.stdout)["accuracy"]
-
-
-def chapter6_table():
-    """benchmarks/nielsen_ch6.py, whose ROWS hold each row's train options."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "nielsen_ch6.py"
-    spec = importlib.util.spec_from_file_location("nielsen_ch6", path)
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
-    return table
 
 
 @pytest.mark.slow
@@ -110,7 +98,7 @@ def test_nielsen_chapter6_row4_command_reaches_97_8_percent_in_2_epochs(tmp_path
     # 50,000 images and a 10,000-image validation split, --restore-best), 2 epochs
     # instead of 60. Measured on 2 cores: 98.25 % (seeds 2 and 3: 98.16 %, 98.23 %),
     # about 40 s.
-    table = chapter6_table()
+    table = benchmark("nielsen_ch6")
     accuracy = train_and_eval(tmp_path, *table.ROWS["4"][2], *table.COMMON, "--epochs", "2",
                               "--seed", "1")
     print(f"Nielsen chapter 6, row 4, 2 epochs: test accuracy {accuracy:.2%}")
@@ -125,7 +113,7 @@ def test_nielsen_chapter6_row6_command_learns_on_5000_images(tmp_path):
     # from the first epoch: inverted dropout doubles the FC1000s' inputs and the
     # first steps switch the second convolution off (README, "Nielsen's chapter
     # 6"). Measured with the row's --init xavier: 93.5 %, about 25 s.
-    table = chapter6_table()
+    table = benchmark("nielsen_ch6")
     accuracy = train_and_eval(tmp_path, *table.ROWS["6"][2], *table.COMMON, "--limit", "5000",
                               "--epochs", "2", "--seed", "1")
     print(f"Nielsen chapter 6, row 6, 5,000 images, 2 epochs: test accuracy {accuracy:.2%}")

@@ -89,7 +89,8 @@ def test_the_same_run_writes_the_same_bytes(tmp_path):
     first.save(a)
     second.save(b)
     assert a.read_bytes() == b.read_bytes()                        # ...the files do not
-    assert "seconds" not in first.training["final"] and "loss" in first.training["final"]
+    final = first.training_record["final"]
+    assert "seconds" not in final and "loss" in final
     trained(seed=6).save(b, force=True)
     assert a.read_bytes() != b.read_bytes()
 

@@ -309,3 +309,13 @@ def test_package_exports():
     assert fastnn.Network is Network
     assert callable(fastnn.load) and callable(fastnn.datasets.load_mnist)
     assert isinstance(fastnn.__version__, str)
+
+
+def test_training_is_the_deprecated_name_of_training_record():
+    net = Network([3, 2], seed=0)
+    net.fit(np.zeros((4, 3)), np.zeros((4, 2)), epochs=1)
+    with pytest.warns(DeprecationWarning, match="Network.training is now Network.training_record"):
+        assert net.training is net.training_record
+    with pytest.warns(DeprecationWarning):
+        net.training = {"epochs": 1}
+    assert net.training_record == {"epochs": 1}

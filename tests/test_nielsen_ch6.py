@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import MNIST_DIR
 
 import fastnn
@@ -27,27 +28,38 @@ def test_a_row_is_one_fastnn_train_command_and_one_json_line(tmp_path):
     assert record["command"].startswith("fastnn train mnist --layers 784,100,10 ")
     assert "--restore-best" in record["command"] and "--checkpoint-every 1" in record["command"]
     net = fastnn.load(tmp_path / "row1.safetensors")
-    assert record["best_val_epoch"] == net.training["best"]["epoch"] <= record["epochs"] == 2
+    assert record["best_val_epoch"] == net.training_record["best"]["epoch"] <= record["epochs"] == 2
     assert 0 < record["test_accuracy"] <= 1 and record["cpu"]
     # done rows are skipped; the vote of one model is its accuracy
     assert "[row 1] done" in table(*args, cwd=tmp_path)
     assert results.read_text().count("\n") == 1
-    vote = table("--vote", str(tmp_path / "row1.safetensors"), cwd=tmp_path)
+    # the vote of a model and its copy (fastnn ensemble, then fastnn eval) is its accuracy
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes((tmp_path / "row1.safetensors").read_bytes())
+    vote = table("--vote", str(tmp_path / "row1.safetensors"), str(copy), "--workdir",
+                 str(tmp_path), cwd=tmp_path)
     assert float(vote) == round(record["test_accuracy"], 4)
+    assert len(fastnn.load(tmp_path / "vote.safetensors").members) == 2
     markdown = table("--markdown", "--results", str(results), cwd=tmp_path)
     assert f"| **{100 * record['test_accuracy']:.2f} %** | 97.80 % |" in markdown
     assert "| 2 | conv 20x5x5, max-pool 2x2, FC100, sigmoid | | | not yet run |" in markdown
 
 
-def test_an_unfinished_row_goes_on_with_resume(tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """A directory where row 1 ran straight through (--smoke 600), read only."""
+    straight = tmp_path_factory.mktemp("straight")
+    table("--rows", "1", "--smoke", "600", "--workdir", str(straight), "--results",
+          str(straight / "r.jsonl"), cwd=straight)
+    return straight
+
+
+@pytest.mark.parametrize("where", ["model", "checkpoint"])
+def test_an_unfinished_row_goes_on_with_resume(tmp_path, where, straight):
     # a checkpoint left by a killed run (here: a 2-epoch run's first epoch) is continued
     results = tmp_path / "results.jsonl"
     args = ["--rows", "1", "--smoke", "600", "--workdir", str(tmp_path), "--results",
             str(results)]
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    table("--rows", "1", "--smoke", "600", "--workdir", str(straight), "--results",
-          str(straight / "r.jsonl"), cwd=tmp_path)
     first = fastnn.load(straight / "row1.safetensors")
     cut = tmp_path / "row1.safetensors"
     env = {**os.environ, "FASTNN_DATA": str(MNIST_DIR)}
@@ -58,11 +70,20 @@ def test_an_unfinished_row_goes_on_with_resume(tmp_path):
                    capture_output=True)
     # the 1-epoch run is finished; make it look like the 2-epoch run stopped after epoch 1
     net = fastnn.load(cut)
-    net.training["cli"]["epochs"] = 2
+    net.training_record["cli"]["epochs"] = 2
     net.best_params = net._params.copy()
     net.save(cut, force=True)
+    if where == "checkpoint":
+        # a resumed run stopped after epoch 1 leaves it beside the model, which
+        # says epoch 0: going on from the model would train two more epochs
+        checkpoint = tmp_path / "row1.checkpoint.safetensors"
+        os.replace(cut, checkpoint)
+        net.training_record["cli"]["epochs_done"] = 0
+        net.save(cut)
     out = table(*args, cwd=tmp_path)
-    assert "fastnn train --resume" in out
+    resumed_from = cut if where == "model" else tmp_path / "row1.checkpoint.safetensors"
+    assert f"fastnn train --resume {resumed_from} -o {cut}" in out
+    assert not (tmp_path / "row1.checkpoint.safetensors").exists()
     resumed = fastnn.load(cut)
-    assert resumed.training["best"] == first.training["best"]
+    assert resumed.training_record["best"] == first.training_record["best"]
     assert (resumed._params == first._params).all()

@@ -279,17 +279,17 @@ def test_adamw_takes_betas_and_eps_and_records_its_options():
     net = Network([4, 3, 2], seed=0)
     net.fit(rng.normal(size=(10, 4)), rng.integers(0, 2, 10), epochs=1, optimizer="adamw",
             betas=(0.8, 0.99), eps=1e-7, clip_norm=2.0)
-    t = net.training
+    t = net.training_record
     assert (t["optimizer"], t["betas"], t["eps"]) == ("adamw", [0.8, 0.99], 1e-7)
     assert (t["weight_decay"], t["clip_norm"]) == (0.01, 2.0)
     net.fit(rng.normal(size=(10, 4)), rng.integers(0, 2, 10), epochs=1, optimizer="adam")
-    assert "weight_decay" not in net.training and "clip_norm" not in net.training
+    assert "weight_decay" not in net.training_record and "clip_norm" not in net.training_record
 
 
 # ------------------------------------------------------- model files, resume
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_adamw_with_clipping_resumes_from_a_file_exactly(tmp_path, backend):
+def test_adamw_with_clipping_resumes_from_a_file_exactly(tmp_path, backend, one_core):
     rng = np.random.default_rng(2)
     X, y = rng.uniform(0, 1, (30, 144)), rng.integers(0, 3, 30)
     kwargs = dict(batch_size=6, optimizer="adamw", lr=0.01, weight_decay=0.2, clip_norm=0.1)
@@ -300,7 +300,8 @@ def test_adamw_with_clipping_resumes_from_a_file_exactly(tmp_path, backend):
     loaded = fastnn.load(tmp_path / "m.safetensors", backend=backend)
     assert loaded.optimizer_state.name == "adamw" and loaded.optimizer_state.steps == 5
     assert loaded.optimizer_state.state.shape == (3, loaded.n_params)
-    assert (loaded.training["weight_decay"], loaded.training["clip_norm"]) == (0.2, 0.1)
+    record = loaded.training_record
+    assert (record["weight_decay"], record["clip_norm"]) == (0.2, 0.1)
     loaded.fit(X, y, epochs=1, **kwargs)
     for a, b in zip(straight.weights + straight.biases, loaded.weights + loaded.biases):
         assert_array_equal(a, b)
@@ -326,7 +327,7 @@ def test_cli_trains_and_resumes_with_adamw_and_clipping(tmp_path):
          "--dtype", "float64", "-o", model)
     net = fastnn.load(model)
     assert net.optimizer_state.name == "adamw"
-    assert (net.training["weight_decay"], net.training["clip_norm"]) == (0.1, 0.5)
+    assert (net.training_record["weight_decay"], net.training_record["clip_norm"]) == (0.1, 0.5)
     # the run once more in the library: the same weights
     twin = Network([16, 6, 3], seed=3, dtype="float64")
     twin.fit(np.load(data)["X"], np.load(data)["y"], epochs=2, optimizer="adamw", lr=0.01,
@@ -336,7 +337,8 @@ def test_cli_trains_and_resumes_with_adamw_and_clipping(tmp_path):
     _cli("train", "--resume", model, "--epochs", "1", "--clip-norm", "0.25")
     resumed = fastnn.load(model)
     assert resumed.epochs_trained == 3
-    assert (resumed.training["weight_decay"], resumed.training["clip_norm"]) == (0.1, 0.25)
+    record = resumed.training_record
+    assert (record["weight_decay"], record["clip_norm"]) == (0.1, 0.25)
 
 
 def test_cli_refuses_what_fit_refuses_in_one_line(tmp_path):

@@ -75,6 +75,8 @@ def test_wheel_is_repaired_stripped_and_ships_no_sources(built):
     top = {n.split("/")[0] for n in names}
     assert "cli" not in top and not any(n.endswith((".pyx", ".pxd", ".c")) for n in names)
     assert "fastnn/cli/__init__.py" in names and "fastnn/py.typed" in names
+    modules = ["__init__", "_common", "onnx", "c", "numpy"]
+    assert {f"fastnn/export/{m}.py" for m in modules} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "fastnn = fastnn.cli:main" in archive.read(entry_points).decode()
     # the OpenMP runtime travels with the wheel, under a name of its own
@@ -118,6 +120,11 @@ def test_repaired_wheel_installs_and_runs_in_a_new_venv(built, tmp_path):
               "net = fastnn.Network([4, 8, 3], seed=0)\n"
               "X = np.random.default_rng(0).random((2000, 4))\n"
               "net.fit(X, np.arange(2000) % 3, epochs=1)\n"
+              # the NumPy export copies fastnn._reference's source: it is installed
+              "from fastnn.export import export\n"
+              "export(net, 'model.py', 'numpy')\n"
+              "import model\n"
+              "assert np.allclose(model.forward(X), net.forward(X), atol=1e-6)\n"
               "print(fastnn._core.__file__, net.forward(X).shape)\n")
     out = run(python, "-c", script, cwd=tmp_path, env=clean, timeout=300).stdout
     path, shape = out.split(" ", 1)

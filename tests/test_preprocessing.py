@@ -138,6 +138,42 @@ def test_class_count_must_match_the_output_layer():
     assert net.preprocessing.classes == ["no", "yes"]
 
 
+@pytest.mark.parametrize("names, text", [
+    (list(range(10)), "0..9"),                                  # MNIST's digits
+    (np.arange(100).tolist(), "0..99"),
+    ([0, 1, 2], "0, 1, 2"),                                     # a short run written out
+    ([3, 7, 9], "3, 7, 9"),
+    ([-2, -1, 0, 1, 2, 5], "-2..2, 5"),
+    (["setosa", "versicolor", "virginica"], "setosa, versicolor, virginica"),
+    ([f"c{k}" for k in range(12)], ", ".join(f"c{k}" for k in range(12))),   # all of 12
+    ([f"c{k}" for k in range(13)], ", ".join(f"c{k}" for k in range(12)) + ", ... (13 in all)"),
+    ([*range(0, 40, 2)], "0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, ... (20 in all)"),
+    (["a\nb", "x" * 50], "'a\\nb', " + "x" * 37 + "..."),
+    ([True, False], "True, False"),                              # booleans are no run
+])
+def test_class_lists_read_whole_or_as_ranges(names, text):
+    from fastnn._validation import listing
+
+    assert listing(names) == text
+
+
+@pytest.mark.parametrize("dtype, source, scale", [
+    (np.uint8, None, "pixels"), (np.float32, None, "standard"), (None, None, "standard"),
+    (np.uint8, "idx", "pixels"), (np.uint8, "npy", "pixels"), (np.float64, "npz", "standard"),
+    (np.uint8, "csv", "standard"),          # a CSV is tabular, whatever its values
+    (np.float32, "pickle", "none"),         # Nielsen's images, already in [0, 1]
+])
+def test_auto_scale_is_decided_in_one_place(dtype, source, scale):
+    from fastnn.preprocessing import auto_scale
+
+    assert auto_scale(dtype, source) == scale
+
+
+def test_the_task_line_names_mnist_s_classes_as_a_range():
+    pre = Preprocessing(task="classification", classes=list(range(10)))
+    assert pre.task_text() == "classification, 10 classes (0..9)"
+
+
 # ---------------------------------------------------------- regression
 
 def test_regression_standardises_targets_and_restores_predictions(tmp_path):
@@ -218,3 +254,30 @@ def test_preprocessing_round_trips_through_its_dict():
                         target_names=["price"])
     back = Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict())))
     assert back.to_dict() == pre.to_dict()
+
+
+@pytest.mark.parametrize("scale, rows, kind, divisor", [
+    (None, np.uint8, "pixels", 255), ("pixels", np.uint8, "pixels", 255),
+    ("pixels", np.float32, "pixels", None), ("none", np.uint8, "none", None),
+    (None, np.float32, "none", None), ("standard", np.uint8, "standard", None)])
+def test_one_description_says_how_raw_inputs_become_the_kernels(scale, rows, kind, divisor):
+    from fastnn.preprocessing import fold
+
+    X = np.arange(24).reshape(6, 4).astype(rows) * 10
+    net = Network([4, 3, 2], output="softmax", loss="cross_entropy", seed=0)
+    net.fit(X, np.arange(6) % 2, epochs=1, lr=0.1, scale=scale)
+    described = net.input_scaling
+    assert (described.kind, described.divisor) == (kind, divisor)
+    # the kernels divide uint8 pixels themselves; every other scaling reaches
+    # them as rows of the network's dtype
+    assert net.input_dtype == ("uint8" if divisor else "float32")
+    assert net.input_scale == (1 / 255 if divisor else 1.0)
+    # what an export leaves to apply to raw rows: the kernels' division, or nothing
+    plain, rest = fold(net)
+    assert rest.divisor == divisor and rest.offset is None
+    raw = X.astype(np.float64)
+    first = raw / divisor if divisor else raw
+    z = first @ plain.weights[0].astype(np.float64) + plain.biases[0]
+    np.testing.assert_allclose(
+        z, net.kernel_inputs(X).astype(np.float64) / (divisor or 1) @ net.weights[0]
+        + net.biases[0], rtol=1e-5, atol=1e-5)

@@ -140,10 +140,10 @@ def test_train_on_a_small_csv_uses_and_prints_the_tabular_recipe(tmp_path):
     assert "training on 108 samples of" in lines[2] and "(12 more held out" in lines[2]
     assert lines[-2].startswith("Kept the weights of epoch ")
     net = fastnn.load(model)
-    assert net.training["cli"]["recipe"] == "tabular"
-    assert net.training["cli_options"] == {"optimizer": "adam", "lr": 1e-3, "batch_size": 32,
+    assert net.training_record["cli"]["recipe"] == "tabular"
+    assert net.training_record["cli_options"] == {"optimizer": "adam", "lr": 1e-3, "batch_size": 32,
                                            "l2": 1.0, "val_split": 0.1, "early_stopping": 20}
-    assert net.training["optimizer"] == "adam" and net.epochs_trained == 2
+    assert net.training_record["optimizer"] == "adam" and net.epochs_trained == 2
     # resumed: the same run goes on; the recipe is the model file's
     run("train", "--resume", model, "--epochs", "1")
     assert fastnn.load(model).epochs_trained == 3

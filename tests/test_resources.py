@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from conftest import MNIST_DIR, make_classification, needs_cc
 
-from fastnn import Network, _core, _kernels
+from fastnn import Network, _core, _kernels, blas
 from fastnn.optimizers import OPTIMIZERS, hyper_array
 from fastnn.plan import Plan
 
@@ -136,7 +136,10 @@ def test_the_epoch_kernel_calls_malloc_once_per_epoch(tmp_path):
           f"{counts[10_000][0]}, OpenBLAS {counts[10][1]} / {counts[10_000][1]}")
 
 
-def test_fit_allocates_per_epoch_not_per_batch():
+def test_fit_allocates_per_epoch_not_per_batch(monkeypatch):
+    # a team has a gradient buffer per thread, allocated per epoch, and its
+    # size follows the idle cores: both fits take one thread
+    monkeypatch.setattr(blas, "idle_cores", lambda: 1)
     X, y = make_classification(n=20_000, n_features=40, dtype=np.float32)
     peaks = {}
     for batch in (20, 10):                      # 1,000 batches an epoch, then 2,000

@@ -1,7 +1,7 @@
 """Scaling out, as the README's "Scaling out" section shows it: GridSearchCV
-over a fastnn pipeline on a Dask cluster of worker processes, through
-joblib's "dask" backend, and on Ray through its "ray" backend (slow: each
-starts a cluster, 20-30 s).
+over a fastnn pipeline with n_jobs (joblib's worker processes), on a Dask
+cluster of worker processes, through joblib's "dask" backend, and on Ray
+through its "ray" backend (slow: each starts its workers, 20-30 s).
 
 Each search finds exactly what the same search finds in process with one
 BLAS thread, and every fit and score ran in a worker whose BLAS and fastnn
@@ -42,14 +42,14 @@ def one_thread():
             fastnn.blas.set_num_threads(before)
 
 
-def search(log):
+def search(log, n_jobs=None, threads=1):
     def where_and_how_many_threads(X):
         # runs in every fit and score: notes the process, and fails the
-        # search unless fastnn and the BLAS run one thread there (Dask's
-        # workers set OPENBLAS_NUM_THREADS=1; fastnn follows the BLAS)
+        # search unless fastnn and the BLAS run `threads` threads there
+        # (Dask's workers set OPENBLAS_NUM_THREADS=1; fastnn follows the BLAS)
         from fastnn.blas import blas_num_threads, get_num_threads
 
-        if (blas_num_threads(), get_num_threads()) != (1, 1):
+        if (blas_num_threads(), get_num_threads()) != (threads, threads):
             raise RuntimeError(f"BLAS threads {blas_num_threads()}, fastnn {get_num_threads()}")
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
@@ -59,7 +59,7 @@ def search(log):
                          MLPClassifier(max_iter=30, random_state=0))
     grid = {"mlpclassifier__alpha": [1e-4, 1e-1],
             "mlpclassifier__hidden_layer_sizes": [(16,), (32,)]}
-    return GridSearchCV(pipe, grid, cv=3, error_score="raise")
+    return GridSearchCV(pipe, grid, cv=3, error_score="raise", n_jobs=n_jobs)
 
 
 def pids(log):
@@ -114,4 +114,14 @@ def test_grid_search_on_ray_equals_the_in_process_one(tmp_path):
             remote = search(there).fit(X, y)
     finally:
         ray.shutdown()
+    check_against_in_process(remote, here, there)
+
+
+def test_grid_search_with_n_jobs_does_not_oversubscribe_the_cores(tmp_path):
+    # joblib's default backend (loky) gives each of its worker processes its
+    # share of the cores for the BLAS, and fastnn follows the BLAS: one
+    # worker per core runs one thread, never workers x cores
+    here, there = tmp_path / "here.log", tmp_path / "there.log"
+    with one_thread():                                  # (the refit runs here)
+        remote = search(there, n_jobs=len(os.sched_getaffinity(0))).fit(X, y)
     check_against_in_process(remote, here, there)

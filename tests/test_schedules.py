@@ -130,17 +130,17 @@ def test_total_defaults_to_the_fits_epochs_and_is_kept_for_a_resume(tmp_path):
     assert max(abs(a - b) for a, b in zip(hist["lr"], expected)) < 1e-15
     net = Network([12, 4], seed=0)
     net.fit(X, y, epochs=3, lr=0.5, lr_schedule="onecycle")
-    assert net.training["lr_schedule_state"]["total"] == 3
+    assert net.training_record["lr_schedule_state"]["total"] == 3
     # a run of 6 epochs stopped after 3 and resumed from its state goes on
     # along the same curve
     net = Network([12, 4], seed=0)
     net.fit(X, y, epochs=3, lr=0.5, lr_schedule="onecycle:total=6")
     resumed = OneCycle(total=6)
-    resumed.load_state_dict(net.training["lr_schedule_state"])
+    resumed.load_state_dict(net.training_record["lr_schedule_state"])
     # through a model file, as --resume reads it (the header's schema knows "total")
     net.save(tmp_path / "m.safetensors")
     from fastnn import load
-    assert load(tmp_path / "m.safetensors").training["lr_schedule_state"]["total"] == 6
+    assert load(tmp_path / "m.safetensors").training_record["lr_schedule_state"]["total"] == 6
     hist = net.fit(X, y, epochs=3, lr=0.5, lr_schedule=resumed)
     assert hist["lr"] == pytest.approx(fastnn_rates(OneCycle(total=6), 0.5, 6)[3:], abs=1e-15)
     with pytest.raises(ConfigError, match="has total=None"):

@@ -117,7 +117,8 @@ def test_cross_val_score_clone_and_pickle():
     np.testing.assert_array_equal(again.predict_proba(X), est.predict_proba(X))
 
 
-def test_same_random_state_same_model():
+def test_same_random_state_same_model(one_core):
+    # one_core: batch_size "auto" is 200 rows, on the BLAS
     X, y = blobs()
     a = MLPClassifier(max_iter=20, random_state=3).fit(X, y)
     b = MLPClassifier(max_iter=20, random_state=3).fit(X, y)
@@ -174,7 +175,7 @@ def test_loss_curve_includes_the_l2_penalty_as_scikit_learn_does():
     assert penalty > 0.1
 
 
-def test_lr_schedule_object_is_never_changed_by_fit():
+def test_lr_schedule_object_is_never_changed_by_fit(one_core):
     X, y = blobs()
     schedule = Step(every=1, factor=0.5)
     est = MLPClassifier(max_iter=3, lr_schedule=schedule, learning_rate_init=0.01,

@@ -25,9 +25,29 @@ def idle_machine(monkeypatch):
     monkeypatch.setattr(blas, "idle_cores", lambda: 2)
 
 
+class AlwaysTeam:
+    """training.TEAM_PACE choosing the team every epoch: the machine's pace is
+    not what these tests check."""
+
+    def __init__(self):
+        self.chosen = []
+
+    def threads(self, key, team):
+        self.chosen.append(team)
+        return team
+
+    def record(self, key, threads, rate):
+        pass
+
+
 @pytest.fixture
-def small_rows():
-    """Set _core's small-batch limit (and the thread count) for one test."""
+def small_rows(monkeypatch):
+    """Set _core's small-batch limit (and the thread count) for one test; a
+    team of that many threads whatever else runs, every epoch."""
+    from fastnn import training
+
+    monkeypatch.setattr(blas, "idle_cores", lambda: 2)
+    monkeypatch.setattr(training, "TEAM_PACE", AlwaysTeam())
     before_rows, before_threads = _core.get_small_rows(), blas.get_num_threads()
 
     def set_(rows, threads=None):
@@ -41,13 +61,14 @@ def small_rows():
 
 
 SHAPES = [(M, K, N) for M in (1, 5, 6, 7, 13) for K in (0, 1, 10, 64, 65, 300)
-          for N in (1, 7, 8, 9, 16, 17, 30, 33)]
+          for N in (1, 2, 3, 4, 7, 8, 9, 16, 17, 30, 33, 100)]
 
 
 @pytest.mark.parametrize("M, K, N", SHAPES)
 @pytest.mark.parametrize("transpose_a", [False, True])
 def test_small_gemm_is_the_product(M, K, N, transpose_a):
-    """C := beta C + alpha op(A) B for every tail of rows and columns, short
+    """C := beta C + alpha op(A) B for every tail of rows and columns (the
+    last panel's pieces of 8, 4, 2 and 1 columns among them), short
     K (the stack copy of alpha B) and long, beta 0 (C not read), 1 and other."""
     rng = np.random.default_rng(M * 1000 + K * 10 + N)
     A = rng.standard_normal((K, M) if transpose_a else (M, K)).astype(np.float32)
@@ -145,6 +166,9 @@ def test_small_batches_train_the_same_on_one_and_two_threads(case, small_rows):
     one = fit(case)
     small_rows(12, threads=2)
     two = fit(case)
+    from fastnn import training
+
+    assert training.TEAM_PACE.chosen and set(training.TEAM_PACE.chosen) == {2}
     assert_array_equal(one._params, two._params)
     assert one.history["loss"][-1] == pytest.approx(two.history["loss"][-1], rel=1e-12)
 
@@ -211,3 +235,47 @@ def test_a_diverging_small_batch_run_rolls_back(small_rows):
     with pytest.raises(TrainingDiverged):
         net.fit(X, y, epochs=1, batch_size=10, lr=1e30)
     assert_array_equal(net._params, before)
+
+
+def test_team_pace_measures_both_then_takes_the_faster_and_probes_the_other():
+    from fastnn.training import TeamPace
+
+    pace, key = TeamPace(), ("shape", 10, 2)
+    assert pace.threads(key, 2) == 2                 # nothing measured: the team
+    pace.record(key, 2, 100.0)
+    assert pace.threads(key, 2) == 1                 # then one thread
+    pace.record(key, 1, 150.0)
+    chosen = [pace.threads(key, 2) for _ in range(2 * TeamPace.PROBE_EVERY)]
+    # the faster (one thread), and every PROBE_EVERY-th epoch the team again
+    assert chosen.count(2) == 2 and chosen[TeamPace.PROBE_EVERY - 1] == 2
+    for rate in (300.0, 310.0, 290.0):               # the machine got quieter
+        pace.record(key, 2, rate)
+    assert pace.threads(key, 2) == 2
+    # the median of the last RATES epochs: one slow epoch does not flip it
+    pace.record(key, 2, 10.0)
+    assert pace.threads(key, 2) == 2
+    assert pace.threads(("other shape", 10, 2), 2) == 2     # each shape its own
+
+
+def test_fit_measures_the_team_and_one_thread_with_the_same_weights(monkeypatch):
+    from fastnn import training
+    from fastnn.training import TeamPace
+
+    monkeypatch.setattr(blas, "idle_cores", lambda: 2)
+    pace = TeamPace()
+    monkeypatch.setattr(training, "TEAM_PACE", pace)
+    before = blas.get_num_threads()
+    try:
+        blas.set_num_threads(2)
+        X, y = data(features=20, classes=3)
+        net = fastnn.Network([20, 12, 3], seed=1)
+        net.fit(X, y, epochs=3, batch_size=10, lr=0.5)
+        [rates] = pace._rates.values()
+        assert set(rates) == {1, 2}              # both measured, in samples/s
+        assert all(r > 0 for v in rates.values() for r in v)
+        blas.set_num_threads(1)
+        alone = fastnn.Network([20, 12, 3], seed=1)
+        alone.fit(X, y, epochs=3, batch_size=10, lr=0.5)
+        assert_array_equal(net._params, alone._params)
+    finally:
+        blas.set_num_threads(before)

@@ -61,11 +61,11 @@ def test_summary_says_which_epochs_weights_restore_best_kept():
 
     with pytest.raises(KeyboardInterrupt):
         net.fit(X, y, epochs=4, validation_split=0.25, restore_best=True, callback=stop)
-    best = net.training["best"]
+    best = net.training_record["best"]
     assert (f"best so far: epoch {best['epoch']}, val_accuracy {best['value']:.4g} "
             f"(restore_best; the weights are the last epoch's)") in net.summary(print)
     net.fit(X, y, epochs=2, validation_split=0.25, restore_best=True)
-    best = net.training["best"]
+    best = net.training_record["best"]
     assert (f"weights: epoch {best['epoch']}'s, the best by val_accuracy "
             f"({best['value']:.4g}; restore_best)") in net.summary(print)
     assert "best={" not in net.summary(print)

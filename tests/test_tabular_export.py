@@ -155,7 +155,7 @@ def test_conv_net_exports_apply_the_scaling_before_the_first_layer(tmp_path, fir
     module = numpy_module(net, tmp_path)
     np.testing.assert_allclose(module.forward(R), A, **tol)
     assert (module.predict(R) == names).all()
-    assert module.INPUT_SCALING == (first != "dense")
+    assert module.NETWORKS[0][3] == (first != "dense")
     exe = compile_export(net, tmp_path)
     out = subprocess.run([exe], input=rows(R), capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == names.tolist()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import benchmark
 
 from fastnn.cli import main
 
@@ -15,19 +16,8 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("sklearn")
 
 
-def _benchmark():
-    """benchmarks/tabular.py, the script that measures the README's table."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "tabular.py"
-    spec = importlib.util.spec_from_file_location("tabular_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # the data of these tests and of the README's table: one generator, the benchmark's
-mixed = _benchmark().mixed
+mixed = benchmark("tabular").mixed
 
 
 def run(*args, code=0):
@@ -85,7 +75,7 @@ def test_the_defaults_meet_the_bar_over_ten_seeds(tmp_path, name):
     # worst run within 0.10 of the median
     import statistics
 
-    bench = _benchmark()
+    bench = benchmark("tabular")
     train, test, regression = mixed(name)
     train.to_csv(tmp_path / f"{name}_train.csv", index=False)
     test.to_csv(tmp_path / f"{name}_test.csv", index=False)

@@ -36,7 +36,8 @@ def test_every_optimizer_learns_and_backends_agree(optimizer):
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_same_seed_gives_bit_identical_weights(optimizer):
+def test_same_seed_gives_bit_identical_weights(optimizer, one_core):
+    # one_core: rprop's batch is all 120 rows, on the BLAS
     X, y = make_classification(n=120, n_features=16)
     runs = []
     for _ in range(2):
@@ -153,7 +154,7 @@ def test_validation_split_holds_out_a_seeded_stratified_sample():
     train = np.setdiff1d(np.arange(100), held)
     hb = b.fit(X[train], y[train], epochs=2, validation_data=(X[held], y[held]))
     assert ha["val_loss"] == hb["val_loss"]
-    assert a.training["n_train"] == 80
+    assert a.training_record["n_train"] == 80
     # not the last rows; each class keeps its share (within one row)
     assert len(held) == 20 and not np.array_equal(held, np.arange(80, 100))
     for k in range(4):
@@ -300,7 +301,7 @@ def test_default_learning_rates_and_full_batch_rprop():
         net = Network([12, 4], seed=0)
         hist = net.fit(X, y, epochs=2, optimizer=optimizer)
         assert hist["lr"][0] == lr
-    assert net.training["batch_size"] == 50 and net.optimizer_state.steps == 2
+    assert net.training_record["batch_size"] == 50 and net.optimizer_state.steps == 2
 
 
 def test_optimizer_state_carries_over_between_fits():
@@ -407,17 +408,17 @@ def test_restore_best_keeps_exactly_the_best_validation_epochs_weights():
     best = int(np.argmax(hist["val_accuracy"]))           # the first of the best
     assert best < hist.epochs - 1                          # the test means something
     assert hist.best_epoch == best and hist.stopped is None
-    assert net.training["best"] == {"epoch": best + 1, "monitor": "val_accuracy",
+    assert net.training_record["best"] == {"epoch": best + 1, "monitor": "val_accuracy",
                                     "value": hist["val_accuracy"][best]}
     assert_array_equal(net._params, seen[best])
     assert net.best_params is None and net.epochs_trained == hist.epochs
     # another fit with it goes on comparing with the best so far
     more = net.fit(X, y, **{**kw, "epochs": 1})
-    assert more.best_epoch is None and net.training["best"]["epoch"] == best + 1
+    assert more.best_epoch is None and net.training_record["best"]["epoch"] == best + 1
     assert_array_equal(net._params, seen[best])
     # without it, a fit keeps its last epoch and drops the record
     net.fit(X, y, epochs=1, validation_data=kw["validation_data"])
-    assert "best" not in net.training and net.best_params is None
+    assert "best" not in net.training_record and net.best_params is None
     with pytest.raises(ConfigError, match="restore_best selects the epoch by its validation"):
         net.fit(X, y, epochs=1, restore_best=True)
 
@@ -437,7 +438,7 @@ def test_restore_best_survives_an_interruption_and_a_model_file(tmp_path, stop_a
     net = _overfitting_run()[0]
     with pytest.raises(KeyboardInterrupt):
         net.fit(X, y, callback=stop, **kw)
-    pending = net.training["best"]["epoch"]
+    pending = net.training_record["best"]["epoch"]
     assert net.best_params is not None and pending <= stop_after
     net.save(tmp_path / "m.safetensors")
     # weights_only leaves the pending best out, as it does the optimizer
@@ -445,8 +446,8 @@ def test_restore_best_survives_an_interruption_and_a_model_file(tmp_path, stop_a
     assert fastnn.load(tmp_path / "w.safetensors").best_params is None
     resumed = fastnn.load(tmp_path / "m.safetensors")
     assert_array_equal(resumed.best_params, net.best_params)
-    assert resumed.training["best"]["epoch"] == pending
+    assert resumed.training_record["best"]["epoch"] == pending
     rest = resumed.fit(X, y, **{**kw, "epochs": kw["epochs"] - stop_after})
-    assert resumed.training["best"] == straight.training["best"]
+    assert resumed.training_record["best"] == straight.training_record["best"]
     assert_array_equal(resumed._params, straight._params)
     assert rest.best_epoch == (best - stop_after if best >= stop_after else None)

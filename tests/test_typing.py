@@ -18,22 +18,24 @@ import pytest
 from conftest import REPO, needs
 
 import fastnn
-from fastnn import datasets, io, schedules
+# each module named, not reached as an attribute of fastnn: `fastnn.data` is
+# there only once something has imported it
+from fastnn import (activations, data, datasets, initializers, io, losses, optimizers,
+                    schedules)
 from fastnn.network import Network
 
 PUBLIC = [Network.__init__, Network.fit, Network.forward, Network.predict, Network.evaluate,
           Network.gradient, Network.save, Network.check_data, io.load, io.save,
-          io.read_header, io.read_metadata, fastnn.activations.get_activation,
-          fastnn.losses.get_loss, fastnn.optimizers.get_optimizer,
-          fastnn.initializers.get_initializer, schedules.parse, schedules.Schedule.next_lr,
-          datasets.load_mnist, datasets.download_mnist, fastnn.data.load_data,
-          fastnn.data.load_csv, fastnn.data.load_npy, fastnn.History.append]
+          io.read_header, io.read_metadata, activations.get_activation,
+          losses.get_loss, optimizers.get_optimizer,
+          initializers.get_initializer, schedules.parse, schedules.Schedule.next_lr,
+          datasets.load_mnist, datasets.download_mnist, data.load_data,
+          data.load_csv, data.load_npy, fastnn.History.append]
 
 
 @pytest.mark.parametrize("function", PUBLIC, ids=lambda f: f.__qualname__)
 def test_public_functions_are_fully_annotated(function):
-    # fastnn.io names Network only for type checkers (an import cycle otherwise)
-    hints = typing.get_type_hints(function, localns={"Network": Network})
+    hints = typing.get_type_hints(function)
     params = [p for p in inspect.signature(function).parameters if p != "self"]
     assert set(params) <= set(hints), sorted(set(params) - set(hints))
     assert "return" in hints
