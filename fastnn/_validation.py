@@ -63,7 +63,8 @@ def verified_finite(X: Any) -> Iterator[None]:
 
 def first_nonfinite_row(X: Array) -> int:
     """The first row of a C-contiguous float X with a NaN or an infinity, or
-    -1: one GIL-free pass in the compiled core, without a temporary; in
+    -1: one GIL-free pass in the compiled core, without a temporary (split
+    over the idle cores fastnn may use from SCAN_SPLIT entries on); in
     blocks of FINITE_CHUNK entries with NumPy where the core is not built
     (backend='numpy'); -1 at once for an X a verified_finite block holds."""
     if _verified and _finite_key(X) in _verified:
@@ -77,7 +78,17 @@ def first_nonfinite_row(X: Array) -> int:
             if bad.any():
                 return start + int(np.argmax(bad))
         return -1
-    return int(_core.first_nonfinite_row(X))
+    threads = 1
+    if X.size >= SCAN_SPLIT:
+        from fastnn import blas
+
+        threads = min(blas.get_num_threads(), blas.idle_cores())
+    return int(_core.first_nonfinite_row(X, threads))
+
+
+#: Entries from which first_nonfinite_row splits its pass over the idle cores
+#: fastnn may use (a memory-bound pass: two cores read more per second).
+SCAN_SPLIT = 1 << 20
 
 
 #: Entries check_fits looks at a time: its temporaries stay at a few MB

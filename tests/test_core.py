@@ -515,6 +515,13 @@ def test_first_nonfinite_row_finds_nan_and_both_infinities_anywhere(dtype):
             Y[r, c] = value
             Y[30, 3] = value
             assert _core.first_nonfinite_row(Y) == min(r, 30)
+            # split over threads (one share each; more threads than rows
+            # leaves some shares empty): the first share's finding wins
+            for threads in (2, 3, 40, 64, 1000):
+                assert _core.first_nonfinite_row(Y, threads) == min(r, 30)
+    for threads in (1, 2, 40):
+        assert _core.first_nonfinite_row(X[:0], threads) == -1
+        assert _core.first_nonfinite_row(X, threads) == -1
 
 
 def test_the_input_check_falls_back_to_numpy_without_the_compiled_core(monkeypatch):
