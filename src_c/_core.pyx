@@ -494,6 +494,7 @@ cdef inline double uniform(uint64_t key, Py_ssize_t j) noexcept nogil:
 
 cdef extern from "smallgemm.h":
     int sg_available "fastnn_sg_available"() noexcept nogil
+    int sg_set_isa "fastnn_sg_set_isa"(int isa) noexcept nogil
     void sg_gemm "fastnn_sg_gemm"(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K, float alpha,
                                   const float* A, Py_ssize_t sai, Py_ssize_t sak,
                                   const float* B, Py_ssize_t ldb, float beta,
@@ -2527,8 +2528,34 @@ def set_small_conv(bint on):
 
 
 def small_gemm_available():
-    """Whether this CPU runs smallgemm.h's kernels (AVX2 and FMA)."""
+    """Whether this CPU runs smallgemm.h's kernels (AVX2 and FMA; see
+    small_gemm_isa for which)."""
     return bool(SMALL_GEMM)
+
+
+SMALL_GEMM_ISAS = ("none", "avx2", "avx512")
+
+
+def small_gemm_isa():
+    """The instruction set of the kernels sg_gemm runs: "avx512" (AVX-512 F
+    and VL), "avx2" (AVX2 and FMA) or "none" (the callers use BLAS)."""
+    return _small_isa
+
+
+def set_small_gemm_isa(str isa):
+    """Run sg_gemm's kernels for `isa` ("avx2" or "avx512"; the CPU's best if
+    it lacks that one); returns the previous choice. Both give the same bits
+    (smallgemm.h): for tests, which run each kernel on a CPU that has both.
+    It applies to the whole process, so call it while no kernel runs."""
+    global _small_isa
+    _check(isa in SMALL_GEMM_ISAS[1:],
+           f"set_small_gemm_isa: isa must be one of {', '.join(SMALL_GEMM_ISAS[1:])}")
+    previous = _small_isa
+    _small_isa = SMALL_GEMM_ISAS[sg_set_isa(SMALL_GEMM_ISAS.index(isa))]
+    return previous
+
+
+_small_isa = SMALL_GEMM_ISAS[sg_set_isa(2)]
 
 
 def set_small_rows(Py_ssize_t rows):

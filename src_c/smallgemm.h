@@ -35,7 +35,11 @@
  * The sums are the same as BLAS's up to float32 rounding (FMA, another
  * order of the additions). Compiled for AVX2 + FMA whatever the compiler's
  * baseline, and used only where the CPU has both (fastnn_sg_available);
- * elsewhere the callers use BLAS.
+ * elsewhere the callers use BLAS. fastnn_sg_gemm has a second kernel for
+ * AVX-512 (F + VL), chosen at run time where the CPU has it: 16 lanes a
+ * vector, blocks of 12 rows x 32 columns, the same bits as the AVX2 kernel
+ * (on an Emerald Rapids core, a batch of 10 through 784 x 30 took 4.6 us
+ * against 7.4, the weight step of 784 x 30 from 10 rows 6.0 us against 11.1).
  */
 #ifndef FASTNN_SMALLGEMM_H
 #define FASTNN_SMALLGEMM_H
@@ -48,12 +52,6 @@
 #include <immintrin.h>
 #define SG_TARGET __attribute__((target("avx2,fma")))
 #define SG_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
-
-/* 1 if this CPU runs the kernels (AVX2 and FMA), else 0. */
-static int fastnn_sg_available(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
 
 /* The first n (0..8) lanes set: loads and stores of a row's last columns. */
 static const int32_t fastnn_sg_lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
@@ -248,10 +246,10 @@ enum { SG_KMAX = 64 };
 
 /* C (M, Nc) := beta C + alpha Aop (M, K) @ B (K, Nc); Aop[i, k] = A[i*sai + k*sak].
    Columns in panels of 16, each panel's rows in blocks of SG_MR. */
-SG_TARGET static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
-                                     const float* A, ptrdiff_t sai, ptrdiff_t sak,
-                                     const float* B, ptrdiff_t ldb, float beta,
-                                     float* C, ptrdiff_t ldc) {
+SG_TARGET static void fastnn_sg_gemm_avx2(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
+                                          const float* A, ptrdiff_t sai, ptrdiff_t sak,
+                                          const float* B, ptrdiff_t ldb, float beta,
+                                          float* C, ptrdiff_t ldc) {
     float Bs[SG_KMAX * SG_NR] __attribute__((aligned(32)));
     for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
         const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
@@ -275,6 +273,177 @@ SG_TARGET static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, flo
             sg_panel(0, 0, M, K, A, sai, sak, B + j, ldb, C + j, ldc, nc, alpha, beta);
         }
     }
+}
+
+/* ---- AVX-512 (F + VL): the same products, 16 lanes a vector ----------------
+
+   fastnn_sg_gemm_avx512 computes every entry of C exactly as
+   fastnn_sg_gemm_avx2 does (beta C or 0, then one FMA for each k in order;
+   or 0, the FMAs, alpha times that, plus beta C; alpha B rounded first where
+   K is short), so the two give the same bits and a network trains to the
+   same weights on either kind of CPU. Only the blocking differs: blocks of
+   SG5_MR = 12 rows by 32 columns (24 zmm accumulators of the 32), so that a
+   batch of 10 rows reads each row of B once, and masked loads and stores at
+   the edges (a mask register costs nothing on these CPUs). */
+#define SG5_TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
+#define SG5_INLINE __attribute__((target("avx512f,avx512vl,avx2,fma"), always_inline)) static inline
+
+enum { SG5_MR = 12, SG5_NR = 32 };
+
+/* The first n lanes (n <= 0: none, n >= 16: all 16). */
+SG5_INLINE __mmask16 sg5_mask(ptrdiff_t n) {
+    return n >= 16 ? (__mmask16) 0xFFFF : n <= 0 ? (__mmask16) 0 : (__mmask16) ((1u << n) - 1);
+}
+
+/* Rows [0, mr) of C by columns [0, nc), nc <= 16 * halves; mr, halves and
+   DIRECT are constants at every call site. DIRECT: alpha == 1 (or alpha is
+   already in B): the accumulators start from beta C; otherwise from 0, and
+   C := alpha acc + beta C at the end. */
+SG5_INLINE void sg5_block(const int mr, const int halves, const int direct, ptrdiff_t K,
+                          const float* A, ptrdiff_t sai, ptrdiff_t sak, const float* B,
+                          ptrdiff_t ldb, float* C, ptrdiff_t ldc, ptrdiff_t nc, float alpha,
+                          float beta) {
+    __m512 acc[SG5_MR][2];
+    const __mmask16 m0 = sg5_mask(nc), m1 = sg5_mask(nc - 16);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < mr; r++) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        if (direct && beta != 0.0f) {
+            const float* c = C + r * ldc;
+            acc[r][0] = _mm512_maskz_loadu_ps(m0, c);
+            if (halves == 2)
+                acc[r][1] = _mm512_maskz_loadu_ps(m1, c + 16);
+            if (beta != 1.0f) {
+                acc[r][0] = _mm512_mul_ps(vb, acc[r][0]);
+                if (halves == 2)
+                    acc[r][1] = _mm512_mul_ps(vb, acc[r][1]);
+            }
+        }
+    }
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const float* b = B + k * ldb;
+        const float* a = A + k * sak;
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+        const __m512 b1 = halves == 2 ? _mm512_maskz_loadu_ps(m1, b + 16) : b0;
+        for (int r = 0; r < mr; r++) {
+            const __m512 x = _mm512_set1_ps(a[r * sai]);
+            acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+            if (halves == 2)
+                acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        float* c = C + r * ldc;
+        for (int h = 0; h < halves; h++) {
+            const __mmask16 m = h ? m1 : m0;
+            __m512 v = acc[r][h];
+            if (!direct) {
+                v = _mm512_mul_ps(va, v);
+                if (beta != 0.0f)
+                    v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c + 16 * h), v);
+            }
+            _mm512_mask_storeu_ps(c + 16 * h, m, v);
+        }
+    }
+}
+
+/* Rows [0, M) of C by columns [0, nc): blocks of SG5_MR rows. */
+SG5_INLINE void sg5_panel(const int halves, const int direct, ptrdiff_t M, ptrdiff_t K,
+                          const float* A, ptrdiff_t sai, ptrdiff_t sak, const float* B,
+                          ptrdiff_t ldb, float* C, ptrdiff_t ldc, ptrdiff_t nc, float alpha,
+                          float beta) {
+    ptrdiff_t i = 0;
+#define SG5_BLOCK(mr) sg5_block(mr, halves, direct, K, A + i * sai, sai, sak, B, ldb, \
+                                C + i * ldc, ldc, nc, alpha, beta)
+    for (; i + SG5_MR <= M; i += SG5_MR)
+        SG5_BLOCK(SG5_MR);
+    switch (M - i) {
+        case 11: SG5_BLOCK(11); break;
+        case 10: SG5_BLOCK(10); break;
+        case 9: SG5_BLOCK(9); break;
+        case 8: SG5_BLOCK(8); break;
+        case 7: SG5_BLOCK(7); break;
+        case 6: SG5_BLOCK(6); break;
+        case 5: SG5_BLOCK(5); break;
+        case 4: SG5_BLOCK(4); break;
+        case 3: SG5_BLOCK(3); break;
+        case 2: SG5_BLOCK(2); break;
+        case 1: SG5_BLOCK(1); break;
+        default: break;
+    }
+#undef SG5_BLOCK
+}
+
+SG5_TARGET static void fastnn_sg_gemm_avx512(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,
+                                            float alpha, const float* A, ptrdiff_t sai,
+                                            ptrdiff_t sak, const float* B, ptrdiff_t ldb,
+                                            float beta, float* C, ptrdiff_t ldc) {
+    float Bs[SG_KMAX * SG5_NR] __attribute__((aligned(64)));
+    for (ptrdiff_t j = 0; j < Nc; j += SG5_NR) {
+        const ptrdiff_t nc = Nc - j < SG5_NR ? Nc - j : SG5_NR;
+        const float* b = B + j;
+        ptrdiff_t ld = ldb;
+        float al = alpha;
+        int direct = alpha == 1.0f;
+        if (!direct && K <= SG_KMAX) {
+            /* alpha B, rounded, as fastnn_sg_gemm_avx2's stack copy */
+            for (ptrdiff_t k = 0; k < K; k++)
+                for (ptrdiff_t q = 0; q < nc; q++)
+                    Bs[k * SG5_NR + q] = alpha * B[k * ldb + j + q];
+            b = Bs;
+            ld = SG5_NR;
+            al = 1.0f;
+            direct = 1;
+        }
+        if (direct) {
+            if (nc <= 16)
+                sg5_panel(1, 1, M, K, A, sai, sak, b, ld, C + j, ldc, nc, al, beta);
+            else
+                sg5_panel(2, 1, M, K, A, sai, sak, b, ld, C + j, ldc, nc, al, beta);
+        } else if (nc <= 16) {
+            sg5_panel(1, 0, M, K, A, sai, sak, b, ld, C + j, ldc, nc, al, beta);
+        } else {
+            sg5_panel(2, 0, M, K, A, sai, sak, b, ld, C + j, ldc, nc, al, beta);
+        }
+    }
+}
+
+/* Which kernels fastnn_sg_gemm runs: FASTNN_SG_AVX512 where the CPU has
+   AVX-512 F and VL, FASTNN_SG_AVX2 where it has AVX2 and FMA, else none
+   (set by fastnn_sg_available; tests choose with fastnn_sg_set_isa). */
+enum { FASTNN_SG_NONE = 0, FASTNN_SG_AVX2 = 1, FASTNN_SG_AVX512 = 2 };
+static int fastnn_sg_isa = FASTNN_SG_NONE;
+
+static int fastnn_sg_best_isa(void) {
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return FASTNN_SG_NONE;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+        return FASTNN_SG_AVX512;
+    return FASTNN_SG_AVX2;
+}
+
+/* Use the kernels of isa if the CPU has them, else the best it has; returns
+   the isa in effect. */
+static int fastnn_sg_set_isa(int isa) {
+    const int best = fastnn_sg_best_isa();
+    fastnn_sg_isa = isa < best ? (isa < FASTNN_SG_AVX2 ? best : isa) : best;
+    return fastnn_sg_isa;
+}
+
+/* 1 if this CPU runs the kernels (AVX2 and FMA), else 0; chooses the best. */
+static int fastnn_sg_available(void) {
+    return fastnn_sg_set_isa(FASTNN_SG_AVX512) != FASTNN_SG_NONE;
+}
+
+/* C (M, Nc) := beta C + alpha Aop (M, K) @ B (K, Nc) with the chosen kernels. */
+static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha, const float* A,
+                           ptrdiff_t sai, ptrdiff_t sak, const float* B, ptrdiff_t ldb,
+                           float beta, float* C, ptrdiff_t ldc) {
+    if (fastnn_sg_isa == FASTNN_SG_AVX512)
+        fastnn_sg_gemm_avx512(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
+    else
+        fastnn_sg_gemm_avx2(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
 }
 
 /* The 8 sums of v[0..7], in order. */
@@ -467,6 +636,7 @@ SG_TARGET static void fastnn_sg_maxpool(const float* src, float* out, int32_t* i
 #else   /* not GCC on x86: no kernels; fastnn_sg_available() says so */
 #define FASTNN_SG 0
 static int fastnn_sg_available(void) { return 0; }
+static int fastnn_sg_set_isa(int isa) { return 0; }
 static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
                            const float* A, ptrdiff_t sai, ptrdiff_t sak,
                            const float* B, ptrdiff_t ldb, float beta,

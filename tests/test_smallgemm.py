@@ -19,6 +19,40 @@ pytestmark = pytest.mark.skipif(not _core.small_gemm_available(),
                                 reason="the CPU lacks AVX2 or FMA")
 
 
+def _isas():
+    """The kernels of smallgemm.h this CPU runs: "avx2", and "avx512" where it
+    has AVX-512 F and VL."""
+    before = _core.small_gemm_isa()
+    runs = []
+    for isa in _core.SMALL_GEMM_ISAS[1:]:
+        _core.set_small_gemm_isa(isa)      # falls back to the best the CPU has
+        if _core.small_gemm_isa() == isa:
+            runs.append(isa)
+    _core.set_small_gemm_isa(before)
+    return runs
+
+
+ISAS = _isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Each of the CPU's kernels in turn (the process's choice restored)."""
+    before = _core.set_small_gemm_isa(request.param)
+    yield request.param
+    _core.set_small_gemm_isa(before)
+
+
+def test_the_best_kernels_the_cpu_has_are_chosen():
+    with open("/proc/cpuinfo") as f:
+        flags = next((line for line in f if line.startswith("flags")), "").split()
+    wanted = ["avx2"] + (["avx512"] if {"avx512f", "avx512vl"} <= set(flags) else [])
+    assert ISAS == wanted
+    assert _core.small_gemm_isa() == wanted[-1]
+    with pytest.raises(ValueError, match="avx2, avx512"):
+        _core.set_small_gemm_isa("sse")
+
+
 @pytest.fixture(autouse=True)
 def idle_machine(monkeypatch):
     """The team sizes of these tests, whatever else runs on the machine."""
@@ -60,13 +94,13 @@ def small_rows(monkeypatch):
     blas.set_num_threads(before_threads)
 
 
-SHAPES = [(M, K, N) for M in (1, 5, 6, 7, 13) for K in (0, 1, 10, 64, 65, 300)
-          for N in (1, 2, 3, 4, 7, 8, 9, 16, 17, 30, 33, 100)]
+SHAPES = [(M, K, N) for M in (1, 5, 6, 7, 11, 12, 13, 25) for K in (0, 1, 10, 64, 65, 300)
+          for N in (1, 2, 3, 4, 7, 8, 9, 16, 17, 30, 32, 33, 100)]
 
 
 @pytest.mark.parametrize("M, K, N", SHAPES)
 @pytest.mark.parametrize("transpose_a", [False, True])
-def test_small_gemm_is_the_product(M, K, N, transpose_a):
+def test_small_gemm_is_the_product(M, K, N, transpose_a, isa):
     """C := beta C + alpha op(A) B for every tail of rows and columns (the
     last panel's pieces of 8, 4, 2 and 1 columns among them), short
     K (the stack copy of alpha B) and long, beta 0 (C not read), 1 and other."""
@@ -85,7 +119,7 @@ def test_small_gemm_is_the_product(M, K, N, transpose_a):
         assert (np.abs(out - expected) <= bound).all()
 
 
-def test_small_gemm_reads_nothing_past_its_operands():
+def test_small_gemm_reads_nothing_past_its_operands(isa):
     """B's rows are read 16 entries at a time; the last ones must not run past
     B (a view at the end of a larger buffer whose tail would poison C)."""
     rng = np.random.default_rng(0)
@@ -102,7 +136,7 @@ def test_small_gemm_reads_nothing_past_its_operands():
 
 @pytest.mark.parametrize("N, I, O", [(N, I, O) for N in (1, 4, 5, 10) for I in (1, 2, 3, 4, 300)
                                      for O in (1, 7, 9, 16, 17, 30)])
-def test_small_nt_is_the_product_with_a_transpose(N, I, O):
+def test_small_nt_is_the_product_with_a_transpose(N, I, O, isa):
     """Both forms: W transposed through a stack buffer in chunks of 256 rows
     (O <= 16), dot products in blocks of 4 x 3 (wider); blocks cut short on
     every side (N, I and O not multiples of 4, 3 and 8)."""
@@ -113,6 +147,31 @@ def test_small_nt_is_the_product_with_a_transpose(N, I, O):
     _core.small_nt(D, W, out)
     bound = (O + 2) * 2 ** -24 * (np.abs(D) @ np.abs(W).T) + 1e-30
     assert (np.abs(out - D.astype(np.float64) @ W.T) <= bound).all()
+
+
+def test_every_kernel_gives_the_same_bits():
+    """AVX-512's blocks (12 rows x 32 columns, masked edges) and AVX2's (6 x
+    16, the last panel in pieces) compute each entry the same way, so a
+    network trains to the same weights on either kind of CPU."""
+    rng = np.random.default_rng(7)
+    for M in (1, 5, 10, 12, 13, 25, 392):
+        for N in (1, 4, 15, 16, 17, 30, 32, 33, 100):
+            for K in (0, 1, 10, 64, 65, 784):
+                for alpha, beta, transpose_a in [(1, 0, False), (1, 1, False), (1, 0.5, False),
+                                                 (-0.3, 0.99, True), (-0.3, 0, True),
+                                                 (0.7, 1, False)]:
+                    A = rng.standard_normal((K, M) if transpose_a else (M, K)).astype(np.float32)
+                    B = rng.standard_normal((K, N)).astype(np.float32)
+                    C = rng.standard_normal((M, N)).astype(np.float32)
+                    outs = []
+                    for isa in ISAS:
+                        before = _core.set_small_gemm_isa(isa)
+                        out = C.copy()
+                        _core.small_gemm(A, B, out, alpha, beta, transpose_a)
+                        _core.set_small_gemm_isa(before)
+                        outs.append(out)
+                    for out in outs[1:]:
+                        assert_array_equal(out.view(np.int32), outs[0].view(np.int32))
 
 
 def test_small_kernels_refuse_shapes_that_do_not_match():
@@ -186,6 +245,30 @@ def test_small_batches_agree_with_blas_and_the_reference(case, small_rows):
     assert_allclose(slow._params, reference._params, rtol=0, atol=5e-5)
     assert fast.history["accuracy"][-1] == pytest.approx(reference.history["accuracy"][-1],
                                                          abs=0.005)
+
+
+@pytest.mark.parametrize("case", sorted(CASES) + ["conv"])
+def test_every_kernel_trains_the_same_weights(case, small_rows):
+    """The small-batch epoch on two threads (and, for "conv", a first
+    convolution's im2col products) with each of the CPU's kernels: the same
+    bits."""
+    small_rows(12, threads=2)
+    nets = []
+    for isa in ISAS:
+        before = _core.set_small_gemm_isa(isa)
+        try:
+            if case == "conv":
+                X, y = data(features=144)
+                net = fastnn.Network([(12, 12, 1), Conv2D(6, 5), fastnn.layers.MaxPool2D(2),
+                                      Dense(30), Dense(10)], seed=3)
+                net.fit(X, y, epochs=2, batch_size=10, lr=0.5)
+            else:
+                net = fit(case)
+        finally:
+            _core.set_small_gemm_isa(before)
+        nets.append(net)
+    for net in nets[1:]:
+        assert_array_equal(net._params, nets[0]._params)
 
 
 def test_idle_cores_is_at_least_one_and_at_most_the_cores():
