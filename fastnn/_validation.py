@@ -82,12 +82,32 @@ def first_nonfinite_row(X: Array) -> int:
     if X.size >= SCAN_SPLIT:
         from fastnn import blas
 
-        threads = min(blas.get_num_threads(), blas.idle_cores())
-    return int(_core.first_nonfinite_row(X, threads))
+        threads = min(blas.get_num_threads(), blas.idle_cores(), len(X))
+    if threads == 1:
+        return int(_core.first_nonfinite_row(X))
+    # contiguous shares, the first on the calling thread, the others on
+    # threads that end with their share (an OpenMP team's threads spin after
+    # it, and a fit right after counted that core as busy: idle_cores)
+    bounds = [len(X) * t // threads for t in range(threads + 1)]
+    found = [-1] * threads
+
+    def scan(t: int) -> None:
+        r = int(_core.first_nonfinite_row(X[bounds[t]:bounds[t + 1]]))
+        found[t] = bounds[t] + r if r >= 0 else -1
+
+    workers = [threading.Thread(target=scan, args=(t,), daemon=True) for t in range(1, threads)]
+    for w in workers:
+        w.start()
+    scan(0)
+    for w in workers:
+        w.join()
+    return next((r for r in found if r >= 0), -1)
 
 
 #: Entries from which first_nonfinite_row splits its pass over the idle cores
-#: fastnn may use (a memory-bound pass: two cores read more per second).
+#: fastnn may use (a memory-bound pass: two cores read more per second: 20,000
+#: MNIST rows, 63 MB, took 7.0 ms of a 53 ms fit of [784, 30, 10] on one
+#: Emerald Rapids core, 3.8 ms on two).
 SCAN_SPLIT = 1 << 20
 
 

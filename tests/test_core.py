@@ -7,7 +7,7 @@ import pytest
 from conftest import examples, hypothesis_api
 from numpy.testing import assert_allclose, assert_array_equal
 
-from fastnn import _core, _kernels
+from fastnn import _core, _kernels, blas
 from fastnn._kernels import SHIFT
 from fastnn import _reference as ref
 from fastnn.activations import ACTIVATIONS
@@ -515,13 +515,24 @@ def test_first_nonfinite_row_finds_nan_and_both_infinities_anywhere(dtype):
             Y[r, c] = value
             Y[30, 3] = value
             assert _core.first_nonfinite_row(Y) == min(r, 30)
-            # split over threads (one share each; more threads than rows
-            # leaves some shares empty): the first share's finding wins
-            for threads in (2, 3, 40, 64, 1000):
-                assert _core.first_nonfinite_row(Y, threads) == min(r, 30)
-    for threads in (1, 2, 40):
-        assert _core.first_nonfinite_row(X[:0], threads) == -1
-        assert _core.first_nonfinite_row(X, threads) == -1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 64])
+def test_the_input_check_split_over_threads_finds_the_first_bad_row(monkeypatch, threads):
+    """From SCAN_SPLIT entries the pass is split into contiguous shares, one a
+    thread (never more than the rows): the first share's finding wins."""
+    from fastnn import _validation
+    monkeypatch.setattr(_validation, "SCAN_SPLIT", 1)
+    monkeypatch.setattr(blas, "idle_cores", lambda: threads)
+    monkeypatch.setattr(blas, "get_num_threads", lambda: threads)
+    X = np.random.default_rng(1).standard_normal((37, 5)).astype(np.float32)
+    assert _validation.first_nonfinite_row(X) == -1
+    for rows in [(0,), (36,), (12, 30), (20, 21), (3, 36)]:
+        Y = X.copy()
+        for r in rows:
+            Y[r, r % 5] = np.nan if r % 2 else -np.inf
+        assert _validation.first_nonfinite_row(Y) == rows[0]
+        assert _validation.first_nonfinite_row(Y[:2]) == (0 if rows[0] == 0 else -1)
 
 
 def test_the_input_check_falls_back_to_numpy_without_the_compiled_core(monkeypatch):
