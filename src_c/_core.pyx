@@ -510,13 +510,19 @@ cdef extern from "smallgemm.h":
         float* dst, Py_ssize_t ldd) noexcept nogil
 
 
-# Chunks of at most this many rows take the register-blocked float32 kernels
+# Chunks of at most small_rows rows take the register-blocked float32 kernels
 # of smallgemm.h for their dense layers (when the CPU has AVX2 and FMA), larger
-# ones BLAS: the crossover measured in benchmarks/README.md ("Small batches":
-# at 10 rows the kernels win on every dense config, at 16 they lose on
-# [784, 256, 128, 10], at 32 on all but [784, 30, 10]).
-cdef Py_ssize_t SMALL_ROWS_DEFAULT = 12
+# ones BLAS: the crossovers measured in benchmarks/README.md ("Small batches").
+# With the AVX2 kernels (Zen 1): at 10 rows they win on every dense config, at
+# 16 they lose on [784, 256, 128, 10], at 32 on all but [784, 30, 10]. With the
+# AVX-512 ones (Emerald Rapids): up to 32 rows they win where each layer's W
+# has at most SMALL_WEIGHTS entries (2 MiB: [784, 256, 128, 10] at batch 32
+# 1.40x, [784, 100, 10] 1.40x, at 48 0.97x), and lose on a 1024 x 1024 layer
+# from 16 rows on (0.71x), which keeps the kernels up to SMALL_ROWS_ANY rows.
+cdef Py_ssize_t SMALL_ROWS_ANY = 12
+cdef Py_ssize_t SMALL_WEIGHTS = 1 << 19
 cdef bint SMALL_GEMM = sg_available() != 0
+cdef Py_ssize_t SMALL_ROWS_DEFAULT = 32 if sg_set_isa(2) == 2 else SMALL_ROWS_ANY
 cdef Py_ssize_t small_rows = SMALL_ROWS_DEFAULT if SMALL_GEMM else 0
 
 
@@ -586,9 +592,10 @@ cdef Py_ssize_t bf16_scratch(const Geometry* g, Py_ssize_t N) noexcept nogil:
     return 0
 
 
-cdef inline bint small(Py_ssize_t rows) noexcept nogil:
-    """Whether a dense layer's products over a chunk of `rows` rows use smallgemm.h."""
-    return rows <= small_rows
+cdef inline bint small(Py_ssize_t rows, Py_ssize_t weights) noexcept nogil:
+    """Whether a dense layer's products over a chunk of `rows` rows use
+    smallgemm.h; `weights`: the entries of its W (I x O)."""
+    return rows <= small_rows and (rows <= SMALL_ROWS_ANY or weights <= SMALL_WEIGHTS)
 
 
 cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
@@ -751,7 +758,7 @@ cdef void linear_forward_impl(const floating* A, const floating* W,
         for j in range(O):
             Z[r * O + j] = b[j]
     if floating is float:
-        if small(N) and bf == NULL:
+        if small(N, I * O) and bf == NULL:
             sg_gemm(N, O, I, 1, A, I, 1, W, O, 1, Z, O)
             return
     # column-major Z^T (O, N) += W^T (O, I) @ A^T (I, N)
@@ -942,7 +949,7 @@ cdef void hidden_delta_impl(const floating* D_next, const floating* W_next,
     dropout mask of A (NULL: none); bf as in linear_forward_impl.
     """
     cdef Py_ssize_t i
-    if floating is float and small(N) and bf == NULL:
+    if floating is float and small(N, I * O) and bf == NULL:
         sg_nt(N, I, O, D_next, W_next, out, I)
     else:
         # column-major out^T (I, N) = W_next (I, O) @ D_next^T (O, N)
@@ -996,7 +1003,7 @@ cdef void param_update_impl(const floating* A, const floating* D,
     1 it writes or accumulates the mean gradient.  A (N, I), D (N, O), W (I, O);
     bf as in linear_forward_impl (the bias gradient sums D as it is).
     """
-    if floating is float and small(N) and bf == NULL:
+    if floating is float and small(N, I * O) and bf == NULL:
         # W (I, O) = beta_w W + alpha A^T (I, N) @ D (N, O)
         sg_gemm(I, O, N, alpha, A, 1, I, D, O, beta_w, W, O)
     else:
@@ -2029,8 +2036,9 @@ cdef void train_units(const input_t* X, const float* Y, const float* sample_weig
 cdef bint units_apply(Layout* lay, int optimizer, const double* hyper,
                       Py_ssize_t batch_size) noexcept nogil:
     """Whether train_units_impl runs an epoch: a dense network's fused SGD
-    step on one-chunk batches of at most small_rows rows (float32, on a
-    CPU with smallgemm.h's kernels)."""
+    step on one-chunk batches whose every layer's products take smallgemm.h
+    (`small`: at most small_rows rows, and SMALL_ROWS_ANY for a layer with
+    more than SMALL_WEIGHTS weights; float32, on a CPU with the kernels)."""
     cdef Py_ssize_t l
     if lay.bf_off >= 0:
         return False        # a bfloat16 network's products go through gemm_bf16
@@ -2038,7 +2046,8 @@ cdef bint units_apply(Layout* lay, int optimizer, const double* hyper,
             and batch_size <= lay.capacity and batch_size <= small_rows):
         return False
     for l in range(lay.n_layers):
-        if lay.layer[l].kind != DENSE:
+        if lay.layer[l].kind != DENSE or not small(batch_size,
+                                                   lay.layer[l].n_in * lay.layer[l].n_out):
             return False
     return True
 

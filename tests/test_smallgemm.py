@@ -195,6 +195,7 @@ CASES = {
     "deep-softmax": ({"sizes": [64, 40, 33, 10], "activation": "tanh", "output": "softmax",
                       "loss": "cross_entropy"}, {"lr": 0.1}),
     "batch-11": ({}, {"lr": 1.0, "batch_size": 11}),
+    "batch-32": ({"sizes": [64, 40, 20, 10]}, {"lr": 1.0, "batch_size": 32}),
     "l2": ({}, {"lr": 1.0, "l2": 5.0}),
     "dropout": ({"sizes": [64, 40, 20, 10]}, {"lr": 1.0, "dropout": [0.3, 0.2]}),
     "uint8": ({}, {"lr": 1.0, "uint8": True}),
@@ -221,9 +222,9 @@ def test_small_batches_train_the_same_on_one_and_two_threads(case, small_rows):
     """The team splits rows for the forward pass and units for the backward;
     every entry is the same sum in the same order, so the weights are the
     same bits."""
-    small_rows(12, threads=1)
+    small_rows(32, threads=1)
     one = fit(case)
-    small_rows(12, threads=2)
+    small_rows(32, threads=2)
     two = fit(case)
     from fastnn import training
 
@@ -236,7 +237,7 @@ def test_small_batches_train_the_same_on_one_and_two_threads(case, small_rows):
 def test_small_batches_agree_with_blas_and_the_reference(case, small_rows):
     """The kernels' sums round differently from BLAS's (FMA, another order)
     and from NumPy's: float32 round-off, grown over two epochs of SGD."""
-    small_rows(12, threads=2)
+    small_rows(32, threads=2)
     fast = fit(case)
     small_rows(0)
     slow = fit(case)
@@ -252,7 +253,7 @@ def test_every_kernel_trains_the_same_weights(case, small_rows):
     """The small-batch epoch on two threads (and, for "conv", a first
     convolution's im2col products) with each of the CPU's kernels: the same
     bits."""
-    small_rows(12, threads=2)
+    small_rows(32, threads=2)
     nets = []
     for isa in ISAS:
         before = _core.set_small_gemm_isa(isa)
@@ -304,6 +305,25 @@ def test_which_fits_split_units(small_rows):
         assert training.team_threads(net, units=True, batch_size=10) == 1
     small_rows(0)
     assert not training.splits_units(net, table, sgd, plain, 10, 10)
+
+
+def test_past_twelve_rows_only_layers_of_at_most_half_a_million_weights_take_the_kernels(
+        small_rows):
+    """With the AVX-512 kernels the default limit is 32 rows (12 with AVX2's),
+    but from 13 rows on only for nets whose every W has at most 2**19 entries:
+    a 1024 x 1024 layer stays on BLAS there (benchmarks/README.md)."""
+    assert _core.get_small_rows() == (32 if _core.small_gemm_isa() == "avx512" else 12)
+    small_rows(32, threads=2)
+    sgd, plain = get_optimizer("sgd").code, hyper_array(1.0)
+    narrow = fastnn.Network([784, 256, 128, 10])                 # 200,704 weights at most
+    wide = fastnn.Network([1024, 512, 10])                       # 524,288 = 2**19
+    wider = fastnn.Network([1025, 512, 10])                      # one row more
+    for net, splits_at_32 in [(narrow, True), (wide, True), (wider, False)]:
+        table, _ = net.plan.table(None, None)
+        assert training.splits_units(net, table, sgd, plain, 12, 12)
+        assert training.splits_units(net, table, sgd, plain, 13, 13) == splits_at_32
+        assert training.splits_units(net, table, sgd, plain, 32, 32) == splits_at_32
+        assert not training.splits_units(net, table, sgd, plain, 33, 33)
 
 
 def test_a_diverging_small_batch_run_rolls_back(small_rows):
