@@ -8,7 +8,7 @@ process: OpenBLAS's pthreads build (SciPy's) has no per-thread count (even
 
 Training leaves the threading to BLAS. ``forward`` reads the count and
 changes nothing: when the BLAS runs one thread, a team of fastnn's own
-threads (OpenMP) takes whole 512-row chunks, each with single-threaded GEMMs
+threads (OpenMP) takes whole chunks of rows, each with single-threaded GEMMs
 (faster than splitting every GEMM, see benchmarks/README.md), and the teams
 of forwards running at once in several threads share ``get_num_threads()``
 threads (``team``); otherwise the chunks run in turn, each GEMM on the

@@ -40,10 +40,12 @@ if TYPE_CHECKING:
 
 
 # Rows forward() pushes through the network at a time: big enough for
-# efficient GEMMs, small enough that each layer's activations stay in cache
-# (512 measured best for [784, 256, 128, 10] and as good as any for
-# [784, 1024, 1024, 10]).
-PREDICT_CHUNK = 512
+# efficient GEMMs, small enough that each layer's activations stay in cache.
+# 512 measured best on an AMD Zen 1 (L2 512 KiB); on an Emerald Rapids (L2 2
+# MiB) 1,024 gave 1.06-1.16x on [784, 256, 128, 10] and 1.07-1.10x on
+# [784, 1024, 1024, 10] (a fresh network's first forward of 10,000 rows, as
+# benchmarks/run.py times it, 9 rounds). The chunk does not change a result.
+PREDICT_CHUNK = 1024
 # Entries of one thread's forward() workspace at most (16 MiB of float32):
 # a convolutional net's rows are wide, so its chunks are fewer rows.
 PREDICT_BUDGET = 4 * 1024 * 1024

@@ -266,7 +266,7 @@ def test_gradient_and_forward_match_the_reference_in_bfloat16(sizes):
     nets = [Network(sizes, activation="relu", output="softmax", loss="cross_entropy",
                     dtype="bfloat16", seed=1, backend=b) for b in ("cython", "numpy")]
     rng = np.random.default_rng(7)
-    n = 1100      # more than one forward chunk of 512 rows: a team of threads
+    n = 1100      # more than one forward chunk (1,024 rows): a team of threads
     X = rng.random((n, nets[0].plan.n_inputs)).astype(np.float32)
     y = rng.integers(0, 3, n)
     f32 = Network(sizes, activation="relu", output="softmax", loss="cross_entropy", seed=1)

@@ -37,7 +37,7 @@ def test_forward_in_many_threads_at_once_changes_no_thread_count_and_no_bit(monk
 
     net = Network([64, 128, 64, 10], activation="relu", output="softmax",
                   loss="cross_entropy", init="he", seed=0)
-    X = np.random.default_rng(0).random((3000, 64), dtype=np.float32)    # 6 chunks
+    X = np.random.default_rng(0).random((3000, 64), dtype=np.float32)    # 3 chunks
     before = get_num_threads()
     predict, lock = fastnn._core.predict, threading.Lock()
     running = {"calls": 0, "threads": 0, "extra_max": 0, "blas": set()}

@@ -287,9 +287,12 @@ def test_forward_predict_evaluate():
 
 
 def test_forward_handles_many_chunks_and_other_dtypes():
-    X = np.random.default_rng(0).normal(size=(1000, 5))
+    from fastnn import network
+
+    X = np.random.default_rng(0).normal(size=(2 * network.PREDICT_CHUNK + 7, 5))
     net = Network([5, 4, 2], seed=0, dtype="float64")
     full = net.forward(X)
+    assert net._chunk(len(X)) < len(X) // 2                   # three chunks, the last short
     assert_allclose(net.forward(X[:3]), full[:3], rtol=1e-14)
     assert_allclose(net.forward(X.astype(np.float32)), full, rtol=1e-6)
     assert_allclose(net.forward(np.asfortranarray(X)), full, rtol=1e-14)
