@@ -374,10 +374,22 @@ def one_fit_at_a_time(
     return exclusive_fit
 
 
-#: Rows of a batch for each thread of a team that splits units: a thread
-#: with fewer rows waits at the barriers longer than it computes (measured
-#: in benchmarks/README.md, "Small batches").
-ROWS_PER_UNITS_THREAD = 5
+#: Rows of a batch for each thread of a team that splits units, by the
+#: instruction set of smallgemm's kernels: a thread with fewer rows waits at
+#: the barriers longer than it computes (benchmarks/README.md, "Small
+#: batches"). With AVX2 (Zen 1) two threads won from 10 rows; the AVX-512
+#: kernel does a batch's products in half the time, and on an Emerald Rapids
+#: two threads against one, paired in one process, 7 rounds, were at the
+#: median 1.00x on [784, 30, 10] at batch 10, 0.54x on [784, 100, 10] at 10,
+#: 0.63x on [784, 30, 10] at 20 and 0.86x on [784, 256, 128, 10] at 32.
+ROWS_PER_UNITS_THREAD = {"avx2": 5, "avx512": 16}
+
+
+def rows_per_units_thread():
+    """ROWS_PER_UNITS_THREAD for the kernels this process runs."""
+    from fastnn import _core
+
+    return ROWS_PER_UNITS_THREAD.get(_core.small_gemm_isa(), ROWS_PER_UNITS_THREAD["avx2"])
 
 
 def team_threads(net, units=False, batch_size=1):
@@ -385,7 +397,7 @@ def team_threads(net, units=False, batch_size=1):
     convolution or pooling layers (much of whose work is outside the GEMMs),
     fastnn's threads, each with a single-threaded BLAS; for a dense network
     whose batches the kernel splits by units (`units`, see `splits_units`),
-    one for every ROWS_PER_UNITS_THREAD rows of a batch, up to fastnn's
+    one for every rows_per_units_thread() rows of a batch, up to fastnn's
     threads; for another dense network one, whose GEMMs use the BLAS's
     threads (see benchmarks/README.md, and `epoch_blas_threads`). A team
     takes idle cores only (`blas.idle_cores`): it meets at a barrier after
@@ -396,7 +408,7 @@ def team_threads(net, units=False, batch_size=1):
     if net.backend != "cython" or not (net.plan.spatial or units):
         return 1
     if units:
-        return max(1, min(blas.get_num_threads(), batch_size // ROWS_PER_UNITS_THREAD,
+        return max(1, min(blas.get_num_threads(), batch_size // rows_per_units_thread(),
                           blas.idle_cores()))
     return max(1, min(blas.get_num_threads(), blas.idle_cores()))
 

@@ -53,10 +53,38 @@ def test_the_best_kernels_the_cpu_has_are_chosen():
         _core.set_small_gemm_isa("sse")
 
 
+ROWS_PER_UNITS_THREAD = dict(training.ROWS_PER_UNITS_THREAD)   # before the fixture below
+
+
 @pytest.fixture(autouse=True)
 def idle_machine(monkeypatch):
-    """The team sizes of these tests, whatever else runs on the machine."""
+    """The team sizes of these tests, whatever else runs on the machine: two
+    threads from 10 rows on, whichever kernels the CPU runs."""
     monkeypatch.setattr(blas, "idle_cores", lambda: 2)
+    monkeypatch.setattr(training, "ROWS_PER_UNITS_THREAD", {"avx2": 5, "avx512": 5})
+
+
+def test_a_units_thread_takes_more_rows_with_the_avx512_kernels(monkeypatch):
+    """The AVX-512 kernel does a batch in half the time, so a team pays for
+    its barriers only from 16 rows a thread (5 with AVX2's)."""
+    monkeypatch.setattr(training, "ROWS_PER_UNITS_THREAD", ROWS_PER_UNITS_THREAD)
+    assert ROWS_PER_UNITS_THREAD == {"avx2": 5, "avx512": 16}
+    per = ROWS_PER_UNITS_THREAD[_core.small_gemm_isa()]
+    assert training.rows_per_units_thread() == per
+    before = blas.get_num_threads()
+    try:
+        blas.set_num_threads(2)
+        net = fastnn.Network([64, 30, 10])
+        assert training.team_threads(net, units=True, batch_size=2 * per) == 2
+        assert training.team_threads(net, units=True, batch_size=2 * per - 1) == 1
+        for isa in ISAS:
+            previous = _core.set_small_gemm_isa(isa)
+            try:
+                assert training.rows_per_units_thread() == ROWS_PER_UNITS_THREAD[isa]
+            finally:
+                _core.set_small_gemm_isa(previous)
+    finally:
+        blas.set_num_threads(before)
 
 
 class AlwaysTeam:
