@@ -89,11 +89,14 @@ def first_nonfinite_row(X: Array) -> int:
     # threads that end with their share (an OpenMP team's threads spin after
     # it, and a fit right after counted that core as busy: idle_cores)
     bounds = [len(X) * t // threads for t in range(threads + 1)]
-    found = [-1] * threads
+    found: list = [-1] * threads     # each share's first bad row, or the error it raised
 
     def scan(t: int) -> None:
-        r = int(_core.first_nonfinite_row(X[bounds[t]:bounds[t + 1]]))
-        found[t] = bounds[t] + r if r >= 0 else -1
+        try:
+            r = int(_core.first_nonfinite_row(X[bounds[t]:bounds[t + 1]]))
+            found[t] = bounds[t] + r if r >= 0 else -1
+        except BaseException as error:      # re-raised by the calling thread
+            found[t] = error
 
     workers = [threading.Thread(target=scan, args=(t,), daemon=True) for t in range(1, threads)]
     for w in workers:
@@ -101,6 +104,9 @@ def first_nonfinite_row(X: Array) -> int:
     scan(0)
     for w in workers:
         w.join()
+    for r in found:
+        if isinstance(r, BaseException):
+            raise r
     return next((r for r in found if r >= 0), -1)
 
 

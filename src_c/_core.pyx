@@ -516,9 +516,10 @@ cdef extern from "smallgemm.h":
 # With the AVX2 kernels (Zen 1): at 10 rows they win on every dense config, at
 # 16 they lose on [784, 256, 128, 10], at 32 on all but [784, 30, 10]. With the
 # AVX-512 ones (Emerald Rapids): up to 32 rows they win where each layer's W
-# has at most SMALL_WEIGHTS entries (2 MiB: [784, 256, 128, 10] at batch 32
-# 1.40x, [784, 100, 10] 1.40x, at 48 0.97x), and lose on a 1024 x 1024 layer
-# from 16 rows on (0.71x), which keeps the kernels up to SMALL_ROWS_ANY rows.
+# has at most SMALL_WEIGHTS entries (2 MiB: [784, 256, 128, 10] at batch 24
+# 1.42x, at 32 1.08x, at 48 0.97x; [784, 100, 10] at 32 1.27x), and lose on a
+# 1024 x 1024 layer from 16 rows on (0.71x), which keeps the kernels up to
+# SMALL_ROWS_ANY rows there.
 cdef Py_ssize_t SMALL_ROWS_ANY = 12
 cdef Py_ssize_t SMALL_WEIGHTS = 1 << 19
 cdef bint SMALL_GEMM = sg_available() != 0

@@ -535,6 +535,27 @@ def test_the_input_check_split_over_threads_finds_the_first_bad_row(monkeypatch,
         assert _validation.first_nonfinite_row(Y[:2]) == (0 if rows[0] == 0 else -1)
 
 
+def test_the_split_input_check_raises_what_a_share_raises(monkeypatch):
+    """An error in another thread's share is the caller's error, not a
+    finite verdict."""
+    from fastnn import _validation
+    monkeypatch.setattr(_validation, "SCAN_SPLIT", 1)
+    monkeypatch.setattr(blas, "idle_cores", lambda: 2)
+    monkeypatch.setattr(blas, "get_num_threads", lambda: 2)
+    calls = []
+
+    def failing(X):
+        calls.append(len(X))
+        if len(calls) == 2:
+            raise MemoryError("share")
+        return -1
+
+    monkeypatch.setattr(_core, "first_nonfinite_row", failing)
+    with pytest.raises(MemoryError, match="share"):
+        _validation.first_nonfinite_row(np.ones((10, 3), np.float32))
+    assert sorted(calls) == [5, 5]
+
+
 def test_the_input_check_falls_back_to_numpy_without_the_compiled_core(monkeypatch):
     import sys
 
