@@ -112,8 +112,8 @@ def first_nonfinite_row(X: Array) -> int:
 
 #: Entries from which first_nonfinite_row splits its pass over the idle cores
 #: fastnn may use (a memory-bound pass: two cores read more per second: 20,000
-#: MNIST rows, 63 MB, took 7.0 ms of a 53 ms fit of [784, 30, 10] on one
-#: Emerald Rapids core, 3.8 ms on two).
+#: MNIST rows, 63 MB, took 7.9 ms of a 53 ms fit of [784, 30, 10] on one
+#: Emerald Rapids core, 4.5 ms on two).
 SCAN_SPLIT = 1 << 20
 
 

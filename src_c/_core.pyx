@@ -495,6 +495,7 @@ cdef inline double uniform(uint64_t key, Py_ssize_t j) noexcept nogil:
 cdef extern from "smallgemm.h":
     int sg_available "fastnn_sg_available"() noexcept nogil
     int sg_set_isa "fastnn_sg_set_isa"(int isa) noexcept nogil
+    int sg_get_isa "fastnn_sg_get_isa"() noexcept nogil
     void sg_gemm "fastnn_sg_gemm"(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K, float alpha,
                                   const float* A, Py_ssize_t sai, Py_ssize_t sak,
                                   const float* B, Py_ssize_t ldb, float beta,
@@ -523,7 +524,7 @@ cdef extern from "smallgemm.h":
 cdef Py_ssize_t SMALL_ROWS_ANY = 12
 cdef Py_ssize_t SMALL_WEIGHTS = 1 << 19
 cdef bint SMALL_GEMM = sg_available() != 0
-cdef Py_ssize_t SMALL_ROWS_DEFAULT = 32 if sg_set_isa(2) == 2 else SMALL_ROWS_ANY
+cdef Py_ssize_t SMALL_ROWS_DEFAULT = 32 if sg_get_isa() == 2 else SMALL_ROWS_ANY
 cdef Py_ssize_t small_rows = SMALL_ROWS_DEFAULT if SMALL_GEMM else 0
 
 
@@ -2549,7 +2550,7 @@ SMALL_GEMM_ISAS = ("none", "avx2", "avx512")
 def small_gemm_isa():
     """The instruction set of the kernels sg_gemm runs: "avx512" (AVX-512 F
     and VL), "avx2" (AVX2 and FMA) or "none" (the callers use BLAS)."""
-    return _small_isa
+    return SMALL_GEMM_ISAS[sg_get_isa()]
 
 
 def set_small_gemm_isa(str isa):
@@ -2557,15 +2558,11 @@ def set_small_gemm_isa(str isa):
     it lacks that one); returns the previous choice. Both give the same bits
     (smallgemm.h): for tests, which run each kernel on a CPU that has both.
     It applies to the whole process, so call it while no kernel runs."""
-    global _small_isa
     _check(isa in SMALL_GEMM_ISAS[1:],
            f"set_small_gemm_isa: isa must be one of {', '.join(SMALL_GEMM_ISAS[1:])}")
-    previous = _small_isa
-    _small_isa = SMALL_GEMM_ISAS[sg_set_isa(SMALL_GEMM_ISAS.index(isa))]
+    previous = SMALL_GEMM_ISAS[sg_get_isa()]
+    sg_set_isa(SMALL_GEMM_ISAS.index(isa))
     return previous
-
-
-_small_isa = SMALL_GEMM_ISAS[sg_set_isa(2)]
 
 
 def set_small_rows(Py_ssize_t rows):

@@ -427,9 +427,12 @@ static int fastnn_sg_best_isa(void) {
    the isa in effect. */
 static int fastnn_sg_set_isa(int isa) {
     const int best = fastnn_sg_best_isa();
-    fastnn_sg_isa = isa < best ? (isa < FASTNN_SG_AVX2 ? best : isa) : best;
+    fastnn_sg_isa = isa < FASTNN_SG_AVX2 || isa > best ? best : isa;
     return fastnn_sg_isa;
 }
+
+/* The isa fastnn_sg_gemm runs now. */
+static int fastnn_sg_get_isa(void) { return fastnn_sg_isa; }
 
 /* 1 if this CPU runs the kernels (AVX2 and FMA), else 0; chooses the best. */
 static int fastnn_sg_available(void) {
@@ -637,6 +640,7 @@ SG_TARGET static void fastnn_sg_maxpool(const float* src, float* out, int32_t* i
 #define FASTNN_SG 0
 static int fastnn_sg_available(void) { return 0; }
 static int fastnn_sg_set_isa(int isa) { return 0; }
+static int fastnn_sg_get_isa(void) { return 0; }
 static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
                            const float* A, ptrdiff_t sai, ptrdiff_t sak,
                            const float* B, ptrdiff_t ldb, float beta,
