@@ -153,9 +153,12 @@ _blas_owner = False  # a forward holds the BLAS at one thread for its team (forw
 
 
 @contextmanager
-def forward_team(chunks, spatial):
+def forward_team(chunks, spatial, blas_free=False):
     """Threads for one forward of `chunks` chunks; yields the team's size.
 
+    A forward that makes no BLAS call (`blas_free`: a dense float32
+    network on smallgemm.h's AVX-512 kernel, `_core.predicts_without_blas`)
+    gives whole chunks to a team of threads, whatever the BLAS's threads.
     With a single-threaded BLAS a team of threads takes whole chunks (see
     team). With a multi-threaded one the chunks run in turn on the BLAS's
     threads, which suits a dense network (its time is in the products), but
@@ -167,6 +170,10 @@ def forward_team(chunks, spatial):
     it after; a forward that runs meanwhile sees a single-threaded BLAS. A
     chunk's result does not depend on either count."""
     global _blas_owner
+    if blas_free:
+        with team(chunks) as size:
+            yield size
+        return
     own = False
     if (chunks > 1 and spatial and get_num_threads() > 1 and blas_num_threads() > 1
             and threading.current_thread() is threading.main_thread()):

@@ -669,15 +669,20 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         table, _ = self.plan.table()
         chunk = self._chunk(len(X))
         n_chunks = -(-len(X) // max(chunk, 1))
-        # With a single-threaded BLAS, a team of threads takes whole chunks,
-        # sized by blas.team so that concurrent forwards share
-        # get_num_threads(); otherwise the chunks run in turn on the BLAS's
-        # threads, except for a convolutional network, whose forward holds the
-        # BLAS at one thread for its team (blas.forward_team). A chunk's
-        # result does not depend on the team (see fastnn.blas).
+        # A float32 network whose forward makes no BLAS call (its dense
+        # layers on smallgemm.h's AVX-512 kernel: _core.predicts_without_blas)
+        # and any network on a single-threaded BLAS give whole chunks to a
+        # team of threads, sized by blas.team so that concurrent forwards
+        # share get_num_threads();
+        # otherwise the chunks run in turn on the BLAS's threads, except for
+        # a convolutional network, whose forward holds the BLAS at one thread
+        # for its team (blas.forward_team). A chunk's result does not depend
+        # on the team (see fastnn.blas).
         chunks = n_chunks if self.backend == "cython" else 1
+        blas_free = (self.backend == "cython" and not self._bf16 and self.dtype == np.float32
+                     and self._kernels.predicts_without_blas(table))
         out = np.empty((len(X), self.sizes[-1]), dtype=self.dtype)
-        with blas.forward_team(chunks, self.plan.spatial) as threads:
+        with blas.forward_team(chunks, self.plan.spatial, blas_free) as threads:
             blas.prime(self.dtype)
             work = np.empty(threads * self._kernels.workspace_size(table, chunk, bf16=self._bf16),
                             dtype=self.dtype)

@@ -370,6 +370,16 @@ cdef extern from *:
     void barrier "fastnn_barrier"() noexcept nogil
 
 
+cdef extern from *:
+    """
+    /* *counter += 1, atomically; returns the value before */
+    static inline int64_t fastnn_take(int64_t* counter) {
+        return __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+    }
+    """
+    int64_t take "fastnn_take"(int64_t* counter) noexcept nogil
+
+
 cdef struct Team:
     int id          # this thread, 0 .. size - 1
     int size        # threads in the team
@@ -496,6 +506,7 @@ cdef extern from "smallgemm.h":
     int sg_available "fastnn_sg_available"() noexcept nogil
     int sg_set_isa "fastnn_sg_set_isa"(int isa) noexcept nogil
     int sg_get_isa "fastnn_sg_get_isa"() noexcept nogil
+    Py_ssize_t sg_set_block_bytes "fastnn_sg_set_block_bytes"(Py_ssize_t bytes) noexcept nogil
     void sg_gemm "fastnn_sg_gemm"(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K, float alpha,
                                   const float* A, Py_ssize_t sai, Py_ssize_t sak,
                                   const float* B, Py_ssize_t ldb, float beta,
@@ -592,6 +603,24 @@ cdef Py_ssize_t bf16_scratch(const Geometry* g, Py_ssize_t N) noexcept nogil:
     if g.kind == CONV2D:
         return max3(B * K + K * F, B * F + K * F, B * F + B * K)
     return 0
+
+
+# A forward outside training (predict) in float32 takes smallgemm.h's AVX-512
+# kernel for a dense layer of at most SMALL_WEIGHTS weights at any chunk size:
+# with B packed, a chunk of 1,024 rows runs at about 145 GFLOP/s a core, and
+# each row's outputs are then computed the same whatever the chunk, the
+# thread count or the calling thread (a team of fastnn's threads takes whole
+# chunks, with no BLAS call to share). A larger W stays on BLAS, whose
+# threaded kernels won there: [784, 1024, 1024, 10] 0.94x, [784, 256, 128, 10]
+# 1.33x (see benchmarks/README.md). Not with the AVX2 kernel, which OpenBLAS
+# beats at these sizes (Zen 1).
+cdef bint small_predict_on = True
+
+
+cdef inline bint small_predict(Py_ssize_t weights) noexcept nogil:
+    """Whether predict takes smallgemm.h at any chunk size for a dense layer
+    of `weights` entries in W."""
+    return small_predict_on and sg_get_isa() == 2 and weights <= SMALL_WEIGHTS
 
 
 cdef inline bint small(Py_ssize_t rows, Py_ssize_t weights) noexcept nogil:
@@ -748,19 +777,22 @@ cdef void gather_chunk(const input_t* X, const floating* Y, const floating* samp
 
 cdef void linear_forward_impl(const floating* A, const floating* W,
                               const floating* b, floating* Z, Py_ssize_t N,
-                              Py_ssize_t I, Py_ssize_t O, floating* bf) noexcept nogil:
+                              Py_ssize_t I, Py_ssize_t O, floating* bf,
+                              bint predicting) noexcept nogil:
     """Z := A @ W + b.  A (N, I), W (I, O), b (O,), Z (N, O).
 
     The bias is folded into the GEMM: Z's rows are prefilled with b and
     GEMM runs with beta = 1. bf: a bfloat16 network's scratch (gemm_bf16),
     else NULL; a bfloat16 network never takes smallgemm.h's kernels.
+    predicting: a forward outside training, which takes smallgemm.h's
+    kernels at any N where small_predict() says so.
     """
     cdef Py_ssize_t r, j
     for r in range(N):
         for j in range(O):
             Z[r * O + j] = b[j]
     if floating is float:
-        if small(N, I * O) and bf == NULL:
+        if (small(N, I * O) or (predicting and small_predict(I * O))) and bf == NULL:
             sg_gemm(N, O, I, 1, A, I, 1, W, O, 1, Z, O)
             return
     # column-major Z^T (O, N) += W^T (O, I) @ A^T (I, N)
@@ -1433,7 +1465,7 @@ cdef void forward_impl(const floating* params, Layout* lay, floating slope,
         dst = A_out if l == L - 1 else work + lay.a_off[l + 1]
         if g.kind == DENSE:
             linear_forward_impl(src, params + g.w_off, params + g.b_off, dst, N, g.n_in,
-                                g.n_out, bf)
+                                g.n_out, bf, not training)
             activate_impl(g.act, slope, dst, N, g.n_out)
         elif g.kind == CONV2D:
             conv_forward_impl(src, params + g.w_off, params + g.b_off, dst,
@@ -1706,21 +1738,26 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
 
 cdef void predict_impl(const input_t* X, Py_ssize_t n, const floating* params,
                        Layout* lay, floating slope, floating* work, Py_ssize_t work_size,
-                       const int64_t* rows, floating* out, Team* team) noexcept nogil:
+                       const int64_t* rows, floating* out, Team* team,
+                       int64_t* next_chunk) noexcept nogil:
     """out := network(X), chunk by chunk of lay.capacity rows, no dropout.
 
-    The threads of a team take whole chunks in turn, each in its own
-    workspace of work_size entries (chunks are independent: no barriers).
-    Rows of X already in the network's dtype are read in place; others are
-    converted into the workspace. Outputs go straight into out.
+    The threads of a team take whole chunks, each the next one not taken
+    (*next_chunk, counted atomically from 0), each in its own workspace of
+    work_size entries: chunks are independent (no barriers), and a thread
+    that runs slower (a vCPU that the host takes away for a while) takes
+    fewer of them. Rows of X already in the network's dtype are read in
+    place; others are converted into the workspace. Outputs go straight
+    into out.
     """
     cdef Py_ssize_t j, start, m, I = lay.layer[0].n_in
     cdef Py_ssize_t n_out = lay.layer[lay.n_layers - 1].n_out
     cdef Py_ssize_t n_chunks = (n + lay.capacity - 1) // lay.capacity
     cdef floating* mine = work + team.id * work_size
     cdef const floating* A0
-    for j in range((n_chunks - team.id + team.size - 1) // team.size):
-        start = (team.id + j * team.size) * lay.capacity
+    j = take(next_chunk)
+    while j < n_chunks:
+        start = j * lay.capacity
         m = lay.capacity if start + lay.capacity <= n else n - start
         if (input_t is float and floating is float) or (input_t is double and floating is double):
             A0 = <const floating*> (X + start * I)
@@ -1728,16 +1765,17 @@ cdef void predict_impl(const input_t* X, Py_ssize_t n, const floating* params,
             gather_rows(X, I, rows + start, m, mine + lay.a_off[0])
             A0 = mine + lay.a_off[0]
         forward_impl(params, lay, slope, A0, mine, out + start * n_out, m, False, 0, 0)
+        j = take(next_chunk)
 
 
 cdef void predict_team(const input_t* X, Py_ssize_t n, const floating* params,
                        Layout* lay, floating slope, floating* work, Py_ssize_t work_size,
-                       const int64_t* rows, floating* out) noexcept nogil:
+                       const int64_t* rows, floating* out, int64_t* next_chunk) noexcept nogil:
     """predict_impl as this thread's part of the current OpenMP team."""
     cdef Team team
     team.id = thread_id()
     team.size = team_size()
-    predict_impl(X, n, params, lay, slope, work, work_size, rows, out, &team)
+    predict_impl(X, n, params, lay, slope, work, work_size, rows, out, &team, next_chunk)
 
 
 cdef struct Shared:
@@ -2350,6 +2388,7 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
     cdef Py_ssize_t n = X.shape[0], per_thread, n_out
     cdef Layout lay
     cdef int64_t[::1] rows
+    cdef int64_t next_chunk = 0     # the team's next chunk (predict_impl)
     _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
     _check(not bf16 or floating is float, "a bfloat16 network's parameters are float32")
     per_thread = work.shape[0] // n_threads
@@ -2367,11 +2406,11 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
         if n_threads == 1:
             with nogil:
                 predict_impl(&X[0, 0], n, &params[0], &lay, <floating> slope, &work[0],
-                             per_thread, &rows[0], &out[0, 0], &SOLO)
+                             per_thread, &rows[0], &out[0, 0], &SOLO, &next_chunk)
         else:
             with nogil, parallel(num_threads=n_threads):
                 predict_team(&X[0, 0], n, &params[0], &lay, <floating> slope, &work[0],
-                             per_thread, &rows[0], &out[0, 0])
+                             per_thread, &rows[0], &out[0, 0], &next_chunk)
     finally:
         layout_free(&lay)
 
@@ -2434,7 +2473,7 @@ def linear_forward(const floating[:, ::1] A, const floating[:, ::1] W,
     if N == 0:
         return
     with nogil:
-        linear_forward_impl(&A[0, 0], &W[0, 0], &b[0], &out[0, 0], N, I, O, NULL)
+        linear_forward_impl(&A[0, 0], &W[0, 0], &b[0], &out[0, 0], N, I, O, NULL, False)
 
 
 def round_bf16(const float[::1] x, float[::1] out):
@@ -2563,6 +2602,37 @@ def set_small_gemm_isa(str isa):
     previous = SMALL_GEMM_ISAS[sg_get_isa()]
     sg_set_isa(SMALL_GEMM_ISAS.index(isa))
     return previous
+
+
+def set_small_gemm_block(Py_ssize_t nbytes=0):
+    """Bytes of the rows of A that the AVX-512 kernel's blocks of rows read
+    (0: the default, smallgemm.h's SG5_BLOCK_BYTES); returns the value in
+    effect. The blocking changes the order of the work, not its results."""
+    _check(nbytes >= 0, f"nbytes must be >= 0, not {nbytes}")
+    return sg_set_block_bytes(nbytes)
+
+
+def predicts_without_blas(const int64_t[:, ::1] table):
+    """Whether predict() computes this network (a layer table, as
+    train_epoch's) in float32 without BLAS: every layer dense, each on
+    smallgemm.h's AVX-512 kernel. Its outputs are then the same bits on any
+    team and any thread, and a team of threads needs no single-threaded
+    BLAS. (Not for a bfloat16 network, whose products are gemm_bf16's.)"""
+    cdef Py_ssize_t l
+    cdef Geometry g
+    _check(table.shape[1] == N_COLS, f"the layer table has {table.shape[1]} columns, not {N_COLS}")
+    for l in range(table.shape[0]):
+        geometry_init(&g, &table[l, 0], 1)
+        if g.kind != DENSE or not small_predict(g.n_in * g.n_out):
+            return False
+    return table.shape[0] > 0
+
+
+def set_small_predict(bint on):
+    """Whether predict's dense layers may take smallgemm.h at any chunk
+    size (the default; tests compare with BLAS by turning it off)."""
+    global small_predict_on
+    small_predict_on = on
 
 
 def set_small_rows(Py_ssize_t rows):

@@ -200,3 +200,53 @@ def test_prime_runs_once_per_dtype_and_thread_count_and_only_on_a_single_threade
     with threadpool_limits(1):
         Network([8, 6, 2], seed=0).fit(X, y, epochs=1, batch_size=10)
     assert calls == [(4, False)]
+
+
+def test_a_dense_forward_without_blas_gives_the_same_bits_on_any_team_and_thread():
+    """Where every dense layer's forward takes smallgemm.h's AVX-512 kernel
+    (_core.predicts_without_blas), each row's outputs are computed alone:
+    the same bits on one thread or a team, whatever the BLAS's threads, from
+    the main thread or another, and for the row on its own; they agree with
+    the BLAS path to float32 rounding. Elsewhere (no AVX-512, or a layer
+    larger than SMALL_WEIGHTS) the forward stays on BLAS."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from fastnn import _core
+
+    net = Network([100, 64, 32, 10], activation="relu", output="softmax",
+                  loss="cross_entropy", init="he", seed=0)
+    table = net.plan.table()[0]
+    X = np.random.default_rng(2).random((3000, 100), dtype=np.float32)    # 3 chunks
+    wide = Network([100, 1024, 1024, 10], seed=0)
+    assert not _core.predicts_without_blas(wide.plan.table()[0])       # 2^20 weights
+    if _core.small_gemm_isa() != "avx512":
+        assert not _core.predicts_without_blas(table)
+        return
+    assert _core.predicts_without_blas(table)
+    before = get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            set_num_threads(threads)
+            for blas_threads in (1, 2):
+                with threadpool_limits(blas_threads, user_api="blas"):
+                    runs.append(net.forward(X))
+        other = []
+        worker = threading.Thread(target=lambda: other.append(net.forward(X)))
+        worker.start()
+        worker.join()
+        runs += other
+        for run in runs[1:]:
+            np.testing.assert_array_equal(run, runs[0])
+        for i in (0, 1023, 1024, 2999):
+            np.testing.assert_array_equal(net.forward(X[i:i + 1])[0], runs[0][i])
+        _core.set_small_predict(False)
+        try:
+            on_blas = net.forward(X)
+        finally:
+            _core.set_small_predict(True)
+        np.testing.assert_allclose(on_blas, runs[0], rtol=1e-5, atol=1e-6)
+    finally:
+        set_num_threads(before)
