@@ -25,7 +25,10 @@ one model file, then ``fastnn eval row7.safetensors``. The five are trained
 one after the other, each with a checkpoint every epoch, row 6's network
 being the first (row 6's command with ``--ensemble 5`` trains the five at
 once, in one file). The same for any models: ``python
-benchmarks/nielsen_ch6.py --vote A.safetensors B.safetensors``.
+benchmarks/nielsen_ch6.py --vote A.safetensors B.safetensors``. Row "7e" is
+row 7 as that one command (``--rows 7e --threads 2``): the five trained side
+by side by ``fastnn train --ensemble 5``, checkpointed and resumed as one
+file, each member bit for bit its own one-thread run.
 
 Recipe notes (see README, "Nielsen's chapter 6"): every row has a softmax
 output with the log-likelihood cost (network3.py's SoftmaxLayer; fastnn's
@@ -82,6 +85,10 @@ ROWS = {
 #: Row 7: the seeds of the five row-6 networks that vote (row 6 is the first).
 VOTE_SEEDS = (1, 2, 3, 4, 5)
 VOTE_NIELSEN = 99.67
+#: Row "7e": row 7 as one command, row 6's with ``--ensemble 5`` (the five
+#: networks trained at once by fit_many, one thread each, bit for bit as
+#: their own runs with one thread).
+ENSEMBLE_WHAT = "row 7 as one command: row 6's with --ensemble 5"
 SEED = 1
 
 
@@ -117,10 +124,20 @@ def read_results(path):
     return rows
 
 
-def epochs_done(path):
+def trainings(path):
+    """The "training" records of a model file: one, or one per member of an
+    ensemble (``fastnn train --ensemble K``)."""
     from fastnn.io import read_header
 
-    return read_header(path).fields["training"].get("cli", {}).get("epochs_done", 0)
+    fields = read_header(path).fields
+    if "members" in fields:
+        return [header["training"] for _, header in fields["members"]]
+    return [fields["training"]]
+
+
+def epochs_done(path):
+    """The epochs every network of the file has finished."""
+    return min(t.get("cli", {}).get("epochs_done", 0) for t in trainings(path))
 
 
 def latest(model):
@@ -138,12 +155,10 @@ def model_state(path):
     """None (no model yet), "unfinished" or "finished"."""
     if not os.path.exists(path):
         return None
-    from fastnn.io import read_header
-
-    training = read_header(latest(path)).fields["training"]
-    cli = training.get("cli", {})
-    return "finished" if cli.get("epochs_done", 0) >= cli.get("epochs", 1) and \
-        not training.get("best", {}).get("pending") else "unfinished"
+    return "finished" if all(
+        t.get("cli", {}).get("epochs_done", 0) >= t.get("cli", {}).get("epochs", 1)
+        and not t.get("best", {}).get("pending") for t in trainings(latest(path))) \
+        else "unfinished"
 
 
 def command(options, seed, threads, model, extra=()):
@@ -185,7 +200,10 @@ def train_row(name, options, workdir, threads, seed, log, extra=()):
                 # a segment that was killed counts up to its last checkpoint
                 wall += os.path.getmtime(segment["history"]) - segment["start"]
                 with open(segment["history"]) as h:
-                    epoch_seconds += sum(s for s in json.load(h).get("seconds", []) if s)
+                    history = json.load(h)
+                # an ensemble's history has one per member (trained side by side)
+                for member in history.get("members", [history]):
+                    epoch_seconds += sum(s for s in member.get("seconds", []) if s)
     return args, model, wall, epoch_seconds
 
 
@@ -241,6 +259,17 @@ def markdown(results):
         lines.append(f"| {row} | {what} | {r.get('epochs', '')} | {r.get('best_val_epoch', '')} "
                      f"| **{100 * r['test_accuracy']:.2f} %** | {nielsen:.2f} % "
                      f"| {r['wall_seconds'] / 60:.1f} min | {r['cpu']} |")
+    r = results.get("7e")
+    if r is not None:
+        # row 7 as one command: shown once it has run
+        commands.append("# row 7 in one command: row 6's with --ensemble 5\n"
+                        + shown(command(ROWS["6"][2], SEED, 2, "row7e.safetensors",
+                                        ["--ensemble", str(len(VOTE_SEEDS))]))
+                        + "\nfastnn eval row7e.safetensors")
+        lines.append(f"| 7e | {ENSEMBLE_WHAT} | {r['epochs']} | "
+                     f"{', '.join(map(str, r['best_val_epoch']))} "
+                     f"| **{100 * r['test_accuracy']:.2f} %** | {VOTE_NIELSEN:.2f} % "
+                     f"| {r['wall_seconds'] / 60:.1f} min | {r['cpu']} |")
     return "\n".join(lines) + "\n\n```sh\n" + "\n".join(commands) + "\n```"
 
 
@@ -272,8 +301,8 @@ def main(argv=None):
     extra = ["--limit", str(a.smoke), "--epochs", "2"] if a.smoke else []
     for row in a.rows.split(","):
         row = row.strip()
-        if row not in ROWS and row != "7":
-            raise SystemExit(f"no row {row!r}; rows are 1..7")
+        if row not in ROWS and row not in ("7", "7e"):
+            raise SystemExit(f"no row {row!r}; rows are 1..7 and 7e (row 7 by --ensemble 5)")
         if row in read_results(a.results):
             print(f"[row {row}] done, in {a.results}", flush=True)
             continue
@@ -291,6 +320,19 @@ def main(argv=None):
                                         "-o", "row7.safetensors"]),
                       "members": [os.path.basename(m) for m in members],
                       "test_accuracy": vote(members, a.workdir, a.threads)[1],
+                      "wall_seconds": round(wall, 1), "epoch_seconds": round(epoch_seconds, 1),
+                      "cpu": cpu_model()}
+        elif row == "7e":
+            args, model, wall, epoch_seconds = train_row(
+                row, ROWS["6"][2], a.workdir, a.threads, SEED, log,
+                [*extra, "--ensemble", str(len(VOTE_SEEDS))])
+            members = trainings(model)
+            record = {"row": row, "what": ENSEMBLE_WHAT, "nielsen": VOTE_NIELSEN,
+                      "command": shown(args),
+                      "epochs": min(t["cli"]["epochs_done"] for t in members),
+                      "best_val_epoch": [t["best"]["epoch"] for t in members],
+                      "best_val_accuracy": [t["best"]["value"] for t in members],
+                      "test_accuracy": evaluate(model, a.threads),
                       "wall_seconds": round(wall, 1), "epoch_seconds": round(epoch_seconds, 1),
                       "cpu": cpu_model()}
         else:

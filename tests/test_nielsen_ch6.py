@@ -45,6 +45,29 @@ def test_a_row_is_one_fastnn_train_command_and_one_json_line(tmp_path):
     assert "| 2 | conv 20x5x5, max-pool 2x2, FC100, sigmoid | | | not yet run |" in markdown
 
 
+def test_row_7_in_one_command_trains_five_networks_in_one_file(tmp_path):
+    """Row "7e": row 6's command with --ensemble 5, one file of five
+    networks (seeds 1 to 5) that fastnn eval votes with; its JSON line has
+    each member's best validation epoch, and the table shows it."""
+    results = tmp_path / "results.jsonl"
+    args = ["--rows", "7e", "--smoke", "300", "--workdir", str(tmp_path), "--results",
+            str(results), "--threads", "2"]
+    table(*args, cwd=tmp_path)
+    [record] = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["row"] == "7e" and "--ensemble 5 --seed 1" in record["command"]
+    assert "--init xavier" in record["command"] and "--restore-best" in record["command"]
+    ensemble = fastnn.load(tmp_path / "row7e.safetensors")
+    assert [m.seed for m in ensemble.members] == [1, 2, 3, 4, 5]
+    assert [m.training_record["best"]["epoch"] for m in ensemble.members] \
+        == record["best_val_epoch"]
+    assert record["epochs"] == 2 and 0 < record["test_accuracy"] <= 1
+    assert "[row 7e] done" in table(*args, cwd=tmp_path)
+    markdown = table("--markdown", "--results", str(results), cwd=tmp_path)
+    assert f"| 7e | row 7 as one command" in markdown
+    assert f"**{100 * record['test_accuracy']:.2f} %** | 99.67 %" in markdown
+    assert "--ensemble 5 --seed 1 --threads 2" in markdown
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """A directory where row 1 ran straight through (--smoke 600), read only."""
