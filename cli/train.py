@@ -508,40 +508,48 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
             raise click.ClickException(str(exc))
         raise click.ClickException(f"{exc} " + _unfinished_text(
             outputs, where, net, "Saved the weights of the last good epoch"))
-    if ensemble:
-        # the mean of the networks' outputs, on --val and the test data
-        ensemble_metrics = _ensemble_metrics(net, val, X_test, test)
-        for line in _ensemble_lines(net, records, ensemble_metrics):
-            say(line)
-    best = net.training_record.get("best")
-    if (options["early_stopping"] and not ensemble and net.history is not None
-            and net.history.best_epoch is not None):
-        index = net.history.best_epoch
-        text = (f"kept the weights of epoch {done_before + index + 1}, the lowest validation "
-                f"loss ({records[0][index]['val_loss']:.4f})")
-        say(f"Stopped early: {text}" if net.history.stopped == "early_stopping"
-            else text[0].upper() + text[1:])
-    if options["restore_best"] and best and not ensemble:
-        say(f"Restored the weights of epoch {best['epoch']}, the best by {best['monitor']} "
-            f"({best['value']:.4f})")
-    if out:
-        say(f"Saved the model to {out}")
-    else:
-        say("The model was not saved (no -o given); to keep it, run again with "
-            "-o MODEL.safetensors")
-    if as_json:
-        result = {"model": out, "network": repr(net), "recipe": run.get("recipe"),
-                  "epochs_trained": net.epochs_trained}
+    # the run is finished and saved: a Ctrl-C from here on (while the last
+    # lines are written, the ensemble's metrics computed) must say so, not
+    # only "Interrupted", since the -o file now holds the finished run
+    try:
         if ensemble:
-            result["members"] = [
-                {"seed": m.seed, "epochs_trained": m.epochs_trained,
-                 "best": m.training_record.get("best"), "history": _history_dict(r, m),
-                 "final": r[-1] if r else {}} for m, r in zip(members, records)]
-            result["final"] = ensemble_metrics
+            # the mean of the networks' outputs, on --val and the test data
+            ensemble_metrics = _ensemble_metrics(net, val, X_test, test)
+            for line in _ensemble_lines(net, records, ensemble_metrics):
+                say(line)
+        best = net.training_record.get("best")
+        if (options["early_stopping"] and not ensemble and net.history is not None
+                and net.history.best_epoch is not None):
+            index = net.history.best_epoch
+            text = (f"kept the weights of epoch {done_before + index + 1}, the lowest validation "
+                    f"loss ({records[0][index]['val_loss']:.4f})")
+            say(f"Stopped early: {text}" if net.history.stopped == "early_stopping"
+                else text[0].upper() + text[1:])
+        if options["restore_best"] and best and not ensemble:
+            say(f"Restored the weights of epoch {best['epoch']}, the best by {best['monitor']} "
+                f"({best['value']:.4f})")
+        if out:
+            say(f"Saved the model to {out}")
         else:
-            result.update(best=net.training_record.get("best"), history=_history_dict(records[0], net),
-                          final=records[0][-1] if records[0] else {})
-        echo_json(result)
+            say("The model was not saved (no -o given); to keep it, run again with "
+                "-o MODEL.safetensors")
+        if as_json:
+            result = {"model": out, "network": repr(net), "recipe": run.get("recipe"),
+                      "epochs_trained": net.epochs_trained}
+            if ensemble:
+                result["members"] = [
+                    {"seed": m.seed, "epochs_trained": m.epochs_trained,
+                     "best": m.training_record.get("best"), "history": _history_dict(r, m),
+                     "final": r[-1] if r else {}} for m, r in zip(members, records)]
+                result["final"] = ensemble_metrics
+            else:
+                result.update(best=net.training_record.get("best"), history=_history_dict(records[0], net),
+                              final=records[0][-1] if records[0] else {})
+            echo_json(result)
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted after the run finished: {outputs.describe_finished()}",
+                   err=True)
+        ctx.exit(130)
 
 
 def _ensemble_metrics(ens, val, X_test, test):

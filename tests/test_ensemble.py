@@ -558,3 +558,28 @@ def test_a_bfloat16_ensemble_keeps_its_compute_dtype_and_does_not_mix(tmp_path):
         np.testing.assert_array_equal(again.forward(X), ens.forward(X))
         with pytest.raises(ConfigError, match="must share their dtype"):
             Ensemble([dense(1), dense(2, dtype="bfloat16")])
+
+
+def test_ctrl_c_after_the_save_says_the_run_finished(tmp_path, monkeypatch):
+    """A Ctrl-C once the finished run is saved (here while the ensemble's
+    metrics are computed) is reported as after the run finished, status
+    130: the -o file, which existed before, now holds the finished run, and
+    the message must not let a user think it was left alone."""
+    import fastnn.cli.train as train_command
+
+    out = tmp_path / "e.safetensors"
+    cli("train", "mnist", "--limit", 300, "--hidden", 6, "--epochs", 1, "--ensemble", 2,
+        "--seed", 0, "-o", out)
+    before = out.read_bytes()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "_ensemble_metrics", interrupted)
+    result = CliRunner().invoke(main, [str(a) for a in (
+        "train", "mnist", "--limit", 300, "--hidden", 6, "--epochs", 2, "--ensemble", 2,
+        "--seed", 0, "-o", out)], env=ENV)
+    assert result.exit_code == 130, result.output
+    assert "Interrupted after the run finished" in result.output
+    assert "Saved the model to" not in result.output
+    assert out.read_bytes() != before and fastnn.load(out).epochs_trained == 2
