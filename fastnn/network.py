@@ -673,11 +673,10 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         # layers on smallgemm.h's AVX-512 kernel: _core.predicts_without_blas)
         # and any network on a single-threaded BLAS give whole chunks to a
         # team of threads, sized by blas.team so that concurrent forwards
-        # share get_num_threads();
-        # otherwise the chunks run in turn on the BLAS's threads, except for
-        # a convolutional network, whose forward holds the BLAS at one thread
-        # for its team (blas.forward_team). A chunk's result does not depend
-        # on the team (see fastnn.blas).
+        # share get_num_threads(); otherwise the chunks run in turn on the
+        # BLAS's threads, except for a convolutional network, whose forward
+        # holds the BLAS at one thread for its team (blas.forward_team). A
+        # chunk's result does not depend on the team (see fastnn.blas).
         chunks = n_chunks if self.backend == "cython" else 1
         blas_free = (self.backend == "cython" and not self._bf16 and self.dtype == np.float32
                      and self._kernels.predicts_without_blas(table))

@@ -610,10 +610,10 @@ cdef Py_ssize_t bf16_scratch(const Geometry* g, Py_ssize_t N) noexcept nogil:
 # with B packed, a chunk of 1,024 rows runs at about 145 GFLOP/s a core, and
 # each row's outputs are then computed the same whatever the chunk, the
 # thread count or the calling thread (a team of fastnn's threads takes whole
-# chunks, with no BLAS call to share). A larger W stays on BLAS, whose
-# threaded kernels won there: [784, 1024, 1024, 10] 0.94x, [784, 256, 128, 10]
-# 1.33x (see benchmarks/README.md). Not with the AVX2 kernel, which OpenBLAS
-# beats at these sizes (Zen 1).
+# chunks, with no BLAS call to share): [784, 256, 128, 10] 1.12x the BLAS
+# path. A larger W stays on BLAS, whose threaded kernels won there:
+# [784, 1024, 1024, 10] 0.94x (see benchmarks/README.md). Not with the AVX2
+# kernel, which OpenBLAS beats at these sizes (Zen 1).
 cdef bint small_predict_on = True
 
 
@@ -2381,8 +2381,9 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
 
     Works through X `chunk` rows at a time; `work` holds n_threads
     workspaces of workspace_size(table, chunk, bf16=bf16) entries, one per
-    thread. With n_threads > 1 the threads take whole chunks in turn, and
-    the BLAS must run single-threaded (the caller limits it). bf16: a
+    thread. With n_threads > 1 the threads take whole chunks, and the BLAS
+    must run single-threaded (the caller limits it) unless
+    predicts_without_blas(table). bf16: a
     bfloat16 network (see train_epoch).
     """
     cdef Py_ssize_t n = X.shape[0], per_thread, n_out
