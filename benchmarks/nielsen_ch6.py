@@ -223,13 +223,15 @@ def vote(models, workdir, threads, name="row7"):
 
 
 def record_for(row, what, nielsen, args, model, wall, epoch_seconds, test_accuracy):
-    from fastnn.io import read_header
-
-    training = read_header(model).fields["training"]
+    """A finished row's JSON line; for an ensemble (row 7e) the best
+    validation epoch and accuracy are lists, one per network."""
+    members = trainings(model)
+    best = [t["best"] for t in members]
+    one = len(members) == 1
     return {"row": row, "what": what, "nielsen": nielsen, "command": shown(args),
-            "epochs": training["cli"]["epochs_done"],
-            "best_val_epoch": training["best"]["epoch"],
-            "best_val_accuracy": training["best"]["value"],
+            "epochs": min(t["cli"]["epochs_done"] for t in members),
+            "best_val_epoch": best[0]["epoch"] if one else [b["epoch"] for b in best],
+            "best_val_accuracy": best[0]["value"] if one else [b["value"] for b in best],
             "test_accuracy": test_accuracy, "wall_seconds": round(wall, 1),
             "epoch_seconds": round(epoch_seconds, 1), "cpu": cpu_model()}
 
@@ -326,15 +328,8 @@ def main(argv=None):
             args, model, wall, epoch_seconds = train_row(
                 row, ROWS["6"][2], a.workdir, a.threads, SEED, log,
                 [*extra, "--ensemble", str(len(VOTE_SEEDS))])
-            members = trainings(model)
-            record = {"row": row, "what": ENSEMBLE_WHAT, "nielsen": VOTE_NIELSEN,
-                      "command": shown(args),
-                      "epochs": min(t["cli"]["epochs_done"] for t in members),
-                      "best_val_epoch": [t["best"]["epoch"] for t in members],
-                      "best_val_accuracy": [t["best"]["value"] for t in members],
-                      "test_accuracy": evaluate(model, a.threads),
-                      "wall_seconds": round(wall, 1), "epoch_seconds": round(epoch_seconds, 1),
-                      "cpu": cpu_model()}
+            record = record_for(row, ENSEMBLE_WHAT, VOTE_NIELSEN, args, model, wall,
+                                epoch_seconds, evaluate(model, a.threads))
         else:
             what, nielsen, options = ROWS[row]
             args, model, wall, epoch_seconds = train_row(row, options, a.workdir, a.threads,

@@ -496,8 +496,7 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
         if finished:
             # during or just before the final save: it is complete now
             outputs.save_finished(net, record_run())
-            click.echo(f"Interrupted after the run finished: "
-                       f"{outputs.describe_finished()}", err=True)
+            _interrupted_after_the_run(outputs)
         else:
             where = outputs.save_unfinished(net, record_run())
             click.echo(f"Interrupted: {_unfinished_text(outputs, where, net)}", err=True)
@@ -547,9 +546,13 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
                               final=records[0][-1] if records[0] else {})
             echo_json(result)
     except KeyboardInterrupt:
-        click.echo(f"Interrupted after the run finished: {outputs.describe_finished()}",
-                   err=True)
+        _interrupted_after_the_run(outputs)
         ctx.exit(130)
+
+
+def _interrupted_after_the_run(outputs):
+    """What a Ctrl-C says once the finished run is saved (the -o file holds it)."""
+    click.echo(f"Interrupted after the run finished: {outputs.describe_finished()}", err=True)
 
 
 def _ensemble_metrics(ens, val, X_test, test):
