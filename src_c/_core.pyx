@@ -607,9 +607,9 @@ cdef Py_ssize_t bf16_scratch(const Geometry* g, Py_ssize_t N) noexcept nogil:
 
 # A forward outside training (predict) in float32 takes smallgemm.h's AVX-512
 # kernel for a dense layer of at most SMALL_WEIGHTS weights at any chunk size:
-# with B packed, a chunk of 1,024 rows runs at about 145 GFLOP/s a core, and
-# each row's outputs are then computed the same whatever the chunk, the
-# thread count or the calling thread (a team of fastnn's threads takes whole
+# with B packed, a chunk of 1,024 rows runs at 0.87-0.95x OpenBLAS's
+# single-thread speed, and each row's outputs are then computed the same
+# whatever the chunk, the thread count or the calling thread (a team of fastnn's threads takes whole
 # chunks, with no BLAS call to share): [784, 256, 128, 10] 1.12x the BLAS
 # path. A larger W stays on BLAS, whose threaded kernels won there:
 # [784, 1024, 1024, 10] 0.94x (see benchmarks/README.md). Not with the AVX2
