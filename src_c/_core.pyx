@@ -61,7 +61,7 @@ from libc.float cimport DBL_MIN, FLT_MIN
 from libc.math cimport exp, isfinite, log, logf, pow, sqrt, sqrtf, tanh, tanhf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from cython.parallel cimport parallel
 from scipy.linalg.cython_blas cimport dgemm, sgemm
@@ -215,6 +215,7 @@ cdef struct Geometry:
     Py_ssize_t block             # convolution: im2col rows per block
     bint col_t                   # convolution: im2col transposed (K, block), see im2col_t
     Py_ssize_t w_off, b_off      # offsets of W and b in params (-1: none)
+    Py_ssize_t wp_off, ldw       # dense: W's offset in a padded copy (-1: none), its row stride
     Py_ssize_t colsum_off        # bias gradient (out_c entries), -1 if none
     Py_ssize_t idx_off           # max-pool: int32 argmax of each output entry, -1 if none
 
@@ -262,6 +263,8 @@ cdef void geometry_init(Geometry* g, const int64_t* row, Py_ssize_t capacity) no
     g.col_t = False
     g.colsum_off = -1
     g.idx_off = -1
+    g.wp_off = -1
+    g.ldw = g.out_c
     if g.kind == CONV2D:
         g.block = COL_ENTRIES // g.K
         if g.block < MIN_BLOCK:
@@ -336,6 +339,47 @@ cdef int layout_init(Layout* lay, const int64_t* table, Py_ssize_t n_layers,
     lay.sw_off = lay.y_off + capacity * lay.layer[n_layers - 1].n_out
     lay.work_size = lay.sw_off + capacity
     return 0
+
+
+# Floats in 64 bytes: a padded W's rows start on a cache line (pad_layout).
+cdef Py_ssize_t LINE_FLOATS = 16
+
+
+cdef Py_ssize_t pad_layout(Layout* lay) noexcept nogil:
+    """Place each dense layer's W (I, O) in a padded copy whose rows are
+    ldw = O rounded up to 16 floats apart, each W starting on a 64-byte line
+    of the copy; returns the copy's entries. A row of 30 or 100 floats
+    straddles cache lines, and so does nearly every 64-byte load and store
+    of it; padded, none does (smallgemm.h's products on [784, 100] ran 1.2x
+    faster, benchmarks/README.md)."""
+    cdef Py_ssize_t l, size = 0
+    cdef Geometry* g
+    for l in range(lay.n_layers):
+        g = &lay.layer[l]
+        if g.kind == DENSE:
+            g.ldw = (g.out_c + LINE_FLOATS - 1) // LINE_FLOATS * LINE_FLOATS
+            g.wp_off = size
+            size += g.n_in * g.ldw
+    return size
+
+
+cdef void copy_padded(Layout* lay, float* params, float* padded, bint into) noexcept nogil:
+    """into: each dense W of params into its place in padded (pad_layout;
+    the columns past O are 0), else back from there into params."""
+    cdef Py_ssize_t l, i, j, O
+    cdef Geometry* g
+    for l in range(lay.n_layers):
+        g = &lay.layer[l]
+        if g.wp_off < 0:
+            continue
+        O = g.out_c
+        for i in range(g.n_in):
+            if into:
+                memcpy(padded + g.wp_off + i * g.ldw, params + g.w_off + i * O, O * sizeof(float))
+                for j in range(O, g.ldw):
+                    padded[g.wp_off + i * g.ldw + j] = 0
+            else:
+                memcpy(params + g.w_off + i * O, padded + g.wp_off + i * g.ldw, O * sizeof(float))
 
 
 cdef void layout_free(Layout* lay) noexcept nogil:
@@ -512,7 +556,8 @@ cdef extern from "smallgemm.h":
                                   const float* B, Py_ssize_t ldb, float beta,
                                   float* C, Py_ssize_t ldc) noexcept nogil
     void sg_nt "fastnn_sg_nt"(Py_ssize_t N, Py_ssize_t I, Py_ssize_t O, const float* D,
-                              const float* W, float* out, Py_ssize_t ldo) noexcept nogil
+                              const float* W, Py_ssize_t ldw, float* out,
+                              Py_ssize_t ldo) noexcept nogil
     void sg_maxpool "fastnn_sg_maxpool"(
         const float* src, float* out, int32_t* idx, Py_ssize_t C, Py_ssize_t OH,
         Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -984,7 +1029,7 @@ cdef void hidden_delta_impl(const floating* D_next, const floating* W_next,
     """
     cdef Py_ssize_t i
     if floating is float and small(N, I * O) and bf == NULL:
-        sg_nt(N, I, O, D_next, W_next, out, I)
+        sg_nt(N, I, O, D_next, W_next, O, out, I)
     else:
         # column-major out^T (I, N) = W_next (I, O) @ D_next^T (O, N)
         gemm(c'T', c'N', <int> I, <int> N, <int> O, 1, W_next, <int> O, D_next,
@@ -1931,13 +1976,17 @@ cdef inline Py_ssize_t share(Py_ssize_t n, Py_ssize_t t, Py_ssize_t T,
 
 
 cdef int train_units_impl(const input_t* X, const float* Y, const float* sample_weight,
-                          const int64_t* order, Py_ssize_t n, float* params, Layout* lay,
+                          const int64_t* order, Py_ssize_t n, float* params, float* padded,
+                          Layout* lay,
                           float slope, int loss, Py_ssize_t batch_size, const double* hyper,
                           int augment, uint64_t seed, float* work, int64_t* control,
                           Shared* shared, Team* team) noexcept nogil:
     """train_epoch_impl's fused SGD for a dense network, one thread of a team
     that shares one workspace: the rows of each batch for the forward pass,
     the units of each layer for the backward pass.
+
+    The weights are those of padded (pad_layout: each W's rows on 64-byte
+    lines), the biases those of params; the caller copies W in and out.
 
     One chunk a batch (m <= lay.capacity rows). With [a, b) thread t's share
     of a range (`share`):
@@ -2003,7 +2052,7 @@ cdef int train_units_impl(const input_t* X, const float* Y, const float* sample_
                 for r in range(r1 - r0):
                     for q in range(O):
                         dst[r * O + q] = params[g.b_off + q]
-                sg_gemm(r1 - r0, O, I, 1, src, I, 1, params + g.w_off, O, 1, dst, O)
+                sg_gemm(r1 - r0, O, I, 1, src, I, 1, padded + g.wp_off, g.ldw, 1, dst, O)
                 activate_impl(g.act, slope, dst, r1 - r0, O)
                 if l + 1 < L and lay.mask_off[l + 1] >= 0:
                     dropout_impl(dst, work + lay.mask_off[l + 1] + r0 * O,
@@ -2027,7 +2076,7 @@ cdef int train_units_impl(const input_t* X, const float* Y, const float* sample_
             I = g.n_in
             O = g.n_out
             D = work + lay.d_off[l + 1]
-            W = params + g.w_off
+            W = padded + g.wp_off
             i0 = share(I, t, T, 1)
             i1 = share(I, t + 1, T, 1)
             if i1 > i0:
@@ -2035,14 +2084,14 @@ cdef int train_units_impl(const input_t* X, const float* Y, const float* sample_
                     dA = work + lay.d_off[l]
                     act_in = lay.layer[l - 1].act
                     mask = work + lay.mask_off[l] if lay.mask_off[l] >= 0 else NULL
-                    sg_nt(m, i1 - i0, O, D, W + i0 * O, dA + i0, I)
+                    sg_nt(m, i1 - i0, O, D, W + i0 * g.ldw, g.ldw, dA + i0, I)
                     for r in range(m):
                         activation_grad_impl(act_in, slope, work + lay.a_off[l] + r * I + i0,
                                              dA + r * I + i0, i1 - i0)
                         if mask != NULL:
                             multiply_impl(dA + r * I + i0, mask + r * I + i0, i1 - i0)
                 sg_gemm(i1 - i0, O, m, alpha, work + lay.in_off[l] + i0, 1, I, D, O, beta_w,
-                        W + i0 * O, O)
+                        W + i0 * g.ldw, g.ldw)
             j0 = share(O, t, T, 1)
             j1 = share(O, t + 1, T, 1)
             bias_range_impl(D, alpha, <float> 1, params + g.b_off, work + g.colsum_off, m, O,
@@ -2058,7 +2107,8 @@ cdef int train_units_impl(const input_t* X, const float* Y, const float* sample_
 
 
 cdef void train_units(const input_t* X, const float* Y, const float* sample_weight,
-                      const int64_t* order, Py_ssize_t n, float* params, Layout* lay,
+                      const int64_t* order, Py_ssize_t n, float* params, float* padded,
+                      Layout* lay,
                       float slope, int loss, Py_ssize_t batch_size, const double* hyper,
                       int augment, uint64_t seed, float* work, int64_t* control,
                       Shared* shared, int* status) noexcept nogil:
@@ -2067,7 +2117,7 @@ cdef void train_units(const input_t* X, const float* Y, const float* sample_weig
     cdef int mine
     team.id = thread_id()
     team.size = team_size()
-    mine = train_units_impl(X, Y, sample_weight, order, n, params, lay, slope, loss,
+    mine = train_units_impl(X, Y, sample_weight, order, n, params, padded, lay, slope, loss,
                             batch_size, hyper, augment, seed, work, control, shared, &team)
     if team.id == 0:
         status[0] = mine
@@ -2215,6 +2265,14 @@ cdef _check_rows(const int64_t[::1] rows, Py_ssize_t n):
             raise ValueError(f"row index {rows[i]} is outside [0, {n})")
 
 
+cdef float[::1] _aligned_floats(Py_ssize_t n):
+    """n float32 entries whose first starts on a 64-byte line."""
+    import numpy as np
+    raw = np.empty(n + LINE_FLOATS, dtype=np.float32)
+    skip = (-raw.ctypes.data) % 64 // 4
+    return raw[skip:skip + n]
+
+
 cdef double[::1] _ones():
     import numpy as np
     return np.empty(0)
@@ -2318,6 +2376,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef double[::1] team_loss
     cdef double[::1] team_squares
     cdef int64_t[::1] team_correct
+    cdef float[::1] padded
     try:
         _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
         _check(control.shape[0] >= N_CONTROL, f"control needs {N_CONTROL} entries")
@@ -2342,10 +2401,15 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             team_correct = np.zeros(n_threads, dtype=np.int64)
             shared.loss = &team_loss[0]
             shared.correct = &team_correct[0]
+            padded = _aligned_floats(pad_layout(&lay))
+            with nogil:
+                copy_padded(&lay, <float*> &params[0], &padded[0], True)
             with nogil, parallel(num_threads=n_threads):
                 train_units(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
-                            &lay, <float> slope, loss, batch_size, &hyper[0], augment, seed,
-                            &work[0], &control[0], &shared, &status)
+                            &padded[0], &lay, <float> slope, loss, batch_size, &hyper[0],
+                            augment, seed, &work[0], &control[0], &shared, &status)
+            with nogil:
+                copy_padded(&lay, <float*> &params[0], &padded[0], False)
             loss_sum = float(np.sum(team_loss))
             n_correct = int(np.sum(team_correct))
         elif n_threads == 1:
@@ -2678,7 +2742,7 @@ def small_nt(const float[:, ::1] D, const float[:, ::1] W, float[:, ::1] out):
     if N == 0 or I == 0:
         return
     with nogil:
-        sg_nt(N, I, O, &D[0, 0], &W[0, 0], &out[0, 0], I)
+        sg_nt(N, I, O, &D[0, 0], &W[0, 0], O, &out[0, 0], I)
 
 
 def activate(int act, floating[:, ::1] A, double slope=0.01):

@@ -17,7 +17,8 @@
  *                   goes in pieces of 8, 4, 2 and 1 columns with plain loads
  *                   and stores (sg_panel_tail): masked stores are microcoded
  *                   on AMD's Zen 1 and 2.
- *   fastnn_sg_nt    out (N, I) := D (N, O) @ W (I, O)^T, out's rows ldo apart
+ *   fastnn_sg_nt    out (N, I) := D (N, O) @ W (I, O)^T, W's rows ldw apart and
+ *                   out's ldo apart
  *                   (a block of columns of a wider matrix): dot products along
  *                   the contiguous O of D and W, 4 rows x 3 columns of out at
  *                   a time (12 ymm accumulators), reduced together at the end.
@@ -545,7 +546,7 @@ enum { SG_NT_R = 4, SG_NT_W = 3 };
    entry's place in the block: the same sum, in the same order, for any
    split of W's rows between threads. */
 SG_INLINE void sg_nt_block(const int mr, const int nw, ptrdiff_t O, const float* D,
-                           const float* W, float* out, ptrdiff_t ldo) {
+                           const float* W, ptrdiff_t ldw, float* out, ptrdiff_t ldo) {
     __m256 acc[SG_NT_R * SG_NT_W];
     for (int q = 0; q < SG_NT_R * SG_NT_W; q++)
         acc[q] = _mm256_setzero_ps();
@@ -553,7 +554,7 @@ SG_INLINE void sg_nt_block(const int mr, const int nw, ptrdiff_t O, const float*
     for (ptrdiff_t k = 0; k < O8; k += 8) {
         __m256 w[SG_NT_W];
         for (int c = 0; c < nw; c++)
-            w[c] = _mm256_loadu_ps(W + c * O + k);
+            w[c] = _mm256_loadu_ps(W + c * ldw + k);
         for (int r = 0; r < mr; r++) {
             const __m256 d = _mm256_loadu_ps(D + r * O + k);
             for (int c = 0; c < nw; c++)
@@ -564,7 +565,7 @@ SG_INLINE void sg_nt_block(const int mr, const int nw, ptrdiff_t O, const float*
         const __m256i m = sg_mask(O - O8);
         __m256 w[SG_NT_W];
         for (int c = 0; c < nw; c++)
-            w[c] = _mm256_maskload_ps(W + c * O + O8, m);
+            w[c] = _mm256_maskload_ps(W + c * ldw + O8, m);
         for (int r = 0; r < mr; r++) {
             const __m256 d = _mm256_maskload_ps(D + r * O + O8, m);
             for (int c = 0; c < nw; c++)
@@ -584,14 +585,14 @@ SG_INLINE void sg_nt_block(const int mr, const int nw, ptrdiff_t O, const float*
 
 /* Rows [0, N) of out for W's rows [0, nw): blocks of SG_NT_R rows of D. */
 SG_INLINE void sg_nt_rows(const int nw, ptrdiff_t N, ptrdiff_t O, const float* D,
-                          const float* W, float* out, ptrdiff_t ldo) {
+                          const float* W, ptrdiff_t ldw, float* out, ptrdiff_t ldo) {
     ptrdiff_t r = 0;
     for (; r + SG_NT_R <= N; r += SG_NT_R)
-        sg_nt_block(SG_NT_R, nw, O, D + r * O, W, out + r * ldo, ldo);
+        sg_nt_block(SG_NT_R, nw, O, D + r * O, W, ldw, out + r * ldo, ldo);
     switch (N - r) {
-        case 3: sg_nt_block(3, nw, O, D + r * O, W, out + r * ldo, ldo); break;
-        case 2: sg_nt_block(2, nw, O, D + r * O, W, out + r * ldo, ldo); break;
-        case 1: sg_nt_block(1, nw, O, D + r * O, W, out + r * ldo, ldo); break;
+        case 3: sg_nt_block(3, nw, O, D + r * O, W, ldw, out + r * ldo, ldo); break;
+        case 2: sg_nt_block(2, nw, O, D + r * O, W, ldw, out + r * ldo, ldo); break;
+        case 1: sg_nt_block(1, nw, O, D + r * O, W, ldw, out + r * ldo, ldo); break;
         default: break;
     }
 }
@@ -602,29 +603,30 @@ SG_INLINE void sg_nt_rows(const int nw, ptrdiff_t N, ptrdiff_t O, const float* D
    fastnn_sg_gemm (each entry one FMA chain along O, in order). */
 enum { SG_NT_NARROW = 16, SG_NT_CHUNK = 256 };
 
-/* out (N, I) := D (N, O) @ W (I, O)^T; out's rows are ldo apart. W's rows in
+/* out (N, I) := D (N, O) @ W (I, O)^T; W's rows are ldw apart (ldw >= O), out's
+   ldo apart. W's rows in
    groups of SG_NT_W, outermost: a group is read from memory once and used
    by every row of D (D, N x O, stays in L1). Either way an entry's sum does
    not depend on where I is cut, so threads may split W's rows. */
 SG_TARGET static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const float* D,
-                                   const float* W, float* out, ptrdiff_t ldo) {
+                                   const float* W, ptrdiff_t ldw, float* out, ptrdiff_t ldo) {
     if (O <= SG_NT_NARROW) {
         float Wt[SG_NT_NARROW * SG_NT_CHUNK] __attribute__((aligned(32)));
         for (ptrdiff_t c0 = 0; c0 < I; c0 += SG_NT_CHUNK) {
             const ptrdiff_t nc = I - c0 < SG_NT_CHUNK ? I - c0 : SG_NT_CHUNK;
             for (ptrdiff_t c = 0; c < nc; c++)
                 for (ptrdiff_t k = 0; k < O; k++)
-                    Wt[k * nc + c] = W[(c0 + c) * O + k];
+                    Wt[k * nc + c] = W[(c0 + c) * ldw + k];
             fastnn_sg_gemm(N, nc, O, 1.0f, D, O, 1, Wt, nc, 0.0f, out + c0, ldo);
         }
         return;
     }
     ptrdiff_t c = 0;
     for (; c + SG_NT_W <= I; c += SG_NT_W)
-        sg_nt_rows(SG_NT_W, N, O, D, W + c * O, out + c, ldo);
+        sg_nt_rows(SG_NT_W, N, O, D, W + c * ldw, ldw, out + c, ldo);
     switch (I - c) {
-        case 2: sg_nt_rows(2, N, O, D, W + c * O, out + c, ldo); break;
-        case 1: sg_nt_rows(1, N, O, D, W + c * O, out + c, ldo); break;
+        case 2: sg_nt_rows(2, N, O, D, W + c * ldw, ldw, out + c, ldo); break;
+        case 1: sg_nt_rows(1, N, O, D, W + c * ldw, ldw, out + c, ldo); break;
         default: break;
     }
 }
@@ -724,7 +726,7 @@ static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
                            const float* B, ptrdiff_t ldb, float beta,
                            float* C, ptrdiff_t ldc) { }
 static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const float* D,
-                         const float* W, float* out, ptrdiff_t ldo) { }
+                         const float* W, ptrdiff_t ldw, float* out, ptrdiff_t ldo) { }
 static void fastnn_sg_transpose_bias(ptrdiff_t R, ptrdiff_t C, const float* src,
                                      ptrdiff_t lds, const float* bias, float* dst,
                                      ptrdiff_t ldd) { }
