@@ -103,6 +103,8 @@ def test_a_random_seed_is_said_once_as_the_option_that_repeats_the_run(tmp_path)
         np.testing.assert_array_equal(Wa, Wb)
 
 
+# a chain of real `fastnn` processes, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_session_on_mnist(tmp_path):
     model = tmp_path / "m.safetensors"
     out = run("train", "--hidden", "16", "--epochs", "2", "--limit", "3000", "--seed", "3",

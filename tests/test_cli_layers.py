@@ -58,7 +58,8 @@ def run(args, cwd):
     return proc.returncode, out, err
 
 
-@pytest.mark.parametrize("kind", ["conv", "dense"])
+# both kinds in real processes under --runslow; dense in the fast suite too
+@pytest.mark.parametrize("kind", [pytest.param("conv", marks=pytest.mark.slow), "dense"])
 def test_train_interrupt_resume_and_evaluate_in_real_processes(tmp_path, images, kind):
     # the run straight through: the reference
     (tmp_path / "straight").mkdir()

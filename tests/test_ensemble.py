@@ -372,6 +372,8 @@ def test_ensemble_checkpoints_taken_while_the_networks_train_at_once_resume(tmp_
     assert [m.epochs_trained for m in fastnn.load(middle).members] == [3, 3]
 
 
+# a chain of real `fastnn` processes, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_ensemble_command_joins_model_files(tmp_path):
     paths = []
     for seed in (1, 2, 3):

@@ -1117,6 +1117,8 @@ def refused_in_one_line(directory, *args, message, codes=(1,)):
     return proc
 
 
+# a chain of real `fastnn` processes, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_features_past_float32_are_scaled_in_float64_or_named_in_one_line(tmp_path):
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(60, 3)), np.arange(60) % 3
@@ -1320,6 +1322,8 @@ def test_a_network_that_does_not_fit_the_file_names_the_file_not_x_and_y(tmp_pat
                             message=message)
 
 
+# a chain of real `fastnn` processes, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_rows_of_a_csv_are_named_by_their_line_in_every_message(tmp_path):
     # the header is line 1, so the n-th row (from 0) is line n + 2, whoever reports it
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_refused, needs, run_fastnn, snapshot
+from conftest import assert_refused, needs, run_fastnn, snapshot, sweep
 
 import fastnn
 from fastnn.exceptions import FastnnError, NetworkBusy, ResourceError
@@ -90,7 +90,8 @@ def special(work, kind):
 
 # ------------------------------------------------ outputs that are inputs
 
-@pytest.mark.parametrize("args, message", [
+# one case of each command in the fast suite, every case under --runslow
+@pytest.mark.parametrize("args, message", sweep([
     (("train", "data.csv", "--hidden", "4", "-o", "data.csv"), "same file as DATA data.csv"),
     (TRAIN + ("--history", "h2.json", "-o", "h2.json"), "are the same file"),
     (TRAIN + ("--history", "data.npz", "-o", "new.safetensors"), "same file as DATA"),
@@ -107,7 +108,7 @@ def special(work, kind):
      "cannot tell the picture format"),
     (("show", "m.safetensors", "data.npz", "--misclassified", "data.csv"),
      "cannot tell the picture format"),
-])
+], fast=[0, 3, 9, 11, 12, 13]))
 def test_an_output_that_is_an_input_is_refused(work, args, message):
     refused(work, *args, message=message)
 
@@ -155,7 +156,8 @@ def test_a_missing_or_unwritable_directory_is_found_before_training(work):
 
 # --------------------------------------------- files of another kind, --force
 
-@pytest.mark.parametrize("args, out, kind, package", [
+# a model, a non-model output and a picture in the fast suite, every kind under --runslow
+@pytest.mark.parametrize("args, out, kind, package", sweep([
     (TRAIN, "notes.txt", "fastnn model", None),
     (TRAIN + ("--history", "notes.txt", "-o", "m2.safetensors"), None, "fastnn history", None),
     (("predict", "m.safetensors", "data.npz"), "notes.txt", "predictions CSV", None),
@@ -165,7 +167,7 @@ def test_a_missing_or_unwritable_directory_is_found_before_training(work):
     (("plot", "h.json"), "notes.png", "PNG image", "matplotlib"),
     (("eval", "m.safetensors", "data.npz", "--confusion-png", "notes.svg"), None, "SVG image",
      "matplotlib"),
-])
+], fast=[0, 2, 5]))
 def test_a_file_of_another_kind_is_replaced_only_with_force(work, args, out, kind, package):
     if package:
         needs(package)
@@ -291,6 +293,8 @@ def test_stale_temp_files_are_removed_by_the_next_write(work):
 
 # --------------------------------------------------- options (issue 10 §3)
 
+# a chain of real `fastnn` processes, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_absurd_numbers(work):
     # a batch beyond the data is one batch of all of it, up to the largest
     # count a model file can hold (and be read back with)

@@ -45,6 +45,7 @@ def test_a_row_is_one_fastnn_train_command_and_one_json_line(tmp_path):
     assert "| 2 | conv 20x5x5, max-pool 2x2, FC100, sigmoid | | | not yet run |" in markdown
 
 
+@pytest.mark.slow
 def test_row_7_in_one_command_trains_five_networks_in_one_file(tmp_path):
     """Row "7e": row 6's command with --ensemble 5, one file of five
     networks (seeds 1 to 5) that fastnn eval votes with; its JSON line has
@@ -77,7 +78,7 @@ def straight(tmp_path_factory):
     return straight
 
 
-@pytest.mark.parametrize("where", ["model", "checkpoint"])
+@pytest.mark.parametrize("where", [pytest.param("model", marks=pytest.mark.slow), "checkpoint"])
 def test_an_unfinished_row_goes_on_with_resume(tmp_path, where, straight):
     # a checkpoint left by a killed run (here: a 2-epoch run's first epoch) is continued
     results = tmp_path / "results.jsonl"

@@ -337,6 +337,8 @@ def test_commands_have_help_with_an_example():
     assert "--confusion-png" in invoke(eval_command, "--help").output
 
 
+# a chain of real `fastnn` processes, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_pictures_through_the_fastnn_command(mpl, tmp_path, small_model):
     """plot, eval --confusion-png and show as a user runs them: a real process."""
     import os

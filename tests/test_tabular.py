@@ -72,6 +72,8 @@ def test_defaults_match_scikit_learn_on_its_bundled_data_sets(tmp_path, name):
         assert ours >= theirs - 0.03, (ours, theirs)
 
 
+# a chain of real `fastnn` processes, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_iris_with_class_names_through_the_cli(tmp_path):
     train, test = write_split("iris", tmp_path)
     out = fastnn_run("train", "iris_train.csv", "-o", "iris.safetensors", "--seed", "0",
@@ -100,6 +102,8 @@ def test_iris_with_class_names_through_the_cli(tmp_path):
     assert again.splitlines()[1:] == net.predict(X).tolist()
 
 
+# a chain of real `fastnn` processes, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_diabetes_regression_through_the_cli(tmp_path):
     train, test = write_split("diabetes", tmp_path)
     refused = subprocess.run([sys.executable, "-m", "fastnn", "train", "diabetes_train.csv"],
