@@ -8,7 +8,7 @@ import numbers
 import re
 import threading
 from collections import namedtuple
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional
 
@@ -35,18 +35,26 @@ def _finite_key(X: Array) -> tuple[Any, ...]:
     return (X.__array_interface__["data"][0], X.shape, X.strides, X.dtype.str)
 
 
+def one_thread(entries: int) -> int:
+    """The threads a pass over `entries` entries may take, for callers that
+    do not split it (the default scan_threads; fastnn.blas.scan_threads
+    counts the idle cores)."""
+    return 1
+
+
 @contextmanager
-def verified_finite(X: Any) -> Iterator[None]:
+def verified_finite(X: Any, scan_threads: Callable[[int], int] = one_thread) -> Iterator[None]:
     """Within this block, first_nonfinite_row answers -1 for X (the same
     memory, shape, strides and dtype) without reading it again, if X is a
     C-contiguous float array found finite on entry; otherwise it changes
     nothing. For fit_many, whose networks each check the X they share: a
     check of 20,000 MNIST rows reads 63 MB (5 ms on an AMD EPYC, a tenth of
     an epoch of [784, 30, 10]). A caller that writes to X meanwhile gets what
-    it wrote into the kernels: those stop at a loss that is not finite."""
+    it wrote into the kernels: those stop at a loss that is not finite.
+    scan_threads(entries): the threads the check may take."""
     X = np.asarray(X) if isinstance(X, np.ndarray) else None
     if (X is None or X.dtype.kind != "f" or X.ndim != 2 or not X.flags.c_contiguous
-            or X.size == 0 or first_nonfinite_row(X) >= 0):
+            or X.size == 0 or first_nonfinite_row(X, scan_threads(X.size)) >= 0):
         yield
         return
     key = _finite_key(X)
@@ -61,11 +69,11 @@ def verified_finite(X: Any) -> Iterator[None]:
                 del _verified[key]
 
 
-def first_nonfinite_row(X: Array) -> int:
+def first_nonfinite_row(X: Array, threads: int = 1) -> int:
     """The first row of a C-contiguous float X with a NaN or an infinity, or
     -1: one GIL-free pass in the compiled core, without a temporary (split
-    over the idle cores fastnn may use from SCAN_SPLIT entries on); in
-    blocks of FINITE_CHUNK entries with NumPy where the core is not built
+    over `threads` threads, never more than the rows); in blocks of
+    FINITE_CHUNK entries with NumPy where the core is not built
     (backend='numpy'); -1 at once for an X a verified_finite block holds."""
     if _verified and _finite_key(X) in _verified:
         return -1
@@ -78,11 +86,7 @@ def first_nonfinite_row(X: Array) -> int:
             if bad.any():
                 return start + int(np.argmax(bad))
         return -1
-    threads = 1
-    if X.size >= SCAN_SPLIT:
-        from fastnn import blas
-
-        threads = min(blas.get_num_threads(), blas.idle_cores(), len(X))
+    threads = max(1, min(threads, len(X)))
     if threads == 1:
         return int(_core.first_nonfinite_row(X))
     # contiguous shares, the first on the calling thread, the others on
@@ -108,13 +112,6 @@ def first_nonfinite_row(X: Array) -> int:
         if isinstance(r, BaseException):
             raise r
     return next((r for r in found if r >= 0), -1)
-
-
-#: Entries from which first_nonfinite_row splits its pass over the idle cores
-#: fastnn may use (a memory-bound pass: two cores read more per second: 20,000
-#: MNIST rows, 63 MB, took 7.9 ms of a 53 ms fit of [784, 30, 10] on one
-#: Emerald Rapids core, 4.5 ms on two).
-SCAN_SPLIT = 1 << 20
 
 
 #: Entries check_fits looks at a time: its temporaries stay at a few MB
@@ -173,17 +170,19 @@ def check_finite_targets(y, name, what="label"):
 
 def check_fits(X: Array, dtype: Any, name: str, raw: Optional[Array] = None,
                scaling: Optional[str] = None,
-               hint: str = "train in float64 or divide that column down") -> None:
+               hint: str = "train in float64 or divide that column down",
+               scan_threads: Callable[[int], int] = one_thread) -> None:
     """Raise DataError if a value of X (finite float rows, perhaps scaled
     from `raw`) is beyond what `dtype` holds: it would be infinite there.
-    The message names the value as given (raw) and the scaling applied."""
+    The message names the value as given (raw) and the scaling applied;
+    scan_threads as in check_X."""
     if X.dtype.kind != "f":
         return
     largest = float(np.finfo(dtype).max)
     if X.dtype == np.dtype(dtype) and X.flags.c_contiguous:
         # rounded to dtype already: what did not fit is an infinity there,
         # found in one pass without a temporary (NumPy blocks without the core)
-        first = first_nonfinite_row(X)
+        first = first_nonfinite_row(X, scan_threads(X.size))
         blocks: Iterable[tuple[int, Array]] = [] if first < 0 else [(first, X[first:first + 1])]
     else:
         rows = max(1, FITS_CHUNK // max(X.shape[1], 1))
@@ -201,12 +200,15 @@ def check_fits(X: Array, dtype: Any, name: str, raw: Optional[Array] = None,
                             f"{scaled}; {hint}")
 
 
-def check_X(X: Any, n_features: int, name: str = "X") -> Array:
+def check_X(X: Any, n_features: int, name: str = "X",
+            scan_threads: Callable[[int], int] = one_thread) -> Array:
     """X as a C-contiguous 2-D array the kernels accept.
 
     uint8, float32 and float64 are kept as they are (uint8 is scaled by
     the kernels); other numeric dtypes are converted to float64 without
     scaling. Raises DataError for the wrong shape, an empty array, or NaN.
+    scan_threads(entries): the threads the pass that looks for NaN may take
+    (fastnn.blas.scan_threads splits a large X over the idle cores).
     """
     X = np.asarray(X)
     if X.dtype.kind not in "biuf":
@@ -222,7 +224,7 @@ def check_X(X: Any, n_features: int, name: str = "X") -> Array:
         X = X.astype(np.float64)
     X = np.ascontiguousarray(X)
     if X.dtype.kind == "f":
-        r = first_nonfinite_row(X)
+        r = first_nonfinite_row(X, scan_threads(X.size))
         if r >= 0:
             c = int(np.flatnonzero(~np.isfinite(X[r]))[0])
             raise DataError(f"{name} contains NaN or infinity (first at row "

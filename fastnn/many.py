@@ -111,7 +111,7 @@ def fit_many(networks: Sequence[Any], X: Any, y: Any,
     # k networks on k cores: their BLAS calls on one thread each
     blas_limit = blas.single_threaded_blas() if workers > 1 else contextlib.nullcontext()
     # the networks check the X they share once, here, not each in its fit
-    with blas_limit, verified_finite(X), interrupts.Deferred(abort.set) as interrupt:
+    with blas_limit, verified_finite(X, blas.scan_threads), interrupts.Deferred(abort.set) as interrupt:
         for dtype in {net.dtype for net in nets}:
             blas.prime(dtype)
         pool = [threading.Thread(target=run, args=(k,), name=f"fastnn-fit-many-{k}")

@@ -322,7 +322,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
     def _rows(self, X: ArrayLike, name: str = "X") -> Array:
         """X as the C-contiguous (n, features) rows the kernels take: 2-D rows,
         or images (n, H, W) / (n, H, W, C) of the network's input shape."""
-        return check_X(image_rows(X, self.plan.input_shape, name), self.sizes[0], name)
+        return check_X(image_rows(X, self.plan.input_shape, name), self.sizes[0], name,
+                       scan_threads=blas.scan_threads)
 
     def kernel_inputs(self, X: ArrayLike, name: str = "X") -> Array:
         """Rows X (or images) encoded, checked and scaled as the kernels take
@@ -339,7 +340,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             # 1e39 is finite in float64 but not in float32: say so, not "diverged"
             # (rows already in the network's dtype were checked finite)
             check_fits(out, self.dtype, name, raw=X,
-                       scaling=pre.scaling.kind if pre is not None and pre.scaling else None)
+                       scaling=pre.scaling.kind if pre is not None and pre.scaling else None,
+                       scan_threads=blas.scan_threads)
         return out
 
     def kernel_targets(self, X: Array, y: ArrayLike, name: str = "y",

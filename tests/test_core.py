@@ -518,30 +518,48 @@ def test_first_nonfinite_row_finds_nan_and_both_infinities_anywhere(dtype):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 64])
-def test_the_input_check_split_over_threads_finds_the_first_bad_row(monkeypatch, threads):
-    """From SCAN_SPLIT entries the pass is split into contiguous shares, one a
-    thread (never more than the rows): the first share's finding wins."""
+def test_the_input_check_split_over_threads_finds_the_first_bad_row(threads):
+    """The pass is split into contiguous shares, one a thread (never more
+    than the rows): the first share's finding wins."""
     from fastnn import _validation
-    monkeypatch.setattr(_validation, "SCAN_SPLIT", 1)
-    monkeypatch.setattr(blas, "idle_cores", lambda: threads)
-    monkeypatch.setattr(blas, "get_num_threads", lambda: threads)
     X = np.random.default_rng(1).standard_normal((37, 5)).astype(np.float32)
-    assert _validation.first_nonfinite_row(X) == -1
+    assert _validation.first_nonfinite_row(X, threads) == -1
     for rows in [(0,), (36,), (12, 30), (20, 21), (3, 36)]:
         Y = X.copy()
         for r in rows:
             Y[r, r % 5] = np.nan if r % 2 else -np.inf
-        assert _validation.first_nonfinite_row(Y) == rows[0]
-        assert _validation.first_nonfinite_row(Y[:2]) == (0 if rows[0] == 0 else -1)
+        assert _validation.first_nonfinite_row(Y, threads) == rows[0]
+        assert _validation.first_nonfinite_row(Y[:2], threads) == (0 if rows[0] == 0 else -1)
+
+
+def test_a_large_input_check_takes_the_idle_cores_fastnn_may_use(monkeypatch):
+    """blas.scan_threads, the policy fit's check follows: one thread below
+    SCAN_SPLIT entries, else fastnn's thread count capped by the idle cores."""
+    from fastnn import Network
+    from fastnn.exceptions import DataError
+    monkeypatch.setattr(blas, "idle_cores", lambda: 3)
+    monkeypatch.setattr(blas, "get_num_threads", lambda: 2)
+    assert blas.scan_threads(blas.SCAN_SPLIT - 1) == 1
+    assert blas.scan_threads(blas.SCAN_SPLIT) == 2
+    monkeypatch.setattr(blas, "idle_cores", lambda: 1)
+    assert blas.scan_threads(10 * blas.SCAN_SPLIT) == 1
+    # Network's check of X takes that policy: a NaN in the last share is found
+    monkeypatch.setattr(blas, "SCAN_SPLIT", 1)
+    monkeypatch.setattr(blas, "idle_cores", lambda: 2)
+    seen = []
+    scan = blas.scan_threads
+    monkeypatch.setattr(blas, "scan_threads", lambda n: seen.append(scan(n)) or seen[-1])
+    X = np.ones((9, 4), np.float32)
+    X[8, 1] = np.nan
+    with pytest.raises(DataError, match="row 8, column 1"):
+        Network([4, 3, 2]).predict(X)
+    assert seen == [2]
 
 
 def test_the_split_input_check_raises_what_a_share_raises(monkeypatch):
     """An error in another thread's share is the caller's error, not a
     finite verdict."""
     from fastnn import _validation
-    monkeypatch.setattr(_validation, "SCAN_SPLIT", 1)
-    monkeypatch.setattr(blas, "idle_cores", lambda: 2)
-    monkeypatch.setattr(blas, "get_num_threads", lambda: 2)
     calls = []
 
     def failing(X):
@@ -552,7 +570,7 @@ def test_the_split_input_check_raises_what_a_share_raises(monkeypatch):
 
     monkeypatch.setattr(_core, "first_nonfinite_row", failing)
     with pytest.raises(MemoryError, match="share"):
-        _validation.first_nonfinite_row(np.ones((10, 3), np.float32))
+        _validation.first_nonfinite_row(np.ones((10, 3), np.float32), 2)
     assert sorted(calls) == [5, 5]
 
 
