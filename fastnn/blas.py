@@ -43,11 +43,23 @@ def _blas():
     return _controller
 
 
+def _set_bf16_threads(n):
+    """Give a bfloat16 network's products on AMX tiles (_core.gemm_bf16)
+    the BLAS's thread count n; returns the previous count (None without the
+    compiled core)."""
+    try:
+        from fastnn import _core
+    except ImportError:
+        return None
+    return _core.set_bf16_threads(n)
+
+
 def set_num_threads(n):
     """Let fastnn, and the BLAS libraries, use at most n threads from now on."""
     global _threads
     n = positive_int(n, "threads")
     _blas().limit(limits=n)
+    _set_bf16_threads(n)
     _threads = n
 
 
@@ -84,8 +96,18 @@ def thread_budget(n):
 @contextmanager
 def single_threaded_blas():
     """Within this block the BLAS libraries run on the calling thread only."""
-    with _blas().limit(limits=1):
+    with _blas().limit(limits=1), _bf16_threads_within(1):
         yield
+
+
+@contextmanager
+def _bf16_threads_within(n):
+    previous = _set_bf16_threads(n)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            _set_bf16_threads(previous)
 
 
 @contextmanager
@@ -95,7 +117,7 @@ def blas_threads_at_most(n):
     if blas_num_threads() <= n:
         yield
         return
-    with _blas().limit(limits=positive_int(n, "threads")):
+    with _blas().limit(limits=positive_int(n, "threads")), _bf16_threads_within(n):
         yield
 
 
@@ -227,14 +249,24 @@ def scan_threads(entries):
 
 
 # bfloat16 (Network(dtype="bfloat16")): every matrix product of such a network
-# goes through one kernel, _core.gemm_bf16. Today it emulates: it rounds both
-# operands to bfloat16 and multiplies them with float32 FMAs (sgemm), which
-# costs a little more than float32, never less. A native kernel on AVX512_BF16
-# (vdpbf16ps: 32 bf16 products summed into 16 float32 lanes per instruction,
-# twice vfmadd231ps's 16 FMAs on 512-bit vectors) would take its place where
-# the CPU has the instruction.
-NATIVE_BF16_KERNEL = False   # whether _core has a native bfloat16 GEMM (not yet)
+# goes through one kernel, _core.gemm_bf16. Where the CPU and the OS give the
+# process AMX tiles (Intel Sapphire Rapids and later), it multiplies there
+# (src_c/amxgemm.h: 16 x 16 x 32 bfloat16 multiply-adds an instruction, against
+# 16 for one AVX-512 FMA). Elsewhere it emulates: it rounds both operands to
+# bfloat16 and multiplies them with float32 FMAs (sgemm), which costs a little
+# more than float32, never less. (AVX512_BF16's vdpbf16ps alone, on AMD Zen 4
+# and 5, would at best double float32's FMA rate; no kernel of fastnn uses it.)
 _bf16_said = False
+
+
+def native_bf16():
+    """Whether a bfloat16 network's products run natively here (on AMX
+    tiles), rather than emulated with float32 arithmetic."""
+    try:
+        from fastnn import _core
+    except ImportError:
+        return False
+    return bool(_core.native_bf16())
 
 
 def cpu_has_bf16():
@@ -252,13 +284,14 @@ def cpu_has_bf16():
 
 def bf16_speed():
     """What bfloat16 does for speed on this machine, in one sentence: native
-    (faster than float32) only where fastnn has a native kernel and the CPU
-    has AVX512_BF16; otherwise emulated, and no faster."""
+    (faster than float32) where the products run on AMX tiles; otherwise
+    emulated, and no faster."""
+    if native_bf16():
+        return "this CPU computes bfloat16 natively (AMX tiles)"
     if cpu_has_bf16():
-        if NATIVE_BF16_KERNEL:
-            return "this CPU computes bfloat16 natively (AVX512_BF16)"
-        return ("this CPU has AVX512_BF16, but this fastnn emulates bfloat16 with float32 "
-                "arithmetic: it gains no speed from bfloat16 (only its rounding)")
+        return ("this CPU has AVX512_BF16 but no AMX tiles, which fastnn's bfloat16 kernel "
+                "needs: fastnn emulates bfloat16 with float32 arithmetic, so it gains no speed "
+                "from bfloat16 (only its rounding)")
     return ("this CPU has no AVX512_BF16: fastnn emulates bfloat16 with float32 arithmetic, "
             "so it gains no speed from bfloat16 (only its rounding)")
 
@@ -267,7 +300,7 @@ def warn_bf16_speed():
     """Say once per process, as a FastnnWarning (on stderr), that bfloat16 is
     emulated here, where it is (see bf16_speed)."""
     global _bf16_said
-    if _bf16_said or (NATIVE_BF16_KERNEL and cpu_has_bf16()):
+    if _bf16_said or native_bf16():
         return
     _bf16_said = True
     import warnings

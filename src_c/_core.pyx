@@ -630,6 +630,38 @@ cdef extern from *:
                                       Py_ssize_t cols, float* dst) noexcept nogil
 
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fastnn_default_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int fastnn_default_threads(void) { return 1; }
+    #endif
+    """
+    int default_threads "fastnn_default_threads"() noexcept nogil
+
+
+cdef extern from "amxgemm.h":
+    int amx_ok "fastnn_amx_available"() noexcept nogil
+    Py_ssize_t amx_scratch "fastnn_amx_scratch"(Py_ssize_t m, Py_ssize_t n,
+                                                Py_ssize_t k) noexcept nogil
+    void amx_gemm "fastnn_amx_gemm"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                                    const float* A, Py_ssize_t sai, Py_ssize_t sap,
+                                    const float* B, Py_ssize_t sbp, Py_ssize_t sbj,
+                                    float beta, float* C, Py_ssize_t ldc,
+                                    float* scratch, int threads) noexcept nogil
+
+
+# Whether gemm_bf16 multiplies on AMX tiles (amxgemm.h) rather than emulating:
+# where the CPU and the OS have them (set_native_bf16 may turn it off).
+cdef bint native_bf16_on = amx_ok() != 0
+# The threads amxgemm.h's product may take: the BLAS's thread count, which
+# fastnn.blas passes on whenever it changes it (set_bf16_threads); 1 inside a
+# team's region, whose threads each run their own products.
+cdef int bf16_threads = default_threads()
+
+
 cdef inline Py_ssize_t max3(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) noexcept nogil:
     if b > a:
         a = b
@@ -644,10 +676,18 @@ cdef Py_ssize_t bf16_scratch(const Geometry* g, Py_ssize_t N) noexcept nogil:
     block (block, K) and a block of D (block, F). Pooling has no product."""
     cdef Py_ssize_t I = g.n_in, O = g.n_out, K = g.K, F = g.out_c, B = g.block
     if g.kind == DENSE:
-        return max3(N * I + I * O, N * O + I * O, N * I + N * O)
+        return max(max3(N * I + I * O, N * O + I * O, N * I + N * O), bf16_packed(N, I, O))
     if g.kind == CONV2D:
-        return max3(B * K + K * F, B * F + K * F, B * F + B * K)
+        return max(max3(B * K + K * F, B * F + K * F, B * F + B * K), bf16_packed(B, K, F))
     return 0
+
+
+cdef Py_ssize_t bf16_packed(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) noexcept nogil:
+    """The most scratch amxgemm.h's packed operands need for a product of
+    these three sizes, whichever is summed over; 0 without AMX."""
+    if not amx_ok():
+        return 0
+    return max3(amx_scratch(a, b, c), amx_scratch(a, c, b), amx_scratch(b, c, a))
 
 
 # A forward outside training (predict) in float32 takes smallgemm.h's AVX-512
@@ -685,8 +725,14 @@ cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
     into scratch (m*k + k*n entries, sized by bf16_scratch), then multiplied
     by sgemm; products of bfloat16 values are exact in float32, so this is
     what a bf16 dot-product instruction computes, up to the order of the
-    sums. A native kernel (AVX512_BF16's vdpbf16ps on operands packed to
-    16 bits) replaces this body, chosen when the module loads."""
+    sums. Native (native_bf16_on): amxgemm.h packs the operands to 16 bits
+    and multiplies them on AMX tiles, 16 x 16 x 32 multiply-adds an
+    instruction (op(A)[i, p] = A[i*sai + p*sap], op(B)[p, j] = B[p*sbp + j*sbj])."""
+    if native_bf16_on:
+        amx_gemm(m, n, k, alpha, a, 1 if transa == c'N' else lda, lda if transa == c'N' else 1,
+                 b, 1 if transb == c'N' else ldb, ldb if transb == c'N' else 1, beta, c, ldc,
+                 scratch, bf16_threads)
+        return
     cdef int ar = m if transa == c'N' else k        # op(A) is m x k: A is ar x ac
     cdef int ac = k if transa == c'N' else m
     cdef int br = k if transb == c'N' else n        # op(B) is k x n: B is br x bc
@@ -2551,6 +2597,66 @@ def round_bf16(const float[::1] x, float[::1] out):
         return
     with nogil:
         bf16_copy(&x[0], n, n, 1, &out[0])
+
+
+def native_bf16():
+    """Whether a bfloat16 network's products run on AMX tiles (amxgemm.h)
+    rather than emulated with float32 sgemm."""
+    return native_bf16_on
+
+
+def amx_available():
+    """Whether this CPU and OS give the process AMX tiles (AMX-TILE and
+    AMX-BF16, and Linux's permission for their state)."""
+    return amx_ok() != 0
+
+
+def set_native_bf16(bint on):
+    """Run a bfloat16 network's products on AMX tiles (on, where
+    amx_available()) or emulate them; returns the previous setting. For
+    tests and benchmarks: it applies to the whole process, so call it while
+    no kernel runs."""
+    global native_bf16_on
+    previous = native_bf16_on
+    native_bf16_on = on and amx_ok() != 0
+    return previous
+
+
+def set_bf16_threads(int n):
+    """The threads a bfloat16 product on AMX tiles may take (fastnn.blas
+    sets it with the BLAS's thread count); returns the previous count."""
+    global bf16_threads
+    _check(1 <= n <= 1024, f"bf16 threads must be in [1, 1024], not {n}")
+    previous = bf16_threads
+    bf16_threads = n
+    return previous
+
+
+def gemm_bf16_matmul(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C,
+                     float alpha=1, float beta=0, bint transpose_a=False,
+                     bint transpose_b=False):
+    """C := alpha bf16(op(A)) @ bf16(op(B)) + beta C through gemm_bf16 (on
+    AMX tiles where native_bf16(), else emulated), row-major: op(A) (M, K),
+    op(B) (K, N), C (M, N). For tests of the kernel."""
+    import numpy as np
+    cdef Py_ssize_t M = A.shape[1] if transpose_a else A.shape[0]
+    cdef Py_ssize_t K = A.shape[0] if transpose_a else A.shape[1]
+    cdef Py_ssize_t N = B.shape[0] if transpose_b else B.shape[1]
+    _check((B.shape[1] if transpose_b else B.shape[0]) == K and C.shape[0] == M
+           and C.shape[1] == N, "gemm_bf16_matmul: shapes do not match")
+    _check(max(M, N, K, 1) <= INT_MAX, "gemm_bf16_matmul: too large")
+    if M == 0 or N == 0:
+        return
+    scratch = np.empty(max(M * K + K * N, bf16_packed(M, N, K), 1), dtype=np.float32)
+    cdef float[::1] s = scratch
+    cdef float zero = 0
+    # row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T
+    with nogil:
+        gemm_bf16(c'T' if transpose_b else c'N', c'T' if transpose_a else c'N',
+                  <int> N, <int> M, <int> K, alpha, &B[0, 0] if K else &zero,
+                  <int> (B.shape[1] if B.shape[1] else 1),
+                  &A[0, 0] if K else &zero, <int> (A.shape[1] if A.shape[1] else 1), beta,
+                  &C[0, 0], <int> N, &s[0])
 
 
 def units_threads(const int64_t[:, ::1] table, Py_ssize_t capacity, int optimizer,

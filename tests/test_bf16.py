@@ -283,6 +283,74 @@ def test_gradient_and_forward_match_the_reference_in_bfloat16(sizes):
     assert abs(grads[0].loss - grads[1].loss) <= 0.05 * abs(grads[2].loss - grads[1].loss)
 
 
+# The kernels a bfloat16 product may run here: the emulation everywhere, and
+# AMX tiles (src_c/amxgemm.h) where the CPU and the OS have them.
+PATHS = ["emulated"] + (["native"] if _core.amx_available() else [])
+
+
+@pytest.fixture(params=PATHS)
+def bf16_path(request):
+    previous = _core.set_native_bf16(request.param == "native")
+    assert _core.native_bf16() == (request.param == "native")
+    yield request.param
+    _core.set_native_bf16(previous)
+
+
+SHAPES = [(1, 1, 1), (5, 7, 3), (16, 32, 16), (33, 65, 17), (17, 33, 49), (40, 300, 70),
+          (64, 0, 5)]
+
+
+@pytest.mark.parametrize("M, K, N", SHAPES)
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_a_product_is_the_exact_product_of_the_rounded_operands(bf16_path, M, K, N, ta, tb):
+    # alpha bf(op(A)) bf(op(B)) + beta C, to float32's round-off of K + 2 terms,
+    # whatever the transposes, edges of tiles and K past a multiple of 32;
+    # beta == 0 never reads C (a NaN there stays out)
+    rng = np.random.default_rng(M * 1000 + K * 10 + N)
+    for alpha, beta in [(1, 0), (0.5, 1), (-0.3, 0.7)]:
+        A = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+        B = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+        C0 = np.full((M, N), np.nan, np.float32) if beta == 0 else \
+            rng.standard_normal((M, N)).astype(np.float32)
+        C = C0.copy()
+        _core.gemm_bf16_matmul(A, B, C, alpha, beta, ta, tb)
+        a = ref.round_bf16(np.ascontiguousarray(A.T if ta else A)).astype(np.float64)
+        b = ref.round_bf16(np.ascontiguousarray(B.T if tb else B)).astype(np.float64)
+        c = 0 if beta == 0 else beta * C0.astype(np.float64)
+        exact = alpha * (a @ b) + c
+        scale = abs(alpha) * (np.abs(a) @ np.abs(b)) + np.abs(c)
+        assert np.all(np.abs(C - exact) <= (K + 2) * 2.0 ** -24 * scale + 1e-30), (alpha, beta)
+
+
+@pytest.mark.parametrize("M, K, N", [(40, 300, 70), (100, 64, 130)])
+def test_a_native_product_is_the_same_on_any_thread_count(M, K, N):
+    # each tile of C is summed by one thread in one order, whoever takes it
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    out = []
+    for threads in (1, 2, 3):
+        previous = _core.set_bf16_threads(threads)
+        try:
+            C = np.zeros((M, N), np.float32)
+            _core.gemm_bf16_matmul(A, B, C)
+        finally:
+            _core.set_bf16_threads(previous)
+        out.append(C)
+    assert_array_equal(out[0], out[1])
+    assert_array_equal(out[0], out[2])
+
+
+def test_blas_limits_give_a_native_product_their_thread_count():
+    previous = _core.set_bf16_threads(2)
+    try:
+        with blas.single_threaded_blas():
+            assert _core.set_bf16_threads(1) == 1
+        assert _core.set_bf16_threads(2) == 2
+    finally:
+        _core.set_bf16_threads(previous)
+
+
 def _within(got, exact, scale, what):
     """|got - exact| <= 1e-5 scale: float32's round-off of sums whose terms'
     magnitudes add up to scale (a product whose operands were rounded
@@ -291,7 +359,7 @@ def _within(got, exact, scale, what):
     assert np.all(error <= 1e-5 * scale + 1e-30), f"{what}: {error.max():.3g}"
 
 
-def test_each_dense_product_rounds_exactly_its_operands():
+def test_each_dense_product_rounds_exactly_its_operands(bf16_path):
     # One network's own numbers as the oracle, so that no float32 sum is
     # rounded twice: its outputs A (one chunk, as gradient computes them),
     # the output delta D = A - Y (mse, identity), then in float64 from the
@@ -320,7 +388,7 @@ def test_each_dense_product_rounds_exactly_its_operands():
                     (np.abs(d) @ np.abs(w).T).sum(axis=0) / n, "input gradient")
 
 
-def test_each_convolution_product_rounds_exactly_its_operands():
+def test_each_convolution_product_rounds_exactly_its_operands(bf16_path):
     # as test_each_dense_product_rounds_exactly_its_operands, through the
     # im2col GEMMs: a first layer with one channel (im2col transposed, the
     # path smallgemm.h takes in float32) and a padded second one
@@ -371,8 +439,19 @@ def test_the_kernels_refuse_bfloat16_on_float64_parameters():
 def test_the_bfloat16_workspace_holds_the_rounded_operands():
     table, _ = Plan.parse(DENSE_NET).table()
     plain, bf = _core.workspace_size(table, 8), _core.workspace_size(table, 8, bf16=True)
-    # the largest product's operands: the first layer's A (8, 30) and W (30, 24)
-    assert bf - plain == 8 * 30 + 30 * 24
+    # the largest product's operands: the first layer's A (8, 30) and W (30, 24);
+    # on AMX, the largest product's packed tiles (amxgemm.h: tiles of 16 rows,
+    # an even count of them, by 32 of the summed size; 64 bytes to align)
+    expected = 8 * 30 + 30 * 24
+    if _core.amx_available():
+        def tiles(x):
+            return (-(-x // 16) + 1) // 2 * 2
+
+        def packed(a, b, summed):
+            return (tiles(a) + tiles(b)) * -(-summed // 32) * 256 + 16
+
+        expected = max(expected, packed(8, 24, 30), packed(8, 30, 24), packed(30, 24, 8))
+    assert bf - plain == expected
     args = _args(DENSE_NET)
     run = {**args, "work": np.empty(bf - 1, np.float32), "bf16": True}
     with pytest.raises(ValueError, match="workspace has"):
@@ -433,6 +512,7 @@ def test_the_scikit_learn_estimators_take_bfloat16():
 def test_the_warning_is_said_once_and_names_the_cpu(monkeypatch):
     monkeypatch.setattr(blas, "_bf16_said", False)
     monkeypatch.setattr(blas, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(blas, "native_bf16", lambda: False)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         Network([4, 2], dtype="bfloat16")
@@ -442,18 +522,27 @@ def test_the_warning_is_said_once_and_names_the_cpu(monkeypatch):
     assert "no AVX512_BF16" in str(seen[0].message)
     assert "gains no speed" in str(seen[0].message)
     assert seen[0].filename == __file__          # points at the caller's line
-    # a CPU with the instructions, and no native kernel yet: still said, rightly
+    # a CPU with AVX512_BF16 but no AMX tiles (AMD Zen 4): still said, rightly
     monkeypatch.setattr(blas, "_bf16_said", False)
     monkeypatch.setattr(blas, "cpu_has_bf16", lambda: True)
-    with pytest.warns(FastnnWarning, match="has AVX512_BF16, but this fastnn emulates"):
+    with pytest.warns(FastnnWarning, match="has AVX512_BF16 but no AMX tiles"):
         Network([4, 2], dtype="bfloat16")
-    # once a native kernel exists, that CPU hears nothing
+    # where the products run on AMX tiles, nothing is said
     monkeypatch.setattr(blas, "_bf16_said", False)
-    monkeypatch.setattr(blas, "NATIVE_BF16_KERNEL", True)
+    monkeypatch.setattr(blas, "native_bf16", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Network([4, 2], dtype="bfloat16")
-    assert "natively" in blas.bf16_speed()
+    assert "natively (AMX tiles)" in blas.bf16_speed()
+
+
+def test_native_bfloat16_is_on_exactly_where_the_cpu_and_os_give_amx_tiles():
+    assert _core.native_bf16() == _core.amx_available()
+    assert blas.native_bf16() == _core.native_bf16()
+    with open("/proc/cpuinfo") as f:
+        flags = next((line for line in f if line.startswith("flags")), "").split()
+    if not {"amx_tile", "amx_bf16"} <= set(flags):
+        assert not _core.amx_available()
 
 
 def test_cpu_has_bf16_reads_the_cpu_flags():
@@ -534,7 +623,7 @@ def _csv(tmp_path):
     return path
 
 
-def test_cli_trains_evaluates_and_predicts_in_bfloat16(tmp_path, monkeypatch):
+def test_cli_trains_evaluates_and_predicts_in_bfloat16(tmp_path, monkeypatch, bf16_path):
     from fastnn.cli import main
 
     monkeypatch.setattr(blas, "_bf16_said", False)
@@ -547,8 +636,9 @@ def test_cli_trains_evaluates_and_predicts_in_bfloat16(tmp_path, monkeypatch):
                                            "-o", str(model)])
     assert result.exit_code == 0, result.output
     assert "dtype='bfloat16'" in result.stdout
-    assert result.stderr.count("Warning: this CPU") == 1
-    assert "FastnnWarning" not in result.stderr          # one line, no traceback
+    # emulated: said once, in one line, without a traceback; native: nothing to say
+    assert result.stderr.count("Warning: this CPU") == (bf16_path == "emulated")
+    assert "FastnnWarning" not in result.stderr
     net = io.load(model)
     assert net.compute_dtype == "bfloat16" and net.dtype == np.float32
     report = CliRunner().invoke(main, ["eval", str(model), str(data), "--json"])

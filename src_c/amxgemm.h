@@ -1,0 +1,307 @@
+/* amxgemm.h: the bfloat16 matrix product of a bfloat16 network on AMX tiles
+ * (Intel Sapphire Rapids and later: AMX-TILE and AMX-BF16).
+ *
+ *   fastnn_amx_gemm   column-major C (m, n) := alpha bf16(op(A)) bf16(op(B)) + beta C,
+ *                     op(A) (m, k), op(B) (k, n), the products summed in float32;
+ *                     what _core.gemm_bf16 emulates with sgemm, up to the order of
+ *                     the sums.
+ *
+ * The operands are rounded to bfloat16 (round to nearest, ties to even, as
+ * fastnn_round_bf16) while they are packed into scratch, so that op(A) and
+ * op(B) may be transposed or not at no cost:
+ *
+ *   R  op(B)^T in tiles of 16 rows (j) x 32 bfloat16 (p): TDPBF16PS's first
+ *      operand, [jt][pt][16][32];
+ *   V  op(A)^T in tiles of 16 pairs of p x 16 columns (i) x 2 (the pair, the
+ *      VNNI order): its second operand, [it][pt][16][16][2].
+ *
+ * A tile of C^T (16 j x 16 i, float32) is then sum over pt of R[jt][pt] V[it][pt]:
+ * each TDPBF16PS adds 16 x 16 dot products of 32 bfloat16 pairs (8,192
+ * multiply-adds), against 16 for one AVX-512 FMA. The kernel holds 2 x 2 tiles
+ * of C in tmm0..3, two tiles of R in tmm4..5 and two of V in tmm6..7; the
+ * tile counts are padded to even with zero tiles, K to a multiple of 32 with
+ * zeros, so every tile is whole. Each finished tile goes through a stack
+ * buffer into C as alpha T + beta C (beta == 0: C is not read, as BLAS).
+ *
+ * Linux gives a process AMX's 8 KiB of tile state only once asked
+ * (arch_prctl ARCH_REQ_XCOMP_PERM): fastnn_amx_available asks, once, and says
+ * 0 where the CPU, the compiler or the kernel lacks it.
+ */
+#ifndef FASTNN_AMXGEMM_H
+#define FASTNN_AMXGEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 \
+    && defined(__linux__)
+#define FASTNN_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f")))
+
+enum { AMX_T = 16, AMX_KP = 32 };   /* tile: 16 rows; 32 bfloat16 of K a row */
+
+/* 1: AMX tiles usable in this process; 0: not (asked once). */
+static int fastnn_amx_state = -1;
+
+static int fastnn_amx_available(void) {
+    unsigned a, b, c, d;
+    if (fastnn_amx_state >= 0)
+        return fastnn_amx_state;
+    fastnn_amx_state = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    if (!(d & (1u << 22)) || !(d & (1u << 24)))      /* AMX-BF16, AMX-TILE */
+        return 0;
+    /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18) */
+    if (syscall(SYS_arch_prctl, 0x1023, 18) != 0)
+        return 0;
+    fastnn_amx_state = 1;
+    return 1;
+}
+
+/* The entries of float32 scratch fastnn_amx_gemm needs for m, n, k. */
+static ptrdiff_t fastnn_amx_scratch(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k) {
+    const ptrdiff_t it = ((m + AMX_T - 1) / AMX_T + 1) / 2 * 2;
+    const ptrdiff_t jt = ((n + AMX_T - 1) / AMX_T + 1) / 2 * 2;
+    const ptrdiff_t pt = (k + AMX_KP - 1) / AMX_KP;
+    /* tiles of 16 x 32 bfloat16 (256 floats' room), and 64 bytes to align */
+    return (it + jt) * (pt > 0 ? pt : 1) * 256 + 16;
+}
+
+/* Both packed operands are tiles of 16 x 16 pairs of bfloat16 (32 bits: p
+   even in the low half, p + 1 in the high), indexed [x][h] for R (x = j) and
+   [h][x] for V (x = i), h = the pair of p. A vector of 16 pairs comes from X
+   one of two ways, whichever of X's strides is 1:
+     along h, for one x, where p is contiguous: 32 floats, converted in order;
+     along x, for one h, where x is contiguous: 16 floats of p and 16 of p + 1,
+       converted and interleaved.
+   Vectors along the other index than the tile's rows are transposed in
+   registers (amx_transpose16). */
+#define AMX_VEC __attribute__((target("avx512f,avx512bw"), always_inline)) static inline
+
+/* 16 floats rounded to bfloat16, as 16 x 16 bits: the upper half of each lane's
+   fastnn_round_bf16 (round to nearest, ties to even; a NaN stays a quiet NaN). */
+AMX_VEC __m256i amx_bf16x16(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32(0x7F800000));
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x0040));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+AMX_VEC __mmask16 amx_mask(ptrdiff_t n) {
+    return n >= 16 ? (__mmask16) 0xFFFF : n <= 0 ? (__mmask16) 0 : (__mmask16) ((1u << n) - 1);
+}
+
+/* The 16 pairs of p0 .. p0 + 31 at x (X + x * sx, p contiguous), 0 past k or nx. */
+AMX_VEC __m512i amx_along_h(const float* X, ptrdiff_t sx, ptrdiff_t x, ptrdiff_t nx,
+                            ptrdiff_t p0, ptrdiff_t k) {
+    if (x >= nx || p0 >= k)
+        return _mm512_setzero_si512();
+    const float* row = X + x * sx + p0;
+    const __m256i lo = amx_bf16x16(_mm512_maskz_loadu_ps(amx_mask(k - p0), row));
+    const __m256i hi = amx_bf16x16(_mm512_maskz_loadu_ps(amx_mask(k - p0 - 16), row + 16));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* The pairs (p, p + 1) of x0 .. x0 + 15 (X + p * sp, x contiguous), 0 past k or nx. */
+AMX_VEC __m512i amx_along_x(const float* X, ptrdiff_t sp, ptrdiff_t x0, ptrdiff_t nx,
+                            ptrdiff_t p, ptrdiff_t k) {
+    const __mmask16 m = amx_mask(nx - x0);
+    const __m256i a = p < k ? amx_bf16x16(_mm512_maskz_loadu_ps(m, X + p * sp + x0))
+                            : _mm256_setzero_si256();
+    const __m256i b = p + 1 < k ? amx_bf16x16(_mm512_maskz_loadu_ps(m, X + (p + 1) * sp + x0))
+                                : _mm256_setzero_si256();
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                         24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
+                                         1, 16, 0);
+    return _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1));
+}
+
+/* out[c][r] := v[r][c] for a 16 x 16 matrix of 32-bit words, v[r] a row: pairs
+   of rows interleaved by words, then by double words (b[4k + c] holds, in its
+   128-bit lane l, rows 4k .. 4k+3 of column 4l + c), then the lanes gathered. */
+AMX_VEC void amx_transpose16(__m512i v[16], uint32_t* out) {
+    __m512i a[16], b[16];
+    for (int q = 0; q < 8; q++) {
+        a[2 * q] = _mm512_unpacklo_epi32(v[2 * q], v[2 * q + 1]);
+        a[2 * q + 1] = _mm512_unpackhi_epi32(v[2 * q], v[2 * q + 1]);
+    }
+    for (int q = 0; q < 4; q++) {
+        b[4 * q] = _mm512_unpacklo_epi64(a[4 * q], a[4 * q + 2]);
+        b[4 * q + 1] = _mm512_unpackhi_epi64(a[4 * q], a[4 * q + 2]);
+        b[4 * q + 2] = _mm512_unpacklo_epi64(a[4 * q + 1], a[4 * q + 3]);
+        b[4 * q + 3] = _mm512_unpackhi_epi64(a[4 * q + 1], a[4 * q + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        const __m512i t0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44);
+        const __m512i t1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xEE);
+        const __m512i t2 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44);
+        const __m512i t3 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xEE);
+        _mm512_store_si512(out + (0 + c) * AMX_T, _mm512_shuffle_i32x4(t0, t2, 0x88));
+        _mm512_store_si512(out + (4 + c) * AMX_T, _mm512_shuffle_i32x4(t0, t2, 0xDD));
+        _mm512_store_si512(out + (8 + c) * AMX_T, _mm512_shuffle_i32x4(t1, t3, 0x88));
+        _mm512_store_si512(out + (12 + c) * AMX_T, _mm512_shuffle_i32x4(t1, t3, 0xDD));
+    }
+}
+
+/* One tile of pairs of X (x0 .. x0+15, p0 .. p0+31; x along sx, p along sp; 0
+   past nx or k): rows along h (by_x = 0: tile[x][h], R) or along x (by_x = 1:
+   tile[h][x], V). One of sx and sp is 1 (X is a column-major matrix). */
+__attribute__((target("avx512f,avx512bw")))
+static void amx_pack_tile(const float* X, ptrdiff_t sx, ptrdiff_t sp, ptrdiff_t x0,
+                          ptrdiff_t nx, ptrdiff_t p0, ptrdiff_t k, int by_x, uint16_t* tile) {
+    uint32_t* t = (uint32_t*) tile;
+    if (sp == 1) {                                  /* vectors along h, one a column x */
+        if (!by_x) {
+            for (ptrdiff_t r = 0; r < AMX_T; r++)
+                _mm512_store_si512(t + r * AMX_T, amx_along_h(X, sx, x0 + r, nx, p0, k));
+            return;
+        }
+        __m512i v[AMX_T];
+        for (ptrdiff_t c = 0; c < AMX_T; c++)
+            v[c] = amx_along_h(X, sx, x0 + c, nx, p0, k);
+        amx_transpose16(v, t);
+        return;
+    }
+    /* sx == 1, x contiguous: vectors along x, one a pair h */
+    if (by_x) {
+        for (ptrdiff_t h = 0; h < AMX_T; h++)
+            _mm512_store_si512(t + h * AMX_T, amx_along_x(X, sp, x0, nx, p0 + 2 * h, k));
+        return;
+    }
+    __m512i v[AMX_T];
+    for (ptrdiff_t h = 0; h < AMX_T; h++)
+        v[h] = amx_along_x(X, sp, x0, nx, p0 + 2 * h, k);
+    amx_transpose16(v, t);
+}
+
+/* C[i + j*ldc] := alpha T[j][i] + beta C[i + j*ldc] for the tile at (i0, j0). */
+static void amx_store(const float T[AMX_T][AMX_T], float* C, ptrdiff_t ldc, ptrdiff_t i0,
+                      ptrdiff_t j0, ptrdiff_t m, ptrdiff_t n, float alpha, float beta) {
+    const ptrdiff_t ni = m - i0 < AMX_T ? m - i0 : AMX_T;
+    const ptrdiff_t nj = n - j0 < AMX_T ? n - j0 : AMX_T;
+    for (ptrdiff_t r = 0; r < nj; r++) {
+        float* c = C + (j0 + r) * ldc + i0;
+        if (beta == 0.0f)
+            for (ptrdiff_t q = 0; q < ni; q++)
+                c[q] = alpha * T[r][q];
+        else
+            for (ptrdiff_t q = 0; q < ni; q++)
+                c[q] = alpha * T[r][q] + beta * c[q];
+    }
+}
+
+/* The 64-byte tile configuration: palette 1, every tile 16 rows of 64 bytes. */
+struct amx_config {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* C (m, n) := alpha bf16(op(A)) bf16(op(B)) + beta C, column-major, op(A)[i, p] =
+   A[i * sai + p * sap], op(B)[p, j] = B[p * sbp + j * sbj] (one stride of each
+   is 1); scratch holds fastnn_amx_scratch(m, n, k) floats. On `threads`
+   OpenMP threads (one inside another team's region), which share the packing
+   (tile by tile) and then the 32 x 32 blocks of C, each on its own tiles.
+   Only where fastnn_amx_available(). */
+AMX_TARGET static void fastnn_amx_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                                       const float* A, ptrdiff_t sai, ptrdiff_t sap,
+                                       const float* B, ptrdiff_t sbp, ptrdiff_t sbj,
+                                       float beta, float* C, ptrdiff_t ldc, float* scratch,
+                                       int threads) {
+    const ptrdiff_t it = ((m + AMX_T - 1) / AMX_T + 1) / 2 * 2;
+    const ptrdiff_t jt = ((n + AMX_T - 1) / AMX_T + 1) / 2 * 2;
+    const ptrdiff_t pt = (k + AMX_KP - 1) / AMX_KP;
+    const ptrdiff_t tile = AMX_T * AMX_KP;      /* bfloat16 entries of a tile */
+    if (m <= 0 || n <= 0)
+        return;
+    if (pt == 0) {               /* k == 0: C := beta C */
+        float Z[AMX_T][AMX_T];
+        memset(Z, 0, sizeof Z);
+        for (ptrdiff_t j0 = 0; j0 < n; j0 += AMX_T)
+            for (ptrdiff_t i0 = 0; i0 < m; i0 += AMX_T)
+                amx_store(Z, C, ldc, i0, j0, m, n, alpha, beta);
+        return;
+    }
+    uint16_t* R = (uint16_t*) (((uintptr_t) scratch + 63) & ~(uintptr_t) 63);
+    uint16_t* V = R + jt * pt * tile;
+    const ptrdiff_t packs = (jt + it) * pt, blocks = (jt / 2) * (it / 2);
+    if (threads < 1)
+        threads = 1;
+    #pragma omp parallel num_threads(threads) if (threads > 1 && blocks > 1)
+    {
+        /* R[j][h] (tiles [jt][pt]), then V[h][i] (tiles [it][pt]) */
+        #pragma omp for schedule(static)
+        for (ptrdiff_t q = 0; q < packs; q++) {
+            if (q < jt * pt)
+                amx_pack_tile(B, sbj, sbp, (q / pt) * AMX_T, n, (q % pt) * AMX_KP, k, 0,
+                              R + q * tile);
+            else
+                amx_pack_tile(A, sai, sap, ((q - jt * pt) / pt) * AMX_T, m,
+                              ((q - jt * pt) % pt) * AMX_KP, k, 1, V + (q - jt * pt) * tile);
+        }
+        struct amx_config cfg;
+        float T[4][AMX_T][AMX_T] __attribute__((aligned(64)));
+        memset(&cfg, 0, sizeof cfg);
+        cfg.palette = 1;
+        for (int t = 0; t < 8; t++) {
+            cfg.rows[t] = AMX_T;
+            cfg.colsb[t] = 64;
+        }
+        _tile_loadconfig(&cfg);
+        #pragma omp for schedule(static)
+        for (ptrdiff_t bq = 0; bq < blocks; bq++) {
+            const ptrdiff_t tj = bq / (it / 2) * 2, ti = bq % (it / 2) * 2;
+            const uint16_t* r0 = R + tj * pt * tile;
+            const uint16_t* r1 = r0 + pt * tile;
+            const uint16_t* v0 = V + ti * pt * tile;
+            const uint16_t* v1 = v0 + pt * tile;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (ptrdiff_t s = 0; s < pt; s++) {
+                _tile_loadd(4, r0 + s * tile, 64);
+                _tile_loadd(5, r1 + s * tile, 64);
+                _tile_loadd(6, v0 + s * tile, 64);
+                _tile_loadd(7, v1 + s * tile, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, T[0], 64);
+            _tile_stored(1, T[1], 64);
+            _tile_stored(2, T[2], 64);
+            _tile_stored(3, T[3], 64);
+            for (int q = 0; q < 4; q++) {
+                const ptrdiff_t i0 = (ti + (q & 1)) * AMX_T, j0 = (tj + (q >> 1)) * AMX_T;
+                if (i0 < m && j0 < n)
+                    amx_store(T[q], C, ldc, i0, j0, m, n, alpha, beta);
+            }
+        }
+        _tile_release();
+    }
+}
+
+#else
+#define FASTNN_AMX 0
+static int fastnn_amx_available(void) { return 0; }
+static ptrdiff_t fastnn_amx_scratch(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k) { return 0; }
+static void fastnn_amx_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float* A,
+                            ptrdiff_t sai, ptrdiff_t sap, const float* B, ptrdiff_t sbp,
+                            ptrdiff_t sbj, float beta, float* C, ptrdiff_t ldc,
+                            float* scratch, int threads) { }
+#endif
+
+#endif
