@@ -2927,22 +2927,83 @@ def optimizer_step(int optimizer, floating[::1] params, floating[:, ::1] state,
                             &hyper[0], t)
 
 
+cdef extern from *:
+    """
+    /* The first row of X (n rows of m) with a NaN or an infinity, or -1: a value
+       is one exactly when its bits without the sign are at least those of +inf,
+       so each row is one pass of unsigned maxima over those bits, which GCC
+       vectorises (16 lanes a step with AVX-512, 8 with AVX2, chosen at run
+       time: the SSE2 baseline ran at half the speed of a cold 63 MB read). */
+    typedef uint32_t __attribute__((may_alias)) fastnn_u32;
+    typedef uint64_t __attribute__((may_alias)) fastnn_u64;
+    #define FASTNN_SCAN(name, target, T, U, MASK, INF)                              \
+        target static Py_ssize_t name(const T* X, Py_ssize_t n, Py_ssize_t m) {     \
+            for (Py_ssize_t i = 0; i < n; i++) {                                    \
+                const U* row = (const U*) (X + i * m);                              \
+                U top = 0;                                                          \
+                for (Py_ssize_t j = 0; j < m; j++) {                                \
+                    const U a = row[j] & MASK;                                      \
+                    top = a > top ? a : top;                                        \
+                }                                                                   \
+                if (top >= INF)                                                     \
+                    return i;                                                       \
+            }                                                                       \
+            return -1;                                                              \
+        }
+    #define FASTNN_SCAN_OF(...) FASTNN_SCAN(__VA_ARGS__)   /* expands FASTNN_F32 first */
+    #define FASTNN_F32 fastnn_u32, 0x7FFFFFFFu, 0x7F800000u
+    #define FASTNN_F64 fastnn_u64, 0x7FFFFFFFFFFFFFFFull, 0x7FF0000000000000ull
+    #if defined(__x86_64__) && defined(__GNUC__)
+    FASTNN_SCAN_OF(fastnn_scan_f32_avx512, __attribute__((target("avx512f"))), float, FASTNN_F32)
+    FASTNN_SCAN_OF(fastnn_scan_f64_avx512, __attribute__((target("avx512f"))), double, FASTNN_F64)
+    FASTNN_SCAN_OF(fastnn_scan_f32_avx2, __attribute__((target("avx2"))), float, FASTNN_F32)
+    FASTNN_SCAN_OF(fastnn_scan_f64_avx2, __attribute__((target("avx2"))), double, FASTNN_F64)
+    #endif
+    FASTNN_SCAN_OF(fastnn_scan_f32_base, , float, FASTNN_F32)
+    FASTNN_SCAN_OF(fastnn_scan_f64_base, , double, FASTNN_F64)
+
+    static Py_ssize_t fastnn_first_nonfinite_f32(const float* X, Py_ssize_t n, Py_ssize_t m) {
+    #if defined(__x86_64__) && defined(__GNUC__)
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f"))
+            return fastnn_scan_f32_avx512(X, n, m);
+        if (__builtin_cpu_supports("avx2"))
+            return fastnn_scan_f32_avx2(X, n, m);
+    #endif
+        return fastnn_scan_f32_base(X, n, m);
+    }
+
+    static Py_ssize_t fastnn_first_nonfinite_f64(const double* X, Py_ssize_t n, Py_ssize_t m) {
+    #if defined(__x86_64__) && defined(__GNUC__)
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f"))
+            return fastnn_scan_f64_avx512(X, n, m);
+        if (__builtin_cpu_supports("avx2"))
+            return fastnn_scan_f64_avx2(X, n, m);
+    #endif
+        return fastnn_scan_f64_base(X, n, m);
+    }
+    """
+    Py_ssize_t first_nonfinite_f32 "fastnn_first_nonfinite_f32"(
+        const float* X, Py_ssize_t n, Py_ssize_t m) noexcept nogil
+    Py_ssize_t first_nonfinite_f64 "fastnn_first_nonfinite_f64"(
+        const double* X, Py_ssize_t n, Py_ssize_t m) noexcept nogil
+
+
 def first_nonfinite_row(const floating[:, ::1] X):
     """The first row of X (n, m) that holds a NaN or an infinity, or -1.
 
-    x - x != 0 exactly when x is NaN or infinite: one vectorised pass over
-    each row, without the GIL and without the (n, m) boolean temporary of
+    One vectorised pass over each row (see fastnn_first_nonfinite_f32),
+    without the GIL and without the (n, m) boolean temporary of
     np.isfinite, so fit's input check costs a fraction of an epoch."""
-    cdef Py_ssize_t i, j, n = X.shape[0], m = X.shape[1], found = -1
-    cdef bint bad
+    cdef Py_ssize_t n = X.shape[0], m = X.shape[1], found = -1
+    if n == 0 or m == 0:
+        return -1
     with nogil:
-        for i in range(n):
-            bad = False
-            for j in range(m):
-                bad = bad | (X[i, j] - X[i, j] != 0)
-            if bad:
-                found = i
-                break
+        if floating is float:
+            found = first_nonfinite_f32(&X[0, 0], n, m)
+        else:
+            found = first_nonfinite_f64(&X[0, 0], n, m)
     return found
 
 
