@@ -514,6 +514,9 @@ def test_the_installed_fastnn_command_runs():
     assert proc.returncode == 0 and "Commands:" in proc.stdout, proc.stderr
 
 
+# a chain of real `fastnn` processes, seconds long: under --runslow (CI) only
+# (test_cli_layers.py interrupts and resumes a dense run in the fast suite)
+@pytest.mark.slow
 def test_sigint_saves_the_model_and_resume_continues(tmp_path):
     model = tmp_path / "m.safetensors"
     env = {**os.environ, **ENV}

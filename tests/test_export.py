@@ -133,8 +133,11 @@ def mnist_text(mnist):
     return text_rows(mnist[1][0])
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("model", list(MNIST_MODELS))
+# every model in every format under --runslow; in the fast suite each model in
+# one format, the formats in turn
+@pytest.mark.parametrize("model, fmt", sweep(
+    [(model, fmt) for model in MNIST_MODELS for fmt in FORMATS],
+    fast=[i * len(FORMATS) + i % len(FORMATS) for i in range(len(MNIST_MODELS))]))
 def test_mnist_predictions_match_fastnn_exactly(mnist, mnist_nets, mnist_text, tmp_path, model,
                                                 fmt):
     net = mnist_nets[model]

@@ -507,6 +507,8 @@ def mpl():
     return needs("matplotlib")
 
 
+# draws many pictures, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_names_and_titles_with_math_markup_are_drawn_as_text(work, mpl):
     text_csv(work / "math.csv", [MATH, "a#b", "$x$"])
     finished(work, "train", "math.csv", "--label-col", "species", "--epochs", "1",
@@ -590,6 +592,8 @@ def conv_model(path, channels, filters, kernel=3):
                    seed=0).save(path)
 
 
+# draws many pictures, seconds long: under --runslow (CI) only
+@pytest.mark.slow
 def test_show_filters_draws_a_bounded_number_of_cells(work, mpl, monkeypatch):
     from matplotlib.image import AxesImage
 

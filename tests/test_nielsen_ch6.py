@@ -78,7 +78,9 @@ def straight(tmp_path_factory):
     return straight
 
 
-@pytest.mark.parametrize("where", [pytest.param("model", marks=pytest.mark.slow), "checkpoint"])
+# two rows run in real processes each: under --runslow (CI) only
+@pytest.mark.parametrize("where", [pytest.param("model", marks=pytest.mark.slow),
+                                   pytest.param("checkpoint", marks=pytest.mark.slow)])
 def test_an_unfinished_row_goes_on_with_resume(tmp_path, where, straight):
     # a checkpoint left by a killed run (here: a 2-epoch run's first epoch) is continued
     results = tmp_path / "results.jsonl"
