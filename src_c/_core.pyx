@@ -42,12 +42,14 @@ Workspace of a chunk (``workspace_size``): the activations A_0 .. A_L, for
 each activation with dropout its mask and masked copy, a delta buffer per
 activation but A_0, a bias-gradient (column-sum) buffer per layer with
 parameters, the argmax indices of each max-pool, one im2col block, for a
-bfloat16 network the rounded operands of its largest product (gemm_bf16,
-bf16_scratch), and the targets and sample weights of the chunk.
+bfloat16 network the rounded (or, on AMX, packed) operands of its largest
+product (gemm_bf16, bf16_scratch), and the targets and sample weights of the
+chunk.
 
 A bfloat16 network (``bf16=True``: float32 parameters and activations) sends
 every matrix product through gemm_bf16, which rounds both operands to
-bfloat16 and accumulates in float32; it never takes smallgemm.h's float32
+bfloat16 and accumulates in float32, on AMX tiles where the CPU has them
+(amxgemm.h), else emulated with sgemm; it never takes smallgemm.h's float32
 kernels (they would skip the rounding), nor train_units_impl.
 
 Each kernel comes in two layers: a ``cdef ... noexcept nogil`` function that
@@ -657,8 +659,8 @@ cdef extern from "amxgemm.h":
 # where the CPU and the OS have them (set_native_bf16 may turn it off).
 cdef bint native_bf16_on = amx_ok() != 0
 # The threads amxgemm.h's product may take: the BLAS's thread count, which
-# fastnn.blas passes on whenever it changes it (set_bf16_threads); 1 inside a
-# team's region, whose threads each run their own products.
+# fastnn.blas passes on whenever it changes it (set_bf16_threads): 1 while
+# the BLAS is held to one thread (a team, whose threads each run their own).
 cdef int bf16_threads = default_threads()
 
 
