@@ -400,7 +400,7 @@ def team_threads(net, units=False, batch_size=1):
     one for every rows_per_units_thread() rows of a batch, up to fastnn's
     threads; for another dense network one, whose GEMMs use the BLAS's
     threads (see benchmarks/README.md, and `epoch_blas_threads`). A team
-    takes idle cores only (`blas.idle_cores`): it meets at a barrier after
+    takes idle cores only (`blas.idle_cores_settled`): it meets at a barrier after
     every step, so it goes at the pace of a thread that shares its core.
     A units team's weights do not depend on its size; a convolutional
     network's team sums its threads' gradients, so its weights differ from
@@ -409,8 +409,8 @@ def team_threads(net, units=False, batch_size=1):
         return 1
     if units:
         return max(1, min(blas.get_num_threads(), batch_size // rows_per_units_thread(),
-                          blas.idle_cores()))
-    return max(1, min(blas.get_num_threads(), blas.idle_cores()))
+                          blas.idle_cores_settled()))
+    return max(1, min(blas.get_num_threads(), blas.idle_cores_settled()))
 
 
 class TeamPace:

@@ -250,3 +250,25 @@ def test_a_dense_forward_without_blas_gives_the_same_bits_on_any_team_and_thread
         np.testing.assert_allclose(on_blas, runs[0], rtol=1e-5, atol=1e-6)
     finally:
         set_num_threads(before)
+
+
+def test_a_team_is_chosen_from_the_most_idle_of_a_few_looks(monkeypatch):
+    """A thread pool winding down shows as running for a moment: the team
+    takes the most idle cores of up to SETTLE_SAMPLES looks, stops looking
+    once every core is idle, and still sees a core that stays busy."""
+    import os
+
+    from fastnn import blas, training
+    from fastnn.layers import Conv2D, Dense
+
+    cores = len(os.sched_getaffinity(0))
+    looks = iter([1, cores, 1, 1])
+    monkeypatch.setattr(blas, "idle_cores", lambda: next(looks))
+    assert blas.idle_cores_settled() == cores
+    assert next(looks) == 1                      # it stopped at the second look
+    monkeypatch.setattr(blas, "idle_cores", lambda: 1)
+    assert blas.idle_cores_settled() == 1
+    net = Network([(6, 6, 1), Conv2D(2, 3), Dense(2)])
+    assert training.team_threads(net) == 1
+    monkeypatch.setattr(blas, "idle_cores", lambda: cores)
+    assert training.team_threads(net) == min(blas.get_num_threads(), cores)
