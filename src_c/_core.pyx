@@ -2956,35 +2956,29 @@ cdef extern from *:
     #define FASTNN_F32 fastnn_u32, 0x7FFFFFFFu, 0x7F800000u
     #define FASTNN_F64 fastnn_u64, 0x7FFFFFFFFFFFFFFFull, 0x7FF0000000000000ull
     #if defined(__x86_64__) && defined(__GNUC__)
-    FASTNN_SCAN_OF(fastnn_scan_f32_avx512, __attribute__((target("avx512f"))), float, FASTNN_F32)
-    FASTNN_SCAN_OF(fastnn_scan_f64_avx512, __attribute__((target("avx512f"))), double, FASTNN_F64)
-    FASTNN_SCAN_OF(fastnn_scan_f32_avx2, __attribute__((target("avx2"))), float, FASTNN_F32)
-    FASTNN_SCAN_OF(fastnn_scan_f64_avx2, __attribute__((target("avx2"))), double, FASTNN_F64)
+    /* the scan of T in three builds, and fastnn_first_nonfinite_SUFFIX, which
+       runs the best one this CPU has */
+    #define FASTNN_SCANS(T, suffix, BITS)                                            \
+        FASTNN_SCAN_OF(fastnn_scan_##suffix##_avx512, __attribute__((target("avx512f"))), \
+                       T, BITS)                                                      \
+        FASTNN_SCAN_OF(fastnn_scan_##suffix##_avx2, __attribute__((target("avx2"))), \
+                       T, BITS)                                                      \
+        FASTNN_SCAN_OF(fastnn_scan_##suffix##_base, , T, BITS)                      \
+        static Py_ssize_t fastnn_first_nonfinite_##suffix(const T* X, Py_ssize_t n,  \
+                                                          Py_ssize_t m) {            \
+            __builtin_cpu_init();                                                   \
+            if (__builtin_cpu_supports("avx512f"))                                  \
+                return fastnn_scan_##suffix##_avx512(X, n, m);                      \
+            if (__builtin_cpu_supports("avx2"))                                     \
+                return fastnn_scan_##suffix##_avx2(X, n, m);                        \
+            return fastnn_scan_##suffix##_base(X, n, m);                            \
+        }
+    #else
+    #define FASTNN_SCANS(T, suffix, BITS)                                            \
+        FASTNN_SCAN_OF(fastnn_first_nonfinite_##suffix, , T, BITS)
     #endif
-    FASTNN_SCAN_OF(fastnn_scan_f32_base, , float, FASTNN_F32)
-    FASTNN_SCAN_OF(fastnn_scan_f64_base, , double, FASTNN_F64)
-
-    static Py_ssize_t fastnn_first_nonfinite_f32(const float* X, Py_ssize_t n, Py_ssize_t m) {
-    #if defined(__x86_64__) && defined(__GNUC__)
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f"))
-            return fastnn_scan_f32_avx512(X, n, m);
-        if (__builtin_cpu_supports("avx2"))
-            return fastnn_scan_f32_avx2(X, n, m);
-    #endif
-        return fastnn_scan_f32_base(X, n, m);
-    }
-
-    static Py_ssize_t fastnn_first_nonfinite_f64(const double* X, Py_ssize_t n, Py_ssize_t m) {
-    #if defined(__x86_64__) && defined(__GNUC__)
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f"))
-            return fastnn_scan_f64_avx512(X, n, m);
-        if (__builtin_cpu_supports("avx2"))
-            return fastnn_scan_f64_avx2(X, n, m);
-    #endif
-        return fastnn_scan_f64_base(X, n, m);
-    }
+    FASTNN_SCANS(float, f32, FASTNN_F32)
+    FASTNN_SCANS(double, f64, FASTNN_F64)
     """
     Py_ssize_t first_nonfinite_f32 "fastnn_first_nonfinite_f32"(
         const float* X, Py_ssize_t n, Py_ssize_t m) noexcept nogil
