@@ -215,6 +215,13 @@ def forward_team(chunks, spatial, blas_free=False):
             _blas_owner = False
 
 
+def usable_cores():
+    """The cores this process may run on (its affinity mask; elsewhere the
+    machine's)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def idle_cores():
     """Cores that no other runnable thread wants now (Linux: the running
     count of /proc/loadavg, less the caller; elsewhere all of them).
@@ -225,19 +232,19 @@ def idle_cores():
     next to a nice-19 job: [784, 30, 10] at batch 10 ran at 11,000 samples/s
     on two threads, 86,000 on one). The small-batch team takes only these.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     try:
         with open("/proc/loadavg") as f:
             running = int(f.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
-        return cores or 1
-    return max(1, (cores or 1) - max(0, running - 1))
+        return cores
+    return max(1, cores - max(0, running - 1))
 
 
 #: Entries from which a pass over memory (fit's check of X for NaN) is split
 #: over the idle cores fastnn may use: a memory-bound pass, and two cores read
-#: more per second (20,000 MNIST rows, 63 MB, took 7.9 ms of a 53 ms fit of
-#: [784, 30, 10] on one Emerald Rapids core, 4.5 ms on two).
+#: more per second (20,000 MNIST rows, 63 MB, out of the caches: 3.99 ms on one
+#: Emerald Rapids core, 2.43 ms on two, 2026-12-06).
 SCAN_SPLIT = 1 << 20
 
 
@@ -264,10 +271,10 @@ def idle_cores_settled():
     samples/s against 17,700), three looks in none (benchmarks/README.md).
     Stops at the first look that finds every core idle; a core that stays
     busy (another process) costs at most 4 ms, once a fit."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     best = idle_cores()
     for _ in range(SETTLE_SAMPLES - 1):
-        if best >= (cores or 1):
+        if best >= cores:
             break
         time.sleep(SETTLE_GAP)
         best = max(best, idle_cores())

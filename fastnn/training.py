@@ -407,10 +407,12 @@ def team_threads(net, units=False, batch_size=1):
     one thread's in the last bits."""
     if net.backend != "cython" or not (net.plan.spatial or units):
         return 1
+    most = blas.get_num_threads()
     if units:
-        return max(1, min(blas.get_num_threads(), batch_size // rows_per_units_thread(),
-                          blas.idle_cores_settled()))
-    return max(1, min(blas.get_num_threads(), blas.idle_cores_settled()))
+        most = min(most, batch_size // rows_per_units_thread())
+    # the looks at the idle cores (up to 4 ms when one is busy) only where a
+    # team could form: not at one thread (a GridSearchCV worker's share)
+    return 1 if most <= 1 else max(1, min(most, blas.idle_cores_settled()))
 
 
 class TeamPace:

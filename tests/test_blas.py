@@ -272,3 +272,11 @@ def test_a_team_is_chosen_from_the_most_idle_of_a_few_looks(monkeypatch):
     assert training.team_threads(net) == 1
     monkeypatch.setattr(blas, "idle_cores", lambda: cores)
     assert training.team_threads(net) == min(blas.get_num_threads(), cores)
+    # at one thread (a GridSearchCV worker's share) no team can form: no look, no wait
+
+    def no_look():
+        raise AssertionError("looked at the idle cores for a team of one")
+
+    monkeypatch.setattr(blas, "idle_cores", no_look)
+    monkeypatch.setattr(blas, "get_num_threads", lambda: 1)
+    assert training.team_threads(net) == 1
