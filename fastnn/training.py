@@ -392,23 +392,38 @@ def rows_per_units_thread():
     return ROWS_PER_UNITS_THREAD.get(_core.small_gemm_isa(), ROWS_PER_UNITS_THREAD["avx2"])
 
 
-def team_threads(net, units=False, batch_size=1):
+def fused_team(net, table, keep, optimizer, hyper, batch_size, chunk, augment):
+    """The most threads that _core.train_fused_impl's epoch (small batches of
+    a float32 dense network, plain SGD, on a CPU with AVX-512) splits a
+    batch among, by columns of its first layer; 0 where a team would not
+    take it."""
+    if not (net.backend == "cython" and not net.plan.spatial
+            and net.compute_dtype == "float32"):
+        return 0
+    return net.kernels.fused_team(table, chunk, keep, optimizer, hyper, batch_size, augment)
+
+
+def team_threads(net, units=False, batch_size=1, fused=0):
     """Threads that share each batch of an epoch: for a network with
     convolution or pooling layers (much of whose work is outside the GEMMs),
     fastnn's threads, each with a single-threaded BLAS; for a dense network
+    whose batches the fused epoch splits by the first layer's columns
+    (`fused`, see `fused_team`), up to `fused` of fastnn's threads; for one
     whose batches the kernel splits by units (`units`, see `splits_units`),
     one for every rows_per_units_thread() rows of a batch, up to fastnn's
     threads; for another dense network one, whose GEMMs use the BLAS's
     threads (see benchmarks/README.md, and `epoch_blas_threads`). A team
     takes idle cores only (`blas.idle_cores_settled`): it meets at a barrier after
     every step, so it goes at the pace of a thread that shares its core.
-    A units team's weights do not depend on its size; a convolutional
+    A fused or units team's weights do not depend on its size; a convolutional
     network's team sums its threads' gradients, so its weights differ from
     one thread's in the last bits."""
     if net.backend != "cython" or not (net.plan.spatial or units):
         return 1
     most = blas.get_num_threads()
-    if units:
+    if fused:
+        most = min(most, fused)
+    elif units:
         most = min(most, batch_size // rows_per_units_thread())
     # the looks at the idle cores (up to 4 ms when one is busy) only where a
     # team could form: not at one thread (a GridSearchCV worker's share)
@@ -427,11 +442,15 @@ class TeamPace:
     (AMD EPYC, benchmarks/README.md): one thread 181,000-189,000 samples/s,
     the team 150,000-168,000 in one run, 178,000-296,000 in another.
 
-    For each shape, batch size and team, the first epochs measure the team
-    and one thread (samples/s of the kernel's epoch); then each epoch takes
-    the faster by the median of their last RATES epochs, and every
+    For each shape, batch size and team, the first RATES epochs run the
+    team (it forms only on idle cores: `team_threads`), the next one
+    thread (samples/s of the kernel's epoch); then each epoch takes the
+    faster by the median of their last RATES epochs, and every
     PROBE_EVERY-th epoch measures the other again, as the machine changes.
-    The rates are kept for the process, so that short fits learn too.
+    The rates are kept for the process, so that short fits learn too. The
+    first epoch of each is not counted: it pays for cold caches and cores
+    (a fused team's first epoch of [784, 30, 10] ran at 756,000 samples/s,
+    its next ones at 1.3 million, one thread at 0.9 million).
     """
 
     RATES = 3
@@ -441,12 +460,13 @@ class TeamPace:
         self._lock = threading.Lock()
         self._rates = {}        # key -> {threads: [samples/s of the last epochs]}
         self._epochs = {}       # key -> epochs chosen so far
+        self._warm = set()      # (key, threads) whose first epoch has run
 
     def threads(self, key, team):
         """The threads to run the next epoch with: `team` or 1."""
         with self._lock:
             rates = self._rates.get(key, {})
-            if team not in rates:
+            if len(rates.get(team, ())) < self.RATES:
                 return team
             if 1 not in rates:
                 return 1
@@ -458,6 +478,9 @@ class TeamPace:
     def record(self, key, threads, rate):
         """An epoch of `threads` ran at `rate` samples/s."""
         with self._lock:
+            if (key, threads) not in self._warm:
+                self._warm.add((key, threads))
+                return
             last = self._rates.setdefault(key, {}).setdefault(threads, [])
             last.append(rate)
             del last[:-self.RATES]
@@ -521,7 +544,10 @@ class Trainer:
             options.dropout, image_shape(net) if options.augment == "shift" else None)
         chunk = chunk_rows(net.plan, batch_size, n)
         units = splits_units(net, table, opt.code, self._hyper(1.0), batch_size, chunk)
-        self.threads = threads = team_threads(net, units, batch_size)
+        augment = AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT)
+        fused = units and fused_team(net, table, keep, opt.code, self._hyper(1.0), batch_size,
+                                     chunk, augment)
+        self.threads = threads = team_threads(net, units, batch_size, fused)
         # a units team gives the same weights as one thread: TEAM_PACE picks
         # the faster of the two each epoch
         self.pace = ((tuple(net.sizes), tuple(net.activations), batch_size, threads)
@@ -547,7 +573,7 @@ class Trainer:
             state=self.opt_state.state, table=table, keep=keep, slope=net.slope,
             loss=get_loss(net.loss).code, batch_size=batch_size, capacity=capacity,
             optimizer=opt.code, hyper=None, sample_weight=self.sample_weight,
-            augment=AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT), seed=0,
+            augment=augment, seed=0,
             work=np.empty(work_size, dtype=dtype),
             control=self.control, n_threads=threads, bf16=bf16)
         self.snapshot = np.empty_like(net.flat_params)

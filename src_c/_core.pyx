@@ -436,6 +436,47 @@ SOLO.id = 0
 SOLO.size = 1
 
 
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <sched.h>
+    /* Move the calling thread to the t-th CPU it may run on, then let it run
+       on all of them again: a busy thread stays where it is. (_GNU_SOURCE:
+       Python's pyconfig.h.) */
+    static void fastnn_spread(int t) {
+    #if defined(__linux__) && defined(CPU_SETSIZE)
+        cpu_set_t mask, one;
+        if (pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) != 0)
+            return;
+        for (int c = 0, seen = 0; c < CPU_SETSIZE; c++) {
+            if (CPU_ISSET(c, &mask) && seen++ == t) {
+                CPU_ZERO(&one);
+                CPU_SET(c, &one);
+                if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0)
+                    pthread_setaffinity_np(pthread_self(), sizeof mask, &mask);
+                return;
+            }
+        }
+    #endif
+    }
+    """
+    void spread "fastnn_spread"(int t) noexcept nogil
+
+
+cdef void team_join(Team* team) noexcept nogil:
+    """This thread's place in the current OpenMP team of a training epoch,
+    whose threads meet at a barrier every batch. A thread starts on the CPU
+    of the one that created it, and the kernel moves it to an idle one only
+    later: two threads on one CPU of two took the first 500 batches of 10
+    rows of [784, 30, 10] at turns, and the epoch ran at half the speed of
+    one thread (benchmarks/README.md). So each thread moves itself to a CPU
+    of its own once (`spread`), and is free to move again from there."""
+    team.id = thread_id()
+    team.size = team_size()
+    if team.size > 1:
+        spread(team.id)
+
+
 # --------------------------------------------------------------------------
 # Scalar helpers: one source for float and double.
 # --------------------------------------------------------------------------
@@ -590,6 +631,21 @@ cdef Py_ssize_t small_rows = SMALL_ROWS_DEFAULT if SMALL_GEMM else 0
 # for its two products instead of BLAS, whose packing dominates at its short
 # K (25 for 5x5 on one channel): see conv_forward_impl, conv_backward_impl.
 cdef bint small_conv = SMALL_GEMM
+
+
+cdef extern from "fusedgemm.h":
+    Py_ssize_t SGK_ROWS
+    void sgk_rows "fastnn_sgk_rows"(const void* X, int u8, Py_ssize_t K, const int64_t* rows,
+                                    Py_ssize_t m, const int64_t* next, Py_ssize_t n_next,
+                                    float* XT) noexcept nogil
+    void spin_barrier "fastnn_spin_barrier"(int64_t* arrived, int64_t* generation,
+                                            int64_t T) noexcept nogil
+    void sgk_forward "fastnn_sgk_forward"(Py_ssize_t m, Py_ssize_t nc, Py_ssize_t K,
+                                          const float* XT, const float* W, Py_ssize_t ldw,
+                                          float* Z, Py_ssize_t ldz) noexcept nogil
+    void sgk_step "fastnn_sgk_step"(Py_ssize_t m, Py_ssize_t nc, Py_ssize_t K, float alpha,
+                                    const float* XT, const float* D, Py_ssize_t ldd,
+                                    float beta, float* W, Py_ssize_t ldw) noexcept nogil
 
 
 cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
@@ -1875,6 +1931,7 @@ cdef struct Shared:
     # what the threads of a training team share besides params and state
     bint stop                    # control[STOP_REQUEST] as thread 0 last read it
     bint diverged                # a thread's chunk had a loss that is not finite
+    bint stop_at[2]              # train_fused_impl: stop before batch k's step (k % 2)
     double* loss                 # each thread's sum of costs
     double* squares              # each thread's sum of squared gradients (clipping)
     int64_t* correct             # each thread's count of correct rows
@@ -2003,8 +2060,7 @@ cdef void train_team(const input_t* X, const floating* Y,
     """train_team_impl as this thread's part of the current OpenMP team."""
     cdef Team team
     cdef int mine
-    team.id = thread_id()
-    team.size = team_size()
+    team_join(&team)
     mine = train_team_impl(X, Y, sample_weight, order, n, params, state, lay, slope, loss,
                            batch_size, opt, hyper, augment, seed, work, stride, control,
                            shared, &team)
@@ -2163,8 +2219,7 @@ cdef void train_units(const input_t* X, const float* Y, const float* sample_weig
     """train_units_impl as this thread's part of the current OpenMP team."""
     cdef Team team
     cdef int mine
-    team.id = thread_id()
-    team.size = team_size()
+    team_join(&team)
     mine = train_units_impl(X, Y, sample_weight, order, n, params, padded, lay, slope, loss,
                             batch_size, hyper, augment, seed, work, control, shared, &team)
     if team.id == 0:
@@ -2188,6 +2243,228 @@ cdef bint units_apply(Layout* lay, int optimizer, const double* hyper,
                                                    lay.layer[l].n_in * lay.layer[l].n_out):
             return False
     return True
+
+
+cdef bint fused_on = True
+cdef Py_ssize_t fused_epochs = 0     # epochs train_fused_impl ran, for the tests
+
+
+cdef inline Py_ssize_t fused_columns(const Geometry* g0, Py_ssize_t t,
+                                     Py_ssize_t T) noexcept nogil:
+    """Where thread t's columns of the first layer start in train_fused_impl:
+    whole groups of LINE_FLOATS floats of its padded rows (share), at most
+    O. fused_columns(g0, T, T) = O."""
+    cdef Py_ssize_t c = share(g0.ldw // LINE_FLOATS, t, T, 1) * LINE_FLOATS
+    return c if c < g0.out_c else g0.out_c
+
+
+cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_weight,
+                          const int64_t* order, Py_ssize_t n, float* params, float* padded,
+                          float* work, float* XT, float* S, int64_t* sync, Layout* lay,
+                          float slope, int loss,
+                          Py_ssize_t batch_size, const double* hyper, int64_t* control,
+                          Shared* shared, Team* team) noexcept nogil:
+    """train_units_impl's SGD epoch, with the first layer's columns split
+    among the team and every thread's parameters its own.
+
+    params, padded, work and XT are this thread's own (train_fused): a copy
+    of params, of the padded Ws (pad_layout), a workspace with lay's offsets,
+    and the batch's rows k-major (I_0, SGK_ROWS) for fusedgemm.h. S (2,
+    batch_size, ldw_0) is shared: A_1 of even and odd batches; sync holds
+    the team's spin barrier (fastnn_spin_barrier: sync[0] and sync[8]).
+
+    With [c0, c1) this thread's columns of the first layer (fused_columns),
+    one batch of m rows:
+      XT := X[rows]^T, read in place (every thread puts all of them);
+      A_1[:, c0:c1] = act(X[rows] W_0[:, c0:c1] + b_0[c0:c1]), into S;
+      one barrier: every thread now reads all of A_1;
+      layers 1 .. L-1 forward, the output delta and the loss, every thread
+        alike on its own copies (these layers are small: fused_apply);
+      backward l = L-1 .. 1 alike, but delta_1 only for columns [c0, c1):
+        delta_l = (delta_{l+1} W_l^T) * act'(z_l),
+        W_l := (1 - lr l2/n) W_l - lr/m A_l^T delta_{l+1},
+        b_l := b_l - lr/m sum_rows delta_{l+1};
+      W_0[:, c0:c1] and b_0[c0:c1] the same way from delta_1[:, c0:c1].
+    Each thread keeps its columns of W_0 in its own cache, and its copies of
+    the rest agree with the other threads' bit for bit: the same products
+    (smallgemm.h's, whose entries do not depend on the block they fall in)
+    on the same operands. So the parameters are those of train_units_impl,
+    bit for bit, for any team size; only the loss sums in another order.
+    One barrier a batch; a stop (read by thread 0 before it) or a loss that
+    is not finite (seen by every thread) ends the epoch before the step.
+    """
+    cdef Py_ssize_t k, l, r, j, start, m, nxt, I, O, ldi, i0, i1, L = lay.n_layers
+    cdef Py_ssize_t t = team.id, T = team.size
+    cdef Geometry* g0 = &lay.layer[0]
+    cdef Geometry* g
+    cdef Py_ssize_t I0 = g0.n_in, O0 = g0.out_c, lds = g0.ldw
+    cdef Py_ssize_t n_out = lay.layer[L - 1].n_out
+    cdef Py_ssize_t c0 = fused_columns(g0, t, T), c1 = fused_columns(g0, t + 1, T)
+    cdef int out_act = lay.layer[L - 1].act
+    cdef float* W0 = padded + g0.wp_off             # (I0, lds)
+    cdef float* A_out = work + lay.a_off[L]         # (m, n_out)
+    cdef float* Yb = work + lay.y_off               # (m, n_out)
+    cdef float* swb = work + lay.sw_off if sample_weight != NULL else NULL
+    cdef float* Z                                   # (m, lds): A_1, this batch's half of S
+    cdef float* src
+    cdef float* dst
+    cdef float* D
+    cdef float* dA
+    cdef float* W
+    cdef float lr = <float> hyper[H_LR], alpha
+    cdef float beta_w = <float> (1 - hyper[H_LR] * hyper[H_L2])
+    cdef double chunk_loss
+    for k in range((n + batch_size - 1) // batch_size):
+        start = k * batch_size
+        m = batch_size if start + batch_size <= n else n - start
+        alpha = -lr / m
+        Z = S + (k % 2) * batch_size * lds
+        # forward, first layer: this thread's columns
+        nxt = n - start - m if n - start - m < batch_size else batch_size
+        sgk_rows(X, input_t is uint8_t, I0, order + start, m, order + start + m, nxt, XT)
+        if c1 > c0:
+            for r in range(m):
+                for j in range(c0, c1):
+                    Z[r * lds + j] = params[g0.b_off + j]
+            sgk_forward(m, c1 - c0, I0, XT, W0 + c0, lds, Z + c0, lds)
+            for r in range(m):
+                activate_flat(g0.act, slope, Z + r * lds + c0, c1 - c0)
+        gather_rows(Y, n_out, order + start, m, Yb)
+        if swb != NULL:
+            for r in range(m):
+                swb[r] = sample_weight[order[start + r]]
+        if t == 0:
+            shared.stop_at[k % 2] = control[STOP_REQUEST] != 0
+        if T > 1:
+            spin_barrier(sync, sync + 8, T)
+        if shared.stop_at[k % 2]:
+            return STOPPED
+        # forward, layers 1 .. L-1: every thread, all of it
+        for l in range(1, L):
+            g = &lay.layer[l]
+            I = g.n_in
+            O = g.n_out
+            src = Z if l == 1 else work + lay.a_off[l]
+            ldi = lds if l == 1 else I
+            dst = work + lay.a_off[l + 1]
+            for r in range(m):
+                for j in range(O):
+                    dst[r * O + j] = params[g.b_off + j]
+            sg_gemm(m, O, I, 1, src, ldi, 1, padded + g.wp_off, g.ldw, 1, dst, O)
+            activate_impl(g.act, slope, dst, m, O)
+        chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
+                                       work + lay.d_off[L], m, n_out)
+        if not isfinite(chunk_loss):
+            return DIVERGED
+        if t == 0:
+            shared.loss[0] += chunk_loss
+            shared.correct[0] += count_correct(A_out, Yb, m, n_out)
+        # backward, layers L-1 .. 1: every thread, but delta_1 only its columns
+        for l in range(L - 1, 0, -1):
+            g = &lay.layer[l]
+            I = g.n_in
+            O = g.n_out
+            D = work + lay.d_off[l + 1]
+            W = padded + g.wp_off
+            dA = work + lay.d_off[l]
+            src = Z if l == 1 else work + lay.a_off[l]
+            ldi = lds if l == 1 else I
+            i0 = c0 if l == 1 else 0
+            i1 = c1 if l == 1 else I
+            if i1 > i0:
+                sg_nt(m, i1 - i0, O, D, W + i0 * g.ldw, g.ldw, dA + i0, I)
+                for r in range(m):
+                    activation_grad_impl(lay.layer[l - 1].act, slope, src + r * ldi + i0,
+                                         dA + r * I + i0, i1 - i0)
+            sg_gemm(I, O, m, alpha, src, 1, ldi, D, O, beta_w, W, g.ldw)
+            bias_range_impl(D, alpha, <float> 1, params + g.b_off, work + g.colsum_off, m, O,
+                            0, O)
+        # backward, first layer: this thread's columns
+        if c1 > c0:
+            D = work + lay.d_off[1]
+            sgk_step(m, c1 - c0, I0, alpha, XT, D + c0, O0, beta_w, W0 + c0, lds)
+            bias_range_impl(D, alpha, <float> 1, params + g0.b_off, work + g0.colsum_off, m,
+                            O0, c0, c1)
+        if t == 0:
+            control[STEPS] += 1
+            control[ROWS_DONE] += m
+    return DONE
+
+
+cdef void train_fused(const input_t* X, const float* Y, const float* sample_weight,
+                      const int64_t* order, Py_ssize_t n, float* params, float* padded,
+                      float* region, Py_ssize_t stride, Py_ssize_t w_size, float* S,
+                      int64_t* sync, Layout* lay, float slope,
+                      int loss, Py_ssize_t batch_size, const double* hyper,
+                      int64_t* control, Shared* shared, int* status) noexcept nogil:
+    """train_fused_impl as this thread's part of the current OpenMP team:
+    its region (stride floats from thread to thread; fused_region) starts
+    as a copy of params and of padded (w_size floats); afterwards its columns of the first layer, and
+    thread 0's copy of the other layers, go back there."""
+    cdef Team team
+    cdef int mine
+    cdef Py_ssize_t l, i, c0, c1, P = lay.n_params
+    cdef Py_ssize_t w_off = (P + LINE_FLOATS - 1) // LINE_FLOATS * LINE_FLOATS
+    cdef Py_ssize_t x_off = fused_region(lay, w_size) - lay.layer[0].n_in * SGK_ROWS
+    cdef Geometry* g
+    cdef float* own
+    team_join(&team)
+    own = region + team.id * stride
+    memcpy(own, params, P * sizeof(float))
+    memcpy(own + w_off, padded, w_size * sizeof(float))
+    mine = train_fused_impl(X, Y, sample_weight, order, n, own, own + w_off,
+                            own + w_off + w_size, own + x_off, S, sync, lay, slope, loss,
+                            batch_size, hyper, control, shared, &team)
+    barrier()
+    g = &lay.layer[0]
+    c0 = fused_columns(g, team.id, team.size)
+    c1 = fused_columns(g, team.id + 1, team.size)
+    if c1 > c0:
+        for i in range(g.n_in):
+            memcpy(padded + g.wp_off + i * g.ldw + c0, own + w_off + g.wp_off + i * g.ldw + c0,
+                   (c1 - c0) * sizeof(float))
+        memcpy(params + g.b_off + c0, own + g.b_off + c0, (c1 - c0) * sizeof(float))
+    if team.id == 0:
+        status[0] = mine
+        for l in range(1, lay.n_layers):
+            g = &lay.layer[l]
+            memcpy(padded + g.wp_off, own + w_off + g.wp_off, g.n_in * g.ldw * sizeof(float))
+            memcpy(params + g.b_off, own + g.b_off, g.out_c * sizeof(float))
+
+
+cdef Py_ssize_t fused_region(Layout* lay, Py_ssize_t w_size) noexcept nogil:
+    """Floats of one thread's region in train_fused: params, the padded Ws
+    (w_size floats), a workspace, then the rows k-major (I_0, SGK_ROWS),
+    each on a 64-byte line; a multiple of two lines, so that two threads'
+    regions never share one."""
+    cdef Py_ssize_t w_off = (lay.n_params + LINE_FLOATS - 1) // LINE_FLOATS * LINE_FLOATS
+    cdef Py_ssize_t size = w_off + w_size + lay.work_size
+    size = (size + 2 * LINE_FLOATS - 1) // (2 * LINE_FLOATS) * (2 * LINE_FLOATS)
+    return size + lay.layer[0].n_in * SGK_ROWS
+
+
+cdef bint fused_apply(Layout* lay, int optimizer, const double* hyper, Py_ssize_t batch_size,
+                      int augment, Py_ssize_t n_threads) noexcept nogil:
+    """Whether train_fused_impl runs an epoch rather than train_units_impl:
+    on a CPU with AVX-512 (fusedgemm.h), for batches of at most SGK_ROWS
+    rows, where train_units_impl applies (units_apply), without dropout or
+    shifted images, to a network of two layers or more and at most
+    SMALL_WEIGHTS parameters (each thread copies them all), whose layers
+    after the first are small beside it (each thread of a team computes
+    them all: at most a quarter of the first layer's weights between
+    them). Measured in benchmarks/README.md."""
+    cdef Py_ssize_t l, rest = 0
+    if not (fused_on and sg_get_isa() == 2 and batch_size <= SGK_ROWS
+            and lay.n_params <= SMALL_WEIGHTS
+            and units_apply(lay, optimizer, hyper, batch_size)
+            and augment == NO_AUGMENT and lay.n_layers >= 2):
+        return False
+    for l in range(lay.n_layers):
+        if lay.mask_off[l] >= 0:
+            return False
+        if l > 0:
+            rest += lay.layer[l].n_in * lay.layer[l].n_out
+    return n_threads == 1 or 4 * rest <= lay.layer[0].n_in * lay.layer[0].n_out
 
 
 # --------------------------------------------------------------------------
@@ -2425,6 +2702,9 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef double[::1] team_squares
     cdef int64_t[::1] team_correct
     cdef float[::1] padded
+    cdef float[::1] region
+    cdef float[::1] S
+    cdef int64_t[::1] sync
     try:
         _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
         _check(control.shape[0] >= N_CONTROL, f"control needs {N_CONTROL} entries")
@@ -2444,7 +2724,33 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             sw = &sample_weight[0]
         if order.shape[0] == 0:
             return DONE, 0.0, 0
-        if floating is float and units_apply(&lay, optimizer, &hyper[0], batch_size):
+        if (floating is float and input_t is not double
+                and fused_apply(&lay, optimizer, &hyper[0], batch_size, augment, n_threads)):
+            team_loss = np.zeros(1)
+            team_correct = np.zeros(1, dtype=np.int64)
+            shared.loss = &team_loss[0]
+            shared.correct = &team_correct[0]
+            padded = _aligned_floats(pad_layout(&lay))
+            stride = fused_region(&lay, padded.shape[0])
+            region = _aligned_floats(n_threads * stride)
+            S = _aligned_floats(2 * batch_size * lay.layer[0].ldw)
+            sync_raw = np.zeros(24, dtype=np.int64)
+            sync = sync_raw[(-sync_raw.ctypes.data) % 64 // 8:][:16]
+            global fused_epochs
+            fused_epochs += 1
+            with nogil:
+                copy_padded(&lay, <float*> &params[0], &padded[0], True)
+            with nogil, parallel(num_threads=n_threads):
+                train_fused(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
+                            &padded[0], &region[0], stride, padded.shape[0], &S[0], &sync[0],
+                            &lay,
+                            <float> slope, loss,
+                            batch_size, &hyper[0], &control[0], &shared, &status)
+            with nogil:
+                copy_padded(&lay, <float*> &params[0], &padded[0], False)
+            loss_sum = team_loss[0]
+            n_correct = team_correct[0]
+        elif floating is float and units_apply(&lay, optimizer, &hyper[0], batch_size):
             team_loss = np.zeros(n_threads)
             team_correct = np.zeros(n_threads, dtype=np.int64)
             shared.loss = &team_loss[0]
@@ -2675,6 +2981,25 @@ def units_threads(const int64_t[:, ::1] table, Py_ssize_t capacity, int optimize
         layout_free(&lay)
 
 
+def fused_team(const int64_t[:, ::1] table, Py_ssize_t capacity, const double[::1] keep,
+               int optimizer, const double[::1] hyper, Py_ssize_t batch_size, int augment):
+    """The most threads among which train_epoch's fused epoch
+    (train_fused_impl) splits a batch of a float32 network: one per 16
+    columns of the first layer; 0 if a team of two would not take it (it
+    may still run on one thread: train_units_impl's team is the other
+    choice, with the same weights)."""
+    cdef Py_ssize_t n_params
+    cdef Layout lay = _new_layout(table, capacity, keep, &n_params)
+    try:
+        _check(hyper.shape[0] == N_HYPER, f"hyper needs {N_HYPER} entries")
+        pad_layout(&lay)
+        if not fused_apply(&lay, optimizer, &hyper[0], batch_size, augment, 2):
+            return 0
+        return int(lay.layer[0].ldw // LINE_FLOATS)
+    finally:
+        layout_free(&lay)
+
+
 # A product big enough that OpenBLAS packs it in more than one block of rows,
 # so that it fills its packing buffer's pages past those a small product uses
 # (see prime_blas). Column-major C (M, N) := A (M, K) @ B (K, N).
@@ -2799,6 +3124,22 @@ def predicts_without_blas(const int64_t[:, ::1] table):
         if g.kind != DENSE or not small_predict(g.n_in * g.n_out):
             return False
     return table.shape[0] > 0
+
+
+def set_fused(bint on):
+    """Whether train_epoch may take train_fused_impl (the default) or
+    always train_units_impl where that applies (tests compare the two, which
+    give the same parameters); returns the setting before."""
+    global fused_on
+    previous = fused_on
+    fused_on = on
+    return previous
+
+
+def fused_epochs_run():
+    """Epochs that train_fused_impl ran in this process (the tests check
+    which path an epoch took)."""
+    return fused_epochs
 
 
 def set_small_predict(bint on):

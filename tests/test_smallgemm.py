@@ -404,8 +404,13 @@ def test_team_pace_measures_both_then_takes_the_faster_and_probes_the_other():
 
     pace, key = TeamPace(), ("shape", 10, 2)
     assert pace.threads(key, 2) == 2                 # nothing measured: the team
-    pace.record(key, 2, 100.0)
+    pace.record(key, 2, 10.0)                        # its first epoch, warming up,
+    for _ in range(TeamPace.RATES):                  # is not counted; then RATES
+        assert pace.threads(key, 2) == 2
+        pace.record(key, 2, 100.0)
     assert pace.threads(key, 2) == 1                 # then one thread
+    pace.record(key, 1, 5.0)                         # the same
+    assert pace.threads(key, 2) == 1
     pace.record(key, 1, 150.0)
     chosen = [pace.threads(key, 2) for _ in range(2 * TeamPace.PROBE_EVERY)]
     # the faster (one thread), and every PROBE_EVERY-th epoch the team again
@@ -430,14 +435,17 @@ def test_fit_measures_the_team_and_one_thread_with_the_same_weights(monkeypatch)
     try:
         blas.set_num_threads(2)
         X, y = data(features=20, classes=3)
-        net = fastnn.Network([20, 12, 3], seed=1)
-        net.fit(X, y, epochs=3, batch_size=10, lr=0.5)
+        # 40 units: three groups of 16 columns, which a fused team splits
+        net = fastnn.Network([20, 40, 3], seed=1)
+        # the team's first epoch warms up, RATES count; then one thread's
+        epochs = TeamPace.RATES + 3
+        net.fit(X, y, epochs=epochs, batch_size=10, lr=0.5)
         [rates] = pace._rates.values()
         assert set(rates) == {1, 2}              # both measured, in samples/s
         assert all(r > 0 for v in rates.values() for r in v)
         blas.set_num_threads(1)
-        alone = fastnn.Network([20, 12, 3], seed=1)
-        alone.fit(X, y, epochs=3, batch_size=10, lr=0.5)
+        alone = fastnn.Network([20, 40, 3], seed=1)
+        alone.fit(X, y, epochs=epochs, batch_size=10, lr=0.5)
         assert_array_equal(net._params, alone._params)
     finally:
         blas.set_num_threads(before)

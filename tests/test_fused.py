@@ -1,0 +1,194 @@
+"""The fused small-batch epoch (_core.train_fused_impl, src_c/fusedgemm.h):
+where it runs, and that it trains train_units_impl's weights bit for bit, on
+one thread and on a team that splits the first layer's columns. (Against
+BLAS and the NumPy reference: test_smallgemm.py's small-batch tests, which
+take this path on a CPU with AVX-512.)"""
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+import fastnn
+from fastnn import _core, blas, training
+from fastnn.optimizers import get_optimizer, hyper_array
+
+AVX512 = _core.small_gemm_available() and _core.small_gemm_isa() == "avx512"
+
+
+class AlwaysTeam:
+    """training.TEAM_PACE choosing the team every epoch."""
+
+    def threads(self, key, team):
+        return team
+
+    def record(self, key, threads, rate):
+        pass
+
+
+@pytest.fixture
+def team_of(monkeypatch):
+    """team_of(n): fit's teams of n threads from now on in this test, whatever
+    else the machine runs (thread count, idle cores and pace restored)."""
+    monkeypatch.setattr(blas, "idle_cores", lambda: 8)
+    monkeypatch.setattr(training, "TEAM_PACE", AlwaysTeam())
+    before = blas.get_num_threads()
+    yield blas.set_num_threads
+    blas.set_num_threads(before)
+
+
+@pytest.fixture
+def fused():
+    """fused(on): whether train_epoch may take the fused epoch (restored)."""
+    before = _core.set_fused(True)
+    yield _core.set_fused
+    _core.set_fused(before)
+
+
+def team_for(sizes, batch_size=10, optimizer="sgd", dropout=None, l2=0.0):
+    """training.fused_team for a float32 network of these sizes."""
+    net = fastnn.Network(sizes, seed=0)
+    table, keep = net.plan.table(dropout, None)
+    opt = get_optimizer(optimizer)
+    return training.fused_team(net, table, keep, opt.code, hyper_array(0.1, l2),
+                               batch_size, batch_size, _core.NO_AUGMENT)
+
+
+def test_the_fused_team_is_one_thread_per_16_columns_where_it_runs():
+    if not AVX512:
+        # no AVX-512: the fused epoch never runs, and no team takes it
+        assert team_for([784, 30, 10]) == 0
+        return
+    assert team_for([784, 30, 10]) == 2             # 30 columns: two groups of 16
+    assert team_for([784, 100, 10]) == 7
+    assert team_for([784, 100, 10], batch_size=16, l2=5.0) == 7
+    assert team_for([100, 40, 20, 10]) == 3         # later layers: 4 x 1,000 <= 4,000
+    for sizes, options in [
+            ([784, 30, 10], dict(batch_size=17)),       # more rows than fusedgemm.h holds
+            ([784, 30, 10], dict(optimizer="adam")),    # plain SGD only
+            ([784, 30, 10], dict(dropout=[0.2])),
+            ([784, 10], {}),                            # no hidden layer
+            ([64, 40, 33, 10], {}),                     # later layers too large to repeat
+            ([784, 1024, 10], {})]:                     # more than SMALL_WEIGHTS parameters
+        assert team_for(sizes, **options) == 0, (sizes, options)
+
+
+def data(rows=1003, features=64, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((rows, features), dtype=np.float32)
+    y = rng.integers(0, classes, rows)
+    return X, y
+
+
+# (network options, fit options): 1003 rows leave a last, shorter batch
+CASES = {
+    "nielsen": (dict(sizes=[64, 30, 10]), dict(lr=3.0)),
+    "uint8": (dict(sizes=[64, 30, 10]), dict(lr=1.0, uint8=True)),
+    "deep-softmax": (dict(sizes=[100, 40, 20, 10], activation="relu", output="softmax",
+                          loss="cross_entropy"), dict(lr=0.1)),
+    "tanh-l2": (dict(sizes=[70, 50, 10], activation="tanh"), dict(lr=0.5, l2=5.0)),
+    "leaky-16": (dict(sizes=[64, 100, 10], activation="leaky_relu"),
+                 dict(lr=0.2, batch_size=16)),
+    "weights": (dict(sizes=[64, 30, 10]), dict(lr=1.0, class_weight="balanced")),
+    "batch-1": (dict(sizes=[64, 17, 10]), dict(lr=0.5, batch_size=1)),
+}
+
+
+def fit(case, epochs=2):
+    net_options, fit_options = (dict(o) for o in CASES[case])
+    sizes = net_options.pop("sizes")
+    X, y = data(features=sizes[0])
+    if fit_options.pop("uint8", False):
+        X = (X * 255).astype(np.uint8)
+    fit_options.setdefault("batch_size", 10)
+    net = fastnn.Network(sizes, seed=3, **net_options)
+    net.fit(X, y, epochs=epochs, **fit_options)
+    return net
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threads, team_of,
+                                                                     fused):
+    """Every entry is the same FMAs in the same order (fusedgemm.h computes
+    as smallgemm.h does), whether a thread's columns or all of them."""
+    team_of(threads)
+    fused(False)
+    before = _core.fused_epochs_run()
+    units = fit(case)
+    assert _core.fused_epochs_run() == before
+    fused(True)
+    both = fit(case)
+    assert _core.fused_epochs_run() == before + (2 if AVX512 else 0)
+    assert_array_equal(units._params, both._params)
+    assert both.history["loss"][-1] == pytest.approx(units.history["loss"][-1], rel=1e-6)
+    assert both.history["accuracy"] == units.history["accuracy"]
+
+
+def test_a_team_of_more_threads_than_column_groups_trains_the_same(team_of, fused):
+    """Three threads on [64, 30, 10]'s two groups (through the kernel: fit
+    caps a team at the groups): the third has no columns of its own, and
+    still every batch's barrier and later layers."""
+    if not AVX512:
+        assert team_for([64, 30, 10]) == 0
+        return
+    X, y = data()
+    # through the kernel directly: fit caps a team at the column groups
+    table, keep = fastnn.Network([64, 30, 10], seed=5).plan.table(None, None)
+    Y = np.eye(10, dtype=np.float32)[y]
+    order = np.random.default_rng(1).permutation(len(X)).astype(np.int64)
+    results = []
+    for threads in (1, 3):
+        params = fastnn.Network([64, 30, 10], seed=5).flat_params.copy()
+        control = np.zeros(_core.N_CONTROL, dtype=np.int64)
+        work = np.empty(_core.workspace_size(table, 10, keep, threads), dtype=np.float32)
+        status, loss, correct = _core.train_epoch(
+            X, Y, order, params, np.zeros((1, len(params)), np.float32), table, keep, 0.0,
+            _core.MSE, 10, 10, _core.SGD, hyper_array(3.0), np.empty(0, np.float32),
+            _core.NO_AUGMENT, 7, work, control, n_threads=threads)
+        assert status == _core.DONE and control[_core.ROWS_DONE] == len(X)
+        results.append((params, correct))
+    assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+
+
+def epoch(threads, lr=3.0, stop=False, rows=1003):
+    """One train_epoch of [64, 30, 10] (relu, softmax, cross-entropy) at batch
+    10 straight through the kernel, on `threads` threads: (status, params
+    before, params after, control)."""
+    X, y = data(rows=rows)
+    net = fastnn.Network([64, 30, 10], seed=5, activation="relu", output="softmax",
+                         loss="cross_entropy")
+    table, keep = net.plan.table(None, None)
+    Y = np.eye(10, dtype=np.float32)[y]
+    params = net.flat_params.copy()
+    before = params.copy()
+    control = np.zeros(_core.N_CONTROL, dtype=np.int64)
+    control[_core.STOP_REQUEST] = stop
+    work = np.empty(_core.workspace_size(table, 10, keep, threads), dtype=np.float32)
+    status, _, _ = _core.train_epoch(
+        X, Y, np.arange(len(X), dtype=np.int64), params, np.zeros((1, len(params)), np.float32),
+        table, keep, 0.0, _core.CROSS_ENTROPY, 10, 10, _core.SGD, hyper_array(lr),
+        np.empty(0, np.float32), _core.NO_AUGMENT, 7, work, control, n_threads=threads)
+    return status, before, params, control
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_stop_before_the_epoch_changes_nothing(threads, fused):
+    status, before, after, control = epoch(threads, stop=True)
+    assert status == _core.STOPPED
+    assert control[_core.ROWS_DONE] == 0 and control[_core.STEPS] == 0
+    assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_diverging_epoch_stops_every_thread_at_the_same_batch(threads, fused):
+    """A loss that is not finite is seen by every thread (each computes the
+    later layers): all return before that batch's step, the rows before it
+    trained."""
+    status, before, after, control = epoch(threads, lr=1e30)
+    assert status == _core.DIVERGED
+    assert 0 < control[_core.ROWS_DONE] < 1003
+    assert control[_core.STEPS] * 10 == control[_core.ROWS_DONE]
+    if threads == 2:
+        one = epoch(1, lr=1e30)
+        assert one[3][_core.ROWS_DONE] == control[_core.ROWS_DONE]
+        assert_array_equal(one[2], after)
