@@ -545,16 +545,16 @@ class Trainer:
         chunk = chunk_rows(net.plan, batch_size, n)
         units = splits_units(net, table, opt.code, self._hyper(1.0), batch_size, chunk)
         augment = AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT)
-        fused = units and fused_team(net, table, keep, opt.code, self._hyper(1.0), batch_size,
-                                     chunk, augment)
-        self.threads = threads = team_threads(net, units, batch_size, fused)
+        fused = fused_team(net, table, keep, opt.code, self._hyper(1.0), batch_size, chunk,
+                           augment)
+        self.threads = threads = team_threads(net, units or fused, batch_size, fused)
         # a units team gives the same weights as one thread: TEAM_PACE picks
         # the faster of the two each epoch
         self.pace = ((tuple(net.sizes), tuple(net.activations), batch_size, threads)
-                     if units and threads > 1 else None)
+                     if (units or fused) and threads > 1 else None)
         # a team that splits units shares one chunk; one that splits rows
         # gives each thread a chunk of its own
-        capacity = chunk if units else -(-chunk // threads)
+        capacity = chunk if units or fused else -(-chunk // threads)
         kernels = net.kernels
         bf16 = net.compute_dtype == "bfloat16"
         work_size = kernels.workspace_size(table, capacity, keep, threads, bf16=bf16)

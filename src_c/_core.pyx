@@ -635,6 +635,7 @@ cdef bint small_conv = SMALL_GEMM
 
 cdef extern from "fusedgemm.h":
     Py_ssize_t SGK_ROWS
+    Py_ssize_t sgk_stride(Py_ssize_t m) noexcept nogil
     void sgk_rows "fastnn_sgk_rows"(const void* X, int u8, Py_ssize_t K, const int64_t* rows,
                                     Py_ssize_t m, const int64_t* next, Py_ssize_t n_next,
                                     float* XT) noexcept nogil
@@ -2246,6 +2247,9 @@ cdef bint units_apply(Layout* lay, int optimizer, const double* hyper,
 
 
 cdef bint fused_on = True
+# Batches of up to fused_rows rows take train_fused_impl (SGK_ROWS at most):
+# measured in benchmarks/README.md.
+cdef Py_ssize_t fused_rows = 64
 cdef Py_ssize_t fused_epochs = 0     # epochs train_fused_impl ran, for the tests
 
 
@@ -2269,7 +2273,8 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
 
     params, padded, work and XT are this thread's own (train_fused): a copy
     of params, of the padded Ws (pad_layout), a workspace with lay's offsets,
-    and the batch's rows k-major (I_0, SGK_ROWS) for fusedgemm.h. S (2,
+    and the batch's rows k-major (I_0, sgk_stride(batch_size)) for
+    fusedgemm.h. S (2,
     batch_size, ldw_0) is shared: A_1 of even and odd batches; sync holds
     the team's spin barrier (fastnn_spin_barrier: sync[0] and sync[8]).
 
@@ -2405,7 +2410,8 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
     cdef int mine
     cdef Py_ssize_t l, i, c0, c1, P = lay.n_params
     cdef Py_ssize_t w_off = (P + LINE_FLOATS - 1) // LINE_FLOATS * LINE_FLOATS
-    cdef Py_ssize_t x_off = fused_region(lay, w_size) - lay.layer[0].n_in * SGK_ROWS
+    cdef Py_ssize_t x_off = (fused_region(lay, w_size)
+                             - lay.layer[0].n_in * sgk_stride(lay.capacity))
     cdef Geometry* g
     cdef float* own
     team_join(&team)
@@ -2434,33 +2440,35 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
 
 cdef Py_ssize_t fused_region(Layout* lay, Py_ssize_t w_size) noexcept nogil:
     """Floats of one thread's region in train_fused: params, the padded Ws
-    (w_size floats), a workspace, then the rows k-major (I_0, SGK_ROWS),
+    (w_size floats), a workspace, then the rows k-major (I_0, capacity
+    rounded up to 16),
     each on a 64-byte line; a multiple of two lines, so that two threads'
     regions never share one."""
     cdef Py_ssize_t w_off = (lay.n_params + LINE_FLOATS - 1) // LINE_FLOATS * LINE_FLOATS
     cdef Py_ssize_t size = w_off + w_size + lay.work_size
     size = (size + 2 * LINE_FLOATS - 1) // (2 * LINE_FLOATS) * (2 * LINE_FLOATS)
-    return size + lay.layer[0].n_in * SGK_ROWS
+    return size + lay.layer[0].n_in * sgk_stride(lay.capacity)
 
 
 cdef bint fused_apply(Layout* lay, int optimizer, const double* hyper, Py_ssize_t batch_size,
                       int augment, Py_ssize_t n_threads) noexcept nogil:
-    """Whether train_fused_impl runs an epoch rather than train_units_impl:
-    on a CPU with AVX-512 (fusedgemm.h), for batches of at most SGK_ROWS
-    rows, where train_units_impl applies (units_apply), without dropout or
-    shifted images, to a network of two layers or more and at most
-    SMALL_WEIGHTS parameters (each thread copies them all), whose layers
-    after the first are small beside it (each thread of a team computes
-    them all: at most a quarter of the first layer's weights between
-    them). Measured in benchmarks/README.md."""
+    """Whether train_fused_impl runs an epoch (rather than train_units_impl
+    or BLAS): a float32 dense network's fused SGD step (no L1, no clipping)
+    on one-chunk batches of at most fused_rows rows, on a CPU with AVX-512
+    (fusedgemm.h), without dropout or shifted images, for a network of two
+    layers or more and at most SMALL_WEIGHTS parameters (each thread copies
+    them all), whose layers after the first are small beside it (each
+    thread of a team computes them all: at most a quarter of the first
+    layer's weights between them). Measured in benchmarks/README.md."""
     cdef Py_ssize_t l, rest = 0
-    if not (fused_on and sg_get_isa() == 2 and batch_size <= SGK_ROWS
+    if not (fused_on and SMALL_GEMM and sg_get_isa() == 2 and lay.bf_off < 0
+            and optimizer == SGD and hyper[H_L1] == 0 and hyper[H_CLIP_NORM] == 0
+            and batch_size <= lay.capacity and batch_size <= fused_rows
             and lay.n_params <= SMALL_WEIGHTS
-            and units_apply(lay, optimizer, hyper, batch_size)
             and augment == NO_AUGMENT and lay.n_layers >= 2):
         return False
     for l in range(lay.n_layers):
-        if lay.mask_off[l] >= 0:
+        if lay.layer[l].kind != DENSE or lay.mask_off[l] >= 0:
             return False
         if l > 0:
             rest += lay.layer[l].n_in * lay.layer[l].n_out
@@ -3124,6 +3132,16 @@ def predicts_without_blas(const int64_t[:, ::1] table):
         if g.kind != DENSE or not small_predict(g.n_in * g.n_out):
             return False
     return table.shape[0] > 0
+
+
+def set_fused_rows(Py_ssize_t rows):
+    """Batches of at most `rows` rows (up to the kernels' 64) may take the
+    fused epoch; returns the limit before (benchmarks measure the crossover)."""
+    global fused_rows
+    _check(0 <= rows <= SGK_ROWS, f"set_fused_rows: rows must be in [0, {SGK_ROWS}]")
+    previous = fused_rows
+    fused_rows = rows
+    return previous
 
 
 def set_fused(bint on):

@@ -1,15 +1,13 @@
 /* fusedgemm.h: the first layer's products in _core.pyx's train_fused_impl,
  * for AVX-512 (F + VL), on a batch of at most SGK_ROWS rows held k-major.
  *
- * smallgemm.h's sg5_block broadcasts entry k of each of a batch's m rows
- * from m pointers, m rows apart: more pointers than a core has registers,
- * and the spills and reloads in its inner loop took a third of its time at
- * [784, 30] (perf). Here the batch is first put k-major,
+ * The batch is put k-major, its rows read in place (no gather pass first),
  *
- *   XT (K, 16):  XT[k * 16 + r] = x_r[k] for r < m, 0 for m <= r < 16,
+ *   XT (K, RS):  XT[k * RS + r] = x_r[k] for r < m, 0 for m <= r < RS,
+ *                RS = sgk_stride(m), m rounded up to 16,
  *
- * so that the m entries of step k lie in one 64-byte line, at constant
- * offsets from one pointer:
+ * so that the entries of step k of a block of rows lie in one or two 64-byte
+ * lines, at constant offsets from one pointer:
  *
  *   fastnn_sgk_rows   XT := the rows X[rows[r]] (float32, or uint8 / 255),
  *                     read in place, 16 x 16 at a time, transposed in
@@ -17,12 +15,14 @@
  *   fastnn_sgk_forward
  *                     Z (m, nc) := Z + X (m, K) @ W (K, nc): for each k,
  *                     acc_r := fma(x_r[k], W[k, :], acc_r), from acc_r = Z[r];
+ *                     blocks of 12 rows by 32 columns (24 accumulators);
  *   fastnn_sgk_step   W (K, nc) := beta W + X^T (K, m) @ (alpha D) (m, nc):
- *                     alpha D rounded first and kept in registers, then for
- *                     each k acc := fma(x_r[k], alpha D[r, :], acc) for r in
- *                     order, from acc = beta W[k, :] (W itself where beta is
- *                     1, 0 where it is 0); eight steps k at a time, eight
- *                     independent chains.
+ *                     alpha D rounded first and kept in registers (16 rows
+ *                     at a time), then for each k acc := fma(x_r[k],
+ *                     alpha D[r, :], acc) for r in order, from acc = beta
+ *                     W[k, :] (W itself where beta is 1, 0 where it is 0),
+ *                     and on from the W stored by the block of rows before;
+ *                     eight steps k at a time, eight independent chains.
  *
  * Every entry is computed as fastnn_sg_gemm computes it (direct, one FMA for
  * each term in order; alpha B rounded first in a weight step), so the
@@ -58,12 +58,15 @@ static inline void fastnn_spin_barrier(int64_t* arrived, int64_t* generation, in
     }
 }
 
-enum { SGK_ROWS = 16, SGK_STEPS = 8 };
+enum { SGK_ROWS = 64, SGK_STEPS = 8, SGK_MR = 12, SGK_DR = 16 };
+
+/* XT's row stride for a batch of m rows: m rounded up to 16. */
+static inline ptrdiff_t sgk_stride(ptrdiff_t m) { return (m + 15) / 16 * 16; }
 
 #if FASTNN_SG
 
-/* The 16 x 16 block v (rows r, 32-bit lanes c) transposed: out[c * 16 + r]. */
-SG5_INLINE void sgk_transpose16(__m512 v[16], float* out) {
+/* The 16 x 16 block v (rows r, 32-bit lanes c) transposed: out[c * ld + r]. */
+SG5_INLINE void sgk_transpose16(__m512 v[16], float* out, ptrdiff_t ld) {
     __m512 a[16], b[16];
     for (int q = 0; q < 8; q++) {
         a[2 * q] = _mm512_unpacklo_ps(v[2 * q], v[2 * q + 1]);
@@ -84,15 +87,16 @@ SG5_INLINE void sgk_transpose16(__m512 v[16], float* out) {
         const __m512 t1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xEE);
         const __m512 t2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44);
         const __m512 t3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xEE);
-        _mm512_store_ps(out + (0 + c) * 16, _mm512_shuffle_f32x4(t0, t2, 0x88));
-        _mm512_store_ps(out + (4 + c) * 16, _mm512_shuffle_f32x4(t0, t2, 0xDD));
-        _mm512_store_ps(out + (8 + c) * 16, _mm512_shuffle_f32x4(t1, t3, 0x88));
-        _mm512_store_ps(out + (12 + c) * 16, _mm512_shuffle_f32x4(t1, t3, 0xDD));
+        _mm512_store_ps(out + (0 + c) * ld, _mm512_shuffle_f32x4(t0, t2, 0x88));
+        _mm512_store_ps(out + (4 + c) * ld, _mm512_shuffle_f32x4(t0, t2, 0xDD));
+        _mm512_store_ps(out + (8 + c) * ld, _mm512_shuffle_f32x4(t1, t3, 0x88));
+        _mm512_store_ps(out + (12 + c) * ld, _mm512_shuffle_f32x4(t1, t3, 0xDD));
     }
 }
 
-/* XT (K, 16), 64-byte aligned := rows rows[0..m) of X (K entries a row; u8:
-   uint8 pixels divided by 255, as _core's gather_rows, else float32), m <= 16.
+/* XT (K, sgk_stride(m)), 64-byte aligned := rows rows[0..m) of X (K entries a
+   row; u8: uint8 pixels divided by 255, as _core's gather_rows, else
+   float32), m <= SGK_ROWS, 16 rows by 16 columns at a time.
    Past K the last block's lanes are not stored. The rows next[0..n_next)
    (the next batch's) are requested from memory as this batch's are read,
    the same span of each, so that they are in cache when their turn comes
@@ -102,51 +106,54 @@ SG5_TARGET static void fastnn_sgk_rows(const void* X, int u8, ptrdiff_t K, const
                                        float* XT) {
     float tail[16 * 16] __attribute__((aligned(64)));
     const __m512 v255 = _mm512_set1_ps(255.0f);
-    const ptrdiff_t size = u8 ? 1 : 4;
+    const ptrdiff_t size = u8 ? 1 : 4, RS = sgk_stride(m);
     for (ptrdiff_t k = 0; k < K; k += 16) {
         const ptrdiff_t kc = K - k < 16 ? K - k : 16;
         const __mmask16 mask = sg5_mask(kc);
-        __m512 v[16];
         if ((k * size) % 64 == 0)
             for (ptrdiff_t r = 0; r < n_next; r++)
                 _mm_prefetch((const char*) X + (next[r] * K + k) * size, _MM_HINT_T0);
-        for (ptrdiff_t r = 0; r < 16; r++) {
-            if (r >= m) {
-                v[r] = _mm512_setzero_ps();
-            } else if (u8) {
-                const uint8_t* p = (const uint8_t*) X + rows[r] * K + k;
-                uint8_t part[16] = {0};
-                if (kc < 16)
-                    memcpy(part, p, (size_t) kc);
-                const __m128i b = _mm_loadu_si128((const __m128i*) (kc < 16 ? part : p));
-                v[r] = _mm512_div_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)), v255);
-            } else {
-                v[r] = _mm512_maskz_loadu_ps(mask, (const float*) X + rows[r] * K + k);
+        for (ptrdiff_t r0 = 0; r0 < m; r0 += 16) {
+            __m512 v[16];
+            for (ptrdiff_t r = 0; r < 16; r++) {
+                const ptrdiff_t row = r0 + r;
+                if (row >= m) {
+                    v[r] = _mm512_setzero_ps();
+                } else if (u8) {
+                    const uint8_t* p = (const uint8_t*) X + rows[row] * K + k;
+                    uint8_t part[16] = {0};
+                    if (kc < 16)
+                        memcpy(part, p, (size_t) kc);
+                    const __m128i b = _mm_loadu_si128((const __m128i*) (kc < 16 ? part : p));
+                    v[r] = _mm512_div_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)), v255);
+                } else {
+                    v[r] = _mm512_maskz_loadu_ps(mask, (const float*) X + rows[row] * K + k);
+                }
             }
-        }
-        if (kc == 16) {
-            sgk_transpose16(v, XT + k * 16);
-        } else {
-            sgk_transpose16(v, tail);
-            for (ptrdiff_t c = 0; c < kc; c++)
-                _mm512_store_ps(XT + (k + c) * 16, _mm512_load_ps(tail + c * 16));
+            if (kc == 16) {
+                sgk_transpose16(v, XT + k * RS + r0, RS);
+            } else {
+                sgk_transpose16(v, tail, 16);
+                for (ptrdiff_t c = 0; c < kc; c++)
+                    _mm512_store_ps(XT + (k + c) * RS + r0, _mm512_load_ps(tail + c * 16));
+            }
         }
     }
 }
 
-/* Columns [0, 16 * halves) (at most nc) of Z (mr, .) += X @ W, mr and halves
-   constants at the call site. */
+/* Columns [0, 16 * halves) (at most nc) of Z (mr, .) += X @ W for mr rows of
+   XT (rows RS apart in it); mr and halves constants at the call site. */
 SG5_INLINE void sgk_forward_block(const int mr, const int halves, ptrdiff_t K, const float* XT,
-                                  const float* W, ptrdiff_t ldw, float* Z, ptrdiff_t ldz,
-                                  ptrdiff_t nc) {
-    __m512 acc[SGK_ROWS][2];
+                                  ptrdiff_t RS, const float* W, ptrdiff_t ldw, float* Z,
+                                  ptrdiff_t ldz, ptrdiff_t nc) {
+    __m512 acc[SGK_MR][2];
     const __mmask16 m0 = sg5_mask(nc), m1 = sg5_mask(nc - 16);
     for (int r = 0; r < mr; r++) {
         acc[r][0] = _mm512_maskz_loadu_ps(m0, Z + r * ldz);
         acc[r][1] = halves == 2 ? _mm512_maskz_loadu_ps(m1, Z + r * ldz + 16) : acc[r][0];
     }
     for (ptrdiff_t k = 0; k < K; k++) {
-        const float* x = XT + k * 16;
+        const float* x = XT + k * RS;
         const __m512 w0 = _mm512_maskz_loadu_ps(m0, W + k * ldw);
         const __m512 w1 = halves == 2 ? _mm512_maskz_loadu_ps(m1, W + k * ldw + 16) : w0;
         for (int r = 0; r < mr; r++) {
@@ -163,44 +170,49 @@ SG5_INLINE void sgk_forward_block(const int mr, const int halves, ptrdiff_t K, c
     }
 }
 
-/* All of Z's columns for mr rows: 32 at a time where 2 x mr accumulators
-   fit in the registers, else 16. */
+/* All of Z's columns for mr <= SGK_MR rows, 32 at a time. */
 SG5_INLINE void sgk_forward_rows(const int mr, ptrdiff_t nc, ptrdiff_t K, const float* XT,
-                                 const float* W, ptrdiff_t ldw, float* Z, ptrdiff_t ldz) {
+                                 ptrdiff_t RS, const float* W, ptrdiff_t ldw, float* Z,
+                                 ptrdiff_t ldz) {
     ptrdiff_t j = 0;
-    if (mr <= 12)
-        for (; j + 16 < nc; j += 32)
-            sgk_forward_block(mr, 2, K, XT, W + j, ldw, Z + j, ldz, nc - j);
-    for (; j < nc; j += 16)
-        sgk_forward_block(mr, 1, K, XT, W + j, ldw, Z + j, ldz, nc - j);
+    for (; j + 16 < nc; j += 32)
+        sgk_forward_block(mr, 2, K, XT, RS, W + j, ldw, Z + j, ldz, nc - j);
+    if (j < nc)
+        sgk_forward_block(mr, 1, K, XT, RS, W + j, ldw, Z + j, ldz, nc - j);
 }
 
-/* Z (m, nc) := Z + X (m, K) @ W (K, nc); X given as XT (fastnn_sgk_rows), m <= 16. */
+/* Z (m, nc) := Z + X (m, K) @ W (K, nc), m <= SGK_ROWS; X given as XT
+   (fastnn_sgk_rows): blocks of SGK_MR rows, each over all of W's columns. */
 SG5_TARGET static void fastnn_sgk_forward(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K,
                                           const float* XT, const float* W, ptrdiff_t ldw,
                                           float* Z, ptrdiff_t ldz) {
-    switch (m) {
-#define SGK_CASE(mr) case mr: sgk_forward_rows(mr, nc, K, XT, W, ldw, Z, ldz); break;
-        SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
-        SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10) SGK_CASE(11) SGK_CASE(12)
-        SGK_CASE(13) SGK_CASE(14) SGK_CASE(15) SGK_CASE(16)
+    const ptrdiff_t RS = sgk_stride(m);
+    for (ptrdiff_t r0 = 0; r0 < m; r0 += SGK_MR) {
+        const float* x = XT + r0;
+        float* z = Z + r0 * ldz;
+        switch (m - r0 < SGK_MR ? m - r0 : SGK_MR) {
+#define SGK_CASE(mr) case mr: sgk_forward_rows(mr, nc, K, x, RS, W, ldw, z, ldz); break;
+            SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
+            SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10) SGK_CASE(11) SGK_CASE(12)
 #undef SGK_CASE
-        default: break;
+            default: break;
+        }
     }
 }
 
-/* Columns [0, min(16, nc)) of W (K, .) := beta W + X^T @ (alpha D), mr a
-   constant at the call site. */
-SG5_INLINE void sgk_step_block(const int mr, ptrdiff_t K, float alpha, const float* XT,
-                               const float* D, ptrdiff_t ldd, float beta, float* W,
-                               ptrdiff_t ldw, ptrdiff_t nc) {
-    __m512 d[SGK_ROWS];
+/* Columns [0, min(16, nc)) of W (K, .) := (first ? beta W : W) + X^T @
+   (alpha D) for mr <= SGK_DR rows of XT (RS apart) and of D; mr a constant
+   at the call site. */
+SG5_INLINE void sgk_step_block(const int mr, int first, ptrdiff_t K, float alpha,
+                               const float* XT, ptrdiff_t RS, const float* D, ptrdiff_t ldd,
+                               float beta, float* W, ptrdiff_t ldw, ptrdiff_t nc) {
+    __m512 d[SGK_DR];
     const __mmask16 mask = sg5_mask(nc);
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     for (int r = 0; r < mr; r++)
         d[r] = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(mask, D + r * ldd));
-#define SGK_START(w) (beta == 0.0f ? _mm512_setzero_ps()                                    \
-                      : beta == 1.0f ? _mm512_maskz_loadu_ps(mask, w)                       \
+#define SGK_START(w) (!first || beta == 1.0f ? _mm512_maskz_loadu_ps(mask, w)                \
+                      : beta == 0.0f ? _mm512_setzero_ps()                                  \
                       : _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask, w)))
     ptrdiff_t k = 0;
     for (; k + SGK_STEPS <= K; k += SGK_STEPS) {
@@ -209,38 +221,40 @@ SG5_INLINE void sgk_step_block(const int mr, ptrdiff_t K, float alpha, const flo
             acc[q] = SGK_START(W + (k + q) * ldw);
         for (int r = 0; r < mr; r++)
             for (int q = 0; q < SGK_STEPS; q++)
-                acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(XT[(k + q) * 16 + r]), d[r], acc[q]);
+                acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(XT[(k + q) * RS + r]), d[r], acc[q]);
         for (int q = 0; q < SGK_STEPS; q++)
             _mm512_mask_storeu_ps(W + (k + q) * ldw, mask, acc[q]);
     }
     for (; k < K; k++) {
         __m512 acc = SGK_START(W + k * ldw);
         for (int r = 0; r < mr; r++)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(XT[k * 16 + r]), d[r], acc);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(XT[k * RS + r]), d[r], acc);
         _mm512_mask_storeu_ps(W + k * ldw, mask, acc);
     }
 #undef SGK_START
 }
 
-SG5_INLINE void sgk_step_rows(const int mr, ptrdiff_t nc, ptrdiff_t K, float alpha,
-                              const float* XT, const float* D, ptrdiff_t ldd, float beta,
-                              float* W, ptrdiff_t ldw) {
-    for (ptrdiff_t j = 0; j < nc; j += 16)
-        sgk_step_block(mr, K, alpha, XT, D + j, ldd, beta, W + j, ldw, nc - j);
-}
-
-/* W (K, nc) := beta W + alpha X^T (K, m) @ D (m, nc); X given as XT, m <= 16. */
+/* W (K, nc) := beta W + alpha X^T (K, m) @ D (m, nc), m <= SGK_ROWS; X given
+   as XT: for each 16 columns, blocks of SGK_DR rows in order, each going on
+   from the W the one before stored (float32 stored and loaded: exact). */
 SG5_TARGET static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, float alpha,
                                        const float* XT, const float* D, ptrdiff_t ldd,
                                        float beta, float* W, ptrdiff_t ldw) {
-    switch (m) {
-#define SGK_CASE(mr) case mr: sgk_step_rows(mr, nc, K, alpha, XT, D, ldd, beta, W, ldw); break;
-        SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
-        SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10) SGK_CASE(11) SGK_CASE(12)
-        SGK_CASE(13) SGK_CASE(14) SGK_CASE(15) SGK_CASE(16)
+    const ptrdiff_t RS = sgk_stride(m);
+    for (ptrdiff_t j = 0; j < nc; j += 16)
+        for (ptrdiff_t r0 = 0; r0 < m; r0 += SGK_DR) {
+            const float* x = XT + r0;
+            const float* d = D + r0 * ldd + j;
+            switch (m - r0 < SGK_DR ? m - r0 : SGK_DR) {
+#define SGK_CASE(mr) case mr: sgk_step_block(mr, r0 == 0, K, alpha, x, RS, d, ldd, beta, \
+                                             W + j, ldw, nc - j); break;
+                SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
+                SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10) SGK_CASE(11) SGK_CASE(12)
+                SGK_CASE(13) SGK_CASE(14) SGK_CASE(15) SGK_CASE(16)
 #undef SGK_CASE
-        default: break;
-    }
+                default: break;
+            }
+        }
 }
 
 #else   /* no kernels: train_fused_impl never runs (fused_apply) */

@@ -84,7 +84,7 @@ def test_forward_in_many_threads_at_once_changes_no_thread_count_and_no_bit(monk
 
 
 def test_an_epoch_takes_only_idle_cores_for_its_blas_threads(monkeypatch):
-    # a dense network at batch 64 (the BLAS path): its epoch's products run on
+    # a dense network trained by Adam (the BLAS path): its epoch's products run on
     # at most the idle cores (OpenBLAS's threads wait for each other at every
     # product, so a busy core slows them all), and the count is back after it
     from fastnn import blas, training
@@ -104,7 +104,8 @@ def test_an_epoch_takes_only_idle_cores_for_its_blas_threads(monkeypatch):
         for idle, want in ((1, 1), (2, 2), (8, 2)):
             monkeypatch.setattr(blas, "idle_cores", lambda idle=idle: idle)
             seen.clear()
-            Network([20, 32, int(y.max()) + 1], seed=0).fit(X, y, epochs=2, batch_size=64)
+            Network([20, 32, int(y.max()) + 1], seed=0).fit(X, y, epochs=2, batch_size=64,
+                                                            optimizer="adam", lr=0.01)
             assert seen == [want, want]
             assert blas.blas_num_threads() == 2
     finally:

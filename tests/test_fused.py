@@ -36,6 +36,16 @@ def team_of(monkeypatch):
 
 
 @pytest.fixture
+def units_up_to_64():
+    """train_units_impl for batches of up to 64 rows (restored), the fused
+    epoch's limit: the path to compare it with."""
+    before = _core.get_small_rows()
+    _core.set_small_rows(64)
+    yield
+    _core.set_small_rows(before)
+
+
+@pytest.fixture
 def fused():
     """fused(on): whether train_epoch may take the fused epoch (restored)."""
     before = _core.set_fused(True)
@@ -62,7 +72,7 @@ def test_the_fused_team_is_one_thread_per_16_columns_where_it_runs():
     assert team_for([784, 100, 10], batch_size=16, l2=5.0) == 7
     assert team_for([100, 40, 20, 10]) == 3         # later layers: 4 x 1,000 <= 4,000
     for sizes, options in [
-            ([784, 30, 10], dict(batch_size=17)),       # more rows than fusedgemm.h holds
+            ([784, 30, 10], dict(batch_size=65)),       # more rows than fusedgemm.h holds
             ([784, 30, 10], dict(optimizer="adam")),    # plain SGD only
             ([784, 30, 10], dict(dropout=[0.2])),
             ([784, 10], {}),                            # no hidden layer
@@ -89,6 +99,9 @@ CASES = {
                  dict(lr=0.2, batch_size=16)),
     "weights": (dict(sizes=[64, 30, 10]), dict(lr=1.0, class_weight="balanced")),
     "batch-1": (dict(sizes=[64, 17, 10]), dict(lr=0.5, batch_size=1)),
+    "batch-47": (dict(sizes=[64, 100, 10]), dict(lr=0.5, batch_size=47)),
+    "mid-64": (dict(sizes=[200, 64, 32, 10], activation="relu", output="softmax",
+                    loss="cross_entropy"), dict(lr=0.1, batch_size=64)),
 }
 
 
@@ -107,9 +120,10 @@ def fit(case, epochs=2):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threads, team_of,
-                                                                     fused):
+                                                                     fused, units_up_to_64):
     """Every entry is the same FMAs in the same order (fusedgemm.h computes
-    as smallgemm.h does), whether a thread's columns or all of them."""
+    as smallgemm.h does), whether a thread's columns or all of them, and
+    whatever blocks of rows the kernels take."""
     team_of(threads)
     fused(False)
     before = _core.fused_epochs_run()
