@@ -2264,8 +2264,8 @@ cdef inline Py_ssize_t fused_columns(const Geometry* g0, Py_ssize_t t,
 
 cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_weight,
                           const int64_t* order, Py_ssize_t n, float* params, float* padded,
-                          float* work, float* XT, float* S, int64_t* sync, Layout* lay,
-                          float slope, int loss,
+                          float* work, float* XT, float* S, int64_t* sync,
+                          float* shared_work, bint split, Layout* lay, float slope, int loss,
                           Py_ssize_t batch_size, const double* hyper, int64_t* control,
                           Shared* shared, Team* team) noexcept nogil:
     """train_units_impl's SGD epoch, with the first layer's columns split
@@ -2290,15 +2290,22 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         W_l := (1 - lr l2/n) W_l - lr/m A_l^T delta_{l+1},
         b_l := b_l - lr/m sum_rows delta_{l+1};
       W_0[:, c0:c1] and b_0[c0:c1] the same way from delta_1[:, c0:c1].
+    With split (a team whose later layers have enough work a batch:
+    fused_split), each thread takes only its share of the batch's rows
+    through the later layers' forward pass and deltas (delta_1 for all
+    columns), into shared_work (lay's offsets; rows of their own); then a
+    second barrier, and every thread's steps read every row.
     Each thread keeps its columns of W_0 in its own cache, and its copies of
     the rest agree with the other threads' bit for bit: the same products
     (smallgemm.h's, whose entries do not depend on the block they fall in)
     on the same operands. So the parameters are those of train_units_impl,
     bit for bit, for any team size; only the loss sums in another order.
-    One barrier a batch; a stop (read by thread 0 before it) or a loss that
-    is not finite (seen by every thread) ends the epoch before the step.
+    One barrier a batch (two with split); a stop (read by thread 0 before the
+    first) or a loss that is not finite (seen by every thread, or shared
+    before the second) ends the epoch before the step.
     """
-    cdef Py_ssize_t k, l, r, j, start, m, nxt, I, O, ldi, i0, i1, L = lay.n_layers
+    cdef Py_ssize_t k, l, r, j, start, m, nxt, I, O, ldi, i0, i1, q0, q1, mq
+    cdef Py_ssize_t L = lay.n_layers
     cdef Py_ssize_t t = team.id, T = team.size
     cdef Geometry* g0 = &lay.layer[0]
     cdef Geometry* g
@@ -2307,7 +2314,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     cdef Py_ssize_t c0 = fused_columns(g0, t, T), c1 = fused_columns(g0, t + 1, T)
     cdef int out_act = lay.layer[L - 1].act
     cdef float* W0 = padded + g0.wp_off             # (I0, lds)
-    cdef float* A_out = work + lay.a_off[L]         # (m, n_out)
+    cdef float* lw = shared_work if split else work  # the later layers' A_l and D_l
     cdef float* Yb = work + lay.y_off               # (m, n_out)
     cdef float* swb = work + lay.sw_off if sample_weight != NULL else NULL
     cdef float* Z                                   # (m, lds): A_1, this batch's half of S
@@ -2344,49 +2351,79 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
             spin_barrier(sync, sync + 8, T)
         if shared.stop_at[k % 2]:
             return STOPPED
-        # forward, layers 1 .. L-1: every thread, all of it
+        # later layers: rows [q0, q1) of the batch, this thread's share where the
+        # team splits them (split), all of them otherwise; lw holds their A_l
+        # and D_l (the team's shared workspace, or this thread's own)
+        q0 = share(m, t, T, 1) if split else 0
+        q1 = share(m, t + 1, T, 1) if split else m
+        mq = q1 - q0
         for l in range(1, L):
             g = &lay.layer[l]
             I = g.n_in
             O = g.n_out
-            src = Z if l == 1 else work + lay.a_off[l]
+            src = Z if l == 1 else lw + lay.a_off[l]
             ldi = lds if l == 1 else I
-            dst = work + lay.a_off[l + 1]
-            for r in range(m):
+            dst = lw + lay.a_off[l + 1]
+            for r in range(q0, q1):
                 for j in range(O):
                     dst[r * O + j] = params[g.b_off + j]
-            sg_gemm(m, O, I, 1, src, ldi, 1, padded + g.wp_off, g.ldw, 1, dst, O)
-            activate_impl(g.act, slope, dst, m, O)
-        chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
-                                       work + lay.d_off[L], m, n_out)
+            if mq > 0:
+                sg_gemm(mq, O, I, 1, src + q0 * ldi, ldi, 1, padded + g.wp_off, g.ldw, 1,
+                        dst + q0 * O, O)
+                activate_impl(g.act, slope, dst + q0 * O, mq, O)
+        chunk_loss = 0
+        if mq > 0:
+            chunk_loss = output_delta_impl(loss, out_act, slope, lw + lay.a_off[L] + q0 * n_out,
+                                           Yb + q0 * n_out, swb + q0 if swb != NULL else NULL,
+                                           lw + lay.d_off[L] + q0 * n_out, mq, n_out)
         if not isfinite(chunk_loss):
-            return DIVERGED
-        if t == 0:
-            shared.loss[0] += chunk_loss
-            shared.correct[0] += count_correct(A_out, Yb, m, n_out)
-        # backward, layers L-1 .. 1: every thread, but delta_1 only its columns
+            if not split:
+                return DIVERGED
+            shared.diverged = True
+        if split or t == 0:
+            shared.loss[t] += chunk_loss
+            shared.correct[t] += count_correct(lw + lay.a_off[L] + q0 * n_out, Yb + q0 * n_out,
+                                               mq, n_out)
+        # backward, layers L-1 .. 1: the deltas of rows [q0, q1) (delta_1 only
+        # this thread's columns when every thread has every row), each before
+        # its layer's step (W_l as it was in the forward pass)
         for l in range(L - 1, 0, -1):
             g = &lay.layer[l]
             I = g.n_in
             O = g.n_out
-            D = work + lay.d_off[l + 1]
+            D = lw + lay.d_off[l + 1]
             W = padded + g.wp_off
-            dA = work + lay.d_off[l]
-            src = Z if l == 1 else work + lay.a_off[l]
+            dA = lw + lay.d_off[l]
+            src = Z if l == 1 else lw + lay.a_off[l]
             ldi = lds if l == 1 else I
-            i0 = c0 if l == 1 else 0
-            i1 = c1 if l == 1 else I
-            if i1 > i0:
-                sg_nt(m, i1 - i0, O, D, W + i0 * g.ldw, g.ldw, dA + i0, I)
-                for r in range(m):
+            i0 = c0 if l == 1 and not split else 0
+            i1 = c1 if l == 1 and not split else I
+            if i1 > i0 and mq > 0:
+                sg_nt(mq, i1 - i0, O, D + q0 * O, W + i0 * g.ldw, g.ldw, dA + q0 * I + i0, I)
+                for r in range(q0, q1):
                     activation_grad_impl(lay.layer[l - 1].act, slope, src + r * ldi + i0,
                                          dA + r * I + i0, i1 - i0)
-            sg_gemm(I, O, m, alpha, src, 1, ldi, D, O, beta_w, W, g.ldw)
-            bias_range_impl(D, alpha, <float> 1, params + g.b_off, work + g.colsum_off, m, O,
-                            0, O)
+            if not split:
+                sg_gemm(I, O, m, alpha, src, 1, ldi, D, O, beta_w, W, g.ldw)
+                bias_range_impl(D, alpha, <float> 1, params + g.b_off, work + g.colsum_off, m,
+                                O, 0, O)
+        if split:
+            # every row's deltas in: each thread's steps take all of them
+            spin_barrier(sync, sync + 8, T)
+            if shared.diverged:
+                return DIVERGED
+            for l in range(L - 1, 0, -1):
+                g = &lay.layer[l]
+                src = Z if l == 1 else lw + lay.a_off[l]
+                ldi = lds if l == 1 else g.n_in
+                D = lw + lay.d_off[l + 1]
+                sg_gemm(g.n_in, g.n_out, m, alpha, src, 1, ldi, D, g.n_out, beta_w,
+                        padded + g.wp_off, g.ldw)
+                bias_range_impl(D, alpha, <float> 1, params + g.b_off, work + g.colsum_off, m,
+                                g.n_out, 0, g.n_out)
         # backward, first layer: this thread's columns
         if c1 > c0:
-            D = work + lay.d_off[1]
+            D = lw + lay.d_off[1]
             sgk_step(m, c1 - c0, I0, alpha, XT, D + c0, O0, beta_w, W0 + c0, lds)
             bias_range_impl(D, alpha, <float> 1, params + g0.b_off, work + g0.colsum_off, m,
                             O0, c0, c1)
@@ -2399,7 +2436,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
 cdef void train_fused(const input_t* X, const float* Y, const float* sample_weight,
                       const int64_t* order, Py_ssize_t n, float* params, float* padded,
                       float* region, Py_ssize_t stride, Py_ssize_t w_size, float* S,
-                      int64_t* sync, Layout* lay, float slope,
+                      int64_t* sync, float* shared_work, bint split, Layout* lay, float slope,
                       int loss, Py_ssize_t batch_size, const double* hyper,
                       int64_t* control, Shared* shared, int* status) noexcept nogil:
     """train_fused_impl as this thread's part of the current OpenMP team:
@@ -2419,7 +2456,8 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
     memcpy(own, params, P * sizeof(float))
     memcpy(own + w_off, padded, w_size * sizeof(float))
     mine = train_fused_impl(X, Y, sample_weight, order, n, own, own + w_off,
-                            own + w_off + w_size, own + x_off, S, sync, lay, slope, loss,
+                            own + w_off + w_size, own + x_off, S, sync, shared_work, split,
+                            lay, slope, loss,
                             batch_size, hyper, control, shared, &team)
     barrier()
     g = &lay.layer[0]
@@ -2448,6 +2486,23 @@ cdef Py_ssize_t fused_region(Layout* lay, Py_ssize_t w_size) noexcept nogil:
     cdef Py_ssize_t size = w_off + w_size + lay.work_size
     size = (size + 2 * LINE_FLOATS - 1) // (2 * LINE_FLOATS) * (2 * LINE_FLOATS)
     return size + lay.layer[0].n_in * sgk_stride(lay.capacity)
+
+
+# A fused team splits the rows of its later layers (train_fused_impl's
+# split) where they take at least this many multiply-adds a batch:
+# measured in benchmarks/README.md.
+cdef Py_ssize_t FUSED_SPLIT_WORK = 1 << 19
+cdef Py_ssize_t fused_split_work = FUSED_SPLIT_WORK
+
+
+cdef bint fused_split(Layout* lay, Py_ssize_t batch_size, Py_ssize_t n_threads) noexcept nogil:
+    """Whether a team of n_threads splits the rows of the layers after the
+    first (train_fused_impl's split): their multiply-adds in a batch, at
+    least fused_split_work, against a second barrier a batch."""
+    cdef Py_ssize_t l, rest = 0
+    for l in range(1, lay.n_layers):
+        rest += lay.layer[l].n_in * lay.layer[l].n_out
+    return n_threads > 1 and rest * batch_size >= fused_split_work
 
 
 cdef bint fused_apply(Layout* lay, int optimizer, const double* hyper, Py_ssize_t batch_size,
@@ -2713,6 +2768,8 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef float[::1] region
     cdef float[::1] S
     cdef int64_t[::1] sync
+    cdef float[::1] shared_work
+    cdef bint split
     try:
         _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
         _check(control.shape[0] >= N_CONTROL, f"control needs {N_CONTROL} entries")
@@ -2734,10 +2791,13 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             return DONE, 0.0, 0
         if (floating is float and input_t is not double
                 and fused_apply(&lay, optimizer, &hyper[0], batch_size, augment, n_threads)):
-            team_loss = np.zeros(1)
-            team_correct = np.zeros(1, dtype=np.int64)
+            team_loss = np.zeros(n_threads)
+            team_correct = np.zeros(n_threads, dtype=np.int64)
             shared.loss = &team_loss[0]
             shared.correct = &team_correct[0]
+            shared.diverged = False
+            split = fused_split(&lay, batch_size, n_threads)
+            shared_work = _aligned_floats(lay.work_size if split else 1)
             padded = _aligned_floats(pad_layout(&lay))
             stride = fused_region(&lay, padded.shape[0])
             region = _aligned_floats(n_threads * stride)
@@ -2751,13 +2811,13 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             with nogil, parallel(num_threads=n_threads):
                 train_fused(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
                             &padded[0], &region[0], stride, padded.shape[0], &S[0], &sync[0],
-                            &lay,
+                            &shared_work[0], split, &lay,
                             <float> slope, loss,
                             batch_size, &hyper[0], &control[0], &shared, &status)
             with nogil:
                 copy_padded(&lay, <float*> &params[0], &padded[0], False)
-            loss_sum = team_loss[0]
-            n_correct = team_correct[0]
+            loss_sum = float(np.sum(team_loss))
+            n_correct = int(np.sum(team_correct))
         elif floating is float and units_apply(&lay, optimizer, &hyper[0], batch_size):
             team_loss = np.zeros(n_threads)
             team_correct = np.zeros(n_threads, dtype=np.int64)
@@ -3141,6 +3201,15 @@ def set_fused_rows(Py_ssize_t rows):
     _check(0 <= rows <= SGK_ROWS, f"set_fused_rows: rows must be in [0, {SGK_ROWS}]")
     previous = fused_rows
     fused_rows = rows
+    return previous
+
+
+def set_fused_split(Py_ssize_t work=-1):
+    """A fused team splits its later layers' rows from `work` multiply-adds a
+    batch on (-1: the default; 0: always); returns the setting before."""
+    global fused_split_work
+    previous = fused_split_work
+    fused_split_work = FUSED_SPLIT_WORK if work < 0 else work
     return previous
 
 

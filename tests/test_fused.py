@@ -117,13 +117,27 @@ def fit(case, epochs=2):
     return net
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.fixture
+def split():
+    """split(work): the fused team's threshold for splitting its later
+    layers' rows (restored)."""
+    before = _core.set_fused_split()
+    yield _core.set_fused_split
+    _core.set_fused_split(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, "2, rows split"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threads, team_of,
-                                                                     fused, units_up_to_64):
+                                                                     fused, units_up_to_64,
+                                                                     split):
     """Every entry is the same FMAs in the same order (fusedgemm.h computes
     as smallgemm.h does), whether a thread's columns or all of them, and
-    whatever blocks of rows the kernels take."""
+    whatever blocks of rows the kernels take; with the later layers' rows
+    split among the team too (every case, whatever its work)."""
+    if threads == "2, rows split":
+        split(0)
+        threads = 2
     team_of(threads)
     fused(False)
     before = _core.fused_epochs_run()
@@ -193,11 +207,14 @@ def test_a_stop_before_the_epoch_changes_nothing(threads, fused):
     assert_array_equal(before, after)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_a_diverging_epoch_stops_every_thread_at_the_same_batch(threads, fused):
+@pytest.mark.parametrize("threads", [1, 2, "2, rows split"])
+def test_a_diverging_epoch_stops_every_thread_at_the_same_batch(threads, fused, split):
     """A loss that is not finite is seen by every thread (each computes the
-    later layers): all return before that batch's step, the rows before it
-    trained."""
+    later layers, or the team shares it before the step): all return before
+    that batch's step, the rows before it trained."""
+    if threads == "2, rows split":
+        split(0)
+        threads = 2
     status, before, after, control = epoch(threads, lr=1e30)
     assert status == _core.DIVERGED
     assert 0 < control[_core.ROWS_DONE] < 1003
