@@ -638,7 +638,7 @@ cdef extern from "fusedgemm.h":
     Py_ssize_t sgk_stride(Py_ssize_t m) noexcept nogil
     void sgk_rows "fastnn_sgk_rows"(const void* X, int u8, Py_ssize_t K, const int64_t* rows,
                                     Py_ssize_t m, const int64_t* next, Py_ssize_t n_next,
-                                    float* XT) noexcept nogil
+                                    float* XT, float* A) noexcept nogil
     void spin_barrier "fastnn_spin_barrier"(int64_t* arrived, int64_t* generation,
                                             int64_t T) noexcept nogil
     void sgk_forward "fastnn_sgk_forward"(Py_ssize_t m, Py_ssize_t nc, Py_ssize_t K,
@@ -2247,6 +2247,14 @@ cdef bint units_apply(Layout* lay, int optimizer, const double* hyper,
 
 
 cdef bint fused_on = True
+# Batches of more rows than this take their first layer's weight step on
+# smallgemm.h's kernel (12 rows of W by 32 columns, the batch's rows
+# row-major: W read and written once), not fusedgemm.h's (alpha D in
+# registers 16 rows at a time: W read and written once per 16 rows). In one
+# process, teams forced, medians of 5 paired epochs (2026-12-06, Emerald
+# Rapids), smallgemm.h's / fusedgemm.h's: mid b64 1.10x, b32 1.10x, b10
+# 0.96x; [784, 100, 10] b32 1.04x; [784, 30, 10] b10 0.84x.
+cdef Py_ssize_t FUSED_STEP_ROWS = 16
 # Batches of up to fused_rows rows take train_fused_impl (SGK_ROWS at most):
 # measured in benchmarks/README.md.
 cdef Py_ssize_t fused_rows = 64
@@ -2280,7 +2288,8 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
 
     With [c0, c1) this thread's columns of the first layer (fused_columns),
     one batch of m rows:
-      XT := X[rows]^T, read in place (every thread puts all of them);
+      XT := X[rows]^T, read in place (every thread puts all of them), and
+        for more than FUSED_STEP_ROWS rows A0 := X[rows] too;
       A_1[:, c0:c1] = act(X[rows] W_0[:, c0:c1] + b_0[c0:c1]), into S;
       one barrier: every thread now reads all of A_1;
       layers 1 .. L-1 forward, the output delta and the loss, every thread
@@ -2289,7 +2298,8 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         delta_l = (delta_{l+1} W_l^T) * act'(z_l),
         W_l := (1 - lr l2/n) W_l - lr/m A_l^T delta_{l+1},
         b_l := b_l - lr/m sum_rows delta_{l+1};
-      W_0[:, c0:c1] and b_0[c0:c1] the same way from delta_1[:, c0:c1].
+      W_0[:, c0:c1] and b_0[c0:c1] the same way from delta_1[:, c0:c1]
+        (from XT, or from A0 on smallgemm.h's kernel).
     With split (a team whose later layers have enough work a batch:
     fused_split), each thread takes only its share of the batch's rows
     through the later layers' forward pass and deltas (delta_1 for all
@@ -2314,6 +2324,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     cdef Py_ssize_t c0 = fused_columns(g0, t, T), c1 = fused_columns(g0, t + 1, T)
     cdef int out_act = lay.layer[L - 1].act
     cdef float* W0 = padded + g0.wp_off             # (I0, lds)
+    cdef float* A0 = work + lay.a_off[0]            # (m, I0): the batch's rows, row-major
     cdef float* lw = shared_work if split else work  # the later layers' A_l and D_l
     cdef float* Yb = work + lay.y_off               # (m, n_out)
     cdef float* swb = work + lay.sw_off if sample_weight != NULL else NULL
@@ -2333,7 +2344,8 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         Z = S + (k % 2) * batch_size * lds
         # forward, first layer: this thread's columns
         nxt = n - start - m if n - start - m < batch_size else batch_size
-        sgk_rows(X, input_t is uint8_t, I0, order + start, m, order + start + m, nxt, XT)
+        sgk_rows(X, input_t is uint8_t, I0, order + start, m, order + start + m, nxt, XT,
+                 A0 if m > FUSED_STEP_ROWS else NULL)
         if c1 > c0:
             for r in range(m):
                 for j in range(c0, c1):
@@ -2424,7 +2436,10 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         # backward, first layer: this thread's columns
         if c1 > c0:
             D = lw + lay.d_off[1]
-            sgk_step(m, c1 - c0, I0, alpha, XT, D + c0, O0, beta_w, W0 + c0, lds)
+            if m > FUSED_STEP_ROWS:
+                sg_gemm(I0, c1 - c0, m, alpha, A0, 1, I0, D + c0, O0, beta_w, W0 + c0, lds)
+            else:
+                sgk_step(m, c1 - c0, I0, alpha, XT, D + c0, O0, beta_w, W0 + c0, lds)
             bias_range_impl(D, alpha, <float> 1, params + g0.b_off, work + g0.colsum_off, m,
                             O0, c0, c1)
         if t == 0:

@@ -11,7 +11,7 @@
  *
  *   fastnn_sgk_rows   XT := the rows X[rows[r]] (float32, or uint8 / 255),
  *                     read in place, 16 x 16 at a time, transposed in
- *                     registers;
+ *                     registers (and, if asked, the rows as they are: A);
  *   fastnn_sgk_forward
  *                     Z (m, nc) := Z + X (m, K) @ W (K, nc): for each k,
  *                     acc_r := fma(x_r[k], W[k, :], acc_r), from acc_r = Z[r];
@@ -96,14 +96,15 @@ SG5_INLINE void sgk_transpose16(__m512 v[16], float* out, ptrdiff_t ld) {
 
 /* XT (K, sgk_stride(m)), 64-byte aligned := rows rows[0..m) of X (K entries a
    row; u8: uint8 pixels divided by 255, as _core's gather_rows, else
-   float32), m <= SGK_ROWS, 16 rows by 16 columns at a time.
+   float32), m <= SGK_ROWS, 16 rows by 16 columns at a time; and A (m, K)
+   := those rows unless A is NULL.
    Past K the last block's lanes are not stored. The rows next[0..n_next)
    (the next batch's) are requested from memory as this batch's are read,
    the same span of each, so that they are in cache when their turn comes
    (a shuffled epoch's rows are scattered over X: each one a wait on memory). */
 SG5_TARGET static void fastnn_sgk_rows(const void* X, int u8, ptrdiff_t K, const int64_t* rows,
                                        ptrdiff_t m, const int64_t* next, ptrdiff_t n_next,
-                                       float* XT) {
+                                       float* XT, float* A) {
     float tail[16 * 16] __attribute__((aligned(64)));
     const __m512 v255 = _mm512_set1_ps(255.0f);
     const ptrdiff_t size = u8 ? 1 : 4, RS = sgk_stride(m);
@@ -129,6 +130,8 @@ SG5_TARGET static void fastnn_sgk_rows(const void* X, int u8, ptrdiff_t K, const
                 } else {
                     v[r] = _mm512_maskz_loadu_ps(mask, (const float*) X + rows[row] * K + k);
                 }
+                if (A != NULL && row < m)
+                    _mm512_mask_storeu_ps(A + row * K + k, mask, v[r]);
             }
             if (kc == 16) {
                 sgk_transpose16(v, XT + k * RS + r0, RS);
@@ -259,7 +262,8 @@ SG5_TARGET static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, f
 
 #else   /* no kernels: train_fused_impl never runs (fused_apply) */
 static void fastnn_sgk_rows(const void* X, int u8, ptrdiff_t K, const int64_t* rows,
-                            ptrdiff_t m, const int64_t* next, ptrdiff_t n_next, float* XT) { }
+                            ptrdiff_t m, const int64_t* next, ptrdiff_t n_next, float* XT,
+                            float* A) { }
 static void fastnn_sgk_forward(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, const float* XT,
                                const float* W, ptrdiff_t ldw, float* Z, ptrdiff_t ldz) { }
 static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, float alpha,
