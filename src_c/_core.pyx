@@ -2506,7 +2506,7 @@ cdef Py_ssize_t fused_region(Layout* lay, Py_ssize_t w_size) noexcept nogil:
 # A fused team splits the rows of its later layers (train_fused_impl's
 # split) where they take at least this many multiply-adds a batch:
 # measured in benchmarks/README.md.
-cdef Py_ssize_t FUSED_SPLIT_WORK = 1 << 19
+cdef Py_ssize_t FUSED_SPLIT_WORK = 1 << 20
 cdef Py_ssize_t fused_split_work = FUSED_SPLIT_WORK
 
 
