@@ -2289,7 +2289,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     With [c0, c1) this thread's columns of the first layer (fused_columns),
     one batch of m rows:
       XT := X[rows]^T, read in place (every thread puts all of them), and
-        for more than FUSED_STEP_ROWS rows A0 := X[rows] too;
+        for more than FUSED_STEP_ROWS rows A0 := X[rows] too (without
+        AVX-512, A0 only: the first layer's products on smallgemm.h's
+        AVX2 kernels, from A0);
       A_1[:, c0:c1] = act(X[rows] W_0[:, c0:c1] + b_0[c0:c1]), into S;
       one barrier: every thread now reads all of A_1;
       layers 1 .. L-1 forward, the output delta and the loss, every thread
@@ -2337,6 +2339,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     cdef float lr = <float> hyper[H_LR], alpha
     cdef float beta_w = <float> (1 - hyper[H_LR] * hyper[H_L2])
     cdef double chunk_loss
+    cdef bint k_major = sg_get_isa() == 2     # fusedgemm.h's kernels: AVX-512
     for k in range((n + batch_size - 1) // batch_size):
         start = k * batch_size
         m = batch_size if start + batch_size <= n else n - start
@@ -2344,13 +2347,20 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         Z = S + (k % 2) * batch_size * lds
         # forward, first layer: this thread's columns
         nxt = n - start - m if n - start - m < batch_size else batch_size
-        sgk_rows(X, input_t is uint8_t, I0, order + start, m, order + start + m, nxt, XT,
-                 A0 if m > FUSED_STEP_ROWS else NULL)
+        if k_major:
+            sgk_rows(X, input_t is uint8_t, I0, order + start, m, order + start + m, nxt, XT,
+                     A0 if m > FUSED_STEP_ROWS else NULL)
+        else:
+            gather_rows(X, I0, order + start, m, A0)
+            prefetch_rows(X, I0, order + start + m, nxt)
         if c1 > c0:
             for r in range(m):
                 for j in range(c0, c1):
                     Z[r * lds + j] = params[g0.b_off + j]
-            sgk_forward(m, c1 - c0, I0, XT, W0 + c0, lds, Z + c0, lds)
+            if k_major:
+                sgk_forward(m, c1 - c0, I0, XT, W0 + c0, lds, Z + c0, lds)
+            else:
+                sg_gemm(m, c1 - c0, I0, 1, A0, I0, 1, W0 + c0, lds, 1, Z + c0, lds)
             for r in range(m):
                 activate_flat(g0.act, slope, Z + r * lds + c0, c1 - c0)
         gather_rows(Y, n_out, order + start, m, Yb)
@@ -2436,7 +2446,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         # backward, first layer: this thread's columns
         if c1 > c0:
             D = lw + lay.d_off[1]
-            if m > FUSED_STEP_ROWS:
+            if m > FUSED_STEP_ROWS or not k_major:
                 sg_gemm(I0, c1 - c0, m, alpha, A0, 1, I0, D + c0, O0, beta_w, W0 + c0, lds)
             else:
                 sgk_step(m, c1 - c0, I0, alpha, XT, D + c0, O0, beta_w, W0 + c0, lds)
@@ -2524,16 +2534,19 @@ cdef bint fused_apply(Layout* lay, int optimizer, const double* hyper, Py_ssize_
                       int augment, Py_ssize_t n_threads) noexcept nogil:
     """Whether train_fused_impl runs an epoch (rather than train_units_impl
     or BLAS): a float32 dense network's fused SGD step (no L1, no clipping)
-    on one-chunk batches of at most fused_rows rows, on a CPU with AVX-512
-    (fusedgemm.h), without dropout or shifted images, for a network of two
+    on one-chunk batches of at most fused_rows rows with AVX-512's kernels
+    (fusedgemm.h's and smallgemm.h's), at most small_rows with AVX2's
+    (smallgemm.h's: those of train_units_impl, whose limit was measured for
+    them), without dropout or shifted images, for a network of two
     layers or more and at most SMALL_WEIGHTS parameters (each thread copies
     them all), whose layers after the first are small beside it (each
     thread of a team computes them all: at most a quarter of the first
     layer's weights between them). Measured in benchmarks/README.md."""
     cdef Py_ssize_t l, rest = 0
-    if not (fused_on and SMALL_GEMM and sg_get_isa() == 2 and lay.bf_off < 0
+    if not (fused_on and SMALL_GEMM and lay.bf_off < 0
             and optimizer == SGD and hyper[H_L1] == 0 and hyper[H_CLIP_NORM] == 0
-            and batch_size <= lay.capacity and batch_size <= fused_rows
+            and batch_size <= lay.capacity
+            and batch_size <= (fused_rows if sg_get_isa() == 2 else small_rows)
             and lay.n_params <= SMALL_WEIGHTS
             and augment == NO_AUGMENT and lay.n_layers >= 2):
         return False

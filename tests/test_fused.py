@@ -1,8 +1,8 @@
 """The fused small-batch epoch (_core.train_fused_impl, src_c/fusedgemm.h):
 where it runs, and that it trains train_units_impl's weights bit for bit, on
-one thread and on a team that splits the first layer's columns. (Against
-BLAS and the NumPy reference: test_smallgemm.py's small-batch tests, which
-take this path on a CPU with AVX-512.)"""
+one thread and on a team that splits the first layer's columns, with each of
+the CPU's kernels (AVX-512's, AVX2's). (Against BLAS and the NumPy
+reference: test_smallgemm.py's small-batch tests, which take this path.)"""
 import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
@@ -11,7 +11,30 @@ import fastnn
 from fastnn import _core, blas, training
 from fastnn.optimizers import get_optimizer, hyper_array
 
-AVX512 = _core.small_gemm_available() and _core.small_gemm_isa() == "avx512"
+pytestmark = pytest.mark.skipif(not _core.small_gemm_available(),
+                                reason="the CPU lacks AVX2 or FMA")
+
+
+def _isas():
+    """The kernels of smallgemm.h this CPU runs: "avx2", and "avx512" where it
+    has AVX-512 F and VL."""
+    before = _core.small_gemm_isa()
+    runs = []
+    for isa in _core.SMALL_GEMM_ISAS[1:]:
+        _core.set_small_gemm_isa(isa)      # falls back to the best the CPU has
+        if _core.small_gemm_isa() == isa:
+            runs.append(isa)
+    _core.set_small_gemm_isa(before)
+    return runs
+
+
+@pytest.fixture(params=_isas())
+def isa(request):
+    """Each of the CPU's kernels in turn (the process's choice restored)."""
+    before = _core.small_gemm_isa()
+    _core.set_small_gemm_isa(request.param)
+    yield request.param
+    _core.set_small_gemm_isa(before)
 
 
 class AlwaysTeam:
@@ -62,17 +85,18 @@ def team_for(sizes, batch_size=10, optimizer="sgd", dropout=None, l2=0.0):
                                batch_size, batch_size, _core.NO_AUGMENT)
 
 
-def test_the_fused_team_is_one_thread_per_16_columns_where_it_runs():
-    if not AVX512:
-        # no AVX-512: the fused epoch never runs, and no team takes it
-        assert team_for([784, 30, 10]) == 0
-        return
+def test_the_fused_team_is_one_thread_per_16_columns_where_it_runs(isa):
     assert team_for([784, 30, 10]) == 2             # 30 columns: two groups of 16
     assert team_for([784, 100, 10]) == 7
-    assert team_for([784, 100, 10], batch_size=16, l2=5.0) == 7
+    # up to 64 rows with AVX-512's kernels, small_rows with AVX2's (12 by
+    # default on a CPU without AVX-512)
+    limit = 64 if isa == "avx512" else _core.get_small_rows()
+    assert team_for([784, 100, 10], batch_size=16, l2=5.0) == (7 if 16 <= limit else 0)
+    assert team_for([784, 100, 10], batch_size=limit) == 7
+    assert team_for([784, 100, 10], batch_size=limit + 1) == 0
     assert team_for([100, 40, 20, 10]) == 3         # later layers: 4 x 1,000 <= 4,000
     for sizes, options in [
-            ([784, 30, 10], dict(batch_size=65)),       # more rows than fusedgemm.h holds
+            ([784, 30, 10], dict(batch_size=65)),       # more rows than the kernels take
             ([784, 30, 10], dict(optimizer="adam")),    # plain SGD only
             ([784, 30, 10], dict(dropout=[0.2])),
             ([784, 10], {}),                            # no hidden layer
@@ -128,9 +152,9 @@ def split():
 
 @pytest.mark.parametrize("threads", [1, 2, "2, rows split"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threads, team_of,
-                                                                     fused, units_up_to_64,
-                                                                     split):
+def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threads, isa,
+                                                                     team_of, fused,
+                                                                     units_up_to_64, split):
     """Every entry is the same FMAs in the same order (fusedgemm.h computes
     as smallgemm.h does), whether a thread's columns or all of them, and
     whatever blocks of rows the kernels take; with the later layers' rows
@@ -145,19 +169,16 @@ def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threa
     assert _core.fused_epochs_run() == before
     fused(True)
     both = fit(case)
-    assert _core.fused_epochs_run() == before + (2 if AVX512 else 0)
+    assert _core.fused_epochs_run() == before + 2
     assert_array_equal(units._params, both._params)
     assert both.history["loss"][-1] == pytest.approx(units.history["loss"][-1], rel=1e-6)
     assert both.history["accuracy"] == units.history["accuracy"]
 
 
-def test_a_team_of_more_threads_than_column_groups_trains_the_same(team_of, fused):
+def test_a_team_of_more_threads_than_column_groups_trains_the_same(isa, fused):
     """Three threads on [64, 30, 10]'s two groups (through the kernel: fit
     caps a team at the groups): the third has no columns of its own, and
     still every batch's barrier and later layers."""
-    if not AVX512:
-        assert team_for([64, 30, 10]) == 0
-        return
     X, y = data()
     # through the kernel directly: fit caps a team at the column groups
     table, keep = fastnn.Network([64, 30, 10], seed=5).plan.table(None, None)
@@ -200,7 +221,7 @@ def epoch(threads, lr=3.0, stop=False, rows=1003):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_stop_before_the_epoch_changes_nothing(threads, fused):
+def test_a_stop_before_the_epoch_changes_nothing(threads, isa, fused):
     status, before, after, control = epoch(threads, stop=True)
     assert status == _core.STOPPED
     assert control[_core.ROWS_DONE] == 0 and control[_core.STEPS] == 0
@@ -208,7 +229,7 @@ def test_a_stop_before_the_epoch_changes_nothing(threads, fused):
 
 
 @pytest.mark.parametrize("threads", [1, 2, "2, rows split"])
-def test_a_diverging_epoch_stops_every_thread_at_the_same_batch(threads, fused, split):
+def test_a_diverging_epoch_stops_every_thread_at_the_same_batch(threads, isa, fused, split):
     """A loss that is not finite is seen by every thread (each computes the
     later layers, or the team shares it before the step): all return before
     that batch's step, the rows before it trained."""
