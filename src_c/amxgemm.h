@@ -39,6 +39,7 @@
 #define FASTNN_AMX 1
 #include <cpuid.h>
 #include <immintrin.h>
+#include "transpose16.h"
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -82,7 +83,7 @@ static ptrdiff_t fastnn_amx_scratch(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k) {
      along x, for one h, where x is contiguous: 16 floats of p and 16 of p + 1,
        converted and interleaved.
    Vectors along the other index than the tile's rows are transposed in
-   registers (amx_transpose16). */
+   registers (transpose16.h). */
 #define AMX_VEC __attribute__((target("avx512f,avx512bw"), always_inline)) static inline
 
 /* 16 floats rounded to bfloat16, as 16 x 16 bits: the upper half of each lane's
@@ -127,33 +128,6 @@ AMX_VEC __m512i amx_along_x(const float* X, ptrdiff_t sp, ptrdiff_t x0, ptrdiff_
     return _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1));
 }
 
-/* out[c][r] := v[r][c] for a 16 x 16 matrix of 32-bit words, v[r] a row: pairs
-   of rows interleaved by words, then by double words (b[4k + c] holds, in its
-   128-bit lane l, rows 4k .. 4k+3 of column 4l + c), then the lanes gathered. */
-AMX_VEC void amx_transpose16(__m512i v[16], uint32_t* out) {
-    __m512i a[16], b[16];
-    for (int q = 0; q < 8; q++) {
-        a[2 * q] = _mm512_unpacklo_epi32(v[2 * q], v[2 * q + 1]);
-        a[2 * q + 1] = _mm512_unpackhi_epi32(v[2 * q], v[2 * q + 1]);
-    }
-    for (int q = 0; q < 4; q++) {
-        b[4 * q] = _mm512_unpacklo_epi64(a[4 * q], a[4 * q + 2]);
-        b[4 * q + 1] = _mm512_unpackhi_epi64(a[4 * q], a[4 * q + 2]);
-        b[4 * q + 2] = _mm512_unpacklo_epi64(a[4 * q + 1], a[4 * q + 3]);
-        b[4 * q + 3] = _mm512_unpackhi_epi64(a[4 * q + 1], a[4 * q + 3]);
-    }
-    for (int c = 0; c < 4; c++) {
-        const __m512i t0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44);
-        const __m512i t1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xEE);
-        const __m512i t2 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44);
-        const __m512i t3 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xEE);
-        _mm512_store_si512(out + (0 + c) * AMX_T, _mm512_shuffle_i32x4(t0, t2, 0x88));
-        _mm512_store_si512(out + (4 + c) * AMX_T, _mm512_shuffle_i32x4(t0, t2, 0xDD));
-        _mm512_store_si512(out + (8 + c) * AMX_T, _mm512_shuffle_i32x4(t1, t3, 0x88));
-        _mm512_store_si512(out + (12 + c) * AMX_T, _mm512_shuffle_i32x4(t1, t3, 0xDD));
-    }
-}
-
 /* One tile of pairs of X (x0 .. x0+15, p0 .. p0+31; x along sx, p along sp; 0
    past nx or k): rows along h (by_x = 0: tile[x][h], R) or along x (by_x = 1:
    tile[h][x], V). One of sx and sp is 1 (X is a column-major matrix). */
@@ -170,7 +144,7 @@ static void amx_pack_tile(const float* X, ptrdiff_t sx, ptrdiff_t sp, ptrdiff_t 
         __m512i v[AMX_T];
         for (ptrdiff_t c = 0; c < AMX_T; c++)
             v[c] = amx_along_h(X, sx, x0 + c, nx, p0, k);
-        amx_transpose16(v, t);
+        fastnn_transpose16(v, t, AMX_T);
         return;
     }
     /* sx == 1, x contiguous: vectors along x, one a pair h */
@@ -182,7 +156,7 @@ static void amx_pack_tile(const float* X, ptrdiff_t sx, ptrdiff_t sp, ptrdiff_t 
     __m512i v[AMX_T];
     for (ptrdiff_t h = 0; h < AMX_T; h++)
         v[h] = amx_along_x(X, sp, x0, nx, p0 + 2 * h, k);
-    amx_transpose16(v, t);
+    fastnn_transpose16(v, t, AMX_T);
 }
 
 /* C[i + j*ldc] := alpha T[j][i] + beta C[i + j*ldc] for the tile at (i0, j0). */

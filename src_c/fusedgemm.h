@@ -34,6 +34,7 @@
 #include <sched.h>
 #include <string.h>
 #include "smallgemm.h"
+#include "transpose16.h"
 
 /* A barrier for the T threads of a team, by spinning: arrived counts the
    threads in, and the last one resets it and moves generation on, which the
@@ -65,35 +66,6 @@ static inline ptrdiff_t sgk_stride(ptrdiff_t m) { return (m + 15) / 16 * 16; }
 
 #if FASTNN_SG
 
-/* The 16 x 16 block v (rows r, 32-bit lanes c) transposed: out[c * ld + r]. */
-SG5_INLINE void sgk_transpose16(__m512 v[16], float* out, ptrdiff_t ld) {
-    __m512 a[16], b[16];
-    for (int q = 0; q < 8; q++) {
-        a[2 * q] = _mm512_unpacklo_ps(v[2 * q], v[2 * q + 1]);
-        a[2 * q + 1] = _mm512_unpackhi_ps(v[2 * q], v[2 * q + 1]);
-    }
-    for (int q = 0; q < 4; q++) {
-        b[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a[4 * q]),
-                                                       _mm512_castps_pd(a[4 * q + 2])));
-        b[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a[4 * q]),
-                                                           _mm512_castps_pd(a[4 * q + 2])));
-        b[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a[4 * q + 1]),
-                                                           _mm512_castps_pd(a[4 * q + 3])));
-        b[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a[4 * q + 1]),
-                                                           _mm512_castps_pd(a[4 * q + 3])));
-    }
-    for (int c = 0; c < 4; c++) {
-        const __m512 t0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x44);
-        const __m512 t1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xEE);
-        const __m512 t2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44);
-        const __m512 t3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xEE);
-        _mm512_store_ps(out + (0 + c) * ld, _mm512_shuffle_f32x4(t0, t2, 0x88));
-        _mm512_store_ps(out + (4 + c) * ld, _mm512_shuffle_f32x4(t0, t2, 0xDD));
-        _mm512_store_ps(out + (8 + c) * ld, _mm512_shuffle_f32x4(t1, t3, 0x88));
-        _mm512_store_ps(out + (12 + c) * ld, _mm512_shuffle_f32x4(t1, t3, 0xDD));
-    }
-}
-
 /* XT (K, sgk_stride(m)), 64-byte aligned := rows rows[0..m) of X (K entries a
    row; u8: uint8 pixels divided by 255, as _core's gather_rows, else
    float32), m <= SGK_ROWS, 16 rows by 16 columns at a time; and A (m, K)
@@ -116,6 +88,7 @@ SG5_TARGET static void fastnn_sgk_rows(const void* X, int u8, ptrdiff_t K, const
                 _mm_prefetch((const char*) X + (next[r] * K + k) * size, _MM_HINT_T0);
         for (ptrdiff_t r0 = 0; r0 < m; r0 += 16) {
             __m512 v[16];
+            __m512i w[16];
             for (ptrdiff_t r = 0; r < 16; r++) {
                 const ptrdiff_t row = r0 + r;
                 if (row >= m) {
@@ -133,10 +106,12 @@ SG5_TARGET static void fastnn_sgk_rows(const void* X, int u8, ptrdiff_t K, const
                 if (A != NULL && row < m)
                     _mm512_mask_storeu_ps(A + row * K + k, mask, v[r]);
             }
+            for (ptrdiff_t r = 0; r < 16; r++)
+                w[r] = _mm512_castps_si512(v[r]);
             if (kc == 16) {
-                sgk_transpose16(v, XT + k * RS + r0, RS);
+                fastnn_transpose16(w, XT + k * RS + r0, RS);
             } else {
-                sgk_transpose16(v, tail, 16);
+                fastnn_transpose16(w, tail, 16);
                 for (ptrdiff_t c = 0; c < kc; c++)
                     _mm512_store_ps(XT + (k + c) * RS + r0, _mm512_load_ps(tail + c * 16));
             }

@@ -174,6 +174,32 @@ def one_core(monkeypatch):
     monkeypatch.setattr(blas, "idle_cores", lambda: 1)
 
 
+def small_gemm_isas():
+    """The kernels of smallgemm.h this CPU runs: "avx2", and "avx512" where it
+    has AVX-512 F and VL (none without AVX2 and FMA)."""
+    from fastnn import _core
+
+    before = _core.small_gemm_isa()
+    runs = []
+    for isa in _core.SMALL_GEMM_ISAS[1:]:
+        _core.set_small_gemm_isa(isa)      # falls back to the best the CPU has
+        if _core.small_gemm_isa() == isa:
+            runs.append(isa)
+    _core.set_small_gemm_isa(before)
+    return runs
+
+
+@pytest.fixture(params=small_gemm_isas())
+def isa(request):
+    """Each of smallgemm.h's kernels this CPU runs, in turn (the process's
+    choice restored)."""
+    from fastnn import _core
+
+    before = _core.set_small_gemm_isa(request.param)
+    yield request.param
+    _core.set_small_gemm_isa(before)
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST, from the repository's data/mnist."""

@@ -15,28 +15,6 @@ pytestmark = pytest.mark.skipif(not _core.small_gemm_available(),
                                 reason="the CPU lacks AVX2 or FMA")
 
 
-def _isas():
-    """The kernels of smallgemm.h this CPU runs: "avx2", and "avx512" where it
-    has AVX-512 F and VL."""
-    before = _core.small_gemm_isa()
-    runs = []
-    for isa in _core.SMALL_GEMM_ISAS[1:]:
-        _core.set_small_gemm_isa(isa)      # falls back to the best the CPU has
-        if _core.small_gemm_isa() == isa:
-            runs.append(isa)
-    _core.set_small_gemm_isa(before)
-    return runs
-
-
-@pytest.fixture(params=_isas())
-def isa(request):
-    """Each of the CPU's kernels in turn (the process's choice restored)."""
-    before = _core.small_gemm_isa()
-    _core.set_small_gemm_isa(request.param)
-    yield request.param
-    _core.set_small_gemm_isa(before)
-
-
 class AlwaysTeam:
     """training.TEAM_PACE choosing the team every epoch."""
 

@@ -13,34 +13,15 @@ from fastnn.exceptions import TrainingDiverged
 from fastnn.layers import Conv2D, Dense
 from fastnn.optimizers import get_optimizer, hyper_array
 
+from conftest import small_gemm_isas
+
 IDLE_CORES = blas.idle_cores   # before the fixture below replaces it
 
 pytestmark = pytest.mark.skipif(not _core.small_gemm_available(),
                                 reason="the CPU lacks AVX2 or FMA")
 
 
-def _isas():
-    """The kernels of smallgemm.h this CPU runs: "avx2", and "avx512" where it
-    has AVX-512 F and VL."""
-    before = _core.small_gemm_isa()
-    runs = []
-    for isa in _core.SMALL_GEMM_ISAS[1:]:
-        _core.set_small_gemm_isa(isa)      # falls back to the best the CPU has
-        if _core.small_gemm_isa() == isa:
-            runs.append(isa)
-    _core.set_small_gemm_isa(before)
-    return runs
-
-
-ISAS = _isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Each of the CPU's kernels in turn (the process's choice restored)."""
-    before = _core.set_small_gemm_isa(request.param)
-    yield request.param
-    _core.set_small_gemm_isa(before)
+ISAS = small_gemm_isas()
 
 
 def test_the_best_kernels_the_cpu_has_are_chosen():
