@@ -1,7 +1,8 @@
 """``fit_many``: several networks trained at once, one thread (or team) each.
 
-At batch 10 a dense network's step is too small to keep two cores busy (its
-team of threads spends as long at the barriers as in the products), and
+At batch 10 a dense network's step is too small to keep two cores fully busy
+(its team of threads meets at a barrier every batch, and every thread does
+some of the work alike: 1.4 times one thread on two, benchmarks/README.md), and
 each network of an ensemble or of a hyper-parameter search is independent
 of the others: the best use of the cores is one network on each. Each
 network's ``fit`` runs in a thread of its own; its epochs run in the
