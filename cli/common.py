@@ -58,12 +58,18 @@ class MainMixin:
             leaving()
 
 
+#: ctx.meta key: a command's own words for a Ctrl-C that reaches Command.invoke
+#: (a callable giving the line), for the moments its own handlers do not cover.
+INTERRUPTED = "fastnn.interrupted"
+
+
 class Command(MainMixin, click.Command):
     """A command that shows fastnn's own errors as one line with exit status
     1 (Click's way), and a Ctrl-C as 'Interrupted' with status 130, whether it
-    runs inside the fastnn group or on its own. The first Ctrl-C interrupts;
-    later ones are ignored, so that what the first one does (save, exit 130)
-    is never cut short."""
+    runs inside the fastnn group or on its own (or as the command's
+    ctx.meta[INTERRUPTED]() says: `fastnn train` once its run is saved). The
+    first Ctrl-C interrupts; later ones are ignored, so that what the first
+    one does (save, exit 130) is never cut short."""
 
     def invoke(self, ctx):
         from fastnn.exceptions import FastnnError
@@ -75,7 +81,8 @@ class Command(MainMixin, click.Command):
             except FastnnError as exc:
                 raise click.ClickException(str(exc)) from None
             except KeyboardInterrupt:
-                click.echo("Interrupted", err=True)
+                words = ctx.meta.get(INTERRUPTED)
+                click.echo(words() if words is not None else "Interrupted", err=True)
                 ctx.exit(130)
 
 

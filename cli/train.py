@@ -10,9 +10,9 @@ from fastnn.activations import ACTIVATIONS
 from fastnn.callbacks import Callback
 from fastnn.datasets import DATASETS
 from fastnn.ensemble import MAX_MEMBERS
-from fastnn.cli.common import (DATA_HELP, Command, Integer, check_outputs, csv_options,
-                               data_inputs, data_options, echo_json, jsonable, load, match_inputs,
-                               model_reading, model_rows, set_threads,
+from fastnn.cli.common import (DATA_HELP, INTERRUPTED, Command, Integer, check_outputs,
+                               csv_options, data_inputs, data_options, echo_json, jsonable, load,
+                               match_inputs, model_reading, model_rows, set_threads,
                                threads_option)
 from fastnn.initializers import INITIALIZERS
 from fastnn.losses import LOSSES
@@ -319,6 +319,10 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
     inputs = (data_inputs("DATA", data, labels) + data_inputs("--val", val_data)
               + data_inputs("--test", test_data))
     outputs = RunOutputs(out, history, resume, inputs, force, weights_only=weights_only)
+    # a Ctrl-C outside this function's own handlers (between them, or on the
+    # way out) says whether the finished run is saved: -o is replaced then
+    ctx.meta[INTERRUPTED] = lambda: (_after_the_run_text(outputs) if outputs.finished_saved
+                                     else "Interrupted")
     set_threads(threads)
     say = (lambda *a, **k: None) if quiet or as_json else click.echo
 
@@ -552,7 +556,11 @@ def train(ctx, data, out, labels, label_col, delimiter, decimal, val_data, test_
 
 def _interrupted_after_the_run(outputs):
     """What a Ctrl-C says once the finished run is saved (the -o file holds it)."""
-    click.echo(f"Interrupted after the run finished: {outputs.describe_finished()}", err=True)
+    click.echo(_after_the_run_text(outputs), err=True)
+
+
+def _after_the_run_text(outputs):
+    return f"Interrupted after the run finished: {outputs.describe_finished()}"
 
 
 def _ensemble_metrics(ens, val, X_test, test):
@@ -684,6 +692,7 @@ class RunOutputs:
                               force=force)
         later = []
         self.final, self.unfinished, self.written = {}, {}, set()
+        self.finished_saved = False     # the finished run is in the final files
         for name, label, path, kind in (("model", "-o", out, MODEL_FILE),
                                         ("history", "--history", history, HISTORY_FILE)):
             if not path:
@@ -732,6 +741,7 @@ class RunOutputs:
         # a Ctrl-C now takes effect once every file is written
         with Deferred() as interrupt:
             self._write(net, history_text, self.final, weights_only=self.weights_only)
+            self.finished_saved = True
             for name, path in self.unfinished.items():
                 if path != self.final[name] and (path in self.written or (
                         self.resume and os.path.exists(path) and same_file(path, self.resume))):

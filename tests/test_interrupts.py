@@ -487,3 +487,25 @@ def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, data_file):
             assert not model.with_name("m.checkpoint.safetensors").exists()
     print(f"\n20 Ctrl-C trials, {resumed} resumed from a saved state")
     assert resumed >= 10, resumed       # most trials were stopped during training
+
+
+@pytest.mark.parametrize("words", [None, "Interrupted after the run finished: saved it"])
+def test_a_ctrl_c_that_reaches_a_command_says_what_the_command_set(words):
+    """A Ctrl-C outside a command's own handlers (fastnn train's: between
+    them, or on its way out, after its run is saved) exits 130 with the
+    words the command left in ctx.meta, or 'Interrupted'."""
+    import click
+    from click.testing import CliRunner
+
+    from fastnn.cli.common import INTERRUPTED, Command
+
+    @click.command(cls=Command)
+    @click.pass_context
+    def command(ctx):
+        if words is not None:
+            ctx.meta[INTERRUPTED] = lambda: words
+        raise KeyboardInterrupt
+
+    result = CliRunner().invoke(command, [])
+    assert result.exit_code == 130
+    assert result.output.strip().splitlines()[-1] == (words or "Interrupted")
