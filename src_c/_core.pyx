@@ -2282,9 +2282,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     params, padded, work and XT are this thread's own (train_fused): a copy
     of params, of the padded Ws (pad_layout), a workspace with lay's offsets,
     and the batch's rows k-major (I_0, sgk_stride(batch_size)) for
-    fusedgemm.h. S (2,
-    batch_size, ldw_0) is shared: A_1 of even and odd batches; sync holds
-    the team's spin barrier (fastnn_spin_barrier: sync[0] and sync[8]).
+    fusedgemm.h. S (2, batch_size, ldw_0) is shared: A_1 of even and odd
+    batches; sync holds the team's spin barrier (fastnn_spin_barrier:
+    sync[0] and sync[8]).
 
     With [c0, c1) this thread's columns of the first layer (fused_columns),
     one batch of m rows:
@@ -2466,8 +2466,9 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
                       int64_t* control, Shared* shared, int* status) noexcept nogil:
     """train_fused_impl as this thread's part of the current OpenMP team:
     its region (stride floats from thread to thread; fused_region) starts
-    as a copy of params and of padded (w_size floats); afterwards its columns of the first layer, and
-    thread 0's copy of the other layers, go back there."""
+    as a copy of params and of padded (w_size floats); afterwards its
+    columns of the first layer, and thread 0's copy of the other layers, go
+    back there."""
     cdef Team team
     cdef int mine
     cdef Py_ssize_t l, i, c0, c1, P = lay.n_params
