@@ -394,9 +394,9 @@ def rows_per_units_thread():
 
 def fused_team(net, table, keep, optimizer, hyper, batch_size, chunk, augment):
     """The most threads that _core.train_fused_impl's epoch (small batches of
-    a float32 dense network, plain SGD, on a CPU with AVX-512) splits a
-    batch among, by columns of its first layer; 0 where a team would not
-    take it."""
+    a float32 dense network, plain SGD, on smallgemm.h's kernels: up to 64
+    rows with AVX-512, small_rows with AVX2) splits a batch among, by
+    columns of its first layer; 0 where a team would not take it."""
     if not (net.backend == "cython" and not net.plan.spatial
             and net.compute_dtype == "float32"):
         return 0
@@ -442,15 +442,16 @@ class TeamPace:
     (AMD EPYC, benchmarks/README.md): one thread 181,000-189,000 samples/s,
     the team 150,000-168,000 in one run, 178,000-296,000 in another.
 
-    For each shape, batch size and team, the first RATES epochs run the
-    team (it forms only on idle cores: `team_threads`), the next one
-    thread (samples/s of the kernel's epoch); then each epoch takes the
-    faster by the median of their last RATES epochs, and every
-    PROBE_EVERY-th epoch measures the other again, as the machine changes.
-    The rates are kept for the process, so that short fits learn too. The
-    first epoch of each is not counted: it pays for cold caches and cores
-    (a fused team's first epoch of [784, 30, 10] ran at 756,000 samples/s,
-    its next ones at 1.3 million, one thread at 0.9 million).
+    For each shape, batch size and team, the team runs until RATES of its
+    epochs are counted (it forms only on idle cores: `team_threads`), then
+    one thread until one of its epochs is (samples/s of the kernel's epoch);
+    then each epoch takes the faster by the median of their last RATES
+    epochs, and every PROBE_EVERY-th epoch measures the other again, as the
+    machine changes. The rates are kept for the process, so that short fits
+    learn too. The first epoch of each is not counted: it pays for cold
+    caches and cores (a fused team's first epoch of [784, 30, 10] ran at
+    756,000 samples/s, its next ones at 1.3 million, one thread at 0.9
+    million).
     """
 
     RATES = 3
