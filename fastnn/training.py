@@ -397,10 +397,17 @@ def fused_team(net, table, keep, optimizer, hyper, batch_size, chunk, augment):
     a float32 dense network, plain SGD, on smallgemm.h's kernels: up to 64
     rows with AVX-512, small_rows with AVX2) splits a batch among, by
     columns of its first layer; 0 where a team would not take it."""
-    if not (net.backend == "cython" and not net.plan.spatial
-            and net.compute_dtype == "float32"):
+    if not own_small_kernels(net):
         return 0
     return net.kernels.fused_team(table, chunk, keep, optimizer, hyper, batch_size, augment)
+
+
+def own_small_kernels(net):
+    """Whether net's small batches may take fastnn's own small-batch epochs
+    (train_fused_impl, train_units_impl): a float32 dense network on the
+    compiled kernels. A bfloat16 network never does: its products go
+    through _core.gemm_bf16."""
+    return net.backend == "cython" and not net.plan.spatial and net.compute_dtype == "float32"
 
 
 def team_threads(net, units=False, batch_size=1, fused=0):
@@ -418,7 +425,7 @@ def team_threads(net, units=False, batch_size=1, fused=0):
     A fused or units team's weights do not depend on its size; a convolutional
     network's team sums its threads' gradients, so its weights differ from
     one thread's in the last bits."""
-    if net.backend != "cython" or not (net.plan.spatial or units):
+    if net.backend != "cython" or not (net.plan.spatial or units or fused):
         return 1
     most = blas.get_num_threads()
     if fused:
@@ -506,9 +513,9 @@ def epoch_blas_threads(team):
 def splits_units(net, table, optimizer, hyper, batch_size, chunk):
     """Whether the kernel's team splits every layer's units among its threads
     (_core.train_units_impl: small batches of a float32 dense network, plain
-    SGD; the parameters are the same for any number of threads). A bfloat16
-    network never does: its products go through _core.gemm_bf16."""
-    return (net.backend == "cython" and not net.plan.spatial and net.compute_dtype == "float32"
+    SGD; the parameters are the same for any number of threads; see
+    own_small_kernels)."""
+    return (own_small_kernels(net)
             and bool(net.kernels.units_threads(table, chunk, optimizer, hyper, batch_size)))
 
 
@@ -548,14 +555,14 @@ class Trainer:
         augment = AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT)
         fused = fused_team(net, table, keep, opt.code, self._hyper(1.0), batch_size, chunk,
                            augment)
-        self.threads = threads = team_threads(net, units or fused, batch_size, fused)
-        # a units team gives the same weights as one thread: TEAM_PACE picks
-        # the faster of the two each epoch
+        self.threads = threads = team_threads(net, units, batch_size, fused)
+        # a fused or units team shares one chunk and gives the same weights
+        # as one thread (TEAM_PACE picks the faster of the two each epoch);
+        # one that splits rows gives each thread a chunk of its own
+        one_chunk = units or fused > 0
         self.pace = ((tuple(net.sizes), tuple(net.activations), batch_size, threads)
-                     if (units or fused) and threads > 1 else None)
-        # a team that splits units shares one chunk; one that splits rows
-        # gives each thread a chunk of its own
-        capacity = chunk if units or fused else -(-chunk // threads)
+                     if one_chunk and threads > 1 else None)
+        capacity = chunk if one_chunk else -(-chunk // threads)
         kernels = net.kernels
         bf16 = net.compute_dtype == "bfloat16"
         work_size = kernels.workspace_size(table, capacity, keep, threads, bf16=bf16)
