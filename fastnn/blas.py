@@ -223,22 +223,61 @@ def usable_cores():
 
 
 def idle_cores():
-    """Cores that no other runnable thread wants now (Linux: the running
-    count of /proc/loadavg, less the caller; elsewhere all of them).
+    """Cores that no other process's runnable thread wants now (Linux: the
+    running count of /proc/loadavg, less this process's running threads;
+    elsewhere all of them).
 
     A team whose threads meet at a barrier after every step runs at the pace
     of its slowest thread: one that shares its core with another process,
     even a niced one, makes the whole team wait for the scheduler (measured
     next to a nice-19 job: [784, 30, 10] at batch 10 ran at 11,000 samples/s
     on two threads, 86,000 on one). The small-batch team takes only these.
+
+    This process's own threads do not count: fits run one at a time
+    (`one_fit_at_a_time`), so those running are the pools of the last
+    product winding down. OpenBLAS's threads spin for about 130 ms after
+    each product (measured on an Emerald Rapids), and counted as busy they
+    made every other epoch of a wide network's fit take one BLAS thread
+    (24,207 and 11,494 samples/s in turn, 2026-12-06).
     """
     cores = usable_cores()
+    running = _all_running()
+    if running is None:
+        return cores
+    own = _own_running()
+    return max(1, cores - max(0, running - (1 if own is None else own)))
+
+
+def _all_running():
+    """The machine's threads that are running or runnable now (Linux: the
+    running count of /proc/loadavg), or None where that cannot be read."""
     try:
         with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0])
+            return int(f.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
-        return cores
-    return max(1, cores - max(0, running - 1))
+        return None
+
+
+def _own_running():
+    """This process's threads that are running or runnable now, the caller
+    included (Linux: the states in /proc/self/task), or None where that
+    cannot be read."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    running = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue            # a thread that ended meanwhile
+        # "pid (comm) S ...": the name may hold spaces and parentheses
+        end = stat.rfind(b")")
+        if stat[end + 2:end + 3] == b"R":
+            running += 1
+    return max(1, running)
 
 
 #: Entries from which a pass over memory (fit's check of X for NaN) is split
@@ -263,9 +302,10 @@ SETTLE_GAP = 0.002
 
 def idle_cores_settled():
     """The most idle cores of up to SETTLE_SAMPLES looks at idle_cores, 2 ms
-    apart: a thread pool winding down (PyTorch's, OpenBLAS's, OpenMP's spin
-    a while after their work) shows as running for a moment, and a team
-    chosen from that one moment ran on one thread for the whole fit. Measured
+    apart: another process's thread pool winding down (PyTorch's, OpenBLAS's,
+    OpenMP's spin a while after their work; this process's own do not count)
+    shows as running for a moment, and a team chosen from that one moment ran
+    on one thread for the whole fit. Measured
     on 2 vCPUs of an Emerald Rapids, a fit of a conv net 0.5 s after a
     PyTorch forward, 30 fits each: one look chose a team of one in 4 (9,200
     samples/s against 17,700), three looks in none (benchmarks/README.md).

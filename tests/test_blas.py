@@ -1,4 +1,6 @@
 """BLAS thread control, and reproducibility for a thread count."""
+import os
+
 import numpy as np
 from conftest import make_classification
 
@@ -281,3 +283,48 @@ def test_a_team_is_chosen_from_the_most_idle_of_a_few_looks(monkeypatch):
     monkeypatch.setattr(blas, "idle_cores", no_look)
     monkeypatch.setattr(blas, "get_num_threads", lambda: 1)
     assert training.team_threads(net) == 1
+
+
+def test_idle_cores_do_not_count_this_process_s_own_running_threads(monkeypatch):
+    """A core counts as busy only for another process's thread: this
+    process's running threads (the caller, and the BLAS pool spinning after
+    the last product) do not take a core from the next epoch."""
+    import os
+
+    from fastnn import blas
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(blas, "_all_running", lambda: 2)
+    monkeypatch.setattr(blas, "_own_running", lambda: 2)    # caller + a spinning pool thread
+    assert blas.idle_cores() == cores
+    monkeypatch.setattr(blas, "_own_running", lambda: 1)    # the other one is another process's
+    assert blas.idle_cores() == max(1, cores - 1)
+    monkeypatch.setattr(blas, "_own_running", lambda: None)  # no /proc/self/task: the caller only
+    assert blas.idle_cores() == max(1, cores - 1)
+    monkeypatch.setattr(blas, "_all_running", lambda: cores + 5)
+    assert blas.idle_cores() == 1                            # never fewer than one
+    monkeypatch.setattr(blas, "_all_running", lambda: None)  # no /proc/loadavg: all of them
+    assert blas.idle_cores() == cores
+
+
+def test_own_running_threads_count_the_caller_and_not_sleeping_threads():
+    import threading
+
+    from fastnn import blas
+
+    if not os.path.isdir("/proc/self/task"):
+        assert blas._own_running() is None      # then idle_cores counts the caller only
+        return
+    release = threading.Event()
+    sleepers = [threading.Thread(target=release.wait) for _ in range(3)]
+    for t in sleepers:
+        t.start()
+    try:
+        # the caller runs and counts; the three waiting threads sleep and do not
+        # (other threads of the test process may spin, a BLAS pool say)
+        tasks = len(os.listdir("/proc/self/task"))
+        assert 1 <= blas._own_running() <= tasks - len(sleepers)
+    finally:
+        release.set()
+        for t in sleepers:
+            t.join()
