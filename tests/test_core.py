@@ -585,3 +585,53 @@ def test_the_input_check_falls_back_to_numpy_without_the_compiled_core(monkeypat
     assert _validation.first_nonfinite_row(X) == 2500
     X[2500, 5] = 1
     assert _validation.first_nonfinite_row(X) == -1
+
+
+# Denormals: fastnn's epochs and forwards flush them to zero on x86-64 (FTZ and
+# DAZ), where each operation on one took a slow microcode path.
+FLUSHES = __import__("platform").machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_forward_flushes_denormals_and_gives_the_caller_its_mode_back(threads):
+    from fastnn import Network
+
+    net = Network([1, 1], output="identity", seed=0)
+    net.weights[0][...] = 1e-20
+    net.biases[0][...] = 0
+    X = np.full((4096, 1), 1e-20, np.float32)
+    with blas.thread_budget(threads):
+        out = net.forward(X)
+    # 1e-40 is a float32 denormal: flushed to 0 where the kernels flush
+    assert_array_equal(out, 0 if FLUSHES else np.float32(1e-20) * np.float32(1e-20))
+    # this thread's arithmetic keeps its denormals afterwards
+    assert np.float32(1e-38) * np.float32(0.5) == np.float32(5e-39)
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])       # 32 steps: m leaves the normals; 8: not yet
+def test_adam_s_moments_of_a_blank_input_decay_to_zero_not_into_denormals(batch_size):
+    from fastnn import Network
+
+    rng = np.random.default_rng(0)
+    X = rng.random((64, 3), dtype=np.float32)
+    X[:, 0] = 0                                      # a pixel blank in every image
+    y = rng.integers(0, 2, 64)
+    net = Network([3, 2], output="softmax", loss="cross_entropy", seed=0)
+    net.fit(X, y, epochs=1, batch_size=batch_size, optimizer="adam")
+    state = net.optimizer_state.state                # rows: gradient, m, v
+    flat = net.flat_params
+    w0 = (net.weights[0].ctypes.data - flat.ctypes.data) // flat.itemsize
+    dead = slice(w0, w0 + 2)                         # W[0, :]: its gradient is exactly 0
+    state[1, dead] = 1e-37
+    state[2, dead] = 1e-37
+    net.fit(X, y, epochs=1, batch_size=batch_size, optimizer="adam")
+    steps = 64 // batch_size
+    # m decays by beta1 = 0.9 a step: 0.9^8 * 1e-37 = 4.3e-38 is still normal,
+    # 0.9^32 * 1e-37 = 3.4e-39 is not and is flushed
+    m = np.float32(1e-37) * np.float32(0.9) ** steps
+    if FLUSHES and m < np.finfo(np.float32).tiny:
+        assert_array_equal(state[1, dead], 0)
+    else:
+        assert_allclose(state[1, dead], m, rtol=1e-4)
+    # v decays by 0.999 a step and stays normal: the state was the one set above
+    assert_allclose(state[2, dead], np.float32(1e-37) * np.float32(0.999) ** steps, rtol=1e-4)
