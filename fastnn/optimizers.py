@@ -113,6 +113,12 @@ class Optimizer:
         ``step(params, state, hyper, t)``, the NumPy update.
     full_batch : bool
         Whether each step must see the whole training set.
+    costly_step : bool
+        Whether the step costs a square root and a division per parameter
+        (Adam's): a dense network then trains on a team of threads that
+        split each batch's rows and each step's parameters, rather than on
+        one thread whose products alone use the other cores
+        (`fastnn.training.team_threads`).
     """
 
     name: str
@@ -121,6 +127,7 @@ class Optimizer:
     default_lr: float
     step: Callable
     full_batch: bool = False
+    costly_step: bool = False
 
     def __repr__(self) -> str:
         return f"Optimizer({self.name!r})"
@@ -141,10 +148,10 @@ OPTIMIZERS = {
         Optimizer("sgd", 0, 1, 3.0, _sgd),
         Optimizer("momentum", 1, 2, 0.3, _momentum),
         Optimizer("nesterov", 2, 2, 0.3, _nesterov),
-        Optimizer("adam", 3, 3, 1e-3, _adam),
+        Optimizer("adam", 3, 3, 1e-3, _adam, costly_step=True),
         # FANN's initial step size; torch.optim.Rprop's defaults otherwise
         Optimizer("rprop", 4, 3, 0.1, _rprop, full_batch=True),
-        Optimizer("adamw", 5, 3, 1e-3, _adamw),
+        Optimizer("adamw", 5, 3, 1e-3, _adamw, costly_step=True),
     ]
 }
 

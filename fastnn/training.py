@@ -410,22 +410,27 @@ def own_small_kernels(net):
     return net.backend == "cython" and not net.plan.spatial and net.compute_dtype == "float32"
 
 
-def team_threads(net, units=False, batch_size=1, fused=0):
-    """Threads that share each batch of an epoch: for a network with
+def team_threads(net, units=False, batch_size=1, fused=0, costly_step=False):
+    """Threads that share each batch of an epoch, splitting its rows, each
+    with a single-threaded BLAS: fastnn's threads for a network with
     convolution or pooling layers (much of whose work is outside the GEMMs),
-    fastnn's threads, each with a single-threaded BLAS; for a dense network
-    whose batches the fused epoch splits by the first layer's columns
-    (`fused`, see `fused_team`), up to `fused` of fastnn's threads; for one
-    whose batches the kernel splits by units (`units`, see `splits_units`),
-    one for every rows_per_units_thread() rows of a batch, up to fastnn's
-    threads; for another dense network one, whose GEMMs use the BLAS's
-    threads (see benchmarks/README.md, and `epoch_blas_threads`). A team
-    takes idle cores only (`blas.idle_cores_settled`): it meets at a barrier after
-    every step, so it goes at the pace of a thread that shares its core.
-    A fused or units team's weights do not depend on its size; a convolutional
-    network's team sums its threads' gradients, so its weights differ from
-    one thread's in the last bits."""
-    if net.backend != "cython" or not (net.plan.spatial or units or fused):
+    and for a float32 dense network whose optimizer's step is costly
+    (`costly_step`: Adam's square root and division per parameter, which the
+    team splits too, where one thread would take the whole step while the
+    BLAS's other threads wait). For a dense network whose batches the fused
+    epoch splits by the first layer's columns (`fused`, see `fused_team`),
+    up to `fused` of fastnn's threads; for one whose batches the kernel
+    splits by units (`units`, see `splits_units`), one for every
+    rows_per_units_thread() rows of a batch, up to fastnn's threads; for
+    another dense network one, whose GEMMs use the BLAS's threads (see
+    benchmarks/README.md, and `epoch_blas_threads`). A team takes idle cores
+    only (`blas.idle_cores_settled`): it meets at a barrier after every
+    step, so it goes at the pace of a thread that shares its core. A fused
+    or units team's weights do not depend on its size; a team that splits
+    rows sums its threads' gradients, so its weights differ from one
+    thread's in the last bits."""
+    rows_team = net.plan.spatial or (costly_step and own_small_kernels(net))
+    if net.backend != "cython" or not (rows_team or units or fused):
         return 1
     most = blas.get_num_threads()
     if fused:
@@ -555,7 +560,7 @@ class Trainer:
         augment = AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT)
         fused = fused_team(net, table, keep, opt.code, self._hyper(1.0), batch_size, chunk,
                            augment)
-        self.threads = threads = team_threads(net, units, batch_size, fused)
+        self.threads = threads = team_threads(net, units, batch_size, fused, opt.costly_step)
         # a fused or units team shares one chunk and gives the same weights
         # as one thread (TEAM_PACE picks the faster of the two each epoch);
         # one that splits rows gives each thread a chunk of its own

@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+import pytest
 from conftest import make_classification
 
 from fastnn import Network
@@ -86,7 +87,7 @@ def test_forward_in_many_threads_at_once_changes_no_thread_count_and_no_bit(monk
 
 
 def test_an_epoch_takes_only_idle_cores_for_its_blas_threads(monkeypatch):
-    # a dense network trained by Adam (the BLAS path): its epoch's products run on
+    # a dense network trained with momentum (the BLAS path): its epoch's products run on
     # at most the idle cores (OpenBLAS's threads wait for each other at every
     # product, so a busy core slows them all), and the count is back after it
     from fastnn import blas, training
@@ -107,7 +108,7 @@ def test_an_epoch_takes_only_idle_cores_for_its_blas_threads(monkeypatch):
             monkeypatch.setattr(blas, "idle_cores", lambda idle=idle: idle)
             seen.clear()
             Network([20, 32, int(y.max()) + 1], seed=0).fit(X, y, epochs=2, batch_size=64,
-                                                            optimizer="adam", lr=0.01)
+                                                            optimizer="momentum", lr=0.01)
             assert seen == [want, want]
             assert blas.blas_num_threads() == 2
     finally:
@@ -328,3 +329,46 @@ def test_own_running_threads_count_the_caller_and_not_sleeping_threads():
         release.set()
         for t in sleepers:
             t.join()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_a_dense_network_trained_by_adam_splits_its_batches_over_a_team(monkeypatch, optimizer):
+    """Adam's step costs a square root and a division per parameter: a
+    float32 dense network trained by it takes a team of the idle cores that
+    splits each batch's rows and each step's parameters (single-threaded
+    BLAS for each thread), with one thread's weights to round-off; momentum's
+    cheap step keeps one thread whose products use the BLAS's threads."""
+    from fastnn import blas, training
+    from fastnn.optimizers import get_optimizer
+
+    seen = []
+    run_epoch = training.run_epoch
+
+    def spy(kernel, args, *rest, **kwargs):
+        seen.append((args["n_threads"], blas.blas_num_threads()))
+        return run_epoch(kernel, args, *rest, **kwargs)
+
+    monkeypatch.setattr(training, "run_epoch", spy)
+    X, y = make_classification(n=300, n_features=20)
+    before = get_num_threads()
+    try:
+        set_num_threads(2)
+        nets = {}
+        for idle in (2, 1):
+            monkeypatch.setattr(blas, "idle_cores", lambda idle=idle: idle)
+            seen.clear()
+            net = Network([20, 32, 16, int(y.max()) + 1], seed=0, dtype="float32")
+            assert training.team_threads(net, costly_step=True) == idle
+            net.fit(X, y, epochs=2, batch_size=64, optimizer=optimizer, lr=0.01, dropout=0.1)
+            assert seen == [(idle, 1)] * 2      # each thread's BLAS single-threaded
+            nets[idle] = net
+        np.testing.assert_allclose(nets[2]._params, nets[1]._params, rtol=1e-4, atol=1e-6)
+        assert get_optimizer(optimizer).costly_step
+        assert not get_optimizer("momentum").costly_step
+        # float64 dense networks keep one thread (the team was measured in float32)
+        monkeypatch.setattr(blas, "idle_cores", lambda: 2)
+        assert training.team_threads(Network([20, 4, 3], seed=0), costly_step=True) == 2
+        assert training.team_threads(Network([20, 4, 3], seed=0, dtype="float64"),
+                                     costly_step=True) == 1
+    finally:
+        set_num_threads(before)
