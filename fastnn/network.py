@@ -684,7 +684,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                      and self._kernels.predicts_without_blas(table))
         out = np.empty((len(X), self.sizes[-1]), dtype=self.dtype)
         with blas.forward_team(chunks, self.plan.spatial, blas_free) as threads:
-            blas.prime(self.dtype)
+            if not blas_free:
+                blas.prime(self.dtype)
             work = np.empty(threads * self._kernels.workspace_size(table, chunk, bf16=self._bf16),
                             dtype=self.dtype)
             self._kernels.predict(X, self._params, table, self.slope, work, chunk, out, threads,

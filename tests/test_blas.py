@@ -197,12 +197,13 @@ def test_prime_runs_once_per_dtype_and_thread_count_and_only_on_a_single_threade
     monkeypatch.setattr(blas, "process_threads", lambda: 4)     # set_num_threads(4)
     blas.prime(np.dtype("float32"))
     assert calls[-1] == (4, False) and len(calls) == 3
-    # an epoch, a forward's team and fit_many prime on a single-threaded BLAS
+    # an epoch on the BLAS path, a forward's team and fit_many prime on a
+    # single-threaded BLAS
     calls.clear()
     monkeypatch.setattr(blas, "_primed", {})
     X, y = make_classification(n=100, n_features=8, n_classes=2, dtype=np.float32)
     with threadpool_limits(1):
-        Network([8, 6, 2], seed=0).fit(X, y, epochs=1, batch_size=10)
+        Network([8, 6, 2], seed=0).fit(X, y, epochs=1, batch_size=10, optimizer="momentum")
     assert calls == [(4, False)]
 
 
@@ -372,3 +373,24 @@ def test_a_dense_network_trained_by_adam_splits_its_batches_over_a_team(monkeypa
                                      costly_step=True) == 1
     finally:
         set_num_threads(before)
+
+
+def test_only_epochs_and_forwards_that_call_the_blas_prime_its_buffers(monkeypatch):
+    """blas.prime (3.5 ms the first time in a process) before an epoch or a
+    forward whose products run on the BLAS; not before the fused or units
+    epochs, nor a forward on fastnn's own kernels, which make no BLAS call."""
+    import fastnn._core
+    from fastnn import blas
+
+    calls = []
+    monkeypatch.setattr(blas, "prime", lambda dtype: calls.append(dtype))
+    X, y = make_classification(n=200, n_features=20)
+    net = Network([20, 16, int(y.max()) + 1], seed=0)
+    net.fit(X, y, epochs=2, batch_size=10, lr=0.1)             # small batches of plain SGD
+    assert len(calls) == (0 if fastnn._core.small_gemm_available() else 2)
+    calls.clear()
+    net.fit(X, y, epochs=2, batch_size=10, optimizer="momentum", lr=0.1)     # the BLAS path
+    assert len(calls) == 2
+    calls.clear()
+    net.forward(X)
+    assert len(calls) == (0 if fastnn._core.predicts_without_blas(net.plan.table()[0]) else 1)
