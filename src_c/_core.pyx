@@ -1555,6 +1555,38 @@ cdef void maxpool_backward_impl(const floating* D, const int32_t* argmax, floati
             d[argmax[i]] += D[i]
 
 
+cdef inline floating routed_grad(int act, floating slope, floating a, floating d) noexcept nogil:
+    """d * act'(z) for one entry, from the stored a = act(z): activation_grad_impl's rules."""
+    if act == SIGMOID:
+        return d * (a * (1 - a))
+    if act == TANH:
+        return d * (1 - a * a)
+    if act == RELU:
+        return d if a > 0 else 0
+    if act == LEAKY_RELU:
+        return d if a > 0 else slope * d
+    return d
+
+
+cdef void maxpool_backward_act(const floating* D, const int32_t* argmax, floating* dA,
+                               int act, floating slope, const floating* A,
+                               const Geometry* g, Py_ssize_t N) noexcept nogil:
+    """dA := (D routed to where each maximum was) * act'(z), A = act(z) the
+    pool's input: maxpool_backward_impl, then activation_grad_impl, in one
+    pass. act' multiplies only the routed entries (a quarter of dA for 2x2
+    pooling; the rest are 0 either way), each as it is added.
+    D, argmax (N, OH*OW*C), A, dA (N, H*W*C)."""
+    cdef Py_ssize_t n, i
+    cdef floating* d
+    cdef const floating* a
+    memset(dA, 0, N * g.n_in * sizeof(floating))
+    for n in range(N):
+        d = dA + n * g.n_in
+        a = A + n * g.n_in
+        for i in range(n * g.n_out, (n + 1) * g.n_out):
+            d[argmax[i]] += routed_grad(act, slope, a[argmax[i]], D[i])
+
+
 cdef void l2pool_forward_impl(const floating* A, floating* out, const Geometry* g,
                               Py_ssize_t N) noexcept nogil:
     """out := sqrt(sum x^2) over each window.  A (N, H*W*C), out (N, OH*OW*C)."""
@@ -1689,6 +1721,10 @@ cdef void backward_impl(const floating* params, Layout* lay, floating slope,
                                alpha, beta_w, beta_b, target + g.w_off, target + g.b_off,
                                work + g.colsum_off, bf)
         elif l == 0:
+            continue
+        elif g.kind == MAXPOOL2D and mask == NULL and act_in != IDENTITY:
+            maxpool_backward_act(D, <int32_t*> (work + g.idx_off), dA, act_in, slope,
+                                 work + lay.a_off[l], g, N)
             continue
         elif g.kind == MAXPOOL2D:
             maxpool_backward_impl(D, <int32_t*> (work + g.idx_off), dA, g, N)

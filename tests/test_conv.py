@@ -329,6 +329,9 @@ NETS = {
     "two_convs": [(5, 6, 3), Conv2D(2, 2, padding="same"), Conv2D(3, 3, stride=(1, 2)),
                   Dense(3)],
     "pool_first": [(6, 6, 1), MaxPool2D(3, stride=2), Conv2D(2, 2), Dense(3)],
+    # windows that overlap: an input's gradient adds up from several, each
+    # times its activation's derivative (maxpool_backward_act)
+    "conv_overlapping_maxpool": [(8, 7, 2), Conv2D(3, 3), MaxPool2D(3, stride=2), Dense(3)],
     "conv_output": [(6, 6, 2), Conv2D(4, 4, padding="same"), L2Pool2D(2), Conv2D(3, 3)],
 }
 
