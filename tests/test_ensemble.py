@@ -357,8 +357,13 @@ def test_ensemble_checkpoints_taken_while_the_networks_train_at_once_resume(tmp_
     real = train_command._Snapshots.save
 
     def save(self, k, write):
-        real(self, k, write)
-        copies.append((tmp_path / "e.safetensors").read_bytes())
+        # the file as each save wrote it, read under the save's lock: read after
+        # it, another network's save could come in between (seen under load)
+        def write_and_copy(ensemble):
+            write(ensemble)
+            copies.append((tmp_path / "e.safetensors").read_bytes())
+
+        real(self, k, write_and_copy)
 
     monkeypatch.setattr(train_command._Snapshots, "save", save)
     run = [*RUN[:-1], 2]                            # --threads 2
