@@ -60,7 +60,7 @@ column-major C^T = B^T @ A^T.
 """
 from cython cimport floating
 from libc.float cimport DBL_MIN, FLT_MIN
-from libc.math cimport exp, isfinite, log, logf, pow, sqrt, sqrtf, tanh, tanhf
+from libc.math cimport ceil, exp, isfinite, log, logf, pow, sqrt, sqrtf, tanh, tanhf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -552,9 +552,37 @@ cdef extern from *:
         for (Py_ssize_t i = 0; i < n; i++)
             a[i] = 1.0f / (1.0f + fastnn_expf(-a[i]));
     }
+
+    /* One row of float32 inverted dropout: entry j is kept where its uniform
+       u_j = (mix64(key + (j + 1) G) >> 11) / 2^53 (`uniform` in _core.pyx) is
+       below keep, which for these 53-bit integers is exactly
+       (mix64(...) >> 11) < below, below = ceil(keep 2^53); so the same masks
+       as the scalar loop, in 64-bit integer arithmetic that AVX-512's
+       vpmullq (x86-64-v4) and AVX2 vectorise. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    #define FASTNN_CLONES_DQ __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+    #else
+    #define FASTNN_CLONES_DQ
+    #endif
+    FASTNN_CLONES_DQ static void fastnn_dropout_row_f(const float* a, float* mask, float* out,
+                                                      Py_ssize_t n, uint64_t key,
+                                                      uint64_t below, float scale) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            uint64_t z = key + ((uint64_t) j + 1) * 0x9E3779B97F4A7C15ULL;
+            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+            z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+            z = z ^ (z >> 31);
+            float m = (z >> 11) < below ? scale : 0.0f;
+            mask[j] = m;
+            out[j] = a[j] * m;
+        }
+    }
     """
     float fastnn_expf(float x) noexcept nogil
     void sigmoid_f "fastnn_sigmoid_f"(float* a, Py_ssize_t n) noexcept nogil
+    void dropout_row_f "fastnn_dropout_row_f"(const float* a, float* mask, float* out,
+                                               Py_ssize_t n, uint64_t key, uint64_t below,
+                                               float scale) noexcept nogil
 
 
 cdef inline floating _exp(floating x) noexcept nogil:
@@ -1034,8 +1062,13 @@ cdef void dropout_impl(const floating* A, floating* mask, floating* out,
     cdef Py_ssize_t r, j
     cdef uint64_t key
     cdef floating scale = <floating> (1 / keep)
+    # u < keep for u = h / 2^53, h < 2^53 an integer: h < ceil(keep 2^53)
+    cdef uint64_t below = <uint64_t> ceil(keep * 9007199254740992.0)
     for r in range(N):
         key = row_key(seed, first + r, stream)
+        if floating is float:
+            dropout_row_f(A + r * O, mask + r * O, out + r * O, O, key, below, scale)
+            continue
         for j in range(O):
             mask[r * O + j] = scale if uniform(key, j) < keep else 0
             out[r * O + j] = A[r * O + j] * mask[r * O + j]

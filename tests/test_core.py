@@ -635,3 +635,24 @@ def test_adam_s_moments_of_a_blank_input_decay_to_zero_not_into_denormals(batch_
         assert_allclose(state[1, dead], m, rtol=1e-4)
     # v decays by 0.999 a step and stays normal: the state was the one set above
     assert_allclose(state[2, dead], np.float32(1e-37) * np.float32(0.999) ** steps, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.2, 0.7, 1e-9])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_masks_are_the_kernels_uniform_numbers_below_keep(rate, dtype):
+    """float32 rows take a vectorised loop that compares 53-bit integers with
+    ceil(keep 2^53) instead of u = h / 2^53 with keep: the same masks, bit
+    for bit, as [u < keep] / keep from the kernels' own random numbers, for
+    keeps that are multiples of 2^-53 (0.5, 0.75) and those that are not.
+    Rows of 1 to 67 entries cover every vector width's remainder."""
+    rng = np.random.default_rng(3)
+    keep = 1 - rate
+    for width in (1, 7, 16, 31, 67):
+        A = rand(rng, (5, width), dtype)
+        mask, out = np.empty_like(A), np.empty_like(A)
+        _core.dropout(A, rate, 12345, 40, 2, mask, out)
+        u = _core.random_uniform(12345, np.arange(40, 45, dtype=np.int64), 2, width)
+        scale = dtype(1 / keep)
+        want = np.where(u < keep, scale, dtype(0)).astype(dtype)
+        assert_array_equal(mask, want)
+        assert_array_equal(out, A * want)
