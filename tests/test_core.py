@@ -656,3 +656,37 @@ def test_dropout_masks_are_the_kernels_uniform_numbers_below_keep(rate, dtype):
         want = np.where(u < keep, scale, dtype(0)).astype(dtype)
         assert_array_equal(mask, want)
         assert_array_equal(out, A * want)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_float32_adam_steps_are_the_mixed_precision_formula_bit_for_bit(name):
+    """The float32 Adam step runs in a loop compiled for the CPU's vectors
+    (fastnn_adam_f): its moments in double, rounded once, the rest in
+    float32, no fused multiply-adds; the same bits as this NumPy transcript
+    of the formula, for lengths around every vector width."""
+    from fastnn._kernels import H_BETA1, H_BETA2, H_EPS, H_LR, H_WEIGHT_DECAY
+
+    rng = np.random.default_rng(5)
+    f32, f64 = np.float32, np.float64
+    for n in (1, 5, 8, 17, 33, 100):
+        p = rng.standard_normal(n).astype(f32)
+        state = (rng.standard_normal((3, n)) * 1e-2).astype(f32)
+        state[2] = np.abs(state[2])
+        hyper = hyper_array(3e-3, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.1)
+        want_p, m, v = p.copy(), state[1].copy(), state[2].copy()
+        for t in range(1, 4):
+            state[0] = g = (rng.standard_normal(n) * 1e-2).astype(f32)
+            _core.optimizer_step(OPTIMIZERS[name].code, p, state, hyper, t)
+            b1, b2, eps = f32(hyper[H_BETA1]), f32(hyper[H_BETA2]), f32(hyper[H_EPS])
+            if name == "adamw":
+                want_p = want_p * f32(1 - hyper[H_LR] * hyper[H_WEIGHT_DECAY])
+            step = f32(hyper[H_LR] / (1 - hyper[H_BETA1] ** t))
+            bc2 = f32(np.sqrt(1 - hyper[H_BETA2] ** t))
+            m = (m.astype(f64) + (1.0 - f64(b1)) * (g - m).astype(f64)).astype(f32)
+            v = ((b2 * v).astype(f64) + ((1.0 - f64(b2)) * g.astype(f64)) * g.astype(f64)
+                 ).astype(f32)
+            denom = np.sqrt(v) / bc2 + eps
+            want_p = want_p - step * (m / denom)
+            assert_array_equal(state[1], m)
+            assert_array_equal(state[2], v)
+            assert_array_equal(p, want_p)
