@@ -6,7 +6,9 @@ process: OpenBLAS's pthreads build (SciPy's) has no per-thread count (even
 ``openblas_set_num_threads_local`` sets the global one), so only
 ``set_num_threads`` (or threadpoolctl) changes it, never a computation.
 
-Training leaves the threading to BLAS. ``forward`` reads the count and
+Training runs a dense network's products on the BLAS's threads, or a team
+of fastnn's own threads on idle cores (small batches, convolutional
+networks, Adam: ``fastnn.training.team_threads``). ``forward`` reads the count and
 changes nothing: when the BLAS runs one thread, a team of fastnn's own
 threads (OpenMP) takes whole chunks of rows, each with single-threaded GEMMs
 (faster than splitting every GEMM, see benchmarks/README.md), and the teams
