@@ -568,7 +568,7 @@ class Trainer:
         self.pace = ((tuple(net.sizes), tuple(net.activations), batch_size, threads)
                      if one_chunk and threads > 1 else None)
         # the fused and units epochs make no BLAS call: no buffer to prime (the
-        # first prime of a process took 3.5 ms, a third of a small fit)
+        # first prime of a process took 2.7 ms, a tenth of a small fit)
         self.calls_blas = not one_chunk
         capacity = chunk if one_chunk else -(-chunk // threads)
         kernels = net.kernels

@@ -580,7 +580,7 @@ cdef extern from *:
 
     /* Adam's float32 step (optimizer_step_impl), compiled for AVX-512, AVX2
        and the baseline: the square root and two divisions per parameter
-       took 1.4 ns a parameter on SSE2, in L2. The moments are updated in
+       took 1.2 ns a parameter on SSE2, in L2 too. The moments are updated in
        double and rounded once, as the Cython loop it replaces computed them
        (its constant 1 - b1 is a double there), so the bits are the same:
          m := m + (1 - b1)(g - m);  v := b2 v + (1 - b2) g g;

@@ -376,7 +376,7 @@ def test_a_dense_network_trained_by_adam_splits_its_batches_over_a_team(monkeypa
 
 
 def test_only_epochs_and_forwards_that_call_the_blas_prime_its_buffers(monkeypatch):
-    """blas.prime (3.5 ms the first time in a process) before an epoch or a
+    """blas.prime (2.7 ms the first time in a process) before an epoch or a
     forward whose products run on the BLAS; not before the fused or units
     epochs, nor a forward on fastnn's own kernels, which make no BLAS call."""
     import fastnn._core
