@@ -1096,28 +1096,40 @@ cdef void dropout_impl(const floating* A, floating* mask, floating* out,
             out[r * O + j] = A[r * O + j] * mask[r * O + j]
 
 
-cdef void activation_grad_impl(int act, floating slope, const floating* A,
-                               floating* D, Py_ssize_t n) noexcept nogil:
-    """D := D * act'(z), with act' written in terms of the stored a = act(z).
-
-    sigmoid' = a (1 - a), tanh' = 1 - a^2, relu' = [a > 0],
+cdef inline floating act_grad(int act, floating slope, floating a, floating d) noexcept nogil:
+    """d * act'(z) for one entry, with act' written in terms of the stored
+    a = act(z): sigmoid' = a (1 - a), tanh' = 1 - a^2, relu' = [a > 0],
     leaky_relu' = 1 if a > 0 else slope (slope >= 0 keeps the sign of z).
     Softmax is an output-only activation; its Jacobian is applied in
-    output_delta_impl.
-    """
+    output_delta_impl."""
+    if act == SIGMOID:
+        return d * (a * (1 - a))
+    if act == TANH:
+        return d * (1 - a * a)
+    if act == RELU:
+        return d if a > 0 else 0
+    if act == LEAKY_RELU:
+        return d if a > 0 else slope * d
+    return d
+
+
+cdef void activation_grad_impl(int act, floating slope, const floating* A,
+                               floating* D, Py_ssize_t n) noexcept nogil:
+    """D := D * act'(z) elementwise (act_grad), one loop per activation so
+    that each is compiled, and vectorised, for its own formula."""
     cdef Py_ssize_t i
     if act == SIGMOID:
         for i in range(n):
-            D[i] = D[i] * (A[i] * (1 - A[i]))
+            D[i] = act_grad(SIGMOID, slope, A[i], D[i])
     elif act == TANH:
         for i in range(n):
-            D[i] = D[i] * (1 - A[i] * A[i])
+            D[i] = act_grad(TANH, slope, A[i], D[i])
     elif act == RELU:
         for i in range(n):
-            D[i] = D[i] if A[i] > 0 else 0
+            D[i] = act_grad(RELU, slope, A[i], D[i])
     elif act == LEAKY_RELU:
         for i in range(n):
-            D[i] = D[i] if A[i] > 0 else slope * D[i]
+            D[i] = act_grad(LEAKY_RELU, slope, A[i], D[i])
 
 
 cdef double output_delta_impl(int loss, int act, floating slope,
@@ -1610,19 +1622,6 @@ cdef void maxpool_backward_impl(const floating* D, const int32_t* argmax, floati
             d[argmax[i]] += D[i]
 
 
-cdef inline floating routed_grad(int act, floating slope, floating a, floating d) noexcept nogil:
-    """d * act'(z) for one entry, from the stored a = act(z): activation_grad_impl's rules."""
-    if act == SIGMOID:
-        return d * (a * (1 - a))
-    if act == TANH:
-        return d * (1 - a * a)
-    if act == RELU:
-        return d if a > 0 else 0
-    if act == LEAKY_RELU:
-        return d if a > 0 else slope * d
-    return d
-
-
 cdef void maxpool_backward_act(const floating* D, const int32_t* argmax, floating* dA,
                                int act, floating slope, const floating* A,
                                const Geometry* g, Py_ssize_t N) noexcept nogil:
@@ -1639,7 +1638,7 @@ cdef void maxpool_backward_act(const floating* D, const int32_t* argmax, floatin
         d = dA + n * g.n_in
         a = A + n * g.n_in
         for i in range(n * g.n_out, (n + 1) * g.n_out):
-            d[argmax[i]] += routed_grad(act, slope, a[argmax[i]], D[i])
+            d[argmax[i]] += act_grad(act, slope, a[argmax[i]], D[i])
 
 
 cdef void l2pool_forward_impl(const floating* A, floating* out, const Geometry* g,
