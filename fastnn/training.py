@@ -397,16 +397,17 @@ def fused_team(net, table, keep, optimizer, hyper, batch_size, chunk, augment):
     a float32 dense network, plain SGD, on smallgemm.h's kernels: up to 64
     rows with AVX-512, small_rows with AVX2) splits a batch among, by
     columns of its first layer; 0 where a team would not take it."""
-    if not own_small_kernels(net):
+    if not compiled_float32_dense(net):
         return 0
     return net.kernels.fused_team(table, chunk, keep, optimizer, hyper, batch_size, augment)
 
 
-def own_small_kernels(net):
-    """Whether net's small batches may take fastnn's own small-batch epochs
-    (train_fused_impl, train_units_impl): a float32 dense network on the
-    compiled kernels. A bfloat16 network never does: its products go
-    through _core.gemm_bf16."""
+def compiled_float32_dense(net):
+    """Whether net is a float32 dense network on the compiled kernels: the
+    networks that may take fastnn's own small-batch epochs
+    (train_fused_impl, train_units_impl) and the team that splits an Adam
+    step. A bfloat16 network is not: its products go through
+    _core.gemm_bf16."""
     return net.backend == "cython" and not net.plan.spatial and net.compute_dtype == "float32"
 
 
@@ -429,7 +430,7 @@ def team_threads(net, units=False, batch_size=1, fused=0, costly_step=False):
     or units team's weights do not depend on its size; a team that splits
     rows sums its threads' gradients, so its weights differ from one
     thread's in the last bits."""
-    rows_team = net.plan.spatial or (costly_step and own_small_kernels(net))
+    rows_team = net.plan.spatial or (costly_step and compiled_float32_dense(net))
     if net.backend != "cython" or not (rows_team or units or fused):
         return 1
     most = blas.get_num_threads()
@@ -519,8 +520,8 @@ def splits_units(net, table, optimizer, hyper, batch_size, chunk):
     """Whether the kernel's team splits every layer's units among its threads
     (_core.train_units_impl: small batches of a float32 dense network, plain
     SGD; the parameters are the same for any number of threads; see
-    own_small_kernels)."""
-    return (own_small_kernels(net)
+    compiled_float32_dense)."""
+    return (compiled_float32_dense(net)
             and bool(net.kernels.units_threads(table, chunk, optimizer, hyper, batch_size)))
 
 
