@@ -2397,7 +2397,8 @@ cdef inline Py_ssize_t fused_columns(const Geometry* g0, Py_ssize_t t,
 cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_weight,
                           const int64_t* order, Py_ssize_t n, float* params, float* padded,
                           float* work, float* XT, float* S, int64_t* sync,
-                          float* shared_work, bint split, Layout* lay, float slope, int loss,
+                          float* shared_work, bint split, float* team_params,
+                          float* team_padded, Layout* lay, float slope, int loss,
                           Py_ssize_t batch_size, const double* hyper, int64_t* control,
                           Shared* shared, Team* team) noexcept nogil:
     """train_units_impl's SGD epoch, with the first layer's columns split
@@ -2430,8 +2431,14 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     fused_split), each thread takes only its share of the batch's rows
     through the later layers' forward pass and deltas (delta_1 for all
     columns), into shared_work (lay's offsets; rows of their own); then a
-    second barrier, and every thread's steps read every row.
-    Each thread keeps its columns of W_0 in its own cache, and its copies of
+    second barrier, and each thread steps its share of every later layer's
+    columns (fused_columns), reading every row. The later layers are then
+    the team's one copy, team_params and team_padded (the epoch's own):
+    no thread reads W_l while another steps it (the deltas come before the
+    second barrier, the next batch's forward after the next first one).
+    Without split, every thread keeps its own copy of the later layers and
+    steps all of it (no second barrier).
+    Each thread keeps its columns of W_0 in its own cache, and any copies of
     the rest agree with the other threads' bit for bit: the same products
     (smallgemm.h's, whose entries do not depend on the block they fall in)
     on the same operands. So the parameters are those of train_units_impl,
@@ -2440,7 +2447,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     first) or a loss that is not finite (seen by every thread, or shared
     before the second) ends the epoch before the step.
     """
-    cdef Py_ssize_t k, l, r, j, start, m, nxt, I, O, ldi, i0, i1, q0, q1, mq
+    cdef Py_ssize_t k, l, r, j, j0, j1, start, m, nxt, I, O, ldi, i0, i1, q0, q1, mq
     cdef Py_ssize_t L = lay.n_layers
     cdef Py_ssize_t t = team.id, T = team.size
     cdef Geometry* g0 = &lay.layer[0]
@@ -2452,6 +2459,8 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     cdef float* W0 = padded + g0.wp_off             # (I0, lds)
     cdef float* A0 = work + lay.a_off[0]            # (m, I0): the batch's rows, row-major
     cdef float* lw = shared_work if split else work  # the later layers' A_l and D_l
+    cdef float* lpar = team_params if split else params    # the later layers' b_l
+    cdef float* lpad = team_padded if split else padded    # and W_l (padded)
     cdef float* Yb = work + lay.y_off               # (m, n_out)
     cdef float* swb = work + lay.sw_off if sample_weight != NULL else NULL
     cdef float* Z                                   # (m, lds): A_1, this batch's half of S
@@ -2512,9 +2521,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
             dst = lw + lay.a_off[l + 1]
             for r in range(q0, q1):
                 for j in range(O):
-                    dst[r * O + j] = params[g.b_off + j]
+                    dst[r * O + j] = lpar[g.b_off + j]
             if mq > 0:
-                sg_gemm(mq, O, I, 1, src + q0 * ldi, ldi, 1, padded + g.wp_off, g.ldw, 1,
+                sg_gemm(mq, O, I, 1, src + q0 * ldi, ldi, 1, lpad + g.wp_off, g.ldw, 1,
                         dst + q0 * O, O)
                 activate_impl(g.act, slope, dst + q0 * O, mq, O)
         chunk_loss = 0
@@ -2538,7 +2547,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
             I = g.n_in
             O = g.n_out
             D = lw + lay.d_off[l + 1]
-            W = padded + g.wp_off
+            W = lpad + g.wp_off
             dA = lw + lay.d_off[l]
             src = Z if l == 1 else lw + lay.a_off[l]
             ldi = lds if l == 1 else I
@@ -2563,10 +2572,13 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
                 src = Z if l == 1 else lw + lay.a_off[l]
                 ldi = lds if l == 1 else g.n_in
                 D = lw + lay.d_off[l + 1]
-                sg_gemm(g.n_in, g.n_out, m, alpha, src, 1, ldi, D, g.n_out, beta_w,
-                        padded + g.wp_off, g.ldw)
-                bias_range_impl(D, alpha, <float> 1, params + g.b_off, work + g.colsum_off, m,
-                                g.n_out, 0, g.n_out)
+                j0 = fused_columns(g, t, T)
+                j1 = fused_columns(g, t + 1, T)
+                if j1 > j0:
+                    sg_gemm(g.n_in, j1 - j0, m, alpha, src, 1, ldi, D + j0, g.n_out, beta_w,
+                            lpad + g.wp_off + j0, g.ldw)
+                    bias_range_impl(D, alpha, <float> 1, lpar + g.b_off, work + g.colsum_off,
+                                    m, g.n_out, j0, j1)
         # backward, first layer: this thread's columns
         if c1 > c0:
             D = lw + lay.d_off[1]
@@ -2592,7 +2604,8 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
     its region (stride floats from thread to thread; fused_region) starts
     as a copy of params and of padded (w_size floats); afterwards its
     columns of the first layer, and thread 0's copy of the other layers, go
-    back there. Denormals are flushed to zero (see train_epoch)."""
+    back there (with split the team steps the other layers in params and
+    padded themselves). Denormals are flushed to zero (see train_epoch)."""
     cdef Team team
     cdef int mine
     cdef unsigned int fp = flush_denormals()
@@ -2608,7 +2621,7 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
     memcpy(own + w_off, padded, w_size * sizeof(float))
     mine = train_fused_impl(X, Y, sample_weight, order, n, own, own + w_off,
                             own + w_off + w_size, own + x_off, S, sync, shared_work, split,
-                            lay, slope, loss,
+                            params, padded, lay, slope, loss,
                             batch_size, hyper, control, shared, &team)
     barrier()
     g = &lay.layer[0]
@@ -2621,6 +2634,7 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
         memcpy(params + g.b_off + c0, own + g.b_off + c0, (c1 - c0) * sizeof(float))
     if team.id == 0:
         status[0] = mine
+    if team.id == 0 and not split:       # with split the team stepped them in place
         for l in range(1, lay.n_layers):
             g = &lay.layer[l]
             memcpy(padded + g.wp_off, own + w_off + g.wp_off, g.n_in * g.ldw * sizeof(float))

@@ -104,6 +104,8 @@ CASES = {
     "batch-47": (dict(sizes=[64, 100, 10]), dict(lr=0.5, batch_size=47)),
     "mid-64": (dict(sizes=[200, 64, 32, 10], activation="relu", output="softmax",
                     loss="cross_entropy"), dict(lr=0.1, batch_size=64)),
+    "deep-l2": (dict(sizes=[256, 64, 40, 12, 10], activation="tanh"),
+                dict(lr=0.3, batch_size=12, l2=0.01)),
 }
 
 
@@ -153,10 +155,15 @@ def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threa
     assert both.history["accuracy"] == units.history["accuracy"]
 
 
-def test_a_team_of_more_threads_than_column_groups_trains_the_same(isa, fused):
+@pytest.mark.parametrize("rows_split", [False, True])
+def test_a_team_of_more_threads_than_column_groups_trains_the_same(isa, fused, split,
+                                                                    rows_split):
     """Three threads on [64, 30, 10]'s two groups (through the kernel: fit
     caps a team at the groups): the third has no columns of its own, and
-    still every batch's barrier and later layers."""
+    still every batch's barrier and later layers; with the later layers'
+    rows split, no columns of the later layers' steps either."""
+    if rows_split:
+        split(0)
     X, y = data()
     # through the kernel directly: fit caps a team at the column groups
     table, keep = fastnn.Network([64, 30, 10], seed=5).plan.table(None, None)
