@@ -791,6 +791,23 @@ cdef bint native_bf16_on = amx_ok() != 0
 # fastnn.blas passes on whenever it changes it (set_bf16_threads): 1 while
 # the BLAS is held to one thread (a team, whose threads each run their own).
 cdef int bf16_threads = default_threads()
+# A bfloat16 network's passes between its products (bias, activation and its
+# derivative, bias gradient, the batch's rows) split over those same threads
+# from this many entries on: the products alone ran on the team, and these
+# passes, a third of wide's batch, on one thread while the other spun.
+cdef Py_ssize_t EW_SPLIT = 1 << 15
+
+
+cdef inline int ew_threads(const floating* bf, Py_ssize_t entries) noexcept nogil:
+    """The threads a pass of `entries` entries between a bfloat16 network's
+    products takes (bf: its scratch, else NULL): amxgemm.h's team, where its
+    products run natively on more than one thread; else 1. Each thread takes
+    whole rows (or columns) and computes them as one thread does: the same
+    bits on any count."""
+    if floating is float:
+        if bf != NULL and native_bf16_on and bf16_threads > 1 and entries >= EW_SPLIT:
+            return bf16_threads
+    return 1
 
 
 cdef inline Py_ssize_t max3(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) noexcept nogil:
@@ -1009,10 +1026,19 @@ cdef void linear_forward_impl(const floating* A, const floating* W,
     predicting: a forward outside training, which takes smallgemm.h's
     kernels at any N where small_predict() says so.
     """
-    cdef Py_ssize_t r, j
-    for r in range(N):
-        for j in range(O):
-            Z[r * O + j] = b[j]
+    cdef Py_ssize_t r, j, r0, r1
+    cdef int T = ew_threads(bf, N * O)
+    if T > 1:
+        with parallel(num_threads=T):
+            r0 = share(N, thread_id(), team_size(), 1)
+            r1 = share(N, thread_id() + 1, team_size(), 1)
+            for r in range(r0, r1):
+                for j in range(O):
+                    Z[r * O + j] = b[j]
+    else:
+        for r in range(N):
+            for j in range(O):
+                Z[r * O + j] = b[j]
     if floating is float:
         if (small(N, I * O) or (predicting and small_predict(I * O))) and bf == NULL:
             sg_gemm(N, O, I, 1, A, I, 1, W, O, 1, Z, O)
@@ -1094,6 +1120,19 @@ cdef void dropout_impl(const floating* A, floating* mask, floating* out,
         for j in range(O):
             mask[r * O + j] = scale if uniform(key, j) < keep else 0
             out[r * O + j] = A[r * O + j] * mask[r * O + j]
+
+
+cdef void activate_rows(int act, floating slope, floating* A, Py_ssize_t N, Py_ssize_t O,
+                        int T) noexcept nogil:
+    """activate_impl on T threads (ew_threads), each its share of the rows."""
+    cdef Py_ssize_t r0, r1
+    if T <= 1:
+        activate_impl(act, slope, A, N, O)
+        return
+    with parallel(num_threads=T):
+        r0 = share(N, thread_id(), team_size(), 1)
+        r1 = share(N, thread_id() + 1, team_size(), 1)
+        activate_impl(act, slope, A + r0 * O, r1 - r0, O)
 
 
 cdef inline floating act_grad(int act, floating slope, floating a, floating d) noexcept nogil:
@@ -1228,6 +1267,14 @@ cdef void hidden_delta_impl(const floating* D_next, const floating* W_next,
         # column-major out^T (I, N) = W_next (I, O) @ D_next^T (O, N)
         gemm(c'T', c'N', <int> I, <int> N, <int> O, 1, W_next, <int> O, D_next,
              <int> O, 0, out, <int> I, bf)
+    cdef Py_ssize_t r0, r1
+    cdef int T = ew_threads(bf, N * I)
+    if T > 1 and mask == NULL:
+        with parallel(num_threads=T):
+            r0 = share(N, thread_id(), team_size(), 1)
+            r1 = share(N, thread_id() + 1, team_size(), 1)
+            activation_grad_impl(act, slope, A + r0 * I, out + r0 * I, (r1 - r0) * I)
+        return
     activation_grad_impl(act, slope, A, out, N * I)
     if mask != NULL:
         for i in range(N * I):
@@ -1283,6 +1330,17 @@ cdef void param_update_impl(const floating* A, const floating* D,
         # column-major W^T (O, I) = alpha D^T (O, N) @ A (N, I) + beta_w W^T
         gemm(c'N', c'T', <int> O, <int> I, <int> N, alpha, D, <int> O, A, <int> I,
              beta_w, W, <int> O, bf)
+    cdef Py_ssize_t j0, j1
+    cdef Py_ssize_t skew = (<size_t> colsum // sizeof(floating)) % LINE_FLOATS
+    cdef int T = ew_threads(bf, N * O)
+    if T > 1:
+        # each thread whole columns, each summed over the rows in order; the
+        # shares split where colsum's 64-byte lines do (each row adds to them)
+        with parallel(num_threads=T):
+            j0 = max(share(O + skew, thread_id(), team_size(), LINE_FLOATS) - skew, 0)
+            j1 = max(share(O + skew, thread_id() + 1, team_size(), LINE_FLOATS) - skew, 0)
+            bias_range_impl(D, alpha, beta_b, b, colsum, N, O, j0, j1)
+        return
     bias_update_impl(D, alpha, beta_b, b, colsum, N, O)
 
 
@@ -1724,7 +1782,7 @@ cdef void forward_impl(const floating* params, Layout* lay, floating slope,
         if g.kind == DENSE:
             linear_forward_impl(src, params + g.w_off, params + g.b_off, dst, N, g.n_in,
                                 g.n_out, bf, not training)
-            activate_impl(g.act, slope, dst, N, g.n_out)
+            activate_rows(g.act, slope, dst, N, g.n_out, ew_threads(bf, N * g.n_out))
         elif g.kind == CONV2D:
             conv_forward_impl(src, params + g.w_off, params + g.b_off, dst,
                               work + lay.col_off, g, N, slope, bf)

@@ -184,8 +184,8 @@ DENSE_NET = [30, 24, 16, 3]
 
 
 def _args(sizes, n=40, batch=8, capacity=None, optimizer="adam", augment=_kernels.NO_AUGMENT,
-          dropout=None, seed=6):
-    plan = Plan.parse(sizes, activation="relu", output="softmax")
+          dropout=None, seed=6, activation="relu"):
+    plan = Plan.parse(sizes, activation=activation, output="softmax")
     table, keep = plan.table(dropout, (8, 8, 2) if augment == _kernels.SHIFT else None)
     rng = np.random.default_rng(seed)
     X = rng.random((n, plan.sizes[0])).astype(np.float32)
@@ -338,6 +338,33 @@ def test_a_product_is_the_same_on_any_bf16_thread_count(bf16_path, M, K, N):
         finally:
             _core.set_bf16_threads(previous)
         out.append(C)
+    assert_array_equal(out[0], out[1])
+    assert_array_equal(out[0], out[2])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_an_epoch_is_the_same_bits_on_any_bf16_thread_count(bf16_path, activation, optimizer):
+    # natively, the passes between a bfloat16 network's products (the bias,
+    # the activation and its derivative, the bias gradient) split over the
+    # products' threads from _core's EW_SPLIT (32,768) entries on, each
+    # thread whole rows or columns: 128 rows x 300 units are split, x 130 not
+    args = _args([64, 300, 130, 3], n=300, batch=128, optimizer=optimizer,
+                 activation=activation)
+    out = []
+    for threads in (1, 2, 3):
+        run = {**args, "params": args["params"].copy(), "state": args["state"].copy(),
+               "control": args["control"].copy(), "n_threads": 1, "bf16": True}
+        run["work"] = np.empty(_core.workspace_size(args["table"], args["capacity"],
+                                                    args["keep"], 1, bf16=True), np.float32)
+        previous = _core.set_bf16_threads(threads)
+        try:
+            status, loss, _ = _core.train_epoch(**run)
+        finally:
+            _core.set_bf16_threads(previous)
+        assert status == _kernels.DONE and np.isfinite(loss)
+        out.append(run["params"])
+    assert not np.array_equal(out[0], args["params"])
     assert_array_equal(out[0], out[1])
     assert_array_equal(out[0], out[2])
 
