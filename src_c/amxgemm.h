@@ -162,19 +162,22 @@ static void amx_pack_tile(const float* X, ptrdiff_t sx, ptrdiff_t sp, ptrdiff_t 
     fastnn_transpose16(v, t, AMX_T);
 }
 
-/* C[i + j*ldc] := alpha T[j][i] + beta C[i + j*ldc] for the tile at (i0, j0). */
+/* C[i + j*ldc] := alpha T[j][i] + beta C[i + j*ldc] for the tile at (i0, j0):
+   alpha T and beta C each rounded, then their sum, as the scalar loop this
+   replaced computed them (beta == 0: C is not read); a row of the tile a
+   vector, masked at C's edge. */
+__attribute__((target("avx512f,avx512bw")))
 static void amx_store(const float T[AMX_T][AMX_T], float* C, ptrdiff_t ldc, ptrdiff_t i0,
                       ptrdiff_t j0, ptrdiff_t m, ptrdiff_t n, float alpha, float beta) {
-    const ptrdiff_t ni = m - i0 < AMX_T ? m - i0 : AMX_T;
     const ptrdiff_t nj = n - j0 < AMX_T ? n - j0 : AMX_T;
+    const __mmask16 mask = amx_mask(m - i0);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     for (ptrdiff_t r = 0; r < nj; r++) {
         float* c = C + (j0 + r) * ldc + i0;
-        if (beta == 0.0f)
-            for (ptrdiff_t q = 0; q < ni; q++)
-                c[q] = alpha * T[r][q];
-        else
-            for (ptrdiff_t q = 0; q < ni; q++)
-                c[q] = alpha * T[r][q] + beta * c[q];
+        __m512 v = _mm512_mul_ps(va, _mm512_load_ps(T[r]));
+        if (beta != 0.0f)
+            v = _mm512_add_ps(v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask, c)));
+        _mm512_mask_storeu_ps(c, mask, v);
     }
 }
 
