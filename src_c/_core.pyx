@@ -782,6 +782,12 @@ cdef extern from "amxgemm.h":
                                     const float* B, Py_ssize_t sbp, Py_ssize_t sbj,
                                     float beta, float* C, Py_ssize_t ldc,
                                     float* scratch, int threads) noexcept nogil
+    void amx_gemm_epi "fastnn_amx_gemm_epi"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                            float alpha, const float* A, Py_ssize_t sai,
+                                            Py_ssize_t sap, const float* B, Py_ssize_t sbp,
+                                            Py_ssize_t sbj, float beta, float* C,
+                                            Py_ssize_t ldc, float* scratch, int threads,
+                                            const float* bias, int relu) noexcept nogil
 
 
 # Whether gemm_bf16 multiplies on AMX tiles (amxgemm.h) rather than emulating:
@@ -1014,20 +1020,30 @@ cdef void gather_chunk(const input_t* X, const floating* Y, const floating* samp
             swb[r] = sample_weight[rows[r]]
 
 
-cdef void linear_forward_impl(const floating* A, const floating* W,
+cdef bint linear_forward_impl(const floating* A, const floating* W,
                               const floating* b, floating* Z, Py_ssize_t N,
-                              Py_ssize_t I, Py_ssize_t O, floating* bf,
+                              Py_ssize_t I, Py_ssize_t O, int act, floating* bf,
                               bint predicting) noexcept nogil:
-    """Z := A @ W + b.  A (N, I), W (I, O), b (O,), Z (N, O).
+    """Z := A @ W + b, and act(Z) where it returns True.  A (N, I),
+    W (I, O), b (O,), Z (N, O).
 
     The bias is folded into the GEMM: Z's rows are prefilled with b and
-    GEMM runs with beta = 1. bf: a bfloat16 network's scratch (gemm_bf16),
-    else NULL; a bfloat16 network never takes smallgemm.h's kernels.
-    predicting: a forward outside training, which takes smallgemm.h's
-    kernels at any N where small_predict() says so.
+    GEMM runs with beta = 1; a bfloat16 network's product on AMX adds b, and
+    applies act if it is ReLU (or the identity), as it stores each tile of Z
+    (amxgemm.h: the same bits, with no passes over Z). Otherwise the caller
+    applies act (the function returns False). bf: a bfloat16 network's
+    scratch (gemm_bf16), else NULL; a bfloat16 network never takes
+    smallgemm.h's kernels. predicting: a forward outside training, which
+    takes smallgemm.h's kernels at any N where small_predict() says so.
     """
     cdef Py_ssize_t r, j, r0, r1
     cdef int T = ew_threads(bf, N * O)
+    if floating is float:
+        if bf != NULL and native_bf16_on:
+            # column-major Z^T (O, N) := W^T (O, I) @ A^T (I, N) + b
+            amx_gemm_epi(O, N, I, 1, W, 1, O, A, 1, I, 0, Z, O, bf, bf16_threads, b,
+                         act == RELU)
+            return act == RELU or act == IDENTITY
     if T > 1:
         with parallel(num_threads=T):
             r0 = share(N, thread_id(), team_size(), 1)
@@ -1042,10 +1058,11 @@ cdef void linear_forward_impl(const floating* A, const floating* W,
     if floating is float:
         if (small(N, I * O) or (predicting and small_predict(I * O))) and bf == NULL:
             sg_gemm(N, O, I, 1, A, I, 1, W, O, 1, Z, O)
-            return
+            return False
     # column-major Z^T (O, N) += W^T (O, I) @ A^T (I, N)
     gemm(c'N', c'N', <int> O, <int> N, <int> I, 1, W, <int> O, A, <int> I,
          1, Z, <int> O, bf)
+    return False
 
 
 cdef void activate_flat(int act, floating slope, floating* a, Py_ssize_t n) noexcept nogil:
@@ -1780,9 +1797,9 @@ cdef void forward_impl(const floating* params, Layout* lay, floating slope,
             src = A0
         dst = A_out if l == L - 1 else work + lay.a_off[l + 1]
         if g.kind == DENSE:
-            linear_forward_impl(src, params + g.w_off, params + g.b_off, dst, N, g.n_in,
-                                g.n_out, bf, not training)
-            activate_rows(g.act, slope, dst, N, g.n_out, ew_threads(bf, N * g.n_out))
+            if not linear_forward_impl(src, params + g.w_off, params + g.b_off, dst, N,
+                                       g.n_in, g.n_out, g.act, bf, not training):
+                activate_rows(g.act, slope, dst, N, g.n_out, ew_threads(bf, N * g.n_out))
         elif g.kind == CONV2D:
             conv_forward_impl(src, params + g.w_off, params + g.b_off, dst,
                               work + lay.col_off, g, N, slope, bf)
@@ -3200,7 +3217,8 @@ def linear_forward(const floating[:, ::1] A, const floating[:, ::1] W,
     if N == 0:
         return
     with nogil:
-        linear_forward_impl(&A[0, 0], &W[0, 0], &b[0], &out[0, 0], N, I, O, NULL, False)
+        linear_forward_impl(&A[0, 0], &W[0, 0], &b[0], &out[0, 0], N, I, O, IDENTITY, NULL,
+                            False)
 
 
 def round_bf16(const float[::1] x, float[::1] out):

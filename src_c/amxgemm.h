@@ -165,18 +165,26 @@ static void amx_pack_tile(const float* X, ptrdiff_t sx, ptrdiff_t sp, ptrdiff_t 
 /* C[i + j*ldc] := alpha T[j][i] + beta C[i + j*ldc] for the tile at (i0, j0):
    alpha T and beta C each rounded, then their sum, as the scalar loop this
    replaced computed them (beta == 0: C is not read); a row of the tile a
-   vector, masked at C's edge. */
+   vector, masked at C's edge. With bias (beta 0): alpha T + bias[i] instead,
+   what a C prefilled with the bias and beta 1 gave for alpha 1; relu: then
+   max(., 0), 0 for a NaN as fastnn's ReLU gives. */
 __attribute__((target("avx512f,avx512bw")))
 static void amx_store(const float T[AMX_T][AMX_T], float* C, ptrdiff_t ldc, ptrdiff_t i0,
-                      ptrdiff_t j0, ptrdiff_t m, ptrdiff_t n, float alpha, float beta) {
+                      ptrdiff_t j0, ptrdiff_t m, ptrdiff_t n, float alpha, float beta,
+                      const float* bias, int relu) {
     const ptrdiff_t nj = n - j0 < AMX_T ? n - j0 : AMX_T;
     const __mmask16 mask = amx_mask(m - i0);
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    const __m512 b = bias != NULL ? _mm512_maskz_loadu_ps(mask, bias + i0) : _mm512_setzero_ps();
     for (ptrdiff_t r = 0; r < nj; r++) {
         float* c = C + (j0 + r) * ldc + i0;
         __m512 v = _mm512_mul_ps(va, _mm512_load_ps(T[r]));
-        if (beta != 0.0f)
+        if (bias != NULL)
+            v = _mm512_add_ps(v, b);
+        else if (beta != 0.0f)
             v = _mm512_add_ps(v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask, c)));
+        if (relu)       /* MAXPS gives its second operand, +0, for a NaN or -0 */
+            v = _mm512_max_ps(v, _mm512_setzero_ps());
         _mm512_mask_storeu_ps(c, mask, v);
     }
 }
@@ -193,12 +201,15 @@ struct amx_config {
    is 1); scratch holds fastnn_amx_scratch(m, n, k) floats. On `threads`
    OpenMP threads (one inside another team's region), which share the packing
    (tile by tile) and then the 32 x 32 blocks of C, each on its own tiles.
+   bias (m,), with beta 0: C := alpha bf16(op(A)) bf16(op(B)) + bias[i] for
+   each column, and relu: max(., 0) after (a dense layer's forward, its
+   bias and ReLU in the store: amx_store); NULL and 0: neither.
    Only where fastnn_amx_available(). */
-AMX_TARGET static void fastnn_amx_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
-                                       const float* A, ptrdiff_t sai, ptrdiff_t sap,
-                                       const float* B, ptrdiff_t sbp, ptrdiff_t sbj,
-                                       float beta, float* C, ptrdiff_t ldc, float* scratch,
-                                       int threads) {
+AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                                           const float* A, ptrdiff_t sai, ptrdiff_t sap,
+                                           const float* B, ptrdiff_t sbp, ptrdiff_t sbj,
+                                           float beta, float* C, ptrdiff_t ldc, float* scratch,
+                                           int threads, const float* bias, int relu) {
     const ptrdiff_t it = ((m + AMX_T - 1) / AMX_T + 1) / 2 * 2;
     const ptrdiff_t jt = ((n + AMX_T - 1) / AMX_T + 1) / 2 * 2;
     const ptrdiff_t pt = (k + AMX_KP - 1) / AMX_KP;
@@ -206,11 +217,11 @@ AMX_TARGET static void fastnn_amx_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, fl
     if (m <= 0 || n <= 0)
         return;
     if (pt == 0) {               /* k == 0: C := beta C */
-        float Z[AMX_T][AMX_T];
+        float Z[AMX_T][AMX_T] __attribute__((aligned(64)));
         memset(Z, 0, sizeof Z);
         for (ptrdiff_t j0 = 0; j0 < n; j0 += AMX_T)
             for (ptrdiff_t i0 = 0; i0 < m; i0 += AMX_T)
-                amx_store(Z, C, ldc, i0, j0, m, n, alpha, beta);
+                amx_store(Z, C, ldc, i0, j0, m, n, alpha, beta, bias, relu);
         return;
     }
     uint16_t* R = (uint16_t*) (((uintptr_t) scratch + 63) & ~(uintptr_t) 63);
@@ -285,11 +296,21 @@ AMX_TARGET static void fastnn_amx_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, fl
             for (int q = 0; q < 4; q++) {
                 const ptrdiff_t i0 = (ti + (q & 1)) * AMX_T, j0 = (tj + (q >> 1)) * AMX_T;
                 if (i0 < m && j0 < n)
-                    amx_store(T[q], C, ldc, i0, j0, m, n, alpha, beta);
+                    amx_store(T[q], C, ldc, i0, j0, m, n, alpha, beta, bias, relu);
             }
         }
         _tile_release();
     }
+}
+
+/* fastnn_amx_gemm_epi without a bias or ReLU. */
+AMX_TARGET static void fastnn_amx_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                                       const float* A, ptrdiff_t sai, ptrdiff_t sap,
+                                       const float* B, ptrdiff_t sbp, ptrdiff_t sbj,
+                                       float beta, float* C, ptrdiff_t ldc, float* scratch,
+                                       int threads) {
+    fastnn_amx_gemm_epi(m, n, k, alpha, A, sai, sap, B, sbp, sbj, beta, C, ldc, scratch,
+                        threads, NULL, 0);
 }
 
 #else
@@ -300,6 +321,11 @@ static void fastnn_amx_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, 
                             ptrdiff_t sai, ptrdiff_t sap, const float* B, ptrdiff_t sbp,
                             ptrdiff_t sbj, float beta, float* C, ptrdiff_t ldc,
                             float* scratch, int threads) { }
+static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                                const float* A, ptrdiff_t sai, ptrdiff_t sap, const float* B,
+                                ptrdiff_t sbp, ptrdiff_t sbj, float beta, float* C,
+                                ptrdiff_t ldc, float* scratch, int threads, const float* bias,
+                                int relu) { }
 #endif
 
 #endif

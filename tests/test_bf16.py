@@ -416,6 +416,20 @@ def test_each_dense_product_rounds_exactly_its_operands(bf16_path):
                     (np.abs(d) @ np.abs(w).T).sum(axis=0) / n, "input gradient")
 
 
+@pytest.mark.parametrize("rows", [40, 300])
+def test_a_relu_layer_is_its_linear_twin_clipped_at_zero(bf16_path, rows):
+    # natively the bias and a ReLU are applied as the product stores its
+    # tiles (amxgemm.h's epilogue), elsewhere in passes over the outputs:
+    # either way max(x W + b, 0) of the very same x W + b, bit for bit
+    rng = np.random.default_rng(9)
+    X = rng.normal(0, 1, (rows, 70)).astype(np.float32)
+    linear, relu = (Network([70, 37], output=out, loss="mse", dtype="bfloat16", seed=4)
+                    for out in ("identity", "relu"))
+    A, B = linear.forward(X), relu.forward(X)
+    assert_array_equal(B.view(np.uint32), np.maximum(A, 0).view(np.uint32))
+    assert (A < 0).any() and (A > 0).any()
+
+
 def test_each_convolution_product_rounds_exactly_its_operands(bf16_path):
     # as test_each_dense_product_rounds_exactly_its_operands, through the
     # im2col GEMMs: a first layer with one channel (im2col transposed, the
