@@ -100,12 +100,12 @@ class TimedKernels:
         return train_epoch
 
 
-def one_fit(config, data, epochs):
+def one_fit(config, data, epochs, dtype="float32"):
     """{step: seconds} of one fit of a new network, and its epoch clocks."""
     clock = Clock()
     found = {attribute: clock.wrap(owner, attribute, attribute) for owner, attribute in STEPS}
     try:
-        net = network(config)
+        net = network(config, dtype=dtype)
         net._kernels = TimedKernels(net._kernels, clock)
         start = time.perf_counter()
         hist = net.fit(data.X, data.y, epochs=epochs, batch_size=config.batch, lr=config.lr)
@@ -133,6 +133,8 @@ def main(argv=None):
                         help="epochs per fit [default: 1, as run.py times]")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
+                        help="the networks' dtype (bfloat16: run.py's fastnn-bf16 rows)")
     parser.add_argument("--profile", action="store_true",
                         help="also print cProfile's top functions of one fit (calling thread)")
     args = parser.parse_args(argv)
@@ -145,7 +147,7 @@ def main(argv=None):
     runs = []
     for _ in range(args.repeat):
         time.sleep(0.5)
-        seconds, found = one_fit(config, data, args.epochs)
+        seconds, found = one_fit(config, data, args.epochs, args.dtype)
         runs.append(seconds)
     per_call = ["check_X", "_targets", "sample_weights", "split_validation", "check_options",
                 "__init__"]
@@ -161,7 +163,7 @@ def main(argv=None):
     fit, e = med["fit"], args.epochs
 
     # the epoch's own work, alone at the same sizes
-    net = network(config)
+    net = network(config, dtype=args.dtype)
     params = net._params
     snapshot = np.empty_like(params)
     state = np.zeros((1, len(params)), dtype=params.dtype)   # plain SGD: one state row
@@ -185,7 +187,7 @@ def main(argv=None):
         row(label, med[name], per, statistics.median(r.get(name, 0.0) / r["fit"] for r in runs))
 
     print(f"# {args.config} {list(config.sizes)} batch {config.batch}, {n:,} rows, "
-          f"{e} epoch(s) per fit, {threads} thread(s), median of {args.repeat} fits")
+          f"{e} epoch(s) per fit, {threads} thread(s), {args.dtype}, median of {args.repeat} fits")
     print(f"# fit: {fit * 1e3:.1f} ms = {e * n / fit:,.0f} samples/s as a user waits; "
           f"by the epochs' own clocks {e * n / med['epoch clocks']:,.0f}; kernel alone "
           f"{e * n / med['kernel']:,.0f}")
@@ -205,7 +207,7 @@ def main(argv=None):
     part("fit, the rest", "rest", "once per fit")
 
     if args.profile:
-        net = network(config)
+        net = network(config, dtype=args.dtype)
         profiler = cProfile.Profile()
         profiler.enable()
         net.fit(data.X, data.y, epochs=args.epochs, batch_size=config.batch, lr=config.lr)
