@@ -220,6 +220,8 @@ cdef struct Geometry:
     Py_ssize_t wp_off, ldw       # dense: W's offset in a padded copy (-1: none), its row stride
     Py_ssize_t colsum_off        # bias gradient (out_c entries), -1 if none
     Py_ssize_t idx_off           # max-pool: int32 argmax of each output entry, -1 if none
+    bint deferred                # dense, in a team's SGD epoch: W stepped after the batch
+                                 # by the team, rows split (team_defer); else False
 
 
 cdef struct Layout:
@@ -241,6 +243,7 @@ cdef struct Layout:
 
 cdef void geometry_init(Geometry* g, const int64_t* row, Py_ssize_t capacity) noexcept nogil:
     """Decode one table row (its buffer offsets are left to layout_init)."""
+    g.deferred = False
     g.kind = <int> row[T_KIND]
     g.act = <int> row[T_ACT]
     g.in_h = row[T_IN_H]
@@ -1842,8 +1845,12 @@ cdef void backward_impl(const floating* params, Layout* lay, floating slope,
             if l > 0:
                 hidden_delta_impl(D, params + g.w_off, act_in, slope, work + lay.a_off[l],
                                   mask, dA, N, g.n_in, g.n_out, bf)
-            param_update_impl(src, D, alpha, beta_w, beta_b, target + g.w_off,
-                              target + g.b_off, work + g.colsum_off, N, g.n_in, g.n_out, bf)
+            if g.deferred:      # W: train_team_impl's deferred_steps, after the batch
+                bias_update_impl(D, alpha, beta_b, target + g.b_off, work + g.colsum_off, N,
+                                 g.n_out)
+            else:
+                param_update_impl(src, D, alpha, beta_w, beta_b, target + g.w_off,
+                                  target + g.b_off, work + g.colsum_off, N, g.n_in, g.n_out, bf)
             continue
         if g.kind == CONV2D:
             conv_backward_impl(src, params + g.w_off, D, dA, work + lay.col_off, g, N,
@@ -2131,6 +2138,92 @@ cdef struct Shared:
     int64_t* correct             # each thread's count of correct rows
 
 
+# A team's SGD epoch steps a dense layer of at least this many weights after
+# each batch, its rows of W split among the threads (team_defer), rather
+# than summing every thread's whole gradient of W first: conv20's
+# 2,880 x 100 layer at batch 10 read and wrote 1.2 MB three times a batch.
+cdef Py_ssize_t DEFER_WEIGHTS = 1 << 14
+cdef Py_ssize_t defer_weights = DEFER_WEIGHTS
+cdef Py_ssize_t deferred_epochs = 0    # team epochs with a deferred layer, for the tests
+
+
+cdef bint team_defer(Layout* lay, int opt, const double* hyper, Py_ssize_t batch_size,
+                     Py_ssize_t n_threads) noexcept nogil:
+    """Mark the dense layers whose W a team steps after each batch
+    (Geometry.deferred, read by backward_impl and train_team_impl): in a
+    float32 network's plain SGD epoch (no L1, no clipping: the step is
+    fused) on smallgemm.h's kernels, where each thread's rows of a batch
+    fit one chunk (their activations and deltas are still in its
+    workspace after the batch), a dense layer of DEFER_WEIGHTS to
+    SMALL_WEIGHTS weights."""
+    cdef Py_ssize_t l
+    cdef Geometry* g
+    cdef bint any_deferred = False
+    if not (SMALL_GEMM and lay.bf_off < 0 and n_threads > 1 and opt == SGD
+            and hyper[H_L1] == 0 and hyper[H_CLIP_NORM] == 0
+            and (batch_size + n_threads - 1) // n_threads <= lay.capacity):
+        return False
+    for l in range(lay.n_layers):
+        g = &lay.layer[l]
+        g.deferred = (g.kind == DENSE
+                      and defer_weights <= g.n_in * g.n_out <= SMALL_WEIGHTS)
+        any_deferred = any_deferred or g.deferred
+    return any_deferred
+
+
+cdef Py_ssize_t not_deferred(Layout* lay, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    """Where the run of parameters from b0 outside every deferred layer's W
+    ends (at most b1); or -(the end of that W) if b0 is inside one."""
+    cdef Py_ssize_t l, e = b1
+    cdef Geometry* g
+    for l in range(lay.n_layers):
+        g = &lay.layer[l]
+        if not g.deferred:
+            continue
+        if g.w_off <= b0 < g.b_off:
+            return -g.b_off
+        if b0 < g.w_off < e:
+            e = g.w_off
+    return e
+
+
+cdef void deferred_steps(floating* params, Layout* lay, floating* work, Py_ssize_t stride,
+                         Py_ssize_t start, Py_ssize_t m, const double* hyper,
+                         Team* team) noexcept nogil:
+    """The SGD step of each deferred dense layer (team_defer) for the batch
+    of m rows from `start`, this thread's share of W's rows [i0, i1):
+
+      W[i0:i1] := (1 - lr l2) W[i0:i1] - lr/m sum_u A_u[:, i0:i1]^T D_u
+
+    over the team's threads u, each of whose rows of the batch (as
+    train_team_impl splits them) left their layer input A_u and delta D_u
+    in its workspace (work + u * stride). After the batch's first barrier:
+    every thread has used W."""
+    cdef Py_ssize_t l, u, i0, i1, cm
+    cdef Py_ssize_t T = team.size
+    cdef Geometry* g
+    cdef float alpha = <float> (-hyper[H_LR] / m)
+    cdef float beta
+    if floating is float:
+        for l in range(lay.n_layers):
+            g = &lay.layer[l]
+            if not g.deferred:
+                continue
+            i0 = share(g.n_in, team.id, T, 1)
+            i1 = share(g.n_in, team.id + 1, T, 1)
+            if i1 <= i0:
+                continue
+            beta = <float> (1 - hyper[H_LR] * hyper[H_L2])
+            for u in range(T):
+                cm = m * (u + 1) // T - m * u // T
+                if cm == 0:
+                    continue
+                sg_gemm(i1 - i0, g.n_out, cm, alpha, work + u * stride + lay.in_off[l] + i0, 1,
+                        g.n_in, work + u * stride + lay.d_off[l + 1], g.n_out, beta,
+                        params + g.w_off + i0 * g.n_out, g.n_out)
+                beta = 1
+
+
 cdef int train_team_impl(const input_t* X, const floating* Y,
                          const floating* sample_weight, const int64_t* order,
                          Py_ssize_t n, floating* params, floating* state,
@@ -2149,12 +2242,15 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     share of the gradient, and after a barrier between the two each scales
     its share by the factor the total gives, then steps. Every BLAS call is single-threaded (the caller limits
     the BLAS). There is no fused SGD step: the gradients must be summed
-    first. A thread whose rows give a loss that is not finite marks the
+    first; except for the dense layers team_defer marks, whose W each
+    thread steps for its share of W's rows from every thread's activations
+    and deltas after the first barrier (deferred_steps). A thread whose rows give a loss that is not finite marks the
     batch, and after the first barrier every thread returns DIVERGED
     before the step; thread 0 alone reads the stop request, and the team
     acts on what it read.
     """
-    cdef Py_ssize_t k, c, start, m, first, lo, hi, cm, r, u, i, blk, b0, b1, L = lay.n_layers
+    cdef Py_ssize_t k, c, start, m, first, lo, hi, cm, r, u, i, blk, b0, b1, e
+    cdef Py_ssize_t L = lay.n_layers
     cdef Py_ssize_t T = team.size, P = lay.n_params
     cdef Py_ssize_t p0 = P * team.id // T, p1 = P * (team.id + 1) // T
     cdef Geometry* g0 = &lay.layer[0]
@@ -2207,26 +2303,33 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
         barrier()
         if shared.diverged:
             return DIVERGED
+        deferred_steps(params, lay, work, stride, start, m, hyper, team)
         # sum the gradients, add the penalty and step, a cache-sized block of
-        # this thread's share at a time
+        # this thread's share at a time (a deferred layer's W left out: done)
         squares = 0
         for blk in range((p1 - p0 + STEP_BLOCK - 1) // STEP_BLOCK):
             b0 = p0 + blk * STEP_BLOCK
             b1 = b0 + STEP_BLOCK if b0 + STEP_BLOCK < p1 else p1
-            for i in range(b0, b1):
-                state[i] = G0[i]
-            for u in range(1, T):
-                Gu = work + u * stride + lay.work_size
-                for i in range(b0, b1):
-                    state[i] = state[i] + Gu[i]
-            if penalty:
-                penalty_range_impl(params, state, lay, <floating> hyper[H_L2],
-                                   <floating> hyper[H_L1], b0, b1)
-            if clip > 0:
-                squares += sum_squares(state + b0, b1 - b0)
-            else:
-                optimizer_step_impl(opt, params + b0, state + b0, P, b1 - b0, hyper,
-                                    steps + k + 1)
+            while b0 < b1:
+                e = not_deferred(lay, b0, b1)
+                if e < 0:           # b0 in a deferred W: on past it
+                    b0 = min(-e, b1)
+                    continue
+                for i in range(b0, e):
+                    state[i] = G0[i]
+                for u in range(1, T):
+                    Gu = work + u * stride + lay.work_size
+                    for i in range(b0, e):
+                        state[i] = state[i] + Gu[i]
+                if penalty:
+                    penalty_range_impl(params, state, lay, <floating> hyper[H_L2],
+                                       <floating> hyper[H_L1], b0, e)
+                if clip > 0:
+                    squares += sum_squares(state + b0, e - b0)
+                else:
+                    optimizer_step_impl(opt, params + b0, state + b0, P, e - b0, hyper,
+                                        steps + k + 1)
+                b0 = e
         if clip > 0:
             # the whole gradient's norm: every thread's share summed, in order
             shared.squares[team.id] = squares
@@ -3102,6 +3205,9 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             team_squares = np.zeros(n_threads)
             shared.squares = &team_squares[0]
             shared.correct = &team_correct[0]
+            if team_defer(&lay, optimizer, &hyper[0], batch_size, n_threads):
+                global deferred_epochs
+                deferred_epochs += 1
             with nogil, parallel(num_threads=n_threads):
                 train_team(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
                            &state[0, 0], &lay, <floating> slope, loss, batch_size, optimizer,
@@ -3479,6 +3585,21 @@ def set_fused(bint on):
     previous = fused_on
     fused_on = on
     return previous
+
+
+def set_defer_weights(Py_ssize_t weights=-1):
+    """A team's SGD epoch steps a dense layer's W after each batch, its rows
+    split among the threads (team_defer), from `weights` weights on (-1:
+    the default, DEFER_WEIGHTS); returns the setting before."""
+    global defer_weights
+    previous = defer_weights
+    defer_weights = DEFER_WEIGHTS if weights < 0 else weights
+    return previous
+
+
+def deferred_epochs_run():
+    """Team epochs in this process that deferred a dense layer's steps."""
+    return deferred_epochs
 
 
 def fused_epochs_run():
