@@ -2153,9 +2153,11 @@ cdef bint team_defer(Layout* lay, int opt, const double* hyper, Py_ssize_t batch
     (Geometry.deferred, read by backward_impl and train_team_impl): in a
     float32 network's plain SGD epoch (no L1, no clipping: the step is
     fused) on smallgemm.h's kernels, where each thread's rows of a batch
-    fit one chunk (their activations and deltas are still in its
-    workspace after the batch), a dense layer of DEFER_WEIGHTS to
-    SMALL_WEIGHTS weights."""
+    fit one chunk, a dense layer of defer_weights (DEFER_WEIGHTS;
+    set_defer_weights) to SMALL_WEIGHTS weights whose W has room for a
+    batch's inputs and deltas (deferred_rows keeps them in thread 0's
+    gradient of W, which the team no longer uses). Returns whether it
+    marked any."""
     cdef Py_ssize_t l
     cdef Geometry* g
     cdef bint any_deferred = False
@@ -2166,7 +2168,8 @@ cdef bint team_defer(Layout* lay, int opt, const double* hyper, Py_ssize_t batch
     for l in range(lay.n_layers):
         g = &lay.layer[l]
         g.deferred = (g.kind == DENSE
-                      and defer_weights <= g.n_in * g.n_out <= SMALL_WEIGHTS)
+                      and defer_weights <= g.n_in * g.n_out <= SMALL_WEIGHTS
+                      and batch_size * (g.n_in + g.n_out) <= g.n_in * g.n_out)
         any_deferred = any_deferred or g.deferred
     return any_deferred
 
@@ -2187,41 +2190,49 @@ cdef Py_ssize_t not_deferred(Layout* lay, Py_ssize_t b0, Py_ssize_t b1) noexcept
     return e
 
 
-cdef void deferred_steps(floating* params, Layout* lay, floating* work, Py_ssize_t stride,
-                         Py_ssize_t start, Py_ssize_t m, const double* hyper,
-                         Team* team) noexcept nogil:
-    """The SGD step of each deferred dense layer (team_defer) for the batch
-    of m rows from `start`, this thread's share of W's rows [i0, i1):
+cdef void deferred_rows(Layout* lay, floating* work, floating* G0, Py_ssize_t r0,
+                        Py_ssize_t cm, Py_ssize_t batch_size) noexcept nogil:
+    """Before the batch's first barrier: this thread's cm rows of the batch
+    (from row r0 of it), their input A and delta D at each deferred layer
+    (team_defer), copied from its workspace into thread 0's gradient of
+    that layer's W (G0 + w_off), which holds the batch's A (batch_size, I)
+    then its D (batch_size, O) for deferred_steps."""
+    cdef Py_ssize_t l
+    cdef Geometry* g
+    for l in range(lay.n_layers):
+        g = &lay.layer[l]
+        if g.deferred and cm > 0:
+            memcpy(G0 + g.w_off + r0 * g.n_in, work + lay.in_off[l],
+                   cm * g.n_in * sizeof(floating))
+            memcpy(G0 + g.w_off + batch_size * g.n_in + r0 * g.n_out, work + lay.d_off[l + 1],
+                   cm * g.n_out * sizeof(floating))
 
-      W[i0:i1] := (1 - lr l2) W[i0:i1] - lr/m sum_u A_u[:, i0:i1]^T D_u
 
-    over the team's threads u, each of whose rows of the batch (as
-    train_team_impl splits them) left their layer input A_u and delta D_u
-    in its workspace (work + u * stride). After the batch's first barrier:
-    every thread has used W."""
-    cdef Py_ssize_t l, u, i0, i1, cm
-    cdef Py_ssize_t T = team.size
+cdef void deferred_steps(floating* params, Layout* lay, floating* G0, Py_ssize_t m,
+                         Py_ssize_t batch_size, const double* hyper, Team* team) noexcept nogil:
+    """The SGD step of each deferred dense layer (team_defer) for a batch of
+    m rows, this thread's share of W's rows [i0, i1):
+
+      W[i0:i1] := (1 - lr l2) W[i0:i1] - lr/m A[:, i0:i1]^T D
+
+    from the batch's A and D that the team gathered (deferred_rows): the
+    product train_epoch_impl's fused step takes, the same bits. After the
+    batch's first barrier, when every thread has used W."""
+    cdef Py_ssize_t l, i0, i1
     cdef Geometry* g
     cdef float alpha = <float> (-hyper[H_LR] / m)
-    cdef float beta
+    cdef float beta = <float> (1 - hyper[H_LR] * hyper[H_L2])
     if floating is float:
         for l in range(lay.n_layers):
             g = &lay.layer[l]
             if not g.deferred:
                 continue
-            i0 = share(g.n_in, team.id, T, 1)
-            i1 = share(g.n_in, team.id + 1, T, 1)
-            if i1 <= i0:
-                continue
-            beta = <float> (1 - hyper[H_LR] * hyper[H_L2])
-            for u in range(T):
-                cm = m * (u + 1) // T - m * u // T
-                if cm == 0:
-                    continue
-                sg_gemm(i1 - i0, g.n_out, cm, alpha, work + u * stride + lay.in_off[l] + i0, 1,
-                        g.n_in, work + u * stride + lay.d_off[l + 1], g.n_out, beta,
+            i0 = share(g.n_in, team.id, team.size, 1)
+            i1 = share(g.n_in, team.id + 1, team.size, 1)
+            if i1 > i0:
+                sg_gemm(i1 - i0, g.n_out, m, alpha, G0 + g.w_off + i0, 1, g.n_in,
+                        G0 + g.w_off + batch_size * g.n_in, g.n_out, beta,
                         params + g.w_off + i0 * g.n_out, g.n_out)
-                beta = 1
 
 
 cdef int train_team_impl(const input_t* X, const floating* Y,
@@ -2243,8 +2254,9 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     its share by the factor the total gives, then steps. Every BLAS call is single-threaded (the caller limits
     the BLAS). There is no fused SGD step: the gradients must be summed
     first; except for the dense layers team_defer marks, whose W each
-    thread steps for its share of W's rows from every thread's activations
-    and deltas after the first barrier (deferred_steps). A thread whose rows give a loss that is not finite marks the
+    thread steps for its share of W's rows after the first barrier, from
+    the batch's activations and deltas that every thread copied
+    (deferred_rows, deferred_steps). A thread whose rows give a loss that is not finite marks the
     batch, and after the first barrier every thread returns DIVERGED
     before the step; thread 0 alone reads the stop request, and the team
     acts on what it read.
@@ -2295,15 +2307,23 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
             shared.correct[team.id] += count_correct(A_out, Yb, cm, n_out)
             backward_impl(params, lay, slope, mine, cm, (<floating> 1) / m,
                           0 if c == 0 else 1, 0 if c == 0 else 1, G)
+            deferred_rows(lay, mine, G0, first - start, cm, batch_size)
             c += 1
             first += cm
         if c == 0:
-            for i in range(P):
-                G[i] = 0
+            b0 = 0
+            while b0 < P:           # a deferred W of G0 holds the batch's rows
+                e = not_deferred(lay, b0, P)
+                if e < 0:
+                    b0 = -e
+                    continue
+                for i in range(b0, e):
+                    G[i] = 0
+                b0 = e
         barrier()
         if shared.diverged:
             return DIVERGED
-        deferred_steps(params, lay, work, stride, start, m, hyper, team)
+        deferred_steps(params, lay, G0, m, batch_size, hyper, team)
         # sum the gradients, add the penalty and step, a cache-sized block of
         # this thread's share at a time (a deferred layer's W left out: done)
         squares = 0
