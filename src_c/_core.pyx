@@ -3225,7 +3225,9 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             team_squares = np.zeros(n_threads)
             shared.squares = &team_squares[0]
             shared.correct = &team_correct[0]
-            if team_defer(&lay, optimizer, &hyper[0], batch_size, n_threads):
+            # float32 only: deferred_steps runs smallgemm.h's kernel
+            if floating is float and team_defer(&lay, optimizer, &hyper[0], batch_size,
+                                                n_threads):
                 global deferred_epochs
                 deferred_epochs += 1
             with nogil, parallel(num_threads=n_threads):
