@@ -800,10 +800,10 @@ cdef bint native_bf16_on = amx_ok() != 0
 # fastnn.blas passes on whenever it changes it (set_bf16_threads): 1 while
 # the BLAS is held to one thread (a team, whose threads each run their own).
 cdef int bf16_threads = default_threads()
-# A bfloat16 network's passes between its products (bias, activation and its
-# derivative, bias gradient, the batch's rows) split over those same threads
-# from this many entries on: the products alone ran on the team, and these
-# passes, a third of wide's batch, on one thread while the other spun.
+# A bfloat16 network's passes between its products (activation, its
+# derivative, the bias gradient) split over those same threads from this many
+# entries on: the products alone ran on the team, and these passes on one
+# thread while libgomp's other thread spun (9.5 % of a profile of wide's fit).
 cdef Py_ssize_t EW_SPLIT = 1 << 15
 
 
@@ -903,6 +903,33 @@ cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
     if br < 1:
         br = 1
     sgemm(&transa, &transb, &m, &n, &k, &alpha, a16, &ar, b16, &br, &beta, c, &ldc)
+
+
+cdef void gemm_bf16_bias(int m, int n, int k, const float* a, int lda, const float* b,
+                         int ldb, const float* bias, bint relu, float* c, int ldc,
+                         float* scratch) noexcept nogil:
+    """Column-major C := bf16(A) bf16(B) + bias (the same (m,) in each
+    column), then max(., 0) if relu: a bfloat16 dense layer's forward, A
+    (m, k), B (k, n), neither transposed. Natively the bias and ReLU are
+    applied as each tile of C is stored (amxgemm.h's epilogue); emulated, C
+    is prefilled with the bias for gemm_bf16's beta = 1 and ReLU is a pass
+    (a if a > 0 else 0, as activate_flat): the same bits either way as a
+    prefilled product and an activation pass."""
+    cdef Py_ssize_t i, j
+    cdef float* col
+    if native_bf16_on:
+        amx_gemm_epi(m, n, k, 1, a, 1, lda, b, 1, ldb, 0, c, ldc, scratch, bf16_threads,
+                     bias, relu)
+        return
+    for j in range(n):
+        for i in range(m):
+            c[j * ldc + i] = bias[i]
+    gemm_bf16(c'N', c'N', m, n, k, 1, a, lda, b, ldb, 1, c, ldc, scratch)
+    if relu:
+        for j in range(n):
+            col = c + j * ldc
+            for i in range(m):
+                col[i] = col[i] if col[i] > 0 else 0
 
 
 cdef inline void gemm(char transa, char transb, int m, int n, int k,
@@ -1031,33 +1058,24 @@ cdef bint linear_forward_impl(const floating* A, const floating* W,
     W (I, O), b (O,), Z (N, O).
 
     The bias is folded into the GEMM: Z's rows are prefilled with b and
-    GEMM runs with beta = 1; a bfloat16 network's product on AMX adds b, and
-    applies act if it is ReLU (or the identity), as it stores each tile of Z
-    (amxgemm.h: the same bits, with no passes over Z). Otherwise the caller
-    applies act (the function returns False). bf: a bfloat16 network's
-    scratch (gemm_bf16), else NULL; a bfloat16 network never takes
-    smallgemm.h's kernels. predicting: a forward outside training, which
-    takes smallgemm.h's kernels at any N where small_predict() says so.
+    GEMM runs with beta = 1; a bfloat16 network's product (gemm_bf16_bias)
+    adds b, and applies act if it is ReLU (or the identity), itself.
+    Otherwise the caller applies act (the function returns False). bf: a
+    bfloat16 network's scratch (gemm_bf16), else NULL; a bfloat16 network
+    never takes smallgemm.h's kernels. predicting: a forward outside
+    training, which takes smallgemm.h's kernels at any N where
+    small_predict() says so.
     """
-    cdef Py_ssize_t r, j, r0, r1
-    cdef int T = ew_threads(bf, N * O)
+    cdef Py_ssize_t r, j
     if floating is float:
-        if bf != NULL and native_bf16_on:
+        if bf != NULL:
             # column-major Z^T (O, N) := W^T (O, I) @ A^T (I, N) + b
-            amx_gemm_epi(O, N, I, 1, W, 1, O, A, 1, I, 0, Z, O, bf, bf16_threads, b,
-                         act == RELU)
+            gemm_bf16_bias(<int> O, <int> N, <int> I, W, <int> O, A, <int> I, b,
+                           act == RELU, Z, <int> O, bf)
             return act == RELU or act == IDENTITY
-    if T > 1:
-        with parallel(num_threads=T):
-            r0 = share(N, thread_id(), team_size(), 1)
-            r1 = share(N, thread_id() + 1, team_size(), 1)
-            for r in range(r0, r1):
-                for j in range(O):
-                    Z[r * O + j] = b[j]
-    else:
-        for r in range(N):
-            for j in range(O):
-                Z[r * O + j] = b[j]
+    for r in range(N):
+        for j in range(O):
+            Z[r * O + j] = b[j]
     if floating is float:
         if (small(N, I * O) or (predicting and small_predict(I * O))) and bf == NULL:
             sg_gemm(N, O, I, 1, A, I, 1, W, O, 1, Z, O)
