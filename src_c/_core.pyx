@@ -1173,6 +1173,20 @@ cdef void activate_rows(int act, floating slope, floating* A, Py_ssize_t N, Py_s
         activate_impl(act, slope, A + r0 * O, r1 - r0, O)
 
 
+cdef void activation_grad_rows(int act, floating slope, const floating* A, floating* D,
+                               Py_ssize_t N, Py_ssize_t O, int T) noexcept nogil:
+    """activation_grad_impl on T threads (ew_threads), each its share of the
+    rows.  A, D (N, O)."""
+    cdef Py_ssize_t r0, r1
+    if T <= 1:
+        activation_grad_impl(act, slope, A, D, N * O)
+        return
+    with parallel(num_threads=T):
+        r0 = share(N, thread_id(), team_size(), 1)
+        r1 = share(N, thread_id() + 1, team_size(), 1)
+        activation_grad_impl(act, slope, A + r0 * O, D + r0 * O, (r1 - r0) * O)
+
+
 cdef inline floating act_grad(int act, floating slope, floating a, floating d) noexcept nogil:
     """d * act'(z) for one entry, with act' written in terms of the stored
     a = act(z): sigmoid' = a (1 - a), tanh' = 1 - a^2, relu' = [a > 0],
@@ -1305,15 +1319,7 @@ cdef void hidden_delta_impl(const floating* D_next, const floating* W_next,
         # column-major out^T (I, N) = W_next (I, O) @ D_next^T (O, N)
         gemm(c'T', c'N', <int> I, <int> N, <int> O, 1, W_next, <int> O, D_next,
              <int> O, 0, out, <int> I, bf)
-    cdef Py_ssize_t r0, r1
-    cdef int T = ew_threads(bf, N * I)
-    if T > 1 and mask == NULL:
-        with parallel(num_threads=T):
-            r0 = share(N, thread_id(), team_size(), 1)
-            r1 = share(N, thread_id() + 1, team_size(), 1)
-            activation_grad_impl(act, slope, A + r0 * I, out + r0 * I, (r1 - r0) * I)
-        return
-    activation_grad_impl(act, slope, A, out, N * I)
+    activation_grad_rows(act, slope, A, out, N, I, ew_threads(bf, N * I))
     if mask != NULL:
         for i in range(N * I):
             out[i] = out[i] * mask[i]
