@@ -1707,19 +1707,31 @@ cdef void maxpool_forward_impl(const floating* A, floating* out, int32_t* argmax
 
 
 cdef void maxpool_backward_impl(const floating* D, const int32_t* argmax, floating* dA,
-                                int act, floating slope, const floating* A,
                                 const Geometry* g, Py_ssize_t N) noexcept nogil:
-    """dA := (D routed to where each maximum was, added up where windows
-    overlap) * act'(z), A = act(z) the pool's input (act IDENTITY: D routed
-    as it is).  D, argmax (N, OH*OW*C), A, dA (N, H*W*C).
+    """dA := D routed to where each maximum was (added up where windows
+    overlap).  D, argmax (N, OH*OW*C), dA (N, H*W*C).
 
-    dA is cleared, then each gradient, times act' at its maximum (act_grad),
-    added where its maximum was: a branch-free scatter, and act' only on the
-    routed entries (a quarter of dA for 2x2 pooling; the rest are 0 either
-    way). (Writing each entry of dA once, the gradient where idx matched else
-    0, was a data-dependent branch per entry that missed on a quarter of
-    them: 8x slower for 2x2 pooling; a separate pass for act' over all of dA
-    cost conv20-sigmoid 1.5-2 %.)"""
+    dA is cleared, then each gradient added where its maximum was: a
+    branch-free scatter. (Writing each entry of dA once, the gradient where
+    idx matched else 0, was a data-dependent branch per entry that missed
+    on a quarter of them: 8x slower for 2x2 pooling.)"""
+    cdef Py_ssize_t n, i
+    cdef floating* d
+    memset(dA, 0, N * g.n_in * sizeof(floating))
+    for n in range(N):
+        d = dA + n * g.n_in
+        for i in range(n * g.n_out, (n + 1) * g.n_out):
+            d[argmax[i]] += D[i]
+
+
+cdef void maxpool_backward_act(const floating* D, const int32_t* argmax, floating* dA,
+                               int act, floating slope, const floating* A,
+                               const Geometry* g, Py_ssize_t N) noexcept nogil:
+    """dA := (D routed to where each maximum was) * act'(z), A = act(z) the
+    pool's input: maxpool_backward_impl, then activation_grad_impl, in one
+    pass. act' multiplies only the routed entries (a quarter of dA for 2x2
+    pooling; the rest are 0 either way), each as it is added.
+    D, argmax (N, OH*OW*C), A, dA (N, H*W*C)."""
     cdef Py_ssize_t n, i
     cdef floating* d
     cdef const floating* a
@@ -1870,14 +1882,12 @@ cdef void backward_impl(const floating* params, Layout* lay, floating slope,
                                work + g.colsum_off, bf)
         elif l == 0:
             continue
+        elif g.kind == MAXPOOL2D and mask == NULL and act_in != IDENTITY:
+            maxpool_backward_act(D, <int32_t*> (work + g.idx_off), dA, act_in, slope,
+                                 work + lay.a_off[l], g, N)
+            continue
         elif g.kind == MAXPOOL2D:
-            # act' as each gradient is routed; with dropout on the pool's
-            # input, after the routing and before the mask, as elsewhere
-            maxpool_backward_impl(D, <int32_t*> (work + g.idx_off), dA,
-                                  act_in if mask == NULL else IDENTITY, slope,
-                                  work + lay.a_off[l], g, N)
-            if mask == NULL:
-                continue
+            maxpool_backward_impl(D, <int32_t*> (work + g.idx_off), dA, g, N)
         else:
             l2pool_backward_impl(src, work + lay.a_off[l + 1], D, dA, g, N)
         if l > 0:
@@ -4006,8 +4016,7 @@ def maxpool_backward(const floating[:, :, :, ::1] D, const int32_t[:, :, :, ::1]
     if N == 0:
         return
     with nogil:
-        maxpool_backward_impl(&D[0, 0, 0, 0], &argmax[0, 0, 0, 0], &dX[0, 0, 0, 0], IDENTITY,
-                              0, &D[0, 0, 0, 0], &g, N)
+        maxpool_backward_impl(&D[0, 0, 0, 0], &argmax[0, 0, 0, 0], &dX[0, 0, 0, 0], &g, N)
 
 
 def l2pool_forward(const floating[:, :, :, ::1] X, size, stride, floating[:, :, :, ::1] out):
