@@ -680,6 +680,13 @@ cdef extern from "smallgemm.h":
         const float* src, float* out, int32_t* idx, Py_ssize_t C, Py_ssize_t OH,
         Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
         Py_ssize_t W) noexcept nogil
+    Py_ssize_t sg_bp_size "fastnn_sg_bp_size"(Py_ssize_t Nc, Py_ssize_t K) noexcept nogil
+    void sg_pack_bp "fastnn_sg_pack_bp"(Py_ssize_t Nc, Py_ssize_t K, const float* B,
+                                        Py_ssize_t sbk, Py_ssize_t sbj, float* Bp) noexcept nogil
+    void sg_gemm_bp "fastnn_sg_gemm_bp"(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
+                                        const float* A, Py_ssize_t sai, Py_ssize_t sak,
+                                        const float* Bp, float beta, float* C,
+                                        Py_ssize_t ldc) noexcept nogil
     void sg_transpose_bias "fastnn_sg_transpose_bias"(
         Py_ssize_t R, Py_ssize_t C, const float* src, Py_ssize_t lds, const float* bias,
         float* dst, Py_ssize_t ldd) noexcept nogil
@@ -706,6 +713,22 @@ cdef Py_ssize_t small_rows = SMALL_ROWS_DEFAULT if SMALL_GEMM else 0
 # for its two products instead of BLAS, whose packing dominates at its short
 # K (25 for 5x5 on one channel): see conv_forward_impl, conv_backward_impl.
 cdef bint small_conv = SMALL_GEMM
+# A later convolution layer (not col_t) in float32 takes them too on the
+# AVX-512 kernels, where its W (K, F) has at most CONV_SG_WEIGHTS entries:
+# BLAS packed each im2col block again for each of its three products (9 % of
+# conv2-relu's profile at batch 64, K = 500, F = 40), where smallgemm.h reads
+# the block in place and packs W once per batch (conv_forward_impl). Fits on
+# two threads (Emerald Rapids): K x F of 20,000 1.07x, 18,432 1.19x, 73,728
+# 1.09x, 294,912 1.01x (benchmarks/README.md).
+cdef Py_ssize_t CONV_SG_WEIGHTS = 1 << 17
+
+
+cdef inline bint conv_sg(const Geometry* g) noexcept nogil:
+    """Whether a float32 convolution layer other than a col_t one takes
+    smallgemm.h's kernels for its products (the caller checks the dtype and
+    that the network is not bfloat16)."""
+    return (small_conv and not g.col_t and sg_get_isa() == 2
+            and g.K * g.out_c <= CONV_SG_WEIGHTS)
 
 
 cdef extern from "fusedgemm.h":
@@ -727,10 +750,12 @@ cdef extern from "fusedgemm.h":
 cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
     """Entries of a convolution's scratch: its im2col block, and for a layer
     with col_t (which may take the small-GEMM path) also its output block
-    transposed (out_c, block) and its weight gradient transposed (out_c, K)."""
+    transposed (out_c, block) and its weight gradient transposed (out_c, K);
+    for another, W packed (conv_sg) after the block."""
     if g.col_t:
         return g.block * g.K + g.block * g.out_c + g.out_c * g.K
-    return g.block * g.K
+    # and W packed for smallgemm.h's kernels (conv_sg), as itself or transposed
+    return g.block * g.K + max(sg_bp_size(g.out_c, g.K), sg_bp_size(g.K, g.out_c))
 
 
 cdef extern from *:
@@ -1557,11 +1582,20 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
     smallgemm.h (F rows in blocks of 6, nr columns in panels of 16: every
     lane used, where Z's own F = 20 columns would leave 12 of 32 idle), then
     transposes it into Z adding b. col then holds colT (K, block) and the
-    transposed block (F, block) after it. bf: a bfloat16 network's scratch
-    (gemm_bf16), which takes the BLAS path, else NULL.
+    transposed block (F, block) after it. Another layer in float32 on
+    smallgemm.h (conv_sg) packs W once, after the block in col, and
+    computes Z (nr, F) += col (nr, K) @ W (K, F) from each block in place.
+    bf: a bfloat16 network's scratch (gemm_bf16), which takes the BLAS
+    path, else NULL.
     """
     cdef Py_ssize_t blk, r0, nr, r, j, F = g.out_c, rows = N * g.pixels
     cdef floating* z
+    cdef floating* Wp = col + g.block * g.K      # W packed (conv_sg)
+    cdef bint sg = False
+    if floating is float:
+        sg = bf == NULL and conv_sg(g)
+        if sg:
+            sg_pack_bp(F, g.K, W, F, 1, Wp)
     for blk in range((rows + g.block - 1) // g.block):
         r0 = blk * g.block
         nr = g.block if r0 + g.block <= rows else rows - r0
@@ -1577,7 +1611,12 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
         for r in range(nr):
             for j in range(F):
                 z[r * F + j] = b[j]
-        if g.col_t:
+        if sg:
+            # Z (nr, F) += col (nr, K) @ W (K, F)
+            im2col(A, g, r0, nr, col)
+            if floating is float:
+                sg_gemm_bp(nr, F, g.K, col, g.K, 1, Wp, 1, z, F)
+        elif g.col_t:
             # column-major Z^T (F, nr) += W^T (F, K) @ colT (K, nr)
             im2col_t(A, g, r0, nr, col)
             gemm(c'N', c'T', <int> F, <int> nr, <int> g.K, 1, W, <int> F, col, <int> nr,
@@ -1608,12 +1647,18 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
     with g.col_t has no dA; in float32 with small_conv it sums
     dW^T (F, K) = D^T (F, nr) @ col (nr, K) over the blocks with smallgemm.h
     (F rows in blocks of 6, K columns), in col after the im2col block, and
-    then steps W_out with it. bf as in conv_forward_impl.
+    then steps W_out with it. Another layer on smallgemm.h (conv_sg) packs
+    W^T once, after the block in col, for dcol (nr, K) = D (nr, F) @ W^T
+    (F, K), and steps W_out (K, F) with col^T (K, nr) @ D (nr, F) block by
+    block. bf as in conv_forward_impl.
     A, dA (N, H*W*C), W, W_out (K, F), D (N*OH*OW, F), col (block, K).
     """
     cdef Py_ssize_t blk, r0, nr, i, k, F = g.out_c, rows = N * g.pixels
     cdef floating* WT
+    cdef floating* Wp = col + g.block * g.K      # W^T packed (conv_sg)
+    cdef bint sg = False
     if floating is float:
+        sg = bf == NULL and conv_sg(g)
         if g.col_t and small_conv and bf == NULL:
             WT = col + g.block * g.K + g.block * F
             for blk in range((rows + g.block - 1) // g.block):
@@ -1633,9 +1678,18 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
     if dA != NULL:
         for i in range(N * g.n_in):
             dA[i] = 0
+        if floating is float:
+            if sg:
+                sg_pack_bp(g.K, F, W, 1, F, Wp)
         for blk in range((rows + g.block - 1) // g.block):
             r0 = blk * g.block
             nr = g.block if r0 + g.block <= rows else rows - r0
+            if floating is float:
+                if sg:
+                    # dcol (nr, K) = D (nr, F) @ W^T (F, K)
+                    sg_gemm_bp(nr, g.K, F, D + r0 * F, F, 1, Wp, 0, col, g.K)
+                    col2im_add(col, g, r0, nr, dA)
+                    continue
             # column-major dcol^T (K, nr) = W (K, F) @ D^T (F, nr)
             gemm(c'T', c'N', <int> g.K, <int> nr, <int> F, 1, W, <int> F, D + r0 * F,
                  <int> F, 0, col, <int> g.K, bf)
@@ -1649,8 +1703,14 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
             gemm(c'N', c'N', <int> F, <int> g.K, <int> nr, alpha, D + r0 * F, <int> F, col,
                  <int> nr, beta_w if r0 == 0 else 1, W_out, <int> F, bf)
         else:
-            # column-major W^T (F, K) = alpha D^T (F, nr) @ col (nr, K) + beta W^T
             im2col(A, g, r0, nr, col)
+            if floating is float:
+                if sg:
+                    # W (K, F) = beta W + alpha col^T (K, nr) @ D (nr, F)
+                    sg_gemm(g.K, F, nr, alpha, col, 1, g.K, D + r0 * F, F,
+                            beta_w if r0 == 0 else 1, W_out, F)
+                    continue
+            # column-major W^T (F, K) = alpha D^T (F, nr) @ col (nr, K) + beta W^T
             gemm(c'N', c'T', <int> F, <int> g.K, <int> nr, alpha, D + r0 * F, <int> F, col,
                  <int> g.K, beta_w if r0 == 0 else 1, W_out, <int> F, bf)
     bias_update_impl(D, alpha, beta_b, b_out, colsum, rows, F)
@@ -3543,14 +3603,26 @@ def set_conv_blocking(Py_ssize_t entries, Py_ssize_t min_rows):
 
 
 def set_small_conv(bint on):
-    """Whether a first convolution layer in float32 uses smallgemm.h's kernels
-    (the default where the CPU has AVX2 and FMA) or BLAS; returns the previous
-    setting. For tests and benchmarks: it applies to the whole process, so
+    """Whether convolution layers in float32 use smallgemm.h's kernels (the
+    default where the CPU has AVX2 and FMA: a first layer's col_t products,
+    and on AVX-512 the others' up to CONV_SG_WEIGHTS, conv_sg) or BLAS;
+    returns the previous setting. For tests and benchmarks: it applies to the whole process, so
     call it while no kernel runs."""
     global small_conv
     previous = small_conv
     small_conv = on and SMALL_GEMM
     return bool(previous)
+
+
+def set_conv_sg_weights(Py_ssize_t weights):
+    """The most entries of W (K x F) for which a later convolution layer
+    takes smallgemm.h's kernels (conv_sg; 0: never); returns the value
+    before. For tests and benchmarks (the crossover), while no kernel runs."""
+    global CONV_SG_WEIGHTS
+    _check(weights >= 0, f"set_conv_sg_weights: weights must be >= 0, not {weights}")
+    previous = CONV_SG_WEIGHTS
+    CONV_SG_WEIGHTS = weights
+    return previous
 
 
 def small_gemm_available():

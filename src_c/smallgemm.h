@@ -411,9 +411,9 @@ SG5_TARGET static void sg5_columns(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float
     }
 }
 
-/* Many rows (a forward chunk of hundreds): B is packed once per call, panel
-   by panel (SG5_NR columns, zero past Nc, K rows 128 bytes apart), so that
-   the kernel reads it in order; unpacked, each step k of a panel loaded
+/* Many rows (a forward chunk of hundreds): B is packed (once per call, or
+   once for many: fastnn_sg_pack_bp), panel by panel (SG5_NR columns, zero
+   past Nc, K rows 128 bytes apart), so that the kernel reads it in order; unpacked, each step k of a panel loaded
    from another row of B (4 KiB apart for a 1,024-wide W: a new page each
    time, which the prefetchers do not follow). Then C's rows go in blocks
    whose rows of Aop fit fastnn_sg5_block_bytes (kept in L2), each block by
@@ -434,20 +434,34 @@ static ptrdiff_t fastnn_sg_set_block_bytes(ptrdiff_t bytes) {
     return fastnn_sg5_block_bytes;
 }
 
-/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1) with B packed
-   into Bp (panels x K x SG5_NR floats). */
-SG5_TARGET static void sg5_packed(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
-                                  ptrdiff_t sai, ptrdiff_t sak, const float* B, ptrdiff_t ldb,
-                                  float beta, float* C, ptrdiff_t ldc, float* Bp) {
-    ptrdiff_t rows = fastnn_sg5_block_bytes / (ptrdiff_t) sizeof(float) / K;
-    rows = rows < SG5_MR ? SG5_MR : rows / SG5_MR * SG5_MR;
+/* Floats of B (K, Nc) packed for fastnn_sg_gemm_bp: panels of SG5_NR columns. */
+static ptrdiff_t fastnn_sg_bp_size(ptrdiff_t Nc, ptrdiff_t K) {
+    return (Nc + SG5_NR - 1) / SG5_NR * K * SG5_NR;
+}
+
+/* Bp := B (K, Nc) in panels (panels x K x SG5_NR floats, zero past Nc), B[k, j]
+   = B[k * sbk + j * sbj]: a W (sbj == 1) or its transpose (sbk == 1) packed
+   once for the products of many blocks of rows (fastnn_sg_gemm_bp). */
+SG5_TARGET static void fastnn_sg_pack_bp(ptrdiff_t Nc, ptrdiff_t K, const float* B,
+                                         ptrdiff_t sbk, ptrdiff_t sbj, float* Bp) {
     for (ptrdiff_t j = 0; j < Nc; j += SG5_NR) {
         const ptrdiff_t nc = Nc - j < SG5_NR ? Nc - j : SG5_NR;
         float* p = Bp + j * K;
         for (ptrdiff_t k = 0; k < K; k++)
             for (ptrdiff_t q = 0; q < SG5_NR; q++)
-                p[k * SG5_NR + q] = q < nc ? B[k * ldb + j + q] : 0.0f;
+                p[k * SG5_NR + q] = q < nc ? B[k * sbk + (j + q) * sbj] : 0.0f;
     }
+}
+
+/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed in Bp
+   (fastnn_sg_pack_bp), in the blocks said above: every entry the same FMAs
+   in the same order as sg5_columns, so the same bits whatever M and
+   whatever the rows around it. */
+SG5_TARGET static void fastnn_sg_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                                         ptrdiff_t sai, ptrdiff_t sak, const float* Bp,
+                                         float beta, float* C, ptrdiff_t ldc) {
+    ptrdiff_t rows = fastnn_sg5_block_bytes / (ptrdiff_t) sizeof(float) / (K > 0 ? K : 1);
+    rows = rows < SG5_MR ? SG5_MR : rows / SG5_MR * SG5_MR;
     for (ptrdiff_t i = 0; i < M; i += rows) {
         const ptrdiff_t mb = M - i < rows ? M - i : rows;
         for (ptrdiff_t j = 0; j < Nc; j += SG5_NR) {
@@ -466,6 +480,15 @@ SG5_TARGET static void sg5_packed(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const 
             }
         }
     }
+}
+
+/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed into
+   Bp first (panels x K x SG5_NR floats). */
+SG5_TARGET static void sg5_packed(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                                  ptrdiff_t sai, ptrdiff_t sak, const float* B, ptrdiff_t ldb,
+                                  float beta, float* C, ptrdiff_t ldc, float* Bp) {
+    fastnn_sg_pack_bp(Nc, K, B, ldb, 1, Bp);
+    fastnn_sg_gemm_bp(M, Nc, K, A, sai, sak, Bp, beta, C, ldc);
 }
 
 /* C (M, Nc) := beta C + alpha Aop (M, K) @ B (K, Nc): sg5_columns, or with
@@ -733,6 +756,12 @@ static void fastnn_sg_transpose_bias(ptrdiff_t R, ptrdiff_t C, const float* src,
 static void fastnn_sg_maxpool(const float* src, float* out, int32_t* idx, ptrdiff_t C,
                               ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t kh, ptrdiff_t kw,
                               ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t W) { }
+static ptrdiff_t fastnn_sg_bp_size(ptrdiff_t Nc, ptrdiff_t K) { return 0; }
+static void fastnn_sg_pack_bp(ptrdiff_t Nc, ptrdiff_t K, const float* B, ptrdiff_t sbk,
+                              ptrdiff_t sbj, float* Bp) { }
+static void fastnn_sg_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                              ptrdiff_t sai, ptrdiff_t sak, const float* Bp, float beta,
+                              float* C, ptrdiff_t ldc) { }
 #endif
 
 #endif

@@ -179,10 +179,65 @@ def test_a_first_layer_in_float32_takes_either_path_to_round_off(small_conv, N, 
     assert_allclose(db, db64, rtol=1e-5, atol=1e-4)
 
 
-def test_a_conv_net_trains_the_same_on_either_first_layer_path():
-    # an epoch of a float32 conv net (the first layer on smallgemm.h or on
-    # BLAS; SGD fuses the step into the weight gradient there, Adam does not)
-    # gives the same weights to float32 round-off
+@pytest.mark.parametrize("N, H, C, F, kernel, stride, padding", [
+    (4, 12, 20, 40, 5, 1, "valid"),     # MNIST's second layer: F = 32 + 8, K = 500
+    (3, 9, 8, 33, 3, 2, "same"),        # stride 2, padding, F = 32 + 1
+    (2, 7, 6, 7, (3, 5), 1, "valid"),   # F below 16, a rectangular window
+    (5, 10, 16, 16, 3, 1, "same"),      # F one vector, 500 pixels in 4 blocks
+])
+def test_a_later_layer_in_float32_takes_either_path_to_round_off(small_conv, N, H, C, F,
+                                                                 kernel, stride, padding):
+    # a layer without col_t (kw * C >= 16): smallgemm.h's kernels (conv_sg,
+    # on AVX-512) or BLAS for its three products, each against the
+    # definition in float64; dW and dX written without being read (NaN)
+    rng = np.random.default_rng(7)
+    X, W, b, stride, pad, shape = conv_case(rng, np.float32, N, H, H, C, F, kernel, stride,
+                                            padding)
+    D = rand(rng, shape, np.float32)
+    out = np.full(shape, np.nan, np.float32)
+    _core.conv2d_forward(X, W, b, stride, pad, out)
+    X64, W64, D64 = X.astype(np.float64), W.astype(np.float64), D.astype(np.float64)
+    want = conv_naive(X64, W64, b.astype(np.float64), stride, pad, shape)
+    scale = np.abs(X64).max() * np.abs(W64).sum(axis=(0, 1, 2)).max()
+    assert np.abs(out - want).max() <= 4e-7 * scale
+    dW, db, dX = np.full_like(W, np.nan), np.full_like(b, np.nan), np.full_like(X, np.nan)
+    _core.conv2d_backward(X, W, D, stride, pad, dW, db, dX)
+    dW64, db64, dX64 = np.empty_like(W64), np.empty(F), np.empty_like(X64)
+    ref.conv2d_backward(X64, W64, D64, stride, pad, dW64, db64, dX64)
+    scale = np.abs(X64).max() * np.abs(D64).sum(axis=(0, 1, 2)).max()
+    assert np.abs(dW - dW64).max() <= 4e-7 * scale
+    scale = np.abs(D64).max() * np.abs(W64).sum(axis=3).max() * np.prod(W.shape[:2])
+    assert np.abs(dX - dX64).max() <= 4e-7 * scale
+    assert_allclose(db, db64, rtol=1e-5, atol=1e-4)
+
+
+def test_a_later_layer_on_smallgemm_gives_the_same_bits_in_any_chunk():
+    # conv_sg computes each output row alone (the same FMAs in the same
+    # order whatever the block's rows): a forward of 7 rows is the same bits
+    # as those rows inside a forward of 40, and inside blocks of 12 rows
+    if not _core.small_gemm_available():
+        pytest.skip("this CPU lacks AVX2 or FMA: only the BLAS path exists")
+    rng = np.random.default_rng(9)
+    X, W, b, stride, pad, shape = conv_case(rng, np.float32, 40, 12, 12, 20, 40, 5, 1,
+                                            "valid")
+    outs = []
+    for rows, blocking in ((40, None), (7, None), (40, (12 * 500, 12))):
+        previous = _core.set_conv_blocking(*blocking) if blocking else None
+        try:
+            out = np.empty((rows,) + shape[1:], np.float32)
+            _core.conv2d_forward(X[:rows], W, b, stride, pad, out)
+        finally:
+            if previous:
+                _core.set_conv_blocking(*previous)
+        outs.append(out)
+    assert_array_equal(outs[1], outs[0][:7])
+    assert_array_equal(outs[2], outs[0])
+
+
+def test_a_conv_net_trains_the_same_on_either_conv_path():
+    # an epoch of a float32 conv net (its two conv layers on smallgemm.h or
+    # on BLAS; SGD fuses the step into the weight gradient there, Adam does
+    # not) gives the same weights to float32 round-off
     if not _core.small_gemm_available():
         pytest.skip("this CPU lacks AVX2 or FMA: only the BLAS path exists")
     rng = np.random.default_rng(6)
@@ -193,7 +248,8 @@ def test_a_conv_net_trains_the_same_on_either_first_layer_path():
         for on in (True, False):
             previous = _core.set_small_conv(on)
             try:
-                net = Network([(14, 14, 1), Conv2D(12, 5), MaxPool2D(2), Dense(20), Dense(4)],
+                net = Network([(14, 14, 1), Conv2D(12, 5), MaxPool2D(2), Conv2D(8, 3),
+                               Dense(20), Dense(4)],
                               activation="relu", output="softmax", loss="cross_entropy",
                               dtype="float32", seed=3)
                 net.fit(X, y, epochs=2, batch_size=10, lr=lr, optimizer=optimizer)
