@@ -687,6 +687,10 @@ cdef extern from "smallgemm.h":
                                         const float* A, Py_ssize_t sai, Py_ssize_t sak,
                                         const float* Bp, float beta, float* C,
                                         Py_ssize_t ldc) noexcept nogil
+    void sg_gemm_rows "fastnn_sg_gemm_rows"(Py_ssize_t M, Py_ssize_t Nc, const float** rows,
+                                            Py_ssize_t nseg, Py_ssize_t seglen,
+                                            Py_ssize_t sstride, const float* Bp, float beta,
+                                            float* C, Py_ssize_t ldc) noexcept nogil
     void sg_transpose_bias "fastnn_sg_transpose_bias"(
         Py_ssize_t R, Py_ssize_t C, const float* src, Py_ssize_t lds, const float* bias,
         float* dst, Py_ssize_t ldd) noexcept nogil
@@ -729,6 +733,23 @@ cdef inline bint conv_sg(const Geometry* g) noexcept nogil:
     that the network is not bfloat16)."""
     return (small_conv and not g.col_t and sg_get_isa() == 2
             and g.K * g.out_c <= CONV_SG_WEIGHTS)
+
+
+# Windows a call of sg_gemm_rows takes (10 of its 12-row blocks), from a
+# stack array of their starts.
+cdef enum:
+    WINDOW_ROWS = 120
+
+
+cdef bint conv_in_place_on = True     # set_conv_in_place
+
+
+cdef inline bint windows_inside(const Geometry* g) noexcept nogil:
+    """Whether every window of a convolution lies inside the image (no
+    padding reaches it): its forward may then read each window in place
+    (sg_gemm_rows) rather than copy it (im2col)."""
+    return (conv_in_place_on and g.pt == 0 and g.pl == 0 and (g.out_h - 1) * g.sh + g.kh <= g.in_h
+            and (g.out_w - 1) * g.sw + g.kw <= g.in_w)
 
 
 cdef extern from "fusedgemm.h":
@@ -1584,14 +1605,19 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
     transposes it into Z adding b. col then holds colT (K, block) and the
     transposed block (F, block) after it. Another layer in float32 on
     smallgemm.h (conv_sg) packs W once, after the block in col, and
-    computes Z (nr, F) += col (nr, K) @ W (K, F) from each block in place.
+    computes Z (nr, F) += col (nr, K) @ W (K, F) from each block in place;
+    where every window lies inside the image (windows_inside), from the
+    windows themselves, with no im2col copy (sg_gemm_rows: the same bits).
     bf: a bfloat16 network's scratch (gemm_bf16), which takes the BLAS
     path, else NULL.
     """
     cdef Py_ssize_t blk, r0, nr, r, j, F = g.out_c, rows = N * g.pixels
     cdef floating* z
     cdef floating* Wp = col + g.block * g.K      # W packed (conv_sg)
-    cdef bint sg = False
+    cdef const float* windows[WINDOW_ROWS]      # each window's start (sg_gemm_rows)
+    cdef Py_ssize_t i0, ni
+    cdef Pixel q
+    cdef bint sg = False, inside = windows_inside(g)
     if floating is float:
         sg = bf == NULL and conv_sg(g)
         if sg:
@@ -1611,7 +1637,22 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
         for r in range(nr):
             for j in range(F):
                 z[r * F + j] = b[j]
-        if sg:
+        if sg and inside:
+            # Z (nr, F) += im2col(A) (nr, K) @ W (K, F), each window read in
+            # place: kh rows of kw*C entries, an image row apart
+            if floating is float:
+                pixel_at(&q, g, r0)
+                i0 = 0
+                while i0 < nr:
+                    ni = min(nr - i0, <Py_ssize_t> WINDOW_ROWS)
+                    for r in range(ni):
+                        windows[r] = (A + q.n * g.n_in
+                                      + (q.oy * g.sh * g.in_w + q.ox * g.sw) * g.in_c)
+                        pixel_next(&q, g)
+                    sg_gemm_rows(ni, F, windows, g.kh, g.kw * g.in_c, g.in_w * g.in_c, Wp, 1,
+                                 z + i0 * F, F)
+                    i0 += ni
+        elif sg:
             # Z (nr, F) += col (nr, K) @ W (K, F)
             im2col(A, g, r0, nr, col)
             if floating is float:
@@ -3622,6 +3663,17 @@ def set_conv_sg_weights(Py_ssize_t weights):
     _check(weights >= 0, f"set_conv_sg_weights: weights must be >= 0, not {weights}")
     previous = CONV_SG_WEIGHTS
     CONV_SG_WEIGHTS = weights
+    return previous
+
+
+def set_conv_in_place(bint on):
+    """Whether a conv_sg layer's forward reads each window in place where
+    all lie inside the image (the default) or copies them (im2col) first;
+    returns the setting before. The same bits either way; for tests and
+    benchmarks, while no kernel runs."""
+    global conv_in_place_on
+    previous = conv_in_place_on
+    conv_in_place_on = on
     return previous
 
 

@@ -482,6 +482,108 @@ SG5_TARGET static void fastnn_sg_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,
     }
 }
 
+/* A convolution's forward without its im2col copy: row r of Aop (M, K) is
+   output pixel r's window, K = nseg x seglen entries read where they lie,
+   segment s (a window row: kw x C contiguous entries) at rows[r] + s *
+   sstride (a row of the image). Rows [0, mr) of C by columns [0, nc), nc <=
+   16 * halves, from beta C (1 here: C holds the bias) plus one FMA for each
+   k in order: the entries sg5_block computes from the im2col rows, the same
+   bits. */
+SG5_INLINE void sg5_block_rows(const int mr, const int halves, const float* const* rows,
+                               ptrdiff_t s0, ptrdiff_t s1, ptrdiff_t seglen, ptrdiff_t sstride,
+                               const float* B, float* C, ptrdiff_t ldc, ptrdiff_t nc,
+                               float beta) {
+    __m512 acc[SG5_MR][2];
+    const __mmask16 m0 = sg5_mask(nc), m1 = sg5_mask(nc - 16);
+    const __m512 vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < mr; r++) {
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        if (beta != 0.0f) {
+            const float* c = C + r * ldc;
+            acc[r][0] = _mm512_maskz_loadu_ps(m0, c);
+            if (halves == 2)
+                acc[r][1] = _mm512_maskz_loadu_ps(m1, c + 16);
+            if (beta != 1.0f) {
+                acc[r][0] = _mm512_mul_ps(vb, acc[r][0]);
+                if (halves == 2)
+                    acc[r][1] = _mm512_mul_ps(vb, acc[r][1]);
+            }
+        }
+    }
+    for (ptrdiff_t s = s0; s < s1; s++) {
+        const float* a[SG5_MR];
+        for (int r = 0; r < mr; r++)
+            a[r] = rows[r] + s * sstride;
+        for (ptrdiff_t j = 0; j < seglen; j++) {
+            const float* b = B + ((s - s0) * seglen + j) * SG5_NR;
+            const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+            const __m512 b1 = halves == 2 ? _mm512_maskz_loadu_ps(m1, b + 16) : b0;
+            for (int r = 0; r < mr; r++) {
+                const __m512 x = _mm512_set1_ps(a[r][j]);
+                acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+                if (halves == 2)
+                    acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+            }
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        float* c = C + r * ldc;
+        _mm512_mask_storeu_ps(c, m0, acc[r][0]);
+        if (halves == 2)
+            _mm512_mask_storeu_ps(c + 16, m1, acc[r][1]);
+    }
+}
+
+SG5_INLINE void sg5_panel_rows(const int halves, ptrdiff_t M, const float* const* rows,
+                               ptrdiff_t s0, ptrdiff_t s1, ptrdiff_t seglen, ptrdiff_t sstride,
+                               const float* B, float* C, ptrdiff_t ldc, ptrdiff_t nc,
+                               float beta) {
+    ptrdiff_t i = 0;
+#define SG5_ROWS(mr) sg5_block_rows(mr, halves, rows + i, s0, s1, seglen, sstride, B, \
+                                    C + i * ldc, ldc, nc, beta)
+    for (; i + SG5_MR <= M; i += SG5_MR)
+        SG5_ROWS(SG5_MR);
+    switch (M - i) {
+        case 11: SG5_ROWS(11); break;
+        case 10: SG5_ROWS(10); break;
+        case 9: SG5_ROWS(9); break;
+        case 8: SG5_ROWS(8); break;
+        case 7: SG5_ROWS(7); break;
+        case 6: SG5_ROWS(6); break;
+        case 5: SG5_ROWS(5); break;
+        case 4: SG5_ROWS(4); break;
+        case 3: SG5_ROWS(3); break;
+        case 2: SG5_ROWS(2); break;
+        case 1: SG5_ROWS(1); break;
+        default: break;
+    }
+#undef SG5_ROWS
+}
+
+/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc), K = nseg x seglen, Aop's row r
+   read in place as nseg segments rows[r] + s * sstride (sg5_block_rows), B
+   packed in Bp (fastnn_sg_pack_bp): each panel whole segments at a time, up to
+   SG5_KC steps of k (kept in L1 while the rows pass over it). */
+SG5_TARGET static void fastnn_sg_gemm_rows(ptrdiff_t M, ptrdiff_t Nc, const float* const* rows,
+                                           ptrdiff_t nseg, ptrdiff_t seglen, ptrdiff_t sstride,
+                                           const float* Bp, float beta, float* C,
+                                           ptrdiff_t ldc) {
+    const ptrdiff_t K = nseg * seglen;
+    const ptrdiff_t step = seglen >= SG5_KC ? 1 : SG5_KC / (seglen > 0 ? seglen : 1);
+    for (ptrdiff_t j = 0; j < Nc; j += SG5_NR) {
+        const ptrdiff_t nc = Nc - j < SG5_NR ? Nc - j : SG5_NR;
+        for (ptrdiff_t s = 0; s < nseg; s += step) {
+            const ptrdiff_t s1 = nseg - s < step ? nseg : s + step;
+            const float* b = Bp + j * K + s * seglen * SG5_NR;
+            const float bt = s == 0 ? beta : 1.0f;
+            if (nc <= 16)
+                sg5_panel_rows(1, M, rows, s, s1, seglen, sstride, b, C + j, ldc, nc, bt);
+            else
+                sg5_panel_rows(2, M, rows, s, s1, seglen, sstride, b, C + j, ldc, nc, bt);
+        }
+    }
+}
+
 /* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed into
    Bp first (panels x K x SG5_NR floats). */
 SG5_TARGET static void sg5_packed(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
@@ -762,6 +864,9 @@ static void fastnn_sg_pack_bp(ptrdiff_t Nc, ptrdiff_t K, const float* B, ptrdiff
 static void fastnn_sg_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
                               ptrdiff_t sai, ptrdiff_t sak, const float* Bp, float beta,
                               float* C, ptrdiff_t ldc) { }
+static void fastnn_sg_gemm_rows(ptrdiff_t M, ptrdiff_t Nc, const float* const* rows,
+                                ptrdiff_t nseg, ptrdiff_t seglen, ptrdiff_t sstride,
+                                const float* Bp, float beta, float* C, ptrdiff_t ldc) { }
 #endif
 
 #endif

@@ -234,6 +234,36 @@ def test_a_later_layer_on_smallgemm_gives_the_same_bits_in_any_chunk():
     assert_array_equal(outs[2], outs[0])
 
 
+@pytest.mark.parametrize("N, H, C, F, kernel, stride", [
+    (4, 12, 20, 40, 5, 1),          # MNIST's second layer: windows of 5 rows of 100
+    (3, 11, 8, 33, 3, 2),           # stride 2, F = 32 + 1
+    (2, 9, 6, 7, (3, 5), (2, 1)),   # a rectangular window, unequal strides
+    (1, 40, 16, 16, 3, 1),          # 1,444 pixels: many blocks, each in calls of 120 windows
+])
+def test_a_forward_reads_the_windows_in_place_to_the_same_bits(N, H, C, F, kernel, stride):
+    # no padding: every window inside the image, read where it lies
+    # (sg_gemm_rows) or copied first (im2col), the same FMAs in the same order
+    if not _core.small_gemm_available():
+        pytest.skip("this CPU lacks AVX2 or FMA: only the BLAS path exists")
+    rng = np.random.default_rng(11)
+    X, W, b, stride, pad, shape = conv_case(rng, np.float32, N, H, H, C, F, kernel, stride,
+                                            "valid")
+    outs = []
+    for on in (True, False):
+        previous = _core.set_conv_in_place(on)
+        try:
+            out = np.full(shape, np.nan, np.float32)
+            _core.conv2d_forward(X, W, b, stride, pad, out)
+        finally:
+            _core.set_conv_in_place(previous)
+        outs.append(out)
+    assert_array_equal(outs[0], outs[1])
+    want = conv_naive(X.astype(np.float64), W.astype(np.float64), b.astype(np.float64), stride,
+                      pad, shape)
+    scale = np.abs(X).max() * np.abs(W.astype(np.float64)).sum(axis=(0, 1, 2)).max()
+    assert np.abs(outs[0] - want).max() <= 4e-7 * scale
+
+
 def test_a_conv_net_trains_the_same_on_either_conv_path():
     # an epoch of a float32 conv net (its two conv layers on smallgemm.h or
     # on BLAS; SGD fuses the step into the weight gradient there, Adam does
