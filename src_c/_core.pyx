@@ -599,8 +599,33 @@ cdef extern from *:
             p[i] = p[i] - step * (m[i] / denom);
         }
     }
+
+    /* The bias gradient's column sums of a float32 D (N, O), columns [j0, j1):
+       each column summed over the rows in order, as the Cython loop did,
+       16 columns a vector on AVX-512 (4 on the baseline's SSE2). */
+    FASTNN_CLONES static void fastnn_colsum_f(const float* __restrict D, Py_ssize_t N,
+                                              Py_ssize_t O, Py_ssize_t j0, Py_ssize_t j1,
+                                              float* __restrict colsum) {
+        for (Py_ssize_t j = j0; j < j1; j++)
+            colsum[j] = 0.0f;
+        for (Py_ssize_t r = 0; r < N; r++) {
+            const float* d = D + r * O;
+            for (Py_ssize_t j = j0; j < j1; j++)
+                colsum[j] += d[j];
+        }
+    }
+
+    /* D := D * relu'(z) for float32, relu' = [a > 0] from the stored a. */
+    FASTNN_CLONES static void fastnn_relu_grad_f(const float* __restrict a,
+                                                 float* __restrict d, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            d[i] = a[i] > 0.0f ? d[i] : 0.0f;
+    }
     """
     float fastnn_expf(float x) noexcept nogil
+    void colsum_f "fastnn_colsum_f"(const float* D, Py_ssize_t N, Py_ssize_t O, Py_ssize_t j0,
+                                    Py_ssize_t j1, float* colsum) noexcept nogil
+    void relu_grad_f "fastnn_relu_grad_f"(const float* a, float* d, Py_ssize_t n) noexcept nogil
     void sigmoid_f "fastnn_sigmoid_f"(float* a, Py_ssize_t n) noexcept nogil
     void dropout_row_f "fastnn_dropout_row_f"(const float* a, float* mask, float* out,
                                                Py_ssize_t n, uint64_t key, uint64_t below,
@@ -1262,6 +1287,9 @@ cdef void activation_grad_impl(int act, floating slope, const floating* A,
         for i in range(n):
             D[i] = act_grad(TANH, slope, A[i], D[i])
     elif act == RELU:
+        if floating is float:
+            relu_grad_f(A, D, n)
+            return
         for i in range(n):
             D[i] = act_grad(RELU, slope, A[i], D[i])
     elif act == LEAKY_RELU:
@@ -1385,11 +1413,14 @@ cdef void bias_range_impl(const floating* D, floating alpha, floating beta_b,
                           Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     """b_j := beta_b b_j + alpha sum_r D_rj for j in [j0, j1).  D (N, O), b and colsum (O,)."""
     cdef Py_ssize_t r, j
-    for j in range(j0, j1):
-        colsum[j] = 0
-    for r in range(N):
+    if floating is float:
+        colsum_f(D, N, O, j0, j1, colsum)
+    else:
         for j in range(j0, j1):
-            colsum[j] += D[r * O + j]
+            colsum[j] = 0
+        for r in range(N):
+            for j in range(j0, j1):
+                colsum[j] += D[r * O + j]
     if beta_b == 0:
         # overwrite without reading b, as GEMM does with beta 0: b may hold
         # a NaN from a diverged step, and 0 * NaN is NaN
