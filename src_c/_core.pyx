@@ -769,11 +769,15 @@ cdef enum:
 cdef bint conv_in_place_on = True     # set_conv_in_place
 
 
-cdef inline bint windows_inside(const Geometry* g) noexcept nogil:
-    """Whether every window of a convolution lies inside the image (no
-    padding reaches it): its forward may then read each window in place
-    (sg_gemm_rows) rather than copy it (im2col)."""
-    return (conv_in_place_on and g.pt == 0 and g.pl == 0 and (g.out_h - 1) * g.sh + g.kh <= g.in_h
+cdef inline bint conv_in_place(const Geometry* g) noexcept nogil:
+    """Whether a float32 convolution layer's forward reads each window in
+    place (sg_gemm_rows) rather than copy it (im2col, im2col_t) first: on
+    the AVX-512 kernels, up to CONV_SG_WEIGHTS weights, where every window
+    lies inside the image (no padding reaches it). The caller checks the
+    dtype and that the network is not bfloat16."""
+    return (conv_in_place_on and small_conv and sg_get_isa() == 2
+            and g.K * g.out_c <= CONV_SG_WEIGHTS
+            and g.pt == 0 and g.pl == 0 and (g.out_h - 1) * g.sh + g.kh <= g.in_h
             and (g.out_w - 1) * g.sw + g.kw <= g.in_w)
 
 
@@ -796,11 +800,15 @@ cdef extern from "fusedgemm.h":
 cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
     """Entries of a convolution's scratch: its im2col block, and for a layer
     with col_t (which may take the small-GEMM path) also its output block
-    transposed (out_c, block) and its weight gradient transposed (out_c, K);
-    for another, W packed (conv_sg) after the block."""
+    transposed (out_c, block) and its weight gradient transposed (out_c, K),
+    or W packed at its start (conv_in_place); for another, W packed
+    (conv_sg, conv_in_place) after the block."""
     if g.col_t:
-        return g.block * g.K + g.block * g.out_c + g.out_c * g.K
-    # and W packed for smallgemm.h's kernels (conv_sg), as itself or transposed
+        # or W packed for a forward reading the windows in place (conv_in_place)
+        return max(g.block * g.K + g.block * g.out_c + g.out_c * g.K,
+                   sg_bp_size(g.out_c, g.K))
+    # and W packed for smallgemm.h's kernels (conv_sg, conv_in_place), as
+    # itself or transposed
     return g.block * g.K + max(sg_bp_size(g.out_c, g.K), sg_bp_size(g.K, g.out_c))
 
 
@@ -1637,8 +1645,11 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
     transposed block (F, block) after it. Another layer in float32 on
     smallgemm.h (conv_sg) packs W once, after the block in col, and
     computes Z (nr, F) += col (nr, K) @ W (K, F) from each block in place;
-    where every window lies inside the image (windows_inside), from the
-    windows themselves, with no im2col copy (sg_gemm_rows: the same bits).
+    where every window lies inside the image, any float32 layer on the
+    AVX-512 kernels (conv_in_place, a col_t one too) multiplies the windows
+    themselves, with no im2col copy (sg_gemm_rows: for a layer that would
+    take conv_sg, the same bits), W packed at the start of col (col_t) or
+    after the block.
     bf: a bfloat16 network's scratch (gemm_bf16), which takes the BLAS
     path, else NULL.
     """
@@ -1648,29 +1659,35 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
     cdef const float* windows[WINDOW_ROWS]      # each window's start (sg_gemm_rows)
     cdef Py_ssize_t i0, ni
     cdef Pixel q
-    cdef bint sg = False, inside = windows_inside(g)
+    cdef bint sg = False, in_place = False
     if floating is float:
+        in_place = bf == NULL and conv_in_place(g)
         sg = bf == NULL and conv_sg(g)
-        if sg:
+        if in_place or sg:
+            if g.col_t:
+                Wp = col
             sg_pack_bp(F, g.K, W, F, 1, Wp)
     for blk in range((rows + g.block - 1) // g.block):
         r0 = blk * g.block
         nr = g.block if r0 + g.block <= rows else rows - r0
         z = Z + r0 * F
         if floating is float:
-            if g.col_t and small_conv and bf == NULL:
+            if g.col_t and small_conv and bf == NULL and not in_place:
                 im2col_t(A, g, r0, nr, col)
                 sg_gemm(F, nr, g.K, 1, W, 1, F, col, nr, 0, col + g.block * g.K, nr)
                 sg_transpose_bias(F, nr, col + g.block * g.K, nr, b, z, F)
                 if g.act != SOFTMAX:
                     activate_flat(g.act, slope, z, nr * F)
                 continue
-        for r in range(nr):
-            for j in range(F):
-                z[r * F + j] = b[j]
-        if sg and inside:
+        if not (in_place and g.col_t):
+            for r in range(nr):
+                for j in range(F):
+                    z[r * F + j] = b[j]
+        if in_place:
             # Z (nr, F) += im2col(A) (nr, K) @ W (K, F), each window read in
-            # place: kh rows of kw*C entries, an image row apart
+            # place: kh rows of kw*C entries, an image row apart. A col_t
+            # layer's Z starts from 0 and b is added last, as its transposed
+            # product adds it (the same bits on either path, and on AVX2's)
             if floating is float:
                 pixel_at(&q, g, r0)
                 i0 = 0
@@ -1680,9 +1697,13 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
                         windows[r] = (A + q.n * g.n_in
                                       + (q.oy * g.sh * g.in_w + q.ox * g.sw) * g.in_c)
                         pixel_next(&q, g)
-                    sg_gemm_rows(ni, F, windows, g.kh, g.kw * g.in_c, g.in_w * g.in_c, Wp, 1,
-                                 z + i0 * F, F)
+                    sg_gemm_rows(ni, F, windows, g.kh, g.kw * g.in_c, g.in_w * g.in_c, Wp,
+                                 0 if g.col_t else 1, z + i0 * F, F)
                     i0 += ni
+                if g.col_t:
+                    for r in range(nr):
+                        for j in range(F):
+                            z[r * F + j] = z[r * F + j] + b[j]
         elif sg:
             # Z (nr, F) += col (nr, K) @ W (K, F)
             im2col(A, g, r0, nr, col)
@@ -3698,10 +3719,11 @@ def set_conv_sg_weights(Py_ssize_t weights):
 
 
 def set_conv_in_place(bint on):
-    """Whether a conv_sg layer's forward reads each window in place where
-    all lie inside the image (the default) or copies them (im2col) first;
-    returns the setting before. The same bits either way; for tests and
-    benchmarks, while no kernel runs."""
+    """Whether a float32 convolution layer's forward on the AVX-512 kernels
+    reads each window in place where all lie inside the image (the default:
+    conv_in_place) or copies them (im2col, im2col_t) first; returns the
+    setting before. The same bits either way (a col_t layer adds its bias
+    last on both). For tests and benchmarks, while no kernel runs."""
     global conv_in_place_on
     previous = conv_in_place_on
     conv_in_place_on = on

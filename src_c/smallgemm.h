@@ -486,28 +486,24 @@ SG5_TARGET static void fastnn_sg_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K,
    output pixel r's window, K = nseg x seglen entries read where they lie,
    segment s (a window row: kw x C contiguous entries) at rows[r] + s *
    sstride (a row of the image). Rows [0, mr) of C by columns [0, nc), nc <=
-   16 * halves, from beta C (1 here: C holds the bias) plus one FMA for each
-   k in order: the entries sg5_block computes from the im2col rows, the same
-   bits. */
-SG5_INLINE void sg5_block_rows(const int mr, const int halves, const float* const* rows,
-                               ptrdiff_t s0, ptrdiff_t s1, ptrdiff_t seglen, ptrdiff_t sstride,
-                               const float* B, float* C, ptrdiff_t ldc, ptrdiff_t nc,
-                               float beta) {
+   16 * halves, from C (FROM_C: C may hold the bias) or 0, plus one FMA for
+   each k in order: the entries sg5_block computes from the im2col rows with
+   beta 1 or 0, the same bits. mr, halves and FROM_C are constants at every
+   call site: with beta a run-time value GCC kept B's vector on the stack
+   (1.6x slower). */
+SG5_INLINE void sg5_block_rows(const int mr, const int halves, const int from_c,
+                               const float* const* rows, ptrdiff_t s0, ptrdiff_t s1,
+                               ptrdiff_t seglen, ptrdiff_t sstride, const float* B, float* C,
+                               ptrdiff_t ldc, ptrdiff_t nc) {
     __m512 acc[SG5_MR][2];
     const __mmask16 m0 = sg5_mask(nc), m1 = sg5_mask(nc - 16);
-    const __m512 vb = _mm512_set1_ps(beta);
     for (int r = 0; r < mr; r++) {
         acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        if (beta != 0.0f) {
+        if (from_c) {
             const float* c = C + r * ldc;
             acc[r][0] = _mm512_maskz_loadu_ps(m0, c);
             if (halves == 2)
                 acc[r][1] = _mm512_maskz_loadu_ps(m1, c + 16);
-            if (beta != 1.0f) {
-                acc[r][0] = _mm512_mul_ps(vb, acc[r][0]);
-                if (halves == 2)
-                    acc[r][1] = _mm512_mul_ps(vb, acc[r][1]);
-            }
         }
     }
     for (ptrdiff_t s = s0; s < s1; s++) {
@@ -534,13 +530,13 @@ SG5_INLINE void sg5_block_rows(const int mr, const int halves, const float* cons
     }
 }
 
-SG5_INLINE void sg5_panel_rows(const int halves, ptrdiff_t M, const float* const* rows,
-                               ptrdiff_t s0, ptrdiff_t s1, ptrdiff_t seglen, ptrdiff_t sstride,
-                               const float* B, float* C, ptrdiff_t ldc, ptrdiff_t nc,
-                               float beta) {
+SG5_INLINE void sg5_panel_rows(const int halves, const int from_c, ptrdiff_t M,
+                               const float* const* rows, ptrdiff_t s0, ptrdiff_t s1,
+                               ptrdiff_t seglen, ptrdiff_t sstride, const float* B, float* C,
+                               ptrdiff_t ldc, ptrdiff_t nc) {
     ptrdiff_t i = 0;
-#define SG5_ROWS(mr) sg5_block_rows(mr, halves, rows + i, s0, s1, seglen, sstride, B, \
-                                    C + i * ldc, ldc, nc, beta)
+#define SG5_ROWS(mr) sg5_block_rows(mr, halves, from_c, rows + i, s0, s1, seglen, sstride, B, \
+                                    C + i * ldc, ldc, nc)
     for (; i + SG5_MR <= M; i += SG5_MR)
         SG5_ROWS(SG5_MR);
     switch (M - i) {
@@ -560,10 +556,11 @@ SG5_INLINE void sg5_panel_rows(const int halves, ptrdiff_t M, const float* const
 #undef SG5_ROWS
 }
 
-/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc), K = nseg x seglen, Aop's row r
-   read in place as nseg segments rows[r] + s * sstride (sg5_block_rows), B
-   packed in Bp (fastnn_sg_pack_bp): each panel whole segments at a time, up to
-   SG5_KC steps of k (kept in L1 while the rows pass over it). */
+/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc), beta 0 or 1, K = nseg x seglen,
+   Aop's row r read in place as nseg segments rows[r] + s * sstride
+   (sg5_block_rows), B packed in Bp (fastnn_sg_pack_bp): each panel whole
+   segments at a time, up to SG5_KC steps of k (kept in L1 while the rows
+   pass over it). */
 SG5_TARGET static void fastnn_sg_gemm_rows(ptrdiff_t M, ptrdiff_t Nc, const float* const* rows,
                                            ptrdiff_t nseg, ptrdiff_t seglen, ptrdiff_t sstride,
                                            const float* Bp, float beta, float* C,
@@ -575,11 +572,14 @@ SG5_TARGET static void fastnn_sg_gemm_rows(ptrdiff_t M, ptrdiff_t Nc, const floa
         for (ptrdiff_t s = 0; s < nseg; s += step) {
             const ptrdiff_t s1 = nseg - s < step ? nseg : s + step;
             const float* b = Bp + j * K + s * seglen * SG5_NR;
-            const float bt = s == 0 ? beta : 1.0f;
-            if (nc <= 16)
-                sg5_panel_rows(1, M, rows, s, s1, seglen, sstride, b, C + j, ldc, nc, bt);
-            else
-                sg5_panel_rows(2, M, rows, s, s1, seglen, sstride, b, C + j, ldc, nc, bt);
+            const int from_c = s > 0 || beta != 0.0f;
+#define SG5_RUN(h, f) sg5_panel_rows(h, f, M, rows, s, s1, seglen, sstride, b, C + j, ldc, nc)
+            if (nc <= 16) {
+                if (from_c) SG5_RUN(1, 1); else SG5_RUN(1, 0);
+            } else {
+                if (from_c) SG5_RUN(2, 1); else SG5_RUN(2, 0);
+            }
+#undef SG5_RUN
         }
     }
 }

@@ -239,10 +239,14 @@ def test_a_later_layer_on_smallgemm_gives_the_same_bits_in_any_chunk():
     (3, 11, 8, 33, 3, 2),           # stride 2, F = 32 + 1
     (2, 9, 6, 7, (3, 5), (2, 1)),   # a rectangular window, unequal strides
     (1, 40, 16, 16, 3, 1),          # 1,444 pixels: many blocks, each in calls of 120 windows
+    (10, 28, 1, 20, 5, 1),          # MNIST's first layer (col_t): windows of 5 rows of 5
+    (3, 13, 3, 9, 3, 2),            # RGB, stride 2 (col_t)
 ])
 def test_a_forward_reads_the_windows_in_place_to_the_same_bits(N, H, C, F, kernel, stride):
     # no padding: every window inside the image, read where it lies
-    # (sg_gemm_rows) or copied first (im2col), the same FMAs in the same order
+    # (sg_gemm_rows) or copied first (im2col; a col_t layer's im2col_t, its
+    # product transposed and the bias added last), the same FMAs in the same
+    # order and the bias at the same place: the same bits
     if not _core.small_gemm_available():
         pytest.skip("this CPU lacks AVX2 or FMA: only the BLAS path exists")
     rng = np.random.default_rng(11)
