@@ -29,6 +29,13 @@
  *                   dst (C, R) := src (R, C)^T + bias (R,) along dst's rows:
  *                   a convolution's output block computed transposed (filters
  *                   x pixels) put back in NHWC order, 8 x 8 at a time.
+ *   fastnn_sg_pack_bp, fastnn_sg_gemm_bp (AVX-512)
+ *                   B packed once (W, or W^T), then multiplied by many blocks
+ *                   of rows: a convolution's im2col blocks.
+ *   fastnn_sg_gemm_rows (AVX-512)
+ *                   the same product with each row of A read in place as a
+ *                   few segments a stride apart: a convolution's windows in
+ *                   the image itself, with no im2col copy.
  *
  * Used by the dense layers' forward (Z = A W + b), input delta (D W^T) and
  * weight step (W = beta W + alpha A^T D) when a chunk has few rows; the
