@@ -808,7 +808,9 @@ cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
         return max(g.block * g.K + g.block * g.out_c + g.out_c * g.K,
                    sg_bp_size(g.out_c, g.K))
     # and W packed for smallgemm.h's kernels (conv_sg, conv_in_place), as
-    # itself or transposed
+    # itself or transposed, where its size allows them
+    if g.K * g.out_c > CONV_SG_WEIGHTS:
+        return g.block * g.K
     return g.block * g.K + max(sg_bp_size(g.out_c, g.K), sg_bp_size(g.K, g.out_c))
 
 
