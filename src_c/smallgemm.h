@@ -420,9 +420,10 @@ SG5_TARGET static void sg5_columns(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float
 
 /* Many rows (a forward chunk of hundreds): B is packed (once per call, or
    once for many: fastnn_sg_pack_bp), panel by panel (SG5_NR columns, zero
-   past Nc, K rows 128 bytes apart), so that the kernel reads it in order; unpacked, each step k of a panel loaded
-   from another row of B (4 KiB apart for a 1,024-wide W: a new page each
-   time, which the prefetchers do not follow). Then C's rows go in blocks
+   past Nc, K rows 128 bytes apart), so that the kernel reads it in order;
+   unpacked, each step k of a panel loaded from another row of B (4 KiB
+   apart for a 1,024-wide W: a new page each time, which the prefetchers do
+   not follow). Then C's rows go in blocks
    whose rows of Aop fit fastnn_sg5_block_bytes (kept in L2), each block by
    every panel, SG5_KC steps of k at a time (32 KiB of the packed panel, kept
    in L1 while the block's rows pass over it). A step after the first starts
