@@ -752,12 +752,17 @@ cdef bint small_conv = SMALL_GEMM
 cdef Py_ssize_t CONV_SG_WEIGHTS = 1 << 17
 
 
+cdef inline bint conv_kernels(const Geometry* g) noexcept nogil:
+    """Whether a convolution layer's W is small enough for smallgemm.h's
+    AVX-512 kernels, and they are on (conv_sg, conv_in_place; the caller
+    checks the dtype and that the network is not bfloat16)."""
+    return small_conv and sg_get_isa() == 2 and g.K * g.out_c <= CONV_SG_WEIGHTS
+
+
 cdef inline bint conv_sg(const Geometry* g) noexcept nogil:
     """Whether a float32 convolution layer other than a col_t one takes
-    smallgemm.h's kernels for its products (the caller checks the dtype and
-    that the network is not bfloat16)."""
-    return (small_conv and not g.col_t and sg_get_isa() == 2
-            and g.K * g.out_c <= CONV_SG_WEIGHTS)
+    smallgemm.h's kernels for its products."""
+    return conv_kernels(g) and not g.col_t
 
 
 # Windows a call of sg_gemm_rows takes (10 of its 12-row blocks), from a
@@ -772,11 +777,9 @@ cdef bint conv_in_place_on = True     # set_conv_in_place
 cdef inline bint conv_in_place(const Geometry* g) noexcept nogil:
     """Whether a float32 convolution layer's forward reads each window in
     place (sg_gemm_rows) rather than copy it (im2col, im2col_t) first: on
-    the AVX-512 kernels, up to CONV_SG_WEIGHTS weights, where every window
-    lies inside the image (no padding reaches it). The caller checks the
-    dtype and that the network is not bfloat16."""
-    return (conv_in_place_on and small_conv and sg_get_isa() == 2
-            and g.K * g.out_c <= CONV_SG_WEIGHTS
+    smallgemm.h's AVX-512 kernels (conv_kernels), where every window lies
+    inside the image (no padding reaches it)."""
+    return (conv_in_place_on and conv_kernels(g)
             and g.pt == 0 and g.pl == 0 and (g.out_h - 1) * g.sh + g.kh <= g.in_h
             and (g.out_w - 1) * g.sw + g.kw <= g.in_w)
 
@@ -808,8 +811,8 @@ cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
         return max(g.block * g.K + g.block * g.out_c + g.out_c * g.K,
                    sg_bp_size(g.out_c, g.K))
     # and W packed for smallgemm.h's kernels (conv_sg, conv_in_place), as
-    # itself or transposed, where its size allows them
-    if g.K * g.out_c > CONV_SG_WEIGHTS:
+    # itself or transposed, where they take the layer
+    if not conv_kernels(g):
         return g.block * g.K
     return g.block * g.K + max(sg_bp_size(g.out_c, g.K), sg_bp_size(g.K, g.out_c))
 

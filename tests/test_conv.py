@@ -190,25 +190,31 @@ def test_a_layer_in_float32_takes_either_path_to_round_off(small_conv, N, H, C, 
         assert np.abs(dX - dX64).max() <= 4e-7 * scale
 
 
-def test_a_later_layer_on_smallgemm_gives_the_same_bits_in_any_chunk():
-    # conv_sg computes each output row alone (the same FMAs in the same
-    # order whatever the block's rows): a forward of 7 rows is the same bits
-    # as those rows inside a forward of 40, and inside blocks of 12 rows
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "im2col"])
+def test_a_later_layer_on_smallgemm_gives_the_same_bits_in_any_chunk(in_place):
+    # smallgemm.h computes each output row alone (the same FMAs in the same
+    # order whatever the block's rows), from the windows in place or from
+    # the im2col blocks (conv_sg): a forward of 7 rows is the same bits as
+    # those rows inside a forward of 40, and inside blocks of 12 rows
     if not _core.small_gemm_available():
         pytest.skip("this CPU lacks AVX2 or FMA: only the BLAS path exists")
     rng = np.random.default_rng(9)
     X, W, b, stride, pad, shape = conv_case(rng, np.float32, 40, 12, 12, 20, 40, 5, 1,
                                             "valid")
     outs = []
-    for rows, blocking in ((40, None), (7, None), (40, (12 * 500, 12))):
-        previous = _core.set_conv_blocking(*blocking) if blocking else None
-        try:
-            out = np.empty((rows,) + shape[1:], np.float32)
-            _core.conv2d_forward(X[:rows], W, b, stride, pad, out)
-        finally:
-            if previous:
-                _core.set_conv_blocking(*previous)
-        outs.append(out)
+    was = _core.set_conv_in_place(in_place)
+    try:
+        for rows, blocking in ((40, None), (7, None), (40, (12 * 500, 12))):
+            previous = _core.set_conv_blocking(*blocking) if blocking else None
+            try:
+                out = np.empty((rows,) + shape[1:], np.float32)
+                _core.conv2d_forward(X[:rows], W, b, stride, pad, out)
+            finally:
+                if previous:
+                    _core.set_conv_blocking(*previous)
+            outs.append(out)
+    finally:
+        _core.set_conv_in_place(was)
     assert_array_equal(outs[1], outs[0][:7])
     assert_array_equal(outs[2], outs[0])
 
