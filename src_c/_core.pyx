@@ -239,6 +239,11 @@ cdef struct Layout:
     Py_ssize_t y_off             # chunk targets
     Py_ssize_t sw_off            # chunk sample weights
     Py_ssize_t work_size         # entries the workspace needs
+    # A_0 read in place (a bfloat16 dense network's products in training,
+    # train_epoch_impl): row r of the chunk is x_src + x_rows[r] * I_0, not
+    # in the workspace; x_rows NULL: A_0 is in the workspace
+    const float* x_src
+    const int64_t* x_rows
 
 
 cdef void geometry_init(Geometry* g, const int64_t* row, Py_ssize_t capacity) noexcept nogil:
@@ -343,6 +348,8 @@ cdef int layout_init(Layout* lay, const int64_t* table, Py_ssize_t n_layers,
     lay.y_off = a
     lay.sw_off = lay.y_off + capacity * lay.layer[n_layers - 1].n_out
     lay.work_size = lay.sw_off + capacity
+    lay.x_src = NULL
+    lay.x_rows = NULL
     return 0
 
 
@@ -835,17 +842,22 @@ cdef extern from *:
     }
 
     /* dst (rows x cols, column-major, leading dimension rows) := the
-       bfloat16 rounding of src (column-major, leading dimension ld). */
+       bfloat16 rounding of src (column-major, leading dimension ld), whose
+       column j is src + j * ld, or src + col[j] * ld through a table (col
+       not NULL: a batch's rows read in place). */
     static void fastnn_bf16_copy(const float* src, Py_ssize_t ld, Py_ssize_t rows,
-                                 Py_ssize_t cols, float* dst) {
-        for (Py_ssize_t j = 0; j < cols; j++)
+                                 Py_ssize_t cols, float* dst, const int64_t* col) {
+        for (Py_ssize_t j = 0; j < cols; j++) {
+            const float* s = src + (col != NULL ? (Py_ssize_t) col[j] : j) * ld;
             for (Py_ssize_t i = 0; i < rows; i++)
-                dst[j * rows + i] = fastnn_round_bf16(src[j * ld + i]);
+                dst[j * rows + i] = fastnn_round_bf16(s[i]);
+        }
     }
     """
     float bf16_round "fastnn_round_bf16"(float x) noexcept nogil
     void bf16_copy "fastnn_bf16_copy"(const float* src, Py_ssize_t ld, Py_ssize_t rows,
-                                      Py_ssize_t cols, float* dst) noexcept nogil
+                                      Py_ssize_t cols, float* dst,
+                                      const int64_t* col) noexcept nogil
 
 
 cdef extern from *:
@@ -864,17 +876,13 @@ cdef extern from "amxgemm.h":
     int amx_ok "fastnn_amx_available"() noexcept nogil
     Py_ssize_t amx_scratch "fastnn_amx_scratch"(Py_ssize_t m, Py_ssize_t n,
                                                 Py_ssize_t k) noexcept nogil
-    void amx_gemm "fastnn_amx_gemm"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
-                                    const float* A, Py_ssize_t sai, Py_ssize_t sap,
-                                    const float* B, Py_ssize_t sbp, Py_ssize_t sbj,
-                                    float beta, float* C, Py_ssize_t ldc,
-                                    float* scratch, int threads) noexcept nogil
     void amx_gemm_epi "fastnn_amx_gemm_epi"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                             float alpha, const float* A, Py_ssize_t sai,
                                             Py_ssize_t sap, const float* B, Py_ssize_t sbp,
                                             Py_ssize_t sbj, float beta, float* C,
                                             Py_ssize_t ldc, float* scratch, int threads,
-                                            const float* bias, int relu) noexcept nogil
+                                            const float* bias, int relu,
+                                            const int64_t* b_rows, int b_rows_j) noexcept nogil
 
 
 # Whether gemm_bf16 multiplies on AMX tiles (amxgemm.h) rather than emulating:
@@ -957,7 +965,7 @@ cdef inline bint small(Py_ssize_t rows, Py_ssize_t weights) noexcept nogil:
 
 cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
                     const float* a, int lda, const float* b, int ldb, float beta,
-                    float* c, int ldc, float* scratch) noexcept nogil:
+                    float* c, int ldc, float* scratch, const int64_t* b_cols) noexcept nogil:
     """Column-major C := alpha bf16(op(A)) bf16(op(B)) + beta C, accumulated
     in float32: every matrix product of a bfloat16 network, here and only
     here. C, alpha and beta stay float32.
@@ -968,11 +976,16 @@ cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
     what a bf16 dot-product instruction computes, up to the order of the
     sums. Native (native_bf16_on): amxgemm.h packs the operands to 16 bits
     and multiplies them on AMX tiles, 16 x 16 x 32 multiply-adds an
-    instruction (op(A)[i, p] = A[i*sai + p*sap], op(B)[p, j] = B[p*sbp + j*sbj])."""
+    instruction (op(A)[i, p] = A[i*sai + p*sap], op(B)[p, j] = B[p*sbp + j*sbj]).
+
+    b_cols: NULL, or B's columns (as B is stored) read through a table:
+    column c at b + b_cols[c] * ldb. B is then a training batch's rows read
+    in place from the training set rather than gathered first."""
     if native_bf16_on:
-        amx_gemm(m, n, k, alpha, a, 1 if transa == c'N' else lda, lda if transa == c'N' else 1,
-                 b, 1 if transb == c'N' else ldb, ldb if transb == c'N' else 1, beta, c, ldc,
-                 scratch, bf16_threads)
+        amx_gemm_epi(m, n, k, alpha, a, 1 if transa == c'N' else lda,
+                     lda if transa == c'N' else 1, b, 1 if transb == c'N' else ldb,
+                     ldb if transb == c'N' else 1, beta, c, ldc, scratch, bf16_threads,
+                     NULL, 0, b_cols, transb == c'N')
         return
     cdef int ar = m if transa == c'N' else k        # op(A) is m x k: A is ar x ac
     cdef int ac = k if transa == c'N' else m
@@ -980,8 +993,8 @@ cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
     cdef int bc = n if transb == c'N' else k
     cdef float* a16 = scratch
     cdef float* b16 = scratch + <Py_ssize_t> ar * ac
-    bf16_copy(a, lda, ar, ac, a16)
-    bf16_copy(b, ldb, br, bc, b16)
+    bf16_copy(a, lda, ar, ac, a16, NULL)
+    bf16_copy(b, ldb, br, bc, b16, b_cols)
     if ar < 1:
         ar = 1
     if br < 1:
@@ -991,24 +1004,25 @@ cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
 
 cdef void gemm_bf16_bias(int m, int n, int k, const float* a, int lda, const float* b,
                          int ldb, const float* bias, bint relu, float* c, int ldc,
-                         float* scratch) noexcept nogil:
+                         float* scratch, const int64_t* b_cols) noexcept nogil:
     """Column-major C := bf16(A) bf16(B) + bias (the same (m,) in each
     column), then max(., 0) if relu: a bfloat16 dense layer's forward, A
     (m, k), B (k, n), neither transposed. Natively the bias and ReLU are
     applied as each tile of C is stored (amxgemm.h's epilogue); emulated, C
     is prefilled with the bias for gemm_bf16's beta = 1 and ReLU is a pass
     (a if a > 0 else 0, as activate_flat): the same bits either way as a
-    prefilled product and an activation pass."""
+    prefilled product and an activation pass. b_cols: B's columns through a
+    table, as in gemm_bf16."""
     cdef Py_ssize_t i, j
     cdef float* col
     if native_bf16_on:
         amx_gemm_epi(m, n, k, 1, a, 1, lda, b, 1, ldb, 0, c, ldc, scratch, bf16_threads,
-                     bias, relu)
+                     bias, relu, b_cols, 1)
         return
     for j in range(n):
         for i in range(m):
             c[j * ldc + i] = bias[i]
-    gemm_bf16(c'N', c'N', m, n, k, 1, a, lda, b, ldb, 1, c, ldc, scratch)
+    gemm_bf16(c'N', c'N', m, n, k, 1, a, lda, b, ldb, 1, c, ldc, scratch, b_cols)
     if relu:
         for j in range(n):
             col = c + j * ldc
@@ -1024,7 +1038,7 @@ cdef inline void gemm(char transa, char transb, int m, int n, int k,
     (not NULL: a bfloat16 network's scratch), gemm_bf16."""
     if floating is float:
         if bf != NULL:
-            gemm_bf16(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bf)
+            gemm_bf16(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bf, NULL)
             return
         sgemm(&transa, &transb, &m, &n, &k, &alpha, <float*> a, &lda,
               <float*> b, &ldb, &beta, c, &ldc)
@@ -1122,9 +1136,12 @@ cdef void gather_chunk(const input_t* X, const floating* Y, const floating* samp
                        floating* swb) noexcept nogil:
     """A chunk's rows: A0 := X[rows] (shifted when augment == SHIFT; row r is
     the epoch's row first + r), Yb := Y[rows], swb := sample_weight[rows]
-    (swb NULL: no weights).  rows (n,), A0 (n, I), Yb (n, O), swb (n,)."""
+    (swb NULL: no weights; A0 NULL: the rows are read in place, x_in_place).
+    rows (n,), A0 (n, I), Yb (n, O), swb (n,)."""
     cdef Py_ssize_t r
-    if augment == SHIFT:
+    if A0 == NULL:
+        pass
+    elif augment == SHIFT:
         gather_shifted(X, g0.in_h, g0.in_w, g0.in_c, rows, n, A0, seed, first)
     else:
         gather_rows(X, g0.n_in, rows, n, A0)
@@ -1137,7 +1154,7 @@ cdef void gather_chunk(const input_t* X, const floating* Y, const floating* samp
 cdef bint linear_forward_impl(const floating* A, const floating* W,
                               const floating* b, floating* Z, Py_ssize_t N,
                               Py_ssize_t I, Py_ssize_t O, int act, floating* bf,
-                              bint predicting) noexcept nogil:
+                              bint predicting, const int64_t* a_rows) noexcept nogil:
     """Z := A @ W + b, and act(Z) where it returns True.  A (N, I),
     W (I, O), b (O,), Z (N, O).
 
@@ -1148,14 +1165,16 @@ cdef bint linear_forward_impl(const floating* A, const floating* W,
     bfloat16 network's scratch (gemm_bf16), else NULL; a bfloat16 network
     never takes smallgemm.h's kernels. predicting: a forward outside
     training, which takes smallgemm.h's kernels at any N where
-    small_predict() says so.
+    small_predict() says so. a_rows: NULL, or (with bf) A's rows read in
+    place through a table, row r at A + a_rows[r] * I (train_epoch_impl's
+    batch, not gathered).
     """
     cdef Py_ssize_t r, j
     if floating is float:
         if bf != NULL:
             # column-major Z^T (O, N) := W^T (O, I) @ A^T (I, N) + b
             gemm_bf16_bias(<int> O, <int> N, <int> I, W, <int> O, A, <int> I, b,
-                           act == RELU, Z, <int> O, bf)
+                           act == RELU, Z, <int> O, bf, a_rows)
             return act == RELU or act == IDENTITY
     for r in range(N):
         for j in range(O):
@@ -1448,16 +1467,20 @@ cdef void param_update_impl(const floating* A, const floating* D,
                             floating alpha, floating beta_w, floating beta_b,
                             floating* W, floating* b, floating* colsum,
                             Py_ssize_t N, Py_ssize_t I,
-                            Py_ssize_t O, floating* bf) noexcept nogil:
+                            Py_ssize_t O, floating* bf, const int64_t* a_rows) noexcept nogil:
     """W := beta_w W + alpha A^T @ D;  b := beta_b b + alpha sum_rows(D).
 
     dC/dW = A^{l-1 T} delta^l and dC/db = sum_x delta^l, so with
     alpha = -lr/m and beta_w = 1 - lr*l2/n this is the SGD step with L2
     weight decay, done by the GEMM itself; with alpha = 1/m and betas 0 or
     1 it writes or accumulates the mean gradient.  A (N, I), D (N, O), W (I, O);
-    bf as in linear_forward_impl (the bias gradient sums D as it is).
+    bf and a_rows as in linear_forward_impl (the bias gradient sums D as it is).
     """
-    if floating is float and small(N, I * O) and bf == NULL:
+    if floating is float and bf != NULL:
+        # column-major W^T (O, I) = alpha D^T (O, N) @ A (N, I) + beta_w W^T
+        gemm_bf16(c'N', c'T', <int> O, <int> I, <int> N, alpha, D, <int> O, A, <int> I,
+                  beta_w, W, <int> O, bf, a_rows)
+    elif floating is float and small(N, I * O):
         # W (I, O) = beta_w W + alpha A^T (I, N) @ D (N, O)
         sg_gemm(I, O, N, alpha, A, 1, I, D, O, beta_w, W, O)
     else:
@@ -1970,10 +1993,16 @@ cdef void forward_impl(const floating* params, Layout* lay, floating slope,
     cdef Geometry* g
     cdef const floating* src
     cdef floating* dst
+    cdef const int64_t* rows
     for l in range(L):
         g = &lay.layer[l]
+        rows = NULL
         if l > 0:
             src = work + (lay.in_off[l] if training else lay.a_off[l])
+        elif lay.x_rows != NULL:
+            # the chunk's rows read in place (x_in_place): float32 only
+            src = <const floating*> lay.x_src
+            rows = lay.x_rows
         elif training and lay.mask_off[0] >= 0:
             dropout_impl(A0, work + lay.mask_off[0], work + lay.in_off[0], N, g.n_in,
                          lay.keep[0], seed, first, INPUT_STREAM)
@@ -1983,7 +2012,7 @@ cdef void forward_impl(const floating* params, Layout* lay, floating slope,
         dst = A_out if l == L - 1 else work + lay.a_off[l + 1]
         if g.kind == DENSE:
             if not linear_forward_impl(src, params + g.w_off, params + g.b_off, dst, N,
-                                       g.n_in, g.n_out, g.act, bf, not training):
+                                       g.n_in, g.n_out, g.act, bf, not training, rows):
                 activate_rows(g.act, slope, dst, N, g.n_out, ew_threads(bf, N * g.n_out))
         elif g.kind == CONV2D:
             conv_forward_impl(src, params + g.w_off, params + g.b_off, dst,
@@ -2031,8 +2060,15 @@ cdef void backward_impl(const floating* params, Layout* lay, floating slope,
                 bias_update_impl(D, alpha, beta_b, target + g.b_off, work + g.colsum_off, N,
                                  g.n_out)
             else:
-                param_update_impl(src, D, alpha, beta_w, beta_b, target + g.w_off,
-                                  target + g.b_off, work + g.colsum_off, N, g.n_in, g.n_out, bf)
+                if l == 0 and lay.x_rows != NULL:
+                    # the chunk's rows read in place (x_in_place): float32 only
+                    param_update_impl(<const floating*> lay.x_src, D, alpha, beta_w, beta_b,
+                                      target + g.w_off, target + g.b_off, work + g.colsum_off,
+                                      N, g.n_in, g.n_out, bf, lay.x_rows)
+                else:
+                    param_update_impl(src, D, alpha, beta_w, beta_b, target + g.w_off,
+                                      target + g.b_off, work + g.colsum_off, N, g.n_in,
+                                      g.n_out, bf, NULL)
             continue
         if g.kind == CONV2D:
             conv_backward_impl(src, params + g.w_off, D, dA, work + lay.col_off, g, N,
@@ -2195,6 +2231,25 @@ cdef void scale_impl(floating* g, Py_ssize_t n, double scale) noexcept nogil:
         g[i] = g[i] * f
 
 
+# Whether a bfloat16 dense network's first layer reads a chunk's rows of X
+# in place in training (x_in_place), its products taking them through the
+# epoch's row order, rather than from a gathered copy: the gather was a
+# serial pass over the batch while the products' other threads waited.
+# For the tests and benchmarks (set_x_in_place): the same bits either way.
+cdef bint x_in_place_on = True
+cdef Py_ssize_t x_in_place_epochs = 0    # epochs that read X in place, for the tests
+
+
+cdef bint x_in_place(const Layout* lay, int augment) noexcept nogil:
+    """Whether train_epoch_impl's chunks read X's rows in place: a bfloat16
+    network (gemm_bf16 takes a table of rows) whose first layer is dense,
+    with no input dropout and no augmentation (the rows as X holds them),
+    where x_in_place_on. The caller checks that X is float32 (a uint8 row
+    is scaled by the gather)."""
+    return (x_in_place_on and lay.bf_off >= 0 and lay.layer[0].kind == DENSE
+            and lay.mask_off[0] < 0 and augment == NO_AUGMENT)
+
+
 cdef int train_epoch_impl(const input_t* X, const floating* Y,
                           const floating* sample_weight, const int64_t* order,
                           Py_ssize_t n, floating* params, floating* state,
@@ -2211,7 +2266,10 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
     SGD on a one-chunk batch without L1 or clipping fuses the step into the
     backward GEMMs instead. Stops before a batch when the caller sets
     control[STOP_REQUEST], and returns DIVERGED, without applying that
-    batch, as soon as a chunk's loss is not finite.
+    batch, as soon as a chunk's loss is not finite. Where x_in_place allows
+    (a bfloat16 dense network), the first layer's products read the chunk's
+    rows of X in place through the order, and only Y (and the weights) are
+    gathered.
     """
     cdef Py_ssize_t k, c, start, m, first, cm, r, L = lay.n_layers
     cdef Geometry* g0 = &lay.layer[0]
@@ -2225,6 +2283,9 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
     cdef floating lr = <floating> hyper[H_LR]
     cdef double clip = hyper[H_CLIP_NORM]
     cdef bint fused = opt == SGD and hyper[H_L1] == 0 and clip == 0 and batch_size <= cap
+    cdef bint in_place = input_t is float and floating is float and x_in_place(lay, augment)
+    if in_place:
+        lay.x_src = <const float*> X
     for k in range((n + batch_size - 1) // batch_size):
         if control[STOP_REQUEST] != 0:
             return STOPPED
@@ -2234,7 +2295,9 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
             first = start + c * cap
             cm = cap if first + cap <= start + m else start + m - first
             gather_chunk(X, Y, sample_weight, order + first, cm, g0, n_out, augment, seed,
-                         first, A0, Yb, swb)
+                         first, NULL if in_place else A0, Yb, swb)
+            if in_place:
+                lay.x_rows = order + first
             # the next chunk's rows start loading while this one computes
             if first + cm < n:
                 prefetch_rows(X, n_in, order + first + cm, min(cap, n - first - cm))
@@ -3392,6 +3455,9 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             loss_sum = float(np.sum(team_loss))
             n_correct = int(np.sum(team_correct))
         elif n_threads == 1:
+            if input_t is float and floating is float and x_in_place(&lay, augment):
+                global x_in_place_epochs
+                x_in_place_epochs += 1
             with nogil:
                 fp = flush_denormals()
                 status = train_epoch_impl(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0],
@@ -3528,7 +3594,7 @@ def linear_forward(const floating[:, ::1] A, const floating[:, ::1] W,
         return
     with nogil:
         linear_forward_impl(&A[0, 0], &W[0, 0], &b[0], &out[0, 0], N, I, O, IDENTITY, NULL,
-                            False)
+                            False, NULL)
 
 
 def round_bf16(const float[::1] x, float[::1] out):
@@ -3540,7 +3606,7 @@ def round_bf16(const float[::1] x, float[::1] out):
     if n == 0:
         return
     with nogil:
-        bf16_copy(&x[0], n, n, 1, &out[0])
+        bf16_copy(&x[0], n, n, 1, &out[0], NULL)
 
 
 def native_bf16():
@@ -3566,6 +3632,17 @@ def set_native_bf16(bint on):
     return previous
 
 
+def set_x_in_place(bint on):
+    """Let a bfloat16 dense network's training read its batches' rows of X
+    in place (on: the default, where x_in_place allows) or gather them
+    first; returns the previous setting. For tests and benchmarks: the same
+    bits either way; call it while no kernel runs."""
+    global x_in_place_on
+    previous = x_in_place_on
+    x_in_place_on = on
+    return previous
+
+
 def set_bf16_threads(int n):
     """The threads a bfloat16 product on AMX tiles may take (fastnn.blas
     sets it with the BLAS's thread count); returns the previous count."""
@@ -3578,13 +3655,21 @@ def set_bf16_threads(int n):
 
 def gemm_bf16_matmul(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C,
                      float alpha=1, float beta=0, bint transpose_a=False,
-                     bint transpose_b=False):
+                     bint transpose_b=False, const int64_t[::1] a_rows=None):
     """C := alpha bf16(op(A)) @ bf16(op(B)) + beta C through gemm_bf16 (on
     AMX tiles where native_bf16(), else emulated), row-major: op(A) (M, K),
-    op(B) (K, N), C (M, N). For tests of the kernel."""
+    op(B) (K, N), C (M, N). a_rows: A's rows read through this table (A[a_rows]
+    in place of A, as training reads a batch's rows: gemm_bf16's b_cols).
+    For tests of the kernel."""
     import numpy as np
-    cdef Py_ssize_t M = A.shape[1] if transpose_a else A.shape[0]
-    cdef Py_ssize_t K = A.shape[0] if transpose_a else A.shape[1]
+    cdef Py_ssize_t RA = A.shape[0] if a_rows is None else a_rows.shape[0]
+    cdef Py_ssize_t M = A.shape[1] if transpose_a else RA
+    cdef Py_ssize_t K = RA if transpose_a else A.shape[1]
+    cdef const int64_t* table = NULL
+    if a_rows is not None:
+        _check_rows(a_rows, A.shape[0])
+        if RA:
+            table = &a_rows[0]
     cdef Py_ssize_t N = B.shape[0] if transpose_b else B.shape[1]
     _check((B.shape[1] if transpose_b else B.shape[0]) == K and C.shape[0] == M
            and C.shape[1] == N, "gemm_bf16_matmul: shapes do not match")
@@ -3599,8 +3684,9 @@ def gemm_bf16_matmul(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1]
         gemm_bf16(c'T' if transpose_b else c'N', c'T' if transpose_a else c'N',
                   <int> N, <int> M, <int> K, alpha, &B[0, 0] if K else &zero,
                   <int> (B.shape[1] if B.shape[1] else 1),
-                  &A[0, 0] if K else &zero, <int> (A.shape[1] if A.shape[1] else 1), beta,
-                  &C[0, 0], <int> N, &s[0])
+                  &A[0, 0] if K and A.shape[0] else &zero,
+                  <int> (A.shape[1] if A.shape[1] else 1), beta, &C[0, 0], <int> N, &s[0],
+                  table)
 
 
 def units_threads(const int64_t[:, ::1] table, Py_ssize_t capacity, int optimizer,
@@ -3828,6 +3914,12 @@ def set_defer_weights(Py_ssize_t weights=-1):
 def deferred_epochs_run():
     """Team epochs in this process that deferred a dense layer's steps."""
     return deferred_epochs
+
+
+def x_in_place_epochs_run():
+    """Epochs in this process whose chunks read X's rows in place
+    (x_in_place; the tests check which path an epoch took)."""
+    return x_in_place_epochs
 
 
 def fused_epochs_run():

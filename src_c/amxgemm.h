@@ -1,10 +1,11 @@
 /* amxgemm.h: the bfloat16 matrix product of a bfloat16 network on AMX tiles
  * (Intel Sapphire Rapids and later: AMX-TILE and AMX-BF16).
  *
- *   fastnn_amx_gemm   column-major C (m, n) := alpha bf16(op(A)) bf16(op(B)) + beta C,
- *                     op(A) (m, k), op(B) (k, n), the products summed in float32;
- *                     what _core.gemm_bf16 emulates with sgemm, up to the order of
- *                     the sums.
+ *   fastnn_amx_gemm_epi  column-major C (m, n) := alpha bf16(op(A)) bf16(op(B)) + beta C,
+ *                        op(A) (m, k), op(B) (k, n), the products summed in float32;
+ *                        what _core.gemm_bf16 emulates with sgemm, up to the order
+ *                        of the sums; optionally a bias and ReLU as C is stored,
+ *                        and B's columns read through a table of rows.
  *
  * The operands are rounded to bfloat16 (round to nearest, ties to even, as
  * fastnn_round_bf16) while they are packed into scratch, so that op(A) and
@@ -69,7 +70,7 @@ static int fastnn_amx_available(void) {
     return 1;
 }
 
-/* The entries of float32 scratch fastnn_amx_gemm needs for m, n, k. */
+/* The entries of float32 scratch fastnn_amx_gemm_epi needs for m, n, k. */
 static ptrdiff_t fastnn_amx_scratch(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k) {
     const ptrdiff_t it = ((m + AMX_T - 1) / AMX_T + 1) / 2 * 2;
     const ptrdiff_t jt = ((n + AMX_T - 1) / AMX_T + 1) / 2 * 2;
@@ -106,25 +107,33 @@ AMX_VEC __mmask16 amx_mask(ptrdiff_t n) {
     return n >= 16 ? (__mmask16) 0xFFFF : n <= 0 ? (__mmask16) 0 : (__mmask16) ((1u << n) - 1);
 }
 
-/* The 16 pairs of p0 .. p0 + 31 at x (X + x * sx, p contiguous), 0 past k or nx. */
+/* Row r of an operand whose rows are read through a table (rows[r], a batch's
+   rows read in place from the training set), or r itself (rows NULL). */
+AMX_VEC ptrdiff_t amx_row(const int64_t* rows, ptrdiff_t r) {
+    return rows != NULL ? (ptrdiff_t) rows[r] : r;
+}
+
+/* The 16 pairs of p0 .. p0 + 31 at x (X + row(x) * sx, p contiguous), 0 past k or nx. */
 AMX_VEC __m512i amx_along_h(const float* X, ptrdiff_t sx, ptrdiff_t x, ptrdiff_t nx,
-                            ptrdiff_t p0, ptrdiff_t k) {
+                            ptrdiff_t p0, ptrdiff_t k, const int64_t* rows) {
     if (x >= nx || p0 >= k)
         return _mm512_setzero_si512();
-    const float* row = X + x * sx + p0;
+    const float* row = X + amx_row(rows, x) * sx + p0;
     const __m256i lo = amx_bf16x16(_mm512_maskz_loadu_ps(amx_mask(k - p0), row));
     const __m256i hi = amx_bf16x16(_mm512_maskz_loadu_ps(amx_mask(k - p0 - 16), row + 16));
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-/* The pairs (p, p + 1) of x0 .. x0 + 15 (X + p * sp, x contiguous), 0 past k or nx. */
+/* The pairs (p, p + 1) of x0 .. x0 + 15 (X + row(p) * sp, x contiguous), 0 past k or nx. */
 AMX_VEC __m512i amx_along_x(const float* X, ptrdiff_t sp, ptrdiff_t x0, ptrdiff_t nx,
-                            ptrdiff_t p, ptrdiff_t k) {
+                            ptrdiff_t p, ptrdiff_t k, const int64_t* rows) {
     const __mmask16 m = amx_mask(nx - x0);
-    const __m256i a = p < k ? amx_bf16x16(_mm512_maskz_loadu_ps(m, X + p * sp + x0))
-                            : _mm256_setzero_si256();
-    const __m256i b = p + 1 < k ? amx_bf16x16(_mm512_maskz_loadu_ps(m, X + (p + 1) * sp + x0))
-                                : _mm256_setzero_si256();
+    const __m256i a = p < k
+        ? amx_bf16x16(_mm512_maskz_loadu_ps(m, X + amx_row(rows, p) * sp + x0))
+        : _mm256_setzero_si256();
+    const __m256i b = p + 1 < k
+        ? amx_bf16x16(_mm512_maskz_loadu_ps(m, X + amx_row(rows, p + 1) * sp + x0))
+        : _mm256_setzero_si256();
     const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
                                          24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
                                          1, 16, 0);
@@ -133,32 +142,37 @@ AMX_VEC __m512i amx_along_x(const float* X, ptrdiff_t sp, ptrdiff_t x0, ptrdiff_
 
 /* One tile of pairs of X (x0 .. x0+15, p0 .. p0+31; x along sx, p along sp; 0
    past nx or k): rows along h (by_x = 0: tile[x][h], R) or along x (by_x = 1:
-   tile[h][x], V). One of sx and sp is 1 (X is a column-major matrix). */
+   tile[h][x], V). One of sx and sp is 1 (X is a column-major matrix). rows:
+   NULL, or the table of the index whose stride is not 1 (rows_on_x: x's,
+   else p's): X's entry (x, p) is then X[rows[x] * sx + p] or X[x + rows[p] * sp]. */
 __attribute__((target("avx512f,avx512bw")))
 static void amx_pack_tile(const float* X, ptrdiff_t sx, ptrdiff_t sp, ptrdiff_t x0,
-                          ptrdiff_t nx, ptrdiff_t p0, ptrdiff_t k, int by_x, uint16_t* tile) {
+                          ptrdiff_t nx, ptrdiff_t p0, ptrdiff_t k, int by_x, uint16_t* tile,
+                          const int64_t* rows, int rows_on_x) {
     uint32_t* t = (uint32_t*) tile;
-    if (sp == 1) {                                  /* vectors along h, one a column x */
+    const int64_t* rx = rows_on_x ? rows : NULL;
+    const int64_t* rp = rows_on_x ? NULL : rows;
+    if (rows != NULL ? rows_on_x : sp == 1) {       /* vectors along h, one a column x */
         if (!by_x) {
             for (ptrdiff_t r = 0; r < AMX_T; r++)
-                _mm512_store_si512(t + r * AMX_T, amx_along_h(X, sx, x0 + r, nx, p0, k));
+                _mm512_store_si512(t + r * AMX_T, amx_along_h(X, sx, x0 + r, nx, p0, k, rx));
             return;
         }
         __m512i v[AMX_T];
         for (ptrdiff_t c = 0; c < AMX_T; c++)
-            v[c] = amx_along_h(X, sx, x0 + c, nx, p0, k);
+            v[c] = amx_along_h(X, sx, x0 + c, nx, p0, k, rx);
         fastnn_transpose16(v, t, AMX_T);
         return;
     }
     /* sx == 1, x contiguous: vectors along x, one a pair h */
     if (by_x) {
         for (ptrdiff_t h = 0; h < AMX_T; h++)
-            _mm512_store_si512(t + h * AMX_T, amx_along_x(X, sp, x0, nx, p0 + 2 * h, k));
+            _mm512_store_si512(t + h * AMX_T, amx_along_x(X, sp, x0, nx, p0 + 2 * h, k, rp));
         return;
     }
     __m512i v[AMX_T];
     for (ptrdiff_t h = 0; h < AMX_T; h++)
-        v[h] = amx_along_x(X, sp, x0, nx, p0 + 2 * h, k);
+        v[h] = amx_along_x(X, sp, x0, nx, p0 + 2 * h, k, rp);
     fastnn_transpose16(v, t, AMX_T);
 }
 
@@ -204,12 +218,18 @@ struct amx_config {
    bias (m,), with beta 0: C := alpha bf16(op(A)) bf16(op(B)) + bias[i] for
    each column, and relu: max(., 0) after (a dense layer's forward, its
    bias and ReLU in the store: amx_store); NULL and 0: neither.
+   b_rows: NULL, or B's columns (column-major, the stride of 1 along the
+   other index) read through a table: column c at B + b_rows[c] * (sbp or
+   sbj, whichever is not along the column), a training batch's rows read in
+   place from the training set; b_rows_j: the table is op(B)'s j (B not
+   transposed), else its p.
    Only where fastnn_amx_available(). */
 AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                                            const float* A, ptrdiff_t sai, ptrdiff_t sap,
                                            const float* B, ptrdiff_t sbp, ptrdiff_t sbj,
                                            float beta, float* C, ptrdiff_t ldc, float* scratch,
-                                           int threads, const float* bias, int relu) {
+                                           int threads, const float* bias, int relu,
+                                           const int64_t* b_rows, int b_rows_j) {
     const ptrdiff_t it = ((m + AMX_T - 1) / AMX_T + 1) / 2 * 2;
     const ptrdiff_t jt = ((n + AMX_T - 1) / AMX_T + 1) / 2 * 2;
     const ptrdiff_t pt = (k + AMX_KP - 1) / AMX_KP;
@@ -249,14 +269,15 @@ AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
                pages (wide's products 9 % faster in order) */
             const int in_r = q < jt * pt;
             const ptrdiff_t u = in_r ? q : q - jt * pt, nt = in_r ? jt : it;
-            const int by_rows = in_r ? sbj != 1 : sai != 1;     /* p contiguous */
+            const int by_rows = in_r ? (b_rows != NULL ? b_rows_j : sbj != 1)
+                                     : sai != 1;     /* p contiguous */
             const ptrdiff_t xt = by_rows ? u / pt : u % nt, s = by_rows ? u % pt : u / nt;
             if (in_r)
                 amx_pack_tile(B, sbj, sbp, xt * AMX_T, n, s * AMX_KP, k, 0,
-                              R + (xt * pt + s) * tile);
+                              R + (xt * pt + s) * tile, b_rows, b_rows_j);
             else
                 amx_pack_tile(A, sai, sap, xt * AMX_T, m, s * AMX_KP, k, 1,
-                              V + (xt * pt + s) * tile);
+                              V + (xt * pt + s) * tile, NULL, 0);
         }
         struct amx_config cfg;
         float T[4][AMX_T][AMX_T] __attribute__((aligned(64)));
@@ -303,29 +324,15 @@ AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
     }
 }
 
-/* fastnn_amx_gemm_epi without a bias or ReLU. */
-AMX_TARGET static void fastnn_amx_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
-                                       const float* A, ptrdiff_t sai, ptrdiff_t sap,
-                                       const float* B, ptrdiff_t sbp, ptrdiff_t sbj,
-                                       float beta, float* C, ptrdiff_t ldc, float* scratch,
-                                       int threads) {
-    fastnn_amx_gemm_epi(m, n, k, alpha, A, sai, sap, B, sbp, sbj, beta, C, ldc, scratch,
-                        threads, NULL, 0);
-}
-
 #else
 #define FASTNN_AMX 0
 static int fastnn_amx_available(void) { return 0; }
 static ptrdiff_t fastnn_amx_scratch(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k) { return 0; }
-static void fastnn_amx_gemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const float* A,
-                            ptrdiff_t sai, ptrdiff_t sap, const float* B, ptrdiff_t sbp,
-                            ptrdiff_t sbj, float beta, float* C, ptrdiff_t ldc,
-                            float* scratch, int threads) { }
 static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                                 const float* A, ptrdiff_t sai, ptrdiff_t sap, const float* B,
                                 ptrdiff_t sbp, ptrdiff_t sbj, float beta, float* C,
                                 ptrdiff_t ldc, float* scratch, int threads, const float* bias,
-                                int relu) { }
+                                int relu, const int64_t* b_rows, int b_rows_j) { }
 #endif
 
 #endif

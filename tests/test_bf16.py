@@ -322,6 +322,74 @@ def test_a_product_is_the_exact_product_of_the_rounded_operands(bf16_path, M, K,
         assert np.all(np.abs(C - exact) <= (K + 2) * 2.0 ** -24 * scale + 1e-30), (alpha, beta)
 
 
+@pytest.mark.parametrize("M, K, N", SHAPES)
+@pytest.mark.parametrize("ta", [False, True])
+def test_a_product_reads_a_table_of_rows_as_their_gathered_copy(bf16_path, M, K, N, ta):
+    # training reads a batch's rows of X in place through the epoch's order:
+    # op(A) from A[rows] (rows repeated, out of order, some of A's left out),
+    # the same bits as from the gathered copy, either transpose
+    rng = np.random.default_rng(M * 100 + K + N)
+    n_rows = K if ta else M
+    A = rng.standard_normal((n_rows + 7, M if ta else K)).astype(np.float32)
+    rows = rng.integers(0, len(A), n_rows)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    C, gathered = np.zeros((M, N), np.float32), np.zeros((M, N), np.float32)
+    _core.gemm_bf16_matmul(A, B, C, 0.5, 0, ta, False, rows)
+    _core.gemm_bf16_matmul(np.ascontiguousarray(A[rows]), B, gathered, 0.5, 0, ta, False)
+    assert_array_equal(C, gathered)
+
+
+def test_a_table_of_rows_outside_the_matrix_is_refused():
+    A = np.ones((4, 3), np.float32)
+    C = np.zeros((2, 5), np.float32)
+    for rows in ([0, 4], [-1, 0]):
+        with pytest.raises(ValueError, match=r"row index -?\d+ is outside \[0, 4\)"):
+            _core.gemm_bf16_matmul(A, np.ones((3, 5), np.float32), C,
+                                   a_rows=np.array(rows, np.int64))
+
+
+X_IN_PLACE = {
+    "sgd": dict(optimizer="sgd"),
+    "adam": dict(optimizer="adam"),
+    "chunks": dict(optimizer="adam", batch=16, capacity=5),
+    "relu-sgd-chunks": dict(optimizer="sgd", batch=16, capacity=6),
+}
+
+
+@pytest.mark.parametrize("case", X_IN_PLACE)
+def test_an_epoch_reading_its_rows_in_place_trains_the_same_bits(bf16_path, case):
+    # a bfloat16 dense network's first layer takes the chunk's rows of X in
+    # place (no gathered copy): forward and weight step, whole and in chunks
+    args = _args([30, 40, 16, 3], n=60, **X_IN_PLACE[case])
+    out = []
+    for on in (True, False):
+        previous = _core.set_x_in_place(on)
+        before = _core.x_in_place_epochs_run()
+        try:
+            params, _ = _train(_core, args)
+        finally:
+            _core.set_x_in_place(previous)
+        assert _core.x_in_place_epochs_run() == before + on
+        out.append(params)
+    assert not np.array_equal(out[0], args["params"])
+    assert_array_equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("why", ["uint8 rows", "input dropout", "float32 network",
+                                 "convolution first"])
+def test_rows_are_gathered_where_they_cannot_be_read_in_place(why):
+    # uint8 pixels are scaled as they are gathered, input dropout masks the
+    # copy, and only gemm_bf16 takes a table of rows
+    sizes = {"convolution first": CONV_NET,
+             "input dropout": [30, Dropout(0.2), Dense(40), Dense(3)]}.get(why, [30, 40, 3])
+    args = _args(sizes, n=40)
+    if why == "uint8 rows":
+        args["X"] = (args["X"] * 255).astype(np.uint8)
+    before = _core.x_in_place_epochs_run()
+    _train(_core, args, bf16=why != "float32 network")
+    assert _core.x_in_place_epochs_run() == before
+
+
 @pytest.mark.parametrize("M, K, N", [(40, 300, 70), (100, 64, 130)])
 def test_a_product_is_the_same_on_any_bf16_thread_count(bf16_path, M, K, N):
     # native: each tile of C is summed by one thread in one order, whoever
