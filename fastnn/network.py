@@ -352,7 +352,11 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         if self.preprocessing is not None:
             y = self.preprocessing.encode(y, self.sizes[-1], name)
         Y, labels = check_targets(y, len(X), self.sizes[-1], self.dtype, name, one_hot)
-        check_targets_fit_loss(Y, self.loss, self.output, name)
+        if Y is not None and (labels is None or Y.shape[1] == 1):
+            # rows one-hot for labels of two or more classes are in [0, 1] and
+            # sum to 1 by construction: the check summed every row (0.45 ms of
+            # a 20,000-row fit, 2 % of nielsen30's) to find nothing
+            check_targets_fit_loss(Y, self.loss, self.output, name)
         return Y, labels
 
     # ------------------------------------------------------------------- API
