@@ -246,7 +246,7 @@ AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
     }
     uint16_t* R = (uint16_t*) (((uintptr_t) scratch + 63) & ~(uintptr_t) 63);
     uint16_t* V = R + jt * pt * tile;
-    const ptrdiff_t packs = (jt + it) * pt, blocks = (jt / 2) * (it / 2);
+    const ptrdiff_t blocks = (jt / 2) * (it / 2);
     /* The blocks of C go R's pair by pair, V's pairs within (C's columns
        written in order), unless the packed operands are more than L2 holds
        and V is the larger: then V's pair by pair, so that V is read once and
@@ -258,27 +258,36 @@ AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
         threads = 1;
     #pragma omp parallel num_threads(threads) if (threads > 1 && blocks > 1)
     {
-        /* R[j][h] (tiles [jt][pt]), then V[h][i] (tiles [it][pt]) */
-        #pragma omp for schedule(static)
-        for (ptrdiff_t q = 0; q < packs; q++) {
-            /* tile (x, s) of R or V, taken in the order of the operand's
-               storage: where p is contiguous, x by x (each of a tile's rows
-               goes on where the tile before left it); where x is, s by s
-               (the same 32 rows, the next 64 bytes of each). Down the
-               columns of a row-major W, each tile's 32 rows were 32 new
-               pages (wide's products 9 % faster in order) */
-            const int in_r = q < jt * pt;
-            const ptrdiff_t u = in_r ? q : q - jt * pt, nt = in_r ? jt : it;
+        /* R[j][h] (tiles [jt][pt]), then V[h][i] (tiles [it][pt]), each
+           operand split among the threads on its own (no barrier between:
+           the one below waits for both). One static split of R and V
+           together gave one thread all of the smaller, R, and its tiles can
+           cost more: in wide's first layer R is the batch's rows read
+           through the table, from memory, and the other thread waited
+           (forward 291 against 237 thousand cycles, weight step 169 against
+           106: benchmarks/README.md). */
+        for (int in_r = 1; in_r >= 0; in_r--) {
+            const ptrdiff_t nt = in_r ? jt : it;
             const int by_rows = in_r ? (b_rows != NULL ? b_rows_j : sbj != 1)
                                      : sai != 1;     /* p contiguous */
-            const ptrdiff_t xt = by_rows ? u / pt : u % nt, s = by_rows ? u % pt : u / nt;
-            if (in_r)
-                amx_pack_tile(B, sbj, sbp, xt * AMX_T, n, s * AMX_KP, k, 0,
-                              R + (xt * pt + s) * tile, b_rows, b_rows_j);
-            else
-                amx_pack_tile(A, sai, sap, xt * AMX_T, m, s * AMX_KP, k, 1,
-                              V + (xt * pt + s) * tile, NULL, 0);
+            #pragma omp for schedule(static) nowait
+            for (ptrdiff_t u = 0; u < nt * pt; u++) {
+                /* tile (x, s) of R or V, taken in the order of the operand's
+                   storage: where p is contiguous, x by x (each of a tile's rows
+                   goes on where the tile before left it); where x is, s by s
+                   (the same 32 rows, the next 64 bytes of each). Down the
+                   columns of a row-major W, each tile's 32 rows were 32 new
+                   pages (wide's products 9 % faster in order) */
+                const ptrdiff_t xt = by_rows ? u / pt : u % nt, s = by_rows ? u % pt : u / nt;
+                if (in_r)
+                    amx_pack_tile(B, sbj, sbp, xt * AMX_T, n, s * AMX_KP, k, 0,
+                                  R + (xt * pt + s) * tile, b_rows, b_rows_j);
+                else
+                    amx_pack_tile(A, sai, sap, xt * AMX_T, m, s * AMX_KP, k, 1,
+                                  V + (xt * pt + s) * tile, NULL, 0);
+            }
         }
+        #pragma omp barrier
         struct amx_config cfg;
         float T[4][AMX_T][AMX_T] __attribute__((aligned(64)));
         memset(&cfg, 0, sizeof cfg);
