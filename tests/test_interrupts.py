@@ -227,6 +227,65 @@ def test_ctrl_c_mid_epoch_rolls_back_so_that_fit_continues_exactly(options, kind
     np.testing.assert_array_equal(net._params, straight._params)
 
 
+class Touch(fastnn.callbacks.Callback):
+    """A callback that writes into the optimizer state before the first epoch."""
+
+    def on_train_begin(self, net, metrics):
+        net.optimizer_state.state[-1] += 0.25
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "sgd"])
+@pytest.mark.parametrize("callbacks", [[], [Touch()]], ids=["alone", "callback"])
+def test_ctrl_c_in_a_fresh_networks_first_epoch_leaves_its_state_as_new(optimizer, callbacks):
+    # the first epoch of a new optimizer state takes no copy of it: a
+    # rollback makes it anew, unless a callback saw the network first, and
+    # then the copy puts back its write
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4_000, 20)).astype(np.float32)
+    y = rng.integers(0, 3, len(X))
+    net = fastnn.Network([20, 16, 3], seed=5)
+    initial = net._params.copy()
+    kernels = net._kernels
+    net._kernels = interrupted = CtrlCAfter(kernels, batches=40)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            net.fit(X, y, epochs=2, batch_size=10, optimizer=optimizer, lr=0.01,
+                    callbacks=callbacks)
+    finally:
+        net._kernels = kernels
+    assert not np.array_equal(interrupted.trained, initial)
+    np.testing.assert_array_equal(net._params, initial)
+    opt = fastnn.optimizers.get_optimizer(optimizer)
+    expected = opt.new_state(net.n_params, np.float32, 0.01)
+    if callbacks:
+        expected[-1] += 0.25
+    np.testing.assert_array_equal(net.optimizer_state.state, expected)
+    assert net.optimizer_state.steps == 0 and net.epochs_trained == 0
+
+
+def test_a_rolled_back_first_rprop_epoch_leaves_step_sizes_at_lr():
+    # rprop's new state is not zeros: its step sizes start at lr. A full-batch
+    # epoch has no Ctrl-C between batches; an exception from progress after
+    # the step rolls it back
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 20)).astype(np.float32)
+    y = rng.integers(0, 3, len(X))
+    net = fastnn.Network([20, 16, 3], seed=5)
+    initial = net._params.copy()
+
+    def progress(epoch, rows, total):
+        if rows == total:
+            raise RuntimeError("a broken progress callback")
+
+    with pytest.raises(RuntimeError, match="broken progress"):
+        net.fit(X, y, epochs=2, optimizer="rprop", lr=0.003, progress=progress)
+    np.testing.assert_array_equal(net._params, initial)
+    state = net.optimizer_state.state
+    np.testing.assert_array_equal(state[:2], 0)
+    np.testing.assert_array_equal(state[2], np.float32(0.003))
+    assert net.optimizer_state.steps == 0 and net.epochs_trained == 0
+
+
 # --------------------------------------------------- real processes (slow)
 
 ENV = {**os.environ, "PYTHONFAULTHANDLER": "1"}
