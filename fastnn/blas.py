@@ -338,7 +338,7 @@ _bf16_said = False
 
 def native_bf16():
     """Whether a bfloat16 network's products run natively here (on AMX
-    tiles), rather than emulated with float32 arithmetic."""
+    tiles or AVX512_BF16), rather than emulated with float32 arithmetic."""
     try:
         from fastnn import _core
     except ImportError:
@@ -361,14 +361,18 @@ def cpu_has_bf16():
 
 def bf16_speed():
     """What bfloat16 does for speed on this machine, in one sentence: native
-    (faster than float32) where the products run on AMX tiles; otherwise
-    emulated, and no faster."""
+    (faster than float32) where the products run on AMX tiles (or on
+    AVX512_BF16, where a test chose it); otherwise emulated, and no faster."""
     if native_bf16():
-        return "this CPU computes bfloat16 natively (AMX tiles)"
+        from fastnn import _core
+
+        kernel = _core.bf16_kernel_name()
+        return ("this CPU computes bfloat16 natively ("
+                + ("AMX tiles" if kernel == "amx" else "AVX512_BF16") + ")")
     if cpu_has_bf16():
-        return ("this CPU has AVX512_BF16 but no AMX tiles, which fastnn's bfloat16 kernel "
-                "needs: fastnn emulates bfloat16 with float32 arithmetic, so it gains no speed "
-                "from bfloat16 (only its rounding)")
+        return ("this CPU has AVX512_BF16, but fastnn emulates bfloat16 here with float32 "
+                "arithmetic (its native kernel needs AMX tiles), so it gains no speed from "
+                "bfloat16 (only its rounding)")
     return ("this CPU has no AVX512_BF16: fastnn emulates bfloat16 with float32 arithmetic, "
             "so it gains no speed from bfloat16 (only its rounding)")
 

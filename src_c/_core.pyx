@@ -874,6 +874,7 @@ cdef extern from *:
 
 cdef extern from "amxgemm.h":
     int amx_ok "fastnn_amx_available"() noexcept nogil
+    int vdp_ok "fastnn_vdpbf16_available"() noexcept nogil
     Py_ssize_t amx_scratch "fastnn_amx_scratch"(Py_ssize_t m, Py_ssize_t n,
                                                 Py_ssize_t k) noexcept nogil
     void amx_gemm_epi "fastnn_amx_gemm_epi"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -882,12 +883,31 @@ cdef extern from "amxgemm.h":
                                             Py_ssize_t sbj, float beta, float* C,
                                             Py_ssize_t ldc, float* scratch, int threads,
                                             const float* bias, int relu,
-                                            const int64_t* b_rows, int b_rows_j) noexcept nogil
+                                            const int64_t* b_rows, int b_rows_j,
+                                            int vdp) noexcept nogil
 
 
-# Whether gemm_bf16 multiplies on AMX tiles (amxgemm.h) rather than emulating:
-# where the CPU and the OS have them (set_native_bf16 may turn it off).
-cdef bint native_bf16_on = amx_ok() != 0
+# How gemm_bf16 multiplies: on AMX tiles (amxgemm.h) where the CPU and the
+# OS have them, else emulated with float32 sgemm. A third kernel, AVX512_BF16's
+# VDPBF16PS on the same packed tiles (amx_tile_vdp), is chosen only by
+# set_bf16_kernel (the tests run it wherever the CPU has the instruction): on
+# an Emerald Rapids, where VDPBF16PS issues at float32's FMA rate, it trained
+# [784, 1024, 1024, 10] at 0.77x the emulation and the two-conv net at 0.72x;
+# it has not been timed on AMD's Zen 4 and 5, where the instruction issues at
+# twice that rate, and where it could then become the default.
+cdef enum:
+    BF16_EMULATED = 0
+    BF16_AMX = 1
+    BF16_VDP = 2
+
+BF16_KERNELS = {"emulated": BF16_EMULATED, "amx": BF16_AMX, "avx512_bf16": BF16_VDP}
+
+
+cdef int best_bf16_kernel() noexcept nogil:
+    return BF16_AMX if amx_ok() else BF16_EMULATED
+
+
+cdef int bf16_kernel = best_bf16_kernel()
 # The threads amxgemm.h's product may take: the BLAS's thread count, which
 # fastnn.blas passes on whenever it changes it (set_bf16_threads): 1 while
 # the BLAS is held to one thread (a team, whose threads each run their own).
@@ -906,7 +926,7 @@ cdef inline int ew_threads(const floating* bf, Py_ssize_t entries) noexcept nogi
     whole rows (or columns) and computes them as one thread does: the same
     bits on any count."""
     if floating is float:
-        if bf != NULL and native_bf16_on and bf16_threads > 1 and entries >= EW_SPLIT:
+        if bf != NULL and bf16_kernel != BF16_EMULATED and bf16_threads > 1 and entries >= EW_SPLIT:
             return bf16_threads
     return 1
 
@@ -933,8 +953,9 @@ cdef Py_ssize_t bf16_scratch(const Geometry* g, Py_ssize_t N) noexcept nogil:
 
 cdef Py_ssize_t bf16_packed(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) noexcept nogil:
     """The most scratch amxgemm.h's packed operands need for a product of
-    these three sizes, whichever is summed over; 0 without AMX."""
-    if not amx_ok():
+    these three sizes, whichever is summed over; 0 where neither AMX nor
+    AVX512_BF16 can multiply them."""
+    if not amx_ok() and not vdp_ok():
         return 0
     return max3(amx_scratch(a, b, c), amx_scratch(a, c, b), amx_scratch(b, c, a))
 
@@ -974,18 +995,18 @@ cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
     into scratch (m*k + k*n entries, sized by bf16_scratch), then multiplied
     by sgemm; products of bfloat16 values are exact in float32, so this is
     what a bf16 dot-product instruction computes, up to the order of the
-    sums. Native (native_bf16_on): amxgemm.h packs the operands to 16 bits
+    sums. Native (bf16_kernel AMX or VDP): amxgemm.h packs the operands to 16 bits
     and multiplies them on AMX tiles, 16 x 16 x 32 multiply-adds an
     instruction (op(A)[i, p] = A[i*sai + p*sap], op(B)[p, j] = B[p*sbp + j*sbj]).
 
     b_cols: NULL, or B's columns (as B is stored) read through a table:
     column c at b + b_cols[c] * ldb. B is then a training batch's rows read
     in place from the training set rather than gathered first."""
-    if native_bf16_on:
+    if bf16_kernel != BF16_EMULATED:
         amx_gemm_epi(m, n, k, alpha, a, 1 if transa == c'N' else lda,
                      lda if transa == c'N' else 1, b, 1 if transb == c'N' else ldb,
                      ldb if transb == c'N' else 1, beta, c, ldc, scratch, bf16_threads,
-                     NULL, 0, b_cols, transb == c'N')
+                     NULL, 0, b_cols, transb == c'N', bf16_kernel == BF16_VDP)
         return
     cdef int ar = m if transa == c'N' else k        # op(A) is m x k: A is ar x ac
     cdef int ac = k if transa == c'N' else m
@@ -1015,9 +1036,9 @@ cdef void gemm_bf16_bias(int m, int n, int k, const float* a, int lda, const flo
     table, as in gemm_bf16."""
     cdef Py_ssize_t i, j
     cdef float* col
-    if native_bf16_on:
+    if bf16_kernel != BF16_EMULATED:
         amx_gemm_epi(m, n, k, 1, a, 1, lda, b, 1, ldb, 0, c, ldc, scratch, bf16_threads,
-                     bias, relu, b_cols, 1)
+                     bias, relu, b_cols, 1, bf16_kernel == BF16_VDP)
         return
     for j in range(n):
         for i in range(m):
@@ -3610,9 +3631,36 @@ def round_bf16(const float[::1] x, float[::1] out):
 
 
 def native_bf16():
-    """Whether a bfloat16 network's products run on AMX tiles (amxgemm.h)
-    rather than emulated with float32 sgemm."""
-    return native_bf16_on
+    """Whether a bfloat16 network's products run natively (amxgemm.h: on AMX
+    tiles or AVX512_BF16) rather than emulated with float32 sgemm."""
+    return bf16_kernel != BF16_EMULATED
+
+
+def bf16_kernel_name():
+    """What a bfloat16 network's products run on: "amx", "avx512_bf16" or
+    "emulated"."""
+    return next(name for name, code in BF16_KERNELS.items() if code == bf16_kernel)
+
+
+def vdpbf16_available():
+    """Whether this CPU has AVX512_BF16 (VDPBF16PS) and the OS keeps the
+    AVX-512 state."""
+    return vdp_ok() != 0
+
+
+def set_bf16_kernel(str name):
+    """Run a bfloat16 network's products on `name` ("amx", "avx512_bf16" or
+    "emulated", where this CPU has it); returns the previous name. For tests
+    and benchmarks: it applies to the whole process, so call it while no
+    kernel runs."""
+    global bf16_kernel
+    _check(name in BF16_KERNELS, f"unknown bfloat16 kernel {name!r}; choose one of "
+           + ", ".join(BF16_KERNELS))
+    _check(name != "amx" or amx_ok(), "this CPU or OS gives no AMX tiles")
+    _check(name != "avx512_bf16" or vdp_ok(), "this CPU has no AVX512_BF16")
+    previous = bf16_kernel_name()
+    bf16_kernel = BF16_KERNELS[name]
+    return previous
 
 
 def amx_available():
@@ -3622,13 +3670,12 @@ def amx_available():
 
 
 def set_native_bf16(bint on):
-    """Run a bfloat16 network's products on AMX tiles (on, where
-    amx_available()) or emulate them; returns the previous setting. For
-    tests and benchmarks: it applies to the whole process, so call it while
-    no kernel runs."""
-    global native_bf16_on
-    previous = native_bf16_on
-    native_bf16_on = on and amx_ok() != 0
+    """Run a bfloat16 network's products natively (on: on AMX tiles, where
+    amx_available()) or emulate them; returns the previous setting. For tests and benchmarks: it applies to the whole
+    process, so call it while no kernel runs."""
+    global bf16_kernel
+    previous = bf16_kernel != BF16_EMULATED
+    bf16_kernel = best_bf16_kernel() if on else BF16_EMULATED
     return previous
 
 

@@ -70,6 +70,51 @@ static int fastnn_amx_available(void) {
     return 1;
 }
 
+/* 1: the CPU has AVX512_BF16's VDPBF16PS and the OS keeps AVX-512 state (AMD
+   Zen 4 and 5, Intel Cooper Lake and Sapphire Rapids on); 0: not. */
+static int fastnn_vdpbf16_available(void) {
+    unsigned a, b, c, d, lo, hi;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 16)))   /* AVX512F */
+        return 0;
+    if (!(b & (1u << 30)))                                                 /* AVX512BW */
+        return 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)))              /* OSXSAVE */
+        return 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0xE6) != 0xE6)                                 /* XMM, YMM, opmask, ZMM state */
+        return 0;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d))
+        return 0;
+    return (a >> 5) & 1;                                                   /* AVX512_BF16 */
+}
+
+/* One 16 x 16 tile of C^T from the same packed tiles TDPBF16PS takes, on
+   AVX512_BF16's VDPBF16PS: T[j][i] = sum over the pairs h of R's row j and
+   V's pair h at i (16 lanes of i, each a dot product of one pair, summed in
+   float32), over pt 32-wide slices of K; R's pair a broadcast. VDPBF16PS
+   treats subnormal inputs and results as zero. */
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+static void amx_tile_vdp(const uint16_t* r, const uint16_t* v, ptrdiff_t pt,
+                         float T[AMX_T][AMX_T]) {
+    const ptrdiff_t tile = AMX_T * AMX_KP;
+    __m512 acc[AMX_T];
+    for (int j = 0; j < AMX_T; j++)
+        acc[j] = _mm512_setzero_ps();
+    for (ptrdiff_t s = 0; s < pt; s++) {
+        const uint32_t* rs = (const uint32_t*) (r + s * tile);      /* [16 j][16 h] pairs */
+        const uint16_t* vs = v + s * tile;                           /* [16 h][16 i] pairs */
+        for (int h = 0; h < AMX_T; h++) {
+            const __m512bh vh = (__m512bh) _mm512_load_si512(vs + h * 2 * AMX_T);
+            for (int j = 0; j < AMX_T; j++)
+                acc[j] = _mm512_dpbf16_ps(acc[j],
+                                          (__m512bh) _mm512_set1_epi32((int) rs[j * AMX_T + h]),
+                                          vh);
+        }
+    }
+    for (int j = 0; j < AMX_T; j++)
+        _mm512_store_ps(T[j], acc[j]);
+}
+
 /* The entries of float32 scratch fastnn_amx_gemm_epi needs for m, n, k. */
 static ptrdiff_t fastnn_amx_scratch(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k) {
     const ptrdiff_t it = ((m + AMX_T - 1) / AMX_T + 1) / 2 * 2;
@@ -223,13 +268,15 @@ struct amx_config {
    sbj, whichever is not along the column), a training batch's rows read in
    place from the training set; b_rows_j: the table is op(B)'s j (B not
    transposed), else its p.
-   Only where fastnn_amx_available(). */
+   vdp: the tiles multiplied with AVX512_BF16's VDPBF16PS rather than on AMX
+   (amx_tile_vdp; the same packing and blocks, the sums in another order).
+   Only where fastnn_amx_available(), or with vdp where fastnn_vdpbf16_available(). */
 AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                                            const float* A, ptrdiff_t sai, ptrdiff_t sap,
                                            const float* B, ptrdiff_t sbp, ptrdiff_t sbj,
                                            float beta, float* C, ptrdiff_t ldc, float* scratch,
                                            int threads, const float* bias, int relu,
-                                           const int64_t* b_rows, int b_rows_j) {
+                                           const int64_t* b_rows, int b_rows_j, int vdp) {
     const ptrdiff_t it = ((m + AMX_T - 1) / AMX_T + 1) / 2 * 2;
     const ptrdiff_t jt = ((n + AMX_T - 1) / AMX_T + 1) / 2 * 2;
     const ptrdiff_t pt = (k + AMX_KP - 1) / AMX_KP;
@@ -296,7 +343,8 @@ AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
             cfg.rows[t] = AMX_T;
             cfg.colsb[t] = 64;
         }
-        _tile_loadconfig(&cfg);
+        if (!vdp)
+            _tile_loadconfig(&cfg);
         #pragma omp for schedule(static)
         for (ptrdiff_t bq = 0; bq < blocks; bq++) {
             const ptrdiff_t tj = v_outer ? bq % (jt / 2) * 2 : bq / (it / 2) * 2;
@@ -305,6 +353,10 @@ AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
             const uint16_t* r1 = r0 + pt * tile;
             const uint16_t* v0 = V + ti * pt * tile;
             const uint16_t* v1 = v0 + pt * tile;
+            if (vdp) {
+                for (int q = 0; q < 4; q++)
+                    amx_tile_vdp(q >> 1 ? r1 : r0, q & 1 ? v1 : v0, pt, T[q]);
+            } else {
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
@@ -323,25 +375,28 @@ AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
             _tile_stored(1, T[1], 64);
             _tile_stored(2, T[2], 64);
             _tile_stored(3, T[3], 64);
+            }
             for (int q = 0; q < 4; q++) {
                 const ptrdiff_t i0 = (ti + (q & 1)) * AMX_T, j0 = (tj + (q >> 1)) * AMX_T;
                 if (i0 < m && j0 < n)
                     amx_store(T[q], C, ldc, i0, j0, m, n, alpha, beta, bias, relu);
             }
         }
-        _tile_release();
+        if (!vdp)
+            _tile_release();
     }
 }
 
 #else
 #define FASTNN_AMX 0
 static int fastnn_amx_available(void) { return 0; }
+static int fastnn_vdpbf16_available(void) { return 0; }
 static ptrdiff_t fastnn_amx_scratch(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k) { return 0; }
 static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                                 const float* A, ptrdiff_t sai, ptrdiff_t sap, const float* B,
                                 ptrdiff_t sbp, ptrdiff_t sbj, float beta, float* C,
                                 ptrdiff_t ldc, float* scratch, int threads, const float* bias,
-                                int relu, const int64_t* b_rows, int b_rows_j) { }
+                                int relu, const int64_t* b_rows, int b_rows_j, int vdp) { }
 #endif
 
 #endif

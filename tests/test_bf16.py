@@ -283,17 +283,20 @@ def test_gradient_and_forward_match_the_reference_in_bfloat16(sizes):
     assert abs(grads[0].loss - grads[1].loss) <= 0.05 * abs(grads[2].loss - grads[1].loss)
 
 
-# The kernels a bfloat16 product may run here: the emulation everywhere, and
-# AMX tiles (src_c/amxgemm.h) where the CPU and the OS have them.
-PATHS = ["emulated"] + (["native"] if _core.amx_available() else [])
+# The kernels a bfloat16 product may run here: the emulation everywhere, AMX
+# tiles (src_c/amxgemm.h) where the CPU and the OS have them, and AVX512_BF16's
+# VDPBF16PS on the same packed tiles where the CPU has it (chosen only here).
+PATHS = (["emulated"] + (["amx"] if _core.amx_available() else [])
+         + (["avx512_bf16"] if _core.vdpbf16_available() else []))
 
 
 @pytest.fixture(params=PATHS)
 def bf16_path(request):
-    previous = _core.set_native_bf16(request.param == "native")
-    assert _core.native_bf16() == (request.param == "native")
+    previous = _core.set_bf16_kernel(request.param)
+    assert _core.bf16_kernel_name() == request.param
+    assert _core.native_bf16() == (request.param != "emulated")
     yield request.param
-    _core.set_native_bf16(previous)
+    _core.set_bf16_kernel(previous)
 
 
 SHAPES = [(1, 1, 1), (5, 7, 3), (16, 32, 16), (33, 65, 17), (17, 33, 49), (40, 300, 70),
@@ -632,10 +635,10 @@ def test_the_warning_is_said_once_and_names_the_cpu(monkeypatch):
     assert "no AVX512_BF16" in str(seen[0].message)
     assert "gains no speed" in str(seen[0].message)
     assert seen[0].filename == __file__          # points at the caller's line
-    # a CPU with AVX512_BF16 but no AMX tiles (AMD Zen 4): still said, rightly
+    # a CPU with AVX512_BF16 whose native kernels are not in use: said too
     monkeypatch.setattr(blas, "_bf16_said", False)
     monkeypatch.setattr(blas, "cpu_has_bf16", lambda: True)
-    with pytest.warns(FastnnWarning, match="has AVX512_BF16 but no AMX tiles"):
+    with pytest.warns(FastnnWarning, match="has AVX512_BF16, but fastnn emulates"):
         Network([4, 2], dtype="bfloat16")
     # where the products run on AMX tiles, nothing is said
     monkeypatch.setattr(blas, "_bf16_said", False)
@@ -643,16 +646,33 @@ def test_the_warning_is_said_once_and_names_the_cpu(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Network([4, 2], dtype="bfloat16")
-    assert "natively (AMX tiles)" in blas.bf16_speed()
+    assert "natively" in blas.bf16_speed()
 
 
 def test_native_bfloat16_is_on_exactly_where_the_cpu_and_os_give_amx_tiles():
-    assert _core.native_bf16() == _core.amx_available()
+    # AVX512_BF16's kernel is chosen only by set_bf16_kernel (not timed on the
+    # CPUs it would serve)
+    best = "amx" if _core.amx_available() else "emulated"
+    assert _core.bf16_kernel_name() == best
+    assert _core.native_bf16() == (best != "emulated")
     assert blas.native_bf16() == _core.native_bf16()
     with open("/proc/cpuinfo") as f:
         flags = next((line for line in f if line.startswith("flags")), "").split()
     if not {"amx_tile", "amx_bf16"} <= set(flags):
         assert not _core.amx_available()
+    if "avx512_bf16" not in flags:
+        assert not _core.vdpbf16_available()
+
+
+def test_set_bf16_kernel_names_the_choices_and_refuses_what_the_cpu_lacks():
+    with pytest.raises(ValueError, match="unknown bfloat16 kernel 'vnni'; choose one of "
+                                         "emulated, amx, avx512_bf16"):
+        _core.set_bf16_kernel("vnni")
+    for name, available in [("amx", _core.amx_available()),
+                            ("avx512_bf16", _core.vdpbf16_available())]:
+        if not available:
+            with pytest.raises(ValueError, match="this CPU"):
+                _core.set_bf16_kernel(name)
 
 
 def test_cpu_has_bf16_reads_the_cpu_flags():
