@@ -7,6 +7,10 @@
  *                        of the sums; optionally a bias and ReLU as C is stored,
  *                        and B's columns read through a table of rows.
  *
+ * Where the CPU has AVX512_BF16 but no AMX, the same packed tiles can be
+ * multiplied with VDPBF16PS instead (amx_tile_vdp; _core chooses it only on
+ * request until it is timed on such a CPU).
+ *
  * The operands are rounded to bfloat16 (round to nearest, ties to even, as
  * fastnn_round_bf16) while they are packed into scratch, so that op(A) and
  * op(B) may be transposed or not at no cost:
@@ -357,24 +361,24 @@ AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
                 for (int q = 0; q < 4; q++)
                     amx_tile_vdp(q >> 1 ? r1 : r0, q & 1 ? v1 : v0, pt, T[q]);
             } else {
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (ptrdiff_t s = 0; s < pt; s++) {
-                _tile_loadd(4, r0 + s * tile, 64);
-                _tile_loadd(5, r1 + s * tile, 64);
-                _tile_loadd(6, v0 + s * tile, 64);
-                _tile_loadd(7, v1 + s * tile, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-            _tile_stored(0, T[0], 64);
-            _tile_stored(1, T[1], 64);
-            _tile_stored(2, T[2], 64);
-            _tile_stored(3, T[3], 64);
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (ptrdiff_t s = 0; s < pt; s++) {
+                    _tile_loadd(4, r0 + s * tile, 64);
+                    _tile_loadd(5, r1 + s * tile, 64);
+                    _tile_loadd(6, v0 + s * tile, 64);
+                    _tile_loadd(7, v1 + s * tile, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+                _tile_stored(0, T[0], 64);
+                _tile_stored(1, T[1], 64);
+                _tile_stored(2, T[2], 64);
+                _tile_stored(3, T[3], 64);
             }
             for (int q = 0; q < 4; q++) {
                 const ptrdiff_t i0 = (ti + (q & 1)) * AMX_T, j0 = (tj + (q >> 1)) * AMX_T;
