@@ -903,11 +903,7 @@ cdef enum:
 BF16_KERNELS = {"emulated": BF16_EMULATED, "amx": BF16_AMX, "avx512_bf16": BF16_VDP}
 
 
-cdef int best_bf16_kernel() noexcept nogil:
-    return BF16_AMX if amx_ok() else BF16_EMULATED
-
-
-cdef int bf16_kernel = best_bf16_kernel()
+cdef int bf16_kernel = BF16_AMX if amx_ok() else BF16_EMULATED
 # The threads amxgemm.h's product may take: the BLAS's thread count, which
 # fastnn.blas passes on whenever it changes it (set_bf16_threads): 1 while
 # the BLAS is held to one thread (a team, whose threads each run their own).
@@ -2066,10 +2062,16 @@ cdef void backward_impl(const floating* params, Layout* lay, floating slope,
     cdef floating* dA
     cdef const floating* src
     cdef const floating* mask
+    cdef const int64_t* rows
     for l in range(lay.n_layers - 1, -1, -1):
         g = &lay.layer[l]
         D = work + lay.d_off[l + 1]
         src = work + lay.in_off[l]
+        rows = NULL
+        if l == 0 and lay.x_rows != NULL:
+            # the chunk's rows read in place (x_in_place): float32 only
+            src = <const floating*> lay.x_src
+            rows = lay.x_rows
         dA = work + lay.d_off[l] if l > 0 else NULL
         mask = work + lay.mask_off[l] if l > 0 and lay.mask_off[l] >= 0 else NULL
         act_in = lay.layer[l - 1].act if l > 0 else IDENTITY
@@ -2081,15 +2083,9 @@ cdef void backward_impl(const floating* params, Layout* lay, floating slope,
                 bias_update_impl(D, alpha, beta_b, target + g.b_off, work + g.colsum_off, N,
                                  g.n_out)
             else:
-                if l == 0 and lay.x_rows != NULL:
-                    # the chunk's rows read in place (x_in_place): float32 only
-                    param_update_impl(<const floating*> lay.x_src, D, alpha, beta_w, beta_b,
-                                      target + g.w_off, target + g.b_off, work + g.colsum_off,
-                                      N, g.n_in, g.n_out, bf, lay.x_rows)
-                else:
-                    param_update_impl(src, D, alpha, beta_w, beta_b, target + g.w_off,
-                                      target + g.b_off, work + g.colsum_off, N, g.n_in,
-                                      g.n_out, bf, NULL)
+                param_update_impl(src, D, alpha, beta_w, beta_b, target + g.w_off,
+                                  target + g.b_off, work + g.colsum_off, N, g.n_in, g.n_out, bf,
+                                  rows)
             continue
         if g.kind == CONV2D:
             conv_backward_impl(src, params + g.w_off, D, dA, work + lay.col_off, g, N,
@@ -3667,16 +3663,6 @@ def amx_available():
     """Whether this CPU and OS give the process AMX tiles (AMX-TILE and
     AMX-BF16, and Linux's permission for their state)."""
     return amx_ok() != 0
-
-
-def set_native_bf16(bint on):
-    """Run a bfloat16 network's products natively (on: on AMX tiles, where
-    amx_available()) or emulate them; returns the previous setting. For tests and benchmarks: it applies to the whole
-    process, so call it while no kernel runs."""
-    global bf16_kernel
-    previous = bf16_kernel != BF16_EMULATED
-    bf16_kernel = best_bf16_kernel() if on else BF16_EMULATED
-    return previous
 
 
 def set_x_in_place(bint on):
