@@ -361,8 +361,9 @@ def cpu_has_bf16():
 
 def bf16_speed():
     """What bfloat16 does for speed on this machine, in one sentence: native
-    (faster than float32) where the products run on AMX tiles (or on
-    AVX512_BF16, where a test chose it); otherwise emulated, and no faster."""
+    (faster than float32) where the products run on AMX tiles, or on
+    AVX512_BF16's VDPBF16PS on AMD's cores (Zen 4 and 5, which issue it at
+    twice float32's FMA rate); otherwise emulated, and no faster."""
     if native_bf16():
         from fastnn import _core
 
@@ -371,8 +372,9 @@ def bf16_speed():
                 + ("AMX tiles" if kernel == "amx" else "AVX512_BF16") + ")")
     if cpu_has_bf16():
         return ("this CPU has AVX512_BF16, but fastnn emulates bfloat16 here with float32 "
-                "arithmetic (its native kernel needs AMX tiles), so it gains no speed from "
-                "bfloat16 (only its rounding)")
+                "arithmetic (its native kernels need AMX tiles, or an AMD core, which issues "
+                "VDPBF16PS at twice float32's rate), so it gains no speed from bfloat16 "
+                "(only its rounding)")
     return ("this CPU has no AVX512_BF16: fastnn emulates bfloat16 with float32 arithmetic, "
             "so it gains no speed from bfloat16 (only its rounding)")
 

@@ -875,6 +875,7 @@ cdef extern from *:
 cdef extern from "amxgemm.h":
     int amx_ok "fastnn_amx_available"() noexcept nogil
     int vdp_ok "fastnn_vdpbf16_available"() noexcept nogil
+    int vdp_preferred "fastnn_vdpbf16_preferred"() noexcept nogil
     Py_ssize_t amx_scratch "fastnn_amx_scratch"(Py_ssize_t m, Py_ssize_t n,
                                                 Py_ssize_t k) noexcept nogil
     void amx_gemm_epi "fastnn_amx_gemm_epi"(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -888,13 +889,13 @@ cdef extern from "amxgemm.h":
 
 
 # How gemm_bf16 multiplies: on AMX tiles (amxgemm.h) where the CPU and the
-# OS have them, else emulated with float32 sgemm. A third kernel, AVX512_BF16's
-# VDPBF16PS on the same packed tiles (amx_tile_vdp), is chosen only by
-# set_bf16_kernel (the tests run it wherever the CPU has the instruction): on
-# an Emerald Rapids, where VDPBF16PS issues at float32's FMA rate, it trained
-# [784, 1024, 1024, 10] at 0.77x the emulation and the two-conv net at 0.72x;
-# it has not been timed on AMD's Zen 4 and 5, where the instruction issues at
-# twice that rate, and where it could then become the default.
+# OS have them; else on AVX512_BF16's VDPBF16PS on the same packed tiles
+# (amx_tile_vdp) where the CPU issues it at twice float32's FMA rate (AMD's
+# Zen 4 and 5: vdp_preferred; a Zen 5 trained [784, 1024, 1024, 10] at 1.62x
+# the emulation and the two-conv net at 1.37x); else emulated with float32
+# sgemm (Intel's cores without AMX: on an Emerald Rapids, where VDPBF16PS
+# issues at float32's rate, it ran at 0.77x and 0.72x the emulation).
+# set_bf16_kernel picks any of them the CPU has (the tests run each).
 cdef enum:
     BF16_EMULATED = 0
     BF16_AMX = 1
@@ -903,7 +904,8 @@ cdef enum:
 BF16_KERNELS = {"emulated": BF16_EMULATED, "amx": BF16_AMX, "avx512_bf16": BF16_VDP}
 
 
-cdef int bf16_kernel = BF16_AMX if amx_ok() else BF16_EMULATED
+cdef int bf16_kernel = (BF16_AMX if amx_ok() else
+                       BF16_VDP if vdp_preferred() else BF16_EMULATED)
 # The threads amxgemm.h's product may take: the BLAS's thread count, which
 # fastnn.blas passes on whenever it changes it (set_bf16_threads): 1 while
 # the BLAS is held to one thread (a team, whose threads each run their own).

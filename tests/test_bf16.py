@@ -553,10 +553,11 @@ def test_the_bfloat16_workspace_holds_the_rounded_operands():
     table, _ = Plan.parse(DENSE_NET).table()
     plain, bf = _core.workspace_size(table, 8), _core.workspace_size(table, 8, bf16=True)
     # the largest product's operands: the first layer's A (8, 30) and W (30, 24);
-    # on AMX, the largest product's packed tiles (amxgemm.h: tiles of 16 rows,
-    # an even count of them, by 32 of the summed size; 64 bytes to align)
+    # where AMX or AVX512_BF16 can multiply (amxgemm.h), the largest product's
+    # packed tiles (tiles of 16 rows, an even count of them, by 32 of the
+    # summed size; 64 bytes to align)
     expected = 8 * 30 + 30 * 24
-    if _core.amx_available():
+    if _core.amx_available() or _core.vdpbf16_available():
         def tiles(x):
             return (-(-x // 16) + 1) // 2 * 2
 
@@ -649,15 +650,22 @@ def test_the_warning_is_said_once_and_names_the_cpu(monkeypatch):
     assert "natively" in blas.bf16_speed()
 
 
-def test_native_bfloat16_is_on_exactly_where_the_cpu_and_os_give_amx_tiles():
-    # AVX512_BF16's kernel is chosen only by set_bf16_kernel (not timed on the
-    # CPUs it would serve)
-    best = "amx" if _core.amx_available() else "emulated"
+def test_native_bfloat16_is_on_where_the_cpu_gives_amx_tiles_or_vdpbf16ps_on_an_amd_core():
+    # AMX tiles first; else AVX512_BF16's VDPBF16PS on AMD's cores (Zen 4 and
+    # 5 issue it at twice float32's FMA rate); else (Intel without AMX, where
+    # it runs at float32's rate) the emulation. The vendor is read here from
+    # /proc/cpuinfo, apart from the kernel's own CPUID check.
+    with open("/proc/cpuinfo") as f:
+        fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
+                      if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
+    amd = fields.get("vendor_id") == "AuthenticAMD"
+    best = ("amx" if _core.amx_available() else
+            "avx512_bf16" if amd and _core.vdpbf16_available() else "emulated")
     assert _core.bf16_kernel_name() == best
     assert _core.native_bf16() == (best != "emulated")
     assert blas.native_bf16() == _core.native_bf16()
-    with open("/proc/cpuinfo") as f:
-        flags = next((line for line in f if line.startswith("flags")), "").split()
     if not {"amx_tile", "amx_bf16"} <= set(flags):
         assert not _core.amx_available()
     if "avx512_bf16" not in flags:
