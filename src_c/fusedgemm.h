@@ -59,7 +59,7 @@ static inline void fastnn_spin_barrier(int64_t* arrived, int64_t* generation, in
     }
 }
 
-enum { SGK_ROWS = 64, SGK_STEPS = 8, SGK_MR = 12, SGK_DR = 16 };
+enum { SGK_ROWS = 64, SGK_STEPS = 8, SGK_MR = 12, SGK_DR = 16, SGK_DR2 = 10, SGK_STEPS2 = 4 };
 
 /* XT's row stride for a batch of m rows: m rounded up to 16. */
 static inline ptrdiff_t sgk_stride(ptrdiff_t m) { return (m + 15) / 16 * 16; }
@@ -212,6 +212,55 @@ SG5_INLINE void sgk_step_block(const int mr, int first, ptrdiff_t K, float alpha
 #undef SGK_START
 }
 
+/* Columns [0, 32) (at most nc, nc > 16) of W the same way as
+   sgk_step_block, for mr <= SGK_DR2 rows: both halves' alpha D in registers,
+   so that each x_r[k] broadcast serves two FMAs (half the broadcasts of two
+   16-column blocks, and XT read once); four steps k at a time, eight chains.
+   Each entry the same FMAs in the same order: the same bits. */
+SG5_INLINE void sgk_step_block2(const int mr, int first, ptrdiff_t K, float alpha,
+                                const float* XT, ptrdiff_t RS, const float* D, ptrdiff_t ldd,
+                                float beta, float* W, ptrdiff_t ldw, ptrdiff_t nc) {
+    __m512 d[SGK_DR2][2];
+    const __mmask16 m0 = sg5_mask(nc), m1 = sg5_mask(nc - 16);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < mr; r++) {
+        d[r][0] = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m0, D + r * ldd));
+        d[r][1] = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m1, D + r * ldd + 16));
+    }
+#define SGK_START(w, mask) (!first || beta == 1.0f ? _mm512_maskz_loadu_ps(mask, w)          \
+                            : beta == 0.0f ? _mm512_setzero_ps()                            \
+                            : _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask, w)))
+    ptrdiff_t k = 0;
+    for (; k + SGK_STEPS2 <= K; k += SGK_STEPS2) {
+        __m512 acc[SGK_STEPS2][2];
+        for (int q = 0; q < SGK_STEPS2; q++) {
+            acc[q][0] = SGK_START(W + (k + q) * ldw, m0);
+            acc[q][1] = SGK_START(W + (k + q) * ldw + 16, m1);
+        }
+        for (int r = 0; r < mr; r++)
+            for (int q = 0; q < SGK_STEPS2; q++) {
+                const __m512 x = _mm512_set1_ps(XT[(k + q) * RS + r]);
+                acc[q][0] = _mm512_fmadd_ps(x, d[r][0], acc[q][0]);
+                acc[q][1] = _mm512_fmadd_ps(x, d[r][1], acc[q][1]);
+            }
+        for (int q = 0; q < SGK_STEPS2; q++) {
+            _mm512_mask_storeu_ps(W + (k + q) * ldw, m0, acc[q][0]);
+            _mm512_mask_storeu_ps(W + (k + q) * ldw + 16, m1, acc[q][1]);
+        }
+    }
+    for (; k < K; k++) {
+        __m512 a0 = SGK_START(W + k * ldw, m0), a1 = SGK_START(W + k * ldw + 16, m1);
+        for (int r = 0; r < mr; r++) {
+            const __m512 x = _mm512_set1_ps(XT[k * RS + r]);
+            a0 = _mm512_fmadd_ps(x, d[r][0], a0);
+            a1 = _mm512_fmadd_ps(x, d[r][1], a1);
+        }
+        _mm512_mask_storeu_ps(W + k * ldw, m0, a0);
+        _mm512_mask_storeu_ps(W + k * ldw + 16, m1, a1);
+    }
+#undef SGK_START
+}
+
 /* W (K, nc) := beta W + alpha X^T (K, m) @ D (m, nc), m <= SGK_ROWS; X given
    as XT: for each 16 columns, blocks of SGK_DR rows in order, each going on
    from the W the one before stored (float32 stored and loaded: exact). */
@@ -219,7 +268,18 @@ SG5_TARGET static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, f
                                        const float* XT, const float* D, ptrdiff_t ldd,
                                        float beta, float* W, ptrdiff_t ldw) {
     const ptrdiff_t RS = sgk_stride(m);
-    for (ptrdiff_t j = 0; j < nc; j += 16)
+    ptrdiff_t j0 = 0;
+    if (m <= SGK_DR2)                /* 32 columns at a time (sgk_step_block2) */
+        for (; j0 + 16 < nc; j0 += 32)
+            switch (m) {
+#define SGK_CASE(mr) case mr: sgk_step_block2(mr, 1, K, alpha, XT, RS, D + j0, ldd, beta, \
+                                              W + j0, ldw, nc - j0); break;
+                SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
+                SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10)
+#undef SGK_CASE
+                default: break;
+            }
+    for (ptrdiff_t j = j0; j < nc; j += 16)
         for (ptrdiff_t r0 = 0; r0 < m; r0 += SGK_DR) {
             const float* x = XT + r0;
             const float* d = D + r0 * ldd + j;
