@@ -890,7 +890,7 @@ cdef extern from "amxgemm.h":
 
 # How gemm_bf16 multiplies: on AMX tiles (amxgemm.h) where the CPU and the
 # OS have them; else on AVX512_BF16's VDPBF16PS on the same packed tiles
-# (amx_tile_vdp) where the CPU issues it at twice float32's FMA rate (AMD's
+# (amx_tiles_vdp) where the CPU issues it at twice float32's FMA rate (AMD's
 # Zen 4 and 5: vdp_preferred; a Zen 5 trained [784, 1024, 1024, 10] at 1.62x
 # the emulation and the two-conv net at 1.37x); else emulated with float32
 # sgemm (Intel's cores without AMX: on an Emerald Rapids, where VDPBF16PS

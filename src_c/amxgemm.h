@@ -8,8 +8,8 @@
  *                        and B's columns read through a table of rows.
  *
  * Where the CPU has AVX512_BF16 but no AMX, the same packed tiles can be
- * multiplied with VDPBF16PS instead (amx_tile_vdp; _core chooses it only on
- * request until it is timed on such a CPU).
+ * multiplied with VDPBF16PS instead (amx_tiles_vdp; _core chooses it on AMD's
+ * cores, fastnn_vdpbf16_preferred).
  *
  * The operands are rounded to bfloat16 (round to nearest, ties to even, as
  * fastnn_round_bf16) while they are packed into scratch, so that op(A) and
@@ -105,31 +105,42 @@ static int fastnn_vdpbf16_preferred(void) {
     return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;   /* "AuthenticAMD" */
 }
 
-/* One 16 x 16 tile of C^T from the same packed tiles TDPBF16PS takes, on
-   AVX512_BF16's VDPBF16PS: T[j][i] = sum over the pairs h of R's row j and
-   V's pair h at i (16 lanes of i, each a dot product of one pair, summed in
-   float32), over pt 32-wide slices of K; R's pair a broadcast. VDPBF16PS
+/* Two 16 x 16 tiles of C^T from the same packed tiles TDPBF16PS takes, on
+   AVX512_BF16's VDPBF16PS: T0[j][i] (T1) = sum over the pairs h of R's row j
+   and V0's (V1's) pair h at i (16 lanes of i, each a dot product of one pair,
+   summed in float32), over pt 32-wide slices of K; R's pair a broadcast that
+   serves both V tiles. Eight rows j at a time: 16 accumulators, and per pair
+   h two loads of V and eight broadcasts for 16 VDPBF16PS (one tile at a
+   time took a load for each one, and the loads bounded it). VDPBF16PS
    treats subnormal inputs and results as zero. */
 __attribute__((target("avx512f,avx512bw,avx512bf16")))
-static void amx_tile_vdp(const uint16_t* r, const uint16_t* v, ptrdiff_t pt,
-                         float T[AMX_T][AMX_T]) {
+static void amx_tiles_vdp(const uint16_t* r, const uint16_t* v0, const uint16_t* v1,
+                          ptrdiff_t pt, float T0[AMX_T][AMX_T], float T1[AMX_T][AMX_T]) {
+    enum { J = 8 };
     const ptrdiff_t tile = AMX_T * AMX_KP;
-    __m512 acc[AMX_T];
-    for (int j = 0; j < AMX_T; j++)
-        acc[j] = _mm512_setzero_ps();
-    for (ptrdiff_t s = 0; s < pt; s++) {
-        const uint32_t* rs = (const uint32_t*) (r + s * tile);      /* [16 j][16 h] pairs */
-        const uint16_t* vs = v + s * tile;                           /* [16 h][16 i] pairs */
-        for (int h = 0; h < AMX_T; h++) {
-            const __m512bh vh = (__m512bh) _mm512_load_si512(vs + h * 2 * AMX_T);
-            for (int j = 0; j < AMX_T; j++)
-                acc[j] = _mm512_dpbf16_ps(acc[j],
-                                          (__m512bh) _mm512_set1_epi32((int) rs[j * AMX_T + h]),
-                                          vh);
+    for (int j0 = 0; j0 < AMX_T; j0 += J) {
+        __m512 acc0[J], acc1[J];
+        for (int j = 0; j < J; j++)
+            acc0[j] = acc1[j] = _mm512_setzero_ps();
+        for (ptrdiff_t s = 0; s < pt; s++) {
+            const uint32_t* rs = (const uint32_t*) (r + s * tile) + j0 * AMX_T;  /* [j][16 h] */
+            const uint16_t* vs0 = v0 + s * tile;                         /* [16 h][16 i] pairs */
+            const uint16_t* vs1 = v1 + s * tile;
+            for (int h = 0; h < AMX_T; h++) {
+                const __m512bh a = (__m512bh) _mm512_load_si512(vs0 + h * 2 * AMX_T);
+                const __m512bh b = (__m512bh) _mm512_load_si512(vs1 + h * 2 * AMX_T);
+                for (int j = 0; j < J; j++) {
+                    const __m512bh x = (__m512bh) _mm512_set1_epi32((int) rs[j * AMX_T + h]);
+                    acc0[j] = _mm512_dpbf16_ps(acc0[j], x, a);
+                    acc1[j] = _mm512_dpbf16_ps(acc1[j], x, b);
+                }
+            }
+        }
+        for (int j = 0; j < J; j++) {
+            _mm512_store_ps(T0[j0 + j], acc0[j]);
+            _mm512_store_ps(T1[j0 + j], acc1[j]);
         }
     }
-    for (int j = 0; j < AMX_T; j++)
-        _mm512_store_ps(T[j], acc[j]);
 }
 
 /* The entries of float32 scratch fastnn_amx_gemm_epi needs for m, n, k. */
@@ -286,7 +297,7 @@ struct amx_config {
    place from the training set; b_rows_j: the table is op(B)'s j (B not
    transposed), else its p.
    vdp: the tiles multiplied with AVX512_BF16's VDPBF16PS rather than on AMX
-   (amx_tile_vdp; the same packing and blocks, the sums in another order).
+   (amx_tiles_vdp; the same packing and blocks, the sums in another order).
    Only where fastnn_amx_available(), or with vdp where fastnn_vdpbf16_available(). */
 AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                                            const float* A, ptrdiff_t sai, ptrdiff_t sap,
@@ -371,8 +382,8 @@ AMX_TARGET static void fastnn_amx_gemm_epi(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k
             const uint16_t* v0 = V + ti * pt * tile;
             const uint16_t* v1 = v0 + pt * tile;
             if (vdp) {
-                for (int q = 0; q < 4; q++)
-                    amx_tile_vdp(q >> 1 ? r1 : r0, q & 1 ? v1 : v0, pt, T[q]);
+                amx_tiles_vdp(r0, v0, v1, pt, T[0], T[1]);
+                amx_tiles_vdp(r1, v0, v1, pt, T[2], T[3]);
             } else {
                 _tile_zero(0);
                 _tile_zero(1);
