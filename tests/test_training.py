@@ -9,7 +9,7 @@ from conftest import make_classification, one_hot
 from numpy.testing import assert_allclose, assert_array_equal
 
 from fastnn import ConfigError, DataError, Network, TrainingDiverged
-from fastnn import _core
+from fastnn import _core, blas
 from fastnn import _reference as ref
 from fastnn.schedules import Plateau, Step
 
@@ -305,12 +305,19 @@ def test_default_learning_rates_and_full_batch_rprop():
 
 
 def test_optimizer_state_carries_over_between_fits():
-    # two fits of one epoch each == one fit of two epochs, Adam's moments included
+    # two fits of one epoch each == one fit of two epochs, Adam's moments included;
+    # on one thread: a fit takes fewer threads where cores are busy (idle_cores),
+    # and this network's bits depend on the count (it flaked under a parallel run)
     X, y = make_classification(n=50)
     a, b = Network([12, 6, 4], seed=0), Network([12, 6, 4], seed=0)
-    a.fit(X, y, epochs=2, optimizer="adam", lr=0.01)
-    b.fit(X, y, epochs=1, optimizer="adam", lr=0.01)
-    b.fit(X, y, epochs=1, optimizer="adam", lr=0.01)
+    before = blas.get_num_threads()
+    blas.set_num_threads(1)
+    try:
+        a.fit(X, y, epochs=2, optimizer="adam", lr=0.01)
+        b.fit(X, y, epochs=1, optimizer="adam", lr=0.01)
+        b.fit(X, y, epochs=1, optimizer="adam", lr=0.01)
+    finally:
+        blas.set_num_threads(before)
     assert_array_equal(a.weights[0], b.weights[0])
     b.fit(X, y, epochs=1, optimizer="momentum", lr=0.01)      # a new optimizer starts afresh
     assert b.optimizer_state.name == "momentum" and b.optimizer_state.steps == 5
