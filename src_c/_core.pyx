@@ -910,6 +910,27 @@ cdef int bf16_kernel = (BF16_AMX if amx_ok() else
 # fastnn.blas passes on whenever it changes it (set_bf16_threads): 1 while
 # the BLAS is held to one thread (a team, whose threads each run their own).
 cdef int bf16_threads = default_threads()
+
+
+# A VDPBF16PS product of fewer multiply-adds than this runs on one thread
+# (bf16_product_threads): on a Zen 5 (2026-12-06, two threads), a team for
+# every product trained [784, 100, 10] at batch 10 at 0.18x the emulation
+# and [784, 256, 128, 10] at batch 64 at 0.60x, where one thread ran them at
+# 1.04x and 2.08x; wide's products (205 million multiply-adds and more) and
+# the two-conv net's largest gain from the team. AMX's products keep the
+# team at every size (not measured at small batches).
+cdef Py_ssize_t VDP_TEAM_WORK = 1 << 25
+cdef Py_ssize_t vdp_team_work = VDP_TEAM_WORK
+
+
+cdef inline int bf16_product_threads(int m, int n, int k) noexcept nogil:
+    """The threads amxgemm.h's product of m x k by k x n takes: bf16_threads,
+    or one for a VDPBF16PS product below vdp_team_work multiply-adds."""
+    if bf16_kernel == BF16_VDP and <Py_ssize_t> m * n * k < vdp_team_work:
+        return 1
+    return bf16_threads
+
+
 # A bfloat16 network's passes between its products (activation, its
 # derivative, the bias gradient) split over those same threads from this many
 # entries on: the products alone ran on the team, and these passes on one
@@ -1003,8 +1024,9 @@ cdef void gemm_bf16(char transa, char transb, int m, int n, int k, float alpha,
     if bf16_kernel != BF16_EMULATED:
         amx_gemm_epi(m, n, k, alpha, a, 1 if transa == c'N' else lda,
                      lda if transa == c'N' else 1, b, 1 if transb == c'N' else ldb,
-                     ldb if transb == c'N' else 1, beta, c, ldc, scratch, bf16_threads,
-                     NULL, 0, b_cols, transb == c'N', bf16_kernel == BF16_VDP)
+                     ldb if transb == c'N' else 1, beta, c, ldc, scratch,
+                     bf16_product_threads(m, n, k), NULL, 0, b_cols, transb == c'N',
+                     bf16_kernel == BF16_VDP)
         return
     cdef int ar = m if transa == c'N' else k        # op(A) is m x k: A is ar x ac
     cdef int ac = k if transa == c'N' else m
@@ -1035,8 +1057,9 @@ cdef void gemm_bf16_bias(int m, int n, int k, const float* a, int lda, const flo
     cdef Py_ssize_t i, j
     cdef float* col
     if bf16_kernel != BF16_EMULATED:
-        amx_gemm_epi(m, n, k, 1, a, 1, lda, b, 1, ldb, 0, c, ldc, scratch, bf16_threads,
-                     bias, relu, b_cols, 1, bf16_kernel == BF16_VDP)
+        amx_gemm_epi(m, n, k, 1, a, 1, lda, b, 1, ldb, 0, c, ldc, scratch,
+                     bf16_product_threads(m, n, k), bias, relu, b_cols, 1,
+                     bf16_kernel == BF16_VDP)
         return
     for j in range(n):
         for i in range(m):
@@ -3914,6 +3937,17 @@ def set_fused_rows(Py_ssize_t rows):
     _check(0 <= rows <= SGK_ROWS, f"set_fused_rows: rows must be in [0, {SGK_ROWS}]")
     previous = fused_rows
     fused_rows = rows
+    return previous
+
+
+def set_vdp_team_work(Py_ssize_t work=-1):
+    """A VDPBF16PS product takes the BLAS's thread count from `work`
+    multiply-adds on, one thread below (-1: the default; 0: always the
+    team); returns the setting before. The same bits either way: each tile of
+    C is one thread's."""
+    global vdp_team_work
+    previous = vdp_team_work
+    vdp_team_work = VDP_TEAM_WORK if work < 0 else work
     return previous
 
 
