@@ -329,10 +329,11 @@ def idle_cores_settled():
 # goes through one kernel, _core.gemm_bf16. Where the CPU and the OS give the
 # process AMX tiles (Intel Sapphire Rapids and later), it multiplies there
 # (src_c/amxgemm.h: 16 x 16 x 32 bfloat16 multiply-adds an instruction, against
-# 16 for one AVX-512 FMA). Elsewhere it emulates: it rounds both operands to
+# 16 for one AVX-512 FMA). On AMD's cores with AVX512_BF16 and no AMX (Zen 4
+# and 5) it multiplies the same packed tiles with VDPBF16PS, which they issue at
+# twice float32's FMA rate. Elsewhere it emulates: it rounds both operands to
 # bfloat16 and multiplies them with float32 FMAs (sgemm), which costs a little
-# more than float32, never less. (AVX512_BF16's vdpbf16ps alone, on AMD Zen 4
-# and 5, would at best double float32's FMA rate; no kernel of fastnn uses it.)
+# more than float32, never less.
 _bf16_said = False
 
 
