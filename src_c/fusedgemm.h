@@ -178,90 +178,68 @@ SG5_TARGET static void fastnn_sgk_forward(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K
     }
 }
 
-/* Columns [0, min(16, nc)) of W (K, .) := (first ? beta W : W) + X^T @
-   (alpha D) for mr <= SGK_DR rows of XT (RS apart) and of D; mr a constant
-   at the call site. */
-SG5_INLINE void sgk_step_block(const int mr, int first, ptrdiff_t K, float alpha,
-                               const float* XT, ptrdiff_t RS, const float* D, ptrdiff_t ldd,
-                               float beta, float* W, ptrdiff_t ldw, ptrdiff_t nc) {
-    __m512 d[SGK_DR];
-    const __mmask16 mask = sg5_mask(nc);
-    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    for (int r = 0; r < mr; r++)
-        d[r] = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(mask, D + r * ldd));
-#define SGK_START(w) (!first || beta == 1.0f ? _mm512_maskz_loadu_ps(mask, w)                \
-                      : beta == 0.0f ? _mm512_setzero_ps()                                  \
-                      : _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask, w)))
-    ptrdiff_t k = 0;
-    for (; k + SGK_STEPS <= K; k += SGK_STEPS) {
-        __m512 acc[SGK_STEPS];
-        for (int q = 0; q < SGK_STEPS; q++)
-            acc[q] = SGK_START(W + (k + q) * ldw);
-        /* unrolled: a loop over r kept alpha D on the stack, a load for every
-           eight FMAs (the step of 784 x 16 at 10 rows: 1.35-1.39 -> 1.15-1.24 us
-           on a Zen 5 core) */
-        #pragma GCC unroll 16
-        for (int r = 0; r < mr; r++)
-            #pragma GCC unroll 8
-            for (int q = 0; q < SGK_STEPS; q++)
-                acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(XT[(k + q) * RS + r]), d[r], acc[q]);
-        for (int q = 0; q < SGK_STEPS; q++)
-            _mm512_mask_storeu_ps(W + (k + q) * ldw, mask, acc[q]);
-    }
-    for (; k < K; k++) {
-        __m512 acc = SGK_START(W + k * ldw);
-        for (int r = 0; r < mr; r++)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(XT[k * RS + r]), d[r], acc);
-        _mm512_mask_storeu_ps(W + k * ldw, mask, acc);
-    }
-#undef SGK_START
-}
-
-/* Columns [0, 32) (at most nc, nc > 16) of W the same way as
-   sgk_step_block, for mr <= SGK_DR2 rows: both halves' alpha D in registers,
-   so that each x_r[k] broadcast serves two FMAs (half the broadcasts of two
-   16-column blocks, and XT read once); four steps k at a time, eight chains.
-   Each entry the same FMAs in the same order: the same bits. */
-SG5_INLINE void sgk_step_block2(const int mr, int first, ptrdiff_t K, float alpha,
-                                const float* XT, ptrdiff_t RS, const float* D, ptrdiff_t ldd,
-                                float beta, float* W, ptrdiff_t ldw, ptrdiff_t nc) {
-    __m512 d[SGK_DR2][2];
+/* Columns [0, 16 * halves) (at most nc) of W (K, .) := (first ? beta W : W) +
+   X^T @ (alpha D) for mr rows of XT (RS apart) and of D; mr and halves
+   constants at the call site. One half: mr <= SGK_DR, eight steps k at a
+   time. Two (nc > 16): mr <= SGK_DR2, both halves' alpha D in registers, so
+   that each broadcast x_r[k] feeds two FMAs and XT is read once (784 x 30 at
+   10 rows on a Zen 5 core: 2.72-2.87 us as two 16-column blocks, 2.00-2.02 as
+   one), four steps at a time. Eight chains either way; each entry the same
+   FMAs in the same order. */
+SG5_INLINE void sgk_step_block(const int mr, const int halves, int first, ptrdiff_t K,
+                               float alpha, const float* XT, ptrdiff_t RS, const float* D,
+                               ptrdiff_t ldd, float beta, float* W, ptrdiff_t ldw,
+                               ptrdiff_t nc) {
+    const int steps = halves == 2 ? SGK_STEPS2 : SGK_STEPS;
+    __m512 d[SGK_DR][2];
     const __mmask16 m0 = sg5_mask(nc), m1 = sg5_mask(nc - 16);
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     for (int r = 0; r < mr; r++) {
         d[r][0] = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m0, D + r * ldd));
-        d[r][1] = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m1, D + r * ldd + 16));
+        if (halves == 2)
+            d[r][1] = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m1, D + r * ldd + 16));
     }
 #define SGK_START(w, mask) (!first || beta == 1.0f ? _mm512_maskz_loadu_ps(mask, w)          \
                             : beta == 0.0f ? _mm512_setzero_ps()                            \
                             : _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask, w)))
     ptrdiff_t k = 0;
-    for (; k + SGK_STEPS2 <= K; k += SGK_STEPS2) {
-        __m512 acc[SGK_STEPS2][2];
-        for (int q = 0; q < SGK_STEPS2; q++) {
+    for (; k + steps <= K; k += steps) {
+        __m512 acc[SGK_STEPS][2];
+        for (int q = 0; q < steps; q++) {
             acc[q][0] = SGK_START(W + (k + q) * ldw, m0);
-            acc[q][1] = SGK_START(W + (k + q) * ldw + 16, m1);
+            if (halves == 2)
+                acc[q][1] = SGK_START(W + (k + q) * ldw + 16, m1);
         }
+        /* unrolled: a loop over r kept alpha D on the stack, a load for every
+           eight FMAs (the step of 784 x 16 at 10 rows: 1.35-1.39 -> 1.11-1.26 us
+           on a Zen 5 core) */
+        #pragma GCC unroll 16
         for (int r = 0; r < mr; r++)
-            for (int q = 0; q < SGK_STEPS2; q++) {
+            #pragma GCC unroll 8
+            for (int q = 0; q < steps; q++) {
                 const __m512 x = _mm512_set1_ps(XT[(k + q) * RS + r]);
                 acc[q][0] = _mm512_fmadd_ps(x, d[r][0], acc[q][0]);
-                acc[q][1] = _mm512_fmadd_ps(x, d[r][1], acc[q][1]);
+                if (halves == 2)
+                    acc[q][1] = _mm512_fmadd_ps(x, d[r][1], acc[q][1]);
             }
-        for (int q = 0; q < SGK_STEPS2; q++) {
+        for (int q = 0; q < steps; q++) {
             _mm512_mask_storeu_ps(W + (k + q) * ldw, m0, acc[q][0]);
-            _mm512_mask_storeu_ps(W + (k + q) * ldw + 16, m1, acc[q][1]);
+            if (halves == 2)
+                _mm512_mask_storeu_ps(W + (k + q) * ldw + 16, m1, acc[q][1]);
         }
     }
     for (; k < K; k++) {
-        __m512 a0 = SGK_START(W + k * ldw, m0), a1 = SGK_START(W + k * ldw + 16, m1);
+        __m512 a0 = SGK_START(W + k * ldw, m0);
+        __m512 a1 = halves == 2 ? SGK_START(W + k * ldw + 16, m1) : a0;
         for (int r = 0; r < mr; r++) {
             const __m512 x = _mm512_set1_ps(XT[k * RS + r]);
             a0 = _mm512_fmadd_ps(x, d[r][0], a0);
-            a1 = _mm512_fmadd_ps(x, d[r][1], a1);
+            if (halves == 2)
+                a1 = _mm512_fmadd_ps(x, d[r][1], a1);
         }
         _mm512_mask_storeu_ps(W + k * ldw, m0, a0);
-        _mm512_mask_storeu_ps(W + k * ldw + 16, m1, a1);
+        if (halves == 2)
+            _mm512_mask_storeu_ps(W + k * ldw + 16, m1, a1);
     }
 #undef SGK_START
 }
@@ -274,11 +252,11 @@ SG5_TARGET static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, f
                                        float beta, float* W, ptrdiff_t ldw) {
     const ptrdiff_t RS = sgk_stride(m);
     ptrdiff_t j0 = 0;
-    if (m <= SGK_DR2)                /* 32 columns at a time (sgk_step_block2) */
+    if (m <= SGK_DR2)                /* 32 columns at a time */
         for (; j0 + 16 < nc; j0 += 32)
             switch (m) {
-#define SGK_CASE(mr) case mr: sgk_step_block2(mr, 1, K, alpha, XT, RS, D + j0, ldd, beta, \
-                                              W + j0, ldw, nc - j0); break;
+#define SGK_CASE(mr) case mr: sgk_step_block(mr, 2, 1, K, alpha, XT, RS, D + j0, ldd, \
+                                             beta, W + j0, ldw, nc - j0); break;
                 SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
                 SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10)
 #undef SGK_CASE
@@ -289,7 +267,7 @@ SG5_TARGET static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, f
             const float* x = XT + r0;
             const float* d = D + r0 * ldd + j;
             switch (m - r0 < SGK_DR ? m - r0 : SGK_DR) {
-#define SGK_CASE(mr) case mr: sgk_step_block(mr, r0 == 0, K, alpha, x, RS, d, ldd, beta, \
+#define SGK_CASE(mr) case mr: sgk_step_block(mr, 1, r0 == 0, K, alpha, x, RS, d, ldd, beta, \
                                              W + j, ldw, nc - j); break;
                 SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
                 SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10) SGK_CASE(11) SGK_CASE(12)
