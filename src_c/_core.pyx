@@ -893,8 +893,8 @@ cdef extern from "amxgemm.h":
 # (amx_tiles_vdp) where the CPU issues it at twice float32's FMA rate (AMD's
 # Zen 4 and 5: vdp_preferred; a Zen 5 trained [784, 1024, 1024, 10] at 1.62x
 # the emulation and the two-conv net at 1.37x); else emulated with float32
-# sgemm (Intel's cores without AMX: on an Emerald Rapids, where VDPBF16PS
-# issues at float32's rate, it ran at 0.77x and 0.72x the emulation).
+# sgemm (Intel's cores without AMX, not measured: on an Emerald Rapids, where
+# VDPBF16PS issued at float32's rate, it ran at 0.77x and 0.72x the emulation).
 # set_bf16_kernel picks any of them the CPU has (the tests run each).
 cdef enum:
     BF16_EMULATED = 0

@@ -96,8 +96,9 @@ static int fastnn_vdpbf16_available(void) {
    tiles: AMD's cores with AVX512_BF16 (Zen 4 and 5), whose FMA pipes issue it
    at twice float32's FMA rate. On a Zen 5 (2026-12-06) it trained
    [784, 1024, 1024, 10] at 1.62x the emulation's float32 SGEMM and the two-conv
-   net at 1.37x. Intel's cores issue it at float32's FMA rate (an Emerald
-   Rapids: 0.77x and 0.72x), so there the emulation stays. */
+   net at 1.37x. The one Intel core measured, an Emerald Rapids, issued it at
+   float32's FMA rate (0.77x and 0.72x the emulation), so an Intel CPU without
+   AMX (Cooper Lake, not measured) keeps the emulation. */
 static int fastnn_vdpbf16_preferred(void) {
     unsigned a, b, c, d;
     if (!fastnn_vdpbf16_available() || !__get_cpuid(0, &a, &b, &c, &d))
