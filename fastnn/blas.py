@@ -299,28 +299,35 @@ def scan_threads(entries):
     return min(get_num_threads(), idle_cores())
 
 
-#: Samples of idle_cores that idle_cores_settled takes, SETTLE_GAP seconds apart.
-SETTLE_SAMPLES = 3
-SETTLE_GAP = 0.002
+#: The waits of idle_cores_settled before each look after the first (s).
+SETTLE_GAPS = (0.0002, 0.002, 0.002)
 
 
 def idle_cores_settled():
-    """The most idle cores of up to SETTLE_SAMPLES looks at idle_cores, 2 ms
-    apart: another process's thread pool winding down (PyTorch's, OpenBLAS's,
-    OpenMP's spin a while after their work; this process's own do not count)
-    shows as running for a moment, and a team chosen from that one moment ran
-    on one thread for the whole fit. Measured
-    on 2 vCPUs of an Emerald Rapids, a fit of a conv net 0.5 s after a
-    PyTorch forward, 30 fits each: one look chose a team of one in 4 (9,200
-    samples/s against 17,700), three looks in none (benchmarks/README.md).
+    """The most idle cores of up to 1 + len(SETTLE_GAPS) looks at
+    idle_cores, the first a moment apart and the others 2 ms apart: another
+    process's thread pool winding down (PyTorch's, OpenBLAS's, OpenMP's spin
+    a while after their work; this process's own do not count) shows as
+    running for a moment, and a team chosen from that one moment ran on one
+    thread for the whole fit. Measured on 2 vCPUs of an Emerald Rapids, a fit
+    of a conv net 0.5 s after a PyTorch forward, 30 fits each: one look
+    chose a team of one in 4 (9,200 samples/s against 17,700), three looks 2
+    ms apart in none (benchmarks/README.md).
+
+    The short wait first: a kernel thread that runs for some microseconds
+    (rcu_preempt, a kworker) is counted by /proc/loadavg just as well. On 2
+    vCPUs of an AMD EPYC, 7 of 20 nielsen30 fits, one after another, saw a
+    busy core at the first look, and every look 0.2 ms later saw none; the
+    2 ms sleep had been 1.2 ms of an 18 ms fit on average.
+
     Stops at the first look that finds every core idle; a core that stays
-    busy (another process) costs at most 4 ms, once a fit."""
+    busy (another process) costs at most 4.2 ms, once a fit."""
     cores = usable_cores()
     best = idle_cores()
-    for _ in range(SETTLE_SAMPLES - 1):
+    for gap in SETTLE_GAPS:
         if best >= cores:
             break
-        time.sleep(SETTLE_GAP)
+        time.sleep(gap)
         best = max(best, idle_cores())
     return best
 

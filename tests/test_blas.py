@@ -259,8 +259,9 @@ def test_a_dense_forward_without_blas_gives_the_same_bits_on_any_team_and_thread
 
 def test_a_team_is_chosen_from_the_most_idle_of_a_few_looks(monkeypatch):
     """A thread pool winding down shows as running for a moment: the team
-    takes the most idle cores of up to SETTLE_SAMPLES looks, stops looking
-    once every core is idle, and still sees a core that stays busy."""
+    takes the most idle cores of up to 1 + len(SETTLE_GAPS) looks, stops
+    looking once every core is idle, and still sees a core that stays busy;
+    the first wait is the short one (a kernel thread's moment)."""
     import os
 
     from fastnn import blas, training
@@ -268,11 +269,17 @@ def test_a_team_is_chosen_from_the_most_idle_of_a_few_looks(monkeypatch):
 
     cores = len(os.sched_getaffinity(0))
     looks = iter([1, cores, 1, 1])
+    slept = []
+    monkeypatch.setattr(blas.time, "sleep", slept.append)
     monkeypatch.setattr(blas, "idle_cores", lambda: next(looks))
     assert blas.idle_cores_settled() == cores
     assert next(looks) == 1                      # it stopped at the second look
-    monkeypatch.setattr(blas, "idle_cores", lambda: 1)
+    assert slept == [blas.SETTLE_GAPS[0]] and slept[0] < min(blas.SETTLE_GAPS[1:])
+    slept.clear()
+    calls = []
+    monkeypatch.setattr(blas, "idle_cores", lambda: calls.append(1) or 1)
     assert blas.idle_cores_settled() == 1
+    assert len(calls) == 1 + len(blas.SETTLE_GAPS) and slept == list(blas.SETTLE_GAPS)
     net = Network([(6, 6, 1), Conv2D(2, 3), Dense(2)])
     assert training.team_threads(net) == 1
     monkeypatch.setattr(blas, "idle_cores", lambda: cores)
