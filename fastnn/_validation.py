@@ -35,6 +35,11 @@ def _finite_key(X: Array) -> tuple[Any, ...]:
     return (X.__array_interface__["data"][0], X.shape, X.strides, X.dtype.str)
 
 
+def _held_finite(X: Array) -> bool:
+    """Whether a running verified_finite block has found X finite."""
+    return bool(_verified) and _finite_key(X) in _verified
+
+
 def one_thread(entries: int) -> int:
     """The threads a pass over `entries` entries may take, for callers that
     do not split it (the default scan_threads; fastnn.blas.scan_threads
@@ -75,7 +80,7 @@ def first_nonfinite_row(X: Array, threads: int = 1) -> int:
     over `threads` threads, never more than the rows); in blocks of
     FINITE_CHUNK entries with NumPy where the core is not built
     (backend='numpy'); -1 at once for an X a verified_finite block holds."""
-    if _verified and _finite_key(X) in _verified:
+    if _held_finite(X):
         return -1
     try:
         import fastnn._core as _core
@@ -223,7 +228,9 @@ def check_X(X: Any, n_features: int, name: str = "X",
     if X.dtype not in INPUT_DTYPES:
         X = X.astype(np.float64)
     X = np.ascontiguousarray(X)
-    if X.dtype.kind == "f":
+    # (scan_threads looks at the idle cores: not for an X already found
+    # finite, as fit_many's networks' is)
+    if X.dtype.kind == "f" and not _held_finite(X):
         r = first_nonfinite_row(X, scan_threads(X.size))
         if r >= 0:
             c = int(np.flatnonzero(~np.isfinite(X[r]))[0])

@@ -63,10 +63,13 @@ def _proc_fields(path, names):
     found = {}
     try:
         with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in names:
-                    found[key] = int(value.split()[0]) * 1024
+            text = "\n" + f.read()
+        for name in names:      # (a search, not a loop over its 50-odd lines)
+            at = text.find(f"\n{name}:")
+            if at >= 0:
+                end = text.find("\n", at + 1)
+                line = text[at + len(name) + 2:end if end >= 0 else None]
+                found[name] = int(line.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return found
@@ -86,10 +89,14 @@ def available_bytes():
         cgroup_now = _read_int("/sys/fs/cgroup/memory/memory.usage_in_bytes")
     if cgroup_max is not None and cgroup_now is not None and cgroup_max < 1 << 60:
         limits.append(max(cgroup_max - cgroup_now, 0))
-    status = _proc_fields("/proc/self/status", ("VmSize", "VmData"))
-    for limit, used in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
-        soft, _ = resource.getrlimit(limit)
-        if soft != resource.RLIM_INFINITY and used in status:
+    # the process's own size only under a limit (a read of /proc/self/status
+    # otherwise spent for nothing, once per network made and per fit)
+    rlimits = [(used, soft) for limit, used in ((resource.RLIMIT_AS, "VmSize"),
+                                                (resource.RLIMIT_DATA, "VmData"))
+               for soft in [resource.getrlimit(limit)[0]] if soft != resource.RLIM_INFINITY]
+    status = _proc_fields("/proc/self/status", ("VmSize", "VmData")) if rlimits else {}
+    for used, soft in rlimits:
+        if used in status:
             limits.append(max(soft - status[used], 0))
     return min(limits) if limits else None
 

@@ -173,3 +173,41 @@ def test_another_thread_runs_python_while_an_epoch_trains():
     trainer.join()
     # with the GIL held by the epoch this loop could not run at all
     assert seconds["epoch"] > 0.1 and count > 100_000 * elapsed, (count, elapsed)
+
+
+def test_proc_fields_reads_the_named_lines_of_a_proc_file(tmp_path):
+    """'Name: N kB' lines, the last one without its newline too; not a line
+    whose name only begins or ends with the one asked for, nor an absent one."""
+    from fastnn import memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       5 kB\nMemAvailableX:  9 kB\nHugeMemAvailable: 11 kB\n"
+                       "MemAvailable:   7 kB")
+    assert memory._proc_fields(meminfo, ("MemAvailable", "MemTotal", "Swap")) == {
+        "MemAvailable": 7 * 1024, "MemTotal": 5 * 1024}
+    assert memory._proc_fields(tmp_path / "absent", ("MemTotal",)) == {}
+
+
+def test_available_memory_counts_the_process_size_only_under_an_rlimit(monkeypatch):
+    """Without an address-space or data limit, /proc/self/status is not read;
+    under one, the room left below it bounds what is available."""
+    import resource
+
+    from fastnn import memory
+
+    read = []
+
+    def fields(path, names):
+        read.append(str(path))
+        if path == "/proc/self/status":
+            return {"VmSize": 3 << 20, "VmData": 1 << 20}
+        return {"MemAvailable": 1 << 40}
+
+    monkeypatch.setattr(memory, "_proc_fields", fields)
+    monkeypatch.setattr(memory, "_read_int", lambda path: None)
+    monkeypatch.setattr(resource, "getrlimit", lambda limit: (resource.RLIM_INFINITY,) * 2)
+    assert memory.available_bytes() == 1 << 40
+    assert "/proc/self/status" not in read
+    limits = {resource.RLIMIT_AS: 8 << 20, resource.RLIMIT_DATA: resource.RLIM_INFINITY}
+    monkeypatch.setattr(resource, "getrlimit", lambda limit: (limits[limit],) * 2)
+    assert memory.available_bytes() == (8 << 20) - (3 << 20)
