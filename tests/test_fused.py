@@ -94,6 +94,10 @@ def data(rows=1003, features=64, classes=10, seed=0):
 CASES = {
     "nielsen": (dict(sizes=[64, 30, 10]), dict(lr=3.0)),
     "uint8": (dict(sizes=[64, 30, 10]), dict(lr=1.0, uint8=True)),
+    # a last block of 6 pixels, and rows in two blocks of 16 (and the
+    # row-major copy) at 20
+    "uint8-70-20": (dict(sizes=[70, 30, 10]), dict(lr=1.0, uint8=True, batch_size=20)),
+    "uint8-70-13": (dict(sizes=[70, 30, 10]), dict(lr=1.0, uint8=True, batch_size=13)),
     "deep-softmax": (dict(sizes=[100, 40, 20, 10], activation="relu", output="softmax",
                           loss="cross_entropy"), dict(lr=0.1)),
     "tanh-l2": (dict(sizes=[70, 50, 10], activation="tanh"), dict(lr=0.5, l2=5.0)),
