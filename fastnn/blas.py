@@ -143,7 +143,8 @@ def prime(dtype):
     3x slower until a larger product had used the buffer). Does nothing
     while the BLAS runs several threads (its own threads do not need it),
     and costs about 10 ms the first time. Call it where the BLAS is held at
-    one thread: an epoch, a forward's team, fit_many."""
+    one thread and will be called: an epoch on the BLAS path (fit_many's
+    networks too, each in its own), a forward's team."""
     import numpy as np
 
     name, threads = np.dtype(dtype).name, process_threads()

@@ -111,10 +111,11 @@ def fit_many(networks: Sequence[Any], X: Any, y: Any,
 
     # k networks on k cores: their BLAS calls on one thread each
     blas_limit = blas.single_threaded_blas() if workers > 1 else contextlib.nullcontext()
-    # the networks check the X they share once, here, not each in its fit
+    # the networks check the X they share once, here, not each in its fit.
+    # (No blas.prime here: a network whose epochs call the BLAS primes it in
+    # its epoch, as fit does; the fused and units epochs never call it, and
+    # a process's first prime took 5 ms of a 38 ms fit_many of two nielsen30.)
     with blas_limit, verified_finite(X, blas.scan_threads), interrupts.Deferred(abort.set) as interrupt:
-        for dtype in {net.dtype for net in nets}:
-            blas.prime(dtype)
         pool = [threading.Thread(target=run, args=(k,), name=f"fastnn-fit-many-{k}")
                 for k in range(workers)]
         for t in pool:

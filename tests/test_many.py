@@ -190,3 +190,23 @@ def test_fit_many_checks_once_an_X_its_networks_convert(monkeypatch):
     fastnn.fit_many([fastnn.Network([6, 5, 4], seed=s) for s in range(2)], X, y, epochs=1,
                     batch_size=20)
     assert reads == ["float64"], reads
+
+
+def test_fit_many_primes_the_blas_only_for_networks_whose_epochs_call_it(monkeypatch, threads):
+    """The fused epoch makes no BLAS call: fit_many of such networks does not
+    prime the BLAS (a process's first prime took 5 ms); networks on the
+    BLAS's path prime it in their own epochs, as their fits do."""
+    from fastnn import _core
+
+    threads(2)
+    primed = []
+    monkeypatch.setattr(blas, "prime", primed.append)
+    X, y = data()
+    before = _core.fused_epochs_run()
+    fastnn.fit_many([DENSE(s) for s in range(2)], X, y, epochs=1, batch_size=10, lr=0.3)
+    if _core.fused_epochs_run() == before + 2:      # (where the CPU has the kernels)
+        assert primed == []
+    primed.clear()
+    fastnn.fit_many([fastnn.Network([64, 12, 4], seed=s, dtype="float64") for s in range(2)],
+                    X, y, epochs=1, batch_size=200, lr=0.3)
+    assert primed == [np.dtype(np.float64)] * 2
