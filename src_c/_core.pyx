@@ -2996,15 +2996,19 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
                 sgk_forward(m, c1 - c0, I0, XT, W0 + c0, lds, Z + c0, lds)
             else:
                 sg_gemm(m, c1 - c0, I0, 1, A0, I0, 1, W0 + c0, lds, 1, Z + c0, lds)
+            # with the pads of the last group of 16 columns: whole vectors
+            # (S starts zeroed: act of a pad, again each batch, is finite and
+            # never read), not a tail the vector loop takes piecemeal
             if c0 == 0 and c1 == O0:
-                # every column this thread's: the rows' pads too, in one call
-                # (S starts zeroed: act of a pad, again each batch, is finite
-                # and never read), not a call a row whose tail the vector
-                # loop takes piecemeal (5 % of a one-thread nielsen30 epoch)
+                # every column this thread's: all rows in one call (the
+                # sigmoid was 5 % of a one-thread nielsen30 epoch, a call a row)
                 activate_flat(g0.act, slope, Z, m * lds)
             else:
+                # a team's thread with the last group did 14 of nielsen30's 30
+                # columns as 8 + 4 + 2, while the other waited at the barrier
                 for r in range(m):
-                    activate_flat(g0.act, slope, Z + r * lds + c0, c1 - c0)
+                    activate_flat(g0.act, slope, Z + r * lds + c0,
+                                  (lds if c1 == O0 else c1) - c0)
         gather_rows(Y, n_out, order + start, m, Yb)
         prefetch_targets(Y, n_out * sizeof(float), order + start + m, nxt)
         if swb != NULL:
