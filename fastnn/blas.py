@@ -306,11 +306,11 @@ SETTLE_GAPS = (0.0002, 0.002, 0.002)
 
 def idle_cores_settled():
     """The most idle cores of up to 1 + len(SETTLE_GAPS) looks at
-    idle_cores, the first a moment apart and the others 2 ms apart: another
-    process's thread pool winding down (PyTorch's, OpenBLAS's, OpenMP's spin
-    a while after their work; this process's own do not count) shows as
-    running for a moment, and a team chosen from that one moment ran on one
-    thread for the whole fit. Measured on 2 vCPUs of an Emerald Rapids, a fit
+    idle_cores, the second 0.2 ms after the first, the others 2 ms apart:
+    another process's thread pool winding down (PyTorch's, OpenBLAS's,
+    OpenMP's spin a while after their work; this process's own do not count)
+    shows as running for a moment, and a team chosen from that one moment ran
+    on one thread for the whole fit. Measured on 2 vCPUs of an Emerald Rapids, a fit
     of a conv net 0.5 s after a PyTorch forward, 30 fits each: one look
     chose a team of one in 4 (9,200 samples/s against 17,700), three looks 2
     ms apart in none (benchmarks/README.md).
@@ -318,8 +318,9 @@ def idle_cores_settled():
     The short wait first: a kernel thread that runs for some microseconds
     (rcu_preempt, a kworker) is counted by /proc/loadavg just as well. On 2
     vCPUs of an AMD EPYC, 7 of 20 nielsen30 fits, one after another, saw a
-    busy core at the first look, and every look 0.2 ms later saw none; the
-    2 ms sleep had been 1.2 ms of an 18 ms fit on average.
+    busy core at the first look, and every look from 0.2 ms later on saw
+    none; the 2 ms sleep had cost 0.75-0.89 ms of an 18 ms fit on average
+    (now 0.21-0.29 ms).
 
     Stops at the first look that finds every core idle; a core that stays
     busy (another process) costs at most 4.2 ms, once a fit."""

@@ -663,7 +663,7 @@ class Trainer:
             try:
                 start = time.perf_counter()
                 # (the fused and units epochs make no BLAS call: no look at
-                # the idle cores for the BLAS's threads, 0.1-0.2 ms a fit)
+                # the idle cores for the BLAS's threads, 0.10-0.14 ms a fit)
                 with (epoch_blas_threads(self.threads) if self.calls_blas
                       else contextlib.nullcontext()):
                     if self.calls_blas:
