@@ -1117,34 +1117,25 @@ cdef extern from *:
     void prefetch "fastnn_prefetch"(const void* p) noexcept nogil
 
 
-cdef void prefetch_rows(const input_t* X, Py_ssize_t I, const int64_t* rows,
+cdef void prefetch_rows(const void* X, Py_ssize_t row_bytes, const int64_t* rows,
                         Py_ssize_t N) noexcept nogil:
-    """Ask the CPU to start loading rows X[rows[0..N]] into cache. The rows of
-    a shuffled epoch are scattered over X, so gathering them waits on memory
-    unless they were requested a batch earlier. Only each row's first lines
-    are requested (a burst of every line stalls on the CPU's few line-fill
-    buffers); the hardware prefetcher streams the rest."""
+    """Ask the CPU to start loading rows X[rows[0..N]] (row_bytes each) into
+    cache, a batch before they are gathered. The rows of a shuffled epoch
+    are scattered over X, so gathering them waits on memory unless they were
+    requested a batch earlier. Only each row's first two lines are requested
+    (a burst of every line stalls on the CPU's few line-fill buffers; the
+    hardware prefetcher streams the rest), or its first and last byte for a
+    row shorter than that: the targets, whose one-hot rows for 60,000 MNIST
+    labels take 2.4 MB, out of L2 (their gather's load was 3 % of a
+    two-thread epoch of [784, 30, 10] at batch 10 before they were
+    requested too)."""
     cdef Py_ssize_t r
+    cdef Py_ssize_t second = 64 if row_bytes > 64 else row_bytes - 1
     cdef const char* row
     for r in range(N):
-        row = <const char*> (X + rows[r] * I)
+        row = <const char*> X + rows[r] * row_bytes
         prefetch(row)
-        prefetch(row + 64)
-
-
-cdef void prefetch_targets(const void* Y, Py_ssize_t row_bytes, const int64_t* rows,
-                           Py_ssize_t N) noexcept nogil:
-    """Ask the CPU to start loading the short rows Y[rows[0..N]] (targets,
-    row_bytes each: both ends of each row) into cache, a batch before they
-    are gathered: the one-hot rows of 60,000 MNIST labels take 2.4 MB, out of
-    L2, and each row of a shuffled batch was a wait on memory (3 % of a
-    two-thread epoch of [784, 30, 10] at batch 10, on the gather's load)."""
-    cdef Py_ssize_t r
-    cdef const char* row
-    for r in range(N):
-        row = <const char*> Y + rows[r] * row_bytes
-        prefetch(row)
-        prefetch(row + row_bytes - 1)
+        prefetch(row + second)
 
 
 cdef void shift_offsets(uint64_t seed, int64_t position, int* dx, int* dy) noexcept nogil:
@@ -2357,9 +2348,10 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
                 lay.x_rows = order + first
             # the next chunk's rows start loading while this one computes
             if first + cm < n:
-                prefetch_rows(X, n_in, order + first + cm, min(cap, n - first - cm))
-                prefetch_targets(Y, n_out * sizeof(floating), order + first + cm,
-                                 min(cap, n - first - cm))
+                prefetch_rows(X, n_in * sizeof(input_t), order + first + cm,
+                              min(cap, n - first - cm))
+                prefetch_rows(Y, n_out * sizeof(floating), order + first + cm,
+                              min(cap, n - first - cm))
             forward_impl(params, lay, slope, A0, work, A_out, cm, True, seed, first)
             chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
                                            work + lay.d_off[L], cm, n_out)
@@ -2949,7 +2941,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     first) or a loss that is not finite (seen by every thread, or shared
     before the second) ends the epoch before the step.
     """
-    cdef Py_ssize_t k, l, r, j, j0, j1, start, m, nxt, I, O, ldi, i0, i1, q0, q1, mq
+    cdef Py_ssize_t k, l, r, j, j0, j1, start, m, nxt, I, O, ldi, i0, i1, q0, q1, mq, cw
     cdef Py_ssize_t L = lay.n_layers
     cdef Py_ssize_t t = team.id, T = team.size
     cdef Geometry* g0 = &lay.layer[0]
@@ -2987,7 +2979,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
                      A0 if m > FUSED_STEP_ROWS else NULL)
         else:
             gather_rows(X, I0, order + start, m, A0)
-            prefetch_rows(X, I0, order + start + m, nxt)
+            prefetch_rows(X, I0 * sizeof(input_t), order + start + m, nxt)
         if c1 > c0:
             for r in range(m):
                 for j in range(c0, c1):
@@ -2996,21 +2988,21 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
                 sgk_forward(m, c1 - c0, I0, XT, W0 + c0, lds, Z + c0, lds)
             else:
                 sg_gemm(m, c1 - c0, I0, 1, A0, I0, 1, W0 + c0, lds, 1, Z + c0, lds)
-            # with the pads of the last group of 16 columns: whole vectors
-            # (S starts zeroed: act of a pad, again each batch, is finite and
-            # never read), not a tail the vector loop takes piecemeal
-            if c0 == 0 and c1 == O0:
-                # every column this thread's: all rows in one call (the
-                # sigmoid was 5 % of a one-thread nielsen30 epoch, a call a row)
+            # whole vectors: the last group of 16 columns with its pads (S
+            # starts zeroed: act of a pad, again each batch, is finite and
+            # never read), not a tail the vector loop takes piecemeal (a
+            # team's thread with nielsen30's last 14 columns took them as
+            # 8 + 4 + 2 while the other waited at the barrier); and where
+            # that is whole rows (one thread), all of them in one call (the
+            # sigmoid was 5 % of a one-thread nielsen30 epoch, a call a row)
+            cw = (lds if c1 == O0 else c1) - c0
+            if cw == lds:
                 activate_flat(g0.act, slope, Z, m * lds)
             else:
-                # a team's thread with the last group did 14 of nielsen30's 30
-                # columns as 8 + 4 + 2, while the other waited at the barrier
                 for r in range(m):
-                    activate_flat(g0.act, slope, Z + r * lds + c0,
-                                  (lds if c1 == O0 else c1) - c0)
+                    activate_flat(g0.act, slope, Z + r * lds + c0, cw)
         gather_rows(Y, n_out, order + start, m, Yb)
-        prefetch_targets(Y, n_out * sizeof(float), order + start + m, nxt)
+        prefetch_rows(Y, n_out * sizeof(float), order + start + m, nxt)
         if swb != NULL:
             for r in range(m):
                 swb[r] = sample_weight[order[start + r]]
