@@ -691,12 +691,14 @@ def main(argv=None):
         # round-robin over implementations, so that drift in the machine's
         # speed (it is shared) falls on all of them alike
         rows = {impl: [] for impl in runnable}
+        trips = [round_trip(threads)]
         for _ in range(args.repeat):
             for impl in runnable:
                 time.sleep(QUIET_SECONDS)
                 rows[impl].append(IMPLS[impl][1 if inference else 0](config, data))
         # once more after the rounds: one second of GEMMs can fall on a busy moment
         ceiling = max(ceiling, gemm_ceiling(config, config.batch))
+        trips.append(round_trip(threads))
         fast = statistics.median(r.n / r.seconds for r in rows["fastnn"])
         for impl, timings in rows.items():
             rates = [r.n / r.seconds for r in timings]
@@ -719,9 +721,12 @@ def main(argv=None):
                             "gemm_ceiling_gflops": ceiling, "fraction_of_ceiling": gflops / ceiling,
                             "fraction_of_peak": of_peak,
                             "epoch_clock_samples_per_s": epoch_rates or None,
-                            "outside_epoch_fraction": outside, "threads": threads})
-        print(f"{'':<11} {'ceiling':<11} {'':>10} {'':>10} {'':>10} {'':>9} {ceiling:>7.1f}",
-              flush=True)
+                            "outside_epoch_fraction": outside, "threads": threads,
+                            "round_trip_ns": trips})
+        placed = ("; threads' round trip before and after: "
+                  + " / ".join(f"{t:.0f} ns" for t in trips) if None not in trips else "")
+        print(f"{'':<11} {'ceiling':<11} {'':>10} {'':>10} {'':>10} {'':>9} {ceiling:>7.1f}"
+              + placed, flush=True)
     machine.shout(alarms)
     if args.json:
         Path(args.json).write_text(json.dumps({
@@ -729,6 +734,22 @@ def main(argv=None):
             "repeat": args.repeat, "rows_trained": args.rows,
             "date": date, "loadavg_start": load_start,
             "loadavg_end": os.getloadavg(), "rows": results}, indent=2))
+
+
+def round_trip(threads):
+    """The round trip between the threads of a fastnn team of `threads` now,
+    in ns (_core.team_round_trip), or None (one thread, or no compiled core).
+    On a VM it says where the hypervisor has put the vCPUs: on the 2-vCPU
+    AMD EPYC of benchmarks/README.md about 50 ns on one die and 200 ns or
+    more across two, a placement that changed minute by minute, and with it
+    every team's speed."""
+    if threads < 2:
+        return None
+    try:
+        from fastnn import _core
+        return _core.team_round_trip(threads)
+    except (ImportError, AttributeError):
+        return None
 
 
 if __name__ == "__main__":

@@ -71,6 +71,10 @@ def main(paths):
     for path, run in zip(paths, runs):
         load_avg = run.get("loadavg_start")
         note = f"load average at start {load_avg[0]:.2f}" if load_avg else ""
+        trips = [t for row in run["rows"] for t in row.get("round_trip_ns") or () if t]
+        if trips:
+            note += (f"; team threads' round trip {min(trips):.0f}-{max(trips):.0f} ns "
+                     f"(run.round_trip)")
         print(f"- {path}: {run.get('date', '?')}, {run.get('threads', '?')} thread(s), "
               f"median of {run.get('repeat', '?')} rounds; {note}")
         for w in run.get("machine", {}).get("warnings", []):

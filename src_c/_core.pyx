@@ -799,6 +799,8 @@ cdef extern from "fusedgemm.h":
                                     float* XT, float* A) noexcept nogil
     void spin_barrier "fastnn_spin_barrier"(int64_t* arrived, int64_t* generation,
                                             int64_t T) noexcept nogil
+    double team_round_trip_ns "fastnn_team_round_trip"(int64_t* ball, int t, int T,
+                                                       int n) noexcept nogil
     void sgk_forward "fastnn_sgk_forward"(Py_ssize_t m, Py_ssize_t nc, Py_ssize_t K,
                                           const float* XT, const float* W, Py_ssize_t ldw,
                                           float* Z, Py_ssize_t ldz) noexcept nogil
@@ -2429,6 +2431,8 @@ cdef struct Shared:
     bint stop                    # control[STOP_REQUEST] as thread 0 last read it
     bint diverged                # a thread's chunk had a loss that is not finite
     bint stop_at[2]              # train_fused_impl: stop before batch k's step (k % 2)
+    bint far                     # train_fused: the team's threads are far apart (team_far)
+    double round_trip            # train_fused: their round trip in ns, as measured (or -1)
     double* loss                 # each thread's sum of costs
     double* squares              # each thread's sum of squared gradients (clipping)
     int64_t* correct             # each thread's count of correct rows
@@ -3111,7 +3115,9 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
     as a copy of params and of padded (w_size floats); afterwards its
     columns of the first layer, and thread 0's copy of the other layers, go
     back there (with split the team steps the other layers in params and
-    padded themselves). Denormals are flushed to zero (see train_epoch)."""
+    padded themselves). A team that would split first asks team_far
+    whether its threads are far apart, and then does not. Denormals are
+    flushed to zero (see train_epoch)."""
     cdef Team team
     cdef int mine
     cdef unsigned int fp = flush_denormals()
@@ -3125,6 +3131,8 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
     own = region + team.id * stride
     memcpy(own, params, P * sizeof(float))
     memcpy(own + w_off, padded, w_size * sizeof(float))
+    if split and team_far(sync, shared, &team):
+        split = False       # each thread its own copy of the later layers
     mine = train_fused_impl(X, Y, sample_weight, order, n, own, own + w_off,
                             own + w_off + w_size, own + x_off, S, sync, shared_work, split,
                             params, padded, lay, slope, loss,
@@ -3165,6 +3173,44 @@ cdef Py_ssize_t fused_region(Layout* lay, Py_ssize_t w_size) noexcept nogil:
 # measured in benchmarks/README.md.
 cdef Py_ssize_t FUSED_SPLIT_WORK = 1 << 20
 cdef Py_ssize_t fused_split_work = FUSED_SPLIT_WORK
+
+
+# A team that would split its later layers' rows (fused_split) first
+# measures how far apart its threads are (team_far): from FAR_ROUND_TRIP ns
+# for a value to go from thread 0 to another and back, each thread keeps its
+# own copy of the later layers instead, and computes them all (no second
+# barrier, and no line of them written by one thread and read by the
+# other). mid ([784, 256, 128, 10], batch 64) on the two vCPUs of an AMD
+# EPYC (Zen 5) VM, which the hypervisor put on one die or on two, a minute
+# or less at a time: this round trip 44-69 ns or 342-416 ns. Epochs of each
+# in turn in one process, unsplit / split: far apart 1.16, 1.05, 1.14,
+# 1.03x; near 0.93, 0.91, 0.90, 0.90, 0.89x (benchmarks/README.md).
+cdef double FAR_ROUND_TRIP = 200.0
+cdef int ROUND_TRIPS = 64
+cpdef enum:
+    PLACEMENT_MEASURED = 0      # team_far measures (the default)
+    PLACEMENT_NEAR = 1          # taken as near: split where fused_split says
+    PLACEMENT_FAR = 2           # taken as far: never split
+cdef int team_placement = PLACEMENT_MEASURED
+cdef Py_ssize_t far_epochs = 0          # split teams that ran unsplit, for the tests
+cdef double last_round_trip = -1        # the last team_far's measure, in ns
+
+
+cdef bint team_far(int64_t* sync, Shared* shared, Team* team) noexcept nogil:
+    """Whether this team's threads are far apart (FAR_ROUND_TRIP, or the
+    placement set_team_placement forces): every thread calls it and gets
+    thread 0's answer. sync: the team's barrier (sync[0], sync[8]) and the
+    line of the round trips (sync[16], zero)."""
+    cdef double ns
+    if team_placement == PLACEMENT_NEAR:
+        return False
+    spin_barrier(sync, sync + 8, team.size)      # every thread running
+    ns = team_round_trip_ns(sync + 16, team.id, team.size, ROUND_TRIPS)
+    if team.id == 0:
+        shared.round_trip = ns
+        shared.far = team_placement == PLACEMENT_FAR or ns >= FAR_ROUND_TRIP
+    spin_barrier(sync, sync + 8, team.size)
+    return shared.far
 
 
 cdef bint fused_split(Layout* lay, Py_ssize_t batch_size, Py_ssize_t n_threads) noexcept nogil:
@@ -3486,8 +3532,10 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             region = _aligned_floats(n_threads * stride)
             S = _aligned_floats(2 * batch_size * lay.layer[0].ldw)
             S[:] = 0        # the pads of A_1's rows (train_fused_impl)
-            sync_raw = np.zeros(24, dtype=np.int64)
-            sync = sync_raw[(-sync_raw.ctypes.data) % 64 // 8:][:16]
+            sync_raw = np.zeros(32, dtype=np.int64)
+            sync = sync_raw[(-sync_raw.ctypes.data) % 64 // 8:][:24]
+            shared.far = False
+            shared.round_trip = -1
             global fused_epochs
             fused_epochs += 1
             with nogil:
@@ -3500,6 +3548,10 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                             batch_size, &hyper[0], &control[0], &shared, &status)
             with nogil:
                 copy_padded(&lay, <float*> &params[0], &padded[0], False)
+            if split and shared.round_trip >= 0:
+                global far_epochs, last_round_trip
+                last_round_trip = shared.round_trip
+                far_epochs += shared.far
             loss_sum = float(np.sum(team_loss))
             n_correct = int(np.sum(team_correct))
         elif floating is float and units_apply(&lay, optimizer, &hyper[0], batch_size):
@@ -4011,6 +4063,61 @@ def x_in_place_epochs_run():
     """Epochs in this process whose chunks read X's rows in place
     (x_in_place; the tests check which path an epoch took)."""
     return x_in_place_epochs
+
+
+PLACEMENTS = {"measured": PLACEMENT_MEASURED, "near": PLACEMENT_NEAR, "far": PLACEMENT_FAR}
+
+
+def set_team_placement(str placement="measured"):
+    """How a fused team that would split its later layers' rows judges how
+    far apart its threads are (team_far): "measured" (the default), or taken
+    as "near" or "far" (the tests); returns the setting before."""
+    global team_placement
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
+    previous = next(k for k, v in PLACEMENTS.items() if v == team_placement)
+    team_placement = PLACEMENTS[placement]
+    return previous
+
+
+def far_epochs_run():
+    """Epochs of a fused team that would have split its later layers' rows
+    and did not, its threads far apart (team_far), in this process."""
+    return far_epochs
+
+
+def last_team_round_trip():
+    """The round trip between a fused team's threads that the last such
+    epoch measured (team_far), in nanoseconds; -1 before any."""
+    return last_round_trip
+
+
+cdef void probe_team(int64_t* sync, double* ns) noexcept nogil:
+    """team_far's measure, as this thread's part of the current OpenMP team
+    (its threads placed as a training team's: team_join)."""
+    cdef Team team
+    team_join(&team)
+    spin_barrier(sync, sync + 8, team.size)
+    cdef double mine = team_round_trip_ns(sync + 16, team.id, team.size, ROUND_TRIPS)
+    if team.id == 0:
+        ns[0] = mine
+
+
+def team_round_trip(int threads=2):
+    """The time, in nanoseconds, for a value to go from one thread of a team
+    of `threads` (placed as a training team's) to another and back, the
+    largest over the pairs with thread 0: what a fused team measures before
+    splitting (team_far). 0 for one thread. benchmarks/run.py reports it: on
+    a VM it tells a placement of the vCPUs on one die from one across two."""
+    import numpy as np
+    _check(1 <= threads <= 1024, f"threads must be in [1, 1024], not {threads}")
+    cdef int64_t[::1] sync
+    cdef double ns = 0
+    sync_raw = np.zeros(32, dtype=np.int64)
+    sync = sync_raw[(-sync_raw.ctypes.data) % 64 // 8:][:24]
+    with nogil, parallel(num_threads=threads):
+        probe_team(&sync[0], &ns)
+    return ns
 
 
 def fused_epochs_run():

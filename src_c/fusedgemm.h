@@ -33,6 +33,7 @@
 
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 #include "smallgemm.h"
 #include "transpose16.h"
 
@@ -57,6 +58,56 @@ static inline void fastnn_spin_barrier(int64_t* arrived, int64_t* generation, in
         if (spins > 20000)
             sched_yield();
     }
+}
+
+/* Wait until *word holds value, spinning with pause, and yielding the core
+   after about a millisecond as fastnn_spin_barrier does. */
+static inline void fastnn_await(int64_t* word, int64_t value) {
+    for (long spins = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) != value; spins++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (spins > 20000)
+            sched_yield();
+    }
+}
+
+enum { FASTNN_WARM_TRIPS = 8 };
+
+/* How far apart a team's threads are: the mean time, in nanoseconds, for a
+   value to go from thread 0 to thread u and back through the 64-byte line of
+   *ball (zero when the team starts), over n round trips after
+   FASTNN_WARM_TRIPS untimed ones, the largest over u = 1 .. T-1. Thread 0
+   returns it, the others 0; every thread of the team calls it, all running
+   (after a barrier). Two vCPUs of an AMD EPYC VM passed it back in 44-69 ns
+   where the hypervisor had put them on one die, and in 342-416 ns where on
+   two (a placement that came and went minute by minute), and then every line
+   one thread writes and the other reads costs that much more
+   (benchmarks/README.md). */
+static double fastnn_team_round_trip(int64_t* ball, int t, int T, int n) {
+    double worst = 0;
+    const int64_t trips = n + FASTNN_WARM_TRIPS;
+    for (int u = 1; u < T; u++) {
+        const int64_t base = (int64_t) (u - 1) * 2 * trips;
+        if (t == 0) {
+            struct timespec a, b;
+            for (int64_t i = 0; i < trips; i++) {
+                if (i == FASTNN_WARM_TRIPS)
+                    clock_gettime(CLOCK_MONOTONIC, &a);
+                __atomic_store_n(ball, base + 2 * i + 1, __ATOMIC_RELEASE);
+                fastnn_await(ball, base + 2 * i + 2);
+            }
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            const double ns = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n;
+            worst = ns > worst ? ns : worst;
+        } else if (t == u) {
+            for (int64_t i = 0; i < trips; i++) {
+                fastnn_await(ball, base + 2 * i + 1);
+                __atomic_store_n(ball, base + 2 * i + 2, __ATOMIC_RELEASE);
+            }
+        }
+    }
+    return worst;
 }
 
 enum { SGK_ROWS = 64, SGK_STEPS = 8, SGK_MR = 12, SGK_DR = 16, SGK_DR2 = 10, SGK_STEPS2 = 4 };

@@ -134,17 +134,31 @@ def split():
     _core.set_fused_split(before)
 
 
-@pytest.mark.parametrize("threads", [1, 2, "2, rows split"])
+@pytest.fixture
+def placement():
+    """placement(p): how a fused team judges how far apart its threads are,
+    "measured", "near" or "far" (restored)."""
+    before = _core.set_team_placement()
+    yield _core.set_team_placement
+    _core.set_team_placement(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, "2, rows split", "2, far apart"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threads, isa,
                                                                      team_of, fused,
-                                                                     units_up_to_64, split):
+                                                                     units_up_to_64, split,
+                                                                     placement):
     """Every entry is the same FMAs in the same order (fusedgemm.h computes
     as smallgemm.h does), whether a thread's columns or all of them, and
     whatever blocks of rows the kernels take; with the later layers' rows
-    split among the team too (every case, whatever its work)."""
-    if threads == "2, rows split":
+    split among the team too (every case, whatever its work); and where a
+    team that would split them finds its threads far apart, and each keeps
+    its own copy of the later layers instead."""
+    far = threads == "2, far apart"
+    if threads != 1 and threads != 2:
         split(0)
+        placement("far" if far else "near")
         threads = 2
     team_of(threads)
     fused(False)
@@ -152,22 +166,27 @@ def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threa
     units = fit(case)
     assert _core.fused_epochs_run() == before
     fused(True)
+    far_before = _core.far_epochs_run()
     both = fit(case)
     assert _core.fused_epochs_run() == before + 2
+    assert _core.far_epochs_run() == far_before + (2 if far else 0)
     assert_array_equal(units._params, both._params)
     assert both.history["loss"][-1] == pytest.approx(units.history["loss"][-1], rel=1e-6)
     assert both.history["accuracy"] == units.history["accuracy"]
 
 
-@pytest.mark.parametrize("rows_split", [False, True])
+@pytest.mark.parametrize("rows_split", [False, True, "measured", "far"])
 def test_a_team_of_more_threads_than_column_groups_trains_the_same(isa, fused, split,
-                                                                    rows_split):
+                                                                    rows_split, placement):
     """Three threads on [64, 30, 10]'s two groups (through the kernel: fit
     caps a team at the groups): the third has no columns of its own, and
     still every batch's barrier and later layers; with the later layers'
-    rows split, no columns of the later layers' steps either."""
+    rows split, no columns of the later layers' steps either; and with the
+    round trips to the two others measured first, whatever they find, or
+    taken as far apart (no split)."""
     if rows_split:
         split(0)
+        placement(rows_split if isinstance(rows_split, str) else "near")
     X, y = data()
     # through the kernel directly: fit caps a team at the column groups
     table, keep = fastnn.Network([64, 30, 10], seed=5).plan.table(None, None)
@@ -186,6 +205,38 @@ def test_a_team_of_more_threads_than_column_groups_trains_the_same(isa, fused, s
         results.append((params, correct))
     assert_array_equal(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
+
+
+def test_team_round_trip_measures_each_pair_with_thread_0(placement):
+    """team_round_trip: a time in nanoseconds for any team (no figure: the
+    machine's speed is not the test's), 0 for one thread; the placement
+    setting names its choices."""
+    assert _core.team_round_trip(1) == 0
+    for threads in (2, 3):
+        ns = _core.team_round_trip(threads)
+        assert np.isfinite(ns) and ns > 0
+    with pytest.raises(ValueError, match="threads must be in"):
+        _core.team_round_trip(0)
+    with pytest.raises(ValueError, match="measured, near, far"):
+        placement("close")
+    assert placement("far") == "measured"
+    assert placement("measured") == "far"
+
+
+def test_a_split_team_records_the_round_trip_it_measured(isa, team_of, split, placement):
+    """A fused team that would split its later layers' rows measures its
+    threads' round trip first (last_team_round_trip), and splits or not by
+    what it found; its weights are the same either way."""
+    split(0)
+    team_of(2)
+    placement("measured")
+    far_before = _core.far_epochs_run()
+    measured = fit("mid-64", epochs=1)
+    ns = _core.last_team_round_trip()
+    assert np.isfinite(ns) and ns > 0
+    assert _core.far_epochs_run() - far_before in (0, 1)
+    placement("near")
+    assert_array_equal(fit("mid-64", epochs=1)._params, measured._params)
 
 
 def epoch(threads, lr=3.0, stop=False, rows=1003):
