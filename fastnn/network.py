@@ -18,9 +18,9 @@ import numpy as np
 from fastnn import _kernels, blas, memory, modelfile, training
 from fastnn._kernels import DTYPES
 from fastnn._typing import Array, ArrayLike, DTypeLike, Metrics, PathLike
-from fastnn._validation import (MAX_SEED, check_finite, check_fits, check_targets,
-                                check_targets_fit_loss, check_X, image_rows, nonnegative_float,
-                                positive_int)
+from fastnn._validation import (MAX_SEED, BackgroundChecks, check_finite, check_fits,
+                                check_targets, check_targets_fit_loss, check_X, image_rows,
+                                nonnegative_float, positive_int)
 from fastnn.activations import get_activation
 from fastnn.callbacks import Callback, check_callbacks
 from fastnn.exceptions import ConfigError, DataError
@@ -319,22 +319,27 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         per_row = sum(self.plan.widths())
         return max(1, min(n, PREDICT_CHUNK, PREDICT_BUDGET // per_row))
 
-    def _rows(self, X: ArrayLike, name: str = "X") -> Array:
+    def _rows(self, X: ArrayLike, name: str = "X",
+              background: Optional[BackgroundChecks] = None) -> Array:
         """X as the C-contiguous (n, features) rows the kernels take: 2-D rows,
-        or images (n, H, W) / (n, H, W, C) of the network's input shape."""
+        or images (n, H, W) / (n, H, W, C) of the network's input shape
+        (check_X, with its background)."""
         return check_X(image_rows(X, self.plan.input_shape, name), self.sizes[0], name,
-                       scan_threads=blas.scan_threads)
+                       scan_threads=blas.scan_threads, background=background)
 
-    def kernel_inputs(self, X: ArrayLike, name: str = "X") -> Array:
+    def kernel_inputs(self, X: ArrayLike, name: str = "X",
+                      background: Optional[BackgroundChecks] = None) -> Array:
         """Rows X (or images) encoded, checked and scaled as the kernels take
         them (internal: for fit, evaluate and fastnn.training): raw tabular rows (a Table, a DataFrame, text) are encoded by
-        the preprocessing's columns first."""
+        the preprocessing's columns first. background: where X goes to the
+        kernels as it is (no preprocessing), its check for NaN is left
+        running there (check_X); the caller waits for it."""
         pre = self.preprocessing
         if pre is not None and pre.columns is not None:
             X = pre.columns.encode(X, name)
         elif is_table_like(X):
             X = _numbers_only(X, name)
-        X = self._rows(X, name)
+        X = self._rows(X, name, background if pre is None else None)
         out = X if pre is None else pre.transform_X(X, self.dtype)
         if self.dtype != np.float64 and (out is not X or out.dtype != self.dtype):
             # 1e39 is finite in float64 but not in float32: say so, not "diverged"
@@ -538,22 +543,26 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
                 self.preprocessing is None and np.asarray(y).dtype.kind in "USO"):
             self.prepare(X, y, task=task, scale=scale, categorical=categorical, drop=drop,
                          missing=missing)
-        X = self.kernel_inputs(X)
-        Y, labels = self.kernel_targets(X, y)
-        weights = training.sample_weights(sample_weight, class_weight, labels, len(X),
-                                          self.sizes[-1])
-        train, val = training.split_validation(X, Y, labels, weights, validation_data,
-                                               validation_split, self)
-        options = training.check_options(
-            self, len(train[0]), epochs=epochs, batch_size=batch_size, lr=lr, shuffle=shuffle,
-            optimizer=optimizer, momentum=momentum, betas=betas, eps=eps, l2=l2, l1=l1,
-            dropout=dropout, lr_schedule=lr_schedule, early_stopping=early_stopping,
-            augment=augment, validation_split=validation_split, has_validation=val is not None,
-            weight_decay=weight_decay, clip_norm=clip_norm, restore_best=restore_best)
-        if verbose >= 2 and progress is None:
-            progress = training.text_progress()
-        trainer = training.Trainer(self, train, val, options, callback, progress, verbose,
-                                   check_callbacks(callbacks))
+        # X's check for NaN reads it while the rest is prepared; the block
+        # waits for it before the kernels read X (BackgroundChecks)
+        with BackgroundChecks() as checks:
+            X = self.kernel_inputs(X, background=checks)
+            Y, labels = self.kernel_targets(X, y)
+            weights = training.sample_weights(sample_weight, class_weight, labels, len(X),
+                                              self.sizes[-1])
+            train, val = training.split_validation(X, Y, labels, weights, validation_data,
+                                                   validation_split, self)
+            options = training.check_options(
+                self, len(train[0]), epochs=epochs, batch_size=batch_size, lr=lr,
+                shuffle=shuffle, optimizer=optimizer, momentum=momentum, betas=betas, eps=eps,
+                l2=l2, l1=l1, dropout=dropout, lr_schedule=lr_schedule,
+                early_stopping=early_stopping, augment=augment,
+                validation_split=validation_split, has_validation=val is not None,
+                weight_decay=weight_decay, clip_norm=clip_norm, restore_best=restore_best)
+            if verbose >= 2 and progress is None:
+                progress = training.text_progress()
+            trainer = training.Trainer(self, train, val, options, callback, progress, verbose,
+                                       check_callbacks(callbacks))
         self.input_dtype = str(X.dtype)
         # an unfinished restore_best run's best epoch so far, continued by BestEpoch
         best = self.training_record.get("best") if options.restore_best else None

@@ -532,6 +532,72 @@ def test_the_input_check_split_over_threads_finds_the_first_bad_row(threads):
         assert _validation.first_nonfinite_row(Y[:2], threads) == (0 if rows[0] == 0 else -1)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_background_scan_finds_the_first_bad_row_whichever_thread_takes_it(dtype,
+                                                                            monkeypatch):
+    """_core.BackgroundScan: blocks of one row here, taken in turn by the
+    started thread and by the one asking (row()); the least of their
+    findings is the first bad row, asked once or twice."""
+    monkeypatch.setattr(_core, "SCAN_BLOCK_ENTRIES", 1)
+    X = np.random.default_rng(2).standard_normal((37, 5)).astype(dtype)
+    assert _core.BackgroundScan(X).row() == -1
+    for rows in [(0,), (36,), (12, 30), (20, 21), (3, 36), tuple(range(5, 37))]:
+        Y = X.copy()
+        for r in rows:
+            Y[r, r % 5] = (np.nan, np.inf, -np.inf)[r % 3]
+        scan = _core.BackgroundScan(Y)
+        assert scan.row() == rows[0]
+        assert scan.row() == rows[0]
+    assert _core.BackgroundScan(np.empty((0, 5), dtype)).row() == -1
+    for bad in (np.ones((4, 5), np.int64), np.ones((5, 4), dtype).T, np.ones(5, dtype)):
+        with pytest.raises(ValueError, match="C-contiguous 2-D float32 or float64"):
+            _core.BackgroundScan(bad)
+
+
+def test_a_background_scan_dropped_unfinished_stops_before_its_array_goes():
+    """A scan nobody waits for is stopped and joined when it goes (a fit that
+    raised before waiting): its thread never reads freed memory."""
+    import gc
+    for _ in range(20):
+        X = np.ones((4096, 1024), np.float32)      # 16 MB: still running when dropped
+        scan = _core.BackgroundScan(X)
+        del scan, X
+        gc.collect()
+
+
+def test_fit_checks_X_in_the_background_and_before_any_kernel(monkeypatch):
+    """fit leaves X's check for NaN running while it prepares
+    (_validation.BackgroundChecks), waits for it before the first epoch:
+    a NaN stops it with check_X's error, nothing trained; that error comes
+    before one the preparation raised meanwhile, which is raised as it is
+    when X is finite."""
+    from fastnn import Network, _validation
+    from fastnn.exceptions import ConfigError, DataError
+    monkeypatch.setattr(_validation, "BACKGROUND_ENTRIES", 1)
+    started = []
+    start = _validation.BackgroundChecks.start
+    monkeypatch.setattr(_validation.BackgroundChecks, "start",
+                        lambda self, X, name: started.append(name) or start(self, X, name))
+    X = np.random.default_rng(3).random((300, 6)).astype(np.float32)
+    y = np.arange(300) % 3
+    net = Network([6, 5, 3], seed=1)
+    before = net.flat_params.copy()
+    X[217, 4] = np.nan
+    with pytest.raises(DataError, match=r"X contains NaN or infinity \(first at row 217, column 4\)"):
+        net.fit(X, y, epochs=1)
+    assert started == ["X"]
+    assert net.epochs_trained == 0
+    assert_array_equal(net.flat_params, before)
+    with pytest.raises(DataError, match="first at row 217"):
+        net.fit(X, y, epochs=1, batch_size=0)       # an error of its own, after X's check began
+    X[217, 4] = 0.5
+    with pytest.raises(ConfigError, match="batch_size"):
+        net.fit(X, y, epochs=1, batch_size=0)
+    net.fit(X, y, epochs=1)
+    assert net.epochs_trained == 1
+    assert started == ["X"] * 4
+
+
 def test_a_large_input_check_takes_the_idle_cores_fastnn_may_use(monkeypatch):
     """blas.scan_threads, the policy fit's check follows: one thread below
     SCAN_SPLIT entries, else fastnn's thread count capped by the idle cores."""
@@ -556,22 +622,22 @@ def test_a_large_input_check_takes_the_idle_cores_fastnn_may_use(monkeypatch):
     assert seen == [2]
 
 
-def test_the_split_input_check_raises_what_a_share_raises(monkeypatch):
-    """An error in another thread's share is the caller's error, not a
-    finite verdict."""
+def test_the_input_check_on_threads_is_a_background_scan(monkeypatch):
+    """With more than one thread, the caller and one started on another CPU
+    share the pass (_core.BackgroundScan); one thread, or one row, reads it
+    alone."""
     from fastnn import _validation
-    calls = []
-
-    def failing(X):
-        calls.append(len(X))
-        if len(calls) == 2:
-            raise MemoryError("share")
-        return -1
-
-    monkeypatch.setattr(_core, "first_nonfinite_row", failing)
-    with pytest.raises(MemoryError, match="share"):
-        _validation.first_nonfinite_row(np.ones((10, 3), np.float32), 2)
-    assert sorted(calls) == [5, 5]
+    scans = []
+    real = _core.BackgroundScan
+    monkeypatch.setattr(_core, "BackgroundScan", lambda X: scans.append(len(X)) or real(X))
+    X = np.ones((10, 3), np.float32)
+    X[7, 2] = np.inf
+    assert _validation.first_nonfinite_row(X, 2) == 7
+    assert _validation.first_nonfinite_row(X, 64) == 7
+    assert scans == [10, 10]
+    assert _validation.first_nonfinite_row(X, 1) == 7
+    assert _validation.first_nonfinite_row(X[:1], 2) == -1
+    assert scans == [10, 10]
 
 
 def test_the_input_check_falls_back_to_numpy_without_the_compiled_core(monkeypatch):
