@@ -25,19 +25,41 @@ INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
 FINITE_CHUNK = 1 << 20
 
 
-#: Arrays found finite by `verified_finite` blocks now running: their memory,
-#: shape, strides and dtype (_finite_key), and how many blocks hold each.
-_verified: dict[tuple[Any, ...], int] = {}
+#: Arrays that `verified_finite` blocks now running hold: their memory, shape,
+#: strides and dtype (_finite_key) -> [how many blocks hold each, its check].
+_verified: dict[tuple[Any, ...], list] = {}
 _verified_lock = threading.Lock()
+
+
+class SharedCheck:
+    """One check of an X for NaN and infinities that several threads may ask
+    at once (`row`): a _core.BackgroundScan still running, whose answer the
+    first to ask waits for, or the answer itself."""
+
+    def __init__(self, scan: Any = None, row: Optional[int] = None) -> None:
+        self._scan = scan
+        self._row = row
+        self._lock = threading.Lock()
+
+    def row(self) -> int:
+        """The first row of X with a NaN or an infinity, or -1."""
+        with self._lock:
+            if self._row is None:
+                self._row = int(self._scan.row())
+                self._scan = None
+            return self._row
 
 
 def _finite_key(X: Array) -> tuple[Any, ...]:
     return (X.__array_interface__["data"][0], X.shape, X.strides, X.dtype.str)
 
 
-def _held_finite(X: Array) -> bool:
-    """Whether a running verified_finite block has found X finite."""
-    return bool(_verified) and _finite_key(X) in _verified
+def _held_check(X: Array) -> Optional[SharedCheck]:
+    """The check of X that a running verified_finite block holds, or None."""
+    if not _verified:
+        return None
+    held = _verified.get(_finite_key(X))
+    return held[1] if held is not None else None
 
 
 def one_thread(entries: int) -> int:
@@ -49,29 +71,51 @@ def one_thread(entries: int) -> int:
 
 @contextmanager
 def verified_finite(X: Any, scan_threads: Callable[[int], int] = one_thread) -> Iterator[None]:
-    """Within this block, first_nonfinite_row answers -1 for X (the same
-    memory, shape, strides and dtype) without reading it again, if X is a
-    C-contiguous float array found finite on entry; otherwise it changes
-    nothing. For fit_many, whose networks each check the X they share: a
-    check of 20,000 MNIST rows reads 63 MB (5 ms on an AMD EPYC, a tenth of
-    an epoch of [784, 30, 10]). A caller that writes to X meanwhile gets what
-    it wrote into the kernels: those stop at a loss that is not finite.
-    scan_threads(entries): the threads the check may take."""
+    """Within this block, X (the same memory, shape, strides and dtype, a
+    C-contiguous float array) is read for NaN and infinities once: every
+    check of it (first_nonfinite_row, check_X) takes that one pass's answer
+    without reading X again. For fit_many, whose networks each check the X
+    they share: a check of 20,000 MNIST rows reads 63 MB (5 ms on an AMD
+    EPYC, a tenth of an epoch of [784, 30, 10]). From BACKGROUND_ENTRIES
+    entries the pass starts on entry and runs while the block goes on
+    (_core.BackgroundScan: the networks prepare meanwhile, and each fit
+    waits for it before its kernels, as with its own BackgroundChecks);
+    below, it is read on entry, and an X found with a NaN is left to each
+    check as ever. A caller that writes to X meanwhile gets what it wrote
+    into the kernels: those stop at a loss that is not finite.
+    scan_threads(entries): the threads the check read on entry may take."""
     X = np.asarray(X) if isinstance(X, np.ndarray) else None
     if (X is None or X.dtype.kind != "f" or X.ndim != 2 or not X.flags.c_contiguous
-            or X.size == 0 or first_nonfinite_row(X, scan_threads(X.size)) >= 0):
+            or X.size == 0):
         yield
         return
+    check = _background_check(X) if X.size >= BACKGROUND_ENTRIES else None
+    if check is None:
+        if first_nonfinite_row(X, scan_threads(X.size)) >= 0:
+            yield
+            return
+        check = SharedCheck(row=-1)
     key = _finite_key(X)
     with _verified_lock:
-        _verified[key] = _verified.get(key, 0) + 1
+        held = _verified.setdefault(key, [0, check])
+        held[0] += 1
     try:
         yield
     finally:
         with _verified_lock:
-            _verified[key] -= 1
-            if not _verified[key]:
+            held[0] -= 1
+            if not held[0]:
                 del _verified[key]
+
+
+def _background_check(X: Array) -> Optional[SharedCheck]:
+    """A SharedCheck of X whose pass has started (_core.BackgroundScan), or
+    None where the compiled core is not built."""
+    try:
+        import fastnn._core as _core
+    except ImportError:
+        return None
+    return SharedCheck(_core.BackgroundScan(X))
 
 
 def first_nonfinite_row(X: Array, threads: int = 1) -> int:
@@ -79,9 +123,11 @@ def first_nonfinite_row(X: Array, threads: int = 1) -> int:
     -1: one GIL-free pass in the compiled core, without a temporary (with
     `threads` above 1, on the calling thread and one other); in blocks of
     FINITE_CHUNK entries with NumPy where the core is not built
-    (backend='numpy'); -1 at once for an X a verified_finite block holds."""
-    if _held_finite(X):
-        return -1
+    (backend='numpy'); for an X a verified_finite block holds, its one
+    pass's answer (waited for if still running)."""
+    held = _held_check(X)
+    if held is not None:
+        return held.row()
     try:
         import fastnn._core as _core
     except ImportError:
@@ -215,13 +261,14 @@ def check_X(X: Any, n_features: int, name: str = "X",
     if X.dtype not in INPUT_DTYPES:
         X = X.astype(np.float64)
     X = np.ascontiguousarray(X)
-    # (scan_threads looks at the idle cores: not for an X already found
-    # finite, as fit_many's networks' is)
-    if X.dtype.kind == "f" and not _held_finite(X):
-        if (background is not None and X.size >= BACKGROUND_ENTRIES
-                and background.start(X, name)):
-            return X
-        r = first_nonfinite_row(X, scan_threads(X.size))
+    if X.dtype.kind == "f":
+        # (scan_threads looks at the idle cores: not for an X whose check a
+        # verified_finite block holds, as fit_many's networks' is)
+        held = _held_check(X)
+        if background is not None and (held is not None or X.size >= BACKGROUND_ENTRIES):
+            if background.start(X, name, held):
+                return X
+        r = held.row() if held is not None else first_nonfinite_row(X, scan_threads(X.size))
         if r >= 0:
             raise nonfinite_error(X, r, name)
     return X
@@ -254,14 +301,14 @@ class BackgroundChecks:
     def __init__(self) -> None:
         self._scans: list = []
 
-    def start(self, X: Array, name: str) -> bool:
-        """Start the check of X (C-contiguous float32 or float64); False
-        where the compiled core is not built (the caller checks at once)."""
-        try:
-            import fastnn._core as _core
-        except ImportError:
+    def start(self, X: Array, name: str, held: Optional[SharedCheck] = None) -> bool:
+        """Start the check of X (C-contiguous float32 or float64), or take
+        the one a verified_finite block holds (`held`); False where the
+        compiled core is not built (the caller checks at once)."""
+        check = held if held is not None else _background_check(X)
+        if check is None:
             return False
-        self._scans.append((_core.BackgroundScan(X), X, name))
+        self._scans.append((check, X, name))
         return True
 
     def wait(self) -> None:

@@ -111,7 +111,8 @@ def fit_many(networks: Sequence[Any], X: Any, y: Any,
 
     # k networks on k cores: their BLAS calls on one thread each
     blas_limit = blas.single_threaded_blas() if workers > 1 else contextlib.nullcontext()
-    # the networks check the X they share once, here, not each in its fit.
+    # the networks check the X they share once, a pass started here that
+    # reads X while they prepare (each fit waits for it before its kernels).
     # (No blas.prime here: a network whose epochs call the BLAS primes it in
     # its epoch, as fit does; the fused and units epochs never call it, and
     # a process's first prime took 5 ms of a 38 ms fit_many of two nielsen30.)

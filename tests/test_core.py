@@ -577,7 +577,8 @@ def test_fit_checks_X_in_the_background_and_before_any_kernel(monkeypatch):
     started = []
     start = _validation.BackgroundChecks.start
     monkeypatch.setattr(_validation.BackgroundChecks, "start",
-                        lambda self, X, name: started.append(name) or start(self, X, name))
+                        lambda self, X, name, held=None: started.append(name)
+                        or start(self, X, name, held))
     X = np.random.default_rng(3).random((300, 6)).astype(np.float32)
     y = np.arange(300) % 3
     net = Network([6, 5, 3], seed=1)

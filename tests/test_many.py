@@ -177,6 +177,39 @@ def test_the_networks_of_fit_many_check_their_shared_X_once(monkeypatch):
     assert not _validation._verified
 
 
+def test_fit_many_reads_a_large_X_once_while_its_networks_prepare(monkeypatch):
+    """From BACKGROUND_ENTRIES entries, fit_many's one pass over X starts in
+    the background (one BackgroundScan for every network) and each fit waits
+    for it before its kernels: a NaN is each network's DataError, nothing
+    trained; a finite X trains them all; the block holds nothing after."""
+    from fastnn import _validation
+
+    from conftest import make_classification
+
+    monkeypatch.setattr(_validation, "BACKGROUND_ENTRIES", 1)
+    scans = []
+    real = fastnn._core.BackgroundScan
+    monkeypatch.setattr(fastnn._core, "BackgroundScan",
+                        lambda A: scans.append(A.shape) or real(A))
+    X, y = make_classification(n=300, n_features=10, dtype=np.float32)
+    bad = X.copy()
+    bad[211, 6] = np.nan
+    nets = [fastnn.Network([10, 8, 4], seed=s) for s in range(3)]
+    before = [n.flat_params.copy() for n in nets]
+    with pytest.raises(fastnn.DataError, match="row 211, column 6"):
+        fastnn.fit_many(nets, bad, y, epochs=1, batch_size=30)
+    assert scans == [bad.shape]
+    for net, params in zip(nets, before):
+        assert net.epochs_trained == 0
+        np.testing.assert_array_equal(net.flat_params, params)
+    assert not _validation._verified
+    scans.clear()
+    fastnn.fit_many(nets, X, y, epochs=1, batch_size=30)
+    assert scans == [X.shape]
+    assert [n.epochs_trained for n in nets] == [1, 1, 1]
+    assert not _validation._verified
+
+
 def test_fit_many_checks_once_an_X_its_networks_convert(monkeypatch):
     """float64 rows for float32 networks: each fit checks the rows as given,
     before it converts them, so fit_many's one check spares both."""
