@@ -244,9 +244,10 @@ def check_X(X: Any, n_features: int, name: str = "X",
     scaling. Raises DataError for the wrong shape, an empty array, or NaN.
     scan_threads(entries): the threads the pass that looks for NaN may take
     (fastnn.blas.scan_threads splits a large X over the idle cores).
-    background: a BackgroundChecks that takes that pass for an X of at least
-    BACKGROUND_ENTRIES entries, left running; the caller must wait for it
-    before any kernel reads X.
+    background: a BackgroundChecks that takes that pass, left running, for
+    an X of at least BACKGROUND_ENTRIES entries or one whose check a
+    verified_finite block holds; the caller waits for it (its `wait`, or
+    the end of its block) before any kernel reads X.
     """
     X = np.asarray(X)
     if X.dtype.kind not in "biuf":
@@ -282,8 +283,9 @@ def nonfinite_error(X: Array, r: int, name: str) -> DataError:
 
 
 #: Entries from which check_X, given a BackgroundChecks, leaves its pass over
-#: X running while its caller goes on; below, a thread costs more than the
-#: pass (about 20 us a MB).
+#: X running while its caller goes on (and verified_finite starts its pass so):
+#: 4 MB of float32, a pass of about 0.1 ms out of the caches (29 us a MB on
+#: the Zen 5 of benchmarks/README.md), against some 50 us to start a thread.
 BACKGROUND_ENTRIES = 1 << 20
 
 
