@@ -326,14 +326,13 @@ class BackgroundChecks:
     def __enter__(self) -> "BackgroundChecks":
         return self
 
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
         try:
             self.wait()
         except DataError as nonfinite:
             if error is None:
                 raise
             raise nonfinite from None
-        return False
 
 
 def image_rows(X: Any, input_shape: tuple[int, ...], name: str = "X") -> Any:
