@@ -2431,6 +2431,7 @@ cdef struct Shared:
     bint stop                    # control[STOP_REQUEST] as thread 0 last read it
     bint diverged                # a thread's chunk had a loss that is not finite
     bint stop_at[2]              # train_fused_impl: stop before batch k's step (k % 2)
+    int placement                # train_fused: team_placement as the epoch began
     bint far                     # train_fused: the team's threads are far apart (team_far)
     double round_trip            # train_fused: their round trip in ns, as measured (or -1)
     double* loss                 # each thread's sum of costs
@@ -3198,17 +3199,19 @@ cdef double last_round_trip = -1        # the last team_far's measure, in ns
 
 cdef bint team_far(int64_t* sync, Shared* shared, Team* team) noexcept nogil:
     """Whether this team's threads are far apart (FAR_ROUND_TRIP, or the
-    placement set_team_placement forces): every thread calls it and gets
-    thread 0's answer. sync: the team's barrier (sync[0], sync[8]) and the
-    line of the round trips (sync[16], zero)."""
+    placement set_team_placement forces, as shared.placement holds it for
+    the epoch: every thread reads that one value, or they would not meet at
+    the same barriers): every thread calls it and gets thread 0's answer.
+    sync: the team's barrier (sync[0], sync[8]) and the line of the round
+    trips (sync[16], zero)."""
     cdef double ns
-    if team_placement == PLACEMENT_NEAR:
+    if shared.placement == PLACEMENT_NEAR:
         return False
     spin_barrier(sync, sync + 8, team.size)      # every thread running
     ns = team_round_trip_ns(sync + 16, team.id, team.size, ROUND_TRIPS)
     if team.id == 0:
         shared.round_trip = ns
-        shared.far = team_placement == PLACEMENT_FAR or ns >= FAR_ROUND_TRIP
+        shared.far = shared.placement == PLACEMENT_FAR or ns >= FAR_ROUND_TRIP
     spin_barrier(sync, sync + 8, team.size)
     return shared.far
 
@@ -3534,6 +3537,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             S[:] = 0        # the pads of A_1's rows (train_fused_impl)
             sync_raw = np.zeros(32, dtype=np.int64)
             sync = sync_raw[(-sync_raw.ctypes.data) % 64 // 8:][:24]
+            shared.placement = team_placement
             shared.far = False
             shared.round_trip = -1
             global fused_epochs
