@@ -4335,6 +4335,7 @@ def first_nonfinite_row(const floating[:, ::1] X):
 cdef extern from *:
     """
     #include <pthread.h>
+    #include <unistd.h>
     /* A pass of fastnn_first_nonfinite_f32/_f64 over X (n, m) in blocks of
        block_rows rows, which the threads that take part claim in order
        (next, atomically); see BackgroundScan. */
@@ -4346,6 +4347,7 @@ cdef extern from *:
         Py_ssize_t found;       /* the started thread's answer */
         int started;            /* whether that thread runs */
         int placed;             /* whether it started on a CPU of its own (mask) */
+        pid_t pid;              /* the process that started it */
     #if defined(__linux__) && defined(CPU_SETSIZE)
         cpu_set_t mask;         /* the CPUs the caller may run on */
     #endif
@@ -4395,6 +4397,7 @@ cdef extern from *:
         job->next = 0;
         job->found = -1;
         job->placed = 0;
+        job->pid = getpid();
     #if defined(__linux__) && defined(CPU_SETSIZE)
         const int here = sched_getcpu();
         if (have_attr && here >= 0
@@ -4425,6 +4428,19 @@ cdef extern from *:
             pthread_join(job->thread, NULL);
         job->started = 0;
     }
+
+    /* In a child forked while the scan ran, its thread is not there (only
+       the thread that forked is): the child's copy forgets it and starts the
+       pass again, all of it on the caller (blocks the parent's thread had
+       taken are not done in the child's copy of X). */
+    static void fastnn_scan_after_fork(fastnn_scan_job* job) {
+        if (job->pid != getpid()) {
+            job->started = 0;
+            job->next = 0;
+            job->found = -1;
+            job->pid = getpid();
+        }
+    }
     """
     ctypedef struct scan_job "fastnn_scan_job":
         const void* X
@@ -4434,6 +4450,7 @@ cdef extern from *:
     void scan_start "fastnn_scan_start"(scan_job* job) noexcept nogil
     void scan_cancel "fastnn_scan_cancel"(scan_job* job) noexcept nogil
     void scan_join "fastnn_scan_join"(scan_job* job) noexcept nogil
+    void scan_after_fork "fastnn_scan_after_fork"(scan_job* job) noexcept nogil
 
 
 #: Rows of X (at least) a block of a BackgroundScan: a few MB of MNIST.
@@ -4449,7 +4466,8 @@ cdef class BackgroundScan:
     started thread is a POSIX thread that never takes the GIL, so it reads
     X while the caller runs Python; X is held until `row()` has returned,
     and a scan dropped before that stops and is waited for (never left
-    reading memory that is freed)."""
+    reading memory that is freed). In a child process forked meanwhile,
+    `row()` reads the child's X anew on the calling thread."""
     cdef scan_job job
     cdef object X
     cdef bint done
@@ -4480,6 +4498,7 @@ cdef class BackgroundScan:
         cdef Py_ssize_t mine
         if not self.done:
             with nogil:
+                scan_after_fork(&self.job)
                 mine = scan_blocks(&self.job)
                 scan_join(&self.job)
             self.done = True
@@ -4490,6 +4509,7 @@ cdef class BackgroundScan:
     def __dealloc__(self):
         if not self.done:
             with nogil:
+                scan_after_fork(&self.job)
                 scan_cancel(&self.job)
                 scan_join(&self.job)
 

@@ -1,4 +1,5 @@
 """The compiled kernels (fastnn._core) against the NumPy reference and naive loops."""
+import os
 import threading
 import time
 
@@ -563,6 +564,27 @@ def test_a_background_scan_dropped_unfinished_stops_before_its_array_goes():
         scan = _core.BackgroundScan(X)
         del scan, X
         gc.collect()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_background_scan_forked_while_it_runs_reads_the_childs_X_anew(monkeypatch):
+    """A child forked while a scan's thread runs has no such thread, and the
+    block that thread had taken is not done in the child's copy of X: its
+    row() reads the whole of its X again on the calling thread (the child
+    reports by its exit status). One block of 128 MB here, which the thread
+    takes at once; the fork may still come after it has read it all (glibc
+    then answers the child's join at once), so this checks the child's
+    answer either way, not that the race happened."""
+    monkeypatch.setattr(_core, "SCAN_BLOCK_ENTRIES", 1 << 30)
+    X = np.ones((32768, 1024), np.float32)
+    X[30000, 7] = np.nan
+    scan = _core.BackgroundScan(X)
+    pid = os.fork()
+    if pid == 0:                                # the child
+        os._exit(0 if scan.row() == 30000 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert scan.row() == 30000
 
 
 def test_fit_checks_X_in_the_background_and_before_any_kernel(monkeypatch):
