@@ -3197,18 +3197,34 @@ cdef Py_ssize_t far_epochs = 0          # split teams that ran unsplit, for the 
 cdef double last_round_trip = -1        # the last team_far's measure, in ns
 
 
+cdef double measure_round_trip(int64_t* sync, Team* team) noexcept nogil:
+    """fastnn_team_round_trip once every thread of the team is running (a
+    barrier first): on thread 0 the round trip in ns, 0 on the others.
+    sync: the team's barrier (sync[0], sync[8]) and the line of the round
+    trips (sync[16], zero); see _team_sync."""
+    spin_barrier(sync, sync + 8, team.size)
+    return team_round_trip_ns(sync + 16, team.id, team.size, ROUND_TRIPS)
+
+
+cdef _team_sync():
+    """A team's sync words, zero: its spin barrier's two (sync[0], sync[8])
+    and the line of the round trips (sync[16]), each on a 64-byte line of
+    its own."""
+    import numpy as np
+    raw = np.zeros(32, dtype=np.int64)
+    return raw[(-raw.ctypes.data) % 64 // 8:][:24]
+
+
 cdef bint team_far(int64_t* sync, Shared* shared, Team* team) noexcept nogil:
     """Whether this team's threads are far apart (FAR_ROUND_TRIP, or the
     placement set_team_placement forces, as shared.placement holds it for
     the epoch: every thread reads that one value, or they would not meet at
     the same barriers): every thread calls it and gets thread 0's answer.
-    sync: the team's barrier (sync[0], sync[8]) and the line of the round
-    trips (sync[16], zero)."""
+    sync: as measure_round_trip."""
     cdef double ns
     if shared.placement == PLACEMENT_NEAR:
         return False
-    spin_barrier(sync, sync + 8, team.size)      # every thread running
-    ns = team_round_trip_ns(sync + 16, team.id, team.size, ROUND_TRIPS)
+    ns = measure_round_trip(sync, team)
     if team.id == 0:
         shared.round_trip = ns
         shared.far = shared.placement == PLACEMENT_FAR or ns >= FAR_ROUND_TRIP
@@ -3535,8 +3551,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             region = _aligned_floats(n_threads * stride)
             S = _aligned_floats(2 * batch_size * lay.layer[0].ldw)
             S[:] = 0        # the pads of A_1's rows (train_fused_impl)
-            sync_raw = np.zeros(32, dtype=np.int64)
-            sync = sync_raw[(-sync_raw.ctypes.data) % 64 // 8:][:24]
+            sync = _team_sync()
             shared.placement = team_placement
             shared.far = False
             shared.round_trip = -1
@@ -4101,8 +4116,7 @@ cdef void probe_team(int64_t* sync, double* ns) noexcept nogil:
     (its threads placed as a training team's: team_join)."""
     cdef Team team
     team_join(&team)
-    spin_barrier(sync, sync + 8, team.size)
-    cdef double mine = team_round_trip_ns(sync + 16, team.id, team.size, ROUND_TRIPS)
+    cdef double mine = measure_round_trip(sync, &team)
     if team.id == 0:
         ns[0] = mine
 
@@ -4113,12 +4127,9 @@ def team_round_trip(int threads=2):
     largest over the pairs with thread 0: what a fused team measures before
     splitting (team_far). 0 for one thread. benchmarks/run.py reports it: on
     a VM it tells a placement of the vCPUs on one die from one across two."""
-    import numpy as np
     _check(1 <= threads <= 1024, f"threads must be in [1, 1024], not {threads}")
-    cdef int64_t[::1] sync
+    cdef int64_t[::1] sync = _team_sync()
     cdef double ns = 0
-    sync_raw = np.zeros(32, dtype=np.int64)
-    sync = sync_raw[(-sync_raw.ctypes.data) % 64 // 8:][:24]
     with nogil, parallel(num_threads=threads):
         probe_team(&sync[0], &ns)
     return ns

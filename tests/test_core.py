@@ -555,14 +555,19 @@ def test_a_background_scan_finds_the_first_bad_row_whichever_thread_takes_it(dty
             _core.BackgroundScan(bad)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux's /proc")
 def test_a_background_scan_dropped_unfinished_stops_before_its_array_goes():
     """A scan nobody waits for is stopped and joined when it goes (a fit that
-    raised before waiting): its thread never reads freed memory."""
+    raised before waiting): its thread is gone by then, never left reading
+    freed memory (Linux: this process's threads, /proc/self/task)."""
     import gc
+    before = len(os.listdir("/proc/self/task"))
     for _ in range(20):
         X = np.ones((4096, 1024), np.float32)      # 16 MB: still running when dropped
         scan = _core.BackgroundScan(X)
-        del scan, X
+        del scan
+        assert len(os.listdir("/proc/self/task")) == before
+        del X
         gc.collect()
 
 
