@@ -632,6 +632,22 @@ def check(configs, impls):
     return bad
 
 
+def round_trip(threads):
+    """The round trip between the threads of a fastnn team of `threads` now,
+    in ns (_core.team_round_trip), or None (one thread, or no compiled core).
+    On a VM it says where the hypervisor has put the vCPUs: on the 2-vCPU
+    AMD EPYC of benchmarks/README.md about 50 ns on one die and 200 ns or
+    more across two, a placement that changed minute by minute, and with it
+    every team's speed."""
+    if threads < 2:
+        return None
+    try:
+        from fastnn import _core
+        return _core.team_round_trip(threads)
+    except (ImportError, AttributeError):
+        return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append",
@@ -734,22 +750,6 @@ def main(argv=None):
             "repeat": args.repeat, "rows_trained": args.rows,
             "date": date, "loadavg_start": load_start,
             "loadavg_end": os.getloadavg(), "rows": results}, indent=2))
-
-
-def round_trip(threads):
-    """The round trip between the threads of a fastnn team of `threads` now,
-    in ns (_core.team_round_trip), or None (one thread, or no compiled core).
-    On a VM it says where the hypervisor has put the vCPUs: on the 2-vCPU
-    AMD EPYC of benchmarks/README.md about 50 ns on one die and 200 ns or
-    more across two, a placement that changed minute by minute, and with it
-    every team's speed."""
-    if threads < 2:
-        return None
-    try:
-        from fastnn import _core
-        return _core.team_round_trip(threads)
-    except (ImportError, AttributeError):
-        return None
 
 
 if __name__ == "__main__":
