@@ -121,7 +121,7 @@ def _background_check(X: Array) -> Optional[SharedCheck]:
 def first_nonfinite_row(X: Array, threads: int = 1) -> int:
     """The first row of a C-contiguous float X with a NaN or an infinity, or
     -1: one GIL-free pass in the compiled core, without a temporary (with
-    `threads` above 1, on the calling thread and one other); in blocks of
+    `threads` above 1, on a team of that many OpenMP threads); in blocks of
     FINITE_CHUNK entries with NumPy where the core is not built
     (backend='numpy'); for an X a verified_finite block holds, its one
     pass's answer (waited for if still running)."""
@@ -137,15 +137,17 @@ def first_nonfinite_row(X: Array, threads: int = 1) -> int:
             if bad.any():
                 return start + int(np.argmax(bad))
         return -1
-    if threads <= 1 or len(X) < 2:
+    if threads <= 1:
         return int(_core.first_nonfinite_row(X))
-    # the caller and one thread started on another CPU, taking blocks of rows
-    # in turn (_core.BackgroundScan): a pass bound by memory, which two cores
-    # read faster than one. (Python threads, each a contiguous share, had
-    # started on the caller's CPU and waited there while it read its own
-    # share: 2.1-2.2 ms for 20,000 MNIST rows against 1.8-1.9 on one thread,
-    # where BackgroundScan takes 1.2.)
-    return int(_core.BackgroundScan(X).row())
+    # above one thread, the calling thread's OpenMP team takes blocks of rows
+    # in turn: a pass bound by memory, which two cores read faster than one,
+    # on the threads a forward then runs on. (Python threads, each a
+    # contiguous share, had started on the caller's CPU and waited there
+    # while it read its own share: 2.1-2.2 ms for 20,000 MNIST rows against
+    # 1.8-1.9 on one thread. A thread started for the pass found its CPU
+    # taken by the last forward's OpenMP thread, still spinning, on 3 of 20
+    # forwards: 3.4-4.5 ms for 10,000 rows, against 0.85 on one thread.)
+    return int(_core.first_nonfinite_row(X, threads))
 
 
 #: Entries check_fits looks at a time: its temporaries stay at a few MB

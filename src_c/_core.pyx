@@ -65,7 +65,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from cython.parallel cimport parallel
+from cython.parallel cimport parallel, prange
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 # Activation codes; fastnn.activations.ACTIVATIONS holds the same numbers.
@@ -4326,92 +4326,212 @@ cdef extern from *:
         const double* X, Py_ssize_t n, Py_ssize_t m) noexcept nogil
 
 
-def first_nonfinite_row(const floating[:, ::1] X):
+cdef extern from *:
+    """
+    /* Block b (of block_rows rows) of X (n, m): its first row with a NaN or
+       an infinity, or -1, unless a block before it has one (*first_bad, the
+       least such block so far, lowered atomically), when it is not read. */
+    static Py_ssize_t fastnn_first_nonfinite_block(const void* X, Py_ssize_t n, Py_ssize_t m,
+                                                   int f64, Py_ssize_t block_rows,
+                                                   Py_ssize_t b, Py_ssize_t* first_bad) {
+        if (b > __atomic_load_n(first_bad, __ATOMIC_RELAXED))
+            return -1;
+        const Py_ssize_t r0 = b * block_rows;
+        const Py_ssize_t rows = n - r0 < block_rows ? n - r0 : block_rows;
+        const Py_ssize_t r = f64
+            ? fastnn_first_nonfinite_f64((const double*) X + r0 * m, rows, m)
+            : fastnn_first_nonfinite_f32((const float*) X + r0 * m, rows, m);
+        if (r < 0)
+            return -1;
+        Py_ssize_t seen = __atomic_load_n(first_bad, __ATOMIC_RELAXED);
+        while (b < seen && !__atomic_compare_exchange_n(first_bad, &seen, b, 0,
+                                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            ;
+        return r0 + r;
+    }
+    """
+    Py_ssize_t first_nonfinite_block "fastnn_first_nonfinite_block"(
+        const void* X, Py_ssize_t n, Py_ssize_t m, int f64, Py_ssize_t block_rows,
+        Py_ssize_t b, Py_ssize_t* first_bad) noexcept nogil
+
+
+def first_nonfinite_row(const floating[:, ::1] X, int n_threads=1):
     """The first row of X (n, m) that holds a NaN or an infinity, or -1.
 
     One vectorised pass over each row (see fastnn_first_nonfinite_f32),
     without the GIL and without the (n, m) boolean temporary of
-    np.isfinite, so fit's input check costs a fraction of an epoch."""
-    cdef Py_ssize_t n = X.shape[0], m = X.shape[1], found = -1
+    np.isfinite, so fit's input check costs a fraction of an epoch. With
+    n_threads above 1, an OpenMP team takes blocks of SCAN_BLOCK_ENTRIES
+    entries in turn: the team a forward then runs on (the calling thread's
+    pool), whose threads are already up and spinning after the last one,
+    where a thread started for the pass (BackgroundScan) waited on 3 of
+    20 forwards for a CPU that such a thread held (1.3-4.5 ms, against 0.85
+    on one thread)."""
+    cdef Py_ssize_t n = X.shape[0], m = X.shape[1], found = -1, b, blocks, block_rows
+    cdef Py_ssize_t first_bad
+    cdef Py_ssize_t* first_bad_at = &first_bad
+    cdef Py_ssize_t[::1] rows
+    cdef const void* data
     if n == 0 or m == 0:
         return -1
-    with nogil:
-        if floating is float:
-            found = first_nonfinite_f32(&X[0, 0], n, m)
-        else:
-            found = first_nonfinite_f64(&X[0, 0], n, m)
-    return found
+    block_rows = max(1, SCAN_BLOCK_ENTRIES // m)
+    blocks = (n + block_rows - 1) // block_rows
+    if n_threads <= 1 or blocks <= 1:
+        with nogil:
+            if floating is float:
+                found = first_nonfinite_f32(&X[0, 0], n, m)
+            else:
+                found = first_nonfinite_f64(&X[0, 0], n, m)
+        return found
+    import numpy as np
+    rows = np.empty(blocks, dtype=np.intp)
+    first_bad = blocks
+    data = <const void*> &X[0, 0]
+    for b in prange(blocks, nogil=True, num_threads=n_threads, schedule="dynamic",
+                    chunksize=1):
+        rows[b] = first_nonfinite_block(data, n, m, floating is double, block_rows, b,
+                                        first_bad_at)
+    return rows[first_bad] if first_bad < blocks else -1
 
 
 cdef extern from *:
     """
     #include <pthread.h>
+    #include <stdlib.h>
+    #include <time.h>
     #include <unistd.h>
     /* A pass of fastnn_first_nonfinite_f32/_f64 over X (n, m) in blocks of
        block_rows rows, which the threads that take part claim in order
-       (next, atomically); see BackgroundScan. */
+       (next, atomically); see BackgroundScan. The job is shared by the
+       BackgroundScan and its started thread, and freed by whichever lets go
+       of it last (refs): the caller never waits for a thread that has not
+       claimed a block, only for one reading a block it has claimed
+       (inflight), so a thread that has yet to run costs it nothing. */
     typedef struct {
         const void* X;
         Py_ssize_t n, m, block_rows;
         int f64;
         int64_t next;           /* the next block to take */
+        int64_t inflight;       /* started threads inside a block they claimed */
+        int64_t refs;           /* the BackgroundScan, and the thread until it ends */
         Py_ssize_t found;       /* the started thread's answer */
-        int started;            /* whether that thread runs */
+        int started;            /* whether that thread was started */
         int placed;             /* whether it started on a CPU of its own (mask) */
         pid_t pid;              /* the process that started it */
     #if defined(__linux__) && defined(CPU_SETSIZE)
         cpu_set_t mask;         /* the CPUs the caller may run on */
     #endif
-        pthread_t thread;
     } fastnn_scan_job;
 
-    /* The first row with a NaN or an infinity in the blocks this thread takes,
-       up to the first such block, or -1. A thread's blocks come in order, so
-       the first bad row of X is the least of the threads' answers. */
+    /* Blocks being read by some started thread, in this process: 0 whenever
+       no BackgroundScan is alive (tests check it after a dropped one). */
+    static int64_t fastnn_scans_reading = 0;
+
+    static int64_t fastnn_scans_reading_now(void) {
+        return __atomic_load_n(&fastnn_scans_reading, __ATOMIC_SEQ_CST);
+    }
+
+    static Py_ssize_t fastnn_scan_block_count(const fastnn_scan_job* job) {
+        return (job->n + job->block_rows - 1) / job->block_rows;
+    }
+
+    /* Block b's first row with a NaN or an infinity, or -1. */
+    static Py_ssize_t fastnn_scan_block(const fastnn_scan_job* job, int64_t b) {
+        const Py_ssize_t r0 = b * job->block_rows;
+        const Py_ssize_t rows = job->n - r0 < job->block_rows ? job->n - r0 : job->block_rows;
+        const Py_ssize_t r = job->f64
+            ? fastnn_first_nonfinite_f64((const double*) job->X + r0 * job->m, rows, job->m)
+            : fastnn_first_nonfinite_f32((const float*) job->X + r0 * job->m, rows, job->m);
+        return r >= 0 ? r0 + r : -1;
+    }
+
+    /* The caller's part: the first row with a NaN or an infinity in the
+       blocks it takes, up to the first such block, or -1. A thread's blocks
+       come in order, and each block it claims it reads to the end, so the
+       first bad row of X is the least of the threads' answers. */
     static Py_ssize_t fastnn_scan_blocks(fastnn_scan_job* job) {
+        const Py_ssize_t blocks = fastnn_scan_block_count(job);
         for (;;) {
-            const int64_t b = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
-            if (b >= (job->n + job->block_rows - 1) / job->block_rows)
+            const int64_t b = __atomic_fetch_add(&job->next, 1, __ATOMIC_SEQ_CST);
+            if (b >= blocks)
                 return -1;
-            const Py_ssize_t r0 = b * job->block_rows;
-            const Py_ssize_t rows = job->n - r0 < job->block_rows ? job->n - r0
-                                                                    : job->block_rows;
-            const Py_ssize_t r = job->f64
-                ? fastnn_first_nonfinite_f64((const double*) job->X + r0 * job->m, rows, job->m)
-                : fastnn_first_nonfinite_f32((const float*) job->X + r0 * job->m, rows, job->m);
+            const Py_ssize_t r = fastnn_scan_block(job, b);
             if (r >= 0)
-                return r0 + r;
+                return r;
         }
     }
 
+    static void fastnn_scan_release(fastnn_scan_job* job) {
+        if (__atomic_sub_fetch(&job->refs, 1, __ATOMIC_ACQ_REL) == 0)
+            free(job);
+    }
+
     /* The started thread: off its creator's CPU (which goes on with Python),
-       then blocks until none is left. */
+       then blocks until none is left. It counts itself in inflight before
+       it claims a block (both sequentially consistent), so a caller that
+       has stopped the handing out (next) and then sees inflight at 0 knows
+       that no block will be read after that. */
     static void* fastnn_scan_thread(void* arg) {
         fastnn_scan_job* job = (fastnn_scan_job*) arg;
+        const Py_ssize_t blocks = fastnn_scan_block_count(job);
     #if defined(__linux__) && defined(CPU_SETSIZE)
         if (job->placed)        /* free to move again from there */
             pthread_setaffinity_np(pthread_self(), sizeof job->mask, &job->mask);
     #endif
-        job->found = fastnn_scan_blocks(job);
+        for (;;) {
+            __atomic_fetch_add(&job->inflight, 1, __ATOMIC_SEQ_CST);
+            const int64_t b = __atomic_fetch_add(&job->next, 1, __ATOMIC_SEQ_CST);
+            Py_ssize_t r = -1;
+            if (b < blocks) {
+                __atomic_fetch_add(&fastnn_scans_reading, 1, __ATOMIC_RELAXED);
+                r = fastnn_scan_block(job, b);
+                if (r >= 0)
+                    job->found = r;     /* published by the release below */
+                __atomic_fetch_sub(&fastnn_scans_reading, 1, __ATOMIC_RELAXED);
+            }
+            __atomic_fetch_sub(&job->inflight, 1, __ATOMIC_RELEASE);
+            if (b >= blocks || r >= 0)
+                break;
+        }
+        fastnn_scan_release(job);
         return NULL;
     }
 
-    /* Start the scan on a thread of its own (a POSIX thread, which never
-       takes the GIL), on a CPU the caller may use other than its own where
-       there is one: a new thread starts on its creator's CPU otherwise, and
-       runs only when the creator stops (the kernel moves it to an idle CPU
-       later: a C test here found it waiting 1.0 ms on 7 of 8 starts, the
-       time its creator kept busy). job->started says whether it could. */
+    /* A new job over X (n, m) for the caller (refs 1), or NULL. */
+    static fastnn_scan_job* fastnn_scan_new(const void* X, Py_ssize_t n, Py_ssize_t m,
+                                            int f64, Py_ssize_t block_rows) {
+        fastnn_scan_job* job = (fastnn_scan_job*) calloc(1, sizeof(fastnn_scan_job));
+        if (job == NULL)
+            return NULL;
+        job->X = X;
+        job->n = n;
+        job->m = m;
+        job->f64 = f64;
+        job->block_rows = block_rows;
+        job->found = -1;
+        job->refs = 1;
+        job->pid = getpid();
+        return job;
+    }
+
+    /* Start the scan on a thread of its own (a detached POSIX thread, which
+       never takes the GIL), on a CPU the caller may use other than its own
+       where there is one: a new thread starts on its creator's CPU
+       otherwise, and runs only when the creator stops (the kernel moves it
+       to an idle CPU later: a C test here found it waiting 1.0 ms on 7 of 8
+       starts, the time its creator kept busy). That CPU may be busy too (an
+       OpenMP thread of the last forward, still spinning: 3.4-4.5 ms on 3 of
+       20 scans when the caller waited for the thread). job->started says
+       whether it could start it. */
     static void fastnn_scan_start(fastnn_scan_job* job) {
         pthread_attr_t attr;
-        int have_attr = pthread_attr_init(&attr) == 0;
-        job->next = 0;
-        job->found = -1;
-        job->placed = 0;
-        job->pid = getpid();
+        pthread_t thread;
+        if (pthread_attr_init(&attr) != 0)
+            return;
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     #if defined(__linux__) && defined(CPU_SETSIZE)
         const int here = sched_getcpu();
-        if (have_attr && here >= 0
+        if (here >= 0
                 && pthread_getaffinity_np(pthread_self(), sizeof job->mask, &job->mask) == 0) {
             for (int c = 0; c < CPU_SETSIZE && !job->placed; c++) {
                 if (c != here && CPU_ISSET(c, &job->mask)) {
@@ -4423,21 +4543,28 @@ cdef extern from *:
             }
         }
     #endif
-        job->started = pthread_create(&job->thread, have_attr ? &attr : NULL,
-                                      fastnn_scan_thread, job) == 0;
-        if (have_attr)
-            pthread_attr_destroy(&attr);
+        job->refs = 2;
+        job->started = pthread_create(&thread, &attr, fastnn_scan_thread, job) == 0;
+        if (!job->started)
+            job->refs = 1;
+        pthread_attr_destroy(&attr);
     }
 
-    /* Stop handing out blocks (a scan nobody waits for any more). */
-    static void fastnn_scan_cancel(fastnn_scan_job* job) {
-        __atomic_store_n(&job->next, (int64_t) 1 << 62, __ATOMIC_RELAXED);
-    }
-
-    static void fastnn_scan_join(fastnn_scan_job* job) {
-        if (job->started)
-            pthread_join(job->thread, NULL);
-        job->started = 0;
+    /* Stop handing out blocks, then wait until no started thread reads one
+       (it reads a block of a few MB to its end: tens of microseconds, unless
+       its CPU is taken from it meanwhile). After this, X is never read. */
+    static void fastnn_scan_stop(fastnn_scan_job* job) {
+        __atomic_store_n(&job->next, (int64_t) 1 << 62, __ATOMIC_SEQ_CST);
+        for (int spins = 0; __atomic_load_n(&job->inflight, __ATOMIC_SEQ_CST) != 0; spins++) {
+            if (spins < 4096) {
+    #if defined(__x86_64__) || defined(__i386__)
+                __builtin_ia32_pause();
+    #endif
+            } else {
+                struct timespec pause = {0, 20000};
+                nanosleep(&pause, NULL);
+            }
+        }
     }
 
     /* In a child forked while the scan ran, its thread is not there (only
@@ -4448,19 +4575,23 @@ cdef extern from *:
         if (job->pid != getpid()) {
             job->started = 0;
             job->next = 0;
+            job->inflight = 0;
+            job->refs = 1;
             job->found = -1;
             job->pid = getpid();
         }
     }
     """
     ctypedef struct scan_job "fastnn_scan_job":
-        const void* X
-        Py_ssize_t n, m, block_rows, found
-        int f64, started
+        Py_ssize_t found
+        int started
+    int64_t scans_reading_now "fastnn_scans_reading_now"() noexcept nogil
+    scan_job* scan_new "fastnn_scan_new"(const void* X, Py_ssize_t n, Py_ssize_t m, int f64,
+                                         Py_ssize_t block_rows) noexcept nogil
     Py_ssize_t scan_blocks "fastnn_scan_blocks"(scan_job* job) noexcept nogil
     void scan_start "fastnn_scan_start"(scan_job* job) noexcept nogil
-    void scan_cancel "fastnn_scan_cancel"(scan_job* job) noexcept nogil
-    void scan_join "fastnn_scan_join"(scan_job* job) noexcept nogil
+    void scan_stop "fastnn_scan_stop"(scan_job* job) noexcept nogil
+    void scan_release "fastnn_scan_release"(scan_job* job) noexcept nogil
     void scan_after_fork "fastnn_scan_after_fork"(scan_job* job) noexcept nogil
 
 
@@ -4472,14 +4603,16 @@ cdef class BackgroundScan:
     """first_nonfinite_row of a C-contiguous float32 or float64 X (n, m),
     started on a thread of its own so that the caller goes on meanwhile (fit
     prepares its targets and its trainer while X is read): `row()` takes the
-    blocks not yet started on the calling thread, waits for the other and
-    returns the first row that holds a NaN or an infinity, or -1. The
-    started thread is a POSIX thread that never takes the GIL, so it reads
-    X while the caller runs Python; X is held until `row()` has returned,
-    and a scan dropped before that stops and is waited for (never left
-    reading memory that is freed). In a child process forked meanwhile,
-    `row()` reads the child's X anew on the calling thread."""
-    cdef scan_job job
+    blocks not yet started on the calling thread, waits only for a block
+    the other is reading (never for a thread that has yet to run: its CPU
+    may be busy for milliseconds) and returns the first row that holds a NaN
+    or an infinity, or -1. The started thread is a POSIX thread that never
+    takes the GIL, so it reads X while the caller runs Python; X is held
+    until `row()` has returned, and a scan dropped before that stops handing
+    out blocks and waits for the one being read (no block of X is read
+    after). In a child process forked meanwhile, `row()` reads the child's X
+    anew on the caller."""
+    cdef scan_job* job
     cdef object X
     cdef bint done
     cdef Py_ssize_t answer
@@ -4492,16 +4625,15 @@ cdef class BackgroundScan:
         self.X = X
         self.done = True
         self.answer = -1
-        self.job.X = <const void*> <size_t> X.ctypes.data
-        self.job.n = X.shape[0]
-        self.job.m = X.shape[1]
-        self.job.f64 = X.dtype == np.float64
-        self.job.block_rows = max(1, SCAN_BLOCK_ENTRIES // max(1, X.shape[1]))
-        self.job.started = 0
         if X.size == 0:
             return
+        self.job = scan_new(<const void*> <size_t> X.ctypes.data, X.shape[0], X.shape[1],
+                            X.dtype == np.float64,
+                            max(1, SCAN_BLOCK_ENTRIES // max(1, X.shape[1])))
+        if self.job == NULL:
+            raise MemoryError("no memory for a BackgroundScan")
         self.done = False
-        scan_start(&self.job)
+        scan_start(self.job)
 
     def row(self):
         """The first row of X with a NaN or an infinity, or -1 (the pass
@@ -4509,20 +4641,28 @@ cdef class BackgroundScan:
         cdef Py_ssize_t mine
         if not self.done:
             with nogil:
-                scan_after_fork(&self.job)
-                mine = scan_blocks(&self.job)
-                scan_join(&self.job)
+                scan_after_fork(self.job)
+                mine = scan_blocks(self.job)
+                scan_stop(self.job)
             self.done = True
             found = [r for r in (mine, self.job.found) if r >= 0]
             self.answer = min(found) if found else -1
         return self.answer
 
     def __dealloc__(self):
-        if not self.done:
-            with nogil:
-                scan_after_fork(&self.job)
-                scan_cancel(&self.job)
-                scan_join(&self.job)
+        if self.job == NULL:
+            return
+        with nogil:
+            scan_after_fork(self.job)
+            scan_stop(self.job)
+            scan_release(self.job)
+        self.job = NULL
+
+
+def scans_reading():
+    """Blocks of an X that a BackgroundScan's thread is reading now, in this
+    process (0 once every scan has answered or gone)."""
+    return scans_reading_now()
 
 
 def random_uniform(uint64_t seed, const int64_t[::1] positions, Py_ssize_t stream,

@@ -557,18 +557,61 @@ def test_a_background_scan_finds_the_first_bad_row_whichever_thread_takes_it(dty
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux's /proc")
 def test_a_background_scan_dropped_unfinished_stops_before_its_array_goes():
-    """A scan nobody waits for is stopped and joined when it goes (a fit that
-    raised before waiting): its thread is gone by then, never left reading
-    freed memory (Linux: this process's threads, /proc/self/task)."""
+    """A scan nobody waits for stops handing out blocks when it goes (a fit
+    that raised before waiting) and waits for the block its thread reads:
+    no block of X is read once it has gone (_core.scans_reading), so X can
+    be freed at once (16 MB arrays, unmapped when freed: a read after that
+    would crash). Its thread, detached, ends by itself soon after (Linux:
+    this process's threads, /proc/self/task)."""
     import gc
+    import time
     before = len(os.listdir("/proc/self/task"))
     for _ in range(20):
         X = np.ones((4096, 1024), np.float32)      # 16 MB: still running when dropped
         scan = _core.BackgroundScan(X)
         del scan
-        assert len(os.listdir("/proc/self/task")) == before
+        assert _core.scans_reading() == 0
         del X
         gc.collect()
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/task")) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(os.listdir("/proc/self/task")) == before
+
+
+def test_a_background_scan_answers_after_its_thread_has_read_everything():
+    """A scan asked once its thread has done the whole pass (the caller
+    slept meanwhile) gives that thread's answer; asked at once, the caller
+    takes what the thread has not (either way the first bad row)."""
+    import time
+    X = np.ones((3000, 700), np.float32)
+    X[2500, 5] = np.inf
+    X[2900, 1] = np.nan
+    for wait in (0.0, 0.05):
+        scan = _core.BackgroundScan(X)
+        time.sleep(wait)
+        assert scan.row() == 2500
+        assert _core.scans_reading() == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_first_nonfinite_row_on_a_team_takes_blocks_in_any_order(dtype, threads,
+                                                                  monkeypatch):
+    """_core.first_nonfinite_row with n_threads: an OpenMP team takes blocks
+    (of one row here, or of 3) in turn; the first bad row wins whichever
+    thread reads it, and blocks after a bad one found may be skipped."""
+    X = np.random.default_rng(3).standard_normal((41, 6)).astype(dtype)
+    for entries in (1, 18):
+        monkeypatch.setattr(_core, "SCAN_BLOCK_ENTRIES", entries)
+        assert _core.first_nonfinite_row(X, threads) == -1
+        for rows in [(0,), (40,), (13, 29), (20, 21), (2, 40), tuple(range(7, 41))]:
+            Y = X.copy()
+            for r in rows:
+                Y[r, r % 6] = (np.nan, np.inf, -np.inf)[r % 3]
+            assert _core.first_nonfinite_row(Y, threads) == rows[0]
+        assert _core.first_nonfinite_row(X[:1], threads) == -1
+        assert _core.first_nonfinite_row(np.empty((0, 6), dtype), threads) == -1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
@@ -650,22 +693,24 @@ def test_a_large_input_check_takes_the_idle_cores_fastnn_may_use(monkeypatch):
     assert seen == [2]
 
 
-def test_the_input_check_on_threads_is_a_background_scan(monkeypatch):
-    """With more than one thread, the caller and one started on another CPU
-    share the pass (_core.BackgroundScan); one thread, or one row, reads it
-    alone."""
+def test_the_input_check_on_threads_is_an_openmp_team(monkeypatch):
+    """With more than one thread, the pass runs on an OpenMP team of that
+    many (_core.first_nonfinite_row's n_threads, the pool a forward then
+    uses), not on a started thread; one thread reads it alone."""
     from fastnn import _validation
-    scans = []
-    real = _core.BackgroundScan
-    monkeypatch.setattr(_core, "BackgroundScan", lambda X: scans.append(len(X)) or real(X))
+    teams = []
+    real = _core.first_nonfinite_row
+    monkeypatch.setattr(_core, "first_nonfinite_row",
+                        lambda X, n_threads=1: teams.append(n_threads) or real(X, n_threads))
+    monkeypatch.setattr(_core, "BackgroundScan", None)     # not used here
+    monkeypatch.setattr(_core, "SCAN_BLOCK_ENTRIES", 3)
     X = np.ones((10, 3), np.float32)
     X[7, 2] = np.inf
     assert _validation.first_nonfinite_row(X, 2) == 7
-    assert _validation.first_nonfinite_row(X, 64) == 7
-    assert scans == [10, 10]
+    assert _validation.first_nonfinite_row(X, 4) == 7
     assert _validation.first_nonfinite_row(X, 1) == 7
     assert _validation.first_nonfinite_row(X[:1], 2) == -1
-    assert scans == [10, 10]
+    assert teams == [2, 4, 1, 2]      # one thread: n_threads left at its default
 
 
 def test_the_input_check_falls_back_to_numpy_without_the_compiled_core(monkeypatch):
