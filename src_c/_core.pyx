@@ -802,11 +802,14 @@ cdef extern from "fusedgemm.h":
     double team_round_trip_ns "fastnn_team_round_trip"(int64_t* ball, int t, int T,
                                                        int n) noexcept nogil
     void sgk_forward "fastnn_sgk_forward"(Py_ssize_t m, Py_ssize_t nc, Py_ssize_t K,
-                                          const float* XT, const float* W, Py_ssize_t ldw,
+                                          const float* XT, const float* const* xr,
+                                          const float* const* next, Py_ssize_t n_next,
+                                          const float* W, Py_ssize_t ldw,
                                           float* Z, Py_ssize_t ldz) noexcept nogil
     void sgk_step "fastnn_sgk_step"(Py_ssize_t m, Py_ssize_t nc, Py_ssize_t K, float alpha,
-                                    const float* XT, const float* D, Py_ssize_t ldd,
-                                    float beta, float* W, Py_ssize_t ldw) noexcept nogil
+                                    const float* XT, const float* const* xr, const float* D,
+                                    Py_ssize_t ldd, float beta, float* W,
+                                    Py_ssize_t ldw) noexcept nogil
 
 
 cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
@@ -2878,6 +2881,30 @@ cdef bint fused_on = True
 # Rapids), smallgemm.h's / fusedgemm.h's: mid b64 1.10x, b32 1.10x, b10
 # 0.96x; [784, 100, 10] b32 1.04x; [784, 30, 10] b10 0.84x.
 cdef Py_ssize_t FUSED_STEP_ROWS = 16
+
+# train_fused_impl reads a float32 X's rows where they lie (fusedgemm.h's
+# direct kernels) rather than putting them k-major first (fastnn_sgk_rows),
+# for a thread with at most FUSED_IN_PLACE_COLUMNS columns of the first layer:
+# its forward and step each read the batch's rows once per 32 columns, where
+# the k-major copy costs one transposition of 16 rows (10 of them the batch's
+# at batch 10) whatever the columns. Epochs of 60,000 rows at batch 10, in
+# place / k-major, medians of 6-8 pairs in one process (AMD EPYC Zen 5, 2
+# vCPUs, 2026-12-07): [784, 30, 10] one thread (30 columns) 1.137x, two (16
+# each) 1.243x; [784, 100, 10] two (about 50 each) 1.054x, one (100) 0.980x.
+# set_fused_in_place turns it off (the tests, measuring): the same bits.
+cdef Py_ssize_t FUSED_IN_PLACE_COLUMNS = 64
+cdef bint fused_in_place = True
+cdef int64_t in_place_batches = 0     # a thread's batches read in place, for the tests
+
+
+def set_fused_in_place(bint on):
+    """Whether a fused epoch reads a float32 X's rows in place (the
+    default), or puts them k-major first as it does other inputs'; returns
+    the previous setting. The parameters are the same bits either way."""
+    global fused_in_place
+    previous = fused_in_place
+    fused_in_place = on
+    return previous
 # Batches of up to fused_rows rows take train_fused_impl (SGK_ROWS at most):
 # measured in benchmarks/README.md.
 cdef Py_ssize_t fused_rows = 64
@@ -2972,6 +2999,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     cdef float beta_w = <float> (1 - hyper[H_LR] * hyper[H_L2])
     cdef double chunk_loss
     cdef bint k_major = sg_get_isa() == 2     # fusedgemm.h's kernels: AVX-512
+    cdef bint direct
+    cdef const float* xrows[64]                 # SGK_ROWS: the batch's rows in X
+    cdef const float* xnext[64]                 # and the next batch's
     for k in range((n + batch_size - 1) // batch_size):
         start = k * batch_size
         m = batch_size if start + batch_size <= n else n - start
@@ -2979,7 +3009,20 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         Z = S + (k % 2) * batch_size * lds
         # forward, first layer: this thread's columns
         nxt = n - start - m if n - start - m < batch_size else batch_size
-        if k_major:
+        # a float32 X is read where it lies (xrows; the next batch's rows
+        # requested meanwhile by the first layer's forward) by a thread with
+        # few columns of the first layer; other inputs, larger batches and
+        # more columns put k-major into XT first (see FUSED_IN_PLACE_COLUMNS)
+        direct = (input_t is float and k_major and fused_in_place
+                  and m <= FUSED_STEP_ROWS and 0 < c1 - c0 <= FUSED_IN_PLACE_COLUMNS)
+        if direct:
+            take(&in_place_batches)
+            if input_t is float:
+                for r in range(m):
+                    xrows[r] = X + order[start + r] * I0
+                for r in range(nxt):
+                    xnext[r] = X + order[start + m + r] * I0
+        elif k_major:
             sgk_rows(X, input_t is uint8_t, I0, order + start, m, order + start + m, nxt, XT,
                      A0 if m > FUSED_STEP_ROWS else NULL)
         else:
@@ -2990,7 +3033,8 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
                 for j in range(c0, c1):
                     Z[r * lds + j] = params[g0.b_off + j]
             if k_major:
-                sgk_forward(m, c1 - c0, I0, XT, W0 + c0, lds, Z + c0, lds)
+                sgk_forward(m, c1 - c0, I0, XT, xrows if direct else NULL, xnext,
+                            nxt if direct else 0, W0 + c0, lds, Z + c0, lds)
             else:
                 sg_gemm(m, c1 - c0, I0, 1, A0, I0, 1, W0 + c0, lds, 1, Z + c0, lds)
             # whole vectors: the last group of 16 columns with its pads (S
@@ -3096,7 +3140,8 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
             if m > FUSED_STEP_ROWS or not k_major:
                 sg_gemm(I0, c1 - c0, m, alpha, A0, 1, I0, D + c0, O0, beta_w, W0 + c0, lds)
             else:
-                sgk_step(m, c1 - c0, I0, alpha, XT, D + c0, O0, beta_w, W0 + c0, lds)
+                sgk_step(m, c1 - c0, I0, alpha, XT, xrows if direct else NULL, D + c0, O0,
+                         beta_w, W0 + c0, lds)
             bias_range_impl(D, alpha, <float> 1, params + g0.b_off, work + g0.colsum_off, m,
                             O0, c0, c1)
         if t == 0:
@@ -4133,6 +4178,12 @@ def team_round_trip(int threads=2):
     with nogil, parallel(num_threads=threads):
         probe_team(&sync[0], &ns)
     return ns
+
+
+def in_place_batches_run():
+    """Batches that a thread of train_fused_impl read in place in this
+    process (each thread's count; the tests check which path ran)."""
+    return in_place_batches
 
 
 def fused_epochs_run():

@@ -170,10 +170,21 @@ SG5_TARGET static void fastnn_sgk_rows(const void* X, int u8, ptrdiff_t K, const
     }
 }
 
-/* Columns [0, 16 * halves) (at most nc) of Z (mr, .) += X @ W for mr rows of
-   XT (rows RS apart in it); mr and halves constants at the call site. */
-SG5_INLINE void sgk_forward_block(const int mr, const int halves, ptrdiff_t K, const float* XT,
-                                  ptrdiff_t RS, const float* W, ptrdiff_t ldw, float* Z,
+/* The batch's rows, as the kernels below read x_r[k]: k-major in XT (rows
+   RS apart in it: XT[k * RS + r], fastnn_sgk_rows), or, with direct, each
+   row where it lies (xr[r][k]: a float32 X read in place, with no copy at
+   all). direct is a constant at each call site, so each is its own code. */
+#define SGK_X(direct, XT, RS, xr, r, k) ((direct) ? (xr)[r][k] : (XT)[(k) * (RS) + (r)])
+
+/* Columns [0, 16 * halves) (at most nc) of Z (mr, .) += X @ W for mr rows
+   (SGK_X); mr, halves and direct constants at the call site. The rows
+   next[0..n_next) (the next batch's, read in place) are requested from
+   memory a line of each every 16 steps k, so that they are in cache when
+   their turn comes, as fastnn_sgk_rows requests them. */
+SG5_INLINE void sgk_forward_block(const int mr, const int halves, const int direct, ptrdiff_t K,
+                                  const float* XT, ptrdiff_t RS, const float* const* xr,
+                                  const float* const* next, ptrdiff_t n_next,
+                                  const float* W, ptrdiff_t ldw, float* Z,
                                   ptrdiff_t ldz, ptrdiff_t nc) {
     __m512 acc[SGK_MR][2];
     const __mmask16 m0 = sg5_mask(nc), m1 = sg5_mask(nc - 16);
@@ -182,14 +193,16 @@ SG5_INLINE void sgk_forward_block(const int mr, const int halves, ptrdiff_t K, c
         acc[r][1] = halves == 2 ? _mm512_maskz_loadu_ps(m1, Z + r * ldz + 16) : acc[r][0];
     }
     for (ptrdiff_t k = 0; k < K; k++) {
-        const float* x = XT + k * RS;
+        if (n_next > 0 && (k & 15) == 0)
+            for (ptrdiff_t i = 0; i < n_next; i++)
+                _mm_prefetch((const char*) (next[i] + k), _MM_HINT_T0);
         const __m512 w0 = _mm512_maskz_loadu_ps(m0, W + k * ldw);
         const __m512 w1 = halves == 2 ? _mm512_maskz_loadu_ps(m1, W + k * ldw + 16) : w0;
         for (int r = 0; r < mr; r++) {
-            const __m512 xr = _mm512_set1_ps(x[r]);
-            acc[r][0] = _mm512_fmadd_ps(xr, w0, acc[r][0]);
+            const __m512 x = _mm512_set1_ps(SGK_X(direct, XT, RS, xr, r, k));
+            acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
             if (halves == 2)
-                acc[r][1] = _mm512_fmadd_ps(xr, w1, acc[r][1]);
+                acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
         }
     }
     for (int r = 0; r < mr; r++) {
@@ -199,32 +212,54 @@ SG5_INLINE void sgk_forward_block(const int mr, const int halves, ptrdiff_t K, c
     }
 }
 
-/* All of Z's columns for mr <= SGK_MR rows, 32 at a time. */
-SG5_INLINE void sgk_forward_rows(const int mr, ptrdiff_t nc, ptrdiff_t K, const float* XT,
-                                 ptrdiff_t RS, const float* W, ptrdiff_t ldw, float* Z,
-                                 ptrdiff_t ldz) {
+/* All of Z's columns for mr <= SGK_MR rows, 32 at a time (the next rows
+   requested in the first block only). */
+SG5_INLINE void sgk_forward_rows(const int mr, const int direct, ptrdiff_t nc, ptrdiff_t K,
+                                 const float* XT, ptrdiff_t RS, const float* const* xr,
+                                 const float* const* next, ptrdiff_t n_next,
+                                 const float* W, ptrdiff_t ldw, float* Z, ptrdiff_t ldz) {
     ptrdiff_t j = 0;
-    for (; j + 16 < nc; j += 32)
-        sgk_forward_block(mr, 2, K, XT, RS, W + j, ldw, Z + j, ldz, nc - j);
+    for (; j + 16 < nc; j += 32, n_next = 0)
+        sgk_forward_block(mr, 2, direct, K, XT, RS, xr, next, n_next, W + j, ldw, Z + j, ldz,
+                          nc - j);
     if (j < nc)
-        sgk_forward_block(mr, 1, K, XT, RS, W + j, ldw, Z + j, ldz, nc - j);
+        sgk_forward_block(mr, 1, direct, K, XT, RS, xr, next, n_next, W + j, ldw, Z + j, ldz,
+                          nc - j);
 }
 
 /* Z (m, nc) := Z + X (m, K) @ W (K, nc), m <= SGK_ROWS; X given as XT
-   (fastnn_sgk_rows): blocks of SGK_MR rows, each over all of W's columns. */
+   (fastnn_sgk_rows), or, where xr is not NULL, as its rows in place xr[r]
+   (K floats each), when the next batch's rows next[0..n_next) are
+   requested meanwhile: blocks of SGK_MR rows, each over all of W's columns. */
 SG5_TARGET static void fastnn_sgk_forward(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K,
-                                          const float* XT, const float* W, ptrdiff_t ldw,
+                                          const float* XT, const float* const* xr,
+                                          const float* const* next, ptrdiff_t n_next,
+                                          const float* W, ptrdiff_t ldw,
                                           float* Z, ptrdiff_t ldz) {
     const ptrdiff_t RS = sgk_stride(m);
-    for (ptrdiff_t r0 = 0; r0 < m; r0 += SGK_MR) {
+    for (ptrdiff_t r0 = 0; r0 < m; r0 += SGK_MR, n_next = 0) {
         const float* x = XT + r0;
+        const float* const* rows = xr != NULL ? xr + r0 : NULL;
         float* z = Z + r0 * ldz;
-        switch (m - r0 < SGK_MR ? m - r0 : SGK_MR) {
-#define SGK_CASE(mr) case mr: sgk_forward_rows(mr, nc, K, x, RS, W, ldw, z, ldz); break;
-            SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
-            SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10) SGK_CASE(11) SGK_CASE(12)
+        const ptrdiff_t mr = m - r0 < SGK_MR ? m - r0 : SGK_MR;
+        if (xr != NULL) {
+            switch (mr) {
+#define SGK_CASE(mr) case mr: sgk_forward_rows(mr, 1, nc, K, x, RS, rows, next, n_next, W, \
+                                               ldw, z, ldz); break;
+                SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
+                SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10) SGK_CASE(11) SGK_CASE(12)
 #undef SGK_CASE
-            default: break;
+                default: break;
+            }
+        } else {
+            switch (mr) {
+#define SGK_CASE(mr) case mr: sgk_forward_rows(mr, 0, nc, K, x, RS, rows, NULL, 0, W, ldw, \
+                                               z, ldz); break;
+                SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
+                SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10) SGK_CASE(11) SGK_CASE(12)
+#undef SGK_CASE
+                default: break;
+            }
         }
     }
 }
@@ -237,8 +272,9 @@ SG5_TARGET static void fastnn_sgk_forward(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K
    10 rows on a Zen 5 core: 2.72-2.87 us as two 16-column blocks, 2.00-2.02 as
    one), four steps at a time. Eight chains either way; each entry the same
    FMAs in the same order. */
-SG5_INLINE void sgk_step_block(const int mr, const int halves, int first, ptrdiff_t K,
-                               float alpha, const float* XT, ptrdiff_t RS, const float* D,
+SG5_INLINE void sgk_step_block(const int mr, const int halves, const int direct, int first,
+                               ptrdiff_t K, float alpha, const float* XT, ptrdiff_t RS,
+                               const float* const* xr, const float* D,
                                ptrdiff_t ldd, float beta, float* W, ptrdiff_t ldw,
                                ptrdiff_t nc) {
     const int steps = halves == 2 ? SGK_STEPS2 : SGK_STEPS;
@@ -268,7 +304,7 @@ SG5_INLINE void sgk_step_block(const int mr, const int halves, int first, ptrdif
         for (int r = 0; r < mr; r++)
             #pragma GCC unroll 8
             for (int q = 0; q < steps; q++) {
-                const __m512 x = _mm512_set1_ps(XT[(k + q) * RS + r]);
+                const __m512 x = _mm512_set1_ps(SGK_X(direct, XT, RS, xr, r, k + q));
                 acc[q][0] = _mm512_fmadd_ps(x, d[r][0], acc[q][0]);
                 if (halves == 2)
                     acc[q][1] = _mm512_fmadd_ps(x, d[r][1], acc[q][1]);
@@ -283,7 +319,7 @@ SG5_INLINE void sgk_step_block(const int mr, const int halves, int first, ptrdif
         __m512 a0 = SGK_START(W + k * ldw, m0);
         __m512 a1 = halves == 2 ? SGK_START(W + k * ldw + 16, m1) : a0;
         for (int r = 0; r < mr; r++) {
-            const __m512 x = _mm512_set1_ps(XT[k * RS + r]);
+            const __m512 x = _mm512_set1_ps(SGK_X(direct, XT, RS, xr, r, k));
             a0 = _mm512_fmadd_ps(x, d[r][0], a0);
             if (halves == 2)
                 a1 = _mm512_fmadd_ps(x, d[r][1], a1);
@@ -296,48 +332,66 @@ SG5_INLINE void sgk_step_block(const int mr, const int halves, int first, ptrdif
 }
 
 /* W (K, nc) := beta W + alpha X^T (K, m) @ D (m, nc), m <= SGK_ROWS; X given
-   as XT: for each 16 columns, blocks of SGK_DR rows in order, each going on
-   from the W the one before stored (float32 stored and loaded: exact). */
+   as XT, or where xr is not NULL as its rows in place (see fastnn_sgk_forward):
+   for each 16 columns, blocks of SGK_DR rows in order, each going on from
+   the W the one before stored (float32 stored and loaded: exact). */
+#define SGK_STEP(direct)                                                                  \
+    do {                                                                                  \
+        ptrdiff_t j0 = 0;                                                                 \
+        if (m <= SGK_DR2)                /* 32 columns at a time */                       \
+            for (; j0 + 16 < nc; j0 += 32)                                                \
+                switch (m) {                                                              \
+                    SGK_CASES10(SGK_WIDE, direct)                                         \
+                    default: break;                                                       \
+                }                                                                         \
+        for (ptrdiff_t j = j0; j < nc; j += 16)                                           \
+            for (ptrdiff_t r0 = 0; r0 < m; r0 += SGK_DR) {                                \
+                const float* x = XT + r0;                                                 \
+                const float* const* rows = xr != NULL ? xr + r0 : NULL;                                       \
+                const float* d = D + r0 * ldd + j;                                        \
+                switch (m - r0 < SGK_DR ? m - r0 : SGK_DR) {                              \
+                    SGK_CASES16(SGK_NARROW, direct)                                       \
+                    default: break;                                                       \
+                }                                                                         \
+            }                                                                             \
+    } while (0)
+#define SGK_WIDE(mr, direct) case mr: sgk_step_block(mr, 2, direct, 1, K, alpha, XT, RS, xr, \
+                                                     D + j0, ldd, beta, W + j0, ldw, nc - j0); \
+                                      break;
+#define SGK_NARROW(mr, direct) case mr: sgk_step_block(mr, 1, direct, r0 == 0, K, alpha, x, RS, \
+                                                       rows, d, ldd, beta, W + j, ldw, nc - j); \
+                                        break;
+#define SGK_CASES10(C, a) C(1, a) C(2, a) C(3, a) C(4, a) C(5, a) C(6, a) C(7, a) C(8, a) \
+                          C(9, a) C(10, a)
+#define SGK_CASES16(C, a) SGK_CASES10(C, a) C(11, a) C(12, a) C(13, a) C(14, a) C(15, a) \
+                          C(16, a)
 SG5_TARGET static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, float alpha,
-                                       const float* XT, const float* D, ptrdiff_t ldd,
+                                       const float* XT, const float* const* xr,
+                                       const float* D, ptrdiff_t ldd,
                                        float beta, float* W, ptrdiff_t ldw) {
     const ptrdiff_t RS = sgk_stride(m);
-    ptrdiff_t j0 = 0;
-    if (m <= SGK_DR2)                /* 32 columns at a time */
-        for (; j0 + 16 < nc; j0 += 32)
-            switch (m) {
-#define SGK_CASE(mr) case mr: sgk_step_block(mr, 2, 1, K, alpha, XT, RS, D + j0, ldd, \
-                                             beta, W + j0, ldw, nc - j0); break;
-                SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
-                SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10)
-#undef SGK_CASE
-                default: break;
-            }
-    for (ptrdiff_t j = j0; j < nc; j += 16)
-        for (ptrdiff_t r0 = 0; r0 < m; r0 += SGK_DR) {
-            const float* x = XT + r0;
-            const float* d = D + r0 * ldd + j;
-            switch (m - r0 < SGK_DR ? m - r0 : SGK_DR) {
-#define SGK_CASE(mr) case mr: sgk_step_block(mr, 1, r0 == 0, K, alpha, x, RS, d, ldd, beta, \
-                                             W + j, ldw, nc - j); break;
-                SGK_CASE(1) SGK_CASE(2) SGK_CASE(3) SGK_CASE(4) SGK_CASE(5) SGK_CASE(6)
-                SGK_CASE(7) SGK_CASE(8) SGK_CASE(9) SGK_CASE(10) SGK_CASE(11) SGK_CASE(12)
-                SGK_CASE(13) SGK_CASE(14) SGK_CASE(15) SGK_CASE(16)
-#undef SGK_CASE
-                default: break;
-            }
-        }
+    if (xr != NULL)
+        SGK_STEP(1);
+    else
+        SGK_STEP(0);
 }
+#undef SGK_STEP
+#undef SGK_WIDE
+#undef SGK_NARROW
+#undef SGK_CASES10
+#undef SGK_CASES16
 
 #else   /* no kernels: train_fused_impl never runs (fused_apply) */
 static void fastnn_sgk_rows(const void* X, int u8, ptrdiff_t K, const int64_t* rows,
                             ptrdiff_t m, const int64_t* next, ptrdiff_t n_next, float* XT,
                             float* A) { }
 static void fastnn_sgk_forward(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, const float* XT,
-                               const float* W, ptrdiff_t ldw, float* Z, ptrdiff_t ldz) { }
+                               const float* const* xr, const float* const* next,
+                               ptrdiff_t n_next, const float* W, ptrdiff_t ldw, float* Z,
+                               ptrdiff_t ldz) { }
 static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, float alpha,
-                            const float* XT, const float* D, ptrdiff_t ldd, float beta,
-                            float* W, ptrdiff_t ldw) { }
+                            const float* XT, const float* const* xr, const float* D,
+                            ptrdiff_t ldd, float beta, float* W, ptrdiff_t ldw) { }
 #endif
 
 #endif

@@ -576,7 +576,8 @@ def test_a_background_scan_dropped_unfinished_stops_before_its_array_goes():
     deadline = time.monotonic() + 10
     while len(os.listdir("/proc/self/task")) > before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(os.listdir("/proc/self/task")) == before
+    # (at most: a scan thread of an earlier test may have ended meanwhile)
+    assert len(os.listdir("/proc/self/task")) <= before
 
 
 def test_a_background_scan_answers_after_its_thread_has_read_everything():

@@ -175,6 +175,46 @@ def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threa
     assert both.history["accuracy"] == units.history["accuracy"]
 
 
+@pytest.fixture
+def in_place():
+    """in_place(on): whether a fused epoch reads a float32 X's rows where
+    they lie (restored)."""
+    before = _core.set_fused_in_place(True)
+    yield _core.set_fused_in_place
+    _core.set_fused_in_place(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("case", ["nielsen", "leaky-16", "deep-softmax", "tanh-l2", "weights",
+                                  "batch-1", "uint8", "batch-47"])
+def test_a_float32_X_read_in_place_trains_the_k_major_copys_weights(case, threads, isa,
+                                                                    team_of, fused, in_place):
+    """With AVX-512, a thread with at most 64 columns of the first layer
+    reads a float32 X's rows where they lie in batches of up to 16 rows (the
+    next batch's requested meanwhile), and the same FMAs in the same order
+    give the same bits as from the batch put k-major first; a uint8 X, a
+    larger batch or more columns are put k-major as before (1,003 rows: a
+    last, shorter batch, in place at 47 a batch; three threads on 30
+    columns: one with none)."""
+    team_of(threads)
+    fused(True)
+    in_place(False)
+    before = _core.in_place_batches_run()
+    k_major = fit(case)
+    assert _core.in_place_batches_run() == before
+    in_place(True)
+    read = fit(case)
+    assert_array_equal(k_major._params, read._params)
+    assert read.history["loss"][-1] == pytest.approx(k_major.history["loss"][-1], rel=1e-6)
+    columns = {"nielsen": 30, "weights": 30, "batch-1": 17, "tanh-l2": 50, "deep-softmax": 40,
+               "leaky-16": 100, "uint8": 30, "batch-47": 100}[case]
+    team = min(threads, -(-columns // 16))      # fit caps a team at its column groups
+    per_thread = -(-columns // 16 // team) * 16 if team > 1 else columns
+    # batch-47's last batch has 16 rows (1,003 = 21 x 47 + 16): in place
+    direct = isa == "avx512" and case != "uint8" and per_thread <= 64
+    assert (_core.in_place_batches_run() > before) == direct
+
+
 @pytest.mark.parametrize("rows_split", [False, True, "measured", "far"])
 def test_a_team_of_more_threads_than_column_groups_trains_the_same(isa, fused, split,
                                                                     rows_split, placement):
