@@ -24,9 +24,13 @@
  *                     and on from the W stored by the block of rows before;
  *                     eight steps k at a time, eight independent chains.
  *
+ * The forward and the step also take a float32 X's rows where they lie
+ * instead (SGK_X, direct: pointers to the batch's rows), with no k-major
+ * copy: for a thread with few columns the copy cost more than it saved.
+ *
  * Every entry is computed as fastnn_sg_gemm computes it (direct, one FMA for
  * each term in order; alpha B rounded first in a weight step), so the
- * results are the same bits as train_units_impl's.
+ * results are the same bits as train_units_impl's, from XT or the rows.
  */
 #ifndef FASTNN_FUSEDGEMM_H
 #define FASTNN_FUSEDGEMM_H
