@@ -411,27 +411,6 @@ def compiled_float32_dense(net):
     return net.backend == "cython" and not net.plan.spatial and net.compute_dtype == "float32"
 
 
-def far_deferring_team(net, table, chunk, optimizer, hyper, batch_size, threads):
-    """Whether a team of `threads` that splits rows would step a dense
-    layer's W after each batch (_core.team_defers: conv20's 2,880 x 100 at
-    batch 10, its rows of W split among the threads) while its threads are
-    far apart (_core.threads_far: two dies, on a VM whose host moves its
-    vCPUs). Each thread then reads every line of W that the other wrote,
-    across the dies, at every batch: on 2 vCPUs of an AMD EPYC, conv20-
-    sigmoid ran at 24,700-25,300 samples/s on the team so placed, 28,000 on
-    one thread, and 40,000-42,600 on the team on one die
-    (benchmarks/README.md). Such a fit takes one thread: chosen once, as the
-    team is by the idle cores (and, as ever, a team that splits rows sums
-    its threads' gradients, so its weights differ from one thread's in the
-    last bits)."""
-    if threads <= 1 or net.compute_dtype != "float32":
-        return False
-    kernels = net.kernels
-    capacity = -(-chunk // threads)
-    return (kernels.team_defers(table, capacity, optimizer, hyper, batch_size, threads)
-            and kernels.threads_far(threads))
-
-
 def team_threads(net, units=False, batch_size=1, fused=0, costly_step=False):
     """Threads that share each batch of an epoch, splitting its rows, each
     with a single-threaded BLAS: fastnn's threads for a network with
@@ -582,15 +561,11 @@ class Trainer:
         augment = AUGMENTATIONS.get(options.augment, _kernels.NO_AUGMENT)
         fused = fused_team(net, table, keep, opt.code, self._hyper(1.0), batch_size, chunk,
                            augment)
-        threads = team_threads(net, units, batch_size, fused, opt.costly_step)
+        self.threads = threads = team_threads(net, units, batch_size, fused, opt.costly_step)
         # a fused or units team shares one chunk and gives the same weights
         # as one thread (TEAM_PACE picks the faster of the two each epoch);
         # one that splits rows gives each thread a chunk of its own
         one_chunk = units or fused > 0
-        if not one_chunk and far_deferring_team(net, table, chunk, opt.code,
-                                                self._hyper(1.0), batch_size, threads):
-            threads = 1
-        self.threads = threads
         self.pace = ((tuple(net.sizes), tuple(net.activations), batch_size, threads)
                      if one_chunk and threads > 1 else None)
         # the fused and units epochs make no BLAS call: no buffer to prime (the

@@ -4180,36 +4180,6 @@ def team_round_trip(int threads=2):
     return ns
 
 
-def threads_far(int threads=2):
-    """Whether a team of `threads` would have its threads far apart: a
-    round trip of FAR_ROUND_TRIP ns or more between the calling thread and
-    one started on another of its CPUs (which, on two CPUs, are the team's),
-    or as set_team_placement forces ("near", "far"). False for one thread,
-    or where no such thread starts."""
-    cdef double ns
-    if threads <= 1 or team_placement == PLACEMENT_NEAR:
-        return False
-    if team_placement == PLACEMENT_FAR:
-        return True
-    with nogil:
-        ns = pair_round_trip(ROUND_TRIPS)
-    return ns >= FAR_ROUND_TRIP
-
-
-def team_defers(const int64_t[:, ::1] table, Py_ssize_t capacity, int optimizer,
-                const double[::1] hyper, Py_ssize_t batch_size, Py_ssize_t n_threads):
-    """Whether a float32 network's epoch on a team of n_threads that splits
-    rows (chunks of `capacity` rows a thread) steps a dense layer's W after
-    each batch, its rows split among the threads (team_defer)."""
-    _check(hyper.shape[0] == N_HYPER, f"hyper must have {N_HYPER} entries")
-    cdef Py_ssize_t needed
-    cdef Layout lay = _new_layout(table, capacity, _ones(), &needed, False)
-    try:
-        return team_defer(&lay, optimizer, &hyper[0], batch_size, n_threads)
-    finally:
-        layout_free(&lay)
-
-
 def in_place_batches_run():
     """Batches that a thread of train_fused_impl read in place in this
     process (each thread's count; the tests check which path ran)."""
@@ -4648,51 +4618,6 @@ cdef extern from *:
         }
     }
 
-    /* The round trip, in ns, between the calling thread and a thread
-       started on another CPU the caller may run on (fastnn_team_round_trip:
-       n trips after a few untimed ones, through a line of their own), or -1
-       where there is no such CPU or no thread. A started thread, not the
-       calling thread's OpenMP team: that team's threads spin for some
-       milliseconds after it, on the CPUs an epoch's team then wants (a fit
-       of conv20 measured by the team ran 2-4 % slower). */
-    typedef struct { int64_t* ball; int n; } fastnn_pair_job;
-
-    static void* fastnn_pair_thread(void* arg) {
-        fastnn_pair_job* job = (fastnn_pair_job*) arg;
-        fastnn_team_round_trip(job->ball, 1, 2, job->n);
-        return NULL;
-    }
-
-    static double fastnn_pair_round_trip(int n) {
-        double ns = -1;
-    #if defined(__linux__) && defined(CPU_SETSIZE)
-        int64_t ball[8] __attribute__((aligned(64))) = {0};
-        fastnn_pair_job job = {ball, n};
-        cpu_set_t mask;
-        pthread_attr_t attr;
-        pthread_t thread;
-        const int here = sched_getcpu();
-        if (here < 0 || pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) != 0
-                || pthread_attr_init(&attr) != 0)
-            return -1;
-        int placed = 0;
-        for (int c = 0; c < CPU_SETSIZE && !placed; c++) {
-            if (c != here && CPU_ISSET(c, &mask)) {
-                cpu_set_t one;
-                CPU_ZERO(&one);
-                CPU_SET(c, &one);
-                placed = pthread_attr_setaffinity_np(&attr, sizeof one, &one) == 0;
-            }
-        }
-        if (placed && pthread_create(&thread, &attr, fastnn_pair_thread, &job) == 0) {
-            ns = fastnn_team_round_trip(ball, 0, 2, n);
-            pthread_join(thread, NULL);
-        }
-        pthread_attr_destroy(&attr);
-    #endif
-        return ns;
-    }
-
     /* In a child forked while the scan ran, its thread is not there (only
        the thread that forked is): the child's copy forgets it and starts the
        pass again, all of it on the caller (blocks the parent's thread had
@@ -4719,7 +4644,6 @@ cdef extern from *:
     void scan_stop "fastnn_scan_stop"(scan_job* job) noexcept nogil
     void scan_release "fastnn_scan_release"(scan_job* job) noexcept nogil
     void scan_after_fork "fastnn_scan_after_fork"(scan_job* job) noexcept nogil
-    double pair_round_trip "fastnn_pair_round_trip"(int n) noexcept nogil
 
 
 #: Rows of X (at least) a block of a BackgroundScan: a few MB of MNIST.

@@ -810,69 +810,6 @@ def test_a_team_steps_a_deferred_dense_layer_as_one_thread_does(threads, deferre
     assert_array_equal(team["params"], _team(args, threads)[1]["params"])   # deterministic
 
 
-@pytest.fixture
-def placement():
-    """placement(p): how teams judge how far apart their threads are,
-    "measured", "near" or "far" (restored)."""
-    before = _core.set_team_placement()
-    yield _core.set_team_placement
-    _core.set_team_placement(before)
-
-
-def test_threads_far_follows_the_placement_forced_or_measured(placement):
-    assert _core.threads_far(1) is False
-    placement("far")
-    assert _core.threads_far(2) is True and _core.threads_far(1) is False
-    placement("near")
-    assert _core.threads_far(2) is False
-    placement("measured")
-    assert isinstance(_core.threads_far(2), bool)
-
-
-@pytest.mark.parametrize("where", ["near", "far"])
-def test_a_fit_whose_team_would_defer_a_layer_takes_one_thread_when_far_apart(
-        where, placement, defer_from, monkeypatch):
-    """A float32 conv net's fit whose two-thread team would step its dense
-    layer after each batch (team_defer) trains on the team where the
-    threads are near, on one thread where they are far apart (every line of
-    W the other thread wrote would cross between dies at every batch); one
-    that would not defer keeps its team either way. Trained by the one
-    thread, the weights are one thread's."""
-    from fastnn import blas, training
-    monkeypatch.setattr(blas, "idle_cores", lambda: 8)
-    before_threads = blas.get_num_threads()
-    blas.set_num_threads(2)
-    placement(where)
-    try:
-        layers = [(8, 8, 2), Conv2D(4, 3, padding="same"), MaxPool2D(2), Dense(20), Dense(3)]
-        X, Y = _data(60, (8, 8, 2), np.float32)
-        y = Y.argmax(axis=1)
-        threads = []
-        trainer = training.Trainer.__init__
-
-        def spy(self, *args, **kwargs):
-            trainer(self, *args, **kwargs)
-            threads.append(self.threads)
-
-        monkeypatch.setattr(training.Trainer, "__init__", spy)
-        for deferred in (True, False):
-            defer_from(1 if deferred else 10 ** 9)
-            before = _core.deferred_epochs_run()
-            net = Network(layers, activation="sigmoid", output="softmax", seed=1)
-            net.fit(X, y, epochs=1, batch_size=6, lr=0.5, shuffle=False)
-            far = where == "far" and deferred
-            assert threads[-1] == (1 if far else 2)
-            assert _core.deferred_epochs_run() == before + (deferred and not far)
-            if far:
-                blas.set_num_threads(1)
-                alone = Network(layers, activation="sigmoid", output="softmax", seed=1)
-                alone.fit(X, y, epochs=1, batch_size=6, lr=0.5, shuffle=False)
-                assert_array_equal(alone.flat_params, net.flat_params)
-                blas.set_num_threads(2)
-    finally:
-        blas.set_num_threads(before_threads)
-
-
 def test_a_team_stops_and_diverges_together():
     plan = Plan.parse([(6, 6, 1), Conv2D(2, 3), MaxPool2D(2), Dense(3)], output="softmax")
     X, Y = _data(20, (6, 6, 1), np.float64)
