@@ -351,7 +351,7 @@ SG5_INLINE void sgk_step_block(const int mr, const int halves, const int direct,
         for (ptrdiff_t j = j0; j < nc; j += 16)                                           \
             for (ptrdiff_t r0 = 0; r0 < m; r0 += SGK_DR) {                                \
                 const float* x = XT + r0;                                                 \
-                const float* const* rows = xr != NULL ? xr + r0 : NULL;                                       \
+                const float* const* rows = xr != NULL ? xr + r0 : NULL;                   \
                 const float* d = D + r0 * ldd + j;                                        \
                 switch (m - r0 < SGK_DR ? m - r0 : SGK_DR) {                              \
                     SGK_CASES16(SGK_NARROW, direct)                                       \
