@@ -2942,7 +2942,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
       XT := X[rows]^T, read in place (every thread puts all of them), and
         for more than FUSED_STEP_ROWS rows A0 := X[rows] too (without
         AVX-512, A0 only: the first layer's products on smallgemm.h's
-        AVX2 kernels, from A0);
+        AVX2 kernels, from A0); or, for a float32 X, a batch of at most
+        FUSED_STEP_ROWS rows and a thread of at most FUSED_IN_PLACE_COLUMNS
+        columns, no copy: the kernels read X[rows] where they lie (xrows);
       A_1[:, c0:c1] = act(X[rows] W_0[:, c0:c1] + b_0[c0:c1]), into S;
       one barrier: every thread now reads all of A_1;
       layers 1 .. L-1 forward, the output delta and the loss, every thread
