@@ -137,8 +137,6 @@ def first_nonfinite_row(X: Array, threads: int = 1) -> int:
             if bad.any():
                 return start + int(np.argmax(bad))
         return -1
-    if threads <= 1:
-        return int(_core.first_nonfinite_row(X))
     # above one thread, the calling thread's OpenMP team takes blocks of rows
     # in turn: a pass bound by memory, which two cores read faster than one,
     # on the threads a forward then runs on. (Python threads, each a
@@ -146,7 +144,7 @@ def first_nonfinite_row(X: Array, threads: int = 1) -> int:
     # while it read its own share: 2.1-2.2 ms for 20,000 MNIST rows against
     # 1.8-1.9 on one thread. A thread started for the pass found its CPU
     # taken by the last forward's OpenMP thread, still spinning, on 3 of 20
-    # forwards: 3.4-4.5 ms for 10,000 rows, against 0.85 on one thread.)
+    # forwards: 3.4-4.5 ms for 10,000 rows, against 0.78-1.05 on one thread.)
     return int(_core.first_nonfinite_row(X, threads))
 
 

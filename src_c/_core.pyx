@@ -2894,7 +2894,7 @@ cdef Py_ssize_t FUSED_STEP_ROWS = 16
 # set_fused_in_place turns it off (the tests, measuring): the same bits.
 cdef Py_ssize_t FUSED_IN_PLACE_COLUMNS = 64
 cdef bint fused_in_place = True
-cdef int64_t in_place_batches = 0     # a thread's batches read in place, for the tests
+cdef int64_t in_place_epochs = 0      # threads' epochs with a batch read in place (tests)
 
 
 def set_fused_in_place(bint on):
@@ -2926,9 +2926,11 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
                           float* shared_work, bint split, float* team_params,
                           float* team_padded, Layout* lay, float slope, int loss,
                           Py_ssize_t batch_size, const double* hyper, int64_t* control,
-                          Shared* shared, Team* team) noexcept nogil:
+                          Shared* shared, Team* team,
+                          Py_ssize_t* read_in_place) noexcept nogil:
     """train_units_impl's SGD epoch, with the first layer's columns split
-    among the team and every thread's parameters its own.
+    among the team and every thread's parameters its own (*read_in_place
+    counts this thread's batches read in place).
 
     params, padded, work and XT are this thread's own (train_fused): a copy
     of params, of the padded Ws (pad_layout), a workspace with lay's offsets,
@@ -3018,7 +3020,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         direct = (input_t is float and k_major and fused_in_place
                   and m <= FUSED_STEP_ROWS and 0 < c1 - c0 <= FUSED_IN_PLACE_COLUMNS)
         if direct:
-            take(&in_place_batches)
+            read_in_place[0] += 1
             if input_t is float:
                 for r in range(m):
                     xrows[r] = X + order[start + r] * I0
@@ -3168,6 +3170,7 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
     flushed to zero (see train_epoch)."""
     cdef Team team
     cdef int mine
+    cdef Py_ssize_t read_in_place = 0
     cdef unsigned int fp = flush_denormals()
     cdef Py_ssize_t l, i, c0, c1, P = lay.n_params
     cdef Py_ssize_t w_off = (P + LINE_FLOATS - 1) // LINE_FLOATS * LINE_FLOATS
@@ -3184,7 +3187,9 @@ cdef void train_fused(const input_t* X, const float* Y, const float* sample_weig
     mine = train_fused_impl(X, Y, sample_weight, order, n, own, own + w_off,
                             own + w_off + w_size, own + x_off, S, sync, shared_work, split,
                             params, padded, lay, slope, loss,
-                            batch_size, hyper, control, shared, &team)
+                            batch_size, hyper, control, shared, &team, &read_in_place)
+    if read_in_place > 0:       # counted once an epoch: no shared line written a batch
+        take(&in_place_epochs)
     barrier()
     g = &lay.layer[0]
     c0 = fused_columns(g, team.id, team.size)
@@ -4182,10 +4187,10 @@ def team_round_trip(int threads=2):
     return ns
 
 
-def in_place_batches_run():
-    """Batches that a thread of train_fused_impl read in place in this
-    process (each thread's count; the tests check which path ran)."""
-    return in_place_batches
+def in_place_epochs_run():
+    """Epochs of train_fused_impl, each thread's counted, that read a batch
+    in place in this process (the tests check which path ran)."""
+    return in_place_epochs
 
 
 def fused_epochs_run():
@@ -4381,26 +4386,35 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* Block b (of block_rows rows) of X (n, m): its first row with a NaN or
-       an infinity, or -1, unless a block before it has one (*first_bad, the
-       least such block so far, lowered atomically), when it is not read. */
-    static Py_ssize_t fastnn_first_nonfinite_block(const void* X, Py_ssize_t n, Py_ssize_t m,
-                                                   int f64, Py_ssize_t block_rows,
-                                                   Py_ssize_t b, Py_ssize_t* first_bad) {
-        if (b > __atomic_load_n(first_bad, __ATOMIC_RELAXED))
-            return -1;
+    /* Block b (of block_rows rows) of a float64 (f64) or float32 X (n, m):
+       its first row with a NaN or an infinity, or -1 (the passes of
+       first_nonfinite_row's team and of BackgroundScan). */
+    static Py_ssize_t fastnn_block_nonfinite(const void* X, Py_ssize_t n, Py_ssize_t m,
+                                             int f64, Py_ssize_t block_rows, int64_t b) {
         const Py_ssize_t r0 = b * block_rows;
         const Py_ssize_t rows = n - r0 < block_rows ? n - r0 : block_rows;
         const Py_ssize_t r = f64
             ? fastnn_first_nonfinite_f64((const double*) X + r0 * m, rows, m)
             : fastnn_first_nonfinite_f32((const float*) X + r0 * m, rows, m);
+        return r >= 0 ? r0 + r : -1;
+    }
+
+    /* fastnn_block_nonfinite, unless a block before b has a bad row
+       (*first_bad, the least such block so far, lowered atomically), when b
+       is not read. */
+    static Py_ssize_t fastnn_first_nonfinite_block(const void* X, Py_ssize_t n, Py_ssize_t m,
+                                                   int f64, Py_ssize_t block_rows,
+                                                   Py_ssize_t b, Py_ssize_t* first_bad) {
+        if (b > __atomic_load_n(first_bad, __ATOMIC_RELAXED))
+            return -1;
+        const Py_ssize_t r = fastnn_block_nonfinite(X, n, m, f64, block_rows, b);
         if (r < 0)
             return -1;
         Py_ssize_t seen = __atomic_load_n(first_bad, __ATOMIC_RELAXED);
         while (b < seen && !__atomic_compare_exchange_n(first_bad, &seen, b, 0,
                                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED))
             ;
-        return r0 + r;
+        return r;
     }
     """
     Py_ssize_t first_nonfinite_block "fastnn_first_nonfinite_block"(
@@ -4418,8 +4432,8 @@ def first_nonfinite_row(const floating[:, ::1] X, int n_threads=1):
     entries in turn: the team a forward then runs on (the calling thread's
     pool), whose threads are already up and spinning after the last one,
     where a thread started for the pass (BackgroundScan) waited on 3 of
-    20 forwards for a CPU that such a thread held (1.3-4.5 ms, against 0.85
-    on one thread)."""
+    20 forwards for a CPU that such a thread held (3.4-4.5 ms for 10,000
+    MNIST-sized rows, against 0.78-1.05 ms on one thread)."""
     cdef Py_ssize_t n = X.shape[0], m = X.shape[1], found = -1, b, blocks, block_rows
     cdef Py_ssize_t first_bad
     cdef Py_ssize_t* first_bad_at = &first_bad
@@ -4490,12 +4504,7 @@ cdef extern from *:
 
     /* Block b's first row with a NaN or an infinity, or -1. */
     static Py_ssize_t fastnn_scan_block(const fastnn_scan_job* job, int64_t b) {
-        const Py_ssize_t r0 = b * job->block_rows;
-        const Py_ssize_t rows = job->n - r0 < job->block_rows ? job->n - r0 : job->block_rows;
-        const Py_ssize_t r = job->f64
-            ? fastnn_first_nonfinite_f64((const double*) job->X + r0 * job->m, rows, job->m)
-            : fastnn_first_nonfinite_f32((const float*) job->X + r0 * job->m, rows, job->m);
-        return r >= 0 ? r0 + r : -1;
+        return fastnn_block_nonfinite(job->X, job->n, job->m, job->f64, job->block_rows, b);
     }
 
     /* The caller's part: the first row with a NaN or an infinity in the

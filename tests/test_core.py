@@ -711,7 +711,7 @@ def test_the_input_check_on_threads_is_an_openmp_team(monkeypatch):
     assert _validation.first_nonfinite_row(X, 4) == 7
     assert _validation.first_nonfinite_row(X, 1) == 7
     assert _validation.first_nonfinite_row(X[:1], 2) == -1
-    assert teams == [2, 4, 1, 2]      # one thread: n_threads left at its default
+    assert teams == [2, 4, 1, 2]
 
 
 def test_the_input_check_falls_back_to_numpy_without_the_compiled_core(monkeypatch):

@@ -206,7 +206,7 @@ def test_a_float32_X_read_in_place_trains_the_k_major_copys_weights(case, thread
     columns: one with none)."""
     team_of(threads)
     fused(True)
-    k_major, read, batches = fit_off_and_on(case, in_place, _core.in_place_batches_run)
+    k_major, read, epochs = fit_off_and_on(case, in_place, _core.in_place_epochs_run)
     assert_array_equal(k_major._params, read._params)
     assert read.history["loss"][-1] == pytest.approx(k_major.history["loss"][-1], rel=1e-6)
     columns = {"nielsen": 30, "weights": 30, "batch-1": 17, "tanh-l2": 50, "deep-softmax": 40,
@@ -215,7 +215,7 @@ def test_a_float32_X_read_in_place_trains_the_k_major_copys_weights(case, thread
     per_thread = -(-columns // 16 // team) * 16 if team > 1 else columns
     # batch-47's last batch has 16 rows (1,003 = 21 x 47 + 16): in place
     direct = isa == "avx512" and case != "uint8" and per_thread <= 64
-    assert (batches > 0) == direct
+    assert (epochs > 0) == direct
 
 
 @pytest.mark.parametrize("rows_split", [False, True, "measured", "far"])

@@ -153,7 +153,7 @@ def test_the_networks_of_fit_many_check_their_shared_X_once(monkeypatch):
     reads = []
     scan = fastnn._core.first_nonfinite_row
     monkeypatch.setattr(fastnn._core, "first_nonfinite_row",
-                        lambda A: reads.append(A.shape) or scan(A))
+                        lambda A, n_threads=1: reads.append(A.shape) or scan(A, n_threads))
     nets = [fastnn.Network([10, 8, 4], seed=s) for s in range(3)]
     fastnn.fit_many(nets, X, y, epochs=1, batch_size=30)
     assert reads.count(X.shape) == 1, reads
@@ -219,7 +219,7 @@ def test_fit_many_checks_once_an_X_its_networks_convert(monkeypatch):
     reads = []
     scan = fastnn._core.first_nonfinite_row
     monkeypatch.setattr(fastnn._core, "first_nonfinite_row",
-                        lambda A: reads.append(A.dtype.name) or scan(A))
+                        lambda A, n_threads=1: reads.append(A.dtype.name) or scan(A, n_threads))
     fastnn.fit_many([fastnn.Network([6, 5, 4], seed=s) for s in range(2)], X, y, epochs=1,
                     batch_size=20)
     assert reads == ["float64"], reads
