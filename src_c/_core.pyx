@@ -2513,9 +2513,11 @@ cdef void deferred_rows(Layout* lay, floating* work, floating* G0, Py_ssize_t r0
 
 
 cdef void deferred_steps(floating* params, Layout* lay, floating* G0, Py_ssize_t m,
-                         Py_ssize_t batch_size, const double* hyper, Team* team) noexcept nogil:
+                         Py_ssize_t batch_size, const double* hyper, Team* team,
+                         bint whole) noexcept nogil:
     """The SGD step of each deferred dense layer (team_defer) for a batch of
-    m rows, this thread's share of W's rows [i0, i1):
+    m rows, this thread's share of W's rows [i0, i1), or all of them where
+    each thread keeps its own W (whole: train_team's replicas):
 
       W[i0:i1] := (1 - lr l2) W[i0:i1] - lr/m A[:, i0:i1]^T D
 
@@ -2531,8 +2533,8 @@ cdef void deferred_steps(floating* params, Layout* lay, floating* G0, Py_ssize_t
             g = &lay.layer[l]
             if not g.deferred:
                 continue
-            i0 = share(g.n_in, team.id, team.size, 1)
-            i1 = share(g.n_in, team.id + 1, team.size, 1)
+            i0 = 0 if whole else share(g.n_in, team.id, team.size, 1)
+            i1 = g.n_in if whole else share(g.n_in, team.id + 1, team.size, 1)
             if i1 > i0:
                 sg_gemm(i1 - i0, g.n_out, m, alpha, G0 + g.w_off + i0, 1, g.n_in,
                         G0 + g.w_off + batch_size * g.n_in, g.n_out, beta,
@@ -2545,7 +2547,8 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
                          Layout* lay, floating slope, int loss, Py_ssize_t batch_size,
                          int opt, const double* hyper, int augment,
                          uint64_t seed, floating* work, Py_ssize_t stride,
-                         int64_t* control, Shared* shared, Team* team) noexcept nogil:
+                         int64_t* control, Shared* shared, Team* team,
+                         floating* own, bint whole) noexcept nogil:
     """train_epoch_impl as one thread of a team that shares each batch.
 
     Thread t takes rows [t*m/T, (t+1)*m/T) of each batch of m, in chunks of
@@ -2560,10 +2563,14 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     first; except for the dense layers team_defer marks, whose W each
     thread steps for its share of W's rows after the first barrier, from
     the batch's activations and deltas that every thread copied
-    (deferred_rows, deferred_steps). A thread whose rows give a loss that is not finite marks the
-    batch, and after the first barrier every thread returns DIVERGED
-    before the step; thread 0 alone reads the stop request, and the team
-    acts on what it read.
+    (deferred_rows, deferred_steps). Where the threads are far apart
+    (train_team; whole), each keeps its own copy of every W it steps so
+    (own: P entries, params for thread 0), steps all of its rows, and after
+    the batch copies the other parameters from params: no line of W is then
+    written by one thread and read by the other. A thread whose rows give
+    a loss that is not finite marks the batch, and after the first barrier
+    every thread returns DIVERGED before the step; thread 0 alone reads the
+    stop request, and the team acts on what it read.
     """
     cdef Py_ssize_t k, c, start, m, first, lo, hi, cm, r, u, i, blk, b0, b1, e
     cdef Py_ssize_t L = lay.n_layers
@@ -2601,7 +2608,7 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
             cm = cap if first + cap <= hi else hi - first
             gather_chunk(X, Y, sample_weight, order + first, cm, g0, n_out, augment, seed,
                          first, A0, Yb, swb)
-            forward_impl(params, lay, slope, A0, mine, A_out, cm, True, seed, first)
+            forward_impl(own, lay, slope, A0, mine, A_out, cm, True, seed, first)
             chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
                                            mine + lay.d_off[L], cm, n_out)
             if not isfinite(chunk_loss):
@@ -2609,7 +2616,7 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
                 break
             shared.loss[team.id] += chunk_loss
             shared.correct[team.id] += count_correct(A_out, Yb, cm, n_out)
-            backward_impl(params, lay, slope, mine, cm, (<floating> 1) / m,
+            backward_impl(own, lay, slope, mine, cm, (<floating> 1) / m,
                           0 if c == 0 else 1, 0 if c == 0 else 1, G)
             deferred_rows(lay, mine, G0, first - start, cm, batch_size)
             c += 1
@@ -2627,7 +2634,7 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
         barrier()
         if shared.diverged:
             return DIVERGED
-        deferred_steps(params, lay, G0, m, batch_size, hyper, team)
+        deferred_steps(own, lay, G0, m, batch_size, hyper, team, whole)
         # sum the gradients, add the penalty and step, a cache-sized block of
         # this thread's share at a time (a deferred layer's W left out: done)
         squares = 0
@@ -2668,6 +2675,15 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
             control[ROWS_DONE] += m
             shared.stop = control[STOP_REQUEST] != 0
         barrier()
+        if whole and team.id > 0:   # the parameters the team stepped in params
+            b0 = 0
+            while b0 < P:
+                e = not_deferred(lay, b0, P)
+                if e < 0:
+                    b0 = -e
+                    continue
+                memcpy(own + b0, params + b0, (e - b0) * sizeof(floating))
+                b0 = e
     return DONE
 
 
@@ -2677,16 +2693,28 @@ cdef void train_team(const input_t* X, const floating* Y,
                      Layout* lay, floating slope, int loss, Py_ssize_t batch_size,
                      int opt, const double* hyper, int augment,
                      uint64_t seed, floating* work, Py_ssize_t stride,
-                     int64_t* control, Shared* shared, int* status) noexcept nogil:
+                     int64_t* control, Shared* shared, int64_t* sync, floating* replicas,
+                     Py_ssize_t replica_stride, int* status) noexcept nogil:
     """train_team_impl as this thread's part of the current OpenMP team
-    (denormals flushed to zero: see train_epoch)."""
+    (denormals flushed to zero: see train_epoch). With a deferred layer
+    (team_defer; replicas not NULL) the team first asks team_far whether
+    its threads are far apart, and if so thread t > 0 trains on its own
+    copy of params (replicas + (t - 1) * replica_stride), which
+    train_team_impl keeps in step. sync: the team's sync words
+    (_team_sync)."""
     cdef Team team
     cdef int mine
     cdef unsigned int fp = flush_denormals()
+    cdef floating* own = params
+    cdef bint whole
     team_join(&team)
+    whole = replicas != NULL and team_far(sync, shared, &team)
+    if whole and team.id > 0:
+        own = replicas + (team.id - 1) * replica_stride
+        memcpy(own, params, lay.n_params * sizeof(floating))
     mine = train_team_impl(X, Y, sample_weight, order, n, params, state, lay, slope, loss,
                            batch_size, opt, hyper, augment, seed, work, stride, control,
-                           shared, &team)
+                           shared, &team, own, whole)
     restore_fp(fp)
     if team.id == 0:
         status[0] = mine
@@ -3237,7 +3265,11 @@ cdef Py_ssize_t fused_split_work = FUSED_SPLIT_WORK
 # EPYC (Zen 5) VM, which the hypervisor put on one die or on two, a minute
 # or less at a time: this round trip 44-69 ns or 342-416 ns. Epochs of each
 # in turn in one process, unsplit / split: far apart 1.16, 1.05, 1.14,
-# 1.03x; near 0.93, 0.91, 0.90, 0.90, 0.89x (benchmarks/README.md).
+# 1.03x; near 0.93, 0.91, 0.90, 0.90, 0.89x (benchmarks/README.md). A team
+# with a deferred dense layer (team_defer) asks the same, and where far each
+# thread keeps its own copy of params (train_team): conv20-sigmoid's
+# 2,880 x 100 W, one-epoch fits in turn, medians: far 1.28x the shared W
+# (1.25x one thread, which the shared W had trailed), near 0.94x.
 cdef double FAR_ROUND_TRIP = 200.0
 cdef int ROUND_TRIPS = 64
 cpdef enum:
@@ -3246,6 +3278,7 @@ cpdef enum:
     PLACEMENT_FAR = 2           # taken as far: never split
 cdef int team_placement = PLACEMENT_MEASURED
 cdef Py_ssize_t far_epochs = 0          # split teams that ran unsplit, for the tests
+cdef Py_ssize_t team_far_epochs = 0     # deferring teams that kept replicas (train_team)
 cdef double last_round_trip = -1        # the last team_far's measure, in ns
 
 
@@ -3570,6 +3603,8 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef int64_t[::1] sync
     cdef float[::1] shared_work
     cdef bint split
+    cdef floating* replicas
+    cdef Py_ssize_t replica_stride = 0
     try:
         _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
         _check(control.shape[0] >= N_CONTROL, f"control needs {N_CONTROL} entries")
@@ -3660,16 +3695,28 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             team_squares = np.zeros(n_threads)
             shared.squares = &team_squares[0]
             shared.correct = &team_correct[0]
+            sync = _team_sync()
+            shared.placement = team_placement
+            shared.far = False
+            shared.round_trip = -1
+            replicas = NULL
             # float32 only: deferred_steps runs smallgemm.h's kernel
             if floating is float and team_defer(&lay, optimizer, &hyper[0], batch_size,
                                                 n_threads):
                 global deferred_epochs
                 deferred_epochs += 1
+                replica_stride = (lay.n_params + LINE_FLOATS - 1) // LINE_FLOATS * LINE_FLOATS
+                region = _aligned_floats((n_threads - 1) * replica_stride)
+                replicas = <floating*> &region[0]
             with nogil, parallel(num_threads=n_threads):
                 train_team(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
                            &state[0, 0], &lay, <floating> slope, loss, batch_size, optimizer,
                            &hyper[0], augment, seed, &work[0], stride, &control[0], &shared,
-                           &status)
+                           &sync[0], replicas, replica_stride, &status)
+            if replicas != NULL and shared.round_trip >= 0:
+                global team_far_epochs
+                last_round_trip = shared.round_trip
+                team_far_epochs += shared.far
             loss_sum = float(np.sum(team_loss))
             n_correct = int(np.sum(team_correct))
     finally:
@@ -4157,9 +4204,17 @@ def far_epochs_run():
     return far_epochs
 
 
+def replicated_epochs_run():
+    """Epochs of a team with a deferred layer (team_defer) whose threads
+    were far apart (team_far), and so each kept its own copy of the
+    parameters (train_team), in this process."""
+    return team_far_epochs
+
+
 def last_team_round_trip():
-    """The round trip between a fused team's threads that the last such
-    epoch measured (team_far), in nanoseconds; -1 before any."""
+    """The round trip between a team's threads that the last epoch to
+    measure it (team_far: a fused team that would split, or a team with a
+    deferred layer) found, in nanoseconds; -1 before any."""
     return last_round_trip
 
 

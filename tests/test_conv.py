@@ -782,16 +782,26 @@ def defer_from():
     _core.set_defer_weights(before)
 
 
+@pytest.fixture
+def placement():
+    """placement(p): how a team judges how far apart its threads are,
+    "measured", "near" or "far" (restored)."""
+    before = _core.set_team_placement()
+    yield _core.set_team_placement
+    _core.set_team_placement(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("deferred", [False, True])
 def test_a_team_steps_a_deferred_dense_layer_as_one_thread_does(threads, deferred, dtype,
-                                                                defer_from):
+                                                                defer_from, placement):
     # plain SGD, a dense layer of 64 x 20 weights: deferred, each thread
     # steps its rows of W from every thread's activations and deltas after
     # the batch (no gradient of W to sum); with L2, dropout before it, and
     # batches whose rows leave a thread of three with none (37 = 5 x 7 + 2)
     defer_from(1 if deferred else 10 ** 9)
+    placement("near")
     plan = Plan.parse([(8, 8, 2), Conv2D(4, 3, padding="same"), MaxPool2D(2), Dropout(0.2),
                        Dense(20), Dense(3)], activation="sigmoid", output="softmax")
     X, Y = _data(37, (8, 8, 2), dtype)
@@ -808,6 +818,20 @@ def test_a_team_steps_a_deferred_dense_layer_as_one_thread_does(threads, deferre
     assert not np.array_equal(one["params"], args["params"])
     assert_allclose(team["params"], one["params"], rtol=tol * 10, atol=tol)
     assert_array_equal(team["params"], _team(args, threads)[1]["params"])   # deterministic
+    # threads far apart: each keeps its own copy of the deferred W and steps
+    # all its rows, from the same A and D in the same order: the same bits
+    placement("far")
+    replicated = _core.replicated_epochs_run()
+    (status_f, loss_f, hits_f), far = _team(args, threads)
+    assert _core.replicated_epochs_run() == replicated + (deferred and dtype == np.float32)
+    assert (status_f, loss_f, hits_f) == (status_t, loss_t, hits_t)
+    assert_array_equal(far["params"], team["params"])
+    assert_array_equal(far["state"], team["state"])
+    # measured (the default): the round trip between the threads decides
+    placement("measured")
+    replicated = _core.replicated_epochs_run()
+    assert_array_equal(_team(args, threads)[1]["params"], team["params"])
+    assert _core.replicated_epochs_run() - replicated in (0, 1)
 
 
 def test_a_team_stops_and_diverges_together():
