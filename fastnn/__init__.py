@@ -6,6 +6,9 @@
 >>> net.fit(X[:50000], y[:50000], epochs=30, batch_size=10, lr=3.0)  # doctest: +SKIP
 >>> net.evaluate(X_test, y_test)                                  # doctest: +SKIP
 """
+# first: the compiled core loads libgomp, which reads its spin count then
+from fastnn._openmp import load_core as _load_core
+_load_core()
 from fastnn import datasets
 from fastnn._version import __version__
 from fastnn.exceptions import (ConfigError, DataError, DatasetNotFound, FastnnError,
