@@ -502,7 +502,9 @@ cdef void team_join(Team* team) noexcept nogil:
     later: two threads on one CPU of two took the first 500 batches of 10
     rows of [784, 30, 10] at turns, and the epoch ran at half the speed of
     one thread (benchmarks/README.md). So each thread moves itself to a CPU
-    of its own once (`spread`), and is free to move again from there."""
+    of its own once (`spread`), and is free to move again from there. (A
+    new team's threads start only once libgomp's creating thread stops
+    spinning for them: fastnn/_openmp.py sets how long.)"""
     team.id = thread_id()
     team.size = team_size()
     if team.size > 1:
