@@ -200,6 +200,18 @@ def isa(request):
     _core.set_small_gemm_isa(before)
 
 
+@pytest.fixture
+def placement():
+    """placement(p): how a team judges how far apart its threads are,
+    "measured", "near" or "far" (restored): a fused team that would split
+    its later layers, and a team with a deferred dense layer."""
+    from fastnn import _core
+
+    before = _core.set_team_placement()
+    yield _core.set_team_placement
+    _core.set_team_placement(before)
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST, from the repository's data/mnist."""

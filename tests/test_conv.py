@@ -782,15 +782,6 @@ def defer_from():
     _core.set_defer_weights(before)
 
 
-@pytest.fixture
-def placement():
-    """placement(p): how a team judges how far apart its threads are,
-    "measured", "near" or "far" (restored)."""
-    before = _core.set_team_placement()
-    yield _core.set_team_placement
-    _core.set_team_placement(before)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("deferred", [False, True])

@@ -147,15 +147,6 @@ def split():
     _core.set_fused_split(before)
 
 
-@pytest.fixture
-def placement():
-    """placement(p): how a fused team judges how far apart its threads are,
-    "measured", "near" or "far" (restored)."""
-    before = _core.set_team_placement()
-    yield _core.set_team_placement
-    _core.set_team_placement(before)
-
-
 @pytest.mark.parametrize("threads", [1, 2, "2, rows split", "2, far apart"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_fused_epoch_trains_the_units_epochs_weights_bit_for_bit(case, threads, isa,
