@@ -61,7 +61,7 @@ column-major C^T = B^T @ A^T.
 from cython cimport floating
 from libc.float cimport DBL_MIN, FLT_MIN
 from libc.math cimport ceil, exp, isfinite, log, logf, pow, sqrt, sqrtf, tanh, tanhf
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -2696,12 +2696,12 @@ cdef void train_team(const input_t* X, const floating* Y,
                      int opt, const double* hyper, int augment,
                      uint64_t seed, floating* work, Py_ssize_t stride,
                      int64_t* control, Shared* shared, int64_t* sync, floating* replicas,
-                     Py_ssize_t replica_stride, int* status) noexcept nogil:
+                     Py_ssize_t replica_width, int* status) noexcept nogil:
     """train_team_impl as this thread's part of the current OpenMP team
     (denormals flushed to zero: see train_epoch). With a deferred layer
     (team_defer; replicas not NULL) the team first asks team_far whether
     its threads are far apart, and if so thread t > 0 trains on its own
-    copy of params (replicas + (t - 1) * replica_stride), which
+    copy of params (replicas + (t - 1) * replica_width), which
     train_team_impl keeps in step. sync: the team's sync words
     (_team_sync)."""
     cdef Team team
@@ -2712,7 +2712,7 @@ cdef void train_team(const input_t* X, const floating* Y,
     team_join(&team)
     whole = replicas != NULL and team_far(sync, shared, &team)
     if whole and team.id > 0:
-        own = replicas + (team.id - 1) * replica_stride
+        own = replicas + (team.id - 1) * replica_width
         memcpy(own, params, lay.n_params * sizeof(floating))
     mine = train_team_impl(X, Y, sample_weight, order, n, params, state, lay, slope, loss,
                            batch_size, opt, hyper, augment, seed, work, stride, control,
@@ -3498,8 +3498,10 @@ def workspace_size(const int64_t[:, ::1] table, Py_ssize_t capacity, keep=(),
     """Entries the workspace of a chunk of `capacity` rows needs, for this
     layer table and these keep probabilities of each layer's input (empty:
     no dropout); for train_epoch with n_threads > 1, the workspaces of the
-    team, each followed by a gradient buffer of P entries. A bfloat16
-    network (bf16) also needs gemm_bf16's scratch (bf16_scratch)."""
+    team, each followed by a gradient buffer of P entries, then room for
+    n_threads - 1 copies of the parameters, each on 64-byte lines (a team
+    whose threads are far apart: train_team). A bfloat16 network (bf16) also
+    needs gemm_bf16's scratch (bf16_scratch)."""
     import numpy as np
     cdef Py_ssize_t n_params
     _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
@@ -3508,7 +3510,18 @@ def workspace_size(const int64_t[:, ::1] table, Py_ssize_t capacity, keep=(),
                                   &n_params, bf16)
     n = lay.work_size
     layout_free(&lay)
-    return n if n_threads == 1 else n_threads * (n + n_params)
+    return n if n_threads == 1 else n_threads * (n + n_params) + replicas_size(n_params, n_threads)
+
+
+cdef Py_ssize_t replicas_size(Py_ssize_t n_params, Py_ssize_t n_threads) noexcept nogil:
+    """Entries a team's workspace keeps, after its threads' regions, for
+    train_team's n_threads - 1 copies of the parameters: each rounded up to
+    64-byte lines (of float32), and a line to align the first."""
+    return (n_threads - 1) * replica_stride(n_params) + LINE_FLOATS
+
+
+cdef inline Py_ssize_t replica_stride(Py_ssize_t n_params) noexcept nogil:
+    return (n_params + LINE_FLOATS - 1) // LINE_FLOATS * LINE_FLOATS
 
 
 def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
@@ -3590,7 +3603,8 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     _check(not bf16 or floating is float, "a bfloat16 network's parameters are float32")
     cdef Layout lay = _layout(table, capacity, keep, params.shape[0],
                               work.shape[0] if n_threads == 1
-                              else work.shape[0] // n_threads - params.shape[0], bf16)
+                              else ((work.shape[0] - replicas_size(params.shape[0], n_threads))
+                                    // n_threads - params.shape[0]), bf16)
     cdef double loss_sum = 0
     cdef int64_t n_correct = 0
     cdef int status = DONE
@@ -3606,7 +3620,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef float[::1] shared_work
     cdef bint split
     cdef floating* replicas
-    cdef Py_ssize_t replica_stride = 0
+    cdef Py_ssize_t replica_width = 0
     try:
         _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
         _check(control.shape[0] >= N_CONTROL, f"control needs {N_CONTROL} entries")
@@ -3707,14 +3721,16 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                                                 n_threads):
                 global deferred_epochs
                 deferred_epochs += 1
-                replica_stride = (lay.n_params + LINE_FLOATS - 1) // LINE_FLOATS * LINE_FLOATS
-                region = _aligned_floats((n_threads - 1) * replica_stride)
-                replicas = <floating*> &region[0]
+                # after the team's regions, in the workspace (workspace_size),
+                # from a 64-byte line
+                replicas = &work[n_threads * stride]
+                replicas += (-<uintptr_t> replicas) % 64 // sizeof(floating)
+                replica_width = replica_stride(lay.n_params)
             with nogil, parallel(num_threads=n_threads):
                 train_team(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
                            &state[0, 0], &lay, <floating> slope, loss, batch_size, optimizer,
                            &hyper[0], augment, seed, &work[0], stride, &control[0], &shared,
-                           &sync[0], replicas, replica_stride, &status)
+                           &sync[0], replicas, replica_width, &status)
             if replicas != NULL and shared.round_trip >= 0:
                 global team_far_epochs
                 last_round_trip = shared.round_trip

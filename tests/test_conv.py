@@ -848,6 +848,24 @@ def test_team_workspace_is_checked():
         _core.train_epoch(**args)
 
 
+def test_a_team_workspace_holds_the_parameter_copies():
+    # workspace_size counts n_threads - 1 copies of the parameters (and a
+    # line to align them) after the threads' regions: a workspace without
+    # that room is refused before any thread starts, as a short one is
+    plan = Plan.parse([(6, 6, 1), Conv2D(2, 3), Dense(3)], output="softmax")
+    X, Y = _data(8, (6, 6, 1), np.float32)
+    args = _epoch(plan, X, Y, np.float32, batch=4)
+    table, P = args["table"], len(args["params"])
+    one = _core.workspace_size(table, args["capacity"], args["keep"])
+    for threads in (2, 3):
+        size = _core.workspace_size(table, args["capacity"], args["keep"], threads)
+        lines = -(-P // 16) * 16
+        assert size == threads * (one + P) + (threads - 1) * lines + 16
+        run = {**args, "n_threads": threads, "work": np.empty(size - 17, np.float32)}
+        with pytest.raises(ValueError, match="workspace has"):
+            _core.train_epoch(**run)
+
+
 def test_fit_of_a_conv_net_matches_the_reference_with_any_thread_count():
     from fastnn import blas
 
