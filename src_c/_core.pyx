@@ -2436,9 +2436,9 @@ cdef struct Shared:
     bint stop                    # control[STOP_REQUEST] as thread 0 last read it
     bint diverged                # a thread's chunk had a loss that is not finite
     bint stop_at[2]              # train_fused_impl: stop before batch k's step (k % 2)
-    int placement                # train_fused: team_placement as the epoch began
-    bint far                     # train_fused: the team's threads are far apart (team_far)
-    double round_trip            # train_fused: their round trip in ns, as measured (or -1)
+    int placement                # team_placement as the epoch began (team_far)
+    bint far                     # the team's threads are far apart (team_far)
+    double round_trip            # their round trip in ns, as team_far measured it (or -1)
     double* loss                 # each thread's sum of costs
     double* squares              # each thread's sum of squared gradients (clipping)
     int64_t* correct             # each thread's count of correct rows
@@ -2494,6 +2494,22 @@ cdef Py_ssize_t not_deferred(Layout* lay, Py_ssize_t b0, Py_ssize_t b1) noexcept
         if b0 < g.w_off < e:
             e = g.w_off
     return e
+
+
+cdef void copy_not_deferred(Layout* lay, floating* dst, const floating* src) noexcept nogil:
+    """dst := src (zeros where src is NULL) for every parameter outside the
+    deferred layers' Ws (team_defer): P entries, those Ws left as they are."""
+    cdef Py_ssize_t b0 = 0, e, P = lay.n_params
+    while b0 < P:
+        e = not_deferred(lay, b0, P)
+        if e < 0:
+            b0 = -e
+        else:
+            if src == NULL:
+                memset(dst + b0, 0, (e - b0) * sizeof(floating))
+            else:
+                memcpy(dst + b0, src + b0, (e - b0) * sizeof(floating))
+            b0 = e
 
 
 cdef void deferred_rows(Layout* lay, floating* work, floating* G0, Py_ssize_t r0,
@@ -2623,16 +2639,8 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
             deferred_rows(lay, mine, G0, first - start, cm, batch_size)
             c += 1
             first += cm
-        if c == 0:
-            b0 = 0
-            while b0 < P:           # a deferred W of G0 holds the batch's rows
-                e = not_deferred(lay, b0, P)
-                if e < 0:
-                    b0 = -e
-                    continue
-                for i in range(b0, e):
-                    G[i] = 0
-                b0 = e
+        if c == 0:                  # (a deferred W of G0 holds the batch's rows)
+            copy_not_deferred(lay, G, NULL)
         barrier()
         if shared.diverged:
             return DIVERGED
@@ -2678,14 +2686,7 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
             shared.stop = control[STOP_REQUEST] != 0
         barrier()
         if whole and team.id > 0:   # the parameters the team stepped in params
-            b0 = 0
-            while b0 < P:
-                e = not_deferred(lay, b0, P)
-                if e < 0:
-                    b0 = -e
-                    continue
-                memcpy(own + b0, params + b0, (e - b0) * sizeof(floating))
-                b0 = e
+            copy_not_deferred(lay, own, params)
     return DONE
 
 
@@ -3280,7 +3281,7 @@ cpdef enum:
     PLACEMENT_FAR = 2           # taken as far: never split
 cdef int team_placement = PLACEMENT_MEASURED
 cdef Py_ssize_t far_epochs = 0          # split teams that ran unsplit, for the tests
-cdef Py_ssize_t team_far_epochs = 0     # deferring teams that kept replicas (train_team)
+cdef Py_ssize_t replicated_epochs = 0     # deferring teams that kept replicas (train_team)
 cdef double last_round_trip = -1        # the last team_far's measure, in ns
 
 
@@ -3732,9 +3733,9 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                            &hyper[0], augment, seed, &work[0], stride, &control[0], &shared,
                            &sync[0], replicas, replica_width, &status)
             if replicas != NULL and shared.round_trip >= 0:
-                global team_far_epochs
+                global replicated_epochs
                 last_round_trip = shared.round_trip
-                team_far_epochs += shared.far
+                replicated_epochs += shared.far
             loss_sum = float(np.sum(team_loss))
             n_correct = int(np.sum(team_correct))
     finally:
@@ -4226,7 +4227,7 @@ def replicated_epochs_run():
     """Epochs of a team with a deferred layer (team_defer) whose threads
     were far apart (team_far), and so each kept its own copy of the
     parameters (train_team), in this process."""
-    return team_far_epochs
+    return replicated_epochs
 
 
 def last_team_round_trip():

@@ -866,6 +866,37 @@ def test_a_team_workspace_holds_the_parameter_copies():
             _core.train_epoch(**run)
 
 
+def test_far_apart_threads_keep_their_copies_inside_the_workspace(defer_from, placement):
+    # the copies go in the room workspace_size leaves after the threads'
+    # regions: entries past the workspace stay as they were, and that room
+    # holds each copy (the trained parameters, bit for bit)
+    from fastnn.blas import single_threaded_blas
+
+    defer_from(1)
+    placement("far")
+    plan = Plan.parse([(8, 8, 2), Conv2D(4, 3, padding="same"), MaxPool2D(2), Dense(20),
+                       Dense(3)], activation="sigmoid", output="softmax")
+    X, Y = _data(37, (8, 8, 2), np.float32)
+    args = _epoch(plan, X, Y, np.float32, batch=7, capacity=4, lr=0.5)
+    table, P = args["table"], len(args["params"])
+    for threads in (2, 3):
+        size = _core.workspace_size(table, args["capacity"], args["keep"], threads)
+        mark = np.float32(12345.0)
+        buffer = np.full(size + 64, mark, np.float32)
+        run = {**args, "params": args["params"].copy(), "state": args["state"].copy(),
+               "control": args["control"].copy(), "n_threads": threads, "work": buffer[:size]}
+        replicated = _core.replicated_epochs_run()
+        with single_threaded_blas():
+            status, _, _ = _core.train_epoch(**run)
+        assert status == _kernels.DONE and _core.replicated_epochs_run() == replicated + 1
+        assert (buffer[size:] == mark).all()
+        width = -(-P // 16) * 16            # each copy on 64-byte lines
+        room = buffer[size - (threads - 1) * width - 16:size]
+        first = (-room.ctypes.data) % 64 // 4
+        for t in range(threads - 1):        # each copy ends as the params do
+            assert_array_equal(room[first + t * width:first + t * width + P], run["params"])
+
+
 def test_fit_of_a_conv_net_matches_the_reference_with_any_thread_count():
     from fastnn import blas
 
