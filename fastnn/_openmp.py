@@ -9,7 +9,7 @@ pauses by default) or the scheduler moved it. On the 2 vCPUs of an AMD EPYC
 (Zen 5), [784, 30, 10] at batch 10: the second thread of a team started 1.0-4.5
 ms after the first in about half the epochs, and those epochs ran at
 1.35-1.8 million samples/s against 2.0-2.2 million for the others; with a
-spin count of 2,000 it started within 80-260 us in every epoch
+spin count of 2,000 it started within 80-260 us in every epoch (41)
 (benchmarks/README.md). fastnn's own barriers spin by themselves
 (fastnn_spin_barrier), so the count changes only libgomp's waits: a team's
 start, and the end of a parallel region. The cost is there: a forward's
