@@ -504,16 +504,33 @@ class TeamPace:
 TEAM_PACE = TeamPace()
 
 
-def epoch_blas_threads(team):
+#: Multiply-adds of an epoch's forward (rows x parameters) from which the look
+#: at the idle cores for the BLAS's threads is settled (`epoch_blas_threads`):
+#: at 2**31 the epoch's products take at least ~25 ms on 2 cores, so the
+#: looks' cost, 0.2 ms as a rule and at most 4.2 ms where a core stays busy,
+#: stays under a tenth of it even then.
+SETTLED_LOOK_WORK = 1 << 31
+
+
+def epoch_blas_threads(team, settled=False):
     """The BLAS's threads for an epoch, set by the thread that called fit
     (threadpoolctl lets only one thread set OpenBLAS's limits: a worker's
     would do nothing): one for each thread of a team; for a team of one, at
     most the idle cores. OpenBLAS's threads also wait for each other at
     every product: next to nice-19 jobs, [784, 256, 128, 10] at batch 64
-    took 7.7-11.9 s for 20,000 rows on two threads and 2.5 s on one."""
+    took 7.7-11.9 s for 20,000 rows on two threads and 2.5 s on one.
+
+    `settled` (a long epoch: `SETTLED_LOOK_WORK`) takes the most idle cores
+    of a few looks (`blas.idle_cores_settled`), not one: a kernel thread
+    running for some microseconds shows as a busy core in a single look,
+    and the whole epoch then ran on one BLAS thread. On 2 vCPUs of an AMD
+    EPYC (Zen 5), one-epoch fits of [784, 1024, 1024, 10] at batch 256 ran
+    at 22,000-23,500 samples/s in 1-2 of every 6-8 fits, against
+    40,000-44,500 (2026-12-07, benchmarks/README.md)."""
     if team > 1:
         return blas.single_threaded_blas()
-    return blas.blas_threads_at_most(blas.idle_cores())
+    return blas.blas_threads_at_most(blas.idle_cores_settled() if settled
+                                     else blas.idle_cores())
 
 
 def splits_units(net, table, optimizer, hyper, batch_size, chunk):
@@ -571,6 +588,7 @@ class Trainer:
         # the fused and units epochs make no BLAS call: no buffer to prime (the
         # first prime of a process took 2.7 ms, a tenth of a small fit)
         self.calls_blas = not one_chunk
+        self.settled_look = n * net.n_params >= SETTLED_LOOK_WORK
         capacity = chunk if one_chunk else -(-chunk // threads)
         kernels = net.kernels
         bf16 = net.compute_dtype == "bfloat16"
@@ -664,7 +682,7 @@ class Trainer:
                 start = time.perf_counter()
                 # (the fused and units epochs make no BLAS call: no look at
                 # the idle cores for the BLAS's threads, 0.10-0.14 ms a fit)
-                with (epoch_blas_threads(self.threads) if self.calls_blas
+                with (epoch_blas_threads(self.threads, self.settled_look) if self.calls_blas
                       else contextlib.nullcontext()):
                     if self.calls_blas:
                         blas.prime(net.dtype)

@@ -115,6 +115,48 @@ def test_an_epoch_takes_only_idle_cores_for_its_blas_threads(monkeypatch):
         set_num_threads(before)
 
 
+def test_a_long_epoch_settles_its_look_at_the_idle_cores(monkeypatch):
+    # a kernel thread's moment shows as a busy core in one look, and the
+    # whole epoch then ran on one BLAS thread: an epoch of at least
+    # SETTLED_LOOK_WORK multiply-adds takes the most idle of a few looks;
+    # a shorter one looks once (the looks cost up to 4.2 ms)
+    from fastnn import blas, training
+
+    seen, looks = [], []
+    run_epoch = training.run_epoch
+
+    def spy(*args, **kwargs):
+        seen.append(blas.blas_num_threads())
+        looks.append("epoch")
+        return run_epoch(*args, **kwargs)
+
+    def look():
+        # the first look of each epoch sees a busy core, the next ones none
+        first = not looks or looks[-1] == "epoch"
+        looks.append("look")
+        return 1 if first else 2
+
+    monkeypatch.setattr(training, "run_epoch", spy)
+    monkeypatch.setattr(blas.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(blas, "idle_cores", look)
+    before = get_num_threads()
+    X, y = make_classification(n=200, n_features=20)
+    net = Network([20, 32, int(y.max()) + 1], seed=0)
+    work = len(X) * net.n_params
+    try:
+        set_num_threads(2)
+        for threshold, want in ((work, 2), (work + 1, 1)):
+            monkeypatch.setattr(training, "SETTLED_LOOK_WORK", threshold)
+            seen.clear()
+            looks.clear()
+            Network([20, 32, int(y.max()) + 1], seed=0).fit(
+                X, y, epochs=2, batch_size=64, optimizer="momentum", lr=0.01)
+            assert seen == [want, want]
+            assert looks.count("look") == (4 if want == 2 else 2)
+    finally:
+        set_num_threads(before)
+
+
 def test_a_conv_nets_forward_holds_the_blas_at_one_thread_for_its_team(monkeypatch):
     # a convolutional network's forward on the main thread, with a
     # two-thread BLAS: its chunks go to a team of two threads, each with a
