@@ -525,8 +525,8 @@ def epoch_blas_threads(team, settled=False):
     running for some microseconds shows as a busy core in a single look,
     and the whole epoch then ran on one BLAS thread. On 2 vCPUs of an AMD
     EPYC (Zen 5), one-epoch fits of [784, 1024, 1024, 10] at batch 256 ran
-    at 22,000-23,500 samples/s in 1-2 of every 6-8 fits, against
-    40,000-44,500 (2026-12-07, benchmarks/README.md)."""
+    at 20,000-23,500 samples/s in about one of four (9 of 32 in one
+    comparison), against 31,000-44,500 (2026-12-07, benchmarks/README.md)."""
     if team > 1:
         return blas.single_threaded_blas()
     return blas.blas_threads_at_most(blas.idle_cores_settled() if settled
