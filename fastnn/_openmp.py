@@ -15,6 +15,12 @@ spin count of 2,000 it started within 80-260 us in every epoch (41)
 start, and the end of a parallel region. The cost is there: a forward's
 threads sleep sooner after it, and a forward that follows within about a
 millisecond wakes them (0.94-1.02x back to back on [784, 256, 128, 10]).
+And a forward after an idle moment waits in libgomp twice (the check of X,
+then the layers' region), sleeps there after 47 us (a spin takes 23 ns
+here) and is woken again: its 10,000 rows of [784, 256, 128, 10] ran at
+578,000 samples/s (median of 50) against 680,000 with a count of 20,000
+and 738,000 with libgomp's default (2026-12-07, benchmarks/README.md;
+20,000 was committed and reverted for a CI hang that was not its doing).
 
 libgomp reads GOMP_SPINCOUNT once, when it is loaded. So the variable is set
 only for the import of fastnn._core, and taken out of the environment again
