@@ -12,15 +12,23 @@ ms after the first in about half the epochs, and those epochs ran at
 spin count of 2,000 it started within 80-260 us in every epoch (41)
 (benchmarks/README.md). fastnn's own barriers spin by themselves
 (fastnn_spin_barrier), so the count changes only libgomp's waits: a team's
-start, and the end of a parallel region. The cost is there: a forward's
-threads sleep sooner after it, and a forward that follows within about a
-millisecond wakes them (0.94-1.02x back to back on [784, 256, 128, 10]).
-And a forward after an idle moment waits in libgomp twice (the check of X,
-then the layers' region), sleeps there after 47 us (a spin takes 23 ns
-here) and is woken again: its 10,000 rows of [784, 256, 128, 10] ran at
-578,000 samples/s (median of 50) against 680,000 with a count of 20,000
-and 738,000 with libgomp's default (2026-12-07, benchmarks/README.md;
-20,000 was committed and reverted for a CI hang that was not its doing).
+start, and the end of a parallel region.
+
+Too short a count costs a forward, though. A forward of a team after an
+idle moment has several waits (the check of X, then the layers' region),
+and with a count of 2,000 (47 us here: a spin of libgomp's takes 23 ns) its
+threads slept in them and were woken again (perf sched: in the slow
+forwards, 10-17 ms of the two CPUs' time idle within 20 ms). The forward
+of 10,000 rows of [784, 256, 128, 10], 0.5 s after the last, ran at 578,000
+samples/s (median of 50) against 738,000 with libgomp's default of 300,000
+(7 ms). So the count is 20,000 (0.47 ms): forwards 680,000, one-epoch fits
+of [784, 30, 10] 1.39 million samples/s against 1.43 (2,000) and 1.38
+(300,000), in processes in turn on the same 2 vCPUs (2026-12-07,
+benchmarks/README.md); a new team thread queued behind its creator waits
+at most that long. Nor does the longer spin cost a team on a busy machine
+(a units team meets at a libgomp barrier three times a batch): 6-epoch fits
+with one or two busy processes started 30 ms in ran as fast with 20,000
+as with 2,000 (2026-12-07, benchmarks/README.md).
 
 libgomp reads GOMP_SPINCOUNT once, when it is loaded. So the variable is set
 only for the import of fastnn._core, and taken out of the environment again
@@ -35,7 +43,7 @@ from typing import Callable, MutableMapping
 
 #: libgomp's spin count (pauses before a waiting thread sleeps) while fastnn
 #: loads it; see the module's docstring.
-SPIN_COUNT = "2000"
+SPIN_COUNT = "20000"
 
 
 def libgomp_loaded() -> bool:
