@@ -27,8 +27,9 @@ of [784, 30, 10] 1.39 million samples/s against 1.43 (2,000) and 1.38
 benchmarks/README.md); a new team thread queued behind its creator waits
 at most that long. Nor does the longer spin cost a team on a busy machine
 (a units team meets at a libgomp barrier three times a batch): 6-epoch fits
-with one or two busy processes started 30 ms in ran as fast with 20,000
-as with 2,000 (2026-12-07, benchmarks/README.md).
+with one or two busy processes started 30 ms in ran no slower with 20,000
+than with 2,000, in the medians of 4 of each (2026-12-07,
+benchmarks/README.md).
 
 libgomp reads GOMP_SPINCOUNT once, when it is loaded. So the variable is set
 only for the import of fastnn._core, and taken out of the environment again
