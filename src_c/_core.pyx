@@ -472,6 +472,8 @@ cdef extern from *:
     """
     #include <pthread.h>
     #include <sched.h>
+    #include <stdint.h>
+    #include <time.h>
     /* Move the calling thread to the t-th CPU it may run on, then let it run
        on all of them again: a busy thread stays where it is. (_GNU_SOURCE:
        Python's pyconfig.h.) */
@@ -491,8 +493,75 @@ cdef extern from *:
         }
     #endif
     }
+
+    /* The CPU the calling thread runs on now, or -1 where that is unknown. */
+    static int fastnn_current_cpu(void) {
+    #if defined(__linux__)
+        return sched_getcpu();
+    #else
+        return -1;
+    #endif
+    }
+
+    /* Move the calling thread, thread t (from 1) of a team, off `cpu`: to
+       the ((t - 1) mod k)-th of the k other CPUs it may run on, then let it
+       run on all of them again. */
+    static void fastnn_move_off(int cpu, int t) {
+    #if defined(__linux__) && defined(CPU_SETSIZE)
+        cpu_set_t mask, one;
+        int others = 0;
+        if (pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) != 0)
+            return;
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            others += CPU_ISSET(c, &mask) && c != cpu;
+        if (others == 0)
+            return;
+        for (int c = 0, seen = 0; c < CPU_SETSIZE; c++) {
+            if (CPU_ISSET(c, &mask) && c != cpu && seen++ == (t - 1) % others) {
+                CPU_ZERO(&one);
+                CPU_SET(c, &one);
+                if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0)
+                    pthread_setaffinity_np(pthread_self(), sizeof mask, &mask);
+                return;
+            }
+        }
+    #endif
+    }
+
+    /* The start of a parallel region whose threads take work in turn
+       (team_settle): thread t > 0 of `size`, if it finds itself on
+       thread 0's CPU (master_cpu, read before the region), moves off it,
+       then counts itself in `arrived`; thread 0 waits up to `seconds` for
+       the others to have done so, and if they have not, yields its CPU
+       once. */
+    static void fastnn_settle(int t, int size, int master_cpu, int64_t* arrived,
+                              double seconds) {
+        struct timespec t0, now;
+        if (size <= 1)
+            return;
+        if (t != 0) {
+            if (master_cpu >= 0 && fastnn_current_cpu() == master_cpu)
+                fastnn_move_off(master_cpu, t);
+            __atomic_fetch_add(arrived, 1, __ATOMIC_RELEASE);
+            return;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        while (__atomic_load_n(arrived, __ATOMIC_ACQUIRE) < size - 1) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if ((now.tv_sec - t0.tv_sec) + 1e-9 * (now.tv_nsec - t0.tv_nsec) > seconds) {
+                sched_yield();
+                return;
+            }
+    #if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+    #endif
+        }
+    }
     """
     void spread "fastnn_spread"(int t) noexcept nogil
+    void settle "fastnn_settle"(int t, int size, int master_cpu, int64_t* arrived,
+                                double seconds) noexcept nogil
+    int current_cpu "fastnn_current_cpu"() noexcept nogil
 
 
 cdef void team_join(Team* team) noexcept nogil:
@@ -509,6 +578,51 @@ cdef void team_join(Team* team) noexcept nogil:
     team.size = team_size()
     if team.size > 1:
         spread(team.id)
+
+
+# How long thread 0 of a forward's or a scan's team waits for the others to
+# start before it yields its CPU once (team_settle), in seconds.
+cdef double SETTLE_SECONDS = 20e-6
+cdef bint settle_on = True
+
+
+def set_team_settle(bint on):
+    """Whether the teams of predict and of a check for NaN settle as they
+    start (team_settle; the default), or start as libgomp places them;
+    returns the previous setting. The results are the same bits either
+    way."""
+    global settle_on
+    previous = settle_on
+    settle_on = on
+    return previous
+
+
+cdef void team_settle(Team* team, int master_cpu, int64_t* arrived) noexcept nogil:
+    """The start of a team whose threads take chunks of work in turn
+    (predict's, a check of X for NaN): a thread that finds itself on the
+    CPU of thread 0 (master_cpu, current_cpu() before the region) moves
+    off it, and thread 0 waits up to SETTLE_SECONDS for the others to
+    start, then yields its CPU once if they have not. A thread on a CPU of
+    its own stays there, where its caches are.
+
+    libgomp wakes a thread of the team that has slept (0.5 s after the last
+    forward) with a futex, and Linux may queue it on thread 0's CPU, where
+    it waits behind thread 0 until the kernel moves it. On 2 vCPUs of an
+    AMD EPYC (Zen 5), forwards of [784, 256, 128, 10] on 10,000 rows 0.5 s
+    apart: in 5 of 25 the second thread started on the first's CPU, 2.2-4.4
+    ms after it, and those forwards took 17.6-18.1 ms, where 16 others took
+    12.4-14.0. A queued thread runs as soon as thread 0 yields, and moves
+    off (benchmarks/README.md)."""
+    if settle_on:
+        settle(team.id, team.size, master_cpu, arrived, SETTLE_SECONDS)
+
+
+cdef void settle_this_thread(int master_cpu, int64_t* arrived) noexcept nogil:
+    """team_settle for the calling thread of the current OpenMP team."""
+    cdef Team team
+    team.id = thread_id()
+    team.size = team_size()
+    team_settle(&team, master_cpu, arrived)
 
 
 # --------------------------------------------------------------------------
@@ -2420,13 +2534,17 @@ cdef void predict_impl(const input_t* X, Py_ssize_t n, const floating* params,
 
 cdef void predict_team(const input_t* X, Py_ssize_t n, const floating* params,
                        Layout* lay, floating slope, floating* work, Py_ssize_t work_size,
-                       const int64_t* rows, floating* out, int64_t* next_chunk) noexcept nogil:
-    """predict_impl as this thread's part of the current OpenMP team
-    (denormals flushed to zero: see train_epoch)."""
+                       const int64_t* rows, floating* out, int64_t* next_chunk,
+                       int master_cpu, int64_t* arrived) noexcept nogil:
+    """predict_impl as this thread's part of the current OpenMP team, once
+    it has settled (team_settle: master_cpu, the caller's CPU before the
+    region; arrived, the team's count of its threads started, from 0);
+    denormals flushed to zero (see train_epoch)."""
     cdef Team team
     cdef unsigned int fp = flush_denormals()
     team.id = thread_id()
     team.size = team_size()
+    team_settle(&team, master_cpu, arrived)
     predict_impl(X, n, params, lay, slope, work, work_size, rows, out, &team, next_chunk)
     restore_fp(fp)
 
@@ -3759,6 +3877,8 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
     cdef Layout lay
     cdef int64_t[::1] rows
     cdef int64_t next_chunk = 0     # the team's next chunk (predict_impl)
+    cdef int64_t arrived = 0        # its threads started (team_settle)
+    cdef int master_cpu             # the caller's CPU as the team starts (team_settle)
     cdef unsigned int fp
     _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
     _check(not bf16 or floating is float, "a bfloat16 network's parameters are float32")
@@ -3781,9 +3901,11 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
                              per_thread, &rows[0], &out[0, 0], &SOLO, &next_chunk)
                 restore_fp(fp)
         else:
+            master_cpu = current_cpu()
             with nogil, parallel(num_threads=n_threads):
                 predict_team(&X[0, 0], n, &params[0], &lay, <floating> slope, &work[0],
-                             per_thread, &rows[0], &out[0, 0], &next_chunk)
+                             per_thread, &rows[0], &out[0, 0], &next_chunk, master_cpu,
+                             &arrived)
     finally:
         layout_free(&lay)
 
@@ -4507,10 +4629,14 @@ def first_nonfinite_row(const floating[:, ::1] X, int n_threads=1):
     pool), whose threads are already up and spinning after the last one,
     where a thread started for the pass (BackgroundScan) waited on 3 of
     20 forwards for a CPU that such a thread held (3.4-4.5 ms for 10,000
-    MNIST-sized rows, against 0.78-1.05 ms on one thread)."""
+    MNIST-sized rows, against 0.78-1.05 ms on one thread). The team
+    settles first (team_settle): one woken onto the caller's CPU made the
+    pass wait for it at its end."""
     cdef Py_ssize_t n = X.shape[0], m = X.shape[1], found = -1, b, blocks, block_rows
     cdef Py_ssize_t first_bad
     cdef Py_ssize_t* first_bad_at = &first_bad
+    cdef int64_t arrived = 0        # the team's threads started (team_settle)
+    cdef int master_cpu             # the caller's CPU as the team starts (team_settle)
     cdef Py_ssize_t[::1] rows
     cdef const void* data
     if n == 0 or m == 0:
@@ -4528,10 +4654,12 @@ def first_nonfinite_row(const floating[:, ::1] X, int n_threads=1):
     rows = np.empty(blocks, dtype=np.intp)
     first_bad = blocks
     data = <const void*> &X[0, 0]
-    for b in prange(blocks, nogil=True, num_threads=n_threads, schedule="dynamic",
-                    chunksize=1):
-        rows[b] = first_nonfinite_block(data, n, m, floating is double, block_rows, b,
-                                        first_bad_at)
+    master_cpu = current_cpu()
+    with nogil, parallel(num_threads=n_threads):
+        settle_this_thread(master_cpu, &arrived)
+        for b in prange(blocks, schedule="dynamic", chunksize=1):
+            rows[b] = first_nonfinite_block(data, n, m, floating is double, block_rows, b,
+                                            first_bad_at)
     return rows[first_bad] if first_bad < blocks else -1
 
 

@@ -488,19 +488,34 @@ def test_single_kernels_check_shapes():
         _core.hidden_delta(np.ones((2, 5)), W, 1, np.ones((2, 3)), np.empty((2, 3)))
 
 
-def test_threads_taking_whole_chunks_predict_the_same():
+@pytest.fixture(params=[True, False], ids=["settled", "unsettled"])
+def team_settle(request):
+    """Teams of predict and of the check for NaN that settle on CPUs of
+    their own as they start (_core.team_settle), and teams that do not."""
+    previous = _core.set_team_settle(request.param)
+    yield request.param
+    _core.set_team_settle(previous)
+
+
+def test_threads_taking_whole_chunks_predict_the_same(team_settle):
     from fastnn.blas import single_threaded_blas
 
     rng = np.random.default_rng(4)
     table, n_params = dense([6, 40, 3], ["tanh", "softmax"])
     params = rand(rng, n_params, np.float32)
     X = rng.integers(0, 256, (1003, 6)).astype(np.uint8)
-    one, three = np.empty((1003, 3), np.float32), np.empty((1003, 3), np.float32)
+    one = np.empty((1003, 3), np.float32)
     size = _core.workspace_size(table, 64)
     _core.predict(X, params, table, 0.01, np.empty(size, np.float32), 64, one)
-    with single_threaded_blas():
-        _core.predict(X, params, table, 0.01, np.empty(3 * size, np.float32), 64, three, 3)
-    assert_array_equal(one, three)
+    # teams of more threads than this machine has CPUs too (thread 0 waits
+    # for the others to start for a moment only)
+    for threads in (2, 3, 2 * (os.cpu_count() or 1) + 1):
+        team = np.empty((1003, 3), np.float32)
+        with single_threaded_blas():
+            _core.predict(X, params, table, 0.01, np.empty(threads * size, np.float32), 64,
+                          team, threads)
+        assert_array_equal(one, team)
+    three = np.empty((1003, 3), np.float32)
     with pytest.raises(ValueError, match="workspace has"):
         _core.predict(X, params, table, 0.01, np.empty(size, np.float32), 64, three, 3)
 
@@ -595,10 +610,50 @@ def test_a_background_scan_answers_after_its_thread_has_read_everything():
         assert _core.scans_reading() == 0
 
 
+ON_ONE_CPU = """
+import os, sys
+import numpy as np
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from fastnn import _core
+from fastnn.plan import Plan
+rng = np.random.default_rng(5)
+plan = Plan.parse([20, 30, 4], activation=["relu"], output="softmax")
+table, n_params = plan.table()[0], plan.n_params
+params = rng.standard_normal(n_params).astype(np.float32)
+X = rng.standard_normal((2000, 20)).astype(np.float32)
+size = _core.workspace_size(table, 64)
+outs = []
+for threads in (1, 2, 5):
+    out = np.empty((2000, 4), np.float32)
+    _core.predict(X, params, table, 0.01, np.empty(threads * size, np.float32), 64, out,
+                  threads)
+    outs.append(out)
+X[1234, 3] = np.inf
+rows = [_core.first_nonfinite_row(X, threads) for threads in (1, 2, 5)]
+print(all((o == outs[0]).all() for o in outs), rows)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_teams_that_settle_finish_on_a_single_cpu():
+    """A process held to one CPU: each thread of predict's team and of the
+    check for NaN starts on the caller's CPU with nowhere to move
+    (team_settle), and thread 0 yields once for it; every team still
+    finishes, with one thread's results."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", ON_ONE_CPU], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "[1234,", "1234,", "1234]"]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3, 9])
 def test_first_nonfinite_row_on_a_team_takes_blocks_in_any_order(dtype, threads,
-                                                                  monkeypatch):
+                                                                  monkeypatch, team_settle):
     """_core.first_nonfinite_row with n_threads: an OpenMP team takes blocks
     (of one row here, or of 3) in turn; the first bad row wins whichever
     thread reads it, and blocks after a bad one found may be skipped."""
