@@ -611,10 +611,11 @@ def test_a_background_scan_answers_after_its_thread_has_read_everything():
 
 
 ON_ONE_CPU = """
-import os, sys
+import os
 import numpy as np
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 from fastnn import _core
+_core.SCAN_BLOCK_ENTRIES = 200      # blocks of 10 rows: the check's team forms
 from fastnn.plan import Plan
 rng = np.random.default_rng(5)
 plan = Plan.parse([20, 30, 4], activation=["relu"], output="softmax")
