@@ -107,6 +107,12 @@ class FirstInterruptOnly:
                 signal.signal(signal.SIGINT, self.handler)
         return self
 
+    def disarm(self):
+        """Ignore every SIGINT from now on, before the block ends (its
+        handler stays in place until then)."""
+        if self.handler is not None:
+            self.handler.disarm()
+
     def __exit__(self, *exc):
         if self.handler is not None:
             self.handler.disarm()

@@ -138,6 +138,21 @@ def test_first_interrupt_raises_once_then_ignores():
     assert not quiet.fired
 
 
+def test_a_disarmed_first_interrupt_only_ignores_sigint_until_its_block_ends():
+    """What a command does once it is done (cli.common.Command): a SIGINT
+    after FirstInterruptOnly.disarm and before the block ends raises
+    nothing, and the handler from before is back afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts.FirstInterruptOnly() as first:
+        first.disarm()
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pytest.fail("a SIGINT after disarm raised KeyboardInterrupt")
+        assert not first.handler.fired
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 # a dense net and a conv net: (layers, rows, batch size). The conv net runs on one
 # thread: a team's stop is tested in test_conv.py, and a team of two on a loaded 2-core
 # machine makes this epoch last tens of seconds.
