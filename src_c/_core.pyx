@@ -474,16 +474,24 @@ cdef extern from *:
     #include <sched.h>
     #include <stdint.h>
     #include <time.h>
-    /* Move the calling thread to the t-th CPU it may run on, then let it run
-       on all of them again: a busy thread stays where it is. (_GNU_SOURCE:
+    /* Move the calling thread to the n-th of the CPUs it may run on other
+       than `skip` (-1: none skipped), then let it run on all of them again:
+       a busy thread stays where it is. With `wrap`, n counts round those
+       CPUs; without, a thread with no n-th CPU stays. (_GNU_SOURCE:
        Python's pyconfig.h.) */
-    static void fastnn_spread(int t) {
+    static void fastnn_move_to(int n, int skip, int wrap) {
     #if defined(__linux__) && defined(CPU_SETSIZE)
         cpu_set_t mask, one;
+        int count = 0;
         if (pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) != 0)
             return;
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            count += CPU_ISSET(c, &mask) && c != skip;
+        if (count == 0 || (!wrap && n >= count))
+            return;
+        n %= count;
         for (int c = 0, seen = 0; c < CPU_SETSIZE; c++) {
-            if (CPU_ISSET(c, &mask) && seen++ == t) {
+            if (CPU_ISSET(c, &mask) && c != skip && seen++ == n) {
                 CPU_ZERO(&one);
                 CPU_SET(c, &one);
                 if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0)
@@ -492,6 +500,11 @@ cdef extern from *:
             }
         }
     #endif
+    }
+
+    /* Thread t of a team to the t-th CPU it may run on (team_join). */
+    static void fastnn_spread(int t) {
+        fastnn_move_to(t, -1, 0);
     }
 
     /* The CPU the calling thread runs on now, or -1 where that is unknown. */
@@ -500,31 +513,6 @@ cdef extern from *:
         return sched_getcpu();
     #else
         return -1;
-    #endif
-    }
-
-    /* Move the calling thread, thread t (from 1) of a team, off `cpu`: to
-       the ((t - 1) mod k)-th of the k other CPUs it may run on, then let it
-       run on all of them again. */
-    static void fastnn_move_off(int cpu, int t) {
-    #if defined(__linux__) && defined(CPU_SETSIZE)
-        cpu_set_t mask, one;
-        int others = 0;
-        if (pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) != 0)
-            return;
-        for (int c = 0; c < CPU_SETSIZE; c++)
-            others += CPU_ISSET(c, &mask) && c != cpu;
-        if (others == 0)
-            return;
-        for (int c = 0, seen = 0; c < CPU_SETSIZE; c++) {
-            if (CPU_ISSET(c, &mask) && c != cpu && seen++ == (t - 1) % others) {
-                CPU_ZERO(&one);
-                CPU_SET(c, &one);
-                if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0)
-                    pthread_setaffinity_np(pthread_self(), sizeof mask, &mask);
-                return;
-            }
-        }
     #endif
     }
 
@@ -541,7 +529,7 @@ cdef extern from *:
             return;
         if (t != 0) {
             if (master_cpu >= 0 && fastnn_current_cpu() == master_cpu)
-                fastnn_move_off(master_cpu, t);
+                fastnn_move_to(t - 1, master_cpu, 1);   /* off thread 0's CPU */
             __atomic_fetch_add(arrived, 1, __ATOMIC_RELEASE);
             return;
         }

@@ -490,8 +490,10 @@ def test_single_kernels_check_shapes():
 
 @pytest.fixture(params=[True, False], ids=["settled", "unsettled"])
 def team_settle(request):
-    """Teams of predict and of the check for NaN that settle on CPUs of
-    their own as they start (_core.team_settle), and teams that do not."""
+    """Teams of predict and of the check for NaN that settle as they start
+    (_core.team_settle: a thread on thread 0's CPU moves off it), and teams
+    that do not. Where each thread runs is measured in benchmarks/README.md;
+    the tests check that both give the same bits and always finish."""
     previous = _core.set_team_settle(request.param)
     yield request.param
     _core.set_team_settle(previous)
