@@ -33,13 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import CONFIGS, SEED, limit_threads, make_data, network  # noqa: E402
 
+from fastnn import _validation  # noqa: E402
 from fastnn import network as network_module  # noqa: E402
 from fastnn import training  # noqa: E402
 
 # what to time inside fit: (owner, attribute), fastnn's names today
 STEPS = [
-    (network_module, "check_X"),              # dtype, shape, finiteness of X
-    (network_module.Network, "_targets"),     # y to one-hot, checks
+    (network_module, "check_X"),              # dtype, shape; starts the check for NaN
+    (_validation.BackgroundChecks, "__exit__"),   # waits for that check's pass over X
+    (network_module.Network, "kernel_targets"),   # y's checks (labels: no one-hot array)
     (training, "sample_weights"),
     (training, "split_validation"),
     (training, "check_options"),
@@ -133,6 +135,8 @@ def main(argv=None):
                         help="epochs per fit [default: 1, as run.py times]")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--rows", type=int,
+                        help="training rows [default: run.py's; run.py --rows 20000 times 20,000]")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
                         help="the networks' dtype (bfloat16: run.py's fastnn-bf16 rows)")
     parser.add_argument("--profile", action="store_true",
@@ -140,7 +144,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     threads = limit_threads(args.threads)
     config = CONFIGS[args.config]
-    data = make_data()
+    data = make_data() if args.rows is None else make_data(args.rows)
     n = len(data.X)
 
     one_fit(config, data, 1)                            # warm caches and thread pools
@@ -149,8 +153,8 @@ def main(argv=None):
         time.sleep(0.5)
         seconds, found = one_fit(config, data, args.epochs, args.dtype)
         runs.append(seconds)
-    per_call = ["check_X", "_targets", "sample_weights", "split_validation", "check_options",
-                "__init__"]
+    per_call = ["check_X", "__exit__", "kernel_targets", "sample_weights", "split_validation",
+                "check_options", "__init__"]
     for r in runs:
         # derived per fit, then the median: medians of parts need not add up
         r["thread"] = r.get("run_epoch", 0.0) - r["kernel"]
@@ -200,8 +204,9 @@ def main(argv=None):
     row("    of which weight + optimizer snapshots", copies * e, "timed alone")
     part("Trainer.run between epochs (history, schedule)", "between epochs", f"{e} epochs",
          "run", "epoch")
-    part("check_X (dtype, shape, finiteness of X)", "check_X", "once per fit")
-    part("targets (y to one-hot, checks)", "_targets", "once per fit")
+    part("check_X (dtype, shape; the NaN check starts)", "check_X", "once per fit")
+    part("the wait for the NaN check's pass over X", "__exit__", "once per fit")
+    part("targets (y's checks; labels stay labels)", "kernel_targets", "once per fit")
     part("sample weights, validation split, options", "options", "once per fit")
     part("Trainer setup (buffers, workspace)", "__init__", "once per fit")
     part("fit, the rest", "rest", "once per fit")

@@ -320,9 +320,9 @@ def penalty_grad(params, grad, table, l2, l1):
 
 def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size, capacity,
                 optimizer, hyper, sample_weight, augment, seed, work, control, n_threads=1,
-                bf16=False):
+                bf16=False, labels=None):
     """One epoch of mini-batch training over X[order]; see fastnn._core.train_epoch
-    (n_threads is ignored)."""
+    (n_threads is ignored; with labels, each batch's targets are their one-hot rows)."""
     table = np.asarray(table)
     layers = param_views(params, table)
     grads = param_views(state[0], table)
@@ -348,7 +348,11 @@ def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size
             x = _as_float(X[rows], dtype)
         A, inputs, masks, extra = _forward(x, params, table, slope, keep if dropping else None,
                                            seed, positions, bf16)
-        y = Y[rows]
+        if labels is None:
+            y = Y[rows]
+        else:
+            y = np.zeros((m, Y.shape[1]), dtype)
+            y[np.arange(m), labels[rows]] = 1
         weights = sample_weight[rows] if len(sample_weight) else None
         batch_loss, delta = _output_delta(loss, table[-1][K.T_ACT], A[-1], y, slope, weights)
         if not np.isfinite(batch_loss):

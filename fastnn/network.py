@@ -352,7 +352,8 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
     def kernel_targets(self, X: Array, y: ArrayLike, name: str = "y",
                        one_hot: bool = True) -> tuple[Any, Optional[Array]]:
         """(Y, labels) as check_targets gives them (one_hot=False: Y None for
-        labels, whose one-hot rows are then made a chunk at a time); internal,
+        labels, whose one-hot rows are then made a chunk at a time, by
+        evaluate_rows and by the training kernels); internal,
         as kernel_inputs."""
         if self.preprocessing is not None:
             y = self.preprocessing.encode(y, self.sizes[-1], name)
@@ -547,7 +548,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         # waits for it before the kernels read X (BackgroundChecks)
         with BackgroundChecks() as checks:
             X = self.kernel_inputs(X, background=checks)
-            Y, labels = self.kernel_targets(X, y)
+            Y, labels = self.kernel_targets(X, y, one_hot=False)
             weights = training.sample_weights(sample_weight, class_weight, labels, len(X),
                                               self.sizes[-1])
             train, val = training.split_validation(X, Y, labels, weights, validation_data,

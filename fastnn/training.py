@@ -180,7 +180,7 @@ def split_validation(X, Y, labels, weights, validation_data, validation_split, n
         except (TypeError, ValueError):
             raise ConfigError("validation_data must be a pair (X_val, y_val)") from None
         X_val = net.kernel_inputs(X_val, "X_val")
-        Y_val, labels_val = net.kernel_targets(X_val, y_val, "y_val")
+        Y_val, labels_val = net.kernel_targets(X_val, y_val, "y_val", one_hot=False)
         return (X, Y, labels, weights), (X_val, Y_val, labels_val)
     if not validation_split:
         return (X, Y, labels, weights), None
@@ -191,8 +191,9 @@ def split_validation(X, Y, labels, weights, validation_data, validation_split, n
     kept = np.ones(len(X), bool)
     kept[held] = False
     part = np.flatnonzero(kept)
-    val = (X[held], Y[held], None if labels is None else labels[held])
-    return (X[part], Y[part], None if labels is None else labels[part],
+    # (Y None: labels that the kernels and evaluate_rows make one-hot)
+    val = (X[held], None if Y is None else Y[held], None if labels is None else labels[held])
+    return (X[part], None if Y is None else Y[part], None if labels is None else labels[part],
             None if weights is None else weights[part]), val
 
 
@@ -611,8 +612,12 @@ class Trainer:
                 self.new_state = functools.partial(opt.new_state, net.n_params, dtype, options.lr)
         self.opt_state = net.optimizer_state
         self.control = np.zeros(_kernels.N_CONTROL, dtype=np.int64)
+        # labels without Y (check_targets' one_hot=False): the kernel makes each
+        # chunk's one-hot rows as it gathers them (no n x outputs array)
+        targets = (dict(Y=self.Y) if self.Y is not None else
+                   dict(Y=np.empty((0, net.sizes[-1]), dtype), labels=self.labels))
         self.args = dict(
-            X=self.X, Y=self.Y, order=np.arange(n, dtype=np.int64), params=net.flat_params,
+            X=self.X, **targets, order=np.arange(n, dtype=np.int64), params=net.flat_params,
             state=self.opt_state.state, table=table, keep=keep, slope=net.slope,
             loss=get_loss(net.loss).code, batch_size=batch_size, capacity=capacity,
             optimizer=opt.code, hyper=None, sample_weight=self.sample_weight,

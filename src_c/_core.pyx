@@ -244,6 +244,9 @@ cdef struct Layout:
     # in the workspace; x_rows NULL: A_0 is in the workspace
     const float* x_src
     const int64_t* x_rows
+    # the targets as class labels (n,): a chunk's rows of them are made
+    # one-hot as they are gathered (gather_targets); NULL: Y's rows
+    const int64_t* labels
 
 
 cdef void geometry_init(Geometry* g, const int64_t* row, Py_ssize_t capacity) noexcept nogil:
@@ -350,6 +353,7 @@ cdef int layout_init(Layout* lay, const int64_t* table, Py_ssize_t n_layers,
     lay.work_size = lay.sw_off + capacity
     lay.x_src = NULL
     lay.x_rows = NULL
+    lay.labels = NULL
     return 0
 
 
@@ -1287,13 +1291,29 @@ cdef void gather_shifted(const input_t* X, Py_ssize_t H, Py_ssize_t W, Py_ssize_
                         dst[(y * W + x) * C + c] = 0
 
 
-cdef void gather_chunk(const input_t* X, const floating* Y, const floating* sample_weight,
+cdef void gather_targets(const floating* Y, const int64_t* labels, Py_ssize_t n_out,
+                         const int64_t* rows, Py_ssize_t n, floating* Yb) noexcept nogil:
+    """Yb := the targets of rows: Y[rows], or with labels (Y unused) one-hot
+    rows, Yb[r, j] = 1 if j == labels[rows[r]] else 0 (labels checked in
+    [0, n_out) by train_epoch). rows (n,), Y (., n_out), labels (.,), Yb (n, n_out)."""
+    cdef Py_ssize_t r
+    if labels == NULL:
+        gather_rows(Y, n_out, rows, n, Yb)
+        return
+    memset(Yb, 0, n * n_out * sizeof(floating))
+    for r in range(n):
+        Yb[r * n_out + labels[rows[r]]] = 1
+
+
+cdef void gather_chunk(const input_t* X, const floating* Y, const int64_t* labels,
+                       const floating* sample_weight,
                        const int64_t* rows, Py_ssize_t n, Geometry* g0, Py_ssize_t n_out,
                        int augment, uint64_t seed, int64_t first, floating* A0, floating* Yb,
                        floating* swb) noexcept nogil:
     """A chunk's rows: A0 := X[rows] (shifted when augment == SHIFT; row r is
-    the epoch's row first + r), Yb := Y[rows], swb := sample_weight[rows]
-    (swb NULL: no weights; A0 NULL: the rows are read in place, x_in_place).
+    the epoch's row first + r), Yb := their targets (gather_targets: Y[rows],
+    or labels one-hot), swb := sample_weight[rows] (swb NULL: no weights; A0
+    NULL: the rows are read in place, x_in_place).
     rows (n,), A0 (n, I), Yb (n, O), swb (n,)."""
     cdef Py_ssize_t r
     if A0 == NULL:
@@ -1302,7 +1322,7 @@ cdef void gather_chunk(const input_t* X, const floating* Y, const floating* samp
         gather_shifted(X, g0.in_h, g0.in_w, g0.in_c, rows, n, A0, seed, first)
     else:
         gather_rows(X, g0.n_in, rows, n, A0)
-    gather_rows(Y, n_out, rows, n, Yb)
+    gather_targets(Y, labels, n_out, rows, n, Yb)
     if swb != NULL:
         for r in range(n):
             swb[r] = sample_weight[rows[r]]
@@ -2451,16 +2471,17 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
         for c in range((m + cap - 1) // cap):
             first = start + c * cap
             cm = cap if first + cap <= start + m else start + m - first
-            gather_chunk(X, Y, sample_weight, order + first, cm, g0, n_out, augment, seed,
-                         first, NULL if in_place else A0, Yb, swb)
+            gather_chunk(X, Y, lay.labels, sample_weight, order + first, cm, g0, n_out, augment,
+                         seed, first, NULL if in_place else A0, Yb, swb)
             if in_place:
                 lay.x_rows = order + first
             # the next chunk's rows start loading while this one computes
             if first + cm < n:
                 prefetch_rows(X, n_in * sizeof(input_t), order + first + cm,
                               min(cap, n - first - cm))
-                prefetch_rows(Y, n_out * sizeof(floating), order + first + cm,
-                              min(cap, n - first - cm))
+                if lay.labels == NULL:
+                    prefetch_rows(Y, n_out * sizeof(floating), order + first + cm,
+                                  min(cap, n - first - cm))
             forward_impl(params, lay, slope, A0, work, A_out, cm, True, seed, first)
             chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
                                            work + lay.d_off[L], cm, n_out)
@@ -2730,8 +2751,8 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
         first = lo
         while first < hi:
             cm = cap if first + cap <= hi else hi - first
-            gather_chunk(X, Y, sample_weight, order + first, cm, g0, n_out, augment, seed,
-                         first, A0, Yb, swb)
+            gather_chunk(X, Y, lay.labels, sample_weight, order + first, cm, g0, n_out, augment,
+                         seed, first, A0, Yb, swb)
             forward_impl(own, lay, slope, A0, mine, A_out, cm, True, seed, first)
             chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
                                            mine + lay.d_off[L], cm, n_out)
@@ -2901,8 +2922,8 @@ cdef int train_units_impl(const input_t* X, const float* Y, const float* sample_
         r1 = share(m, t + 1, T, 1)
         # forward: this thread's rows, through every layer
         if r1 > r0:
-            gather_chunk(X, Y, sample_weight, order + start + r0, r1 - r0, g, n_out, augment,
-                         seed, start + r0, A0 + r0 * n_in, Yb + r0 * n_out,
+            gather_chunk(X, Y, lay.labels, sample_weight, order + start + r0, r1 - r0, g, n_out,
+                         augment, seed, start + r0, A0 + r0 * n_in, Yb + r0 * n_out,
                          swb + r0 if swb != NULL else NULL)
             if lay.mask_off[0] >= 0:
                 dropout_impl(A0 + r0 * n_in, work + lay.mask_off[0] + r0 * n_in,
@@ -3191,8 +3212,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
             else:
                 for r in range(m):
                     activate_flat(g0.act, slope, Z + r * lds + c0, cw)
-        gather_rows(Y, n_out, order + start, m, Yb)
-        prefetch_rows(Y, n_out * sizeof(float), order + start + m, nxt)
+        gather_targets(Y, lay.labels, n_out, order + start, m, Yb)
+        if lay.labels == NULL:
+            prefetch_rows(Y, n_out * sizeof(float), order + start + m, nxt)
         if swb != NULL:
             for r in range(m):
                 swb[r] = sample_weight[order[start + r]]
@@ -3580,6 +3602,13 @@ cdef Layout _layout(const int64_t[:, ::1] table, Py_ssize_t capacity,
     return lay
 
 
+cdef _check_labels(const int64_t[::1] labels, Py_ssize_t n_out):
+    cdef Py_ssize_t i
+    for i in range(labels.shape[0]):
+        if labels[i] < 0 or labels[i] >= n_out:
+            raise ValueError(f"label {labels[i]} (labels[{i}]) is outside [0, {n_out})")
+
+
 cdef _check_rows(const int64_t[::1] rows, Py_ssize_t n):
     cdef Py_ssize_t i
     for i in range(rows.shape[0]):
@@ -3638,7 +3667,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 Py_ssize_t batch_size, Py_ssize_t capacity, int optimizer,
                 const double[::1] hyper, const floating[::1] sample_weight, int augment,
                 uint64_t seed, floating[::1] work, int64_t[::1] control, int n_threads=1,
-                bint bf16=False):
+                bint bf16=False, const int64_t[::1] labels=None):
     """One epoch of mini-batch training over the rows X[order], in place on
     params and state.
 
@@ -3648,7 +3677,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         Inputs, one row per sample (images in HWC order); uint8 is divided
         by 255 as rows are gathered.
     Y : (n, O) float, the dtype of params
-        Targets.
+        Targets; (0, O) with `labels`.
     order : (k,) int64
         The rows to visit, in order; batches are consecutive slices of it.
     params : (P,) float32 or float64
@@ -3689,6 +3718,11 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     bf16 : bool, default False
         A bfloat16 network (float32 params): every matrix product rounds
         its operands to bfloat16 (gemm_bf16), and no smallgemm.h path runs.
+    labels : (n,) int64, optional
+        The targets as class labels in [0, O), O >= 2, instead of Y's rows
+        (Y then has no rows): each chunk's target rows are made one-hot as
+        they are gathered, the same bits as Y = one-hot(labels), and no
+        (n, O) array of targets is built.
 
     Returns
     -------
@@ -3728,8 +3762,20 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef bint split
     cdef floating* replicas
     cdef Py_ssize_t replica_width = 0
+    cdef const floating* Yp = NULL     # Y's rows; NULL with labels
     try:
-        _check_problem(&lay, slope, loss, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
+        if labels is not None:
+            _check(Y.shape[0] == 0, f"Y must have no rows when labels are given, not {Y.shape[0]}")
+            _check(labels.shape[0] == n, f"labels has {labels.shape[0]} entries; X has {n} rows")
+            _check(Y.shape[1] >= 2, "labels take an output layer of two or more units; give "
+                                    "Y's rows for one")
+            _check_labels(labels, Y.shape[1])
+            if n > 0:
+                lay.labels = &labels[0]
+        elif Y.shape[0] > 0:
+            Yp = &Y[0, 0]
+        _check_problem(&lay, slope, loss, X.shape[0], X.shape[1],
+                       n if labels is not None else Y.shape[0], Y.shape[1])
         _check(control.shape[0] >= N_CONTROL, f"control needs {N_CONTROL} entries")
         _check(batch_size >= 1, "batch_size must be >= 1")
         _check(0 <= optimizer < N_OPTIMIZERS, f"unknown optimizer code {optimizer}")
@@ -3770,7 +3816,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             with nogil:
                 copy_padded(&lay, <float*> &params[0], &padded[0], True)
             with nogil, parallel(num_threads=n_threads):
-                train_fused(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
+                train_fused(&X[0, 0], Yp, sw, &order[0], order.shape[0], &params[0],
                             &padded[0], &region[0], stride, padded.shape[0], &S[0], &sync[0],
                             &shared_work[0], split, &lay,
                             <float> slope, loss,
@@ -3792,7 +3838,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             with nogil:
                 copy_padded(&lay, <float*> &params[0], &padded[0], True)
             with nogil, parallel(num_threads=n_threads):
-                train_units(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
+                train_units(&X[0, 0], Yp, sw, &order[0], order.shape[0], &params[0],
                             &padded[0], &lay, <float> slope, loss, batch_size, &hyper[0],
                             augment, seed, &work[0], &control[0], &shared, &status)
             with nogil:
@@ -3805,7 +3851,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 x_in_place_epochs += 1
             with nogil:
                 fp = flush_denormals()
-                status = train_epoch_impl(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0],
+                status = train_epoch_impl(&X[0, 0], Yp, sw, &order[0], order.shape[0],
                                           &params[0], &state[0, 0], &lay, <floating> slope,
                                           loss, batch_size, optimizer, &hyper[0], augment,
                                           seed, &work[0], &control[0], &loss_sum, &n_correct)
@@ -3834,7 +3880,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 replicas += (-<uintptr_t> replicas) % 64 // sizeof(floating)
                 replica_width = replica_stride(lay.n_params)
             with nogil, parallel(num_threads=n_threads):
-                train_team(&X[0, 0], &Y[0, 0], sw, &order[0], order.shape[0], &params[0],
+                train_team(&X[0, 0], Yp, sw, &order[0], order.shape[0], &params[0],
                            &state[0, 0], &lay, <floating> slope, loss, batch_size, optimizer,
                            &hyper[0], augment, seed, &work[0], stride, &control[0], &shared,
                            &sync[0], replicas, replica_width, &status)
