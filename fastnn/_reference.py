@@ -323,6 +323,15 @@ def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size
                 bf16=False, labels=None):
     """One epoch of mini-batch training over X[order]; see fastnn._core.train_epoch
     (n_threads is ignored; with labels, each batch's targets are their one-hot rows)."""
+    if labels is not None:      # as fastnn._core.train_epoch checks them
+        labels = np.asarray(labels)
+        if len(Y) or len(labels) != len(X) or Y.shape[1] < 2:
+            raise ValueError(f"labels take Y of no rows and two or more columns, and one label "
+                             f"a row of X: Y {Y.shape}, labels {labels.shape}, X {X.shape}")
+        bad = np.flatnonzero((labels < 0) | (labels >= Y.shape[1]))
+        if len(bad):
+            raise ValueError(f"label {labels[bad[0]]} (labels[{bad[0]}]) is outside "
+                             f"[0, {Y.shape[1]})")
     table = np.asarray(table)
     layers = param_views(params, table)
     grads = param_views(state[0], table)

@@ -2445,8 +2445,8 @@ cdef int train_epoch_impl(const input_t* X, const floating* Y,
     control[STOP_REQUEST], and returns DIVERGED, without applying that
     batch, as soon as a chunk's loss is not finite. Where x_in_place allows
     (a bfloat16 dense network), the first layer's products read the chunk's
-    rows of X in place through the order, and only Y and the sample weights
-    are gathered.
+    rows of X in place through the order, and only the targets and the sample
+    weights are gathered.
     """
     cdef Py_ssize_t k, c, start, m, first, cm, r, L = lay.n_layers
     cdef Geometry* g0 = &lay.layer[0]

@@ -61,8 +61,9 @@ def data(dtype, n=203):
 def test_labels_train_the_weights_of_their_one_hot_rows(case, threads, one_core, monkeypatch):
     spec, options, dtype = CASES[case]
     if threads > 1:
-        # a team of two on any machine (the teams that split units or columns
-        # give one thread's bits; those that split rows, their own)
+        # two idle cores on any machine: adam and conv then train on a team
+        # that splits rows (the dense SGD cases stay on one thread at these
+        # widths; test_every_team_makes_the_one_hot_rows forces their teams)
         monkeypatch.setattr(blas, "idle_cores", lambda: 2)
     X, y = data(dtype)
     options = dict(options)
@@ -155,6 +156,25 @@ def test_the_kernel_refuses_labels_that_do_not_fit(change, message):
     assert_array_equal(args["params"], before)
 
 
+@pytest.mark.parametrize("label, row, message", [
+    (5, 3, r"label 5 \(labels\[3\]\) is outside \[0, 5\)"),
+    (-1, 0, r"label -1 \(labels\[0\]\) is outside \[0, 5\)"),
+    (None, None, "labels take Y of no rows"),
+])
+def test_the_reference_refuses_labels_that_do_not_fit(label, row, message):
+    args, labels = kernel_args(1)
+    labels = labels.copy()
+    Y = np.empty((0, 5), np.float32)
+    if label is None:
+        Y = args["Y"]
+    else:
+        labels[row] = label
+    before = args["params"].copy()
+    with pytest.raises(ValueError, match=message):
+        ref.train_epoch(**{**args, "Y": Y, "labels": labels})
+    assert_array_equal(args["params"], before)
+
+
 def test_the_kernel_takes_labels_only_for_two_outputs_or_more():
     rng = np.random.default_rng(0)
     net = Network([3, 4, 1], activation="relu", output="sigmoid", loss="cross_entropy")
@@ -184,3 +204,65 @@ def test_fit_on_labels_builds_no_one_hot_array():
         tracemalloc.stop()
     assert peak < n * classes * 4 // 4
     assert net.history.epochs == 1
+
+
+@pytest.fixture
+def kernel_settings(placement):
+    """set(name, value): one of _core's switches for this test (restored
+    after), or the team's placement ("near", "far")."""
+    setters = {"fused": _core.set_fused, "fused_split": _core.set_fused_split,
+               "small_rows": _core.set_small_rows, "defer_weights": _core.set_defer_weights}
+    before = []
+
+    def set_(name, value):
+        if name == "placement":
+            placement(value)
+        else:
+            before.append((setters[name], setters[name](value)))
+
+    yield set_
+    for setter, previous in reversed(before):
+        setter(previous)
+
+
+# team -> (threads, switches, the counter of the path's epochs)
+TEAMS = {
+    "fused, 2 threads": (2, {}, _core.fused_epochs_run),
+    "fused, 3 threads": (3, {}, _core.fused_epochs_run),
+    "fused, rows split": (2, {"fused_split": 0, "placement": "near"}, _core.fused_epochs_run),
+    "fused, far apart": (2, {"fused_split": 0, "placement": "far"}, _core.far_epochs_run),
+    # neither the fused epoch nor the units one: the team that splits rows
+    "deferred layer": (2, {"fused": False, "small_rows": 4, "defer_weights": 0,
+                           "placement": "near"}, _core.deferred_epochs_run),
+    "deferred, far apart": (2, {"fused": False, "small_rows": 4, "defer_weights": 0,
+                                "placement": "far"}, _core.replicated_epochs_run),
+}
+
+
+@pytest.mark.parametrize("team", sorted(TEAMS))
+def test_every_team_makes_the_one_hot_rows(team, kernel_settings):
+    """The teams fit forms only on some machines and shapes, forced through
+    the kernel: [64, 30, 10] at batch 10 (two column groups)."""
+    threads, switches, counter = TEAMS[team]
+    for name, value in switches.items():
+        kernel_settings(name, value)
+    rng = np.random.default_rng(2)
+    X = rng.random((203, 64), dtype=np.float32)
+    labels = rng.integers(0, 10, len(X))
+    net = Network([64, 30, 10], activation="relu", output="softmax", loss="cross_entropy",
+                  seed=5)
+    table, keep = net.plan.table(None, None)
+    args = dict(
+        X=X, Y=np.eye(10, dtype=np.float32)[labels], order=rng.permutation(len(X)),
+        params=net.flat_params.copy(), state=np.zeros((1, net.n_params), np.float32),
+        table=table, keep=keep, slope=0.0, loss=_core.CROSS_ENTROPY, batch_size=10,
+        capacity=10, optimizer=_core.SGD, hyper=hyper_array(0.5),
+        sample_weight=np.empty(0, np.float32), augment=_core.NO_AUGMENT, seed=7,
+        work=np.empty(_core.workspace_size(table, 10, keep, threads), np.float32),
+        control=np.zeros(_kernels.N_CONTROL, np.int64), n_threads=threads)
+    before = counter()
+    rows = run(_core, args)
+    made = run(_core, args, Y=np.empty((0, 10), np.float32), labels=labels)
+    assert counter() == before + 2, "the epochs did not take this team's path"
+    assert rows[0] == made[0] and rows[0][0] == _kernels.DONE
+    assert_array_equal(rows[1]["params"], made[1]["params"])
