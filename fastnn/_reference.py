@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from fastnn import _kernels as K
 from fastnn._kernels import DIVERGED, DONE, ROWS_DONE, STEPS, STOP_REQUEST, STOPPED, param_views
+from fastnn._validation import one_hot_rows
 from fastnn.activations import BY_CODE as ACTIVATION
 from fastnn.losses import BY_CODE as LOSS
 from fastnn.optimizers import OPTIMIZERS, clip_grad_norm
@@ -360,8 +361,7 @@ def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size
         if labels is None:
             y = Y[rows]
         else:
-            y = np.zeros((m, Y.shape[1]), dtype)
-            y[np.arange(m), labels[rows]] = 1
+            y = one_hot_rows(labels[rows], Y.shape[1], dtype)
         weights = sample_weight[rows] if len(sample_weight) else None
         batch_loss, delta = _output_delta(loss, table[-1][K.T_ACT], A[-1], y, slope, weights)
         if not np.isfinite(batch_loss):

@@ -349,6 +349,14 @@ def image_rows(X: Any, input_shape: tuple[int, ...], name: str = "X") -> Any:
                     f"(n, {H}, {W}, {C}) (channels last) or rows (n, {H * W * C})")
 
 
+def one_hot_rows(labels: Array, n_outputs: int, dtype: Any) -> Array:
+    """(len(labels), n_outputs) rows of dtype: 1 at each row's label, 0
+    elsewhere (labels in [0, n_outputs))."""
+    Y = np.zeros((len(labels), n_outputs), dtype=dtype)
+    Y[np.arange(len(labels)), labels] = 1
+    return Y
+
+
 def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
                   name: str = "y", one_hot: bool = True) -> tuple[Any, Optional[Array]]:
     """Targets as a (n_samples, n_outputs) array of `dtype`.
@@ -393,9 +401,7 @@ def check_targets(y: Any, n_samples: int, n_outputs: int, dtype: Any,
             return labels.astype(dtype)[:, None], labels
         if not one_hot:
             return None, labels
-        Y = np.zeros((n_samples, n_outputs), dtype=dtype)
-        Y[np.arange(n_samples), labels] = 1
-        return Y, labels
+        return one_hot_rows(labels, n_outputs, dtype), labels
     if y.ndim != 2 or y.shape[1] != n_outputs:
         raise DataError(
             f"{name} has shape {y.shape}; expected integer labels of shape ({n_samples},) "

@@ -20,7 +20,7 @@ from fastnn._kernels import DTYPES
 from fastnn._typing import Array, ArrayLike, DTypeLike, Metrics, PathLike
 from fastnn._validation import (MAX_SEED, BackgroundChecks, check_finite, check_fits,
                                 check_targets, check_targets_fit_loss, check_X, image_rows,
-                                nonnegative_float, positive_int)
+                                nonnegative_float, one_hot_rows, positive_int)
 from fastnn.activations import get_activation
 from fastnn.callbacks import Callback, check_callbacks
 from fastnn.exceptions import ConfigError, DataError
@@ -790,8 +790,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
             A = self._forward(X[part])
             if Y is None:
                 assert labels is not None
-                target = np.zeros_like(A)
-                target[np.arange(len(A)), labels[part]] = 1
+                target = one_hot_rows(labels[part], A.shape[1], A.dtype)
             else:
                 target = Y[part]
             loss_sum += float(loss_fn(A, target, output).sum(dtype=np.float64))

@@ -131,17 +131,16 @@ def test_the_reference_makes_one_hot_rows_from_labels():
     assert_array_equal(rows[1]["params"], made[1]["params"])
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(labels="out of range"), r"label 5 \(labels\[3\]\) is outside \[0, 5\)"),
-    (dict(labels="negative"), r"label -1 \(labels\[0\]\) is outside \[0, 5\)"),
-    (dict(labels="short"), "labels has 156 entries; X has 157 rows"),
-    (dict(labels="with Y"), "Y must have no rows when labels are given, not 157"),
+@pytest.mark.parametrize("kind, message", [
+    ("out of range", r"label 5 \(labels\[3\]\) is outside \[0, 5\)"),
+    ("negative", r"label -1 \(labels\[0\]\) is outside \[0, 5\)"),
+    ("short", "labels has 156 entries; X has 157 rows"),
+    ("with Y", "Y must have no rows when labels are given, not 157"),
 ])
-def test_the_kernel_refuses_labels_that_do_not_fit(change, message):
+def test_the_kernel_refuses_labels_that_do_not_fit(kind, message):
     args, labels = kernel_args(1)
     Y = np.empty((0, 5), np.float32)
     labels = labels.copy()
-    kind = change["labels"]
     if kind == "out of range":
         labels[3] = 5
     elif kind == "negative":
