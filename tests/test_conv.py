@@ -215,6 +215,14 @@ def test_a_later_layer_on_smallgemm_gives_the_same_bits_in_any_chunk(in_place):
             outs.append(out)
     finally:
         _core.set_conv_in_place(was)
+    if _core.small_gemm_isa() != "avx512":
+        # smallgemm.h takes a convolution only with AVX-512 (conv_sg,
+        # conv_in_place); BLAS's products, blocked by the rows they get, may
+        # round differently otherwise: float32's round-off of the sums
+        scale = np.abs(X).max() * np.abs(W).sum(axis=(0, 1, 2)).max()
+        assert np.abs(outs[1] - outs[0][:7]).max() <= 4e-7 * scale
+        assert np.abs(outs[2] - outs[0]).max() <= 4e-7 * scale
+        return
     assert_array_equal(outs[1], outs[0][:7])
     assert_array_equal(outs[2], outs[0])
 
@@ -296,8 +304,11 @@ def test_an_epoch_does_not_depend_on_the_convolution_block_size():
             if previous:
                 _core.set_conv_blocking(*previous)
         weights.append(net._params.copy())
-    # the blockings differ (their im2col blocks, so their workspaces)
-    assert scratch[0] < scratch[1] < scratch[2]
+    # the blockings differ (their im2col blocks, so their workspaces; with
+    # AVX2 only, the two small blocks' scratch is below another part of the
+    # workspace, so only the default's shows)
+    assert scratch[0] <= scratch[1] < scratch[2]
+    assert scratch[0] < scratch[1] or _core.small_gemm_isa() != "avx512"
     assert_allclose(weights[0], weights[2], rtol=1e-11, atol=1e-13)
     assert_allclose(weights[1], weights[2], rtol=1e-11, atol=1e-13)
 
