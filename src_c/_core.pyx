@@ -918,6 +918,14 @@ cdef extern from "fusedgemm.h":
                                     const float* XT, const float* const* xr, const float* D,
                                     Py_ssize_t ldd, float beta, float* W,
                                     Py_ssize_t ldw) noexcept nogil
+    void sgk2_forward "fastnn_sgk2_forward"(Py_ssize_t m, Py_ssize_t ncp, Py_ssize_t K,
+                                            const float* const* xr, const float* const* next,
+                                            Py_ssize_t n_next, const float* W, Py_ssize_t ldw,
+                                            float* Z, Py_ssize_t ldz) noexcept nogil
+    void sgk2_step "fastnn_sgk2_step"(Py_ssize_t m, Py_ssize_t nc, Py_ssize_t ncp, Py_ssize_t K,
+                                      float alpha, const float* const* xr, const float* D,
+                                      Py_ssize_t ldd, float beta, float* W,
+                                      Py_ssize_t ldw) noexcept nogil
 
 
 cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
@@ -3049,8 +3057,21 @@ cdef Py_ssize_t FUSED_STEP_ROWS = 16
 # place / k-major, medians of 6-8 pairs in one process (AMD EPYC Zen 5, 2
 # vCPUs, 2026-12-07): [784, 30, 10] one thread (30 columns) 1.137x, two (16
 # each) 1.243x; [784, 100, 10] two (about 50 each) 1.054x, one (100) 0.980x.
+# Without AVX-512 the same limit chooses fusedgemm.h's AVX2 kernels (whole
+# panels of 16 to W's padded width) over smallgemm.h's (the batch gathered
+# first; a last panel of 14 columns in pieces of 8, 4 and 2): on the rows in
+# place, or on a gathered copy (uint8 or float64 X, batches of more than
+# FUSED_STEP_ROWS) where the thread's pads are fewer than FUSED_AVX2_PADS. A
+# batch's first-layer forward and step, 10 rows of 60,000, against
+# smallgemm.h's after a gather (AMD EPYC Zen 3, 2 vCPUs, 2026-12-07,
+# interleaved in one process, medians of 20 chunks of 300 batches): in place
+# 30 columns 0.74x, 16 0.77x, the last 14 of 30 (a team's second thread)
+# 0.55x, 32 0.86x, 48 0.90x, 64 0.93x and 1.02x (two runs); gathered, 2 pads
+# or none: 30 0.76x, the last 14 0.69x, 16 0.97x, 32 0.99x; gathered, 8 pads
+# or more: 20 columns 1.08x, 40 1.05x, 100 1.04x.
 # set_fused_in_place turns it off (the tests, measuring): the same bits.
 cdef Py_ssize_t FUSED_IN_PLACE_COLUMNS = 64
+cdef Py_ssize_t FUSED_AVX2_PADS = 8
 cdef bint fused_in_place = True
 cdef int64_t in_place_epochs = 0      # threads' epochs with a batch read in place (tests)
 
@@ -3101,11 +3122,13 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     one batch of m rows:
       XT := X[rows]^T, read in place (every thread puts all of them), and
         for more than FUSED_STEP_ROWS rows A0 := X[rows] too (without
-        AVX-512, A0 only: the first layer's products on smallgemm.h's
-        AVX2 kernels, from A0); or, for a float32 X, a batch of at most
+        AVX-512, A0 only); or, for a float32 X, a batch of at most
         FUSED_STEP_ROWS rows and a thread of at most FUSED_IN_PLACE_COLUMNS
         columns, no copy: the kernels read X[rows] where they lie (xrows);
-      A_1[:, c0:c1] = act(X[rows] W_0[:, c0:c1] + b_0[c0:c1]), into S;
+      A_1[:, c0:c1] = act(X[rows] W_0[:, c0:c1] + b_0[c0:c1]), into S
+        (without AVX-512: fusedgemm.h's AVX2 kernels on the rows in place
+        or A0's, to W_0's padded width, for a thread of at most
+        FUSED_IN_PLACE_COLUMNS columns; smallgemm.h's from A0 for more);
       one barrier: every thread now reads all of A_1;
       layers 1 .. L-1 forward, the output delta and the loss, every thread
         alike on its own copies (these layers are small: fused_apply);
@@ -3114,7 +3137,8 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         W_l := (1 - lr l2/n) W_l - lr/m A_l^T delta_{l+1},
         b_l := b_l - lr/m sum_rows delta_{l+1};
       W_0[:, c0:c1] and b_0[c0:c1] the same way from delta_1[:, c0:c1]
-        (from XT, or from A0 on smallgemm.h's kernel).
+        (from XT, or from A0 on smallgemm.h's kernel; without AVX-512 as
+        the forward).
     With split (a team whose later layers have enough work a batch:
     fused_split), each thread takes only its share of the batch's rows
     through the later layers' forward pass and deltas (delta_1 for all
@@ -3135,7 +3159,7 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     first) or a loss that is not finite (seen by every thread, or shared
     before the second) ends the epoch before the step.
     """
-    cdef Py_ssize_t k, l, r, j, j0, j1, start, m, nxt, I, O, ldi, i0, i1, q0, q1, mq, cw
+    cdef Py_ssize_t k, l, r, j, j0, j1, start, m, nxt, I, O, ldi, i0, i1, q0, q1, mq
     cdef Py_ssize_t L = lay.n_layers
     cdef Py_ssize_t t = team.id, T = team.size
     cdef Geometry* g0 = &lay.layer[0]
@@ -3161,7 +3185,13 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
     cdef float beta_w = <float> (1 - hyper[H_LR] * hyper[H_L2])
     cdef double chunk_loss
     cdef bint k_major = sg_get_isa() == 2     # fusedgemm.h's kernels: AVX-512
-    cdef bint direct
+    # AVX2's (see FUSED_IN_PLACE_COLUMNS): fusedgemm.h's padded kernels for
+    # a thread with few columns, on the rows in place, or on a gathered copy
+    # where the pads are few; smallgemm.h's otherwise
+    cdef Py_ssize_t cw = (g0.ldw if c1 == O0 else c1) - c0
+    cdef bint padded_avx2 = (not k_major and 0 < c1 - c0 <= FUSED_IN_PLACE_COLUMNS
+                             and cw - (c1 - c0) < FUSED_AVX2_PADS)
+    cdef bint direct, panels16
     cdef const float* xrows[64]                 # SGK_ROWS: the batch's rows in X
     cdef const float* xnext[64]                 # and the next batch's
     for k in range((n + batch_size - 1) // batch_size):
@@ -3174,9 +3204,11 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         # a float32 X is read where it lies (xrows; the next batch's rows
         # requested meanwhile by the first layer's forward) by a thread with
         # few columns of the first layer; other inputs, larger batches and
-        # more columns put k-major into XT first (see FUSED_IN_PLACE_COLUMNS)
-        direct = (input_t is float and k_major and fused_in_place
+        # more columns put k-major into XT first (see FUSED_IN_PLACE_COLUMNS),
+        # or without AVX-512 gathered into A0, whose rows xrows then points to
+        direct = (input_t is float and fused_in_place
                   and m <= FUSED_STEP_ROWS and 0 < c1 - c0 <= FUSED_IN_PLACE_COLUMNS)
+        panels16 = not k_major and (direct or padded_avx2)
         if direct:
             read_in_place[0] += 1
             if input_t is float:
@@ -3190,6 +3222,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         else:
             gather_rows(X, I0, order + start, m, A0)
             prefetch_rows(X, I0 * sizeof(input_t), order + start + m, nxt)
+            if panels16:
+                for r in range(m):
+                    xrows[r] = A0 + r * I0
         if c1 > c0:
             for r in range(m):
                 for j in range(c0, c1):
@@ -3197,6 +3232,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
             if k_major:
                 sgk_forward(m, c1 - c0, I0, XT, xrows if direct else NULL, xnext,
                             nxt if direct else 0, W0 + c0, lds, Z + c0, lds)
+            elif panels16:
+                sgk2_forward(m, cw, I0, xrows, xnext, nxt if direct else 0, W0 + c0, lds,
+                             Z + c0, lds)
             else:
                 sg_gemm(m, c1 - c0, I0, 1, A0, I0, 1, W0 + c0, lds, 1, Z + c0, lds)
             # whole vectors: the last group of 16 columns with its pads (S
@@ -3206,7 +3244,6 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
             # 8 + 4 + 2 while the other waited at the barrier); and where
             # that is whole rows (one thread), all of them in one call (the
             # sigmoid was 5 % of a one-thread nielsen30 epoch, a call a row)
-            cw = (lds if c1 == O0 else c1) - c0
             if cw == lds:
                 activate_flat(g0.act, slope, Z, m * lds)
             else:
@@ -3300,7 +3337,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
         # backward, first layer: this thread's columns
         if c1 > c0:
             D = lw + lay.d_off[1]
-            if m > FUSED_STEP_ROWS or not k_major:
+            if panels16:
+                sgk2_step(m, c1 - c0, cw, I0, alpha, xrows, D + c0, O0, beta_w, W0 + c0, lds)
+            elif m > FUSED_STEP_ROWS or not k_major:
                 sg_gemm(I0, c1 - c0, m, alpha, A0, 1, I0, D + c0, O0, beta_w, W0 + c0, lds)
             else:
                 sgk_step(m, c1 - c0, I0, alpha, XT, xrows if direct else NULL, D + c0, O0,
@@ -3463,9 +3502,9 @@ cdef bint fused_apply(Layout* lay, int optimizer, const double* hyper, Py_ssize_
     """Whether train_fused_impl runs an epoch (rather than train_units_impl
     or BLAS): a float32 dense network's fused SGD step (no L1, no clipping)
     on one-chunk batches of at most fused_rows rows with AVX-512's kernels
-    (fusedgemm.h's and smallgemm.h's), at most small_rows with AVX2's
-    (smallgemm.h's: those of train_units_impl, whose limit was measured for
-    them), without dropout or shifted images, for a network of two
+    (fusedgemm.h's and smallgemm.h's), at most small_rows (and SGK_ROWS)
+    with AVX2's (fusedgemm.h's and smallgemm.h's; small_rows is
+    train_units_impl's limit, measured for smallgemm.h's), without dropout or shifted images, for a network of two
     layers or more and at most SMALL_WEIGHTS parameters (each thread copies
     them all), whose layers after the first are small beside it (each
     thread of a team computes them all: at most a quarter of the first
@@ -3474,7 +3513,7 @@ cdef bint fused_apply(Layout* lay, int optimizer, const double* hyper, Py_ssize_
     if not (fused_on and SMALL_GEMM and lay.bf_off < 0
             and optimizer == SGD and hyper[H_L1] == 0 and hyper[H_CLIP_NORM] == 0
             and batch_size <= lay.capacity
-            and batch_size <= (fused_rows if sg_get_isa() == 2 else small_rows)
+            and batch_size <= (fused_rows if sg_get_isa() == 2 else min(small_rows, SGK_ROWS))
             and lay.n_params <= SMALL_WEIGHTS
             and augment == NO_AUGMENT and lay.n_layers >= 2):
         return False

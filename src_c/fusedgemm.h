@@ -1,5 +1,7 @@
 /* fusedgemm.h: the first layer's products in _core.pyx's train_fused_impl,
- * for AVX-512 (F + VL), on a batch of at most SGK_ROWS rows held k-major.
+ * for AVX-512 (F + VL), on a batch of at most SGK_ROWS rows held k-major;
+ * and for AVX2 + FMA (fastnn_sgk2_forward, fastnn_sgk2_step, at the end),
+ * on the batch's rows where they lie, to the padded width of W.
  *
  * The batch is put k-major, its rows read in place (no gather pass first),
  *
@@ -385,6 +387,144 @@ SG5_TARGET static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, f
 #undef SGK_CASES10
 #undef SGK_CASES16
 
+/* ---- AVX2 + FMA: the first layer's products on a batch's rows in place ----
+
+   Where the CPU has no AVX-512, train_fused_impl's first layer runs on
+   these, not on smallgemm.h's fastnn_sg_gemm: the same entries, bit for
+   bit, but
+   - the batch's rows read where they lie, xr[r] (a float32 X in place, or
+     the rows of a gathered copy), so that no pass copies them first;
+   - whole panels of 16 columns to the padded width ncp of W and Z (their
+     rows ldw and ldz floats apart, pad_layout; the pads of W zero), so
+     that a last panel of 14 columns (nielsen30's, or a team thread's) is
+     not done in pieces of 8, 4 and 2: in the step that took a 14-column
+     panel 5.8 us against 3.0 us for 16 (784 weights a column, 10 rows, a
+     Zen 3 core). A pad column of W stays beta * 0 + sum x * 0 = 0 (X
+     finite, checked before the kernels), a pad of Z gains nothing and is
+     never read.
+   Blocks of up to SGK2_MR = 6 rows by 16 columns (12 ymm accumulators; two
+   loads of W or alpha D and mr broadcasts for 2 mr FMAs), as sg_block. */
+enum { SGK2_MR = 6, SGK2_STEP_MR = 4, SGK2_NR = 16 };
+
+/* Z[0:mr, 0:16] += X[rows] @ W[:, 0:16]: acc_r := Z[r], then for k in
+   order acc_r := fma(x_r[k], W[k, :], acc_r); mr a constant at the call
+   site. The rows next[0..n_next) are requested a line of each every 16
+   steps k (the next batch's, so that they are in cache when their turn
+   comes: a shuffled epoch's rows are scattered over X). */
+SG_INLINE void sgk2_forward_block(const int mr, ptrdiff_t K, const float* const* xr,
+                                  const float* const* next, ptrdiff_t n_next,
+                                  const float* W, ptrdiff_t ldw, float* Z, ptrdiff_t ldz) {
+    __m256 acc[SGK2_MR][2];
+    for (int r = 0; r < mr; r++) {
+        acc[r][0] = _mm256_loadu_ps(Z + r * ldz);
+        acc[r][1] = _mm256_loadu_ps(Z + r * ldz + 8);
+    }
+    for (ptrdiff_t k = 0; k < K; k++) {
+        if (n_next > 0 && (k & 15) == 0)
+            for (ptrdiff_t i = 0; i < n_next; i++)
+                _mm_prefetch((const char*) (next[i] + k), _MM_HINT_T0);
+        const __m256 w0 = _mm256_loadu_ps(W + k * ldw);
+        const __m256 w1 = _mm256_loadu_ps(W + k * ldw + 8);
+        for (int r = 0; r < mr; r++) {
+            const __m256 x = _mm256_broadcast_ss(xr[r] + k);
+            acc[r][0] = _mm256_fmadd_ps(x, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(x, w1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        _mm256_storeu_ps(Z + r * ldz, acc[r][0]);
+        _mm256_storeu_ps(Z + r * ldz + 8, acc[r][1]);
+    }
+}
+
+/* Z (m, ncp) := Z + X (m, K) @ W (K, ncp), ncp a multiple of 16, m <= 64,
+   X's rows xr[r]; the rows next[0..n_next) requested meanwhile (in the
+   first panel). For each 16 columns, the rows in blocks as even as
+   SGK2_MR allows (10 rows as 5 + 5: ten accumulators, where 6 + 4 left
+   the second block eight, the fewest that keep both FMA pipes busy). */
+SG_TARGET static void fastnn_sgk2_forward(ptrdiff_t m, ptrdiff_t ncp, ptrdiff_t K,
+                                          const float* const* xr, const float* const* next,
+                                          ptrdiff_t n_next, const float* W, ptrdiff_t ldw,
+                                          float* Z, ptrdiff_t ldz) {
+    const ptrdiff_t blocks = (m + SGK2_MR - 1) / SGK2_MR;
+    for (ptrdiff_t j = 0; j < ncp; j += SGK2_NR)
+        for (ptrdiff_t b = 0, r0 = 0; b < blocks; b++, n_next = 0) {
+            const ptrdiff_t r1 = m * (b + 1) / blocks;
+            const float* const* x = xr + r0;
+            const float* w = W + j;
+            float* z = Z + r0 * ldz + j;
+            switch (r1 - r0) {
+#define SGK2_CASE(mr) case mr: sgk2_forward_block(mr, K, x, next, n_next, w, ldw, z, ldz); break;
+                SGK2_CASE(1) SGK2_CASE(2) SGK2_CASE(3) SGK2_CASE(4) SGK2_CASE(5) SGK2_CASE(6)
+#undef SGK2_CASE
+                default: break;
+            }
+            r0 = r1;
+        }
+}
+
+/* W[0:mr, 0:16] := beta W + X^T @ (alpha D) for rows [0, mr) of this block
+   of W (entries k0 .. k0 + mr of each of X's m rows): acc_q := beta W[q]
+   (W itself where beta is 1, 0 where it is 0), then for r in order acc_q
+   := fma(x_r[k0 + q], aD[r, :], acc_q); aD (m, 16) is alpha D rounded
+   first, its pad columns 0; mr a constant at the call site. */
+SG_INLINE void sgk2_step_block(const int mr, ptrdiff_t m, const float* const* xr, ptrdiff_t k0,
+                               const float* aD, float beta, float* W, ptrdiff_t ldw) {
+    __m256 acc[SGK2_MR][2];
+    const __m256 vb = _mm256_set1_ps(beta);
+    for (int q = 0; q < mr; q++) {
+        if (beta == 0.0f) {
+            acc[q][0] = acc[q][1] = _mm256_setzero_ps();
+        } else {
+            acc[q][0] = _mm256_loadu_ps(W + q * ldw);
+            acc[q][1] = _mm256_loadu_ps(W + q * ldw + 8);
+            if (beta != 1.0f) {
+                acc[q][0] = _mm256_mul_ps(vb, acc[q][0]);
+                acc[q][1] = _mm256_mul_ps(vb, acc[q][1]);
+            }
+        }
+    }
+    for (ptrdiff_t r = 0; r < m; r++) {
+        const __m256 d0 = _mm256_load_ps(aD + r * SGK2_NR);
+        const __m256 d1 = _mm256_load_ps(aD + r * SGK2_NR + 8);
+        const float* x = xr[r] + k0;
+        for (int q = 0; q < mr; q++) {
+            const __m256 xq = _mm256_broadcast_ss(x + q);
+            acc[q][0] = _mm256_fmadd_ps(xq, d0, acc[q][0]);
+            acc[q][1] = _mm256_fmadd_ps(xq, d1, acc[q][1]);
+        }
+    }
+    for (int q = 0; q < mr; q++) {
+        _mm256_storeu_ps(W + q * ldw, acc[q][0]);
+        _mm256_storeu_ps(W + q * ldw + 8, acc[q][1]);
+    }
+}
+
+/* W (K, ncp) := beta W + alpha X^T (K, m) @ D (m, nc), m <= SGK_ROWS, X's
+   rows xr[r]; W's columns [nc, ncp) are its pads (ncp a multiple of 16 at
+   most ldw), taken as columns of zeros in D. For each 16 columns alpha D
+   is rounded into a buffer of 16 columns (as fastnn_sg_gemm's weight step
+   does), then W's rows go in blocks of SGK2_MR. */
+SG_TARGET static void fastnn_sgk2_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t ncp, ptrdiff_t K,
+                                       float alpha, const float* const* xr, const float* D,
+                                       ptrdiff_t ldd, float beta, float* W, ptrdiff_t ldw) {
+    float aD[SGK_ROWS * SGK2_NR] __attribute__((aligned(32)));
+    for (ptrdiff_t j = 0; j < ncp; j += SGK2_NR) {
+        for (ptrdiff_t r = 0; r < m; r++)
+            for (ptrdiff_t q = 0; q < SGK2_NR; q++)
+                aD[r * SGK2_NR + q] = j + q < nc ? alpha * D[r * ldd + j + q] : 0.0f;
+        ptrdiff_t k = 0;
+        for (; k + SGK2_STEP_MR <= K; k += SGK2_STEP_MR)
+            sgk2_step_block(SGK2_STEP_MR, m, xr, k, aD, beta, W + k * ldw + j, ldw);
+        switch (K - k) {
+#define SGK2_CASE(mr) case mr: sgk2_step_block(mr, m, xr, k, aD, beta, W + k * ldw + j, ldw); break;
+            SGK2_CASE(1) SGK2_CASE(2) SGK2_CASE(3) SGK2_CASE(4)
+#undef SGK2_CASE
+            default: break;
+        }
+    }
+}
+
 #else   /* no kernels: train_fused_impl never runs (fused_apply) */
 static void fastnn_sgk_rows(const void* X, int u8, ptrdiff_t K, const int64_t* rows,
                             ptrdiff_t m, const int64_t* next, ptrdiff_t n_next, float* XT,
@@ -396,6 +536,13 @@ static void fastnn_sgk_forward(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, const flo
 static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, float alpha,
                             const float* XT, const float* const* xr, const float* D,
                             ptrdiff_t ldd, float beta, float* W, ptrdiff_t ldw) { }
+static void fastnn_sgk2_forward(ptrdiff_t m, ptrdiff_t ncp, ptrdiff_t K,
+                                const float* const* xr, const float* const* next,
+                                ptrdiff_t n_next, const float* W, ptrdiff_t ldw, float* Z,
+                                ptrdiff_t ldz) { }
+static void fastnn_sgk2_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t ncp, ptrdiff_t K, float alpha,
+                             const float* const* xr, const float* D, ptrdiff_t ldd, float beta,
+                             float* W, ptrdiff_t ldw) { }
 #endif
 
 #endif
