@@ -3060,8 +3060,9 @@ cdef Py_ssize_t FUSED_STEP_ROWS = 16
 # Without AVX-512 the same limit chooses fusedgemm.h's AVX2 kernels (whole
 # panels of 16 to W's padded width) over smallgemm.h's (the batch gathered
 # first; a last panel of 14 columns in pieces of 8, 4 and 2): on the rows in
-# place, or on a gathered copy (uint8 or float64 X, batches of more than
-# FUSED_STEP_ROWS) where the thread's pads are fewer than FUSED_AVX2_PADS. A
+# place, or on a gathered copy (a uint8 X, batches of more than
+# FUSED_STEP_ROWS, or in-place reads turned off) where the thread's pads are
+# fewer than FUSED_AVX2_PADS. A
 # batch's first-layer forward and step, 10 rows of 60,000, against
 # smallgemm.h's after a gather (AMD EPYC Zen 3, 2 vCPUs, 2026-12-07,
 # interleaved in one process, medians of 20 chunks of 300 batches): in place
@@ -3078,8 +3079,9 @@ cdef int64_t in_place_epochs = 0      # threads' epochs with a batch read in pla
 
 def set_fused_in_place(bint on):
     """Whether a fused epoch reads a float32 X's rows in place (the
-    default), or puts them k-major first as it does other inputs'; returns
-    the previous setting. The parameters are the same bits either way."""
+    default), or copies them first as it does other inputs' (k-major with
+    AVX-512, gathered row-major without); returns the previous setting. The
+    parameters are the same bits either way."""
     global fused_in_place
     previous = fused_in_place
     fused_in_place = on
@@ -3128,7 +3130,9 @@ cdef int train_fused_impl(const input_t* X, const float* Y, const float* sample_
       A_1[:, c0:c1] = act(X[rows] W_0[:, c0:c1] + b_0[c0:c1]), into S
         (without AVX-512: fusedgemm.h's AVX2 kernels on the rows in place
         or A0's, to W_0's padded width, for a thread of at most
-        FUSED_IN_PLACE_COLUMNS columns; smallgemm.h's from A0 for more);
+        FUSED_IN_PLACE_COLUMNS columns; smallgemm.h's from A0 for more
+        columns, or for A0 where the thread has FUSED_AVX2_PADS pads or
+        more);
       one barrier: every thread now reads all of A_1;
       layers 1 .. L-1 forward, the output delta and the loss, every thread
         alike on its own copies (these layers are small: fused_apply);
@@ -3504,8 +3508,8 @@ cdef bint fused_apply(Layout* lay, int optimizer, const double* hyper, Py_ssize_
     on one-chunk batches of at most fused_rows rows with AVX-512's kernels
     (fusedgemm.h's and smallgemm.h's), at most small_rows (and SGK_ROWS)
     with AVX2's (fusedgemm.h's and smallgemm.h's; small_rows is
-    train_units_impl's limit, measured for smallgemm.h's), without dropout or shifted images, for a network of two
-    layers or more and at most SMALL_WEIGHTS parameters (each thread copies
+    train_units_impl's limit, measured for smallgemm.h's), without dropout
+    or shifted images, for a network of two layers or more and at most SMALL_WEIGHTS parameters (each thread copies
     them all), whose layers after the first are small beside it (each
     thread of a team computes them all: at most a quarter of the first
     layer's weights between them). Measured in benchmarks/README.md."""

@@ -399,12 +399,15 @@ SG5_TARGET static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, f
      that a last panel of 14 columns (nielsen30's, or a team thread's) is
      not done in pieces of 8, 4 and 2: in the step that took a 14-column
      panel 5.8 us against 3.0 us for 16 (784 weights a column, 10 rows, a
-     Zen 3 core). A pad column of W stays beta * 0 + sum x * 0 = 0 (X
-     finite, checked before the kernels), a pad of Z gains nothing and is
-     never read.
+     Zen 3 core). A pad column of W stays beta * 0 + sum x * 0 = 0 (fit
+     checks X finite; whatever a pad holds, no real entry reads it), a pad
+     of Z gains nothing and is never read.
    Blocks of up to SGK2_MR = 6 rows by 16 columns (12 ymm accumulators; two
    loads of W or alpha D and mr broadcasts for 2 mr FMAs), as sg_block. */
 enum { SGK2_MR = 6, SGK2_STEP_MR = 4, SGK2_NR = 16 };
+/* fastnn_sgk2_step rounds alpha D first for up to SGK_ROWS rows, as
+   fastnn_sg_gemm_avx2's weight step does for K <= SG_KMAX: the same bits */
+_Static_assert(SGK_ROWS <= SG_KMAX, "the fused batch must fit smallgemm.h's short-K step");
 
 /* Z[0:mr, 0:16] += X[rows] @ W[:, 0:16]: acc_r := Z[r], then for k in
    order acc_r := fma(x_r[k], W[k, :], acc_r); mr a constant at the call
@@ -438,8 +441,8 @@ SG_INLINE void sgk2_forward_block(const int mr, ptrdiff_t K, const float* const*
 }
 
 /* Z (m, ncp) := Z + X (m, K) @ W (K, ncp), ncp a multiple of 16, m <= 64,
-   X's rows xr[r]; the rows next[0..n_next) requested meanwhile (in the
-   first panel). For each 16 columns, the rows in blocks as even as
+   X's rows xr[r]; the rows next[0..n_next) requested meanwhile (by the
+   first block of rows of the first panel). For each 16 columns, the rows in blocks as even as
    SGK2_MR allows (10 rows as 5 + 5: ten accumulators, where 6 + 4 left
    the second block eight, the fewest that keep both FMA pipes busy). */
 SG_TARGET static void fastnn_sgk2_forward(ptrdiff_t m, ptrdiff_t ncp, ptrdiff_t K,

@@ -216,9 +216,10 @@ def test_a_later_layer_on_smallgemm_gives_the_same_bits_in_any_chunk(in_place):
     finally:
         _core.set_conv_in_place(was)
     if _core.small_gemm_isa() != "avx512":
-        # smallgemm.h takes a convolution only with AVX-512 (conv_sg,
-        # conv_in_place); BLAS's products, blocked by the rows they get, may
-        # round differently otherwise: float32's round-off of the sums
+        # smallgemm.h takes this layer only with AVX-512 (conv_sg,
+        # conv_in_place; its windows are not short enough for col_t);
+        # BLAS's products, blocked by the rows they get, may round
+        # differently otherwise: float32's round-off of the sums
         scale = np.abs(X).max() * np.abs(W).sum(axis=(0, 1, 2)).max()
         assert np.abs(outs[1] - outs[0][:7]).max() <= 4e-7 * scale
         assert np.abs(outs[2] - outs[0]).max() <= 4e-7 * scale

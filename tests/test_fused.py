@@ -83,6 +83,16 @@ def test_the_fused_team_is_one_thread_per_16_columns_where_it_runs(isa):
         assert team_for(sizes, **options) == 0, (sizes, options)
 
 
+def test_the_fused_epoch_takes_at_most_64_rows_whatever_small_rows(isa, units_up_to_64):
+    """The fused kernels hold a batch of up to SGK_ROWS (64) rows in their
+    tables; AVX2's take the batches train_units_impl would (small_rows), so a
+    small_rows set higher than that leaves larger batches to
+    train_units_impl (small_rows restored by the fixture)."""
+    _core.set_small_rows(100)
+    assert team_for([784, 30, 10], batch_size=64) == 2
+    assert team_for([784, 30, 10], batch_size=65) == 0
+
+
 def data(rows=1003, features=64, classes=10, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.random((rows, features), dtype=np.float32)
@@ -199,8 +209,8 @@ def test_a_float32_X_read_in_place_trains_the_k_major_copys_weights(case, thread
     a uint8 X, a larger batch or more columns are copied first as before
     (1,003 rows: a last, shorter batch, in place at 47 a batch; three
     threads on 30 columns: one with none). Without AVX-512 the fused epoch
-    takes batches of up to small_rows rows (12 by default): leaky-16 and
-    batch-47 train on train_units_impl there."""
+    takes batches of up to small_rows rows (12 by default on such a CPU):
+    leaky-16 and batch-47 may train on train_units_impl there."""
     team_of(threads)
     fused(True)
     k_major, read, epochs = fit_off_and_on(case, in_place, _core.in_place_epochs_run)
