@@ -398,12 +398,15 @@ SG5_TARGET static void fastnn_sgk_step(ptrdiff_t m, ptrdiff_t nc, ptrdiff_t K, f
      rows ldw and ldz floats apart, pad_layout; the pads of W zero), so
      that a last panel of 14 columns (nielsen30's, or a team thread's) is
      not done in pieces of 8, 4 and 2: in the step that took a 14-column
-     panel 5.8 us against 3.0 us for 16 (784 weights a column, 10 rows, a
-     Zen 3 core). A pad column of W stays beta * 0 + sum x * 0 = 0 (fit
+     panel 5.6-5.8 us against 3.0-3.1 us for 16 (784 weights a column, 10
+     rows, a Zen 3 core, quiet-bench). A pad column of W stays beta * 0 + sum x * 0 = 0 (fit
      checks X finite; whatever a pad holds, no real entry reads it), a pad
      of Z gains nothing and is never read.
-   Blocks of up to SGK2_MR = 6 rows by 16 columns (12 ymm accumulators; two
-   loads of W or alpha D and mr broadcasts for 2 mr FMAs), as sg_block. */
+   The forward's blocks are up to SGK2_MR = 6 rows by 16 columns (12 ymm
+   accumulators; two loads of W and mr broadcasts for 2 mr FMAs), as
+   sg_block's; the step's SGK2_STEP_MR = 4 rows of W (8 accumulators): with
+   5, GCC spilled alpha D to the stack in the extension's build (no
+   constant propagation there), and the step ran 1.6x slower. */
 enum { SGK2_MR = 6, SGK2_STEP_MR = 4, SGK2_NR = 16 };
 /* fastnn_sgk2_step rounds alpha D first for up to SGK_ROWS rows, as
    fastnn_sg_gemm_avx2's weight step does for K <= SG_KMAX: the same bits */

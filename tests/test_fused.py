@@ -221,7 +221,7 @@ def test_a_float32_X_read_in_place_trains_the_k_major_copys_weights(case, thread
     team = min(threads, -(-columns // 16))      # fit caps a team at its column groups
     per_thread = -(-columns // 16 // team) * 16 if team > 1 else columns
     # batch-47's last batch has 16 rows (1,003 = 21 x 47 + 16): in place
-    batch = {"leaky-16": 16, "batch-1": 1, "batch-47": 47}.get(case, 10)
+    batch = CASES[case][1].get("batch_size", 10)
     fused_runs = isa == "avx512" or batch <= _core.get_small_rows()
     direct = fused_runs and case != "uint8" and per_thread <= 64
     assert (epochs > 0) == direct
