@@ -395,8 +395,8 @@ def rows_per_units_thread():
 
 def fused_team(net, table, keep, optimizer, hyper, batch_size, chunk, augment):
     """The most threads that _core.train_fused_impl's epoch (small batches of
-    a float32 dense network, plain SGD, on smallgemm.h's kernels: up to 64
-    rows with AVX-512, small_rows with AVX2) splits a batch among, by
+    a float32 dense network, plain SGD, on fusedgemm.h's and smallgemm.h's
+    kernels: up to 64 rows, with AVX-512 or AVX2) splits a batch among, by
     columns of its first layer; 0 where a team would not take it."""
     if not compiled_float32_dense(net):
         return 0

@@ -3505,10 +3505,8 @@ cdef bint fused_apply(Layout* lay, int optimizer, const double* hyper, Py_ssize_
                       int augment, Py_ssize_t n_threads) noexcept nogil:
     """Whether train_fused_impl runs an epoch (rather than train_units_impl
     or BLAS): a float32 dense network's fused SGD step (no L1, no clipping)
-    on one-chunk batches of at most fused_rows rows with AVX-512's kernels
-    (fusedgemm.h's and smallgemm.h's), at most small_rows (and SGK_ROWS)
-    with AVX2's (fusedgemm.h's and smallgemm.h's; small_rows is
-    train_units_impl's limit, measured for smallgemm.h's), without dropout
+    on one-chunk batches of at most fused_rows rows (fusedgemm.h's and
+    smallgemm.h's kernels, AVX-512's or AVX2's), without dropout
     or shifted images, for a network of two layers or more and at most SMALL_WEIGHTS parameters (each thread copies
     them all), whose layers after the first are small beside it (each
     thread of a team computes them all: at most a quarter of the first
@@ -3517,7 +3515,7 @@ cdef bint fused_apply(Layout* lay, int optimizer, const double* hyper, Py_ssize_
     if not (fused_on and SMALL_GEMM and lay.bf_off < 0
             and optimizer == SGD and hyper[H_L1] == 0 and hyper[H_CLIP_NORM] == 0
             and batch_size <= lay.capacity
-            and batch_size <= (fused_rows if sg_get_isa() == 2 else min(small_rows, SGK_ROWS))
+            and batch_size <= fused_rows
             and lay.n_params <= SMALL_WEIGHTS
             and augment == NO_AUGMENT and lay.n_layers >= 2):
         return False

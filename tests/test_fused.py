@@ -66,12 +66,10 @@ def team_for(sizes, batch_size=10, optimizer="sgd", dropout=None, l2=0.0):
 def test_the_fused_team_is_one_thread_per_16_columns_where_it_runs(isa):
     assert team_for([784, 30, 10]) == 2             # 30 columns: two groups of 16
     assert team_for([784, 100, 10]) == 7
-    # up to 64 rows with AVX-512's kernels, small_rows with AVX2's (12 by
-    # default on a CPU without AVX-512)
-    limit = 64 if isa == "avx512" else _core.get_small_rows()
-    assert team_for([784, 100, 10], batch_size=16, l2=5.0) == (7 if 16 <= limit else 0)
-    assert team_for([784, 100, 10], batch_size=limit) == 7
-    assert team_for([784, 100, 10], batch_size=limit + 1) == 0
+    # up to 64 rows (fused_rows), with AVX-512's kernels or AVX2's
+    assert team_for([784, 100, 10], batch_size=16, l2=5.0) == 7
+    assert team_for([784, 100, 10], batch_size=64) == 7
+    assert team_for([784, 100, 10], batch_size=65) == 0
     assert team_for([100, 40, 20, 10]) == 3         # later layers: 4 x 1,000 <= 4,000
     for sizes, options in [
             ([784, 30, 10], dict(batch_size=65)),       # more rows than the kernels take
@@ -83,12 +81,12 @@ def test_the_fused_team_is_one_thread_per_16_columns_where_it_runs(isa):
         assert team_for(sizes, **options) == 0, (sizes, options)
 
 
-def test_the_fused_epoch_takes_at_most_64_rows_whatever_small_rows(isa, units_up_to_64):
+@pytest.mark.parametrize("rows", [0, 12, 100])
+def test_the_fused_epoch_takes_at_most_64_rows_whatever_small_rows(isa, units_up_to_64, rows):
     """The fused kernels hold a batch of up to SGK_ROWS (64) rows in their
-    tables; AVX2's take the batches train_units_impl would (small_rows), so a
-    small_rows set higher than that leaves larger batches to
-    train_units_impl (small_rows restored by the fixture)."""
-    _core.set_small_rows(100)
+    tables, AVX-512's and AVX2's alike; train_units_impl's limit
+    (small_rows, restored by the fixture) moves neither bound."""
+    _core.set_small_rows(rows)
     assert team_for([784, 30, 10], batch_size=64) == 2
     assert team_for([784, 30, 10], batch_size=65) == 0
 
@@ -208,9 +206,7 @@ def test_a_float32_X_read_in_place_trains_the_k_major_copys_weights(case, thread
     bits as from the batch put k-major first (AVX-512) or gathered (AVX2);
     a uint8 X, a larger batch or more columns are copied first as before
     (1,003 rows: a last, shorter batch, in place at 47 a batch; three
-    threads on 30 columns: one with none). Without AVX-512 the fused epoch
-    takes batches of up to small_rows rows (12 by default on such a CPU):
-    leaky-16 and batch-47 may train on train_units_impl there."""
+    threads on 30 columns: one with none)."""
     team_of(threads)
     fused(True)
     k_major, read, epochs = fit_off_and_on(case, in_place, _core.in_place_epochs_run)
@@ -222,8 +218,8 @@ def test_a_float32_X_read_in_place_trains_the_k_major_copys_weights(case, thread
     per_thread = -(-columns // 16 // team) * 16 if team > 1 else columns
     # batch-47's last batch has 16 rows (1,003 = 21 x 47 + 16): in place
     batch = CASES[case][1].get("batch_size", 10)
-    fused_runs = isa == "avx512" or batch <= _core.get_small_rows()
-    direct = fused_runs and case != "uint8" and per_thread <= 64
+    assert batch <= 64                          # every case takes the fused epoch
+    direct = case != "uint8" and per_thread <= 64
     assert (epochs > 0) == direct
 
 
