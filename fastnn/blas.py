@@ -183,7 +183,7 @@ def forward_team(chunks, spatial, blas_free=False):
     """Threads for one forward of `chunks` chunks; yields the team's size.
 
     A forward that makes no BLAS call (`blas_free`: a dense float32
-    network on smallgemm.h's AVX-512 kernel, `_core.predicts_without_blas`)
+    network on smallgemm.h's kernels, `_core.predicts_without_blas`)
     gives whole chunks to a team of threads, whatever the BLAS's threads.
     With a single-threaded BLAS a team of threads takes whole chunks (see
     team). With a multi-threaded one the chunks run in turn on the BLAS's

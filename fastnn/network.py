@@ -686,7 +686,7 @@ activation='relu', output='softmax', loss='cross_entropy', dtype='float32', seed
         chunk = self._chunk(len(X))
         n_chunks = -(-len(X) // max(chunk, 1))
         # A float32 network whose forward makes no BLAS call (its dense
-        # layers on smallgemm.h's AVX-512 kernel: _core.predicts_without_blas)
+        # layers on smallgemm.h's kernels: _core.predicts_without_blas)
         # and any network on a single-threaded BLAS give whole chunks to a
         # team of threads, sized by blas.team so that concurrent forwards
         # share get_num_threads(); otherwise the chunks run in turn on the

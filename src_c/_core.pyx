@@ -1100,22 +1100,24 @@ cdef Py_ssize_t bf16_packed(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) noexcept n
     return max3(amx_scratch(a, b, c), amx_scratch(a, c, b), amx_scratch(b, c, a))
 
 
-# A forward outside training (predict) in float32 takes smallgemm.h's AVX-512
-# kernel for a dense layer of at most SMALL_WEIGHTS weights at any chunk size:
-# with B packed, a chunk of 1,024 rows runs at 0.87-0.95x OpenBLAS's
-# single-thread speed, and each row's outputs are then computed the same
-# whatever the chunk, the thread count or the calling thread (a team of fastnn's threads takes whole
-# chunks, with no BLAS call to share): [784, 256, 128, 10] 1.12x the BLAS
-# path. A larger W stays on BLAS, whose threaded kernels won there:
-# [784, 1024, 1024, 10] 0.94x (see benchmarks/README.md). Not with the AVX2
-# kernel, which OpenBLAS beats at these sizes (Zen 1).
+# A forward outside training (predict) in float32 takes smallgemm.h's kernels
+# for a dense layer of at most SMALL_WEIGHTS weights at any chunk size: with
+# B packed, a chunk of 1,024 rows runs at 0.87-0.95x OpenBLAS's
+# single-thread speed with AVX-512 (Emerald Rapids) and 1.00-1.02x with AVX2
+# (Zen 3), and each row's outputs are then computed the same whatever the
+# chunk, the thread count or the calling thread (a team of fastnn's threads
+# takes whole chunks, with no BLAS call to share): [784, 256, 128, 10] 1.12x
+# the BLAS path (AVX-512), 1.11x (AVX2, Zen 3). A larger W stays on BLAS,
+# whose threaded kernels won there: [784, 1024, 1024, 10] 0.94x (see
+# benchmarks/README.md). AVX2's unpacked kernel lost to OpenBLAS at these
+# sizes (Zen 1; 0.78x on Zen 3).
 cdef bint small_predict_on = True
 
 
 cdef inline bint small_predict(Py_ssize_t weights) noexcept nogil:
     """Whether predict takes smallgemm.h at any chunk size for a dense layer
     of `weights` entries in W."""
-    return small_predict_on and sg_get_isa() == 2 and weights <= SMALL_WEIGHTS
+    return small_predict_on and sg_get_isa() >= 1 and weights <= SMALL_WEIGHTS
 
 
 cdef inline bint small(Py_ssize_t rows, Py_ssize_t weights) noexcept nogil:
@@ -4315,8 +4317,8 @@ def set_small_gemm_isa(str isa):
 
 
 def set_small_gemm_block(Py_ssize_t nbytes=0):
-    """Bytes of the rows of A that the AVX-512 kernel's blocks of rows read
-    (0: the default, smallgemm.h's SG5_BLOCK_BYTES); returns the value in
+    """Bytes of the rows of A that the packed kernels' blocks of rows read
+    (AVX-512's and AVX2's; 0: the default, smallgemm.h's SG5_BLOCK_BYTES); returns the value in
     effect. The blocking changes the order of the work, not its results."""
     _check(nbytes >= 0, f"nbytes must be >= 0, not {nbytes}")
     return sg_set_block_bytes(nbytes)
@@ -4325,7 +4327,7 @@ def set_small_gemm_block(Py_ssize_t nbytes=0):
 def predicts_without_blas(const int64_t[:, ::1] table):
     """Whether predict() computes this network (a layer table, as
     train_epoch's) in float32 without BLAS: every layer dense, each on
-    smallgemm.h's AVX-512 kernel. Its outputs are then the same bits on any
+    smallgemm.h's kernels (small_predict). Its outputs are then the same bits on any
     team and any thread, and a team of threads needs no single-threaded
     BLAS. (Not for a bfloat16 network, whose products are gemm_bf16's.)"""
     cdef Py_ssize_t l

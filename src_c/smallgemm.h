@@ -16,7 +16,8 @@
  *                   may hold a NaN). A last panel narrower than 16 columns
  *                   goes in pieces of 8, 4, 2 and 1 columns with plain loads
  *                   and stores (sg_panel_tail): masked stores are microcoded
- *                   on AMD's Zen 1 and 2.
+ *                   on AMD's Zen 1 and 2. From SG2_PACK_ROWS rows with alpha
+ *                   1 (predict's chunks), B is packed first (sg2_packed).
  *   fastnn_sg_nt    out (N, I) := D (N, O) @ W (I, O)^T, W's rows ldw apart and
  *                   out's ldo apart
  *                   (a block of columns of a wider matrix): dot products along
@@ -619,6 +620,69 @@ SG5_TARGET static void fastnn_sg_gemm_avx512(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_
     sg5_columns(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
 }
 
+/* ---- AVX2, many rows: B packed ----------------------------------------------
+
+   A forward chunk of hundreds of rows (predict's) on AVX2: B packed first in
+   panels of SG_NR columns (zero past Nc, K rows 64 bytes apart), so that each
+   step k reads the next line of the panel, not a line of another row of B;
+   C's rows in blocks whose rows of Aop fit fastnn_sg5_block_bytes (kept in
+   L2), each block by every panel, equal steps of at most SG2_KC k at a time
+   (at most 24 KiB of the panel, kept in L1 while the block's rows pass over it). A step after the
+   first starts from the sums the one before stored in C (float32 stored and
+   loaded again, exactly), so every entry is computed as sg_block computes it
+   unpacked: beta C (or 0), then one FMA for each k in order; the same bits,
+   whatever M. Only from SG2_PACK_ROWS rows: more than any training chunk
+   on these kernels (SGK_ROWS, small_rows), whose products never pay for
+   packing a W that they read once. */
+enum { SG2_PACK_ROWS = 128, SG2_KC = 384 };
+
+/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed into
+   Bp (ceil(Nc / SG_NR) x K x SG_NR floats) first. */
+SG_TARGET static void sg2_packed(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                                 ptrdiff_t sai, ptrdiff_t sak, const float* B, ptrdiff_t ldb,
+                                 float beta, float* C, ptrdiff_t ldc, float* Bp) {
+    for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
+        const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
+        float* p = Bp + j * K;
+        for (ptrdiff_t k = 0; k < K; k++)
+            for (ptrdiff_t q = 0; q < SG_NR; q++)
+                p[k * SG_NR + q] = q < nc ? B[k * ldb + j + q] : 0.0f;
+    }
+    ptrdiff_t rows = fastnn_sg5_block_bytes / (ptrdiff_t) sizeof(float) / K;
+    rows = rows < SG_MR ? SG_MR : rows / SG_MR * SG_MR;
+    /* K in equal steps of at most SG2_KC: no short last step, which would
+       load and store its block of C for a few FMAs */
+    const ptrdiff_t kstep = (K + (K + SG2_KC - 1) / SG2_KC - 1) / ((K + SG2_KC - 1) / SG2_KC);
+    for (ptrdiff_t i = 0; i < M; i += rows) {
+        const ptrdiff_t mb = M - i < rows ? M - i : rows;
+        for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
+            const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
+            for (ptrdiff_t k = 0; k < K; k += kstep) {
+                const ptrdiff_t kc = K - k < kstep ? K - k : kstep;
+                sg_panel(1, 1, mb, kc, A + i * sai + k * sak, sai, sak, Bp + j * K + k * SG_NR,
+                         SG_NR, C + i * ldc + j, ldc, nc, 1.0f, k == 0 ? beta : 1.0f);
+            }
+        }
+    }
+}
+
+/* fastnn_sg_gemm_avx2, or with SG2_PACK_ROWS rows or more and alpha == 1,
+   sg2_packed (the same bits). */
+SG_TARGET static void sg2_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
+                               const float* A, ptrdiff_t sai, ptrdiff_t sak, const float* B,
+                               ptrdiff_t ldb, float beta, float* C, ptrdiff_t ldc) {
+    if (M >= SG2_PACK_ROWS && alpha == 1.0f && K > 0) {
+        const ptrdiff_t panels = (Nc + SG_NR - 1) / SG_NR;
+        float* Bp = (float*) aligned_alloc(64, (size_t) (panels * K * SG_NR) * sizeof(float));
+        if (Bp != NULL) {
+            sg2_packed(M, Nc, K, A, sai, sak, B, ldb, beta, C, ldc, Bp);
+            free(Bp);
+            return;
+        }
+    }
+    fastnn_sg_gemm_avx2(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
+}
+
 /* Which kernels fastnn_sg_gemm runs: FASTNN_SG_AVX512 where the CPU has
    AVX-512 F and VL, FASTNN_SG_AVX2 where it has AVX2 and FMA, else none
    (set by fastnn_sg_available; tests choose with fastnn_sg_set_isa). */
@@ -657,7 +721,7 @@ static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha, 
     if (fastnn_sg_isa == FASTNN_SG_AVX512)
         fastnn_sg_gemm_avx512(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
     else
-        fastnn_sg_gemm_avx2(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
+        sg2_gemm(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
 }
 
 /* The 8 sums of v[0..7], in order. */

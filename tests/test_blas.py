@@ -250,13 +250,14 @@ def test_prime_runs_once_per_dtype_and_thread_count_and_only_on_a_single_threade
     assert calls == [(4, False)]
 
 
-def test_a_dense_forward_without_blas_gives_the_same_bits_on_any_team_and_thread():
-    """Where every dense layer's forward takes smallgemm.h's AVX-512 kernel
-    (_core.predicts_without_blas), each row's outputs are computed alone:
-    the same bits on one thread or a team, whatever the BLAS's threads, from
-    the main thread or another, and for the row on its own; they agree with
-    the BLAS path to float32 rounding. Elsewhere (no AVX-512, or a layer
-    larger than SMALL_WEIGHTS) the forward stays on BLAS."""
+def test_a_dense_forward_without_blas_gives_the_same_bits_on_any_team_and_thread(isa):
+    """Where every dense layer's forward takes smallgemm.h's kernels
+    (_core.predicts_without_blas; AVX-512's or AVX2's, B packed in chunks of
+    128 rows or more), each row's outputs are computed alone: the same bits
+    on one thread or a team, whatever the BLAS's threads, from the main
+    thread or another, and for the row on its own; they agree with the BLAS
+    path to float32 rounding. A layer larger than SMALL_WEIGHTS stays on
+    BLAS."""
     import threading
 
     from threadpoolctl import threadpool_limits
@@ -269,9 +270,6 @@ def test_a_dense_forward_without_blas_gives_the_same_bits_on_any_team_and_thread
     X = np.random.default_rng(2).random((3000, 100), dtype=np.float32)    # 3 chunks
     wide = Network([100, 1024, 1024, 10], seed=0)
     assert not _core.predicts_without_blas(wide.plan.table()[0])       # 2^20 weights
-    if _core.small_gemm_isa() != "avx512":
-        assert not _core.predicts_without_blas(table)
-        return
     assert _core.predicts_without_blas(table)
     before = get_num_threads()
     try:

@@ -184,19 +184,20 @@ def test_every_kernel_gives_the_same_bits():
 
 
 @pytest.mark.parametrize("block", [0, 1, 12 * 4 * 300, 1 << 30])
-def test_many_rows_are_packed_and_blocked_to_the_same_bits(block):
-    """From 48 rows on, the AVX-512 kernel packs B and goes through A in
-    blocks of rows and steps of 256 along K, the sums stored in C between
-    steps: every entry is still computed as the unpacked kernel computes it,
-    which 12 rows at a time (below the packing threshold) give. Blocks of
-    one group of rows (block 1), of a few, and of all of them; K across the
-    steps; beta 0 with a NaN in C (not read), 1 and another."""
-    before = _core.set_small_gemm_isa(ISAS[-1])    # AVX2's (no packing) where it is the best
+def test_many_rows_are_packed_and_blocked_to_the_same_bits(block, isa):
+    """From 48 rows on (AVX-512) or 128 (AVX2), the kernel packs B and goes
+    through A in blocks of rows and steps along K (256; AVX2's equal steps of
+    at most 384), the sums stored in C between steps: every entry is still
+    computed as the unpacked kernel computes it, which 12 rows at a time
+    (below the packing threshold) give. Blocks of one group of rows (block
+    1), of a few, and of all of them; K across the steps; beta 0 with a NaN
+    in C (not read), 1 and another."""
     try:
         _core.set_small_gemm_block(block)
         rng = np.random.default_rng(block % 1000)
         for M, K, N in [(48, 1, 1), (49, 255, 33), (100, 256, 32), (130, 257, 100),
-                        (300, 784, 30), (61, 513, 17), (1024, 130, 10)]:
+                        (300, 784, 30), (61, 513, 17), (1024, 130, 10), (128, 385, 16),
+                        (200, 769, 47)]:
             A = rng.standard_normal((M, K)).astype(np.float32)
             B = rng.standard_normal((K, N)).astype(np.float32)
             for beta in (0.0, 1.0, 0.5):
@@ -211,7 +212,6 @@ def test_many_rows_are_packed_and_blocked_to_the_same_bits(block):
                 assert np.isfinite(packed).all()
     finally:
         _core.set_small_gemm_block(0)
-        _core.set_small_gemm_isa(before)
 
 
 def test_small_kernels_refuse_shapes_that_do_not_match():
