@@ -813,6 +813,10 @@ cdef extern from "smallgemm.h":
                                   const float* A, Py_ssize_t sai, Py_ssize_t sak,
                                   const float* B, Py_ssize_t ldb, float beta,
                                   float* C, Py_ssize_t ldc) noexcept nogil
+    void sg_gemm_forward "fastnn_sg_gemm_forward"(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
+                                                  const float* A, Py_ssize_t sai, Py_ssize_t sak,
+                                                  const float* B, Py_ssize_t ldb, float beta,
+                                                  float* C, Py_ssize_t ldc) noexcept nogil
     void sg_nt "fastnn_sg_nt"(Py_ssize_t N, Py_ssize_t I, Py_ssize_t O, const float* D,
                               const float* W, Py_ssize_t ldw, float* out,
                               Py_ssize_t ldo) noexcept nogil
@@ -1103,7 +1107,7 @@ cdef Py_ssize_t bf16_packed(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) noexcept n
 # A forward outside training (predict) in float32 takes smallgemm.h's kernels
 # for a dense layer of at most SMALL_WEIGHTS weights at any chunk size: with
 # B packed, a chunk of 1,024 rows runs at 0.87-0.95x OpenBLAS's
-# single-thread speed with AVX-512 (Emerald Rapids) and 1.00-1.02x with AVX2
+# single-thread speed with AVX-512 (Emerald Rapids) and 1.02-1.05x with AVX2
 # (Zen 3), and each row's outputs are then computed the same whatever the
 # chunk, the thread count or the calling thread (a team of fastnn's threads
 # takes whole chunks, with no BLAS call to share): [784, 256, 128, 10] 1.12x
@@ -1367,7 +1371,10 @@ cdef bint linear_forward_impl(const floating* A, const floating* W,
         for j in range(O):
             Z[r * O + j] = b[j]
     if floating is float:
-        if (small(N, I * O) or (predicting and small_predict(I * O))) and bf == NULL:
+        if bf == NULL and predicting and small_predict(I * O):
+            sg_gemm_forward(N, O, I, A, I, 1, W, O, 1, Z, O)     # B packed for many rows
+            return False
+        if bf == NULL and small(N, I * O):
             sg_gemm(N, O, I, 1, A, I, 1, W, O, 1, Z, O)
             return False
     # column-major Z^T (O, N) += W^T (O, I) @ A^T (I, N)
@@ -4176,8 +4183,8 @@ def fused_team(const int64_t[:, ::1] table, Py_ssize_t capacity, const double[::
     """The most threads among which train_epoch's fused epoch
     (train_fused_impl) splits a batch of a float32 network: one per 16
     columns of the first layer; 0 if a team of two would not take it (it
-    may still run on one thread: train_units_impl's team is the other
-    choice, with the same weights)."""
+    may still run on one thread: train_units_impl's team, where small_rows
+    allows, is the other choice, with the same weights)."""
     cdef Py_ssize_t n_params
     cdef Layout lay = _new_layout(table, capacity, keep, &n_params)
     try:
@@ -4492,19 +4499,27 @@ def set_small_rows(Py_ssize_t rows):
 
 
 def small_gemm(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C,
-               float alpha=1, float beta=0, bint transpose_a=False):
+               float alpha=1, float beta=0, bint transpose_a=False, bint forward=False):
     """C := beta C + alpha op(A) @ B with smallgemm.h's kernel, op(A) = A or
-    A^T.  op(A) (M, K), B (K, Nc), C (M, Nc). beta == 0 does not read C."""
+    A^T.  op(A) (M, K), B (K, Nc), C (M, Nc). beta == 0 does not read C.
+    forward: the kernel predict's forward takes (fastnn_sg_gemm_forward,
+    alpha 1), which packs B for many rows with AVX2 too."""
     cdef Py_ssize_t M = A.shape[1] if transpose_a else A.shape[0]
     cdef Py_ssize_t K = A.shape[0] if transpose_a else A.shape[1]
     cdef Py_ssize_t Nc = B.shape[1]
     _check(SMALL_GEMM, "small_gemm: this CPU lacks AVX2 or FMA")
     _check(B.shape[0] == K and C.shape[0] == M and C.shape[1] == Nc,
            "small_gemm: shapes do not match")
+    _check(not forward or alpha == 1, "small_gemm: forward=True takes alpha 1")
     if M == 0 or Nc == 0:
         return
     with nogil:
-        if transpose_a:
+        if forward and K > 0:
+            if transpose_a:
+                sg_gemm_forward(M, Nc, K, &A[0, 0], 1, M, &B[0, 0], Nc, beta, &C[0, 0], Nc)
+            else:
+                sg_gemm_forward(M, Nc, K, &A[0, 0], K, 1, &B[0, 0], Nc, beta, &C[0, 0], Nc)
+        elif transpose_a:
             sg_gemm(M, Nc, K, alpha, &A[0, 0], 1, M, &B[0, 0] if K else NULL, Nc, beta,
                     &C[0, 0], Nc)
         else:

@@ -16,8 +16,11 @@
  *                   may hold a NaN). A last panel narrower than 16 columns
  *                   goes in pieces of 8, 4, 2 and 1 columns with plain loads
  *                   and stores (sg_panel_tail): masked stores are microcoded
- *                   on AMD's Zen 1 and 2. From SG2_PACK_ROWS rows with alpha
- *                   1 (predict's chunks), B is packed first (sg2_packed).
+ *                   on AMD's Zen 1 and 2.
+ *   fastnn_sg_gemm_forward
+ *                   the same with alpha 1, for a forward outside training:
+ *                   from SG2_PACK_ROWS rows AVX2's packs B first (sg2_packed),
+ *                   as AVX-512's fastnn_sg_gemm does from SG5_PACK_ROWS.
  *   fastnn_sg_nt    out (N, I) := D (N, O) @ W (I, O)^T, W's rows ldw apart and
  *                   out's ldo apart
  *                   (a block of columns of a wider matrix): dot products along
@@ -631,9 +634,10 @@ SG5_TARGET static void fastnn_sg_gemm_avx512(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_
    first starts from the sums the one before stored in C (float32 stored and
    loaded again, exactly), so every entry is computed as sg_block computes it
    unpacked: beta C (or 0), then one FMA for each k in order; the same bits,
-   whatever M. Only from SG2_PACK_ROWS rows: more than any training chunk
-   on these kernels (SGK_ROWS, small_rows), whose products never pay for
-   packing a W that they read once. */
+   whatever M. Only for a forward outside training (fastnn_sg_gemm_forward),
+   from SG2_PACK_ROWS rows: training's products read their B once or a few
+   times (a batch's rows against W), and would pay for the packing and its
+   allocation. */
 enum { SG2_PACK_ROWS = 128, SG2_KC = 384 };
 
 /* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed into
@@ -721,7 +725,19 @@ static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha, 
     if (fastnn_sg_isa == FASTNN_SG_AVX512)
         fastnn_sg_gemm_avx512(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
     else
-        sg2_gemm(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
+        fastnn_sg_gemm_avx2(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
+}
+
+/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) for a forward outside
+   training (predict's chunks): fastnn_sg_gemm, except that AVX2's packs B
+   from SG2_PACK_ROWS rows (sg2_gemm). The same bits as fastnn_sg_gemm. */
+static void fastnn_sg_gemm_forward(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                                   ptrdiff_t sai, ptrdiff_t sak, const float* B,
+                                   ptrdiff_t ldb, float beta, float* C, ptrdiff_t ldc) {
+    if (fastnn_sg_isa == FASTNN_SG_AVX512)
+        fastnn_sg_gemm_avx512(M, Nc, K, 1.0f, A, sai, sak, B, ldb, beta, C, ldc);
+    else
+        sg2_gemm(M, Nc, K, 1.0f, A, sai, sak, B, ldb, beta, C, ldc);
 }
 
 /* The 8 sums of v[0..7], in order. */
@@ -922,6 +938,9 @@ static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
                            const float* A, ptrdiff_t sai, ptrdiff_t sak,
                            const float* B, ptrdiff_t ldb, float beta,
                            float* C, ptrdiff_t ldc) { }
+static void fastnn_sg_gemm_forward(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                                   ptrdiff_t sai, ptrdiff_t sak, const float* B,
+                                   ptrdiff_t ldb, float beta, float* C, ptrdiff_t ldc) { }
 static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const float* D,
                          const float* W, ptrdiff_t ldw, float* out, ptrdiff_t ldo) { }
 static void fastnn_sg_transpose_bias(ptrdiff_t R, ptrdiff_t C, const float* src,

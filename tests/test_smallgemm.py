@@ -185,13 +185,14 @@ def test_every_kernel_gives_the_same_bits():
 
 @pytest.mark.parametrize("block", [0, 1, 12 * 4 * 300, 1 << 30])
 def test_many_rows_are_packed_and_blocked_to_the_same_bits(block, isa):
-    """From 48 rows on (AVX-512) or 128 (AVX2), the kernel packs B and goes
-    through A in blocks of rows and steps along K (256; AVX2's equal steps of
-    at most 384), the sums stored in C between steps: every entry is still
-    computed as the unpacked kernel computes it, which 12 rows at a time
-    (below the packing threshold) give. Blocks of one group of rows (block
-    1), of a few, and of all of them; K across the steps; beta 0 with a NaN
-    in C (not read), 1 and another."""
+    """From 48 rows on (AVX-512's products; with AVX2 only predict's forward,
+    from 128 rows), the kernel packs B and goes through A in blocks of rows
+    and steps along K (256; AVX2's equal steps of at most 384), the sums
+    stored in C between steps: every entry is still computed as the unpacked
+    kernel computes it, which 12 rows at a time (below the packing
+    threshold) give. Blocks of one group of rows (block 1), of a few, and of
+    all of them; K across the steps; beta 0 with a NaN in C (not read), 1
+    and another; A as it is and transposed."""
     try:
         _core.set_small_gemm_block(block)
         rng = np.random.default_rng(block % 1000)
@@ -200,22 +201,31 @@ def test_many_rows_are_packed_and_blocked_to_the_same_bits(block, isa):
                         (200, 769, 47)]:
             A = rng.standard_normal((M, K)).astype(np.float32)
             B = rng.standard_normal((K, N)).astype(np.float32)
+            AT = np.ascontiguousarray(A.T)
             for beta in (0.0, 1.0, 0.5):
                 C = rng.standard_normal((M, N)).astype(np.float32)
                 if beta == 0:
                     C[0, 0] = np.nan
-                packed, rows = C.copy(), C.copy()
-                _core.small_gemm(A, B, packed, 1.0, beta)
+                rows = C.copy()
                 for i in range(0, M, 12):
                     _core.small_gemm(A[i:i + 12], B, rows[i:i + 12], 1.0, beta)
-                assert_array_equal(packed.view(np.int32), rows.view(np.int32))
-                assert np.isfinite(packed).all()
+                assert np.isfinite(rows).all()
+                for forward in (False, True):
+                    packed, transposed = C.copy(), C.copy()
+                    _core.small_gemm(A, B, packed, 1.0, beta, forward=forward)
+                    _core.small_gemm(AT, B, transposed, 1.0, beta, transpose_a=True,
+                                     forward=forward)
+                    assert_array_equal(packed.view(np.int32), rows.view(np.int32))
+                    assert_array_equal(transposed.view(np.int32), rows.view(np.int32))
     finally:
         _core.set_small_gemm_block(0)
 
 
 def test_small_kernels_refuse_shapes_that_do_not_match():
     A = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="alpha 1"):
+        _core.small_gemm(A, np.zeros((4, 2), np.float32), np.zeros((3, 2), np.float32), 0.5,
+                         forward=True)
     with pytest.raises(ValueError, match="shapes do not match"):
         _core.small_gemm(A, np.zeros((5, 2), np.float32), np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match="shapes do not match"):
