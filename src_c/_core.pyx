@@ -861,21 +861,24 @@ cdef Py_ssize_t small_rows = SMALL_ROWS_DEFAULT if SMALL_GEMM else 0
 # for its two products instead of BLAS, whose packing dominates at its short
 # K (25 for 5x5 on one channel): see conv_forward_impl, conv_backward_impl.
 cdef bint small_conv = SMALL_GEMM
-# A later convolution layer (not col_t) in float32 takes them too on the
-# AVX-512 kernels, where its W (K, F) has at most CONV_SG_WEIGHTS entries:
-# BLAS packed each im2col block again for each of its three products (9 % of
-# conv2-relu's profile at batch 64, K = 500, F = 40), where smallgemm.h reads
-# the block in place and packs W once per batch (conv_forward_impl). Fits on
-# two threads (Emerald Rapids): K x F of 20,000 1.07x, 18,432 1.19x, 73,728
-# 1.09x, 294,912 1.01x (benchmarks/README.md).
+# A later convolution layer (not col_t) in float32 takes them too, where its
+# W (K, F) has at most CONV_SG_WEIGHTS entries: BLAS packed each im2col
+# block again for each of its three products (9 % of conv2-relu's profile
+# at batch 64, K = 500, F = 40), where smallgemm.h reads the block in place
+# and packs W once per batch (conv_forward_impl). Fits on two threads
+# (Emerald Rapids, AVX-512): K x F of 20,000 1.07x, 18,432 1.19x, 73,728
+# 1.09x, 294,912 1.01x. With AVX2 (Zen 3), conv2-relu's second layer on 32
+# samples: forward 1.35x (windows in place), backward 1.2x; its fit at
+# batch 10 and 64 on two threads 1.1-1.4x (benchmarks/README.md).
 cdef Py_ssize_t CONV_SG_WEIGHTS = 1 << 17
 
 
 cdef inline bint conv_kernels(const Geometry* g) noexcept nogil:
     """Whether a convolution layer's W is small enough for smallgemm.h's
-    AVX-512 kernels, and they are on (conv_sg, conv_in_place; the caller
-    checks the dtype and that the network is not bfloat16)."""
-    return small_conv and sg_get_isa() == 2 and g.K * g.out_c <= CONV_SG_WEIGHTS
+    packed kernels (AVX-512 or AVX2), and they are on (conv_sg,
+    conv_in_place; the caller checks the dtype and that the network is not
+    bfloat16)."""
+    return small_conv and sg_get_isa() >= 1 and g.K * g.out_c <= CONV_SG_WEIGHTS
 
 
 cdef inline bint conv_sg(const Geometry* g) noexcept nogil:
@@ -896,7 +899,7 @@ cdef bint conv_in_place_on = True     # set_conv_in_place
 cdef inline bint conv_in_place(const Geometry* g) noexcept nogil:
     """Whether a float32 convolution layer's forward reads each window in
     place (sg_gemm_rows) rather than copy it (im2col, im2col_t) first: on
-    smallgemm.h's AVX-512 kernels (conv_kernels), where every window lies
+    smallgemm.h's packed kernels (conv_kernels), where every window lies
     inside the image (no padding reaches it)."""
     return (conv_in_place_on and conv_kernels(g)
             and g.pt == 0 and g.pl == 0 and (g.out_h - 1) * g.sh + g.kh <= g.in_h
@@ -1868,7 +1871,7 @@ cdef void conv_forward_impl(const floating* A, const floating* W, const floating
     smallgemm.h (conv_sg) packs W once, after the block in col, and
     computes Z (nr, F) += col (nr, K) @ W (K, F) from each block in place;
     where every window lies inside the image, any float32 layer on the
-    AVX-512 kernels (conv_in_place, a col_t one too) multiplies the windows
+    packed kernels (conv_in_place, a col_t one too) multiplies the windows
     themselves, with no im2col copy (sg_gemm_rows: for a layer that would
     take conv_sg, the same bits), W packed at the start of col (col_t) or
     after the block.
@@ -4264,7 +4267,7 @@ def set_conv_blocking(Py_ssize_t entries, Py_ssize_t min_rows):
 def set_small_conv(bint on):
     """Whether convolution layers in float32 use smallgemm.h's kernels (the
     default where the CPU has AVX2 and FMA: a first layer's col_t products,
-    and on AVX-512 the others' up to CONV_SG_WEIGHTS, conv_sg) or BLAS;
+    and the others' up to CONV_SG_WEIGHTS, conv_sg) or BLAS;
     returns the previous setting. For tests and benchmarks: it applies to the whole process, so
     call it while no kernel runs."""
     global small_conv
@@ -4285,7 +4288,7 @@ def set_conv_sg_weights(Py_ssize_t weights):
 
 
 def set_conv_in_place(bint on):
-    """Whether a float32 convolution layer's forward on the AVX-512 kernels
+    """Whether a float32 convolution layer's forward on the packed kernels
     reads each window in place where all lie inside the image (the default:
     conv_in_place) or copies them (im2col, im2col_t) first; returns the
     setting before. The same bits either way (a col_t layer adds its bias

@@ -33,10 +33,10 @@
  *                   dst (C, R) := src (R, C)^T + bias (R,) along dst's rows:
  *                   a convolution's output block computed transposed (filters
  *                   x pixels) put back in NHWC order, 8 x 8 at a time.
- *   fastnn_sg_pack_bp, fastnn_sg_gemm_bp (AVX-512)
+ *   fastnn_sg_pack_bp, fastnn_sg_gemm_bp
  *                   B packed once (W, or W^T), then multiplied by many blocks
  *                   of rows: a convolution's im2col blocks.
- *   fastnn_sg_gemm_rows (AVX-512)
+ *   fastnn_sg_gemm_rows
  *                   the same product with each row of A read in place as a
  *                   few segments a stride apart: a convolution's windows in
  *                   the image itself, with no im2col copy.
@@ -453,8 +453,11 @@ static ptrdiff_t fastnn_sg_bp_size(ptrdiff_t Nc, ptrdiff_t K) {
 
 /* Bp := B (K, Nc) in panels (panels x K x SG5_NR floats, zero past Nc), B[k, j]
    = B[k * sbk + j * sbj]: a W (sbj == 1) or its transpose (sbk == 1) packed
-   once for the products of many blocks of rows (fastnn_sg_gemm_bp). */
-SG5_TARGET static void fastnn_sg_pack_bp(ptrdiff_t Nc, ptrdiff_t K, const float* B,
+   once for the products of many blocks of rows (fastnn_sg_gemm_bp). The
+   layout is the same for AVX2's kernels (sg2_gemm_bp, sg2_gemm_rows), which
+   take each panel as two halves of 16 columns; compiled for AVX2, so that
+   both call it. */
+SG_TARGET static void fastnn_sg_pack_bp(ptrdiff_t Nc, ptrdiff_t K, const float* B,
                                          ptrdiff_t sbk, ptrdiff_t sbj, float* Bp) {
     for (ptrdiff_t j = 0; j < Nc; j += SG5_NR) {
         const ptrdiff_t nc = Nc - j < SG5_NR ? Nc - j : SG5_NR;
@@ -469,9 +472,9 @@ SG5_TARGET static void fastnn_sg_pack_bp(ptrdiff_t Nc, ptrdiff_t K, const float*
    (fastnn_sg_pack_bp), in the blocks said above: every entry the same FMAs
    in the same order as sg5_columns, so the same bits whatever M and
    whatever the rows around it. */
-SG5_TARGET static void fastnn_sg_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
-                                         ptrdiff_t sai, ptrdiff_t sak, const float* Bp,
-                                         float beta, float* C, ptrdiff_t ldc) {
+SG5_TARGET static void sg5_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                                   ptrdiff_t sai, ptrdiff_t sak, const float* Bp, float beta,
+                                   float* C, ptrdiff_t ldc) {
     ptrdiff_t rows = fastnn_sg5_block_bytes / (ptrdiff_t) sizeof(float) / (K > 0 ? K : 1);
     rows = rows < SG5_MR ? SG5_MR : rows / SG5_MR * SG5_MR;
     for (ptrdiff_t i = 0; i < M; i += rows) {
@@ -573,10 +576,9 @@ SG5_INLINE void sg5_panel_rows(const int halves, const int from_c, ptrdiff_t M,
    (sg5_block_rows), B packed in Bp (fastnn_sg_pack_bp): each panel whole
    segments at a time, up to SG5_KC steps of k (kept in L1 while the rows
    pass over it). */
-SG5_TARGET static void fastnn_sg_gemm_rows(ptrdiff_t M, ptrdiff_t Nc, const float* const* rows,
-                                           ptrdiff_t nseg, ptrdiff_t seglen, ptrdiff_t sstride,
-                                           const float* Bp, float beta, float* C,
-                                           ptrdiff_t ldc) {
+SG5_TARGET static void sg5_gemm_rows(ptrdiff_t M, ptrdiff_t Nc, const float* const* rows,
+                                     ptrdiff_t nseg, ptrdiff_t seglen, ptrdiff_t sstride,
+                                     const float* Bp, float beta, float* C, ptrdiff_t ldc) {
     const ptrdiff_t K = nseg * seglen;
     const ptrdiff_t step = seglen >= SG5_KC ? 1 : SG5_KC / (seglen > 0 ? seglen : 1);
     for (ptrdiff_t j = 0; j < Nc; j += SG5_NR) {
@@ -602,7 +604,7 @@ SG5_TARGET static void sg5_packed(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const 
                                   ptrdiff_t sai, ptrdiff_t sak, const float* B, ptrdiff_t ldb,
                                   float beta, float* C, ptrdiff_t ldc, float* Bp) {
     fastnn_sg_pack_bp(Nc, K, B, ldb, 1, Bp);
-    fastnn_sg_gemm_bp(M, Nc, K, A, sai, sak, Bp, beta, C, ldc);
+    sg5_gemm_bp(M, Nc, K, A, sai, sak, Bp, beta, C, ldc);
 }
 
 /* C (M, Nc) := beta C + alpha Aop (M, K) @ B (K, Nc): sg5_columns, or with
@@ -687,6 +689,140 @@ SG_TARGET static void sg2_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alp
     fastnn_sg_gemm_avx2(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
 }
 
+/* ---- AVX2, B packed once: a convolution's blocks ---------------------------
+
+   A later convolution layer multiplies every block of its rows (im2col's, or
+   its windows in place) by the same W (K, F), or W^T: packed once per batch
+   by fastnn_sg_pack_bp, in AVX-512's panels of SG5_NR = 32 columns, so that
+   a layer's scratch is the same on either CPU. AVX2 takes each panel as two
+   halves of 16 columns (a step k reads one 64-byte line of the panel's 128),
+   C's rows in blocks of fastnn_sg5_block_bytes as sg2_packed's, K in equal
+   steps of at most SG2_KC. Every entry: beta C (or 0), then one FMA for each
+   k in order, as sg_block and sg5_block compute it; the same bits as
+   AVX-512's sg5_gemm_bp and sg5_gemm_rows, and as the unpacked kernels. */
+
+/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed in Bp
+   (fastnn_sg_pack_bp). A half of 8 columns or fewer (F = 40's last) goes in
+   sg_panel_tail's pieces, as fastnn_sg_gemm_avx2's does. */
+SG_TARGET static void sg2_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                                  ptrdiff_t sai, ptrdiff_t sak, const float* Bp, float beta,
+                                  float* C, ptrdiff_t ldc) {
+    if (K <= 0)
+        return;     /* as sg5_gemm_bp: no step of k (a layer's K is never 0) */
+    ptrdiff_t rows = fastnn_sg5_block_bytes / (ptrdiff_t) sizeof(float) / K;
+    rows = rows < SG_MR ? SG_MR : rows / SG_MR * SG_MR;
+    const ptrdiff_t kstep = (K + (K + SG2_KC - 1) / SG2_KC - 1) / ((K + SG2_KC - 1) / SG2_KC);
+    for (ptrdiff_t i = 0; i < M; i += rows) {
+        const ptrdiff_t mb = M - i < rows ? M - i : rows;
+        for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
+            /* columns [j, j + nc) of C: half (j % SG5_NR) of panel j / SG5_NR */
+            const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
+            const float* panel = Bp + (j - j % SG5_NR) * K + j % SG5_NR;
+            for (ptrdiff_t k = 0; k < K; k += kstep) {
+                const ptrdiff_t kc = K - k < kstep ? K - k : kstep;
+                const float* a = A + i * sai + k * sak;
+                const float* b = panel + k * SG5_NR;
+                float* c = C + i * ldc + j;
+                const float bt = k == 0 ? beta : 1.0f;
+                if (nc <= 8)
+                    sg_panel_tail(mb, kc, a, sai, sak, b, SG5_NR, c, ldc, nc, bt);
+                else
+                    sg_panel(1, 1, mb, kc, a, sai, sak, b, SG5_NR, c, ldc, nc, 1.0f, bt);
+            }
+        }
+    }
+}
+
+/* sg5_block_rows on AVX2: rows [0, mr) of C by columns [0, nc), nc <= W (8
+   or 16: one or two ymm a row), Aop's row r read in place as segments
+   rows[r] + s * sstride, from C (FROM_C) or 0, then one FMA for each k in
+   order. B: the half panel, rows SG5_NR apart. mr, W and FROM_C are
+   constants at every call site. */
+SG_INLINE void sg2_block_rows(const int mr, const int w, const int from_c,
+                              const float* const* rows, ptrdiff_t s0, ptrdiff_t s1,
+                              ptrdiff_t seglen, ptrdiff_t sstride, const float* B, float* C,
+                              ptrdiff_t ldc, ptrdiff_t nc) {
+    __m256 acc[SG_MR][2];
+    const ptrdiff_t n0 = nc < 8 ? nc : 8, n1 = nc > 8 ? nc - 8 : 0;
+    for (int r = 0; r < mr; r++) {
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        if (from_c) {
+            acc[r][0] = sg_load_half(C + r * ldc, n0, sg_mask(n0));
+            if (w == 16)
+                acc[r][1] = sg_load_half(C + r * ldc + 8, n1, sg_mask(n1));
+        }
+    }
+    for (ptrdiff_t s = s0; s < s1; s++) {
+        const float* a[SG_MR];
+        for (int r = 0; r < mr; r++)
+            a[r] = rows[r] + s * sstride;
+        const float* b = B + (s - s0) * seglen * SG5_NR;
+        for (ptrdiff_t j = 0; j < seglen; j++, b += SG5_NR) {
+            const __m256 b0 = _mm256_loadu_ps(b);
+            const __m256 b1 = w == 16 ? _mm256_loadu_ps(b + 8) : b0;
+            for (int r = 0; r < mr; r++) {
+                const __m256 x = _mm256_broadcast_ss(a[r] + j);
+                acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
+                if (w == 16)
+                    acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+            }
+        }
+    }
+    /* the masks made here, not kept in registers through the loop above:
+       12 accumulators, B's two vectors and a broadcast take 15 of the 16 */
+    for (int r = 0; r < mr; r++) {
+        sg_store_half(C + r * ldc, n0, sg_mask(n0), acc[r][0]);
+        if (w == 16)
+            sg_store_half(C + r * ldc + 8, n1, sg_mask(n1), acc[r][1]);
+    }
+}
+
+SG_INLINE void sg2_panel_rows(const int w, const int from_c, ptrdiff_t M,
+                              const float* const* rows, ptrdiff_t s0, ptrdiff_t s1,
+                              ptrdiff_t seglen, ptrdiff_t sstride, const float* B, float* C,
+                              ptrdiff_t ldc, ptrdiff_t nc) {
+    ptrdiff_t i = 0;
+#define SG2_ROWS(mr) sg2_block_rows(mr, w, from_c, rows + i, s0, s1, seglen, sstride, B, \
+                                    C + i * ldc, ldc, nc)
+    for (; i + SG_MR <= M; i += SG_MR)
+        SG2_ROWS(SG_MR);
+    switch (M - i) {
+        case 5: SG2_ROWS(5); break;
+        case 4: SG2_ROWS(4); break;
+        case 3: SG2_ROWS(3); break;
+        case 2: SG2_ROWS(2); break;
+        case 1: SG2_ROWS(1); break;
+        default: break;
+    }
+#undef SG2_ROWS
+}
+
+/* sg5_gemm_rows on AVX2: C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc), beta 0
+   or 1, K = nseg x seglen, Aop's rows read in place; each half panel whole
+   segments at a time, up to SG2_KC steps of k. */
+SG_TARGET static void sg2_gemm_rows(ptrdiff_t M, ptrdiff_t Nc, const float* const* rows,
+                                    ptrdiff_t nseg, ptrdiff_t seglen, ptrdiff_t sstride,
+                                    const float* Bp, float beta, float* C, ptrdiff_t ldc) {
+    const ptrdiff_t K = nseg * seglen;
+    const ptrdiff_t step = seglen >= SG2_KC ? 1 : SG2_KC / (seglen > 0 ? seglen : 1);
+    for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
+        const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
+        const float* panel = Bp + (j - j % SG5_NR) * K + j % SG5_NR;
+        for (ptrdiff_t s = 0; s < nseg; s += step) {
+            const ptrdiff_t s1 = nseg - s < step ? nseg : s + step;
+            const float* b = panel + s * seglen * SG5_NR;
+            const int from_c = s > 0 || beta != 0.0f;
+#define SG2_RUN(w, f) sg2_panel_rows(w, f, M, rows, s, s1, seglen, sstride, b, C + j, ldc, nc)
+            if (nc <= 8) {
+                if (from_c) SG2_RUN(8, 1); else SG2_RUN(8, 0);
+            } else {
+                if (from_c) SG2_RUN(16, 1); else SG2_RUN(16, 0);
+            }
+#undef SG2_RUN
+        }
+    }
+}
+
 /* Which kernels fastnn_sg_gemm runs: FASTNN_SG_AVX512 where the CPU has
    AVX-512 F and VL, FASTNN_SG_AVX2 where it has AVX2 and FMA, else none
    (set by fastnn_sg_available; tests choose with fastnn_sg_set_isa). */
@@ -738,6 +874,28 @@ static void fastnn_sg_gemm_forward(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const
         fastnn_sg_gemm_avx512(M, Nc, K, 1.0f, A, sai, sak, B, ldb, beta, C, ldc);
     else
         sg2_gemm(M, Nc, K, 1.0f, A, sai, sak, B, ldb, beta, C, ldc);
+}
+
+/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed in Bp
+   (fastnn_sg_pack_bp): sg5_gemm_bp or sg2_gemm_bp, the same bits. */
+static void fastnn_sg_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                              ptrdiff_t sai, ptrdiff_t sak, const float* Bp, float beta,
+                              float* C, ptrdiff_t ldc) {
+    if (fastnn_sg_isa == FASTNN_SG_AVX512)
+        sg5_gemm_bp(M, Nc, K, A, sai, sak, Bp, beta, C, ldc);
+    else
+        sg2_gemm_bp(M, Nc, K, A, sai, sak, Bp, beta, C, ldc);
+}
+
+/* The same product, Aop's rows read in place as segments (a convolution's
+   windows): sg5_gemm_rows or sg2_gemm_rows, the same bits. */
+static void fastnn_sg_gemm_rows(ptrdiff_t M, ptrdiff_t Nc, const float* const* rows,
+                                ptrdiff_t nseg, ptrdiff_t seglen, ptrdiff_t sstride,
+                                const float* Bp, float beta, float* C, ptrdiff_t ldc) {
+    if (fastnn_sg_isa == FASTNN_SG_AVX512)
+        sg5_gemm_rows(M, Nc, rows, nseg, seglen, sstride, Bp, beta, C, ldc);
+    else
+        sg2_gemm_rows(M, Nc, rows, nseg, seglen, sstride, Bp, beta, C, ldc);
 }
 
 /* The 8 sums of v[0..7], in order. */

@@ -155,7 +155,7 @@ def small_conv(request):
     (2, 11, 3, 9, 3, 2, "same", False),        # RGB, stride 2, F = 8 + 1
     (1, 9, 2, 33, (3, 5), 1, "valid", False),  # F = 4 x 8 + 1, pixels not a multiple of 8
     (64, 12, 1, 16, 3, 1, "same", False),      # many blocks, F a multiple of 8
-    # later layers (kw * C >= 16: conv_sg's three products on AVX-512)
+    # later layers (kw * C >= 16: conv_sg's three products)
     (4, 12, 20, 40, 5, 1, "valid", True),      # MNIST's second layer: F = 32 + 8, K = 500
     (3, 9, 8, 33, 3, 2, "same", True),         # stride 2, padding, F = 32 + 1
     (2, 7, 6, 7, (3, 5), 1, "valid", True),    # F below 16, a rectangular window
@@ -215,17 +215,50 @@ def test_a_later_layer_on_smallgemm_gives_the_same_bits_in_any_chunk(in_place):
             outs.append(out)
     finally:
         _core.set_conv_in_place(was)
-    if _core.small_gemm_isa() != "avx512":
-        # smallgemm.h takes this layer only with AVX-512 (conv_sg,
-        # conv_in_place; its windows are not short enough for col_t);
-        # BLAS's products, blocked by the rows they get, may round
-        # differently otherwise: float32's round-off of the sums
-        scale = np.abs(X).max() * np.abs(W).sum(axis=(0, 1, 2)).max()
-        assert np.abs(outs[1] - outs[0][:7]).max() <= 4e-7 * scale
-        assert np.abs(outs[2] - outs[0]).max() <= 4e-7 * scale
-        return
     assert_array_equal(outs[1], outs[0][:7])
     assert_array_equal(outs[2], outs[0])
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "im2col"])
+@pytest.mark.parametrize("N, H, C, F, kernel, stride", [
+    (3, 12, 20, 40, 5, 1),          # MNIST's second layer: F = 32 + 8, K = 500
+    (2, 9, 8, 33, 3, 2),            # stride 2, F = 32 + 1
+    (2, 8, 6, 13, (3, 5), 1),       # F = 8 + 5: one half panel, part of it
+])
+def test_a_later_layer_is_the_unpacked_kernel_bit_for_bit(isa, in_place, N, H, C, F, kernel,
+                                                          stride):
+    # W packed once (fastnn_sg_pack_bp) and each block of rows read from
+    # im2col or in place (conv_sg, conv_in_place), on each of smallgemm.h's
+    # kernels the CPU runs: the forward is, bit for bit, the unpacked
+    # kernel (small_gemm) over the im2col rows starting from the bias, and
+    # the input gradient that kernel's D @ W^T added back into the image
+    # window by window, in row order (np.add.at: one addition at a time)
+    rng = np.random.default_rng(12)
+    X, W, b, stride, pad, shape = conv_case(rng, np.float32, N, H, H, C, F, kernel, stride,
+                                            "valid")
+    (kh, kw), (sh, sw), (_, OH, OW, _) = W.shape[:2], stride, shape
+    K = kh * kw * C
+    windows = np.lib.stride_tricks.sliding_window_view(X, (kh, kw), axis=(1, 2))
+    col = windows[:, ::sh, ::sw][:, :OH, :OW].transpose(0, 1, 2, 4, 5, 3).reshape(-1, K)
+    want = np.repeat(b[None], col.shape[0], axis=0)
+    _core.small_gemm(np.ascontiguousarray(col), W.reshape(K, F), want, 1.0, 1.0)
+    D = rand(rng, shape, np.float32)
+    dcol = np.empty((col.shape[0], K), np.float32)
+    _core.small_gemm(D.reshape(-1, F), np.ascontiguousarray(W.reshape(K, F).T), dcol)
+    n, y, x, i, j, c = np.meshgrid(*map(np.arange, (N, OH, OW, kh, kw, C)), indexing="ij")
+    dX_want = np.zeros_like(X)
+    np.add.at(dX_want, (n.ravel(), (y * sh + i).ravel(), (x * sw + j).ravel(), c.ravel()),
+              dcol.ravel())
+    was = _core.set_conv_in_place(in_place)
+    try:
+        out = np.full(shape, np.nan, np.float32)
+        _core.conv2d_forward(X, W, b, stride, pad, out)
+        dW, db, dX = np.empty_like(W), np.empty_like(b), np.full_like(X, np.nan)
+        _core.conv2d_backward(X, W, D, stride, pad, dW, db, dX)
+    finally:
+        _core.set_conv_in_place(was)
+    assert_array_equal(out.reshape(-1, F).view(np.int32), want.view(np.int32))
+    assert_array_equal(dX.view(np.int32), dX_want.view(np.int32))
 
 
 @pytest.mark.parametrize("N, H, C, F, kernel, stride", [
@@ -306,10 +339,10 @@ def test_an_epoch_does_not_depend_on_the_convolution_block_size():
                 _core.set_conv_blocking(*previous)
         weights.append(net._params.copy())
     # the blockings differ (their im2col blocks, so their workspaces; with
-    # AVX2 only, the two small blocks' scratch is below another part of the
-    # workspace, so only the default's shows)
+    # no smallgemm.h kernels, the two small blocks' scratch is below another
+    # part of the workspace, so only the default's shows)
     assert scratch[0] <= scratch[1] < scratch[2]
-    assert scratch[0] < scratch[1] or _core.small_gemm_isa() != "avx512"
+    assert scratch[0] < scratch[1] or not _core.small_gemm_available()
     assert_allclose(weights[0], weights[2], rtol=1e-11, atol=1e-13)
     assert_allclose(weights[1], weights[2], rtol=1e-11, atol=1e-13)
 
