@@ -1965,20 +1965,25 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
     From Z = im2col(A) @ W + b: dC/dW = im2col(A)^T delta, dC/db = sum of
     delta over pixels and samples, dC/dA = col2im(delta W^T). W_out may be
     W itself (a fused SGD step): dA is complete before W changes. In
-    float32 on smallgemm.h (a first layer with g.col_t and small_conv, or
-    another with conv_sg) the weight gradient is summed transposed,
-    dW^T (F, K) = D^T (F, nr) @ col (nr, K) block by block (F rows in blocks
-    of 6, K columns in panels of 16: every lane used, where W's own F = 40
-    columns would leave 8 of 48 idle; 1.35x at conv2-relu's 128-row blocks
-    on Zen 3), each entry one FMA chain over all the rows, and W_out is
-    stepped with it at the end. It lies after the im2col block (col_t:
-    after the transposed output block too), or for conv_sg where W^T was
-    packed, for dcol (nr, K) = D (nr, F) @ W^T (F, K), before it.
+    float32 on smallgemm.h the weight gradient is summed block by block
+    into the scratch, each entry one FMA chain over all the rows, and W_out
+    is stepped with it at the end:
+    - a first layer (g.col_t and small_conv), which has no dA, as
+      dW (K, F) = colT (K, nr) @ D (nr, F), colT from im2col_t (runs of
+      output pixels along an image row, where im2col copies 5-entry window
+      rows: the layer's backward 1.09x on Zen 3), after the im2col block
+      and the transposed output block;
+    - another (conv_sg) transposed, dW^T (F, K) = D^T (F, nr) @ col (nr, K)
+      (F rows in blocks of 6, K columns in panels of 16: every lane used,
+      where W's own F = 40 columns would leave 8 of 48 idle; the product
+      1.35x at conv2-relu's 128-row blocks on Zen 3), where W^T was packed
+      for dcol (nr, K) = D (nr, F) @ W^T (F, K) before.
     bf as in conv_forward_impl.
     A, dA (N, H*W*C), W, W_out (K, F), D (N*OH*OW, F), col (block, K).
     """
     cdef Py_ssize_t blk, r0, nr, i, k, F = g.out_c, rows = N * g.pixels
     cdef floating* WT
+    cdef floating* dWs
     cdef floating* Wp = col + g.block * g.K      # W^T packed (conv_sg)
     cdef bint sg = False, small = False
     if floating is float:
@@ -2004,8 +2009,23 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
                  <int> F, 0, col, <int> g.K, bf)
             col2im_add(col, g, r0, nr, dA)
     if floating is float:
+        if small and g.col_t:
+            dWs = col + g.block * g.K + g.block * F
+            for blk in range((rows + g.block - 1) // g.block):
+                r0 = blk * g.block
+                nr = g.block if r0 + g.block <= rows else rows - r0
+                # dW (K, F) += colT (K, nr) @ D (nr, F)
+                im2col_t(A, g, r0, nr, col)
+                sg_gemm(g.K, F, nr, 1, col, nr, 1, D + r0 * F, F, 0 if r0 == 0 else 1, dWs, F)
+            for k in range(g.K * F):
+                if beta_w == 0:
+                    W_out[k] = alpha * dWs[k]
+                else:
+                    W_out[k] = beta_w * W_out[k] + alpha * dWs[k]
+            bias_update_impl(D, alpha, beta_b, b_out, colsum, rows, F)
+            return
         if small:
-            WT = Wp if sg else col + g.block * g.K + g.block * F
+            WT = Wp
             for blk in range((rows + g.block - 1) // g.block):
                 r0 = blk * g.block
                 nr = g.block if r0 + g.block <= rows else rows - r0
