@@ -813,6 +813,11 @@ cdef extern from "smallgemm.h":
                                   const float* A, Py_ssize_t sai, Py_ssize_t sak,
                                   const float* B, Py_ssize_t ldb, float beta,
                                   float* C, Py_ssize_t ldc) noexcept nogil
+    void sg_gemm_unpacked "fastnn_sg_gemm_unpacked"(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
+                                                    float alpha, const float* A,
+                                                    Py_ssize_t sai, Py_ssize_t sak,
+                                                    const float* B, Py_ssize_t ldb, float beta,
+                                                    float* C, Py_ssize_t ldc) noexcept nogil
     void sg_gemm_forward "fastnn_sg_gemm_forward"(Py_ssize_t M, Py_ssize_t Nc, Py_ssize_t K,
                                                   const float* A, Py_ssize_t sai, Py_ssize_t sak,
                                                   const float* B, Py_ssize_t ldb, float beta,
@@ -868,8 +873,9 @@ cdef bint small_conv = SMALL_GEMM
 # and packs W once per batch (conv_forward_impl). Fits on two threads
 # (Emerald Rapids, AVX-512): K x F of 20,000 1.07x, 18,432 1.19x, 73,728
 # 1.09x, 294,912 1.01x. With AVX2 (Zen 3), conv2-relu's second layer on 32
-# samples: forward 1.35x (windows in place), backward 1.2x; its fit at
-# batch 10 and 64 on two threads 1.1-1.4x (benchmarks/README.md).
+# samples: forward 1.35x (windows in place), backward 1.2x; with the weight
+# gradients' forms of conv_backward_impl, run.py's conv2-relu at batch 10
+# 1.27-1.78x, at 64 1.09-1.31x (benchmarks/README.md).
 cdef Py_ssize_t CONV_SG_WEIGHTS = 1 << 17
 
 
@@ -938,7 +944,7 @@ cdef extern from "fusedgemm.h":
 cdef inline Py_ssize_t conv_scratch(const Geometry* g) noexcept nogil:
     """Entries of a convolution's scratch: its im2col block, and for a layer
     with col_t (which may take the small-GEMM path) also its output block
-    transposed (out_c, block) and its weight gradient transposed (out_c, K),
+    transposed (out_c, block) and its weight gradient (K, out_c),
     or W packed at its start (conv_in_place); for another, W packed
     (conv_sg, conv_in_place) after the block, where its weight gradient
     transposed (out_c, K) goes too once W is no longer needed (a panel
@@ -1974,10 +1980,13 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
       rows: the layer's backward 1.09x on Zen 3), after the im2col block
       and the transposed output block;
     - another (conv_sg) transposed, dW^T (F, K) = D^T (F, nr) @ col (nr, K)
-      (F rows in blocks of 6, K columns in panels of 16: every lane used,
-      where W's own F = 40 columns would leave 8 of 48 idle; the product
-      1.35x at conv2-relu's 128-row blocks on Zen 3), where W^T was packed
-      for dcol (nr, K) = D (nr, F) @ W^T (F, K) before.
+      (F rows in blocks of 6 with AVX2, 12 with AVX-512, K columns in
+      panels of 16 or 32: where W's own F = 40 columns would leave 8 of 48
+      lanes idle with AVX2; the product 1.35x at conv2-relu's 128-row
+      blocks on Zen 3), where W^T was packed for dcol (nr, K) = D (nr, F) @
+      W^T (F, K) before.
+    Both products take sg_gemm_unpacked: B is a new block each call, which
+    AVX-512's sg_gemm would pack from 48 rows of C (F or K) on.
     bf as in conv_forward_impl.
     A, dA (N, H*W*C), W, W_out (K, F), D (N*OH*OW, F), col (block, K).
     """
@@ -2016,7 +2025,8 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
                 nr = g.block if r0 + g.block <= rows else rows - r0
                 # dW (K, F) += colT (K, nr) @ D (nr, F)
                 im2col_t(A, g, r0, nr, col)
-                sg_gemm(g.K, F, nr, 1, col, nr, 1, D + r0 * F, F, 0 if r0 == 0 else 1, dWs, F)
+                sg_gemm_unpacked(g.K, F, nr, 1, col, nr, 1, D + r0 * F, F, 0 if r0 == 0 else 1,
+                                 dWs, F)
             for k in range(g.K * F):
                 if beta_w == 0:
                     W_out[k] = alpha * dWs[k]
@@ -2031,8 +2041,8 @@ cdef void conv_backward_impl(const floating* A, const floating* W, const floatin
                 nr = g.block if r0 + g.block <= rows else rows - r0
                 # dW^T (F, K) += D^T (F, nr) @ col (nr, K)
                 im2col(A, g, r0, nr, col)
-                sg_gemm(F, g.K, nr, 1, D + r0 * F, 1, F, col, g.K, 0 if r0 == 0 else 1, WT,
-                        g.K)
+                sg_gemm_unpacked(F, g.K, nr, 1, D + r0 * F, 1, F, col, g.K, 0 if r0 == 0 else 1,
+                                 WT, g.K)
             for k in range(g.K):
                 for i in range(F):
                     if beta_w == 0:

@@ -17,6 +17,9 @@
  *                   goes in pieces of 8, 4, 2 and 1 columns with plain loads
  *                   and stores (sg_panel_tail): masked stores are microcoded
  *                   on AMD's Zen 1 and 2.
+ *   fastnn_sg_gemm_unpacked
+ *                   the same, B never packed (a convolution's weight
+ *                   gradient: its B is a new block of rows each call).
  *   fastnn_sg_gemm_forward
  *                   the same with alpha 1, for a forward outside training:
  *                   from SG2_PACK_ROWS rows AVX2's packs B first (sg2_packed),
@@ -639,7 +642,8 @@ SG5_TARGET static void fastnn_sg_gemm_avx512(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_
    whatever M. Only for a forward outside training (fastnn_sg_gemm_forward),
    from SG2_PACK_ROWS rows: training's products read their B once or a few
    times (a batch's rows against W), and would pay for the packing and its
-   allocation. */
+   allocation. (A convolution's W is packed once a batch by its caller,
+   fastnn_sg_pack_bp, for many blocks of rows: sg2_gemm_bp below.) */
 enum { SG2_PACK_ROWS = 128, SG2_KC = 384 };
 
 /* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed into
@@ -860,6 +864,20 @@ static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha, 
                            float beta, float* C, ptrdiff_t ldc) {
     if (fastnn_sg_isa == FASTNN_SG_AVX512)
         fastnn_sg_gemm_avx512(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
+    else
+        fastnn_sg_gemm_avx2(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
+}
+
+/* fastnn_sg_gemm, B never packed: for a product that reads its B once
+   (a convolution's weight gradient, whose B is another block of rows each
+   call), where AVX-512's fastnn_sg_gemm would pack it from SG5_PACK_ROWS
+   rows of C and then free it. The same bits. */
+static void fastnn_sg_gemm_unpacked(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
+                                    const float* A, ptrdiff_t sai, ptrdiff_t sak,
+                                    const float* B, ptrdiff_t ldb, float beta, float* C,
+                                    ptrdiff_t ldc) {
+    if (fastnn_sg_isa == FASTNN_SG_AVX512)
+        sg5_columns(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
     else
         fastnn_sg_gemm_avx2(M, Nc, K, alpha, A, sai, sak, B, ldb, beta, C, ldc);
 }
@@ -1099,6 +1117,10 @@ static void fastnn_sg_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
 static void fastnn_sg_gemm_forward(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
                                    ptrdiff_t sai, ptrdiff_t sak, const float* B,
                                    ptrdiff_t ldb, float beta, float* C, ptrdiff_t ldc) { }
+static void fastnn_sg_gemm_unpacked(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alpha,
+                                    const float* A, ptrdiff_t sai, ptrdiff_t sak,
+                                    const float* B, ptrdiff_t ldb, float beta, float* C,
+                                    ptrdiff_t ldc) { }
 static void fastnn_sg_nt(ptrdiff_t N, ptrdiff_t I, ptrdiff_t O, const float* D,
                          const float* W, ptrdiff_t ldw, float* out, ptrdiff_t ldo) { }
 static void fastnn_sg_transpose_bias(ptrdiff_t R, ptrdiff_t C, const float* src,

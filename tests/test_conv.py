@@ -229,10 +229,12 @@ def test_a_later_layer_is_the_unpacked_kernel_bit_for_bit(isa, in_place, N, H, C
                                                           stride):
     # W packed once (fastnn_sg_pack_bp) and each block of rows read from
     # im2col or in place (conv_sg, conv_in_place), on each of smallgemm.h's
-    # kernels the CPU runs: the forward is, bit for bit, the unpacked
-    # kernel (small_gemm) over the im2col rows starting from the bias, and
-    # the input gradient that kernel's D @ W^T added back into the image
-    # window by window, in row order (np.add.at: one addition at a time)
+    # kernels the CPU runs: the forward is, bit for bit, small_gemm (W not
+    # packed) over the im2col rows starting from the bias, the input
+    # gradient its D @ W^T added back into the image window by window, in
+    # row order (np.add.at: one addition at a time), and the weight
+    # gradient its D^T @ col over all the rows at once (one FMA chain
+    # each, across the blocks), with or without an input gradient
     rng = np.random.default_rng(12)
     X, W, b, stride, pad, shape = conv_case(rng, np.float32, N, H, H, C, F, kernel, stride,
                                             "valid")
@@ -249,16 +251,24 @@ def test_a_later_layer_is_the_unpacked_kernel_bit_for_bit(isa, in_place, N, H, C
     dX_want = np.zeros_like(X)
     np.add.at(dX_want, (n.ravel(), (y * sh + i).ravel(), (x * sw + j).ravel(), c.ravel()),
               dcol.ravel())
+    dWT = np.empty((F, K), np.float32)
+    _core.small_gemm(D.reshape(-1, F), np.ascontiguousarray(col), dWT, transpose_a=True)
     was = _core.set_conv_in_place(in_place)
+    blocking = _core.set_conv_blocking(7 * K, 7)    # blocks of 7 rows: the sums cross them
     try:
         out = np.full(shape, np.nan, np.float32)
         _core.conv2d_forward(X, W, b, stride, pad, out)
-        dW, db, dX = np.empty_like(W), np.empty_like(b), np.full_like(X, np.nan)
+        dW, db, dX = np.full_like(W, np.nan), np.empty_like(b), np.full_like(X, np.nan)
         _core.conv2d_backward(X, W, D, stride, pad, dW, db, dX)
+        dW_alone = np.full_like(W, np.nan)
+        _core.conv2d_backward(X, W, D, stride, pad, dW_alone, db, None)
     finally:
+        _core.set_conv_blocking(*blocking)
         _core.set_conv_in_place(was)
     assert_array_equal(out.reshape(-1, F).view(np.int32), want.view(np.int32))
     assert_array_equal(dX.view(np.int32), dX_want.view(np.int32))
+    assert_array_equal(dW.reshape(K, F).view(np.int32), dWT.T.view(np.int32))
+    assert_array_equal(dW_alone.view(np.int32), dW.view(np.int32))
 
 
 @pytest.mark.parametrize("N, H, C, F, kernel, stride", [

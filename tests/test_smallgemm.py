@@ -301,8 +301,8 @@ def test_small_batches_agree_with_blas_and_the_reference(case, small_rows):
 @pytest.mark.parametrize("case", sorted(CASES) + ["conv"])
 def test_every_kernel_trains_the_same_weights(case, small_rows):
     """The small-batch epoch on two threads (and, for "conv", a first
-    convolution's im2col products) with each of the CPU's kernels: the same
-    bits."""
+    convolution's im2col products and a later one's packed products, its
+    windows read in place) with each of the CPU's kernels: the same bits."""
     small_rows(32, threads=2)
     nets = []
     for isa in ISAS:
@@ -311,7 +311,7 @@ def test_every_kernel_trains_the_same_weights(case, small_rows):
             if case == "conv":
                 X, y = data(features=144)
                 net = fastnn.Network([(12, 12, 1), Conv2D(6, 5), fastnn.layers.MaxPool2D(2),
-                                      Dense(30), Dense(10)], seed=3)
+                                      Conv2D(20, 3), Dense(30), Dense(10)], seed=3)
                 net.fit(X, y, epochs=2, batch_size=10, lr=0.5)
             else:
                 net = fit(case)
