@@ -183,6 +183,25 @@ def test_every_kernel_gives_the_same_bits():
                         assert_array_equal(out.view(np.int32), outs[0].view(np.int32))
 
 
+@pytest.mark.parametrize("K", [385, 784, 1200])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_a_long_k_in_steps_gives_each_row_its_own_bits(K, beta, isa):
+    """With more rows than one block, AVX2's kernel takes a K over 384 in
+    equal steps, the sums stored in C between them (so a panel's step of B
+    stays in L1): every entry the same FMAs in the same order as a row
+    alone (one block: no steps), bit for bit, whatever the row's place."""
+    rng = np.random.default_rng(K)
+    A = rng.standard_normal((30, K)).astype(np.float32)
+    B = rng.standard_normal((K, 37)).astype(np.float32)
+    C0 = rng.standard_normal((30, 37)).astype(np.float32)
+    together = C0.copy()
+    _core.small_gemm(A, B, together, 1.0, beta)
+    for i in range(30):
+        alone = C0[i:i + 1].copy()
+        _core.small_gemm(A[i:i + 1], B, alone, 1.0, beta)
+        assert_array_equal(together[i:i + 1].view(np.int32), alone.view(np.int32))
+
+
 @pytest.mark.parametrize("block", [0, 1, 12 * 4 * 300, 1 << 30])
 def test_many_rows_are_packed_and_blocked_to_the_same_bits(block, isa):
     """From 48 rows on (AVX-512's products; with AVX2 only predict's forward,
