@@ -673,6 +673,41 @@ SG5_TARGET static void fastnn_sg_gemm_avx512(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_
    fastnn_sg_pack_bp, for many blocks of rows: sg2_gemm_bp below.) */
 enum { SG2_PACK_ROWS = 128 };
 
+/* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed in Bp
+   in panels of LDP columns (SG_NR: sg2_packed's; SG5_NR: fastnn_sg_pack_bp's,
+   taken as two halves of 16), K rows each, zero past Nc: C's rows in blocks
+   of fastnn_sg5_block_bytes, 16 columns at a time, K in equal steps of at
+   most SG2_KC (no short last step, which would load and store its block of
+   C for a few FMAs); 8 columns or fewer in sg_panel_tail's pieces. */
+SG_INLINE void sg2_blocks(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
+                          ptrdiff_t sai, ptrdiff_t sak, const float* Bp, ptrdiff_t ldp,
+                          float beta, float* C, ptrdiff_t ldc) {
+    if (K <= 0)
+        return;     /* as sg5_gemm_bp: no step of k (callers have K > 0) */
+    ptrdiff_t rows = fastnn_sg5_block_bytes / (ptrdiff_t) sizeof(float) / K;
+    rows = rows < SG_MR ? SG_MR : rows / SG_MR * SG_MR;
+    const ptrdiff_t kstep = sg2_kstep(K);
+    for (ptrdiff_t i = 0; i < M; i += rows) {
+        const ptrdiff_t mb = M - i < rows ? M - i : rows;
+        for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
+            /* columns [j, j + nc) of C: offset j % ldp in panel j / ldp */
+            const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
+            const float* panel = Bp + (j - j % ldp) * K + j % ldp;
+            for (ptrdiff_t k = 0; k < K; k += kstep) {
+                const ptrdiff_t kc = K - k < kstep ? K - k : kstep;
+                const float* a = A + i * sai + k * sak;
+                const float* b = panel + k * ldp;
+                float* c = C + i * ldc + j;
+                const float bt = k == 0 ? beta : 1.0f;
+                if (nc <= 8)
+                    sg_panel_tail(mb, kc, a, sai, sak, b, ldp, c, ldc, nc, bt);
+                else
+                    sg_panel(1, 1, mb, kc, a, sai, sak, b, ldp, c, ldc, nc, 1.0f, bt);
+            }
+        }
+    }
+}
+
 /* C (M, Nc) := beta C + Aop (M, K) @ B (K, Nc) (alpha == 1), B packed into
    Bp (ceil(Nc / SG_NR) x K x SG_NR floats) first. */
 SG_TARGET static void sg2_packed(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
@@ -685,22 +720,7 @@ SG_TARGET static void sg2_packed(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const f
             for (ptrdiff_t q = 0; q < SG_NR; q++)
                 p[k * SG_NR + q] = q < nc ? B[k * ldb + j + q] : 0.0f;
     }
-    ptrdiff_t rows = fastnn_sg5_block_bytes / (ptrdiff_t) sizeof(float) / K;
-    rows = rows < SG_MR ? SG_MR : rows / SG_MR * SG_MR;
-    /* K in equal steps of at most SG2_KC: no short last step, which would
-       load and store its block of C for a few FMAs */
-    const ptrdiff_t kstep = sg2_kstep(K);
-    for (ptrdiff_t i = 0; i < M; i += rows) {
-        const ptrdiff_t mb = M - i < rows ? M - i : rows;
-        for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
-            const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
-            for (ptrdiff_t k = 0; k < K; k += kstep) {
-                const ptrdiff_t kc = K - k < kstep ? K - k : kstep;
-                sg_panel(1, 1, mb, kc, A + i * sai + k * sak, sai, sak, Bp + j * K + k * SG_NR,
-                         SG_NR, C + i * ldc + j, ldc, nc, 1.0f, k == 0 ? beta : 1.0f);
-            }
-        }
-    }
+    sg2_blocks(M, Nc, K, A, sai, sak, Bp, SG_NR, beta, C, ldc);
 }
 
 /* fastnn_sg_gemm_avx2, or with SG2_PACK_ROWS rows or more and alpha == 1,
@@ -738,30 +758,7 @@ SG_TARGET static void sg2_gemm(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, float alp
 SG_TARGET static void sg2_gemm_bp(ptrdiff_t M, ptrdiff_t Nc, ptrdiff_t K, const float* A,
                                   ptrdiff_t sai, ptrdiff_t sak, const float* Bp, float beta,
                                   float* C, ptrdiff_t ldc) {
-    if (K <= 0)
-        return;     /* as sg5_gemm_bp: no step of k (a layer's K is never 0) */
-    ptrdiff_t rows = fastnn_sg5_block_bytes / (ptrdiff_t) sizeof(float) / K;
-    rows = rows < SG_MR ? SG_MR : rows / SG_MR * SG_MR;
-    const ptrdiff_t kstep = sg2_kstep(K);
-    for (ptrdiff_t i = 0; i < M; i += rows) {
-        const ptrdiff_t mb = M - i < rows ? M - i : rows;
-        for (ptrdiff_t j = 0; j < Nc; j += SG_NR) {
-            /* columns [j, j + nc) of C: half (j % SG5_NR) of panel j / SG5_NR */
-            const ptrdiff_t nc = Nc - j < SG_NR ? Nc - j : SG_NR;
-            const float* panel = Bp + (j - j % SG5_NR) * K + j % SG5_NR;
-            for (ptrdiff_t k = 0; k < K; k += kstep) {
-                const ptrdiff_t kc = K - k < kstep ? K - k : kstep;
-                const float* a = A + i * sai + k * sak;
-                const float* b = panel + k * SG5_NR;
-                float* c = C + i * ldc + j;
-                const float bt = k == 0 ? beta : 1.0f;
-                if (nc <= 8)
-                    sg_panel_tail(mb, kc, a, sai, sak, b, SG5_NR, c, ldc, nc, bt);
-                else
-                    sg_panel(1, 1, mb, kc, a, sai, sak, b, SG5_NR, c, ldc, nc, 1.0f, bt);
-            }
-        }
-    }
+    sg2_blocks(M, Nc, K, A, sai, sak, Bp, SG5_NR, beta, C, ldc);
 }
 
 /* sg5_block_rows on AVX2: rows [0, mr) of C by columns [0, nc), nc <= W (8
