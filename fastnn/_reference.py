@@ -321,9 +321,10 @@ def penalty_grad(params, grad, table, l2, l1):
 
 def train_epoch(X, Y, order, params, state, table, keep, slope, loss, batch_size, capacity,
                 optimizer, hyper, sample_weight, augment, seed, work, control, n_threads=1,
-                bf16=False, labels=None):
+                bf16=False, labels=None, slices=0):
     """One epoch of mini-batch training over X[order]; see fastnn._core.train_epoch
-    (n_threads is ignored; with labels, each batch's targets are their one-hot rows)."""
+    (n_threads and slices are ignored; with labels, each batch's targets are
+    their one-hot rows)."""
     if labels is not None:      # as fastnn._core.train_epoch checks them
         labels = np.asarray(labels)
         if len(Y) or len(labels) != len(X) or Y.shape[1] < 2:

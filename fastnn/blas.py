@@ -18,7 +18,8 @@ BLAS's threads (OpenBLAS queues concurrent multi-threaded GEMMs). A chunk's
 result does not depend on which thread computes it or on what other threads
 do; a multi-threaded GEMM rounds differently from a single-threaded one
 (about 4e-7 in float32), so results are bit-for-bit reproducible for a
-given seed and BLAS thread count.
+given seed and BLAS thread count. (A training team's weights do not depend
+on how many threads it took: ``fastnn.training.team_slices``.)
 """
 import os
 import threading

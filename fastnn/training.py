@@ -413,35 +413,52 @@ def compiled_float32_dense(net):
 
 
 def team_threads(net, units=False, batch_size=1, fused=0, costly_step=False):
-    """Threads that share each batch of an epoch, splitting its rows, each
-    with a single-threaded BLAS: fastnn's threads for a network with
-    convolution or pooling layers (much of whose work is outside the GEMMs),
-    and for a float32 dense network whose optimizer's step is costly
-    (`costly_step`: Adam's square root and division per parameter, which the
-    team splits too, where one thread would take the whole step while the
-    BLAS's other threads wait). For a dense network whose batches the fused
-    epoch splits by the first layer's columns (`fused`, see `fused_team`),
-    up to `fused` of fastnn's threads; for one whose batches the kernel
-    splits by units (`units`, see `splits_units`), one for every
-    rows_per_units_thread() rows of a batch, up to fastnn's threads; for
-    another dense network one, whose GEMMs use the BLAS's threads (see
-    benchmarks/README.md, and `epoch_blas_threads`). A team takes idle cores
-    only (`blas.idle_cores_settled`): it meets at a barrier after every
-    step, so it goes at the pace of a thread that shares its core. A fused
-    or units team's weights do not depend on its size; a team that splits
-    rows sums its threads' gradients, so its weights differ from one
-    thread's in the last bits."""
-    rows_team = net.plan.spatial or (costly_step and compiled_float32_dense(net))
-    if net.backend != "cython" or not (rows_team or units or fused):
-        return 1
-    most = blas.get_num_threads()
-    if fused:
-        most = min(most, fused)
-    elif units:
-        most = min(most, batch_size // rows_per_units_thread())
+    """Threads that share each batch of an epoch, each with a
+    single-threaded BLAS: fastnn's threads for a network with convolution
+    or pooling layers (much of whose work is outside the GEMMs), and for a
+    float32 dense network whose optimizer's step is costly (`costly_step`:
+    Adam's square root and division per parameter, which the team splits
+    too, where one thread would take the whole step while the BLAS's other
+    threads wait), these two splitting its rows (`team_slices`). For a
+    dense network whose batches the fused epoch splits by the first layer's
+    columns (`fused`, see `fused_team`), up to `fused` of fastnn's threads;
+    for one whose batches the kernel splits by units (`units`, see
+    `splits_units`), one for every rows_per_units_thread() rows of a batch,
+    up to fastnn's threads; for another dense network one, whose GEMMs use
+    the BLAS's threads (see benchmarks/README.md, and
+    `epoch_blas_threads`). A team takes idle cores only
+    (`blas.idle_cores_settled`): it meets at a barrier after every step, so
+    it goes at the pace of a thread that shares its core. Its weights do
+    not depend on how many threads it took."""
+    most = _team_most(net, units, batch_size, fused, costly_step)[0]
     # the looks at the idle cores (up to 4 ms when one is busy) only where a
     # team could form: not at one thread (a GridSearchCV worker's share)
     return 1 if most <= 1 else max(1, min(most, blas.idle_cores_settled()))
+
+
+def team_slices(net, units=False, batch_size=1, fused=0, costly_step=False):
+    """The slices each batch's rows are cut into by a team that splits rows
+    (see `team_threads`), or 0 where no such team trains: the team's
+    threads on an idle machine (fastnn's threads), however many take them
+    now. The kernel sums the slices'
+    gradients in order, so the weights are the same bits whatever else the
+    machine runs; they differ from one slice's (`--threads 1`) in the last
+    bits. (A fused or units team's weights are one thread's.)"""
+    most, rows = _team_most(net, units, batch_size, fused, costly_step)
+    return max(1, most) if rows else 0
+
+
+def _team_most(net, units, batch_size, fused, costly_step):
+    """(the most threads a team of this epoch takes, whether it splits rows)."""
+    rows_team = net.plan.spatial or (costly_step and compiled_float32_dense(net))
+    if net.backend != "cython" or not (rows_team or units or fused):
+        return 1, False
+    most = blas.get_num_threads()
+    if fused:
+        return min(most, fused), False
+    if units:
+        return min(most, batch_size // rows_per_units_thread()), False
+    return most, True
 
 
 class TeamPace:
@@ -580,6 +597,7 @@ class Trainer:
         fused = fused_team(net, table, keep, opt.code, self._hyper(1.0), batch_size, chunk,
                            augment)
         self.threads = threads = team_threads(net, units, batch_size, fused, opt.costly_step)
+        slices = team_slices(net, units, batch_size, fused, opt.costly_step) or threads
         # a fused or units team shares one chunk and gives the same weights
         # as one thread (TEAM_PACE picks the faster of the two each epoch);
         # one that splits rows gives each thread a chunk of its own
@@ -590,13 +608,14 @@ class Trainer:
         # first prime of a process took 2.7 ms, a tenth of a small fit)
         self.calls_blas = not one_chunk
         self.settled_look = n * net.n_params >= SETTLED_LOOK_WORK
-        capacity = chunk if one_chunk else -(-chunk // threads)
+        # (a team that splits rows: each slice's chunks, whatever the threads)
+        capacity = chunk if one_chunk else -(-chunk // slices)
         kernels = net.kernels
         bf16 = net.compute_dtype == "bfloat16"
-        work_size = kernels.workspace_size(table, capacity, keep, threads, bf16=bf16)
+        work_size = kernels.workspace_size(table, capacity, keep, slices, bf16=bf16)
         memory.check_fits(
             memory.training_bytes(net.plan, net.dtype.itemsize, opt.state_rows, work_size,
-                                  capacity * threads, n),
+                                  capacity * slices, n),
             f"training {memory.describe(net.plan)} with {opt.name}",
             "use smaller layers or images")
         current = net.optimizer_state
@@ -623,7 +642,7 @@ class Trainer:
             optimizer=opt.code, hyper=None, sample_weight=self.sample_weight,
             augment=augment, seed=0,
             work=np.empty(work_size, dtype=dtype),
-            control=self.control, n_threads=threads, bf16=bf16)
+            control=self.control, n_threads=threads, bf16=bf16, slices=slices)
         self.snapshot = np.empty_like(net.flat_params)
 
     def _hyper(self, lr):
@@ -687,7 +706,9 @@ class Trainer:
                 start = time.perf_counter()
                 # (the fused and units epochs make no BLAS call: no look at
                 # the idle cores for the BLAS's threads, 0.10-0.14 ms a fit)
-                with (epoch_blas_threads(self.threads, self.settled_look) if self.calls_blas
+                # (single-threaded for a team's slices, on one thread too)
+                with (epoch_blas_threads(self.args["slices"], self.settled_look)
+                      if self.calls_blas
                       else contextlib.nullcontext()):
                     if self.calls_blas:
                         blas.prime(net.dtype)

@@ -2638,8 +2638,8 @@ cdef bint team_defer(Layout* lay, int opt, const double* hyper, Py_ssize_t batch
     """Mark the dense layers whose W a team steps after each batch
     (Geometry.deferred, read by backward_impl and train_team_impl): in a
     float32 network's plain SGD epoch (no L1, no clipping: the step is
-    fused) on smallgemm.h's kernels, where each thread's rows of a batch
-    fit one chunk, a dense layer of defer_weights (DEFER_WEIGHTS;
+    fused) on smallgemm.h's kernels, where each of the team's n_threads
+    slices of a batch (train_team_impl) fits one chunk, a dense layer of defer_weights (DEFER_WEIGHTS;
     set_defer_weights) to SMALL_WEIGHTS weights whose W has room for a
     batch's inputs and deltas (deferred_rows keeps them in thread 0's
     gradient of W, which the team no longer uses). Returns whether it
@@ -2746,17 +2746,24 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
                          int opt, const double* hyper, int augment,
                          uint64_t seed, floating* work, Py_ssize_t stride,
                          int64_t* control, Shared* shared, Team* team,
-                         floating* own, bint whole) noexcept nogil:
+                         floating* own, bint whole, Py_ssize_t S) noexcept nogil:
     """train_epoch_impl as one thread of a team that shares each batch.
 
-    Thread t takes rows [t*m/T, (t+1)*m/T) of each batch of m, in chunks of
-    lay.capacity rows, with its own workspace (work + t*stride) and its own
-    gradient buffer G_t (after the workspace, P entries). At a barrier the
-    threads then sum the G_t, add the penalty gradient and take the
-    optimizer step, each on its own share of the parameters, and meet at a
-    second barrier. With clipping, each thread sums the squares of its
-    share of the gradient, and after a barrier between the two each scales
-    its share by the factor the total gives, then steps. Every BLAS call is single-threaded (the caller limits
+    Each batch of m rows is cut into S slices, whatever the team's size T
+    (1 <= T <= S): slice j is rows [j*m/S, (j+1)*m/S), done in chunks of
+    lay.capacity rows into its own gradient buffer G_j (P entries after the
+    workspace of region j: work + j*stride + lay.work_size). Thread t does
+    slices [t*S/T, (t+1)*S/T) with its own workspace (work + t*stride). At a
+    barrier the threads then sum G_0 + G_1 + ... + G_{S-1} in that order,
+    add the penalty gradient and take the optimizer step, each on its
+    share of the parameters (the parameters' slices [t*S/T, (t+1)*S/T) of
+    S), and meet at a second barrier. With clipping, the squares of the
+    gradient are summed by those S slices of the parameters, and after a
+    barrier between the two every thread scales its share by the factor
+    the total of the S sums (in order) gives, then steps. So the weights,
+    the loss and the count of correct rows depend on S, never on T: a team
+    that forms on however many cores are idle gives the bits of the whole
+    team (shared.loss and shared.correct have S entries, by slice). Every BLAS call is single-threaded (the caller limits
     the BLAS). There is no fused SGD step: the gradients must be summed
     first; except for the dense layers team_defer marks, whose W each
     thread steps for its share of W's rows after the first barrier, from
@@ -2772,13 +2779,14 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     """
     cdef Py_ssize_t k, c, start, m, first, lo, hi, cm, r, u, i, blk, b0, b1, e
     cdef Py_ssize_t L = lay.n_layers
-    cdef Py_ssize_t T = team.size, P = lay.n_params
-    cdef Py_ssize_t p0 = P * team.id // T, p1 = P * (team.id + 1) // T
+    cdef Py_ssize_t T = team.size, P = lay.n_params, j, q0, q1
+    cdef Py_ssize_t j0 = S * team.id // T, j1 = S * (team.id + 1) // T   # this thread's slices
+    cdef Py_ssize_t p0 = P * j0 // S, p1 = P * j1 // S
     cdef Geometry* g0 = &lay.layer[0]
     cdef Py_ssize_t cap = lay.capacity, n_in = g0.n_in, n_out = lay.layer[L - 1].n_out
     cdef int out_act = lay.layer[L - 1].act
     cdef floating* mine = work + team.id * stride
-    cdef floating* G = mine + lay.work_size
+    cdef floating* G                # (P,) slice j's gradient
     cdef floating* G0 = work + lay.work_size
     cdef floating* Gu
     cdef floating* A0 = mine + lay.a_off[0]
@@ -2789,6 +2797,7 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     cdef int64_t steps = control[STEPS]
     cdef bint penalty = hyper[H_L2] != 0 or hyper[H_L1] != 0
     cdef double clip = hyper[H_CLIP_NORM], squares
+    cdef bint bad = False           # a chunk of this thread's had a loss not finite
     if team.id == 0:
         shared.stop = control[STOP_REQUEST] != 0
         shared.diverged = False
@@ -2798,65 +2807,73 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
             return STOPPED
         start = k * batch_size
         m = batch_size if start + batch_size <= n else n - start
-        lo = start + m * team.id // T
-        hi = start + m * (team.id + 1) // T
-        c = 0
-        first = lo
-        while first < hi:
-            cm = cap if first + cap <= hi else hi - first
-            gather_chunk(X, Y, lay.labels, sample_weight, order + first, cm, g0, n_out, augment,
-                         seed, first, A0, Yb, swb)
-            forward_impl(own, lay, slope, A0, mine, A_out, cm, True, seed, first)
-            chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
-                                           mine + lay.d_off[L], cm, n_out)
-            if not isfinite(chunk_loss):
-                shared.diverged = True
+        for j in range(j0, j1):
+            lo = start + m * j // S
+            hi = start + m * (j + 1) // S
+            G = work + j * stride + lay.work_size
+            c = 0
+            first = lo
+            while first < hi:
+                cm = cap if first + cap <= hi else hi - first
+                gather_chunk(X, Y, lay.labels, sample_weight, order + first, cm, g0, n_out,
+                             augment, seed, first, A0, Yb, swb)
+                forward_impl(own, lay, slope, A0, mine, A_out, cm, True, seed, first)
+                chunk_loss = output_delta_impl(loss, out_act, slope, A_out, Yb, swb,
+                                               mine + lay.d_off[L], cm, n_out)
+                if not isfinite(chunk_loss):
+                    shared.diverged = bad = True
+                    break
+                shared.loss[j] += chunk_loss
+                shared.correct[j] += count_correct(A_out, Yb, cm, n_out)
+                backward_impl(own, lay, slope, mine, cm, (<floating> 1) / m,
+                              0 if c == 0 else 1, 0 if c == 0 else 1, G)
+                deferred_rows(lay, mine, G0, first - start, cm, batch_size)
+                c += 1
+                first += cm
+            if c == 0:              # (a deferred W of G0 holds the batch's rows)
+                copy_not_deferred(lay, G, NULL)
+            if bad:
                 break
-            shared.loss[team.id] += chunk_loss
-            shared.correct[team.id] += count_correct(A_out, Yb, cm, n_out)
-            backward_impl(own, lay, slope, mine, cm, (<floating> 1) / m,
-                          0 if c == 0 else 1, 0 if c == 0 else 1, G)
-            deferred_rows(lay, mine, G0, first - start, cm, batch_size)
-            c += 1
-            first += cm
-        if c == 0:                  # (a deferred W of G0 holds the batch's rows)
-            copy_not_deferred(lay, G, NULL)
         barrier()
         if shared.diverged:
             return DIVERGED
         deferred_steps(own, lay, G0, m, batch_size, hyper, team, whole)
         # sum the gradients, add the penalty and step, a cache-sized block of
-        # this thread's share at a time (a deferred layer's W left out: done)
-        squares = 0
-        for blk in range((p1 - p0 + STEP_BLOCK - 1) // STEP_BLOCK):
-            b0 = p0 + blk * STEP_BLOCK
-            b1 = b0 + STEP_BLOCK if b0 + STEP_BLOCK < p1 else p1
-            while b0 < b1:
-                e = not_deferred(lay, b0, b1)
-                if e < 0:           # b0 in a deferred W: on past it
-                    b0 = min(-e, b1)
-                    continue
-                for i in range(b0, e):
-                    state[i] = G0[i]
-                for u in range(1, T):
-                    Gu = work + u * stride + lay.work_size
+        # each of this thread's slices of the parameters at a time (a
+        # deferred layer's W left out: done)
+        for j in range(j0, j1):
+            q0 = P * j // S
+            q1 = P * (j + 1) // S
+            squares = 0
+            for blk in range((q1 - q0 + STEP_BLOCK - 1) // STEP_BLOCK):
+                b0 = q0 + blk * STEP_BLOCK
+                b1 = b0 + STEP_BLOCK if b0 + STEP_BLOCK < q1 else q1
+                while b0 < b1:
+                    e = not_deferred(lay, b0, b1)
+                    if e < 0:       # b0 in a deferred W: on past it
+                        b0 = min(-e, b1)
+                        continue
                     for i in range(b0, e):
-                        state[i] = state[i] + Gu[i]
-                if penalty:
-                    penalty_range_impl(params, state, lay, <floating> hyper[H_L2],
-                                       <floating> hyper[H_L1], b0, e)
-                if clip > 0:
-                    squares += sum_squares(state + b0, e - b0)
-                else:
-                    optimizer_step_impl(opt, params + b0, state + b0, P, e - b0, hyper,
-                                        steps + k + 1)
-                b0 = e
+                        state[i] = G0[i]
+                    for u in range(1, S):
+                        Gu = work + u * stride + lay.work_size
+                        for i in range(b0, e):
+                            state[i] = state[i] + Gu[i]
+                    if penalty:
+                        penalty_range_impl(params, state, lay, <floating> hyper[H_L2],
+                                           <floating> hyper[H_L1], b0, e)
+                    if clip > 0:
+                        squares += sum_squares(state + b0, e - b0)
+                    else:
+                        optimizer_step_impl(opt, params + b0, state + b0, P, e - b0, hyper,
+                                            steps + k + 1)
+                    b0 = e
+            shared.squares[j] = squares
         if clip > 0:
-            # the whole gradient's norm: every thread's share summed, in order
-            shared.squares[team.id] = squares
+            # the whole gradient's norm: the S slices' sums added in order
             barrier()
             squares = 0
-            for u in range(T):
+            for u in range(S):
                 squares += shared.squares[u]
             scale_impl(state + p0, p1 - p0, clip_scale(clip, squares))
             optimizer_step_impl(opt, params + p0, state + p0, P, p1 - p0, hyper, steps + k + 1)
@@ -2877,7 +2894,7 @@ cdef void train_team(const input_t* X, const floating* Y,
                      int opt, const double* hyper, int augment,
                      uint64_t seed, floating* work, Py_ssize_t stride,
                      int64_t* control, Shared* shared, int64_t* sync, floating* replicas,
-                     Py_ssize_t replica_width, int* status) noexcept nogil:
+                     Py_ssize_t replica_width, Py_ssize_t slices, int* status) noexcept nogil:
     """train_team_impl as this thread's part of the current OpenMP team
     (denormals flushed to zero: see train_epoch). With a deferred layer
     (team_defer; replicas not NULL) the team first asks team_far whether
@@ -2891,13 +2908,13 @@ cdef void train_team(const input_t* X, const floating* Y,
     cdef floating* own = params
     cdef bint whole
     team_join(&team)
-    whole = replicas != NULL and team_far(sync, shared, &team)
+    whole = replicas != NULL and team.size > 1 and team_far(sync, shared, &team)
     if whole and team.id > 0:
         own = replicas + (team.id - 1) * replica_width
         memcpy(own, params, lay.n_params * sizeof(floating))
     mine = train_team_impl(X, Y, sample_weight, order, n, params, state, lay, slope, loss,
                            batch_size, opt, hyper, augment, seed, work, stride, control,
-                           shared, &team, own, whole)
+                           shared, &team, own, whole, slices)
     restore_fp(fp)
     if team.id == 0:
         status[0] = mine
@@ -3719,10 +3736,11 @@ def workspace_size(const int64_t[:, ::1] table, Py_ssize_t capacity, keep=(),
                    int n_threads=1, bint bf16=False):
     """Entries the workspace of a chunk of `capacity` rows needs, for this
     layer table and these keep probabilities of each layer's input (empty:
-    no dropout); for train_epoch with n_threads > 1, the workspaces of the
-    team, each followed by a gradient buffer of P entries, then room for
-    n_threads - 1 copies of the parameters, each on 64-byte lines (a team
-    whose threads are far apart: train_team). A bfloat16 network (bf16) also
+    no dropout); for train_epoch with n_threads > 1 (a team's slices:
+    train_epoch's `slices`), the workspaces of the slices, each followed by
+    a gradient buffer of P entries, then room for n_threads - 1 copies of
+    the parameters, each on 64-byte lines (a team whose threads are far
+    apart: train_team). A bfloat16 network (bf16) also
     needs gemm_bf16's scratch (bf16_scratch)."""
     import numpy as np
     cdef Py_ssize_t n_params
@@ -3753,7 +3771,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 Py_ssize_t batch_size, Py_ssize_t capacity, int optimizer,
                 const double[::1] hyper, const floating[::1] sample_weight, int augment,
                 uint64_t seed, floating[::1] work, int64_t[::1] control, int n_threads=1,
-                bint bf16=False, const int64_t[::1] labels=None):
+                bint bf16=False, const int64_t[::1] labels=None, int slices=0):
     """One epoch of mini-batch training over the rows X[order], in place on
     params and state.
 
@@ -3799,8 +3817,16 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
         With more than one, a team of threads shares each batch (each takes
         a slice of its rows in chunks of `capacity`, then a share of the
         parameters for the step; see train_team_impl), and the BLAS must run
-        single-threaded (the caller limits it). The result differs from one
-        thread's only in round-off.
+        single-threaded (the caller limits it).
+    slices : int, default 0 (n_threads)
+        Where a team splits each batch's rows (see train_team_impl): the
+        slices they are cut into, whatever the number of threads that does
+        them (1 <= n_threads <= slices). The weights depend on the slices,
+        never on n_threads, so a team that forms on fewer cores than asked
+        for (the others busy) trains the same bits. With one slice, the
+        epoch runs on one thread as its own (train_epoch_impl); a team's
+        result differs from that only in round-off. The workspace holds
+        `slices` regions (workspace_size(..., slices)).
     bf16 : bool, default False
         A bfloat16 network (float32 params): every matrix product rounds
         its operands to bfloat16 (gemm_bf16), and no smallgemm.h path runs.
@@ -3827,11 +3853,15 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
     cdef Py_ssize_t n = X.shape[0], stride = 0
     cdef unsigned int fp
     _check(1 <= n_threads <= 1024, f"n_threads must be in [1, 1024], not {n_threads}")
+    if slices == 0:
+        slices = n_threads
+    _check(n_threads <= slices <= 1024,
+           f"slices must be in [n_threads, 1024] = [{n_threads}, 1024], not {slices}")
     _check(not bf16 or floating is float, "a bfloat16 network's parameters are float32")
     cdef Layout lay = _layout(table, capacity, keep, params.shape[0],
-                              work.shape[0] if n_threads == 1
-                              else ((work.shape[0] - replicas_size(params.shape[0], n_threads))
-                                    // n_threads - params.shape[0]), bf16)
+                              work.shape[0] if slices == 1
+                              else ((work.shape[0] - replicas_size(params.shape[0], slices))
+                                    // slices - params.shape[0]), bf16)
     cdef double loss_sum = 0
     cdef int64_t n_correct = 0
     cdef int status = DONE
@@ -3931,7 +3961,7 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 copy_padded(&lay, <float*> &params[0], &padded[0], False)
             loss_sum = float(np.sum(team_loss))
             n_correct = int(np.sum(team_correct))
-        elif n_threads == 1:
+        elif slices == 1:
             if input_t is float and floating is float and x_in_place(&lay, augment):
                 global x_in_place_epochs
                 x_in_place_epochs += 1
@@ -3944,10 +3974,10 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
                 restore_fp(fp)
         else:
             stride = lay.work_size + lay.n_params
-            team_loss = np.zeros(n_threads)
-            team_correct = np.zeros(n_threads, dtype=np.int64)
+            team_loss = np.zeros(slices)
+            team_correct = np.zeros(slices, dtype=np.int64)
             shared.loss = &team_loss[0]
-            team_squares = np.zeros(n_threads)
+            team_squares = np.zeros(slices)
             shared.squares = &team_squares[0]
             shared.correct = &team_correct[0]
             sync = _team_sync()
@@ -3957,19 +3987,19 @@ def train_epoch(const input_t[:, ::1] X, const floating[:, ::1] Y,
             replicas = NULL
             # float32 only: deferred_steps runs smallgemm.h's kernel
             if floating is float and team_defer(&lay, optimizer, &hyper[0], batch_size,
-                                                n_threads):
+                                                slices):
                 global deferred_epochs
                 deferred_epochs += 1
-                # after the team's regions, in the workspace (workspace_size),
+                # after the slices' regions, in the workspace (workspace_size),
                 # from a 64-byte line
-                replicas = &work[n_threads * stride]
+                replicas = &work[slices * stride]
                 replicas += (-<uintptr_t> replicas) % 64 // sizeof(floating)
                 replica_width = replica_stride(lay.n_params)
             with nogil, parallel(num_threads=n_threads):
                 train_team(&X[0, 0], Yp, sw, &order[0], order.shape[0], &params[0],
                            &state[0, 0], &lay, <floating> slope, loss, batch_size, optimizer,
                            &hyper[0], augment, seed, &work[0], stride, &control[0], &shared,
-                           &sync[0], replicas, replica_width, &status)
+                           &sync[0], replicas, replica_width, slices, &status)
             if replicas != NULL and shared.round_trip >= 0:
                 global replicated_epochs
                 last_round_trip = shared.round_trip

@@ -165,10 +165,11 @@ def sweep(cases, fast):
 def one_core(monkeypatch):
     """fastnn.blas.idle_cores() is 1 for one test, so that every epoch runs
     on one thread with a single-threaded BLAS whatever else the machine
-    runs. An epoch's team and BLAS threads follow the idle cores (the load),
-    and a conv team sums its threads' gradients while a multi-threaded BLAS
-    rounds differently from a single-threaded one (dense networks at batches
-    over 12 rows): a test that compares two fits bit for bit takes this."""
+    runs. An epoch's BLAS threads follow the idle cores (the load), and a
+    multi-threaded BLAS rounds differently from a single-threaded one (dense
+    networks on the BLAS: float64, float32 at larger batches): a test that
+    compares two such fits bit for bit takes this. (A team's weights do not
+    depend on how many threads it took: `training.team_slices`.)"""
     from fastnn import blas
 
     monkeypatch.setattr(blas, "idle_cores", lambda: 1)

@@ -385,8 +385,10 @@ def test_a_dense_network_trained_by_adam_splits_its_batches_over_a_team(monkeypa
     """Adam's step costs a square root and a division per parameter: a
     float32 dense network trained by it takes a team of the idle cores that
     splits each batch's rows and each step's parameters (single-threaded
-    BLAS for each thread), with one thread's weights to round-off; momentum's
-    cheap step keeps one thread whose products use the BLAS's threads."""
+    BLAS for each thread), into as many slices as fastnn's threads however
+    many cores are idle: the same weights, bit for bit, on a team of one
+    (the other core busy) as on a team of two; momentum's cheap step keeps
+    one thread whose products use the BLAS's threads."""
     from fastnn import blas, training
     from fastnn.optimizers import get_optimizer
 
@@ -394,7 +396,7 @@ def test_a_dense_network_trained_by_adam_splits_its_batches_over_a_team(monkeypa
     run_epoch = training.run_epoch
 
     def spy(kernel, args, *rest, **kwargs):
-        seen.append((args["n_threads"], blas.blas_num_threads()))
+        seen.append((args["n_threads"], args["slices"], blas.blas_num_threads()))
         return run_epoch(kernel, args, *rest, **kwargs)
 
     monkeypatch.setattr(training, "run_epoch", spy)
@@ -409,9 +411,12 @@ def test_a_dense_network_trained_by_adam_splits_its_batches_over_a_team(monkeypa
             net = Network([20, 32, 16, int(y.max()) + 1], seed=0, dtype="float32")
             assert training.team_threads(net, costly_step=True) == idle
             net.fit(X, y, epochs=2, batch_size=64, optimizer=optimizer, lr=0.01, dropout=0.1)
-            assert seen == [(idle, 1)] * 2      # each thread's BLAS single-threaded
+            # two slices, each thread's BLAS single-threaded
+            assert seen == [(idle, 2, 1)] * 2
             nets[idle] = net
-        np.testing.assert_allclose(nets[2]._params, nets[1]._params, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(nets[2]._params, nets[1]._params)
+        np.testing.assert_array_equal(nets[2].optimizer_state.state, nets[1].optimizer_state.state)
+        assert nets[2].history["loss"] == nets[1].history["loss"]
         assert get_optimizer(optimizer).costly_step
         assert not get_optimizer("momentum").costly_step
         # float64 dense networks keep one thread (the team was measured in float32)

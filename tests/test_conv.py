@@ -793,13 +793,14 @@ def test_a_small_conv_net_learns_mnist(mnist):
 
 # ------------------------------------------------------------ thread teams
 
-def _team(args, threads):
+def _team(args, threads, slices=None):
     from fastnn.blas import single_threaded_blas
 
+    slices = slices or threads
     run = {**args, "params": args["params"].copy(), "state": args["state"].copy(),
-           "control": args["control"].copy(), "n_threads": threads,
+           "control": args["control"].copy(), "n_threads": threads, "slices": slices,
            "work": np.empty(_core.workspace_size(args["table"], args["capacity"], args["keep"],
-                                                 threads), args["params"].dtype)}
+                                                 slices), args["params"].dtype)}
     with single_threaded_blas():
         result = _core.train_epoch(**run)
     return result, run
@@ -878,6 +879,83 @@ def test_a_team_steps_a_deferred_dense_layer_as_one_thread_does(threads, deferre
     replicated = _core.replicated_epochs_run()
     assert_array_equal(_team(args, threads)[1]["params"], team["params"])
     assert _core.replicated_epochs_run() - replicated in (0, 1)
+
+
+def _same_run(a, b):
+    (result_a, run_a), (result_b, run_b) = a, b
+    assert result_a == result_b         # status, the loss's bits, the correct rows
+    for key in ("params", "state", "control"):
+        assert_array_equal(run_a[key], run_b[key])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("optimizer,clip", [("sgd", None), ("adam", None), ("adam", 0.05),
+                                            ("rprop", None)])
+def test_a_team_trains_the_same_bits_on_fewer_threads(optimizer, clip, dtype):
+    # a team that splits rows cuts each batch into `slices`, and sums their
+    # gradients (and, with clipping, their squares) in order: on a busy
+    # machine it forms on fewer threads, and must give the same weights,
+    # loss and hits, bit for bit (dropout, shifted images, L1 and L2 too;
+    # 37 rows = 5 batches of 7 and one of 2, which leaves a slice of three
+    # with no rows)
+    plan = Plan.parse(EPOCH_NET, activation="relu", output="softmax")
+    X, Y = _data(37, (8, 8, 2))
+    args = _epoch(plan, X, Y, dtype, batch=37 if optimizer == "rprop" else 7, capacity=2,
+                  optimizer=optimizer, lr=0.02, l2=0.3, l1=0.1, dropout=[0.25],
+                  augment=_kernels.SHIFT)
+    args["hyper"] = hyper_array(0.02, 0.3 / 37, 0.1 / 37, betas=(0.8, 0.99), clip_norm=clip)
+    for slices in (2, 3):
+        whole = _team(args, slices)
+        assert whole[0][0] == _kernels.DONE
+        assert not np.array_equal(whole[1]["params"], args["params"])
+        for threads in range(1, slices):
+            _same_run(_team(args, threads, slices), whole)
+
+
+@pytest.mark.parametrize("placement_name", ["near", "far"])
+def test_a_deferred_layer_is_stepped_alike_by_fewer_threads(placement_name, defer_from,
+                                                            placement):
+    # plain SGD with a deferred dense layer (float32): the team of one steps
+    # all of W's rows, a team of three a third each, and the far team keeps
+    # copies of W; all of them give the bits of the team of three
+    defer_from(1)
+    placement(placement_name)
+    plan = Plan.parse([(8, 8, 2), Conv2D(4, 3, padding="same"), MaxPool2D(2), Dropout(0.2),
+                       Dense(20), Dense(3)], activation="sigmoid", output="softmax")
+    X, Y = _data(37, (8, 8, 2), np.float32)
+    args = _epoch(plan, X, Y, np.float32, batch=7, capacity=3, lr=0.5, l2=0.3)
+    before = _core.deferred_epochs_run()
+    whole = _team(args, 3)
+    assert _core.deferred_epochs_run() == before + 1
+    for threads in (1, 2):
+        _same_run(_team(args, threads, 3), whole)
+    assert _core.deferred_epochs_run() == before + 3
+
+
+def test_a_dense_adam_team_trains_the_same_bits_on_fewer_threads():
+    # the team a float32 dense network's Adam epoch takes
+    plan = Plan.parse([12, 8, 4], activation="relu", output="softmax")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((45, 12)).astype(np.float32)
+    Y = one_hot(rng.integers(0, 4, 45), 4)
+    args = _epoch(plan, X, Y, np.float32, batch=10, capacity=5, optimizer="adam", lr=0.01)
+    whole = _team(args, 2)
+    _same_run(_team(args, 1, 2), whole)
+    one = _team(args, 1)            # one slice: one thread's own epoch, round-off apart
+    assert_allclose(one[1]["params"], whole[1]["params"], rtol=1e-5, atol=1e-6)
+
+
+def test_slices_are_checked():
+    plan = Plan.parse([(6, 6, 1), Conv2D(2, 3), Dense(3)], output="softmax")
+    X, Y = _data(8, (6, 6, 1), np.float64)
+    args = _epoch(plan, X, Y, np.float64, batch=4)
+    with pytest.raises(ValueError, match=r"slices must be in \[n_threads, 1024\]"):
+        _team(args, 3, 2)
+    # a workspace of two regions does not hold three slices
+    run = {**args, "n_threads": 1, "slices": 3,
+           "work": np.empty(_core.workspace_size(args["table"], 4, args["keep"], 2))}
+    with pytest.raises(ValueError, match="workspace has"):
+        _core.train_epoch(**run)
 
 
 def test_a_team_stops_and_diverges_together():
