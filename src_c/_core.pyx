@@ -222,6 +222,8 @@ cdef struct Geometry:
     Py_ssize_t idx_off           # max-pool: int32 argmax of each output entry, -1 if none
     bint deferred                # dense, in a team's SGD epoch: W stepped after the batch
                                  # by the team, rows split (team_defer); else False
+    const float* wpack           # dense, in predict: W packed once for every chunk
+                                 # (fastnn_sg_pack_bp; predict_packs), else NULL
 
 
 cdef struct Layout:
@@ -252,6 +254,7 @@ cdef struct Layout:
 cdef void geometry_init(Geometry* g, const int64_t* row, Py_ssize_t capacity) noexcept nogil:
     """Decode one table row (its buffer offsets are left to layout_init)."""
     g.deferred = False
+    g.wpack = NULL
     g.kind = <int> row[T_KIND]
     g.act = <int> row[T_ACT]
     g.in_h = row[T_IN_H]
@@ -1357,7 +1360,8 @@ cdef void gather_chunk(const input_t* X, const floating* Y, const int64_t* label
 cdef bint linear_forward_impl(const floating* A, const floating* W,
                               const floating* b, floating* Z, Py_ssize_t N,
                               Py_ssize_t I, Py_ssize_t O, int act, floating* bf,
-                              bint predicting, const int64_t* a_rows) noexcept nogil:
+                              bint predicting, const int64_t* a_rows,
+                              const float* Wp) noexcept nogil:
     """Z := A @ W + b, and act(Z) where it returns True.  A (N, I),
     W (I, O), b (O,), Z (N, O).
 
@@ -1370,7 +1374,8 @@ cdef bint linear_forward_impl(const floating* A, const floating* W,
     training, which takes smallgemm.h's kernels at any N where
     small_predict() says so. a_rows: NULL, or (with bf) A's rows read in
     place through a table, row r at A + a_rows[r] * I (train_epoch_impl's
-    batch, not gathered).
+    batch, not gathered). Wp: NULL, or (predicting, float32) W packed by
+    fastnn_sg_pack_bp, which the product then reads (the same bits).
     """
     cdef Py_ssize_t r, j
     if floating is float:
@@ -1383,6 +1388,9 @@ cdef bint linear_forward_impl(const floating* A, const floating* W,
         for j in range(O):
             Z[r * O + j] = b[j]
     if floating is float:
+        if bf == NULL and predicting and Wp != NULL:
+            sg_gemm_bp(N, O, I, A, I, 1, Wp, 1, Z, O)             # W packed once (predict)
+            return False
         if bf == NULL and predicting and small_predict(I * O):
             sg_gemm_forward(N, O, I, A, I, 1, W, O, 1, Z, O)     # B packed for many rows
             return False
@@ -2242,7 +2250,8 @@ cdef void forward_impl(const floating* params, Layout* lay, floating slope,
         dst = A_out if l == L - 1 else work + lay.a_off[l + 1]
         if g.kind == DENSE:
             if not linear_forward_impl(src, params + g.w_off, params + g.b_off, dst, N,
-                                       g.n_in, g.n_out, g.act, bf, not training, rows):
+                                       g.n_in, g.n_out, g.act, bf, not training, rows,
+                                       NULL if training else g.wpack):
                 activate_rows(g.act, slope, dst, N, g.n_out, ew_threads(bf, N * g.n_out))
         elif g.kind == CONV2D:
             conv_forward_impl(src, params + g.w_off, params + g.b_off, dst,
@@ -4044,6 +4053,8 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
         if n == 0:
             return
         rows = _arange(n)
+        if floating is float:
+            packed = predict_packs(&lay, &params[0], n)
         if n_threads == 1:
             with nogil:
                 fp = flush_denormals()
@@ -4058,6 +4069,45 @@ def predict(const input_t[:, ::1] X, const floating[::1] params,
                              &arrived)
     finally:
         layout_free(&lay)
+
+
+# predict packs each dense layer's W once for all its chunks and threads
+# (fastnn_sg_pack_bp) when X has at least this many rows: a chunk of
+# hundreds of rows had packed it again for each chunk, on every thread
+# (AVX2's sg2_gemm from SG2_PACK_ROWS rows; AVX-512's from 48).
+cdef Py_ssize_t PREDICT_PACK_ROWS = 128
+cdef Py_ssize_t packed_predicts = 0     # predict calls that packed a W, for the tests
+
+
+cdef object predict_packs(Layout* lay, const float* params, Py_ssize_t n):
+    """Pack the W of each of predict's dense layers that runs on smallgemm.h
+    (small_predict; a float32 network: lay.bf_off < 0) once, for X of n
+    rows (at least PREDICT_PACK_ROWS), and point its Geometry.wpack there.
+    Returns the buffer that holds them (keep it until predict returns), or
+    None. The products read the packed W with the same bits as the
+    unpacked one (fastnn_sg_gemm_bp)."""
+    cdef Py_ssize_t l, total = 0, at = 0
+    cdef Geometry* g
+    cdef float[::1] buffer
+    if lay.bf_off >= 0 or n < PREDICT_PACK_ROWS:
+        return None
+    for l in range(lay.n_layers):
+        g = &lay.layer[l]
+        if g.kind == DENSE and small_predict(g.n_in * g.n_out):
+            total += sg_bp_size(g.n_out, g.n_in)
+    if total == 0:
+        return None
+    buffer = _aligned_floats(total)
+    global packed_predicts
+    packed_predicts += 1
+    with nogil:
+        for l in range(lay.n_layers):
+            g = &lay.layer[l]
+            if g.kind == DENSE and small_predict(g.n_in * g.n_out):
+                sg_pack_bp(g.n_out, g.n_in, params + g.w_off, g.n_out, 1, &buffer[at])
+                g.wpack = &buffer[at]
+                at += sg_bp_size(g.n_out, g.n_in)
+    return buffer
 
 
 cdef int64_t[::1] _arange(Py_ssize_t n):
@@ -4119,7 +4169,7 @@ def linear_forward(const floating[:, ::1] A, const floating[:, ::1] W,
         return
     with nogil:
         linear_forward_impl(&A[0, 0], &W[0, 0], &b[0], &out[0, 0], N, I, O, IDENTITY, NULL,
-                            False, NULL)
+                            False, NULL, NULL)
 
 
 def round_bf16(const float[::1] x, float[::1] out):
@@ -4461,6 +4511,12 @@ def set_defer_weights(Py_ssize_t weights=-1):
     previous = defer_weights
     defer_weights = DEFER_WEIGHTS if weights < 0 else weights
     return previous
+
+
+def packed_predicts_run():
+    """predict calls in this process that packed their dense layers' W once
+    for all chunks (predict_packs)."""
+    return packed_predicts
 
 
 def deferred_epochs_run():

@@ -252,8 +252,9 @@ def test_prime_runs_once_per_dtype_and_thread_count_and_only_on_a_single_threade
 
 def test_a_dense_forward_without_blas_gives_the_same_bits_on_any_team_and_thread(isa):
     """Where every dense layer's forward takes smallgemm.h's kernels
-    (_core.predicts_without_blas; AVX-512's or AVX2's, B packed in chunks of
-    128 rows or more), each row's outputs are computed alone: the same bits
+    (_core.predicts_without_blas; AVX-512's or AVX2's, each W packed once for
+    all chunks of an X of 128 rows or more), each row's outputs are computed
+    alone: the same bits
     on one thread or a team, whatever the BLAS's threads, from the main
     thread or another, and for the row on its own; they agree with the BLAS
     path to float32 rounding. A layer larger than SMALL_WEIGHTS stays on
@@ -286,8 +287,13 @@ def test_a_dense_forward_without_blas_gives_the_same_bits_on_any_team_and_thread
         runs += other
         for run in runs[1:]:
             np.testing.assert_array_equal(run, runs[0])
+        packed = _core.packed_predicts_run()
         for i in (0, 1023, 1024, 2999):
             np.testing.assert_array_equal(net.forward(X[i:i + 1])[0], runs[0][i])
+        for rows in (127, 128, 1030):       # one chunk of 127 or 128 rows; two chunks
+            np.testing.assert_array_equal(net.forward(X[5:5 + rows]), runs[0][5:5 + rows])
+        # the rows alone and 127 rows unpacked; 128 and 1030 rows packed once
+        assert _core.packed_predicts_run() == packed + 2
         _core.set_small_predict(False)
         try:
             on_blas = net.forward(X)
