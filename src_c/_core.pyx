@@ -2766,10 +2766,11 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     barrier the threads then sum G_0 + G_1 + ... + G_{S-1} in that order,
     add the penalty gradient and take the optimizer step, each on its
     share of the parameters (the parameters' slices [t*S/T, (t+1)*S/T) of
-    S), and meet at a second barrier. With clipping, the squares of the
-    gradient are summed by those S slices of the parameters, and after a
-    barrier between the two every thread scales its share by the factor
-    the total of the S sums (in order) gives, then steps. So the weights,
+    S, each slice on its own), and meet at a second barrier. With
+    clipping, the squares of the gradient are summed by those S slices of
+    the parameters, and after a barrier between the two every thread
+    scales each of its slices by the factor the total of the S sums (in
+    order) gives, then steps it. So the weights,
     the loss and the count of correct rows depend on S, never on T: a team
     that forms on however many cores are idle gives the bits of the whole
     team (shared.loss and shared.correct have S entries, by slice). Every BLAS call is single-threaded (the caller limits
@@ -2790,7 +2791,6 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
     cdef Py_ssize_t L = lay.n_layers
     cdef Py_ssize_t T = team.size, P = lay.n_params, j, q0, q1
     cdef Py_ssize_t j0 = S * team.id // T, j1 = S * (team.id + 1) // T   # this thread's slices
-    cdef Py_ssize_t p0 = P * j0 // S, p1 = P * j1 // S
     cdef Geometry* g0 = &lay.layer[0]
     cdef Py_ssize_t cap = lay.capacity, n_in = g0.n_in, n_out = lay.layer[L - 1].n_out
     cdef int out_act = lay.layer[L - 1].act
@@ -2884,8 +2884,13 @@ cdef int train_team_impl(const input_t* X, const floating* Y,
             squares = 0
             for u in range(S):
                 squares += shared.squares[u]
-            scale_impl(state + p0, p1 - p0, clip_scale(clip, squares))
-            optimizer_step_impl(opt, params + p0, state + p0, P, p1 - p0, hyper, steps + k + 1)
+            # scaled and stepped by the same slices of the parameters
+            for j in range(j0, j1):
+                q0 = P * j // S
+                q1 = P * (j + 1) // S
+                scale_impl(state + q0, q1 - q0, clip_scale(clip, squares))
+                optimizer_step_impl(opt, params + q0, state + q0, P, q1 - q0, hyper,
+                                    steps + k + 1)
         if team.id == 0:
             control[STEPS] += 1
             control[ROWS_DONE] += m
